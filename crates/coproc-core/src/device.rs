@@ -1,0 +1,210 @@
+//! The `Device` trait: the platform-specific hooks the runner calls.
+//!
+//! One implementation per device class. A device is created on, and owned
+//! by, its pcoproc's runner thread (it need not be `Send`); only the
+//! [`PreemptHandle`] crosses threads.
+//!
+//! # How each class implements the hooks
+//!
+//! | hook | mcu (Unicorn Cortex-M4) | vulkan (planned) |
+//! |---|---|---|
+//! | `create_context` | allocates code and data memory for the context in the core's physical space | creates the vcoproc's descriptor pool, command pool and timeline semaphore on the pcoproc's `VkDevice` |
+//! | `load_firmware` | validates the ELF, copies its `PT_LOAD` segments into code/data memory, sets SP and PC | validates SPIR-V (or compiles WGSL with naga), creates the vcoproc's compute pipelines |
+//! | `map` / `unmap` | maps the domain's pages into the core's physical space and the context's translation table; unmap removes both and flushes the TLB and translated code | imports the memfd with `VK_EXT_external_memory_host` into a `VkBuffer` bound in the vcoproc's iova table; unmap waits for in-flight command buffers using it (bounded), then frees it |
+//! | `switch` | saves/restores the CPU registers and switches the translation table (code, data, control block, mappings) | nothing to swap on the GPU: selects which vcoproc's recorded work is submitted next; answers `RetryAfter` while a dispatch is in flight that cannot be interrupted |
+//! | `run` | executes Thumb code until the budget expires, WAIT, EXIT, a fault or a preempt | submits the vcoproc's validated jobs one dispatch at a time until the budget is spent; charges GPU timestamps |
+//! | preempt handle | stops the emulated core after the current translation block | sets a flag checked between dispatches |
+//! | `reset_context` | reloads the firmware image, clears data memory and registers | destroys and recreates the vcoproc's pipelines and pools; a device loss recreates the `VkDevice` and restores the others |
+
+use crate::control::ControlBlock;
+use crate::fault::DeviceFault;
+use crate::ids::ContextId;
+use crate::iova::Mapping;
+use serde::Serialize;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+
+/// Errors a device hook returns.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DeviceError {
+    /// The firmware image is not acceptable.
+    #[error("bad firmware: {0}")]
+    BadFirmware(String),
+    /// No such context.
+    #[error("no context {0}")]
+    NoContext(ContextId),
+    /// The context already exists.
+    #[error("context {0} exists")]
+    ContextExists(ContextId),
+    /// Out of device resources (contexts, memory).
+    #[error("device out of resources: {0}")]
+    Exhausted(String),
+    /// A mapping the device cannot honour.
+    #[error("cannot map: {0}")]
+    BadMapping(String),
+    /// The operation is not supported by this device class.
+    #[error("not supported by this device: {0}")]
+    Unsupported(&'static str),
+    /// Anything else the backend reported.
+    #[error("device: {0}")]
+    Backend(String),
+}
+
+/// At what points a running context can be stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preemption {
+    /// Between (blocks of) instructions: any time.
+    Instruction,
+    /// Between jobs/dispatches only.
+    Dispatch,
+}
+
+/// What a device class can do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Capabilities {
+    /// Device class name ("mcu", "vulkan", "sim").
+    pub class: &'static str,
+    /// Model, driver or backend description.
+    pub model: String,
+    /// Preemption granularity.
+    pub preemption: Preemption,
+    /// Device-local memory per context in bytes.
+    pub local_memory: u64,
+    /// Width of a context's addresses in bits.
+    pub address_bits: u8,
+    /// Start of the window where mappings may be placed.
+    pub iova_base: u64,
+    /// Size of that window.
+    pub iova_size: u64,
+    /// Mapping granularity.
+    pub page_size: u64,
+    /// Whether a context can stall on a missing page and retry.
+    pub demand_faults: bool,
+    /// Most contexts the device holds at once.
+    pub max_contexts: u32,
+}
+
+/// What the runner passes when it creates a context.
+#[derive(Debug, Clone)]
+pub struct ContextSpec {
+    /// The vcoproc whose context this is.
+    pub id: ContextId,
+    /// Its control block, shared with the domain.
+    pub control: Arc<ControlBlock>,
+}
+
+/// Facts about a loaded firmware image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FirmwareInfo {
+    /// Entry point.
+    pub entry: u64,
+    /// Bytes loaded into code memory.
+    pub code_bytes: u64,
+    /// Bytes of data memory the image occupies (initialised + zeroed).
+    pub data_bytes: u64,
+}
+
+/// The answer to a context switch, after the RFC's `ctx_switch_from`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SwitchOutcome {
+    /// The requested context is on the device.
+    Done,
+    /// The current context is at a point that cannot be left; try again
+    /// after this long (the current context stays on the device).
+    RetryAfter(Duration),
+    /// The switch failed and the device reset `guilty`'s context; only that
+    /// vcoproc is faulted, the device is otherwise usable.
+    Failed {
+        /// The context to blame.
+        guilty: ContextId,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// Why a run stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// The budget ran out.
+    BudgetSpent,
+    /// The firmware parked waiting for a doorbell.
+    Waiting,
+    /// The preempt handle cut the slice short.
+    Preempted,
+    /// The firmware exited with this code.
+    Exited(u32),
+    /// The context faulted.
+    Fault(DeviceFault),
+}
+
+/// The result of one [`Device::run`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOutcome {
+    /// Device time actually consumed, as the device measured it.
+    pub ran: Duration,
+    /// Why it stopped.
+    pub stop: StopReason,
+}
+
+/// Something that can cut the running slice short from any thread.
+pub trait Preempt: Send + Sync {
+    /// Ask the device to stop the current run at its next preemption point.
+    /// Has no effect on a run that starts later.
+    fn preempt(&self);
+}
+
+/// A cloneable, thread-safe preempt handle.
+#[derive(Clone)]
+pub struct PreemptHandle(pub Arc<dyn Preempt>);
+
+impl PreemptHandle {
+    /// Cut the current slice short.
+    pub fn preempt(&self) {
+        self.0.preempt();
+    }
+}
+
+impl fmt::Debug for PreemptHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PreemptHandle")
+    }
+}
+
+/// A physical coprocessor, seen by the runner.
+pub trait Device {
+    /// What this device can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Create an empty context for a vcoproc.
+    fn create_context(&mut self, spec: ContextSpec) -> Result<(), DeviceError>;
+
+    /// Destroy a context and everything it holds. Must complete.
+    fn destroy_context(&mut self, ctx: ContextId);
+
+    /// Load a firmware image into a context (replacing any earlier one).
+    fn load_firmware(&mut self, ctx: ContextId, image: &[u8]) -> Result<FirmwareInfo, DeviceError>;
+
+    /// Make domain memory visible to a context. The mapping was already
+    /// checked against the context's [`crate::iova::IovaSpace`].
+    fn map(&mut self, ctx: ContextId, mapping: &Mapping) -> Result<(), DeviceError>;
+
+    /// Withdraw the mapping at `iova`. Must complete: when it returns the
+    /// device cannot touch those pages. Revoke is built on it.
+    fn unmap(&mut self, ctx: ContextId, iova: u64);
+
+    /// Put `to` on the device (None: leave the device idle, holding nothing
+    /// of any context).
+    fn switch(&mut self, to: Option<ContextId>) -> SwitchOutcome;
+
+    /// Run the context on the device for at most `budget`.
+    fn run(&mut self, budget: Duration) -> RunOutcome;
+
+    /// A handle that stops the current run from another thread.
+    fn preempt_handle(&self) -> PreemptHandle;
+
+    /// Reset one context to its freshly loaded firmware. Mappings stay.
+    fn reset_context(&mut self, ctx: ContextId) -> Result<(), DeviceError>;
+}

@@ -1,0 +1,105 @@
+//! Fault records: what went wrong on the device, for which vcoproc, where.
+
+use crate::ids::VcoprocId;
+use serde::Serialize;
+use std::fmt;
+
+/// The kind of access that faulted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// A data load.
+    Read,
+    /// A data store.
+    Write,
+    /// An instruction fetch.
+    Fetch,
+    /// Not a memory access (bad instruction, watchdog, ...).
+    None,
+}
+
+/// Why a vcoproc faulted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultReason {
+    /// An access outside the vcoproc's address space or against its permissions.
+    AccessViolation,
+    /// An undefined or unsupported instruction.
+    InvalidInstruction,
+    /// An exception the device class does not support (SVC, BKPT, ...).
+    Exception(String),
+    /// The firmware image was rejected at run time (the loader catches most).
+    BadFirmware(String),
+    /// A context switch answered "failed": the device reset this context.
+    SwitchFailed(String),
+    /// The device reported an error it could not attribute more precisely.
+    Device(String),
+}
+
+impl fmt::Display for FaultReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FaultReason::AccessViolation => f.write_str("access violation"),
+            FaultReason::InvalidInstruction => f.write_str("invalid instruction"),
+            FaultReason::Exception(e) => write!(f, "unsupported exception: {e}"),
+            FaultReason::BadFirmware(e) => write!(f, "bad firmware: {e}"),
+            FaultReason::SwitchFailed(e) => write!(f, "context switch failed: {e}"),
+            FaultReason::Device(e) => write!(f, "device error: {e}"),
+        }
+    }
+}
+
+impl FaultReason {
+    /// The code firmware reads back from its control block after a reset.
+    pub fn code(&self) -> u32 {
+        match self {
+            FaultReason::AccessViolation => 1,
+            FaultReason::InvalidInstruction => 2,
+            FaultReason::Exception(_) => 3,
+            FaultReason::BadFirmware(_) => 4,
+            FaultReason::SwitchFailed(_) => 5,
+            FaultReason::Device(_) => 6,
+        }
+    }
+}
+
+/// What a device reports when a context faults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceFault {
+    /// The faulting address (iova) where the fault is a memory access.
+    pub addr: Option<u64>,
+    /// The access kind.
+    pub access: Access,
+    /// Program counter (mcu) or job index (gpu) at the fault.
+    pub pc: Option<u64>,
+    /// Why.
+    pub reason: FaultReason,
+}
+
+/// A fault as the framework records it: the device's report plus who and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FaultRecord {
+    /// The faulted vcoproc.
+    pub vcoproc: VcoprocId,
+    /// Nanoseconds since the pcoproc started.
+    pub at_ns: u64,
+    /// What the device reported.
+    #[serde(flatten)]
+    pub fault: DeviceFault,
+}
+
+impl fmt::Display for FaultRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.vcoproc, self.fault.reason)?;
+        if let Some(a) = self.fault.addr {
+            write!(f, " at {a:#x}")?;
+        }
+        if self.fault.access != Access::None {
+            write!(f, " ({:?})", self.fault.access)?;
+        }
+        if let Some(pc) = self.fault.pc {
+            write!(f, " pc {pc:#x}")?;
+        }
+        Ok(())
+    }
+}

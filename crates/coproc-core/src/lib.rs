@@ -1,0 +1,34 @@
+//! coproc core: the device-independent part of the shared coprocessor
+//! framework.
+//!
+//! - [`ids`], [`state`], [`fault`], [`stats`]: domains, vcoprocs, their life
+//!   cycle, fault records and counters;
+//! - [`device`]: the [`Device`](device::Device) trait each device class implements;
+//! - [`memory`], [`iova`]: domain memory and per-vcoproc iova spaces;
+//! - [`control`]: the mailbox/doorbell control block a vcoproc shares with
+//!   its domain;
+//! - [`policy`]: scheduling policies;
+//! - [`pcoproc`]: a physical coprocessor with its runner thread and the
+//!   handles domains use; [`system`]: domains and pcoprocs together.
+//!
+//! No sockets, no device-specific code: usable inside a daemon, a VMM or a
+//! test.
+
+pub mod control;
+pub mod device;
+pub mod fault;
+pub mod ids;
+pub mod iova;
+pub mod memory;
+pub mod pcoproc;
+pub mod policy;
+mod runner;
+pub mod state;
+pub mod stats;
+pub mod system;
+
+pub use control::ControlBlock;
+pub use device::{Device, DeviceError};
+pub use ids::{DomainId, VcoprocId};
+pub use pcoproc::{CoreError, Pcoproc, VcoprocHandle};
+pub use system::System;

@@ -1,0 +1,689 @@
+//! A pcoproc: one physical coprocessor, its runner thread, and the handles
+//! domains use to drive their vcoprocs on it.
+//!
+//! All scheduling state lives in one mutex-protected [`Inner`]; the device
+//! itself lives on the runner thread only. Control operations that need the
+//! device (load, map, reset, destroy) are queued as commands that the runner
+//! executes between slices; the running slice is preempted so they are served
+//! within one preemption point. Doorbells and mailbox access never wait for
+//! the runner.
+
+use crate::control::{ControlBlock, Notify};
+use crate::device::{Capabilities, ContextSpec, Device, DeviceError, FirmwareInfo, PreemptHandle};
+use crate::fault::FaultRecord;
+use crate::ids::{DomainId, VcoprocId};
+use crate::iova::{IovaError, IovaSpace, MapKind, Mapping, Perms};
+use crate::memory::Region;
+use crate::policy::{Policy, PolicyError, SchedParams, Standing, WakeAction};
+use crate::runner;
+use crate::state::{Event, TransitionError, VcoprocState};
+use crate::stats::VcoprocStats;
+use serde::Serialize;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// Fault records kept per vcoproc (newest win).
+pub const VCOPROC_FAULTS_KEPT: usize = 16;
+/// Fault records kept per pcoproc (newest win).
+pub const PCOPROC_FAULTS_KEPT: usize = 256;
+
+/// Errors of the in-process API.
+#[derive(Debug, Error)]
+pub enum CoreError {
+    /// No such vcoproc on this pcoproc.
+    #[error("no vcoproc {0}")]
+    NoVcoproc(VcoprocId),
+    /// The vcoproc belongs to another domain.
+    #[error("{0} does not belong to domain {1}")]
+    NotOwner(VcoprocId, DomainId),
+    /// Not allowed in the vcoproc's state.
+    #[error(transparent)]
+    State(#[from] TransitionError),
+    /// The device refused.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// Bad iova range.
+    #[error(transparent)]
+    Iova(#[from] IovaError),
+    /// Bad scheduling parameter.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// The runner is gone (shut down or the device failed to start).
+    #[error("pcoproc {0} is shut down")]
+    Shutdown(String),
+    /// Timed out waiting.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// A queued control operation, run on the runner thread between slices.
+pub(crate) type Command = Box<dyn FnOnce(&mut dyn Device, &mut Inner) + Send>;
+
+/// One vcoproc as the framework tracks it.
+#[derive(Debug)]
+pub(crate) struct Vc {
+    pub domain: DomainId,
+    pub label: String,
+    pub state: VcoprocState,
+    pub stats: VcoprocStats,
+    pub params: SchedParams,
+    pub control: Arc<ControlBlock>,
+    pub iova: IovaSpace,
+    pub faults: VecDeque<FaultRecord>,
+    pub exit_code: Option<u32>,
+}
+
+impl Vc {
+    pub(crate) fn transition(&mut self, e: Event) -> Result<(), TransitionError> {
+        self.state = self.state.apply(e)?;
+        Ok(())
+    }
+}
+
+/// One slice as the runner saw it (kept when tracing is on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TraceEntry {
+    /// Who ran.
+    pub vcoproc: VcoprocId,
+    /// Start, ns since the pcoproc started.
+    pub start_ns: u64,
+    /// Measured run time.
+    pub ran_ns: u64,
+    /// Budget it was given.
+    pub budget_ns: u64,
+    /// Whether it still wanted to run afterwards.
+    pub runnable_after: bool,
+}
+
+/// Scheduling state shared by the runner and the API.
+pub(crate) struct Inner {
+    pub policy: Box<dyn Policy>,
+    pub vcoprocs: BTreeMap<VcoprocId, Vc>,
+    pub commands: VecDeque<Command>,
+    pub running: Option<VcoprocId>,
+    pub shutdown: bool,
+    pub faults: VecDeque<FaultRecord>,
+    pub busy_ns: u64,
+    pub switches: u64,
+    pub trace: Option<(usize, VecDeque<TraceEntry>)>,
+}
+
+impl Inner {
+    pub(crate) fn vc(&mut self, v: VcoprocId) -> Result<&mut Vc, CoreError> {
+        self.vcoprocs.get_mut(&v).ok_or(CoreError::NoVcoproc(v))
+    }
+
+    pub(crate) fn record_fault(&mut self, rec: FaultRecord) {
+        if let Some(vc) = self.vcoprocs.get_mut(&rec.vcoproc) {
+            vc.stats.faults += 1;
+            if vc.faults.len() == VCOPROC_FAULTS_KEPT {
+                vc.faults.pop_front();
+            }
+            vc.faults.push_back(rec.clone());
+        }
+        if self.faults.len() == PCOPROC_FAULTS_KEPT {
+            self.faults.pop_front();
+        }
+        self.faults.push_back(rec);
+    }
+}
+
+pub(crate) struct Shared {
+    pub name: String,
+    pub inner: Mutex<Inner>,
+    /// Wakes an idle runner (new command, wake-up, shutdown).
+    pub runner_cv: Condvar,
+    /// Wakes those waiting for a vcoproc state change.
+    pub state_cv: Condvar,
+    pub preempt: PreemptHandle,
+    pub epoch: Instant,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+}
+
+/// A snapshot of one vcoproc.
+#[derive(Debug, Clone, Serialize)]
+pub struct VcoprocInfo {
+    /// Its id.
+    pub id: VcoprocId,
+    /// Owner.
+    pub domain: DomainId,
+    /// Firmware label.
+    pub firmware: String,
+    /// State.
+    pub state: VcoprocState,
+    /// Counters.
+    pub stats: VcoprocStats,
+    /// Scheduling parameters.
+    pub params: SchedParams,
+    /// Mappings in its iova space.
+    pub mappings: usize,
+    /// Bytes mapped.
+    pub mapped_bytes: u64,
+    /// Exit code once stopped.
+    pub exit_code: Option<u32>,
+    /// Its most recent fault.
+    pub last_fault: Option<FaultRecord>,
+}
+
+/// A snapshot of the pcoproc's scheduler.
+#[derive(Debug, Clone, Serialize)]
+pub struct SchedInfo {
+    /// Policy name.
+    pub policy: String,
+    /// Policy parameters.
+    pub params: Vec<(String, String)>,
+    /// Per-vcoproc standing.
+    pub standings: Vec<Standing>,
+}
+
+/// One physical coprocessor with its runner thread.
+pub struct Pcoproc {
+    shared: Arc<Shared>,
+    caps: Capabilities,
+    next_id: AtomicU32,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Pcoproc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pcoproc").field("name", &self.shared.name).finish_non_exhaustive()
+    }
+}
+
+impl Pcoproc {
+    /// Start a pcoproc: spawn its runner thread, which creates the device
+    /// with `factory` (devices need not be `Send`) and schedules with `policy`.
+    pub fn spawn<F>(name: &str, factory: F, policy: Box<dyn Policy>) -> Result<Arc<Pcoproc>, CoreError>
+    where
+        F: FnOnce() -> Result<Box<dyn Device>, DeviceError> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel();
+        let tname = format!("runner-{name}");
+        let pname = name.to_string();
+        let thread = std::thread::Builder::new()
+            .name(tname)
+            .spawn(move || {
+                let device = match factory() {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                let shared = Arc::new(Shared {
+                    name: pname,
+                    inner: Mutex::new(Inner {
+                        policy,
+                        vcoprocs: BTreeMap::new(),
+                        commands: VecDeque::new(),
+                        running: None,
+                        shutdown: false,
+                        faults: VecDeque::new(),
+                        busy_ns: 0,
+                        switches: 0,
+                        trace: None,
+                    }),
+                    runner_cv: Condvar::new(),
+                    state_cv: Condvar::new(),
+                    preempt: device.preempt_handle(),
+                    epoch: Instant::now(),
+                });
+                let _ = tx.send(Ok((shared.clone(), device.capabilities())));
+                runner::run(device, &shared);
+            })
+            .map_err(|e| CoreError::Device(DeviceError::Backend(e.to_string())))?;
+        let (shared, caps) = rx
+            .recv()
+            .map_err(|_| CoreError::Shutdown(name.to_string()))?
+            .map_err(CoreError::Device)?;
+        Ok(Arc::new(Pcoproc {
+            shared,
+            caps,
+            next_id: AtomicU32::new(1),
+            thread: Mutex::new(Some(thread)),
+        }))
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The device's capabilities.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    /// Nanoseconds since the pcoproc started.
+    pub fn now_ns(&self) -> u64 {
+        self.shared.now_ns()
+    }
+
+    /// Run `f` on the runner thread with the device and the scheduling state,
+    /// between slices, and return its result.
+    pub(crate) fn command<R, F>(&self, f: F) -> Result<R, CoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut dyn Device, &mut Inner) -> R + Send + 'static,
+    {
+        let (tx, rx) = mpsc::sync_channel(1);
+        {
+            let mut g = self.shared.lock();
+            if g.shutdown {
+                return Err(CoreError::Shutdown(self.shared.name.clone()));
+            }
+            g.commands.push_back(Box::new(move |d, i| {
+                let _ = tx.send(f(d, i));
+            }));
+            if g.running.is_some() {
+                self.shared.preempt.preempt();
+            }
+        }
+        self.shared.runner_cv.notify_all();
+        rx.recv().map_err(|_| CoreError::Shutdown(self.shared.name.clone()))
+    }
+
+    /// Create a vcoproc for `domain` with scheduling `params`.
+    pub fn create_vcoproc(
+        self: &Arc<Self>,
+        domain: DomainId,
+        params: SchedParams,
+    ) -> Result<VcoprocHandle, CoreError> {
+        params.validate()?;
+        let id = VcoprocId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let control = Arc::new(ControlBlock::default());
+        let (base, size) = (self.caps.iova_base, self.caps.iova_size);
+        let cb = control.clone();
+        self.command(move |dev, inner| -> Result<(), CoreError> {
+            inner.policy.attach(id, &params)?;
+            if let Err(e) = dev.create_context(ContextSpec { id, control: cb.clone() }) {
+                inner.policy.detach(id);
+                return Err(e.into());
+            }
+            inner.vcoprocs.insert(
+                id,
+                Vc {
+                    domain,
+                    label: String::new(),
+                    state: VcoprocState::Created,
+                    stats: VcoprocStats::default(),
+                    params,
+                    control: cb,
+                    iova: IovaSpace::new(base, size),
+                    faults: VecDeque::new(),
+                    exit_code: None,
+                },
+            );
+            Ok(())
+        })??;
+        Ok(VcoprocHandle { pcoproc: self.clone(), id, domain, control })
+    }
+
+    /// Snapshots of every vcoproc.
+    pub fn vcoprocs(&self) -> Vec<VcoprocInfo> {
+        let g = self.shared.lock();
+        g.vcoprocs.iter().map(|(&id, vc)| info(id, vc)).collect()
+    }
+
+    /// Snapshot of one vcoproc.
+    pub fn vcoproc(&self, id: VcoprocId) -> Result<VcoprocInfo, CoreError> {
+        let g = self.shared.lock();
+        g.vcoprocs.get(&id).map(|vc| info(id, vc)).ok_or(CoreError::NoVcoproc(id))
+    }
+
+    /// The most recent faults on this pcoproc, oldest first.
+    pub fn faults(&self) -> Vec<FaultRecord> {
+        self.shared.lock().faults.iter().cloned().collect()
+    }
+
+    /// Total device time spent running vcoprocs, and context switches made.
+    pub fn busy(&self) -> (u64, u64) {
+        let g = self.shared.lock();
+        (g.busy_ns, g.switches)
+    }
+
+    /// The scheduler's policy, parameters and standings.
+    pub fn sched_info(&self) -> SchedInfo {
+        let g = self.shared.lock();
+        SchedInfo {
+            policy: g.policy.name().to_string(),
+            params: g.policy.describe(),
+            standings: g.policy.standings(),
+        }
+    }
+
+    /// Replace the policy while vcoprocs run: every vcoproc is attached to
+    /// the new policy with its parameters and the runnable ones are queued.
+    pub fn set_policy(&self, mut policy: Box<dyn Policy>) -> Result<(), CoreError> {
+        let mut g = self.shared.lock();
+        let now = self.shared.now_ns();
+        for (&id, vc) in &g.vcoprocs {
+            policy.attach(id, &vc.params)?;
+        }
+        for (&id, vc) in &g.vcoprocs {
+            if vc.state.is_runnable() {
+                policy.wake(id, now);
+            }
+        }
+        g.policy = policy;
+        drop(g);
+        self.shared.runner_cv.notify_all();
+        Ok(())
+    }
+
+    /// Keep the last `capacity` slices in a trace (0 turns tracing off).
+    pub fn set_trace(&self, capacity: usize) {
+        self.shared.lock().trace = (capacity > 0).then(|| (capacity, VecDeque::new()));
+    }
+
+    /// The slices traced so far, oldest first.
+    pub fn trace(&self) -> Vec<TraceEntry> {
+        self.shared.lock().trace.as_ref().map(|(_, t)| t.iter().copied().collect()).unwrap_or_default()
+    }
+
+    /// Destroy every vcoproc of `domain` (its death or removal).
+    pub fn destroy_domain(&self, domain: DomainId) -> Result<usize, CoreError> {
+        let ids: Vec<VcoprocId> = {
+            let g = self.shared.lock();
+            g.vcoprocs.iter().filter(|(_, vc)| vc.domain == domain).map(|(&id, _)| id).collect()
+        };
+        let n = ids.len();
+        for id in ids {
+            self.destroy(id)?;
+        }
+        Ok(n)
+    }
+
+    fn destroy(&self, id: VcoprocId) -> Result<(), CoreError> {
+        self.command(move |dev, inner| -> Result<(), CoreError> {
+            let vc = inner.vc(id)?;
+            vc.transition(Event::Destroy)?;
+            let control = vc.control.clone();
+            inner.vcoprocs.remove(&id);
+            inner.policy.detach(id);
+            dev.destroy_context(id);
+            control.kick();
+            Ok(())
+        })??;
+        self.shared.state_cv.notify_all();
+        Ok(())
+    }
+
+    /// Stop the runner: every vcoproc is destroyed and the device released.
+    pub fn shutdown(&self) {
+        {
+            let mut g = self.shared.lock();
+            g.shutdown = true;
+            if g.running.is_some() {
+                self.shared.preempt.preempt();
+            }
+        }
+        self.shared.runner_cv.notify_all();
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+        self.shared.state_cv.notify_all();
+    }
+
+    fn wake(&self, id: VcoprocId) {
+        let mut g = self.shared.lock();
+        let now = self.shared.now_ns();
+        let Some(vc) = g.vcoprocs.get_mut(&id) else { return };
+        vc.stats.doorbells += 1;
+        if vc.state != VcoprocState::Waiting || vc.transition(Event::Wake).is_err() {
+            return;
+        }
+        let action = g.policy.wake(id, now);
+        if action == WakeAction::Preempt && g.running.is_some() {
+            self.shared.preempt.preempt();
+        }
+        drop(g);
+        self.shared.runner_cv.notify_all();
+    }
+}
+
+impl Drop for Pcoproc {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn info(id: VcoprocId, vc: &Vc) -> VcoprocInfo {
+    VcoprocInfo {
+        id,
+        domain: vc.domain,
+        firmware: vc.label.clone(),
+        state: vc.state,
+        stats: vc.stats,
+        params: vc.params,
+        mappings: vc.iova.count(),
+        mapped_bytes: vc.iova.bytes(),
+        exit_code: vc.exit_code,
+        last_fault: vc.faults.back().cloned(),
+    }
+}
+
+/// A domain's handle on one of its vcoprocs.
+#[derive(Clone)]
+pub struct VcoprocHandle {
+    pcoproc: Arc<Pcoproc>,
+    id: VcoprocId,
+    domain: DomainId,
+    control: Arc<ControlBlock>,
+}
+
+impl std::fmt::Debug for VcoprocHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "VcoprocHandle({} of {})", self.id, self.domain)
+    }
+}
+
+impl VcoprocHandle {
+    /// The vcoproc's id.
+    pub fn id(&self) -> VcoprocId {
+        self.id
+    }
+
+    /// Its owner.
+    pub fn domain(&self) -> DomainId {
+        self.domain
+    }
+
+    /// The pcoproc it lives on.
+    pub fn pcoproc(&self) -> &Arc<Pcoproc> {
+        &self.pcoproc
+    }
+
+    /// A snapshot of it.
+    pub fn info(&self) -> Result<VcoprocInfo, CoreError> {
+        self.pcoproc.vcoproc(self.id)
+    }
+
+    /// Its state now.
+    pub fn state(&self) -> Result<VcoprocState, CoreError> {
+        Ok(self.info()?.state)
+    }
+
+    /// Its fault records, oldest first.
+    pub fn faults(&self) -> Result<Vec<FaultRecord>, CoreError> {
+        let mut g = self.pcoproc.shared.lock();
+        Ok(g.vc(self.id)?.faults.iter().cloned().collect())
+    }
+
+    /// Load a firmware image (state created or loaded); `label` names it in listings.
+    pub fn load_firmware(&self, label: &str, image: &[u8]) -> Result<FirmwareInfo, CoreError> {
+        let (id, image, label) = (self.id, image.to_vec(), label.to_string());
+        self.pcoproc.command(move |dev, inner| -> Result<FirmwareInfo, CoreError> {
+            let vc = inner.vc(id)?;
+            vc.state.apply(Event::Load)?;
+            let fw = dev.load_firmware(id, &image)?;
+            vc.transition(Event::Load)?;
+            vc.label = label;
+            vc.exit_code = None;
+            vc.control.reset();
+            Ok(fw)
+        })?
+    }
+
+    /// Map `len` bytes of `region` from `offset` at `iova`.
+    pub fn map(
+        &self,
+        region: &Arc<Region>,
+        offset: u64,
+        iova: u64,
+        len: u64,
+        perms: Perms,
+        kind: MapKind,
+    ) -> Result<(), CoreError> {
+        let id = self.id;
+        let m = Mapping { iova, len, region: region.clone(), offset, perms, kind };
+        self.pcoproc.command(move |dev, inner| -> Result<(), CoreError> {
+            let vc = inner.vc(id)?;
+            if vc.state == VcoprocState::Destroyed {
+                return Err(CoreError::NoVcoproc(id));
+            }
+            vc.iova.check(&m)?;
+            dev.map(id, &m)?;
+            vc.iova.insert(m)?;
+            Ok(())
+        })?
+    }
+
+    /// Remove the mapping at `iova`. When this returns the device can no
+    /// longer touch its pages.
+    pub fn unmap(&self, iova: u64) -> Result<(), CoreError> {
+        let id = self.id;
+        self.pcoproc.command(move |dev, inner| -> Result<(), CoreError> {
+            let vc = inner.vc(id)?;
+            let m = vc.iova.remove(iova)?;
+            dev.unmap(id, m.iova);
+            Ok(())
+        })?
+    }
+
+    /// Start it (state loaded → runnable).
+    pub fn start(&self) -> Result<(), CoreError> {
+        let shared = &self.pcoproc.shared;
+        let mut g = shared.lock();
+        let now = shared.now_ns();
+        g.vc(self.id)?.transition(Event::Start)?;
+        if g.policy.wake(self.id, now) == WakeAction::Preempt && g.running.is_some() {
+            shared.preempt.preempt();
+        }
+        drop(g);
+        shared.runner_cv.notify_all();
+        shared.state_cv.notify_all();
+        Ok(())
+    }
+
+    /// Reset it to its freshly loaded firmware (mappings stay); start it again
+    /// with [`VcoprocHandle::start`].
+    pub fn reset(&self) -> Result<(), CoreError> {
+        let id = self.id;
+        self.pcoproc.command(move |dev, inner| -> Result<(), CoreError> {
+            let vc = inner.vc(id)?;
+            vc.state.apply(Event::Reset)?;
+            dev.reset_context(id)?;
+            vc.transition(Event::Reset)?;
+            vc.exit_code = None;
+            vc.control.reset();
+            inner.policy.block(id);
+            Ok(())
+        })??;
+        self.pcoproc.shared.state_cv.notify_all();
+        Ok(())
+    }
+
+    /// Destroy it: its context, mappings and queue entries are released.
+    pub fn destroy(&self) -> Result<(), CoreError> {
+        self.pcoproc.destroy(self.id)
+    }
+
+    /// Change its scheduling parameters; effective at the next decision.
+    pub fn set_params(&self, params: SchedParams) -> Result<(), CoreError> {
+        params.validate()?;
+        let mut g = self.pcoproc.shared.lock();
+        g.policy.set_params(self.id, &params)?;
+        g.vc(self.id)?.params = params;
+        Ok(())
+    }
+
+    /// Write mailbox-in word `i`.
+    pub fn mbox_write(&self, i: usize, v: u32) {
+        self.control.write_in(i, v);
+    }
+
+    /// Read mailbox-out word `i`.
+    pub fn mbox_read(&self, i: usize) -> u32 {
+        self.control.read_out(i)
+    }
+
+    /// Ring the doorbell: wakes the vcoproc if it is waiting.
+    pub fn doorbell(&self) {
+        self.control.ring();
+        self.pcoproc.wake(self.id);
+    }
+
+    /// The latest notification from the firmware.
+    pub fn last_notify(&self) -> Notify {
+        self.control.last_notify()
+    }
+
+    /// Wait for a notification newer than `after`. Fails early if the
+    /// vcoproc faults, stops or is destroyed meanwhile.
+    pub fn wait_notify(&self, after: u64, timeout: Duration) -> Result<Notify, CoreError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(n) = self.control.wait_notify(after, Duration::from_millis(20)) {
+                return Ok(n);
+            }
+            let st = self.state()?;
+            if matches!(st, VcoprocState::Faulted | VcoprocState::Stopped) {
+                return Err(CoreError::State(TransitionError { from: st, event: Event::Wake }));
+            }
+            if Instant::now() >= deadline {
+                return Err(CoreError::Timeout(timeout));
+            }
+        }
+    }
+
+    /// Wait until `pred` holds for its state.
+    pub fn wait_state(
+        &self,
+        pred: impl Fn(VcoprocState) -> bool,
+        timeout: Duration,
+    ) -> Result<VcoprocState, CoreError> {
+        let shared = &self.pcoproc.shared;
+        let deadline = Instant::now() + timeout;
+        let mut g = shared.lock();
+        loop {
+            let st = g.vcoprocs.get(&self.id).map(|v| v.state).unwrap_or(VcoprocState::Destroyed);
+            if pred(st) {
+                return Ok(st);
+            }
+            let now = Instant::now();
+            if now >= deadline || shared.inner.is_poisoned() {
+                return Err(CoreError::Timeout(timeout));
+            }
+            g = shared.state_cv.wait_timeout(g, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    /// Console lines of the firmware, and how many older ones were dropped.
+    pub fn console(&self) -> (Vec<String>, u64) {
+        self.control.console()
+    }
+}

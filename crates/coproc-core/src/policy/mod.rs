@@ -1,0 +1,154 @@
+//! Scheduling policies: one instance per pcoproc decides who runs next and
+//! for how long.
+//!
+//! The runner drives a policy through a small protocol:
+//! - [`Policy::attach`] / [`Policy::detach`] when a vcoproc joins or leaves;
+//! - [`Policy::wake`] when a vcoproc becomes runnable (started, doorbell);
+//!   the answer says whether the running vcoproc should be preempted;
+//! - [`Policy::pick`] takes the next vcoproc out of the policy's run queue
+//!   and gives its budget;
+//! - [`Policy::charge`] after the slice with the time that actually ran and
+//!   whether the vcoproc still wants to run (the policy requeues it then).
+//!
+//! A vcoproc is in the run queue between `wake`/`charge(runnable)` and the
+//! `pick` that takes it. Time is charged from the device's measurement of
+//! what ran, never from ticks.
+
+mod rr;
+
+pub use rr::RoundRobin;
+
+use crate::ids::VcoprocId;
+use serde::Serialize;
+use std::time::Duration;
+use thiserror::Error;
+
+/// Errors of policies.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PolicyError {
+    /// Unknown vcoproc.
+    #[error("{0} is not scheduled by this policy")]
+    Unknown(VcoprocId),
+    /// A parameter out of range.
+    #[error("bad parameter: {0}")]
+    BadParam(String),
+}
+
+/// Per-vcoproc scheduling parameters. Each policy reads the ones it uses;
+/// the others are kept so a policy switch finds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SchedParams {
+    /// Relative share under fair-share policies.
+    pub weight: u32,
+    /// Most percent of the device this vcoproc may get (None: no cap).
+    pub cap_pct: Option<u32>,
+    /// Fixed priority, higher runs first.
+    pub priority: i32,
+    /// Reservation: budget per period.
+    pub reservation: Option<(Duration, Duration)>,
+}
+
+impl Default for SchedParams {
+    fn default() -> Self {
+        SchedParams { weight: 256, cap_pct: None, priority: 0, reservation: None }
+    }
+}
+
+impl SchedParams {
+    /// Check ranges that hold for every policy.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        if self.weight == 0 || self.weight > 65535 {
+            return Err(PolicyError::BadParam(format!("weight {} not in 1..=65535", self.weight)));
+        }
+        if let Some(c) = self.cap_pct {
+            if c == 0 || c > 100 {
+                return Err(PolicyError::BadParam(format!("cap {c}% not in 1..=100")));
+            }
+        }
+        if let Some((b, p)) = self.reservation {
+            if b.is_zero() || b > p {
+                return Err(PolicyError::BadParam(format!(
+                    "budget {b:?} must be non-zero and at most the period {p:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What `wake` asks of the runner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WakeAction {
+    /// Nothing; the woken vcoproc waits its turn.
+    None,
+    /// Cut the running vcoproc's slice short through the preempt handle.
+    Preempt,
+}
+
+/// What `pick` decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Run this vcoproc for at most this long.
+    Run {
+        /// Who.
+        vcoproc: VcoprocId,
+        /// Budget of the slice.
+        budget: Duration,
+    },
+    /// Nothing to run; ask again after this long (None: when woken).
+    Idle(Option<Duration>),
+}
+
+/// How a slice ended, as far as the policy cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SliceEnd {
+    /// Still wants the device (budget spent or preempted, not waiting/faulted).
+    pub runnable: bool,
+    /// Cut short by a preempt request before its budget ran out.
+    pub preempted: bool,
+}
+
+/// One vcoproc's standing under the policy, for `sched-get`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Standing {
+    /// The vcoproc.
+    pub vcoproc: VcoprocId,
+    /// Whether it is in the run queue now.
+    pub queued: bool,
+    /// Policy-specific figures (name, value).
+    pub figures: Vec<(String, i64)>,
+}
+
+/// A scheduling algorithm attached to one pcoproc.
+pub trait Policy: Send {
+    /// Short name ("rr", "credit", ...).
+    fn name(&self) -> &'static str;
+
+    /// Policy-wide parameters as (name, value) text pairs.
+    fn describe(&self) -> Vec<(String, String)>;
+
+    /// A vcoproc joins (not yet runnable).
+    fn attach(&mut self, v: VcoprocId, params: &SchedParams) -> Result<(), PolicyError>;
+
+    /// A vcoproc leaves (wherever it is).
+    fn detach(&mut self, v: VcoprocId);
+
+    /// Change a vcoproc's parameters; effective at the next decision.
+    fn set_params(&mut self, v: VcoprocId, params: &SchedParams) -> Result<(), PolicyError>;
+
+    /// `v` became runnable at `now_ns`.
+    fn wake(&mut self, v: VcoprocId, now_ns: u64) -> WakeAction;
+
+    /// `v` stopped being runnable while queued (halted, reset, faulted by a
+    /// switch) and must leave the run queue.
+    fn block(&mut self, v: VcoprocId);
+
+    /// Take the next vcoproc to run.
+    fn pick(&mut self, now_ns: u64) -> Decision;
+
+    /// `v` ran for `ran` (measured); requeue it if `end.runnable`.
+    fn charge(&mut self, v: VcoprocId, ran: Duration, now_ns: u64, end: SliceEnd);
+
+    /// Standing of every attached vcoproc.
+    fn standings(&self) -> Vec<Standing>;
+}

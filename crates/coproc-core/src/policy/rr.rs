@@ -1,0 +1,207 @@
+//! `rr`: round robin with a fixed slice (EPAM's only algorithm).
+//!
+//! A FIFO of runnable vcoprocs. Each pick gives the head one slice. A
+//! vcoproc preempted before its slice ran out goes back to the head with
+//! what is left of it, so a preemption for an unrelated reason (a control
+//! command, a revoke) costs it nothing. O(1) per decision.
+
+use super::{Decision, Policy, PolicyError, SchedParams, SliceEnd, Standing, WakeAction};
+use crate::ids::VcoprocId;
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Entry {
+    queued: bool,
+    /// Unused part of a slice that was cut short.
+    left: Option<Duration>,
+    picks: u64,
+}
+
+/// The round-robin policy.
+#[derive(Debug)]
+pub struct RoundRobin {
+    slice: Duration,
+    queue: VecDeque<VcoprocId>,
+    entries: HashMap<VcoprocId, Entry>,
+}
+
+impl RoundRobin {
+    /// Shortest slice accepted.
+    pub const MIN_SLICE: Duration = Duration::from_micros(50);
+
+    /// Round robin with `slice` per turn.
+    pub fn new(slice: Duration) -> Result<RoundRobin, PolicyError> {
+        let mut rr = RoundRobin { slice, queue: VecDeque::new(), entries: HashMap::new() };
+        rr.set_slice(slice)?;
+        Ok(rr)
+    }
+
+    /// Change the slice; effective at the next pick.
+    pub fn set_slice(&mut self, slice: Duration) -> Result<(), PolicyError> {
+        if slice < Self::MIN_SLICE || slice > Duration::from_secs(10) {
+            return Err(PolicyError::BadParam(format!(
+                "slice {slice:?} not in {:?}..=10s",
+                Self::MIN_SLICE
+            )));
+        }
+        self.slice = slice;
+        Ok(())
+    }
+
+    /// The slice length.
+    pub fn slice(&self) -> Duration {
+        self.slice
+    }
+}
+
+impl Policy for RoundRobin {
+    fn name(&self) -> &'static str {
+        "rr"
+    }
+
+    fn describe(&self) -> Vec<(String, String)> {
+        vec![("slice_us".into(), self.slice.as_micros().to_string())]
+    }
+
+    fn attach(&mut self, v: VcoprocId, params: &SchedParams) -> Result<(), PolicyError> {
+        params.validate()?;
+        self.entries.entry(v).or_default();
+        Ok(())
+    }
+
+    fn detach(&mut self, v: VcoprocId) {
+        if self.entries.remove(&v).is_some_and(|e| e.queued) {
+            self.queue.retain(|&q| q != v);
+        }
+    }
+
+    fn set_params(&mut self, v: VcoprocId, params: &SchedParams) -> Result<(), PolicyError> {
+        params.validate()?;
+        self.entries.get(&v).map(|_| ()).ok_or(PolicyError::Unknown(v))
+    }
+
+    fn wake(&mut self, v: VcoprocId, _now_ns: u64) -> WakeAction {
+        if let Some(e) = self.entries.get_mut(&v) {
+            if !e.queued {
+                e.queued = true;
+                self.queue.push_back(v);
+            }
+        }
+        WakeAction::None
+    }
+
+    fn block(&mut self, v: VcoprocId) {
+        if let Some(e) = self.entries.get_mut(&v) {
+            if e.queued {
+                e.queued = false;
+                e.left = None;
+                self.queue.retain(|&q| q != v);
+            }
+        }
+    }
+
+    fn pick(&mut self, _now_ns: u64) -> Decision {
+        while let Some(v) = self.queue.pop_front() {
+            if let Some(e) = self.entries.get_mut(&v) {
+                e.queued = false;
+                e.picks += 1;
+                let budget = e.left.take().unwrap_or(self.slice);
+                return Decision::Run { vcoproc: v, budget };
+            }
+        }
+        Decision::Idle(None)
+    }
+
+    fn charge(&mut self, v: VcoprocId, ran: Duration, _now_ns: u64, end: SliceEnd) {
+        let slice = self.slice;
+        let Some(e) = self.entries.get_mut(&v) else { return };
+        if !end.runnable || e.queued {
+            return;
+        }
+        e.queued = true;
+        let left = slice.saturating_sub(ran);
+        if end.preempted && left >= Self::MIN_SLICE {
+            e.left = Some(left);
+            self.queue.push_front(v);
+        } else {
+            self.queue.push_back(v);
+        }
+    }
+
+    fn standings(&self) -> Vec<Standing> {
+        let mut out: Vec<Standing> = self
+            .entries
+            .iter()
+            .map(|(&v, e)| Standing {
+                vcoproc: v,
+                queued: e.queued,
+                figures: vec![
+                    ("picks".into(), e.picks as i64),
+                    ("slice_left_us".into(), e.left.map_or(-1, |l| l.as_micros() as i64)),
+                ],
+            })
+            .collect();
+        out.sort_by_key(|s| s.vcoproc);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+    const RUN: SliceEnd = SliceEnd { runnable: true, preempted: false };
+
+    fn pick(rr: &mut RoundRobin) -> Option<(u32, Duration)> {
+        match rr.pick(0) {
+            Decision::Run { vcoproc, budget } => Some((vcoproc.0, budget)),
+            Decision::Idle(_) => None,
+        }
+    }
+
+    #[test]
+    fn rotates_fifo() {
+        let mut rr = RoundRobin::new(MS).unwrap();
+        for i in 1..=3 {
+            rr.attach(VcoprocId(i), &SchedParams::default()).unwrap();
+            rr.wake(VcoprocId(i), 0);
+        }
+        let mut order = vec![];
+        for _ in 0..6 {
+            let (v, b) = pick(&mut rr).unwrap();
+            assert_eq!(b, MS);
+            order.push(v);
+            rr.charge(VcoprocId(v), MS, 0, RUN);
+        }
+        assert_eq!(order, [1, 2, 3, 1, 2, 3]);
+    }
+
+    #[test]
+    fn preempted_keeps_rest_of_slice_at_head() {
+        let mut rr = RoundRobin::new(10 * MS).unwrap();
+        for i in 1..=2 {
+            rr.attach(VcoprocId(i), &SchedParams::default()).unwrap();
+            rr.wake(VcoprocId(i), 0);
+        }
+        assert_eq!(pick(&mut rr).unwrap().0, 1);
+        rr.charge(VcoprocId(1), 4 * MS, 0, SliceEnd { runnable: true, preempted: true });
+        assert_eq!(pick(&mut rr).unwrap(), (1, 6 * MS));
+    }
+
+    #[test]
+    fn blocked_and_detached_leave_queue() {
+        let mut rr = RoundRobin::new(MS).unwrap();
+        for i in 1..=3 {
+            rr.attach(VcoprocId(i), &SchedParams::default()).unwrap();
+            rr.wake(VcoprocId(i), 0);
+        }
+        rr.block(VcoprocId(2));
+        rr.detach(VcoprocId(3));
+        assert_eq!(pick(&mut rr).unwrap().0, 1);
+        rr.charge(VcoprocId(1), MS, 0, SliceEnd { runnable: false, preempted: false });
+        assert_eq!(pick(&mut rr), None);
+        assert!(RoundRobin::new(Duration::from_nanos(1)).is_err());
+    }
+}

@@ -1,0 +1,231 @@
+//! The runner: the loop that owns one pcoproc's device.
+//!
+//! Each turn: execute queued control commands; ask the policy whom to run and
+//! for how long; switch contexts if needed; run; charge the measured time;
+//! update state and statistics. Only this thread touches the device.
+
+use crate::device::{Device, RunOutcome, StopReason, SwitchOutcome};
+use crate::fault::{Access, DeviceFault, FaultReason, FaultRecord};
+use crate::ids::VcoprocId;
+use crate::pcoproc::{Inner, Shared, TraceEntry};
+use crate::policy::{Decision, SliceEnd};
+use crate::state::{Event, VcoprocState};
+use std::time::Duration;
+
+/// Longest the runner sleeps when idle before re-checking (bounds the cost
+/// of a lost wake-up).
+const IDLE_RECHECK: Duration = Duration::from_millis(100);
+
+pub(crate) fn run(mut device: Box<dyn Device>, shared: &Shared) {
+    // The context on the device right now.
+    let mut current: Option<VcoprocId> = None;
+    loop {
+        let mut g = shared.lock();
+        while let Some(cmd) = g.commands.pop_front() {
+            cmd(device.as_mut(), &mut g);
+            if current.is_some_and(|c| !g.vcoprocs.contains_key(&c)) {
+                // The command destroyed the context on the device.
+                current = None;
+            }
+        }
+        if g.shutdown {
+            break;
+        }
+        let now = shared.now_ns();
+        let (v, budget) = match g.policy.pick(now) {
+            Decision::Idle(t) => {
+                let t = t.unwrap_or(IDLE_RECHECK).min(IDLE_RECHECK);
+                let _ = shared.runner_cv.wait_timeout(g, t);
+                continue;
+            }
+            Decision::Run { vcoproc, budget } => (vcoproc, budget),
+        };
+        let picked = g.vcoprocs.get_mut(&v).is_some_and(|vc| vc.transition(Event::Pick).is_ok());
+        match picked {
+            true => {}
+            false => {
+                // A stale queue entry; the policy must forget it.
+                g.policy.block(v);
+                continue;
+            }
+        }
+        g.running = Some(v);
+        drop(g);
+
+        if current != Some(v) {
+            match device.switch(Some(v)) {
+                SwitchOutcome::Done => {
+                    current = Some(v);
+                    let mut g = shared.lock();
+                    g.switches += 1;
+                    if let Some(vc) = g.vcoprocs.get_mut(&v) {
+                        vc.stats.switches += 1;
+                    }
+                }
+                SwitchOutcome::RetryAfter(t) => {
+                    retry_after(device.as_mut(), shared, current, v, t);
+                    continue;
+                }
+                SwitchOutcome::Failed { guilty, reason } => {
+                    current = None;
+                    switch_failed(shared, v, guilty, reason);
+                    continue;
+                }
+            }
+        }
+
+        let start = shared.now_ns();
+        let out = device.run(budget);
+        charge(shared, v, budget, start, &out);
+    }
+
+    // Shutdown: release every context.
+    let g = shared.lock();
+    let ids: Vec<VcoprocId> = g.vcoprocs.keys().copied().collect();
+    drop(g);
+    let _ = device.switch(None);
+    for id in ids {
+        device.destroy_context(id);
+    }
+    let mut g = shared.lock();
+    for vc in g.vcoprocs.values_mut() {
+        vc.state = VcoprocState::Destroyed;
+        vc.control.kick();
+    }
+    g.vcoprocs.clear();
+    drop(g);
+    shared.state_cv.notify_all();
+}
+
+/// Put `v` back at the head of the queue with its slice intact.
+fn unpick(g: &mut Inner, v: VcoprocId, now: u64) {
+    if let Some(vc) = g.vcoprocs.get_mut(&v) {
+        let _ = vc.transition(Event::SliceEnd);
+    }
+    g.running = None;
+    g.policy.charge(v, Duration::ZERO, now, SliceEnd { runnable: true, preempted: true });
+}
+
+/// The device cannot leave the current context yet: keep running it (if it
+/// wants to run) for up to `t`, then retry the switch.
+fn retry_after(
+    device: &mut dyn Device,
+    shared: &Shared,
+    current: Option<VcoprocId>,
+    v: VcoprocId,
+    t: Duration,
+) {
+    let mut g = shared.lock();
+    let now = shared.now_ns();
+    unpick(&mut g, v, now);
+    let cur = current.filter(|c| g.vcoprocs.get(c).is_some_and(|vc| vc.state.is_runnable()));
+    match cur {
+        Some(c) => {
+            g.policy.block(c);
+            if let Some(vc) = g.vcoprocs.get_mut(&c) {
+                let _ = vc.transition(Event::Pick);
+            }
+            g.running = Some(c);
+            drop(g);
+            let start = shared.now_ns();
+            let out = device.run(t);
+            charge(shared, c, t, start, &out);
+        }
+        None => {
+            let _ = shared.runner_cv.wait_timeout(g, t);
+        }
+    }
+}
+
+fn switch_failed(shared: &Shared, v: VcoprocId, guilty: VcoprocId, reason: String) {
+    let mut g = shared.lock();
+    let now = shared.now_ns();
+    if guilty != v {
+        unpick(&mut g, v, now);
+    } else {
+        g.running = None;
+    }
+    if let Some(vc) = g.vcoprocs.get_mut(&guilty) {
+        if vc.transition(Event::Fault).is_ok() {
+            g.policy.block(guilty);
+            g.record_fault(FaultRecord {
+                vcoproc: guilty,
+                at_ns: now,
+                fault: DeviceFault {
+                    addr: None,
+                    access: Access::None,
+                    pc: None,
+                    reason: FaultReason::SwitchFailed(reason),
+                },
+            });
+        }
+    }
+    drop(g);
+    shared.state_cv.notify_all();
+}
+
+/// Account one slice of `v` and move it to its next state.
+fn charge(shared: &Shared, v: VcoprocId, budget: Duration, start: u64, out: &RunOutcome) {
+    let mut g = shared.lock();
+    let now = shared.now_ns();
+    g.running = None;
+    let ran_ns = out.ran.as_nanos() as u64;
+    g.busy_ns += ran_ns;
+    let Some(vc) = g.vcoprocs.get_mut(&v) else { return };
+    vc.stats.run_ns += ran_ns;
+    vc.stats.slices += 1;
+    let control = vc.control.clone();
+    let mut fault = None;
+    let end = match &out.stop {
+        StopReason::BudgetSpent => SliceEnd { runnable: true, preempted: false },
+        StopReason::Preempted => {
+            vc.stats.preemptions += 1;
+            SliceEnd { runnable: true, preempted: true }
+        }
+        // A doorbell that arrived while it was still running counts: it
+        // stays runnable instead of parking.
+        StopReason::Waiting if control.pending() > 0 => SliceEnd { runnable: true, preempted: false },
+        StopReason::Waiting => {
+            vc.stats.waits += 1;
+            SliceEnd { runnable: false, preempted: false }
+        }
+        StopReason::Exited(code) => {
+            vc.exit_code = Some(*code);
+            SliceEnd { runnable: false, preempted: false }
+        }
+        StopReason::Fault(f) => {
+            fault = Some(f.clone());
+            SliceEnd { runnable: false, preempted: false }
+        }
+    };
+    let event = match (&out.stop, end.runnable) {
+        (_, true) => Event::SliceEnd,
+        (StopReason::Exited(_), _) => Event::Exit,
+        (StopReason::Fault(_), _) => Event::Fault,
+        _ => Event::Wait,
+    };
+    if let Err(e) = vc.transition(event) {
+        tracing::error!(vcoproc = %v, error = %e, "runner: unexpected state");
+    }
+    g.policy.charge(v, out.ran, now, end);
+    if let Some(fault) = fault {
+        g.record_fault(FaultRecord { vcoproc: v, at_ns: now, fault });
+    }
+    if let Some((cap, t)) = g.trace.as_mut() {
+        if t.len() == *cap {
+            t.pop_front();
+        }
+        t.push_back(TraceEntry {
+            vcoproc: v,
+            start_ns: start,
+            ran_ns,
+            budget_ns: budget.as_nanos() as u64,
+            runnable_after: end.runnable,
+        });
+    }
+    drop(g);
+    if !end.runnable {
+        control.kick();
+    }
+    shared.state_cv.notify_all();
+}
