@@ -1,0 +1,102 @@
+//! Host reference implementations of the example firmware's algorithms.
+//! They are written from the algorithms' definitions, not from the C code;
+//! CRC-32 comes from the `crc32fast` crate, an independent implementation.
+
+/// Most FIR taps the `fir` firmware accepts.
+pub const FIR_MAX_TAPS: usize = 256;
+
+/// Q15 FIR: `y[n] = sat16((sum_k h[k] * x[n-k] + 2^14) >> 15)`, `x[i<0] = 0`.
+pub fn fir_q15(x: &[i16], h: &[i16]) -> Vec<i16> {
+    (0..x.len())
+        .map(|n| {
+            let acc: i64 = h
+                .iter()
+                .enumerate()
+                .filter(|&(k, _)| k <= n)
+                .map(|(k, &hk)| i64::from(hk) * i64::from(x[n - k]))
+                .sum();
+            ((acc + (1 << 14)) >> 15).clamp(i64::from(i16::MIN), i64::from(i16::MAX)) as i16
+        })
+        .collect()
+}
+
+/// CRC-32 (IEEE 802.3) of `data`.
+pub fn crc32(data: &[u8]) -> u32 {
+    crc32fast::hash(data)
+}
+
+/// The `echo` firmware's answer to message number `seq` (1-based): words
+/// 0..15 echoed, word 15 the count.
+pub fn echo(words: &[u32; 16], seq: u32) -> [u32; 16] {
+    let mut out = *words;
+    out[15] = seq;
+    out
+}
+
+/// The `hog` firmware's LCG state after `steps` steps from 1.
+pub fn hog_state(steps: u64) -> u32 {
+    (0..steps).fold(1u32, |x, _| x.wrapping_mul(1664525).wrapping_add(1013904223))
+}
+
+/// A deterministic pseudo-random generator for test data (xorshift64*).
+#[derive(Debug, Clone)]
+pub struct TestRng(u64);
+
+impl TestRng {
+    /// Seeded generator (seed 0 is replaced).
+    pub fn new(seed: u64) -> TestRng {
+        TestRng(seed.max(1))
+    }
+
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// `n` random bytes.
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next_u64() as u8).collect()
+    }
+
+    /// `n` random Q15 samples.
+    pub fn samples(&mut self, n: usize) -> Vec<i16> {
+        (0..n).map(|_| self.next_u64() as i16).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fir_identity_and_saturation() {
+        let x = [100i16, -200, 300, i16::MAX, i16::MIN];
+        // h = [0.5 in Q15] halves (rounding half up).
+        assert_eq!(fir_q15(&x, &[16384]), [50, -100, 150, 16384, -16384]);
+        // Two taps of ~1.0 saturate.
+        let y = fir_q15(&[i16::MAX, i16::MAX], &[i16::MAX, i16::MAX]);
+        assert_eq!(y, [32766, i16::MAX]);
+        let y = fir_q15(&[i16::MIN, i16::MIN], &[i16::MAX, i16::MAX]);
+        assert_eq!(y[1], i16::MIN);
+    }
+
+    #[test]
+    fn crc32_check_value() {
+        // The standard check value of CRC-32/ISO-HDLC.
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    }
+
+    #[test]
+    fn images_are_arm_elf() {
+        for fw in crate::ALL {
+            assert_eq!(&fw.elf[..4], b"\x7fELF", "{}", fw.name);
+            assert_eq!(fw.elf[4], 1, "{} is ELF32", fw.name);
+            assert_eq!(u16::from_le_bytes([fw.elf[18], fw.elf[19]]), 40, "{} is EM_ARM", fw.name);
+        }
+    }
+}

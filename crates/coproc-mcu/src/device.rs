@@ -1,0 +1,777 @@
+//! The mcu device: one emulated Cortex-M4 core shared by many contexts.
+//!
+//! # How contexts are kept apart
+//!
+//! Unicorn runs in virtual-TLB mode: every address the firmware uses is a
+//! virtual address of the *current* context, translated by our TLB-fill hook
+//! to a physical address of the one engine. Each context owns distinct
+//! physical pages (code, data, and one range per mapping); the control block
+//! is an emulated MMIO page whose callbacks act on the current context. A
+//! context switch saves and restores the CPU registers, makes the new context
+//! current and flushes the TLB, so from the first instruction after the
+//! switch only the new context's pages are reachable. Translated code is
+//! tagged by physical address, so a switch keeps every context's
+//! translations warm: that is what makes a full switch cost about a
+//! microsecond instead of the tens of microseconds a remap would cost.
+//!
+//! An access the context's map does not allow is sent to a trap page whose
+//! callback records the exact address and stops the core; a forbidden
+//! instruction fetch is refused in the hook and stops the core at once.
+
+use crate::abi::*;
+use crate::elf::{self, Image};
+use crate::timer::SliceTimer;
+use coproc_core::control::ControlBlock;
+use coproc_core::device::{
+    Capabilities, ContextSpec, Device, DeviceError, FirmwareInfo, Preemption, PreemptHandle,
+    RunOutcome, StopReason, SwitchOutcome,
+};
+use coproc_core::fault::{Access, DeviceFault, FaultReason};
+use coproc_core::iova::Mapping;
+use coproc_core::ids::ContextId;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use unicorn_engine::{
+    uc_error, Arch, ArmCpuModel, MemType, Mode, Prot, RegisterARM, TlbEntry, TlbType, Unicorn,
+};
+
+/// Physical address of the control block MMIO page.
+const PHYS_CB: u64 = 0x7000_0000;
+/// Physical address of the trap MMIO page.
+const PHYS_TRAP: u64 = 0x7000_1000;
+/// Physical window from which context memory and mappings are allocated.
+const PHYS_POOL: (u64, u64) = (0x8000_0000, 0x1_0000_0000);
+/// `until` of `emu_start`; ignored, as exits are enabled with none set.
+const UNTIL: u64 = 0;
+/// Mapping granularity.
+const PAGE: u64 = 4096;
+
+/// Configuration of an mcu device.
+#[derive(Debug, Clone)]
+pub struct McuConfig {
+    /// Most contexts (vcoprocs) at once.
+    pub max_contexts: u32,
+}
+
+impl Default for McuConfig {
+    fn default() -> Self {
+        McuConfig { max_contexts: 1024 }
+    }
+}
+
+/// Physical address allocator over [`PHYS_POOL`] (first fit, coalescing).
+#[derive(Debug)]
+struct PhysAlloc {
+    /// start → len of free ranges.
+    free: BTreeMap<u64, u64>,
+}
+
+impl PhysAlloc {
+    fn new() -> Self {
+        let mut free = BTreeMap::new();
+        free.insert(PHYS_POOL.0, PHYS_POOL.1 - PHYS_POOL.0);
+        PhysAlloc { free }
+    }
+
+    fn alloc(&mut self, len: u64) -> Option<u64> {
+        let (&start, &flen) = self.free.iter().find(|(_, &l)| l >= len)?;
+        self.free.remove(&start);
+        if flen > len {
+            self.free.insert(start + len, flen - len);
+        }
+        Some(start)
+    }
+
+    fn release(&mut self, start: u64, len: u64) {
+        let (mut s, mut l) = (start, len);
+        if let Some((&ps, &pl)) = self.free.range(..s).next_back() {
+            if ps + pl == s {
+                self.free.remove(&ps);
+                s = ps;
+                l += pl;
+            }
+        }
+        if let Some(&nl) = self.free.get(&(s + l)) {
+            self.free.remove(&(s + l));
+            l += nl;
+        }
+        self.free.insert(s, l);
+    }
+}
+
+/// A mapping as the device placed it.
+#[derive(Debug)]
+struct PhysMap {
+    len: u64,
+    phys: u64,
+    prot: Prot,
+    /// Keeps the domain memory alive while the engine points into it.
+    _mapping: Mapping,
+}
+
+/// Code and data memory of one context (pooled for reuse).
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    code: u64,
+    data: u64,
+}
+
+struct Ctx {
+    control: Arc<ControlBlock>,
+    slot: Slot,
+    maps: BTreeMap<u64, PhysMap>,
+    image: Option<Image>,
+    regs: unicorn_engine::Context,
+    /// Registers must be initialised from the image at the next switch-in.
+    fresh: bool,
+    run_ns: u64,
+    time_hi: u32,
+    /// (reason, addr, pc) of the last fault, for the FAULT_* registers.
+    last_fault: (u32, u32, u32),
+}
+
+/// A fault found by a hook during a run.
+#[derive(Debug, Clone, Copy)]
+struct PendingTrap {
+    vpage: u64,
+    access: Access,
+    pc: u64,
+}
+
+#[derive(Debug)]
+enum Stop {
+    Waiting,
+    Exited(u32),
+    Fault(DeviceFault),
+}
+
+/// State the engine's hooks reach through `Unicorn::get_data_mut`.
+struct State {
+    contexts: HashMap<ContextId, Ctx>,
+    current: Option<ContextId>,
+    running: bool,
+    slice_start: Instant,
+    stop: Option<Stop>,
+    trap: Option<PendingTrap>,
+    page_mask: u64,
+}
+
+impl State {
+    fn set_stop(&mut self, s: Stop) {
+        let rank = |s: &Stop| match s {
+            Stop::Waiting => 0,
+            Stop::Exited(_) => 1,
+            Stop::Fault(_) => 2,
+        };
+        if self.stop.as_ref().is_none_or(|old| rank(&s) > rank(old)) {
+            self.stop = Some(s);
+        }
+    }
+
+    /// Translate a virtual page of the current context.
+    fn translate(&self, vaddr: u64) -> Option<(u64, Prot)> {
+        let ctx = self.contexts.get(&self.current?)?;
+        let off = |base: u32| vaddr - u64::from(base);
+        let inside = |base: u32, size: u32| vaddr >= u64::from(base) && vaddr < u64::from(base) + u64::from(size);
+        if inside(CODE_BASE, CODE_SIZE) {
+            return Some((ctx.slot.code + off(CODE_BASE), Prot::READ | Prot::EXEC));
+        }
+        if inside(DATA_BASE, DATA_SIZE) {
+            return Some((ctx.slot.data + off(DATA_BASE), Prot::READ | Prot::WRITE));
+        }
+        if inside(CB_BASE, CB_SIZE) {
+            return Some((PHYS_CB + off(CB_BASE), Prot::READ | Prot::WRITE));
+        }
+        let (&iova, m) = ctx.maps.range(..=vaddr).next_back()?;
+        (vaddr < iova + m.len).then(|| (m.phys + (vaddr - iova), m.prot))
+    }
+}
+
+fn allows(prot: Prot, access: MemType) -> bool {
+    let need = match access {
+        MemType::READ => Prot::READ,
+        MemType::WRITE => Prot::WRITE,
+        MemType::FETCH => Prot::EXEC,
+        _ => return false,
+    };
+    prot.0 & need.0 != 0
+}
+
+fn access_of(t: MemType) -> Access {
+    match t {
+        MemType::READ => Access::Read,
+        MemType::WRITE => Access::Write,
+        MemType::FETCH => Access::Fetch,
+        _ => Access::None,
+    }
+}
+
+fn uc_err(what: &str, e: uc_error) -> DeviceError {
+    DeviceError::Backend(format!("unicorn {what}: {e:?}"))
+}
+
+fn exception_name(intno: u32) -> String {
+    // QEMU's ARM exception numbers (target/arm/cpu.h).
+    let name = match intno {
+        2 => "svc",
+        3 => "prefetch abort",
+        4 => "data abort",
+        5 => "irq",
+        6 => "fiq",
+        7 => "bkpt",
+        17 => "nocp (coprocessor disabled)",
+        19 => "stack overflow",
+        21 => "lazy fp state error",
+        22 => "unaligned access",
+        _ => "exception",
+    };
+    format!("{name} ({intno})")
+}
+
+/// The mcu device.
+pub struct McuDevice {
+    uc: Unicorn<'static, State>,
+    timer: SliceTimer,
+    /// CPU registers of a freshly reset core.
+    template: unicorn_engine::Context,
+    /// Register buffer swapped in while saving a context.
+    spare: unicorn_engine::Context,
+    phys: PhysAlloc,
+    pool: Vec<Slot>,
+    config: McuConfig,
+}
+
+impl std::fmt::Debug for McuDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("McuDevice").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl McuDevice {
+    /// Create the core.
+    pub fn new(config: McuConfig) -> Result<McuDevice, DeviceError> {
+        let state = State {
+            contexts: HashMap::new(),
+            current: None,
+            running: false,
+            slice_start: Instant::now(),
+            stop: None,
+            trap: None,
+            page_mask: 0,
+        };
+        let mut uc = Unicorn::new_with_data(Arch::ARM, Mode::THUMB | Mode::MCLASS, state)
+            .map_err(|e| uc_err("open", e))?;
+        uc.ctl_set_cpu_model(ArmCpuModel::CORTEX_M4 as i32).map_err(|e| uc_err("cpu model", e))?;
+        uc.ctl_set_tlb_type(TlbType::VIRTUAL).map_err(|e| uc_err("tlb mode", e))?;
+        // Exit addresses on, with none set: emulation stops only on our
+        // request, and Unicorn does not probe an `until` address after each
+        // run (which would go through the TLB hook).
+        uc.ctl_exits_enable().map_err(|e| uc_err("exits", e))?;
+        uc.ctl_set_exits(&[]).map_err(|e| uc_err("exits", e))?;
+        let page = u64::from(uc.ctl_get_page_size().map_err(|e| uc_err("page size", e))?);
+        uc.get_data_mut().page_mask = !(page - 1);
+
+        uc.add_tlb_hook(0, u64::MAX, |uc, vaddr, access| {
+            let pc = uc.reg_read(RegisterARM::PC).unwrap_or(0);
+            let st = uc.get_data_mut();
+            if let Some((paddr, prot)) = st.translate(vaddr) {
+                if allows(prot, access) {
+                    return Some(TlbEntry { paddr, perms: prot });
+                }
+            }
+            if !st.running {
+                return None;
+            }
+            let acc = access_of(access);
+            if acc == Access::Fetch || acc == Access::None {
+                // Refused: the engine stops with an exception at once.
+                st.set_stop(Stop::Fault(DeviceFault {
+                    addr: Some(vaddr.max(pc)),
+                    access: acc,
+                    pc: Some(pc),
+                    reason: FaultReason::AccessViolation,
+                }));
+                return None;
+            }
+            // Data access: route it to the trap page, whose callback sees the
+            // exact address.
+            st.trap = Some(PendingTrap { vpage: vaddr, access: acc, pc });
+            Some(TlbEntry { paddr: PHYS_TRAP, perms: Prot::READ | Prot::WRITE })
+        })
+        .map_err(|e| uc_err("tlb hook", e))?;
+
+        uc.mmio_map(
+            PHYS_CB,
+            u64::from(CB_SIZE),
+            Some(|uc: &mut Unicorn<'_, State>, off: u64, size: usize| cb_read(uc.get_data_mut(), off, size)),
+            Some(|uc: &mut Unicorn<'_, State>, off: u64, _size: usize, value: u64| {
+                if cb_write(uc.get_data_mut(), off, value as u32) {
+                    let _ = uc.emu_stop();
+                }
+            }),
+        )
+        .map_err(|e| uc_err("map control block", e))?;
+
+        uc.mmio_map(
+            PHYS_TRAP,
+            PAGE,
+            Some(|uc: &mut Unicorn<'_, State>, off: u64, _size: usize| {
+                trap_hit(uc.get_data_mut(), off);
+                let _ = uc.emu_stop();
+                0
+            }),
+            Some(|uc: &mut Unicorn<'_, State>, off: u64, _size: usize, _value: u64| {
+                trap_hit(uc.get_data_mut(), off);
+                let _ = uc.emu_stop();
+            }),
+        )
+        .map_err(|e| uc_err("map trap page", e))?;
+
+        uc.add_intr_hook(|uc, intno| {
+            let pc = uc.reg_read(RegisterARM::PC).unwrap_or(0);
+            uc.get_data_mut().set_stop(Stop::Fault(DeviceFault {
+                addr: None,
+                access: Access::None,
+                pc: Some(pc),
+                reason: FaultReason::Exception(exception_name(intno)),
+            }));
+            let _ = uc.emu_stop();
+        })
+        .map_err(|e| uc_err("interrupt hook", e))?;
+
+        let mut template = uc.context_alloc().map_err(|e| uc_err("context", e))?;
+        uc.context_save(&mut template).map_err(|e| uc_err("context save", e))?;
+        let timer = SliceTimer::new(uc.get_handle())
+            .map_err(|e| DeviceError::Backend(format!("slice timer: {e}")))?;
+        let spare = uc.context_alloc().map_err(|e| uc_err("context", e))?;
+        Ok(McuDevice { uc, timer, template, spare, phys: PhysAlloc::new(), pool: Vec::new(), config })
+    }
+
+    fn ctx(&mut self, id: ContextId) -> Result<&mut Ctx, DeviceError> {
+        self.uc.get_data_mut().contexts.get_mut(&id).ok_or(DeviceError::NoContext(id))
+    }
+
+    fn alloc_slot(&mut self) -> Result<Slot, DeviceError> {
+        if let Some(slot) = self.pool.pop() {
+            // Nothing of the previous owner survives.
+            self.clear(slot)?;
+            return Ok(slot);
+        }
+        let (code_len, data_len) = (u64::from(CODE_SIZE), u64::from(DATA_SIZE));
+        let code = self.phys.alloc(code_len + data_len).ok_or_else(|| {
+            DeviceError::Exhausted("physical address space for context memory".into())
+        })?;
+        let slot = Slot { code, data: code + code_len };
+        self.uc.mem_map(slot.code, code_len, Prot::ALL).map_err(|e| uc_err("map code", e))?;
+        self.uc.mem_map(slot.data, data_len, Prot::ALL).map_err(|e| uc_err("map data", e))?;
+        Ok(slot)
+    }
+
+    /// Zero a slot's code and data memory and drop translations of its code.
+    fn clear(&mut self, slot: Slot) -> Result<(), DeviceError> {
+        static ZERO: [u8; CODE_SIZE as usize] = [0; CODE_SIZE as usize];
+        self.uc.mem_write(slot.code, &ZERO).map_err(|e| uc_err("clear code", e))?;
+        self.uc.mem_write(slot.data, &ZERO[..DATA_SIZE as usize]).map_err(|e| uc_err("clear data", e))?;
+        self.uc.ctl_flush_tb().map_err(|e| uc_err("flush tb", e))?;
+        Ok(())
+    }
+
+    /// Write the image into the context's memory and mark its registers for
+    /// initialisation.
+    fn install(&mut self, id: ContextId, image: Image) -> Result<(), DeviceError> {
+        let slot = self.ctx(id)?.slot;
+        self.clear(slot)?;
+        for s in &image.segments {
+            let phys = if s.vaddr >= DATA_BASE {
+                slot.data + u64::from(s.vaddr - DATA_BASE)
+            } else {
+                slot.code + u64::from(s.vaddr - CODE_BASE)
+            };
+            self.uc.mem_write(phys, &s.data).map_err(|e| uc_err("load segment", e))?;
+        }
+        let ctx = self.ctx(id)?;
+        ctx.image = Some(image);
+        ctx.fresh = true;
+        if self.uc.get_data().current == Some(id) {
+            self.init_regs(id)?;
+        }
+        Ok(())
+    }
+
+    /// Registers of a freshly started context: reset core, SP at the top of
+    /// data memory, PC at the entry point.
+    fn init_regs(&mut self, id: ContextId) -> Result<(), DeviceError> {
+        let entry = self.ctx(id)?.image.as_ref().map(|i| i.entry);
+        self.uc.context_restore(&self.template).map_err(|e| uc_err("context restore", e))?;
+        self.uc
+            .reg_write(RegisterARM::SP, u64::from(DATA_BASE + DATA_SIZE))
+            .map_err(|e| uc_err("write sp", e))?;
+        self.uc
+            .reg_write(RegisterARM::PC, u64::from(entry.unwrap_or(1) & !1))
+            .map_err(|e| uc_err("write pc", e))?;
+        self.ctx(id)?.fresh = false;
+        Ok(())
+    }
+
+    fn save_current(&mut self) -> Result<(), DeviceError> {
+        let Some(cur) = self.uc.get_data().current else { return Ok(()) };
+        // Swap the context's register buffer with the spare one so the
+        // engine can write it without borrowing the hook state.
+        match self.uc.get_data_mut().contexts.get_mut(&cur) {
+            Some(c) => std::mem::swap(&mut c.regs, &mut self.spare),
+            None => return Ok(()),
+        }
+        let r = self.uc.context_save(&mut self.spare).map_err(|e| uc_err("context save", e));
+        if let Some(c) = self.uc.get_data_mut().contexts.get_mut(&cur) {
+            std::mem::swap(&mut c.regs, &mut self.spare);
+        }
+        r
+    }
+
+    fn do_switch(&mut self, to: Option<ContextId>) -> Result<(), DeviceError> {
+        if let Some(t) = to {
+            if !self.uc.get_data().contexts.contains_key(&t) {
+                return Err(DeviceError::NoContext(t));
+            }
+        }
+        self.save_current()?;
+        self.uc.get_data_mut().current = to;
+        match to {
+            None => {
+                self.uc.context_restore(&self.template).map_err(|e| uc_err("context restore", e))?;
+            }
+            Some(t) if self.ctx(t)?.fresh => self.init_regs(t)?,
+            Some(t) => {
+                let data = self.uc.get_data();
+                let regs = &data.contexts[&t].regs;
+                // The engine reads the saved registers; no aliasing with the
+                // state the hooks use.
+                let r = self.uc.context_restore(regs);
+                r.map_err(|e| uc_err("context restore", e))?;
+            }
+        }
+        self.uc.ctl_flush_tlb().map_err(|e| uc_err("flush tlb", e))?;
+        Ok(())
+    }
+
+    /// Translate a context's virtual address (for tests and tools).
+    pub fn debug_translate(&mut self, id: ContextId, vaddr: u32) -> Option<u64> {
+        let st = self.uc.get_data_mut();
+        let saved = st.current;
+        st.current = Some(id);
+        let r = st.translate(u64::from(vaddr)).map(|(p, _)| p);
+        st.current = saved;
+        r
+    }
+}
+
+impl Drop for McuDevice {
+    fn drop(&mut self) {
+        self.timer.shutdown();
+    }
+}
+
+fn trap_hit(st: &mut State, off: u64) {
+    if let Some(t) = st.trap.take() {
+        let addr = t.vpage + (off & !st.page_mask);
+        st.set_stop(Stop::Fault(DeviceFault {
+            addr: Some(addr),
+            access: t.access,
+            pc: Some(t.pc),
+            reason: FaultReason::AccessViolation,
+        }));
+    }
+}
+
+fn cb_read(st: &mut State, off: u64, size: usize) -> u64 {
+    let Some(cur) = st.current else { return 0 };
+    let elapsed = st.slice_start.elapsed().as_nanos() as u64;
+    let Some(ctx) = st.contexts.get_mut(&cur) else { return 0 };
+    let word_off = (off & !3) as u32;
+    let word: u32 = match word_off {
+        CB_MAGIC => MAGIC,
+        CB_VERSION => ABI_VERSION,
+        CB_VCOPROC => cur.0,
+        CB_DOORBELL => ctx.control.take_doorbells(),
+        CB_TIME_LO => {
+            let t = ctx.run_ns + elapsed;
+            ctx.time_hi = (t >> 32) as u32;
+            t as u32
+        }
+        CB_TIME_HI => ctx.time_hi,
+        CB_FAULT_REASON => ctx.last_fault.0,
+        CB_FAULT_ADDR => ctx.last_fault.1,
+        CB_FAULT_PC => ctx.last_fault.2,
+        o if (CB_MBOX_IN..CB_MBOX_IN + 4 * MBOX_WORDS).contains(&o) => {
+            ctx.control.read_in(((o - CB_MBOX_IN) / 4) as usize)
+        }
+        o if (CB_MBOX_OUT..CB_MBOX_OUT + 4 * MBOX_WORDS).contains(&o) => {
+            ctx.control.read_out(((o - CB_MBOX_OUT) / 4) as usize)
+        }
+        _ => 0,
+    };
+    let shift = 8 * (off & 3);
+    let mask = if size >= 4 { u64::from(u32::MAX) } else { (1u64 << (8 * size)) - 1 };
+    (u64::from(word) >> shift) & mask
+}
+
+/// Returns whether the core must stop.
+fn cb_write(st: &mut State, off: u64, value: u32) -> bool {
+    let Some(cur) = st.current else { return false };
+    let Some(ctx) = st.contexts.get_mut(&cur) else { return false };
+    match off as u32 {
+        CB_WAIT if ctx.control.pending() == 0 => {
+            st.set_stop(Stop::Waiting);
+            true
+        }
+        CB_NOTIFY => {
+            ctx.control.notify(value);
+            false
+        }
+        CB_EXIT => {
+            st.set_stop(Stop::Exited(value));
+            true
+        }
+        CB_CONSOLE => {
+            ctx.control.console_byte(value as u8);
+            false
+        }
+        o if (CB_MBOX_OUT..CB_MBOX_OUT + 4 * MBOX_WORDS).contains(&o) && o % 4 == 0 => {
+            ctx.control.write_out(((o - CB_MBOX_OUT) / 4) as usize, value);
+            false
+        }
+        // Writes to read-only or reserved registers are ignored, as on
+        // hardware.
+        _ => false,
+    }
+}
+
+impl Device for McuDevice {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            class: "mcu",
+            model: "Cortex-M4 (Unicorn 2)".into(),
+            preemption: Preemption::Instruction,
+            local_memory: u64::from(CODE_SIZE + DATA_SIZE),
+            address_bits: 32,
+            iova_base: u64::from(IOVA_BASE),
+            iova_size: u64::from(IOVA_SIZE),
+            page_size: PAGE,
+            demand_faults: false,
+            max_contexts: self.config.max_contexts,
+        }
+    }
+
+    fn create_context(&mut self, spec: ContextSpec) -> Result<(), DeviceError> {
+        let n = self.uc.get_data().contexts.len();
+        if self.uc.get_data().contexts.contains_key(&spec.id) {
+            return Err(DeviceError::ContextExists(spec.id));
+        }
+        if n >= self.config.max_contexts as usize {
+            return Err(DeviceError::Exhausted(format!("{n} contexts (the most this device holds)")));
+        }
+        let slot = self.alloc_slot()?;
+        let regs = self.uc.context_alloc().map_err(|e| uc_err("context", e))?;
+        self.uc.get_data_mut().contexts.insert(
+            spec.id,
+            Ctx {
+                control: spec.control,
+                slot,
+                maps: BTreeMap::new(),
+                image: None,
+                regs,
+                fresh: true,
+                run_ns: 0,
+                time_hi: 0,
+                last_fault: (0, 0, 0),
+            },
+        );
+        Ok(())
+    }
+
+    fn destroy_context(&mut self, id: ContextId) {
+        if self.uc.get_data().current == Some(id) {
+            let _ = self.do_switch(None);
+        }
+        let iovas: Vec<u64> = match self.uc.get_data().contexts.get(&id) {
+            Some(c) => c.maps.keys().copied().collect(),
+            None => return,
+        };
+        for iova in iovas {
+            self.unmap(id, iova);
+        }
+        if let Some(ctx) = self.uc.get_data_mut().contexts.remove(&id) {
+            self.pool.push(ctx.slot);
+        }
+    }
+
+    fn load_firmware(&mut self, id: ContextId, image: &[u8]) -> Result<FirmwareInfo, DeviceError> {
+        self.ctx(id)?;
+        let image = elf::parse(image).map_err(|e| DeviceError::BadFirmware(e.to_string()))?;
+        let info = FirmwareInfo {
+            entry: u64::from(image.entry),
+            code_bytes: image.code_bytes(),
+            data_bytes: image.data_bytes(),
+        };
+        self.install(id, image)?;
+        Ok(info)
+    }
+
+    fn map(&mut self, id: ContextId, m: &Mapping) -> Result<(), DeviceError> {
+        if m.perms.exec {
+            return Err(DeviceError::BadMapping(
+                "the mcu class executes only from code memory: mappings cannot be executable".into(),
+            ));
+        }
+        if m.iova % PAGE != 0 || m.len % PAGE != 0 || m.offset % PAGE != 0 || m.len == 0 {
+            return Err(DeviceError::BadMapping("not page aligned".into()));
+        }
+        let end = m.offset.checked_add(m.len).filter(|&e| e <= m.region.len());
+        if end.is_none() {
+            return Err(DeviceError::BadMapping("past the end of the memory".into()));
+        }
+        if m.iova < u64::from(IOVA_BASE) || m.iova + m.len > u64::from(IOVA_BASE) + u64::from(IOVA_SIZE) {
+            return Err(DeviceError::BadMapping("outside the iova window".into()));
+        }
+        self.ctx(id)?;
+        let phys = self
+            .phys
+            .alloc(m.len)
+            .ok_or_else(|| DeviceError::Exhausted("physical address space for mappings".into()))?;
+        let mut prot = Prot::NONE;
+        if m.perms.read {
+            prot = prot | Prot::READ;
+        }
+        if m.perms.write {
+            prot = prot | Prot::WRITE;
+        }
+        // SAFETY: the host range [ptr+offset, ptr+offset+len) lies inside the
+        // region (checked above) and stays valid until `unmap`: `PhysMap`
+        // keeps the `Arc<Region>` alive for exactly as long as the engine
+        // maps it, and unmap removes the engine mapping before dropping it.
+        let r = unsafe {
+            self.uc.mem_map_ptr(phys, m.len, Prot::READ | Prot::WRITE, m.region.as_ptr().add(m.offset as usize).cast())
+        };
+        if let Err(e) = r {
+            self.phys.release(phys, m.len);
+            return Err(uc_err("map", e));
+        }
+        let ctx = self.ctx(id)?;
+        ctx.maps.insert(m.iova, PhysMap { len: m.len, phys, prot, _mapping: m.clone() });
+        let _ = self.uc.ctl_flush_tlb();
+        Ok(())
+    }
+
+    fn unmap(&mut self, id: ContextId, iova: u64) {
+        let Some(pm) = self.uc.get_data_mut().contexts.get_mut(&id).and_then(|c| c.maps.remove(&iova)) else {
+            return;
+        };
+        // Order matters: drop the translations, remove the engine mapping,
+        // then release the memory.
+        let _ = self.uc.ctl_flush_tlb();
+        if let Err(e) = self.uc.mem_unmap(pm.phys, pm.len) {
+            tracing::error!(?e, "mcu: unmapping a mapping failed; address range retired");
+            return;
+        }
+        let _ = self.uc.ctl_flush_tlb();
+        self.phys.release(pm.phys, pm.len);
+    }
+
+    fn switch(&mut self, to: Option<ContextId>) -> SwitchOutcome {
+        if self.uc.get_data().current == to {
+            return SwitchOutcome::Done;
+        }
+        match self.do_switch(to) {
+            Ok(()) => SwitchOutcome::Done,
+            Err(e) => {
+                let guilty = to.unwrap_or(coproc_core::VcoprocId(0));
+                let _ = self.uc.get_data_mut().current.take();
+                SwitchOutcome::Failed { guilty, reason: e.to_string() }
+            }
+        }
+    }
+
+    fn run(&mut self, budget: Duration) -> RunOutcome {
+        let Some(cur) = self.uc.get_data().current else {
+            return RunOutcome {
+                ran: Duration::ZERO,
+                stop: StopReason::Fault(DeviceFault {
+                    addr: None,
+                    access: Access::None,
+                    pc: None,
+                    reason: FaultReason::Device("run with no context on the device".into()),
+                }),
+            };
+        };
+        if self.timer.take_preempt() {
+            return RunOutcome { ran: Duration::ZERO, stop: StopReason::Preempted };
+        }
+        let pc = self.uc.reg_read(RegisterARM::PC).unwrap_or(0);
+        {
+            let st = self.uc.get_data_mut();
+            st.running = true;
+            st.stop = None;
+            st.trap = None;
+            st.slice_start = Instant::now();
+        }
+        let start = Instant::now();
+        self.timer.arm(budget);
+        let res = self.uc.emu_start(pc | 1, UNTIL, 0, 0);
+        let (fired, preempted) = self.timer.disarm();
+        let ran = start.elapsed();
+        let pc_after = self.uc.reg_read(RegisterARM::PC).unwrap_or(0);
+        let st = self.uc.get_data_mut();
+        st.running = false;
+        st.trap = None;
+        let stop = st.stop.take();
+        if let Some(ctx) = st.contexts.get_mut(&cur) {
+            ctx.run_ns += ran.as_nanos() as u64;
+        }
+        let stop = match (stop, res) {
+            (Some(Stop::Fault(f)), _) => StopReason::Fault(f),
+            (_, Err(uc_error::INSN_INVALID)) => StopReason::Fault(DeviceFault {
+                addr: None,
+                access: Access::None,
+                pc: Some(pc_after),
+                reason: FaultReason::InvalidInstruction,
+            }),
+            (_, Err(e)) => StopReason::Fault(DeviceFault {
+                addr: None,
+                access: Access::None,
+                pc: Some(pc_after),
+                reason: FaultReason::Device(format!("{e:?}")),
+            }),
+            (Some(Stop::Exited(c)), Ok(())) => StopReason::Exited(c),
+            (Some(Stop::Waiting), Ok(())) => StopReason::Waiting,
+            (None, Ok(())) if preempted => StopReason::Preempted,
+            (None, Ok(())) if fired => StopReason::BudgetSpent,
+            (None, Ok(())) => StopReason::BudgetSpent,
+        };
+        if let StopReason::Fault(f) = &stop {
+            if let Some(ctx) = st.contexts.get_mut(&cur) {
+                ctx.last_fault = (f.reason.code(), f.addr.unwrap_or(0) as u32, f.pc.unwrap_or(0) as u32);
+            }
+            // Drop any trap-page translations.
+            let _ = self.uc.ctl_flush_tlb();
+        }
+        RunOutcome { ran, stop }
+    }
+
+    fn preempt_handle(&self) -> PreemptHandle {
+        PreemptHandle(self.timer.preempter())
+    }
+
+    fn reset_context(&mut self, id: ContextId) -> Result<(), DeviceError> {
+        let image = self.ctx(id)?.image.clone();
+        match image {
+            Some(image) => self.install(id, image),
+            None => {
+                let slot = self.ctx(id)?.slot;
+                self.clear(slot)?;
+                self.ctx(id)?.fresh = true;
+                Ok(())
+            }
+        }
+    }
+}
