@@ -21,15 +21,22 @@
 #define COPROC_IOVA_BASE 0x60000000u /* window where the domain's mappings appear */
 #define COPROC_IOVA_SIZE 0x20000000u /* 512 MiB */
 
-/* Control block registers (byte offsets from COPROC_CB_BASE). */
+/* Control block registers (byte offsets from COPROC_CB_BASE).
+ *
+ * Every access is idempotent: the core may be preempted after an access and
+ * restart the same instruction, so reading or writing a register twice in a
+ * row has the same effect as doing it once. Counters and sequence numbers
+ * make that possible for doorbells, notifications and the console. */
 #define COPROC_CB_MAGIC 0x000u        /* ro: COPROC_MAGIC */
 #define COPROC_CB_VERSION 0x004u      /* ro: COPROC_ABI_VERSION */
 #define COPROC_CB_VCOPROC 0x008u      /* ro: this vcoproc's id */
-#define COPROC_CB_DOORBELL 0x010u     /* ro: doorbells since the last read (read clears) */
-#define COPROC_CB_WAIT 0x014u         /* wo: park until a doorbell is pending */
-#define COPROC_CB_NOTIFY 0x018u       /* wo: tell the domain the mailbox was written */
+#define COPROC_CB_DOORBELL 0x010u     /* ro: doorbells rung so far (wrapping count) */
+#define COPROC_CB_DOORBELL_ACK 0x00cu /* rw: doorbell count the firmware has handled */
+#define COPROC_CB_WAIT 0x014u         /* wo: park while DOORBELL == DOORBELL_ACK */
+#define COPROC_CB_NOTIFY 0x018u       /* wo: sequence number; a new value notifies the domain */
 #define COPROC_CB_EXIT 0x01cu         /* wo: stop this vcoproc with an exit code */
-#define COPROC_CB_CONSOLE 0x020u      /* wo: low byte appended to the console */
+#define COPROC_CB_CONSOLE 0x020u      /* wo: (sequence << 8) | byte; a new sequence appends the byte */
+#define COPROC_CB_NOTIFY_TAG 0x024u   /* rw: tag carried by the next notification */
 #define COPROC_CB_TIME_LO 0x028u      /* ro: run time in ns, low word (latches TIME_HI) */
 #define COPROC_CB_TIME_HI 0x02cu      /* ro: run time in ns, high word as latched */
 #define COPROC_CB_FAULT_REASON 0x030u /* ro: reason of the fault before the last reset, 0: none */
@@ -52,18 +59,26 @@ static inline void coproc_mbox_out(uint32_t i, uint32_t v) {
     COPROC_REG(COPROC_CB_MBOX_OUT + 4u * (i % COPROC_MBOX_WORDS)) = v;
 }
 
-/* Block until at least one doorbell has been rung; returns how many. */
+/* Block until at least one doorbell has been rung since the last call;
+ * returns how many. */
 static inline uint32_t coproc_wait_doorbell(void) {
-    uint32_t n;
-    /* WAIT parks the core; it may return early (e.g. after a context switch),
-     * so the doorbell count is what decides. */
-    while ((n = COPROC_REG(COPROC_CB_DOORBELL)) == 0u) {
+    uint32_t acked = COPROC_REG(COPROC_CB_DOORBELL_ACK);
+    uint32_t rung;
+    /* WAIT may return early (after a preemption, or when a doorbell raced
+     * with it), so the counter is what decides. */
+    while ((rung = COPROC_REG(COPROC_CB_DOORBELL)) == acked) {
         COPROC_REG(COPROC_CB_WAIT) = 1u;
     }
-    return n;
+    COPROC_REG(COPROC_CB_DOORBELL_ACK) = rung;
+    return rung - acked;
 }
 
-static inline void coproc_notify(uint32_t tag) { COPROC_REG(COPROC_CB_NOTIFY) = tag; }
+/* Tell the domain the mailbox holds an answer, with a tag. */
+static inline void coproc_notify(uint32_t tag) {
+    static uint32_t seq;
+    COPROC_REG(COPROC_CB_NOTIFY_TAG) = tag;
+    COPROC_REG(COPROC_CB_NOTIFY) = ++seq;
+}
 
 static inline uint64_t coproc_time_ns(void) {
     uint32_t lo = COPROC_REG(COPROC_CB_TIME_LO);
@@ -71,7 +86,11 @@ static inline uint64_t coproc_time_ns(void) {
     return ((uint64_t)hi << 32) | lo;
 }
 
-static inline void coproc_putc(char c) { COPROC_REG(COPROC_CB_CONSOLE) = (uint8_t)c; }
+static inline void coproc_putc(char c) {
+    static uint32_t seq;
+    seq = (seq + 1u) & 0xffu;
+    COPROC_REG(COPROC_CB_CONSOLE) = (seq << 8) | (uint8_t)c;
+}
 
 static inline void coproc_puts(const char *s) {
     while (*s) {

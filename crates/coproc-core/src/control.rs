@@ -5,6 +5,11 @@
 //! its own way (the mcu class as emulated registers); the domain reaches it
 //! through the vcoproc handle. Mailbox words are plain atomics: the firmware
 //! sees whatever the domain last wrote, word by word, like device registers.
+//!
+//! Every device-side operation is idempotent, because a device may restart
+//! an instruction after preempting it: doorbells are a counter the firmware
+//! acknowledges up to a value, notifications and console bytes carry a
+//! firmware sequence number and a repeated one is ignored.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -19,7 +24,7 @@ pub const CONSOLE_LINES: usize = 64;
 pub const CONSOLE_LINE_MAX: usize = 256;
 
 /// A notification the firmware raised: a sequence number and its tag.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Notify {
     /// Increments by one per notification, starting at 1.
     pub seq: u64,
@@ -32,6 +37,14 @@ struct Console {
     lines: VecDeque<String>,
     partial: Vec<u8>,
     dropped: u64,
+    last_seq: Option<u8>,
+}
+
+#[derive(Debug, Default)]
+struct NotifyState {
+    last: Notify,
+    /// The firmware's sequence number of the last notification taken.
+    fw_seq: Option<u32>,
 }
 
 /// Shared state between a vcoproc's domain and its device context.
@@ -39,9 +52,11 @@ struct Console {
 pub struct ControlBlock {
     mbox_in: [AtomicU32; MBOX_WORDS],
     mbox_out: [AtomicU32; MBOX_WORDS],
-    doorbells: AtomicU32,
-    rung: AtomicU64,
-    notify: Mutex<Notify>,
+    rung: AtomicU32,
+    acked: AtomicU32,
+    rung_total: AtomicU64,
+    notify_tag: AtomicU32,
+    notify: Mutex<NotifyState>,
     notified: Condvar,
     console: Mutex<Console>,
 }
@@ -51,9 +66,11 @@ impl Default for ControlBlock {
         ControlBlock {
             mbox_in: Default::default(),
             mbox_out: Default::default(),
-            doorbells: AtomicU32::new(0),
-            rung: AtomicU64::new(0),
-            notify: Mutex::new(Notify { seq: 0, tag: 0 }),
+            rung: AtomicU32::new(0),
+            acked: AtomicU32::new(0),
+            rung_total: AtomicU64::new(0),
+            notify_tag: AtomicU32::new(0),
+            notify: Mutex::new(NotifyState::default()),
             notified: Condvar::new(),
             console: Mutex::new(Console::default()),
         }
@@ -83,53 +100,85 @@ impl ControlBlock {
 
     /// Domain side: count one doorbell. The caller then wakes the vcoproc.
     pub fn ring(&self) {
-        // Saturate rather than wrap: a domain ringing 2^32 times gains nothing.
-        let _ = self.doorbells.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            Some(n.saturating_add(1))
+        // Never let the pending count wrap to zero: a domain ringing 2^32
+        // times without the firmware acknowledging gains nothing.
+        let acked = self.acked.load(Ordering::Acquire);
+        let _ = self.rung.fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
+            (r.wrapping_sub(acked) < u32::MAX).then(|| r.wrapping_add(1))
         });
-        self.rung.fetch_add(1, Ordering::Relaxed);
+        self.rung_total.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Doorbells pending (not yet taken by the firmware).
+    /// Doorbells rung and not yet acknowledged by the firmware.
     pub fn pending(&self) -> u32 {
-        self.doorbells.load(Ordering::Acquire)
+        let acked = self.acked.load(Ordering::Acquire);
+        self.rung.load(Ordering::Acquire).wrapping_sub(acked)
     }
 
-    /// Device side: take all pending doorbells (the read-to-clear register).
-    pub fn take_doorbells(&self) -> u32 {
-        self.doorbells.swap(0, Ordering::AcqRel)
+    /// Device side: the doorbell counter (wrapping).
+    pub fn doorbell_count(&self) -> u32 {
+        self.rung.load(Ordering::Acquire)
+    }
+
+    /// Device side: the count the firmware acknowledged up to.
+    pub fn doorbell_acked(&self) -> u32 {
+        self.acked.load(Ordering::Acquire)
+    }
+
+    /// Device side: the firmware has handled doorbells up to `count`. A value
+    /// ahead of the counter acknowledges everything; repeating it is harmless.
+    pub fn ack_doorbells(&self, count: u32) {
+        let acked = self.acked.load(Ordering::Acquire);
+        let rung = self.rung.load(Ordering::Acquire);
+        let v = if count.wrapping_sub(acked) > rung.wrapping_sub(acked) { rung } else { count };
+        self.acked.store(v, Ordering::Release);
     }
 
     /// Total doorbells ever rung.
     pub fn rung(&self) -> u64 {
-        self.rung.load(Ordering::Relaxed)
+        self.rung_total.load(Ordering::Relaxed)
     }
 
-    /// Device side: raise a notification to the domain.
-    pub fn notify(&self, tag: u32) {
+    /// Device side: set the tag of the next notification.
+    pub fn set_notify_tag(&self, tag: u32) {
+        self.notify_tag.store(tag, Ordering::Release);
+    }
+
+    /// Device side: the tag of the next notification.
+    pub fn notify_tag(&self) -> u32 {
+        self.notify_tag.load(Ordering::Acquire)
+    }
+
+    /// Device side: the firmware wrote notification sequence `fw_seq`. A
+    /// value equal to the previous one is a repeat and is ignored.
+    pub fn notify(&self, fw_seq: u32) {
         let mut n = self.notify.lock().unwrap_or_else(|e| e.into_inner());
-        n.seq += 1;
-        n.tag = tag;
+        if n.fw_seq == Some(fw_seq) {
+            return;
+        }
+        n.fw_seq = Some(fw_seq);
+        n.last.seq += 1;
+        n.last.tag = self.notify_tag.load(Ordering::Acquire);
         self.notified.notify_all();
     }
 
     /// The latest notification.
     pub fn last_notify(&self) -> Notify {
-        *self.notify.lock().unwrap_or_else(|e| e.into_inner())
+        self.notify.lock().unwrap_or_else(|e| e.into_inner()).last
     }
 
     /// Domain side: wait until a notification newer than `after` arrives.
     pub fn wait_notify(&self, after: u64, timeout: Duration) -> Option<Notify> {
         let deadline = Instant::now() + timeout;
         let mut n = self.notify.lock().unwrap_or_else(|e| e.into_inner());
-        while n.seq <= after {
+        while n.last.seq <= after {
             let now = Instant::now();
             if now >= deadline {
                 return None;
             }
             n = self.notified.wait_timeout(n, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
         }
-        Some(*n)
+        Some(n.last)
     }
 
     /// Wake every notification waiter (used when the vcoproc changes state,
@@ -139,10 +188,15 @@ impl ControlBlock {
         self.notified.notify_all();
     }
 
-    /// Device side: one console byte from the firmware. Returns a completed
+    /// Device side: one console byte with the firmware's 8-bit sequence
+    /// number (a repeated sequence number is ignored). Returns a completed
     /// line, if this byte ended one.
-    pub fn console_byte(&self, b: u8) -> Option<String> {
+    pub fn console_byte(&self, seq: u8, b: u8) -> Option<String> {
         let mut c = self.console.lock().unwrap_or_else(|e| e.into_inner());
+        if c.last_seq == Some(seq) {
+            return None;
+        }
+        c.last_seq = Some(seq);
         if b != b'\n' {
             c.partial.push(b);
             if c.partial.len() < CONSOLE_LINE_MAX {
@@ -164,13 +218,20 @@ impl ControlBlock {
         (c.lines.iter().cloned().collect(), c.dropped)
     }
 
-    /// Clear mailboxes and doorbells (on reset). Notification sequence and
-    /// console history are kept so waiters never see them go backwards.
+    /// Clear mailboxes and doorbells (on reset): the firmware starts over
+    /// with its own counters. The domain's notification sequence and console
+    /// history are kept so they never go backwards.
     pub fn reset(&self) {
         for w in self.mbox_in.iter().chain(self.mbox_out.iter()) {
             w.store(0, Ordering::Release);
         }
-        self.doorbells.store(0, Ordering::Release);
+        self.rung.store(0, Ordering::Release);
+        self.acked.store(0, Ordering::Release);
+        self.notify_tag.store(0, Ordering::Release);
+        self.notify.lock().unwrap_or_else(|e| e.into_inner()).fw_seq = None;
+        let mut c = self.console.lock().unwrap_or_else(|e| e.into_inner());
+        c.last_seq = None;
+        c.partial.clear();
     }
 }
 
@@ -179,22 +240,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn doorbells_are_taken_once() {
+    fn doorbells_are_acknowledged_idempotently() {
         let cb = ControlBlock::default();
         cb.ring();
         cb.ring();
         assert_eq!(cb.pending(), 2);
-        assert_eq!(cb.take_doorbells(), 2);
-        assert_eq!(cb.take_doorbells(), 0);
-        assert_eq!(cb.rung(), 2);
+        let seen = cb.doorbell_count();
+        cb.ack_doorbells(seen);
+        cb.ack_doorbells(seen);
+        assert_eq!(cb.pending(), 0);
+        cb.ring();
+        assert_eq!(cb.pending(), 1);
+        // Acknowledging ahead of the counter takes everything, no more.
+        cb.ack_doorbells(seen.wrapping_add(100));
+        assert_eq!(cb.pending(), 0);
+        cb.ring();
+        assert_eq!(cb.pending(), 1);
+        assert_eq!(cb.rung(), 4);
+    }
+
+    #[test]
+    fn repeated_notify_and_console_are_ignored() {
+        let cb = ControlBlock::default();
+        cb.set_notify_tag(5);
+        cb.notify(1);
+        cb.notify(1);
+        assert_eq!(cb.last_notify(), Notify { seq: 1, tag: 5 });
+        cb.notify(2);
+        assert_eq!(cb.last_notify().seq, 2);
+        for (i, b) in b"hii\n".iter().enumerate() {
+            cb.console_byte(i as u8, *b);
+            cb.console_byte(i as u8, *b);
+        }
+        assert_eq!(cb.console().0, ["hii"]);
     }
 
     #[test]
     fn console_is_bounded() {
         let cb = ControlBlock::default();
+        let mut seq = 0u8;
         for i in 0..(CONSOLE_LINES + 5) {
             for b in format!("line {i}\n").bytes() {
-                cb.console_byte(b);
+                seq = seq.wrapping_add(1);
+                cb.console_byte(seq, b);
             }
         }
         let (lines, dropped) = cb.console();
@@ -202,7 +290,8 @@ mod tests {
         assert_eq!(dropped, 5);
         assert_eq!(lines[0], "line 5");
         for _ in 0..1000 {
-            cb.console_byte(b'x');
+            seq = seq.wrapping_add(1);
+            cb.console_byte(seq, b'x');
         }
         assert!(cb.console().0.iter().all(|l| l.len() <= CONSOLE_LINE_MAX));
     }
@@ -212,7 +301,8 @@ mod tests {
         let cb = std::sync::Arc::new(ControlBlock::default());
         let c2 = cb.clone();
         let t = std::thread::spawn(move || c2.wait_notify(0, Duration::from_secs(10)));
-        cb.notify(7);
+        cb.set_notify_tag(7);
+        cb.notify(1);
         let n = t.join().unwrap().unwrap();
         assert_eq!((n.seq, n.tag), (1, 7));
         assert!(cb.wait_notify(1, Duration::from_millis(1)).is_none());

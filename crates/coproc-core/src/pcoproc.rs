@@ -97,6 +97,8 @@ pub struct TraceEntry {
     pub budget_ns: u64,
     /// Whether it still wanted to run afterwards.
     pub runnable_after: bool,
+    /// Whether a preempt request cut it short (it continues its turn).
+    pub preempted: bool,
 }
 
 /// Scheduling state shared by the runner and the API.

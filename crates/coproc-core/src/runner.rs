@@ -221,6 +221,7 @@ fn charge(shared: &Shared, v: VcoprocId, budget: Duration, start: u64, out: &Run
             ran_ns,
             budget_ns: budget.as_nanos() as u64,
             runnable_after: end.runnable,
+            preempted: end.preempted,
         });
     }
     drop(g);

@@ -2,6 +2,7 @@
 //! at build time, and a host reference implementation of each, used by the
 //! tests, the demo and the benchmarks to check what the device computed.
 
+pub mod drive;
 pub mod reference;
 
 /// An example firmware image.

@@ -24,15 +24,19 @@ pub const CB_MAGIC: u32 = 0x000;
 pub const CB_VERSION: u32 = 0x004;
 /// ro: the vcoproc's id.
 pub const CB_VCOPROC: u32 = 0x008;
-/// ro: doorbells since the last read; reading clears.
+/// ro: doorbells rung so far (wrapping count).
 pub const CB_DOORBELL: u32 = 0x010;
-/// wo: park until a doorbell is pending.
+/// rw: doorbell count the firmware has handled.
+pub const CB_DOORBELL_ACK: u32 = 0x00c;
+/// wo: park while DOORBELL == DOORBELL_ACK.
 pub const CB_WAIT: u32 = 0x014;
-/// wo: notify the domain (value: tag).
+/// wo: notification sequence number; a new value notifies the domain.
 pub const CB_NOTIFY: u32 = 0x018;
+/// rw: tag of the next notification.
+pub const CB_NOTIFY_TAG: u32 = 0x024;
 /// wo: stop with an exit code.
 pub const CB_EXIT: u32 = 0x01c;
-/// wo: console byte.
+/// wo: (sequence << 8) | byte; a new sequence appends the byte.
 pub const CB_CONSOLE: u32 = 0x020;
 /// ro: run time in ns, low word; latches the high word.
 pub const CB_TIME_LO: u32 = 0x028;
@@ -70,6 +74,8 @@ pub const ALL: &[(&str, u32)] = &[
     ("COPROC_CB_VERSION", CB_VERSION),
     ("COPROC_CB_VCOPROC", CB_VCOPROC),
     ("COPROC_CB_DOORBELL", CB_DOORBELL),
+    ("COPROC_CB_DOORBELL_ACK", CB_DOORBELL_ACK),
+    ("COPROC_CB_NOTIFY_TAG", CB_NOTIFY_TAG),
     ("COPROC_CB_WAIT", CB_WAIT),
     ("COPROC_CB_NOTIFY", CB_NOTIFY),
     ("COPROC_CB_EXIT", CB_EXIT),

@@ -484,16 +484,31 @@ fn trap_hit(st: &mut State, off: u64) {
     }
 }
 
+/// Control block reads. Every register read is free of side effects, since
+/// the core may restart the instruction after a preemption.
+///
+/// A stop requested by a callback takes effect at the latest at the end of
+/// the current translation block, so a few more instructions may run. They
+/// must not change what the stop means: after WAIT parks the core, DOORBELL
+/// reads as DOORBELL_ACK (new doorbells stay pending for the runner to see);
+/// after a fault or an exit, the control block ignores the context entirely.
 fn cb_read(st: &mut State, off: u64, size: usize) -> u64 {
     let Some(cur) = st.current else { return 0 };
+    let parked = matches!(st.stop, Some(Stop::Waiting));
+    if matches!(st.stop, Some(Stop::Fault(_) | Stop::Exited(_))) {
+        return 0;
+    }
     let elapsed = st.slice_start.elapsed().as_nanos() as u64;
     let Some(ctx) = st.contexts.get_mut(&cur) else { return 0 };
-    let word_off = (off & !3) as u32;
-    let word: u32 = match word_off {
+    let c = &ctx.control;
+    let word: u32 = match (off & !3) as u32 {
         CB_MAGIC => MAGIC,
         CB_VERSION => ABI_VERSION,
         CB_VCOPROC => cur.0,
-        CB_DOORBELL => ctx.control.take_doorbells(),
+        CB_DOORBELL if parked => c.doorbell_acked(),
+        CB_DOORBELL => c.doorbell_count(),
+        CB_DOORBELL_ACK => c.doorbell_acked(),
+        CB_NOTIFY_TAG => c.notify_tag(),
         CB_TIME_LO => {
             let t = ctx.run_ns + elapsed;
             ctx.time_hi = (t >> 32) as u32;
@@ -504,10 +519,10 @@ fn cb_read(st: &mut State, off: u64, size: usize) -> u64 {
         CB_FAULT_ADDR => ctx.last_fault.1,
         CB_FAULT_PC => ctx.last_fault.2,
         o if (CB_MBOX_IN..CB_MBOX_IN + 4 * MBOX_WORDS).contains(&o) => {
-            ctx.control.read_in(((o - CB_MBOX_IN) / 4) as usize)
+            c.read_in(((o - CB_MBOX_IN) / 4) as usize)
         }
         o if (CB_MBOX_OUT..CB_MBOX_OUT + 4 * MBOX_WORDS).contains(&o) => {
-            ctx.control.read_out(((o - CB_MBOX_OUT) / 4) as usize)
+            c.read_out(((o - CB_MBOX_OUT) / 4) as usize)
         }
         _ => 0,
     };
@@ -516,17 +531,30 @@ fn cb_read(st: &mut State, off: u64, size: usize) -> u64 {
     (u64::from(word) >> shift) & mask
 }
 
-/// Returns whether the core must stop.
+/// Control block writes, each idempotent. Returns whether the core must stop.
 fn cb_write(st: &mut State, off: u64, value: u32) -> bool {
     let Some(cur) = st.current else { return false };
+    if matches!(st.stop, Some(Stop::Fault(_) | Stop::Exited(_))) {
+        return true;
+    }
+    let parked = matches!(st.stop, Some(Stop::Waiting));
     let Some(ctx) = st.contexts.get_mut(&cur) else { return false };
+    let c = &ctx.control;
     match off as u32 {
-        CB_WAIT if ctx.control.pending() == 0 => {
+        CB_WAIT if c.pending() == 0 => {
             st.set_stop(Stop::Waiting);
             true
         }
+        CB_DOORBELL_ACK if !parked => {
+            c.ack_doorbells(value);
+            false
+        }
+        CB_NOTIFY_TAG => {
+            c.set_notify_tag(value);
+            false
+        }
         CB_NOTIFY => {
-            ctx.control.notify(value);
+            c.notify(value);
             false
         }
         CB_EXIT => {
@@ -534,11 +562,11 @@ fn cb_write(st: &mut State, off: u64, value: u32) -> bool {
             true
         }
         CB_CONSOLE => {
-            ctx.control.console_byte(value as u8);
+            c.console_byte((value >> 8) as u8, value as u8);
             false
         }
         o if (CB_MBOX_OUT..CB_MBOX_OUT + 4 * MBOX_WORDS).contains(&o) && o % 4 == 0 => {
-            ctx.control.write_out(((o - CB_MBOX_OUT) / 4) as usize, value);
+            c.write_out(((o - CB_MBOX_OUT) / 4) as usize, value);
             false
         }
         // Writes to read-only or reserved registers are ignored, as on

@@ -1,0 +1,426 @@
+//! The mcu device under the framework: results against host references,
+//! isolation, faults, malformed firmware, round-robin shares.
+
+use coproc_core::fault::{Access, FaultReason};
+use coproc_core::iova::{MapKind, Perms};
+use coproc_core::memory::Region;
+use coproc_core::pcoproc::TraceEntry;
+use coproc_core::policy::{RoundRobin, SchedParams};
+use coproc_core::state::VcoprocState;
+use coproc_core::{CoreError, DeviceError, DomainId, Pcoproc, VcoprocHandle};
+use coproc_firmware::drive::{self, Buffer, BUFFER_IOVA};
+use coproc_firmware::reference::{self, TestRng};
+use coproc_firmware::{Firmware, CRC32, ECHO, FAULTY, FIR, HOG, PROBE};
+use coproc_mcu::abi;
+use coproc_mcu::{factory, McuConfig};
+use std::sync::Arc;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+fn pcoproc(slice_us: u64) -> Arc<Pcoproc> {
+    let rr = RoundRobin::new(Duration::from_micros(slice_us)).unwrap();
+    Pcoproc::spawn("mcu0", factory(McuConfig::default()), Box::new(rr)).unwrap()
+}
+
+fn vcoproc(p: &Arc<Pcoproc>, domain: u32, fw: Firmware) -> VcoprocHandle {
+    let v = p.create_vcoproc(DomainId(domain), SchedParams::default()).unwrap();
+    v.load_firmware(fw.name, fw.elf).unwrap();
+    v
+}
+
+fn fir_domain(v: &VcoprocHandle, seed: u64, jobs: u32, samples: usize, taps: usize) {
+    let buf = Buffer::map(v, (samples * 4 + taps * 2) as u64, MapKind::Pinned).unwrap();
+    v.start().unwrap();
+    let mut rng = TestRng::new(seed);
+    for j in 0..jobs {
+        let x = rng.samples(samples);
+        let h = rng.samples(taps);
+        let y = drive::fir(v, &buf, &x, &h, j + 1, T).unwrap();
+        assert_eq!(y, reference::fir_q15(&x, &h), "fir job {j} of {}", v.id());
+    }
+}
+
+fn crc_domain(v: &VcoprocHandle, seed: u64, jobs: u32, len: usize) {
+    let buf = Buffer::map(v, len as u64, MapKind::Pinned).unwrap();
+    v.start().unwrap();
+    let mut rng = TestRng::new(seed);
+    for j in 0..jobs {
+        let data = rng.bytes(len - j as usize);
+        assert_eq!(drive::crc32(v, &buf, &data, j + 7, T).unwrap(), reference::crc32(&data));
+    }
+}
+
+fn echo_domain(v: &VcoprocHandle, seed: u64, msgs: u32) {
+    v.start().unwrap();
+    let mut rng = TestRng::new(seed);
+    for seq in 1..=msgs {
+        let mut w = [0u32; 16];
+        w.iter_mut().for_each(|x| *x = rng.next_u64() as u32);
+        let out = drive::echo(v, &w, T).unwrap();
+        let mut want = reference::echo(&w, seq);
+        want[15] = seq;
+        assert_eq!(out[..15], want[..15]);
+        assert_eq!(out[15], seq);
+    }
+}
+
+#[test]
+fn interleaved_results_match_references() {
+    // 100 µs slices: each FIR job needs many slices, so every vcoproc is
+    // switched out and back in mid-computation.
+    let p = pcoproc(100);
+    let fir1 = vcoproc(&p, 1, FIR);
+    let fir2 = vcoproc(&p, 2, FIR);
+    let crc = vcoproc(&p, 3, CRC32);
+    let echo = vcoproc(&p, 4, ECHO);
+    std::thread::scope(|s| {
+        s.spawn(|| fir_domain(&fir1, 1, 3, 8192, 32));
+        s.spawn(|| fir_domain(&fir2, 2, 3, 4096, 64));
+        s.spawn(|| crc_domain(&crc, 3, 6, 256 * 1024));
+        s.spawn(|| echo_domain(&echo, 4, 200));
+    });
+    for v in [&fir1, &fir2, &crc] {
+        let st = v.info().unwrap().stats;
+        assert_eq!(st.faults, 0);
+        assert!(st.slices > 10, "{} ran in {} slices: not interleaved", v.id(), st.slices);
+        assert!(st.switches > 5, "{} switched in {} times", v.id(), st.switches);
+    }
+    assert!(p.busy().1 > 50, "context switches: {}", p.busy().1);
+}
+
+#[test]
+fn isolation_faults_the_reader_only() {
+    let p = pcoproc(200);
+    let victim = vcoproc(&p, 1, CRC32);
+    let attacker = vcoproc(&p, 2, PROBE);
+    // The victim's mapping, with known contents.
+    let secret = TestRng::new(9).bytes(8192);
+    let vbuf = Buffer::map(&victim, 8192, MapKind::Pinned).unwrap();
+    vbuf.region.write(0, &secret).unwrap();
+    victim.start().unwrap();
+    attacker.start().unwrap();
+
+    // Reading where the victim's mapping lives (unmapped for the attacker).
+    let target = BUFFER_IOVA as u32 + 0x124;
+    assert!(drive::probe(&attacker, 1, target, 0, T).is_err());
+    let f = attacker.faults().unwrap().pop().unwrap();
+    assert_eq!(f.fault.addr, Some(u64::from(target)), "exact faulting address");
+    assert_eq!(f.fault.access, Access::Read);
+    assert_eq!(f.fault.reason, FaultReason::AccessViolation);
+    assert!(f.fault.pc.is_some_and(|pc| pc < u64::from(abi::CODE_SIZE)));
+    assert_eq!(attacker.state().unwrap(), VcoprocState::Faulted);
+
+    // Writing there, after a reset.
+    attacker.reset().unwrap();
+    attacker.start().unwrap();
+    assert!(drive::probe(&attacker, 2, target, 0xdead_beef, T).is_err());
+    let f = attacker.faults().unwrap().pop().unwrap();
+    assert_eq!((f.fault.addr, f.fault.access), (Some(u64::from(target)), Access::Write));
+
+    // The attacker's own data memory at the same virtual address as the
+    // victim's is its own: write a marker, the victim is not affected.
+    attacker.reset().unwrap();
+    attacker.start().unwrap();
+    let own = abi::DATA_BASE + 0x1_0000;
+    drive::probe(&attacker, 2, own, 0x5151_5151, T).unwrap();
+    assert_eq!(drive::probe(&attacker, 1, own, 0, T).unwrap(), 0x5151_5151);
+
+    // Every other interesting address faults too: the physical pool where
+    // contexts' memory lives, system space, and the end of the window.
+    for addr in [0x8000_0000u32, 0x8004_0000, 0x7000_0000, 0xe000_e000, 0x7fff_fffc] {
+        attacker.reset().unwrap();
+        attacker.start().unwrap();
+        assert!(drive::probe(&attacker, 1, addr, 0, T).is_err(), "{addr:#x}");
+        assert_eq!(attacker.faults().unwrap().pop().unwrap().fault.addr, Some(u64::from(addr)));
+    }
+
+    // Writing code memory, executing data memory, an undefined instruction.
+    attacker.reset().unwrap();
+    attacker.start().unwrap();
+    assert!(drive::probe(&attacker, 2, 0x100, 0, T).is_err());
+    assert_eq!(attacker.faults().unwrap().pop().unwrap().fault.access, Access::Write);
+    attacker.reset().unwrap();
+    attacker.start().unwrap();
+    assert!(drive::probe(&attacker, 3, abi::DATA_BASE + 0x100, 0, T).is_err());
+    let f = attacker.faults().unwrap().pop().unwrap();
+    assert_eq!((f.fault.access, f.fault.addr), (Access::Fetch, Some(u64::from(abi::DATA_BASE) + 0x100)));
+    attacker.reset().unwrap();
+    attacker.start().unwrap();
+    assert!(drive::probe(&attacker, 4, 0, 0, T).is_err());
+    assert_eq!(attacker.faults().unwrap().pop().unwrap().fault.reason, FaultReason::InvalidInstruction);
+
+    // After a reset the firmware can read why it was reset.
+    attacker.reset().unwrap();
+    attacker.start().unwrap();
+    let reason = drive::probe(&attacker, 1, abi::CB_BASE + abi::CB_FAULT_REASON, 0, T).unwrap();
+    assert_eq!(reason, FaultReason::InvalidInstruction.code());
+
+    // The victim's data is unchanged and its results are right.
+    assert_eq!(vbuf.region.read_vec(0, 8192).unwrap(), secret);
+    let crc = drive::crc32(&victim, &vbuf, &secret, 1, T).unwrap();
+    assert_eq!(crc, reference::crc32(&secret));
+    assert_eq!(victim.info().unwrap().stats.faults, 0);
+    assert_eq!(p.faults().iter().filter(|f| f.vcoproc == victim.id()).count(), 0);
+}
+
+#[test]
+fn faulty_firmware_faults_alone() {
+    let p = pcoproc(200);
+    let faulty = vcoproc(&p, 1, FAULTY);
+    let crc = vcoproc(&p, 2, CRC32);
+    faulty.start().unwrap();
+    faulty.doorbell();
+    faulty.wait_state(|s| s == VcoprocState::Faulted, T).unwrap();
+    let f = faulty.faults().unwrap().pop().unwrap();
+    assert_eq!(f.fault.addr, Some(u64::from(abi::IOVA_BASE + abi::IOVA_SIZE - 0x1000)));
+    assert_eq!(f.fault.access, Access::Read);
+    // It got as far as its first mailbox write (0+3+...+45 = 360).
+    assert_eq!(faulty.mbox_read(0), 360);
+    assert_eq!(faulty.last_notify().seq, 0, "nothing after the fault ran");
+    crc_domain(&crc, 5, 3, 4096);
+}
+
+/// Patch helpers over a real image: ELF32 header and program headers.
+fn phdr(elf: &[u8], i: usize) -> usize {
+    let phoff = u32::from_le_bytes(elf[28..32].try_into().unwrap()) as usize;
+    phoff + 32 * i
+}
+
+fn put32(elf: &mut [u8], at: usize, v: u32) {
+    elf[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+#[test]
+fn malformed_firmware_is_refused() {
+    let p = pcoproc(200);
+    let good = FIR.elf.to_vec();
+    let mut cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("empty", vec![], "not a valid ELF"),
+        ("truncated header", good[..20].to_vec(), "not a valid ELF"),
+        ("truncated segments", good[..good.len() / 8].to_vec(), ""),
+        ("not elf", b"MZ\x90\x00 this is not an elf file at all....".to_vec(), "bad magic"),
+    ];
+    let mut m = good.clone();
+    m[18] = 62; // EM_X86_64
+    cases.push(("wrong machine", m, "wrong machine 62"));
+    let mut m = good.clone();
+    m[4] = 2; // ELFCLASS64
+    cases.push(("64-bit", m, "32-bit"));
+    let mut m = good.clone();
+    put32(&mut m, phdr(&good, 0) + 8, 0x1000_0000); // p_vaddr outside memory
+    cases.push(("outside memory", m, "outside code and data"));
+    let mut m = good.clone();
+    put32(&mut m, phdr(&good, 0) + 8, abi::CODE_SIZE - 16); // straddles the end of code
+    cases.push(("straddling", m, "outside code and data"));
+    let mut m = good.clone();
+    put32(&mut m, phdr(&good, 1) + 8, 0); // second segment onto the first
+    put32(&mut m, phdr(&good, 1) + 24, 5); // R+X so it passes W^X
+    cases.push(("overlapping", m, "overlap"));
+    let mut m = good.clone();
+    put32(&mut m, phdr(&good, 0) + 20, 0xffff_f000); // huge p_memsz
+    cases.push(("huge memsz", m, "outside code and data"));
+    let mut m = good.clone();
+    put32(&mut m, phdr(&good, 0) + 16, 0x7fff_ffff); // huge p_filesz
+    put32(&mut m, phdr(&good, 0) + 20, 0x7fff_ffff);
+    cases.push(("huge filesz", m, ""));
+    let mut m = good.clone();
+    put32(&mut m, phdr(&good, 0) + 4, 0xffff_fff0); // p_offset past the end
+    cases.push(("offset past end", m, "past the end"));
+    let mut m = good.clone();
+    put32(&mut m, 24, 0x0003_0001); // entry outside any segment
+    cases.push(("bad entry", m, "entry point"));
+    let mut m = good.clone();
+    put32(&mut m, phdr(&good, 0) + 24, 7); // code segment writable
+    cases.push(("w^x", m, "W^X"));
+    let mut m = good.clone();
+    m[44] = 200; // e_phnum
+    cases.push(("too many segments", m, ""));
+    cases.push(("oversized", vec![0u8; 5 << 20], "larger than"));
+
+    let bystander = vcoproc(&p, 9, CRC32);
+    let v = p.create_vcoproc(DomainId(1), SchedParams::default()).unwrap();
+    for (what, image, needle) in &cases {
+        match v.load_firmware(what, image) {
+            Err(CoreError::Device(DeviceError::BadFirmware(msg))) => {
+                assert!(msg.contains(needle), "{what}: {msg:?} lacks {needle:?}")
+            }
+            other => panic!("{what}: expected a firmware error, got {other:?}"),
+        }
+        assert_eq!(v.state().unwrap(), VcoprocState::Created, "{what}");
+    }
+    // The same context still takes a good image and works.
+    v.load_firmware("fir", &good).unwrap();
+    fir_domain(&v, 3, 1, 512, 8);
+    crc_domain(&bystander, 4, 2, 4096);
+}
+
+#[test]
+fn hog_gets_its_round_robin_share_and_no_more() {
+    let slice = Duration::from_micros(500);
+    let p = pcoproc(slice.as_micros() as u64);
+    p.set_trace(100_000);
+    let hog1 = vcoproc(&p, 1, HOG);
+    let hog2 = vcoproc(&p, 2, HOG);
+    let echo = vcoproc(&p, 3, ECHO);
+    let crc = vcoproc(&p, 4, CRC32);
+    hog1.start().unwrap();
+    hog2.start().unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| echo_domain(&echo, 1, 200));
+        s.spawn(|| crc_domain(&crc, 2, 8, 512 * 1024));
+    });
+    // A slice cut short by a preempt request (a control command) continues
+    // with the rest of its budget: count that as one turn.
+    let mut trace: Vec<TraceEntry> = Vec::new();
+    for t in p.trace() {
+        match trace.last_mut() {
+            Some(last) if last.vcoproc == t.vcoproc && last.preempted => {
+                last.ran_ns += t.ran_ns;
+                last.preempted = t.preempted;
+            }
+            _ => trace.push(t),
+        }
+    }
+    let hogs = [hog1.id(), hog2.id()];
+    // Every hog slice is given exactly one slice of budget, never more.
+    let hog_slices: Vec<&TraceEntry> = trace.iter().filter(|t| hogs.contains(&t.vcoproc)).collect();
+    assert!(hog_slices.len() > 20);
+    assert!(hog_slices.iter().all(|t| t.budget_ns <= slice.as_nanos() as u64));
+    // The two hogs strictly alternate: neither gets a second turn before
+    // the other had one.
+    for w in hog_slices.windows(2) {
+        assert_ne!(w[0].vcoproc, w[1].vcoproc, "a hog ran twice in a row");
+    }
+    // A vcoproc that ends its turn still runnable (the crc job in the middle
+    // of a buffer) waits at most one turn of each other vcoproc.
+    let crc_turns: Vec<usize> =
+        trace.iter().enumerate().filter(|(_, t)| t.vcoproc == crc.id()).map(|(i, _)| i).collect();
+    let mut checked = 0;
+    for w in crc_turns.windows(2).filter(|w| trace[w[0]].runnable_after) {
+        checked += 1;
+        let between: Vec<_> = trace[w[0] + 1..w[1]].iter().map(|t| t.vcoproc).collect();
+        for h in hogs {
+            assert!(between.iter().filter(|&&v| v == h).count() <= 1, "{h} ran twice while crc waited");
+        }
+    }
+    assert!(checked > 10, "crc was preempted mid-job {checked} times");
+    // The hogs kept computing and were never faulted.
+    for h in [&hog1, &hog2] {
+        let st = h.state().unwrap();
+        assert!(matches!(st, VcoprocState::Runnable | VcoprocState::Running), "hog is {st}");
+        assert!(h.mbox_read(0) > 0, "hog made progress");
+        assert_eq!(h.info().unwrap().stats.faults, 0);
+    }
+}
+
+#[test]
+fn exit_reset_destroy_and_context_reuse() {
+    let p = pcoproc(200);
+    let v = vcoproc(&p, 1, PROBE);
+    v.start().unwrap();
+    // Exit stops it with the code.
+    v.mbox_write(0, 5);
+    v.mbox_write(2, 42);
+    v.doorbell();
+    v.wait_state(|s| s == VcoprocState::Stopped, T).unwrap();
+    assert_eq!(v.info().unwrap().exit_code, Some(42));
+    // A stopped vcoproc cannot be started; reset brings it back.
+    assert!(v.start().is_err());
+    v.reset().unwrap();
+    v.start().unwrap();
+    assert_eq!(drive::probe(&v, 1, abi::CB_BASE + abi::CB_VCOPROC, 0, T).unwrap(), v.id().0);
+    assert_eq!(drive::probe(&v, 1, abi::CB_BASE + abi::CB_MAGIC, 0, T).unwrap(), abi::MAGIC);
+    // Leave a marker in data memory, destroy, and create a new vcoproc,
+    // which reuses the context memory: nothing of the old one is visible.
+    drive::probe(&v, 2, abi::DATA_BASE + 0x1_8000, 0xfeed_f00d, T).unwrap();
+    v.destroy().unwrap();
+    assert!(matches!(v.state(), Err(CoreError::NoVcoproc(_))));
+    let w = vcoproc(&p, 2, PROBE);
+    w.start().unwrap();
+    assert_eq!(drive::probe(&w, 1, abi::DATA_BASE + 0x1_8000, 0, T).unwrap(), 0);
+    // And a different firmware in a reused context runs its own code.
+    w.destroy().unwrap();
+    let c = vcoproc(&p, 3, CRC32);
+    crc_domain(&c, 7, 2, 4096);
+}
+
+#[test]
+fn unmap_removes_access_and_mappings_are_checked() {
+    let p = pcoproc(200);
+    let v = vcoproc(&p, 1, PROBE);
+    let r = Arc::new(Region::new(3 * 4096).unwrap());
+    r.write(4096, &0x1234_5678u32.to_le_bytes()).unwrap();
+    v.map(&r, 4096, BUFFER_IOVA, 4096, Perms::R, MapKind::Revocable).unwrap();
+    // Refused: overlap, executable, outside the window, past the end.
+    assert!(v.map(&r, 0, BUFFER_IOVA, 4096, Perms::RW, MapKind::Pinned).is_err());
+    assert!(v.map(&r, 0, BUFFER_IOVA + 0x10000, 4096, Perms::RX, MapKind::Pinned).is_err());
+    assert!(v.map(&r, 0, 0x2000_0000, 4096, Perms::RW, MapKind::Pinned).is_err());
+    assert!(v.map(&r, 8192, BUFFER_IOVA + 0x10000, 8192, Perms::RW, MapKind::Pinned).is_err());
+    v.start().unwrap();
+    assert_eq!(drive::probe(&v, 1, BUFFER_IOVA as u32, 0, T).unwrap(), 0x1234_5678);
+    // Read-only: a write faults.
+    assert!(drive::probe(&v, 2, BUFFER_IOVA as u32 + 8, 1, T).is_err());
+    assert_eq!(v.faults().unwrap().pop().unwrap().fault.access, Access::Write);
+    assert_eq!(r.read_vec(4096 + 8, 4).unwrap(), [0, 0, 0, 0]);
+    v.reset().unwrap();
+    v.start().unwrap();
+    assert_eq!(drive::probe(&v, 1, BUFFER_IOVA as u32, 0, T).unwrap(), 0x1234_5678);
+    v.unmap(BUFFER_IOVA).unwrap();
+    assert!(drive::probe(&v, 1, BUFFER_IOVA as u32, 0, T).is_err());
+    assert_eq!(v.info().unwrap().mappings, 0);
+}
+
+#[test]
+fn header_matches_rust_abi() {
+    let mut seen = 0;
+    for line in coproc_firmware::HEADER.lines() {
+        let mut it = line.split_whitespace();
+        if it.next() != Some("#define") {
+            continue;
+        }
+        let (Some(name), Some(value)) = (it.next(), it.next()) else { continue };
+        let Some(hex) = value.strip_prefix("0x") else {
+            if let Ok(v) = value.trim_end_matches('u').parse::<u32>() {
+                let want = abi::ALL.iter().find(|(n, _)| *n == name);
+                if let Some((_, w)) = want {
+                    assert_eq!(*w, v, "{name}");
+                    seen += 1;
+                }
+            }
+            continue;
+        };
+        let v = u32::from_str_radix(hex.trim_end_matches('u'), 16).unwrap();
+        let (_, w) = abi::ALL.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("{name} missing in abi.rs"));
+        assert_eq!(*w, v, "{name}");
+        seen += 1;
+    }
+    assert_eq!(seen, abi::ALL.len(), "every ABI constant is in the header");
+}
+
+/// The core may be preempted right after a control block access and restart
+/// that instruction: doorbells, notifications and mailbox answers must come
+/// out exactly once each, in order, under heavy preemption.
+#[test]
+fn preemption_never_repeats_or_loses_control_block_accesses() {
+    let p = pcoproc(50);
+    let hog = vcoproc(&p, 1, HOG);
+    let echo = vcoproc(&p, 2, ECHO);
+    let crc = vcoproc(&p, 3, CRC32);
+    hog.start().unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| crc_domain(&crc, 4, 12, 128 * 1024));
+        s.spawn(|| {
+            echo.start().unwrap();
+            for k in 1..=2000u32 {
+                let before = echo.last_notify().seq;
+                let w: [u32; 16] = std::array::from_fn(|i| k * 1000 + i as u32);
+                let out = drive::echo(&echo, &w, T).unwrap();
+                assert_eq!(out[..15], w[..15], "message {k}");
+                assert_eq!(out[15], k, "firmware handled message {k} as its {}th", out[15]);
+                assert_eq!(echo.last_notify().seq, before + 1, "exactly one notification");
+            }
+        });
+    });
+    assert!(p.busy().1 > 100, "switches: {}", p.busy().1);
+}
