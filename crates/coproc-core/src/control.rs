@@ -43,6 +43,8 @@ struct Console {
 #[derive(Debug, Default)]
 struct NotifyState {
     last: Notify,
+    /// Bumped by [`ControlBlock::kick`].
+    kicks: u64,
     /// The firmware's sequence number of the last notification taken.
     fw_seq: Option<u32>,
 }
@@ -169,22 +171,35 @@ impl ControlBlock {
 
     /// Domain side: wait until a notification newer than `after` arrives.
     pub fn wait_notify(&self, after: u64, timeout: Duration) -> Option<Notify> {
+        self.wait_notify_or_kick(after, self.kicks(), timeout)
+    }
+
+    /// How many times [`ControlBlock::kick`] was called.
+    pub fn kicks(&self) -> u64 {
+        self.notify.lock().unwrap_or_else(|e| e.into_inner()).kicks
+    }
+
+    /// Wait until a notification newer than `after` arrives, or until the
+    /// kick count moves past `kicks`, or `timeout`. Returns the notification
+    /// if there is a newer one.
+    pub fn wait_notify_or_kick(&self, after: u64, kicks: u64, timeout: Duration) -> Option<Notify> {
         let deadline = Instant::now() + timeout;
         let mut n = self.notify.lock().unwrap_or_else(|e| e.into_inner());
-        while n.last.seq <= after {
+        while n.last.seq <= after && n.kicks == kicks {
             let now = Instant::now();
             if now >= deadline {
-                return None;
+                break;
             }
             n = self.notified.wait_timeout(n, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
         }
-        Some(n.last)
+        (n.last.seq > after).then_some(n.last)
     }
 
-    /// Wake every notification waiter (used when the vcoproc changes state,
-    /// so waiters can re-check it).
+    /// Wake every notification waiter so it re-checks the vcoproc's state
+    /// (the runner calls it when a vcoproc stops running for good or parks).
     pub fn kick(&self) {
-        let _g = self.notify.lock().unwrap_or_else(|e| e.into_inner());
+        let mut n = self.notify.lock().unwrap_or_else(|e| e.into_inner());
+        n.kicks += 1;
         self.notified.notify_all();
     }
 

@@ -649,12 +649,19 @@ impl VcoprocHandle {
     pub fn wait_notify(&self, after: u64, timeout: Duration) -> Result<Notify, CoreError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(n) = self.control.wait_notify(after, Duration::from_millis(20)) {
-                return Ok(n);
-            }
+            // Kicks taken before the state check: a state change after the
+            // check ends the wait below.
+            let kicks = self.control.kicks();
             let st = self.state()?;
             if matches!(st, VcoprocState::Faulted | VcoprocState::Stopped) {
+                if let Some(n) = self.control.wait_notify_or_kick(after, kicks, Duration::ZERO) {
+                    return Ok(n);
+                }
                 return Err(CoreError::State(TransitionError { from: st, event: Event::Wake }));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if let Some(n) = self.control.wait_notify_or_kick(after, kicks, left) {
+                return Ok(n);
             }
             if Instant::now() >= deadline {
                 return Err(CoreError::Timeout(timeout));

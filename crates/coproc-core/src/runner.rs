@@ -147,6 +147,7 @@ fn switch_failed(shared: &Shared, v: VcoprocId, guilty: VcoprocId, reason: Strin
     }
     if let Some(vc) = g.vcoprocs.get_mut(&guilty) {
         if vc.transition(Event::Fault).is_ok() {
+            vc.control.kick();
             g.policy.block(guilty);
             g.record_fault(FaultRecord {
                 vcoproc: guilty,

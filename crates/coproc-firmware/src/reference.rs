@@ -33,9 +33,26 @@ pub fn echo(words: &[u32; 16], seq: u32) -> [u32; 16] {
     out
 }
 
-/// The `hog` firmware's LCG state after `steps` steps from 1.
+/// The `hog` firmware's LCG state (`x = 1664525 x + 1013904223`, from 1)
+/// after `steps` steps, by composing the affine map with itself
+/// (O(log steps)).
 pub fn hog_state(steps: u64) -> u32 {
-    (0..steps).fold(1u32, |x, _| x.wrapping_mul(1664525).wrapping_add(1013904223))
+    // (a, c) represents x -> a x + c (mod 2^32).
+    let (mut a, mut c) = (1u32, 0u32);
+    let (mut pa, mut pc) = (1_664_525u32, 1_013_904_223u32);
+    let mut n = steps;
+    while n > 0 {
+        if n & 1 == 1 {
+            // apply (pa, pc) after (a, c)
+            a = pa.wrapping_mul(a);
+            c = pa.wrapping_mul(c).wrapping_add(pc);
+        }
+        // square: (pa, pc) after itself
+        pc = pa.wrapping_mul(pc).wrapping_add(pc);
+        pa = pa.wrapping_mul(pa);
+        n >>= 1;
+    }
+    a.wrapping_add(c)
 }
 
 /// A deterministic pseudo-random generator for test data (xorshift64*).
@@ -83,6 +100,15 @@ mod tests {
         assert_eq!(y, [32766, i16::MAX]);
         let y = fir_q15(&[i16::MIN, i16::MIN], &[i16::MAX, i16::MAX]);
         assert_eq!(y[1], i16::MIN);
+    }
+
+    #[test]
+    fn hog_state_matches_stepping() {
+        let mut x = 1u32;
+        for n in 0..5000u64 {
+            assert_eq!(hog_state(n), x, "step {n}");
+            x = x.wrapping_mul(1664525).wrapping_add(1013904223);
+        }
     }
 
     #[test]

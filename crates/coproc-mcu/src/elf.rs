@@ -107,11 +107,26 @@ fn within(vaddr: u32, memsz: u32, base: u32, size: u32) -> bool {
     v >= b && v + m <= b + s
 }
 
-/// Parse and validate `bytes` as mcu firmware.
+/// Parse and validate `bytes` as mcu firmware. The bytes may sit at any
+/// alignment.
 pub fn parse(bytes: &[u8]) -> Result<Image, ElfError> {
     if bytes.len() > MAX_IMAGE {
         return Err(ElfError::TooLarge(bytes.len()));
     }
+    if bytes.as_ptr().align_offset(8) != 0 {
+        // The ELF structures are read in place and need their alignment.
+        let mut words = vec![0u64; bytes.len().div_ceil(8)];
+        // SAFETY: `words` owns at least `bytes.len()` initialised bytes; a
+        // u64 buffer viewed as bytes has no invalid values and the view does
+        // not outlive `words`.
+        let aligned = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), bytes.len()) };
+        aligned.copy_from_slice(bytes);
+        return parse_aligned(aligned);
+    }
+    parse_aligned(bytes)
+}
+
+fn parse_aligned(bytes: &[u8]) -> Result<Image, ElfError> {
     let ident = bytes.get(..16).ok_or_else(|| ElfError::Malformed("shorter than an ELF header".into()))?;
     if &ident[..4] != b"\x7fELF" {
         return Err(ElfError::Malformed("bad magic".into()));
@@ -174,4 +189,42 @@ pub fn parse(bytes: &[u8]) -> Result<Image, ElfError> {
         return Err(ElfError::BadEntry(entry));
     }
     Ok(Image { entry, segments })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn misaligned_input_parses_the_same() {
+        let good = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../firmware/sdk/link.ld")).unwrap();
+        assert!(parse(&good).is_err(), "a linker script is not ELF");
+        // A minimal valid image: one code segment with the entry point.
+        let mut elf = vec![0u8; 52 + 32 + 8];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 1; // ELFCLASS32
+        elf[5] = 1; // little endian
+        elf[6] = 1; // version
+        elf[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        elf[18..20].copy_from_slice(&40u16.to_le_bytes()); // EM_ARM
+        elf[20..24].copy_from_slice(&1u32.to_le_bytes());
+        elf[24..28].copy_from_slice(&1u32.to_le_bytes()); // entry 0 | thumb
+        elf[28..32].copy_from_slice(&52u32.to_le_bytes()); // e_phoff
+        elf[40..42].copy_from_slice(&52u16.to_le_bytes()); // e_ehsize
+        elf[42..44].copy_from_slice(&32u16.to_le_bytes()); // e_phentsize
+        elf[44..46].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
+        let ph = 52;
+        elf[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        elf[ph + 4..ph + 8].copy_from_slice(&84u32.to_le_bytes()); // offset
+        elf[ph + 16..ph + 20].copy_from_slice(&8u32.to_le_bytes()); // filesz
+        elf[ph + 20..ph + 24].copy_from_slice(&8u32.to_le_bytes()); // memsz
+        elf[ph + 24..ph + 28].copy_from_slice(&5u32.to_le_bytes()); // R+X
+        let a = parse(&elf).unwrap();
+        let mut shifted = vec![0u8];
+        shifted.extend_from_slice(&elf);
+        let b = parse(&shifted[1..]).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.entry, 1);
+        assert_eq!(a.code_bytes(), 8);
+    }
 }

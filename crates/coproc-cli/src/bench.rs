@@ -1,0 +1,370 @@
+//! `coproc bench NAME`: programs that measure, side by side in one run, and
+//! print a table or one JSON object `{"bench", "figures", "env"}`.
+
+use crate::output::{print_table, Format};
+use anyhow::bail;
+use coproc_core::control::ControlBlock;
+use coproc_core::device::{ContextSpec, Device, StopReason};
+use coproc_core::iova::{MapKind, Mapping, Perms};
+use coproc_core::memory::Region;
+use coproc_core::policy::{RoundRobin, SchedParams};
+use coproc_core::{DomainId, Pcoproc, VcoprocId};
+use coproc_firmware::drive::{self, Buffer};
+use coproc_firmware::reference::{self, TestRng};
+use coproc_firmware::{ECHO, FIR};
+use coproc_mcu::baseline::{Bare, Translation};
+use coproc_mcu::{factory, McuConfig, McuDevice};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Options of `coproc bench`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Which benchmark.
+    #[arg(value_enum)]
+    name: Name,
+    /// Measurement rounds (the median is reported).
+    #[arg(long, default_value_t = 7)]
+    rounds: usize,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Name {
+    /// fir throughput under the framework vs directly on Unicorn.
+    Overhead,
+    /// Cost of one full context switch on the mcu device.
+    CtxSwitch,
+}
+
+#[derive(Debug, Serialize)]
+struct Env {
+    cpu: String,
+    cpus: usize,
+    kernel: String,
+    arch: &'static str,
+    device: &'static str,
+    coproc: &'static str,
+}
+
+impl Env {
+    fn probe() -> Env {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        Env {
+            cpu,
+            cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().into(),
+            arch: std::env::consts::ARCH,
+            device: "mcu: Cortex-M4 on Unicorn 2.1",
+            coproc: env!("CARGO_PKG_VERSION"),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    bench: &'static str,
+    figures: BTreeMap<&'static str, f64>,
+    env: Env,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Run a benchmark; returns whether it completed with correct results.
+pub fn run(args: &Args, format: Format) -> anyhow::Result<bool> {
+    let rounds = args.rounds.max(1);
+    let (bench, figures, notes) = match args.name {
+        Name::Overhead => ("overhead", overhead(rounds)?, OVERHEAD_NOTES),
+        Name::CtxSwitch => ("ctx-switch", ctx_switch(rounds)?, SWITCH_NOTES),
+    };
+    let report = Report { bench, figures, env: Env::probe() };
+    match format {
+        Format::Json => println!("{}", serde_json::to_string(&report)?),
+        Format::Table => {
+            println!("coproc bench {bench} (median of {rounds} rounds)\n");
+            let rows: Vec<Vec<String>> =
+                report.figures.iter().map(|(k, v)| vec![k.to_string(), format!("{v}")]).collect();
+            print_table(&["figure", "value"], &rows);
+            println!("\n{notes}");
+            println!("env: {} ({} cpus), kernel {}", report.env.cpu, report.env.cpus, report.env.kernel);
+        }
+    }
+    Ok(true)
+}
+
+const OVERHEAD_NOTES: &str = "overhead_pct: median over jobs of the time of a fir job under the framework \
+(domain thread, pcoproc runner thread, rr policy, mailbox + doorbell + notification) over the time of the \
+same job on the same Unicorn core and context model driven directly in-process (direct_device), minus 1; \
+jobs of all variants interleaved. overhead_total_pct: the same from the sums. vs_bare_unicorn_pct compares \
+with the faster of two hand-built bare Unicorn setups (bare_*), see docs/performance.md.";
+const SWITCH_NOTES: &str = "switch_us: one full switch (save registers, restore the other context's, \
+switch code/data/control block/mappings, flush the TLB). switch_refill_us adds what the first accesses \
+after a switch cost (TLB refills through the translation hook), measured as round trips with switches \
+minus the same round trips without.";
+
+const SAMPLES: usize = 65536;
+const TAPS: usize = 64;
+const JOBS: usize = 4;
+
+/// One way of running a fir job: runs job `i`, checks it, returns seconds.
+type Runner<'a> = Box<dyn FnMut(usize) -> anyhow::Result<f64> + 'a>;
+
+/// Byte offsets of the output and the taps in the job buffer.
+const Y_OFF: u64 = 2 * SAMPLES as u64;
+const H_OFF: u64 = 4 * SAMPLES as u64;
+
+fn bytes(s: &[i16]) -> Vec<u8> {
+    s.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn to_samples(b: Vec<u8>) -> Vec<i16> {
+    b.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect()
+}
+
+/// Mailbox words of fir job `i` with the buffer at the start of the window.
+fn fir_args(i: usize) -> [u32; 6] {
+    let base = coproc_mcu::abi::IOVA_BASE;
+    [base, base + Y_OFF as u32, SAMPLES as u32, base + H_OFF as u32, TAPS as u32, i as u32 + 1]
+}
+
+type Jobs = Arc<(Vec<(Vec<i16>, Vec<i16>)>, Vec<Vec<i16>>)>;
+
+/// Run an engine on its own thread (as the framework's runner does), built
+/// there by `make` (Unicorn engines stay on the thread that made them);
+/// the returned runner hands it job indices and waits for the timings.
+fn on_thread<F>(make: F) -> anyhow::Result<Runner<'static>>
+where
+    F: FnOnce() -> anyhow::Result<Box<dyn FnMut(usize) -> anyhow::Result<f64>>> + Send + 'static,
+{
+    let (job_tx, job_rx) = std::sync::mpsc::channel::<usize>();
+    let (res_tx, res_rx) = std::sync::mpsc::channel::<Result<f64, String>>();
+    std::thread::Builder::new().name("bench-engine".into()).spawn(move || {
+        let mut run = match make() {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = res_tx.send(Err(e.to_string()));
+                return;
+            }
+        };
+        let _ = res_tx.send(Ok(0.0));
+        while let Ok(i) = job_rx.recv() {
+            let _ = res_tx.send(run(i).map_err(|e| e.to_string()));
+        }
+    })?;
+    res_rx.recv()?.map_err(anyhow::Error::msg)?;
+    Ok(Box::new(move |i| {
+        job_tx.send(i)?;
+        res_rx.recv()?.map_err(anyhow::Error::msg)
+    }))
+}
+
+/// Bare: the firmware on a hand-built Unicorn core.
+fn bare_runner(translation: Translation, jobs: Jobs) -> anyhow::Result<Runner<'static>> {
+    on_thread(move || {
+        let mut b = Bare::new(FIR.elf, SAMPLES * 4 + TAPS * 2, translation)?;
+        Ok(Box::new(move |i| {
+            let (input, expect) = (&jobs.0[i], &jobs.1[i]);
+            let t = Instant::now();
+            b.write(0, &bytes(&input.0))?;
+            b.write(H_OFF, &bytes(&input.1))?;
+            let (out, _) = b.job(&fir_args(i))?;
+            let y = to_samples(b.read(Y_OFF, 2 * SAMPLES)?);
+            let dt = t.elapsed().as_secs_f64();
+            if out[0] != 0 || y != *expect {
+                bail!("bare run: job {i} differs from the reference");
+            }
+            Ok(dt)
+        }))
+    })
+}
+
+/// Device: the mcu device model (Unicorn core, virtual-TLB context, control
+/// block) driven directly: no runner, policy, pcoproc or domain thread.
+fn device_runner(jobs: Jobs) -> anyhow::Result<Runner<'static>> {
+    on_thread(move || {
+        let mut dev = McuDevice::new(McuConfig::default())?;
+        let id = VcoprocId(1);
+        let cb = Arc::new(ControlBlock::default());
+        dev.create_context(ContextSpec { id, control: cb.clone() })?;
+        dev.load_firmware(id, FIR.elf)?;
+        let region = Arc::new(Region::new(((SAMPLES * 4 + TAPS * 2) as u64).div_ceil(4096) * 4096)?);
+        let len = region.len();
+        let m = Mapping { iova: 0x6000_0000, len, region: region.clone(), offset: 0, perms: Perms::RW, kind: MapKind::Pinned };
+        dev.map(id, &m)?;
+        dev.switch(Some(id));
+        dev.run(Duration::from_secs(1));
+        Ok(Box::new(move |i| {
+            let (input, expect) = (&jobs.0[i], &jobs.1[i]);
+            let t = Instant::now();
+            region.write(0, &bytes(&input.0))?;
+            region.write(H_OFF, &bytes(&input.1))?;
+            for (w, a) in fir_args(i).iter().enumerate() {
+                cb.write_in(w, *a);
+            }
+            cb.ring();
+            if dev.run(Duration::from_secs(600)).stop != StopReason::Waiting {
+                bail!("device run: job {i} did not complete");
+            }
+            let y = to_samples(region.read_vec(Y_OFF, 2 * SAMPLES as u64)?);
+            let dt = t.elapsed().as_secs_f64();
+            if y != *expect {
+                bail!("device run: job {i} differs from the reference");
+            }
+            Ok(dt)
+        }))
+    })
+}
+
+fn overhead(rounds: usize) -> anyhow::Result<BTreeMap<&'static str, f64>> {
+    let mut rng = TestRng::new(77);
+    let input: Vec<(Vec<i16>, Vec<i16>)> = (0..JOBS).map(|_| (rng.samples(SAMPLES), rng.samples(TAPS))).collect();
+    let expect: Vec<Vec<i16>> = input.iter().map(|(x, h)| reference::fir_q15(x, h)).collect();
+    let jobs: Jobs = Arc::new((input, expect));
+    let buf_len = SAMPLES * 4 + TAPS * 2;
+
+    // Framework: one domain on a pcoproc, through the in-process API; the
+    // domain is this thread, the device lives on the pcoproc's runner.
+    let rr = RoundRobin::new(RoundRobin::DEFAULT_SLICE)?;
+    let p = Pcoproc::spawn("mcu0", factory(McuConfig::default()), Box::new(rr))?;
+    let v = p.create_vcoproc(DomainId(1), SchedParams::default())?;
+    v.load_firmware("fir", FIR.elf)?;
+    let buf = Buffer::map(&v, buf_len as u64, MapKind::Pinned)?;
+    v.start()?;
+    let fjobs = jobs.clone();
+    let framework: Runner<'_> = Box::new(|i| {
+        let t = Instant::now();
+        let y = drive::fir(&v, &buf, &fjobs.0[i].0, &fjobs.0[i].1, i as u32 + 1, Duration::from_secs(600))?;
+        let dt = t.elapsed().as_secs_f64();
+        if y != fjobs.1[i] {
+            bail!("framework run: job {i} differs from the reference");
+        }
+        Ok(dt)
+    });
+
+    // Jobs interleaved one by one, in rotating order, so that drifts of
+    // this machine's speed hit every variant alike; the first round warms
+    // the translation caches and is not counted.
+    let mut runners = [
+        framework,
+        device_runner(jobs.clone())?,
+        bare_runner(Translation::Cpu, jobs.clone())?,
+        bare_runner(Translation::Identity, jobs.clone())?,
+    ];
+    let mut times = vec![Vec::new(); runners.len()];
+    for round in 0..=rounds {
+        for i in 0..JOBS {
+            for k in 0..runners.len() {
+                let r = (k + i + round) % runners.len();
+                let dt = runners[r](i)?;
+                if round > 0 {
+                    times[r].push(dt);
+                }
+            }
+        }
+    }
+    drop(runners);
+    p.shutdown();
+    // Paired per-job ratios, framework over device: robust to drift.
+    let ratio: Vec<f64> = times[0].iter().zip(&times[1]).map(|(f, d)| f / d).collect();
+    let sum = |v: &Vec<f64>| v.iter().sum::<f64>();
+    let samples = (times[0].len() * SAMPLES) as f64;
+    let rate = |k: usize| round3(samples / sum(&times[k]) / 1e6);
+    let bare_best = sum(&times[2]).min(sum(&times[3]));
+    let mut m = BTreeMap::new();
+    m.insert("overhead_pct", round3((median(ratio) - 1.0) * 100.0));
+    m.insert("overhead_total_pct", round3((sum(&times[0]) / sum(&times[1]) - 1.0) * 100.0));
+    m.insert("vs_bare_unicorn_pct", round3((sum(&times[0]) / bare_best - 1.0) * 100.0));
+    m.insert("framework_msamples_s", rate(0));
+    m.insert("direct_device_msamples_s", rate(1));
+    m.insert("bare_cpu_tlb_msamples_s", rate(2));
+    m.insert("bare_virtual_tlb_msamples_s", rate(3));
+    m.insert("jobs_per_variant", times[0].len() as f64);
+    Ok(m)
+}
+
+
+fn ctx_switch(rounds: usize) -> anyhow::Result<BTreeMap<&'static str, f64>> {
+    let mut dev = McuDevice::new(McuConfig::default())?;
+    let mut cbs = Vec::new();
+    let mut regions = Vec::new();
+    for i in 1..=2u32 {
+        let id = VcoprocId(i);
+        let cb = Arc::new(ControlBlock::default());
+        dev.create_context(ContextSpec { id, control: cb.clone() })?;
+        dev.load_firmware(id, ECHO.elf)?;
+        // A mapping each, so the switch has mappings to swap too.
+        let r = Arc::new(Region::new(64 * 1024)?);
+        let m = Mapping { iova: 0x6000_0000, len: 64 * 1024, region: r.clone(), offset: 0, perms: Perms::RW, kind: MapKind::Pinned };
+        dev.map(id, &m)?;
+        regions.push(r);
+        cbs.push(cb);
+    }
+    let ids = [VcoprocId(1), VcoprocId(2)];
+    // Boot both to their first WAIT.
+    for id in ids {
+        dev.switch(Some(id));
+        let out = dev.run(Duration::from_secs(1));
+        if out.stop != StopReason::Waiting {
+            bail!("echo did not park: {:?}", out.stop);
+        }
+    }
+    // One echo round trip on the current context: ring, run until parked.
+    let round_trip = |dev: &mut McuDevice, i: usize| -> anyhow::Result<()> {
+        cbs[i].ring();
+        let out = dev.run(Duration::from_secs(1));
+        if out.stop != StopReason::Waiting {
+            bail!("echo stopped with {:?}", out.stop);
+        }
+        Ok(())
+    };
+    let n = 20_000usize;
+    let (mut sw, mut with, mut without) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let t = Instant::now();
+        for k in 0..n {
+            dev.switch(Some(ids[k % 2]));
+        }
+        sw.push(t.elapsed().as_secs_f64() / n as f64);
+
+        let t = Instant::now();
+        for k in 0..n {
+            dev.switch(Some(ids[k % 2]));
+            round_trip(&mut dev, k % 2)?;
+        }
+        with.push(t.elapsed().as_secs_f64() / n as f64);
+
+        dev.switch(Some(ids[0]));
+        let t = Instant::now();
+        for _ in 0..n {
+            round_trip(&mut dev, 0)?;
+        }
+        without.push(t.elapsed().as_secs_f64() / n as f64);
+    }
+    // Both contexts answered every message, in order.
+    for (i, cb) in cbs.iter().enumerate() {
+        if cb.read_out(15) as u64 != cb.rung() {
+            bail!("context {i}: echo count {} != doorbells {}", cb.read_out(15), cb.rung());
+        }
+    }
+    let (sw, with, without) = (median(sw), median(with), median(without));
+    let mut m = BTreeMap::new();
+    m.insert("switch_us", round3(sw * 1e6));
+    m.insert("switch_refill_us", round3((with - without).max(0.0) * 1e6));
+    m.insert("round_trip_same_context_us", round3(without * 1e6));
+    m.insert("round_trip_switching_us", round3(with * 1e6));
+    Ok(m)
+}
