@@ -10,7 +10,12 @@ const FIRMWARE: &[&str] = &["echo", "fir", "crc32", "hog", "faulty", "probe"];
 fn tool(names: &[&str]) -> Option<String> {
     names
         .iter()
-        .find(|n| Command::new(n).arg("--version").output().is_ok_and(|o| o.status.success()))
+        .find(|n| {
+            Command::new(n)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
         .map(|n| n.to_string())
 }
 
@@ -21,7 +26,9 @@ fn main() {
     println!("cargo:rerun-if-changed={}", root.display());
     println!("cargo:rerun-if-env-changed=COPROC_CLANG");
 
-    let clang = std::env::var("COPROC_CLANG").ok().or_else(|| tool(&["clang", "clang-14", "clang-15", "clang-16"]));
+    let clang = std::env::var("COPROC_CLANG")
+        .ok()
+        .or_else(|| tool(&["clang", "clang-14", "clang-15", "clang-16"]));
     let Some(clang) = clang else {
         panic!(
             "coproc firmware needs clang to build Cortex-M firmware: install the Debian package \
@@ -70,7 +77,10 @@ fn main() {
             .status()
             .unwrap_or_else(|e| panic!("cannot run {clang}: {e}"));
         if !status.success() {
-            panic!("building firmware {name} from {} failed ({status})", src.display());
+            panic!(
+                "building firmware {name} from {} failed ({status})",
+                src.display()
+            );
         }
     }
 }

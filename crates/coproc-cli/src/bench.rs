@@ -59,8 +59,13 @@ impl Env {
             .unwrap_or_else(|| "unknown".into());
         Env {
             cpu,
-            cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().into(),
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .into(),
             arch: std::env::consts::ARCH,
             device: "mcu: Cortex-M4 on Unicorn 2.1",
             coproc: env!("CARGO_PKG_VERSION"),
@@ -91,16 +96,26 @@ pub fn run(args: &Args, format: Format) -> anyhow::Result<bool> {
         Name::Overhead => ("overhead", overhead(rounds)?, OVERHEAD_NOTES),
         Name::CtxSwitch => ("ctx-switch", ctx_switch(rounds)?, SWITCH_NOTES),
     };
-    let report = Report { bench, figures, env: Env::probe() };
+    let report = Report {
+        bench,
+        figures,
+        env: Env::probe(),
+    };
     match format {
         Format::Json => println!("{}", serde_json::to_string(&report)?),
         Format::Table => {
             println!("coproc bench {bench} (median of {rounds} rounds)\n");
-            let rows: Vec<Vec<String>> =
-                report.figures.iter().map(|(k, v)| vec![k.to_string(), format!("{v}")]).collect();
+            let rows: Vec<Vec<String>> = report
+                .figures
+                .iter()
+                .map(|(k, v)| vec![k.to_string(), format!("{v}")])
+                .collect();
             print_table(&["figure", "value"], &rows);
             println!("\n{notes}");
-            println!("env: {} ({} cpus), kernel {}", report.env.cpu, report.env.cpus, report.env.kernel);
+            println!(
+                "env: {} ({} cpus), kernel {}",
+                report.env.cpu, report.env.cpus, report.env.kernel
+            );
         }
     }
     Ok(true)
@@ -132,13 +147,22 @@ fn bytes(s: &[i16]) -> Vec<u8> {
 }
 
 fn to_samples(b: Vec<u8>) -> Vec<i16> {
-    b.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect()
+    b.chunks_exact(2)
+        .map(|c| i16::from_le_bytes([c[0], c[1]]))
+        .collect()
 }
 
 /// Mailbox words of fir job `i` with the buffer at the start of the window.
 fn fir_args(i: usize) -> [u32; 6] {
     let base = coproc_mcu::abi::IOVA_BASE;
-    [base, base + Y_OFF as u32, SAMPLES as u32, base + H_OFF as u32, TAPS as u32, i as u32 + 1]
+    [
+        base,
+        base + Y_OFF as u32,
+        SAMPLES as u32,
+        base + H_OFF as u32,
+        TAPS as u32,
+        i as u32 + 1,
+    ]
 }
 
 type Jobs = Arc<(Vec<(Vec<i16>, Vec<i16>)>, Vec<Vec<i16>>)>;
@@ -152,19 +176,21 @@ where
 {
     let (job_tx, job_rx) = std::sync::mpsc::channel::<usize>();
     let (res_tx, res_rx) = std::sync::mpsc::channel::<Result<f64, String>>();
-    std::thread::Builder::new().name("bench-engine".into()).spawn(move || {
-        let mut run = match make() {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = res_tx.send(Err(e.to_string()));
-                return;
+    std::thread::Builder::new()
+        .name("bench-engine".into())
+        .spawn(move || {
+            let mut run = match make() {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = res_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let _ = res_tx.send(Ok(0.0));
+            while let Ok(i) = job_rx.recv() {
+                let _ = res_tx.send(run(i).map_err(|e| e.to_string()));
             }
-        };
-        let _ = res_tx.send(Ok(0.0));
-        while let Ok(i) = job_rx.recv() {
-            let _ = res_tx.send(run(i).map_err(|e| e.to_string()));
-        }
-    })?;
+        })?;
     res_rx.recv()?.map_err(anyhow::Error::msg)?;
     Ok(Box::new(move |i| {
         job_tx.send(i)?;
@@ -199,11 +225,23 @@ fn device_runner(jobs: Jobs) -> anyhow::Result<Runner<'static>> {
         let mut dev = McuDevice::new(McuConfig::default())?;
         let id = VcoprocId(1);
         let cb = Arc::new(ControlBlock::default());
-        dev.create_context(ContextSpec { id, control: cb.clone() })?;
+        dev.create_context(ContextSpec {
+            id,
+            control: cb.clone(),
+        })?;
         dev.load_firmware(id, FIR.elf)?;
-        let region = Arc::new(Region::new(((SAMPLES * 4 + TAPS * 2) as u64).div_ceil(4096) * 4096)?);
+        let region = Arc::new(Region::new(
+            ((SAMPLES * 4 + TAPS * 2) as u64).div_ceil(4096) * 4096,
+        )?);
         let len = region.len();
-        let m = Mapping { iova: 0x6000_0000, len, region: region.clone(), offset: 0, perms: Perms::RW, kind: MapKind::Pinned };
+        let m = Mapping {
+            iova: 0x6000_0000,
+            len,
+            region: region.clone(),
+            offset: 0,
+            perms: Perms::RW,
+            kind: MapKind::Pinned,
+        };
         dev.map(id, &m)?;
         dev.switch(Some(id));
         dev.run(Duration::from_secs(1));
@@ -231,8 +269,13 @@ fn device_runner(jobs: Jobs) -> anyhow::Result<Runner<'static>> {
 
 fn overhead(rounds: usize) -> anyhow::Result<BTreeMap<&'static str, f64>> {
     let mut rng = TestRng::new(77);
-    let input: Vec<(Vec<i16>, Vec<i16>)> = (0..JOBS).map(|_| (rng.samples(SAMPLES), rng.samples(TAPS))).collect();
-    let expect: Vec<Vec<i16>> = input.iter().map(|(x, h)| reference::fir_q15(x, h)).collect();
+    let input: Vec<(Vec<i16>, Vec<i16>)> = (0..JOBS)
+        .map(|_| (rng.samples(SAMPLES), rng.samples(TAPS)))
+        .collect();
+    let expect: Vec<Vec<i16>> = input
+        .iter()
+        .map(|(x, h)| reference::fir_q15(x, h))
+        .collect();
     let jobs: Jobs = Arc::new((input, expect));
     let buf_len = SAMPLES * 4 + TAPS * 2;
 
@@ -247,7 +290,14 @@ fn overhead(rounds: usize) -> anyhow::Result<BTreeMap<&'static str, f64>> {
     let fjobs = jobs.clone();
     let framework: Runner<'_> = Box::new(|i| {
         let t = Instant::now();
-        let y = drive::fir(&v, &buf, &fjobs.0[i].0, &fjobs.0[i].1, i as u32 + 1, Duration::from_secs(600))?;
+        let y = drive::fir(
+            &v,
+            &buf,
+            &fjobs.0[i].0,
+            &fjobs.0[i].1,
+            i as u32 + 1,
+            Duration::from_secs(600),
+        )?;
         let dt = t.elapsed().as_secs_f64();
         if y != fjobs.1[i] {
             bail!("framework run: job {i} differs from the reference");
@@ -286,8 +336,14 @@ fn overhead(rounds: usize) -> anyhow::Result<BTreeMap<&'static str, f64>> {
     let bare_best = sum(&times[2]).min(sum(&times[3]));
     let mut m = BTreeMap::new();
     m.insert("overhead_pct", round3((median(ratio) - 1.0) * 100.0));
-    m.insert("overhead_total_pct", round3((sum(&times[0]) / sum(&times[1]) - 1.0) * 100.0));
-    m.insert("vs_bare_unicorn_pct", round3((sum(&times[0]) / bare_best - 1.0) * 100.0));
+    m.insert(
+        "overhead_total_pct",
+        round3((sum(&times[0]) / sum(&times[1]) - 1.0) * 100.0),
+    );
+    m.insert(
+        "vs_bare_unicorn_pct",
+        round3((sum(&times[0]) / bare_best - 1.0) * 100.0),
+    );
     m.insert("framework_msamples_s", rate(0));
     m.insert("direct_device_msamples_s", rate(1));
     m.insert("bare_cpu_tlb_msamples_s", rate(2));
@@ -296,7 +352,6 @@ fn overhead(rounds: usize) -> anyhow::Result<BTreeMap<&'static str, f64>> {
     Ok(m)
 }
 
-
 fn ctx_switch(rounds: usize) -> anyhow::Result<BTreeMap<&'static str, f64>> {
     let mut dev = McuDevice::new(McuConfig::default())?;
     let mut cbs = Vec::new();
@@ -304,11 +359,21 @@ fn ctx_switch(rounds: usize) -> anyhow::Result<BTreeMap<&'static str, f64>> {
     for i in 1..=2u32 {
         let id = VcoprocId(i);
         let cb = Arc::new(ControlBlock::default());
-        dev.create_context(ContextSpec { id, control: cb.clone() })?;
+        dev.create_context(ContextSpec {
+            id,
+            control: cb.clone(),
+        })?;
         dev.load_firmware(id, ECHO.elf)?;
         // A mapping each, so the switch has mappings to swap too.
         let r = Arc::new(Region::new(64 * 1024)?);
-        let m = Mapping { iova: 0x6000_0000, len: 64 * 1024, region: r.clone(), offset: 0, perms: Perms::RW, kind: MapKind::Pinned };
+        let m = Mapping {
+            iova: 0x6000_0000,
+            len: 64 * 1024,
+            region: r.clone(),
+            offset: 0,
+            perms: Perms::RW,
+            kind: MapKind::Pinned,
+        };
         dev.map(id, &m)?;
         regions.push(r);
         cbs.push(cb);
@@ -357,7 +422,11 @@ fn ctx_switch(rounds: usize) -> anyhow::Result<BTreeMap<&'static str, f64>> {
     // Both contexts answered every message, in order.
     for (i, cb) in cbs.iter().enumerate() {
         if cb.read_out(15) as u64 != cb.rung() {
-            bail!("context {i}: echo count {} != doorbells {}", cb.read_out(15), cb.rung());
+            bail!(
+                "context {i}: echo count {} != doorbells {}",
+                cb.read_out(15),
+                cb.rung()
+            );
         }
     }
     let (sw, with, without) = (median(sw), median(with), median(without));

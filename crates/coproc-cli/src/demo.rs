@@ -59,7 +59,8 @@ type Check = Result<String, String>;
 
 fn fir(v: &VcoprocHandle, scale: u32) -> Check {
     let (samples, taps, jobs) = (16384, 32, 6 * scale);
-    let buf = Buffer::map(v, (samples * 4 + taps * 2) as u64, MapKind::Pinned).map_err(|e| e.to_string())?;
+    let buf = Buffer::map(v, (samples * 4 + taps * 2) as u64, MapKind::Pinned)
+        .map_err(|e| e.to_string())?;
     v.start().map_err(|e| e.to_string())?;
     let mut rng = TestRng::new(0xf1f1);
     for j in 0..jobs {
@@ -70,7 +71,9 @@ fn fir(v: &VcoprocHandle, scale: u32) -> Check {
             return Err(format!("job {j}: output differs from the host reference"));
         }
     }
-    Ok(format!("{jobs} jobs x {samples} samples x {taps} taps equal the host reference"))
+    Ok(format!(
+        "{jobs} jobs x {samples} samples x {taps} taps equal the host reference"
+    ))
 }
 
 fn crc32(v: &VcoprocHandle, scale: u32) -> Check {
@@ -82,10 +85,16 @@ fn crc32(v: &VcoprocHandle, scale: u32) -> Check {
         let data = rng.bytes(len - 3 * j as usize);
         let crc = drive::crc32(v, &buf, &data, j + 1, T).map_err(|e| format!("job {j}: {e}"))?;
         if crc != reference::crc32(&data) {
-            return Err(format!("job {j}: crc {crc:#010x} != reference {:#010x}", reference::crc32(&data)));
+            return Err(format!(
+                "job {j}: crc {crc:#010x} != reference {:#010x}",
+                reference::crc32(&data)
+            ));
         }
     }
-    Ok(format!("{jobs} buffers of ~{} KiB equal the host reference", len / 1024))
+    Ok(format!(
+        "{jobs} buffers of ~{} KiB equal the host reference",
+        len / 1024
+    ))
 }
 
 fn echo(v: &VcoprocHandle, scale: u32) -> Check {
@@ -105,8 +114,13 @@ fn echo(v: &VcoprocHandle, scale: u32) -> Check {
 fn faulty(v: &VcoprocHandle) -> Check {
     v.start().map_err(|e| e.to_string())?;
     v.doorbell();
-    v.wait_state(|s| s == VcoprocState::Faulted, T).map_err(|e| e.to_string())?;
-    let rec = v.faults().map_err(|e| e.to_string())?.pop().ok_or("faulted without a record")?;
+    v.wait_state(|s| s == VcoprocState::Faulted, T)
+        .map_err(|e| e.to_string())?;
+    let rec = v
+        .faults()
+        .map_err(|e| e.to_string())?
+        .pop()
+        .ok_or("faulted without a record")?;
     if rec.fault.addr != Some(FAULTY_ADDR) || rec.fault.access != Access::Read {
         return Err(format!("unexpected fault record: {rec}"));
     }
@@ -121,9 +135,19 @@ fn hog(v: &VcoprocHandle, slice: Duration) -> Check {
     // It gets more than a slice only while nobody else wants the device,
     // and gives way the moment someone wakes.
     let slice_ns = slice.as_nanos() as u64;
-    let turns = p.trace().into_iter().filter(|t| t.vcoproc == v.id()).collect::<Vec<_>>();
-    if let Some(t) = turns.iter().find(|t| t.budget_ns > slice_ns && !t.preempted && t.ran_ns < t.budget_ns) {
-        return Err(format!("a turn of {} ns ended without giving way", t.ran_ns));
+    let turns = p
+        .trace()
+        .into_iter()
+        .filter(|t| t.vcoproc == v.id())
+        .collect::<Vec<_>>();
+    if let Some(t) = turns
+        .iter()
+        .find(|t| t.budget_ns > slice_ns && !t.preempted && t.ran_ns < t.budget_ns)
+    {
+        return Err(format!(
+            "a turn of {} ns ended without giving way",
+            t.ran_ns
+        ));
     }
     // Stop it so its mailbox is stable, then check its computation.
     v.destroy().map_err(|e| e.to_string())?;
@@ -132,9 +156,13 @@ fn hog(v: &VcoprocHandle, slice: Duration) -> Check {
         return Err("made no progress".into());
     }
     // It may have been preempted between publishing its two words.
-    let ok = [done, done - 1].iter().any(|&d| reference::hog_state(d << 16) == x);
+    let ok = [done, done - 1]
+        .iter()
+        .any(|&d| reference::hog_state(d << 16) == x);
     if !ok {
-        return Err(format!("LCG state {x:#x} after {done}x65536 steps differs from the reference"));
+        return Err(format!(
+            "LCG state {x:#x} after {done}x65536 steps differs from the reference"
+        ));
     }
     let long = turns.iter().filter(|t| t.budget_ns > slice_ns).count();
     Ok(format!(
@@ -153,13 +181,19 @@ pub fn run(args: &Args, format: Format) -> anyhow::Result<bool> {
     let pcoproc = system.add_pcoproc("mcu0", factory(McuConfig::default()), Box::new(rr))?;
     pcoproc.set_trace(1 << 20);
 
-    let plan: [(&str, Firmware); 5] =
-        [("alice", FIR), ("bob", CRC32), ("carol", ECHO), ("dave", HOG), ("eve", FAULTY)];
+    let plan: [(&str, Firmware); 5] = [
+        ("alice", FIR),
+        ("bob", CRC32),
+        ("carol", ECHO),
+        ("dave", HOG),
+        ("eve", FAULTY),
+    ];
     let mut vcoprocs = Vec::new();
     for (name, fw) in plan {
         let d = system.add_domain(name);
         let v = system.create_vcoproc(d.id, "mcu0", SchedParams::default())?;
-        v.load_firmware(fw.name, fw.elf).with_context(|| format!("loading {}", fw.name))?;
+        v.load_firmware(fw.name, fw.elf)
+            .with_context(|| format!("loading {}", fw.name))?;
         vcoprocs.push((name, fw, v));
     }
 
@@ -180,10 +214,19 @@ pub fn run(args: &Args, format: Format) -> anyhow::Result<bool> {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("domain thread panicked".into()))).collect()
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("domain thread panicked".into()))
+            })
+            .collect()
     });
     // Snapshot before the hog is stopped for its check.
-    let infos: Vec<_> = vcoprocs.iter().map(|(_, _, v)| v.info()).collect::<Result<_, _>>()?;
+    let infos: Vec<_> = vcoprocs
+        .iter()
+        .map(|(_, _, v)| v.info())
+        .collect::<Result<_, _>>()?;
     checks[3] = hog(&hog_v, slice);
 
     let total: u64 = infos.iter().map(|i| i.stats.run_ns).sum::<u64>().max(1);
@@ -213,7 +256,13 @@ pub fn run(args: &Args, format: Format) -> anyhow::Result<bool> {
     }
     system.shutdown();
 
-    let report = Report { pcoproc: "mcu0".into(), policy: "rr".into(), slice_us: args.slice_us, ok, vcoprocs: rows };
+    let report = Report {
+        pcoproc: "mcu0".into(),
+        policy: "rr".into(),
+        slice_us: args.slice_us,
+        ok,
+        vcoprocs: rows,
+    };
     match format {
         Format::Json => println!("{}", serde_json::to_string(&report)?),
         Format::Table => {
@@ -236,12 +285,19 @@ pub fn run(args: &Args, format: Format) -> anyhow::Result<bool> {
                         r.slices.to_string(),
                         r.switches.to_string(),
                         r.faults.to_string(),
-                        if r.verified { "yes".into() } else { "NO".into() },
+                        if r.verified {
+                            "yes".into()
+                        } else {
+                            "NO".into()
+                        },
                     ]
                 })
                 .collect();
             print_table(
-                &["domain", "firmware", "vcoproc", "state", "run ms", "share", "slices", "switches", "faults", "verified"],
+                &[
+                    "domain", "firmware", "vcoproc", "state", "run ms", "share", "slices",
+                    "switches", "faults", "verified",
+                ],
                 &rows,
             );
             println!();
@@ -252,7 +308,11 @@ pub fn run(args: &Args, format: Format) -> anyhow::Result<bool> {
                 "\ndevice busy {:.1} ms, {} context switches; {}",
                 busy_ns as f64 / 1e6,
                 switches,
-                if ok { "all checks passed" } else { "SOME CHECKS FAILED" }
+                if ok {
+                    "all checks passed"
+                } else {
+                    "SOME CHECKS FAILED"
+                }
             );
         }
     }

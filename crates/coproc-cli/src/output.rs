@@ -20,12 +20,22 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
             *w = (*w).max(c.chars().count());
         }
     }
-    let numeric = |c: &str| !c.is_empty() && c.chars().all(|ch| ch.is_ascii_digit() || ".-%".contains(ch));
+    let numeric = |c: &str| {
+        !c.is_empty()
+            && c.chars()
+                .all(|ch| ch.is_ascii_digit() || ".-%".contains(ch))
+    };
     let line = |cells: Vec<String>| {
         let out: Vec<String> = cells
             .iter()
             .zip(&width)
-            .map(|(c, &w)| if numeric(c) { format!("{c:>w$}") } else { format!("{c:<w$}") })
+            .map(|(c, &w)| {
+                if numeric(c) {
+                    format!("{c:>w$}")
+                } else {
+                    format!("{c:<w$}")
+                }
+            })
             .collect();
         println!("{}", out.join("  ").trim_end());
     };

@@ -105,9 +105,11 @@ impl ControlBlock {
         // Never let the pending count wrap to zero: a domain ringing 2^32
         // times without the firmware acknowledging gains nothing.
         let acked = self.acked.load(Ordering::Acquire);
-        let _ = self.rung.fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
-            (r.wrapping_sub(acked) < u32::MAX).then(|| r.wrapping_add(1))
-        });
+        let _ = self
+            .rung
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
+                (r.wrapping_sub(acked) < u32::MAX).then(|| r.wrapping_add(1))
+            });
         self.rung_total.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -132,7 +134,11 @@ impl ControlBlock {
     pub fn ack_doorbells(&self, count: u32) {
         let acked = self.acked.load(Ordering::Acquire);
         let rung = self.rung.load(Ordering::Acquire);
-        let v = if count.wrapping_sub(acked) > rung.wrapping_sub(acked) { rung } else { count };
+        let v = if count.wrapping_sub(acked) > rung.wrapping_sub(acked) {
+            rung
+        } else {
+            count
+        };
         self.acked.store(v, Ordering::Release);
     }
 
@@ -190,7 +196,11 @@ impl ControlBlock {
             if now >= deadline {
                 break;
             }
-            n = self.notified.wait_timeout(n, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+            n = self
+                .notified
+                .wait_timeout(n, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
         (n.last.seq > after).then_some(n.last)
     }

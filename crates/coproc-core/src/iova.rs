@@ -24,11 +24,23 @@ pub struct Perms {
 
 impl Perms {
     /// Read only.
-    pub const R: Perms = Perms { read: true, write: false, exec: false };
+    pub const R: Perms = Perms {
+        read: true,
+        write: false,
+        exec: false,
+    };
     /// Read and write.
-    pub const RW: Perms = Perms { read: true, write: true, exec: false };
+    pub const RW: Perms = Perms {
+        read: true,
+        write: true,
+        exec: false,
+    };
     /// Read and execute.
-    pub const RX: Perms = Perms { read: true, write: false, exec: true };
+    pub const RX: Perms = Perms {
+        read: true,
+        write: false,
+        exec: true,
+    };
 }
 
 /// How long a mapping is guaranteed to last.
@@ -121,14 +133,18 @@ pub struct IovaSpace {
 impl IovaSpace {
     /// An empty space covering the window `base..base+size`.
     pub fn new(base: u64, size: u64) -> IovaSpace {
-        IovaSpace { base, size, maps: BTreeMap::new(), bytes: 0 }
+        IovaSpace {
+            base,
+            size,
+            maps: BTreeMap::new(),
+            bytes: 0,
+        }
     }
 
     /// Check a mapping without inserting it.
     pub fn check(&self, m: &Mapping) -> Result<(), IovaError> {
         let (iova, len) = (m.iova, m.len);
-        if len == 0 || iova % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 || m.offset % PAGE_SIZE != 0
-        {
+        if len == 0 || iova % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 || m.offset % PAGE_SIZE != 0 {
             return Err(IovaError::Unaligned { iova, len });
         }
         if !(m.perms.read || m.perms.write || m.perms.exec) {
@@ -136,10 +152,19 @@ impl IovaSpace {
         }
         let end = iova.checked_add(len);
         if iova < self.base || end.is_none_or(|e| e > self.base + self.size) {
-            return Err(IovaError::OutsideWindow { iova, len, base: self.base, size: self.size });
+            return Err(IovaError::OutsideWindow {
+                iova,
+                len,
+                base: self.base,
+                size: self.size,
+            });
         }
         if m.offset.checked_add(len).is_none_or(|e| e > m.region.len()) {
-            return Err(IovaError::PastEnd { offset: m.offset, len, size: m.region.len() });
+            return Err(IovaError::PastEnd {
+                offset: m.offset,
+                len,
+                size: m.region.len(),
+            });
         }
         if let Some(other) = self.overlapping(iova, len) {
             return Err(IovaError::Overlap { iova, len, other });
@@ -221,12 +246,30 @@ mod tests {
         let r = Arc::new(Region::new(4 * PAGE_SIZE).unwrap());
         let mut s = IovaSpace::new(0x6000_0000, 0x10_0000);
         s.insert(map(&r, 0x6000_1000, 0x2000)).unwrap();
-        assert!(matches!(s.insert(map(&r, 0x6000_2000, 0x1000)), Err(IovaError::Overlap { .. })));
-        assert!(matches!(s.insert(map(&r, 0x6000_0000, 0x2000)), Err(IovaError::Overlap { .. })));
-        assert!(matches!(s.insert(map(&r, 0x5fff_f000, 0x1000)), Err(IovaError::OutsideWindow { .. })));
-        assert!(matches!(s.insert(map(&r, 0x600f_f000, 0x2000)), Err(IovaError::OutsideWindow { .. })));
-        assert!(matches!(s.insert(map(&r, 0x6000_8000, 0x5000)), Err(IovaError::PastEnd { .. })));
-        assert!(matches!(s.insert(map(&r, 0x6000_8001, 0x1000)), Err(IovaError::Unaligned { .. })));
+        assert!(matches!(
+            s.insert(map(&r, 0x6000_2000, 0x1000)),
+            Err(IovaError::Overlap { .. })
+        ));
+        assert!(matches!(
+            s.insert(map(&r, 0x6000_0000, 0x2000)),
+            Err(IovaError::Overlap { .. })
+        ));
+        assert!(matches!(
+            s.insert(map(&r, 0x5fff_f000, 0x1000)),
+            Err(IovaError::OutsideWindow { .. })
+        ));
+        assert!(matches!(
+            s.insert(map(&r, 0x600f_f000, 0x2000)),
+            Err(IovaError::OutsideWindow { .. })
+        ));
+        assert!(matches!(
+            s.insert(map(&r, 0x6000_8000, 0x5000)),
+            Err(IovaError::PastEnd { .. })
+        ));
+        assert!(matches!(
+            s.insert(map(&r, 0x6000_8001, 0x1000)),
+            Err(IovaError::Unaligned { .. })
+        ));
         assert!(matches!(
             s.insert(map(&r, u64::MAX - 0xfff, 0x1000)),
             Err(IovaError::OutsideWindow { .. })

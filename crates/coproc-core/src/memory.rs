@@ -84,7 +84,11 @@ impl Region {
     fn check(&self, offset: u64, len: u64) -> Result<(), MemoryError> {
         match offset.checked_add(len) {
             Some(end) if end <= self.len => Ok(()),
-            _ => Err(MemoryError::OutOfRange { offset, len, size: self.len }),
+            _ => Err(MemoryError::OutOfRange {
+                offset,
+                len,
+                size: self.len,
+            }),
         }
     }
 

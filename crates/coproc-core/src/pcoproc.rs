@@ -201,14 +201,20 @@ pub struct Pcoproc {
 
 impl std::fmt::Debug for Pcoproc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pcoproc").field("name", &self.shared.name).finish_non_exhaustive()
+        f.debug_struct("Pcoproc")
+            .field("name", &self.shared.name)
+            .finish_non_exhaustive()
     }
 }
 
 impl Pcoproc {
     /// Start a pcoproc: spawn its runner thread, which creates the device
     /// with `factory` (devices need not be `Send`) and schedules with `policy`.
-    pub fn spawn<F>(name: &str, factory: F, policy: Box<dyn Policy>) -> Result<Arc<Pcoproc>, CoreError>
+    pub fn spawn<F>(
+        name: &str,
+        factory: F,
+        policy: Box<dyn Policy>,
+    ) -> Result<Arc<Pcoproc>, CoreError>
     where
         F: FnOnce() -> Result<Box<dyn Device>, DeviceError> + Send + 'static,
     {
@@ -295,7 +301,8 @@ impl Pcoproc {
             }
         }
         self.shared.runner_cv.notify_all();
-        rx.recv().map_err(|_| CoreError::Shutdown(self.shared.name.clone()))
+        rx.recv()
+            .map_err(|_| CoreError::Shutdown(self.shared.name.clone()))
     }
 
     /// Create a vcoproc for `domain` with scheduling `params`.
@@ -311,7 +318,10 @@ impl Pcoproc {
         let cb = control.clone();
         self.command(move |dev, inner| -> Result<(), CoreError> {
             inner.policy.attach(id, &params)?;
-            if let Err(e) = dev.create_context(ContextSpec { id, control: cb.clone() }) {
+            if let Err(e) = dev.create_context(ContextSpec {
+                id,
+                control: cb.clone(),
+            }) {
                 inner.policy.detach(id);
                 return Err(e.into());
             }
@@ -331,7 +341,12 @@ impl Pcoproc {
             );
             Ok(())
         })??;
-        Ok(VcoprocHandle { pcoproc: self.clone(), id, domain, control })
+        Ok(VcoprocHandle {
+            pcoproc: self.clone(),
+            id,
+            domain,
+            control,
+        })
     }
 
     /// Snapshots of every vcoproc.
@@ -343,7 +358,10 @@ impl Pcoproc {
     /// Snapshot of one vcoproc.
     pub fn vcoproc(&self, id: VcoprocId) -> Result<VcoprocInfo, CoreError> {
         let g = self.shared.lock();
-        g.vcoprocs.get(&id).map(|vc| info(id, vc)).ok_or(CoreError::NoVcoproc(id))
+        g.vcoprocs
+            .get(&id)
+            .map(|vc| info(id, vc))
+            .ok_or(CoreError::NoVcoproc(id))
     }
 
     /// The most recent faults on this pcoproc, oldest first.
@@ -393,14 +411,23 @@ impl Pcoproc {
 
     /// The slices traced so far, oldest first.
     pub fn trace(&self) -> Vec<TraceEntry> {
-        self.shared.lock().trace.as_ref().map(|(_, t)| t.iter().copied().collect()).unwrap_or_default()
+        self.shared
+            .lock()
+            .trace
+            .as_ref()
+            .map(|(_, t)| t.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Destroy every vcoproc of `domain` (its death or removal).
     pub fn destroy_domain(&self, domain: DomainId) -> Result<usize, CoreError> {
         let ids: Vec<VcoprocId> = {
             let g = self.shared.lock();
-            g.vcoprocs.iter().filter(|(_, vc)| vc.domain == domain).map(|(&id, _)| id).collect()
+            g.vcoprocs
+                .iter()
+                .filter(|(_, vc)| vc.domain == domain)
+                .map(|(&id, _)| id)
+                .collect()
         };
         let n = ids.len();
         for id in ids {
@@ -443,7 +470,9 @@ impl Pcoproc {
     fn wake(&self, id: VcoprocId) {
         let mut g = self.shared.lock();
         let now = self.shared.now_ns();
-        let Some(vc) = g.vcoprocs.get_mut(&id) else { return };
+        let Some(vc) = g.vcoprocs.get_mut(&id) else {
+            return;
+        };
         vc.stats.doorbells += 1;
         if vc.state != VcoprocState::Waiting || vc.transition(Event::Wake).is_err() {
             return;
@@ -528,16 +557,17 @@ impl VcoprocHandle {
     /// Load a firmware image (state created or loaded); `label` names it in listings.
     pub fn load_firmware(&self, label: &str, image: &[u8]) -> Result<FirmwareInfo, CoreError> {
         let (id, image, label) = (self.id, image.to_vec(), label.to_string());
-        self.pcoproc.command(move |dev, inner| -> Result<FirmwareInfo, CoreError> {
-            let vc = inner.vc(id)?;
-            vc.state.apply(Event::Load)?;
-            let fw = dev.load_firmware(id, &image)?;
-            vc.transition(Event::Load)?;
-            vc.label = label;
-            vc.exit_code = None;
-            vc.control.reset();
-            Ok(fw)
-        })?
+        self.pcoproc
+            .command(move |dev, inner| -> Result<FirmwareInfo, CoreError> {
+                let vc = inner.vc(id)?;
+                vc.state.apply(Event::Load)?;
+                let fw = dev.load_firmware(id, &image)?;
+                vc.transition(Event::Load)?;
+                vc.label = label;
+                vc.exit_code = None;
+                vc.control.reset();
+                Ok(fw)
+            })?
     }
 
     /// Map `len` bytes of `region` from `offset` at `iova`.
@@ -551,29 +581,38 @@ impl VcoprocHandle {
         kind: MapKind,
     ) -> Result<(), CoreError> {
         let id = self.id;
-        let m = Mapping { iova, len, region: region.clone(), offset, perms, kind };
-        self.pcoproc.command(move |dev, inner| -> Result<(), CoreError> {
-            let vc = inner.vc(id)?;
-            if vc.state == VcoprocState::Destroyed {
-                return Err(CoreError::NoVcoproc(id));
-            }
-            vc.iova.check(&m)?;
-            dev.map(id, &m)?;
-            vc.iova.insert(m)?;
-            Ok(())
-        })?
+        let m = Mapping {
+            iova,
+            len,
+            region: region.clone(),
+            offset,
+            perms,
+            kind,
+        };
+        self.pcoproc
+            .command(move |dev, inner| -> Result<(), CoreError> {
+                let vc = inner.vc(id)?;
+                if vc.state == VcoprocState::Destroyed {
+                    return Err(CoreError::NoVcoproc(id));
+                }
+                vc.iova.check(&m)?;
+                dev.map(id, &m)?;
+                vc.iova.insert(m)?;
+                Ok(())
+            })?
     }
 
     /// Remove the mapping at `iova`. When this returns the device can no
     /// longer touch its pages.
     pub fn unmap(&self, iova: u64) -> Result<(), CoreError> {
         let id = self.id;
-        self.pcoproc.command(move |dev, inner| -> Result<(), CoreError> {
-            let vc = inner.vc(id)?;
-            let m = vc.iova.remove(iova)?;
-            dev.unmap(id, m.iova);
-            Ok(())
-        })?
+        self.pcoproc
+            .command(move |dev, inner| -> Result<(), CoreError> {
+                let vc = inner.vc(id)?;
+                let m = vc.iova.remove(iova)?;
+                dev.unmap(id, m.iova);
+                Ok(())
+            })?
     }
 
     /// Start it (state loaded → runnable).
@@ -595,16 +634,17 @@ impl VcoprocHandle {
     /// with [`VcoprocHandle::start`].
     pub fn reset(&self) -> Result<(), CoreError> {
         let id = self.id;
-        self.pcoproc.command(move |dev, inner| -> Result<(), CoreError> {
-            let vc = inner.vc(id)?;
-            vc.state.apply(Event::Reset)?;
-            dev.reset_context(id)?;
-            vc.transition(Event::Reset)?;
-            vc.exit_code = None;
-            vc.control.reset();
-            inner.policy.block(id);
-            Ok(())
-        })??;
+        self.pcoproc
+            .command(move |dev, inner| -> Result<(), CoreError> {
+                let vc = inner.vc(id)?;
+                vc.state.apply(Event::Reset)?;
+                dev.reset_context(id)?;
+                vc.transition(Event::Reset)?;
+                vc.exit_code = None;
+                vc.control.reset();
+                inner.policy.block(id);
+                Ok(())
+            })??;
         self.pcoproc.shared.state_cv.notify_all();
         Ok(())
     }
@@ -654,10 +694,16 @@ impl VcoprocHandle {
             let kicks = self.control.kicks();
             let st = self.state()?;
             if matches!(st, VcoprocState::Faulted | VcoprocState::Stopped) {
-                if let Some(n) = self.control.wait_notify_or_kick(after, kicks, Duration::ZERO) {
+                if let Some(n) = self
+                    .control
+                    .wait_notify_or_kick(after, kicks, Duration::ZERO)
+                {
                     return Ok(n);
                 }
-                return Err(CoreError::State(TransitionError { from: st, event: Event::Wake }));
+                return Err(CoreError::State(TransitionError {
+                    from: st,
+                    event: Event::Wake,
+                }));
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if let Some(n) = self.control.wait_notify_or_kick(after, kicks, left) {
@@ -679,7 +725,11 @@ impl VcoprocHandle {
         let deadline = Instant::now() + timeout;
         let mut g = shared.lock();
         loop {
-            let st = g.vcoprocs.get(&self.id).map(|v| v.state).unwrap_or(VcoprocState::Destroyed);
+            let st = g
+                .vcoprocs
+                .get(&self.id)
+                .map(|v| v.state)
+                .unwrap_or(VcoprocState::Destroyed);
             if pred(st) {
                 return Ok(st);
             }
@@ -687,7 +737,11 @@ impl VcoprocHandle {
             if now >= deadline || shared.inner.is_poisoned() {
                 return Err(CoreError::Timeout(timeout));
             }
-            g = shared.state_cv.wait_timeout(g, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+            g = shared
+                .state_cv
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 

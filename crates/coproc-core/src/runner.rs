@@ -40,7 +40,10 @@ pub(crate) fn run(mut device: Box<dyn Device>, shared: &Shared) {
             }
             Decision::Run { vcoproc, budget } => (vcoproc, budget),
         };
-        let picked = g.vcoprocs.get_mut(&v).is_some_and(|vc| vc.transition(Event::Pick).is_ok());
+        let picked = g
+            .vcoprocs
+            .get_mut(&v)
+            .is_some_and(|vc| vc.transition(Event::Pick).is_ok());
         match picked {
             true => {}
             false => {
@@ -103,7 +106,15 @@ fn unpick(g: &mut Inner, v: VcoprocId, now: u64) {
         let _ = vc.transition(Event::SliceEnd);
     }
     g.running = None;
-    g.policy.charge(v, Duration::ZERO, now, SliceEnd { runnable: true, preempted: true });
+    g.policy.charge(
+        v,
+        Duration::ZERO,
+        now,
+        SliceEnd {
+            runnable: true,
+            preempted: true,
+        },
+    );
 }
 
 /// The device cannot leave the current context yet: keep running it (if it
@@ -172,31 +183,51 @@ fn charge(shared: &Shared, v: VcoprocId, budget: Duration, start: u64, out: &Run
     g.running = None;
     let ran_ns = out.ran.as_nanos() as u64;
     g.busy_ns += ran_ns;
-    let Some(vc) = g.vcoprocs.get_mut(&v) else { return };
+    let Some(vc) = g.vcoprocs.get_mut(&v) else {
+        return;
+    };
     vc.stats.run_ns += ran_ns;
     vc.stats.slices += 1;
     let control = vc.control.clone();
     let mut fault = None;
     let end = match &out.stop {
-        StopReason::BudgetSpent => SliceEnd { runnable: true, preempted: false },
+        StopReason::BudgetSpent => SliceEnd {
+            runnable: true,
+            preempted: false,
+        },
         StopReason::Preempted => {
             vc.stats.preemptions += 1;
-            SliceEnd { runnable: true, preempted: true }
+            SliceEnd {
+                runnable: true,
+                preempted: true,
+            }
         }
         // A doorbell that arrived while it was still running counts: it
         // stays runnable instead of parking.
-        StopReason::Waiting if control.pending() > 0 => SliceEnd { runnable: true, preempted: false },
+        StopReason::Waiting if control.pending() > 0 => SliceEnd {
+            runnable: true,
+            preempted: false,
+        },
         StopReason::Waiting => {
             vc.stats.waits += 1;
-            SliceEnd { runnable: false, preempted: false }
+            SliceEnd {
+                runnable: false,
+                preempted: false,
+            }
         }
         StopReason::Exited(code) => {
             vc.exit_code = Some(*code);
-            SliceEnd { runnable: false, preempted: false }
+            SliceEnd {
+                runnable: false,
+                preempted: false,
+            }
         }
         StopReason::Fault(f) => {
             fault = Some(f.clone());
-            SliceEnd { runnable: false, preempted: false }
+            SliceEnd {
+                runnable: false,
+                preempted: false,
+            }
         }
     };
     let event = match (&out.stop, end.runnable) {
@@ -210,7 +241,11 @@ fn charge(shared: &Shared, v: VcoprocId, budget: Duration, start: u64, out: &Run
     }
     g.policy.charge(v, out.ran, now, end);
     if let Some(fault) = fault {
-        g.record_fault(FaultRecord { vcoproc: v, at_ns: now, fault });
+        g.record_fault(FaultRecord {
+            vcoproc: v,
+            at_ns: now,
+            fault,
+        });
     }
     if let Some((cap, t)) = g.trace.as_mut() {
         if t.len() == *cap {

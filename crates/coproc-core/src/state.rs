@@ -132,7 +132,16 @@ mod tests {
     #[test]
     fn lifecycle() {
         let mut s = S::Created;
-        for e in [E::Load, E::Start, E::Pick, E::Wait, E::Wake, E::Pick, E::Fault, E::Reset] {
+        for e in [
+            E::Load,
+            E::Start,
+            E::Pick,
+            E::Wait,
+            E::Wake,
+            E::Pick,
+            E::Fault,
+            E::Reset,
+        ] {
             s = s.apply(e).unwrap();
         }
         assert_eq!(s, S::Loaded);
@@ -141,18 +150,34 @@ mod tests {
 
     #[test]
     fn refused_transitions() {
-        assert!(S::Created.apply(E::Start).is_err(), "cannot start without firmware");
-        assert!(S::Faulted.apply(E::Pick).is_err(), "a faulted vcoproc never runs");
+        assert!(
+            S::Created.apply(E::Start).is_err(),
+            "cannot start without firmware"
+        );
+        assert!(
+            S::Faulted.apply(E::Pick).is_err(),
+            "a faulted vcoproc never runs"
+        );
         assert!(S::Waiting.apply(E::Pick).is_err());
-        assert!(S::Running.apply(E::Load).is_err(), "no reload under the device");
+        assert!(
+            S::Running.apply(E::Load).is_err(),
+            "no reload under the device"
+        );
         assert!(S::Destroyed.apply(E::Reset).is_err());
         assert!(S::Destroyed.apply(E::Destroy).is_err());
     }
 
     #[test]
     fn destroy_from_anywhere_else() {
-        for s in [S::Created, S::Loaded, S::Runnable, S::Running, S::Waiting, S::Stopped, S::Faulted]
-        {
+        for s in [
+            S::Created,
+            S::Loaded,
+            S::Runnable,
+            S::Running,
+            S::Waiting,
+            S::Stopped,
+            S::Faulted,
+        ] {
             assert_eq!(s.apply(E::Destroy).unwrap(), S::Destroyed);
         }
     }

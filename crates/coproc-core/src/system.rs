@@ -78,7 +78,11 @@ impl System {
 
     /// The pcoproc called `name`.
     pub fn pcoproc(&self, name: &str) -> Result<Arc<Pcoproc>, SystemError> {
-        self.lock().pcoprocs.get(name).cloned().ok_or_else(|| SystemError::NoPcoproc(name.into()))
+        self.lock()
+            .pcoprocs
+            .get(name)
+            .cloned()
+            .ok_or_else(|| SystemError::NoPcoproc(name.into()))
     }
 
     /// All pcoprocs by name.
@@ -90,7 +94,10 @@ impl System {
     pub fn add_domain(&self, name: &str) -> Domain {
         let mut t = self.lock();
         t.next_domain += 1;
-        let d = Domain { id: DomainId(t.next_domain), name: name.into() };
+        let d = Domain {
+            id: DomainId(t.next_domain),
+            name: name.into(),
+        };
         t.domains.insert(d.id, d.clone());
         d
     }
@@ -125,14 +132,19 @@ impl System {
             if !t.domains.contains_key(&domain) {
                 return Err(SystemError::NoDomain(domain));
             }
-            t.pcoprocs.get(pcoproc).cloned().ok_or_else(|| SystemError::NoPcoproc(pcoproc.into()))?
+            t.pcoprocs
+                .get(pcoproc)
+                .cloned()
+                .ok_or_else(|| SystemError::NoPcoproc(pcoproc.into()))?
         };
         Ok(p.create_vcoproc(domain, params)?)
     }
 
     /// Shut every pcoproc down.
     pub fn shutdown(&self) {
-        let ps: Vec<_> = std::mem::take(&mut self.lock().pcoprocs).into_values().collect();
+        let ps: Vec<_> = std::mem::take(&mut self.lock().pcoprocs)
+            .into_values()
+            .collect();
         for p in ps {
             p.shutdown();
         }

@@ -49,12 +49,18 @@ impl Buffer {
         let len = len.div_ceil(4096).max(1) * 4096;
         let region = Arc::new(Region::new(len)?);
         v.map(&region, 0, BUFFER_IOVA, len, Perms::RW, kind)?;
-        Ok(Buffer { region, iova: BUFFER_IOVA })
+        Ok(Buffer {
+            region,
+            iova: BUFFER_IOVA,
+        })
     }
 
     fn need(&self, need: u64) -> Result<(), DriveError> {
         if need > self.region.len() {
-            return Err(DriveError::TooBig { need, have: self.region.len() });
+            return Err(DriveError::TooBig {
+                need,
+                have: self.region.len(),
+            });
         }
         Ok(())
     }
@@ -104,7 +110,10 @@ pub fn fir(
         )));
     }
     let raw = buf.region.read_vec(y_off, xl)?;
-    Ok(raw.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect())
+    Ok(raw
+        .chunks_exact(2)
+        .map(|c| i16::from_le_bytes([c[0], c[1]]))
+        .collect())
 }
 
 /// Run one CRC-32 job on a vcoproc running the `crc32` firmware.
@@ -120,13 +129,19 @@ pub fn crc32(
     let got = kick(v, &[buf.iova as u32, data.len() as u32, tag], timeout)?;
     let (status, crc, echoed) = (v.mbox_read(0), v.mbox_read(1), v.mbox_read(2));
     if got != tag || echoed != tag || status != 0 {
-        return Err(DriveError::BadAnswer(format!("status {status}, tag {echoed}/{got} (want {tag})")));
+        return Err(DriveError::BadAnswer(format!(
+            "status {status}, tag {echoed}/{got} (want {tag})"
+        )));
     }
     Ok(crc)
 }
 
 /// Send one message to a vcoproc running the `echo` firmware.
-pub fn echo(v: &VcoprocHandle, words: &[u32; 16], timeout: Duration) -> Result<[u32; 16], DriveError> {
+pub fn echo(
+    v: &VcoprocHandle,
+    words: &[u32; 16],
+    timeout: Duration,
+) -> Result<[u32; 16], DriveError> {
     kick(v, &words[..15], timeout)?;
     let mut out = [0u32; 16];
     for (i, o) in out.iter_mut().enumerate() {
@@ -137,7 +152,13 @@ pub fn echo(v: &VcoprocHandle, words: &[u32; 16], timeout: Duration) -> Result<[
 
 /// Ask a vcoproc running the `probe` firmware to do one operation
 /// (1 read, 2 write, 3 call, 4 undefined instruction, 5 exit).
-pub fn probe(v: &VcoprocHandle, op: u32, addr: u32, value: u32, timeout: Duration) -> Result<u32, DriveError> {
+pub fn probe(
+    v: &VcoprocHandle,
+    op: u32,
+    addr: u32,
+    value: u32,
+    timeout: Duration,
+) -> Result<u32, DriveError> {
     kick(v, &[op, addr, value], timeout)?;
     Ok(v.mbox_read(1))
 }

@@ -28,7 +28,14 @@ macro_rules! firmware {
     };
 }
 
-firmware!(ECHO = "echo", FIR = "fir", CRC32 = "crc32", HOG = "hog", FAULTY = "faulty", PROBE = "probe");
+firmware!(
+    ECHO = "echo",
+    FIR = "fir",
+    CRC32 = "crc32",
+    HOG = "hog",
+    FAULTY = "faulty",
+    PROBE = "probe"
+);
 
 /// The C header of the SDK (the firmware ABI).
 pub const HEADER: &str = include_str!("../../../firmware/sdk/coproc.h");

@@ -122,7 +122,12 @@ mod tests {
         for fw in crate::ALL {
             assert_eq!(&fw.elf[..4], b"\x7fELF", "{}", fw.name);
             assert_eq!(fw.elf[4], 1, "{} is ELF32", fw.name);
-            assert_eq!(u16::from_le_bytes([fw.elf[18], fw.elf[19]]), 40, "{} is EM_ARM", fw.name);
+            assert_eq!(
+                u16::from_le_bytes([fw.elf[18], fw.elf[19]]),
+                40,
+                "{} is EM_ARM",
+                fw.name
+            );
         }
     }
 }

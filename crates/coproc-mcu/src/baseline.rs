@@ -9,7 +9,9 @@ use crate::elf::{self, ElfError};
 use coproc_core::memory::Region;
 use std::time::{Duration, Instant};
 use thiserror::Error;
-use unicorn_engine::{uc_error, Arch, ArmCpuModel, Mode, Prot, RegisterARM, TlbEntry, TlbType, Unicorn};
+use unicorn_engine::{
+    uc_error, Arch, ArmCpuModel, Mode, Prot, RegisterARM, TlbEntry, TlbType, Unicorn,
+};
 
 /// How the bare core translates addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +74,11 @@ impl std::fmt::Debug for Bare {
 
 impl Bare {
     /// Load `image` and map `buffer_len` bytes of RAM at [`IOVA_BASE`].
-    pub fn new(image: &[u8], buffer_len: usize, translation: Translation) -> Result<Bare, BaselineError> {
+    pub fn new(
+        image: &[u8],
+        buffer_len: usize,
+        translation: Translation,
+    ) -> Result<Bare, BaselineError> {
         let img = elf::parse(image)?;
         if buffer_len as u64 > u64::from(IOVA_SIZE) {
             return Err(BaselineError::TooLarge(buffer_len));
@@ -86,15 +92,26 @@ impl Bare {
             uc.add_tlb_hook(0, u64::MAX, |_, vaddr, _| {
                 let paddr = match vaddr as u32 {
                     v if v < CODE_SIZE => 0x8000_0000 + vaddr,
-                    v if (DATA_BASE..DATA_BASE + DATA_SIZE).contains(&v) => 0x8004_0000 + vaddr - u64::from(DATA_BASE),
-                    v if v >= IOVA_BASE && v < IOVA_BASE + IOVA_SIZE => 0x9000_0000 + vaddr - u64::from(IOVA_BASE),
+                    v if (DATA_BASE..DATA_BASE + DATA_SIZE).contains(&v) => {
+                        0x8004_0000 + vaddr - u64::from(DATA_BASE)
+                    }
+                    v if (IOVA_BASE..IOVA_BASE + IOVA_SIZE).contains(&v) => {
+                        0x9000_0000 + vaddr - u64::from(IOVA_BASE)
+                    }
                     _ => vaddr,
                 };
-                Some(TlbEntry { paddr, perms: Prot::ALL })
+                Some(TlbEntry {
+                    paddr,
+                    perms: Prot::ALL,
+                })
             })?;
         }
         let (code_at, data_at, buf_at) = match translation {
-            Translation::Cpu => (u64::from(CODE_BASE), u64::from(DATA_BASE), u64::from(IOVA_BASE)),
+            Translation::Cpu => (
+                u64::from(CODE_BASE),
+                u64::from(DATA_BASE),
+                u64::from(IOVA_BASE),
+            ),
             Translation::Identity => (0x8000_0000, 0x8004_0000, 0x9000_0000),
         };
         uc.mem_map(code_at, u64::from(CODE_SIZE), Prot::ALL)?;
@@ -104,9 +121,20 @@ impl Bare {
         // SAFETY: `buffer` is `buf` bytes of live host memory owned by the
         // returned `Bare`, which also owns the engine: the mapping never
         // outlives the memory.
-        unsafe { uc.mem_map_ptr(buf_at, buf, Prot::READ | Prot::WRITE, buffer.as_ptr().cast())? };
+        unsafe {
+            uc.mem_map_ptr(
+                buf_at,
+                buf,
+                Prot::READ | Prot::WRITE,
+                buffer.as_ptr().cast(),
+            )?
+        };
         for s in &img.segments {
-            let at = if s.vaddr >= DATA_BASE { data_at + u64::from(s.vaddr - DATA_BASE) } else { code_at + u64::from(s.vaddr) };
+            let at = if s.vaddr >= DATA_BASE {
+                data_at + u64::from(s.vaddr - DATA_BASE)
+            } else {
+                code_at + u64::from(s.vaddr)
+            };
             uc.mem_write(at, &s.data)?;
         }
         uc.mmio_map(
@@ -118,25 +146,29 @@ impl Bare {
                     CB_DOORBELL if cb.parked => cb.acked,
                     CB_DOORBELL => cb.rung,
                     CB_DOORBELL_ACK => cb.acked,
-                    o if (CB_MBOX_IN..CB_MBOX_IN + 64).contains(&o) => cb.mbox_in[((o - CB_MBOX_IN) / 4) as usize],
+                    o if (CB_MBOX_IN..CB_MBOX_IN + 64).contains(&o) => {
+                        cb.mbox_in[((o - CB_MBOX_IN) / 4) as usize]
+                    }
                     _ => 0,
                 })
             }),
-            Some(|uc: &mut Unicorn<'_, Cb>, off: u64, _size: usize, value: u64| {
-                let cb = uc.get_data_mut();
-                match off as u32 {
-                    CB_WAIT if cb.rung == cb.acked => {
-                        cb.parked = true;
-                        let _ = uc.emu_stop();
+            Some(
+                |uc: &mut Unicorn<'_, Cb>, off: u64, _size: usize, value: u64| {
+                    let cb = uc.get_data_mut();
+                    match off as u32 {
+                        CB_WAIT if cb.rung == cb.acked => {
+                            cb.parked = true;
+                            let _ = uc.emu_stop();
+                        }
+                        CB_DOORBELL_ACK if !cb.parked => cb.acked = value as u32,
+                        CB_NOTIFY => cb.notified = value as u32,
+                        o if (CB_MBOX_OUT..CB_MBOX_OUT + 64).contains(&o) => {
+                            cb.mbox_out[((o - CB_MBOX_OUT) / 4) as usize] = value as u32
+                        }
+                        _ => {}
                     }
-                    CB_DOORBELL_ACK if !cb.parked => cb.acked = value as u32,
-                    CB_NOTIFY => cb.notified = value as u32,
-                    o if (CB_MBOX_OUT..CB_MBOX_OUT + 64).contains(&o) => {
-                        cb.mbox_out[((o - CB_MBOX_OUT) / 4) as usize] = value as u32
-                    }
-                    _ => {}
-                }
-            }),
+                },
+            ),
         )?;
         uc.reg_write(RegisterARM::SP, u64::from(DATA_BASE + DATA_SIZE))?;
         uc.reg_write(RegisterARM::PC, u64::from(img.entry & !1))?;
@@ -158,12 +190,16 @@ impl Bare {
 
     /// Write the buffer.
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), BaselineError> {
-        self.buffer.write(offset, data).map_err(|e| BaselineError::Memory(e.to_string()))
+        self.buffer
+            .write(offset, data)
+            .map_err(|e| BaselineError::Memory(e.to_string()))
     }
 
     /// Read the buffer.
     pub fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, BaselineError> {
-        self.buffer.read_vec(offset, len as u64).map_err(|e| BaselineError::Memory(e.to_string()))
+        self.buffer
+            .read_vec(offset, len as u64)
+            .map_err(|e| BaselineError::Memory(e.to_string()))
     }
 
     /// Put `words` in the mailbox, ring once and run until the firmware parks

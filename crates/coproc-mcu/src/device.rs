@@ -23,12 +23,12 @@ use crate::elf::{self, Image};
 use crate::timer::SliceTimer;
 use coproc_core::control::ControlBlock;
 use coproc_core::device::{
-    Capabilities, ContextSpec, Device, DeviceError, FirmwareInfo, Preemption, PreemptHandle,
+    Capabilities, ContextSpec, Device, DeviceError, FirmwareInfo, PreemptHandle, Preemption,
     RunOutcome, StopReason, SwitchOutcome,
 };
 use coproc_core::fault::{Access, DeviceFault, FaultReason};
-use coproc_core::iova::Mapping;
 use coproc_core::ids::ContextId;
+use coproc_core::iova::Mapping;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -173,7 +173,9 @@ impl State {
     fn translate(&self, vaddr: u64) -> Option<(u64, Prot)> {
         let ctx = self.contexts.get(&self.current?)?;
         let off = |base: u32| vaddr - u64::from(base);
-        let inside = |base: u32, size: u32| vaddr >= u64::from(base) && vaddr < u64::from(base) + u64::from(size);
+        let inside = |base: u32, size: u32| {
+            vaddr >= u64::from(base) && vaddr < u64::from(base) + u64::from(size)
+        };
         if inside(CODE_BASE, CODE_SIZE) {
             return Some((ctx.slot.code + off(CODE_BASE), Prot::READ | Prot::EXEC));
         }
@@ -244,7 +246,9 @@ pub struct McuDevice {
 
 impl std::fmt::Debug for McuDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("McuDevice").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("McuDevice")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -262,8 +266,10 @@ impl McuDevice {
         };
         let mut uc = Unicorn::new_with_data(Arch::ARM, Mode::THUMB | Mode::MCLASS, state)
             .map_err(|e| uc_err("open", e))?;
-        uc.ctl_set_cpu_model(ArmCpuModel::CORTEX_M4 as i32).map_err(|e| uc_err("cpu model", e))?;
-        uc.ctl_set_tlb_type(TlbType::VIRTUAL).map_err(|e| uc_err("tlb mode", e))?;
+        uc.ctl_set_cpu_model(ArmCpuModel::CORTEX_M4 as i32)
+            .map_err(|e| uc_err("cpu model", e))?;
+        uc.ctl_set_tlb_type(TlbType::VIRTUAL)
+            .map_err(|e| uc_err("tlb mode", e))?;
         // Exit addresses on, with none set: emulation stops only on our
         // request, and Unicorn does not probe an `until` address after each
         // run (which would go through the TLB hook).
@@ -296,20 +302,31 @@ impl McuDevice {
             }
             // Data access: route it to the trap page, whose callback sees the
             // exact address.
-            st.trap = Some(PendingTrap { vpage: vaddr, access: acc, pc });
-            Some(TlbEntry { paddr: PHYS_TRAP, perms: Prot::READ | Prot::WRITE })
+            st.trap = Some(PendingTrap {
+                vpage: vaddr,
+                access: acc,
+                pc,
+            });
+            Some(TlbEntry {
+                paddr: PHYS_TRAP,
+                perms: Prot::READ | Prot::WRITE,
+            })
         })
         .map_err(|e| uc_err("tlb hook", e))?;
 
         uc.mmio_map(
             PHYS_CB,
             u64::from(CB_SIZE),
-            Some(|uc: &mut Unicorn<'_, State>, off: u64, size: usize| cb_read(uc.get_data_mut(), off, size)),
-            Some(|uc: &mut Unicorn<'_, State>, off: u64, _size: usize, value: u64| {
-                if cb_write(uc.get_data_mut(), off, value as u32) {
-                    let _ = uc.emu_stop();
-                }
+            Some(|uc: &mut Unicorn<'_, State>, off: u64, size: usize| {
+                cb_read(uc.get_data_mut(), off, size)
             }),
+            Some(
+                |uc: &mut Unicorn<'_, State>, off: u64, _size: usize, value: u64| {
+                    if cb_write(uc.get_data_mut(), off, value as u32) {
+                        let _ = uc.emu_stop();
+                    }
+                },
+            ),
         )
         .map_err(|e| uc_err("map control block", e))?;
 
@@ -321,10 +338,12 @@ impl McuDevice {
                 let _ = uc.emu_stop();
                 0
             }),
-            Some(|uc: &mut Unicorn<'_, State>, off: u64, _size: usize, _value: u64| {
-                trap_hit(uc.get_data_mut(), off);
-                let _ = uc.emu_stop();
-            }),
+            Some(
+                |uc: &mut Unicorn<'_, State>, off: u64, _size: usize, _value: u64| {
+                    trap_hit(uc.get_data_mut(), off);
+                    let _ = uc.emu_stop();
+                },
+            ),
         )
         .map_err(|e| uc_err("map trap page", e))?;
 
@@ -341,15 +360,28 @@ impl McuDevice {
         .map_err(|e| uc_err("interrupt hook", e))?;
 
         let mut template = uc.context_alloc().map_err(|e| uc_err("context", e))?;
-        uc.context_save(&mut template).map_err(|e| uc_err("context save", e))?;
+        uc.context_save(&mut template)
+            .map_err(|e| uc_err("context save", e))?;
         let timer = SliceTimer::new(uc.get_handle())
             .map_err(|e| DeviceError::Backend(format!("slice timer: {e}")))?;
         let spare = uc.context_alloc().map_err(|e| uc_err("context", e))?;
-        Ok(McuDevice { uc, timer, template, spare, phys: PhysAlloc::new(), pool: Vec::new(), config })
+        Ok(McuDevice {
+            uc,
+            timer,
+            template,
+            spare,
+            phys: PhysAlloc::new(),
+            pool: Vec::new(),
+            config,
+        })
     }
 
     fn ctx(&mut self, id: ContextId) -> Result<&mut Ctx, DeviceError> {
-        self.uc.get_data_mut().contexts.get_mut(&id).ok_or(DeviceError::NoContext(id))
+        self.uc
+            .get_data_mut()
+            .contexts
+            .get_mut(&id)
+            .ok_or(DeviceError::NoContext(id))
     }
 
     fn alloc_slot(&mut self) -> Result<Slot, DeviceError> {
@@ -362,17 +394,28 @@ impl McuDevice {
         let code = self.phys.alloc(code_len + data_len).ok_or_else(|| {
             DeviceError::Exhausted("physical address space for context memory".into())
         })?;
-        let slot = Slot { code, data: code + code_len };
-        self.uc.mem_map(slot.code, code_len, Prot::ALL).map_err(|e| uc_err("map code", e))?;
-        self.uc.mem_map(slot.data, data_len, Prot::ALL).map_err(|e| uc_err("map data", e))?;
+        let slot = Slot {
+            code,
+            data: code + code_len,
+        };
+        self.uc
+            .mem_map(slot.code, code_len, Prot::ALL)
+            .map_err(|e| uc_err("map code", e))?;
+        self.uc
+            .mem_map(slot.data, data_len, Prot::ALL)
+            .map_err(|e| uc_err("map data", e))?;
         Ok(slot)
     }
 
     /// Zero a slot's code and data memory and drop translations of its code.
     fn clear(&mut self, slot: Slot) -> Result<(), DeviceError> {
         static ZERO: [u8; CODE_SIZE as usize] = [0; CODE_SIZE as usize];
-        self.uc.mem_write(slot.code, &ZERO).map_err(|e| uc_err("clear code", e))?;
-        self.uc.mem_write(slot.data, &ZERO[..DATA_SIZE as usize]).map_err(|e| uc_err("clear data", e))?;
+        self.uc
+            .mem_write(slot.code, &ZERO)
+            .map_err(|e| uc_err("clear code", e))?;
+        self.uc
+            .mem_write(slot.data, &ZERO[..DATA_SIZE as usize])
+            .map_err(|e| uc_err("clear data", e))?;
         self.uc.ctl_flush_tb().map_err(|e| uc_err("flush tb", e))?;
         Ok(())
     }
@@ -388,7 +431,9 @@ impl McuDevice {
             } else {
                 slot.code + u64::from(s.vaddr - CODE_BASE)
             };
-            self.uc.mem_write(phys, &s.data).map_err(|e| uc_err("load segment", e))?;
+            self.uc
+                .mem_write(phys, &s.data)
+                .map_err(|e| uc_err("load segment", e))?;
         }
         let ctx = self.ctx(id)?;
         ctx.image = Some(image);
@@ -403,7 +448,9 @@ impl McuDevice {
     /// data memory, PC at the entry point.
     fn init_regs(&mut self, id: ContextId) -> Result<(), DeviceError> {
         let entry = self.ctx(id)?.image.as_ref().map(|i| i.entry);
-        self.uc.context_restore(&self.template).map_err(|e| uc_err("context restore", e))?;
+        self.uc
+            .context_restore(&self.template)
+            .map_err(|e| uc_err("context restore", e))?;
         self.uc
             .reg_write(RegisterARM::SP, u64::from(DATA_BASE + DATA_SIZE))
             .map_err(|e| uc_err("write sp", e))?;
@@ -415,14 +462,19 @@ impl McuDevice {
     }
 
     fn save_current(&mut self) -> Result<(), DeviceError> {
-        let Some(cur) = self.uc.get_data().current else { return Ok(()) };
+        let Some(cur) = self.uc.get_data().current else {
+            return Ok(());
+        };
         // Swap the context's register buffer with the spare one so the
         // engine can write it without borrowing the hook state.
         match self.uc.get_data_mut().contexts.get_mut(&cur) {
             Some(c) => std::mem::swap(&mut c.regs, &mut self.spare),
             None => return Ok(()),
         }
-        let r = self.uc.context_save(&mut self.spare).map_err(|e| uc_err("context save", e));
+        let r = self
+            .uc
+            .context_save(&mut self.spare)
+            .map_err(|e| uc_err("context save", e));
         if let Some(c) = self.uc.get_data_mut().contexts.get_mut(&cur) {
             std::mem::swap(&mut c.regs, &mut self.spare);
         }
@@ -439,7 +491,9 @@ impl McuDevice {
         self.uc.get_data_mut().current = to;
         match to {
             None => {
-                self.uc.context_restore(&self.template).map_err(|e| uc_err("context restore", e))?;
+                self.uc
+                    .context_restore(&self.template)
+                    .map_err(|e| uc_err("context restore", e))?;
             }
             Some(t) if self.ctx(t)?.fresh => self.init_regs(t)?,
             Some(t) => {
@@ -451,7 +505,9 @@ impl McuDevice {
                 r.map_err(|e| uc_err("context restore", e))?;
             }
         }
-        self.uc.ctl_flush_tlb().map_err(|e| uc_err("flush tlb", e))?;
+        self.uc
+            .ctl_flush_tlb()
+            .map_err(|e| uc_err("flush tlb", e))?;
         Ok(())
     }
 
@@ -499,7 +555,9 @@ fn cb_read(st: &mut State, off: u64, size: usize) -> u64 {
         return 0;
     }
     let elapsed = st.slice_start.elapsed().as_nanos() as u64;
-    let Some(ctx) = st.contexts.get_mut(&cur) else { return 0 };
+    let Some(ctx) = st.contexts.get_mut(&cur) else {
+        return 0;
+    };
     let c = &ctx.control;
     let word: u32 = match (off & !3) as u32 {
         CB_MAGIC => MAGIC,
@@ -527,7 +585,11 @@ fn cb_read(st: &mut State, off: u64, size: usize) -> u64 {
         _ => 0,
     };
     let shift = 8 * (off & 3);
-    let mask = if size >= 4 { u64::from(u32::MAX) } else { (1u64 << (8 * size)) - 1 };
+    let mask = if size >= 4 {
+        u64::from(u32::MAX)
+    } else {
+        (1u64 << (8 * size)) - 1
+    };
     (u64::from(word) >> shift) & mask
 }
 
@@ -538,7 +600,9 @@ fn cb_write(st: &mut State, off: u64, value: u32) -> bool {
         return true;
     }
     let parked = matches!(st.stop, Some(Stop::Waiting));
-    let Some(ctx) = st.contexts.get_mut(&cur) else { return false };
+    let Some(ctx) = st.contexts.get_mut(&cur) else {
+        return false;
+    };
     let c = &ctx.control;
     match off as u32 {
         CB_WAIT if c.pending() == 0 => {
@@ -597,7 +661,9 @@ impl Device for McuDevice {
             return Err(DeviceError::ContextExists(spec.id));
         }
         if n >= self.config.max_contexts as usize {
-            return Err(DeviceError::Exhausted(format!("{n} contexts (the most this device holds)")));
+            return Err(DeviceError::Exhausted(format!(
+                "{n} contexts (the most this device holds)"
+            )));
         }
         let slot = self.alloc_slot()?;
         let regs = self.uc.context_alloc().map_err(|e| uc_err("context", e))?;
@@ -649,7 +715,8 @@ impl Device for McuDevice {
     fn map(&mut self, id: ContextId, m: &Mapping) -> Result<(), DeviceError> {
         if m.perms.exec {
             return Err(DeviceError::BadMapping(
-                "the mcu class executes only from code memory: mappings cannot be executable".into(),
+                "the mcu class executes only from code memory: mappings cannot be executable"
+                    .into(),
             ));
         }
         if m.iova % PAGE != 0 || m.len % PAGE != 0 || m.offset % PAGE != 0 || m.len == 0 {
@@ -659,7 +726,9 @@ impl Device for McuDevice {
         if end.is_none() {
             return Err(DeviceError::BadMapping("past the end of the memory".into()));
         }
-        if m.iova < u64::from(IOVA_BASE) || m.iova + m.len > u64::from(IOVA_BASE) + u64::from(IOVA_SIZE) {
+        if m.iova < u64::from(IOVA_BASE)
+            || m.iova + m.len > u64::from(IOVA_BASE) + u64::from(IOVA_SIZE)
+        {
             return Err(DeviceError::BadMapping("outside the iova window".into()));
         }
         self.ctx(id)?;
@@ -669,30 +738,49 @@ impl Device for McuDevice {
             .ok_or_else(|| DeviceError::Exhausted("physical address space for mappings".into()))?;
         let mut prot = Prot::NONE;
         if m.perms.read {
-            prot = prot | Prot::READ;
+            prot |= Prot::READ;
         }
         if m.perms.write {
-            prot = prot | Prot::WRITE;
+            prot |= Prot::WRITE;
         }
         // SAFETY: the host range [ptr+offset, ptr+offset+len) lies inside the
         // region (checked above) and stays valid until `unmap`: `PhysMap`
         // keeps the `Arc<Region>` alive for exactly as long as the engine
         // maps it, and unmap removes the engine mapping before dropping it.
         let r = unsafe {
-            self.uc.mem_map_ptr(phys, m.len, Prot::READ | Prot::WRITE, m.region.as_ptr().add(m.offset as usize).cast())
+            self.uc.mem_map_ptr(
+                phys,
+                m.len,
+                Prot::READ | Prot::WRITE,
+                m.region.as_ptr().add(m.offset as usize).cast(),
+            )
         };
         if let Err(e) = r {
             self.phys.release(phys, m.len);
             return Err(uc_err("map", e));
         }
         let ctx = self.ctx(id)?;
-        ctx.maps.insert(m.iova, PhysMap { len: m.len, phys, prot, _mapping: m.clone() });
+        ctx.maps.insert(
+            m.iova,
+            PhysMap {
+                len: m.len,
+                phys,
+                prot,
+                _mapping: m.clone(),
+            },
+        );
         let _ = self.uc.ctl_flush_tlb();
         Ok(())
     }
 
     fn unmap(&mut self, id: ContextId, iova: u64) {
-        let Some(pm) = self.uc.get_data_mut().contexts.get_mut(&id).and_then(|c| c.maps.remove(&iova)) else {
+        let Some(pm) = self
+            .uc
+            .get_data_mut()
+            .contexts
+            .get_mut(&id)
+            .and_then(|c| c.maps.remove(&iova))
+        else {
             return;
         };
         // Order matters: drop the translations, remove the engine mapping,
@@ -715,7 +803,10 @@ impl Device for McuDevice {
             Err(e) => {
                 let guilty = to.unwrap_or(coproc_core::VcoprocId(0));
                 let _ = self.uc.get_data_mut().current.take();
-                SwitchOutcome::Failed { guilty, reason: e.to_string() }
+                SwitchOutcome::Failed {
+                    guilty,
+                    reason: e.to_string(),
+                }
             }
         }
     }
@@ -733,7 +824,10 @@ impl Device for McuDevice {
             };
         };
         if self.timer.take_preempt() {
-            return RunOutcome { ran: Duration::ZERO, stop: StopReason::Preempted };
+            return RunOutcome {
+                ran: Duration::ZERO,
+                stop: StopReason::Preempted,
+            };
         }
         let pc = self.uc.reg_read(RegisterARM::PC).unwrap_or(0);
         {
@@ -778,7 +872,11 @@ impl Device for McuDevice {
         };
         if let StopReason::Fault(f) = &stop {
             if let Some(ctx) = st.contexts.get_mut(&cur) {
-                ctx.last_fault = (f.reason.code(), f.addr.unwrap_or(0) as u32, f.pc.unwrap_or(0) as u32);
+                ctx.last_fault = (
+                    f.reason.code(),
+                    f.addr.unwrap_or(0) as u32,
+                    f.pc.unwrap_or(0) as u32,
+                );
             }
             // Drop any trap-page translations.
             let _ = self.uc.ctl_flush_tlb();

@@ -89,12 +89,20 @@ pub struct Image {
 impl Image {
     /// Bytes in code memory.
     pub fn code_bytes(&self) -> u64 {
-        self.segments.iter().filter(|s| in_code(s.vaddr)).map(|s| u64::from(s.memsz)).sum()
+        self.segments
+            .iter()
+            .filter(|s| in_code(s.vaddr))
+            .map(|s| u64::from(s.memsz))
+            .sum()
     }
 
     /// Bytes in data memory.
     pub fn data_bytes(&self) -> u64 {
-        self.segments.iter().filter(|s| !in_code(s.vaddr)).map(|s| u64::from(s.memsz)).sum()
+        self.segments
+            .iter()
+            .filter(|s| !in_code(s.vaddr))
+            .map(|s| u64::from(s.memsz))
+            .sum()
     }
 }
 
@@ -103,7 +111,12 @@ fn in_code(a: u32) -> bool {
 }
 
 fn within(vaddr: u32, memsz: u32, base: u32, size: u32) -> bool {
-    let (v, m, b, s) = (u64::from(vaddr), u64::from(memsz), u64::from(base), u64::from(size));
+    let (v, m, b, s) = (
+        u64::from(vaddr),
+        u64::from(memsz),
+        u64::from(base),
+        u64::from(size),
+    );
     v >= b && v + m <= b + s
 }
 
@@ -119,7 +132,8 @@ pub fn parse(bytes: &[u8]) -> Result<Image, ElfError> {
         // SAFETY: `words` owns at least `bytes.len()` initialised bytes; a
         // u64 buffer viewed as bytes has no invalid values and the view does
         // not outlive `words`.
-        let aligned = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), bytes.len()) };
+        let aligned =
+            unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), bytes.len()) };
         aligned.copy_from_slice(bytes);
         return parse_aligned(aligned);
     }
@@ -127,7 +141,9 @@ pub fn parse(bytes: &[u8]) -> Result<Image, ElfError> {
 }
 
 fn parse_aligned(bytes: &[u8]) -> Result<Image, ElfError> {
-    let ident = bytes.get(..16).ok_or_else(|| ElfError::Malformed("shorter than an ELF header".into()))?;
+    let ident = bytes
+        .get(..16)
+        .ok_or_else(|| ElfError::Malformed("shorter than an ELF header".into()))?;
     if &ident[..4] != b"\x7fELF" {
         return Err(ElfError::Malformed("bad magic".into()));
     }
@@ -142,7 +158,9 @@ fn parse_aligned(bytes: &[u8]) -> Result<Image, ElfError> {
     if hdr.e_type(e) != ET_EXEC {
         return Err(ElfError::NotExecutable(hdr.e_type(e)));
     }
-    let phdrs = hdr.program_headers(e, bytes).map_err(|e| ElfError::Malformed(e.to_string()))?;
+    let phdrs = hdr
+        .program_headers(e, bytes)
+        .map_err(|e| ElfError::Malformed(e.to_string()))?;
     if phdrs.len() > MAX_SEGMENTS {
         return Err(ElfError::TooManySegments(phdrs.len()));
     }
@@ -150,7 +168,11 @@ fn parse_aligned(bytes: &[u8]) -> Result<Image, ElfError> {
     for ph in phdrs.iter().filter(|p| p.p_type(e) == PT_LOAD) {
         let (vaddr, filesz, memsz) = (ph.p_vaddr(e), ph.p_filesz(e), ph.p_memsz(e));
         if filesz > memsz {
-            return Err(ElfError::FileLargerThanMemory { vaddr, filesz, memsz });
+            return Err(ElfError::FileLargerThanMemory {
+                vaddr,
+                filesz,
+                memsz,
+            });
         }
         if memsz == 0 {
             continue;
@@ -167,10 +189,16 @@ fn parse_aligned(bytes: &[u8]) -> Result<Image, ElfError> {
         } else {
             return Err(ElfError::OutsideMemory { vaddr, memsz });
         }
-        let data = ph
-            .data(e, bytes)
-            .map_err(|_| ElfError::Malformed(format!("segment at {vaddr:#x} runs past the end of the file")))?;
-        segments.push(Segment { vaddr, data: data.to_vec(), memsz });
+        let data = ph.data(e, bytes).map_err(|_| {
+            ElfError::Malformed(format!(
+                "segment at {vaddr:#x} runs past the end of the file"
+            ))
+        })?;
+        segments.push(Segment {
+            vaddr,
+            data: data.to_vec(),
+            memsz,
+        });
     }
     if segments.is_empty() {
         return Err(ElfError::Empty);
@@ -184,7 +212,9 @@ fn parse_aligned(bytes: &[u8]) -> Result<Image, ElfError> {
     let entry = hdr.e_entry(e);
     let pc = entry & !1;
     let ok = entry & 1 == 1
-        && segments.iter().any(|s| in_code(s.vaddr) && pc >= s.vaddr && pc - s.vaddr < s.memsz);
+        && segments
+            .iter()
+            .any(|s| in_code(s.vaddr) && pc >= s.vaddr && pc - s.vaddr < s.memsz);
     if !ok {
         return Err(ElfError::BadEntry(entry));
     }
@@ -197,7 +227,11 @@ mod tests {
 
     #[test]
     fn misaligned_input_parses_the_same() {
-        let good = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../firmware/sdk/link.ld")).unwrap();
+        let good = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../firmware/sdk/link.ld"
+        ))
+        .unwrap();
         assert!(parse(&good).is_err(), "a linker script is not ELF");
         // A minimal valid image: one code segment with the entry point.
         let mut elf = vec![0u8; 52 + 32 + 8];

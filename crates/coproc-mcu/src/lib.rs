@@ -18,6 +18,8 @@ pub use device::{McuConfig, McuDevice};
 use coproc_core::device::{Device, DeviceError};
 
 /// A factory for `Pcoproc::spawn`: builds an mcu device on the runner thread.
-pub fn factory(config: McuConfig) -> impl FnOnce() -> Result<Box<dyn Device>, DeviceError> + Send + 'static {
+pub fn factory(
+    config: McuConfig,
+) -> impl FnOnce() -> Result<Box<dyn Device>, DeviceError> + Send + 'static {
     move || Ok(Box::new(McuDevice::new(config)?) as Box<dyn Device>)
 }

@@ -89,28 +89,36 @@ impl SliceTimer {
             preempt: AtomicBool::new(false),
         });
         let s = shared.clone();
-        let thread = std::thread::Builder::new().name("mcu-slice-timer".into()).spawn(move || {
-            let mut st = s.lock();
-            loop {
-                if st.quit {
-                    return;
-                }
-                match st.deadline {
-                    None => st = s.cv.wait(st).unwrap_or_else(|e| e.into_inner()),
-                    Some(d) => {
-                        let now = Instant::now();
-                        if now >= d {
-                            s.fired.store(true, Ordering::Release);
-                            s.stop_engine();
-                            st.deadline = Some(now + REFIRE);
-                        } else {
-                            st = s.cv.wait_timeout(st, d - now).unwrap_or_else(|e| e.into_inner()).0;
+        let thread = std::thread::Builder::new()
+            .name("mcu-slice-timer".into())
+            .spawn(move || {
+                let mut st = s.lock();
+                loop {
+                    if st.quit {
+                        return;
+                    }
+                    match st.deadline {
+                        None => st = s.cv.wait(st).unwrap_or_else(|e| e.into_inner()),
+                        Some(d) => {
+                            let now = Instant::now();
+                            if now >= d {
+                                s.fired.store(true, Ordering::Release);
+                                s.stop_engine();
+                                st.deadline = Some(now + REFIRE);
+                            } else {
+                                st =
+                                    s.cv.wait_timeout(st, d - now)
+                                        .unwrap_or_else(|e| e.into_inner())
+                                        .0;
+                            }
                         }
                     }
                 }
-            }
-        })?;
-        Ok(SliceTimer { shared, thread: Some(thread) })
+            })?;
+        Ok(SliceTimer {
+            shared,
+            thread: Some(thread),
+        })
     }
 
     pub(crate) fn preempter(&self) -> Arc<TimerShared> {
@@ -141,7 +149,10 @@ impl SliceTimer {
         s.armed = false;
         s.deadline = None;
         drop(s);
-        (self.shared.fired.swap(false, Ordering::AcqRel), self.take_preempt())
+        (
+            self.shared.fired.swap(false, Ordering::AcqRel),
+            self.take_preempt(),
+        )
     }
 
     pub(crate) fn shutdown(&mut self) {

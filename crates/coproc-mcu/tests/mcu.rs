@@ -24,7 +24,9 @@ fn pcoproc(slice_us: u64) -> Arc<Pcoproc> {
 }
 
 fn vcoproc(p: &Arc<Pcoproc>, domain: u32, fw: Firmware) -> VcoprocHandle {
-    let v = p.create_vcoproc(DomainId(domain), SchedParams::default()).unwrap();
+    let v = p
+        .create_vcoproc(DomainId(domain), SchedParams::default())
+        .unwrap();
     v.load_firmware(fw.name, fw.elf).unwrap();
     v
 }
@@ -47,7 +49,10 @@ fn crc_domain(v: &VcoprocHandle, seed: u64, jobs: u32, len: usize) {
     let mut rng = TestRng::new(seed);
     for j in 0..jobs {
         let data = rng.bytes(len - j as usize);
-        assert_eq!(drive::crc32(v, &buf, &data, j + 7, T).unwrap(), reference::crc32(&data));
+        assert_eq!(
+            drive::crc32(v, &buf, &data, j + 7, T).unwrap(),
+            reference::crc32(&data)
+        );
     }
 }
 
@@ -83,8 +88,18 @@ fn interleaved_results_match_references() {
     for v in [&fir1, &fir2, &crc] {
         let st = v.info().unwrap().stats;
         assert_eq!(st.faults, 0);
-        assert!(st.slices > 10, "{} ran in {} slices: not interleaved", v.id(), st.slices);
-        assert!(st.switches > 5, "{} switched in {} times", v.id(), st.switches);
+        assert!(
+            st.slices > 10,
+            "{} ran in {} slices: not interleaved",
+            v.id(),
+            st.slices
+        );
+        assert!(
+            st.switches > 5,
+            "{} switched in {} times",
+            v.id(),
+            st.switches
+        );
     }
     assert!(p.busy().1 > 50, "context switches: {}", p.busy().1);
 }
@@ -105,7 +120,11 @@ fn isolation_faults_the_reader_only() {
     let target = BUFFER_IOVA as u32 + 0x124;
     assert!(drive::probe(&attacker, 1, target, 0, T).is_err());
     let f = attacker.faults().unwrap().pop().unwrap();
-    assert_eq!(f.fault.addr, Some(u64::from(target)), "exact faulting address");
+    assert_eq!(
+        f.fault.addr,
+        Some(u64::from(target)),
+        "exact faulting address"
+    );
     assert_eq!(f.fault.access, Access::Read);
     assert_eq!(f.fault.reason, FaultReason::AccessViolation);
     assert!(f.fault.pc.is_some_and(|pc| pc < u64::from(abi::CODE_SIZE)));
@@ -116,7 +135,10 @@ fn isolation_faults_the_reader_only() {
     attacker.start().unwrap();
     assert!(drive::probe(&attacker, 2, target, 0xdead_beef, T).is_err());
     let f = attacker.faults().unwrap().pop().unwrap();
-    assert_eq!((f.fault.addr, f.fault.access), (Some(u64::from(target)), Access::Write));
+    assert_eq!(
+        (f.fault.addr, f.fault.access),
+        (Some(u64::from(target)), Access::Write)
+    );
 
     // The attacker's own data memory at the same virtual address as the
     // victim's is its own: write a marker, the victim is not affected.
@@ -128,27 +150,45 @@ fn isolation_faults_the_reader_only() {
 
     // Every other interesting address faults too: the physical pool where
     // contexts' memory lives, system space, and the end of the window.
-    for addr in [0x8000_0000u32, 0x8004_0000, 0x7000_0000, 0xe000_e000, 0x7fff_fffc] {
+    for addr in [
+        0x8000_0000u32,
+        0x8004_0000,
+        0x7000_0000,
+        0xe000_e000,
+        0x7fff_fffc,
+    ] {
         attacker.reset().unwrap();
         attacker.start().unwrap();
         assert!(drive::probe(&attacker, 1, addr, 0, T).is_err(), "{addr:#x}");
-        assert_eq!(attacker.faults().unwrap().pop().unwrap().fault.addr, Some(u64::from(addr)));
+        assert_eq!(
+            attacker.faults().unwrap().pop().unwrap().fault.addr,
+            Some(u64::from(addr))
+        );
     }
 
     // Writing code memory, executing data memory, an undefined instruction.
     attacker.reset().unwrap();
     attacker.start().unwrap();
     assert!(drive::probe(&attacker, 2, 0x100, 0, T).is_err());
-    assert_eq!(attacker.faults().unwrap().pop().unwrap().fault.access, Access::Write);
+    assert_eq!(
+        attacker.faults().unwrap().pop().unwrap().fault.access,
+        Access::Write
+    );
     attacker.reset().unwrap();
     attacker.start().unwrap();
     assert!(drive::probe(&attacker, 3, abi::DATA_BASE + 0x100, 0, T).is_err());
     let f = attacker.faults().unwrap().pop().unwrap();
-    assert_eq!((f.fault.access, f.fault.addr), (Access::Fetch, Some(u64::from(abi::DATA_BASE) + 0x100)));
+    assert_eq!(
+        (f.fault.access, f.fault.addr),
+        (Access::Fetch, Some(u64::from(abi::DATA_BASE) + 0x100))
+    );
     attacker.reset().unwrap();
     attacker.start().unwrap();
     assert!(drive::probe(&attacker, 4, 0, 0, T).is_err());
-    assert_eq!(attacker.faults().unwrap().pop().unwrap().fault.reason, FaultReason::InvalidInstruction);
+    assert_eq!(
+        attacker.faults().unwrap().pop().unwrap().fault.reason,
+        FaultReason::InvalidInstruction
+    );
 
     // After a reset the firmware can read why it was reset.
     attacker.reset().unwrap();
@@ -161,7 +201,13 @@ fn isolation_faults_the_reader_only() {
     let crc = drive::crc32(&victim, &vbuf, &secret, 1, T).unwrap();
     assert_eq!(crc, reference::crc32(&secret));
     assert_eq!(victim.info().unwrap().stats.faults, 0);
-    assert_eq!(p.faults().iter().filter(|f| f.vcoproc == victim.id()).count(), 0);
+    assert_eq!(
+        p.faults()
+            .iter()
+            .filter(|f| f.vcoproc == victim.id())
+            .count(),
+        0
+    );
 }
 
 #[test]
@@ -171,9 +217,14 @@ fn faulty_firmware_faults_alone() {
     let crc = vcoproc(&p, 2, CRC32);
     faulty.start().unwrap();
     faulty.doorbell();
-    faulty.wait_state(|s| s == VcoprocState::Faulted, T).unwrap();
+    faulty
+        .wait_state(|s| s == VcoprocState::Faulted, T)
+        .unwrap();
     let f = faulty.faults().unwrap().pop().unwrap();
-    assert_eq!(f.fault.addr, Some(u64::from(abi::IOVA_BASE + abi::IOVA_SIZE - 0x1000)));
+    assert_eq!(
+        f.fault.addr,
+        Some(u64::from(abi::IOVA_BASE + abi::IOVA_SIZE - 0x1000))
+    );
     assert_eq!(f.fault.access, Access::Read);
     // It got as far as its first mailbox write (0+3+...+45 = 360).
     assert_eq!(faulty.mbox_read(0), 360);
@@ -199,7 +250,11 @@ fn malformed_firmware_is_refused() {
         ("empty", vec![], "not a valid ELF"),
         ("truncated header", good[..20].to_vec(), "not a valid ELF"),
         ("truncated segments", good[..good.len() / 8].to_vec(), ""),
-        ("not elf", b"MZ\x90\x00 this is not an elf file at all....".to_vec(), "bad magic"),
+        (
+            "not elf",
+            b"MZ\x90\x00 this is not an elf file at all....".to_vec(),
+            "bad magic",
+        ),
     ];
     let mut m = good.clone();
     m[18] = 62; // EM_X86_64
@@ -239,7 +294,9 @@ fn malformed_firmware_is_refused() {
     cases.push(("oversized", vec![0u8; 5 << 20], "larger than"));
 
     let bystander = vcoproc(&p, 9, CRC32);
-    let v = p.create_vcoproc(DomainId(1), SchedParams::default()).unwrap();
+    let v = p
+        .create_vcoproc(DomainId(1), SchedParams::default())
+        .unwrap();
     for (what, image, needle) in &cases {
         match v.load_firmware(what, image) {
             Err(CoreError::Device(DeviceError::BadFirmware(msg))) => {
@@ -275,7 +332,10 @@ fn hog_gets_its_round_robin_share_and_no_more() {
     // in the run queue, and ends the moment another one wakes.
     let slice_ns = slice.as_nanos() as u64;
     for t in raw.iter().filter(|t| t.budget_ns > slice_ns) {
-        assert!(t.preempted || t.ran_ns >= t.budget_ns, "extended turn not cut short: {t:?}");
+        assert!(
+            t.preempted || t.ran_ns >= t.budget_ns,
+            "extended turn not cut short: {t:?}"
+        );
     }
     // A slice cut short by a preempt request (a control command, a wake-up)
     // continues with the rest of its budget: count that as one turn.
@@ -293,7 +353,10 @@ fn hog_gets_its_round_robin_share_and_no_more() {
     // While the other hog competes, every hog turn is one slice at most.
     let hog_slices: Vec<&TraceEntry> = trace.iter().filter(|t| hogs.contains(&t.vcoproc)).collect();
     assert!(hog_slices.len() > 20);
-    assert!(hog_slices.iter().skip(2).all(|t| t.budget_ns <= slice_ns), "a hog got more than a slice");
+    assert!(
+        hog_slices.iter().skip(2).all(|t| t.budget_ns <= slice_ns),
+        "a hog got more than a slice"
+    );
     // The two hogs strictly alternate: neither gets a second turn before
     // the other had one.
     for w in hog_slices.windows(2) {
@@ -301,21 +364,31 @@ fn hog_gets_its_round_robin_share_and_no_more() {
     }
     // A vcoproc that ends its turn still runnable (the crc job in the middle
     // of a buffer) waits at most one turn of each other vcoproc.
-    let crc_turns: Vec<usize> =
-        trace.iter().enumerate().filter(|(_, t)| t.vcoproc == crc.id()).map(|(i, _)| i).collect();
+    let crc_turns: Vec<usize> = trace
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.vcoproc == crc.id())
+        .map(|(i, _)| i)
+        .collect();
     let mut checked = 0;
     for w in crc_turns.windows(2).filter(|w| trace[w[0]].runnable_after) {
         checked += 1;
         let between: Vec<_> = trace[w[0] + 1..w[1]].iter().map(|t| t.vcoproc).collect();
         for h in hogs {
-            assert!(between.iter().filter(|&&v| v == h).count() <= 1, "{h} ran twice while crc waited");
+            assert!(
+                between.iter().filter(|&&v| v == h).count() <= 1,
+                "{h} ran twice while crc waited"
+            );
         }
     }
     assert!(checked > 10, "crc was preempted mid-job {checked} times");
     // The hogs kept computing and were never faulted.
     for h in [&hog1, &hog2] {
         let st = h.state().unwrap();
-        assert!(matches!(st, VcoprocState::Runnable | VcoprocState::Running), "hog is {st}");
+        assert!(
+            matches!(st, VcoprocState::Runnable | VcoprocState::Running),
+            "hog is {st}"
+        );
         assert!(h.mbox_read(0) > 0, "hog made progress");
         assert_eq!(h.info().unwrap().stats.faults, 0);
     }
@@ -336,8 +409,14 @@ fn exit_reset_destroy_and_context_reuse() {
     assert!(v.start().is_err());
     v.reset().unwrap();
     v.start().unwrap();
-    assert_eq!(drive::probe(&v, 1, abi::CB_BASE + abi::CB_VCOPROC, 0, T).unwrap(), v.id().0);
-    assert_eq!(drive::probe(&v, 1, abi::CB_BASE + abi::CB_MAGIC, 0, T).unwrap(), abi::MAGIC);
+    assert_eq!(
+        drive::probe(&v, 1, abi::CB_BASE + abi::CB_VCOPROC, 0, T).unwrap(),
+        v.id().0
+    );
+    assert_eq!(
+        drive::probe(&v, 1, abi::CB_BASE + abi::CB_MAGIC, 0, T).unwrap(),
+        abi::MAGIC
+    );
     // Leave a marker in data memory, destroy, and create a new vcoproc,
     // which reuses the context memory: nothing of the old one is visible.
     drive::probe(&v, 2, abi::DATA_BASE + 0x1_8000, 0xfeed_f00d, T).unwrap();
@@ -345,7 +424,10 @@ fn exit_reset_destroy_and_context_reuse() {
     assert!(matches!(v.state(), Err(CoreError::NoVcoproc(_))));
     let w = vcoproc(&p, 2, PROBE);
     w.start().unwrap();
-    assert_eq!(drive::probe(&w, 1, abi::DATA_BASE + 0x1_8000, 0, T).unwrap(), 0);
+    assert_eq!(
+        drive::probe(&w, 1, abi::DATA_BASE + 0x1_8000, 0, T).unwrap(),
+        0
+    );
     // And a different firmware in a reused context runs its own code.
     w.destroy().unwrap();
     let c = vcoproc(&p, 3, CRC32);
@@ -358,21 +440,53 @@ fn unmap_removes_access_and_mappings_are_checked() {
     let v = vcoproc(&p, 1, PROBE);
     let r = Arc::new(Region::new(3 * 4096).unwrap());
     r.write(4096, &0x1234_5678u32.to_le_bytes()).unwrap();
-    v.map(&r, 4096, BUFFER_IOVA, 4096, Perms::R, MapKind::Revocable).unwrap();
+    v.map(&r, 4096, BUFFER_IOVA, 4096, Perms::R, MapKind::Revocable)
+        .unwrap();
     // Refused: overlap, executable, outside the window, past the end.
-    assert!(v.map(&r, 0, BUFFER_IOVA, 4096, Perms::RW, MapKind::Pinned).is_err());
-    assert!(v.map(&r, 0, BUFFER_IOVA + 0x10000, 4096, Perms::RX, MapKind::Pinned).is_err());
-    assert!(v.map(&r, 0, 0x2000_0000, 4096, Perms::RW, MapKind::Pinned).is_err());
-    assert!(v.map(&r, 8192, BUFFER_IOVA + 0x10000, 8192, Perms::RW, MapKind::Pinned).is_err());
+    assert!(v
+        .map(&r, 0, BUFFER_IOVA, 4096, Perms::RW, MapKind::Pinned)
+        .is_err());
+    assert!(v
+        .map(
+            &r,
+            0,
+            BUFFER_IOVA + 0x10000,
+            4096,
+            Perms::RX,
+            MapKind::Pinned
+        )
+        .is_err());
+    assert!(v
+        .map(&r, 0, 0x2000_0000, 4096, Perms::RW, MapKind::Pinned)
+        .is_err());
+    assert!(v
+        .map(
+            &r,
+            8192,
+            BUFFER_IOVA + 0x10000,
+            8192,
+            Perms::RW,
+            MapKind::Pinned
+        )
+        .is_err());
     v.start().unwrap();
-    assert_eq!(drive::probe(&v, 1, BUFFER_IOVA as u32, 0, T).unwrap(), 0x1234_5678);
+    assert_eq!(
+        drive::probe(&v, 1, BUFFER_IOVA as u32, 0, T).unwrap(),
+        0x1234_5678
+    );
     // Read-only: a write faults.
     assert!(drive::probe(&v, 2, BUFFER_IOVA as u32 + 8, 1, T).is_err());
-    assert_eq!(v.faults().unwrap().pop().unwrap().fault.access, Access::Write);
+    assert_eq!(
+        v.faults().unwrap().pop().unwrap().fault.access,
+        Access::Write
+    );
     assert_eq!(r.read_vec(4096 + 8, 4).unwrap(), [0, 0, 0, 0]);
     v.reset().unwrap();
     v.start().unwrap();
-    assert_eq!(drive::probe(&v, 1, BUFFER_IOVA as u32, 0, T).unwrap(), 0x1234_5678);
+    assert_eq!(
+        drive::probe(&v, 1, BUFFER_IOVA as u32, 0, T).unwrap(),
+        0x1234_5678
+    );
     v.unmap(BUFFER_IOVA).unwrap();
     assert!(drive::probe(&v, 1, BUFFER_IOVA as u32, 0, T).is_err());
     assert_eq!(v.info().unwrap().mappings, 0);
@@ -386,7 +500,9 @@ fn header_matches_rust_abi() {
         if it.next() != Some("#define") {
             continue;
         }
-        let (Some(name), Some(value)) = (it.next(), it.next()) else { continue };
+        let (Some(name), Some(value)) = (it.next(), it.next()) else {
+            continue;
+        };
         let Some(hex) = value.strip_prefix("0x") else {
             if let Ok(v) = value.trim_end_matches('u').parse::<u32>() {
                 let want = abi::ALL.iter().find(|(n, _)| *n == name);
@@ -398,7 +514,10 @@ fn header_matches_rust_abi() {
             continue;
         };
         let v = u32::from_str_radix(hex.trim_end_matches('u'), 16).unwrap();
-        let (_, w) = abi::ALL.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("{name} missing in abi.rs"));
+        let (_, w) = abi::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("{name} missing in abi.rs"));
         assert_eq!(*w, v, "{name}");
         seen += 1;
     }
@@ -424,8 +543,16 @@ fn preemption_never_repeats_or_loses_control_block_accesses() {
                 let w: [u32; 16] = std::array::from_fn(|i| k * 1000 + i as u32);
                 let out = drive::echo(&echo, &w, T).unwrap();
                 assert_eq!(out[..15], w[..15], "message {k}");
-                assert_eq!(out[15], k, "firmware handled message {k} as its {}th", out[15]);
-                assert_eq!(echo.last_notify().seq, before + 1, "exactly one notification");
+                assert_eq!(
+                    out[15], k,
+                    "firmware handled message {k} as its {}th",
+                    out[15]
+                );
+                assert_eq!(
+                    echo.last_notify().seq,
+                    before + 1,
+                    "exactly one notification"
+                );
             }
         });
     });

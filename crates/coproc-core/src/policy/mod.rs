@@ -50,7 +50,12 @@ pub struct SchedParams {
 
 impl Default for SchedParams {
     fn default() -> Self {
-        SchedParams { weight: 256, cap_pct: None, priority: 0, reservation: None }
+        SchedParams {
+            weight: 256,
+            cap_pct: None,
+            priority: 0,
+            reservation: None,
+        }
     }
 }
 
@@ -58,7 +63,10 @@ impl SchedParams {
     /// Check ranges that hold for every policy.
     pub fn validate(&self) -> Result<(), PolicyError> {
         if self.weight == 0 || self.weight > 65535 {
-            return Err(PolicyError::BadParam(format!("weight {} not in 1..=65535", self.weight)));
+            return Err(PolicyError::BadParam(format!(
+                "weight {} not in 1..=65535",
+                self.weight
+            )));
         }
         if let Some(c) = self.cap_pct {
             if c == 0 || c > 100 {

@@ -43,8 +43,12 @@ impl RoundRobin {
 
     /// Round robin with `slice` per turn.
     pub fn new(slice: Duration) -> Result<RoundRobin, PolicyError> {
-        let mut rr =
-            RoundRobin { slice, queue: VecDeque::new(), entries: HashMap::new(), extended: None };
+        let mut rr = RoundRobin {
+            slice,
+            queue: VecDeque::new(),
+            entries: HashMap::new(),
+            extended: None,
+        };
         rr.set_slice(slice)?;
         Ok(rr)
     }
@@ -93,11 +97,16 @@ impl Policy for RoundRobin {
 
     fn set_params(&mut self, v: VcoprocId, params: &SchedParams) -> Result<(), PolicyError> {
         params.validate()?;
-        self.entries.get(&v).map(|_| ()).ok_or(PolicyError::Unknown(v))
+        self.entries
+            .get(&v)
+            .map(|_| ())
+            .ok_or(PolicyError::Unknown(v))
     }
 
     fn wake(&mut self, v: VcoprocId, _now_ns: u64) -> WakeAction {
-        let Some(e) = self.entries.get_mut(&v) else { return WakeAction::None };
+        let Some(e) = self.entries.get_mut(&v) else {
+            return WakeAction::None;
+        };
         if e.queued || self.extended == Some(v) {
             return WakeAction::None;
         }
@@ -128,7 +137,9 @@ impl Policy for RoundRobin {
                 e.picks += 1;
                 let mut budget = e.left.take().unwrap_or(self.slice);
                 if self.queue.is_empty() {
-                    budget = (self.slice * Self::EXTEND).min(Duration::from_secs(1)).max(budget);
+                    budget = (self.slice * Self::EXTEND)
+                        .min(Duration::from_secs(1))
+                        .max(budget);
                     self.extended = Some(v);
                 }
                 return Decision::Run { vcoproc: v, budget };
@@ -142,7 +153,9 @@ impl Policy for RoundRobin {
             self.extended = None;
         }
         let slice = self.slice;
-        let Some(e) = self.entries.get_mut(&v) else { return };
+        let Some(e) = self.entries.get_mut(&v) else {
+            return;
+        };
         if !end.runnable || e.queued {
             return;
         }
@@ -165,7 +178,10 @@ impl Policy for RoundRobin {
                 queued: e.queued,
                 figures: vec![
                     ("picks".into(), e.picks as i64),
-                    ("slice_left_us".into(), e.left.map_or(-1, |l| l.as_micros() as i64)),
+                    (
+                        "slice_left_us".into(),
+                        e.left.map_or(-1, |l| l.as_micros() as i64),
+                    ),
                 ],
             })
             .collect();
@@ -179,7 +195,10 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
-    const RUN: SliceEnd = SliceEnd { runnable: true, preempted: false };
+    const RUN: SliceEnd = SliceEnd {
+        runnable: true,
+        preempted: false,
+    };
 
     fn pick(rr: &mut RoundRobin) -> Option<(u32, Duration)> {
         match rr.pick(0) {
@@ -215,7 +234,15 @@ mod tests {
         assert_eq!(pick(&mut rr).unwrap(), (1, MS * RoundRobin::EXTEND));
         // A wake-up ends the extension at once...
         assert_eq!(rr.wake(VcoprocId(2), 0), WakeAction::Preempt);
-        rr.charge(VcoprocId(1), MS / 2, 0, SliceEnd { runnable: true, preempted: true });
+        rr.charge(
+            VcoprocId(1),
+            MS / 2,
+            0,
+            SliceEnd {
+                runnable: true,
+                preempted: true,
+            },
+        );
         // ...and the preempted one keeps only the rest of a normal slice.
         assert_eq!(pick(&mut rr).unwrap(), (1, MS / 2));
         rr.charge(VcoprocId(1), MS / 2, 0, RUN);
@@ -233,7 +260,15 @@ mod tests {
             rr.wake(VcoprocId(i), 0);
         }
         assert_eq!(pick(&mut rr).unwrap().0, 1);
-        rr.charge(VcoprocId(1), 4 * MS, 0, SliceEnd { runnable: true, preempted: true });
+        rr.charge(
+            VcoprocId(1),
+            4 * MS,
+            0,
+            SliceEnd {
+                runnable: true,
+                preempted: true,
+            },
+        );
         assert_eq!(pick(&mut rr).unwrap(), (1, 6 * MS));
         rr.charge(VcoprocId(1), 6 * MS, 0, RUN);
         assert_eq!(pick(&mut rr).unwrap(), (2, 10 * MS));
@@ -249,7 +284,15 @@ mod tests {
         rr.block(VcoprocId(2));
         rr.detach(VcoprocId(3));
         assert_eq!(pick(&mut rr).unwrap().0, 1);
-        rr.charge(VcoprocId(1), MS, 0, SliceEnd { runnable: false, preempted: false });
+        rr.charge(
+            VcoprocId(1),
+            MS,
+            0,
+            SliceEnd {
+                runnable: false,
+                preempted: false,
+            },
+        );
         assert_eq!(pick(&mut rr), None);
         assert!(RoundRobin::new(Duration::from_nanos(1)).is_err());
     }

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set-up, then the demo: five domains with different firmware on one mcu
+# pcoproc, every result checked against the host reference. Extra arguments
+# go to `coproc demo` (e.g. `-o json`, `--slice-us 200`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo run --release --locked -q -p coproc-cli -- demo "$@"

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test run: set-up, formatting, lints, every test of the workspace,
+# and the demo's own check (it exits non-zero if any result is wrong).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --release --locked
+cargo run --release --locked -p coproc-cli -- demo -o json > /dev/null
+echo "test.sh: all passed"
