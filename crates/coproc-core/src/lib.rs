@@ -9,7 +9,8 @@
 //!   its domain;
 //! - [`policy`]: scheduling policies;
 //! - [`pcoproc`]: a physical coprocessor with its runner thread and the
-//!   handles domains use; [`system`]: domains and pcoprocs together.
+//!   handles domains use; [`system`]: domains and pcoprocs together;
+//! - [`ratelimit`]: limits for log lines a domain can trigger.
 //!
 //! No sockets, no device-specific code: usable inside a daemon, a VMM or a
 //! test.
@@ -22,6 +23,7 @@ pub mod iova;
 pub mod memory;
 pub mod pcoproc;
 pub mod policy;
+pub mod ratelimit;
 mod runner;
 pub mod state;
 pub mod stats;

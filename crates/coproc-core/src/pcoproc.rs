@@ -112,6 +112,8 @@ pub(crate) struct Inner {
     pub busy_ns: u64,
     pub switches: u64,
     pub trace: Option<(usize, VecDeque<TraceEntry>)>,
+    /// Limits the fault log lines (faults are domain-triggered).
+    pub fault_log: crate::ratelimit::RateLimit,
 }
 
 impl Inner {
@@ -120,6 +122,9 @@ impl Inner {
     }
 
     pub(crate) fn record_fault(&mut self, rec: FaultRecord) {
+        if let Some(suppressed) = self.fault_log.check() {
+            tracing::warn!(fault = %rec, suppressed, "vcoproc faulted");
+        }
         if let Some(vc) = self.vcoprocs.get_mut(&rec.vcoproc) {
             vc.stats.faults += 1;
             if vc.faults.len() == VCOPROC_FAULTS_KEPT {
@@ -243,6 +248,7 @@ impl Pcoproc {
                         busy_ns: 0,
                         switches: 0,
                         trace: None,
+                        fault_log: crate::ratelimit::RateLimit::default(),
                     }),
                     runner_cv: Condvar::new(),
                     state_cv: Condvar::new(),

@@ -558,3 +558,26 @@ fn preemption_never_repeats_or_loses_control_block_accesses() {
     });
     assert!(p.busy().1 > 100, "switches: {}", p.busy().1);
 }
+
+#[test]
+fn context_limit_is_enforced_and_freed_contexts_are_reused() {
+    let rr = RoundRobin::new(Duration::from_micros(200)).unwrap();
+    let p = Pcoproc::spawn("mcu0", factory(McuConfig { max_contexts: 3 }), Box::new(rr)).unwrap();
+    let vs: Vec<_> = (0..3)
+        .map(|d| {
+            p.create_vcoproc(DomainId(d), SchedParams::default())
+                .unwrap()
+        })
+        .collect();
+    match p.create_vcoproc(DomainId(9), SchedParams::default()) {
+        Err(CoreError::Device(DeviceError::Exhausted(msg))) => assert!(msg.contains("3 contexts")),
+        other => panic!("expected exhaustion, got {other:?}"),
+    }
+    assert_eq!(p.vcoprocs().len(), 3);
+    vs[1].destroy().unwrap();
+    let again = p
+        .create_vcoproc(DomainId(9), SchedParams::default())
+        .unwrap();
+    again.load_firmware("crc32", CRC32.elf).unwrap();
+    crc_domain(&again, 11, 2, 4096);
+}
