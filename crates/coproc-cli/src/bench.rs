@@ -218,31 +218,42 @@ fn bare_runner(translation: Translation, jobs: Jobs) -> anyhow::Result<Runner<'s
     })
 }
 
+/// Create context `id` on `dev` with `fw` loaded and `map_len` bytes of
+/// fresh domain memory mapped read/write at the start of the iova window.
+fn device_context(
+    dev: &mut McuDevice,
+    id: VcoprocId,
+    fw: &[u8],
+    map_len: u64,
+) -> anyhow::Result<(Arc<ControlBlock>, Arc<Region>)> {
+    let cb = Arc::new(ControlBlock::default());
+    dev.create_context(ContextSpec {
+        id,
+        control: cb.clone(),
+    })?;
+    dev.load_firmware(id, fw)?;
+    let region = Arc::new(Region::new(map_len.div_ceil(4096) * 4096)?);
+    let len = region.len();
+    let iova = u64::from(coproc_mcu::abi::IOVA_BASE);
+    let m = Mapping {
+        iova,
+        len,
+        region: region.clone(),
+        offset: 0,
+        perms: Perms::RW,
+        kind: MapKind::Pinned,
+    };
+    dev.map(id, &m)?;
+    Ok((cb, region))
+}
+
 /// Device: the mcu device model (Unicorn core, virtual-TLB context, control
 /// block) driven directly: no runner, policy, pcoproc or domain thread.
 fn device_runner(jobs: Jobs) -> anyhow::Result<Runner<'static>> {
     on_thread(move || {
         let mut dev = McuDevice::new(McuConfig::default())?;
         let id = VcoprocId(1);
-        let cb = Arc::new(ControlBlock::default());
-        dev.create_context(ContextSpec {
-            id,
-            control: cb.clone(),
-        })?;
-        dev.load_firmware(id, FIR.elf)?;
-        let region = Arc::new(Region::new(
-            ((SAMPLES * 4 + TAPS * 2) as u64).div_ceil(4096) * 4096,
-        )?);
-        let len = region.len();
-        let m = Mapping {
-            iova: 0x6000_0000,
-            len,
-            region: region.clone(),
-            offset: 0,
-            perms: Perms::RW,
-            kind: MapKind::Pinned,
-        };
-        dev.map(id, &m)?;
+        let (cb, region) = device_context(&mut dev, id, FIR.elf, (SAMPLES * 4 + TAPS * 2) as u64)?;
         dev.switch(Some(id));
         dev.run(Duration::from_secs(1));
         Ok(Box::new(move |i| {
@@ -357,24 +368,8 @@ fn ctx_switch(rounds: usize) -> anyhow::Result<BTreeMap<&'static str, f64>> {
     let mut cbs = Vec::new();
     let mut regions = Vec::new();
     for i in 1..=2u32 {
-        let id = VcoprocId(i);
-        let cb = Arc::new(ControlBlock::default());
-        dev.create_context(ContextSpec {
-            id,
-            control: cb.clone(),
-        })?;
-        dev.load_firmware(id, ECHO.elf)?;
         // A mapping each, so the switch has mappings to swap too.
-        let r = Arc::new(Region::new(64 * 1024)?);
-        let m = Mapping {
-            iova: 0x6000_0000,
-            len: 64 * 1024,
-            region: r.clone(),
-            offset: 0,
-            perms: Perms::RW,
-            kind: MapKind::Pinned,
-        };
-        dev.map(id, &m)?;
+        let (cb, r) = device_context(&mut dev, VcoprocId(i), ECHO.elf, 64 * 1024)?;
         regions.push(r);
         cbs.push(cb);
     }

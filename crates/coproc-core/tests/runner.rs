@@ -10,7 +10,7 @@ use coproc_core::iova::{MapKind, Mapping, Perms};
 use coproc_core::memory::Region;
 use coproc_core::policy::{RoundRobin, SchedParams};
 use coproc_core::state::VcoprocState;
-use coproc_core::{System, VcoprocId};
+use coproc_core::{System, VcoprocHandle, VcoprocId};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -175,17 +175,21 @@ fn system(script: &Arc<Mutex<Script>>) -> System {
 
 const T: Duration = Duration::from_secs(10);
 
+/// Two vcoprocs of one domain on `p0`.
+fn two(sys: &System) -> (VcoprocHandle, VcoprocHandle) {
+    let d = sys.add_domain("d");
+    let mk = || {
+        sys.create_vcoproc(d.id, "p0", SchedParams::default())
+            .unwrap()
+    };
+    (mk(), mk())
+}
+
 #[test]
 fn failed_switch_faults_only_the_guilty_vcoproc() {
     let script = Arc::new(Mutex::new(Script::default()));
     let sys = system(&script);
-    let d = sys.add_domain("d");
-    let a = sys
-        .create_vcoproc(d.id, "p0", SchedParams::default())
-        .unwrap();
-    let b = sys
-        .create_vcoproc(d.id, "p0", SchedParams::default())
-        .unwrap();
+    let (a, b) = two(&sys);
     script.lock().unwrap().switch_answers.insert(
         b.id().0,
         VecDeque::from([SwitchOutcome::Failed {
@@ -217,13 +221,7 @@ fn failed_switch_faults_only_the_guilty_vcoproc() {
 fn retry_after_keeps_the_current_context_then_switches() {
     let script = Arc::new(Mutex::new(Script::default()));
     let sys = system(&script);
-    let d = sys.add_domain("d");
-    let a = sys
-        .create_vcoproc(d.id, "p0", SchedParams::default())
-        .unwrap();
-    let b = sys
-        .create_vcoproc(d.id, "p0", SchedParams::default())
-        .unwrap();
+    let (a, b) = two(&sys);
     {
         let mut s = script.lock().unwrap();
         s.switch_answers.insert(
