@@ -5,7 +5,7 @@ use crate::output::{print_table, Format};
 use anyhow::bail;
 use coproc_core::control::ControlBlock;
 use coproc_core::device::{ContextSpec, Device, StopReason};
-use coproc_core::iova::{MapKind, Mapping, Perms};
+use coproc_core::iova::{MapKind, Mapping};
 use coproc_core::memory::Region;
 use coproc_core::policy::{RoundRobin, SchedParams};
 use coproc_core::{DomainId, Pcoproc, VcoprocId};
@@ -233,17 +233,8 @@ fn device_context(
     })?;
     dev.load_firmware(id, fw)?;
     let region = Arc::new(Region::new(map_len.div_ceil(4096) * 4096)?);
-    let len = region.len();
     let iova = u64::from(coproc_mcu::abi::IOVA_BASE);
-    let m = Mapping {
-        iova,
-        len,
-        region: region.clone(),
-        offset: 0,
-        perms: Perms::RW,
-        kind: MapKind::Pinned,
-    };
-    dev.map(id, &m)?;
+    dev.map(id, &Mapping::pinned_rw(iova, &region, region.len()))?;
     Ok((cb, region))
 }
 

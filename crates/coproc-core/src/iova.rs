@@ -70,6 +70,20 @@ pub struct Mapping {
     pub kind: MapKind,
 }
 
+impl Mapping {
+    /// A pinned read/write mapping of the first `len` bytes of `region`.
+    pub fn pinned_rw(iova: u64, region: &Arc<Region>, len: u64) -> Mapping {
+        Mapping {
+            iova,
+            len,
+            region: region.clone(),
+            offset: 0,
+            perms: Perms::RW,
+            kind: MapKind::Pinned,
+        }
+    }
+}
+
 /// Errors of this module.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum IovaError {
@@ -231,14 +245,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn map(region: &Arc<Region>, iova: u64, len: u64) -> Mapping {
-        Mapping {
-            iova,
-            len,
-            region: region.clone(),
-            offset: 0,
-            perms: Perms::RW,
-            kind: MapKind::Pinned,
-        }
+        Mapping::pinned_rw(iova, region, len)
     }
 
     #[test]
