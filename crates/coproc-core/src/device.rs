@@ -115,8 +115,9 @@ pub enum SwitchOutcome {
     /// The current context is at a point that cannot be left; try again
     /// after this long (the current context stays on the device).
     RetryAfter(Duration),
-    /// The switch failed and the device reset `guilty`'s context; only that
-    /// vcoproc is faulted, the device is otherwise usable.
+    /// The switch failed: `guilty`'s context is unusable until it is reset
+    /// and no context is on the device; only that vcoproc is faulted, the
+    /// device is otherwise usable.
     Failed {
         /// The context to blame.
         guilty: ContextId,
@@ -152,7 +153,9 @@ pub struct RunOutcome {
 /// Something that can cut the running slice short from any thread.
 pub trait Preempt: Send + Sync {
     /// Ask the device to stop the current run at its next preemption point.
-    /// Has no effect on a run that starts later.
+    /// A request made while no run is in progress makes the next run return
+    /// at once with [`StopReason::Preempted`] (the runner then handles what
+    /// the request was for).
     fn preempt(&self);
 }
 
