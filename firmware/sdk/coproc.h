@@ -39,7 +39,7 @@
 #define COPROC_CB_NOTIFY_TAG 0x024u   /* rw: tag carried by the next notification */
 #define COPROC_CB_TIME_LO 0x028u      /* ro: run time in ns, low word (latches TIME_HI) */
 #define COPROC_CB_TIME_HI 0x02cu      /* ro: run time in ns, high word as latched */
-#define COPROC_CB_FAULT_REASON 0x030u /* ro: reason of the fault before the last reset, 0: none */
+#define COPROC_CB_FAULT_REASON 0x030u /* ro: reason of this context's latest fault since its firmware was loaded, 0: none */
 #define COPROC_CB_FAULT_ADDR 0x034u   /* ro: its address */
 #define COPROC_CB_FAULT_PC 0x038u     /* ro: its pc */
 #define COPROC_CB_MBOX_IN 0x100u      /* ro: COPROC_MBOX_WORDS words, domain -> firmware */

@@ -18,7 +18,8 @@ pub struct Perms {
     pub read: bool,
     /// Device may write.
     pub write: bool,
-    /// Device may execute (mcu class only).
+    /// Device may execute code from it (device classes may refuse: the mcu
+    /// class executes only from code memory).
     pub exec: bool,
 }
 

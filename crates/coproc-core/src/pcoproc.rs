@@ -5,8 +5,9 @@
 //! itself lives on the runner thread only. Control operations that need the
 //! device (load, map, reset, destroy) are queued as commands that the runner
 //! executes between slices; the running slice is preempted so they are served
-//! within one preemption point. Doorbells and mailbox access never wait for
-//! the runner.
+//! within one preemption point. Mailbox access is lock-free; a doorbell never
+//! waits for a slice to end, but takes the scheduling lock briefly, which the
+//! runner also holds while it executes a control command between slices.
 
 use crate::control::{ControlBlock, Notify};
 use crate::device::{Capabilities, ContextSpec, Device, DeviceError, FirmwareInfo, PreemptHandle};

@@ -305,3 +305,32 @@ fn removing_a_domain_frees_everything_it_had() {
     assert_eq!(v.state().unwrap(), VcoprocState::Created);
     sys.shutdown();
 }
+
+#[test]
+fn policy_switch_mid_run_keeps_every_vcoproc() {
+    let script = Arc::new(Mutex::new(Script::default()));
+    let sys = system(&script);
+    let (a, b) = two(&sys);
+    script.lock().unwrap().hogs.push(a.id().0);
+    for v in [&a, &b] {
+        v.load_firmware("x", b"image").unwrap();
+        v.start().unwrap();
+    }
+    let p = sys.pcoproc("p0").unwrap();
+    for k in 1..=20u64 {
+        let slice = Duration::from_micros(50 + 10 * k);
+        p.set_policy(Box::new(RoundRobin::new(slice).unwrap()))
+            .unwrap();
+        assert_eq!(p.sched_info().params[0].1, slice.as_micros().to_string());
+        // b keeps answering doorbells across every switch; a keeps running.
+        let seq = b.last_notify().seq;
+        b.doorbell();
+        b.wait_notify(seq, T).unwrap();
+    }
+    let runs = script.lock().unwrap().runs.clone();
+    assert!(runs[&a.id().0] > 20 && runs[&b.id().0] >= 200);
+    assert_eq!(p.vcoprocs().len(), 2);
+    let st = p.sched_info().standings;
+    assert_eq!(st.len(), 2, "both vcoprocs attached to the new policy");
+    sys.shutdown();
+}

@@ -42,7 +42,7 @@ pub const CB_CONSOLE: u32 = 0x020;
 pub const CB_TIME_LO: u32 = 0x028;
 /// ro: latched high word of the run time.
 pub const CB_TIME_HI: u32 = 0x02c;
-/// ro: reason code of the fault before the last reset (0: none).
+/// ro: reason code of the context's latest fault since its firmware was loaded (0: none).
 pub const CB_FAULT_REASON: u32 = 0x030;
 /// ro: its address.
 pub const CB_FAULT_ADDR: u32 = 0x034;

@@ -224,7 +224,8 @@ fn exception_name(intno: u32) -> String {
         7 => "bkpt",
         17 => "nocp (coprocessor disabled)",
         19 => "stack overflow",
-        21 => "lazy fp state error",
+        20 => "lazy fp state preservation",
+        21 => "lazy state error (v8-M)",
         22 => "unaligned access",
         _ => "exception",
     };
@@ -241,6 +242,8 @@ pub struct McuDevice {
     spare: unicorn_engine::Context,
     phys: PhysAlloc,
     pool: Vec<Slot>,
+    /// Mappings the engine failed to unmap: kept alive, never reused.
+    retired: Vec<PhysMap>,
     config: McuConfig,
 }
 
@@ -321,8 +324,8 @@ impl McuDevice {
                 cb_read(uc.get_data_mut(), off, size)
             }),
             Some(
-                |uc: &mut Unicorn<'_, State>, off: u64, _size: usize, value: u64| {
-                    if cb_write(uc.get_data_mut(), off, value as u32) {
+                |uc: &mut Unicorn<'_, State>, off: u64, size: usize, value: u64| {
+                    if cb_write(uc.get_data_mut(), off, size, value as u32) {
                         let _ = uc.emu_stop();
                     }
                 },
@@ -372,6 +375,7 @@ impl McuDevice {
             spare,
             phys: PhysAlloc::new(),
             pool: Vec::new(),
+            retired: Vec::new(),
             config,
         })
     }
@@ -540,8 +544,9 @@ fn trap_hit(st: &mut State, off: u64) {
     }
 }
 
-/// Control block reads. Every register read is free of side effects, since
-/// the core may restart the instruction after a preemption.
+/// Control block reads. Every register read is idempotent, since the core
+/// may restart the instruction after a preemption (TIME_LO latches TIME_HI,
+/// which a repeated read simply does again).
 ///
 /// A stop requested by a callback takes effect at the latest at the end of
 /// the current translation block, so a few more instructions may run. They
@@ -593,9 +598,13 @@ fn cb_read(st: &mut State, off: u64, size: usize) -> u64 {
     (u64::from(word) >> shift) & mask
 }
 
-/// Control block writes, each idempotent. Returns whether the core must stop.
-fn cb_write(st: &mut State, off: u64, value: u32) -> bool {
+/// Control block writes, each idempotent. Only aligned 32-bit stores reach a
+/// register; narrower ones are ignored. Returns whether the core must stop.
+fn cb_write(st: &mut State, off: u64, size: usize, value: u32) -> bool {
     let Some(cur) = st.current else { return false };
+    if size != 4 || off % 4 != 0 {
+        return false;
+    }
     if matches!(st.stop, Some(Stop::Fault(_) | Stop::Exited(_))) {
         return true;
     }
@@ -629,7 +638,7 @@ fn cb_write(st: &mut State, off: u64, value: u32) -> bool {
             c.console_byte((value >> 8) as u8, value as u8);
             false
         }
-        o if (CB_MBOX_OUT..CB_MBOX_OUT + 4 * MBOX_WORDS).contains(&o) && o % 4 == 0 => {
+        o if (CB_MBOX_OUT..CB_MBOX_OUT + 4 * MBOX_WORDS).contains(&o) => {
             c.write_out(((o - CB_MBOX_OUT) / 4) as usize, value);
             false
         }
@@ -709,6 +718,8 @@ impl Device for McuDevice {
             data_bytes: image.data_bytes(),
         };
         self.install(id, image)?;
+        // A new image starts with no fault history.
+        self.ctx(id)?.last_fault = (0, 0, 0);
         Ok(info)
     }
 
@@ -787,7 +798,13 @@ impl Device for McuDevice {
         // then release the memory.
         let _ = self.uc.ctl_flush_tlb();
         if let Err(e) = self.uc.mem_unmap(pm.phys, pm.len) {
-            tracing::error!(?e, "mcu: unmapping a mapping failed; address range retired");
+            // The engine may still point at the memory: keep it alive for
+            // the device's lifetime and never reuse the address range.
+            tracing::error!(
+                ?e,
+                "mcu: unmapping a mapping failed; memory and address range retired"
+            );
+            self.retired.push(pm);
             return;
         }
         let _ = self.uc.ctl_flush_tlb();

@@ -20,6 +20,8 @@ struct Entry {
     queued: bool,
     /// Unused part of a slice that was cut short.
     left: Option<Duration>,
+    /// The part of a slice this turn may still use (set at pick).
+    turn: Duration,
     picks: u64,
 }
 
@@ -136,6 +138,7 @@ impl Policy for RoundRobin {
                 e.queued = false;
                 e.picks += 1;
                 let mut budget = e.left.take().unwrap_or(self.slice);
+                e.turn = budget;
                 if self.queue.is_empty() {
                     budget = (self.slice * Self::EXTEND)
                         .min(Duration::from_secs(1))
@@ -160,7 +163,9 @@ impl Policy for RoundRobin {
             return;
         }
         e.queued = true;
-        let left = slice.saturating_sub(ran);
+        // What is left of this turn's share of a slice (an extended turn
+        // counts as one slice).
+        let left = e.turn.min(slice).saturating_sub(ran);
         if end.preempted && left >= Self::MIN_SLICE {
             e.left = Some(left);
             self.queue.push_front(v);
