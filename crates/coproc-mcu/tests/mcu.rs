@@ -581,3 +581,38 @@ fn context_limit_is_enforced_and_freed_contexts_are_reused() {
     again.load_firmware("crc32", CRC32.elf).unwrap();
     crc_domain(&again, 11, 2, 4096);
 }
+
+#[test]
+fn preempt_handle_stops_a_running_slice() {
+    use coproc_core::control::ControlBlock;
+    use coproc_core::device::{ContextSpec, Device, StopReason};
+    use coproc_mcu::McuDevice;
+    let mut dev = McuDevice::new(McuConfig::default()).unwrap();
+    let id = coproc_core::VcoprocId(1);
+    let cb = Arc::new(ControlBlock::default());
+    dev.create_context(ContextSpec {
+        id,
+        control: cb.clone(),
+    })
+    .unwrap();
+    dev.load_firmware(id, HOG.elf).unwrap();
+    dev.switch(Some(id));
+    for _ in 0..5 {
+        let h = dev.preempt_handle();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            h.preempt();
+        });
+        // A budget far longer than the test: only the preempt can end it.
+        let out = dev.run(Duration::from_secs(3600));
+        t.join().unwrap();
+        assert_eq!(out.stop, StopReason::Preempted);
+        assert!(cb.read_out(0) > 0, "the hog ran before it was stopped");
+    }
+    // A request made while nothing runs ends the next run at once.
+    dev.preempt_handle().preempt();
+    assert_eq!(
+        dev.run(Duration::from_secs(3600)).stop,
+        StopReason::Preempted
+    );
+}
