@@ -1,0 +1,19 @@
+//! The coproc wire protocol (see `docs/protocol.md`).
+//!
+//! - [`frame`]: framing of messages on a Unix stream socket: an 8-byte
+//!   header (magic, body length) and a JSON body, with file descriptors
+//!   passed alongside (SCM_RIGHTS). Every frame from a peer is hostile:
+//!   sizes are bounded before anything is allocated.
+//! - [`msg`]: the messages: requests, replies, events, error codes.
+//! - [`fdpass`]: sending and receiving frames with file descriptors over a
+//!   blocking or non-blocking socket.
+
+pub mod fdpass;
+pub mod frame;
+pub mod msg;
+
+pub use frame::{Decoder, FrameError, MAGIC, MAX_BODY, MAX_FDS};
+pub use msg::*;
+
+/// Protocol version spoken by this build.
+pub const VERSION: u32 = 1;

@@ -1,0 +1,422 @@
+//! Messages. Requests come from domains (and the CLI); each gets exactly one
+//! reply with the same `id`; events come unasked, for vcoprocs the session
+//! subscribed to. Frames that carry file descriptors say so in the request
+//! (`LoadFirmware`, `Map`); any other frame must carry none.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A request with its id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientFrame {
+    /// Chosen by the client; echoed in the reply.
+    pub id: u64,
+    /// What is asked.
+    #[serde(flatten)]
+    pub req: Request,
+}
+
+/// Access permissions of a mapping on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WirePerms {
+    /// Read only.
+    R,
+    /// Read and write.
+    Rw,
+}
+
+/// Mapping lifetime on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WireMapKind {
+    /// Until unmapped by its domain.
+    Pinned,
+    /// Also withdrawable by the daemon or an admin.
+    Revocable,
+}
+
+/// Requests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    /// First message of a session.
+    Hello {
+        /// The client's protocol version.
+        version: u32,
+    },
+    /// Pcoprocs this domain may use (admins: all).
+    ListCoprocs,
+    /// Create a vcoproc on a pcoproc.
+    OpenVcoproc {
+        /// Pcoproc name.
+        coproc: String,
+    },
+    /// Load firmware from the attached fd (a memfd or file), `len` bytes.
+    LoadFirmware {
+        /// Vcoproc.
+        vcoproc: u32,
+        /// Name shown in listings.
+        label: String,
+        /// Bytes to read from the fd, from offset 0.
+        len: u64,
+    },
+    /// Map `len` bytes of the attached fd from `offset` at `iova`.
+    Map {
+        /// Vcoproc.
+        vcoproc: u32,
+        /// Device address.
+        iova: u64,
+        /// Offset in the fd.
+        offset: u64,
+        /// Length.
+        len: u64,
+        /// Permissions.
+        perms: WirePerms,
+        /// Lifetime.
+        kind: WireMapKind,
+    },
+    /// Remove the mapping at `iova`.
+    Unmap {
+        /// Vcoproc.
+        vcoproc: u32,
+        /// Its start.
+        iova: u64,
+    },
+    /// Write mailbox-in words starting at `index`.
+    MboxWrite {
+        /// Vcoproc.
+        vcoproc: u32,
+        /// First word.
+        index: u32,
+        /// Values (at most 16).
+        values: Vec<u32>,
+    },
+    /// Read all mailbox-out words.
+    MboxRead {
+        /// Vcoproc.
+        vcoproc: u32,
+    },
+    /// Ring the doorbell.
+    Doorbell {
+        /// Vcoproc.
+        vcoproc: u32,
+    },
+    /// Start (loaded → runnable).
+    Start {
+        /// Vcoproc.
+        vcoproc: u32,
+    },
+    /// Reset to the freshly loaded firmware.
+    Reset {
+        /// Vcoproc.
+        vcoproc: u32,
+    },
+    /// Destroy.
+    Destroy {
+        /// Vcoproc.
+        vcoproc: u32,
+    },
+    /// State and counters of one vcoproc.
+    Query {
+        /// Vcoproc.
+        vcoproc: u32,
+    },
+    /// Send events (notifications, faults, state changes) of this vcoproc.
+    Subscribe {
+        /// Vcoproc.
+        vcoproc: u32,
+    },
+    /// Vcoprocs visible to this session (its domain's; admins: all),
+    /// optionally filtered.
+    ListVcoprocs {
+        /// Only this domain (uid).
+        #[serde(default)]
+        domain: Option<u32>,
+        /// Only this pcoproc.
+        #[serde(default)]
+        coproc: Option<String>,
+    },
+    /// Domains with vcoprocs (admins: all; others: their own).
+    ListDomains,
+    /// Fault records visible to this session.
+    ListFaults,
+    /// Policy, parameters and standings of a pcoproc.
+    SchedGet {
+        /// Pcoproc.
+        coproc: String,
+    },
+    /// Change a pcoproc's policy (admin).
+    SchedSet {
+        /// Pcoproc.
+        coproc: String,
+        /// Policy name.
+        policy: String,
+        /// Its parameters, `key=value`.
+        #[serde(default)]
+        params: Vec<(String, String)>,
+    },
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorCode {
+    /// The frame or message was malformed.
+    BadRequest,
+    /// Protocol version not spoken.
+    BadVersion,
+    /// Hello was not the first request, or came twice.
+    BadSequence,
+    /// No such object (or not visible to this domain).
+    NotFound,
+    /// Not allowed for this domain.
+    PermissionDenied,
+    /// A quota would be exceeded.
+    Quota,
+    /// An argument is out of range or inconsistent.
+    InvalidArgument,
+    /// The file descriptors attached do not fit the request.
+    BadFd,
+    /// Not allowed in the vcoproc's state.
+    State,
+    /// The device refused.
+    Device,
+    /// The daemon failed.
+    Internal,
+}
+
+/// An error reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireError {
+    /// Class of error.
+    pub code: ErrorCode,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+impl WireError {
+    /// Build one.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> WireError {
+        WireError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for WireError {}
+
+/// The identity the daemon saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Peer uid (the domain).
+    pub uid: u32,
+    /// Peer gid.
+    pub gid: u32,
+    /// Peer pid.
+    pub pid: i32,
+    /// Whether admin verbs are allowed.
+    pub admin: bool,
+}
+
+/// A pcoproc as listed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CoprocInfo {
+    /// Name.
+    pub name: String,
+    /// Device class.
+    pub class: String,
+    /// Model / driver.
+    pub model: String,
+    /// Policy name.
+    pub policy: String,
+    /// Vcoprocs on it.
+    pub vcoprocs: u32,
+    /// Busy share of the device since it started, percent.
+    pub utilisation_pct: f64,
+}
+
+/// A fault as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultInfo {
+    /// Pcoproc.
+    pub coproc: String,
+    /// Vcoproc.
+    pub vcoproc: u32,
+    /// Its domain.
+    pub domain: u32,
+    /// When, ns since the pcoproc started.
+    pub at_ns: u64,
+    /// Faulting address.
+    pub addr: Option<u64>,
+    /// read / write / fetch / none.
+    pub access: String,
+    /// Program counter.
+    pub pc: Option<u64>,
+    /// Reason.
+    pub reason: String,
+}
+
+/// A vcoproc as listed or queried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VcoprocInfo {
+    /// Id.
+    pub id: u32,
+    /// Pcoproc.
+    pub coproc: String,
+    /// Domain (uid).
+    pub domain: u32,
+    /// Firmware label.
+    pub firmware: String,
+    /// State.
+    pub state: String,
+    /// Device run time, ns.
+    pub run_ns: u64,
+    /// Slices.
+    pub slices: u64,
+    /// Context switches onto it.
+    pub switches: u64,
+    /// Faults.
+    pub faults: u64,
+    /// Mappings.
+    pub mappings: u32,
+    /// Bytes mapped.
+    pub mapped_bytes: u64,
+    /// Exit code once stopped.
+    pub exit_code: Option<u32>,
+}
+
+/// A domain as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainInfo {
+    /// Uid.
+    pub uid: u32,
+    /// Open sessions.
+    pub sessions: u32,
+    /// Vcoprocs.
+    pub vcoprocs: u32,
+    /// Bytes mapped.
+    pub mapped_bytes: u64,
+}
+
+/// A pcoproc's scheduler.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedInfo {
+    /// Pcoproc.
+    pub coproc: String,
+    /// Policy.
+    pub policy: String,
+    /// Policy parameters.
+    pub params: Vec<(String, String)>,
+    /// Per vcoproc: id, queued, figures.
+    pub standings: Vec<(u32, bool, Vec<(String, i64)>)>,
+}
+
+/// Successful answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "kebab-case")]
+pub enum Answer {
+    /// To Hello.
+    Welcome {
+        /// Daemon protocol version.
+        version: u32,
+        /// Who we are to it.
+        identity: Identity,
+    },
+    /// Done, nothing to say.
+    Done,
+    /// A vcoproc was created.
+    Opened {
+        /// Its id.
+        vcoproc: u32,
+    },
+    /// Mailbox-out words.
+    Mailbox {
+        /// The 16 words.
+        words: Vec<u32>,
+        /// Latest notification sequence number.
+        notify_seq: u64,
+    },
+    /// Pcoprocs.
+    Coprocs {
+        /// The list.
+        coprocs: Vec<CoprocInfo>,
+    },
+    /// Vcoprocs.
+    Vcoprocs {
+        /// The list.
+        vcoprocs: Vec<VcoprocInfo>,
+    },
+    /// One vcoproc.
+    Vcoproc {
+        /// It.
+        info: VcoprocInfo,
+    },
+    /// Domains.
+    Domains {
+        /// The list.
+        domains: Vec<DomainInfo>,
+    },
+    /// Faults.
+    Faults {
+        /// The list.
+        faults: Vec<FaultInfo>,
+    },
+    /// Scheduler.
+    Sched {
+        /// It.
+        sched: SchedInfo,
+    },
+}
+
+/// Events from the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// The firmware notified (mailbox written).
+    Notify {
+        /// Vcoproc.
+        vcoproc: u32,
+        /// Sequence number.
+        seq: u64,
+        /// Tag.
+        tag: u32,
+    },
+    /// The vcoproc faulted.
+    Fault {
+        /// The record.
+        fault: FaultInfo,
+    },
+    /// The vcoproc changed state (stopped, faulted, destroyed).
+    State {
+        /// Vcoproc.
+        vcoproc: u32,
+        /// New state.
+        state: String,
+    },
+}
+
+/// What the daemon sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum ServerFrame {
+    /// The reply to request `id`.
+    Reply {
+        /// The request's id.
+        id: u64,
+        /// Its outcome.
+        result: Result<Answer, WireError>,
+    },
+    /// An event.
+    Event {
+        /// It.
+        event: Event,
+    },
+}
