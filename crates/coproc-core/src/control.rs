@@ -49,8 +49,22 @@ struct NotifyState {
     fw_seq: Option<u32>,
 }
 
+/// What a [`ControlBlock`] listener is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlEvent {
+    /// The firmware raised a notification.
+    Notify(Notify),
+    /// The vcoproc's state changed in a way waiters should re-check.
+    Kick,
+}
+
+/// A callback for control block events. It runs on the thread that caused
+/// the event (often the runner, sometimes holding the scheduling lock): it
+/// must only hand the event on (e.g. into a channel), never call back into
+/// the pcoproc.
+pub type Listener = std::sync::Arc<dyn Fn(ControlEvent) + Send + Sync>;
+
 /// Shared state between a vcoproc's domain and its device context.
-#[derive(Debug)]
 pub struct ControlBlock {
     mbox_in: [AtomicU32; MBOX_WORDS],
     mbox_out: [AtomicU32; MBOX_WORDS],
@@ -61,6 +75,13 @@ pub struct ControlBlock {
     notify: Mutex<NotifyState>,
     notified: Condvar,
     console: Mutex<Console>,
+    listener: Mutex<Option<Listener>>,
+}
+
+impl std::fmt::Debug for ControlBlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlBlock").field("pending", &self.pending()).finish_non_exhaustive()
+    }
 }
 
 impl Default for ControlBlock {
@@ -75,6 +96,7 @@ impl Default for ControlBlock {
             notify: Mutex::new(NotifyState::default()),
             notified: Condvar::new(),
             console: Mutex::new(Console::default()),
+            listener: Mutex::new(None),
         }
     }
 }
@@ -167,7 +189,22 @@ impl ControlBlock {
         n.fw_seq = Some(fw_seq);
         n.last.seq += 1;
         n.last.tag = self.notify_tag.load(Ordering::Acquire);
+        let last = n.last;
         self.notified.notify_all();
+        drop(n);
+        self.tell(ControlEvent::Notify(last));
+    }
+
+    /// Set (or clear) the listener told of notifications and kicks.
+    pub fn set_listener(&self, listener: Option<Listener>) {
+        *self.listener.lock().unwrap_or_else(|e| e.into_inner()) = listener;
+    }
+
+    fn tell(&self, ev: ControlEvent) {
+        let l = self.listener.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(l) = l {
+            l(ev);
+        }
     }
 
     /// The latest notification.
@@ -211,6 +248,8 @@ impl ControlBlock {
         let mut n = self.notify.lock().unwrap_or_else(|e| e.into_inner());
         n.kicks += 1;
         self.notified.notify_all();
+        drop(n);
+        self.tell(ControlEvent::Kick);
     }
 
     /// Device side: one console byte with the firmware's 8-bit sequence
@@ -319,6 +358,24 @@ mod tests {
             cb.console_byte(seq, b'x');
         }
         assert!(cb.console().0.iter().all(|l| l.len() <= CONSOLE_LINE_MAX));
+    }
+
+    #[test]
+    fn listener_hears_notifications_and_kicks() {
+        let cb = ControlBlock::default();
+        let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        cb.set_listener(Some(std::sync::Arc::new(move |e| s2.lock().unwrap().push(e))));
+        cb.set_notify_tag(4);
+        cb.notify(1);
+        cb.notify(1);
+        cb.kick();
+        cb.set_listener(None);
+        cb.notify(2);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [ControlEvent::Notify(Notify { seq: 1, tag: 4 }), ControlEvent::Kick]
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! goes through [`Region::read`] and [`Region::write`], which copy bytes and
 //! never form references to the shared pages.
 
+use rustix::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
 use thiserror::Error;
 
@@ -21,6 +22,20 @@ pub enum MemoryError {
     /// The kernel refused the allocation.
     #[error("cannot allocate {0} bytes: {1}")]
     Alloc(u64, rustix::io::Errno),
+    /// The file descriptor cannot back the requested range.
+    #[error("fd holds {size} bytes, {need} needed")]
+    FdTooSmall {
+        /// Its size.
+        size: u64,
+        /// Bytes needed.
+        need: u64,
+    },
+    /// The file descriptor is not a regular file or memfd.
+    #[error("fd is not a regular file or memfd")]
+    NotAFile,
+    /// A system call on the fd failed.
+    #[error("fd: {0}")]
+    Fd(rustix::io::Errno),
     /// Offset/length outside the region.
     #[error("range {offset:#x}+{len:#x} outside region of {size:#x} bytes")]
     OutOfRange {
@@ -38,6 +53,9 @@ pub enum MemoryError {
 pub struct Region {
     ptr: NonNull<u8>,
     len: u64,
+    /// The file it maps, kept open so the memory outlives the domain's own
+    /// mapping and descriptor.
+    _fd: Option<OwnedFd>,
 }
 
 // SAFETY: the region is plain memory; all host access goes through raw
@@ -63,7 +81,44 @@ impl Region {
         }
         .map_err(|e| MemoryError::Alloc(len, e))?;
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(MemoryError::BadSize(len))?;
-        Ok(Region { ptr, len })
+        Ok(Region { ptr, len, _fd: None })
+    }
+
+    /// Map `len` bytes of a domain's file (a memfd) from `offset`, shared:
+    /// what the device writes, the domain sees. The fd must be a regular
+    /// file at least `offset + len` bytes long; `offset` and `len` must be
+    /// page multiples. The region keeps the fd.
+    pub fn from_fd(fd: OwnedFd, offset: u64, len: u64) -> Result<Region, MemoryError> {
+        if len == 0 || len % PAGE_SIZE != 0 || offset % PAGE_SIZE != 0 || len > isize::MAX as u64 {
+            return Err(MemoryError::BadSize(len));
+        }
+        let st = rustix::fs::fstat(fd.as_fd()).map_err(MemoryError::Fd)?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+            return Err(MemoryError::NotAFile);
+        }
+        let size = st.st_size as u64;
+        let need = offset.checked_add(len).ok_or(MemoryError::BadSize(len))?;
+        if size < need {
+            return Err(MemoryError::FdTooSmall { size, need });
+        }
+        // SAFETY: a fresh shared mapping of a file range that exists (size
+        // checked above); no existing memory is affected. A domain that
+        // later truncates the file makes accesses past the new end raise
+        // SIGBUS; the daemon only accepts memfds it can seal (see the
+        // daemon's map handler), which rules that out.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::SHARED,
+                fd.as_fd(),
+                offset,
+            )
+        }
+        .map_err(|e| MemoryError::Alloc(len, e))?;
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(MemoryError::BadSize(len))?;
+        Ok(Region { ptr, len, _fd: Some(fd) })
     }
 
     /// Size in bytes.
@@ -152,5 +207,26 @@ mod tests {
         assert!(r.read_vec(u64::MAX, 2).is_err());
         assert!(Region::new(100).is_err());
         assert!(Region::new(0).is_err());
+    }
+
+    #[test]
+    fn from_fd_checks_and_shares() {
+        use rustix::fs::{ftruncate, memfd_create, MemfdFlags};
+        let fd = memfd_create("t", MemfdFlags::CLOEXEC).unwrap();
+        ftruncate(&fd, 2 * PAGE_SIZE).unwrap();
+        let dup = rustix::io::dup(&fd).unwrap();
+        assert!(matches!(
+            Region::from_fd(rustix::io::dup(&fd).unwrap(), PAGE_SIZE, 2 * PAGE_SIZE),
+            Err(MemoryError::FdTooSmall { size: 8192, need: 12288 })
+        ));
+        assert!(Region::from_fd(rustix::io::dup(&fd).unwrap(), 1, PAGE_SIZE).is_err());
+        let r = Region::from_fd(dup, PAGE_SIZE, PAGE_SIZE).unwrap();
+        r.write(0, b"shared").unwrap();
+        let mut buf = [0u8; 6];
+        rustix::io::pread(&fd, &mut buf, PAGE_SIZE).unwrap();
+        assert_eq!(&buf, b"shared");
+        // Not a file: a pipe is refused.
+        let (rd, _wr) = rustix::pipe::pipe().unwrap();
+        assert!(matches!(Region::from_fd(rd, 0, PAGE_SIZE), Err(MemoryError::NotAFile)));
     }
 }

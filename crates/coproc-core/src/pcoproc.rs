@@ -371,6 +371,14 @@ impl Pcoproc {
             .ok_or(CoreError::NoVcoproc(id))
     }
 
+    /// A handle on vcoproc `id` (for an administrator acting on any
+    /// vcoproc; domains get theirs from [`Pcoproc::create_vcoproc`]).
+    pub fn handle(self: &Arc<Self>, id: VcoprocId) -> Result<VcoprocHandle, CoreError> {
+        let g = self.shared.lock();
+        let vc = g.vcoprocs.get(&id).ok_or(CoreError::NoVcoproc(id))?;
+        Ok(VcoprocHandle { pcoproc: self.clone(), id, domain: vc.domain, control: vc.control.clone() })
+    }
+
     /// The most recent faults on this pcoproc, oldest first.
     pub fn faults(&self) -> Vec<FaultRecord> {
         self.shared.lock().faults.iter().cloned().collect()
@@ -750,6 +758,11 @@ impl VcoprocHandle {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+
+    /// Its control block (mailboxes, doorbell, notifications).
+    pub fn control(&self) -> &Arc<ControlBlock> {
+        &self.control
     }
 
     /// Console lines of the firmware, and how many older ones were dropped.
