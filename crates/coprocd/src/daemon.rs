@@ -1,0 +1,175 @@
+//! The daemon's shared state: pcoprocs, the table of vcoprocs by wire id,
+//! and per-domain usage for quotas.
+
+use crate::config::{Config, DomainRule};
+use coproc_core::{Pcoproc, VcoprocHandle, VcoprocId};
+use coproc_proto::{ErrorCode, Identity, WireError};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// A vcoproc as the daemon tracks it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Pcoproc name.
+    pub coproc: String,
+    /// The core's handle.
+    pub handle: VcoprocHandle,
+    /// Owner (uid).
+    pub uid: u32,
+    /// Session that created it (it dies with the session).
+    pub session: u64,
+    /// Mappings: iova → bytes.
+    pub mapped: BTreeMap<u64, u64>,
+}
+
+/// What a domain uses now.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    /// Open sessions.
+    pub sessions: u32,
+    /// Vcoprocs.
+    pub vcoprocs: u32,
+    /// Bytes mapped.
+    pub mapped_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Tables {
+    /// Vcoprocs by wire id.
+    pub vcoprocs: HashMap<u32, Entry>,
+    /// Usage by uid.
+    pub usage: HashMap<u32, Usage>,
+}
+
+/// The daemon.
+#[derive(Debug)]
+pub struct Daemon {
+    /// Configuration it started with.
+    pub config: Config,
+    /// Pcoprocs by name.
+    pub pcoprocs: BTreeMap<String, Arc<Pcoproc>>,
+    tables: Mutex<Tables>,
+    next_id: AtomicU32,
+    next_session: AtomicU64,
+}
+
+impl Daemon {
+    /// Start every configured pcoproc.
+    pub fn start(config: Config) -> anyhow::Result<Daemon> {
+        let mut pcoprocs = BTreeMap::new();
+        for p in &config.pcoprocs {
+            let policy = crate::policy::build(&p.policy, &p.policy_params).map_err(anyhow::Error::msg)?;
+            let mut mcu = coproc_mcu::McuConfig::default();
+            if let Some(v) = p.options.get("max_contexts") {
+                mcu.max_contexts = v
+                    .as_integer()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| anyhow::anyhow!("pcoproc {}: max_contexts must be a positive integer", p.name))?;
+            }
+            let pc = Pcoproc::spawn(&p.name, coproc_mcu::factory(mcu), policy)?;
+            pcoprocs.insert(p.name.clone(), pc);
+        }
+        Ok(Daemon {
+            config,
+            pcoprocs,
+            tables: Mutex::new(Tables::default()),
+            next_id: AtomicU32::new(1),
+            next_session: AtomicU64::new(1),
+        })
+    }
+
+    /// Lock the tables.
+    pub fn tables(&self) -> MutexGuard<'_, Tables> {
+        self.tables.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new session id; counts the session for its domain.
+    pub fn open_session(&self, uid: u32) -> u64 {
+        self.tables().usage.entry(uid).or_default().sessions += 1;
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A session ended: destroy everything it created.
+    pub fn close_session(&self, uid: u32, session: u64) {
+        let doomed: Vec<(u32, Entry)> = {
+            let mut t = self.tables();
+            if let Some(u) = t.usage.get_mut(&uid) {
+                u.sessions = u.sessions.saturating_sub(1);
+            }
+            let ids: Vec<u32> = t.vcoprocs.iter().filter(|(_, e)| e.session == session).map(|(&id, _)| id).collect();
+            ids.into_iter().filter_map(|id| t.vcoprocs.remove(&id).map(|e| (id, e))).collect()
+        };
+        for (_, e) in doomed {
+            let _ = e.handle.destroy();
+            self.release(&e);
+        }
+        let mut t = self.tables();
+        if t.usage.get(&uid).is_some_and(|u| u.sessions == 0 && u.vcoprocs == 0) {
+            t.usage.remove(&uid);
+        }
+    }
+
+    /// Give back what an entry counted against its domain.
+    pub fn release(&self, e: &Entry) {
+        let mut t = self.tables();
+        if let Some(u) = t.usage.get_mut(&e.uid) {
+            u.vcoprocs = u.vcoprocs.saturating_sub(1);
+            u.mapped_bytes = u.mapped_bytes.saturating_sub(e.mapped.values().sum());
+        }
+    }
+
+    /// The rule for a uid; root and admins without a rule may use everything.
+    pub fn rule(&self, who: &Identity) -> Result<DomainRule, WireError> {
+        match self.config.rule_for(who.uid) {
+            Some(r) => Ok(r.clone()),
+            None if who.admin => Ok(DomainRule {
+                uids: crate::config::Uids::List(vec![who.uid]),
+                pcoprocs: self.pcoprocs.keys().cloned().collect(),
+                max_vcoprocs: u32::MAX,
+                max_mapped_bytes: u64::MAX,
+                max_queues: u32::MAX,
+            }),
+            None => Err(WireError::new(ErrorCode::PermissionDenied, format!("uid {} may not use coprocd", who.uid))),
+        }
+    }
+
+    /// Whether `who` may use pcoproc `name`.
+    pub fn may_use(&self, who: &Identity, name: &str) -> Result<Arc<Pcoproc>, WireError> {
+        let pc = self
+            .pcoprocs
+            .get(name)
+            .cloned()
+            .ok_or_else(|| WireError::new(ErrorCode::NotFound, format!("no pcoproc {name:?}")))?;
+        if who.admin || self.rule(who)?.pcoprocs.iter().any(|p| p == name) {
+            Ok(pc)
+        } else {
+            Err(WireError::new(ErrorCode::NotFound, format!("no pcoproc {name:?}")))
+        }
+    }
+
+    /// Register a new vcoproc; returns its wire id.
+    pub fn register(&self, e: Entry) -> u32 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut t = self.tables();
+        t.usage.entry(e.uid).or_default().vcoprocs += 1;
+        t.vcoprocs.insert(id, e);
+        id
+    }
+
+    /// The local id of a wire id on its pcoproc.
+    pub fn local(e: &Entry) -> VcoprocId {
+        e.handle.id()
+    }
+
+    /// Stop every pcoproc.
+    pub fn shutdown(&self) {
+        let all: Vec<Entry> = self.tables().vcoprocs.drain().map(|(_, e)| e).collect();
+        for e in all {
+            let _ = e.handle.destroy();
+        }
+        for p in self.pcoprocs.values() {
+            p.shutdown();
+        }
+    }
+}

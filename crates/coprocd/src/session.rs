@@ -1,0 +1,505 @@
+//! One client connection: a session of a domain. Reads frames (with file
+//! descriptors), answers each request, forwards events of subscribed
+//! vcoprocs, and when the connection ends destroys everything the session
+//! created. Every frame is hostile: a malformed one gets an error reply and
+//! the session either continues (the stream is still framed) or ends (it is
+//! not); nothing a session sends can affect another session.
+
+use crate::daemon::{Daemon, Entry};
+use coproc_core::control::{ControlEvent, Listener};
+use coproc_core::iova::{MapKind, Perms};
+use coproc_core::memory::Region;
+use coproc_core::ratelimit::RateLimit;
+use coproc_core::state::VcoprocState;
+use coproc_core::{CoreError, DeviceError};
+use coproc_proto::fdpass::{Receiver, TransportError};
+use coproc_proto::frame::{decode, encode};
+use coproc_proto::*;
+use rustix::fd::{AsFd, OwnedFd};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::io::{AsyncWriteExt, Interest};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, watch};
+
+/// Largest firmware image accepted.
+pub const MAX_FIRMWARE: u64 = 4 << 20;
+
+/// Internal events for the session task.
+enum Internal {
+    Control(u32, ControlEvent),
+}
+
+struct Session {
+    daemon: Arc<Daemon>,
+    id: u64,
+    who: Identity,
+    greeted: bool,
+    internal: mpsc::UnboundedSender<Internal>,
+    /// Subscribed vcoprocs and the last state reported for each.
+    subscribed: HashMap<u32, String>,
+    log: RateLimit,
+}
+
+fn err(code: ErrorCode, msg: impl Into<String>) -> WireError {
+    WireError::new(code, msg)
+}
+
+fn core_err(e: CoreError) -> WireError {
+    match e {
+        CoreError::NoVcoproc(v) => err(ErrorCode::NotFound, format!("no vcoproc {v}")),
+        CoreError::NotOwner(..) => err(ErrorCode::NotFound, e.to_string()),
+        CoreError::State(s) => err(ErrorCode::State, s.to_string()),
+        CoreError::Device(DeviceError::Exhausted(m)) => err(ErrorCode::Quota, m),
+        CoreError::Device(d) => err(ErrorCode::Device, d.to_string()),
+        CoreError::Iova(i) => err(ErrorCode::InvalidArgument, i.to_string()),
+        CoreError::Policy(p) => err(ErrorCode::InvalidArgument, p.to_string()),
+        CoreError::Shutdown(m) => err(ErrorCode::Internal, format!("pcoproc {m} is shut down")),
+        CoreError::Timeout(t) => err(ErrorCode::Internal, format!("timed out after {t:?}")),
+    }
+}
+
+fn info(id: u32, e: &Entry) -> Result<VcoprocInfo, WireError> {
+    let i = e.handle.info().map_err(core_err)?;
+    Ok(VcoprocInfo {
+        id,
+        coproc: e.coproc.clone(),
+        domain: e.uid,
+        firmware: i.firmware,
+        state: i.state.to_string(),
+        run_ns: i.stats.run_ns,
+        slices: i.stats.slices,
+        switches: i.stats.switches,
+        faults: i.stats.faults,
+        mappings: i.mappings as u32,
+        mapped_bytes: i.mapped_bytes,
+        exit_code: i.exit_code,
+    })
+}
+
+fn fault_info(coproc: &str, domain: u32, wire_id: u32, f: &coproc_core::fault::FaultRecord) -> FaultInfo {
+    FaultInfo {
+        coproc: coproc.to_string(),
+        vcoproc: wire_id,
+        domain,
+        at_ns: f.at_ns,
+        addr: f.fault.addr,
+        access: format!("{:?}", f.fault.access).to_lowercase(),
+        pc: f.fault.pc,
+        reason: f.fault.reason.to_string(),
+    }
+}
+
+impl Session {
+    /// The entry of a vcoproc this session may act on.
+    fn entry(&self, id: u32, admin_ok: bool) -> Result<Entry, WireError> {
+        let t = self.daemon.tables();
+        match t.vcoprocs.get(&id) {
+            Some(e) if e.uid == self.who.uid || (admin_ok && self.who.admin) => Ok(e.clone()),
+            // Another domain's vcoproc is indistinguishable from none.
+            _ => Err(err(ErrorCode::NotFound, format!("no vcoproc {id}"))),
+        }
+    }
+
+    fn no_fds(fds: &[OwnedFd]) -> Result<(), WireError> {
+        if fds.is_empty() {
+            Ok(())
+        } else {
+            Err(err(ErrorCode::BadFd, "this request takes no file descriptors"))
+        }
+    }
+
+    fn one_fd(fds: Vec<OwnedFd>) -> Result<OwnedFd, WireError> {
+        let mut fds = fds;
+        if fds.len() != 1 {
+            return Err(err(ErrorCode::BadFd, format!("expected one file descriptor, got {}", fds.len())));
+        }
+        Ok(fds.remove(0))
+    }
+
+    fn handle(&mut self, req: Request, fds: Vec<OwnedFd>) -> Result<Answer, WireError> {
+        if !self.greeted {
+            return match req {
+                Request::Hello { version } if version == VERSION => {
+                    Self::no_fds(&fds)?;
+                    self.greeted = true;
+                    Ok(Answer::Welcome { version: VERSION, identity: self.who.clone() })
+                }
+                Request::Hello { version } => {
+                    Err(err(ErrorCode::BadVersion, format!("protocol version {version} not spoken (this daemon: {VERSION})")))
+                }
+                _ => Err(err(ErrorCode::BadSequence, "say hello first")),
+            };
+        }
+        let d = self.daemon.clone();
+        match req {
+            Request::LoadFirmware { .. } | Request::Map { .. } => {}
+            _ => Self::no_fds(&fds)?,
+        }
+        match req {
+            Request::Hello { .. } => Err(err(ErrorCode::BadSequence, "hello twice")),
+            Request::ListCoprocs => {
+                let mut out = Vec::new();
+                for (name, pc) in &d.pcoprocs {
+                    if d.may_use(&self.who, name).is_err() {
+                        continue;
+                    }
+                    let caps = pc.capabilities();
+                    let (busy, _) = pc.busy();
+                    let now = pc.now_ns().max(1);
+                    out.push(CoprocInfo {
+                        name: name.clone(),
+                        class: caps.class.to_string(),
+                        model: caps.model.clone(),
+                        policy: pc.sched_info().policy,
+                        vcoprocs: pc.vcoprocs().len() as u32,
+                        utilisation_pct: (busy as f64 * 1000.0 / now as f64).round() / 10.0,
+                    });
+                }
+                Ok(Answer::Coprocs { coprocs: out })
+            }
+            Request::OpenVcoproc { coproc } => {
+                let pc = d.may_use(&self.who, &coproc)?;
+                let rule = d.rule(&self.who)?;
+                let used = d.tables().usage.get(&self.who.uid).map_or(0, |u| u.vcoprocs);
+                if used >= rule.max_vcoprocs {
+                    return Err(err(ErrorCode::Quota, format!("domain has {used} vcoprocs, the most allowed")));
+                }
+                let handle = pc
+                    .create_vcoproc(coproc_core::DomainId(self.who.uid), Default::default())
+                    .map_err(core_err)?;
+                let id = d.register(Entry {
+                    coproc,
+                    handle,
+                    uid: self.who.uid,
+                    session: self.id,
+                    mapped: Default::default(),
+                });
+                Ok(Answer::Opened { vcoproc: id })
+            }
+            Request::LoadFirmware { vcoproc, label, len } => {
+                let e = self.entry(vcoproc, false)?;
+                let fd = Self::one_fd(fds)?;
+                if len == 0 || len > MAX_FIRMWARE {
+                    return Err(err(ErrorCode::InvalidArgument, format!("firmware length {len} not in 1..={MAX_FIRMWARE}")));
+                }
+                if label.len() > 64 {
+                    return Err(err(ErrorCode::InvalidArgument, "label longer than 64 bytes"));
+                }
+                let mut image = vec![0u8; len as usize];
+                let mut done = 0;
+                while done < image.len() {
+                    match rustix::io::pread(&fd, &mut image[done..], done as u64) {
+                        Ok(0) => {
+                            return Err(err(ErrorCode::BadFd, format!("fd ends after {done} of {len} bytes")))
+                        }
+                        Ok(n) => done += n,
+                        Err(rustix::io::Errno::INTR) => {}
+                        Err(e) => return Err(err(ErrorCode::BadFd, format!("cannot read firmware fd: {e}"))),
+                    }
+                }
+                e.handle.load_firmware(&label, &image).map_err(core_err)?;
+                Ok(Answer::Done)
+            }
+            Request::Map { vcoproc, iova, offset, len, perms, kind } => {
+                let e = self.entry(vcoproc, false)?;
+                let fd = Self::one_fd(fds)?;
+                let rule = d.rule(&self.who)?;
+                let used = d.tables().usage.get(&self.who.uid).map_or(0, |u| u.mapped_bytes);
+                if used.saturating_add(len) > rule.max_mapped_bytes {
+                    return Err(err(
+                        ErrorCode::Quota,
+                        format!("mapping {len} bytes would exceed the domain's {} (mapped: {used})", rule.max_mapped_bytes),
+                    ));
+                }
+                // The memory must not shrink under the device: require a
+                // sealable memfd and seal it against shrinking.
+                let seals = rustix::fs::fcntl_get_seals(&fd)
+                    .map_err(|_| err(ErrorCode::BadFd, "memory must be a memfd created with sealing allowed"))?;
+                if !seals.contains(rustix::fs::SealFlags::SHRINK) {
+                    rustix::fs::fcntl_add_seals(&fd, rustix::fs::SealFlags::SHRINK)
+                        .map_err(|_| err(ErrorCode::BadFd, "cannot seal the memfd against shrinking"))?;
+                }
+                let region = Region::from_fd(fd, offset, len).map_err(|e| err(ErrorCode::BadFd, e.to_string()))?;
+                let perms = match perms {
+                    WirePerms::R => Perms::R,
+                    WirePerms::Rw => Perms::RW,
+                };
+                let kind = match kind {
+                    WireMapKind::Pinned => MapKind::Pinned,
+                    WireMapKind::Revocable => MapKind::Revocable,
+                };
+                e.handle.map(&Arc::new(region), 0, iova, len, perms, kind).map_err(core_err)?;
+                let mut t = d.tables();
+                if let Some(entry) = t.vcoprocs.get_mut(&vcoproc) {
+                    entry.mapped.insert(iova, len);
+                }
+                t.usage.entry(self.who.uid).or_default().mapped_bytes += len;
+                Ok(Answer::Done)
+            }
+            Request::Unmap { vcoproc, iova } => {
+                let e = self.entry(vcoproc, false)?;
+                e.handle.unmap(iova).map_err(core_err)?;
+                let mut t = d.tables();
+                let len = t.vcoprocs.get_mut(&vcoproc).and_then(|x| x.mapped.remove(&iova)).unwrap_or(0);
+                if let Some(u) = t.usage.get_mut(&self.who.uid) {
+                    u.mapped_bytes = u.mapped_bytes.saturating_sub(len);
+                }
+                Ok(Answer::Done)
+            }
+            Request::MboxWrite { vcoproc, index, values } => {
+                let e = self.entry(vcoproc, false)?;
+                let end = (index as usize).checked_add(values.len());
+                if end.is_none_or(|end| end > coproc_core::control::MBOX_WORDS) {
+                    return Err(err(ErrorCode::InvalidArgument, "mailbox has 16 words"));
+                }
+                for (i, v) in values.iter().enumerate() {
+                    e.handle.mbox_write(index as usize + i, *v);
+                }
+                Ok(Answer::Done)
+            }
+            Request::MboxRead { vcoproc } => {
+                let e = self.entry(vcoproc, false)?;
+                let words = (0..coproc_core::control::MBOX_WORDS).map(|i| e.handle.mbox_read(i)).collect();
+                Ok(Answer::Mailbox { words, notify_seq: e.handle.last_notify().seq })
+            }
+            Request::Doorbell { vcoproc } => {
+                self.entry(vcoproc, false)?.handle.doorbell();
+                Ok(Answer::Done)
+            }
+            Request::Start { vcoproc } => {
+                self.entry(vcoproc, false)?.handle.start().map_err(core_err)?;
+                Ok(Answer::Done)
+            }
+            Request::Reset { vcoproc } => {
+                self.entry(vcoproc, true)?.handle.reset().map_err(core_err)?;
+                Ok(Answer::Done)
+            }
+            Request::Destroy { vcoproc } => {
+                let e = self.entry(vcoproc, true)?;
+                e.handle.destroy().map_err(core_err)?;
+                let removed = d.tables().vcoprocs.remove(&vcoproc);
+                if let Some(removed) = removed {
+                    d.release(&removed);
+                }
+                Ok(Answer::Done)
+            }
+            Request::Query { vcoproc } => {
+                let e = self.entry(vcoproc, true)?;
+                Ok(Answer::Vcoproc { info: info(vcoproc, &e)? })
+            }
+            Request::Subscribe { vcoproc } => {
+                let e = self.entry(vcoproc, false)?;
+                let tx = self.internal.clone();
+                let l: Listener = Arc::new(move |ev| {
+                    let _ = tx.send(Internal::Control(vcoproc, ev));
+                });
+                e.handle.control().set_listener(Some(l));
+                self.subscribed.insert(vcoproc, String::new());
+                Ok(Answer::Done)
+            }
+            Request::ListVcoprocs { domain, coproc } => {
+                let entries: Vec<(u32, Entry)> =
+                    d.tables().vcoprocs.iter().map(|(&id, e)| (id, e.clone())).collect();
+                let mut out = Vec::new();
+                for (id, e) in entries {
+                    let visible = self.who.admin || e.uid == self.who.uid;
+                    let wanted = domain.is_none_or(|u| u == e.uid) && coproc.as_ref().is_none_or(|c| *c == e.coproc);
+                    if visible && wanted {
+                        if let Ok(i) = info(id, &e) {
+                            out.push(i);
+                        }
+                    }
+                }
+                out.sort_by_key(|i| i.id);
+                Ok(Answer::Vcoprocs { vcoprocs: out })
+            }
+            Request::ListDomains => {
+                let t = d.tables();
+                let mut out: Vec<DomainInfo> = t
+                    .usage
+                    .iter()
+                    .filter(|(&uid, _)| self.who.admin || uid == self.who.uid)
+                    .map(|(&uid, u)| DomainInfo { uid, sessions: u.sessions, vcoprocs: u.vcoprocs, mapped_bytes: u.mapped_bytes })
+                    .collect();
+                out.sort_by_key(|x| x.uid);
+                Ok(Answer::Domains { domains: out })
+            }
+            Request::ListFaults => {
+                let entries: Vec<(u32, Entry)> =
+                    d.tables().vcoprocs.iter().map(|(&id, e)| (id, e.clone())).collect();
+                let mut out = Vec::new();
+                for (id, e) in entries.into_iter().filter(|(_, e)| self.who.admin || e.uid == self.who.uid) {
+                    for f in e.handle.faults().unwrap_or_default() {
+                        out.push(fault_info(&e.coproc, e.uid, id, &f));
+                    }
+                }
+                out.sort_by_key(|f| (f.coproc.clone(), f.at_ns));
+                Ok(Answer::Faults { faults: out })
+            }
+            Request::SchedGet { coproc } => {
+                let pc = d.may_use(&self.who, &coproc)?;
+                let s = pc.sched_info();
+                let local_to_wire: HashMap<u32, u32> = d
+                    .tables()
+                    .vcoprocs
+                    .iter()
+                    .filter(|(_, e)| e.coproc == coproc && (self.who.admin || e.uid == self.who.uid))
+                    .map(|(&id, e)| (Daemon::local(e).0, id))
+                    .collect();
+                let standings = s
+                    .standings
+                    .into_iter()
+                    .filter_map(|st| local_to_wire.get(&st.vcoproc.0).map(|&id| (id, st.queued, st.figures)))
+                    .collect();
+                Ok(Answer::Sched { sched: SchedInfo { coproc, policy: s.policy, params: s.params, standings } })
+            }
+            Request::SchedSet { coproc, policy, params } => {
+                if !self.who.admin {
+                    return Err(err(ErrorCode::PermissionDenied, "sched-set needs root or the admin group"));
+                }
+                let pc = d.may_use(&self.who, &coproc)?;
+                let params = params.into_iter().collect();
+                let p = crate::policy::build(&policy, &params).map_err(|m| err(ErrorCode::InvalidArgument, m))?;
+                pc.set_policy(p).map_err(core_err)?;
+                Ok(Answer::Done)
+            }
+        }
+    }
+
+    /// Turn a control block event into events for the client.
+    fn control_event(&mut self, id: u32, ev: ControlEvent) -> Vec<Event> {
+        match ev {
+            ControlEvent::Notify(n) => vec![Event::Notify { vcoproc: id, seq: n.seq, tag: n.tag }],
+            ControlEvent::Kick => {
+                let Ok(e) = self.entry(id, false) else {
+                    return if self.subscribed.remove(&id).is_some() {
+                        vec![Event::State { vcoproc: id, state: VcoprocState::Destroyed.to_string() }]
+                    } else {
+                        vec![]
+                    };
+                };
+                let Ok(i) = e.handle.info() else { return vec![] };
+                let state = i.state.to_string();
+                let last = self.subscribed.get(&id).cloned().unwrap_or_default();
+                if state == last || !matches!(i.state, VcoprocState::Faulted | VcoprocState::Stopped) {
+                    return vec![];
+                }
+                self.subscribed.insert(id, state.clone());
+                let mut out = Vec::new();
+                if i.state == VcoprocState::Faulted {
+                    if let Some(f) = &i.last_fault {
+                        out.push(Event::Fault { fault: fault_info(&e.coproc, e.uid, id, f) });
+                    }
+                }
+                out.push(Event::State { vcoproc: id, state });
+                out
+            }
+        }
+    }
+}
+
+async fn send(stream: &mut UnixStream, frame: &ServerFrame) -> std::io::Result<()> {
+    match encode(frame) {
+        Ok(bytes) => stream.write_all(&bytes).await,
+        Err(e) => Err(std::io::Error::other(e.to_string())),
+    }
+}
+
+/// Read from the socket into the receiver when it is readable.
+async fn fill(stream: &UnixStream, rx: &mut Receiver) -> Result<usize, TransportError> {
+    loop {
+        stream.readable().await.map_err(|e| TransportError::Io(rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO)))?;
+        let r = stream.try_io(Interest::READABLE, || match rx.fill(stream.as_fd()) {
+            Err(TransportError::WouldBlock) => Err(std::io::ErrorKind::WouldBlock.into()),
+            other => Ok(other),
+        });
+        match r {
+            Ok(res) => return res,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(TransportError::Io(rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO))),
+        }
+    }
+}
+
+/// Serve one connection until it closes, misbehaves beyond repair, or the
+/// daemon shuts down.
+pub async fn serve(daemon: Arc<Daemon>, mut stream: UnixStream, who: Identity, mut shutdown: watch::Receiver<bool>) {
+    let id = daemon.open_session(who.uid);
+    let (itx, mut irx) = mpsc::unbounded_channel();
+    let mut s = Session {
+        daemon: daemon.clone(),
+        id,
+        who: who.clone(),
+        greeted: false,
+        internal: itx,
+        subscribed: HashMap::new(),
+        log: RateLimit::default(),
+    };
+    tracing::debug!(session = id, uid = who.uid, pid = who.pid, "session opened");
+    let mut rx = Receiver::new();
+    'session: loop {
+        // Answer every complete frame already buffered.
+        loop {
+            let next = match rx.next() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    // Bad header: the stream cannot be resynchronised.
+                    if let Some(sup) = s.log.check() {
+                        tracing::info!(session = id, uid = who.uid, error = %e, suppressed = sup, "closing session: bad frame");
+                    }
+                    let reply = ServerFrame::Reply { id: 0, result: Err(err(ErrorCode::BadRequest, e.to_string())) };
+                    let _ = send(&mut stream, &reply).await;
+                    break 'session;
+                }
+            };
+            let (body, fds) = next;
+            let (rid, result, close) = match decode::<ClientFrame>(&body) {
+                Err(e) => (0, Err(err(ErrorCode::BadRequest, e.to_string())), false),
+                Ok(ClientFrame { id: rid, req }) => {
+                    let hello = matches!(req, Request::Hello { .. });
+                    let r = tokio::task::block_in_place(|| s.handle(req, fds));
+                    let close = hello && r.is_err();
+                    (rid, r, close)
+                }
+            };
+            if let Err(e) = &result {
+                if let Some(sup) = s.log.check() {
+                    tracing::debug!(session = id, uid = who.uid, error = %e, suppressed = sup, "request refused");
+                }
+            }
+            if send(&mut stream, &ServerFrame::Reply { id: rid, result }).await.is_err() || close {
+                break 'session;
+            }
+        }
+        if rx.dropped_fds > 0 {
+            let reply = ServerFrame::Reply { id: 0, result: Err(err(ErrorCode::BadFd, "too many file descriptors in one frame")) };
+            let _ = send(&mut stream, &reply).await;
+            break 'session;
+        }
+        tokio::select! {
+            r = fill(&stream, &mut rx) => match r {
+                Ok(0) | Err(_) => break 'session,
+                Ok(_) => {}
+            },
+            Some(Internal::Control(vid, ev)) = irx.recv() => {
+                let events = tokio::task::block_in_place(|| s.control_event(vid, ev));
+                for event in events {
+                    if send(&mut stream, &ServerFrame::Event { event }).await.is_err() {
+                        break 'session;
+                    }
+                }
+            }
+            _ = shutdown.changed() => break 'session,
+        }
+    }
+    // Stop listening before the vcoprocs go away.
+    for vid in s.subscribed.keys() {
+        if let Ok(e) = s.entry(*vid, false) {
+            e.handle.control().set_listener(None);
+        }
+    }
+    tokio::task::block_in_place(|| daemon.close_session(who.uid, id));
+    tracing::debug!(session = id, uid = who.uid, "session closed");
+}
