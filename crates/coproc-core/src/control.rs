@@ -80,7 +80,9 @@ pub struct ControlBlock {
 
 impl std::fmt::Debug for ControlBlock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ControlBlock").field("pending", &self.pending()).finish_non_exhaustive()
+        f.debug_struct("ControlBlock")
+            .field("pending", &self.pending())
+            .finish_non_exhaustive()
     }
 }
 
@@ -201,7 +203,11 @@ impl ControlBlock {
     }
 
     fn tell(&self, ev: ControlEvent) {
-        let l = self.listener.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let l = self
+            .listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         if let Some(l) = l {
             l(ev);
         }
@@ -365,7 +371,9 @@ mod tests {
         let cb = ControlBlock::default();
         let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
         let s2 = seen.clone();
-        cb.set_listener(Some(std::sync::Arc::new(move |e| s2.lock().unwrap().push(e))));
+        cb.set_listener(Some(std::sync::Arc::new(move |e| {
+            s2.lock().unwrap().push(e)
+        })));
         cb.set_notify_tag(4);
         cb.notify(1);
         cb.notify(1);
@@ -374,7 +382,10 @@ mod tests {
         cb.notify(2);
         assert_eq!(
             *seen.lock().unwrap(),
-            [ControlEvent::Notify(Notify { seq: 1, tag: 4 }), ControlEvent::Kick]
+            [
+                ControlEvent::Notify(Notify { seq: 1, tag: 4 }),
+                ControlEvent::Kick
+            ]
         );
     }
 

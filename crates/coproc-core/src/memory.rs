@@ -81,7 +81,11 @@ impl Region {
         }
         .map_err(|e| MemoryError::Alloc(len, e))?;
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(MemoryError::BadSize(len))?;
-        Ok(Region { ptr, len, _fd: None })
+        Ok(Region {
+            ptr,
+            len,
+            _fd: None,
+        })
     }
 
     /// Map `len` bytes of a domain's file (a memfd) from `offset`, shared:
@@ -118,7 +122,11 @@ impl Region {
         }
         .map_err(|e| MemoryError::Alloc(len, e))?;
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(MemoryError::BadSize(len))?;
-        Ok(Region { ptr, len, _fd: Some(fd) })
+        Ok(Region {
+            ptr,
+            len,
+            _fd: Some(fd),
+        })
     }
 
     /// Size in bytes.
@@ -217,7 +225,10 @@ mod tests {
         let dup = rustix::io::dup(&fd).unwrap();
         assert!(matches!(
             Region::from_fd(rustix::io::dup(&fd).unwrap(), PAGE_SIZE, 2 * PAGE_SIZE),
-            Err(MemoryError::FdTooSmall { size: 8192, need: 12288 })
+            Err(MemoryError::FdTooSmall {
+                size: 8192,
+                need: 12288
+            })
         ));
         assert!(Region::from_fd(rustix::io::dup(&fd).unwrap(), 1, PAGE_SIZE).is_err());
         let r = Region::from_fd(dup, PAGE_SIZE, PAGE_SIZE).unwrap();
@@ -227,6 +238,9 @@ mod tests {
         assert_eq!(&buf, b"shared");
         // Not a file: a pipe is refused.
         let (rd, _wr) = rustix::pipe::pipe().unwrap();
-        assert!(matches!(Region::from_fd(rd, 0, PAGE_SIZE), Err(MemoryError::NotAFile)));
+        assert!(matches!(
+            Region::from_fd(rd, 0, PAGE_SIZE),
+            Err(MemoryError::NotAFile)
+        ));
     }
 }

@@ -376,7 +376,12 @@ impl Pcoproc {
     pub fn handle(self: &Arc<Self>, id: VcoprocId) -> Result<VcoprocHandle, CoreError> {
         let g = self.shared.lock();
         let vc = g.vcoprocs.get(&id).ok_or(CoreError::NoVcoproc(id))?;
-        Ok(VcoprocHandle { pcoproc: self.clone(), id, domain: vc.domain, control: vc.control.clone() })
+        Ok(VcoprocHandle {
+            pcoproc: self.clone(),
+            id,
+            domain: vc.domain,
+            control: vc.control.clone(),
+        })
     }
 
     /// The most recent faults on this pcoproc, oldest first.

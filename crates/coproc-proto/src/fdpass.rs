@@ -73,6 +73,9 @@ pub fn send_frame(
     Ok(())
 }
 
+/// A frame body and the descriptors that came with it.
+pub type Received = (Vec<u8>, Vec<OwnedFd>);
+
 /// Receiving side: a decoder plus the descriptors that came with the bytes.
 #[derive(Debug, Default)]
 pub struct Receiver {
@@ -124,7 +127,7 @@ impl Receiver {
     /// The next complete frame body and the descriptors received so far
     /// (those belong to this frame: a client sends one frame at a time when
     /// it attaches descriptors).
-    pub fn next(&mut self) -> Result<Option<(Vec<u8>, Vec<OwnedFd>)>, FrameError> {
+    pub fn next_frame(&mut self) -> Result<Option<Received>, FrameError> {
         Ok(self
             .decoder
             .next_body()?
@@ -142,7 +145,7 @@ impl Receiver {
         sock: BorrowedFd<'_>,
     ) -> Result<(Vec<u8>, Vec<OwnedFd>), TransportError> {
         loop {
-            if let Some(f) = self.next()? {
+            if let Some(f) = self.next_frame()? {
                 return Ok(f);
             }
             if self.fill(sock)? == 0 {

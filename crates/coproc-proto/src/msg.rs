@@ -306,6 +306,9 @@ pub struct DomainInfo {
     pub mapped_bytes: u64,
 }
 
+/// One vcoproc's standing: id, whether queued, policy figures.
+pub type StandingInfo = (u32, bool, Vec<(String, i64)>);
+
 /// A pcoproc's scheduler.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SchedInfo {
@@ -316,7 +319,7 @@ pub struct SchedInfo {
     /// Policy parameters.
     pub params: Vec<(String, String)>,
     /// Per vcoproc: id, queued, figures.
-    pub standings: Vec<(u32, bool, Vec<(String, i64)>)>,
+    pub standings: Vec<StandingInfo>,
 }
 
 /// Successful answers.

@@ -155,18 +155,35 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let mut names = std::collections::BTreeSet::new();
         for p in &self.pcoprocs {
-            if p.name.is_empty() || !p.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return Err(ConfigError::Invalid(format!("pcoproc name {:?}: use letters, digits, - and _", p.name)));
+            if p.name.is_empty()
+                || !p
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "pcoproc name {:?}: use letters, digits, - and _",
+                    p.name
+                )));
             }
             if !names.insert(p.name.clone()) {
-                return Err(ConfigError::Invalid(format!("pcoproc {:?} defined twice", p.name)));
+                return Err(ConfigError::Invalid(format!(
+                    "pcoproc {:?} defined twice",
+                    p.name
+                )));
             }
             if p.class != "mcu" {
-                return Err(ConfigError::Invalid(format!("pcoproc {:?}: unknown class {:?} (known: mcu)", p.name, p.class)));
+                return Err(ConfigError::Invalid(format!(
+                    "pcoproc {:?}: unknown class {:?} (known: mcu)",
+                    p.name, p.class
+                )));
             }
             for k in p.options.keys() {
                 if k != "max_contexts" {
-                    return Err(ConfigError::Invalid(format!("pcoproc {:?}: unknown mcu option {k:?}", p.name)));
+                    return Err(ConfigError::Invalid(format!(
+                        "pcoproc {:?}: unknown mcu option {k:?}",
+                        p.name
+                    )));
                 }
             }
             crate::policy::build(&p.policy, &p.policy_params)
@@ -175,12 +192,16 @@ impl Config {
         for d in &self.domains {
             if let Uids::All(s) = &d.uids {
                 if s != "*" {
-                    return Err(ConfigError::Invalid(format!("domain uids {s:?}: use \"*\" or a list of uids")));
+                    return Err(ConfigError::Invalid(format!(
+                        "domain uids {s:?}: use \"*\" or a list of uids"
+                    )));
                 }
             }
             for p in &d.pcoprocs {
                 if !names.contains(p) {
-                    return Err(ConfigError::Invalid(format!("domain rule names unknown pcoproc {p:?}")));
+                    return Err(ConfigError::Invalid(format!(
+                        "domain rule names unknown pcoproc {p:?}"
+                    )));
                 }
             }
         }

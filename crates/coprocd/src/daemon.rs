@@ -59,13 +59,19 @@ impl Daemon {
     pub fn start(config: Config) -> anyhow::Result<Daemon> {
         let mut pcoprocs = BTreeMap::new();
         for p in &config.pcoprocs {
-            let policy = crate::policy::build(&p.policy, &p.policy_params).map_err(anyhow::Error::msg)?;
+            let policy =
+                crate::policy::build(&p.policy, &p.policy_params).map_err(anyhow::Error::msg)?;
             let mut mcu = coproc_mcu::McuConfig::default();
             if let Some(v) = p.options.get("max_contexts") {
                 mcu.max_contexts = v
                     .as_integer()
                     .and_then(|n| u32::try_from(n).ok())
-                    .ok_or_else(|| anyhow::anyhow!("pcoproc {}: max_contexts must be a positive integer", p.name))?;
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "pcoproc {}: max_contexts must be a positive integer",
+                            p.name
+                        )
+                    })?;
             }
             let pc = Pcoproc::spawn(&p.name, coproc_mcu::factory(mcu), policy)?;
             pcoprocs.insert(p.name.clone(), pc);
@@ -97,15 +103,25 @@ impl Daemon {
             if let Some(u) = t.usage.get_mut(&uid) {
                 u.sessions = u.sessions.saturating_sub(1);
             }
-            let ids: Vec<u32> = t.vcoprocs.iter().filter(|(_, e)| e.session == session).map(|(&id, _)| id).collect();
-            ids.into_iter().filter_map(|id| t.vcoprocs.remove(&id).map(|e| (id, e))).collect()
+            let ids: Vec<u32> = t
+                .vcoprocs
+                .iter()
+                .filter(|(_, e)| e.session == session)
+                .map(|(&id, _)| id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| t.vcoprocs.remove(&id).map(|e| (id, e)))
+                .collect()
         };
         for (_, e) in doomed {
             let _ = e.handle.destroy();
             self.release(&e);
         }
         let mut t = self.tables();
-        if t.usage.get(&uid).is_some_and(|u| u.sessions == 0 && u.vcoprocs == 0) {
+        if t.usage
+            .get(&uid)
+            .is_some_and(|u| u.sessions == 0 && u.vcoprocs == 0)
+        {
             t.usage.remove(&uid);
         }
     }
@@ -130,21 +146,26 @@ impl Daemon {
                 max_mapped_bytes: u64::MAX,
                 max_queues: u32::MAX,
             }),
-            None => Err(WireError::new(ErrorCode::PermissionDenied, format!("uid {} may not use coprocd", who.uid))),
+            None => Err(WireError::new(
+                ErrorCode::PermissionDenied,
+                format!("uid {} may not use coprocd", who.uid),
+            )),
         }
     }
 
     /// Whether `who` may use pcoproc `name`.
     pub fn may_use(&self, who: &Identity, name: &str) -> Result<Arc<Pcoproc>, WireError> {
-        let pc = self
-            .pcoprocs
-            .get(name)
-            .cloned()
-            .ok_or_else(|| WireError::new(ErrorCode::NotFound, format!("no pcoproc {name:?}")))?;
+        let pc =
+            self.pcoprocs.get(name).cloned().ok_or_else(|| {
+                WireError::new(ErrorCode::NotFound, format!("no pcoproc {name:?}"))
+            })?;
         if who.admin || self.rule(who)?.pcoprocs.iter().any(|p| p == name) {
             Ok(pc)
         } else {
-            Err(WireError::new(ErrorCode::NotFound, format!("no pcoproc {name:?}")))
+            Err(WireError::new(
+                ErrorCode::NotFound,
+                format!("no pcoproc {name:?}"),
+            ))
         }
     }
 

@@ -51,12 +51,21 @@ fn main() -> anyhow::Result<()> {
         None => config::Config::default_config(),
     };
     if args.check {
-        println!("configuration ok: {} pcoprocs, {} domain rules", cfg.pcoprocs.len(), cfg.domains.len());
+        println!(
+            "configuration ok: {} pcoprocs, {} domain rules",
+            cfg.pcoprocs.len(),
+            cfg.domains.len()
+        );
         return Ok(());
     }
     let uid = rustix::process::getuid().as_raw();
-    let socket = args.socket.or_else(|| cfg.daemon.socket.clone()).unwrap_or_else(|| server::default_socket(uid));
+    let socket = args
+        .socket
+        .or_else(|| cfg.daemon.socket.clone())
+        .unwrap_or_else(|| server::default_socket(uid));
     let daemon = Arc::new(daemon::Daemon::start(cfg)?);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(server::run(daemon, socket))
 }

@@ -13,10 +13,14 @@ pub fn build(name: &str, params: &BTreeMap<String, String>) -> Result<Box<dyn Po
             for (k, v) in params {
                 match k.as_str() {
                     "slice_us" => {
-                        let us: u64 = v.parse().map_err(|_| format!("slice_us {v:?} is not a number"))?;
+                        let us: u64 = v
+                            .parse()
+                            .map_err(|_| format!("slice_us {v:?} is not a number"))?;
                         slice = Duration::from_micros(us);
                     }
-                    other => return Err(format!("rr has no parameter {other:?} (known: slice_us)")),
+                    other => {
+                        return Err(format!("rr has no parameter {other:?} (known: slice_us)"))
+                    }
                 }
             }
             Ok(Box::new(RoundRobin::new(slice).map_err(|e| e.to_string())?))

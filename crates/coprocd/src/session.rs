@@ -77,7 +77,12 @@ fn info(id: u32, e: &Entry) -> Result<VcoprocInfo, WireError> {
     })
 }
 
-fn fault_info(coproc: &str, domain: u32, wire_id: u32, f: &coproc_core::fault::FaultRecord) -> FaultInfo {
+fn fault_info(
+    coproc: &str,
+    domain: u32,
+    wire_id: u32,
+    f: &coproc_core::fault::FaultRecord,
+) -> FaultInfo {
     FaultInfo {
         coproc: coproc.to_string(),
         vcoproc: wire_id,
@@ -105,14 +110,20 @@ impl Session {
         if fds.is_empty() {
             Ok(())
         } else {
-            Err(err(ErrorCode::BadFd, "this request takes no file descriptors"))
+            Err(err(
+                ErrorCode::BadFd,
+                "this request takes no file descriptors",
+            ))
         }
     }
 
     fn one_fd(fds: Vec<OwnedFd>) -> Result<OwnedFd, WireError> {
         let mut fds = fds;
         if fds.len() != 1 {
-            return Err(err(ErrorCode::BadFd, format!("expected one file descriptor, got {}", fds.len())));
+            return Err(err(
+                ErrorCode::BadFd,
+                format!("expected one file descriptor, got {}", fds.len()),
+            ));
         }
         Ok(fds.remove(0))
     }
@@ -123,11 +134,15 @@ impl Session {
                 Request::Hello { version } if version == VERSION => {
                     Self::no_fds(&fds)?;
                     self.greeted = true;
-                    Ok(Answer::Welcome { version: VERSION, identity: self.who.clone() })
+                    Ok(Answer::Welcome {
+                        version: VERSION,
+                        identity: self.who.clone(),
+                    })
                 }
-                Request::Hello { version } => {
-                    Err(err(ErrorCode::BadVersion, format!("protocol version {version} not spoken (this daemon: {VERSION})")))
-                }
+                Request::Hello { version } => Err(err(
+                    ErrorCode::BadVersion,
+                    format!("protocol version {version} not spoken (this daemon: {VERSION})"),
+                )),
                 _ => Err(err(ErrorCode::BadSequence, "say hello first")),
             };
         }
@@ -161,9 +176,16 @@ impl Session {
             Request::OpenVcoproc { coproc } => {
                 let pc = d.may_use(&self.who, &coproc)?;
                 let rule = d.rule(&self.who)?;
-                let used = d.tables().usage.get(&self.who.uid).map_or(0, |u| u.vcoprocs);
+                let used = d
+                    .tables()
+                    .usage
+                    .get(&self.who.uid)
+                    .map_or(0, |u| u.vcoprocs);
                 if used >= rule.max_vcoprocs {
-                    return Err(err(ErrorCode::Quota, format!("domain has {used} vcoprocs, the most allowed")));
+                    return Err(err(
+                        ErrorCode::Quota,
+                        format!("domain has {used} vcoprocs, the most allowed"),
+                    ));
                 }
                 let handle = pc
                     .create_vcoproc(coproc_core::DomainId(self.who.uid), Default::default())
@@ -177,50 +199,88 @@ impl Session {
                 });
                 Ok(Answer::Opened { vcoproc: id })
             }
-            Request::LoadFirmware { vcoproc, label, len } => {
+            Request::LoadFirmware {
+                vcoproc,
+                label,
+                len,
+            } => {
                 let e = self.entry(vcoproc, false)?;
                 let fd = Self::one_fd(fds)?;
                 if len == 0 || len > MAX_FIRMWARE {
-                    return Err(err(ErrorCode::InvalidArgument, format!("firmware length {len} not in 1..={MAX_FIRMWARE}")));
+                    return Err(err(
+                        ErrorCode::InvalidArgument,
+                        format!("firmware length {len} not in 1..={MAX_FIRMWARE}"),
+                    ));
                 }
                 if label.len() > 64 {
-                    return Err(err(ErrorCode::InvalidArgument, "label longer than 64 bytes"));
+                    return Err(err(
+                        ErrorCode::InvalidArgument,
+                        "label longer than 64 bytes",
+                    ));
                 }
                 let mut image = vec![0u8; len as usize];
                 let mut done = 0;
                 while done < image.len() {
                     match rustix::io::pread(&fd, &mut image[done..], done as u64) {
                         Ok(0) => {
-                            return Err(err(ErrorCode::BadFd, format!("fd ends after {done} of {len} bytes")))
+                            return Err(err(
+                                ErrorCode::BadFd,
+                                format!("fd ends after {done} of {len} bytes"),
+                            ))
                         }
                         Ok(n) => done += n,
                         Err(rustix::io::Errno::INTR) => {}
-                        Err(e) => return Err(err(ErrorCode::BadFd, format!("cannot read firmware fd: {e}"))),
+                        Err(e) => {
+                            return Err(err(
+                                ErrorCode::BadFd,
+                                format!("cannot read firmware fd: {e}"),
+                            ))
+                        }
                     }
                 }
                 e.handle.load_firmware(&label, &image).map_err(core_err)?;
                 Ok(Answer::Done)
             }
-            Request::Map { vcoproc, iova, offset, len, perms, kind } => {
+            Request::Map {
+                vcoproc,
+                iova,
+                offset,
+                len,
+                perms,
+                kind,
+            } => {
                 let e = self.entry(vcoproc, false)?;
                 let fd = Self::one_fd(fds)?;
                 let rule = d.rule(&self.who)?;
-                let used = d.tables().usage.get(&self.who.uid).map_or(0, |u| u.mapped_bytes);
+                let used = d
+                    .tables()
+                    .usage
+                    .get(&self.who.uid)
+                    .map_or(0, |u| u.mapped_bytes);
                 if used.saturating_add(len) > rule.max_mapped_bytes {
                     return Err(err(
                         ErrorCode::Quota,
-                        format!("mapping {len} bytes would exceed the domain's {} (mapped: {used})", rule.max_mapped_bytes),
+                        format!(
+                            "mapping {len} bytes would exceed the domain's {} (mapped: {used})",
+                            rule.max_mapped_bytes
+                        ),
                     ));
                 }
                 // The memory must not shrink under the device: require a
                 // sealable memfd and seal it against shrinking.
-                let seals = rustix::fs::fcntl_get_seals(&fd)
-                    .map_err(|_| err(ErrorCode::BadFd, "memory must be a memfd created with sealing allowed"))?;
+                let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|_| {
+                    err(
+                        ErrorCode::BadFd,
+                        "memory must be a memfd created with sealing allowed",
+                    )
+                })?;
                 if !seals.contains(rustix::fs::SealFlags::SHRINK) {
-                    rustix::fs::fcntl_add_seals(&fd, rustix::fs::SealFlags::SHRINK)
-                        .map_err(|_| err(ErrorCode::BadFd, "cannot seal the memfd against shrinking"))?;
+                    rustix::fs::fcntl_add_seals(&fd, rustix::fs::SealFlags::SHRINK).map_err(
+                        |_| err(ErrorCode::BadFd, "cannot seal the memfd against shrinking"),
+                    )?;
                 }
-                let region = Region::from_fd(fd, offset, len).map_err(|e| err(ErrorCode::BadFd, e.to_string()))?;
+                let region = Region::from_fd(fd, offset, len)
+                    .map_err(|e| err(ErrorCode::BadFd, e.to_string()))?;
                 let perms = match perms {
                     WirePerms::R => Perms::R,
                     WirePerms::Rw => Perms::RW,
@@ -229,7 +289,9 @@ impl Session {
                     WireMapKind::Pinned => MapKind::Pinned,
                     WireMapKind::Revocable => MapKind::Revocable,
                 };
-                e.handle.map(&Arc::new(region), 0, iova, len, perms, kind).map_err(core_err)?;
+                e.handle
+                    .map(&Arc::new(region), 0, iova, len, perms, kind)
+                    .map_err(core_err)?;
                 let mut t = d.tables();
                 if let Some(entry) = t.vcoprocs.get_mut(&vcoproc) {
                     entry.mapped.insert(iova, len);
@@ -241,13 +303,21 @@ impl Session {
                 let e = self.entry(vcoproc, false)?;
                 e.handle.unmap(iova).map_err(core_err)?;
                 let mut t = d.tables();
-                let len = t.vcoprocs.get_mut(&vcoproc).and_then(|x| x.mapped.remove(&iova)).unwrap_or(0);
+                let len = t
+                    .vcoprocs
+                    .get_mut(&vcoproc)
+                    .and_then(|x| x.mapped.remove(&iova))
+                    .unwrap_or(0);
                 if let Some(u) = t.usage.get_mut(&self.who.uid) {
                     u.mapped_bytes = u.mapped_bytes.saturating_sub(len);
                 }
                 Ok(Answer::Done)
             }
-            Request::MboxWrite { vcoproc, index, values } => {
+            Request::MboxWrite {
+                vcoproc,
+                index,
+                values,
+            } => {
                 let e = self.entry(vcoproc, false)?;
                 let end = (index as usize).checked_add(values.len());
                 if end.is_none_or(|end| end > coproc_core::control::MBOX_WORDS) {
@@ -260,19 +330,30 @@ impl Session {
             }
             Request::MboxRead { vcoproc } => {
                 let e = self.entry(vcoproc, false)?;
-                let words = (0..coproc_core::control::MBOX_WORDS).map(|i| e.handle.mbox_read(i)).collect();
-                Ok(Answer::Mailbox { words, notify_seq: e.handle.last_notify().seq })
+                let words = (0..coproc_core::control::MBOX_WORDS)
+                    .map(|i| e.handle.mbox_read(i))
+                    .collect();
+                Ok(Answer::Mailbox {
+                    words,
+                    notify_seq: e.handle.last_notify().seq,
+                })
             }
             Request::Doorbell { vcoproc } => {
                 self.entry(vcoproc, false)?.handle.doorbell();
                 Ok(Answer::Done)
             }
             Request::Start { vcoproc } => {
-                self.entry(vcoproc, false)?.handle.start().map_err(core_err)?;
+                self.entry(vcoproc, false)?
+                    .handle
+                    .start()
+                    .map_err(core_err)?;
                 Ok(Answer::Done)
             }
             Request::Reset { vcoproc } => {
-                self.entry(vcoproc, true)?.handle.reset().map_err(core_err)?;
+                self.entry(vcoproc, true)?
+                    .handle
+                    .reset()
+                    .map_err(core_err)?;
                 Ok(Answer::Done)
             }
             Request::Destroy { vcoproc } => {
@@ -286,7 +367,9 @@ impl Session {
             }
             Request::Query { vcoproc } => {
                 let e = self.entry(vcoproc, true)?;
-                Ok(Answer::Vcoproc { info: info(vcoproc, &e)? })
+                Ok(Answer::Vcoproc {
+                    info: info(vcoproc, &e)?,
+                })
             }
             Request::Subscribe { vcoproc } => {
                 let e = self.entry(vcoproc, false)?;
@@ -299,12 +382,17 @@ impl Session {
                 Ok(Answer::Done)
             }
             Request::ListVcoprocs { domain, coproc } => {
-                let entries: Vec<(u32, Entry)> =
-                    d.tables().vcoprocs.iter().map(|(&id, e)| (id, e.clone())).collect();
+                let entries: Vec<(u32, Entry)> = d
+                    .tables()
+                    .vcoprocs
+                    .iter()
+                    .map(|(&id, e)| (id, e.clone()))
+                    .collect();
                 let mut out = Vec::new();
                 for (id, e) in entries {
                     let visible = self.who.admin || e.uid == self.who.uid;
-                    let wanted = domain.is_none_or(|u| u == e.uid) && coproc.as_ref().is_none_or(|c| *c == e.coproc);
+                    let wanted = domain.is_none_or(|u| u == e.uid)
+                        && coproc.as_ref().is_none_or(|c| *c == e.coproc);
                     if visible && wanted {
                         if let Ok(i) = info(id, &e) {
                             out.push(i);
@@ -320,16 +408,28 @@ impl Session {
                     .usage
                     .iter()
                     .filter(|(&uid, _)| self.who.admin || uid == self.who.uid)
-                    .map(|(&uid, u)| DomainInfo { uid, sessions: u.sessions, vcoprocs: u.vcoprocs, mapped_bytes: u.mapped_bytes })
+                    .map(|(&uid, u)| DomainInfo {
+                        uid,
+                        sessions: u.sessions,
+                        vcoprocs: u.vcoprocs,
+                        mapped_bytes: u.mapped_bytes,
+                    })
                     .collect();
                 out.sort_by_key(|x| x.uid);
                 Ok(Answer::Domains { domains: out })
             }
             Request::ListFaults => {
-                let entries: Vec<(u32, Entry)> =
-                    d.tables().vcoprocs.iter().map(|(&id, e)| (id, e.clone())).collect();
+                let entries: Vec<(u32, Entry)> = d
+                    .tables()
+                    .vcoprocs
+                    .iter()
+                    .map(|(&id, e)| (id, e.clone()))
+                    .collect();
                 let mut out = Vec::new();
-                for (id, e) in entries.into_iter().filter(|(_, e)| self.who.admin || e.uid == self.who.uid) {
+                for (id, e) in entries
+                    .into_iter()
+                    .filter(|(_, e)| self.who.admin || e.uid == self.who.uid)
+                {
                     for f in e.handle.faults().unwrap_or_default() {
                         out.push(fault_info(&e.coproc, e.uid, id, &f));
                     }
@@ -344,23 +444,44 @@ impl Session {
                     .tables()
                     .vcoprocs
                     .iter()
-                    .filter(|(_, e)| e.coproc == coproc && (self.who.admin || e.uid == self.who.uid))
+                    .filter(|(_, e)| {
+                        e.coproc == coproc && (self.who.admin || e.uid == self.who.uid)
+                    })
                     .map(|(&id, e)| (Daemon::local(e).0, id))
                     .collect();
                 let standings = s
                     .standings
                     .into_iter()
-                    .filter_map(|st| local_to_wire.get(&st.vcoproc.0).map(|&id| (id, st.queued, st.figures)))
+                    .filter_map(|st| {
+                        local_to_wire
+                            .get(&st.vcoproc.0)
+                            .map(|&id| (id, st.queued, st.figures))
+                    })
                     .collect();
-                Ok(Answer::Sched { sched: SchedInfo { coproc, policy: s.policy, params: s.params, standings } })
+                Ok(Answer::Sched {
+                    sched: SchedInfo {
+                        coproc,
+                        policy: s.policy,
+                        params: s.params,
+                        standings,
+                    },
+                })
             }
-            Request::SchedSet { coproc, policy, params } => {
+            Request::SchedSet {
+                coproc,
+                policy,
+                params,
+            } => {
                 if !self.who.admin {
-                    return Err(err(ErrorCode::PermissionDenied, "sched-set needs root or the admin group"));
+                    return Err(err(
+                        ErrorCode::PermissionDenied,
+                        "sched-set needs root or the admin group",
+                    ));
                 }
                 let pc = d.may_use(&self.who, &coproc)?;
                 let params = params.into_iter().collect();
-                let p = crate::policy::build(&policy, &params).map_err(|m| err(ErrorCode::InvalidArgument, m))?;
+                let p = crate::policy::build(&policy, &params)
+                    .map_err(|m| err(ErrorCode::InvalidArgument, m))?;
                 pc.set_policy(p).map_err(core_err)?;
                 Ok(Answer::Done)
             }
@@ -370,26 +491,39 @@ impl Session {
     /// Turn a control block event into events for the client.
     fn control_event(&mut self, id: u32, ev: ControlEvent) -> Vec<Event> {
         match ev {
-            ControlEvent::Notify(n) => vec![Event::Notify { vcoproc: id, seq: n.seq, tag: n.tag }],
+            ControlEvent::Notify(n) => vec![Event::Notify {
+                vcoproc: id,
+                seq: n.seq,
+                tag: n.tag,
+            }],
             ControlEvent::Kick => {
                 let Ok(e) = self.entry(id, false) else {
                     return if self.subscribed.remove(&id).is_some() {
-                        vec![Event::State { vcoproc: id, state: VcoprocState::Destroyed.to_string() }]
+                        vec![Event::State {
+                            vcoproc: id,
+                            state: VcoprocState::Destroyed.to_string(),
+                        }]
                     } else {
                         vec![]
                     };
                 };
-                let Ok(i) = e.handle.info() else { return vec![] };
+                let Ok(i) = e.handle.info() else {
+                    return vec![];
+                };
                 let state = i.state.to_string();
                 let last = self.subscribed.get(&id).cloned().unwrap_or_default();
-                if state == last || !matches!(i.state, VcoprocState::Faulted | VcoprocState::Stopped) {
+                if state == last
+                    || !matches!(i.state, VcoprocState::Faulted | VcoprocState::Stopped)
+                {
                     return vec![];
                 }
                 self.subscribed.insert(id, state.clone());
                 let mut out = Vec::new();
                 if i.state == VcoprocState::Faulted {
                     if let Some(f) = &i.last_fault {
-                        out.push(Event::Fault { fault: fault_info(&e.coproc, e.uid, id, f) });
+                        out.push(Event::Fault {
+                            fault: fault_info(&e.coproc, e.uid, id, f),
+                        });
                     }
                 }
                 out.push(Event::State { vcoproc: id, state });
@@ -409,7 +543,11 @@ async fn send(stream: &mut UnixStream, frame: &ServerFrame) -> std::io::Result<(
 /// Read from the socket into the receiver when it is readable.
 async fn fill(stream: &UnixStream, rx: &mut Receiver) -> Result<usize, TransportError> {
     loop {
-        stream.readable().await.map_err(|e| TransportError::Io(rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO)))?;
+        stream.readable().await.map_err(|e| {
+            TransportError::Io(
+                rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO),
+            )
+        })?;
         let r = stream.try_io(Interest::READABLE, || match rx.fill(stream.as_fd()) {
             Err(TransportError::WouldBlock) => Err(std::io::ErrorKind::WouldBlock.into()),
             other => Ok(other),
@@ -417,14 +555,23 @@ async fn fill(stream: &UnixStream, rx: &mut Receiver) -> Result<usize, Transport
         match r {
             Ok(res) => return res,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(TransportError::Io(rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO))),
+            Err(e) => {
+                return Err(TransportError::Io(
+                    rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO),
+                ))
+            }
         }
     }
 }
 
 /// Serve one connection until it closes, misbehaves beyond repair, or the
 /// daemon shuts down.
-pub async fn serve(daemon: Arc<Daemon>, mut stream: UnixStream, who: Identity, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    daemon: Arc<Daemon>,
+    mut stream: UnixStream,
+    who: Identity,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let id = daemon.open_session(who.uid);
     let (itx, mut irx) = mpsc::unbounded_channel();
     let mut s = Session {
@@ -441,7 +588,7 @@ pub async fn serve(daemon: Arc<Daemon>, mut stream: UnixStream, who: Identity, m
     'session: loop {
         // Answer every complete frame already buffered.
         loop {
-            let next = match rx.next() {
+            let next = match rx.next_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => {
@@ -449,7 +596,10 @@ pub async fn serve(daemon: Arc<Daemon>, mut stream: UnixStream, who: Identity, m
                     if let Some(sup) = s.log.check() {
                         tracing::info!(session = id, uid = who.uid, error = %e, suppressed = sup, "closing session: bad frame");
                     }
-                    let reply = ServerFrame::Reply { id: 0, result: Err(err(ErrorCode::BadRequest, e.to_string())) };
+                    let reply = ServerFrame::Reply {
+                        id: 0,
+                        result: Err(err(ErrorCode::BadRequest, e.to_string())),
+                    };
                     let _ = send(&mut stream, &reply).await;
                     break 'session;
                 }
@@ -469,12 +619,22 @@ pub async fn serve(daemon: Arc<Daemon>, mut stream: UnixStream, who: Identity, m
                     tracing::debug!(session = id, uid = who.uid, error = %e, suppressed = sup, "request refused");
                 }
             }
-            if send(&mut stream, &ServerFrame::Reply { id: rid, result }).await.is_err() || close {
+            if send(&mut stream, &ServerFrame::Reply { id: rid, result })
+                .await
+                .is_err()
+                || close
+            {
                 break 'session;
             }
         }
         if rx.dropped_fds > 0 {
-            let reply = ServerFrame::Reply { id: 0, result: Err(err(ErrorCode::BadFd, "too many file descriptors in one frame")) };
+            let reply = ServerFrame::Reply {
+                id: 0,
+                result: Err(err(
+                    ErrorCode::BadFd,
+                    "too many file descriptors in one frame",
+                )),
+            };
             let _ = send(&mut stream, &reply).await;
             break 'session;
         }
