@@ -1,6 +1,10 @@
 //! Domain-side drivers for the example firmware: how a domain feeds a job to
 //! its vcoproc and collects the answer. Used by the demo, the tests and the
 //! benchmarks; the answers are checked against [`crate::reference`].
+//!
+//! The drivers work through two small traits, so the same code drives a
+//! vcoproc in-process ([`VcoprocHandle`] + [`Buffer`]) or through the daemon
+//! (the client SDK implements them in the `coproc` CLI).
 
 use coproc_core::iova::{MapKind, Perms};
 use coproc_core::memory::{MemoryError, Region};
@@ -24,6 +28,9 @@ pub enum DriveError {
     /// The firmware answered something malformed.
     #[error("firmware answered {0}")]
     BadAnswer(String),
+    /// The transport to the vcoproc failed (daemon path).
+    #[error("{0}")]
+    Port(String),
     /// The job does not fit the buffer.
     #[error("job needs {need} bytes, buffer has {have}")]
     TooBig {
@@ -54,25 +61,85 @@ impl Buffer {
             iova: BUFFER_IOVA,
         })
     }
+}
 
-    fn need(&self, need: u64) -> Result<(), DriveError> {
-        if need > self.region.len() {
-            return Err(DriveError::TooBig {
-                need,
-                have: self.region.len(),
-            });
-        }
-        Ok(())
+/// A vcoproc as a domain drives it: mailbox, doorbell, notifications.
+pub trait Port {
+    /// Sequence number of the latest notification.
+    fn last_seq(&self) -> Result<u64, DriveError>;
+    /// Write `words` to mailbox-in from word 0, then ring the doorbell.
+    fn post(&self, words: &[u32]) -> Result<(), DriveError>;
+    /// Wait for a notification newer than `after`; returns its tag.
+    fn wait(&self, after: u64, timeout: Duration) -> Result<u32, DriveError>;
+    /// The mailbox-out words.
+    fn mailbox(&self) -> Result<[u32; 16], DriveError>;
+}
+
+/// Memory shared with a vcoproc, visible to it at [`Memory::iova`].
+pub trait Memory {
+    /// Bytes available.
+    fn len(&self) -> u64;
+    /// Where the vcoproc sees the first byte.
+    fn iova(&self) -> u64;
+    /// Copy bytes in.
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), DriveError>;
+    /// Copy bytes out.
+    fn read_vec(&self, offset: u64, len: u64) -> Result<Vec<u8>, DriveError>;
+    /// Never empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
-fn kick(v: &VcoprocHandle, words: &[u32], timeout: Duration) -> Result<u32, DriveError> {
-    let seq = v.last_notify().seq;
-    for (i, w) in words.iter().enumerate() {
-        v.mbox_write(i, *w);
+impl Port for VcoprocHandle {
+    fn last_seq(&self) -> Result<u64, DriveError> {
+        Ok(self.last_notify().seq)
     }
-    v.doorbell();
-    Ok(v.wait_notify(seq, timeout)?.tag)
+    fn post(&self, words: &[u32]) -> Result<(), DriveError> {
+        for (i, w) in words.iter().enumerate() {
+            self.mbox_write(i, *w);
+        }
+        self.doorbell();
+        Ok(())
+    }
+    fn wait(&self, after: u64, timeout: Duration) -> Result<u32, DriveError> {
+        Ok(self.wait_notify(after, timeout)?.tag)
+    }
+    fn mailbox(&self) -> Result<[u32; 16], DriveError> {
+        Ok(std::array::from_fn(|i| self.mbox_read(i)))
+    }
+}
+
+impl Memory for Buffer {
+    fn len(&self) -> u64 {
+        self.region.len()
+    }
+    fn iova(&self) -> u64 {
+        self.iova
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), DriveError> {
+        Ok(self.region.write(offset, data)?)
+    }
+    fn read_vec(&self, offset: u64, len: u64) -> Result<Vec<u8>, DriveError> {
+        Ok(self.region.read_vec(offset, len)?)
+    }
+}
+
+fn need(m: &impl Memory, need: u64) -> Result<(), DriveError> {
+    if need > m.len() {
+        return Err(DriveError::TooBig {
+            need,
+            have: m.len(),
+        });
+    }
+    Ok(())
+}
+
+/// Post a job and wait for its notification; returns the tag.
+fn kick(v: &impl Port, words: &[u32], timeout: Duration) -> Result<u32, DriveError> {
+    let seq = v.last_seq()?;
+    v.post(words)?;
+    v.wait(seq, timeout)
 }
 
 fn to_bytes(s: &[i16]) -> Vec<u8> {
@@ -81,8 +148,8 @@ fn to_bytes(s: &[i16]) -> Vec<u8> {
 
 /// Run one FIR job on a vcoproc running the `fir` firmware.
 pub fn fir(
-    v: &VcoprocHandle,
-    buf: &Buffer,
+    v: &impl Port,
+    buf: &impl Memory,
     x: &[i16],
     h: &[i16],
     tag: u32,
@@ -90,10 +157,10 @@ pub fn fir(
 ) -> Result<Vec<i16>, DriveError> {
     let (xl, hl) = (2 * x.len() as u64, 2 * h.len() as u64);
     let (x_off, y_off, h_off) = (0, xl, 2 * xl);
-    buf.need(2 * xl + hl)?;
-    buf.region.write(x_off, &to_bytes(x))?;
-    buf.region.write(h_off, &to_bytes(h))?;
-    let base = buf.iova as u32;
+    need(buf, 2 * xl + hl)?;
+    buf.write(x_off, &to_bytes(x))?;
+    buf.write(h_off, &to_bytes(h))?;
+    let base = buf.iova() as u32;
     let args = [
         base + x_off as u32,
         base + y_off as u32,
@@ -103,13 +170,14 @@ pub fn fir(
         tag,
     ];
     let got = kick(v, &args, timeout)?;
-    let (status, done, echoed) = (v.mbox_read(0), v.mbox_read(1), v.mbox_read(2));
+    let out = v.mailbox()?;
+    let (status, done, echoed) = (out[0], out[1], out[2]);
     if got != tag || echoed != tag || status != 0 || done as usize != x.len() {
         return Err(DriveError::BadAnswer(format!(
             "status {status}, {done} samples, tag {echoed}/{got} (want {tag})"
         )));
     }
-    let raw = buf.region.read_vec(y_off, xl)?;
+    let raw = buf.read_vec(y_off, xl)?;
     Ok(raw
         .chunks_exact(2)
         .map(|c| i16::from_le_bytes([c[0], c[1]]))
@@ -118,16 +186,17 @@ pub fn fir(
 
 /// Run one CRC-32 job on a vcoproc running the `crc32` firmware.
 pub fn crc32(
-    v: &VcoprocHandle,
-    buf: &Buffer,
+    v: &impl Port,
+    buf: &impl Memory,
     data: &[u8],
     tag: u32,
     timeout: Duration,
 ) -> Result<u32, DriveError> {
-    buf.need(data.len() as u64)?;
-    buf.region.write(0, data)?;
-    let got = kick(v, &[buf.iova as u32, data.len() as u32, tag], timeout)?;
-    let (status, crc, echoed) = (v.mbox_read(0), v.mbox_read(1), v.mbox_read(2));
+    need(buf, data.len() as u64)?;
+    buf.write(0, data)?;
+    let got = kick(v, &[buf.iova() as u32, data.len() as u32, tag], timeout)?;
+    let out = v.mailbox()?;
+    let (status, crc, echoed) = (out[0], out[1], out[2]);
     if got != tag || echoed != tag || status != 0 {
         return Err(DriveError::BadAnswer(format!(
             "status {status}, tag {echoed}/{got} (want {tag})"
@@ -137,28 +206,20 @@ pub fn crc32(
 }
 
 /// Send one message to a vcoproc running the `echo` firmware.
-pub fn echo(
-    v: &VcoprocHandle,
-    words: &[u32; 16],
-    timeout: Duration,
-) -> Result<[u32; 16], DriveError> {
+pub fn echo(v: &impl Port, words: &[u32; 16], timeout: Duration) -> Result<[u32; 16], DriveError> {
     kick(v, &words[..15], timeout)?;
-    let mut out = [0u32; 16];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = v.mbox_read(i);
-    }
-    Ok(out)
+    v.mailbox()
 }
 
 /// Ask a vcoproc running the `probe` firmware to do one operation
 /// (1 read, 2 write, 3 call, 4 undefined instruction, 5 exit).
 pub fn probe(
-    v: &VcoprocHandle,
+    v: &impl Port,
     op: u32,
     addr: u32,
     value: u32,
     timeout: Duration,
 ) -> Result<u32, DriveError> {
     kick(v, &[op, addr, value], timeout)?;
-    Ok(v.mbox_read(1))
+    Ok(v.mailbox()?[1])
 }

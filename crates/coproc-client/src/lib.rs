@@ -1,0 +1,430 @@
+//! The coproc client SDK: connect to `coprocd`, open vcoprocs, load
+//! firmware, share memory with them, ring doorbells, read mailboxes and
+//! receive events. Blocking and single-threaded by design: one [`Client`]
+//! per thread (it is `Send`), each a session of the calling process's
+//! domain (its uid). Everything a session created is destroyed when it
+//! closes, including by the process dying.
+
+mod shm;
+
+pub use coproc_proto::{
+    Answer, CoprocInfo, DomainInfo, ErrorCode, Event, FaultInfo, Identity, SchedInfo, VcoprocInfo,
+    WireError, WireMapKind, WirePerms,
+};
+pub use shm::SharedMem;
+
+use coproc_proto::fdpass::{send_frame, Receiver, TransportError};
+use coproc_proto::frame::{decode, encode};
+use coproc_proto::{ClientFrame, Request, ServerFrame, VERSION};
+use rustix::fd::{AsFd, BorrowedFd};
+use std::collections::VecDeque;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// Errors of the SDK.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// Cannot reach the daemon.
+    #[error("cannot connect to {path}: {err}")]
+    Connect {
+        /// Socket path.
+        path: PathBuf,
+        /// Why.
+        err: std::io::Error,
+    },
+    /// The connection failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The daemon refused the request.
+    #[error("coprocd: {0}")]
+    Refused(#[from] WireError),
+    /// The daemon answered something unexpected.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// Shared memory failed.
+    #[error("shared memory: {0}")]
+    Memory(String),
+    /// Waited too long.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The vcoproc faulted or stopped while we waited for it.
+    #[error("vcoproc {vcoproc} is {state}")]
+    Stopped {
+        /// The vcoproc.
+        vcoproc: u32,
+        /// Its state.
+        state: String,
+    },
+}
+
+impl ClientError {
+    /// The daemon's error code, if it refused the request.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Refused(e) => Some(e.code),
+            _ => None,
+        }
+    }
+}
+
+/// The socket path: `$COPROC_SOCKET`, else the daemon's default for this
+/// user (`$XDG_RUNTIME_DIR/coproc/coprocd.sock`, or `/run/coproc/coprocd.sock`
+/// for root or without `XDG_RUNTIME_DIR`).
+pub fn default_socket() -> PathBuf {
+    if let Some(p) = std::env::var_os("COPROC_SOCKET") {
+        return PathBuf::from(p);
+    }
+    let uid = rustix::process::getuid().as_raw();
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if uid != 0 => Path::new(&dir).join("coproc/coprocd.sock"),
+        _ => PathBuf::from("/run/coproc/coprocd.sock"),
+    }
+}
+
+/// A session with the daemon.
+#[derive(Debug)]
+pub struct Client {
+    sock: UnixStream,
+    rx: Receiver,
+    next_id: u64,
+    events: VecDeque<Event>,
+    identity: Identity,
+}
+
+impl Client {
+    /// Connect to the default socket.
+    pub fn connect() -> Result<Client, ClientError> {
+        Client::connect_to(&default_socket())
+    }
+
+    /// Connect to the daemon at `path` and say hello.
+    pub fn connect_to(path: &Path) -> Result<Client, ClientError> {
+        let sock = UnixStream::connect(path).map_err(|err| ClientError::Connect {
+            path: path.into(),
+            err,
+        })?;
+        let mut c = Client {
+            sock,
+            rx: Receiver::new(),
+            next_id: 1,
+            events: VecDeque::new(),
+            identity: Identity {
+                uid: 0,
+                gid: 0,
+                pid: 0,
+                admin: false,
+            },
+        };
+        match c.call(Request::Hello { version: VERSION }, &[])? {
+            Answer::Welcome { identity, .. } => c.identity = identity,
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "hello answered with {other:?}"
+                )))
+            }
+        }
+        Ok(c)
+    }
+
+    /// Who the daemon thinks we are.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    fn read_frame(&mut self, deadline: Option<Instant>) -> Result<ServerFrame, ClientError> {
+        loop {
+            if let Some((body, _fds)) = self.rx.next_frame().map_err(TransportError::from)? {
+                return decode::<ServerFrame>(&body)
+                    .map_err(|e| ClientError::Protocol(e.to_string()));
+            }
+            let timeout = match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(ClientError::Timeout(Duration::ZERO));
+                    }
+                    Some(left)
+                }
+                None => None,
+            };
+            self.sock
+                .set_read_timeout(timeout)
+                .map_err(|e| ClientError::Protocol(format!("socket timeout: {e}")))?;
+            match self.rx.fill(self.sock.as_fd()) {
+                Ok(0) => return Err(TransportError::Closed.into()),
+                Ok(_) => {}
+                Err(TransportError::WouldBlock) => {
+                    return Err(ClientError::Timeout(timeout.unwrap_or_default()))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Send a request (with descriptors) and wait for its reply; events that
+    /// arrive meanwhile are queued for [`Client::next_event`].
+    pub fn call(&mut self, req: Request, fds: &[BorrowedFd<'_>]) -> Result<Answer, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let frame =
+            encode(&ClientFrame { id, req }).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        send_frame(self.sock.as_fd(), &frame, fds)?;
+        loop {
+            match self.read_frame(None)? {
+                ServerFrame::Reply { id: rid, result } if rid == id => return Ok(result?),
+                ServerFrame::Reply {
+                    id: 0,
+                    result: Err(e),
+                } => return Err(e.into()),
+                ServerFrame::Reply { id: rid, .. } => {
+                    return Err(ClientError::Protocol(format!(
+                        "reply to {rid} while waiting for {id}"
+                    )))
+                }
+                ServerFrame::Event { event } => self.events.push_back(event),
+            }
+        }
+    }
+
+    fn done(&mut self, req: Request) -> Result<(), ClientError> {
+        match self.call(req, &[])? {
+            Answer::Done => Ok(()),
+            other => Err(ClientError::Protocol(format!(
+                "expected done, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Pcoprocs this domain may use.
+    pub fn list_coprocs(&mut self) -> Result<Vec<CoprocInfo>, ClientError> {
+        match self.call(Request::ListCoprocs, &[])? {
+            Answer::Coprocs { coprocs } => Ok(coprocs),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Open a vcoproc on `coproc`; returns its id.
+    pub fn open(&mut self, coproc: &str) -> Result<u32, ClientError> {
+        match self.call(
+            Request::OpenVcoproc {
+                coproc: coproc.into(),
+            },
+            &[],
+        )? {
+            Answer::Opened { vcoproc } => Ok(vcoproc),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Load a firmware image (sent as a sealed memfd).
+    pub fn load_firmware(
+        &mut self,
+        vcoproc: u32,
+        label: &str,
+        image: &[u8],
+    ) -> Result<(), ClientError> {
+        let mem = SharedMem::with_contents(image)?;
+        let req = Request::LoadFirmware {
+            vcoproc,
+            label: label.into(),
+            len: image.len() as u64,
+        };
+        match self.call(req, &[mem.fd()])? {
+            Answer::Done => Ok(()),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Map `len` bytes of `mem` from `offset` at `iova` in the vcoproc.
+    #[allow(clippy::too_many_arguments)]
+    pub fn map(
+        &mut self,
+        vcoproc: u32,
+        mem: &SharedMem,
+        offset: u64,
+        iova: u64,
+        len: u64,
+        perms: WirePerms,
+        kind: WireMapKind,
+    ) -> Result<(), ClientError> {
+        let req = Request::Map {
+            vcoproc,
+            iova,
+            offset,
+            len,
+            perms,
+            kind,
+        };
+        match self.call(req, &[mem.fd()])? {
+            Answer::Done => Ok(()),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Remove the mapping at `iova`.
+    pub fn unmap(&mut self, vcoproc: u32, iova: u64) -> Result<(), ClientError> {
+        self.done(Request::Unmap { vcoproc, iova })
+    }
+
+    /// Write mailbox-in words from `index`.
+    pub fn mbox_write(
+        &mut self,
+        vcoproc: u32,
+        index: u32,
+        values: &[u32],
+    ) -> Result<(), ClientError> {
+        self.done(Request::MboxWrite {
+            vcoproc,
+            index,
+            values: values.to_vec(),
+        })
+    }
+
+    /// Read the mailbox-out words and the latest notification sequence.
+    pub fn mbox_read(&mut self, vcoproc: u32) -> Result<(Vec<u32>, u64), ClientError> {
+        match self.call(Request::MboxRead { vcoproc }, &[])? {
+            Answer::Mailbox { words, notify_seq } => Ok((words, notify_seq)),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Ring the doorbell.
+    pub fn doorbell(&mut self, vcoproc: u32) -> Result<(), ClientError> {
+        self.done(Request::Doorbell { vcoproc })
+    }
+
+    /// Start it.
+    pub fn start(&mut self, vcoproc: u32) -> Result<(), ClientError> {
+        self.done(Request::Start { vcoproc })
+    }
+
+    /// Reset it.
+    pub fn reset(&mut self, vcoproc: u32) -> Result<(), ClientError> {
+        self.done(Request::Reset { vcoproc })
+    }
+
+    /// Destroy it.
+    pub fn destroy(&mut self, vcoproc: u32) -> Result<(), ClientError> {
+        self.done(Request::Destroy { vcoproc })
+    }
+
+    /// Its state and counters.
+    pub fn query(&mut self, vcoproc: u32) -> Result<VcoprocInfo, ClientError> {
+        match self.call(Request::Query { vcoproc }, &[])? {
+            Answer::Vcoproc { info } => Ok(info),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Receive its events.
+    pub fn subscribe(&mut self, vcoproc: u32) -> Result<(), ClientError> {
+        self.done(Request::Subscribe { vcoproc })
+    }
+
+    /// The next event, waiting up to `timeout`.
+    pub fn next_event(&mut self, timeout: Duration) -> Result<Event, ClientError> {
+        if let Some(e) = self.events.pop_front() {
+            return Ok(e);
+        }
+        let deadline = Instant::now() + timeout;
+        match self.read_frame(Some(deadline)) {
+            Ok(ServerFrame::Event { event }) => Ok(event),
+            Ok(other) => Err(ClientError::Protocol(format!("unexpected {other:?}"))),
+            Err(ClientError::Timeout(_)) => Err(ClientError::Timeout(timeout)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Wait for a notification of `vcoproc` newer than `after` (subscribe
+    /// first); fails if it faults or stops meanwhile. Returns (seq, tag).
+    pub fn wait_notify(
+        &mut self,
+        vcoproc: u32,
+        after: u64,
+        timeout: Duration,
+    ) -> Result<(u64, u32), ClientError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_event(left)? {
+                Event::Notify {
+                    vcoproc: v,
+                    seq,
+                    tag,
+                } if v == vcoproc && seq > after => return Ok((seq, tag)),
+                Event::State { vcoproc: v, state } if v == vcoproc => {
+                    return Err(ClientError::Stopped { vcoproc, state })
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Vcoprocs visible to this session, filtered.
+    pub fn list_vcoprocs(
+        &mut self,
+        domain: Option<u32>,
+        coproc: Option<&str>,
+    ) -> Result<Vec<VcoprocInfo>, ClientError> {
+        match self.call(
+            Request::ListVcoprocs {
+                domain,
+                coproc: coproc.map(String::from),
+            },
+            &[],
+        )? {
+            Answer::Vcoprocs { vcoprocs } => Ok(vcoprocs),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Domains visible to this session.
+    pub fn list_domains(&mut self) -> Result<Vec<DomainInfo>, ClientError> {
+        match self.call(Request::ListDomains, &[])? {
+            Answer::Domains { domains } => Ok(domains),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Faults visible to this session.
+    pub fn list_faults(&mut self) -> Result<Vec<FaultInfo>, ClientError> {
+        match self.call(Request::ListFaults, &[])? {
+            Answer::Faults { faults } => Ok(faults),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// A pcoproc's scheduler.
+    pub fn sched_get(&mut self, coproc: &str) -> Result<SchedInfo, ClientError> {
+        match self.call(
+            Request::SchedGet {
+                coproc: coproc.into(),
+            },
+            &[],
+        )? {
+            Answer::Sched { sched } => Ok(sched),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Change a pcoproc's policy (admin).
+    pub fn sched_set(
+        &mut self,
+        coproc: &str,
+        policy: &str,
+        params: &[(String, String)],
+    ) -> Result<(), ClientError> {
+        self.done(Request::SchedSet {
+            coproc: coproc.into(),
+            policy: policy.into(),
+            params: params.to_vec(),
+        })
+    }
+
+    /// The raw socket (tests send hostile bytes through it).
+    pub fn socket(&self) -> &UnixStream {
+        &self.sock
+    }
+}
