@@ -3,6 +3,8 @@
 mod bench;
 mod demo;
 mod output;
+mod remote;
+mod verbs;
 
 use clap::{Parser, Subcommand};
 use output::Format;
@@ -14,6 +16,9 @@ struct Cli {
     /// Output format.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Table)]
     output: Format,
+    /// Daemon socket (default: $COPROC_SOCKET, else the daemon's default).
+    #[arg(long, global = true)]
+    socket: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -25,17 +30,99 @@ enum Command {
     Demo(demo::Args),
     /// Run a benchmark and print its figures.
     Bench(bench::Args),
+    /// List the pcoprocs this domain may use.
+    List,
+    /// List vcoprocs (admins: all; others: their own).
+    VcoprocList {
+        /// Only this domain (uid).
+        #[arg(long)]
+        domain: Option<u32>,
+        /// Only this pcoproc.
+        #[arg(long)]
+        coproc: Option<String>,
+    },
+    /// List domains with sessions or vcoprocs.
+    DomainList,
+    /// Show a pcoproc's policy, parameters and vcoproc standings.
+    SchedGet {
+        /// Pcoproc.
+        coproc: String,
+    },
+    /// Change a pcoproc's policy (admin): `coproc sched-set mcu0 rr slice_us=2000`.
+    SchedSet {
+        /// Pcoproc.
+        coproc: String,
+        /// Policy.
+        policy: String,
+        /// key=value parameters.
+        params: Vec<String>,
+    },
+    /// Reset a vcoproc to its loaded firmware.
+    VcoprocReset {
+        /// Vcoproc id.
+        vcoproc: u32,
+    },
+    /// Destroy a vcoproc.
+    VcoprocDestroy {
+        /// Vcoproc id.
+        vcoproc: u32,
+    },
+    /// List fault records.
+    FaultList,
+    /// Run a firmware image once in a new vcoproc.
+    Run(verbs::RunArgs),
+    /// Run one example domain's workload through the daemon (used by the
+    /// demo and the tests).
+    #[command(hide = true)]
+    DomainRun(remote::DomainArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("coproc: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("COPROC_LOG"))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let f = cli.output;
+    let connect = || -> anyhow::Result<coproc_client::Client> {
+        let path = cli
+            .socket
+            .clone()
+            .unwrap_or_else(coproc_client::default_socket);
+        Ok(coproc_client::Client::connect_to(&path)?)
+    };
     let ok = match cli.command {
-        Command::Demo(args) => demo::run(&args, cli.output)?,
-        Command::Bench(args) => bench::run(&args, cli.output)?,
+        Command::Demo(args) => demo::run(&args, f)?,
+        Command::Bench(args) => bench::run(&args, f)?,
+        Command::List => verbs::list(&mut connect()?, f)?,
+        Command::VcoprocList { domain, coproc } => {
+            verbs::vcoproc_list(&mut connect()?, f, domain, coproc.as_deref())?
+        }
+        Command::DomainList => verbs::domain_list(&mut connect()?, f)?,
+        Command::SchedGet { coproc } => verbs::sched_get(&mut connect()?, f, &coproc)?,
+        Command::SchedSet {
+            coproc,
+            policy,
+            params,
+        } => verbs::sched_set(&mut connect()?, &coproc, &policy, &params)?,
+        Command::VcoprocReset { vcoproc } => {
+            connect()?.reset(vcoproc)?;
+            true
+        }
+        Command::VcoprocDestroy { vcoproc } => {
+            connect()?.destroy(vcoproc)?;
+            true
+        }
+        Command::FaultList => verbs::fault_list(&mut connect()?, f)?,
+        Command::Run(args) => verbs::run(&mut connect()?, f, &args)?,
+        Command::DomainRun(args) => remote::domain_run(connect()?, &args, f)?,
     };
     if !ok {
         std::process::exit(1);

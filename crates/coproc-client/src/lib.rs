@@ -39,7 +39,7 @@ pub enum ClientError {
     Transport(#[from] TransportError),
     /// The daemon refused the request.
     #[error("coprocd: {0}")]
-    Refused(#[from] WireError),
+    Refused(WireError),
     /// The daemon answered something unexpected.
     #[error("protocol: {0}")]
     Protocol(String),
@@ -57,6 +57,12 @@ pub enum ClientError {
         /// Its state.
         state: String,
     },
+}
+
+impl From<WireError> for ClientError {
+    fn from(e: WireError) -> Self {
+        ClientError::Refused(e)
+    }
 }
 
 impl ClientError {

@@ -34,12 +34,29 @@ pub struct Usage {
     pub mapped_bytes: u64,
 }
 
+/// Vcoprocs remembered after they are gone, so their faults can still be
+/// listed with their wire id and owner.
+pub const HISTORY: usize = 4096;
+
 #[derive(Debug, Default)]
 pub struct Tables {
     /// Vcoprocs by wire id.
     pub vcoprocs: HashMap<u32, Entry>,
     /// Usage by uid.
     pub usage: HashMap<u32, Usage>,
+    /// (pcoproc, local id) → (wire id, uid) of recent vcoprocs, newest last.
+    pub history: std::collections::VecDeque<((String, u32), (u32, u32))>,
+}
+
+impl Tables {
+    /// Wire id and owner of a vcoproc by pcoproc and local id, alive or recent.
+    pub fn lookup(&self, coproc: &str, local: u32) -> Option<(u32, u32)> {
+        self.history
+            .iter()
+            .rev()
+            .find(|((c, l), _)| c == coproc && *l == local)
+            .map(|(_, w)| *w)
+    }
 }
 
 /// The daemon.
@@ -174,6 +191,11 @@ impl Daemon {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut t = self.tables();
         t.usage.entry(e.uid).or_default().vcoprocs += 1;
+        if t.history.len() == HISTORY {
+            t.history.pop_front();
+        }
+        t.history
+            .push_back(((e.coproc.clone(), e.handle.id().0), (id, e.uid)));
         t.vcoprocs.insert(id, e);
         id
     }

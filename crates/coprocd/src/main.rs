@@ -29,7 +29,14 @@ struct Args {
     check: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("coprocd: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.print_default_config {
         print!("{}", config::DEFAULT);

@@ -419,22 +419,18 @@ impl Session {
                 Ok(Answer::Domains { domains: out })
             }
             Request::ListFaults => {
-                let entries: Vec<(u32, Entry)> = d
-                    .tables()
-                    .vcoprocs
-                    .iter()
-                    .map(|(&id, e)| (id, e.clone()))
-                    .collect();
+                // Each pcoproc's fault log outlives the vcoprocs it names.
                 let mut out = Vec::new();
-                for (id, e) in entries
-                    .into_iter()
-                    .filter(|(_, e)| self.who.admin || e.uid == self.who.uid)
-                {
-                    for f in e.handle.faults().unwrap_or_default() {
-                        out.push(fault_info(&e.coproc, e.uid, id, &f));
+                for (name, pc) in &d.pcoprocs {
+                    for f in pc.faults() {
+                        let Some((wire, uid)) = d.tables().lookup(name, f.vcoproc.0) else {
+                            continue;
+                        };
+                        if self.who.admin || uid == self.who.uid {
+                            out.push(fault_info(name, uid, wire, &f));
+                        }
                     }
                 }
-                out.sort_by_key(|f| (f.coproc.clone(), f.at_ns));
                 Ok(Answer::Faults { faults: out })
             }
             Request::SchedGet { coproc } => {

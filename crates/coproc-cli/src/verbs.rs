@@ -1,0 +1,327 @@
+//! xl-style verbs against the daemon: listings (table or `-o json`) and
+//! control. Admin verbs need root or the configured admin group; others see
+//! only their own domain's vcoprocs.
+
+use crate::output::{print_table, Format};
+use anyhow::{bail, Context};
+use coproc_client::{Client, ClientError, Event, SharedMem, WireMapKind, WirePerms};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+fn show<T: Serialize>(
+    format: Format,
+    value: &T,
+    header: &[&str],
+    rows: Vec<Vec<String>>,
+) -> anyhow::Result<bool> {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string(value)?),
+        Format::Table => print_table(header, &rows),
+    }
+    Ok(true)
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".into(), |x| x.to_string())
+}
+
+/// `coproc list`.
+pub fn list(c: &mut Client, f: Format) -> anyhow::Result<bool> {
+    let l = c.list_coprocs()?;
+    let rows = l
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                p.class.clone(),
+                p.model.clone(),
+                p.policy.clone(),
+                p.vcoprocs.to_string(),
+                format!("{:.1}%", p.utilisation_pct),
+            ]
+        })
+        .collect();
+    show(
+        f,
+        &l,
+        &[
+            "name",
+            "class",
+            "model",
+            "policy",
+            "vcoprocs",
+            "utilisation",
+        ],
+        rows,
+    )
+}
+
+/// `coproc vcoproc-list`.
+pub fn vcoproc_list(
+    c: &mut Client,
+    f: Format,
+    domain: Option<u32>,
+    coproc: Option<&str>,
+) -> anyhow::Result<bool> {
+    let l = c.list_vcoprocs(domain, coproc)?;
+    let rows = l
+        .iter()
+        .map(|v| {
+            vec![
+                v.id.to_string(),
+                v.coproc.clone(),
+                v.domain.to_string(),
+                v.firmware.clone(),
+                v.state.clone(),
+                format!("{:.1}", v.run_ns as f64 / 1e6),
+                v.switches.to_string(),
+                v.faults.to_string(),
+                v.mappings.to_string(),
+            ]
+        })
+        .collect();
+    show(
+        f,
+        &l,
+        &[
+            "id", "coproc", "domain", "firmware", "state", "run ms", "switches", "faults",
+            "mappings",
+        ],
+        rows,
+    )
+}
+
+/// `coproc domain-list`.
+pub fn domain_list(c: &mut Client, f: Format) -> anyhow::Result<bool> {
+    let l = c.list_domains()?;
+    let rows = l
+        .iter()
+        .map(|d| {
+            vec![
+                d.uid.to_string(),
+                d.sessions.to_string(),
+                d.vcoprocs.to_string(),
+                d.mapped_bytes.to_string(),
+            ]
+        })
+        .collect();
+    show(
+        f,
+        &l,
+        &["uid", "sessions", "vcoprocs", "mapped bytes"],
+        rows,
+    )
+}
+
+/// `coproc fault-list`.
+pub fn fault_list(c: &mut Client, f: Format) -> anyhow::Result<bool> {
+    let l = c.list_faults()?;
+    let rows = l
+        .iter()
+        .map(|x| {
+            vec![
+                x.coproc.clone(),
+                x.vcoproc.to_string(),
+                x.domain.to_string(),
+                format!("{:.3}", x.at_ns as f64 / 1e9),
+                x.addr.map_or_else(|| "-".into(), |a| format!("{a:#x}")),
+                x.access.clone(),
+                x.pc.map_or_else(|| "-".into(), |a| format!("{a:#x}")),
+                x.reason.clone(),
+            ]
+        })
+        .collect();
+    show(
+        f,
+        &l,
+        &[
+            "coproc", "vcoproc", "domain", "at s", "addr", "access", "pc", "reason",
+        ],
+        rows,
+    )
+}
+
+/// `coproc sched-get`.
+pub fn sched_get(c: &mut Client, f: Format, coproc: &str) -> anyhow::Result<bool> {
+    let s = c.sched_get(coproc)?;
+    if f == Format::Json {
+        println!("{}", serde_json::to_string(&s)?);
+        return Ok(true);
+    }
+    let params: Vec<String> = s.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("{}: policy {} {}\n", s.coproc, s.policy, params.join(" "));
+    let rows = s
+        .standings
+        .iter()
+        .map(|(id, queued, figs)| {
+            let figs: Vec<String> = figs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            vec![
+                id.to_string(),
+                if *queued { "yes".into() } else { "no".into() },
+                figs.join(" "),
+            ]
+        })
+        .collect::<Vec<_>>();
+    print_table(&["vcoproc", "queued", "standing"], &rows);
+    Ok(true)
+}
+
+/// `coproc sched-set C POLICY key=value...`.
+pub fn sched_set(
+    c: &mut Client,
+    coproc: &str,
+    policy: &str,
+    params: &[String],
+) -> anyhow::Result<bool> {
+    let mut kv = Vec::new();
+    for p in params {
+        let (k, v) = p
+            .split_once('=')
+            .with_context(|| format!("parameter {p:?} is not key=value"))?;
+        kv.push((k.to_string(), v.to_string()));
+    }
+    c.sched_set(coproc, policy, &kv)?;
+    Ok(true)
+}
+
+/// Options of `coproc run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Pcoproc.
+    #[arg(long, default_value = "mcu0")]
+    coproc: String,
+    /// Firmware ELF file.
+    firmware: PathBuf,
+    /// Mailbox-in words to write before ringing the doorbell (decimal or 0x).
+    #[arg(long, value_delimiter = ',')]
+    mbox: Vec<String>,
+    /// Shared memory to map at 0x60000000, in KiB (0: none).
+    #[arg(long, default_value_t = 0)]
+    map_kib: u64,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+}
+
+fn parse_word(s: &str) -> anyhow::Result<u32> {
+    let s = s.trim();
+    Ok(match s.strip_prefix("0x") {
+        Some(h) => u32::from_str_radix(h, 16)?,
+        None => s.parse()?,
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct RunReport {
+    vcoproc: u32,
+    outcome: String,
+    notify: Option<(u64, u32)>,
+    mailbox: Vec<u32>,
+    state: String,
+    run_ns: u64,
+}
+
+/// `coproc run`: a one-shot client. Loads the firmware into a new vcoproc,
+/// starts it, rings the doorbell once, waits for a notification, a fault,
+/// an exit or the time limit, prints the mailbox; the vcoproc is destroyed
+/// when the command ends.
+pub fn run(c: &mut Client, f: Format, a: &RunArgs) -> anyhow::Result<bool> {
+    let image =
+        std::fs::read(&a.firmware).with_context(|| format!("reading {}", a.firmware.display()))?;
+    let words: Vec<u32> = a
+        .mbox
+        .iter()
+        .map(|w| parse_word(w))
+        .collect::<anyhow::Result<_>>()?;
+    if words.len() > 16 {
+        bail!("the mailbox has 16 words");
+    }
+    let label = a
+        .firmware
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("firmware")
+        .to_string();
+    let v = c.open(&a.coproc)?;
+    c.load_firmware(v, &label, &image)?;
+    let _mem = if a.map_kib > 0 {
+        let m = SharedMem::new(a.map_kib * 1024)?;
+        c.map(
+            v,
+            &m,
+            0,
+            0x6000_0000,
+            m.len(),
+            WirePerms::Rw,
+            WireMapKind::Pinned,
+        )?;
+        Some(m)
+    } else {
+        None
+    };
+    c.subscribe(v)?;
+    c.start(v)?;
+    if !words.is_empty() {
+        c.mbox_write(v, 0, &words)?;
+    }
+    c.doorbell(v)?;
+    let deadline = Instant::now() + Duration::from_secs_f64(a.seconds);
+    let (mut outcome, mut notify) = ("timeout".to_string(), None);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match c.next_event(left) {
+            Ok(Event::Notify { vcoproc, seq, tag }) if vcoproc == v => {
+                notify = Some((seq, tag));
+                outcome = "notified".into();
+                break;
+            }
+            Ok(Event::State { vcoproc, state }) if vcoproc == v => {
+                outcome = state;
+                break;
+            }
+            Ok(_) => {}
+            Err(ClientError::Timeout(_)) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let (mailbox, _) = c.mbox_read(v)?;
+    let info = c.query(v)?;
+    let report = RunReport {
+        vcoproc: v,
+        outcome,
+        notify,
+        mailbox,
+        state: info.state,
+        run_ns: info.run_ns,
+    };
+    match f {
+        Format::Json => println!("{}", serde_json::to_string(&report)?),
+        Format::Table => {
+            println!(
+                "vcoproc {}: {} (state {}, ran {:.3} ms)",
+                v,
+                report.outcome,
+                report.state,
+                report.run_ns as f64 / 1e6
+            );
+            if let Some((seq, tag)) = report.notify {
+                println!("notification {seq}, tag {tag}");
+            }
+            let words: Vec<String> = report.mailbox.iter().map(|w| format!("{w:#x}")).collect();
+            println!("mailbox-out: {}", words.join(" "));
+            if report.outcome == "faulted" {
+                for x in c.list_faults()?.iter().filter(|x| x.vcoproc == v) {
+                    println!(
+                        "fault: {} at {} ({}) pc {}",
+                        x.reason,
+                        opt(x.addr.map(|a| format!("{a:#x}"))),
+                        x.access,
+                        opt(x.pc.map(|p| format!("{p:#x}")))
+                    );
+                }
+            }
+        }
+    }
+    Ok(report.outcome != "timeout" && report.outcome != "faulted")
+}

@@ -1,0 +1,556 @@
+//! The real daemon with real client processes: results, a client killed
+//! mid-run, hostile input, authorization between uids.
+
+use coproc_client::{Client, ErrorCode, SharedMem, WireMapKind, WirePerms};
+use coproc_proto::frame::{encode, MAGIC};
+use coproc_proto::{ClientFrame, Request, ServerFrame};
+use rustix::fd::AsFd;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const CONFIG: &str = r#"
+[[pcoproc]]
+name = "mcu0"
+class = "mcu"
+policy = "rr"
+policy_params = { slice_us = "1000" }
+
+[[domain]]
+uids = "*"
+pcoprocs = ["mcu0"]
+max_vcoprocs = 8
+max_mapped_bytes = 16777216
+"#;
+
+fn coproc_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_coproc"))
+}
+
+/// The coprocd binary next to the coproc binary (built by the workspace
+/// build; built here if this package's tests run alone).
+fn coprocd_bin() -> PathBuf {
+    let p = coproc_bin().with_file_name("coprocd");
+    if !p.exists() {
+        let mut c = Command::new(env!("CARGO"));
+        c.args(["build", "-q", "-p", "coprocd"]);
+        if p.to_string_lossy().contains("/release/") {
+            c.arg("--release");
+        }
+        assert!(c.status().unwrap().success(), "building coprocd");
+    }
+    p
+}
+
+struct Daemon {
+    child: Child,
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    fn start(name: &str) -> Daemon {
+        let dir = std::env::temp_dir().join(format!("coproc-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let config = dir.join("coprocd.toml");
+        std::fs::write(&config, CONFIG).unwrap();
+        let socket = dir.join("coprocd.sock");
+        let child = Command::new(coprocd_bin())
+            .arg("--config")
+            .arg(&config)
+            .arg("--socket")
+            .arg(&socket)
+            .env("COPROC_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Client::connect_to(&socket).is_err() {
+            assert!(Instant::now() < deadline, "daemon did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Daemon { child, dir, socket }
+    }
+
+    fn client(&self) -> Client {
+        Client::connect_to(&self.socket).unwrap()
+    }
+
+    fn coproc(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(coproc_bin());
+        c.arg("--socket").arg(&self.socket).args(args);
+        c
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(self.child.id() as i32).unwrap(),
+            rustix::process::Signal::TERM,
+        );
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn domain(d: &Daemon, fw: &str, extra: &[&str]) -> Child {
+    let mut args = vec!["-o", "json", "domain-run", "--firmware", fw];
+    args.extend_from_slice(extra);
+    d.coproc(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn verified(out: Output) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "client failed: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(v["verified"], true, "{v}");
+    v
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn concurrent_client_processes_get_right_results() {
+    let d = Daemon::start("concurrent");
+    let kids: Vec<Child> = ["fir", "crc32", "echo", "faulty"]
+        .iter()
+        .map(|fw| domain(&d, fw, &["--scale", "2"]))
+        .collect();
+    for k in kids {
+        verified(k.wait_with_output().unwrap());
+    }
+    // Each session's vcoprocs went with it; the faulty one's record stays.
+    let mut c = d.client();
+    assert!(c.list_vcoprocs(None, None).unwrap().is_empty());
+    let faults = c.list_faults().unwrap();
+    assert!(
+        faults
+            .iter()
+            .any(|f| f.addr == Some(0x7fff_f000) && f.access == "read"),
+        "{faults:?}"
+    );
+}
+
+#[test]
+fn killed_client_loses_everything_and_others_are_unaffected() {
+    let mut d = Daemon::start("sigkill");
+    let mut admin = d.client();
+    // Warm up once, then take the baseline.
+    verified(domain(&d, "echo", &[]).wait_with_output().unwrap());
+    let kill_one = |d: &Daemon, admin: &mut Client| {
+        let mut hog = domain(d, "hog", &["--seconds", "600"]);
+        wait_for("the hog's vcoproc", || {
+            admin
+                .list_vcoprocs(None, None)
+                .unwrap()
+                .iter()
+                .any(|v| v.firmware == "hog" && v.run_ns > 0)
+        });
+        let v = admin.list_vcoprocs(None, None).unwrap();
+        let hogs: Vec<_> = v.iter().filter(|v| v.firmware == "hog").collect();
+        assert_eq!(hogs.len(), 1);
+        assert_eq!((hogs[0].mappings, hogs[0].mapped_bytes), (1, 1 << 20));
+        hog.kill().unwrap(); // SIGKILL
+        hog.wait().unwrap();
+        wait_for("cleanup", || {
+            !admin
+                .list_vcoprocs(None, None)
+                .unwrap()
+                .iter()
+                .any(|v| v.firmware == "hog")
+        });
+    };
+    kill_one(&d, &mut admin);
+    let baseline = d.rss_kib();
+    // Others run while clients are killed under them.
+    let others: Vec<Child> = ["fir", "crc32", "echo"]
+        .iter()
+        .map(|fw| domain(&d, fw, &["--scale", "3"]))
+        .collect();
+    for _ in 0..5 {
+        kill_one(&d, &mut admin);
+    }
+    for k in others {
+        verified(k.wait_with_output().unwrap());
+    }
+    wait_for("every session gone", || {
+        let doms = admin.list_domains().unwrap();
+        doms.len() == 1
+            && doms[0].sessions == 1
+            && doms[0].vcoprocs == 0
+            && doms[0].mapped_bytes == 0
+    });
+    let after = d.rss_kib();
+    assert!(
+        after <= baseline + 8 * 1024,
+        "daemon RSS grew from {baseline} KiB to {after} KiB"
+    );
+    assert!(d.alive());
+}
+
+/// Send raw bytes (and fds) and read the daemon's answer frames.
+fn raw(socket: &Path) -> UnixStream {
+    let s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+fn read_reply(s: &mut UnixStream) -> Option<ServerFrame> {
+    let mut hdr = [0u8; 8];
+    s.read_exact(&mut hdr).ok()?;
+    assert_eq!(u32::from_le_bytes(hdr[..4].try_into().unwrap()), MAGIC);
+    let len = u32::from_le_bytes(hdr[4..].try_into().unwrap()) as usize;
+    let mut body = vec![0; len];
+    s.read_exact(&mut body).ok()?;
+    Some(serde_json::from_slice(&body).unwrap())
+}
+
+fn error_code(f: Option<ServerFrame>) -> ErrorCode {
+    match f {
+        Some(ServerFrame::Reply { result: Err(e), .. }) => e.code,
+        other => panic!("expected an error reply, got {other:?}"),
+    }
+}
+
+fn closed(s: &mut UnixStream) -> bool {
+    let mut b = [0u8; 1];
+    matches!(s.read(&mut b), Ok(0))
+}
+
+fn frame(id: u64, req: Request) -> Vec<u8> {
+    encode(&ClientFrame { id, req }).unwrap()
+}
+
+fn hello(s: &mut UnixStream) {
+    s.write_all(&frame(
+        1,
+        Request::Hello {
+            version: coproc_proto::VERSION,
+        },
+    ))
+    .unwrap();
+    assert!(matches!(
+        read_reply(s),
+        Some(ServerFrame::Reply { result: Ok(_), .. })
+    ));
+}
+
+fn send_with_fds(s: &UnixStream, id: u64, req: Request, fds: &[rustix::fd::BorrowedFd<'_>]) {
+    coproc_proto::fdpass::send_frame(s.as_fd(), &frame(id, req), fds).unwrap();
+}
+
+#[test]
+fn hostile_input_gets_clear_errors_and_the_daemon_keeps_serving() {
+    let mut d = Daemon::start("hostile");
+    // A well-behaved domain runs the whole time.
+    let bystander = domain(&d, "echo", &["--scale", "10"]);
+    let sock = d.socket.clone();
+
+    // Not our protocol at all: error, then closed.
+    let mut s = raw(&sock);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(error_code(read_reply(&mut s)), ErrorCode::BadRequest);
+    assert!(closed(&mut s));
+
+    // An absurd length: refused before anything is allocated.
+    let mut s = raw(&sock);
+    s.write_all(&MAGIC.to_le_bytes()).unwrap();
+    s.write_all(&u32::MAX.to_le_bytes()).unwrap();
+    assert_eq!(error_code(read_reply(&mut s)), ErrorCode::BadRequest);
+    assert!(closed(&mut s));
+
+    // A truncated frame, then the connection drops.
+    let mut s = raw(&sock);
+    s.write_all(&frame(1, Request::ListCoprocs)[..10]).unwrap();
+    drop(s);
+
+    // Wrong version: error, closed.
+    let mut s = raw(&sock);
+    s.write_all(&frame(1, Request::Hello { version: 99 }))
+        .unwrap();
+    assert_eq!(error_code(read_reply(&mut s)), ErrorCode::BadVersion);
+    assert!(closed(&mut s));
+
+    // Anything before hello.
+    let mut s = raw(&sock);
+    s.write_all(&frame(1, Request::ListCoprocs)).unwrap();
+    assert_eq!(error_code(read_reply(&mut s)), ErrorCode::BadSequence);
+    hello(&mut s);
+
+    // Unknown message kinds and malformed JSON: error, session continues.
+    for body in [
+        &br#"{"id":5,"op":"format-disk"}"#[..],
+        b"{not json",
+        b"[]",
+        br#"{"id":6,"op":"open-vcoproc"}"#,
+    ] {
+        let mut f = MAGIC.to_le_bytes().to_vec();
+        f.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        f.extend_from_slice(body);
+        s.write_all(&f).unwrap();
+        assert_eq!(
+            error_code(read_reply(&mut s)),
+            ErrorCode::BadRequest,
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
+
+    // Descriptors: missing, too many, wrong kind, on a request taking none.
+    let mut c = Client::connect_to(&sock).unwrap();
+    let v = c.open("mcu0").unwrap();
+    let img = SharedMem::with_contents(coproc_firmware::CRC32.elf).unwrap();
+    let load = |len| Request::LoadFirmware {
+        vcoproc: v,
+        label: "x".into(),
+        len,
+    };
+    let (pr, _pw) = rustix::pipe::pipe().unwrap();
+    let cases: Vec<(Request, Vec<rustix::fd::BorrowedFd<'_>>, ErrorCode)> = vec![
+        (load(100), vec![], ErrorCode::BadFd),
+        (load(100), vec![img.fd(), img.fd()], ErrorCode::BadFd),
+        (load(100), vec![pr.as_fd()], ErrorCode::BadFd),
+        (load(1 << 30), vec![img.fd()], ErrorCode::InvalidArgument),
+        (load(img.len() + 4096), vec![img.fd()], ErrorCode::BadFd),
+        (Request::ListCoprocs, vec![img.fd()], ErrorCode::BadFd),
+        (
+            Request::Doorbell { vcoproc: 999_999 },
+            vec![],
+            ErrorCode::NotFound,
+        ),
+        (
+            Request::MboxWrite {
+                vcoproc: v,
+                index: 15,
+                values: vec![1, 2],
+            },
+            vec![],
+            ErrorCode::InvalidArgument,
+        ),
+        (
+            Request::MboxWrite {
+                vcoproc: v,
+                index: u32::MAX,
+                values: vec![1],
+            },
+            vec![],
+            ErrorCode::InvalidArgument,
+        ),
+    ];
+    for (i, (req, fds, want)) in cases.into_iter().enumerate() {
+        // The vcoproc belongs to `c`'s session: use `c`'s connection for
+        // requests on it, the raw one for the rest.
+        let on_v = !matches!(req, Request::ListCoprocs | Request::Doorbell { .. });
+        if on_v {
+            send_with_fds(c.socket(), 100 + i as u64, req.clone(), &fds);
+            let mut sock_c = c.socket().try_clone().unwrap();
+            assert_eq!(
+                error_code(read_reply(&mut sock_c)),
+                want,
+                "case {i}: {req:?}"
+            );
+        } else {
+            send_with_fds(&s, 100 + i as u64, req.clone(), &fds);
+            assert_eq!(error_code(read_reply(&mut s)), want, "case {i}: {req:?}");
+        }
+    }
+    // A firmware image that is not one: a clear device error.
+    let junk = vec![0x7fu8; 300];
+    assert_eq!(
+        c.load_firmware(v, "junk", &junk).unwrap_err().code(),
+        Some(ErrorCode::Device)
+    );
+    c.load_firmware(v, "crc32", coproc_firmware::CRC32.elf)
+        .unwrap();
+
+    // Maps: past the end of the fd, not a memfd, overlapping, outside the
+    // window, unaligned, over quota.
+    let mem = SharedMem::new(64 * 1024).unwrap();
+    let map = |c: &mut Client, m: &SharedMem, off, iova, len| {
+        c.map(v, m, off, iova, len, WirePerms::Rw, WireMapKind::Pinned)
+    };
+    assert_eq!(
+        map(&mut c, &mem, 0, 0x6000_0000, 128 * 1024)
+            .unwrap_err()
+            .code(),
+        Some(ErrorCode::BadFd)
+    );
+    assert_eq!(
+        map(&mut c, &mem, 4096, 0x6000_0000, 64 * 1024)
+            .unwrap_err()
+            .code(),
+        Some(ErrorCode::BadFd)
+    );
+    let file = d.dir.join("plain");
+    std::fs::write(&file, vec![0u8; 8192]).unwrap();
+    let plain = std::fs::File::open(&file).unwrap();
+    send_with_fds(
+        c.socket(),
+        500,
+        Request::Map {
+            vcoproc: v,
+            iova: 0x6000_0000,
+            offset: 0,
+            len: 4096,
+            perms: WirePerms::R,
+            kind: WireMapKind::Pinned,
+        },
+        &[plain.as_fd()],
+    );
+    let mut sock_c = c.socket().try_clone().unwrap();
+    assert_eq!(error_code(read_reply(&mut sock_c)), ErrorCode::BadFd);
+    map(&mut c, &mem, 0, 0x6000_0000, 64 * 1024).unwrap();
+    assert_eq!(
+        map(&mut c, &mem, 0, 0x6000_8000, 4096).unwrap_err().code(),
+        Some(ErrorCode::InvalidArgument)
+    );
+    assert_eq!(
+        map(&mut c, &mem, 0, 0x1000_0000, 4096).unwrap_err().code(),
+        Some(ErrorCode::InvalidArgument)
+    );
+    assert_eq!(
+        map(&mut c, &mem, 0, 0x6100_0100, 4096).unwrap_err().code(),
+        Some(ErrorCode::InvalidArgument)
+    );
+    let big = SharedMem::new(16 << 20).unwrap();
+    assert_eq!(
+        map(&mut c, &big, 0, 0x6200_0000, 16 << 20)
+            .unwrap_err()
+            .code(),
+        Some(ErrorCode::Quota)
+    );
+    // Quota of vcoprocs (8): the bystander has one, we have one.
+    let mut opened = vec![];
+    loop {
+        match c.open("mcu0") {
+            Ok(id) => opened.push(id),
+            Err(e) => {
+                assert_eq!(e.code(), Some(ErrorCode::Quota));
+                break;
+            }
+        }
+        assert!(opened.len() < 10, "quota not enforced");
+    }
+    assert_eq!(opened.len(), 6);
+    // The crc vcoproc still computes right.
+    c.start(v).unwrap();
+    c.subscribe(v).unwrap();
+    let data = b"123456789";
+    mem.write(0, data).unwrap();
+    let seq = c.mbox_read(v).unwrap().1;
+    c.mbox_write(v, 0, &[0x6000_0000, data.len() as u32, 7])
+        .unwrap();
+    c.doorbell(v).unwrap();
+    c.wait_notify(v, seq, Duration::from_secs(30)).unwrap();
+    assert_eq!(c.mbox_read(v).unwrap().0[1], 0xCBF4_3926);
+    drop(c);
+
+    verified(bystander.wait_with_output().unwrap());
+    assert!(d.alive());
+    let mut fresh = d.client();
+    assert_eq!(fresh.list_coprocs().unwrap().len(), 1);
+}
+
+#[test]
+fn sigterm_shuts_down_cleanly() {
+    let mut d = Daemon::start("sigterm");
+    let mut c = d.client();
+    let v = c.open("mcu0").unwrap();
+    c.load_firmware(v, "hog", coproc_firmware::HOG.elf).unwrap();
+    c.start(v).unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(d.child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let status = d.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!d.socket.exists(), "socket removed");
+    assert!(c.list_coprocs().is_err(), "session ended");
+}
+
+#[test]
+fn other_uids_cannot_see_or_touch_our_vcoprocs() {
+    if !rustix::process::getuid().is_root() {
+        eprintln!("skipped: needs root to run a client as another uid");
+        return;
+    }
+    let d = Daemon::start("uids");
+    let mut root = d.client();
+    let v = root.open("mcu0").unwrap();
+    root.load_firmware(v, "echo", coproc_firmware::ECHO.elf)
+        .unwrap();
+    // A copy of the CLI that uid 65534 can execute.
+    let bin = d.dir.join("coproc");
+    std::fs::copy(coproc_bin(), &bin).unwrap();
+    let as_nobody = |args: &[&str]| {
+        use std::os::unix::process::CommandExt;
+        let out = Command::new(&bin)
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(args)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, out, err) = as_nobody(&["-o", "json", "vcoproc-list"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "[]", "uid 65534 sees nothing of root's");
+    let id = v.to_string();
+    for verb in ["vcoproc-reset", "vcoproc-destroy"] {
+        let (ok, _, err) = as_nobody(&[verb, &id]);
+        assert!(!ok);
+        assert!(err.contains("NotFound"), "{verb}: {err}");
+    }
+    let (ok, _, err) = as_nobody(&["sched-set", "mcu0", "rr", "slice_us=100"]);
+    assert!(!ok);
+    assert!(err.contains("PermissionDenied"), "{err}");
+    // Its own vcoprocs work.
+    let (ok, out, err) = as_nobody(&["-o", "json", "domain-run", "--firmware", "crc32"]);
+    assert!(ok, "{out} {err}");
+    // Root's vcoproc is untouched.
+    assert_eq!(root.query(v).unwrap().state, "loaded");
+    // Root (admin) may change the policy.
+    root.sched_set("mcu0", "rr", &[("slice_us".into(), "2000".into())])
+        .unwrap();
+    assert_eq!(
+        root.sched_get("mcu0").unwrap().params,
+        [("slice_us".to_string(), "2000".to_string())]
+    );
+}
