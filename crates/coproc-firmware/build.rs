@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const FIRMWARE: &[&str] = &["echo", "fir", "crc32", "hog", "faulty", "probe"];
+const FIRMWARE: &[&str] = &["echo", "fir", "crc32", "hog", "faulty", "probe", "qecho"];
 
 fn tool(names: &[&str]) -> Option<String> {
     names

@@ -104,4 +104,110 @@ __attribute__((noreturn)) static inline void coproc_exit(uint32_t code) {
     }
 }
 
+/* ---- Queues: submission and completion rings in domain memory ----------
+ *
+ * Layout of a queue mapping (all little-endian u32):
+ *   0x000 header: magic COPROC_QUEUE_MAGIC, entries (power of two), entry
+ *         size (64), flags
+ *   0x040 sq_tail  (written by the domain)
+ *   0x080 sq_head  (written by the firmware)
+ *   0x0c0 cq_tail  (written by the firmware)
+ *   0x100 cq_head  (written by the domain)
+ *   0x1000 submission entries, then completion entries, 64 bytes each.
+ *
+ * The domain is untrusted: the helpers keep their own copies of the indices
+ * they own, mask every slot number, and copy an entry out before using it,
+ * so no index the domain writes can make them touch memory outside the
+ * ring. */
+#define COPROC_QUEUE_MAGIC 0x45555143u /* "CQUE" */
+#define COPROC_QUEUE_MAX_ENTRIES 4096u
+#define COPROC_QUEUE_ENTRY_SIZE 64u
+#define COPROC_QUEUE_RING_OFFSET 0x1000u
+
+typedef struct {
+    uint32_t opcode;
+    uint32_t tag;
+    uint32_t args[14];
+} coproc_sqe_t;
+
+typedef struct {
+    uint32_t tag;
+    uint32_t status;
+    uint32_t result[14];
+} coproc_cqe_t;
+
+typedef struct {
+    volatile uint32_t *base;
+    const volatile coproc_sqe_t *sq;
+    volatile coproc_cqe_t *cq;
+    uint32_t mask;
+    uint32_t sq_head; /* private copies of the indices we own */
+    uint32_t cq_tail;
+    uint32_t garbage; /* times the domain's indices made no sense */
+} coproc_queue_t;
+
+#define COPROC_Q_WORD(q, off) ((q)->base[(off) / 4u])
+
+/* Attach to the queue mapped at `iova`, `len` bytes. Returns 0, or -1 if the
+ * header is not a valid queue that fits the mapping. */
+static inline int coproc_queue_init(coproc_queue_t *q, uint32_t iova, uint32_t len) {
+    q->base = (volatile uint32_t *)iova;
+    uint32_t entries = q->base[1];
+    if (q->base[0] != COPROC_QUEUE_MAGIC || entries == 0u || entries > COPROC_QUEUE_MAX_ENTRIES ||
+        (entries & (entries - 1u)) != 0u || q->base[2] != COPROC_QUEUE_ENTRY_SIZE ||
+        len < COPROC_QUEUE_RING_OFFSET + 2u * entries * COPROC_QUEUE_ENTRY_SIZE) {
+        return -1;
+    }
+    q->mask = entries - 1u;
+    q->sq = (const volatile coproc_sqe_t *)(iova + COPROC_QUEUE_RING_OFFSET);
+    q->cq = (volatile coproc_cqe_t *)(iova + COPROC_QUEUE_RING_OFFSET + entries * COPROC_QUEUE_ENTRY_SIZE);
+    q->sq_head = COPROC_Q_WORD(q, 0x080u);
+    q->cq_tail = COPROC_Q_WORD(q, 0x0c0u);
+    q->garbage = 0u;
+    return 0;
+}
+
+/* Take the next submission into `out`. Returns 1, or 0 if there is none.
+ * A tail more than a ring ahead is garbage: it is skipped (counted). */
+static inline int coproc_sq_pop(coproc_queue_t *q, coproc_sqe_t *out) {
+    uint32_t tail = COPROC_Q_WORD(q, 0x040u);
+    uint32_t avail = tail - q->sq_head;
+    if (avail == 0u) {
+        return 0;
+    }
+    if (avail > q->mask + 1u) {
+        q->garbage++;
+        q->sq_head = tail;
+        COPROC_Q_WORD(q, 0x080u) = q->sq_head;
+        return 0;
+    }
+    const volatile coproc_sqe_t *e = &q->sq[q->sq_head & q->mask];
+    out->opcode = e->opcode;
+    out->tag = e->tag;
+    for (uint32_t i = 0; i < 14u; i++) {
+        out->args[i] = e->args[i];
+    }
+    q->sq_head++;
+    COPROC_Q_WORD(q, 0x080u) = q->sq_head;
+    return 1;
+}
+
+/* Post a completion. Returns 1, or 0 if the completion ring is full (or the
+ * domain's head makes no sense). */
+static inline int coproc_cq_push(coproc_queue_t *q, const coproc_cqe_t *c) {
+    uint32_t head = COPROC_Q_WORD(q, 0x100u);
+    if (q->cq_tail - head > q->mask) {
+        return 0;
+    }
+    volatile coproc_cqe_t *e = &q->cq[q->cq_tail & q->mask];
+    e->tag = c->tag;
+    e->status = c->status;
+    for (uint32_t i = 0; i < 14u; i++) {
+        e->result[i] = c->result[i];
+    }
+    q->cq_tail++;
+    COPROC_Q_WORD(q, 0x0c0u) = q->cq_tail;
+    return 1;
+}
+
 #endif /* COPROC_H */

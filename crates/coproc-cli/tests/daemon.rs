@@ -190,27 +190,43 @@ fn killed_client_loses_everything_and_others_are_unaffected() {
                 .any(|v| v.firmware == "hog")
         });
     };
-    kill_one(&d, &mut admin);
-    let baseline = d.rss_kib();
-    // Others run while clients are killed under them.
-    let others: Vec<Child> = ["fir", "crc32", "echo"]
-        .iter()
-        .map(|fw| domain(&d, fw, &["--scale", "3"]))
-        .collect();
-    for _ in 0..5 {
-        kill_one(&d, &mut admin);
+    // Warm up with the same mix (context memory is pooled and translated
+    // code cached: the first round sets the high-water mark), then take the
+    // baseline, then do it all again.
+    let round = |d: &Daemon, admin: &mut Client| {
+        let others: Vec<Child> = ["fir", "crc32", "echo"]
+            .iter()
+            .map(|fw| domain(d, fw, &["--scale", "3"]))
+            .collect();
+        for _ in 0..3 {
+            kill_one(d, admin);
+        }
+        for k in others {
+            verified(k.wait_with_output().unwrap());
+        }
+    };
+    // Memory measured when every client session is gone.
+    let settle = |d: &Daemon, admin: &mut Client| {
+        wait_for("every session gone", || {
+            let doms = admin.list_domains().unwrap();
+            doms.len() == 1
+                && doms[0].sessions == 1
+                && doms[0].vcoprocs == 0
+                && doms[0].mapped_bytes == 0
+        });
+        d.rss_kib()
+    };
+    for _ in 0..3 {
+        round(&d, &mut admin);
     }
-    for k in others {
-        verified(k.wait_with_output().unwrap());
+    let baseline = settle(&d, &mut admin);
+    for _ in 0..3 {
+        round(&d, &mut admin);
     }
-    wait_for("every session gone", || {
-        let doms = admin.list_domains().unwrap();
-        doms.len() == 1
-            && doms[0].sessions == 1
-            && doms[0].vcoprocs == 0
-            && doms[0].mapped_bytes == 0
-    });
-    let after = d.rss_kib();
+    let after = settle(&d, &mut admin);
+    // 18 more clients each mapped 1 MiB and had a context: had any of it
+    // stayed, the daemon would have grown by 18 MiB or more. What is left
+    // is allocator and translation-cache noise.
     assert!(
         after <= baseline + 8 * 1024,
         "daemon RSS grew from {baseline} KiB to {after} KiB"
@@ -461,7 +477,9 @@ fn hostile_input_gets_clear_errors_and_the_daemon_keeps_serving() {
         }
         assert!(opened.len() < 10, "quota not enforced");
     }
-    assert_eq!(opened.len(), 6);
+    // Ours (1 + opened) and the bystander's (if it still runs): at most 8.
+    assert!(opened.len() >= 6, "opened {}", opened.len());
+    assert!(c.list_vcoprocs(None, None).unwrap().len() <= 8);
     // The crc vcoproc still computes right.
     c.start(v).unwrap();
     c.subscribe(v).unwrap();
@@ -553,4 +571,101 @@ fn other_uids_cannot_see_or_touch_our_vcoprocs() {
         root.sched_get("mcu0").unwrap().params,
         [("slice_us".to_string(), "2000".to_string())]
     );
+}
+
+#[test]
+fn queues_carry_requests_with_only_doorbells_and_survive_garbage_indices() {
+    use coproc_client::Sqe;
+    let d = Daemon::start("queues");
+    let mut c = d.client();
+    let v = c.open("mcu0").unwrap();
+    c.load_firmware(v, "qecho", coproc_firmware::QECHO.elf)
+        .unwrap();
+    // Refused by the SDK, and by the daemon: not a power of two.
+    assert!(c.create_queue(v, 0x6000_0000, 48).is_err());
+    {
+        let mem = SharedMem::new(1 << 20).unwrap();
+        let e1 = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
+        let e2 = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
+        send_with_fds(
+            c.socket(),
+            800,
+            Request::CreateQueue {
+                vcoproc: v,
+                iova: 0x6000_0000,
+                entries: 48,
+            },
+            &[mem.fd(), e1.as_fd(), e2.as_fd()],
+        );
+        let mut sock_c = c.socket().try_clone().unwrap();
+        assert_eq!(
+            error_code(read_reply(&mut sock_c)),
+            ErrorCode::InvalidArgument
+        );
+    }
+    let mut q = c.create_queue(v, 0x6000_0000, 64).unwrap();
+    c.mbox_write(v, 0, &[q.iova() as u32, q.len() as u32])
+        .unwrap();
+    c.start(v).unwrap();
+    let mut tag = 0u32;
+    let mut roundtrip = |q: &mut coproc_client::Queue, n: u32| {
+        for _ in 0..n {
+            tag += 1;
+            let sqe = Sqe {
+                opcode: 3,
+                tag,
+                args: std::array::from_fn(|i| tag.wrapping_mul(31) + i as u32),
+            };
+            assert!(q.submit(&sqe));
+        }
+        q.ring().unwrap();
+        let mut got = 0;
+        while got < n {
+            while let Some(cqe) = q.complete() {
+                let want = tag - n + 1 + got;
+                assert_eq!(cqe.tag, want, "completions in order");
+                assert_eq!(cqe.status, 3);
+                for i in 0..14 {
+                    assert_eq!(cqe.result[i], want.wrapping_mul(31) + i as u32 + 3);
+                }
+                got += 1;
+            }
+            if got < n {
+                assert!(
+                    q.wait(Duration::from_secs(30)).unwrap(),
+                    "completion never signalled"
+                );
+            }
+        }
+    };
+    for batch in [1, 7, 64, 33, 64] {
+        roundtrip(&mut q, batch);
+    }
+    // Garbage ring indices: the firmware skips them, nothing faults.
+    let head = q.sq_head();
+    q.poke_sq_tail(head.wrapping_add(1_000_000));
+    q.ring().unwrap();
+    assert!(q.wait(Duration::from_secs(30)).unwrap());
+    let (out, _) = c.mbox_read(v).unwrap();
+    assert!(out[1] >= 1, "garbage counted: {out:?}");
+    q.resync();
+    roundtrip(&mut q, 50);
+    let info = c.query(v).unwrap();
+    assert_eq!(info.faults, 0);
+    assert_ne!(info.state, "faulted");
+    // A pipe is not an eventfd.
+    let (pr, pw) = rustix::pipe::pipe().unwrap();
+    let mem = SharedMem::new(8192).unwrap();
+    send_with_fds(
+        c.socket(),
+        900,
+        Request::CreateQueue {
+            vcoproc: v,
+            iova: 0x6800_0000,
+            entries: 1,
+        },
+        &[mem.fd(), pr.as_fd(), pw.as_fd()],
+    );
+    let mut sock_c = c.socket().try_clone().unwrap();
+    assert_eq!(error_code(read_reply(&mut sock_c)), ErrorCode::BadFd);
 }

@@ -5,12 +5,15 @@
 //! domain (its uid). Everything a session created is destroyed when it
 //! closes, including by the process dying.
 
+mod queue;
 mod shm;
 
+pub use coproc_proto::queue::{Cqe, Sqe};
 pub use coproc_proto::{
     Answer, CoprocInfo, DomainInfo, ErrorCode, Event, FaultInfo, Identity, SchedInfo, VcoprocInfo,
     WireError, WireMapKind, WirePerms,
 };
+pub use queue::Queue;
 pub use shm::SharedMem;
 
 use coproc_proto::fdpass::{send_frame, Receiver, TransportError};
@@ -265,6 +268,27 @@ impl Client {
         };
         match self.call(req, &[mem.fd()])? {
             Answer::Done => Ok(()),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Create a queue of `entries` entries whose rings appear at `iova`.
+    pub fn create_queue(
+        &mut self,
+        vcoproc: u32,
+        iova: u64,
+        entries: u32,
+    ) -> Result<Queue, ClientError> {
+        let q = Queue::new(iova, entries)?;
+        match self.call(
+            Request::CreateQueue {
+                vcoproc,
+                iova,
+                entries,
+            },
+            &q.fds(),
+        )? {
+            Answer::Done => Ok(q),
             other => Err(ClientError::Protocol(format!("{other:?}"))),
         }
     }

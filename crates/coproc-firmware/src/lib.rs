@@ -34,7 +34,8 @@ firmware!(
     CRC32 = "crc32",
     HOG = "hog",
     FAULTY = "faulty",
-    PROBE = "probe"
+    PROBE = "probe",
+    QECHO = "qecho"
 );
 
 /// The C header of the SDK (the firmware ABI).

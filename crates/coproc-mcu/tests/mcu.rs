@@ -494,6 +494,17 @@ fn unmap_removes_access_and_mappings_are_checked() {
 
 #[test]
 fn header_matches_rust_abi() {
+    use coproc_proto::queue;
+    let all: Vec<(&str, u32)> = abi::ALL
+        .iter()
+        .copied()
+        .chain([
+            ("COPROC_QUEUE_MAGIC", queue::MAGIC),
+            ("COPROC_QUEUE_MAX_ENTRIES", queue::MAX_ENTRIES),
+            ("COPROC_QUEUE_ENTRY_SIZE", queue::ENTRY_SIZE),
+            ("COPROC_QUEUE_RING_OFFSET", queue::RING_OFFSET),
+        ])
+        .collect();
     let mut seen = 0;
     for line in coproc_firmware::HEADER.lines() {
         let mut it = line.split_whitespace();
@@ -505,7 +516,7 @@ fn header_matches_rust_abi() {
         };
         let Some(hex) = value.strip_prefix("0x") else {
             if let Ok(v) = value.trim_end_matches('u').parse::<u32>() {
-                let want = abi::ALL.iter().find(|(n, _)| *n == name);
+                let want = all.iter().find(|(n, _)| *n == name);
                 if let Some((_, w)) = want {
                     assert_eq!(*w, v, "{name}");
                     seen += 1;
@@ -514,14 +525,27 @@ fn header_matches_rust_abi() {
             continue;
         };
         let v = u32::from_str_radix(hex.trim_end_matches('u'), 16).unwrap();
-        let (_, w) = abi::ALL
+        let (_, w) = all
             .iter()
             .find(|(n, _)| *n == name)
             .unwrap_or_else(|| panic!("{name} missing in abi.rs"));
         assert_eq!(*w, v, "{name}");
         seen += 1;
     }
-    assert_eq!(seen, abi::ALL.len(), "every ABI constant is in the header");
+    assert_eq!(seen, all.len(), "every ABI constant is in the header");
+    // The header's offsets of the queue indices (in the helpers) match.
+    for (off, name) in [
+        (queue::OFF_SQ_TAIL, "0x040u"),
+        (queue::OFF_SQ_HEAD, "0x080u"),
+        (queue::OFF_CQ_TAIL, "0x0c0u"),
+        (queue::OFF_CQ_HEAD, "0x100u"),
+    ] {
+        assert_eq!(format!("{off:#05x}u"), name);
+        assert!(
+            coproc_firmware::HEADER.contains(&format!("COPROC_Q_WORD(q, {name})")),
+            "{name}"
+        );
+    }
 }
 
 /// The core may be preempted right after a control block access and restart

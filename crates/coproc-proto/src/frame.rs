@@ -9,7 +9,7 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"COPC");
 /// Largest body accepted (firmware and memory travel as file descriptors).
 pub const MAX_BODY: usize = 64 * 1024;
 /// Most file descriptors one frame may carry.
-pub const MAX_FDS: usize = 2;
+pub const MAX_FDS: usize = 3;
 /// Header size.
 pub const HEADER: usize = 8;
 

@@ -11,6 +11,7 @@
 pub mod fdpass;
 pub mod frame;
 pub mod msg;
+pub mod queue;
 
 pub use frame::{Decoder, FrameError, MAGIC, MAX_BODY, MAX_FDS};
 pub use msg::*;

@@ -1,7 +1,7 @@
 //! Messages. Requests come from domains (and the CLI); each gets exactly one
 //! reply with the same `id`; events come unasked, for vcoprocs the session
 //! subscribed to. Frames that carry file descriptors say so in the request
-//! (`LoadFirmware`, `Map`); any other frame must carry none.
+//! (`LoadFirmware`, `Map`, `CreateQueue`); any other frame must carry none.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -75,6 +75,18 @@ pub enum Request {
         perms: WirePerms,
         /// Lifetime.
         kind: WireMapKind,
+    },
+    /// Create a queue: the attached fds are the ring memory (a memfd of
+    /// `queue::bytes_for(entries)` bytes or more, mapped read/write at
+    /// `iova`), the doorbell eventfd the domain writes after submitting, and
+    /// the completion eventfd the daemon writes when the firmware notifies.
+    CreateQueue {
+        /// Vcoproc.
+        vcoproc: u32,
+        /// Where the ring memory appears.
+        iova: u64,
+        /// Entries per ring (power of two, at most 4096).
+        entries: u32,
     },
     /// Remove the mapping at `iova`.
     Unmap {

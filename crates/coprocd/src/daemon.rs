@@ -21,6 +21,8 @@ pub struct Entry {
     pub session: u64,
     /// Mappings: iova → bytes.
     pub mapped: BTreeMap<u64, u64>,
+    /// Queues it has.
+    pub queues: u32,
 }
 
 /// What a domain uses now.
@@ -32,6 +34,8 @@ pub struct Usage {
     pub vcoprocs: u32,
     /// Bytes mapped.
     pub mapped_bytes: u64,
+    /// Queues.
+    pub queues: u32,
 }
 
 /// Vcoprocs remembered after they are gone, so their faults can still be
@@ -149,6 +153,7 @@ impl Daemon {
         if let Some(u) = t.usage.get_mut(&e.uid) {
             u.vcoprocs = u.vcoprocs.saturating_sub(1);
             u.mapped_bytes = u.mapped_bytes.saturating_sub(e.mapped.values().sum());
+            u.queues = u.queues.saturating_sub(e.queues);
         }
     }
 

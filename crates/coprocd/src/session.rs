@@ -30,6 +30,69 @@ enum Internal {
     Control(u32, ControlEvent),
 }
 
+/// What a vcoproc's control block listener does for this session: forward
+/// events if subscribed, and signal the completion eventfds of its queues
+/// (directly from the runner thread: an eventfd write never blocks at these
+/// counts, and the fds were checked to be eventfds).
+struct Hooks {
+    subscribed: std::sync::atomic::AtomicBool,
+    completions: std::sync::Mutex<Vec<OwnedFd>>,
+    tx: mpsc::UnboundedSender<Internal>,
+    id: u32,
+}
+
+impl Hooks {
+    fn fire(&self, ev: ControlEvent) {
+        if let ControlEvent::Notify(_) = ev {
+            for fd in self
+                .completions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+            {
+                let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+            }
+        }
+        if self.subscribed.load(std::sync::atomic::Ordering::Acquire) {
+            let _ = self.tx.send(Internal::Control(self.id, ev));
+        }
+    }
+}
+
+/// Whether `fd` is an eventfd.
+fn is_eventfd(fd: &OwnedFd) -> bool {
+    use std::os::fd::AsRawFd;
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .is_ok_and(|p| p.as_os_str() == "anon_inode:[eventfd]")
+}
+
+/// Forward a doorbell eventfd to the vcoproc's doorbell until the session
+/// ends (the task is aborted then).
+async fn watch_doorbell(fd: OwnedFd, handle: coproc_core::VcoprocHandle) {
+    let flags = rustix::fs::fcntl_getfl(&fd).unwrap_or(rustix::fs::OFlags::empty());
+    if rustix::fs::fcntl_setfl(&fd, flags | rustix::fs::OFlags::NONBLOCK).is_err() {
+        return;
+    }
+    // SAFETY: `fd` is an OwnedFd moved into the AsyncFd: it stays open and
+    // refers to the same file description until the AsyncFd drops it, and
+    // OwnedFd::as_raw_fd always returns that descriptor.
+    let Ok(afd) = (unsafe { tokio::io::unix::AsyncFd::register(fd) }) else {
+        return;
+    };
+    loop {
+        let Ok(mut guard) = afd.readable().await else {
+            return;
+        };
+        let mut buf = [0u8; 8];
+        match rustix::io::read(afd.get_ref(), &mut buf) {
+            Ok(8) => handle.doorbell(),
+            Ok(_) => return,
+            Err(rustix::io::Errno::AGAIN) => guard.clear_ready(),
+            Err(_) => return,
+        }
+    }
+}
+
 struct Session {
     daemon: Arc<Daemon>,
     id: u64,
@@ -38,6 +101,10 @@ struct Session {
     internal: mpsc::UnboundedSender<Internal>,
     /// Subscribed vcoprocs and the last state reported for each.
     subscribed: HashMap<u32, String>,
+    /// Listeners installed by this session.
+    hooks: HashMap<u32, Arc<Hooks>>,
+    /// Doorbell watchers of this session's queues.
+    watchers: Vec<tokio::task::JoinHandle<()>>,
     log: RateLimit,
 }
 
@@ -96,6 +163,78 @@ fn fault_info(
 }
 
 impl Session {
+    /// This session's listener on vcoproc `id`, installed on first use.
+    fn hooks(&mut self, id: u32, e: &Entry) -> Arc<Hooks> {
+        if let Some(h) = self.hooks.get(&id) {
+            return h.clone();
+        }
+        let h = Arc::new(Hooks {
+            subscribed: false.into(),
+            completions: Default::default(),
+            tx: self.internal.clone(),
+            id,
+        });
+        let h2 = h.clone();
+        let l: Listener = Arc::new(move |ev| h2.fire(ev));
+        e.handle.control().set_listener(Some(l));
+        self.hooks.insert(id, h.clone());
+        h
+    }
+
+    /// Map domain memory from `fd` into vcoproc `vcoproc`, within quota.
+    #[allow(clippy::too_many_arguments)]
+    fn map_fd(
+        &mut self,
+        vcoproc: u32,
+        e: &Entry,
+        fd: OwnedFd,
+        offset: u64,
+        iova: u64,
+        len: u64,
+        perms: Perms,
+        kind: MapKind,
+    ) -> Result<(), WireError> {
+        let d = self.daemon.clone();
+        let rule = d.rule(&self.who)?;
+        let used = d
+            .tables()
+            .usage
+            .get(&self.who.uid)
+            .map_or(0, |u| u.mapped_bytes);
+        if used.saturating_add(len) > rule.max_mapped_bytes {
+            return Err(err(
+                ErrorCode::Quota,
+                format!(
+                    "mapping {len} bytes would exceed the domain's {} (mapped: {used})",
+                    rule.max_mapped_bytes
+                ),
+            ));
+        }
+        // The memory must not shrink under the device: require a sealable
+        // memfd and seal it against shrinking.
+        let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|_| {
+            err(
+                ErrorCode::BadFd,
+                "memory must be a memfd created with sealing allowed",
+            )
+        })?;
+        if !seals.contains(rustix::fs::SealFlags::SHRINK) {
+            rustix::fs::fcntl_add_seals(&fd, rustix::fs::SealFlags::SHRINK)
+                .map_err(|_| err(ErrorCode::BadFd, "cannot seal the memfd against shrinking"))?;
+        }
+        let region =
+            Region::from_fd(fd, offset, len).map_err(|e| err(ErrorCode::BadFd, e.to_string()))?;
+        e.handle
+            .map(&Arc::new(region), 0, iova, len, perms, kind)
+            .map_err(core_err)?;
+        let mut t = d.tables();
+        if let Some(entry) = t.vcoprocs.get_mut(&vcoproc) {
+            entry.mapped.insert(iova, len);
+        }
+        t.usage.entry(self.who.uid).or_default().mapped_bytes += len;
+        Ok(())
+    }
+
     /// The entry of a vcoproc this session may act on.
     fn entry(&self, id: u32, admin_ok: bool) -> Result<Entry, WireError> {
         let t = self.daemon.tables();
@@ -148,7 +287,7 @@ impl Session {
         }
         let d = self.daemon.clone();
         match req {
-            Request::LoadFirmware { .. } | Request::Map { .. } => {}
+            Request::LoadFirmware { .. } | Request::Map { .. } | Request::CreateQueue { .. } => {}
             _ => Self::no_fds(&fds)?,
         }
         match req {
@@ -196,6 +335,7 @@ impl Session {
                     uid: self.who.uid,
                     session: self.id,
                     mapped: Default::default(),
+                    queues: 0,
                 });
                 Ok(Answer::Opened { vcoproc: id })
             }
@@ -251,36 +391,6 @@ impl Session {
             } => {
                 let e = self.entry(vcoproc, false)?;
                 let fd = Self::one_fd(fds)?;
-                let rule = d.rule(&self.who)?;
-                let used = d
-                    .tables()
-                    .usage
-                    .get(&self.who.uid)
-                    .map_or(0, |u| u.mapped_bytes);
-                if used.saturating_add(len) > rule.max_mapped_bytes {
-                    return Err(err(
-                        ErrorCode::Quota,
-                        format!(
-                            "mapping {len} bytes would exceed the domain's {} (mapped: {used})",
-                            rule.max_mapped_bytes
-                        ),
-                    ));
-                }
-                // The memory must not shrink under the device: require a
-                // sealable memfd and seal it against shrinking.
-                let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|_| {
-                    err(
-                        ErrorCode::BadFd,
-                        "memory must be a memfd created with sealing allowed",
-                    )
-                })?;
-                if !seals.contains(rustix::fs::SealFlags::SHRINK) {
-                    rustix::fs::fcntl_add_seals(&fd, rustix::fs::SealFlags::SHRINK).map_err(
-                        |_| err(ErrorCode::BadFd, "cannot seal the memfd against shrinking"),
-                    )?;
-                }
-                let region = Region::from_fd(fd, offset, len)
-                    .map_err(|e| err(ErrorCode::BadFd, e.to_string()))?;
                 let perms = match perms {
                     WirePerms::R => Perms::R,
                     WirePerms::Rw => Perms::RW,
@@ -289,14 +399,57 @@ impl Session {
                     WireMapKind::Pinned => MapKind::Pinned,
                     WireMapKind::Revocable => MapKind::Revocable,
                 };
-                e.handle
-                    .map(&Arc::new(region), 0, iova, len, perms, kind)
-                    .map_err(core_err)?;
-                let mut t = d.tables();
-                if let Some(entry) = t.vcoprocs.get_mut(&vcoproc) {
-                    entry.mapped.insert(iova, len);
+                self.map_fd(vcoproc, &e, fd, offset, iova, len, perms, kind)?;
+                Ok(Answer::Done)
+            }
+            Request::CreateQueue {
+                vcoproc,
+                iova,
+                entries,
+            } => {
+                let e = self.entry(vcoproc, false)?;
+                let bytes = coproc_proto::queue::bytes_for(entries).ok_or_else(|| {
+                    err(
+                        ErrorCode::InvalidArgument,
+                        format!("{entries} entries: use a power of two up to 4096"),
+                    )
+                })?;
+                let len = bytes.div_ceil(4096) * 4096;
+                let [mem, doorbell, completion]: [OwnedFd; 3] = fds.try_into().map_err(|f: Vec<OwnedFd>| {
+                    err(
+                        ErrorCode::BadFd,
+                        format!("a queue takes 3 descriptors (memory, doorbell, completion), got {}", f.len()),
+                    )
+                })?;
+                if !is_eventfd(&doorbell) || !is_eventfd(&completion) {
+                    return Err(err(
+                        ErrorCode::BadFd,
+                        "doorbell and completion must be eventfds",
+                    ));
                 }
-                t.usage.entry(self.who.uid).or_default().mapped_bytes += len;
+                let rule = d.rule(&self.who)?;
+                let used = d.tables().usage.get(&self.who.uid).map_or(0, |u| u.queues);
+                if used >= rule.max_queues {
+                    return Err(err(
+                        ErrorCode::Quota,
+                        format!("domain has {used} queues, the most allowed"),
+                    ));
+                }
+                self.map_fd(vcoproc, &e, mem, 0, iova, len, Perms::RW, MapKind::Pinned)?;
+                {
+                    let mut t = d.tables();
+                    t.usage.entry(self.who.uid).or_default().queues += 1;
+                    if let Some(x) = t.vcoprocs.get_mut(&vcoproc) {
+                        x.queues += 1;
+                    }
+                }
+                self.hooks(vcoproc, &e)
+                    .completions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(completion);
+                self.watchers
+                    .push(tokio::spawn(watch_doorbell(doorbell, e.handle.clone())));
                 Ok(Answer::Done)
             }
             Request::Unmap { vcoproc, iova } => {
@@ -373,11 +526,9 @@ impl Session {
             }
             Request::Subscribe { vcoproc } => {
                 let e = self.entry(vcoproc, false)?;
-                let tx = self.internal.clone();
-                let l: Listener = Arc::new(move |ev| {
-                    let _ = tx.send(Internal::Control(vcoproc, ev));
-                });
-                e.handle.control().set_listener(Some(l));
+                self.hooks(vcoproc, &e)
+                    .subscribed
+                    .store(true, std::sync::atomic::Ordering::Release);
                 self.subscribed.insert(vcoproc, String::new());
                 Ok(Answer::Done)
             }
@@ -577,6 +728,8 @@ pub async fn serve(
         greeted: false,
         internal: itx,
         subscribed: HashMap::new(),
+        hooks: HashMap::new(),
+        watchers: Vec::new(),
         log: RateLimit::default(),
     };
     tracing::debug!(session = id, uid = who.uid, pid = who.pid, "session opened");
@@ -650,8 +803,11 @@ pub async fn serve(
             _ = shutdown.changed() => break 'session,
         }
     }
-    // Stop listening before the vcoprocs go away.
-    for vid in s.subscribed.keys() {
+    // Stop listening and watching before the vcoprocs go away.
+    for w in s.watchers.drain(..) {
+        w.abort();
+    }
+    for vid in s.hooks.keys() {
         if let Ok(e) = s.entry(*vid, false) {
             e.handle.control().set_listener(None);
         }
