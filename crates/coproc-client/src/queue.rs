@@ -3,10 +3,9 @@
 //! completion back), never a message on the socket.
 
 use crate::{ClientError, SharedMem};
-use coproc_proto::queue::{self, Cqe, Sqe};
+use coproc_proto::queue::{self, Cqe, Producer, QueueMem, Sqe};
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{fence, Ordering};
 use std::time::Duration;
 
 /// A queue of one vcoproc, owned by the domain.
@@ -14,15 +13,24 @@ use std::time::Duration;
 pub struct Queue {
     mem: SharedMem,
     iova: u64,
-    entries: u32,
+    ring: Producer,
     doorbell: OwnedFd,
     completion: OwnedFd,
-    sq_tail: u32,
-    cq_head: u32,
 }
 
 fn mem_err(e: rustix::io::Errno) -> ClientError {
     ClientError::Memory(e.to_string())
+}
+
+impl QueueMem for SharedMem {
+    fn read_at(&self, off: u64, buf: &mut [u8]) {
+        if self.read(off, buf).is_err() {
+            buf.fill(0);
+        }
+    }
+    fn write_at(&self, off: u64, data: &[u8]) {
+        let _ = self.write(off, data);
+    }
 }
 
 impl Queue {
@@ -33,20 +41,17 @@ impl Queue {
             ClientError::Memory(format!("{entries} entries: use a power of two up to 4096"))
         })?;
         let mem = SharedMem::new(bytes)?;
-        mem.write(queue::OFF_MAGIC, &queue::MAGIC.to_le_bytes())?;
-        mem.write(queue::OFF_ENTRIES, &entries.to_le_bytes())?;
-        mem.write(queue::OFF_ENTRY_SIZE, &queue::ENTRY_SIZE.to_le_bytes())?;
+        let ring = Producer::init(&mem, entries)
+            .ok_or_else(|| ClientError::Memory("bad queue size".into()))?;
         let flags = rustix::event::EventfdFlags::CLOEXEC;
         let doorbell = rustix::event::eventfd(0, flags).map_err(mem_err)?;
         let completion = rustix::event::eventfd(0, flags).map_err(mem_err)?;
         Ok(Queue {
             mem,
             iova,
-            entries,
+            ring,
             doorbell,
             completion,
-            sq_tail: 0,
-            cq_head: 0,
         })
     }
 
@@ -75,38 +80,18 @@ impl Queue {
 
     /// Entries per ring.
     pub fn entries(&self) -> u32 {
-        self.entries
-    }
-
-    fn word(&self, off: u64) -> u32 {
-        let mut b = [0u8; 4];
-        let _ = self.mem.read(off, &mut b);
-        u32::from_le_bytes(b)
-    }
-
-    fn set_word(&self, off: u64, v: u32) {
-        let _ = self.mem.write(off, &v.to_le_bytes());
+        self.ring.entries()
     }
 
     /// The device side's submission head.
     pub fn sq_head(&self) -> u32 {
-        fence(Ordering::Acquire);
-        self.word(queue::OFF_SQ_HEAD)
+        self.ring.sq_head(&self.mem)
     }
 
     /// Put a submission in the ring; false if it is full. Publish with
     /// [`Queue::ring`].
     pub fn submit(&mut self, sqe: &Sqe) -> bool {
-        if self.sq_tail.wrapping_sub(self.sq_head()) >= self.entries {
-            return false;
-        }
-        let slot = u64::from(self.sq_tail & (self.entries - 1));
-        let off = u64::from(queue::RING_OFFSET) + slot * u64::from(queue::ENTRY_SIZE);
-        let _ = self.mem.write(off, &sqe.to_bytes());
-        self.sq_tail = self.sq_tail.wrapping_add(1);
-        fence(Ordering::Release);
-        self.set_word(queue::OFF_SQ_TAIL, self.sq_tail);
-        true
+        self.ring.submit(&self.mem, sqe)
     }
 
     /// Ring the doorbell: one eventfd write, no message to the daemon.
@@ -137,31 +122,16 @@ impl Queue {
 
     /// Take the next completion, if the device posted one.
     pub fn complete(&mut self) -> Option<Cqe> {
-        fence(Ordering::Acquire);
-        let tail = self.word(queue::OFF_CQ_TAIL);
-        if tail == self.cq_head {
-            return None;
-        }
-        let slot = u64::from(self.cq_head & (self.entries - 1));
-        let off = u64::from(queue::RING_OFFSET)
-            + u64::from(self.entries) * u64::from(queue::ENTRY_SIZE)
-            + slot * u64::from(queue::ENTRY_SIZE);
-        let mut b = [0u8; 64];
-        let _ = self.mem.read(off, &mut b);
-        self.cq_head = self.cq_head.wrapping_add(1);
-        fence(Ordering::Release);
-        self.set_word(queue::OFF_CQ_HEAD, self.cq_head);
-        Some(Cqe::from_bytes(&b))
+        self.ring.complete(&self.mem)
     }
 
     /// Write any value as the submission tail (tests: garbage indices).
     pub fn poke_sq_tail(&self, v: u32) {
-        self.set_word(queue::OFF_SQ_TAIL, v);
+        self.ring.poke_sq_tail(&self.mem, v);
     }
 
     /// Take the device's head as our tail again (after garbage).
     pub fn resync(&mut self) {
-        self.sq_tail = self.sq_head();
-        self.set_word(queue::OFF_SQ_TAIL, self.sq_tail);
+        self.ring.resync(&self.mem);
     }
 }

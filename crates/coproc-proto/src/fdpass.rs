@@ -223,7 +223,7 @@ mod tests {
             req: Request::ListCoprocs,
         })
         .unwrap();
-        let fds = [a.as_fd(), a.as_fd(), a.as_fd()];
+        let fds = [a.as_fd(), a.as_fd(), a.as_fd(), a.as_fd()];
         assert!(matches!(
             send_frame(a.as_fd(), &f, &fds),
             Err(TransportError::TooManyFds)
