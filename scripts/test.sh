@@ -7,5 +7,7 @@ scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --release --locked
-cargo run --release --locked -p coproc-cli -- demo -o json > /dev/null
+cargo build --release --locked -q -p coprocd -p coproc-cli
+./target/release/coproc demo -o json > /dev/null
+./target/release/coproc demo --in-process -o json > /dev/null
 echo "test.sh: all passed"

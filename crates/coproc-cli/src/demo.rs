@@ -24,6 +24,30 @@ pub struct Args {
     /// Scale the amount of work (1 = a few seconds).
     #[arg(long, default_value_t = 1)]
     scale: u32,
+    /// Run the domains as threads of this process on an in-process
+    /// pcoproc, instead of as client processes of a private coprocd.
+    #[arg(long)]
+    in_process: bool,
+}
+
+/// A fault as the demo shows it.
+#[derive(Debug, Serialize)]
+struct FaultSummary {
+    addr: Option<u64>,
+    access: String,
+    pc: Option<u64>,
+    reason: String,
+}
+
+impl From<&FaultRecord> for FaultSummary {
+    fn from(f: &FaultRecord) -> Self {
+        FaultSummary {
+            addr: f.fault.addr,
+            access: format!("{:?}", f.fault.access).to_lowercase(),
+            pc: f.fault.pc,
+            reason: f.fault.reason.to_string(),
+        }
+    }
 }
 
 const T: Duration = Duration::from_secs(120);
@@ -35,7 +59,7 @@ struct Row {
     domain: String,
     firmware: &'static str,
     vcoproc: u32,
-    state: VcoprocState,
+    state: String,
     verified: bool,
     run_ns: u64,
     share_pct: f64,
@@ -43,7 +67,7 @@ struct Row {
     switches: u64,
     faults: u64,
     detail: String,
-    fault: Option<FaultRecord>,
+    fault: Option<FaultSummary>,
 }
 
 #[derive(Debug, Serialize)]
@@ -51,8 +75,118 @@ struct Report {
     pcoproc: String,
     policy: String,
     slice_us: u64,
+    /// "daemon" (client processes of coprocd) or "in-process".
+    mode: &'static str,
     ok: bool,
     vcoprocs: Vec<Row>,
+}
+
+const PLAN: [(&str, Firmware); 5] = [
+    ("alice", FIR),
+    ("bob", CRC32),
+    ("carol", ECHO),
+    ("dave", HOG),
+    ("eve", FAULTY),
+];
+
+/// The demo through the daemon: each domain is a `coproc domain-run`
+/// client process of a private coprocd.
+fn through_daemon(args: &Args) -> anyhow::Result<(Vec<Row>, u64)> {
+    use std::io::Read;
+    use std::process::Stdio;
+    let config = format!(
+        "[[pcoproc]]\nname = \"mcu0\"\nclass = \"mcu\"\npolicy = \"rr\"\npolicy_params = {{ slice_us = \"{}\" }}\n\n\
+         [[domain]]\nuids = \"*\"\npcoprocs = [\"mcu0\"]\n",
+        args.slice_us
+    );
+    let daemon = crate::spawn::TempDaemon::start(&config)?;
+    let scale = args.scale.max(1).to_string();
+    let mut kids = Vec::new();
+    for (name, fw) in PLAN {
+        let mut c = daemon.coproc()?;
+        c.args([
+            "-o",
+            "json",
+            "domain-run",
+            "--firmware",
+            fw.name,
+            "--scale",
+            &scale,
+        ]);
+        if fw.name == "hog" {
+            c.arg("--until-eof").stdin(Stdio::piped());
+        }
+        let child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        kids.push((name, fw, child));
+    }
+    // Everyone but the hog finishes on its own; then the hog is told to stop.
+    let mut outs = Vec::new();
+    let mut hog = None;
+    for (name, fw, child) in kids {
+        if fw.name == "hog" {
+            hog = Some((name, fw, child));
+        } else {
+            outs.push((name, fw, child.wait_with_output()?));
+        }
+    }
+    if let Some((name, fw, mut child)) = hog {
+        drop(child.stdin.take());
+        let mut stdout = String::new();
+        child
+            .stdout
+            .take()
+            .map(|mut s| s.read_to_string(&mut stdout));
+        let status = child.wait()?;
+        outs.push((
+            name,
+            fw,
+            std::process::Output {
+                status,
+                stdout: stdout.into_bytes(),
+                stderr: vec![],
+            },
+        ));
+    }
+    outs.sort_by_key(|(name, _, _)| PLAN.iter().position(|(n, _)| n == name));
+    let mut rows = Vec::new();
+    for (name, fw, out) in outs {
+        let text = String::from_utf8_lossy(&out.stdout);
+        let rep: Option<serde_json::Value> = serde_json::from_str(text.trim()).ok();
+        let get = |k: &str| {
+            rep.as_ref()
+                .and_then(|r| r.get(k))
+                .cloned()
+                .unwrap_or_default()
+        };
+        let fault = get("fault");
+        rows.push(Row {
+            domain: name.to_string(),
+            firmware: fw.name,
+            vcoproc: get("vcoproc").as_u64().unwrap_or(0) as u32,
+            state: get("state").as_str().unwrap_or("gone").to_string(),
+            verified: out.status.success() && get("verified") == serde_json::Value::Bool(true),
+            run_ns: get("run_ns").as_u64().unwrap_or(0),
+            share_pct: 0.0,
+            slices: get("slices").as_u64().unwrap_or(0),
+            switches: get("switches").as_u64().unwrap_or(0),
+            faults: get("faults").as_u64().unwrap_or(0),
+            detail: get("detail").as_str().map(String::from).unwrap_or_else(|| {
+                format!(
+                    "FAILED: client exited {} {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )
+            }),
+            fault: fault.is_object().then(|| FaultSummary {
+                addr: fault["addr"].as_u64(),
+                access: fault["access"].as_str().unwrap_or("").to_string(),
+                pc: fault["pc"].as_u64(),
+                reason: fault["reason"].as_str().unwrap_or("").to_string(),
+            }),
+        });
+    }
+    let switches = rows.iter().map(|r| r.switches).sum();
+    Ok((rows, switches))
 }
 
 type Check = Result<String, String>;
@@ -174,6 +308,32 @@ fn hog(v: &VcoprocHandle, slice: Duration) -> Check {
 
 /// Run the demo; returns whether every check passed.
 pub fn run(args: &Args, format: Format) -> anyhow::Result<bool> {
+    let (mut rows, switches, mode) = if args.in_process {
+        let (rows, switches) = in_process(args)?;
+        (rows, switches, "in-process")
+    } else {
+        let (rows, switches) = through_daemon(args)?;
+        (rows, switches, "daemon")
+    };
+    let total: u64 = rows.iter().map(|r| r.run_ns).sum::<u64>().max(1);
+    for r in &mut rows {
+        r.share_pct = (r.run_ns as f64 * 1000.0 / total as f64).round() / 10.0;
+    }
+    let ok = rows.iter().all(|r| r.verified);
+    let report = Report {
+        pcoproc: "mcu0".into(),
+        policy: "rr".into(),
+        slice_us: args.slice_us,
+        mode,
+        ok,
+        vcoprocs: rows,
+    };
+    print(&report, format, total, switches);
+    Ok(ok)
+}
+
+/// The demo in one process: each domain a thread on an in-process pcoproc.
+fn in_process(args: &Args) -> anyhow::Result<(Vec<Row>, u64)> {
     let slice = Duration::from_micros(args.slice_us);
     let scale = args.scale.max(1);
     let system = System::new();
@@ -229,7 +389,6 @@ pub fn run(args: &Args, format: Format) -> anyhow::Result<bool> {
         .collect::<Result<_, _>>()?;
     checks[3] = hog(&hog_v, slice);
 
-    let total: u64 = infos.iter().map(|i| i.stats.run_ns).sum::<u64>().max(1);
     let rows: Vec<Row> = vcoprocs
         .iter()
         .zip(infos)
@@ -238,38 +397,37 @@ pub fn run(args: &Args, format: Format) -> anyhow::Result<bool> {
             domain: name.to_string(),
             firmware: fw.name,
             vcoproc: info.id.0,
-            state: info.state,
+            state: info.state.to_string(),
             verified: check.is_ok(),
             run_ns: info.stats.run_ns,
-            share_pct: (info.stats.run_ns as f64 * 1000.0 / total as f64).round() / 10.0,
+            share_pct: 0.0,
             slices: info.stats.slices,
             switches: info.stats.switches,
             faults: info.stats.faults,
             detail: check.unwrap_or_else(|e| format!("FAILED: {e}")),
-            fault: info.last_fault,
+            fault: info.last_fault.as_ref().map(FaultSummary::from),
         })
         .collect();
-    let ok = rows.iter().all(|r| r.verified);
-    let (busy_ns, switches) = pcoproc.busy();
+    let (_, switches) = pcoproc.busy();
     for d in system.domains() {
         system.remove_domain(d.id)?;
     }
     system.shutdown();
+    Ok((rows, switches))
+}
 
-    let report = Report {
-        pcoproc: "mcu0".into(),
-        policy: "rr".into(),
-        slice_us: args.slice_us,
-        ok,
-        vcoprocs: rows,
-    };
+fn print(report: &Report, format: Format, busy_ns: u64, switches: u64) {
     match format {
-        Format::Json => println!("{}", serde_json::to_string(&report)?),
+        Format::Json => println!("{}", serde_json::to_string(report).unwrap_or_default()),
         Format::Table => {
+            let how = match report.mode {
+                "daemon" => "client processes of a private coprocd",
+                _ => "threads of this process",
+            };
             println!(
-                "coproc demo: {} domains on one mcu pcoproc (Cortex-M4), policy rr, slice {} us\n",
+                "coproc demo: {} domains ({how}) on one mcu pcoproc (Cortex-M4), policy rr, slice {} us\n",
                 report.vcoprocs.len(),
-                args.slice_us
+                report.slice_us
             );
             let rows: Vec<Vec<String>> = report
                 .vcoprocs
@@ -279,7 +437,7 @@ pub fn run(args: &Args, format: Format) -> anyhow::Result<bool> {
                         r.domain.clone(),
                         r.firmware.to_string(),
                         format!("v{}", r.vcoproc),
-                        r.state.to_string(),
+                        r.state.clone(),
                         format!("{:.1}", r.run_ns as f64 / 1e6),
                         format!("{:.1}%", r.share_pct),
                         r.slices.to_string(),
@@ -308,7 +466,7 @@ pub fn run(args: &Args, format: Format) -> anyhow::Result<bool> {
                 "\ndevice busy {:.1} ms, {} context switches; {}",
                 busy_ns as f64 / 1e6,
                 switches,
-                if ok {
+                if report.ok {
                     "all checks passed"
                 } else {
                     "SOME CHECKS FAILED"
@@ -316,5 +474,4 @@ pub fn run(args: &Args, format: Format) -> anyhow::Result<bool> {
             );
         }
     }
-    Ok(ok)
 }

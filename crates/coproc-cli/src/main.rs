@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod output;
 mod remote;
+mod spawn;
 mod verbs;
 
 use clap::{Parser, Subcommand};

@@ -100,6 +100,9 @@ pub struct DomainArgs {
     /// Seed of the test data.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// For hog: run until standard input closes (instead of --seconds).
+    #[arg(long)]
+    until_eof: bool,
 }
 
 /// What a domain process reports.
@@ -117,10 +120,14 @@ pub struct DomainReport {
     pub state: String,
     /// Device run time.
     pub run_ns: u64,
+    /// Slices.
+    pub slices: u64,
     /// Context switches onto it.
     pub switches: u64,
     /// Faults.
     pub faults: u64,
+    /// Its latest fault, if any.
+    pub fault: Option<coproc_client::FaultInfo>,
 }
 
 const T: Duration = Duration::from_secs(120);
@@ -169,12 +176,32 @@ fn workload(
             Ok(format!("{msgs} echo round trips in order"))
         }
         "hog" => {
-            std::thread::sleep(Duration::from_secs_f64(args.seconds));
+            if args.until_eof {
+                let mut sink = Vec::new();
+                let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+            } else {
+                std::thread::sleep(Duration::from_secs_f64(args.seconds));
+            }
+            // It keeps running while we read its two words: accept the
+            // state of the progress count read or its neighbours.
             let out = port.mailbox()?;
-            if out[0] == 0 {
+            let done = u64::from(out[0]);
+            if done == 0 {
                 return Err(DriveError::BadAnswer("hog made no progress".into()));
             }
-            Ok(format!("hog ran {} x 65536 iterations", out[0]))
+            let ok = [done.saturating_sub(1), done, done + 1]
+                .iter()
+                .any(|&d| reference::hog_state(d << 16) == out[1]);
+            if !ok {
+                return Err(DriveError::BadAnswer(format!(
+                    "LCG state {:#x} after ~{done}x65536 steps is wrong",
+                    out[1]
+                )));
+            }
+            Ok(format!(
+                "{} M iterations, LCG state matches the reference",
+                (done << 16) / 1_000_000
+            ))
         }
         other => Err(DriveError::BadAnswer(format!(
             "no workload for firmware {other:?}"
@@ -234,6 +261,11 @@ pub fn domain_run(client: Client, args: &DomainArgs, format: Format) -> anyhow::
         workload(args, &port, &mem).map_err(|e| e.to_string())
     };
     let info = client.borrow_mut().query(v)?;
+    let fault = client
+        .borrow_mut()
+        .list_faults()?
+        .into_iter()
+        .rfind(|f| f.vcoproc == v);
     let report = DomainReport {
         firmware: fw.name.into(),
         vcoproc: v,
@@ -241,8 +273,10 @@ pub fn domain_run(client: Client, args: &DomainArgs, format: Format) -> anyhow::
         detail: check.unwrap_or_else(|e| format!("FAILED: {e}")),
         state: info.state,
         run_ns: info.run_ns,
+        slices: info.slices,
         switches: info.switches,
         faults: info.faults,
+        fault,
     };
     match format {
         Format::Json => println!("{}", serde_json::to_string(&report)?),
