@@ -36,6 +36,8 @@ enum Name {
     Overhead,
     /// Cost of one full context switch on the mcu device.
     CtxSwitch,
+    /// Queue round trips and request rates through the daemon vs in-process.
+    Ring,
 }
 
 #[derive(Debug, Serialize)]
@@ -95,6 +97,7 @@ pub fn run(args: &Args, format: Format) -> anyhow::Result<bool> {
     let (bench, figures, notes) = match args.name {
         Name::Overhead => ("overhead", overhead(rounds)?, OVERHEAD_NOTES),
         Name::CtxSwitch => ("ctx-switch", ctx_switch(rounds)?, SWITCH_NOTES),
+        Name::Ring => ("ring", crate::ring::ring(rounds)?, crate::ring::NOTES),
     };
     let report = Report {
         bench,

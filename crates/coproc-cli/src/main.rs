@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod output;
 mod remote;
+mod ring;
 mod spawn;
 mod verbs;
 
