@@ -17,7 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Notes printed under the table.
-pub const NOTES: &str = "rtt_*: one request through a queue, submit + doorbell to completion read, \
+pub const NOTES: &str =
+    "rtt_*: one request through a queue, submit + doorbell to completion read, \
 event-driven (the domain sleeps on its completion eventfd; in-process: on the notification). \
 *_rps_N: requests per second with N clients, each its own vcoproc and queue, batches of 16. \
 daemon_vs_inprocess_pct: daemon requests/s as % of in-process at 4 clients.";
@@ -109,7 +110,10 @@ fn daemon_lane(socket: &std::path::Path) -> anyhow::Result<DaemonLane> {
 fn local_lane(p: &Arc<Pcoproc>, d: u32) -> anyhow::Result<LocalLane> {
     let v = p.create_vcoproc(DomainId(d), SchedParams::default())?;
     v.load_firmware("qecho", QECHO.elf)?;
-    let len = queue::bytes_for(ENTRIES).context("queue size")?.div_ceil(4096) * 4096;
+    let len = queue::bytes_for(ENTRIES)
+        .context("queue size")?
+        .div_ceil(4096)
+        * 4096;
     let region = Arc::new(Region::new(len)?);
     let mem = RegionMem(region.clone());
     let ring = Producer::init(&mem, ENTRIES).context("queue init")?;
@@ -117,7 +121,12 @@ fn local_lane(p: &Arc<Pcoproc>, d: u32) -> anyhow::Result<LocalLane> {
     v.mbox_write(0, IOVA as u32);
     v.mbox_write(1, len as u32);
     v.start()?;
-    Ok(LocalLane { v, mem, ring, seen: 0 })
+    Ok(LocalLane {
+        v,
+        mem,
+        ring,
+        seen: 0,
+    })
 }
 
 /// Send `n` requests as one batch and check every completion.
@@ -126,7 +135,11 @@ fn batch(l: &mut dyn Lane, next_tag: &mut u32, n: u32) -> anyhow::Result<()> {
     for _ in 0..n {
         let tag = *next_tag;
         *next_tag = next_tag.wrapping_add(1);
-        let sqe = Sqe { opcode: 1, tag, args: [tag; 14] };
+        let sqe = Sqe {
+            opcode: 1,
+            tag,
+            args: [tag; 14],
+        };
         if !l.submit(&sqe) {
             bail!("submission ring full");
         }
@@ -186,7 +199,12 @@ fn rate<L: Lane + Send>(lanes: Vec<L>, for_: Duration) -> anyhow::Result<f64> {
                 })
             })
             .collect();
-        hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("client thread panicked")))).collect()
+        hs.into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("client thread panicked")))
+            })
+            .collect()
     });
     let mut total = 0;
     for r in results {
@@ -199,7 +217,11 @@ fn rate<L: Lane + Send>(lanes: Vec<L>, for_: Duration) -> anyhow::Result<f64> {
 pub fn ring(rounds: usize) -> anyhow::Result<BTreeMap<&'static str, f64>> {
     let config = "[[pcoproc]]\nname = \"mcu0\"\nclass = \"mcu\"\n\n[[domain]]\nuids = \"*\"\npcoprocs = [\"mcu0\"]\n";
     let daemon = crate::spawn::TempDaemon::start(config)?;
-    let p = Pcoproc::spawn("mcu0", coproc_mcu::factory(Default::default()), Box::new(RoundRobin::new(RoundRobin::DEFAULT_SLICE)?))?;
+    let p = Pcoproc::spawn(
+        "mcu0",
+        coproc_mcu::factory(Default::default()),
+        Box::new(RoundRobin::new(RoundRobin::DEFAULT_SLICE)?),
+    )?;
     let trips = 1000 * rounds.max(1);
     let mut m = BTreeMap::new();
 
@@ -211,8 +233,14 @@ pub fn ring(rounds: usize) -> anyhow::Result<BTreeMap<&'static str, f64>> {
     let _ = ll.v.destroy();
     m.insert("rtt_p50_us", (percentile(&d, 0.5) * 10.0).round() / 10.0);
     m.insert("rtt_p99_us", (percentile(&d, 0.99) * 10.0).round() / 10.0);
-    m.insert("inprocess_rtt_p50_us", (percentile(&l, 0.5) * 10.0).round() / 10.0);
-    m.insert("inprocess_rtt_p99_us", (percentile(&l, 0.99) * 10.0).round() / 10.0);
+    m.insert(
+        "inprocess_rtt_p50_us",
+        (percentile(&l, 0.5) * 10.0).round() / 10.0,
+    );
+    m.insert(
+        "inprocess_rtt_p99_us",
+        (percentile(&l, 0.99) * 10.0).round() / 10.0,
+    );
 
     let span = Duration::from_millis(300 * rounds.max(1) as u64);
     let mut at4 = (0.0, 0.0);
@@ -222,9 +250,13 @@ pub fn ring(rounds: usize) -> anyhow::Result<BTreeMap<&'static str, f64>> {
         (4, "daemon_rps_4", "inprocess_rps_4"),
         (8, "daemon_rps_8", "inprocess_rps_8"),
     ] {
-        let lanes = (0..n).map(|_| daemon_lane(&daemon.socket)).collect::<anyhow::Result<Vec<_>>>()?;
+        let lanes = (0..n)
+            .map(|_| daemon_lane(&daemon.socket))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let dr = rate(lanes, span)?;
-        let lanes = (0..n).map(|i| local_lane(&p, 10 + i)).collect::<anyhow::Result<Vec<_>>>()?;
+        let lanes = (0..n)
+            .map(|i| local_lane(&p, 10 + i))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let handles: Vec<VcoprocHandle> = lanes.iter().map(|l| l.v.clone()).collect();
         let lr = rate(lanes, span)?;
         for h in handles {
@@ -236,7 +268,10 @@ pub fn ring(rounds: usize) -> anyhow::Result<BTreeMap<&'static str, f64>> {
             at4 = (dr, lr);
         }
     }
-    m.insert("daemon_vs_inprocess_pct", (at4.0 / at4.1 * 1000.0).round() / 10.0);
+    m.insert(
+        "daemon_vs_inprocess_pct",
+        (at4.0 / at4.1 * 1000.0).round() / 10.0,
+    );
     p.shutdown();
     Ok(m)
 }

@@ -330,6 +330,11 @@ impl Client {
         self.done(Request::Start { vcoproc })
     }
 
+    /// Stop (pause) it; [`Client::start`] resumes it.
+    pub fn stop(&mut self, vcoproc: u32) -> Result<(), ClientError> {
+        self.done(Request::Stop { vcoproc })
+    }
+
     /// Reset it.
     pub fn reset(&mut self, vcoproc: u32) -> Result<(), ClientError> {
         self.done(Request::Reset { vcoproc })

@@ -650,6 +650,21 @@ impl VcoprocHandle {
         Ok(())
     }
 
+    /// Stop it (runnable or waiting → loaded): it leaves the device at the
+    /// next slice boundary and keeps its registers, memory and mappings;
+    /// [`VcoprocHandle::start`] resumes it where it was.
+    pub fn stop(&self) -> Result<(), CoreError> {
+        let id = self.id;
+        self.pcoproc
+            .command(move |_dev, inner| -> Result<(), CoreError> {
+                inner.vc(id)?.transition(Event::Halt)?;
+                inner.policy.block(id);
+                Ok(())
+            })??;
+        self.pcoproc.shared.state_cv.notify_all();
+        Ok(())
+    }
+
     /// Reset it to its freshly loaded firmware (mappings stay); start it again
     /// with [`VcoprocHandle::start`].
     pub fn reset(&self) -> Result<(), CoreError> {

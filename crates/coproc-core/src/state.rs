@@ -2,6 +2,7 @@
 //!
 //! ```text
 //!  Created --load--> Loaded --start--> Runnable <--wake-- Waiting
+//!                      ^  (stop: Runnable/Waiting --> Loaded, resumes on start)
 //!                      ^                 |   ^              ^
 //!                      |               pick  | slice end    | wait
 //!                    reset               v   |              |
@@ -60,6 +61,9 @@ pub enum Event {
     Fault,
     /// Reset to its freshly loaded firmware.
     Reset,
+    /// Stopped by its domain (paused: kept loaded, resumes where it was on
+    /// the next start).
+    Halt,
     /// Destroyed.
     Destroy,
 }
@@ -96,6 +100,7 @@ impl VcoprocState {
             (S::Faulted | S::Stopped | S::Loaded | S::Runnable | S::Waiting, E::Reset) => {
                 Some(S::Loaded)
             }
+            (S::Runnable | S::Waiting, E::Halt) => Some(S::Loaded),
             _ => None,
         };
         next.ok_or(TransitionError { from: self, event })
@@ -165,6 +170,10 @@ mod tests {
         );
         assert!(S::Destroyed.apply(E::Reset).is_err());
         assert!(S::Destroyed.apply(E::Destroy).is_err());
+        assert!(
+            S::Faulted.apply(E::Halt).is_err(),
+            "a faulted vcoproc is reset, not stopped"
+        );
     }
 
     #[test]

@@ -640,3 +640,34 @@ fn preempt_handle_stops_a_running_slice() {
         StopReason::Preempted
     );
 }
+
+#[test]
+fn stop_pauses_and_start_resumes_where_it_was() {
+    let p = pcoproc(200);
+    let hog = vcoproc(&p, 1, HOG);
+    hog.start().unwrap();
+    hog.wait_state(|_| hog.mbox_read(0) > 2, T)
+        .unwrap_or(VcoprocState::Running);
+    while hog.mbox_read(0) < 3 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    hog.stop().unwrap();
+    assert_eq!(hog.state().unwrap(), VcoprocState::Loaded);
+    let (progress, run_ns) = (hog.mbox_read(0), hog.info().unwrap().stats.run_ns);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(hog.mbox_read(0), progress, "a stopped vcoproc does not run");
+    assert_eq!(hog.info().unwrap().stats.run_ns, run_ns);
+    hog.start().unwrap();
+    while hog.mbox_read(0) <= progress {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // It resumed: the LCG state matches the iterations since boot, not a
+    // fresh start.
+    hog.stop().unwrap();
+    let (done, x) = (u64::from(hog.mbox_read(0)), hog.mbox_read(1));
+    assert!([done, done - 1]
+        .iter()
+        .any(|&d| reference::hog_state(d << 16) == x));
+    assert!(done > u64::from(progress));
+    assert!(hog.stop().is_err(), "stopping a stopped vcoproc is refused");
+}

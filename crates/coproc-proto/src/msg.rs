@@ -119,6 +119,11 @@ pub enum Request {
         /// Vcoproc.
         vcoproc: u32,
     },
+    /// Stop (pause): runnable or waiting → loaded; `Start` resumes it.
+    Stop {
+        /// Vcoproc.
+        vcoproc: u32,
+    },
     /// Reset to the freshly loaded firmware.
     Reset {
         /// Vcoproc.

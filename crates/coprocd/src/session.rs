@@ -502,6 +502,10 @@ impl Session {
                     .map_err(core_err)?;
                 Ok(Answer::Done)
             }
+            Request::Stop { vcoproc } => {
+                self.entry(vcoproc, true)?.handle.stop().map_err(core_err)?;
+                Ok(Answer::Done)
+            }
             Request::Reset { vcoproc } => {
                 self.entry(vcoproc, true)?
                     .handle
