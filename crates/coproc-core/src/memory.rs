@@ -6,7 +6,7 @@
 //! goes through [`Region::read`] and [`Region::write`], which copy bytes and
 //! never form references to the shared pages.
 
-use rustix::fd::{AsFd, OwnedFd};
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use thiserror::Error;
 
@@ -86,6 +86,25 @@ impl Region {
             len,
             _fd: None,
         })
+    }
+
+    /// Allocate `len` bytes (a multiple of [`PAGE_SIZE`]) as a fresh memfd
+    /// that allows sealing, mapped here: the form a domain hands memory to
+    /// the daemon in (see [`Region::fd`]).
+    pub fn new_memfd(len: u64) -> Result<Region, MemoryError> {
+        use rustix::fs::{ftruncate, memfd_create, MemfdFlags};
+        if len == 0 || len % PAGE_SIZE != 0 {
+            return Err(MemoryError::BadSize(len));
+        }
+        let fd = memfd_create("coproc", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+            .map_err(MemoryError::Fd)?;
+        ftruncate(&fd, len).map_err(MemoryError::Fd)?;
+        Region::from_fd(fd, 0, len)
+    }
+
+    /// The file behind the region, if it maps one.
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self._fd.as_ref().map(|f| f.as_fd())
     }
 
     /// Map `len` bytes of a domain's file (a memfd) from `offset`, shared:
