@@ -701,3 +701,90 @@ fn queues_carry_requests_with_only_doorbells_and_survive_garbage_indices() {
     let mut sock_c = c.socket().try_clone().unwrap();
     assert_eq!(error_code(read_reply(&mut sock_c)), ErrorCode::BadFd);
 }
+
+#[test]
+fn a_domain_cannot_stall_the_runner_or_leak_through_its_queues() {
+    use coproc_client::{Event, Sqe};
+    let mut d = Daemon::start("eventfds");
+    let mut c = d.client();
+    let v = c.open("mcu0").unwrap();
+    c.load_firmware(v, "qecho", coproc_firmware::QECHO.elf)
+        .unwrap();
+    let mut q = c.create_queue(v, 0x6000_0000, 4).unwrap();
+    c.mbox_write(v, 0, &[q.iova() as u32, q.len() as u32])
+        .unwrap();
+    c.start(v).unwrap();
+    // Fill both eventfds' counters to the brim: a write of 1 would block.
+    let full = 0xffff_ffff_ffff_fffeu64.to_ne_bytes();
+    rustix::io::write(q.completion_fd(), &full).unwrap();
+    rustix::io::write(q.doorbell_fd(), &full).unwrap();
+    for tag in 0..3 {
+        assert!(q.submit(&Sqe {
+            opcode: 1,
+            tag,
+            args: [0; 14]
+        }));
+    }
+    // (Our own doorbell eventfd is full too: ring through the socket.)
+    c.doorbell(v).unwrap();
+    // The runner keeps serving everyone else.
+    verified(domain(&d, "crc32", &[]).wait_with_output().unwrap());
+    verified(domain(&d, "echo", &[]).wait_with_output().unwrap());
+    // Our own vcoproc still processed the requests.
+    wait_for("our completions", || q.complete().is_some());
+    drop(q);
+
+    // Creating and destroying queues in one session gives every descriptor
+    // back, and each fault is reported, also the second one.
+    let base = d.fds();
+    for _ in 0..20 {
+        let w = c.open("mcu0").unwrap();
+        c.load_firmware(w, "qecho", coproc_firmware::QECHO.elf)
+            .unwrap();
+        let q = c.create_queue(w, 0x6000_0000, 8).unwrap();
+        c.subscribe(w).unwrap();
+        c.destroy(w).unwrap();
+        drop(q);
+    }
+    wait_for("descriptors back", || d.fds() == base);
+    let w = c.open("mcu0").unwrap();
+    c.load_firmware(w, "faulty", coproc_firmware::FAULTY.elf)
+        .unwrap();
+    c.subscribe(w).unwrap();
+    let mut faults = 0;
+    for _ in 0..2 {
+        c.start(w).unwrap();
+        c.doorbell(w).unwrap();
+        loop {
+            match c.next_event(Duration::from_secs(30)).unwrap() {
+                Event::Fault { fault } if fault.vcoproc == w => faults += 1,
+                Event::State { vcoproc, state } if vcoproc == w && state == "faulted" => break,
+                _ => {}
+            }
+        }
+        c.reset(w).unwrap();
+    }
+    assert_eq!(faults, 2);
+
+    // A frame with more descriptors than allowed is refused unread.
+    let s = raw(&d.socket);
+    let mut s2 = s.try_clone().unwrap();
+    hello(&mut s2);
+    let m = SharedMem::new(4096).unwrap();
+    let fds = [m.fd(), m.fd(), m.fd(), m.fd()];
+    // send_frame refuses more than MAX_FDS itself: build the cmsg by hand.
+    let f = frame(7, Request::ListCoprocs);
+    let mut space = [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(4))];
+    let mut ctl = rustix::net::SendAncillaryBuffer::new(&mut space);
+    assert!(ctl.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)));
+    rustix::net::sendmsg(
+        &s,
+        &[std::io::IoSlice::new(&f)],
+        &mut ctl,
+        rustix::net::SendFlags::empty(),
+    )
+    .unwrap();
+    assert_eq!(error_code(read_reply(&mut s2)), ErrorCode::BadFd);
+    assert!(closed(&mut s2));
+    assert!(d.alive());
+}

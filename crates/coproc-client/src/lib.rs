@@ -116,7 +116,7 @@ impl Client {
         })?;
         let mut c = Client {
             sock,
-            rx: Receiver::new(),
+            rx: Receiver::with_limit(coproc_proto::frame::MAX_REPLY),
             next_id: 1,
             events: VecDeque::new(),
             identity: Identity {

@@ -63,6 +63,16 @@ impl Queue {
         ]
     }
 
+    /// The completion eventfd (to wait on it with your own poll/epoll).
+    pub fn completion_fd(&self) -> BorrowedFd<'_> {
+        self.completion.as_fd()
+    }
+
+    /// The doorbell eventfd ([`Queue::ring`] writes it).
+    pub fn doorbell_fd(&self) -> BorrowedFd<'_> {
+        self.doorbell.as_fd()
+    }
+
     /// Where the vcoproc sees the ring memory.
     pub fn iova(&self) -> u64 {
         self.iova

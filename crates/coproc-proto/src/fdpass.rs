@@ -86,9 +86,18 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// An empty receiver.
+    /// An empty receiver for requests.
     pub fn new() -> Receiver {
         Receiver::default()
+    }
+
+    /// An empty receiver accepting bodies up to `limit` (for replies).
+    pub fn with_limit(limit: usize) -> Receiver {
+        Receiver {
+            decoder: Decoder::with_limit(limit),
+            fds: Vec::new(),
+            dropped_fds: 0,
+        }
     }
 
     /// Read once from the socket into the buffer. Returns the bytes read

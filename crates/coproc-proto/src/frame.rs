@@ -6,8 +6,11 @@ use thiserror::Error;
 
 /// "COPC" read as a little-endian u32.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"COPC");
-/// Largest body accepted (firmware and memory travel as file descriptors).
+/// Largest request body the daemon accepts (firmware and memory travel as
+/// file descriptors, so requests are small).
 pub const MAX_BODY: usize = 64 * 1024;
+/// Largest reply or event body (listings of many vcoprocs or faults).
+pub const MAX_REPLY: usize = 16 << 20;
 /// Most file descriptors one frame may carry.
 pub const MAX_FDS: usize = 3;
 /// Header size.
@@ -19,8 +22,8 @@ pub enum FrameError {
     /// The magic is wrong: the stream cannot be resynchronised.
     #[error("bad frame magic {0:#010x}")]
     BadMagic(u32),
-    /// The announced body is larger than [`MAX_BODY`].
-    #[error("frame body of {0} bytes exceeds {MAX_BODY}")]
+    /// The announced body is larger than the limit.
+    #[error("frame body of {0} bytes is over the limit")]
     TooLarge(u32),
     /// The body is not a valid message.
     #[error("malformed message: {0}")]
@@ -41,10 +44,15 @@ impl FrameError {
     }
 }
 
-/// Encode a message as one frame.
+/// Encode a request as one frame (at most [`MAX_BODY`]).
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    encode_limited(msg, MAX_BODY)
+}
+
+/// Encode a message as one frame of at most `limit` body bytes.
+pub fn encode_limited<T: Serialize>(msg: &T, limit: usize) -> Result<Vec<u8>, FrameError> {
     let body = serde_json::to_vec(msg).map_err(|e| FrameError::Encode(e.to_string()))?;
-    if body.len() > MAX_BODY {
+    if body.len() > limit {
         return Err(FrameError::TooLarge(body.len() as u32));
     }
     let mut out = Vec::with_capacity(HEADER + body.len());
@@ -60,15 +68,33 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
 }
 
 /// Incremental frame decoder over a byte stream.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Decoder {
     buf: Vec<u8>,
+    limit: usize,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder {
+            buf: Vec::new(),
+            limit: MAX_BODY,
+        }
+    }
 }
 
 impl Decoder {
-    /// A decoder with nothing buffered.
+    /// A decoder for requests (bodies up to [`MAX_BODY`]).
     pub fn new() -> Decoder {
         Decoder::default()
+    }
+
+    /// A decoder accepting bodies up to `limit` (clients: [`MAX_REPLY`]).
+    pub fn with_limit(limit: usize) -> Decoder {
+        Decoder {
+            buf: Vec::new(),
+            limit,
+        }
     }
 
     /// Append bytes read from the stream.
@@ -93,7 +119,7 @@ impl Decoder {
             return Err(FrameError::BadMagic(magic));
         }
         let len = u32::from_le_bytes([self.buf[4], self.buf[5], self.buf[6], self.buf[7]]);
-        if len as usize > MAX_BODY {
+        if len as usize > self.limit {
             return Err(FrameError::TooLarge(len));
         }
         let end = HEADER + len as usize;

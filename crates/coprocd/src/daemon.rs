@@ -25,6 +25,17 @@ pub struct Entry {
     pub queues: u32,
 }
 
+/// A quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quota {
+    /// Vcoprocs at once.
+    Vcoprocs,
+    /// Bytes mapped.
+    Bytes,
+    /// Queues.
+    Queues,
+}
+
 /// What a domain uses now.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Usage {
@@ -73,6 +84,9 @@ pub struct Daemon {
     tables: Mutex<Tables>,
     next_id: AtomicU32,
     next_session: AtomicU64,
+    /// Log limits per domain: lines a domain triggers are rate-limited
+    /// across all its sessions.
+    logs: Mutex<HashMap<u32, Arc<coproc_core::ratelimit::RateLimit>>>,
 }
 
 impl Daemon {
@@ -103,7 +117,17 @@ impl Daemon {
             tables: Mutex::new(Tables::default()),
             next_id: AtomicU32::new(1),
             next_session: AtomicU64::new(1),
+            logs: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The log rate limit of domain `uid`.
+    pub fn log_limit(&self, uid: u32) -> Arc<coproc_core::ratelimit::RateLimit> {
+        let mut l = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        if l.len() > 4096 {
+            l.retain(|_, r| Arc::strong_count(r) > 1);
+        }
+        l.entry(uid).or_default().clone()
     }
 
     /// Lock the tables.
@@ -191,11 +215,48 @@ impl Daemon {
         }
     }
 
-    /// Register a new vcoproc; returns its wire id.
+    /// Check a quota and take `amount` of it, in one step (two sessions of
+    /// a domain cannot both pass the check for the last unit).
+    pub fn reserve(&self, uid: u32, what: Quota, amount: u64, limit: u64) -> Result<(), WireError> {
+        let mut t = self.tables();
+        let u = t.usage.entry(uid).or_default();
+        let (used, name) = match what {
+            Quota::Vcoprocs => (u64::from(u.vcoprocs), "vcoprocs"),
+            Quota::Bytes => (u.mapped_bytes, "mapped bytes"),
+            Quota::Queues => (u64::from(u.queues), "queues"),
+        };
+        if used.saturating_add(amount) > limit {
+            return Err(WireError::new(
+                ErrorCode::Quota,
+                format!(
+                    "domain uses {used} {name}; {amount} more would exceed its quota of {limit}"
+                ),
+            ));
+        }
+        match what {
+            Quota::Vcoprocs => u.vcoprocs += amount as u32,
+            Quota::Bytes => u.mapped_bytes += amount,
+            Quota::Queues => u.queues += amount as u32,
+        }
+        Ok(())
+    }
+
+    /// Give back a reservation.
+    pub fn unreserve(&self, uid: u32, what: Quota, amount: u64) {
+        let mut t = self.tables();
+        if let Some(u) = t.usage.get_mut(&uid) {
+            match what {
+                Quota::Vcoprocs => u.vcoprocs = u.vcoprocs.saturating_sub(amount as u32),
+                Quota::Bytes => u.mapped_bytes = u.mapped_bytes.saturating_sub(amount),
+                Quota::Queues => u.queues = u.queues.saturating_sub(amount as u32),
+            }
+        }
+    }
+
+    /// Register a new vcoproc (its quota already reserved); returns its wire id.
     pub fn register(&self, e: Entry) -> u32 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut t = self.tables();
-        t.usage.entry(e.uid).or_default().vcoprocs += 1;
         if t.history.len() == HISTORY {
             t.history.pop_front();
         }

@@ -5,7 +5,7 @@
 //! the session either continues (the stream is still framed) or ends (it is
 //! not); nothing a session sends can affect another session.
 
-use crate::daemon::{Daemon, Entry};
+use crate::daemon::{Daemon, Entry, Quota};
 use coproc_core::control::{ControlEvent, Listener};
 use coproc_core::iova::{MapKind, Perms};
 use coproc_core::memory::Region;
@@ -13,11 +13,13 @@ use coproc_core::ratelimit::RateLimit;
 use coproc_core::state::VcoprocState;
 use coproc_core::{CoreError, DeviceError};
 use coproc_proto::fdpass::{Receiver, TransportError};
-use coproc_proto::frame::{decode, encode};
+use coproc_proto::frame::decode;
 use coproc_proto::*;
 use rustix::fd::{AsFd, OwnedFd};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::Mutex;
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch};
@@ -25,36 +27,88 @@ use tokio::sync::{mpsc, watch};
 /// Largest firmware image accepted.
 pub const MAX_FIRMWARE: u64 = 4 << 20;
 
-/// Internal events for the session task.
-enum Internal {
-    Control(u32, ControlEvent),
-}
+/// How many vcoprocs' wake-ups the session's channel holds before further
+/// ones are merged into those already queued.
+const WAKE_QUEUE: usize = 64;
 
-/// What a vcoproc's control block listener does for this session: forward
-/// events if subscribed, and signal the completion eventfds of its queues
-/// (directly from the runner thread: an eventfd write never blocks at these
-/// counts, and the fds were checked to be eventfds).
+/// What a vcoproc's control block listener does for this session. It runs
+/// on the runner thread, so it never blocks and never allocates per event:
+/// notifications and kicks are merged into the latest ones (a client waits
+/// for "a notification newer than n", so only the latest matters), the
+/// session task is woken through a bounded channel, and completion eventfds
+/// are written by a thread of this vcoproc's own, which is all a domain can
+/// stall by making its eventfd unwritable.
 struct Hooks {
-    subscribed: std::sync::atomic::AtomicBool,
-    completions: std::sync::Mutex<Vec<OwnedFd>>,
-    tx: mpsc::UnboundedSender<Internal>,
     id: u32,
+    subscribed: AtomicBool,
+    /// Latest notification not yet forwarded.
+    latest: Mutex<Option<coproc_core::control::Notify>>,
+    kicked: AtomicBool,
+    /// A wake-up for this vcoproc is queued for the session task.
+    queued: AtomicBool,
+    wake: mpsc::Sender<u32>,
+    /// Completion eventfds and the writer thread's doorbell.
+    completions: Arc<Mutex<Vec<OwnedFd>>>,
+    writer: Mutex<Option<std::sync::mpsc::SyncSender<()>>>,
 }
 
 impl Hooks {
     fn fire(&self, ev: ControlEvent) {
-        if let ControlEvent::Notify(_) = ev {
-            for fd in self
-                .completions
+        if let ControlEvent::Notify(n) = ev {
+            if let Some(w) = self
+                .writer
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .iter()
+                .as_ref()
             {
-                let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+                // Full means a write is already due: merged.
+                let _ = w.try_send(());
+            }
+            if self.subscribed.load(Ordering::Acquire) {
+                *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(n);
+            }
+        } else {
+            self.kicked.store(true, Ordering::Release);
+        }
+        if self.subscribed.load(Ordering::Acquire) && !self.queued.swap(true, Ordering::AcqRel) {
+            // A full channel already holds wake-ups the session will drain.
+            if self.wake.try_send(self.id).is_err() {
+                self.queued.store(false, Ordering::Release);
             }
         }
-        if self.subscribed.load(std::sync::atomic::Ordering::Acquire) {
-            let _ = self.tx.send(Internal::Control(self.id, ev));
+    }
+
+    /// Start the completion writer thread (once).
+    fn start_writer(&self) {
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if w.is_some() {
+            return;
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let fds = self.completions.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("completions-{}", self.id))
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    for fd in fds.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                        // Write only when a write cannot block; if the domain
+                        // races us into a full counter, only this thread waits.
+                        let mut p = [rustix::event::PollFd::new(
+                            fd,
+                            rustix::event::PollFlags::OUT,
+                        )];
+                        let zero = rustix::time::Timespec {
+                            tv_sec: 0,
+                            tv_nsec: 0,
+                        };
+                        if rustix::event::poll(&mut p, Some(&zero)).is_ok_and(|n| n == 1) {
+                            let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+                        }
+                    }
+                }
+            });
+        if spawned.is_ok() {
+            *w = Some(tx);
         }
     }
 }
@@ -66,30 +120,25 @@ fn is_eventfd(fd: &OwnedFd) -> bool {
         .is_ok_and(|p| p.as_os_str() == "anon_inode:[eventfd]")
 }
 
-/// Forward a doorbell eventfd to the vcoproc's doorbell until the session
-/// ends (the task is aborted then).
+/// Forward a doorbell eventfd to the vcoproc's doorbell until aborted. The
+/// eventfd is never read: every write to an eventfd raises a new
+/// edge-triggered readiness event, which is all we need, so nothing the
+/// domain does to the descriptor (flags, its counter) can block us.
 async fn watch_doorbell(fd: OwnedFd, handle: coproc_core::VcoprocHandle) {
-    let flags = rustix::fs::fcntl_getfl(&fd).unwrap_or(rustix::fs::OFlags::empty());
-    if rustix::fs::fcntl_setfl(&fd, flags | rustix::fs::OFlags::NONBLOCK).is_err() {
-        return;
-    }
     // SAFETY: `fd` is an OwnedFd moved into the AsyncFd: it stays open and
     // refers to the same file description until the AsyncFd drops it, and
     // OwnedFd::as_raw_fd always returns that descriptor.
-    let Ok(afd) = (unsafe { tokio::io::unix::AsyncFd::register(fd) }) else {
+    let Ok(afd) =
+        (unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, Interest::READABLE) })
+    else {
         return;
     };
     loop {
         let Ok(mut guard) = afd.readable().await else {
             return;
         };
-        let mut buf = [0u8; 8];
-        match rustix::io::read(afd.get_ref(), &mut buf) {
-            Ok(8) => handle.doorbell(),
-            Ok(_) => return,
-            Err(rustix::io::Errno::AGAIN) => guard.clear_ready(),
-            Err(_) => return,
-        }
+        handle.doorbell();
+        guard.clear_ready();
     }
 }
 
@@ -98,14 +147,14 @@ struct Session {
     id: u64,
     who: Identity,
     greeted: bool,
-    internal: mpsc::UnboundedSender<Internal>,
+    wake: mpsc::Sender<u32>,
     /// Subscribed vcoprocs and the last state reported for each.
     subscribed: HashMap<u32, String>,
     /// Listeners installed by this session.
     hooks: HashMap<u32, Arc<Hooks>>,
-    /// Doorbell watchers of this session's queues.
-    watchers: Vec<tokio::task::JoinHandle<()>>,
-    log: RateLimit,
+    /// Doorbell watchers of this session's queues, per vcoproc.
+    watchers: HashMap<u32, Vec<tokio::task::JoinHandle<()>>>,
+    log: Arc<RateLimit>,
 }
 
 fn err(code: ErrorCode, msg: impl Into<String>) -> WireError {
@@ -169,10 +218,14 @@ impl Session {
             return h.clone();
         }
         let h = Arc::new(Hooks {
-            subscribed: false.into(),
-            completions: Default::default(),
-            tx: self.internal.clone(),
             id,
+            subscribed: false.into(),
+            latest: Mutex::new(None),
+            kicked: false.into(),
+            queued: false.into(),
+            wake: self.wake.clone(),
+            completions: Default::default(),
+            writer: Mutex::new(None),
         });
         let h2 = h.clone();
         let l: Listener = Arc::new(move |ev| h2.fire(ev));
@@ -196,43 +249,68 @@ impl Session {
     ) -> Result<(), WireError> {
         let d = self.daemon.clone();
         let rule = d.rule(&self.who)?;
-        let used = d
-            .tables()
-            .usage
-            .get(&self.who.uid)
-            .map_or(0, |u| u.mapped_bytes);
-        if used.saturating_add(len) > rule.max_mapped_bytes {
-            return Err(err(
-                ErrorCode::Quota,
-                format!(
-                    "mapping {len} bytes would exceed the domain's {} (mapped: {used})",
-                    rule.max_mapped_bytes
-                ),
-            ));
+        d.reserve(self.who.uid, Quota::Bytes, len, rule.max_mapped_bytes)?;
+        let mapped = (|| -> Result<(), WireError> {
+            // The memory must not shrink under the device: require a
+            // sealable memfd and seal it against shrinking.
+            let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|_| {
+                err(
+                    ErrorCode::BadFd,
+                    "memory must be a memfd created with sealing allowed",
+                )
+            })?;
+            if !seals.contains(rustix::fs::SealFlags::SHRINK) {
+                rustix::fs::fcntl_add_seals(&fd, rustix::fs::SealFlags::SHRINK).map_err(|_| {
+                    err(ErrorCode::BadFd, "cannot seal the memfd against shrinking")
+                })?;
+            }
+            if len % 4096 != 0 || offset % 4096 != 0 {
+                return Err(err(
+                    ErrorCode::InvalidArgument,
+                    "offset and length must be multiples of 4096",
+                ));
+            }
+            let region = Region::from_fd(fd, offset, len)
+                .map_err(|e| err(ErrorCode::BadFd, e.to_string()))?;
+            e.handle
+                .map(&Arc::new(region), 0, iova, len, perms, kind)
+                .map_err(core_err)
+        })();
+        if let Err(e) = mapped {
+            d.unreserve(self.who.uid, Quota::Bytes, len);
+            return Err(e);
         }
-        // The memory must not shrink under the device: require a sealable
-        // memfd and seal it against shrinking.
-        let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|_| {
-            err(
-                ErrorCode::BadFd,
-                "memory must be a memfd created with sealing allowed",
-            )
-        })?;
-        if !seals.contains(rustix::fs::SealFlags::SHRINK) {
-            rustix::fs::fcntl_add_seals(&fd, rustix::fs::SealFlags::SHRINK)
-                .map_err(|_| err(ErrorCode::BadFd, "cannot seal the memfd against shrinking"))?;
-        }
-        let region =
-            Region::from_fd(fd, offset, len).map_err(|e| err(ErrorCode::BadFd, e.to_string()))?;
-        e.handle
-            .map(&Arc::new(region), 0, iova, len, perms, kind)
-            .map_err(core_err)?;
-        let mut t = d.tables();
-        if let Some(entry) = t.vcoprocs.get_mut(&vcoproc) {
+        if let Some(entry) = d.tables().vcoprocs.get_mut(&vcoproc) {
             entry.mapped.insert(iova, len);
         }
-        t.usage.entry(self.who.uid).or_default().mapped_bytes += len;
         Ok(())
+    }
+
+    /// Drop everything this session attached to vcoproc `id` (listener,
+    /// doorbell watchers, completion eventfds and their writer thread).
+    fn forget(&mut self, id: u32, e: Option<&Entry>) {
+        for w in self.watchers.remove(&id).unwrap_or_default() {
+            w.abort();
+        }
+        if self.hooks.remove(&id).is_some() {
+            if let Some(e) = e {
+                e.handle.control().set_listener(None);
+            }
+        }
+        self.subscribed.remove(&id);
+    }
+
+    /// The entry of a vcoproc the creating session acts on (listeners and
+    /// queues are per session; one vcoproc has one listener).
+    fn own_entry(&self, id: u32) -> Result<Entry, WireError> {
+        let e = self.entry(id, false)?;
+        if e.session != self.id {
+            return Err(err(
+                ErrorCode::PermissionDenied,
+                format!("vcoproc {id} belongs to another session of this domain: events and queues are for its creator"),
+            ));
+        }
+        Ok(e)
     }
 
     /// The entry of a vcoproc this session may act on.
@@ -315,20 +393,21 @@ impl Session {
             Request::OpenVcoproc { coproc } => {
                 let pc = d.may_use(&self.who, &coproc)?;
                 let rule = d.rule(&self.who)?;
-                let used = d
-                    .tables()
-                    .usage
-                    .get(&self.who.uid)
-                    .map_or(0, |u| u.vcoprocs);
-                if used >= rule.max_vcoprocs {
-                    return Err(err(
-                        ErrorCode::Quota,
-                        format!("domain has {used} vcoprocs, the most allowed"),
-                    ));
-                }
-                let handle = pc
+                d.reserve(
+                    self.who.uid,
+                    Quota::Vcoprocs,
+                    1,
+                    u64::from(rule.max_vcoprocs),
+                )?;
+                let handle = match pc
                     .create_vcoproc(coproc_core::DomainId(self.who.uid), Default::default())
-                    .map_err(core_err)?;
+                {
+                    Ok(h) => h,
+                    Err(e) => {
+                        d.unreserve(self.who.uid, Quota::Vcoprocs, 1);
+                        return Err(core_err(e));
+                    }
+                };
                 let id = d.register(Entry {
                     coproc,
                     handle,
@@ -407,7 +486,7 @@ impl Session {
                 iova,
                 entries,
             } => {
-                let e = self.entry(vcoproc, false)?;
+                let e = self.own_entry(vcoproc)?;
                 let bytes = coproc_proto::queue::bytes_for(entries).ok_or_else(|| {
                     err(
                         ErrorCode::InvalidArgument,
@@ -428,28 +507,25 @@ impl Session {
                     ));
                 }
                 let rule = d.rule(&self.who)?;
-                let used = d.tables().usage.get(&self.who.uid).map_or(0, |u| u.queues);
-                if used >= rule.max_queues {
-                    return Err(err(
-                        ErrorCode::Quota,
-                        format!("domain has {used} queues, the most allowed"),
-                    ));
-                }
-                self.map_fd(vcoproc, &e, mem, 0, iova, len, Perms::RW, MapKind::Pinned)?;
+                d.reserve(self.who.uid, Quota::Queues, 1, u64::from(rule.max_queues))?;
+                if let Err(e) =
+                    self.map_fd(vcoproc, &e, mem, 0, iova, len, Perms::RW, MapKind::Pinned)
                 {
-                    let mut t = d.tables();
-                    t.usage.entry(self.who.uid).or_default().queues += 1;
-                    if let Some(x) = t.vcoprocs.get_mut(&vcoproc) {
-                        x.queues += 1;
-                    }
+                    d.unreserve(self.who.uid, Quota::Queues, 1);
+                    return Err(e);
                 }
-                self.hooks(vcoproc, &e)
+                if let Some(x) = d.tables().vcoprocs.get_mut(&vcoproc) {
+                    x.queues += 1;
+                }
+                let hooks = self.hooks(vcoproc, &e);
+                hooks
                     .completions
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push(completion);
-                self.watchers
-                    .push(tokio::spawn(watch_doorbell(doorbell, e.handle.clone())));
+                hooks.start_writer();
+                let w = tokio::spawn(watch_doorbell(doorbell, e.handle.clone()));
+                self.watchers.entry(vcoproc).or_default().push(w);
                 Ok(Answer::Done)
             }
             Request::Unmap { vcoproc, iova } => {
@@ -515,6 +591,7 @@ impl Session {
             }
             Request::Destroy { vcoproc } => {
                 let e = self.entry(vcoproc, true)?;
+                self.forget(vcoproc, Some(&e));
                 e.handle.destroy().map_err(core_err)?;
                 let removed = d.tables().vcoprocs.remove(&vcoproc);
                 if let Some(removed) = removed {
@@ -529,10 +606,10 @@ impl Session {
                 })
             }
             Request::Subscribe { vcoproc } => {
-                let e = self.entry(vcoproc, false)?;
+                let e = self.own_entry(vcoproc)?;
                 self.hooks(vcoproc, &e)
                     .subscribed
-                    .store(true, std::sync::atomic::Ordering::Release);
+                    .store(true, Ordering::Release);
                 self.subscribed.insert(vcoproc, String::new());
                 Ok(Answer::Done)
             }
@@ -640,52 +717,69 @@ impl Session {
     }
 
     /// Turn a control block event into events for the client.
-    fn control_event(&mut self, id: u32, ev: ControlEvent) -> Vec<Event> {
-        match ev {
-            ControlEvent::Notify(n) => vec![Event::Notify {
+    /// Events owed to the client for vcoproc `id` after a wake-up: the
+    /// latest notification, and a state change if there was a kick.
+    fn wake_events(&mut self, id: u32) -> Vec<Event> {
+        let Some(h) = self.hooks.get(&id).cloned() else {
+            return vec![];
+        };
+        h.queued.store(false, Ordering::Release);
+        let mut out = Vec::new();
+        if let Some(n) = h.latest.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            out.push(Event::Notify {
                 vcoproc: id,
                 seq: n.seq,
                 tag: n.tag,
-            }],
-            ControlEvent::Kick => {
-                let Ok(e) = self.entry(id, false) else {
-                    return if self.subscribed.remove(&id).is_some() {
-                        vec![Event::State {
-                            vcoproc: id,
-                            state: VcoprocState::Destroyed.to_string(),
-                        }]
-                    } else {
-                        vec![]
-                    };
+            });
+        }
+        if h.kicked.swap(false, Ordering::AcqRel) {
+            out.extend(self.state_events(id));
+        }
+        out
+    }
+
+    /// A state event (and the fault record) if the vcoproc newly stopped or
+    /// faulted; each fault is reported once.
+    fn state_events(&mut self, id: u32) -> Vec<Event> {
+        {
+            let Ok(e) = self.entry(id, false) else {
+                let was = self.subscribed.contains_key(&id);
+                self.forget(id, None);
+                return if was {
+                    vec![Event::State {
+                        vcoproc: id,
+                        state: VcoprocState::Destroyed.to_string(),
+                    }]
+                } else {
+                    vec![]
                 };
-                let Ok(i) = e.handle.info() else {
-                    return vec![];
-                };
-                let state = i.state.to_string();
-                let last = self.subscribed.get(&id).cloned().unwrap_or_default();
-                if state == last
-                    || !matches!(i.state, VcoprocState::Faulted | VcoprocState::Stopped)
-                {
-                    return vec![];
-                }
-                self.subscribed.insert(id, state.clone());
-                let mut out = Vec::new();
-                if i.state == VcoprocState::Faulted {
-                    if let Some(f) = &i.last_fault {
-                        out.push(Event::Fault {
-                            fault: fault_info(&e.coproc, e.uid, id, f),
-                        });
-                    }
-                }
-                out.push(Event::State { vcoproc: id, state });
-                out
+            };
+            let Ok(i) = e.handle.info() else {
+                return vec![];
+            };
+            let state = i.state.to_string();
+            let key = format!("{state}:{}", i.stats.faults);
+            let last = self.subscribed.get(&id).cloned().unwrap_or_default();
+            if key == last || !matches!(i.state, VcoprocState::Faulted | VcoprocState::Stopped) {
+                return vec![];
             }
+            self.subscribed.insert(id, key);
+            let mut out = Vec::new();
+            if i.state == VcoprocState::Faulted {
+                if let Some(f) = &i.last_fault {
+                    out.push(Event::Fault {
+                        fault: fault_info(&e.coproc, e.uid, id, f),
+                    });
+                }
+            }
+            out.push(Event::State { vcoproc: id, state });
+            out
         }
     }
 }
 
 async fn send(stream: &mut UnixStream, frame: &ServerFrame) -> std::io::Result<()> {
-    match encode(frame) {
+    match coproc_proto::frame::encode_limited(frame, coproc_proto::frame::MAX_REPLY) {
         Ok(bytes) => stream.write_all(&bytes).await,
         Err(e) => Err(std::io::Error::other(e.to_string())),
     }
@@ -724,17 +818,17 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let id = daemon.open_session(who.uid);
-    let (itx, mut irx) = mpsc::unbounded_channel();
+    let (wtx, mut wrx) = mpsc::channel(WAKE_QUEUE);
     let mut s = Session {
         daemon: daemon.clone(),
         id,
         who: who.clone(),
         greeted: false,
-        internal: itx,
+        wake: wtx,
         subscribed: HashMap::new(),
         hooks: HashMap::new(),
-        watchers: Vec::new(),
-        log: RateLimit::default(),
+        watchers: HashMap::new(),
+        log: daemon.log_limit(who.uid),
     };
     tracing::debug!(session = id, uid = who.uid, pid = who.pid, "session opened");
     let mut rx = Receiver::new();
@@ -757,6 +851,10 @@ pub async fn serve(
                     break 'session;
                 }
             };
+            if rx.dropped_fds > 0 {
+                // Never act on a frame whose descriptors were cut short.
+                break;
+            }
             let (body, fds) = next;
             let (rid, result, close) = match decode::<ClientFrame>(&body) {
                 Err(e) => (0, Err(err(ErrorCode::BadRequest, e.to_string())), false),
@@ -796,8 +894,8 @@ pub async fn serve(
                 Ok(0) | Err(_) => break 'session,
                 Ok(_) => {}
             },
-            Some(Internal::Control(vid, ev)) = irx.recv() => {
-                let events = tokio::task::block_in_place(|| s.control_event(vid, ev));
+            Some(vid) = wrx.recv() => {
+                let events = tokio::task::block_in_place(|| s.wake_events(vid));
                 for event in events {
                     if send(&mut stream, &ServerFrame::Event { event }).await.is_err() {
                         break 'session;
@@ -808,7 +906,7 @@ pub async fn serve(
         }
     }
     // Stop listening and watching before the vcoprocs go away.
-    for w in s.watchers.drain(..) {
+    for w in s.watchers.drain().flat_map(|(_, w)| w) {
         w.abort();
     }
     for vid in s.hooks.keys() {
