@@ -227,7 +227,7 @@ impl Client {
         }
     }
 
-    /// Load a firmware image (sent as a sealed memfd).
+    /// Load a firmware image (sent as a memfd the daemon reads from).
     pub fn load_firmware(
         &mut self,
         vcoproc: u32,

@@ -16,6 +16,8 @@ pub const OFF_MAGIC: u64 = 0x000;
 pub const OFF_ENTRIES: u64 = 0x004;
 /// Offset of the entry size.
 pub const OFF_ENTRY_SIZE: u64 = 0x008;
+/// Flags word (reserved, 0).
+pub const OFF_FLAGS: u64 = 0x00c;
 /// Submission tail, written by the domain.
 pub const OFF_SQ_TAIL: u64 = 0x040;
 /// Submission head, written by the device side.

@@ -178,10 +178,16 @@ impl Config {
                     p.name, p.class
                 )));
             }
-            for k in p.options.keys() {
+            for (k, v) in &p.options {
                 if k != "max_contexts" {
                     return Err(ConfigError::Invalid(format!(
                         "pcoproc {:?}: unknown mcu option {k:?}",
+                        p.name
+                    )));
+                }
+                if !v.as_integer().is_some_and(|n| (1..=65536).contains(&n)) {
+                    return Err(ConfigError::Invalid(format!(
+                        "pcoproc {:?}: max_contexts must be in 1..=65536",
                         p.name
                     )));
                 }
@@ -243,6 +249,8 @@ mod tests {
             "[[domain]]\nuids = \"*\"\npcoprocs = [\"nope\"]\n",
             "[[domain]]\nuids = \"everyone\"\npcoprocs = []\n",
             "[[pcoproc]]\nname = \"a b\"\nclass = \"mcu\"\n",
+            "[[pcoproc]]\nname = \"a\"\nclass = \"mcu\"\noptions = { max_contexts = 0 }\n",
+            "[[pcoproc]]\nname = \"a\"\nclass = \"mcu\"\noptions = { max_contexts = \"many\" }\n",
         ];
         for b in bad {
             assert!(Config::parse(b).is_err(), "accepted: {b}");
