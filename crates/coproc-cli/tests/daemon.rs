@@ -757,7 +757,9 @@ fn a_domain_cannot_stall_the_runner_or_leak_through_its_queues() {
 
     // Creating and destroying queues in one session gives every descriptor
     // back, and each fault is reported, also the second one.
-    wait_for("the other sessions gone", || c.list_domains().unwrap().iter().all(|x| x.sessions == 1));
+    wait_for("the other sessions gone", || {
+        c.list_domains().unwrap().iter().all(|x| x.sessions == 1)
+    });
     let base = d.fds();
     for _ in 0..20 {
         let w = c.open("mcu0").unwrap();
