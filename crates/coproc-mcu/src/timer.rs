@@ -22,6 +22,10 @@ struct State {
     deadline: Option<Instant>,
     armed: bool,
     quit: bool,
+    /// When the timer thread will next look at `deadline` (None: only when
+    /// notified). Arming a later deadline needs no wake-up, which keeps a
+    /// thread switch off every short run.
+    wakes_at: Option<Instant>,
 }
 
 /// Raw engine handle for stop requests.
@@ -97,6 +101,7 @@ impl SliceTimer {
                     if st.quit {
                         return;
                     }
+                    st.wakes_at = None;
                     match st.deadline {
                         None => st = s.cv.wait(st).unwrap_or_else(|e| e.into_inner()),
                         Some(d) => {
@@ -106,6 +111,7 @@ impl SliceTimer {
                                 s.stop_engine();
                                 st.deadline = Some(now + REFIRE);
                             } else {
+                                st.wakes_at = Some(d);
                                 st =
                                     s.cv.wait_timeout(st, d - now)
                                         .unwrap_or_else(|e| e.into_inner())
@@ -135,12 +141,15 @@ impl SliceTimer {
         self.shared.fired.store(false, Ordering::Release);
         let mut s = self.shared.lock();
         s.armed = true;
-        s.deadline = Some(Instant::now() + budget);
+        let mut deadline = Instant::now() + budget;
         // A preempt that raced with arming still counts.
         if self.shared.preempt.load(Ordering::Acquire) {
-            s.deadline = Some(Instant::now());
+            deadline = Instant::now();
         }
-        self.shared.cv.notify_all();
+        s.deadline = Some(deadline);
+        if s.wakes_at.is_none_or(|w| w > deadline) {
+            self.shared.cv.notify_all();
+        }
     }
 
     /// Disarm after a run; returns (budget fired, preempted).
