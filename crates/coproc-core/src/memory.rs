@@ -30,6 +30,10 @@ pub enum MemoryError {
         /// Bytes needed.
         need: u64,
     },
+    /// The file cannot be sealed against shrinking (not a memfd created
+    /// with sealing allowed).
+    #[error("memory must be a memfd created with sealing allowed")]
+    NotSealable,
     /// The file descriptor is not a regular file or memfd.
     #[error("fd is not a regular file or memfd")]
     NotAFile,
@@ -108,9 +112,11 @@ impl Region {
     }
 
     /// Map `len` bytes of a domain's file (a memfd) from `offset`, shared:
-    /// what the device writes, the domain sees. The fd must be a regular
-    /// file at least `offset + len` bytes long; `offset` and `len` must be
-    /// page multiples. The region keeps the fd.
+    /// what the device writes, the domain sees. The fd must be a memfd that
+    /// allows sealing, at least `offset + len` bytes long; `offset` and
+    /// `len` must be page multiples. It is sealed against shrinking, so the
+    /// domain can never truncate the memory under the mapping (which would
+    /// turn accesses into SIGBUS). The region keeps the fd.
     pub fn from_fd(fd: OwnedFd, offset: u64, len: u64) -> Result<Region, MemoryError> {
         if len == 0 || len % PAGE_SIZE != 0 || offset % PAGE_SIZE != 0 || len > isize::MAX as u64 {
             return Err(MemoryError::BadSize(len));
@@ -119,16 +125,22 @@ impl Region {
         if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
             return Err(MemoryError::NotAFile);
         }
-        let size = st.st_size as u64;
+        use rustix::fs::{fcntl_add_seals, fcntl_get_seals, SealFlags};
+        let seals = fcntl_get_seals(&fd).map_err(|_| MemoryError::NotSealable)?;
+        if !seals.contains(SealFlags::SHRINK) {
+            fcntl_add_seals(&fd, SealFlags::SHRINK).map_err(|_| MemoryError::NotSealable)?;
+        }
+        // Size after sealing: from here it can only grow.
+        let size = rustix::fs::fstat(fd.as_fd())
+            .map_err(MemoryError::Fd)?
+            .st_size as u64;
         let need = offset.checked_add(len).ok_or(MemoryError::BadSize(len))?;
         if size < need {
             return Err(MemoryError::FdTooSmall { size, need });
         }
         // SAFETY: a fresh shared mapping of a file range that exists (size
-        // checked above); no existing memory is affected. A domain that
-        // later truncates the file makes accesses past the new end raise
-        // SIGBUS; the daemon only accepts memfds it can seal (see the
-        // daemon's map handler), which rules that out.
+        // checked above, after sealing the file against shrinking, so the
+        // range keeps existing while mapped); no existing memory is affected.
         let ptr = unsafe {
             rustix::mm::mmap(
                 std::ptr::null_mut(),
@@ -239,7 +251,13 @@ mod tests {
     #[test]
     fn from_fd_checks_and_shares() {
         use rustix::fs::{ftruncate, memfd_create, MemfdFlags};
-        let fd = memfd_create("t", MemfdFlags::CLOEXEC).unwrap();
+        let unsealable = memfd_create("t", MemfdFlags::CLOEXEC).unwrap();
+        ftruncate(&unsealable, PAGE_SIZE).unwrap();
+        assert!(matches!(
+            Region::from_fd(unsealable, 0, PAGE_SIZE),
+            Err(MemoryError::NotSealable)
+        ));
+        let fd = memfd_create("t", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
         ftruncate(&fd, 2 * PAGE_SIZE).unwrap();
         let dup = rustix::io::dup(&fd).unwrap();
         assert!(matches!(
@@ -261,5 +279,7 @@ mod tests {
             Region::from_fd(rd, 0, PAGE_SIZE),
             Err(MemoryError::NotAFile)
         ));
+        // Sealed: the domain can no longer shrink it under the mapping.
+        assert!(ftruncate(&fd, 0).is_err());
     }
 }

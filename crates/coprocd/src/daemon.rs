@@ -2,7 +2,7 @@
 //! and per-domain usage for quotas.
 
 use crate::config::{Config, DomainRule};
-use coproc_core::{Pcoproc, VcoprocHandle, VcoprocId};
+use coproc_core::{Pcoproc, VcoprocHandle};
 use coproc_proto::{ErrorCode, Identity, WireError};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -264,11 +264,6 @@ impl Daemon {
             .push_back(((e.coproc.clone(), e.handle.id().0), (id, e.uid)));
         t.vcoprocs.insert(id, e);
         id
-    }
-
-    /// The local id of a wire id on its pcoproc.
-    pub fn local(e: &Entry) -> VcoprocId {
-        e.handle.id()
     }
 
     /// Stop every pcoproc.

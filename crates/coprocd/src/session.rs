@@ -44,6 +44,9 @@ struct Hooks {
     /// Latest notification not yet forwarded.
     latest: Mutex<Option<coproc_core::control::Notify>>,
     kicked: AtomicBool,
+    /// The last stopped/faulted state reported, with the fault count then
+    /// (a new fault is a new report even in the same state).
+    reported: Mutex<Option<(VcoprocState, u64)>>,
     /// A wake-up for this vcoproc is queued for the session task.
     queued: AtomicBool,
     wake: mpsc::Sender<u32>,
@@ -148,8 +151,6 @@ struct Session {
     who: Identity,
     greeted: bool,
     wake: mpsc::Sender<u32>,
-    /// Subscribed vcoprocs and the last state reported for each.
-    subscribed: HashMap<u32, String>,
     /// Listeners installed by this session.
     hooks: HashMap<u32, Arc<Hooks>>,
     /// Doorbell watchers of this session's queues, per vcoproc.
@@ -222,6 +223,7 @@ impl Session {
             subscribed: false.into(),
             latest: Mutex::new(None),
             kicked: false.into(),
+            reported: Mutex::new(None),
             queued: false.into(),
             wake: self.wake.clone(),
             completions: Default::default(),
@@ -247,29 +249,18 @@ impl Session {
         perms: Perms,
         kind: MapKind,
     ) -> Result<(), WireError> {
+        // Arguments first: nothing is reserved or sealed for a bad request.
+        if len == 0 || len % 4096 != 0 || offset % 4096 != 0 {
+            return Err(err(
+                ErrorCode::InvalidArgument,
+                "offset and length must be multiples of 4096, length non-zero",
+            ));
+        }
         let d = self.daemon.clone();
         let rule = d.rule(&self.who)?;
         d.reserve(self.who.uid, Quota::Bytes, len, rule.max_mapped_bytes)?;
         let mapped = (|| -> Result<(), WireError> {
-            // The memory must not shrink under the device: require a
-            // sealable memfd and seal it against shrinking.
-            let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|_| {
-                err(
-                    ErrorCode::BadFd,
-                    "memory must be a memfd created with sealing allowed",
-                )
-            })?;
-            if !seals.contains(rustix::fs::SealFlags::SHRINK) {
-                rustix::fs::fcntl_add_seals(&fd, rustix::fs::SealFlags::SHRINK).map_err(|_| {
-                    err(ErrorCode::BadFd, "cannot seal the memfd against shrinking")
-                })?;
-            }
-            if len % 4096 != 0 || offset % 4096 != 0 {
-                return Err(err(
-                    ErrorCode::InvalidArgument,
-                    "offset and length must be multiples of 4096",
-                ));
-            }
+            // Region::from_fd seals the memfd against shrinking.
             let region = Region::from_fd(fd, offset, len)
                 .map_err(|e| err(ErrorCode::BadFd, e.to_string()))?;
             e.handle
@@ -280,8 +271,16 @@ impl Session {
             d.unreserve(self.who.uid, Quota::Bytes, len);
             return Err(e);
         }
-        if let Some(entry) = d.tables().vcoprocs.get_mut(&vcoproc) {
-            entry.mapped.insert(iova, len);
+        let recorded = d
+            .tables()
+            .vcoprocs
+            .get_mut(&vcoproc)
+            .map(|entry| entry.mapped.insert(iova, len))
+            .is_some();
+        if !recorded {
+            // Destroyed meanwhile (by an admin): its release did not see
+            // this mapping, so give the bytes back here.
+            d.unreserve(self.who.uid, Quota::Bytes, len);
         }
         Ok(())
     }
@@ -297,7 +296,6 @@ impl Session {
                 e.handle.control().set_listener(None);
             }
         }
-        self.subscribed.remove(&id);
     }
 
     /// The entry of a vcoproc the creating session acts on (listeners and
@@ -514,8 +512,16 @@ impl Session {
                     d.unreserve(self.who.uid, Quota::Queues, 1);
                     return Err(e);
                 }
-                if let Some(x) = d.tables().vcoprocs.get_mut(&vcoproc) {
-                    x.queues += 1;
+                let recorded = d
+                    .tables()
+                    .vcoprocs
+                    .get_mut(&vcoproc)
+                    .map(|x| x.queues += 1)
+                    .is_some();
+                if !recorded {
+                    // Destroyed meanwhile (by an admin).
+                    d.unreserve(self.who.uid, Quota::Queues, 1);
+                    return Err(err(ErrorCode::NotFound, format!("no vcoproc {vcoproc}")));
                 }
                 let hooks = self.hooks(vcoproc, &e);
                 hooks
@@ -610,7 +616,6 @@ impl Session {
                 self.hooks(vcoproc, &e)
                     .subscribed
                     .store(true, Ordering::Release);
-                self.subscribed.insert(vcoproc, String::new());
                 Ok(Answer::Done)
             }
             Request::ListVcoprocs { domain, coproc } => {
@@ -675,7 +680,7 @@ impl Session {
                     .filter(|(_, e)| {
                         e.coproc == coproc && (self.who.admin || e.uid == self.who.uid)
                     })
-                    .map(|(&id, e)| (Daemon::local(e).0, id))
+                    .map(|(&id, e)| (e.handle.id().0, id))
                     .collect();
                 let standings = s
                     .standings
@@ -741,40 +746,41 @@ impl Session {
     /// A state event (and the fault record) if the vcoproc newly stopped or
     /// faulted; each fault is reported once.
     fn state_events(&mut self, id: u32) -> Vec<Event> {
-        {
-            let Ok(e) = self.entry(id, false) else {
-                let was = self.subscribed.contains_key(&id);
-                self.forget(id, None);
-                return if was {
-                    vec![Event::State {
-                        vcoproc: id,
-                        state: VcoprocState::Destroyed.to_string(),
-                    }]
-                } else {
-                    vec![]
-                };
-            };
-            let Ok(i) = e.handle.info() else {
-                return vec![];
-            };
-            let state = i.state.to_string();
-            let key = format!("{state}:{}", i.stats.faults);
-            let last = self.subscribed.get(&id).cloned().unwrap_or_default();
-            if key == last || !matches!(i.state, VcoprocState::Faulted | VcoprocState::Stopped) {
-                return vec![];
-            }
-            self.subscribed.insert(id, key);
-            let mut out = Vec::new();
-            if i.state == VcoprocState::Faulted {
-                if let Some(f) = &i.last_fault {
-                    out.push(Event::Fault {
-                        fault: fault_info(&e.coproc, e.uid, id, f),
-                    });
-                }
-            }
-            out.push(Event::State { vcoproc: id, state });
-            out
+        let Some(h) = self.hooks.get(&id).cloned() else {
+            return vec![];
+        };
+        let Ok(e) = self.entry(id, false) else {
+            self.forget(id, None);
+            return vec![Event::State {
+                vcoproc: id,
+                state: VcoprocState::Destroyed.to_string(),
+            }];
+        };
+        let Ok(i) = e.handle.info() else {
+            return vec![];
+        };
+        if !matches!(i.state, VcoprocState::Faulted | VcoprocState::Stopped) {
+            return vec![];
         }
+        let now = Some((i.state, i.stats.faults));
+        if std::mem::replace(
+            &mut *h.reported.lock().unwrap_or_else(|e| e.into_inner()),
+            now,
+        ) == now
+        {
+            return vec![];
+        }
+        let mut out = Vec::new();
+        if let (VcoprocState::Faulted, Some(f)) = (i.state, &i.last_fault) {
+            out.push(Event::Fault {
+                fault: fault_info(&e.coproc, e.uid, id, f),
+            });
+        }
+        out.push(Event::State {
+            vcoproc: id,
+            state: i.state.to_string(),
+        });
+        out
     }
 }
 
@@ -825,7 +831,6 @@ pub async fn serve(
         who: who.clone(),
         greeted: false,
         wake: wtx,
-        subscribed: HashMap::new(),
         hooks: HashMap::new(),
         watchers: HashMap::new(),
         log: daemon.log_limit(who.uid),
