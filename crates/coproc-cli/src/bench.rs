@@ -9,7 +9,7 @@ use coproc_core::iova::{MapKind, Mapping};
 use coproc_core::memory::Region;
 use coproc_core::policy::{RoundRobin, SchedParams};
 use coproc_core::{DomainId, Pcoproc, VcoprocId};
-use coproc_firmware::drive::{self, Buffer};
+use coproc_firmware::drive::{self, bytes_to_samples, samples_to_bytes, Buffer};
 use coproc_firmware::reference::{self, TestRng};
 use coproc_firmware::{ECHO, FIR};
 use coproc_mcu::baseline::{Bare, Translation};
@@ -145,16 +145,6 @@ type Runner<'a> = Box<dyn FnMut(usize) -> anyhow::Result<f64> + 'a>;
 const Y_OFF: u64 = 2 * SAMPLES as u64;
 const H_OFF: u64 = 4 * SAMPLES as u64;
 
-fn bytes(s: &[i16]) -> Vec<u8> {
-    s.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-fn to_samples(b: Vec<u8>) -> Vec<i16> {
-    b.chunks_exact(2)
-        .map(|c| i16::from_le_bytes([c[0], c[1]]))
-        .collect()
-}
-
 /// Mailbox words of fir job `i` with the buffer at the start of the window.
 fn fir_args(i: usize) -> [u32; 6] {
     let base = coproc_mcu::abi::IOVA_BASE;
@@ -208,10 +198,10 @@ fn bare_runner(translation: Translation, jobs: Jobs) -> anyhow::Result<Runner<'s
         Ok(Box::new(move |i| {
             let (input, expect) = (&jobs.0[i], &jobs.1[i]);
             let t = Instant::now();
-            b.write(0, &bytes(&input.0))?;
-            b.write(H_OFF, &bytes(&input.1))?;
+            b.write(0, &samples_to_bytes(&input.0))?;
+            b.write(H_OFF, &samples_to_bytes(&input.1))?;
             let (out, _) = b.job(&fir_args(i))?;
-            let y = to_samples(b.read(Y_OFF, 2 * SAMPLES)?);
+            let y = bytes_to_samples(&b.read(Y_OFF, 2 * SAMPLES)?);
             let dt = t.elapsed().as_secs_f64();
             if out[0] != 0 || y != *expect {
                 bail!("bare run: job {i} differs from the reference");
@@ -253,8 +243,8 @@ fn device_runner(jobs: Jobs) -> anyhow::Result<Runner<'static>> {
         Ok(Box::new(move |i| {
             let (input, expect) = (&jobs.0[i], &jobs.1[i]);
             let t = Instant::now();
-            region.write(0, &bytes(&input.0))?;
-            region.write(H_OFF, &bytes(&input.1))?;
+            region.write(0, &samples_to_bytes(&input.0))?;
+            region.write(H_OFF, &samples_to_bytes(&input.1))?;
             for (w, a) in fir_args(i).iter().enumerate() {
                 cb.write_in(w, *a);
             }
@@ -262,7 +252,7 @@ fn device_runner(jobs: Jobs) -> anyhow::Result<Runner<'static>> {
             if dev.run(Duration::from_secs(600)).stop != StopReason::Waiting {
                 bail!("device run: job {i} did not complete");
             }
-            let y = to_samples(region.read_vec(Y_OFF, 2 * SAMPLES as u64)?);
+            let y = bytes_to_samples(&region.read_vec(Y_OFF, 2 * SAMPLES as u64)?);
             let dt = t.elapsed().as_secs_f64();
             if y != *expect {
                 bail!("device run: job {i} differs from the reference");

@@ -85,11 +85,19 @@ pub fn default_socket() -> PathBuf {
     if let Some(p) = std::env::var_os("COPROC_SOCKET") {
         return PathBuf::from(p);
     }
-    let uid = rustix::process::getuid().as_raw();
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(dir) if uid != 0 => Path::new(&dir).join("coproc/coprocd.sock"),
-        _ => PathBuf::from("/run/coproc/coprocd.sock"),
-    }
+    coproc_proto::default_socket(rustix::process::getuid().as_raw())
+}
+
+/// Take the expected answer out of a reply, or a protocol error.
+macro_rules! answer {
+    ($reply:expr, $pat:pat => $out:expr) => {
+        match $reply {
+            $pat => Ok($out),
+            other => Err(ClientError::Protocol(format!(
+                "unexpected answer {other:?}"
+            ))),
+        }
+    };
 }
 
 /// A session with the daemon.
@@ -198,33 +206,22 @@ impl Client {
     }
 
     fn done(&mut self, req: Request) -> Result<(), ClientError> {
-        match self.call(req, &[])? {
-            Answer::Done => Ok(()),
-            other => Err(ClientError::Protocol(format!(
-                "expected done, got {other:?}"
-            ))),
-        }
+        answer!(self.call(req, &[])?, Answer::Done => ())
     }
 
     /// Pcoprocs this domain may use.
     pub fn list_coprocs(&mut self) -> Result<Vec<CoprocInfo>, ClientError> {
-        match self.call(Request::ListCoprocs, &[])? {
-            Answer::Coprocs { coprocs } => Ok(coprocs),
-            other => Err(ClientError::Protocol(format!("{other:?}"))),
-        }
+        answer!(self.call(Request::ListCoprocs, &[])?, Answer::Coprocs { coprocs } => coprocs)
     }
 
     /// Open a vcoproc on `coproc`; returns its id.
     pub fn open(&mut self, coproc: &str) -> Result<u32, ClientError> {
-        match self.call(
+        answer!(self.call(
             Request::OpenVcoproc {
                 coproc: coproc.into(),
             },
             &[],
-        )? {
-            Answer::Opened { vcoproc } => Ok(vcoproc),
-            other => Err(ClientError::Protocol(format!("{other:?}"))),
-        }
+        )?, Answer::Opened { vcoproc } => vcoproc)
     }
 
     /// Load a firmware image (sent as a memfd the daemon reads from).
@@ -240,10 +237,7 @@ impl Client {
             label: label.into(),
             len: image.len() as u64,
         };
-        match self.call(req, &[mem.fd()])? {
-            Answer::Done => Ok(()),
-            other => Err(ClientError::Protocol(format!("{other:?}"))),
-        }
+        answer!(self.call(req, &[mem.fd()])?, Answer::Done => ())
     }
 
     /// Map `len` bytes of `mem` from `offset` at `iova` in the vcoproc.
@@ -266,10 +260,7 @@ impl Client {
             perms,
             kind,
         };
-        match self.call(req, &[mem.fd()])? {
-            Answer::Done => Ok(()),
-            other => Err(ClientError::Protocol(format!("{other:?}"))),
-        }
+        answer!(self.call(req, &[mem.fd()])?, Answer::Done => ())
     }
 
     /// Create a queue of `entries` entries whose rings appear at `iova`.
@@ -280,17 +271,14 @@ impl Client {
         entries: u32,
     ) -> Result<Queue, ClientError> {
         let q = Queue::new(iova, entries)?;
-        match self.call(
+        answer!(self.call(
             Request::CreateQueue {
                 vcoproc,
                 iova,
                 entries,
             },
             &q.fds(),
-        )? {
-            Answer::Done => Ok(q),
-            other => Err(ClientError::Protocol(format!("{other:?}"))),
-        }
+        )?, Answer::Done => q)
     }
 
     /// Remove the mapping at `iova`.
@@ -314,10 +302,7 @@ impl Client {
 
     /// Read the mailbox-out words and the latest notification sequence.
     pub fn mbox_read(&mut self, vcoproc: u32) -> Result<(Vec<u32>, u64), ClientError> {
-        match self.call(Request::MboxRead { vcoproc }, &[])? {
-            Answer::Mailbox { words, notify_seq } => Ok((words, notify_seq)),
-            other => Err(ClientError::Protocol(format!("{other:?}"))),
-        }
+        answer!(self.call(Request::MboxRead { vcoproc }, &[])?, Answer::Mailbox { words, notify_seq } => (words, notify_seq))
     }
 
     /// Ring the doorbell.
@@ -347,10 +332,7 @@ impl Client {
 
     /// Its state and counters.
     pub fn query(&mut self, vcoproc: u32) -> Result<VcoprocInfo, ClientError> {
-        match self.call(Request::Query { vcoproc }, &[])? {
-            Answer::Vcoproc { info } => Ok(info),
-            other => Err(ClientError::Protocol(format!("{other:?}"))),
-        }
+        answer!(self.call(Request::Query { vcoproc }, &[])?, Answer::Vcoproc { info } => info)
     }
 
     /// Receive its events.
@@ -403,45 +385,33 @@ impl Client {
         domain: Option<u32>,
         coproc: Option<&str>,
     ) -> Result<Vec<VcoprocInfo>, ClientError> {
-        match self.call(
+        answer!(self.call(
             Request::ListVcoprocs {
                 domain,
                 coproc: coproc.map(String::from),
             },
             &[],
-        )? {
-            Answer::Vcoprocs { vcoprocs } => Ok(vcoprocs),
-            other => Err(ClientError::Protocol(format!("{other:?}"))),
-        }
+        )?, Answer::Vcoprocs { vcoprocs } => vcoprocs)
     }
 
     /// Domains visible to this session.
     pub fn list_domains(&mut self) -> Result<Vec<DomainInfo>, ClientError> {
-        match self.call(Request::ListDomains, &[])? {
-            Answer::Domains { domains } => Ok(domains),
-            other => Err(ClientError::Protocol(format!("{other:?}"))),
-        }
+        answer!(self.call(Request::ListDomains, &[])?, Answer::Domains { domains } => domains)
     }
 
     /// Faults visible to this session.
     pub fn list_faults(&mut self) -> Result<Vec<FaultInfo>, ClientError> {
-        match self.call(Request::ListFaults, &[])? {
-            Answer::Faults { faults } => Ok(faults),
-            other => Err(ClientError::Protocol(format!("{other:?}"))),
-        }
+        answer!(self.call(Request::ListFaults, &[])?, Answer::Faults { faults } => faults)
     }
 
     /// A pcoproc's scheduler.
     pub fn sched_get(&mut self, coproc: &str) -> Result<SchedInfo, ClientError> {
-        match self.call(
+        answer!(self.call(
             Request::SchedGet {
                 coproc: coproc.into(),
             },
             &[],
-        )? {
-            Answer::Sched { sched } => Ok(sched),
-            other => Err(ClientError::Protocol(format!("{other:?}"))),
-        }
+        )?, Answer::Sched { sched } => sched)
     }
 
     /// Change a pcoproc's policy (admin).

@@ -142,8 +142,16 @@ fn kick(v: &impl Port, words: &[u32], timeout: Duration) -> Result<u32, DriveErr
     v.wait(seq, timeout)
 }
 
-fn to_bytes(s: &[i16]) -> Vec<u8> {
+/// Q15 samples as the little-endian bytes the firmware reads.
+pub fn samples_to_bytes(s: &[i16]) -> Vec<u8> {
     s.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Little-endian bytes the firmware wrote, as Q15 samples.
+pub fn bytes_to_samples(b: &[u8]) -> Vec<i16> {
+    b.chunks_exact(2)
+        .map(|c| i16::from_le_bytes([c[0], c[1]]))
+        .collect()
 }
 
 /// Run one FIR job on a vcoproc running the `fir` firmware.
@@ -158,8 +166,8 @@ pub fn fir(
     let (xl, hl) = (2 * x.len() as u64, 2 * h.len() as u64);
     let (x_off, y_off, h_off) = (0, xl, 2 * xl);
     need(buf, 2 * xl + hl)?;
-    buf.write(x_off, &to_bytes(x))?;
-    buf.write(h_off, &to_bytes(h))?;
+    buf.write(x_off, &samples_to_bytes(x))?;
+    buf.write(h_off, &samples_to_bytes(h))?;
     let base = buf.iova() as u32;
     let args = [
         base + x_off as u32,
@@ -177,11 +185,7 @@ pub fn fir(
             "status {status}, {done} samples, tag {echoed}/{got} (want {tag})"
         )));
     }
-    let raw = buf.read_vec(y_off, xl)?;
-    Ok(raw
-        .chunks_exact(2)
-        .map(|c| i16::from_le_bytes([c[0], c[1]]))
-        .collect())
+    Ok(bytes_to_samples(&buf.read_vec(y_off, xl)?))
 }
 
 /// Run one CRC-32 job on a vcoproc running the `crc32` firmware.

@@ -18,3 +18,13 @@ pub use msg::*;
 
 /// Protocol version spoken by this build.
 pub const VERSION: u32 = 1;
+
+/// The daemon's default socket for a daemon (or client) running as `uid`:
+/// `$XDG_RUNTIME_DIR/coproc/coprocd.sock`, or `/run/coproc/coprocd.sock`
+/// for root or without `XDG_RUNTIME_DIR`.
+pub fn default_socket(uid: u32) -> std::path::PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if uid != 0 => std::path::Path::new(&dir).join("coproc/coprocd.sock"),
+        _ => std::path::PathBuf::from("/run/coproc/coprocd.sock"),
+    }
+}

@@ -69,7 +69,7 @@ fn real_main() -> anyhow::Result<()> {
     let socket = args
         .socket
         .or_else(|| cfg.daemon.socket.clone())
-        .unwrap_or_else(|| server::default_socket(uid));
+        .unwrap_or_else(|| coproc_proto::default_socket(uid));
     let daemon = Arc::new(daemon::Daemon::start(cfg)?);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -11,14 +11,6 @@ use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-/// The default socket path for a daemon run by `uid`.
-pub fn default_socket(uid: u32) -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(dir) if uid != 0 => Path::new(&dir).join("coproc/coprocd.sock"),
-        _ => PathBuf::from("/run/coproc/coprocd.sock"),
-    }
-}
-
 /// Whether `uid`/`gid` (process `pid`) is an administrator.
 fn is_admin(uid: u32, gid: u32, pid: i32, admin_gid: Option<u32>) -> bool {
     if uid == 0 {
