@@ -176,6 +176,27 @@ impl fmt::Debug for PreemptHandle {
     }
 }
 
+/// A clock kept by the device instead of the host: a simulated device's
+/// virtual time. The runner takes every timestamp from it and, when it has
+/// nothing to run, lets virtual time pass with [`VirtualClock::idle`]
+/// instead of sleeping, so schedules on such a device are exact and
+/// deterministic.
+pub trait VirtualClock: Send + Sync {
+    /// Nanoseconds of virtual time since the device started.
+    fn now_ns(&self) -> u64;
+
+    /// The runner has nothing to run: let virtual time pass up to
+    /// `until_ns` (None: until something happens), delivering the device's
+    /// own events on the way (which may wake vcoprocs through
+    /// [`crate::Pcoproc::device_wake`]). Called on the runner thread with no
+    /// lock held. Returns early after [`VirtualClock::interrupt`].
+    fn idle(&self, until_ns: Option<u64>);
+
+    /// Another thread queued work for the runner: end the current `idle`
+    /// now, or make the next one return at once.
+    fn interrupt(&self);
+}
+
 /// A physical coprocessor, seen by the runner.
 pub trait Device {
     /// What this device can do.
@@ -210,4 +231,10 @@ pub trait Device {
 
     /// Reset one context to its freshly loaded firmware. Mappings stay.
     fn reset_context(&mut self, ctx: ContextId) -> Result<(), DeviceError>;
+
+    /// The device's own clock, if it keeps one (None: the host's monotonic
+    /// clock). Asked once, when the runner starts.
+    fn virtual_clock(&self) -> Option<Arc<dyn VirtualClock>> {
+        None
+    }
 }

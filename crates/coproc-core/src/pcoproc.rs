@@ -10,7 +10,9 @@
 //! runner also holds while it executes a control command between slices.
 
 use crate::control::{ControlBlock, Notify};
-use crate::device::{Capabilities, ContextSpec, Device, DeviceError, FirmwareInfo, PreemptHandle};
+use crate::device::{
+    Capabilities, ContextSpec, Device, DeviceError, FirmwareInfo, PreemptHandle, VirtualClock,
+};
 use crate::fault::FaultRecord;
 use crate::ids::{DomainId, VcoprocId};
 use crate::iova::{IovaError, IovaSpace, MapKind, Mapping, Perms};
@@ -76,6 +78,9 @@ pub(crate) struct Vc {
     pub iova: IovaSpace,
     pub faults: VecDeque<FaultRecord>,
     pub exit_code: Option<u32>,
+    /// When it last became runnable from not wanting the device (start,
+    /// wake-up), until the slice that follows starts.
+    pub woken_ns: Option<u64>,
 }
 
 impl Vc {
@@ -100,6 +105,9 @@ pub struct TraceEntry {
     pub runnable_after: bool,
     /// Whether a preempt request cut it short (it continues its turn).
     pub preempted: bool,
+    /// For the first slice after a start or wake-up: ns from that wake-up
+    /// to the start of this slice (the wake→run latency).
+    pub waited_ns: Option<u64>,
 }
 
 /// Scheduling state shared by the runner and the API.
@@ -149,6 +157,8 @@ pub(crate) struct Shared {
     pub state_cv: Condvar,
     pub preempt: PreemptHandle,
     pub epoch: Instant,
+    /// The device's virtual clock, if it keeps one.
+    pub clock: Option<Arc<dyn VirtualClock>>,
 }
 
 impl Shared {
@@ -157,7 +167,34 @@ impl Shared {
     }
 
     pub(crate) fn now_ns(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
+        match &self.clock {
+            Some(c) => c.now_ns(),
+            None => self.epoch.elapsed().as_nanos() as u64,
+        }
+    }
+
+    /// Wake an idle runner (new command, wake-up, shutdown).
+    pub(crate) fn kick_runner(&self) {
+        self.runner_cv.notify_all();
+        if let Some(c) = &self.clock {
+            c.interrupt();
+        }
+    }
+
+    /// Idle the runner until `until_ns` (None: until kicked), bounded by
+    /// `max` on the host clock. Releases the lock meanwhile.
+    pub(crate) fn idle(&self, g: MutexGuard<'_, Inner>, until_ns: Option<u64>, max: Duration) {
+        match &self.clock {
+            Some(c) => {
+                drop(g);
+                c.idle(until_ns);
+            }
+            None => {
+                let now = self.now_ns();
+                let t = until_ns.map_or(max, |u| Duration::from_nanos(u.saturating_sub(now)));
+                let _ = self.runner_cv.wait_timeout(g, t.min(max));
+            }
+        }
     }
 }
 
@@ -255,6 +292,7 @@ impl Pcoproc {
                     state_cv: Condvar::new(),
                     preempt: device.preempt_handle(),
                     epoch: Instant::now(),
+                    clock: device.virtual_clock(),
                 });
                 let _ = tx.send(Ok((shared.clone(), device.capabilities())));
                 runner::run(device, &shared);
@@ -307,7 +345,7 @@ impl Pcoproc {
                 self.shared.preempt.preempt();
             }
         }
-        self.shared.runner_cv.notify_all();
+        self.shared.kick_runner();
         rx.recv()
             .map_err(|_| CoreError::Shutdown(self.shared.name.clone()))
     }
@@ -344,6 +382,7 @@ impl Pcoproc {
                     iova: IovaSpace::new(base, size),
                     faults: VecDeque::new(),
                     exit_code: None,
+                    woken_ns: None,
                 },
             );
             Ok(())
@@ -420,7 +459,7 @@ impl Pcoproc {
         }
         g.policy = policy;
         drop(g);
-        self.shared.runner_cv.notify_all();
+        self.shared.kick_runner();
         Ok(())
     }
 
@@ -480,29 +519,41 @@ impl Pcoproc {
                 self.shared.preempt.preempt();
             }
         }
-        self.shared.runner_cv.notify_all();
+        self.shared.kick_runner();
         if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = t.join();
         }
         self.shared.state_cv.notify_all();
     }
 
-    fn wake(&self, id: VcoprocId) {
+    fn wake(&self, id: VcoprocId, doorbell: bool) {
         let mut g = self.shared.lock();
         let now = self.shared.now_ns();
         let Some(vc) = g.vcoprocs.get_mut(&id) else {
             return;
         };
-        vc.stats.doorbells += 1;
+        if doorbell {
+            vc.stats.doorbells += 1;
+        }
         if vc.state != VcoprocState::Waiting || vc.transition(Event::Wake).is_err() {
             return;
         }
+        vc.woken_ns = Some(now);
         let action = g.policy.wake(id, now);
         if action == WakeAction::Preempt && g.running.is_some() {
             self.shared.preempt.preempt();
         }
         drop(g);
-        self.shared.runner_cv.notify_all();
+        self.shared.kick_runner();
+    }
+
+    /// Wake vcoproc `id` if it is waiting, for an event of the device itself
+    /// (a simulated job arriving, a fence signalled) rather than a doorbell
+    /// of its domain. Callable from the device's own hooks on the runner
+    /// thread: it takes the scheduling lock, which the runner does not hold
+    /// while the device runs or idles.
+    pub fn device_wake(&self, id: VcoprocId) {
+        self.wake(id, false);
     }
 }
 
@@ -640,12 +691,14 @@ impl VcoprocHandle {
         let shared = &self.pcoproc.shared;
         let mut g = shared.lock();
         let now = shared.now_ns();
-        g.vc(self.id)?.transition(Event::Start)?;
+        let vc = g.vc(self.id)?;
+        vc.transition(Event::Start)?;
+        vc.woken_ns = Some(now);
         if g.policy.wake(self.id, now) == WakeAction::Preempt && g.running.is_some() {
             shared.preempt.preempt();
         }
         drop(g);
-        shared.runner_cv.notify_all();
+        shared.kick_runner();
         shared.state_cv.notify_all();
         Ok(())
     }
@@ -711,7 +764,7 @@ impl VcoprocHandle {
     /// Ring the doorbell: wakes the vcoproc if it is waiting.
     pub fn doorbell(&self) {
         self.control.ring();
-        self.pcoproc.wake(self.id);
+        self.pcoproc.wake(self.id, true);
     }
 
     /// The latest notification from the firmware.

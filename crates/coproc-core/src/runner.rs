@@ -34,8 +34,8 @@ pub(crate) fn run(mut device: Box<dyn Device>, shared: &Shared) {
         let now = shared.now_ns();
         let (v, budget) = match g.policy.pick(now) {
             Decision::Idle(t) => {
-                let t = t.unwrap_or(IDLE_RECHECK).min(IDLE_RECHECK);
-                let _ = shared.runner_cv.wait_timeout(g, t);
+                let until = t.map(|t| now.saturating_add(t.as_nanos() as u64));
+                shared.idle(g, until, IDLE_RECHECK);
                 continue;
             }
             Decision::Run { vcoproc, budget } => (vcoproc, budget),
@@ -71,13 +71,13 @@ pub(crate) fn run(mut device: Box<dyn Device>, shared: &Shared) {
                 }
                 SwitchOutcome::Failed { guilty, reason } => {
                     current = None;
-                    switch_failed(shared, v, guilty, reason);
+                    switch_failed(device.as_mut(), shared, v, guilty, reason);
                     continue;
                 }
             }
         }
 
-        let start = shared.now_ns();
+        let start = slice_start(shared, v);
         let out = device.run(budget);
         charge(shared, v, budget, start, &out);
     }
@@ -138,17 +138,29 @@ fn retry_after(
             }
             g.running = Some(c);
             drop(g);
-            let start = shared.now_ns();
+            let start = slice_start(shared, c);
             let out = device.run(t);
             charge(shared, c, t, start, &out);
         }
         None => {
-            let _ = shared.runner_cv.wait_timeout(g, t);
+            let until = now.saturating_add(t.as_nanos() as u64);
+            shared.idle(g, Some(until), t);
         }
     }
 }
 
-fn switch_failed(shared: &Shared, v: VcoprocId, guilty: VcoprocId, reason: String) {
+/// The switch to `v` failed, blaming `guilty`: fault `guilty`, reset its
+/// context so nothing half-switched survives, and go on with the others.
+fn switch_failed(
+    device: &mut dyn Device,
+    shared: &Shared,
+    v: VcoprocId,
+    guilty: VcoprocId,
+    reason: String,
+) {
+    if let Err(e) = device.reset_context(guilty) {
+        tracing::error!(vcoproc = %guilty, error = %e, "runner: reset after a failed switch");
+    }
     let mut g = shared.lock();
     let now = shared.now_ns();
     if guilty != v {
@@ -176,8 +188,29 @@ fn switch_failed(shared: &Shared, v: VcoprocId, guilty: VcoprocId, reason: Strin
     shared.state_cv.notify_all();
 }
 
+/// The slice of `v` starts now: note the wake→run latency if it is the first
+/// since a wake-up.
+fn slice_start(shared: &Shared, v: VcoprocId) -> (u64, Option<u64>) {
+    let mut g = shared.lock();
+    let now = shared.now_ns();
+    let vc = g.vcoprocs.get_mut(&v);
+    let waited = vc.and_then(|vc| {
+        let waited = now.saturating_sub(vc.woken_ns.take()?);
+        vc.stats.run_delay_ns += waited;
+        vc.stats.run_delay_max_ns = vc.stats.run_delay_max_ns.max(waited);
+        Some(waited)
+    });
+    (now, waited)
+}
+
 /// Account one slice of `v` and move it to its next state.
-fn charge(shared: &Shared, v: VcoprocId, budget: Duration, start: u64, out: &RunOutcome) {
+fn charge(
+    shared: &Shared,
+    v: VcoprocId,
+    budget: Duration,
+    (start, waited_ns): (u64, Option<u64>),
+    out: &RunOutcome,
+) {
     let mut g = shared.lock();
     let now = shared.now_ns();
     g.running = None;
@@ -258,6 +291,7 @@ fn charge(shared: &Shared, v: VcoprocId, budget: Duration, start: u64, out: &Run
             budget_ns: budget.as_nanos() as u64,
             runnable_after: end.runnable,
             preempted: end.preempted,
+            waited_ns,
         });
     }
     drop(g);

@@ -19,4 +19,9 @@ pub struct VcoprocStats {
     pub waits: u64,
     /// Slices cut short by a preempt request.
     pub preemptions: u64,
+    /// Total ns from its wake-ups (start, doorbell) to the slice that
+    /// followed each (schedstat's run delay).
+    pub run_delay_ns: u64,
+    /// Longest such wake→run latency.
+    pub run_delay_max_ns: u64,
 }

@@ -14,9 +14,17 @@
 //! `pick` that takes it. Time is charged from the device's measurement of
 //! what ran, never from ticks.
 
+mod credit;
+mod priority;
 mod rr;
+mod rt;
+mod table;
 
+pub use credit::Credit;
+pub use priority::Priority;
 pub use rr::RoundRobin;
+pub use rt::Rt;
+pub use table::Table;
 
 use crate::ids::VcoprocId;
 use serde::Serialize;
@@ -159,4 +167,97 @@ pub trait Policy: Send {
 
     /// Standing of every attached vcoproc.
     fn standings(&self) -> Vec<Standing>;
+}
+
+/// The policies [`build`] knows.
+pub const POLICIES: &[&str] = &["rr", "credit", "priority", "rt", "table"];
+
+/// Make policy `name` from its `key=value` parameters (configuration,
+/// `sched-set`). Unknown names and parameters are errors.
+pub fn build(name: &str, params: &[(String, String)]) -> Result<Box<dyn Policy>, PolicyError> {
+    Ok(match name {
+        "rr" => Box::new(RoundRobin::from_params(params)?),
+        "credit" => Box::new(Credit::from_params(params)?),
+        "priority" => Box::new(Priority::from_params(params)?),
+        "rt" => Box::new(Rt::from_params(params)?),
+        "table" => Box::new(Table::from_params(params)?),
+        other => {
+            return Err(PolicyError::BadParam(format!(
+                "unknown policy {other:?} (known: {})",
+                POLICIES.join(", ")
+            )))
+        }
+    })
+}
+
+/// Refuse parameters a policy does not know.
+pub(crate) fn check_known(
+    policy: &str,
+    params: &[(String, String)],
+    known: &[&str],
+) -> Result<(), PolicyError> {
+    match params.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+        Some((k, _)) => Err(PolicyError::BadParam(format!(
+            "{policy} has no parameter {k:?} (known: {})",
+            known.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The last value given for `key`, if any.
+pub(crate) fn param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// An integer parameter in `min..=max`.
+pub(crate) fn parse_u64(key: &str, value: &str, min: u64, max: u64) -> Result<u64, PolicyError> {
+    let n: u64 = value
+        .trim()
+        .parse()
+        .map_err(|_| PolicyError::BadParam(format!("{key}={value:?} is not a number")))?;
+    if n < min || n > max {
+        return Err(PolicyError::BadParam(format!(
+            "{key}={n} not in {min}..={max}"
+        )));
+    }
+    Ok(n)
+}
+
+/// A duration parameter given in microseconds, in `min..=max`.
+pub(crate) fn parse_us(
+    key: &str,
+    value: &str,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, PolicyError> {
+    let us = parse_u64(key, value, min.as_micros() as u64, max.as_micros() as u64)?;
+    Ok(Duration::from_micros(us))
+}
+
+#[cfg(test)]
+mod build_tests {
+    use super::*;
+
+    fn kv(items: &[(&str, &str)]) -> Vec<(String, String)> {
+        items
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn unknown_names_and_parameters_are_refused() {
+        assert!(build("fifo", &[]).is_err());
+        assert!(build("rr", &kv(&[("weight", "3")])).is_err());
+        assert!(build("rr", &kv(&[("slice_us", "ten")])).is_err());
+        assert!(build("rr", &kv(&[("slice_us", "1")])).is_err());
+        let rr = build("rr", &kv(&[("slice_us", "2000")])).unwrap();
+        assert_eq!(rr.name(), "rr");
+        assert_eq!(rr.describe(), vec![("slice_us".into(), "2000".into())]);
+    }
 }

@@ -3,7 +3,11 @@
 //! A FIFO of runnable vcoprocs. Each pick gives the head one slice. A
 //! vcoproc preempted before its slice ran out goes back to the head with
 //! what is left of it, so a preemption for an unrelated reason (a control
-//! command, a revoke) costs it nothing. O(1) per decision.
+//! command, a revoke) costs it nothing.
+//!
+//! The queue is ordered by a sequence number (tail: increasing, head:
+//! decreasing), so taking the head, appending, and removing a blocked
+//! vcoproc from the middle are all O(log n).
 //!
 //! When the picked vcoproc is the only runnable one, its budget is extended
 //! to [`RoundRobin::EXTEND`] slices (at most one second): stopping it every
@@ -12,12 +16,13 @@
 
 use super::{Decision, Policy, PolicyError, SchedParams, SliceEnd, Standing, WakeAction};
 use crate::ids::VcoprocId;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Entry {
-    queued: bool,
+    /// Its position in the queue, if queued.
+    queued: Option<i64>,
     /// Unused part of a slice that was cut short.
     left: Option<Duration>,
     /// The part of a slice this turn may still use (set at pick).
@@ -29,7 +34,10 @@ struct Entry {
 #[derive(Debug)]
 pub struct RoundRobin {
     slice: Duration,
-    queue: VecDeque<VcoprocId>,
+    queue: BTreeSet<(i64, VcoprocId)>,
+    /// Next sequence numbers at the head (decreasing) and tail (increasing).
+    head: i64,
+    tail: i64,
     entries: HashMap<VcoprocId, Entry>,
     /// The vcoproc running on an extended budget, if any.
     extended: Option<VcoprocId>,
@@ -47,12 +55,39 @@ impl RoundRobin {
     pub fn new(slice: Duration) -> Result<RoundRobin, PolicyError> {
         let mut rr = RoundRobin {
             slice,
-            queue: VecDeque::new(),
+            queue: BTreeSet::new(),
+            head: 0,
+            tail: 1,
             entries: HashMap::new(),
             extended: None,
         };
         rr.set_slice(slice)?;
         Ok(rr)
+    }
+
+    /// Build from `key=value` parameters: `slice_us`.
+    pub fn from_params(params: &[(String, String)]) -> Result<Self, PolicyError> {
+        super::check_known("rr", params, &["slice_us"])?;
+        let slice = match super::param(params, "slice_us") {
+            Some(v) => super::parse_us("slice_us", v, Self::MIN_SLICE, Duration::from_secs(10))?,
+            None => Self::DEFAULT_SLICE,
+        };
+        Self::new(slice)
+    }
+
+    /// Queue `v` at the tail (or the head).
+    fn enqueue(&mut self, v: VcoprocId, at_head: bool) {
+        let seq = if at_head {
+            self.head -= 1;
+            self.head
+        } else {
+            self.tail += 1;
+            self.tail
+        };
+        if let Some(e) = self.entries.get_mut(&v) {
+            e.queued = Some(seq);
+            self.queue.insert((seq, v));
+        }
     }
 
     /// Change the slice; effective at the next pick.
@@ -92,8 +127,8 @@ impl Policy for RoundRobin {
         if self.extended == Some(v) {
             self.extended = None;
         }
-        if self.entries.remove(&v).is_some_and(|e| e.queued) {
-            self.queue.retain(|&q| q != v);
+        if let Some(seq) = self.entries.remove(&v).and_then(|e| e.queued) {
+            self.queue.remove(&(seq, v));
         }
     }
 
@@ -109,11 +144,10 @@ impl Policy for RoundRobin {
         let Some(e) = self.entries.get_mut(&v) else {
             return WakeAction::None;
         };
-        if e.queued || self.extended == Some(v) {
+        if e.queued.is_some() || self.extended == Some(v) {
             return WakeAction::None;
         }
-        e.queued = true;
-        self.queue.push_back(v);
+        self.enqueue(v, false);
         // Someone runs on an extended budget: its slice is over now.
         match self.extended.take() {
             Some(_) => WakeAction::Preempt,
@@ -123,19 +157,18 @@ impl Policy for RoundRobin {
 
     fn block(&mut self, v: VcoprocId) {
         if let Some(e) = self.entries.get_mut(&v) {
-            if e.queued {
-                e.queued = false;
+            if let Some(seq) = e.queued.take() {
                 e.left = None;
-                self.queue.retain(|&q| q != v);
+                self.queue.remove(&(seq, v));
             }
         }
     }
 
     fn pick(&mut self, _now_ns: u64) -> Decision {
         self.extended = None;
-        while let Some(v) = self.queue.pop_front() {
+        while let Some((_, v)) = self.queue.pop_first() {
             if let Some(e) = self.entries.get_mut(&v) {
-                e.queued = false;
+                e.queued = None;
                 e.picks += 1;
                 let mut budget = e.left.take().unwrap_or(self.slice);
                 e.turn = budget;
@@ -159,19 +192,15 @@ impl Policy for RoundRobin {
         let Some(e) = self.entries.get_mut(&v) else {
             return;
         };
-        if !end.runnable || e.queued {
+        if !end.runnable || e.queued.is_some() {
             return;
         }
-        e.queued = true;
         // What is left of this turn's share of a slice (an extended turn
         // counts as one slice).
         let left = e.turn.min(slice).saturating_sub(ran);
-        if end.preempted && left >= Self::MIN_SLICE {
-            e.left = Some(left);
-            self.queue.push_front(v);
-        } else {
-            self.queue.push_back(v);
-        }
+        let keep = end.preempted && left >= Self::MIN_SLICE;
+        e.left = keep.then_some(left);
+        self.enqueue(v, keep);
     }
 
     fn standings(&self) -> Vec<Standing> {
@@ -180,7 +209,7 @@ impl Policy for RoundRobin {
             .iter()
             .map(|(&v, e)| Standing {
                 vcoproc: v,
-                queued: e.queued,
+                queued: e.queued.is_some(),
                 figures: vec![
                     ("picks".into(), e.picks as i64),
                     (
