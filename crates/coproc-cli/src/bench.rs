@@ -28,6 +28,12 @@ pub struct Args {
     /// Measurement rounds (the median is reported).
     #[arg(long, default_value_t = 7)]
     rounds: usize,
+    /// Length of the fairness (default 10) and cap (default 5) runs.
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// Messages of the preempt benchmark.
+    #[arg(long, default_value_t = 2000)]
+    messages: usize,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -38,6 +44,14 @@ enum Name {
     CtxSwitch,
     /// Queue round trips and request rates through the daemon vs in-process.
     Ring,
+    /// Shares of three hogs with weights 1:2:4 under credit, per second.
+    Fairness,
+    /// A hog capped at 30 % alone on the device.
+    Cap,
+    /// A high-priority vcoproc's wake→run latency under saturation.
+    Preempt,
+    /// Decision cost of each policy with 10 to 100 000 vcoprocs.
+    SchedScale,
 }
 
 #[derive(Debug, Serialize)]
@@ -78,26 +92,50 @@ impl Env {
 #[derive(Debug, Serialize)]
 struct Report {
     bench: &'static str,
-    figures: BTreeMap<&'static str, f64>,
+    figures: BTreeMap<String, f64>,
     env: Env,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
-fn round3(x: f64) -> f64 {
+pub(crate) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
 /// Run a benchmark; returns whether it completed with correct results.
 pub fn run(args: &Args, format: Format) -> anyhow::Result<bool> {
     let rounds = args.rounds.max(1);
+    let named = |m: BTreeMap<&'static str, f64>| -> BTreeMap<String, f64> {
+        m.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    };
+    use crate::schedbench as sb;
     let (bench, figures, notes) = match args.name {
-        Name::Overhead => ("overhead", overhead(rounds)?, OVERHEAD_NOTES),
-        Name::CtxSwitch => ("ctx-switch", ctx_switch(rounds)?, SWITCH_NOTES),
-        Name::Ring => ("ring", crate::ring::ring(rounds)?, crate::ring::NOTES),
+        Name::Overhead => ("overhead", named(overhead(rounds)?), OVERHEAD_NOTES),
+        Name::CtxSwitch => ("ctx-switch", named(ctx_switch(rounds)?), SWITCH_NOTES),
+        Name::Ring => (
+            "ring",
+            named(crate::ring::ring(rounds)?),
+            crate::ring::NOTES,
+        ),
+        Name::Fairness => (
+            "fairness",
+            sb::fairness(args.seconds.unwrap_or(10).max(1))?,
+            sb::FAIRNESS_NOTES,
+        ),
+        Name::Cap => (
+            "cap",
+            sb::cap(args.seconds.unwrap_or(5).max(1))?,
+            sb::CAP_NOTES,
+        ),
+        Name::Preempt => (
+            "preempt",
+            sb::preempt(args.messages.max(10))?,
+            sb::PREEMPT_NOTES,
+        ),
+        Name::SchedScale => ("sched-scale", sb::sched_scale(rounds)?, sb::SCALE_NOTES),
     };
     let report = Report {
         bench,

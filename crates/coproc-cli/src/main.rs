@@ -5,6 +5,7 @@ mod demo;
 mod output;
 mod remote;
 mod ring;
+mod schedbench;
 mod spawn;
 mod verbs;
 
@@ -50,7 +51,9 @@ enum Command {
         /// Pcoproc.
         coproc: String,
     },
-    /// Change a pcoproc's policy (admin): `coproc sched-set mcu0 rr slice_us=2000`.
+    /// Change a pcoproc's policy (admin) while its vcoprocs run:
+    /// `coproc sched-set mcu0 credit slice_us=1000`. Policies and their
+    /// parameters: docs/scheduling.md.
     SchedSet {
         /// Pcoproc.
         coproc: String,
@@ -59,6 +62,9 @@ enum Command {
         /// key=value parameters.
         params: Vec<String>,
     },
+    /// Change a vcoproc's scheduling parameters (admin), effective at the
+    /// next decision.
+    VcoprocSet(verbs::SetArgs),
     /// Reset a vcoproc to its loaded firmware.
     VcoprocReset {
         /// Vcoproc id.
@@ -114,6 +120,7 @@ fn real_main() -> anyhow::Result<()> {
             policy,
             params,
         } => verbs::sched_set(&mut connect()?, &coproc, &policy, &params)?,
+        Command::VcoprocSet(args) => verbs::vcoproc_set(&mut connect()?, &args)?,
         Command::VcoprocReset { vcoproc } => {
             connect()?.reset(vcoproc)?;
             true

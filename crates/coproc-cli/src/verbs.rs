@@ -78,6 +78,7 @@ pub fn vcoproc_list(
                 v.switches.to_string(),
                 v.faults.to_string(),
                 v.mappings.to_string(),
+                sched_params(v),
             ]
         })
         .collect();
@@ -86,10 +87,60 @@ pub fn vcoproc_list(
         &l,
         &[
             "id", "coproc", "domain", "firmware", "state", "run ms", "switches", "faults",
-            "mappings",
+            "mappings", "sched",
         ],
         rows,
     )
+}
+
+/// A vcoproc's scheduling parameters in one cell.
+fn sched_params(v: &coproc_client::VcoprocInfo) -> String {
+    let mut s = format!("w={} prio={}", v.weight, v.priority);
+    if let Some(c) = v.cap_pct {
+        s += &format!(" cap={c}%");
+    }
+    if let Some((b, p)) = v.reservation_us {
+        s += &format!(" rt={b}/{p}us");
+    }
+    s
+}
+
+/// Options of `coproc vcoproc-set`.
+#[derive(Debug, clap::Args)]
+pub struct SetArgs {
+    /// Vcoproc id.
+    vcoproc: u32,
+    /// Weight under credit (1..=65535, default 256).
+    #[arg(long)]
+    weight: Option<u32>,
+    /// Cap in percent under credit (0 removes it).
+    #[arg(long)]
+    cap: Option<u32>,
+    /// Fixed priority under priority (higher runs first).
+    #[arg(long, allow_hyphen_values = true)]
+    priority: Option<i32>,
+    /// Reservation budget per period under rt, µs (0 removes the reservation).
+    #[arg(long)]
+    budget: Option<u64>,
+    /// Reservation period under rt, µs.
+    #[arg(long)]
+    period: Option<u64>,
+}
+
+/// `coproc vcoproc-set V --weight/--cap/--priority/--budget/--period`.
+pub fn vcoproc_set(c: &mut Client, a: &SetArgs) -> anyhow::Result<bool> {
+    let set = coproc_client::ParamChange {
+        weight: a.weight,
+        cap_pct: a.cap,
+        priority: a.priority,
+        budget_us: a.budget,
+        period_us: a.period,
+    };
+    if set == coproc_client::ParamChange::default() {
+        anyhow::bail!("nothing to change: give --weight, --cap, --priority, --budget or --period");
+    }
+    c.vcoproc_set(a.vcoproc, set)?;
+    Ok(true)
 }
 
 /// `coproc domain-list`.

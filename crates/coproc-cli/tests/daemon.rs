@@ -867,3 +867,130 @@ fn act_on_a_foreign_vcoproc() {
     );
     println!("foreign: all refused");
 }
+
+/// `coproc ARGS -o json` as the test's uid: (success, stdout, stderr).
+fn cli(d: &Daemon, args: &[&str]) -> (bool, String, String) {
+    let out = d.coproc(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn policies_and_parameters_change_while_domains_run() {
+    let d = Daemon::start("policies");
+    let kids: Vec<Child> = ["fir", "crc32", "echo", "fir"]
+        .iter()
+        .map(|fw| domain(&d, fw, &["--scale", "6"]))
+        .collect();
+    let mut c = d.client();
+    // Two vcoprocs of this session that live through the test: a hog that
+    // keeps the device busy and an echo that waits.
+    let (ha, hb) = (c.open("mcu0").unwrap(), c.open("mcu0").unwrap());
+    c.load_firmware(ha, "hog", coproc_firmware::HOG.elf)
+        .unwrap();
+    c.load_firmware(hb, "echo", coproc_firmware::ECHO.elf)
+        .unwrap();
+    c.start(ha).unwrap();
+    c.start(hb).unwrap();
+    let (a, b) = (ha.to_string(), hb.to_string());
+    let (a, b) = (a.as_str(), b.as_str());
+    wait_for("vcoprocs", || {
+        c.list_vcoprocs(None, None).unwrap().len() >= 4
+    });
+    let win_a = format!("window={a}:0:2000");
+    let win_b = format!("window={b}:2000:2000");
+    // Every policy in turn while the domains run, parameters changed live.
+    let steps: Vec<Vec<String>> = vec![
+        vec!["credit".into(), "slice_us=500".into()],
+        vec!["priority".into()],
+        vec!["rt".into(), "capacity_pct=90".into()],
+        vec![
+            "table".into(),
+            "frame_us=6000".into(),
+            win_a.clone(),
+            win_b.clone(),
+            "fill=rr".into(),
+        ],
+        vec!["rr".into(), "slice_us=700".into()],
+        vec!["credit".into()],
+    ];
+    for step in &steps {
+        let mut args = vec!["sched-set", "mcu0"];
+        args.extend(step.iter().map(String::as_str));
+        let (ok, _, err) = cli(&d, &args);
+        assert!(ok, "{step:?}: {err}");
+        let s = c.sched_get("mcu0").unwrap();
+        assert_eq!(s.policy, step[0]);
+        match step[0].as_str() {
+            "credit" => {
+                let (ok, _, err) = cli(&d, &["vcoproc-set", a, "--weight", "1024"]);
+                assert!(ok, "{err}");
+                let (ok, _, err) = cli(&d, &["vcoproc-set", b, "--cap", "40"]);
+                assert!(ok, "{err}");
+            }
+            "priority" => {
+                let (ok, _, err) = cli(&d, &["vcoproc-set", a, "--priority", "-3"]);
+                assert!(ok, "{err}");
+            }
+            "rt" => {
+                let (ok, _, err) = cli(
+                    &d,
+                    &["vcoproc-set", a, "--budget", "2000", "--period", "10000"],
+                );
+                assert!(ok, "{err}");
+                // Over capacity: refused, nothing changes.
+                let (ok, _, err) = cli(
+                    &d,
+                    &["vcoproc-set", b, "--budget", "9000", "--period", "10000"],
+                );
+                assert!(!ok && err.contains("InvalidArgument"), "{err}");
+                let vb = c.query(b.parse().unwrap()).unwrap();
+                assert_eq!(vb.reservation_us, None);
+            }
+            _ => {}
+        }
+        // The standings list this session's vcoprocs under the new policy.
+        let s = c.sched_get("mcu0").unwrap();
+        for id in [ha, hb] {
+            assert!(s.standings.iter().any(|st| st.0 == id), "{s:?}");
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let va = c.query(ha).unwrap();
+    assert_eq!(va.weight, 1024);
+    assert_eq!(va.priority, -3);
+    assert_eq!(va.reservation_us, Some((2000, 10000)));
+    assert_eq!(c.query(hb).unwrap().cap_pct, Some(40));
+    assert!(
+        matches!(va.state.as_str(), "running" | "runnable"),
+        "the hog survived every switch: {}",
+        va.state
+    );
+    // Every domain got every result right.
+    for k in kids {
+        verified(k.wait_with_output().unwrap());
+    }
+    // Bad requests: clear errors, the daemon keeps serving.
+    for bad in [
+        &["sched-set", "mcu0", "lottery"][..],
+        &["sched-set", "mcu0", "credit", "slice_us=0"],
+        &[
+            "sched-set",
+            "mcu0",
+            "table",
+            "frame_us=1000",
+            "window=1:500:900",
+        ],
+        &["sched-set", "mcu0", "rr", "slice"],
+        &["vcoproc-set", "999999", "--weight", "5"],
+    ] {
+        let (ok, _, err) = cli(&d, bad);
+        assert!(!ok && !err.is_empty(), "{bad:?} accepted");
+    }
+    assert_eq!(c.sched_get("mcu0").unwrap().policy, "credit");
+    let (ok, out, _) = cli(&d, &["-o", "json", "domain-run", "--firmware", "crc32"]);
+    assert!(ok, "{out}");
+}

@@ -10,8 +10,8 @@ mod shm;
 
 pub use coproc_proto::queue::{Cqe, Sqe};
 pub use coproc_proto::{
-    Answer, CoprocInfo, DomainInfo, ErrorCode, Event, FaultInfo, Identity, SchedInfo, VcoprocInfo,
-    WireError, WireMapKind, WirePerms,
+    Answer, CoprocInfo, DomainInfo, ErrorCode, Event, FaultInfo, Identity, ParamChange, SchedInfo,
+    VcoprocInfo, WireError, WireMapKind, WirePerms,
 };
 pub use queue::Queue;
 pub use shm::SharedMem;
@@ -426,6 +426,12 @@ impl Client {
             policy: policy.into(),
             params: params.to_vec(),
         })
+    }
+
+    /// Change a vcoproc's scheduling parameters (admin); effective at the
+    /// scheduler's next decision.
+    pub fn vcoproc_set(&mut self, vcoproc: u32, set: ParamChange) -> Result<(), ClientError> {
+        self.done(Request::VcoprocSet { vcoproc, set })
     }
 
     /// The raw socket (tests send hostile bytes through it).

@@ -238,7 +238,9 @@ pub struct SchedInfo {
 pub struct Pcoproc {
     shared: Arc<Shared>,
     caps: Capabilities,
-    next_id: AtomicU32,
+    /// Where vcoproc ids come from (shared by pcoprocs that want ids unique
+    /// across them).
+    next_id: Arc<AtomicU32>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -257,6 +259,20 @@ impl Pcoproc {
         name: &str,
         factory: F,
         policy: Box<dyn Policy>,
+    ) -> Result<Arc<Pcoproc>, CoreError>
+    where
+        F: FnOnce() -> Result<Box<dyn Device>, DeviceError> + Send + 'static,
+    {
+        Self::spawn_with_ids(name, factory, policy, Arc::new(AtomicU32::new(1)))
+    }
+
+    /// Like [`Pcoproc::spawn`], taking vcoproc ids from `ids`: pcoprocs that
+    /// share it give out ids unique across all of them.
+    pub fn spawn_with_ids<F>(
+        name: &str,
+        factory: F,
+        policy: Box<dyn Policy>,
+        ids: Arc<AtomicU32>,
     ) -> Result<Arc<Pcoproc>, CoreError>
     where
         F: FnOnce() -> Result<Box<dyn Device>, DeviceError> + Send + 'static,
@@ -305,7 +321,7 @@ impl Pcoproc {
         Ok(Arc::new(Pcoproc {
             shared,
             caps,
-            next_id: AtomicU32::new(1),
+            next_id: ids,
             thread: Mutex::new(Some(thread)),
         }))
     }
@@ -358,6 +374,11 @@ impl Pcoproc {
     ) -> Result<VcoprocHandle, CoreError> {
         params.validate()?;
         let id = VcoprocId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        if id.0 == 0 || id.0 == u32::MAX {
+            return Err(CoreError::Device(DeviceError::Exhausted(
+                "vcoproc ids".into(),
+            )));
+        }
         let control = Arc::new(ControlBlock::default());
         let (base, size) = (self.caps.iova_base, self.caps.iova_size);
         let cb = control.clone();
@@ -746,8 +767,12 @@ impl VcoprocHandle {
     pub fn set_params(&self, params: SchedParams) -> Result<(), CoreError> {
         params.validate()?;
         let mut g = self.pcoproc.shared.lock();
+        g.vc(self.id)?;
         g.policy.set_params(self.id, &params)?;
         g.vc(self.id)?.params = params;
+        drop(g);
+        // An idle runner decides again (a cap raised, a window given).
+        self.pcoproc.shared.kick_runner();
         Ok(())
     }
 

@@ -43,15 +43,26 @@ struct Tables {
 }
 
 /// Domains and pcoprocs of one host.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct System {
     tables: Mutex<Tables>,
+    /// Vcoproc ids, unique across the system's pcoprocs.
+    ids: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl Default for System {
+    fn default() -> Self {
+        System::new()
+    }
 }
 
 impl System {
     /// An empty system.
     pub fn new() -> System {
-        System::default()
+        System {
+            tables: Mutex::default(),
+            ids: Arc::new(std::sync::atomic::AtomicU32::new(1)),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Tables> {
@@ -71,7 +82,7 @@ impl System {
         if self.lock().pcoprocs.contains_key(name) {
             return Err(SystemError::PcoprocExists(name.into()));
         }
-        let p = Pcoproc::spawn(name, factory, policy)?;
+        let p = Pcoproc::spawn_with_ids(name, factory, policy, self.ids.clone())?;
         self.lock().pcoprocs.insert(name.into(), p.clone());
         Ok(p)
     }

@@ -173,6 +173,35 @@ pub enum Request {
         #[serde(default)]
         params: Vec<(String, String)>,
     },
+    /// Change a vcoproc's scheduling parameters (admin); fields left out
+    /// keep their value.
+    VcoprocSet {
+        /// Vcoproc.
+        vcoproc: u32,
+        /// The changes.
+        set: ParamChange,
+    },
+}
+
+/// Changes to a vcoproc's scheduling parameters; `None` keeps a value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamChange {
+    /// Weight (fair-share policies).
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// Cap in percent; 0 removes the cap.
+    #[serde(default)]
+    pub cap_pct: Option<u32>,
+    /// Fixed priority.
+    #[serde(default)]
+    pub priority: Option<i32>,
+    /// Reservation budget, µs; 0 removes the reservation.
+    #[serde(default)]
+    pub budget_us: Option<u64>,
+    /// Reservation period, µs.
+    #[serde(default)]
+    pub period_us: Option<u64>,
 }
 
 /// Why a request failed.
@@ -308,6 +337,21 @@ pub struct VcoprocInfo {
     pub mapped_bytes: u64,
     /// Exit code once stopped.
     pub exit_code: Option<u32>,
+    /// Scheduling weight.
+    #[serde(default)]
+    pub weight: u32,
+    /// Scheduling priority.
+    #[serde(default)]
+    pub priority: i32,
+    /// Cap in percent.
+    #[serde(default)]
+    pub cap_pct: Option<u32>,
+    /// Reservation (budget, period) in µs.
+    #[serde(default)]
+    pub reservation_us: Option<(u64, u64)>,
+    /// Longest wake→run latency so far, ns.
+    #[serde(default)]
+    pub run_delay_max_ns: u64,
 }
 
 /// A domain as listed.

@@ -17,8 +17,10 @@ pub const DEFAULT: &str = r#"# coprocd configuration (this is the built-in defau
 [[pcoproc]]
 name = "mcu0"
 class = "mcu"
+# policy: rr | credit | priority | rt | table (docs/scheduling.md); its
+# parameters as key = value (a list repeats a key, e.g. table windows).
 policy = "rr"
-policy_params = { slice_us = "5000" }
+policy_params = { slice_us = 5000 }
 # class options of mcu: max_contexts
 options = { max_contexts = 64 }
 
@@ -80,7 +82,7 @@ pub struct PcoprocConfig {
     pub policy: String,
     /// Policy parameters.
     #[serde(default)]
-    pub policy_params: BTreeMap<String, String>,
+    pub policy_params: BTreeMap<String, ParamValue>,
     /// Class options.
     #[serde(default)]
     pub options: BTreeMap<String, toml::Value>,
@@ -88,6 +90,33 @@ pub struct PcoprocConfig {
 
 fn default_policy() -> String {
     "rr".into()
+}
+
+/// A policy parameter's value: text, a number, or a list (the key repeated).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ParamValue {
+    /// `key = 5000`.
+    Number(i64),
+    /// `key = "text"`.
+    Text(String),
+    /// `key = ["a", "b"]`: the key given once per element.
+    List(Vec<String>),
+}
+
+impl PcoprocConfig {
+    /// The policy parameters as the `key=value` pairs policies take.
+    pub fn params(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (k, v) in &self.policy_params {
+            match v {
+                ParamValue::Number(n) => out.push((k.clone(), n.to_string())),
+                ParamValue::Text(t) => out.push((k.clone(), t.clone())),
+                ParamValue::List(l) => out.extend(l.iter().map(|t| (k.clone(), t.clone()))),
+            }
+        }
+        out
+    }
 }
 
 /// Which users a rule covers.
@@ -192,7 +221,7 @@ impl Config {
                     )));
                 }
             }
-            crate::policy::build(&p.policy, &p.policy_params)
+            coproc_core::policy::build(&p.policy, &p.params())
                 .map_err(|e| ConfigError::Invalid(format!("pcoproc {:?}: {e}", p.name)))?;
         }
         for d in &self.domains {
@@ -237,6 +266,26 @@ mod tests {
         let e = Config::parse(text).unwrap_err().to_string();
         assert!(e.contains("slize_us"), "{e}");
         assert!(e.contains("line 6"), "{e}");
+    }
+
+    #[test]
+    fn policy_parameters_take_numbers_text_and_lists() {
+        let c = Config::parse(
+            "[[pcoproc]]\nname = \"a\"\nclass = \"mcu\"\npolicy = \"table\"\n\
+             policy_params = { frame_us = 10000, fill = \"rr\", window = [\"1:0:2000\", \"2:2000:3000\"] }\n",
+        )
+        .unwrap();
+        let p = c.pcoprocs[0].params();
+        assert_eq!(
+            p,
+            [
+                ("fill", "rr"),
+                ("frame_us", "10000"),
+                ("window", "1:0:2000"),
+                ("window", "2:2000:3000")
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
     }
 
     #[test]

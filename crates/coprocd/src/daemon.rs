@@ -82,7 +82,6 @@ pub struct Daemon {
     /// Pcoprocs by name.
     pub pcoprocs: BTreeMap<String, Arc<Pcoproc>>,
     tables: Mutex<Tables>,
-    next_id: AtomicU32,
     next_session: AtomicU64,
     /// Log limits per domain: lines a domain triggers are rate-limited
     /// across all its sessions.
@@ -93,9 +92,11 @@ impl Daemon {
     /// Start every configured pcoproc.
     pub fn start(config: Config) -> anyhow::Result<Daemon> {
         let mut pcoprocs = BTreeMap::new();
+        // One id space for every pcoproc: a vcoproc's wire id is its core id.
+        let ids = Arc::new(AtomicU32::new(1));
         for p in &config.pcoprocs {
-            let policy =
-                crate::policy::build(&p.policy, &p.policy_params).map_err(anyhow::Error::msg)?;
+            let policy = coproc_core::policy::build(&p.policy, &p.params())
+                .map_err(|e| anyhow::anyhow!("pcoproc {}: {e}", p.name))?;
             let mut mcu = coproc_mcu::McuConfig::default();
             if let Some(v) = p.options.get("max_contexts") {
                 mcu.max_contexts = v
@@ -108,14 +109,14 @@ impl Daemon {
                         )
                     })?;
             }
-            let pc = Pcoproc::spawn(&p.name, coproc_mcu::factory(mcu), policy)?;
+            let pc =
+                Pcoproc::spawn_with_ids(&p.name, coproc_mcu::factory(mcu), policy, ids.clone())?;
             pcoprocs.insert(p.name.clone(), pc);
         }
         Ok(Daemon {
             config,
             pcoprocs,
             tables: Mutex::new(Tables::default()),
-            next_id: AtomicU32::new(1),
             next_session: AtomicU64::new(1),
             logs: Mutex::new(HashMap::new()),
         })
@@ -253,9 +254,10 @@ impl Daemon {
         }
     }
 
-    /// Register a new vcoproc (its quota already reserved); returns its wire id.
+    /// Register a new vcoproc (its quota already reserved); returns its wire
+    /// id, which is its core id (unique across the daemon's pcoprocs).
     pub fn register(&self, e: Entry) -> u32 {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = e.handle.id().0;
         let mut t = self.tables();
         if t.history.len() == HISTORY {
             t.history.pop_front();

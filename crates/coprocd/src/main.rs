@@ -3,7 +3,6 @@
 
 mod config;
 mod daemon;
-mod policy;
 mod server;
 mod session;
 

@@ -9,6 +9,7 @@ use crate::daemon::{Daemon, Entry, Quota};
 use coproc_core::control::{ControlEvent, Listener};
 use coproc_core::iova::{MapKind, Perms};
 use coproc_core::memory::Region;
+use coproc_core::policy::SchedParams;
 use coproc_core::ratelimit::RateLimit;
 use coproc_core::state::VcoprocState;
 use coproc_core::{CoreError, DeviceError};
@@ -20,6 +21,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::time::Duration;
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch};
@@ -191,7 +193,54 @@ fn info(id: u32, e: &Entry) -> Result<VcoprocInfo, WireError> {
         mappings: i.mappings as u32,
         mapped_bytes: i.mapped_bytes,
         exit_code: i.exit_code,
+        weight: i.params.weight,
+        priority: i.params.priority,
+        cap_pct: i.params.cap_pct,
+        reservation_us: i
+            .params
+            .reservation
+            .map(|(b, p)| (b.as_micros() as u64, p.as_micros() as u64)),
+        run_delay_max_ns: i.stats.run_delay_max_ns,
     })
+}
+
+/// Apply a `vcoproc-set` change to `p`.
+fn apply_change(p: &mut SchedParams, set: &ParamChange) -> Result<(), WireError> {
+    if let Some(w) = set.weight {
+        p.weight = w;
+    }
+    if let Some(c) = set.cap_pct {
+        p.cap_pct = (c != 0).then_some(c);
+    }
+    if let Some(pr) = set.priority {
+        p.priority = pr;
+    }
+    match (set.budget_us, set.period_us) {
+        (None, None) => {}
+        (Some(0), _) => p.reservation = None,
+        (Some(b), Some(per)) => {
+            p.reservation = Some((Duration::from_micros(b), Duration::from_micros(per)))
+        }
+        (Some(b), None) => match p.reservation {
+            Some((_, per)) => p.reservation = Some((Duration::from_micros(b), per)),
+            None => {
+                return Err(err(
+                    ErrorCode::InvalidArgument,
+                    "a new reservation needs both budget and period",
+                ))
+            }
+        },
+        (None, Some(per)) => match p.reservation {
+            Some((b, _)) => p.reservation = Some((b, Duration::from_micros(per))),
+            None => {
+                return Err(err(
+                    ErrorCode::InvalidArgument,
+                    "a new reservation needs both budget and period",
+                ))
+            }
+        },
+    }
+    Ok(())
 }
 
 fn fault_info(
@@ -712,10 +761,23 @@ impl Session {
                     ));
                 }
                 let pc = d.may_use(&self.who, &coproc)?;
-                let params = params.into_iter().collect();
-                let p = crate::policy::build(&policy, &params)
-                    .map_err(|m| err(ErrorCode::InvalidArgument, m))?;
+                let p = coproc_core::policy::build(&policy, &params)
+                    .map_err(|e| err(ErrorCode::InvalidArgument, e.to_string()))?;
                 pc.set_policy(p).map_err(core_err)?;
+                tracing::info!(coproc, policy, ?params, "policy switched");
+                Ok(Answer::Done)
+            }
+            Request::VcoprocSet { vcoproc, set } => {
+                if !self.who.admin {
+                    return Err(err(
+                        ErrorCode::PermissionDenied,
+                        "vcoproc-set needs root or the admin group",
+                    ));
+                }
+                let e = self.entry(vcoproc, true)?;
+                let mut p = e.handle.info().map_err(core_err)?.params;
+                apply_change(&mut p, &set)?;
+                e.handle.set_params(p).map_err(core_err)?;
                 Ok(Answer::Done)
             }
         }
