@@ -107,7 +107,7 @@ pub fn fairness(seconds: u64) -> anyhow::Result<Figures> {
     }
     // The hogs really computed: their progress counters moved in proportion.
     let progress: Vec<u32> = vs.iter().map(|v| v.mbox_read(0)).collect();
-    if progress.iter().any(|&p| p == 0) {
+    if progress.contains(&0) {
         bail!("a hog made no progress: {progress:?}");
     }
     let busy = time_in(&trace, t0, t0 + seconds * 1_000_000_000)
