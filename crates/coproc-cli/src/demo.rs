@@ -2,7 +2,7 @@
 //! round robin. Every result is checked against the host reference.
 
 use crate::output::{print_table, Format};
-use anyhow::Context;
+use anyhow::{bail, Context};
 use coproc_core::fault::{Access, FaultRecord};
 use coproc_core::iova::MapKind;
 use coproc_core::policy::{RoundRobin, SchedParams};
@@ -77,6 +77,8 @@ struct Report {
     slice_us: u64,
     /// "daemon" (client processes of coprocd) or "in-process".
     mode: &'static str,
+    /// Run-time scheduler changes made while the domains ran.
+    sched_changes: Vec<String>,
     ok: bool,
     vcoprocs: Vec<Row>,
 }
@@ -91,7 +93,7 @@ const PLAN: [(&str, Firmware); 5] = [
 
 /// The demo through the daemon: each domain is a `coproc domain-run`
 /// client process of a private coprocd.
-fn through_daemon(args: &Args) -> anyhow::Result<(Vec<Row>, u64)> {
+fn through_daemon(args: &Args) -> anyhow::Result<(Vec<Row>, u64, Vec<String>)> {
     use std::io::Read;
     use std::process::Stdio;
     let config = format!(
@@ -119,6 +121,7 @@ fn through_daemon(args: &Args) -> anyhow::Result<(Vec<Row>, u64)> {
         let child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
         kids.push((name, fw, child));
     }
+    let changes = run_time_control(&daemon.socket)?;
     // Everyone but the hog finishes on its own; then the hog is told to stop.
     let mut outs = Vec::new();
     let mut hog = None;
@@ -186,7 +189,51 @@ fn through_daemon(args: &Args) -> anyhow::Result<(Vec<Row>, u64)> {
         });
     }
     let switches = rows.iter().map(|r| r.switches).sum();
-    Ok((rows, switches))
+    Ok((rows, switches, changes))
+}
+
+/// As the administrator, while the domains run: switch the pcoproc from rr
+/// to credit and cap the hog at 25 %. Returns what was done.
+fn run_time_control(socket: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let mut admin = coproc_client::Client::connect_to(socket)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let hog = loop {
+        let l = admin.list_vcoprocs(None, None)?;
+        if let Some(h) = l
+            .iter()
+            .find(|v| v.firmware == "hog" && v.state != "loaded")
+        {
+            if l.len() >= PLAN.len() - 1 || std::time::Instant::now() > deadline {
+                break h.id;
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("the demo's domains did not start");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    admin.sched_set("mcu0", "credit", &[])?;
+    admin.vcoproc_set(
+        hog,
+        coproc_client::ParamChange {
+            cap_pct: Some(25),
+            ..Default::default()
+        },
+    )?;
+    let s = admin.sched_get("mcu0")?;
+    Ok(vec![
+        format!(
+            "policy rr -> {} ({}) while {} vcoprocs ran",
+            s.policy,
+            s.params
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            s.standings.len()
+        ),
+        format!("hog v{hog} capped at 25 %"),
+    ])
 }
 
 type Check = Result<String, String>;
@@ -308,12 +355,12 @@ fn hog(v: &VcoprocHandle, slice: Duration) -> Check {
 
 /// Run the demo; returns whether every check passed.
 pub fn run(args: &Args, format: Format) -> anyhow::Result<bool> {
-    let (mut rows, switches, mode) = if args.in_process {
+    let (mut rows, switches, mode, sched_changes) = if args.in_process {
         let (rows, switches) = in_process(args)?;
-        (rows, switches, "in-process")
+        (rows, switches, "in-process", vec![])
     } else {
-        let (rows, switches) = through_daemon(args)?;
-        (rows, switches, "daemon")
+        let (rows, switches, changes) = through_daemon(args)?;
+        (rows, switches, "daemon", changes)
     };
     let total: u64 = rows.iter().map(|r| r.run_ns).sum::<u64>().max(1);
     for r in &mut rows {
@@ -325,6 +372,7 @@ pub fn run(args: &Args, format: Format) -> anyhow::Result<bool> {
         policy: "rr".into(),
         slice_us: args.slice_us,
         mode,
+        sched_changes,
         ok,
         vcoprocs: rows,
     };
@@ -461,6 +509,9 @@ fn print(report: &Report, format: Format, busy_ns: u64, switches: u64) {
             println!();
             for r in &report.vcoprocs {
                 println!("{:<6} {}", r.domain, r.detail);
+            }
+            for c in &report.sched_changes {
+                println!("run-time control: {c}");
             }
             println!(
                 "\ndevice busy {:.1} ms, {} context switches; {}",
