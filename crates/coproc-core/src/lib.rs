@@ -3,7 +3,7 @@
 //!
 //! - [`ids`], [`state`], [`fault`], [`stats`]: domains, vcoprocs, their life
 //!   cycle, fault records and counters;
-//! - [`device`]: the [`Device`](device::Device) trait each device class implements;
+//! - [`device`]: the [`Device`] trait each device class implements;
 //! - [`memory`], [`iova`]: domain memory and per-vcoproc iova spaces;
 //! - [`control`]: the mailbox/doorbell control block a vcoproc shares with
 //!   its domain;

@@ -1,7 +1,7 @@
 //! A pcoproc: one physical coprocessor, its runner thread, and the handles
 //! domains use to drive their vcoprocs on it.
 //!
-//! All scheduling state lives in one mutex-protected [`Inner`]; the device
+//! All scheduling state lives in one mutex-protected `Inner`; the device
 //! itself lives on the runner thread only. Control operations that need the
 //! device (load, map, reset, destroy) are queued as commands that the runner
 //! executes between slices; the running slice is preempted so they are served
