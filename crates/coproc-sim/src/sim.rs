@@ -110,8 +110,12 @@ impl JobRecord {
 pub struct ContextRecord {
     /// A workload is loaded.
     pub loaded: bool,
-    /// Device time it ran, as the device measured it (sum of `ran`).
+    /// Device time it ran in completed runs, as the device measured it
+    /// (the sum of the `ran` it returned: what the runner charged).
     pub ran_ns: u64,
+    /// Device time of the run in progress, if it is running now (parked in
+    /// a run at the horizon): not yet returned, nor charged.
+    pub in_run_ns: u64,
     /// Runs it was given.
     pub runs: u64,
     /// Completed jobs, in order (the first [`MAX_JOB_RECORDS`]).
@@ -245,6 +249,8 @@ struct State {
     interrupt: bool,
     /// The thread the device runs on.
     runner: Option<ThreadId>,
+    /// Start of the run in progress.
+    run_start: Option<u64>,
     /// A device exists.
     attached: bool,
     current: Option<VcoprocId>,
@@ -317,6 +323,7 @@ impl Sim {
                     park_break: false,
                     interrupt: false,
                     runner: None,
+                    run_start: None,
                     attached: false,
                     current: None,
                     ctxs: BTreeMap::new(),
@@ -510,6 +517,9 @@ impl Sim {
         let c = g.ctxs.get(&v)?;
         let mut r = c.rec.clone();
         r.pending = (c.pending.len() as u64).saturating_add(c.arrivals.arrived(g.now));
+        if g.current == Some(v) {
+            r.in_run_ns = g.run_start.map_or(0, |t| g.now - t);
+        }
         r.waiting = c.waiting;
         r.exited = c.exited;
         r.mappings = c.mappings.iter().map(|(&i, &l)| (i, l)).collect();
@@ -659,7 +669,9 @@ impl Sim {
         let mut g = self.lock();
         g.runner = Some(std::thread::current().id());
         let start = g.now;
+        g.run_start = Some(start);
         let (mut g, stop) = self.run_events(g, budget);
+        g.run_start = None;
         g.preempt = false;
         g.park_break = false;
         let ran = g.now - start;
