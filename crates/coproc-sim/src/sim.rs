@@ -628,6 +628,9 @@ impl Sim {
         let mut g = self.lock();
         g.runner = Some(std::thread::current().id());
         let answer = to.and_then(|t| g.answers.get_mut(&t).and_then(VecDeque::pop_front));
+        if let Some(a) = &answer {
+            tracing::debug!(to = ?to, answer = ?a, at_ns = g.now, "sim: scripted switch answer");
+        }
         match answer {
             Some(SwitchOutcome::RetryAfter(d)) => return SwitchOutcome::RetryAfter(d),
             Some(SwitchOutcome::Failed { guilty, reason }) => {
@@ -649,6 +652,7 @@ impl Sim {
                 let (g2, done) = self.pass_switch_time(g, cost);
                 g = g2;
                 if !done {
+                    tracing::debug!(to = %t, "sim: switch abandoned at the horizon for a request");
                     // Abandoned at the horizon for a request: the current
                     // context stays; the pending preempt ends the next run.
                     return SwitchOutcome::RetryAfter(Duration::ZERO);
@@ -723,6 +727,7 @@ impl Sim {
                     if j.fault_at == Some(j.done) {
                         j.fault_at = None;
                         c.rec.faults += 1;
+                        tracing::debug!(ctx = %cur, at_ns = now, "sim: injected fault");
                         let fault = DeviceFault {
                             addr: None,
                             access: Access::None,
