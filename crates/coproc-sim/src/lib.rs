@@ -10,7 +10,7 @@
 //! whole scheduling scenario runs with no sleeps and gives the same result
 //! every time.
 //!
-//! ```no_run
+//! ```
 //! use coproc_core::policy::{RoundRobin, SchedParams};
 //! use coproc_core::DomainId;
 //! use coproc_sim::{Sim, SimConfig, Workload};
