@@ -541,9 +541,18 @@ impl Pcoproc {
             }
         }
         self.shared.kick_runner();
-        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = t.join();
+        let mut slot = self.thread.lock().unwrap_or_else(|e| e.into_inner());
+        // Called on the runner thread itself (the last handle dropped by a
+        // device hook): it sees `shutdown` when the hook returns and ends.
+        if slot
+            .as_ref()
+            .is_some_and(|t| t.thread().id() != std::thread::current().id())
+        {
+            if let Some(t) = slot.take() {
+                let _ = t.join();
+            }
         }
+        drop(slot);
         self.shared.state_cv.notify_all();
     }
 

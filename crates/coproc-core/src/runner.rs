@@ -34,7 +34,7 @@ pub(crate) fn run(mut device: Box<dyn Device>, shared: &Shared) {
         let now = shared.now_ns();
         let (v, budget) = match g.policy.pick(now) {
             Decision::Idle(t) => {
-                let until = t.map(|t| now.saturating_add(t.as_nanos() as u64));
+                let until = t.map(|t| now.saturating_add(ns(t)));
                 shared.idle(g, until, IDLE_RECHECK);
                 continue;
             }
@@ -100,6 +100,11 @@ pub(crate) fn run(mut device: Box<dyn Device>, shared: &Shared) {
     shared.state_cv.notify_all();
 }
 
+/// A duration in ns, saturating.
+fn ns(t: Duration) -> u64 {
+    u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Put `v` back at the head of the queue with its slice intact.
 fn unpick(g: &mut Inner, v: VcoprocId, now: u64) {
     if let Some(vc) = g.vcoprocs.get_mut(&v) {
@@ -143,7 +148,7 @@ fn retry_after(
             charge(shared, c, t, start, &out);
         }
         None => {
-            let until = now.saturating_add(t.as_nanos() as u64);
+            let until = now.saturating_add(ns(t));
             shared.idle(g, Some(until), t);
         }
     }
@@ -214,7 +219,7 @@ fn charge(
     let mut g = shared.lock();
     let now = shared.now_ns();
     g.running = None;
-    let ran_ns = out.ran.as_nanos() as u64;
+    let ran_ns = ns(out.ran);
     g.busy_ns += ran_ns;
     let Some(vc) = g.vcoprocs.get_mut(&v) else {
         return;
@@ -288,7 +293,7 @@ fn charge(
             vcoproc: v,
             start_ns: start,
             ran_ns,
-            budget_ns: budget.as_nanos() as u64,
+            budget_ns: ns(budget),
             runnable_after: end.runnable,
             preempted: end.preempted,
             waited_ns,
