@@ -58,6 +58,21 @@
 //! throttled it did not compete), and when nothing is eligible but someone
 //! is throttled it answers `Idle(Some(time until the earliest
 //! replenishment))`.
+//!
+//! # Parameters and standings
+//!
+//! Policy parameters: `slice_us` (50..=1000000, default 1000) and
+//! `cap_period_us` (1000..=1000000, default 10000). Per vcoproc:
+//! [`SchedParams::weight`] and [`SchedParams::cap_pct`]; a change takes
+//! effect at the next decision (a slice already picked is charged at the
+//! weight it was picked with).
+//!
+//! Standings, by vcoproc id: `queued` is true for a runnable vcoproc waiting
+//! for the device, throttled ones included; figures are `weight`,
+//! `credit_us` (see above; the running slice not yet counted), `cap_pct`
+//! (-1: no cap), `cap_left_us` (budget left in the period of its last
+//! accounting, negative for a debt; 0 without a cap), `throttled` (0/1) and
+//! `running` (0/1).
 
 use super::{Decision, Policy, PolicyError, SchedParams, SliceEnd, Standing, WakeAction};
 use crate::ids::VcoprocId;
