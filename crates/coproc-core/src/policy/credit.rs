@@ -1,52 +1,1240 @@
-//! `credit`: placeholder until the policy lands (refuses to be built).
+//! `credit`: weighted fair share with caps, after Xen's credit2.
+//!
+//! # Fair share
+//!
+//! Every vcoproc has a virtual time (`vtime`, a `u128` in units of
+//! 1/[`SCALE`](Credit::SCALE) ns at weight 1): a slice that ran `ran` ns (as measured by the
+//! device, overruns included) adds `ran * SCALE / weight`. [`Policy::pick`]
+//! runs the queued vcoproc with the lowest vtime for one slice (the
+//! `slice_us` parameter), so over time each runnable vcoproc gets the device
+//! in proportion to its weight. The queue is a `BTreeSet<(vtime, id)>`, so
+//! pick, wake, block and charge are O(log n).
+//!
+//! # Credit
+//!
+//! credit2 gives everyone [`CREDIT_INIT`](Credit::CREDIT_INIT) of credit, burns it at a rate
+//! inversely proportional to the weight, and resets everybody's credit when
+//! the best one runs out. Here the same figure is derived from the vtime
+//! without touching every vcoproc: `credit = CREDIT_INIT - (vtime - base)`,
+//! converted to nanoseconds at the default weight (256), where `base` is a
+//! single policy-wide value. When the vcoproc that `pick` takes (the one with
+//! the most credit) has none left, `base` moves up to its vtime, which gives
+//! it [`CREDIT_INIT`](Credit::CREDIT_INIT) again and everybody else the same increase: the reset
+//! of credit2 in O(1). Credit only orders vcoprocs like vtime does; it is
+//! shown in the standings, decisions use the vtime.
+//!
+//! # Wake-ups
+//!
+//! A vcoproc that slept comes back at
+//! `vtime = max(own vtime, reference - slice * SCALE / weight)`, where the
+//! reference is the lowest vtime among the queued vcoprocs and the running
+//! one (its vtime plus what it has run so far in this slice), or the highest
+//! vtime ever picked when nothing is queued or running. Sleeping therefore
+//! earns at most one slice of head start (no hoarding), yet an interactive
+//! vcoproc runs soon after it wakes. Time is charged exactly as measured, so
+//! a vcoproc that yields just before its slice would end gets nothing for
+//! free.
+//!
+//! The woken vcoproc preempts the running one when its vtime is lower than
+//! the running one's current vtime by more than a quarter slice of the
+//! woken one's weighted time.
+//!
+//! # Caps
+//!
+//! A vcoproc with `cap_pct` gets at most that percent of the device in every
+//! cap period (`cap_period_us`), even when nobody else wants the device. Its
+//! budget per period is `cap_pct * period / 100`; periods are aligned on a
+//! global grid (period `k` covers `[k * period, (k + 1) * period)`), and the
+//! budget is replenished lazily: each period boundary passed adds one
+//! period's budget, and the result is capped at one period's budget. Every
+//! slice is charged against it in full, so an overrun (a device that can
+//! only stop between jobs) leaves a negative budget: a debt paid from the
+//! following periods, and the long-run share is exactly the cap. A capped
+//! vcoproc is given at most what is left of its budget (and at most a
+//! slice); when it has nothing left it is throttled: kept in a
+//! `BTreeSet<(replenish_ns, id)>` until the period boundary that makes its
+//! budget positive again. `pick` first moves every throttled vcoproc whose
+//! time has come back into the queue (placed like a wake-up: while
+//! throttled it did not compete), and when nothing is eligible but someone
+//! is throttled it answers `Idle(Some(time until the earliest
+//! replenishment))`.
+//!
+//! # Parameters and standings
+//!
+//! Policy parameters: `slice_us` (50..=1000000, default 1000) and
+//! `cap_period_us` (1000..=1000000, default 10000). Per vcoproc:
+//! [`SchedParams::weight`] and [`SchedParams::cap_pct`]; a change takes
+//! effect at the next decision (a slice already picked is charged at the
+//! weight it was picked with).
+//!
+//! Standings, by vcoproc id: `queued` is true for a runnable vcoproc waiting
+//! for the device, throttled ones included; figures are `weight`,
+//! `credit_us` (see above; the running slice not yet counted), `cap_pct`
+//! (-1: no cap), `cap_left_us` (budget left in the period of its last
+//! accounting, negative for a debt; 0 without a cap), `throttled` (0/1) and
+//! `running` (0/1).
 
-use super::PolicyError;
+use super::{Decision, Policy, PolicyError, SchedParams, SliceEnd, Standing, WakeAction};
+use crate::ids::VcoprocId;
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
 
-/// The `credit` policy.
+/// Weight at which credit is expressed in nanoseconds (the default weight).
+const REF_WEIGHT: u32 = 256;
+
+/// `ns` of device time in vtime units at `weight`.
+fn weighted(ns: u64, weight: u32) -> u128 {
+    u128::from(ns).saturating_mul(Credit::SCALE) / u128::from(weight.max(1))
+}
+
+/// Nanoseconds of a duration, saturated to `u64`.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Where an attached vcoproc is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// Not runnable (or running): in no set.
+    Out,
+    /// In the run queue under its vtime.
+    Queued,
+    /// Runnable but out of cap budget until this time.
+    Throttled(u64),
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    weight: u32,
+    cap_pct: Option<u32>,
+    vtime: u128,
+    place: Place,
+    /// Cap budget left in the current period, ns (negative: debt).
+    cap_left: i64,
+    /// The cap period `cap_left` is counted in; None: not yet known (a cap
+    /// that was just set, with a full budget).
+    cap_period_idx: Option<u64>,
+}
+
+/// The slice running now, as `pick` decided it.
+#[derive(Debug, Clone, Copy)]
+struct Running {
+    vcoproc: VcoprocId,
+    start_ns: u64,
+    vtime: u128,
+    weight: u32,
+}
+
+/// The credit policy (weighted fair share with caps).
 #[derive(Debug)]
-pub struct Credit;
+pub struct Credit {
+    slice: Duration,
+    cap_period: Duration,
+    entries: HashMap<VcoprocId, Entry>,
+    queue: BTreeSet<(u128, VcoprocId)>,
+    throttled: BTreeSet<(u64, VcoprocId)>,
+    running: Option<Running>,
+    /// Highest vtime ever picked: the reference for wake-ups when nobody
+    /// is queued or running, and the starting vtime of new vcoprocs.
+    floor: u128,
+    /// Credit origin: credit = CREDIT_INIT - (vtime - base).
+    base: u128,
+    /// The latest time given to wake, pick or charge (for `set_params`,
+    /// which is given none).
+    now_seen: u64,
+}
 
 impl Credit {
-    /// Build from `key=value` parameters.
-    pub fn from_params(_params: &[(String, String)]) -> Result<Self, PolicyError> {
-        Err(PolicyError::BadParam("credit: not available yet".into()))
+    /// Virtual time units per nanosecond of device time at weight 1.
+    pub const SCALE: u128 = 1 << 24;
+    /// Credit a vcoproc holds after a reset (as device time at weight 256).
+    pub const CREDIT_INIT: Duration = Duration::from_millis(10);
+    /// Shortest slice accepted.
+    pub const MIN_SLICE: Duration = Duration::from_micros(50);
+    /// Longest slice accepted.
+    pub const MAX_SLICE: Duration = Duration::from_secs(1);
+    /// Default slice (keeps the per-second share error of weighted hogs
+    /// under 1 %).
+    pub const DEFAULT_SLICE: Duration = Duration::from_millis(1);
+    /// Shortest cap period accepted.
+    pub const MIN_CAP_PERIOD: Duration = Duration::from_millis(1);
+    /// Longest cap period accepted.
+    pub const MAX_CAP_PERIOD: Duration = Duration::from_secs(1);
+    /// Default cap period.
+    pub const DEFAULT_CAP_PERIOD: Duration = Duration::from_millis(10);
+
+    /// Credit scheduling with `slice` per turn and caps enforced over
+    /// `cap_period`.
+    pub fn new(slice: Duration, cap_period: Duration) -> Result<Self, PolicyError> {
+        if slice < Self::MIN_SLICE || slice > Self::MAX_SLICE {
+            return Err(PolicyError::BadParam(format!(
+                "slice {slice:?} not in {:?}..={:?}",
+                Self::MIN_SLICE,
+                Self::MAX_SLICE
+            )));
+        }
+        if cap_period < Self::MIN_CAP_PERIOD || cap_period > Self::MAX_CAP_PERIOD {
+            return Err(PolicyError::BadParam(format!(
+                "cap period {cap_period:?} not in {:?}..={:?}",
+                Self::MIN_CAP_PERIOD,
+                Self::MAX_CAP_PERIOD
+            )));
+        }
+        Ok(Credit {
+            slice,
+            cap_period,
+            entries: HashMap::new(),
+            queue: BTreeSet::new(),
+            throttled: BTreeSet::new(),
+            running: None,
+            floor: 0,
+            base: 0,
+            now_seen: 0,
+        })
+    }
+
+    /// Build from `key=value` parameters: `slice_us` (50..=1000000, default
+    /// 1000) and `cap_period_us` (1000..=1000000, default 10000).
+    pub fn from_params(params: &[(String, String)]) -> Result<Self, PolicyError> {
+        super::check_known("credit", params, &["slice_us", "cap_period_us"])?;
+        let slice = match super::param(params, "slice_us") {
+            Some(v) => super::parse_us("slice_us", v, Self::MIN_SLICE, Self::MAX_SLICE)?,
+            None => Self::DEFAULT_SLICE,
+        };
+        let cap_period = match super::param(params, "cap_period_us") {
+            Some(v) => super::parse_us(
+                "cap_period_us",
+                v,
+                Self::MIN_CAP_PERIOD,
+                Self::MAX_CAP_PERIOD,
+            )?,
+            None => Self::DEFAULT_CAP_PERIOD,
+        };
+        Self::new(slice, cap_period)
+    }
+
+    /// The slice length.
+    pub fn slice(&self) -> Duration {
+        self.slice
+    }
+
+    /// The cap period.
+    pub fn cap_period(&self) -> Duration {
+        self.cap_period
+    }
+
+    fn period_ns(&self) -> u64 {
+        nanos(self.cap_period).max(1)
+    }
+
+    /// Budget per cap period for `cap_pct`, ns.
+    fn cap_budget(&self, cap_pct: u32) -> i64 {
+        let b = u128::from(self.period_ns()) * u128::from(cap_pct.min(100)) / 100;
+        i64::try_from(b).unwrap_or(i64::MAX).max(1)
+    }
+
+    /// Bring `v`'s cap budget to the period holding `now`: one budget per
+    /// period boundary passed, at most one period's worth in all.
+    fn refresh(&mut self, v: VcoprocId, now: u64) {
+        let period = self.period_ns();
+        let Some(cap) = self.entries.get(&v).and_then(|e| e.cap_pct) else {
+            return;
+        };
+        let budget = self.cap_budget(cap);
+        let Some(e) = self.entries.get_mut(&v) else {
+            return;
+        };
+        let idx = now / period;
+        match e.cap_period_idx {
+            None => e.cap_period_idx = Some(idx),
+            Some(old) if idx > old => {
+                let passed = i64::try_from(idx - old).unwrap_or(i64::MAX);
+                e.cap_left = e
+                    .cap_left
+                    .saturating_add(budget.saturating_mul(passed))
+                    .min(budget);
+                e.cap_period_idx = Some(idx);
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// When `v`, out of budget, gets a positive budget again.
+    fn replenish_at(&self, e: &Entry) -> u64 {
+        let budget = self.cap_budget(e.cap_pct.unwrap_or(100));
+        let debt = e.cap_left.saturating_neg().max(0);
+        let periods = (debt / budget).saturating_add(1).unsigned_abs();
+        e.cap_period_idx
+            .unwrap_or(0)
+            .saturating_add(periods)
+            .saturating_mul(self.period_ns())
+    }
+
+    /// The running vcoproc's vtime at `now` (its slice so far included).
+    fn running_vtime(r: &Running, now: u64) -> u128 {
+        r.vtime
+            .saturating_add(weighted(now.saturating_sub(r.start_ns), r.weight))
+    }
+
+    /// Wake-up placement: at most one slice of `v`'s weighted time ahead of
+    /// the lowest vtime competing now.
+    fn place(&mut self, v: VcoprocId, now: u64) {
+        let queued = self.queue.first().map(|&(t, _)| t);
+        let running = self
+            .running
+            .filter(|r| r.vcoproc != v)
+            .map(|r| Self::running_vtime(&r, now));
+        let reference = match (queued, running) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => self.floor,
+        };
+        let slice = nanos(self.slice);
+        if let Some(e) = self.entries.get_mut(&v) {
+            let lowest = reference.saturating_sub(weighted(slice, e.weight));
+            e.vtime = e.vtime.max(lowest);
+        }
+    }
+
+    /// Take `v` out of whichever set holds it.
+    fn unplace(&mut self, v: VcoprocId) {
+        if let Some(e) = self.entries.get_mut(&v) {
+            match std::mem::replace(&mut e.place, Place::Out) {
+                Place::Out => {}
+                Place::Queued => {
+                    self.queue.remove(&(e.vtime, v));
+                }
+                Place::Throttled(t) => {
+                    self.throttled.remove(&(t, v));
+                }
+            }
+        }
+    }
+
+    /// Put `v` (in no set) into the queue, or among the throttled when it is
+    /// capped and out of budget. Its budget must be refreshed already.
+    fn enqueue(&mut self, v: VcoprocId) {
+        let Some(e) = self.entries.get(&v) else {
+            return;
+        };
+        let place = if e.cap_pct.is_some() && e.cap_left <= 0 {
+            let t = self.replenish_at(e);
+            self.throttled.insert((t, v));
+            Place::Throttled(t)
+        } else {
+            self.queue.insert((e.vtime, v));
+            Place::Queued
+        };
+        if let Some(e) = self.entries.get_mut(&v) {
+            e.place = place;
+        }
+    }
+
+    /// Move every throttled vcoproc whose replenishment has come back into
+    /// the queue.
+    fn unthrottle(&mut self, now: u64) {
+        let mut due = vec![];
+        while let Some(&(t, v)) = self.throttled.first() {
+            if t > now {
+                break;
+            }
+            self.unplace(v);
+            due.push(v);
+        }
+        // Requeued after the scan: one whose replenishment time saturated
+        // (the clock at its end) is throttled again, not looped over.
+        for v in due {
+            self.refresh(v, now);
+            self.place(v, now);
+            self.enqueue(v);
+        }
     }
 }
 
-impl super::Policy for Credit {
+impl Policy for Credit {
     fn name(&self) -> &'static str {
         "credit"
     }
+
     fn describe(&self) -> Vec<(String, String)> {
-        vec![]
+        vec![
+            ("slice_us".into(), self.slice.as_micros().to_string()),
+            (
+                "cap_period_us".into(),
+                self.cap_period.as_micros().to_string(),
+            ),
+        ]
     }
-    fn attach(&mut self, _v: crate::VcoprocId, _p: &super::SchedParams) -> Result<(), PolicyError> {
+
+    fn attach(&mut self, v: VcoprocId, params: &SchedParams) -> Result<(), PolicyError> {
+        params.validate()?;
+        if self.entries.contains_key(&v) {
+            return self.set_params(v, params);
+        }
+        let cap_left = params.cap_pct.map_or(0, |c| self.cap_budget(c));
+        self.entries.insert(
+            v,
+            Entry {
+                weight: params.weight,
+                cap_pct: params.cap_pct,
+                vtime: self.floor,
+                place: Place::Out,
+                cap_left,
+                cap_period_idx: None,
+            },
+        );
         Ok(())
     }
-    fn detach(&mut self, _v: crate::VcoprocId) {}
-    fn set_params(
-        &mut self,
-        _v: crate::VcoprocId,
-        _p: &super::SchedParams,
-    ) -> Result<(), PolicyError> {
+
+    fn detach(&mut self, v: VcoprocId) {
+        self.unplace(v);
+        self.entries.remove(&v);
+        if self.running.is_some_and(|r| r.vcoproc == v) {
+            self.running = None;
+        }
+    }
+
+    fn set_params(&mut self, v: VcoprocId, params: &SchedParams) -> Result<(), PolicyError> {
+        params.validate()?;
+        let new_budget = params.cap_pct.map(|c| self.cap_budget(c));
+        let e = self.entries.get_mut(&v).ok_or(PolicyError::Unknown(v))?;
+        e.weight = params.weight;
+        match (e.cap_pct, new_budget) {
+            (None, Some(b)) => {
+                e.cap_left = b;
+                e.cap_period_idx = None;
+            }
+            (Some(_), Some(b)) => e.cap_left = e.cap_left.min(b),
+            (_, None) => {
+                e.cap_left = 0;
+                e.cap_period_idx = None;
+            }
+        }
+        e.cap_pct = params.cap_pct;
+        if e.place != Place::Out {
+            // Re-key: a new cap may throttle it, a lifted one frees it.
+            let was_throttled = matches!(e.place, Place::Throttled(_));
+            self.unplace(v);
+            if was_throttled {
+                self.place(v, self.now_seen);
+            }
+            self.enqueue(v);
+        }
         Ok(())
     }
-    fn wake(&mut self, _v: crate::VcoprocId, _now_ns: u64) -> super::WakeAction {
-        super::WakeAction::None
+
+    fn wake(&mut self, v: VcoprocId, now_ns: u64) -> WakeAction {
+        self.now_seen = self.now_seen.max(now_ns);
+        match self.entries.get(&v) {
+            Some(e) if e.place == Place::Out => {}
+            _ => return WakeAction::None,
+        }
+        self.refresh(v, now_ns);
+        self.place(v, now_ns);
+        self.enqueue(v);
+        let Some(e) = self.entries.get(&v) else {
+            return WakeAction::None;
+        };
+        let Some(r) = self.running.filter(|r| r.vcoproc != v) else {
+            return WakeAction::None;
+        };
+        if e.place != Place::Queued {
+            return WakeAction::None;
+        }
+        let granularity = weighted(nanos(self.slice) / 4, e.weight);
+        match e.vtime.saturating_add(granularity) < Self::running_vtime(&r, now_ns) {
+            true => WakeAction::Preempt,
+            false => WakeAction::None,
+        }
     }
-    fn block(&mut self, _v: crate::VcoprocId) {}
-    fn pick(&mut self, _now_ns: u64) -> super::Decision {
-        super::Decision::Idle(None)
+
+    fn block(&mut self, v: VcoprocId) {
+        self.unplace(v);
     }
-    fn charge(
-        &mut self,
-        _v: crate::VcoprocId,
-        _ran: std::time::Duration,
-        _now_ns: u64,
-        _end: super::SliceEnd,
-    ) {
+
+    fn pick(&mut self, now_ns: u64) -> Decision {
+        self.now_seen = self.now_seen.max(now_ns);
+        // Nothing runs while the runner asks.
+        self.running = None;
+        self.unthrottle(now_ns);
+        while let Some((vtime, v)) = self.queue.pop_first() {
+            let Some(e) = self.entries.get_mut(&v) else {
+                continue;
+            };
+            e.place = Place::Out;
+            self.refresh(v, now_ns);
+            let Some(e) = self.entries.get(&v) else {
+                continue;
+            };
+            let mut budget = self.slice;
+            if e.cap_pct.is_some() {
+                if e.cap_left <= 0 {
+                    self.enqueue(v);
+                    continue;
+                }
+                budget = budget.min(Duration::from_nanos(e.cap_left.unsigned_abs()));
+            }
+            let weight = e.weight;
+            // The best vcoproc is out of credit: everybody gets CREDIT_INIT.
+            if vtime.saturating_sub(self.base) >= weighted(nanos(Credit::CREDIT_INIT), REF_WEIGHT) {
+                self.base = vtime;
+            }
+            self.floor = self.floor.max(vtime);
+            self.running = Some(Running {
+                vcoproc: v,
+                start_ns: now_ns,
+                vtime,
+                weight,
+            });
+            return Decision::Run { vcoproc: v, budget };
+        }
+        match self.throttled.first() {
+            Some(&(t, _)) => {
+                Decision::Idle(Some(Duration::from_nanos(t.saturating_sub(now_ns).max(1))))
+            }
+            None => Decision::Idle(None),
+        }
     }
-    fn standings(&self) -> Vec<super::Standing> {
-        vec![]
+
+    fn charge(&mut self, v: VcoprocId, ran: Duration, now_ns: u64, end: SliceEnd) {
+        self.now_seen = self.now_seen.max(now_ns);
+        let ran_ns = nanos(ran);
+        let run = self.running.filter(|r| r.vcoproc == v);
+        if run.is_some() {
+            self.running = None;
+        }
+        let Some(e) = self.entries.get(&v) else {
+            return;
+        };
+        // A slice this policy did not pick (policy switched mid-slice) is
+        // charged at the current weight, as having ended now.
+        let weight = run.map_or(e.weight, |r| r.weight);
+        let start = run.map_or(now_ns.saturating_sub(ran_ns), |r| r.start_ns);
+        // Woken while it ran: it stays queued, re-keyed below.
+        let was_placed = e.place != Place::Out;
+        self.unplace(v);
+        // The budget of the period the slice started in pays for all of it.
+        self.refresh(v, start);
+        let Some(e) = self.entries.get_mut(&v) else {
+            return;
+        };
+        e.vtime = e.vtime.saturating_add(weighted(ran_ns, weight));
+        if e.cap_pct.is_some() {
+            e.cap_left = e
+                .cap_left
+                .saturating_sub(i64::try_from(ran_ns).unwrap_or(i64::MAX));
+        }
+        self.refresh(v, now_ns);
+        if end.runnable || was_placed {
+            self.enqueue(v);
+        }
+    }
+
+    fn standings(&self) -> Vec<Standing> {
+        let init = i128::from(nanos(Credit::CREDIT_INIT));
+        let mut out: Vec<Standing> = self
+            .entries
+            .iter()
+            .map(|(&v, e)| {
+                // vtime above base, as ns at the reference weight.
+                let used = if e.vtime >= self.base {
+                    i128::try_from(
+                        (e.vtime - self.base).saturating_mul(u128::from(REF_WEIGHT))
+                            / Credit::SCALE,
+                    )
+                    .unwrap_or(i128::MAX)
+                } else {
+                    -i128::try_from(
+                        (self.base - e.vtime).saturating_mul(u128::from(REF_WEIGHT))
+                            / Credit::SCALE,
+                    )
+                    .unwrap_or(i128::MAX)
+                };
+                let credit_us = init.saturating_sub(used) / 1000;
+                let credit_us = i64::try_from(credit_us).unwrap_or(if credit_us < 0 {
+                    i64::MIN
+                } else {
+                    i64::MAX
+                });
+                let capped = e.cap_pct.is_some();
+                Standing {
+                    vcoproc: v,
+                    queued: e.place != Place::Out,
+                    figures: vec![
+                        ("weight".into(), i64::from(e.weight)),
+                        ("credit_us".into(), credit_us),
+                        ("cap_pct".into(), e.cap_pct.map_or(-1, i64::from)),
+                        (
+                            "cap_left_us".into(),
+                            if capped { e.cap_left / 1000 } else { 0 },
+                        ),
+                        (
+                            "throttled".into(),
+                            i64::from(matches!(e.place, Place::Throttled(_))),
+                        ),
+                        (
+                            "running".into(),
+                            i64::from(self.running.is_some_and(|r| r.vcoproc == v)),
+                        ),
+                    ],
+                }
+            })
+            .collect();
+        out.sort_by_key(|s| s.vcoproc);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const US: u64 = 1_000;
+    const MS: u64 = 1_000_000;
+    const SEC: u64 = 1_000_000_000;
+
+    fn id(i: u32) -> VcoprocId {
+        VcoprocId(i)
+    }
+
+    fn params(weight: u32, cap_pct: Option<u32>) -> SchedParams {
+        SchedParams {
+            weight,
+            cap_pct,
+            ..SchedParams::default()
+        }
+    }
+
+    fn end(runnable: bool) -> SliceEnd {
+        SliceEnd {
+            runnable,
+            preempted: false,
+        }
+    }
+
+    fn kv(items: &[(&str, &str)]) -> Vec<(String, String)> {
+        items
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn figure(c: &Credit, v: u32, name: &str) -> i64 {
+        let s = c.standings();
+        let s = s.iter().find(|s| s.vcoproc == id(v)).expect("attached");
+        s.figures
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|&(_, x)| x)
+            .expect("figure")
+    }
+
+    /// What a simulated vcoproc wants from the device.
+    #[derive(Debug, Clone, Copy)]
+    enum Demand {
+        /// Always runnable.
+        Hog,
+        /// A job of `job` ns released every `period` ns.
+        Periodic { job: u64, period: u64 },
+        /// Runs `run` ns, then sleeps `sleep` ns, forever.
+        Yielder { run: u64, sleep: u64 },
+    }
+
+    #[derive(Debug)]
+    struct Task {
+        demand: Demand,
+        /// Work left in the current burst (hogs: unbounded).
+        left: u64,
+        /// Next wake-up while asleep.
+        wake_at: Option<u64>,
+        /// Time of the last wake-up.
+        woken_at: u64,
+        /// Whether the current burst has started running.
+        started: bool,
+        /// Device time received.
+        got: u64,
+        /// Longest wake-up → first run delay.
+        max_latency: u64,
+        jobs: u64,
+    }
+
+    /// A virtual-time runner: pick, run min(budget × overrun, demand),
+    /// deliver wake-ups at their times (preempting when asked), charge.
+    struct Sim {
+        pol: Credit,
+        now: u64,
+        tasks: Vec<Task>,
+        /// The device overruns every budget by num/den (1/1: exact).
+        overrun: (u64, u64),
+        preempts: u64,
+        idle_timers: u64,
+    }
+
+    impl Sim {
+        /// Vcoprocs 1..=n with these demands and parameters, all woken at 0.
+        fn new(pol: Credit, set: &[(Demand, SchedParams)]) -> Sim {
+            let mut sim = Sim {
+                pol,
+                now: 0,
+                tasks: vec![],
+                overrun: (1, 1),
+                preempts: 0,
+                idle_timers: 0,
+            };
+            for (i, &(demand, p)) in set.iter().enumerate() {
+                sim.pol.attach(id(i as u32 + 1), &p).unwrap();
+                sim.tasks.push(Task {
+                    demand,
+                    left: 0,
+                    wake_at: Some(0),
+                    woken_at: 0,
+                    started: false,
+                    got: 0,
+                    max_latency: 0,
+                    jobs: 0,
+                });
+            }
+            sim
+        }
+
+        fn wake(&mut self, i: usize, t: u64) -> WakeAction {
+            let task = &mut self.tasks[i];
+            task.wake_at = None;
+            task.woken_at = t;
+            task.started = false;
+            task.jobs += 1;
+            task.left = match task.demand {
+                Demand::Hog => u64::MAX,
+                Demand::Periodic { job, .. } => job,
+                Demand::Yielder { run, .. } => run,
+            };
+            self.pol.wake(id(i as u32 + 1), t)
+        }
+
+        /// The earliest pending wake-up: (time, task).
+        fn next_wake(&self) -> Option<(u64, usize)> {
+            self.tasks
+                .iter()
+                .enumerate()
+                .filter_map(|(i, t)| t.wake_at.map(|w| (w, i)))
+                .min()
+        }
+
+        fn run_until(&mut self, until: u64) {
+            while self.now < until {
+                while let Some((t, i)) = self.next_wake().filter(|&(t, _)| t <= self.now) {
+                    self.wake(i, t);
+                }
+                match self.pol.pick(self.now) {
+                    Decision::Idle(d) => {
+                        if d.is_some() {
+                            self.idle_timers += 1;
+                        }
+                        let timer = d.map(|d| self.now + nanos(d));
+                        let wake = self.next_wake().map(|(t, _)| t);
+                        let next = match (timer, wake) {
+                            (Some(a), Some(b)) => a.min(b),
+                            (Some(a), None) | (None, Some(a)) => a,
+                            (None, None) => until,
+                        };
+                        assert!(next > self.now, "idle without progress");
+                        self.now = next.min(until);
+                    }
+                    Decision::Run { vcoproc, budget } => {
+                        assert!(!budget.is_zero());
+                        let i = vcoproc.0 as usize - 1;
+                        let start = self.now;
+                        let task = &mut self.tasks[i];
+                        assert!(task.wake_at.is_none(), "picked while asleep");
+                        if !task.started {
+                            task.started = true;
+                            task.max_latency = task.max_latency.max(start - task.woken_at);
+                        }
+                        let b = nanos(budget) * self.overrun.0 / self.overrun.1;
+                        let mut stop = start + b.min(task.left);
+                        let mut preempted = false;
+                        // Wake-ups during the slice, in time order.
+                        while let Some((t, w)) = self.next_wake().filter(|&(t, _)| t < stop) {
+                            if self.wake(w, t) == WakeAction::Preempt {
+                                self.preempts += 1;
+                                stop = t.max(start);
+                                preempted = true;
+                            }
+                        }
+                        let ran = stop - start;
+                        self.now = stop;
+                        let task = &mut self.tasks[i];
+                        task.got += ran;
+                        if task.left != u64::MAX {
+                            task.left -= ran;
+                        }
+                        let runnable = task.left > 0;
+                        if !runnable {
+                            task.wake_at = Some(match task.demand {
+                                Demand::Hog => unreachable!(),
+                                Demand::Periodic { period, .. } => {
+                                    (task.woken_at + period).max(stop)
+                                }
+                                Demand::Yielder { sleep, .. } => stop + sleep,
+                            });
+                        }
+                        self.pol.charge(
+                            vcoproc,
+                            Duration::from_nanos(ran),
+                            stop,
+                            SliceEnd {
+                                runnable,
+                                preempted,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+
+        fn got(&self, v: u32) -> u64 {
+            self.tasks[v as usize - 1].got
+        }
+    }
+
+    fn credit() -> Credit {
+        Credit::from_params(&[]).unwrap()
+    }
+
+    fn assert_share(got: u64, total: u64, want: f64, rel: f64) {
+        let share = got as f64 / total as f64;
+        assert!(
+            (share - want).abs() <= want * rel,
+            "share {share} not within {rel} of {want}"
+        );
+    }
+
+    #[test]
+    fn weighted_hogs_share_in_proportion() {
+        let mut sim = Sim::new(
+            credit(),
+            &[
+                (Demand::Hog, params(1, None)),
+                (Demand::Hog, params(2, None)),
+                (Demand::Hog, params(4, None)),
+            ],
+        );
+        sim.run_until(SEC);
+        let total: u64 = (1..=3).map(|v| sim.got(v)).sum();
+        assert_eq!(total, SEC, "the device never idles");
+        for (v, w) in [(1, 1.0), (2, 2.0), (3, 4.0)] {
+            assert_share(sim.got(v), SEC, w / 7.0, 0.01);
+        }
+    }
+
+    #[test]
+    fn weighted_hogs_share_with_overruns() {
+        let mut sim = Sim::new(
+            credit(),
+            &[
+                (Demand::Hog, params(256, None)),
+                (Demand::Hog, params(768, None)),
+            ],
+        );
+        sim.overrun = (3, 2);
+        sim.run_until(SEC);
+        assert_share(sim.got(1), sim.now, 0.25, 0.01);
+        assert_share(sim.got(2), sim.now, 0.75, 0.01);
+    }
+
+    #[test]
+    fn cap_holds_alone_and_throttles_with_a_timer() {
+        let mut sim = Sim::new(credit(), &[(Demand::Hog, params(256, Some(30)))]);
+        sim.run_until(SEC);
+        let got = sim.got(1) as f64 / SEC as f64;
+        assert!((got - 0.30).abs() <= 0.005, "capped share {got}");
+        assert!(sim.idle_timers >= 99, "throttled every period");
+
+        // Directly: 3 ms of a 10 ms period, then Idle until the boundary.
+        let mut c = credit();
+        c.attach(id(1), &params(256, Some(30))).unwrap();
+        c.wake(id(1), 2 * MS);
+        let mut now = 2 * MS;
+        for _ in 0..3 {
+            assert_eq!(
+                c.pick(now),
+                Decision::Run {
+                    vcoproc: id(1),
+                    budget: Duration::from_millis(1)
+                }
+            );
+            now += MS;
+            c.charge(id(1), Duration::from_millis(1), now, end(true));
+        }
+        assert_eq!(figure(&c, 1, "throttled"), 1);
+        assert_eq!(figure(&c, 1, "cap_left_us"), 0);
+        assert_eq!(c.pick(now), Decision::Idle(Some(Duration::from_millis(5))));
+        assert!(matches!(c.pick(10 * MS), Decision::Run { .. }));
+    }
+
+    #[test]
+    fn cap_converges_despite_overruns() {
+        for cap in [30, 25, 7] {
+            let mut sim = Sim::new(credit(), &[(Demand::Hog, params(256, Some(cap)))]);
+            sim.overrun = (3, 2);
+            sim.run_until(SEC);
+            let want = f64::from(cap) / 100.0;
+            let got = sim.got(1) as f64 / sim.now as f64;
+            assert!((got - want).abs() <= 0.005, "cap {cap}: share {got}");
+            sim.run_until(10 * SEC);
+            let got = sim.got(1) as f64 / sim.now as f64;
+            assert!((got - want).abs() <= 0.001, "cap {cap}: long-run {got}");
+        }
+    }
+
+    #[test]
+    fn capped_and_uncapped_share_the_device() {
+        let mut sim = Sim::new(
+            credit(),
+            &[
+                (Demand::Hog, params(1000, Some(20))),
+                (Demand::Hog, params(256, None)),
+            ],
+        );
+        sim.run_until(SEC);
+        assert!((sim.got(1) as f64 / SEC as f64 - 0.20).abs() <= 0.005);
+        assert_eq!(sim.got(1) + sim.got(2), SEC, "the device never idles");
+    }
+
+    #[test]
+    fn rogue_yielder_gets_no_more_than_its_share() {
+        for sleep in [0, 1, 150 * US, 101 * US] {
+            let mut sim = Sim::new(
+                credit(),
+                &[
+                    (
+                        Demand::Yielder {
+                            run: 900 * US,
+                            sleep,
+                        },
+                        params(256, None),
+                    ),
+                    (Demand::Hog, params(256, None)),
+                ],
+            );
+            sim.run_until(SEC);
+            let rogue = sim.got(1) as f64 / sim.now as f64;
+            assert!(rogue <= 0.51, "sleep {sleep}: rogue got {rogue}");
+        }
+    }
+
+    #[test]
+    fn interactive_runs_within_a_slice_of_its_wake_up() {
+        let mut sim = Sim::new(
+            credit(),
+            &[
+                (Demand::Hog, params(256, None)),
+                (
+                    Demand::Periodic {
+                        job: 100 * US,
+                        period: 10 * MS,
+                    },
+                    params(256, None),
+                ),
+            ],
+        );
+        // The hog's slices are shifted off the 10 ms grid, so every job is
+        // released while the hog runs.
+        sim.tasks[1].wake_at = Some(3 * MS + 300 * US);
+        sim.run_until(SEC);
+        let inter = &sim.tasks[1];
+        assert!(inter.jobs >= 99);
+        assert!(inter.max_latency <= nanos(Credit::DEFAULT_SLICE));
+        // Preempted at once every time: no delay at all.
+        assert_eq!(inter.max_latency, 0);
+        assert!(sim.preempts >= inter.jobs - 1);
+        assert!(sim.got(2) >= (inter.jobs - 1) * 100 * US);
+    }
+
+    #[test]
+    fn wake_preempts_only_beyond_the_granularity() {
+        let mut c = credit();
+        for i in 1..=2 {
+            c.attach(id(i), &params(256, None)).unwrap();
+        }
+        c.wake(id(1), 0);
+        assert!(matches!(c.pick(0), Decision::Run { vcoproc, .. } if vcoproc == id(1)));
+        // Placed one slice behind the running one at most: 0 - slice → 0.
+        assert_eq!(c.wake(id(2), 100 * US), WakeAction::None);
+        c.block(id(2));
+        // Long after: v1 has run 5 ms, v2 comes back 1 slice behind it.
+        assert_eq!(c.wake(id(2), 5 * MS), WakeAction::Preempt);
+    }
+
+    #[test]
+    fn sleepers_cannot_hoard_credit() {
+        let mut sim = Sim::new(
+            credit(),
+            &[
+                (Demand::Hog, params(256, None)),
+                (
+                    Demand::Periodic {
+                        job: 50 * MS,
+                        period: 400 * MS,
+                    },
+                    params(256, None),
+                ),
+            ],
+        );
+        // v2 sleeps until 300 ms, then wants 50 ms: it may not take the
+        // device for more than about a slice in a row.
+        sim.tasks[1].wake_at = Some(300 * MS);
+        sim.run_until(300 * MS);
+        let before = sim.got(2);
+        sim.run_until(310 * MS);
+        let burst = sim.got(2) - before;
+        assert!(burst <= 6 * MS, "sleeper took {burst} ns of 10 ms");
+    }
+
+    #[test]
+    fn weight_change_applies_from_the_next_pick() {
+        let mut c = credit();
+        for i in 1..=2 {
+            c.attach(id(i), &params(256, None)).unwrap();
+            c.wake(id(i), 0);
+        }
+        let slice = Duration::from_millis(1);
+        let diff = |c: &Credit| figure(c, 1, "credit_us") - figure(c, 2, "credit_us");
+        assert!(matches!(c.pick(0), Decision::Run { vcoproc, .. } if vcoproc == id(1)));
+        c.charge(id(1), slice, MS, end(true));
+        assert_eq!(diff(&c), -1000);
+        assert!(matches!(c.pick(MS), Decision::Run { vcoproc, .. } if vcoproc == id(2)));
+        // Changed while v2 runs: this slice is still charged at 256...
+        c.set_params(id(2), &params(2560, None)).unwrap();
+        assert_eq!(figure(&c, 2, "weight"), 2560);
+        c.charge(id(2), slice, 2 * MS, end(true));
+        assert_eq!(diff(&c), 0);
+        // ...the next ones at 2560: ten slices of v2 per slice of v1.
+        let mut runs = [0u32; 3];
+        let mut now = 2 * MS;
+        for _ in 0..22 {
+            let Decision::Run { vcoproc, budget } = c.pick(now) else {
+                panic!("idle");
+            };
+            runs[vcoproc.0 as usize] += 1;
+            now += nanos(budget);
+            c.charge(vcoproc, budget, now, end(true));
+        }
+        assert_eq!(runs, [0, 2, 20]);
+        assert!(c.set_params(id(9), &params(1, None)).is_err());
+        assert!(c.set_params(id(1), &params(0, None)).is_err());
+        assert!(c.set_params(id(1), &params(1, Some(101))).is_err());
+    }
+
+    #[test]
+    fn cap_change_applies_from_the_next_pick() {
+        let mut c = credit();
+        c.attach(id(1), &params(256, None)).unwrap();
+        c.wake(id(1), 0);
+        let Decision::Run { budget, .. } = c.pick(0) else {
+            panic!("idle");
+        };
+        c.charge(id(1), budget, MS, end(true));
+        c.set_params(id(1), &params(256, Some(5))).unwrap();
+        assert_eq!(
+            c.pick(MS),
+            Decision::Run {
+                vcoproc: id(1),
+                budget: Duration::from_micros(500)
+            }
+        );
+        c.charge(id(1), Duration::from_micros(500), MS + 500 * US, end(true));
+        assert_eq!(
+            c.pick(MS + 500 * US),
+            Decision::Idle(Some(Duration::from_micros(8500)))
+        );
+        // Lifting the cap frees it at once.
+        c.set_params(id(1), &params(256, None)).unwrap();
+        assert_eq!(figure(&c, 1, "throttled"), 0);
+        assert!(matches!(c.pick(2 * MS), Decision::Run { .. }));
+    }
+
+    #[test]
+    fn block_and_detach_leave_every_set() {
+        let mut c = credit();
+        for i in 1..=4 {
+            let cap = (i >= 3).then_some(10);
+            c.attach(id(i), &params(256, cap)).unwrap();
+        }
+        // Throttle v3 and v4: each runs its whole 1 ms budget.
+        for v in [3, 4] {
+            c.wake(id(v), 0);
+            let Decision::Run { vcoproc, budget } = c.pick(0) else {
+                panic!("idle");
+            };
+            assert_eq!(vcoproc, id(v));
+            c.charge(vcoproc, budget, MS, end(true));
+            assert_eq!(figure(&c, v, "throttled"), 1);
+        }
+        c.wake(id(1), MS);
+        c.wake(id(2), MS);
+        c.block(id(1));
+        c.detach(id(2));
+        c.block(id(3));
+        c.detach(id(4));
+        assert_eq!(c.pick(MS), Decision::Idle(None));
+        assert!(c.standings().iter().all(|s| !s.queued));
+        assert_eq!(c.standings().len(), 2);
+        // Detached while running; then charged: ignored.
+        c.wake(id(1), MS);
+        assert!(matches!(c.pick(MS), Decision::Run { .. }));
+        c.detach(id(1));
+        c.charge(id(1), Duration::from_millis(1), 2 * MS, end(true));
+        assert_eq!(c.pick(2 * MS), Decision::Idle(None));
+        // Woken again after a block: queued once.
+        c.wake(id(3), 20 * MS);
+        c.wake(id(3), 20 * MS);
+        assert!(matches!(c.pick(20 * MS), Decision::Run { vcoproc, .. } if vcoproc == id(3)));
+        c.charge(id(3), Duration::ZERO, 20 * MS, end(false));
+        assert_eq!(c.pick(20 * MS), Decision::Idle(None));
+    }
+
+    #[test]
+    fn charge_of_a_slice_never_picked_requeues() {
+        let mut c = credit();
+        c.attach(id(1), &params(256, Some(50))).unwrap();
+        c.charge(id(1), Duration::from_millis(7), 7 * MS, end(true));
+        // 5 ms budget, 7 ms ran: 2 ms debt, repaid at 10 ms → 3 ms left.
+        assert_eq!(figure(&c, 1, "throttled"), 1);
+        assert_eq!(
+            c.pick(7 * MS),
+            Decision::Idle(Some(Duration::from_millis(3)))
+        );
+        assert_eq!(
+            c.pick(10 * MS),
+            Decision::Run {
+                vcoproc: id(1),
+                budget: Duration::from_millis(1)
+            }
+        );
+        assert_eq!(figure(&c, 1, "cap_left_us"), 3000);
+        // Unknown: nothing happens.
+        c.charge(id(9), Duration::from_millis(1), 0, end(true));
+        assert_eq!(c.wake(id(9), 0), WakeAction::None);
+    }
+
+    #[test]
+    fn debt_beyond_a_period_is_carried() {
+        let mut c = credit();
+        c.attach(id(1), &params(256, Some(10))).unwrap();
+        c.wake(id(1), 0);
+        assert!(matches!(c.pick(0), Decision::Run { .. }));
+        // 1 ms budget per 10 ms; 25 ms ran in period 0: 24 ms of debt, of
+        // which periods 1 and 2 (reached at 25 ms) repaid 2 ms.
+        c.charge(id(1), Duration::from_millis(25), 25 * MS, end(true));
+        assert_eq!(figure(&c, 1, "cap_left_us"), -22_000);
+        // Periods 3..=24 repay the rest; period 25 (250 ms) has a budget.
+        assert_eq!(
+            c.pick(25 * MS),
+            Decision::Idle(Some(Duration::from_millis(250 - 25)))
+        );
+        assert_eq!(
+            c.pick(249 * MS),
+            Decision::Idle(Some(Duration::from_millis(1)))
+        );
+        assert!(matches!(c.pick(250 * MS), Decision::Run { .. }));
+        assert_eq!(figure(&c, 1, "cap_left_us"), 1_000);
+    }
+
+    #[test]
+    fn never_panics_on_extreme_input() {
+        let mut c = Credit::new(Credit::MAX_SLICE, Credit::MIN_CAP_PERIOD).unwrap();
+        c.attach(id(1), &params(1, Some(1))).unwrap();
+        c.attach(id(2), &params(65535, None)).unwrap();
+        for now in [0, u64::MAX, 1] {
+            for v in 0..=3 {
+                c.wake(id(v), now);
+                c.block(id(v));
+                c.wake(id(v), now);
+            }
+            for _ in 0..4 {
+                if let Decision::Run { vcoproc, budget } = c.pick(now) {
+                    assert!(!budget.is_zero());
+                    c.charge(vcoproc, Duration::MAX, now, end(true));
+                }
+            }
+            c.charge(id(2), Duration::ZERO, 0, end(true));
+            c.charge(id(1), Duration::MAX, u64::MAX, end(true));
+            let _ = c.standings();
+        }
+        c.detach(id(1));
+        c.detach(id(7));
+    }
+
+    #[test]
+    fn many_vcoprocs_are_picked_in_fair_order() {
+        const N: u32 = 100_000;
+        let mut c = credit();
+        for i in 0..N {
+            c.attach(id(i), &params(256, None)).unwrap();
+        }
+        for i in 0..N {
+            c.wake(id(i), 0);
+        }
+        let mut now = 0;
+        for round in 0..5_000u32 {
+            let Decision::Run { vcoproc, budget } = c.pick(now) else {
+                panic!("idle");
+            };
+            // Everybody starts level: lowest id first, each one once.
+            assert_eq!(vcoproc, id(round));
+            now += nanos(budget);
+            c.charge(vcoproc, budget, now, end(true));
+        }
+        // A blocked one in the middle of the queue leaves it.
+        c.block(id(5_000));
+        assert!(matches!(c.pick(now), Decision::Run { vcoproc, .. } if vcoproc == id(5_001)));
+        assert_eq!(c.standings().len(), N as usize);
+    }
+
+    #[test]
+    fn credit_is_reset_lazily() {
+        let mut c = credit();
+        c.attach(id(1), &params(256, None)).unwrap();
+        c.wake(id(1), 0);
+        assert_eq!(figure(&c, 1, "credit_us"), 10_000);
+        let mut now = 0;
+        for _ in 0..10 {
+            let Decision::Run { budget, .. } = c.pick(now) else {
+                panic!("idle");
+            };
+            now += nanos(budget);
+            c.charge(id(1), budget, now, end(true));
+        }
+        assert_eq!(figure(&c, 1, "credit_us"), 0);
+        // Out of credit at the next pick: everybody gets CREDIT_INIT more.
+        assert!(matches!(c.pick(now), Decision::Run { .. }));
+        assert_eq!(figure(&c, 1, "credit_us"), 10_000);
+        assert_eq!(figure(&c, 1, "running"), 1);
+    }
+
+    #[test]
+    fn parameters_are_checked() {
+        assert!(Credit::from_params(&kv(&[("weight", "3")])).is_err());
+        assert!(Credit::from_params(&kv(&[("slice_us", "49")])).is_err());
+        assert!(Credit::from_params(&kv(&[("slice_us", "1000001")])).is_err());
+        assert!(Credit::from_params(&kv(&[("slice_us", "x")])).is_err());
+        assert!(Credit::from_params(&kv(&[("cap_period_us", "999")])).is_err());
+        assert!(Credit::from_params(&kv(&[("cap_period_us", "1000001")])).is_err());
+        assert!(Credit::new(Duration::from_micros(10), Credit::DEFAULT_CAP_PERIOD).is_err());
+        assert_eq!(
+            credit().describe(),
+            kv(&[("slice_us", "1000"), ("cap_period_us", "10000")])
+        );
+        let c =
+            Credit::from_params(&kv(&[("slice_us", "50"), ("cap_period_us", "1000000")])).unwrap();
+        assert_eq!(c.slice(), Duration::from_micros(50));
+        assert_eq!(c.cap_period(), Duration::from_secs(1));
+        let b = super::super::build("credit", &kv(&[("slice_us", "2000")])).unwrap();
+        assert_eq!(b.name(), "credit");
+        let mut c = credit();
+        assert!(c.attach(id(1), &params(0, None)).is_err());
+        assert!(c.attach(id(1), &params(1, Some(0))).is_err());
+        assert!(c.standings().is_empty());
     }
 }
