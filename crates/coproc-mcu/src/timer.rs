@@ -1,11 +1,17 @@
 //! The slice timer and preempt handle of the mcu device.
 //!
 //! A persistent thread stops the emulated core when a slice's budget runs
-//! out, and the preempt handle stops it on request, both through
-//! `uc_emu_stop`, the call Unicorn's own timeout thread makes from another
-//! thread. A stop that lands just before the engine starts can be lost, so
-//! once fired the timer repeats the stop every [`REFIRE`] until the run is
-//! disarmed.
+//! out, both through `uc_emu_stop`, the call Unicorn's own timeout thread
+//! makes from another thread. The preempt handle calls `uc_emu_stop` itself,
+//! from the requesting thread: waking the timer thread for it would put a
+//! thread switch (tens of µs on a loaded host) on the wake→run path.
+//!
+//! A stop that lands just before the engine starts is lost (Unicorn ignores
+//! it while no emulation runs, and `emu_start` clears a pending one). So once
+//! fired the timer repeats its stop every [`REFIRE`] until the run is
+//! disarmed, and while a run is armed the timer thread looks at a pending
+//! preempt request at least every [`PREEMPT_POLL`] and repeats that stop:
+//! a lost preempt costs at most that long, and the common case no wake-up.
 
 use coproc_core::device::Preempt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +22,9 @@ use unicorn_engine::uc_engine;
 
 /// Interval at which a fired stop is repeated until the run ends.
 const REFIRE: Duration = Duration::from_micros(200);
+
+/// Longest a preempt request can wait when its direct stop was lost.
+const PREEMPT_POLL: Duration = Duration::from_millis(1);
 
 #[derive(Debug, Default)]
 struct State {
@@ -68,10 +77,9 @@ impl TimerShared {
 impl Preempt for TimerShared {
     fn preempt(&self) {
         self.preempt.store(true, Ordering::Release);
-        let mut s = self.lock();
+        let s = self.lock();
         if s.armed {
-            s.deadline = Some(Instant::now());
-            self.cv.notify_all();
+            self.stop_engine();
         }
     }
 }
@@ -111,9 +119,15 @@ impl SliceTimer {
                                 s.stop_engine();
                                 st.deadline = Some(now + REFIRE);
                             } else {
-                                st.wakes_at = Some(d);
+                                if s.preempt.load(Ordering::Acquire) {
+                                    // Repeat a preempt stop that may have
+                                    // been lost before the run began.
+                                    s.stop_engine();
+                                }
+                                let until = d.min(now + PREEMPT_POLL);
+                                st.wakes_at = Some(until);
                                 st =
-                                    s.cv.wait_timeout(st, d - now)
+                                    s.cv.wait_timeout(st, until - now)
                                         .unwrap_or_else(|e| e.into_inner())
                                         .0;
                             }
