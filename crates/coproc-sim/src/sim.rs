@@ -39,7 +39,7 @@ use coproc_core::fault::{Access, DeviceFault, FaultReason};
 use coproc_core::iova::Mapping;
 use coproc_core::policy::Policy;
 use coproc_core::{Pcoproc, VcoprocId};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::ThreadId;
@@ -255,6 +255,10 @@ struct State {
     attached: bool,
     current: Option<VcoprocId>,
     ctxs: BTreeMap<VcoprocId, Ctx>,
+    /// The contexts whose `waiting` is set: the only ones an arrival can
+    /// wake, so looking for the next external event costs O(waiting), not
+    /// O(contexts).
+    waiting: BTreeSet<VcoprocId>,
     hooks: BTreeMap<(u64, u64), Hook>,
     hook_seq: u64,
     answers: HashMap<VcoprocId, VecDeque<SwitchOutcome>>,
@@ -266,7 +270,11 @@ impl State {
     /// The next instant something outside the running context is due.
     fn next_external(&self) -> Option<u64> {
         let hook = self.hooks.keys().next().map(|&(t, _)| t);
-        let arrival = self.ctxs.values().filter_map(Ctx::wake_due).min();
+        let arrival = self
+            .waiting
+            .iter()
+            .filter_map(|id| self.ctxs.get(id).and_then(Ctx::wake_due))
+            .min();
         match (hook, arrival) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -327,6 +335,7 @@ impl Sim {
                     attached: false,
                     current: None,
                     ctxs: BTreeMap::new(),
+                    waiting: BTreeSet::new(),
                     hooks: BTreeMap::new(),
                     hook_seq: 0,
                     answers: HashMap::new(),
@@ -534,7 +543,11 @@ impl Sim {
         loop {
             let now = g.now;
             let mut wakes = Vec::new();
-            for (&id, c) in g.ctxs.iter_mut() {
+            let st = &mut *g;
+            for &id in &st.waiting {
+                let Some(c) = st.ctxs.get_mut(&id) else {
+                    continue;
+                };
                 if c.wake_due().is_some_and(|t| t <= now) {
                     c.catch_up(now);
                     c.rec.wakeups += 1;
@@ -707,6 +720,7 @@ impl Sim {
         if let Some(c) = g.ctxs.get_mut(&cur) {
             c.waiting = false;
         }
+        g.waiting.remove(&cur);
         loop {
             g = self.deliver(g).0;
             let now = g.now;
@@ -755,6 +769,7 @@ impl Sim {
                         }
                         false => {
                             c.waiting = true;
+                            g.waiting.insert(cur);
                             (g, StopReason::Waiting)
                         }
                     };
@@ -971,6 +986,7 @@ impl Device for SimDevice {
     fn destroy_context(&mut self, ctx: VcoprocId) {
         let mut g = self.sim.lock();
         g.ctxs.remove(&ctx);
+        g.waiting.remove(&ctx);
         g.answers.remove(&ctx);
         if g.current == Some(ctx) {
             g.current = None;
@@ -991,6 +1007,7 @@ impl Device for SimDevice {
         c.waiting = false;
         c.exited = false;
         c.rec.loaded = true;
+        g.waiting.remove(&ctx);
         Ok(FirmwareInfo {
             entry: 0,
             code_bytes: image.len() as u64,
@@ -1033,6 +1050,7 @@ impl Device for SimDevice {
         c.waiting = false;
         c.exited = false;
         c.rec.resets += 1;
+        g.waiting.remove(&ctx);
         Ok(())
     }
 
