@@ -148,8 +148,17 @@ fn retry_after(
             charge(shared, c, t, start, &out);
         }
         None => {
+            // Wait the whole delay: wake-ups of other vcoprocs cannot use a
+            // device that cannot switch yet. Only a command (or shutdown)
+            // ends the wait early; the switch is retried after it.
             let until = now.saturating_add(ns(t));
-            shared.idle(g, Some(until), t);
+            loop {
+                shared.idle(g, Some(until), t);
+                g = shared.lock();
+                if shared.now_ns() >= until || !g.commands.is_empty() || g.shutdown {
+                    break;
+                }
+            }
         }
     }
 }
