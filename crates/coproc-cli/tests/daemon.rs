@@ -360,6 +360,10 @@ fn hostile_input_gets_clear_errors_and_the_daemon_keeps_serving() {
         b"{not json",
         b"[]",
         br#"{"id":6,"op":"open-vcoproc"}"#,
+        br#"{"id":7,"op":"vcoproc-set","vcoproc":1,"set":{"weight":2,"nice":-20}}"#,
+        br#"{"id":8,"op":"vcoproc-set","vcoproc":1,"set":{"weight":-1}}"#,
+        br#"{"id":9,"op":"vcoproc-set","vcoproc":1}"#,
+        br#"{"id":10,"op":"sched-set","coproc":"mcu0","policy":"rr","params":[["slice_us"]]}"#,
     ] {
         let mut f = MAGIC.to_le_bytes().to_vec();
         f.extend_from_slice(&(body.len() as u32).to_le_bytes());
@@ -590,6 +594,10 @@ fn other_uids_cannot_see_or_touch_our_vcoprocs() {
     let (ok, _, err) = as_nobody(&["sched-set", "mcu0", "rr", "slice_us=100"]);
     assert!(!ok);
     assert!(err.contains("PermissionDenied"), "{err}");
+    let (ok, _, err) = as_nobody(&["vcoproc-set", &id, "--weight", "65535"]);
+    assert!(!ok);
+    assert!(err.contains("PermissionDenied"), "{err}");
+    assert_eq!(root.query(v).unwrap().weight, 256);
     // Every request on root's vcoproc, from uid 65534 through the SDK (this
     // test binary, re-run as that uid): not found, as if it did not exist.
     let me = d.dir.join("daemon-test");
@@ -986,11 +994,21 @@ fn policies_and_parameters_change_while_domains_run() {
         ],
         &["sched-set", "mcu0", "rr", "slice"],
         &["vcoproc-set", "999999", "--weight", "5"],
+        &["vcoproc-set", a, "--weight", "0"],
+        &["vcoproc-set", a, "--cap", "101"],
+        &["vcoproc-set", a, "--budget", "20000", "--period", "10000"],
+        &["vcoproc-set", b, "--budget", "100"],
+        &["vcoproc-set", a],
     ] {
         let (ok, _, err) = cli(&d, bad);
         assert!(!ok && !err.is_empty(), "{bad:?} accepted");
     }
     assert_eq!(c.sched_get("mcu0").unwrap().policy, "credit");
+    assert_eq!(
+        c.query(ha).unwrap().weight,
+        1024,
+        "refused changes change nothing"
+    );
     let (ok, out, _) = cli(&d, &["-o", "json", "domain-run", "--firmware", "crc32"]);
     assert!(ok, "{out}");
 }
