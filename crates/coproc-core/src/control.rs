@@ -56,6 +56,14 @@ pub enum ControlEvent {
     Notify(Notify),
     /// The vcoproc's state changed in a way waiters should re-check.
     Kick,
+    /// The vcoproc stalled on a missing page (demand faults): its domain
+    /// should map a range covering `addr`.
+    PageFault {
+        /// The address the device reported.
+        addr: u64,
+        /// The access kind.
+        access: crate::fault::Access,
+    },
 }
 
 /// A callback for control block events. It runs on the thread that caused
@@ -211,6 +219,12 @@ impl ControlBlock {
         if let Some(l) = l {
             l(ev);
         }
+    }
+
+    /// Tell the listener that the vcoproc stalled on a missing page (the
+    /// runner calls it; no waiter state changes).
+    pub fn page_fault(&self, addr: u64, access: crate::fault::Access) {
+        self.tell(ControlEvent::PageFault { addr, access });
     }
 
     /// The latest notification.

@@ -139,6 +139,17 @@ pub enum StopReason {
     Exited(u32),
     /// The context faulted.
     Fault(DeviceFault),
+    /// A context with demand faults on touched an address inside the iova
+    /// window that no mapping covers. Nothing of the faulting instruction
+    /// took effect: the next run of the context executes it again.
+    PageFault {
+        /// The address the device reports (the mcu: the start of the
+        /// faulting TLB page, which is the exact address for an access at
+        /// the start of a page).
+        addr: u64,
+        /// The access kind.
+        access: crate::fault::Access,
+    },
 }
 
 /// The result of one [`Device::run`].
@@ -236,5 +247,14 @@ pub trait Device {
     /// clock). Asked once, when the runner starts.
     fn virtual_clock(&self) -> Option<Arc<dyn VirtualClock>> {
         None
+    }
+
+    /// Turn demand faults on or off for a context: when on, an access
+    /// inside the iova window that no mapping covers stops the run with
+    /// [`StopReason::PageFault`] instead of a fault. Only devices whose
+    /// [`Capabilities::demand_faults`] is true implement it.
+    fn set_demand_faults(&mut self, ctx: ContextId, on: bool) -> Result<(), DeviceError> {
+        let _ = (ctx, on);
+        Err(DeviceError::Unsupported("demand faults"))
     }
 }

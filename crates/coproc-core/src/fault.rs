@@ -34,6 +34,9 @@ pub enum FaultReason {
     SwitchFailed(String),
     /// The device reported an error it could not attribute more precisely.
     Device(String),
+    /// A demand fault was not resolved in time: no mapping covered the
+    /// address (the record's `addr` and `access`) before the stall timeout.
+    PageFaultTimeout,
 }
 
 impl fmt::Display for FaultReason {
@@ -45,6 +48,7 @@ impl fmt::Display for FaultReason {
             FaultReason::BadFirmware(e) => write!(f, "bad firmware: {e}"),
             FaultReason::SwitchFailed(e) => write!(f, "context switch failed: {e}"),
             FaultReason::Device(e) => write!(f, "device error: {e}"),
+            FaultReason::PageFaultTimeout => f.write_str("page fault not resolved in time"),
         }
     }
 }
@@ -59,6 +63,7 @@ impl FaultReason {
             FaultReason::BadFirmware(_) => 4,
             FaultReason::SwitchFailed(_) => 5,
             FaultReason::Device(_) => 6,
+            FaultReason::PageFaultTimeout => 7,
         }
     }
 }

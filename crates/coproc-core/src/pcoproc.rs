@@ -61,6 +61,27 @@ pub enum CoreError {
     /// Timed out waiting.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// A demand-fault stall timeout outside the accepted range.
+    #[error("demand-fault timeout {0:?} outside {MIN_STALL_TIMEOUT:?}..={MAX_STALL_TIMEOUT:?}")]
+    BadStallTimeout(Duration),
+}
+
+/// Shortest demand-fault stall timeout accepted.
+pub const MIN_STALL_TIMEOUT: Duration = Duration::from_millis(1);
+/// Longest demand-fault stall timeout accepted.
+pub const MAX_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A pending demand fault: where a stalled vcoproc waits for a mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PageFault {
+    /// The address the device reported.
+    pub addr: u64,
+    /// The access kind.
+    pub access: crate::fault::Access,
+    /// When it stalled (ns since the pcoproc started).
+    pub since_ns: u64,
+    /// When the stall turns into a fault.
+    pub deadline_ns: u64,
 }
 
 /// A queued control operation, run on the runner thread between slices.
@@ -81,11 +102,18 @@ pub(crate) struct Vc {
     /// When it last became runnable from not wanting the device (start,
     /// wake-up), until the slice that follows starts.
     pub woken_ns: Option<u64>,
+    /// Demand faults: the stall timeout, None when off.
+    pub demand: Option<Duration>,
+    /// The page fault it is stalled on (only while `Stalled`).
+    pub stall: Option<PageFault>,
 }
 
 impl Vc {
     pub(crate) fn transition(&mut self, e: Event) -> Result<(), TransitionError> {
         self.state = self.state.apply(e)?;
+        if self.state != VcoprocState::Stalled {
+            self.stall = None;
+        }
         Ok(())
     }
 }
@@ -123,6 +151,9 @@ pub(crate) struct Inner {
     pub trace: Option<(usize, VecDeque<TraceEntry>)>,
     /// Limits the fault log lines (faults are domain-triggered).
     pub fault_log: crate::ratelimit::RateLimit,
+    /// Some vcoproc turned demand faults on (until then the runner skips
+    /// looking for stalls).
+    pub demand_used: bool,
 }
 
 impl Inner {
@@ -303,6 +334,7 @@ impl Pcoproc {
                         switches: 0,
                         trace: None,
                         fault_log: crate::ratelimit::RateLimit::default(),
+                        demand_used: false,
                     }),
                     runner_cv: Condvar::new(),
                     state_cv: Condvar::new(),
@@ -404,6 +436,8 @@ impl Pcoproc {
                     faults: VecDeque::new(),
                     exit_code: None,
                     woken_ns: None,
+                    demand: None,
+                    stall: None,
                 },
             );
             Ok(())
@@ -682,6 +716,7 @@ impl VcoprocHandle {
         kind: MapKind,
     ) -> Result<(), CoreError> {
         let id = self.id;
+        let shared = Arc::downgrade(&self.pcoproc.shared);
         let m = Mapping {
             iova,
             len,
@@ -699,6 +734,7 @@ impl VcoprocHandle {
                 vc.iova.check(&m)?;
                 dev.map(id, &m)?;
                 vc.iova.insert(m)?;
+                resolve_stall(inner, id, now_ns(&shared));
                 Ok(())
             })?
     }
@@ -876,4 +912,85 @@ impl VcoprocHandle {
     pub fn console(&self) -> (Vec<String>, u64) {
         self.control.console()
     }
+
+    /// Turn demand faults on (`Some(timeout)`) or off (`None`, the
+    /// default). With them on, an access inside the iova window that no
+    /// mapping covers stalls the vcoproc (state `Stalled`, out of the run
+    /// queue) and tells the control block listener
+    /// ([`crate::control::ControlEvent::PageFault`]); a map covering the
+    /// address makes it runnable again and it retries the access; after
+    /// `timeout` without one it faults with
+    /// [`crate::fault::FaultReason::PageFaultTimeout`]. The timeout must lie
+    /// in [`MIN_STALL_TIMEOUT`]`..=`[`MAX_STALL_TIMEOUT`]; the device must
+    /// advertise [`Capabilities::demand_faults`]. Turning them off while
+    /// stalled faults the vcoproc at once (an access violation).
+    pub fn set_demand_faults(&self, timeout: Option<Duration>) -> Result<(), CoreError> {
+        if let Some(t) = timeout {
+            if !(MIN_STALL_TIMEOUT..=MAX_STALL_TIMEOUT).contains(&t) {
+                return Err(CoreError::BadStallTimeout(t));
+            }
+        }
+        if !self.pcoproc.caps.demand_faults {
+            return Err(CoreError::Device(DeviceError::Unsupported("demand faults")));
+        }
+        let id = self.id;
+        let shared = Arc::downgrade(&self.pcoproc.shared);
+        self.pcoproc
+            .command(move |dev, inner| -> Result<(), CoreError> {
+                let vc = inner.vc(id)?;
+                if vc.state == VcoprocState::Destroyed {
+                    return Err(CoreError::NoVcoproc(id));
+                }
+                dev.set_demand_faults(id, timeout.is_some())?;
+                inner.demand_used |= timeout.is_some();
+                let vc = inner.vc(id)?;
+                vc.demand = timeout;
+                let now = now_ns(&shared);
+                match (timeout, vc.stall.as_mut()) {
+                    // A new timeout counts from the stall's start.
+                    (Some(t), Some(p)) => {
+                        p.deadline_ns = p.since_ns.saturating_add(runner::ns(t));
+                    }
+                    (None, Some(_)) => {
+                        runner::fail_stall(
+                            inner,
+                            id,
+                            now,
+                            crate::fault::FaultReason::AccessViolation,
+                        );
+                    }
+                    _ => {}
+                }
+                Ok(())
+            })??;
+        self.pcoproc.shared.state_cv.notify_all();
+        Ok(())
+    }
+
+    /// The page fault it is stalled on, if it is `Stalled`.
+    pub fn page_fault(&self) -> Result<Option<PageFault>, CoreError> {
+        let mut g = self.pcoproc.shared.lock();
+        Ok(g.vc(self.id)?.stall)
+    }
+}
+
+/// The pcoproc's clock seen from a command (which holds a weak reference
+/// so the command queue never keeps the runner's state alive).
+fn now_ns(shared: &std::sync::Weak<Shared>) -> u64 {
+    shared.upgrade().map_or(0, |s| s.now_ns())
+}
+
+/// A mapping was added to `id`: if it covers the address the vcoproc is
+/// stalled on, make it runnable so it retries the access.
+fn resolve_stall(inner: &mut Inner, id: VcoprocId, now: u64) {
+    let Some(vc) = inner.vcoprocs.get_mut(&id) else {
+        return;
+    };
+    let Some(p) = vc.stall else { return };
+    if vc.iova.lookup(p.addr).is_none() || vc.transition(Event::Resolve).is_err() {
+        return;
+    }
+    vc.woken_ns = Some(now);
+    // The runner executes this command between slices and picks again next.
+    let _ = inner.policy.wake(id, now);
 }

@@ -7,7 +7,7 @@
 use crate::device::{Device, RunOutcome, StopReason, SwitchOutcome};
 use crate::fault::{Access, DeviceFault, FaultReason, FaultRecord};
 use crate::ids::VcoprocId;
-use crate::pcoproc::{Inner, Shared, TraceEntry};
+use crate::pcoproc::{Inner, PageFault, Shared, TraceEntry};
 use crate::policy::{Decision, SliceEnd};
 use crate::state::{Event, VcoprocState};
 use std::time::Duration;
@@ -32,9 +32,21 @@ pub(crate) fn run(mut device: Box<dyn Device>, shared: &Shared) {
             break;
         }
         let now = shared.now_ns();
+        let stall_deadline = expire_stalls(&mut g, now);
+        if stall_deadline.is_some_and(|d| d <= now) {
+            // Some stall just timed out: its waiters were kicked.
+            drop(g);
+            shared.state_cv.notify_all();
+            continue;
+        }
         let (v, budget) = match g.policy.pick(now) {
             Decision::Idle(t) => {
                 let until = t.map(|t| now.saturating_add(ns(t)));
+                // A stall times out on time even when nothing runs.
+                let until = match (until, stall_deadline) {
+                    (Some(u), Some(d)) => Some(u.min(d)),
+                    (u, d) => u.or(d),
+                };
                 shared.idle(g, until, IDLE_RECHECK);
                 continue;
             }
@@ -101,7 +113,7 @@ pub(crate) fn run(mut device: Box<dyn Device>, shared: &Shared) {
 }
 
 /// A duration in ns, saturating.
-fn ns(t: Duration) -> u64 {
+pub(crate) fn ns(t: Duration) -> u64 {
     u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)
 }
 
@@ -276,15 +288,47 @@ fn charge(
                 preempted: false,
             }
         }
+        StopReason::PageFault { addr, access } => {
+            match vc.demand {
+                Some(t) => {
+                    vc.stall = Some(PageFault {
+                        addr: *addr,
+                        access: *access,
+                        since_ns: now,
+                        deadline_ns: now.saturating_add(ns(t)),
+                    });
+                }
+                // Turned off meanwhile (the device should not report it):
+                // the access is an ordinary violation.
+                None => {
+                    fault = Some(DeviceFault {
+                        addr: Some(*addr),
+                        access: *access,
+                        pc: None,
+                        reason: FaultReason::AccessViolation,
+                    });
+                }
+            }
+            SliceEnd {
+                runnable: false,
+                preempted: false,
+            }
+        }
     };
+    let stalled = vc.stall.take();
     let event = match (&out.stop, end.runnable) {
         (_, true) => Event::SliceEnd,
         (StopReason::Exited(_), _) => Event::Exit,
         (StopReason::Fault(_), _) => Event::Fault,
+        (StopReason::PageFault { .. }, _) if stalled.is_some() => Event::PageFault,
+        (StopReason::PageFault { .. }, _) => Event::Fault,
         _ => Event::Wait,
     };
     if let Err(e) = vc.transition(event) {
         tracing::error!(vcoproc = %v, error = %e, "runner: unexpected state");
+    }
+    if vc.state == VcoprocState::Stalled {
+        vc.stall = stalled;
     }
     g.policy.charge(v, out.ran, now, end);
     if let Some(fault) = fault {
@@ -309,8 +353,59 @@ fn charge(
         });
     }
     drop(g);
+    if let Some(p) = stalled {
+        // After the state change, so a listener that looks sees `Stalled`.
+        control.page_fault(p.addr, p.access);
+    }
     if !end.runnable {
         control.kick();
     }
     shared.state_cv.notify_all();
+}
+
+/// Fault every stalled vcoproc whose stall deadline has passed; returns the
+/// earliest deadline seen (a past one if any expired, so the caller knows).
+fn expire_stalls(g: &mut Inner, now: u64) -> Option<u64> {
+    if !g.demand_used {
+        return None;
+    }
+    let mut earliest: Option<u64> = None;
+    let mut expired = Vec::new();
+    for (&id, vc) in &g.vcoprocs {
+        if let (VcoprocState::Stalled, Some(p)) = (vc.state, vc.stall) {
+            if p.deadline_ns <= now {
+                expired.push(id);
+            }
+            earliest = Some(earliest.map_or(p.deadline_ns, |e| e.min(p.deadline_ns)));
+        }
+    }
+    for id in expired {
+        fail_stall(g, id, now, FaultReason::PageFaultTimeout);
+    }
+    earliest
+}
+
+/// Turn the stall of `id` into a fault for `reason`, recording the
+/// address and access it stalled on, and kick its waiters.
+pub(crate) fn fail_stall(g: &mut Inner, id: VcoprocId, now: u64, reason: FaultReason) {
+    let Some(vc) = g.vcoprocs.get_mut(&id) else {
+        return;
+    };
+    let Some(p) = vc.stall else { return };
+    if vc.transition(Event::Fault).is_err() {
+        return;
+    }
+    let control = vc.control.clone();
+    g.policy.block(id);
+    g.record_fault(FaultRecord {
+        vcoproc: id,
+        at_ns: now,
+        fault: DeviceFault {
+            addr: Some(p.addr),
+            access: p.access,
+            pc: None,
+            reason,
+        },
+    });
+    control.kick();
 }

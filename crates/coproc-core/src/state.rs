@@ -9,6 +9,11 @@
 //!                      |              Running ---------------+
 //!                   Faulted <--fault----/  \--exit--> Stopped --reset--> Loaded
 //!  (any state) --destroy--> Destroyed      (a failed switch may fault a Runnable or Waiting one)
+//!
+//!  Demand faults (opt-in per vcoproc):
+//!  Running --page fault--> Stalled --map covering the address (resolve)--> Runnable
+//!                            |  \--timeout (fault)--> Faulted
+//!                            \--stop--> Loaded, --reset--> Loaded, --destroy--> Destroyed
 //! ```
 //!
 //! Every change goes through [`VcoprocState::apply`], which refuses the
@@ -38,6 +43,9 @@ pub enum VcoprocState {
     Faulted,
     /// Gone; no further transitions.
     Destroyed,
+    /// Stopped on a missing page (demand faults): out of the run queue
+    /// until its domain maps the page or the stall times out.
+    Stalled,
 }
 
 /// Something that happens to a vcoproc.
@@ -66,6 +74,10 @@ pub enum Event {
     Halt,
     /// Destroyed.
     Destroy,
+    /// It touched a missing page with demand faults on: it stalls.
+    PageFault,
+    /// A mapping now covers the address it stalled on: it retries.
+    Resolve,
 }
 
 /// A transition the state machine does not allow.
@@ -101,6 +113,11 @@ impl VcoprocState {
                 Some(S::Loaded)
             }
             (S::Runnable | S::Waiting, E::Halt) => Some(S::Loaded),
+            (S::Running, E::PageFault) => Some(S::Stalled),
+            (S::Stalled, E::Resolve) => Some(S::Runnable),
+            // The stall timed out (or demand faults were turned off).
+            (S::Stalled, E::Fault) => Some(S::Faulted),
+            (S::Stalled, E::Reset | E::Halt) => Some(S::Loaded),
             _ => None,
         };
         next.ok_or(TransitionError { from: self, event })
@@ -123,6 +140,7 @@ impl fmt::Display for VcoprocState {
             VcoprocState::Stopped => "stopped",
             VcoprocState::Faulted => "faulted",
             VcoprocState::Destroyed => "destroyed",
+            VcoprocState::Stalled => "stalled",
         };
         f.write_str(s)
     }
@@ -186,8 +204,28 @@ mod tests {
             S::Waiting,
             S::Stopped,
             S::Faulted,
+            S::Stalled,
         ] {
             assert_eq!(s.apply(E::Destroy).unwrap(), S::Destroyed);
         }
+    }
+
+    #[test]
+    fn demand_fault_stall() {
+        assert_eq!(S::Running.apply(E::PageFault).unwrap(), S::Stalled);
+        assert_eq!(S::Stalled.apply(E::Resolve).unwrap(), S::Runnable);
+        assert_eq!(S::Stalled.apply(E::Fault).unwrap(), S::Faulted);
+        assert_eq!(S::Stalled.apply(E::Halt).unwrap(), S::Loaded);
+        assert_eq!(S::Stalled.apply(E::Reset).unwrap(), S::Loaded);
+        assert!(
+            S::Stalled.apply(E::Pick).is_err(),
+            "a stalled vcoproc never runs"
+        );
+        assert!(
+            S::Stalled.apply(E::Wake).is_err(),
+            "a doorbell does not end a stall"
+        );
+        assert!(S::Runnable.apply(E::PageFault).is_err());
+        assert!(S::Waiting.apply(E::Resolve).is_err());
     }
 }

@@ -10,7 +10,7 @@ use coproc_core::iova::{MapKind, Mapping, Perms};
 use coproc_core::memory::Region;
 use coproc_core::policy::{RoundRobin, SchedParams};
 use coproc_core::state::VcoprocState;
-use coproc_core::{System, VcoprocHandle, VcoprocId};
+use coproc_core::{CoreError, System, VcoprocHandle, VcoprocId};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -332,5 +332,23 @@ fn policy_switch_mid_run_keeps_every_vcoproc() {
     assert_eq!(p.vcoprocs().len(), 2);
     let st = p.sched_info().standings;
     assert_eq!(st.len(), 2, "both vcoprocs attached to the new policy");
+    sys.shutdown();
+}
+
+#[test]
+fn demand_faults_need_a_device_that_has_them() {
+    let script = Arc::new(Mutex::new(Script::default()));
+    let sys = system(&script);
+    let (a, _b) = two(&sys);
+    // Bounds are checked first, then the device's capability.
+    assert!(matches!(
+        a.set_demand_faults(Some(Duration::ZERO)),
+        Err(CoreError::BadStallTimeout(_))
+    ));
+    assert!(matches!(
+        a.set_demand_faults(Some(Duration::from_secs(1))),
+        Err(CoreError::Device(DeviceError::Unsupported(_)))
+    ));
+    assert!(a.page_fault().unwrap().is_none());
     sys.shutdown();
 }

@@ -175,6 +175,7 @@ fn core_err(e: CoreError) -> WireError {
         CoreError::Policy(p) => err(ErrorCode::InvalidArgument, p.to_string()),
         CoreError::Shutdown(m) => err(ErrorCode::Internal, format!("pcoproc {m} is shut down")),
         CoreError::Timeout(t) => err(ErrorCode::Internal, format!("timed out after {t:?}")),
+        CoreError::BadStallTimeout(_) => err(ErrorCode::InvalidArgument, e.to_string()),
     }
 }
 
