@@ -86,6 +86,11 @@ impl TestRng {
     }
 }
 
+/// What `pager` reports: the wrapping sum of the first word of each page.
+pub fn pager_sum(first_words: &[u32]) -> u32 {
+    first_words.iter().fold(0u32, |a, &w| a.wrapping_add(w))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -129,6 +129,8 @@ struct Ctx {
     time_hi: u32,
     /// (reason, addr, pc) of the last fault, for the FAULT_* registers.
     last_fault: (u32, u32, u32),
+    /// Demand faults on: a missing page in the iova window stalls.
+    demand: bool,
 }
 
 /// A fault found by a hook during a run.
@@ -155,6 +157,10 @@ struct State {
     stop: Option<Stop>,
     trap: Option<PendingTrap>,
     page_mask: u64,
+    /// A data access the TLB hook refused because its page is missing and
+    /// the context has demand faults on: (page address, access). The
+    /// engine restores the faulting instruction and stops.
+    page_fault: Option<(u64, Access)>,
 }
 
 impl State {
@@ -170,6 +176,16 @@ impl State {
     }
 
     /// Translate a virtual page of the current context.
+    /// Whether `vaddr` is a missing page the current context may demand:
+    /// demand faults on, inside the iova window, no mapping covers it.
+    fn demandable(&self, vaddr: u64) -> bool {
+        let Some(ctx) = self.current.and_then(|c| self.contexts.get(&c)) else {
+            return false;
+        };
+        let window = u64::from(IOVA_BASE)..u64::from(IOVA_BASE) + u64::from(IOVA_SIZE);
+        ctx.demand && window.contains(&vaddr) && self.translate(vaddr).is_none()
+    }
+
     fn translate(&self, vaddr: u64) -> Option<(u64, Prot)> {
         let ctx = self.contexts.get(&self.current?)?;
         let off = |base: u32| vaddr - u64::from(base);
@@ -266,6 +282,7 @@ impl McuDevice {
             stop: None,
             trap: None,
             page_mask: 0,
+            page_fault: None,
         };
         let mut uc = Unicorn::new_with_data(Arch::ARM, Mode::THUMB | Mode::MCLASS, state)
             .map_err(|e| uc_err("open", e))?;
@@ -293,6 +310,12 @@ impl McuDevice {
                 return None;
             }
             let acc = access_of(access);
+            if matches!(acc, Access::Read | Access::Write) && st.demandable(vaddr) {
+                // Refused: the engine restores the state before the
+                // faulting instruction and stops, so the next run retries it.
+                st.page_fault.get_or_insert((vaddr, acc));
+                return None;
+            }
             if acc == Access::Fetch || acc == Access::None {
                 // Refused: the engine stops with an exception at once.
                 st.set_stop(Stop::Fault(DeviceFault {
@@ -659,7 +682,7 @@ impl Device for McuDevice {
             iova_base: u64::from(IOVA_BASE),
             iova_size: u64::from(IOVA_SIZE),
             page_size: PAGE,
-            demand_faults: false,
+            demand_faults: true,
             max_contexts: self.config.max_contexts,
         }
     }
@@ -688,6 +711,7 @@ impl Device for McuDevice {
                 run_ns: 0,
                 time_hi: 0,
                 last_fault: (0, 0, 0),
+                demand: false,
             },
         );
         Ok(())
@@ -852,6 +876,7 @@ impl Device for McuDevice {
             st.running = true;
             st.stop = None;
             st.trap = None;
+            st.page_fault = None;
             st.slice_start = Instant::now();
         }
         let start = Instant::now();
@@ -864,11 +889,20 @@ impl Device for McuDevice {
         st.running = false;
         st.trap = None;
         let stop = st.stop.take();
+        let page_fault = st.page_fault.take();
         if let Some(ctx) = st.contexts.get_mut(&cur) {
             ctx.run_ns += ran.as_nanos() as u64;
         }
         let stop = match (stop, res) {
             (Some(Stop::Fault(f)), _) => StopReason::Fault(f),
+            // A WAIT or EXIT earlier in the block stands; a parked context
+            // retries the missing access when it runs again.
+            (Some(Stop::Exited(c)), _) if page_fault.is_some() => StopReason::Exited(c),
+            (Some(Stop::Waiting), _) if page_fault.is_some() => StopReason::Waiting,
+            (None, _) if page_fault.is_some() => {
+                let (addr, access) = page_fault.unwrap_or((0, Access::None));
+                StopReason::PageFault { addr, access }
+            }
             (_, Err(uc_error::INSN_INVALID)) => StopReason::Fault(DeviceFault {
                 addr: None,
                 access: Access::None,
@@ -916,5 +950,11 @@ impl Device for McuDevice {
                 Ok(())
             }
         }
+    }
+
+    fn set_demand_faults(&mut self, id: ContextId, on: bool) -> Result<(), DeviceError> {
+        self.ctx(id)?.demand = on;
+        // Refusals are never cached, so no translation needs dropping.
+        Ok(())
     }
 }
