@@ -864,6 +864,10 @@ fn act_on_a_foreign_vcoproc() {
     not_found(c.query(v).map(|_| ()), "query");
     not_found(c.subscribe(v), "subscribe");
     not_found(
+        c.set_demand_faults(v, Some(Duration::from_secs(1))),
+        "set demand faults",
+    );
+    not_found(
         c.create_queue(v, 0x6000_0000, 4).map(|_| ()),
         "create queue",
     );

@@ -434,6 +434,22 @@ impl Client {
         self.done(Request::VcoprocSet { vcoproc, set })
     }
 
+    /// Turn demand faults on (`Some(stall timeout)`) or off (`None`) for
+    /// one of this session's vcoprocs. Stalls arrive as
+    /// [`Event::PageFault`] through [`Client::next_event`] (subscribe
+    /// first); answer with [`Client::map`] of a range covering the address.
+    pub fn set_demand_faults(
+        &mut self,
+        vcoproc: u32,
+        timeout: Option<Duration>,
+    ) -> Result<(), ClientError> {
+        let timeout_ms = timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+        self.done(Request::SetDemandFaults {
+            vcoproc,
+            timeout_ms,
+        })
+    }
+
     /// The raw socket (tests send hostile bytes through it).
     pub fn socket(&self) -> &UnixStream {
         &self.sock

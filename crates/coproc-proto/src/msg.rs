@@ -181,6 +181,18 @@ pub enum Request {
         /// The changes.
         set: ParamChange,
     },
+    /// Turn demand faults on (`timeout_ms`: the stall timeout, 1..=60000)
+    /// or off (`null` or left out) for one of the session's own vcoprocs.
+    /// With them on, a missing page in the iova window stalls the vcoproc
+    /// and sends a `page-fault` event; a `map` covering the address resumes
+    /// it; the timeout turns the stall into a fault.
+    SetDemandFaults {
+        /// Vcoproc.
+        vcoproc: u32,
+        /// Stall timeout in milliseconds; `None` turns demand faults off.
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+    },
 }
 
 /// Changes to a vcoproc's scheduling parameters; `None` keeps a value.
@@ -464,6 +476,16 @@ pub enum Event {
         vcoproc: u32,
         /// New state.
         state: String,
+    },
+    /// The vcoproc stalled on a missing page (demand faults): map a range
+    /// covering `iova` to resume it.
+    PageFault {
+        /// Vcoproc.
+        vcoproc: u32,
+        /// The address the device reported.
+        iova: u64,
+        /// "read" or "write".
+        access: String,
     },
 }
 

@@ -51,6 +51,8 @@ struct Hooks {
     reported: Mutex<Option<(VcoprocState, u64)>>,
     /// A wake-up for this vcoproc is queued for the session task.
     queued: AtomicBool,
+    /// Latest page fault not yet forwarded (a vcoproc stalls on one at a time).
+    page_fault: Mutex<Option<(u64, coproc_core::fault::Access)>>,
     wake: mpsc::Sender<u32>,
     /// Completion eventfds and the writer thread's doorbell.
     completions: Arc<Mutex<Vec<OwnedFd>>>,
@@ -71,6 +73,10 @@ impl Hooks {
             }
             if self.subscribed.load(Ordering::Acquire) {
                 *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(n);
+            }
+        } else if let ControlEvent::PageFault { addr, access } = ev {
+            if self.subscribed.load(Ordering::Acquire) {
+                *self.page_fault.lock().unwrap_or_else(|e| e.into_inner()) = Some((addr, access));
             }
         } else {
             self.kicked.store(true, Ordering::Release);
@@ -275,6 +281,7 @@ impl Session {
             kicked: false.into(),
             reported: Mutex::new(None),
             queued: false.into(),
+            page_fault: Mutex::new(None),
             wake: self.wake.clone(),
             completions: Default::default(),
             writer: Mutex::new(None),
@@ -781,6 +788,15 @@ impl Session {
                 e.handle.set_params(p).map_err(core_err)?;
                 Ok(Answer::Done)
             }
+            Request::SetDemandFaults {
+                vcoproc,
+                timeout_ms,
+            } => {
+                let e = self.entry(vcoproc, false)?;
+                let timeout = timeout_ms.map(Duration::from_millis);
+                e.handle.set_demand_faults(timeout).map_err(core_err)?;
+                Ok(Answer::Done)
+            }
         }
     }
 
@@ -798,6 +814,18 @@ impl Session {
                 vcoproc: id,
                 seq: n.seq,
                 tag: n.tag,
+            });
+        }
+        let pf = h
+            .page_fault
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((iova, access)) = pf {
+            out.push(Event::PageFault {
+                vcoproc: id,
+                iova,
+                access: format!("{access:?}").to_lowercase(),
             });
         }
         if h.kicked.swap(false, Ordering::AcqRel) {
