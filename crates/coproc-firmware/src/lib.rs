@@ -35,7 +35,9 @@ firmware!(
     HOG = "hog",
     FAULTY = "faulty",
     PROBE = "probe",
-    QECHO = "qecho"
+    QECHO = "qecho",
+    LISTWALK = "listwalk",
+    LOCALBUF = "localbuf"
 );
 
 /// The C header of the SDK (the firmware ABI).
