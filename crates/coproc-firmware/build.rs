@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const FIRMWARE: &[&str] = &[
-    "echo", "fir", "crc32", "hog", "faulty", "probe", "qecho", "pager",
+    "echo", "fir", "crc32", "hog", "faulty", "probe", "qecho", "pager", "listwalk", "localbuf",
 ];
 
 fn tool(names: &[&str]) -> Option<String> {

@@ -14,7 +14,7 @@ pub use coproc_proto::{
     VcoprocInfo, WireError, WireMapKind, WirePerms,
 };
 pub use queue::Queue;
-pub use shm::SharedMem;
+pub use shm::{SharedMem, SvaMem};
 
 use coproc_proto::fdpass::{send_frame, Receiver, TransportError};
 use coproc_proto::frame::{decode, encode};
@@ -60,6 +60,10 @@ pub enum ClientError {
         /// Its state.
         state: String,
     },
+    /// Shared memory could not be placed at a fixed address: taken here
+    /// (or, for shared virtual addressing, no free range was found).
+    #[error("address {0:#x} is not free for shared memory")]
+    AddressTaken(u64),
 }
 
 impl From<WireError> for ClientError {
@@ -453,5 +457,74 @@ impl Client {
     /// The raw socket (tests send hostile bytes through it).
     pub fn socket(&self) -> &UnixStream {
         &self.sock
+    }
+
+    /// Shared virtual addressing: `len` bytes (rounded up to pages) of
+    /// shared memory placed at the same address in this process and in the
+    /// vcoproc's iova space, so pointers stored in it are valid on both
+    /// sides. Asks the daemon for the pcoproc's iova window, then tries
+    /// ranges in it in order: each must be free here (`MAP_FIXED_NOREPLACE`)
+    /// and free in the vcoproc (a range overlapping one of its mappings is
+    /// skipped). Counted against the mapped-bytes quota like any mapping.
+    pub fn alloc_shared_va(
+        &mut self,
+        vcoproc: u32,
+        len: u64,
+        perms: WirePerms,
+        kind: WireMapKind,
+    ) -> Result<SvaMem, ClientError> {
+        /// Candidate ranges tried before giving up.
+        const TRIES: u64 = 512;
+        let len = len.div_ceil(shm::PAGE).max(1) * shm::PAGE;
+        let coproc = self.query(vcoproc)?.coproc;
+        let info = self
+            .list_coprocs()?
+            .into_iter()
+            .find(|c| c.name == coproc)
+            .ok_or_else(|| ClientError::Protocol(format!("pcoproc {coproc} not listed")))?;
+        let (base, size) = (info.iova_base, info.iova_size);
+        if size < len {
+            return Err(ClientError::Memory(format!(
+                "{len} bytes do not fit the iova window {base:#x}+{size:#x} of {coproc}"
+            )));
+        }
+        // Candidates 1 MiB apart at least (a range larger than that steps
+        // by its own size), from the bottom of the window.
+        let stride = len.div_ceil(1 << 20) * (1 << 20);
+        let last = base + (size - len);
+        let mut addr = base;
+        for _ in 0..TRIES {
+            if addr > last {
+                break;
+            }
+            let mem = match SharedMem::new_at(addr, len) {
+                Ok(m) => m,
+                Err(ClientError::AddressTaken(_)) => {
+                    addr = addr.saturating_add(stride);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match self.map(vcoproc, &mem, 0, addr, len, perms, kind) {
+                Ok(()) => return Ok(SvaMem::new(mem, vcoproc)),
+                Err(ClientError::Refused(e))
+                    if e.code == ErrorCode::InvalidArgument && e.message.contains("overlaps") => {}
+                Err(e) => return Err(e),
+            }
+            addr = addr.saturating_add(stride);
+        }
+        Err(ClientError::AddressTaken(base))
+    }
+
+    /// Allocate `len` bytes of zeroed device-local memory at `iova` in the
+    /// vcoproc: only its firmware can reach it; counted against the
+    /// mapped-bytes quota until [`Client::free_local`] or its destruction.
+    pub fn alloc_local(&mut self, vcoproc: u32, iova: u64, len: u64) -> Result<(), ClientError> {
+        self.done(Request::AllocLocal { vcoproc, iova, len })
+    }
+
+    /// Free the device-local memory at `iova`.
+    pub fn free_local(&mut self, vcoproc: u32, iova: u64) -> Result<(), ClientError> {
+        self.done(Request::FreeLocal { vcoproc, iova })
     }
 }

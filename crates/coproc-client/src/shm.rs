@@ -25,6 +25,27 @@ impl SharedMem {
             .map_err(mem)
     }
 
+    /// `len` bytes (rounded up to pages), zeroed, mapped in this process at
+    /// exactly the address `addr` (page-aligned) and never over anything
+    /// already mapped there (`MAP_FIXED_NOREPLACE`); fails with
+    /// [`ClientError::AddressTaken`] when that range is not free. The
+    /// building block of shared virtual addressing
+    /// ([`crate::Client::alloc_shared_va`]).
+    pub fn new_at(addr: u64, len: u64) -> Result<SharedMem, ClientError> {
+        match Region::new_memfd_at(addr, len.div_ceil(PAGE).max(1) * PAGE) {
+            Ok(r) => Ok(SharedMem(r)),
+            Err(coproc_core::memory::MemoryError::AddressTaken(a)) => {
+                Err(ClientError::AddressTaken(a))
+            }
+            Err(e) => Err(mem(e)),
+        }
+    }
+
+    /// The address of its first byte in this process.
+    pub fn addr(&self) -> u64 {
+        self.0.addr()
+    }
+
     /// Memory holding `data` (for firmware images).
     pub fn with_contents(data: &[u8]) -> Result<SharedMem, ClientError> {
         let m = SharedMem::new(data.len() as u64)?;
@@ -62,5 +83,50 @@ impl SharedMem {
     /// Read a vector.
     pub fn read_vec(&self, offset: u64, len: usize) -> Result<Vec<u8>, ClientError> {
         self.0.read_vec(offset, len as u64).map_err(mem)
+    }
+}
+
+/// Shared memory at the same address in this process and in a vcoproc's iova
+/// space (shared virtual addressing): a pointer into it that the domain
+/// stores in the memory is valid for the device too. Made by
+/// [`crate::Client::alloc_shared_va`]. Dropping it unmaps it from this
+/// process only; the vcoproc keeps its mapping until
+/// [`crate::Client::unmap`] at [`SvaMem::iova`] or its destruction.
+#[derive(Debug)]
+pub struct SvaMem {
+    mem: SharedMem,
+    vcoproc: u32,
+}
+
+impl SvaMem {
+    pub(crate) fn new(mem: SharedMem, vcoproc: u32) -> SvaMem {
+        SvaMem { mem, vcoproc }
+    }
+
+    /// The device address of the first byte, equal to its address here.
+    pub fn iova(&self) -> u64 {
+        self.mem.addr()
+    }
+
+    /// The vcoproc it is mapped in.
+    pub fn vcoproc(&self) -> u32 {
+        self.vcoproc
+    }
+
+    /// The device address (and host address) of byte `offset`, as the
+    /// 32-bit pointer firmware of a 32-bit device uses; `None` if `offset`
+    /// is outside the memory or the address does not fit 32 bits.
+    pub fn ptr32(&self, offset: u64) -> Option<u32> {
+        (offset < self.mem.len())
+            .then(|| self.iova().checked_add(offset))
+            .flatten()
+            .and_then(|a| u32::try_from(a).ok())
+    }
+}
+
+impl std::ops::Deref for SvaMem {
+    type Target = SharedMem;
+    fn deref(&self) -> &SharedMem {
+        &self.mem
     }
 }

@@ -257,4 +257,21 @@ pub trait Device {
         let _ = (ctx, on);
         Err(DeviceError::Unsupported("demand faults"))
     }
+
+    /// Give context `ctx` `len` bytes of zeroed device-local memory at
+    /// `iova`, readable and writable by that context only, never visible to
+    /// its domain or to any other context. The range was already checked
+    /// against the context's [`crate::iova::IovaSpace`] (aligned, inside the
+    /// window, overlapping nothing). Devices bound it by
+    /// [`Capabilities::local_memory`].
+    fn alloc_local(&mut self, ctx: ContextId, iova: u64, len: u64) -> Result<(), DeviceError> {
+        let _ = (ctx, iova, len);
+        Err(DeviceError::Unsupported("device-local memory"))
+    }
+
+    /// Free the device-local memory at `iova` of `ctx`. Must complete; its
+    /// contents are gone. `destroy_context` frees all of a context's.
+    fn free_local(&mut self, ctx: ContextId, iova: u64) {
+        let _ = (ctx, iova);
+    }
 }

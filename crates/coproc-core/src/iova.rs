@@ -134,6 +134,9 @@ pub enum IovaError {
     /// No permission bits.
     #[error("a mapping needs at least one of read, write, exec")]
     NoPerms,
+    /// No device-local allocation starts at this iova.
+    #[error("no device-local memory at iova {0:#x}")]
+    NotLocal(u64),
 }
 
 /// The iova space of one vcoproc.
@@ -143,6 +146,9 @@ pub struct IovaSpace {
     size: u64,
     maps: BTreeMap<u64, Mapping>,
     bytes: u64,
+    /// Device-local allocations: iova → length. They share the window with
+    /// the mappings and never overlap them.
+    local: BTreeMap<u64, u64>,
 }
 
 impl IovaSpace {
@@ -153,6 +159,7 @@ impl IovaSpace {
             size,
             maps: BTreeMap::new(),
             bytes: 0,
+            local: BTreeMap::new(),
         }
     }
 
@@ -191,6 +198,11 @@ impl IovaSpace {
         let end = iova + len;
         if let Some((&s, m)) = self.maps.range(..end).next_back() {
             if s + m.len > iova {
+                return Some(s);
+            }
+        }
+        if let Some((&s, &l)) = self.local.range(..end).next_back() {
+            if s + l > iova {
                 return Some(s);
             }
         }
@@ -237,6 +249,51 @@ impl IovaSpace {
     pub fn drain(&mut self) -> Vec<Mapping> {
         self.bytes = 0;
         std::mem::take(&mut self.maps).into_values().collect()
+    }
+
+    /// Check a device-local range without entering it: page-aligned and
+    /// non-empty, inside the window, overlapping no mapping and no other
+    /// device-local range.
+    pub fn check_local(&self, iova: u64, len: u64) -> Result<(), IovaError> {
+        if len == 0 || iova % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 {
+            return Err(IovaError::Unaligned { iova, len });
+        }
+        let end = iova.checked_add(len);
+        if iova < self.base || end.is_none_or(|e| e > self.base + self.size) {
+            return Err(IovaError::OutsideWindow {
+                iova,
+                len,
+                base: self.base,
+                size: self.size,
+            });
+        }
+        if let Some(other) = self.overlapping(iova, len) {
+            return Err(IovaError::Overlap { iova, len, other });
+        }
+        Ok(())
+    }
+
+    /// Enter a device-local range (checked as by [`IovaSpace::check_local`]).
+    pub fn insert_local(&mut self, iova: u64, len: u64) -> Result<(), IovaError> {
+        self.check_local(iova, len)?;
+        self.local.insert(iova, len);
+        Ok(())
+    }
+
+    /// Remove the device-local range that starts at `iova`; its length.
+    pub fn remove_local(&mut self, iova: u64) -> Result<u64, IovaError> {
+        self.local.remove(&iova).ok_or(IovaError::NotLocal(iova))
+    }
+
+    /// The device-local range containing `iova`, as (start, length).
+    pub fn lookup_local(&self, iova: u64) -> Option<(u64, u64)> {
+        let (&s, &l) = self.local.range(..=iova).next_back()?;
+        (iova < s + l).then_some((s, l))
+    }
+
+    /// Bytes of device-local memory entered.
+    pub fn local_bytes(&self) -> u64 {
+        self.local.values().sum()
     }
 }
 
@@ -292,37 +349,107 @@ mod tests {
         assert_eq!(s.bytes(), 0x1000);
     }
 
+    #[test]
+    fn local_ranges_share_the_window_with_mappings() {
+        let r = Arc::new(Region::new(4 * PAGE_SIZE).unwrap());
+        let mut s = IovaSpace::new(0x6000_0000, 0x10_0000);
+        s.insert(map(&r, 0x6000_1000, 0x2000)).unwrap();
+        // Overlapping a mapping, on either side.
+        for (iova, len) in [(0x6000_2000, 0x1000), (0x6000_0000, 0x2000)] {
+            assert_eq!(
+                s.insert_local(iova, len),
+                Err(IovaError::Overlap {
+                    iova,
+                    len,
+                    other: 0x6000_1000
+                })
+            );
+        }
+        assert!(matches!(
+            s.insert_local(0x6000_4000, 0),
+            Err(IovaError::Unaligned { .. })
+        ));
+        assert!(matches!(
+            s.insert_local(0x6000_4800, 0x1000),
+            Err(IovaError::Unaligned { .. })
+        ));
+        assert!(matches!(
+            s.insert_local(0x600f_f000, 0x2000),
+            Err(IovaError::OutsideWindow { .. })
+        ));
+        assert!(matches!(
+            s.insert_local(u64::MAX - 0xfff, 0x1000),
+            Err(IovaError::OutsideWindow { .. })
+        ));
+        s.insert_local(0x6000_4000, 0x3000).unwrap();
+        // A mapping cannot land on local memory, nor local memory twice.
+        assert!(matches!(
+            s.insert(map(&r, 0x6000_6000, 0x1000)),
+            Err(IovaError::Overlap {
+                other: 0x6000_4000,
+                ..
+            })
+        ));
+        assert!(s.insert_local(0x6000_5000, 0x1000).is_err());
+        // Local memory is not a mapping: unmap and lookup do not see it.
+        assert_eq!(
+            s.remove(0x6000_4000).unwrap_err(),
+            IovaError::NotMapped(0x6000_4000)
+        );
+        assert!(s.lookup(0x6000_4000).is_none());
+        assert_eq!(s.lookup_local(0x6000_6fff), Some((0x6000_4000, 0x3000)));
+        assert_eq!(s.bytes(), 0x2000);
+        assert_eq!(s.local_bytes(), 0x3000);
+        assert_eq!(
+            s.remove_local(0x6000_1000),
+            Err(IovaError::NotLocal(0x6000_1000))
+        );
+        assert_eq!(s.remove_local(0x6000_4000), Ok(0x3000));
+        assert_eq!(s.local_bytes(), 0);
+        s.insert(map(&r, 0x6000_6000, 0x1000)).unwrap();
+    }
+
     proptest! {
-        /// Random inserts/removes agree with a page-by-page model.
+        /// Random inserts/removes of mappings and device-local ranges agree
+        /// with a page-by-page model.
         #[test]
-        fn matches_naive_model(ops in proptest::collection::vec((0u64..64, 1u64..8, any::<bool>()), 1..200)) {
+        fn matches_naive_model(ops in proptest::collection::vec((0u64..64, 1u64..8, any::<bool>(), any::<bool>()), 1..200)) {
             let r = Arc::new(Region::new(8 * PAGE_SIZE).unwrap());
             let base = 0x6000_0000;
             let mut s = IovaSpace::new(base, 64 * PAGE_SIZE);
-            let mut owner: Vec<Option<u64>> = vec![None; 64];
-            for (page, pages, insert) in ops {
+            // Per page: (start of the range holding it, whether it is local).
+            let mut owner: Vec<Option<(u64, bool)>> = vec![None; 64];
+            for (page, pages, insert, local) in ops {
                 let iova = base + page * PAGE_SIZE;
                 if insert {
                     let fits = page + pages <= 64;
                     let free = fits && (page..page + pages).all(|p| owner[p as usize].is_none());
-                    let res = s.insert(map(&r, iova, pages * PAGE_SIZE));
-                    prop_assert_eq!(res.is_ok(), free);
+                    let ok = if local {
+                        s.insert_local(iova, pages * PAGE_SIZE).is_ok()
+                    } else {
+                        s.insert(map(&r, iova, pages * PAGE_SIZE)).is_ok()
+                    };
+                    prop_assert_eq!(ok, free);
                     if free {
-                        for p in page..page + pages { owner[p as usize] = Some(iova); }
+                        for p in page..page + pages { owner[p as usize] = Some((iova, local)); }
                     }
                 } else {
-                    let starts_here = owner[page as usize] == Some(iova);
-                    prop_assert_eq!(s.remove(iova).is_ok(), starts_here);
+                    let starts_here = owner[page as usize] == Some((iova, local));
+                    let ok = if local { s.remove_local(iova).is_ok() } else { s.remove(iova).is_ok() };
+                    prop_assert_eq!(ok, starts_here);
                     if starts_here {
-                        for o in owner.iter_mut() { if *o == Some(iova) { *o = None; } }
+                        for o in owner.iter_mut() { if *o == Some((iova, local)) { *o = None; } }
                     }
                 }
                 for p in 0..64u64 {
-                    let got = s.lookup(base + p * PAGE_SIZE + 17).map(|m| m.iova);
-                    prop_assert_eq!(got, owner[p as usize]);
+                    let a = base + p * PAGE_SIZE + 17;
+                    let want = owner[p as usize];
+                    prop_assert_eq!(s.lookup(a).map(|m| m.iova), want.filter(|o| !o.1).map(|o| o.0));
+                    prop_assert_eq!(s.lookup_local(a).map(|l| l.0), want.filter(|o| o.1).map(|o| o.0));
                 }
-                let used = owner.iter().filter(|o| o.is_some()).count() as u64;
-                prop_assert_eq!(s.bytes(), used * PAGE_SIZE);
+                let used = |l: bool| owner.iter().filter(|o| o.is_some_and(|o| o.1 == l)).count() as u64;
+                prop_assert_eq!(s.bytes(), used(false) * PAGE_SIZE);
+                prop_assert_eq!(s.local_bytes(), used(true) * PAGE_SIZE);
             }
         }
     }

@@ -50,6 +50,10 @@ pub enum MemoryError {
         /// Region size.
         size: u64,
     },
+    /// Something is already mapped at the fixed address asked for (or the
+    /// kernel would not place the memory exactly there).
+    #[error("address {0:#x} is taken or not available for a fixed mapping")]
+    AddressTaken(u64),
 }
 
 /// Page-aligned shared memory owned by a domain.
@@ -118,6 +122,35 @@ impl Region {
     /// domain can never truncate the memory under the mapping (which would
     /// turn accesses into SIGBUS). The region keeps the fd.
     pub fn from_fd(fd: OwnedFd, offset: u64, len: u64) -> Result<Region, MemoryError> {
+        Region::map_fd(fd, offset, len, None)
+    }
+
+    /// Allocate `len` bytes (a multiple of [`PAGE_SIZE`]) as a fresh sealable
+    /// memfd mapped here at exactly the address `addr` (page-aligned), never
+    /// replacing anything mapped there (`MAP_FIXED_NOREPLACE`):
+    /// [`MemoryError::AddressTaken`] when that range is not free. This is
+    /// how shared virtual addressing gets memory whose host address is also
+    /// a valid device address.
+    pub fn new_memfd_at(addr: u64, len: u64) -> Result<Region, MemoryError> {
+        use rustix::fs::{ftruncate, memfd_create, MemfdFlags};
+        if len == 0 || len % PAGE_SIZE != 0 {
+            return Err(MemoryError::BadSize(len));
+        }
+        if addr == 0 || addr % PAGE_SIZE != 0 || addr.checked_add(len).is_none() {
+            return Err(MemoryError::AddressTaken(addr));
+        }
+        let fd = memfd_create("coproc", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+            .map_err(MemoryError::Fd)?;
+        ftruncate(&fd, len).map_err(MemoryError::Fd)?;
+        Region::map_fd(fd, 0, len, Some(addr))
+    }
+
+    /// The address of the first byte in this process.
+    pub fn addr(&self) -> u64 {
+        self.ptr.as_ptr() as u64
+    }
+
+    fn map_fd(fd: OwnedFd, offset: u64, len: u64, at: Option<u64>) -> Result<Region, MemoryError> {
         if len == 0 || len % PAGE_SIZE != 0 || offset % PAGE_SIZE != 0 || len > isize::MAX as u64 {
             return Err(MemoryError::BadSize(len));
         }
@@ -138,21 +171,39 @@ impl Region {
         if size < need {
             return Err(MemoryError::FdTooSmall { size, need });
         }
+        let (hint, flags) = match at {
+            Some(a) => (
+                a as *mut std::ffi::c_void,
+                rustix::mm::MapFlags::SHARED | rustix::mm::MapFlags::FIXED_NOREPLACE,
+            ),
+            None => (std::ptr::null_mut(), rustix::mm::MapFlags::SHARED),
+        };
         // SAFETY: a fresh shared mapping of a file range that exists (size
         // checked above, after sealing the file against shrinking, so the
-        // range keeps existing while mapped); no existing memory is affected.
+        // range keeps existing while mapped). With a fixed address,
+        // MAP_FIXED_NOREPLACE fails (EEXIST) rather than replace anything
+        // mapped there, so no existing memory is affected either way.
         let ptr = unsafe {
             rustix::mm::mmap(
-                std::ptr::null_mut(),
+                hint,
                 len as usize,
                 rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-                rustix::mm::MapFlags::SHARED,
+                flags,
                 fd.as_fd(),
                 offset,
             )
         }
-        .map_err(|e| MemoryError::Alloc(len, e))?;
+        .map_err(|e| match (at, e) {
+            (Some(a), rustix::io::Errno::EXIST) => MemoryError::AddressTaken(a),
+            _ => MemoryError::Alloc(len, e),
+        })?;
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(MemoryError::BadSize(len))?;
+        if let Some(a) = at.filter(|&a| a != ptr.as_ptr() as u64) {
+            // A kernel older than 4.17 takes the flag as a mere hint.
+            // SAFETY: exactly the mapping made just above, used by nothing.
+            let _ = unsafe { rustix::mm::munmap(ptr.as_ptr().cast(), len as usize) };
+            return Err(MemoryError::AddressTaken(a));
+        }
         Ok(Region {
             ptr,
             len,
@@ -281,5 +332,36 @@ mod tests {
         ));
         // Sealed: the domain can no longer shrink it under the mapping.
         assert!(ftruncate(&fd, 0).is_err());
+    }
+
+    #[test]
+    fn memfd_at_a_fixed_address_never_replaces() {
+        // Find a free range in the 32-bit device window by trying.
+        let mut got = None;
+        for i in 0..256u64 {
+            let addr = 0x6000_0000 + i * 0x10_0000;
+            if let Ok(r) = Region::new_memfd_at(addr, 2 * PAGE_SIZE) {
+                got = Some(r);
+                break;
+            }
+        }
+        let r = got.expect("a free range in 0x6000_0000..0x7000_0000");
+        let addr = r.addr();
+        assert!((0x6000_0000..0x7000_0000).contains(&addr));
+        assert_eq!(addr, r.as_ptr() as u64);
+        r.write(8, b"here").unwrap();
+        // Taken: refused, and the first mapping is untouched.
+        assert!(matches!(
+            Region::new_memfd_at(addr, PAGE_SIZE),
+            Err(MemoryError::AddressTaken(a)) if a == addr
+        ));
+        assert!(matches!(
+            Region::new_memfd_at(addr + PAGE_SIZE, 2 * PAGE_SIZE),
+            Err(MemoryError::AddressTaken(_))
+        ));
+        assert_eq!(r.read_vec(8, 4).unwrap(), b"here");
+        assert!(Region::new_memfd_at(addr + 1, PAGE_SIZE).is_err());
+        assert!(Region::new_memfd_at(0, PAGE_SIZE).is_err());
+        assert!(Region::new_memfd_at(u64::MAX - 0xfff, PAGE_SIZE).is_err());
     }
 }

@@ -252,6 +252,9 @@ pub struct VcoprocInfo {
     pub exit_code: Option<u32>,
     /// Its most recent fault.
     pub last_fault: Option<FaultRecord>,
+    /// Bytes of device-local memory allocated with
+    /// [`VcoprocHandle::alloc_local`].
+    pub local_bytes: u64,
 }
 
 /// A snapshot of the pcoproc's scheduler.
@@ -639,6 +642,7 @@ fn info(id: VcoprocId, vc: &Vc) -> VcoprocInfo {
         mapped_bytes: vc.iova.bytes(),
         exit_code: vc.exit_code,
         last_fault: vc.faults.back().cloned(),
+        local_bytes: vc.iova.local_bytes(),
     }
 }
 
@@ -911,6 +915,35 @@ impl VcoprocHandle {
     /// Console lines of the firmware, and how many older ones were dropped.
     pub fn console(&self) -> (Vec<String>, u64) {
         self.control.console()
+    }
+
+    /// Allocate `len` bytes of zeroed device-local memory at `iova` in its
+    /// iova space: private to this vcoproc (its domain cannot see it, nor
+    /// can any other vcoproc), never overlapping a mapping, freed by
+    /// [`VcoprocHandle::free_local`] or with the vcoproc. Kept across
+    /// `reset`, like mappings.
+    pub fn alloc_local(&self, iova: u64, len: u64) -> Result<(), CoreError> {
+        let id = self.id;
+        self.pcoproc
+            .command(move |dev, inner| -> Result<(), CoreError> {
+                let vc = inner.vc(id)?;
+                vc.iova.check_local(iova, len)?;
+                dev.alloc_local(id, iova, len)?;
+                vc.iova.insert_local(iova, len)?;
+                Ok(())
+            })?
+    }
+
+    /// Free the device-local memory at `iova`; returns its length. When
+    /// this returns the memory is gone from the device.
+    pub fn free_local(&self, iova: u64) -> Result<u64, CoreError> {
+        let id = self.id;
+        self.pcoproc
+            .command(move |dev, inner| -> Result<u64, CoreError> {
+                let len = inner.vc(id)?.iova.remove_local(iova)?;
+                dev.free_local(id, iova);
+                Ok(len)
+            })?
     }
 
     /// Turn demand faults on (`Some(timeout)`) or off (`None`, the

@@ -36,7 +36,9 @@ firmware!(
     FAULTY = "faulty",
     PROBE = "probe",
     QECHO = "qecho",
-    PAGER = "pager"
+    PAGER = "pager",
+    LISTWALK = "listwalk",
+    LOCALBUF = "localbuf"
 );
 
 /// The C header of the SDK (the firmware ABI).

@@ -55,6 +55,52 @@ pub fn hog_state(steps: u64) -> u32 {
     a.wrapping_add(c)
 }
 
+/// Where a list walk ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListWalk {
+    /// Wrapping sum of the values visited.
+    pub sum: u32,
+    /// Nodes visited.
+    pub count: u32,
+    /// The pointer the walk stopped at: 0 at the end of the list, else the
+    /// next node when the bound was reached.
+    pub end: u32,
+}
+
+/// The `listwalk` firmware's walk: follow `next` pointers from `head`,
+/// visiting at most `max` nodes, summing values. `node(p)` reads the node
+/// at `p` as `[next, value]`, or `None` when `p` is not readable memory:
+/// then the walk fails with that address, as the device faults there.
+pub fn list_walk(
+    node: impl Fn(u32) -> Option<[u32; 2]>,
+    head: u32,
+    max: u32,
+) -> Result<ListWalk, u32> {
+    let mut w = ListWalk {
+        sum: 0,
+        count: 0,
+        end: head,
+    };
+    while w.end != 0 && w.count < max {
+        let [next, value] = node(w.end).ok_or(w.end)?;
+        w.sum = w.sum.wrapping_add(value);
+        w.count += 1;
+        w.end = next;
+    }
+    Ok(w)
+}
+
+/// Word `i` the `localbuf` firmware fills with for `seed`.
+pub fn localbuf_word(seed: u32, i: u32) -> u32 {
+    seed.wrapping_mul(2_654_435_761)
+        .wrapping_add(i.wrapping_mul(40_503))
+}
+
+/// The `localbuf` firmware's answer to a fill of `words` words.
+pub fn localbuf_sum(seed: u32, words: u32) -> u32 {
+    (0..words).fold(0u32, |s, i| s.wrapping_add(localbuf_word(seed, i)))
+}
+
 /// A deterministic pseudo-random generator for test data (xorshift64*).
 #[derive(Debug, Clone)]
 pub struct TestRng(u64);
@@ -114,6 +160,32 @@ mod tests {
             assert_eq!(hog_state(n), x, "step {n}");
             x = x.wrapping_mul(1664525).wrapping_add(1013904223);
         }
+    }
+
+    #[test]
+    fn list_walk_follows_bounds_and_fails() {
+        // 3 -> 1 -> 2 -> end, values 10x the index.
+        let nodes = |p: u32| match p {
+            1 => Some([2, 10]),
+            2 => Some([0, 20]),
+            3 => Some([1, 30]),
+            4 => Some([4, 5]),
+            5 => Some([99, 1]),
+            _ => None,
+        };
+        let w = |sum, count, end| Ok(ListWalk { sum, count, end });
+        assert_eq!(list_walk(nodes, 3, 100), w(60, 3, 0));
+        assert_eq!(list_walk(nodes, 3, 2), w(40, 2, 2));
+        assert_eq!(list_walk(nodes, 0, 100), w(0, 0, 0));
+        assert_eq!(list_walk(nodes, 4, 7), w(35, 7, 4));
+        assert_eq!(list_walk(nodes, 5, 7), Err(99));
+        assert_eq!(
+            localbuf_sum(7, 3),
+            (0..3)
+                .map(|i| localbuf_word(7, i))
+                .fold(0u32, u32::wrapping_add)
+        );
+        assert_eq!(localbuf_word(1, 1), 2_654_435_761u32.wrapping_add(40_503));
     }
 
     #[test]

@@ -46,6 +46,9 @@ const PHYS_POOL: (u64, u64) = (0x8000_0000, 0x1_0000_0000);
 const UNTIL: u64 = 0;
 /// Mapping granularity.
 const PAGE: u64 = 4096;
+/// Most device-local memory one context may allocate with
+/// `Device::alloc_local` (on top of its code and data memory).
+pub const LOCAL_ALLOC_MAX: u64 = 16 << 20;
 
 /// Configuration of an mcu device.
 #[derive(Debug, Clone)]
@@ -131,6 +134,9 @@ struct Ctx {
     last_fault: (u32, u32, u32),
     /// Demand faults on: a missing page in the iova window stalls.
     demand: bool,
+    /// Device-local memory: iova → (physical address, length), engine RAM
+    /// only this context's translations reach.
+    local: BTreeMap<u64, (u64, u64)>,
 }
 
 /// A fault found by a hook during a run.
@@ -201,8 +207,13 @@ impl State {
         if inside(CB_BASE, CB_SIZE) {
             return Some((PHYS_CB + off(CB_BASE), Prot::READ | Prot::WRITE));
         }
-        let (&iova, m) = ctx.maps.range(..=vaddr).next_back()?;
-        (vaddr < iova + m.len).then(|| (m.phys + (vaddr - iova), m.prot))
+        if let Some((&iova, m)) = ctx.maps.range(..=vaddr).next_back() {
+            if vaddr < iova + m.len {
+                return Some((m.phys + (vaddr - iova), m.prot));
+            }
+        }
+        let (&iova, &(phys, len)) = ctx.local.range(..=vaddr).next_back()?;
+        (vaddr < iova + len).then(|| (phys + (vaddr - iova), Prot::READ | Prot::WRITE))
     }
 }
 
@@ -677,7 +688,7 @@ impl Device for McuDevice {
             class: "mcu",
             model: "Cortex-M4 (Unicorn 2)".into(),
             preemption: Preemption::Instruction,
-            local_memory: u64::from(CODE_SIZE + DATA_SIZE),
+            local_memory: u64::from(CODE_SIZE + DATA_SIZE) + LOCAL_ALLOC_MAX,
             address_bits: 32,
             iova_base: u64::from(IOVA_BASE),
             iova_size: u64::from(IOVA_SIZE),
@@ -712,6 +723,7 @@ impl Device for McuDevice {
                 time_hi: 0,
                 last_fault: (0, 0, 0),
                 demand: false,
+                local: BTreeMap::new(),
             },
         );
         Ok(())
@@ -727,6 +739,14 @@ impl Device for McuDevice {
         };
         for iova in iovas {
             self.unmap(id, iova);
+        }
+        let locals: Vec<u64> = self.uc.get_data().contexts[&id]
+            .local
+            .keys()
+            .copied()
+            .collect();
+        for iova in locals {
+            self.free_local(id, iova);
         }
         if let Some(ctx) = self.uc.get_data_mut().contexts.remove(&id) {
             self.pool.push(ctx.slot);
@@ -956,5 +976,58 @@ impl Device for McuDevice {
         self.ctx(id)?.demand = on;
         // Refusals are never cached, so no translation needs dropping.
         Ok(())
+    }
+
+    fn alloc_local(&mut self, id: ContextId, iova: u64, len: u64) -> Result<(), DeviceError> {
+        if iova % PAGE != 0 || len % PAGE != 0 || len == 0 {
+            return Err(DeviceError::BadMapping("not page aligned".into()));
+        }
+        let window = u64::from(IOVA_BASE)..=u64::from(IOVA_BASE) + u64::from(IOVA_SIZE);
+        if !window.contains(&iova) || !iova.checked_add(len).is_some_and(|e| window.contains(&e)) {
+            return Err(DeviceError::BadMapping("outside the iova window".into()));
+        }
+        let ctx = self.ctx(id)?;
+        let used: u64 = ctx.local.values().map(|&(_, l)| l).sum();
+        if used.saturating_add(len) > LOCAL_ALLOC_MAX {
+            return Err(DeviceError::Exhausted(format!(
+                "device-local memory: the context has {used} bytes, {len} more exceed \
+                 the {LOCAL_ALLOC_MAX} a context may allocate"
+            )));
+        }
+        let phys = self.phys.alloc(len).ok_or_else(|| {
+            DeviceError::Exhausted("physical address space for device-local memory".into())
+        })?;
+        // Fresh engine RAM is zeroed: nothing of an earlier user of this
+        // physical range survives (its RAM was unmapped and freed).
+        if let Err(e) = self.uc.mem_map(phys, len, Prot::READ | Prot::WRITE) {
+            self.phys.release(phys, len);
+            return Err(uc_err("map local memory", e));
+        }
+        self.ctx(id)?.local.insert(iova, (phys, len));
+        let _ = self.uc.ctl_flush_tlb();
+        Ok(())
+    }
+
+    fn free_local(&mut self, id: ContextId, iova: u64) {
+        let Some((phys, len)) = self
+            .uc
+            .get_data_mut()
+            .contexts
+            .get_mut(&id)
+            .and_then(|c| c.local.remove(&iova))
+        else {
+            return;
+        };
+        // As for unmap: drop translations, then the engine RAM, then reuse.
+        let _ = self.uc.ctl_flush_tlb();
+        if let Err(e) = self.uc.mem_unmap(phys, len) {
+            tracing::error!(
+                ?e,
+                "mcu: freeing device-local memory failed; address range retired"
+            );
+            return;
+        }
+        let _ = self.uc.ctl_flush_tlb();
+        self.phys.release(phys, len);
     }
 }

@@ -13,7 +13,7 @@ mod device;
 pub mod elf;
 mod timer;
 
-pub use device::{McuConfig, McuDevice};
+pub use device::{McuConfig, McuDevice, LOCAL_ALLOC_MAX};
 
 use coproc_core::device::{Device, DeviceError};
 

@@ -193,6 +193,25 @@ pub enum Request {
         #[serde(default)]
         timeout_ms: Option<u64>,
     },
+    /// Allocate `len` bytes of zeroed device-local memory at `iova` in the
+    /// vcoproc (page-aligned, inside the window, overlapping no mapping);
+    /// counted against the domain's mapped-bytes quota until freed or the
+    /// vcoproc is destroyed. Only the vcoproc can reach it.
+    AllocLocal {
+        /// Vcoproc.
+        vcoproc: u32,
+        /// Device address of the first byte.
+        iova: u64,
+        /// Length.
+        len: u64,
+    },
+    /// Free the device-local memory at `iova`.
+    FreeLocal {
+        /// Vcoproc.
+        vcoproc: u32,
+        /// Its start.
+        iova: u64,
+    },
 }
 
 /// Changes to a vcoproc's scheduling parameters; `None` keeps a value.
@@ -299,6 +318,12 @@ pub struct CoprocInfo {
     pub vcoprocs: u32,
     /// Busy share of the device since it started, percent.
     pub utilisation_pct: f64,
+    /// Start of the device's iova window (where mappings may be placed).
+    #[serde(default)]
+    pub iova_base: u64,
+    /// Size of the iova window.
+    #[serde(default)]
+    pub iova_size: u64,
 }
 
 /// A fault as listed.

@@ -19,7 +19,9 @@ pub struct Entry {
     pub uid: u32,
     /// Session that created it (it dies with the session).
     pub session: u64,
-    /// Mappings: iova → bytes.
+    /// Mappings and device-local memory (alloc-local): iova → bytes. Both
+    /// count against the domain's mapped-bytes quota; their iova ranges
+    /// never overlap, so one map holds both.
     pub mapped: BTreeMap<u64, u64>,
     /// Queues it has.
     pub queues: u32,

@@ -441,6 +441,8 @@ impl Session {
                         policy: pc.sched_info().policy,
                         vcoprocs: pc.vcoprocs().len() as u32,
                         utilisation_pct: (busy as f64 * 1000.0 / now as f64).round() / 10.0,
+                        iova_base: caps.iova_base,
+                        iova_size: caps.iova_size,
                     });
                 }
                 Ok(Answer::Coprocs { coprocs: out })
@@ -797,7 +799,54 @@ impl Session {
                 e.handle.set_demand_faults(timeout).map_err(core_err)?;
                 Ok(Answer::Done)
             }
+            Request::AllocLocal { vcoproc, iova, len } => {
+                self.alloc_local(vcoproc, iova, len)?;
+                Ok(Answer::Done)
+            }
+            Request::FreeLocal { vcoproc, iova } => {
+                let e = self.entry(vcoproc, false)?;
+                let len = e.handle.free_local(iova).map_err(core_err)?;
+                let mut t = d.tables();
+                let recorded = t
+                    .vcoprocs
+                    .get_mut(&vcoproc)
+                    .and_then(|x| x.mapped.remove(&iova));
+                if let (Some(u), Some(_)) = (t.usage.get_mut(&self.who.uid), recorded) {
+                    u.mapped_bytes = u.mapped_bytes.saturating_sub(len);
+                }
+                Ok(Answer::Done)
+            }
         }
+    }
+
+    /// Allocate device-local memory in vcoproc `vcoproc`, within the
+    /// domain's mapped-bytes quota (reserved first, given back on failure).
+    fn alloc_local(&mut self, vcoproc: u32, iova: u64, len: u64) -> Result<(), WireError> {
+        let e = self.entry(vcoproc, false)?;
+        if len == 0 || len % 4096 != 0 || iova % 4096 != 0 {
+            return Err(err(
+                ErrorCode::InvalidArgument,
+                "iova and length must be multiples of 4096, length non-zero",
+            ));
+        }
+        let d = self.daemon.clone();
+        let rule = d.rule(&self.who)?;
+        d.reserve(self.who.uid, Quota::Bytes, len, rule.max_mapped_bytes)?;
+        if let Err(x) = e.handle.alloc_local(iova, len) {
+            d.unreserve(self.who.uid, Quota::Bytes, len);
+            return Err(core_err(x));
+        }
+        let recorded = d
+            .tables()
+            .vcoprocs
+            .get_mut(&vcoproc)
+            .map(|entry| entry.mapped.insert(iova, len))
+            .is_some();
+        if !recorded {
+            // Destroyed meanwhile: its release did not count this.
+            d.unreserve(self.who.uid, Quota::Bytes, len);
+        }
+        Ok(())
     }
 
     /// Turn a control block event into events for the client.
