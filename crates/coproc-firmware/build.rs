@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const FIRMWARE: &[&str] = &["echo", "fir", "crc32", "hog", "faulty", "probe", "qecho"];
+const FIRMWARE: &[&str] = &[
+    "echo", "fir", "crc32", "hog", "faulty", "probe", "qecho", "scribble",
+];
 
 fn tool(names: &[&str]) -> Option<String> {
     names

@@ -35,7 +35,8 @@ firmware!(
     HOG = "hog",
     FAULTY = "faulty",
     PROBE = "probe",
-    QECHO = "qecho"
+    QECHO = "qecho",
+    SCRIBBLE = "scribble"
 );
 
 /// The C header of the SDK (the firmware ABI).

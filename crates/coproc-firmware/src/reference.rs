@@ -86,6 +86,16 @@ impl TestRng {
     }
 }
 
+/// The `scribble` firmware's checksum of one pass over `buf` (little-endian
+/// 32-bit words): words 1.. folded as `c = (c ^ w) * 16777619` from
+/// 2166136261; word 0 (the pass counter it writes) is left out.
+pub fn scribble_checksum(buf: &[u8]) -> u32 {
+    buf.chunks_exact(4)
+        .skip(1)
+        .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+        .fold(2_166_136_261u32, |c, w| (c ^ w).wrapping_mul(16_777_619))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +119,18 @@ mod tests {
             assert_eq!(hog_state(n), x, "step {n}");
             x = x.wrapping_mul(1664525).wrapping_add(1013904223);
         }
+    }
+
+    #[test]
+    fn scribble_checksum_skips_the_counter() {
+        let mut b = [0u8; 12];
+        b[4] = 1;
+        let want = (2_166_136_261u32 ^ 1)
+            .wrapping_mul(16_777_619)
+            .wrapping_mul(16_777_619);
+        assert_eq!(scribble_checksum(&b), want);
+        b[0] = 0xff;
+        assert_eq!(scribble_checksum(&b), want);
     }
 
     #[test]
