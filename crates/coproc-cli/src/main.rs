@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod membench;
 mod output;
 mod remote;
 mod ring;
