@@ -334,9 +334,14 @@ impl Session {
             .tables()
             .vcoprocs
             .get_mut(&vcoproc)
-            .map(|entry| entry.mapped.insert(iova, len))
-            .is_some();
-        if !recorded {
+            .map(|entry| entry.mapped.insert(iova, len));
+        if let Some(Some(stale)) = recorded {
+            // A revoke ran between the map and this record and found no
+            // record to remove: the stale record's quota goes back now.
+            d.unreserve(self.who.uid, Quota::Bytes, stale);
+            d.unreserve(self.who.uid, Quota::Mappings, 1);
+        }
+        if recorded.is_none() {
             // Destroyed meanwhile (by an admin): its release did not see
             // this mapping, so give the bytes back here.
             d.unreserve(self.who.uid, Quota::Bytes, len);
