@@ -456,16 +456,28 @@ fn admin_revokes_only_revocable_mappings_and_the_domain_is_told() {
     std::fs::copy(std::env::current_exe().unwrap(), &me).unwrap();
     let mut child = {
         use std::os::unix::process::CommandExt;
-        Command::new(&me)
-            .args(["--exact", "revoked_domain", "--ignored", "--nocapture"])
+        let mut cmd = Command::new(&me);
+        cmd.args(["--exact", "revoked_domain", "--ignored", "--nocapture"])
             .env("COPROC_REVOKE_SOCKET", &d.socket)
             .env("COPROC_REVOKE_FOREIGN", mine.to_string())
             .uid(65534)
             .gid(65534)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+            .stderr(Stdio::piped());
+        // A process another test thread forks while the copy is being
+        // written holds it open for writing until it execs: "text file
+        // busy" for a moment.
+        let mut tries = 0;
+        loop {
+            match cmd.spawn() {
+                Err(e) if e.raw_os_error() == Some(26) && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                r => break r.unwrap(),
+            }
+        }
     };
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let v: u32 = loop {
@@ -487,7 +499,6 @@ fn admin_revokes_only_revocable_mappings_and_the_domain_is_told() {
     assert!(!ok);
     assert!(err.contains("PermissionDenied"), "{err}");
     assert_eq!(admin.revoke(v, revocable).unwrap(), Some(LEN));
-    assert_eq!(admin.revoke(v, revocable).unwrap(), None);
     let mut got = String::new();
     for l in lines.by_ref() {
         let l = l.unwrap();
@@ -497,6 +508,10 @@ fn admin_revokes_only_revocable_mappings_and_the_domain_is_told() {
         }
     }
     assert_eq!(got, format!("event {v} {revocable} {LEN} 0"));
+    // Still there: the domain's session lives until we close its stdin.
+    assert_eq!(admin.revoke(v, revocable).unwrap(), None);
+    assert_eq!(admin.list_mappings(Some(v)).unwrap().len(), 1);
+    drop(child.stdin.take());
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -576,4 +591,6 @@ fn revoked_domain() {
     assert_eq!(m[0].iova, IOVA);
     let n = c.mbox_read(v).unwrap().0[0];
     wait_for("more passes", || c.mbox_read(v).unwrap().0[0] > n);
+    // Stay until the test is done with us.
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
 }
