@@ -7,6 +7,7 @@ use std::process::Command;
 
 const FIRMWARE: &[&str] = &[
     "echo", "fir", "crc32", "hog", "faulty", "probe", "qecho", "pager", "listwalk", "localbuf",
+    "scribble",
 ];
 
 fn tool(names: &[&str]) -> Option<String> {

@@ -34,6 +34,9 @@ pub struct Args {
     /// Messages of the preempt benchmark.
     #[arg(long, default_value_t = 2000)]
     messages: usize,
+    /// Revokes of the revoke benchmark.
+    #[arg(long, default_value_t = 10_000)]
+    revokes: usize,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -52,6 +55,10 @@ enum Name {
     Preempt,
     /// Decision cost of each policy with 10 to 100 000 vcoprocs.
     SchedScale,
+    /// Revoke latency while the firmware uses the mapping, each verified.
+    Revoke,
+    /// Map + unmap cost by size.
+    Map,
 }
 
 #[derive(Debug, Serialize)]
@@ -136,6 +143,16 @@ pub fn run(args: &Args, format: Format) -> anyhow::Result<bool> {
             sb::PREEMPT_NOTES,
         ),
         Name::SchedScale => ("sched-scale", sb::sched_scale(rounds)?, sb::SCALE_NOTES),
+        Name::Revoke => (
+            "revoke",
+            crate::membench::revoke(args.revokes)?,
+            crate::membench::REVOKE_NOTES,
+        ),
+        Name::Map => (
+            "map",
+            crate::membench::map(rounds)?,
+            crate::membench::MAP_NOTES,
+        ),
     };
     let report = Report {
         bench,
@@ -159,7 +176,8 @@ pub fn run(args: &Args, format: Format) -> anyhow::Result<bool> {
             );
         }
     }
-    Ok(true)
+    // Benchmarks that verify each step report failures; any fails the run.
+    Ok(report.figures.get("failures").is_none_or(|&f| f == 0.0))
 }
 
 const OVERHEAD_NOTES: &str = "overhead_pct: median over jobs of the time of a fir job under the framework \

@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod membench;
 mod output;
 mod remote;
 mod ring;
@@ -79,6 +80,20 @@ enum Command {
     FaultList,
     /// Run a firmware image once in a new vcoproc.
     Run(verbs::RunArgs),
+    /// List mappings (admins: all; others: their own), optionally of one
+    /// vcoproc.
+    MappingList {
+        /// Vcoproc id.
+        vcoproc: Option<u32>,
+    },
+    /// Revoke a mapping (own: any; admins: revocable ones of any domain).
+    MappingRevoke {
+        /// Vcoproc id.
+        vcoproc: u32,
+        /// Start of the mapping (decimal or 0x hex).
+        #[arg(value_parser = verbs::parse_iova)]
+        iova: u64,
+    },
     /// Run one example domain's workload through the daemon (used by the
     /// demo and the tests).
     #[command(hide = true)]
@@ -132,6 +147,10 @@ fn real_main() -> anyhow::Result<()> {
         Command::FaultList => verbs::fault_list(&mut connect()?, f)?,
         Command::Run(args) => verbs::run(&mut connect()?, f, &args)?,
         Command::DomainRun(args) => remote::domain_run(connect()?, &args, f)?,
+        Command::MappingList { vcoproc } => verbs::mapping_list(&mut connect()?, f, vcoproc)?,
+        Command::MappingRevoke { vcoproc, iova } => {
+            verbs::mapping_revoke(&mut connect()?, f, vcoproc, iova)?
+        }
     };
     if !ok {
         std::process::exit(1);

@@ -154,13 +154,14 @@ pub fn domain_list(c: &mut Client, f: Format) -> anyhow::Result<bool> {
                 d.sessions.to_string(),
                 d.vcoprocs.to_string(),
                 d.mapped_bytes.to_string(),
+                d.mappings.to_string(),
             ]
         })
         .collect();
     show(
         f,
         &l,
-        &["uid", "sessions", "vcoprocs", "mapped bytes"],
+        &["uid", "sessions", "vcoprocs", "mapped bytes", "mappings"],
         rows,
     )
 }
@@ -375,4 +376,78 @@ pub fn run(c: &mut Client, f: Format, a: &RunArgs) -> anyhow::Result<bool> {
         }
     }
     Ok(report.outcome != "timeout" && report.outcome != "faulted")
+}
+
+/// `coproc mapping-list [V]`.
+pub fn mapping_list(c: &mut Client, f: Format, vcoproc: Option<u32>) -> anyhow::Result<bool> {
+    let l = c.list_mappings(vcoproc)?;
+    let rows = l
+        .iter()
+        .map(|m| {
+            vec![
+                m.vcoproc.to_string(),
+                format!("{:#x}", m.iova),
+                m.len.to_string(),
+                format!("{:?}", m.perms).to_lowercase(),
+                format!("{:?}", m.kind).to_lowercase(),
+                m.domain.to_string(),
+            ]
+        })
+        .collect();
+    show(
+        f,
+        &l,
+        &["vcoproc", "iova", "len", "perms", "kind", "domain"],
+        rows,
+    )
+}
+
+/// An iova in decimal or `0x` hexadecimal.
+pub fn parse_iova(s: &str) -> Result<u64, String> {
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(&h.replace('_', ""), 16),
+        None => s.replace('_', "").parse(),
+    };
+    r.map_err(|e| format!("{s:?} is not an iova (decimal or 0x hex): {e}"))
+}
+
+/// `coproc mapping-revoke V IOVA`.
+pub fn mapping_revoke(c: &mut Client, f: Format, vcoproc: u32, iova: u64) -> anyhow::Result<bool> {
+    let r = c.revoke(vcoproc, iova)?;
+    #[derive(Serialize)]
+    struct Out {
+        vcoproc: u32,
+        iova: u64,
+        revoked: bool,
+        len: Option<u64>,
+    }
+    let out = Out {
+        vcoproc,
+        iova,
+        revoked: r.is_some(),
+        len: r,
+    };
+    match f {
+        Format::Json => println!("{}", serde_json::to_string(&out)?),
+        Format::Table => match r {
+            Some(len) => println!("revoked {len} bytes at {iova:#x} of vcoproc {vcoproc}"),
+            None => println!("nothing mapped at {iova:#x} of vcoproc {vcoproc}"),
+        },
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod revoke_tests {
+    use super::parse_iova;
+
+    #[test]
+    fn iovas_parse_in_decimal_and_hex() {
+        assert_eq!(parse_iova("0x6000_0000"), Ok(0x6000_0000));
+        assert_eq!(parse_iova("1610612736"), Ok(0x6000_0000));
+        assert_eq!(parse_iova("0XfF"), Ok(255));
+        assert!(parse_iova("0x").is_err());
+        assert!(parse_iova("-1").is_err());
+        assert!(parse_iova("0x1_0000_0000_0000_0000").is_err());
+    }
 }

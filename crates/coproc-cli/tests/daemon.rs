@@ -226,6 +226,7 @@ fn killed_client_loses_everything_and_others_are_unaffected() {
                 && doms[0].sessions == 1
                 && doms[0].vcoprocs == 0
                 && doms[0].mapped_bytes == 0
+                && doms[0].mappings == 0
         });
         (d.rss_kib(), d.fds(), d.memfd_maps())
     };

@@ -527,4 +527,25 @@ impl Client {
     pub fn free_local(&mut self, vcoproc: u32, iova: u64) -> Result<(), ClientError> {
         self.done(Request::FreeLocal { vcoproc, iova })
     }
+
+    /// Revoke the mapping at `iova` (own mappings: any; admins: revocable
+    /// ones of any domain). `Some(len)`: removed, and the device can no
+    /// longer touch it; `None`: nothing was mapped there.
+    pub fn revoke(&mut self, vcoproc: u32, iova: u64) -> Result<Option<u64>, ClientError> {
+        match self.call(Request::Revoke { vcoproc, iova }, &[])? {
+            Answer::Revoked { len } => Ok(Some(len)),
+            Answer::NotMapped => Ok(None),
+            other => Err(ClientError::Protocol(format!(
+                "unexpected answer {other:?}"
+            ))),
+        }
+    }
+
+    /// Mappings visible to this session (of one vcoproc, or all).
+    pub fn list_mappings(
+        &mut self,
+        vcoproc: Option<u32>,
+    ) -> Result<Vec<coproc_proto::MappingInfo>, ClientError> {
+        answer!(self.call(Request::ListMappings { vcoproc }, &[])?, Answer::Mappings { mappings } => mappings)
+    }
 }

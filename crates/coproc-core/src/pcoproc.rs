@@ -622,6 +622,67 @@ impl Pcoproc {
     pub fn device_wake(&self, id: VcoprocId) {
         self.wake(id, false);
     }
+
+    /// Revoke the mapping at `iova` of vcoproc `vcoproc` as an administrator:
+    /// only a [`MapKind::Revocable`] mapping is removed (a pinned one ends
+    /// only when its domain unmaps it or the vcoproc dies: the outcome is
+    /// [`RevokeOutcome::Pinned`] and nothing changes). Never fails; see
+    /// [`VcoprocHandle::revoke`] for what holds when it returns.
+    pub fn revoke(&self, vcoproc: VcoprocId, iova: u64) -> RevokeOutcome {
+        self.revoke_as(vcoproc, iova, false)
+    }
+
+    /// Mappings of vcoproc `vcoproc`, in iova order.
+    pub fn mappings(&self, vcoproc: VcoprocId) -> Result<Vec<MappingInfo>, CoreError> {
+        let mut g = self.shared.lock();
+        Ok(g.vc(vcoproc)?
+            .iova
+            .iter()
+            .map(|m| MappingInfo {
+                iova: m.iova,
+                len: m.len,
+                perms: m.perms,
+                kind: m.kind,
+            })
+            .collect())
+    }
+
+    /// Revoke on the runner (between slices, the running slice preempted);
+    /// `any_kind`: also pinned mappings (their own domain asks).
+    fn revoke_as(&self, id: VcoprocId, iova: u64, any_kind: bool) -> RevokeOutcome {
+        let r = self.command(move |dev, inner| {
+            let Some(vc) = inner.vcoprocs.get_mut(&id) else {
+                return RevokeOutcome::Gone;
+            };
+            match vc.iova.lookup(iova) {
+                Some(m) if m.iova == iova => {
+                    if !any_kind && m.kind == MapKind::Pinned {
+                        return RevokeOutcome::Pinned { len: m.len };
+                    }
+                }
+                _ => return RevokeOutcome::NotMapped,
+            }
+            match vc.iova.remove(iova) {
+                Ok(m) => {
+                    // Removes the translation and the engine mapping: when
+                    // this returns the device cannot reach the pages.
+                    dev.unmap(id, m.iova);
+                    RevokeOutcome::Removed { len: m.len }
+                }
+                Err(_) => RevokeOutcome::NotMapped,
+            }
+        });
+        match r {
+            Ok(o) => o,
+            Err(_) => {
+                // The runner is gone or going: wait until it has released
+                // the device (and every mapping with it), so the promise
+                // holds when this returns.
+                self.shutdown();
+                RevokeOutcome::Gone
+            }
+        }
+    }
 }
 
 impl Drop for Pcoproc {
@@ -1005,6 +1066,58 @@ impl VcoprocHandle {
         let mut g = self.pcoproc.shared.lock();
         Ok(g.vc(self.id)?.stall)
     }
+
+    /// Revoke the mapping at `iova`, pinned or revocable (its domain may end
+    /// any of its mappings). Never fails and takes a bounded time: a running
+    /// vcoproc is stopped at its next preemption point, the mapping leaves
+    /// the iova space and the device, then the vcoproc continues (its next
+    /// access to the range faults). When this returns the device cannot
+    /// touch the pages. A missing mapping is [`RevokeOutcome::NotMapped`];
+    /// a vcoproc already destroyed, or a pcoproc shut down (the device and
+    /// its mappings are released before this returns), is
+    /// [`RevokeOutcome::Gone`].
+    pub fn revoke(&self, iova: u64) -> RevokeOutcome {
+        self.pcoproc.revoke_as(self.id, iova, true)
+    }
+
+    /// Its mappings, in iova order.
+    pub fn mappings(&self) -> Result<Vec<MappingInfo>, CoreError> {
+        self.pcoproc.mappings(self.id)
+    }
+}
+
+/// What a revoke did. Revoke never fails: each case is an outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum RevokeOutcome {
+    /// The mapping (`len` bytes) was removed; the device cannot touch it.
+    Removed {
+        /// Its length.
+        len: u64,
+    },
+    /// No mapping starts at that iova; nothing changed.
+    NotMapped,
+    /// Refused for an administrator: the mapping is pinned (only its
+    /// domain, or the vcoproc's death, ends it); nothing changed.
+    Pinned {
+        /// Its length.
+        len: u64,
+    },
+    /// The vcoproc no longer exists (destroyed, or its pcoproc shut down):
+    /// its mappings went with it.
+    Gone,
+}
+
+/// One mapping as listed (the memory behind it left out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MappingInfo {
+    /// Device address of the first byte.
+    pub iova: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Permissions.
+    pub perms: Perms,
+    /// Pinned or revocable.
+    pub kind: MapKind,
 }
 
 /// The pcoproc's clock seen from a command (which holds a weak reference

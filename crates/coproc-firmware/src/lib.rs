@@ -38,7 +38,8 @@ firmware!(
     QECHO = "qecho",
     PAGER = "pager",
     LISTWALK = "listwalk",
-    LOCALBUF = "localbuf"
+    LOCALBUF = "localbuf",
+    SCRIBBLE = "scribble"
 );
 
 /// The C header of the SDK (the firmware ABI).

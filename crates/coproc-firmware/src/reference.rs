@@ -137,6 +137,16 @@ pub fn pager_sum(first_words: &[u32]) -> u32 {
     first_words.iter().fold(0u32, |a, &w| a.wrapping_add(w))
 }
 
+/// The `scribble` firmware's checksum of one pass over `buf` (little-endian
+/// 32-bit words): words 1.. folded as `c = (c ^ w) * 16777619` from
+/// 2166136261; word 0 (the pass counter it writes) is left out.
+pub fn scribble_checksum(buf: &[u8]) -> u32 {
+    buf.chunks_exact(4)
+        .skip(1)
+        .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+        .fold(2_166_136_261u32, |c, w| (c ^ w).wrapping_mul(16_777_619))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +196,18 @@ mod tests {
                 .fold(0u32, u32::wrapping_add)
         );
         assert_eq!(localbuf_word(1, 1), 2_654_435_761u32.wrapping_add(40_503));
+    }
+
+    #[test]
+    fn scribble_checksum_skips_the_counter() {
+        let mut b = [0u8; 12];
+        b[4] = 1;
+        let want = (2_166_136_261u32 ^ 1)
+            .wrapping_mul(16_777_619)
+            .wrapping_mul(16_777_619);
+        assert_eq!(scribble_checksum(&b), want);
+        b[0] = 0xff;
+        assert_eq!(scribble_checksum(&b), want);
     }
 
     #[test]

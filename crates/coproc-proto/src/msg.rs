@@ -212,6 +212,39 @@ pub enum Request {
         /// Its start.
         iova: u64,
     },
+    /// Revoke the mapping at `iova`: its owner may revoke any of its
+    /// mappings, an admin only revocable ones. Answers `revoked` or
+    /// `not-mapped`; when it answers, the device cannot touch the pages.
+    Revoke {
+        /// Vcoproc.
+        vcoproc: u32,
+        /// The mapping's start.
+        iova: u64,
+    },
+    /// Mappings visible to this session (its domain's; admins: all),
+    /// optionally of one vcoproc.
+    ListMappings {
+        /// Only this vcoproc.
+        #[serde(default)]
+        vcoproc: Option<u32>,
+    },
+}
+
+/// A mapping as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MappingInfo {
+    /// Vcoproc.
+    pub vcoproc: u32,
+    /// Device address of the first byte.
+    pub iova: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Permissions.
+    pub perms: WirePerms,
+    /// Lifetime.
+    pub kind: WireMapKind,
+    /// Owner (uid).
+    pub domain: u32,
 }
 
 /// Changes to a vcoproc's scheduling parameters; `None` keeps a value.
@@ -402,6 +435,9 @@ pub struct DomainInfo {
     pub vcoprocs: u32,
     /// Bytes mapped.
     pub mapped_bytes: u64,
+    /// Mappings.
+    #[serde(default)]
+    pub mappings: u32,
 }
 
 /// One vcoproc's standing: id, whether queued, policy figures.
@@ -475,6 +511,18 @@ pub enum Answer {
         /// It.
         sched: SchedInfo,
     },
+    /// To Revoke: the mapping was removed.
+    Revoked {
+        /// Its length.
+        len: u64,
+    },
+    /// To Revoke: no mapping starts there (nothing to do).
+    NotMapped,
+    /// Mappings.
+    Mappings {
+        /// The list.
+        mappings: Vec<MappingInfo>,
+    },
 }
 
 /// Events from the daemon.
@@ -511,6 +559,18 @@ pub enum Event {
         iova: u64,
         /// "read" or "write".
         access: String,
+    },
+    /// An admin revoked one of the vcoproc's mappings: the device can no
+    /// longer touch it; the quota it used is given back.
+    MappingRevoked {
+        /// Vcoproc.
+        vcoproc: u32,
+        /// The mapping's start.
+        iova: u64,
+        /// Its length.
+        len: u64,
+        /// Who revoked it (uid).
+        by: u32,
     },
 }
 

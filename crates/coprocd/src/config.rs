@@ -31,6 +31,7 @@ pcoprocs = ["mcu0"]
 max_vcoprocs = 16
 max_mapped_bytes = 268435456
 max_queues = 16
+max_mappings = 64
 "#;
 
 /// Errors of this module.
@@ -146,6 +147,14 @@ pub struct DomainRule {
     /// Most queues at once.
     #[serde(default = "default_max_queues")]
     pub max_queues: u32,
+    /// Most mappings at once, over all their vcoprocs (queues count: each
+    /// maps its ring memory).
+    #[serde(default = "default_max_mappings")]
+    pub max_mappings: u32,
+}
+
+fn default_max_mappings() -> u32 {
+    64
 }
 
 fn default_max_vcoprocs() -> u32 {

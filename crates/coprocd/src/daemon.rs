@@ -20,8 +20,8 @@ pub struct Entry {
     /// Session that created it (it dies with the session).
     pub session: u64,
     /// Mappings and device-local memory (alloc-local): iova → bytes. Both
-    /// count against the domain's mapped-bytes quota; their iova ranges
-    /// never overlap, so one map holds both.
+    /// count against the domain's mapped-bytes and mappings quotas; their
+    /// iova ranges never overlap, so one map holds both.
     pub mapped: BTreeMap<u64, u64>,
     /// Queues it has.
     pub queues: u32,
@@ -36,6 +36,8 @@ pub enum Quota {
     Bytes,
     /// Queues.
     Queues,
+    /// Mappings at once.
+    Mappings,
 }
 
 /// What a domain uses now.
@@ -49,11 +51,16 @@ pub struct Usage {
     pub mapped_bytes: u64,
     /// Queues.
     pub queues: u32,
+    /// Mappings.
+    pub mappings: u32,
 }
 
 /// Vcoprocs remembered after they are gone, so their faults can still be
 /// listed with their wire id and owner.
 pub const HISTORY: usize = 4096;
+
+/// Events from other sessions queued for one session at most.
+pub const NOTICES: usize = 256;
 
 #[derive(Debug, Default)]
 pub struct Tables {
@@ -88,6 +95,9 @@ pub struct Daemon {
     /// Log limits per domain: lines a domain triggers are rate-limited
     /// across all its sessions.
     logs: Mutex<HashMap<u32, Arc<coproc_core::ratelimit::RateLimit>>>,
+    /// Events for a session that another session causes (an admin's
+    /// revoke), by session id.
+    notices: Mutex<HashMap<u64, tokio::sync::mpsc::Sender<coproc_proto::Event>>>,
 }
 
 impl Daemon {
@@ -121,6 +131,7 @@ impl Daemon {
             tables: Mutex::new(Tables::default()),
             next_session: AtomicU64::new(1),
             logs: Mutex::new(HashMap::new()),
+            notices: Mutex::new(HashMap::new()),
         })
     }
 
@@ -181,6 +192,7 @@ impl Daemon {
             u.vcoprocs = u.vcoprocs.saturating_sub(1);
             u.mapped_bytes = u.mapped_bytes.saturating_sub(e.mapped.values().sum());
             u.queues = u.queues.saturating_sub(e.queues);
+            u.mappings = u.mappings.saturating_sub(e.mapped.len() as u32);
         }
     }
 
@@ -194,6 +206,7 @@ impl Daemon {
                 max_vcoprocs: u32::MAX,
                 max_mapped_bytes: u64::MAX,
                 max_queues: u32::MAX,
+                max_mappings: u32::MAX,
             }),
             None => Err(WireError::new(
                 ErrorCode::PermissionDenied,
@@ -227,6 +240,7 @@ impl Daemon {
             Quota::Vcoprocs => (u64::from(u.vcoprocs), "vcoprocs"),
             Quota::Bytes => (u.mapped_bytes, "mapped bytes"),
             Quota::Queues => (u64::from(u.queues), "queues"),
+            Quota::Mappings => (u64::from(u.mappings), "mappings"),
         };
         if used.saturating_add(amount) > limit {
             return Err(WireError::new(
@@ -240,6 +254,7 @@ impl Daemon {
             Quota::Vcoprocs => u.vcoprocs += amount as u32,
             Quota::Bytes => u.mapped_bytes += amount,
             Quota::Queues => u.queues += amount as u32,
+            Quota::Mappings => u.mappings += amount as u32,
         }
         Ok(())
     }
@@ -252,6 +267,7 @@ impl Daemon {
                 Quota::Vcoprocs => u.vcoprocs = u.vcoprocs.saturating_sub(amount as u32),
                 Quota::Bytes => u.mapped_bytes = u.mapped_bytes.saturating_sub(amount),
                 Quota::Queues => u.queues = u.queues.saturating_sub(amount as u32),
+                Quota::Mappings => u.mappings = u.mappings.saturating_sub(amount as u32),
             }
         }
     }
@@ -268,6 +284,31 @@ impl Daemon {
             .push_back(((e.coproc.clone(), e.handle.id().0), (id, e.uid)));
         t.vcoprocs.insert(id, e);
         id
+    }
+
+    /// Where events caused by other sessions reach session `session`
+    /// (`None`: it ended).
+    pub fn set_notices(
+        &self,
+        session: u64,
+        tx: Option<tokio::sync::mpsc::Sender<coproc_proto::Event>>,
+    ) {
+        let mut n = self.notices.lock().unwrap_or_else(|e| e.into_inner());
+        match tx {
+            Some(tx) => n.insert(session, tx),
+            None => n.remove(&session),
+        };
+    }
+
+    /// Send `event` to session `session`, if it still exists; dropped if
+    /// the session does not keep up (its queue holds [`NOTICES`]).
+    pub fn notice(&self, session: u64, event: coproc_proto::Event) {
+        let n = self.notices.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = n.get(&session) {
+            if tx.try_send(event).is_err() {
+                tracing::debug!(session, "event for a session dropped: its queue is full");
+            }
+        }
     }
 
     /// Stop every pcoproc.

@@ -316,6 +316,15 @@ impl Session {
         let d = self.daemon.clone();
         let rule = d.rule(&self.who)?;
         d.reserve(self.who.uid, Quota::Bytes, len, rule.max_mapped_bytes)?;
+        if let Err(e) = d.reserve(
+            self.who.uid,
+            Quota::Mappings,
+            1,
+            u64::from(rule.max_mappings),
+        ) {
+            d.unreserve(self.who.uid, Quota::Bytes, len);
+            return Err(e);
+        }
         let mapped = (|| -> Result<(), WireError> {
             // Region::from_fd seals the memfd against shrinking.
             let region = Region::from_fd(fd, offset, len)
@@ -326,18 +335,25 @@ impl Session {
         })();
         if let Err(e) = mapped {
             d.unreserve(self.who.uid, Quota::Bytes, len);
+            d.unreserve(self.who.uid, Quota::Mappings, 1);
             return Err(e);
         }
         let recorded = d
             .tables()
             .vcoprocs
             .get_mut(&vcoproc)
-            .map(|entry| entry.mapped.insert(iova, len))
-            .is_some();
-        if !recorded {
+            .map(|entry| entry.mapped.insert(iova, len));
+        if let Some(Some(stale)) = recorded {
+            // A revoke ran between the map and this record and found no
+            // record to remove: the stale record's quota goes back now.
+            d.unreserve(self.who.uid, Quota::Bytes, stale);
+            d.unreserve(self.who.uid, Quota::Mappings, 1);
+        }
+        if recorded.is_none() {
             // Destroyed meanwhile (by an admin): its release did not see
             // this mapping, so give the bytes back here.
             d.unreserve(self.who.uid, Quota::Bytes, len);
+            d.unreserve(self.who.uid, Quota::Mappings, 1);
         }
         Ok(())
     }
@@ -600,10 +616,10 @@ impl Session {
                 let len = t
                     .vcoprocs
                     .get_mut(&vcoproc)
-                    .and_then(|x| x.mapped.remove(&iova))
-                    .unwrap_or(0);
-                if let Some(u) = t.usage.get_mut(&self.who.uid) {
+                    .and_then(|x| x.mapped.remove(&iova));
+                if let (Some(len), Some(u)) = (len, t.usage.get_mut(&self.who.uid)) {
                     u.mapped_bytes = u.mapped_bytes.saturating_sub(len);
+                    u.mappings = u.mappings.saturating_sub(1);
                 }
                 Ok(Answer::Done)
             }
@@ -709,6 +725,7 @@ impl Session {
                         sessions: u.sessions,
                         vcoprocs: u.vcoprocs,
                         mapped_bytes: u.mapped_bytes,
+                        mappings: u.mappings,
                     })
                     .collect();
                 out.sort_by_key(|x| x.uid);
@@ -813,9 +830,12 @@ impl Session {
                     .and_then(|x| x.mapped.remove(&iova));
                 if let (Some(u), Some(_)) = (t.usage.get_mut(&self.who.uid), recorded) {
                     u.mapped_bytes = u.mapped_bytes.saturating_sub(len);
+                    u.mappings = u.mappings.saturating_sub(1);
                 }
                 Ok(Answer::Done)
             }
+            Request::Revoke { vcoproc, iova } => self.revoke(vcoproc, iova),
+            Request::ListMappings { vcoproc } => self.list_mappings(vcoproc),
         }
     }
 
@@ -831,9 +851,21 @@ impl Session {
         }
         let d = self.daemon.clone();
         let rule = d.rule(&self.who)?;
-        d.reserve(self.who.uid, Quota::Bytes, len, rule.max_mapped_bytes)?;
+        // A local range counts as one mapping too (it is one entry of the
+        // vcoproc's iova space, released with the others).
+        d.reserve(
+            self.who.uid,
+            Quota::Mappings,
+            1,
+            u64::from(rule.max_mappings),
+        )?;
+        if let Err(x) = d.reserve(self.who.uid, Quota::Bytes, len, rule.max_mapped_bytes) {
+            d.unreserve(self.who.uid, Quota::Mappings, 1);
+            return Err(x);
+        }
         if let Err(x) = e.handle.alloc_local(iova, len) {
             d.unreserve(self.who.uid, Quota::Bytes, len);
+            d.unreserve(self.who.uid, Quota::Mappings, 1);
             return Err(core_err(x));
         }
         let recorded = d
@@ -845,8 +877,96 @@ impl Session {
         if !recorded {
             // Destroyed meanwhile: its release did not count this.
             d.unreserve(self.who.uid, Quota::Bytes, len);
+            d.unreserve(self.who.uid, Quota::Mappings, 1);
         }
         Ok(())
+    }
+
+    /// Revoke a mapping: the owner any of its own, an admin revocable ones
+    /// of any domain (whose session gets a `mapping-revoked` event).
+    fn revoke(&mut self, vcoproc: u32, iova: u64) -> Result<Answer, WireError> {
+        use coproc_core::pcoproc::RevokeOutcome;
+        let d = self.daemon.clone();
+        let e = self.entry(vcoproc, true)?;
+        let owner = e.uid == self.who.uid;
+        let outcome = if owner {
+            e.handle.revoke(iova)
+        } else {
+            e.handle.pcoproc().revoke(e.handle.id(), iova)
+        };
+        match outcome {
+            RevokeOutcome::Removed { len } => {
+                let mut t = d.tables();
+                let had = t
+                    .vcoprocs
+                    .get_mut(&vcoproc)
+                    .and_then(|x| x.mapped.remove(&iova));
+                if let (Some(had), Some(u)) = (had, t.usage.get_mut(&e.uid)) {
+                    u.mapped_bytes = u.mapped_bytes.saturating_sub(had);
+                    u.mappings = u.mappings.saturating_sub(1);
+                }
+                drop(t);
+                if !owner {
+                    tracing::info!(vcoproc, iova, len, by = self.who.uid, "mapping revoked");
+                    d.notice(
+                        e.session,
+                        Event::MappingRevoked {
+                            vcoproc,
+                            iova,
+                            len,
+                            by: self.who.uid,
+                        },
+                    );
+                }
+                Ok(Answer::Revoked { len })
+            }
+            RevokeOutcome::NotMapped | RevokeOutcome::Gone => Ok(Answer::NotMapped),
+            RevokeOutcome::Pinned { len } => Err(err(
+                ErrorCode::PermissionDenied,
+                format!(
+                    "the mapping at {iova:#x} ({len} bytes) of vcoproc {vcoproc} is pinned: \
+                     only its domain may end it"
+                ),
+            )),
+        }
+    }
+
+    /// Mappings visible to this session, of one vcoproc or all.
+    fn list_mappings(&self, vcoproc: Option<u32>) -> Result<Answer, WireError> {
+        let entries: Vec<(u32, Entry)> = match vcoproc {
+            Some(v) => vec![(v, self.entry(v, true)?)],
+            None => self
+                .daemon
+                .tables()
+                .vcoprocs
+                .iter()
+                .filter(|(_, e)| self.who.admin || e.uid == self.who.uid)
+                .map(|(&id, e)| (id, e.clone()))
+                .collect(),
+        };
+        let mut out = Vec::new();
+        for (id, e) in entries {
+            let Ok(maps) = e.handle.mappings() else {
+                continue;
+            };
+            out.extend(maps.into_iter().map(|m| MappingInfo {
+                vcoproc: id,
+                iova: m.iova,
+                len: m.len,
+                perms: if m.perms.write {
+                    WirePerms::Rw
+                } else {
+                    WirePerms::R
+                },
+                kind: match m.kind {
+                    MapKind::Pinned => WireMapKind::Pinned,
+                    MapKind::Revocable => WireMapKind::Revocable,
+                },
+                domain: e.uid,
+            }));
+        }
+        out.sort_by_key(|m| (m.vcoproc, m.iova));
+        Ok(Answer::Mappings { mappings: out })
     }
 
     /// Turn a control block event into events for the client.
@@ -965,6 +1085,8 @@ pub async fn serve(
 ) {
     let id = daemon.open_session(who.uid);
     let (wtx, mut wrx) = mpsc::channel(WAKE_QUEUE);
+    let (ntx, mut nrx) = mpsc::channel(crate::daemon::NOTICES);
+    daemon.set_notices(id, Some(ntx));
     let mut s = Session {
         daemon: daemon.clone(),
         id,
@@ -1047,6 +1169,11 @@ pub async fn serve(
                     }
                 }
             }
+            Some(event) = nrx.recv() => {
+                if send(&mut stream, &ServerFrame::Event { event }).await.is_err() {
+                    break 'session;
+                }
+            }
             _ = shutdown.changed() => break 'session,
         }
     }
@@ -1059,6 +1186,7 @@ pub async fn serve(
             e.handle.control().set_listener(None);
         }
     }
+    daemon.set_notices(id, None);
     tokio::task::block_in_place(|| daemon.close_session(who.uid, id));
     tracing::debug!(session = id, uid = who.uid, "session closed");
 }
