@@ -1,15 +1,18 @@
 //! The real daemon with real client processes: results, a client killed
 //! mid-run, hostile input, authorization between uids.
 
+mod common;
+use common::{coproc_bin, wait_for, Daemon};
+
 use coproc_client::{Client, ErrorCode, SharedMem, WireMapKind, WirePerms};
 use coproc_proto::frame::{encode, MAGIC};
 use coproc_proto::{ClientFrame, Request, ServerFrame};
 use rustix::fd::AsFd;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const CONFIG: &str = r#"
 [[pcoproc]]
@@ -24,103 +27,6 @@ pcoprocs = ["mcu0"]
 max_vcoprocs = 8
 max_mapped_bytes = 16777216
 "#;
-
-fn coproc_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_coproc"))
-}
-
-/// The coprocd binary next to the coproc binary (built by the workspace
-/// build; built here if this package's tests run alone).
-fn coprocd_bin() -> PathBuf {
-    let p = coproc_bin().with_file_name("coprocd");
-    if !p.exists() {
-        let mut c = Command::new(env!("CARGO"));
-        c.args(["build", "-q", "-p", "coprocd"]);
-        if p.to_string_lossy().contains("/release/") {
-            c.arg("--release");
-        }
-        assert!(c.status().unwrap().success(), "building coprocd");
-    }
-    p
-}
-
-struct Daemon {
-    child: Child,
-    dir: PathBuf,
-    socket: PathBuf,
-}
-
-impl Daemon {
-    fn start(name: &str) -> Daemon {
-        let dir = std::env::temp_dir().join(format!("coproc-test-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let config = dir.join("coprocd.toml");
-        std::fs::write(&config, CONFIG).unwrap();
-        let socket = dir.join("coprocd.sock");
-        let child = Command::new(coprocd_bin())
-            .arg("--config")
-            .arg(&config)
-            .arg("--socket")
-            .arg(&socket)
-            .env("COPROC_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Client::connect_to(&socket).is_err() {
-            assert!(Instant::now() < deadline, "daemon did not come up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Daemon { child, dir, socket }
-    }
-
-    fn client(&self) -> Client {
-        Client::connect_to(&self.socket).unwrap()
-    }
-
-    fn coproc(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(coproc_bin());
-        c.arg("--socket").arg(&self.socket).args(args);
-        c
-    }
-
-    fn rss_kib(&self) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let line = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    }
-
-    /// Open descriptors of the daemon (every mapping and queue holds some).
-    fn fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .unwrap()
-            .count()
-    }
-
-    /// Domain memory (memfds) mapped into the daemon.
-    fn memfd_maps(&self) -> usize {
-        let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.child.id())).unwrap();
-        maps.lines().filter(|l| l.contains("/memfd:")).count()
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = rustix::process::kill_process(
-            rustix::process::Pid::from_raw(self.child.id() as i32).unwrap(),
-            rustix::process::Signal::TERM,
-        );
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn domain(d: &Daemon, fw: &str, extra: &[&str]) -> Child {
     let mut args = vec!["-o", "json", "domain-run", "--firmware", fw];
@@ -144,17 +50,9 @@ fn verified(out: Output) -> serde_json::Value {
     v
 }
 
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn concurrent_client_processes_get_right_results() {
-    let d = Daemon::start("concurrent");
+    let d = Daemon::start("concurrent", CONFIG);
     let kids: Vec<Child> = ["fir", "crc32", "echo", "faulty"]
         .iter()
         .map(|fw| domain(&d, fw, &["--scale", "2"]))
@@ -176,7 +74,7 @@ fn concurrent_client_processes_get_right_results() {
 
 #[test]
 fn killed_client_loses_everything_and_others_are_unaffected() {
-    let mut d = Daemon::start("sigkill");
+    let mut d = Daemon::start("sigkill", CONFIG);
     let mut admin = d.client();
     // Warm up once, then take the baseline.
     verified(domain(&d, "echo", &[]).wait_with_output().unwrap());
@@ -311,7 +209,7 @@ fn send_with_fds(s: &UnixStream, id: u64, req: Request, fds: &[rustix::fd::Borro
 
 #[test]
 fn hostile_input_gets_clear_errors_and_the_daemon_keeps_serving() {
-    let mut d = Daemon::start("hostile");
+    let mut d = Daemon::start("hostile", CONFIG);
     // A well-behaved domain runs the whole time.
     let bystander = domain(&d, "echo", &["--scale", "10"]);
     let sock = d.socket.clone();
@@ -537,7 +435,7 @@ fn hostile_input_gets_clear_errors_and_the_daemon_keeps_serving() {
 
 #[test]
 fn sigterm_shuts_down_cleanly() {
-    let mut d = Daemon::start("sigterm");
+    let mut d = Daemon::start("sigterm", CONFIG);
     let mut c = d.client();
     let v = c.open("mcu0").unwrap();
     c.load_firmware(v, "hog", coproc_firmware::HOG.elf).unwrap();
@@ -559,7 +457,7 @@ fn other_uids_cannot_see_or_touch_our_vcoprocs() {
         eprintln!("skipped: needs root to run a client as another uid");
         return;
     }
-    let d = Daemon::start("uids");
+    let d = Daemon::start("uids", CONFIG);
     let mut root = d.client();
     let v = root.open("mcu0").unwrap();
     root.load_firmware(v, "echo", coproc_firmware::ECHO.elf)
@@ -642,7 +540,7 @@ fn other_uids_cannot_see_or_touch_our_vcoprocs() {
 #[test]
 fn queues_carry_requests_with_only_doorbells_and_survive_garbage_indices() {
     use coproc_client::Sqe;
-    let d = Daemon::start("queues");
+    let d = Daemon::start("queues", CONFIG);
     let mut c = d.client();
     let v = c.open("mcu0").unwrap();
     c.load_firmware(v, "qecho", coproc_firmware::QECHO.elf)
@@ -740,7 +638,7 @@ fn queues_carry_requests_with_only_doorbells_and_survive_garbage_indices() {
 #[test]
 fn a_domain_cannot_stall_the_runner_or_leak_through_its_queues() {
     use coproc_client::{Event, Sqe};
-    let mut d = Daemon::start("eventfds");
+    let mut d = Daemon::start("eventfds", CONFIG);
     let mut c = d.client();
     let v = c.open("mcu0").unwrap();
     c.load_firmware(v, "qecho", coproc_firmware::QECHO.elf)
@@ -881,19 +779,9 @@ fn act_on_a_foreign_vcoproc() {
     println!("foreign: all refused");
 }
 
-/// `coproc ARGS -o json` as the test's uid: (success, stdout, stderr).
-fn cli(d: &Daemon, args: &[&str]) -> (bool, String, String) {
-    let out = d.coproc(args).output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
 #[test]
 fn policies_and_parameters_change_while_domains_run() {
-    let d = Daemon::start("policies");
+    let d = Daemon::start("policies", CONFIG);
     let kids: Vec<Child> = ["fir", "crc32", "echo", "fir"]
         .iter()
         .map(|fw| domain(&d, fw, &["--scale", "6"]))
@@ -933,32 +821,28 @@ fn policies_and_parameters_change_while_domains_run() {
     for step in &steps {
         let mut args = vec!["sched-set", "mcu0"];
         args.extend(step.iter().map(String::as_str));
-        let (ok, _, err) = cli(&d, &args);
+        let (ok, _, err) = d.cli(&args);
         assert!(ok, "{step:?}: {err}");
         let s = c.sched_get("mcu0").unwrap();
         assert_eq!(s.policy, step[0]);
         match step[0].as_str() {
             "credit" => {
-                let (ok, _, err) = cli(&d, &["vcoproc-set", a, "--weight", "1024"]);
+                let (ok, _, err) = d.cli(&["vcoproc-set", a, "--weight", "1024"]);
                 assert!(ok, "{err}");
-                let (ok, _, err) = cli(&d, &["vcoproc-set", b, "--cap", "40"]);
+                let (ok, _, err) = d.cli(&["vcoproc-set", b, "--cap", "40"]);
                 assert!(ok, "{err}");
             }
             "priority" => {
-                let (ok, _, err) = cli(&d, &["vcoproc-set", a, "--priority", "-3"]);
+                let (ok, _, err) = d.cli(&["vcoproc-set", a, "--priority", "-3"]);
                 assert!(ok, "{err}");
             }
             "rt" => {
-                let (ok, _, err) = cli(
-                    &d,
-                    &["vcoproc-set", a, "--budget", "2000", "--period", "10000"],
-                );
+                let (ok, _, err) =
+                    d.cli(&["vcoproc-set", a, "--budget", "2000", "--period", "10000"]);
                 assert!(ok, "{err}");
                 // Over capacity: refused, nothing changes.
-                let (ok, _, err) = cli(
-                    &d,
-                    &["vcoproc-set", b, "--budget", "9000", "--period", "10000"],
-                );
+                let (ok, _, err) =
+                    d.cli(&["vcoproc-set", b, "--budget", "9000", "--period", "10000"]);
                 assert!(!ok && err.contains("InvalidArgument"), "{err}");
                 let vb = c.query(b.parse().unwrap()).unwrap();
                 assert_eq!(vb.reservation_us, None);
@@ -1005,7 +889,7 @@ fn policies_and_parameters_change_while_domains_run() {
         &["vcoproc-set", b, "--budget", "100"],
         &["vcoproc-set", a],
     ] {
-        let (ok, _, err) = cli(&d, bad);
+        let (ok, _, err) = d.cli(bad);
         assert!(!ok && !err.is_empty(), "{bad:?} accepted");
     }
     assert_eq!(c.sched_get("mcu0").unwrap().policy, "credit");
@@ -1014,6 +898,6 @@ fn policies_and_parameters_change_while_domains_run() {
         1024,
         "refused changes change nothing"
     );
-    let (ok, out, _) = cli(&d, &["-o", "json", "domain-run", "--firmware", "crc32"]);
+    let (ok, out, _) = d.cli(&["-o", "json", "domain-run", "--firmware", "crc32"]);
     assert!(ok, "{out}");
 }

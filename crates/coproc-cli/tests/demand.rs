@@ -1,10 +1,11 @@
 //! Demand faults through the real daemon: a client turns them on, gets a
 //! `page-fault` event per missing page, maps it, and the vcoproc goes on.
 
-use coproc_client::{Client, ErrorCode, Event, SharedMem, WireMapKind, WirePerms};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+use common::Daemon;
+
+use coproc_client::{ErrorCode, Event, SharedMem, WireMapKind, WirePerms};
+use std::time::Duration;
 
 const CONFIG: &str = r#"
 [[pcoproc]]
@@ -22,70 +23,9 @@ max_mapped_bytes = 16777216
 
 const T: Duration = Duration::from_secs(60);
 
-/// The coprocd binary next to the coproc binary (built here if needed).
-fn coprocd_bin() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_BIN_EXE_coproc")).with_file_name("coprocd");
-    if !p.exists() {
-        let mut c = Command::new(env!("CARGO"));
-        c.args(["build", "-q", "-p", "coprocd"]);
-        if p.to_string_lossy().contains("/release/") {
-            c.arg("--release");
-        }
-        assert!(c.status().unwrap().success(), "building coprocd");
-    }
-    p
-}
-
-struct Daemon {
-    child: Child,
-    dir: PathBuf,
-    socket: PathBuf,
-}
-
-impl Daemon {
-    fn start(name: &str) -> Daemon {
-        let dir = std::env::temp_dir().join(format!("coproc-test-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = dir.join("coprocd.toml");
-        std::fs::write(&config, CONFIG).unwrap();
-        let socket = dir.join("coprocd.sock");
-        let child = Command::new(coprocd_bin())
-            .arg("--config")
-            .arg(&config)
-            .arg("--socket")
-            .arg(&socket)
-            .env("COPROC_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Client::connect_to(&socket).is_err() {
-            assert!(Instant::now() < deadline, "daemon did not come up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Daemon { child, dir, socket }
-    }
-
-    fn client(&self) -> Client {
-        Client::connect_to(&self.socket).unwrap()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = rustix::process::kill_process(
-            rustix::process::Pid::from_raw(self.child.id() as i32).unwrap(),
-            rustix::process::Signal::TERM,
-        );
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[test]
 fn a_client_maps_pages_on_demand() {
-    let d = Daemon::start("demand");
+    let d = Daemon::start("demand", CONFIG);
     let mut c = d.client();
     let v = c.open("mcu0").unwrap();
     c.load_firmware(v, "pager", coproc_firmware::PAGER.elf)

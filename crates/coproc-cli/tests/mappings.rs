@@ -2,14 +2,17 @@
 //! outliving the domain's own mapping, the mappings quota, hostile revoke
 //! requests, listings and the CLI verbs.
 
+mod common;
+use common::{coproc_bin, wait_for, Daemon};
+
 use coproc_client::{Client, ErrorCode, Event, SharedMem, WireMapKind, WirePerms};
 use coproc_firmware::reference::{self, TestRng};
 use coproc_proto::frame::{encode, MAGIC};
 use coproc_proto::ServerFrame;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const CONFIG: &str = r#"
@@ -29,98 +32,6 @@ max_mappings = 4
 
 const IOVA: u64 = 0x6000_0000;
 const LEN: u64 = 4 * 4096;
-
-fn coproc_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_coproc"))
-}
-
-fn coprocd_bin() -> PathBuf {
-    let p = coproc_bin().with_file_name("coprocd");
-    if !p.exists() {
-        let mut c = Command::new(env!("CARGO"));
-        c.args(["build", "-q", "-p", "coprocd"]);
-        if p.to_string_lossy().contains("/release/") {
-            c.arg("--release");
-        }
-        assert!(c.status().unwrap().success(), "building coprocd");
-    }
-    p
-}
-
-struct Daemon {
-    child: Child,
-    dir: PathBuf,
-    socket: PathBuf,
-}
-
-impl Daemon {
-    fn start(name: &str) -> Daemon {
-        let dir = std::env::temp_dir().join(format!("coproc-maps-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let config = dir.join("coprocd.toml");
-        std::fs::write(&config, CONFIG).unwrap();
-        let socket = dir.join("coprocd.sock");
-        let child = Command::new(coprocd_bin())
-            .arg("--config")
-            .arg(&config)
-            .arg("--socket")
-            .arg(&socket)
-            .env("COPROC_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Client::connect_to(&socket).is_err() {
-            assert!(Instant::now() < deadline, "daemon did not come up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Daemon { child, dir, socket }
-    }
-
-    fn client(&self) -> Client {
-        Client::connect_to(&self.socket).unwrap()
-    }
-
-    fn cli(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(coproc_bin())
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = rustix::process::kill_process(
-            rustix::process::Pid::from_raw(self.child.id() as i32).unwrap(),
-            rustix::process::Signal::TERM,
-        );
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
 
 /// A scribble vcoproc of `c` with `mem` mapped at `IOVA`, started.
 fn scribble(c: &mut Client, mem: &SharedMem, kind: WireMapKind) -> u32 {
@@ -148,7 +59,7 @@ fn domain_usage(c: &mut Client) -> (u64, u32) {
 
 #[test]
 fn revoke_through_the_daemon_stops_the_device_and_gives_back_the_quota() {
-    let mut d = Daemon::start("revoke");
+    let mut d = Daemon::start("revoke", CONFIG);
     // A bystander with its own results to check.
     let crc = Command::new(coproc_bin())
         .arg("--socket")
@@ -221,7 +132,7 @@ fn revoke_through_the_daemon_stops_the_device_and_gives_back_the_quota() {
 
 #[test]
 fn pinned_mapping_outlives_the_domains_munmap() {
-    let d = Daemon::start("pinned");
+    let d = Daemon::start("pinned", CONFIG);
     let mut c = d.client();
     let data = TestRng::new(4).bytes(LEN as usize);
     let v = {
@@ -249,7 +160,7 @@ fn pinned_mapping_outlives_the_domains_munmap() {
 
 #[test]
 fn mapping_quota_is_enforced_and_death_frees_everything() {
-    let d = Daemon::start("quota");
+    let d = Daemon::start("quota", CONFIG);
     let mut c = d.client();
     let v = c.open("mcu0").unwrap();
     let mem = SharedMem::new(2 << 20).unwrap();
@@ -365,7 +276,7 @@ fn mapping_quota_is_enforced_and_death_frees_everything() {
 
 #[test]
 fn hostile_revoke_requests_get_clear_answers() {
-    let mut d = Daemon::start("hostile");
+    let mut d = Daemon::start("hostile", CONFIG);
     let mut c = d.client();
     let mem = SharedMem::new(LEN).unwrap();
     let v = scribble(&mut c, &mem, WireMapKind::Revocable);
@@ -448,7 +359,7 @@ fn admin_revokes_only_revocable_mappings_and_the_domain_is_told() {
         eprintln!("skipped: needs root to run a domain as another uid");
         return;
     }
-    let d = Daemon::start("admin");
+    let d = Daemon::start("admin", CONFIG);
     let mut admin = d.client();
     assert!(admin.identity().admin);
     let mine = admin.open("mcu0").unwrap();

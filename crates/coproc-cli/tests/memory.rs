@@ -2,12 +2,13 @@
 //! daemon with the client SDK: a linked list built with host pointers
 //! walked by firmware; private device memory counted against the quota.
 
+mod common;
+use common::{wait_for, Daemon};
+
 use coproc_client::{Client, ClientError, ErrorCode, SharedMem, SvaMem, WireMapKind, WirePerms};
 use coproc_firmware::reference::{self, ListWalk, TestRng};
 use coproc_firmware::{LISTWALK, LOCALBUF, PROBE};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
 /// The domains' mapped-bytes quota in this configuration.
@@ -26,65 +27,6 @@ pcoprocs = ["mcu0"]
 max_vcoprocs = 8
 max_mapped_bytes = 1048576
 "#;
-
-/// A private coprocd for one test.
-struct Daemon {
-    child: Child,
-    dir: PathBuf,
-    socket: PathBuf,
-}
-
-impl Daemon {
-    fn start(name: &str) -> Daemon {
-        let bin = PathBuf::from(env!("CARGO_BIN_EXE_coproc")).with_file_name("coprocd");
-        if !bin.exists() {
-            let mut c = Command::new(env!("CARGO"));
-            c.args(["build", "-q", "-p", "coprocd"]);
-            if bin.to_string_lossy().contains("/release/") {
-                c.arg("--release");
-            }
-            assert!(c.status().unwrap().success(), "building coprocd");
-        }
-        let dir = std::env::temp_dir().join(format!("coproc-mem-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = dir.join("coprocd.toml");
-        std::fs::write(&config, CONFIG).unwrap();
-        let socket = dir.join("coprocd.sock");
-        let child = Command::new(bin)
-            .arg("--config")
-            .arg(&config)
-            .arg("--socket")
-            .arg(&socket)
-            .env("COPROC_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let d = Daemon { child, dir, socket };
-        wait_for("the daemon", || Client::connect_to(&d.socket).is_ok());
-        d
-    }
-
-    fn client(&self) -> Client {
-        Client::connect_to(&self.socket).unwrap()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// A vcoproc running `fw`, subscribed.
 fn vcoproc(c: &mut Client, fw: coproc_firmware::Firmware) -> u32 {
@@ -135,7 +77,7 @@ fn host_walk(m: &SvaMem, head: u32, max: u32) -> Result<ListWalk, u32> {
 
 #[test]
 fn firmware_walks_a_domain_list_through_shared_virtual_addresses() {
-    let d = Daemon::start("sva");
+    let d = Daemon::start("sva", CONFIG);
     let mut c = d.client();
     let info = c.list_coprocs().unwrap().remove(0);
     assert_eq!((info.iova_base, info.iova_size), (0x6000_0000, 0x2000_0000));
@@ -221,7 +163,7 @@ fn firmware_walks_a_domain_list_through_shared_virtual_addresses() {
 
 #[test]
 fn local_memory_is_private_counted_and_returned() {
-    let d = Daemon::start("local");
+    let d = Daemon::start("local", CONFIG);
     let mut c = d.client();
     let v = vcoproc(&mut c, LOCALBUF);
     let iova = 0x6008_0000u64;

@@ -1,0 +1,135 @@
+//! The harness the daemon tests share: a private `coprocd` on a socket in a
+//! fresh directory, and the `coproc` binary pointed at it.
+
+#![allow(dead_code)]
+
+use coproc_client::Client;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The `coproc` binary of this package.
+pub fn coproc_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_coproc"))
+}
+
+/// The `coprocd` binary next to it, brought up to date once per test
+/// binary (`cargo test` builds only this package's binaries; a stale
+/// daemon would test old code).
+pub fn coprocd_bin() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let p = coproc_bin().with_file_name("coprocd");
+            let mut c = Command::new(env!("CARGO"));
+            c.args(["build", "-q", "-p", "coprocd"]);
+            if p.to_string_lossy().contains("/release/") {
+                c.arg("--release");
+            }
+            assert!(c.status().unwrap().success(), "building coprocd");
+            p
+        })
+        .clone()
+}
+
+/// A private daemon, stopped with SIGTERM and its directory removed on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+}
+
+impl Daemon {
+    /// Start one with `config` in a directory named after `name`.
+    pub fn start(name: &str, config: &str) -> Daemon {
+        let dir = std::env::temp_dir().join(format!("coproc-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // Other uids (tests run domains as uid 65534) reach the socket.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.join("coprocd.toml");
+        std::fs::write(&path, config).unwrap();
+        let socket = dir.join("coprocd.sock");
+        let child = Command::new(coprocd_bin())
+            .arg("--config")
+            .arg(&path)
+            .arg("--socket")
+            .arg(&socket)
+            .env("COPROC_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let d = Daemon { child, dir, socket };
+        wait_for("the daemon", || Client::connect_to(&d.socket).is_ok());
+        d
+    }
+
+    /// A new session.
+    pub fn client(&self) -> Client {
+        Client::connect_to(&self.socket).unwrap()
+    }
+
+    /// `coproc --socket S ARGS`.
+    pub fn coproc(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(coproc_bin());
+        c.arg("--socket").arg(&self.socket).args(args);
+        c
+    }
+
+    /// Run `coproc ARGS`: (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = self.coproc(args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
+    }
+
+    /// Whether the daemon still runs.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Its resident memory in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Open descriptors of the daemon (every mapping and queue holds some).
+    pub fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .unwrap()
+            .count()
+    }
+
+    /// Domain memory (memfds) mapped into the daemon.
+    pub fn memfd_maps(&self) -> usize {
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.child.id())).unwrap();
+        maps.lines().filter(|l| l.contains("/memfd:")).count()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(self.child.id() as i32).unwrap(),
+            rustix::process::Signal::TERM,
+        );
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Poll `cond` until it holds (at most 60 s).
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
