@@ -322,3 +322,55 @@ impl Daemon {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn daemon() -> Daemon {
+        // No pcoprocs: only the quota tables are exercised.
+        Daemon::start(Config::parse("").unwrap()).unwrap()
+    }
+
+    proptest! {
+        /// Random reservations and returns of mappings and bytes by two
+        /// domains: a reservation succeeds exactly when the model says it
+        /// fits, usage never exceeds the caps, and returns give back exactly.
+        #[test]
+        fn quota_caps_hold(ops in proptest::collection::vec((0u32..2, any::<bool>(), any::<bool>(), 1u64..5000), 1..300)) {
+            let d = daemon();
+            let (max_maps, max_bytes) = (8u64, 20_000u64);
+            // Per uid: the reservations held (mappings: 1 each; bytes: amount).
+            let mut held: [Vec<(bool, u64)>; 2] = [vec![], vec![]];
+            for (uid, bytes, take, amount) in ops {
+                let h = &mut held[uid as usize];
+                let (what, amount, limit) = if bytes {
+                    (Quota::Bytes, amount, max_bytes)
+                } else {
+                    (Quota::Mappings, 1, max_maps)
+                };
+                if take {
+                    let used: u64 = h.iter().filter(|x| x.0 == bytes).map(|x| x.1).sum();
+                    let ok = d.reserve(uid, what, amount, limit).is_ok();
+                    prop_assert_eq!(ok, used + amount <= limit);
+                    if ok {
+                        h.push((bytes, amount));
+                    }
+                } else if let Some(i) = h.iter().position(|x| x.0 == bytes) {
+                    let (_, a) = h.remove(i);
+                    d.unreserve(uid, what, a);
+                }
+                let t = d.tables();
+                for (u, h) in held.iter().enumerate() {
+                    let usage = t.usage.get(&(u as u32)).cloned().unwrap_or_default();
+                    let maps = h.iter().filter(|x| !x.0).count() as u64;
+                    let b: u64 = h.iter().filter(|x| x.0).map(|x| x.1).sum();
+                    prop_assert_eq!(u64::from(usage.mappings), maps);
+                    prop_assert_eq!(usage.mapped_bytes, b);
+                    prop_assert!(maps <= max_maps && b <= max_bytes);
+                }
+            }
+        }
+    }
+}
