@@ -128,12 +128,15 @@ fn killed_client_loses_everything_and_others_are_unaffected() {
         });
         (d.rss_kib(), d.fds(), d.memfd_maps())
     };
-    for _ in 0..3 {
+    // Two warm-up rounds, then six measured ones.
+    for _ in 0..2 {
         round(&d, &mut admin);
     }
     let baseline = settle(&d, &mut admin);
-    for _ in 0..3 {
+    let mut rss = Vec::new();
+    for _ in 0..6 {
         round(&d, &mut admin);
+        rss.push(settle(&d, &mut admin).0);
     }
     let after = settle(&d, &mut admin);
     // Every mapping's memory and descriptor went back: exactly.
@@ -143,15 +146,21 @@ fn killed_client_loses_everything_and_others_are_unaffected() {
         "daemon descriptors: {} before, {} after",
         baseline.1, after.1
     );
-    // 18 more clients each mapped 1 MiB and had a context: had any of it
-    // stayed, the daemon would have grown by 18 MiB or more per round.
-    // Beyond that, resident memory moves only within the engine's
-    // translation cache (32 MiB) and the allocator's reuse.
+    // Resident memory is not monotonic (the allocator keeps freed memory
+    // until it trims, the engine's translation cache fills up to 32 MiB),
+    // so compare the lowest reading of the last three rounds with the
+    // lowest of the three before: six clients per round each mapped 1 MiB
+    // and had a context, so keeping that memory would add 6 MiB or more per
+    // round, 18 MiB or more between the two minima; allocator noise in a
+    // minimum stays within a few MiB. (Mapped domain memory itself is
+    // checked exactly above.)
+    let (first, last) = (
+        rss[..3].iter().min().copied().unwrap_or(0),
+        rss[3..].iter().min().copied().unwrap_or(0),
+    );
     assert!(
-        after.0 <= baseline.0 + 40 * 1024,
-        "daemon RSS grew from {} KiB to {} KiB",
-        baseline.0,
-        after.0
+        last <= first + 12 * 1024,
+        "daemon RSS kept growing: {rss:?} KiB after each round"
     );
     assert!(d.alive());
 }
