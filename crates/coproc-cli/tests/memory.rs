@@ -55,24 +55,10 @@ fn mapped_bytes(c: &mut Client) -> u64 {
         .map_or(0, |d| d.mapped_bytes)
 }
 
-/// The host's walk through the same pointers, dereferenced here.
+/// The host's walk through the same pointers, over a copy of the memory.
 fn host_walk(m: &SvaMem, head: u32, max: u32) -> Result<ListWalk, u32> {
-    let (lo, hi) = (m.addr(), m.addr() + m.len());
-    reference::list_walk(
-        |p| {
-            let a = u64::from(p);
-            if a < lo || a + 8 > hi || a % 4 != 0 {
-                return None;
-            }
-            let node = a as *const u32;
-            // SAFETY: [a, a+8) lies inside the live mapping of `m` at its
-            // fixed address (checked above) and is 4-aligned; the device may
-            // write it concurrently, hence volatile word reads, no references.
-            Some(unsafe { [node.read_volatile(), node.add(1).read_volatile()] })
-        },
-        head,
-        max,
-    )
+    let bytes = m.read_vec(0, m.len() as usize).unwrap();
+    reference::list_walk_in(&bytes, m.addr(), head, max)
 }
 
 #[test]

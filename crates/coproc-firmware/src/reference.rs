@@ -67,6 +67,30 @@ pub struct ListWalk {
     pub end: u32,
 }
 
+/// [`list_walk`] over a copy of the shared memory: `bytes` were at device
+/// (and host) address `base`, so a pointer `p` names the node at offset
+/// `p - base`; a pointer outside the copy, unaligned, or null-but-not-end
+/// ends the walk with `Err(p)` as the firmware's fault would.
+pub fn list_walk_in(bytes: &[u8], base: u64, head: u32, max: u32) -> Result<ListWalk, u32> {
+    let word = |off: usize| {
+        bytes
+            .get(off..off + 4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+    };
+    list_walk(
+        |p| {
+            let off = u64::from(p).checked_sub(base)?;
+            if off % 4 != 0 {
+                return None;
+            }
+            let off = usize::try_from(off).ok()?;
+            Some([word(off)?, word(off.checked_add(4)?)?])
+        },
+        head,
+        max,
+    )
+}
+
 /// The `listwalk` firmware's walk: follow `next` pointers from `head`,
 /// visiting at most `max` nodes, summing values. `node(p)` reads the node
 /// at `p` as `[next, value]`, or `None` when `p` is not readable memory:
@@ -170,6 +194,18 @@ mod tests {
             assert_eq!(hog_state(n), x, "step {n}");
             x = x.wrapping_mul(1664525).wrapping_add(1013904223);
         }
+    }
+
+    #[test]
+    fn list_walk_in_reads_nodes_from_a_copy() {
+        let words = [0x1008u32, 5, 0, 7, 0x2000, 1, 0x1002, 9];
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let w = list_walk_in(&bytes, 0x1000, 0x1000, 10).unwrap();
+        assert_eq!((w.sum, w.count, w.end), (12, 2, 0));
+        assert_eq!(list_walk_in(&bytes, 0x1000, 0x1010, 10), Err(0x2000));
+        assert_eq!(list_walk_in(&bytes, 0x1000, 0x1018, 10), Err(0x1002));
+        assert_eq!(list_walk_in(&bytes, 0x1000, 0x0ff8, 10), Err(0x0ff8));
+        assert_eq!(list_walk_in(&bytes, 0x1000, 0x101c, 10), Err(0x101c));
     }
 
     #[test]

@@ -76,25 +76,10 @@ fn build_list(r: &Region, rng: &mut TestRng) -> (u32, Vec<u32>) {
     (ptr(order[0]), order)
 }
 
-/// The host's walk, following the same pointers as host pointers.
+/// The host's walk through the same pointers, over a copy of the memory.
 fn host_walk(r: &Region, head: u32, max: u32) -> Result<ListWalk, u32> {
-    let (lo, hi) = (r.addr(), r.addr() + r.len());
-    reference::list_walk(
-        |p| {
-            let a = u64::from(p);
-            if a < lo || a + 8 > hi || a % 4 != 0 {
-                return None;
-            }
-            let node = a as *const u32;
-            // SAFETY: [a, a+8) was checked to lie inside the live mapping of
-            // `r` (at its fixed address) and is 4-aligned; the device may
-            // write the memory concurrently, hence volatile reads of plain
-            // words, never references.
-            Some(unsafe { [node.read_volatile(), node.add(1).read_volatile()] })
-        },
-        head,
-        max,
-    )
+    let bytes = r.read_vec(0, r.len()).unwrap();
+    reference::list_walk_in(&bytes, r.addr(), head, max)
 }
 
 #[test]
