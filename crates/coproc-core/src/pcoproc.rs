@@ -151,9 +151,11 @@ pub(crate) struct Inner {
     pub trace: Option<(usize, VecDeque<TraceEntry>)>,
     /// Limits the fault log lines (faults are domain-triggered).
     pub fault_log: crate::ratelimit::RateLimit,
-    /// Some vcoproc turned demand faults on (until then the runner skips
-    /// looking for stalls).
-    pub demand_used: bool,
+    /// Stall deadlines, earliest first: (deadline, vcoproc). An entry
+    /// whose vcoproc is no longer stalled with that deadline is stale and
+    /// dropped when it reaches the front, so expiring stalls costs O(log n)
+    /// per stall, never a scan of every vcoproc.
+    pub stall_deadlines: std::collections::BTreeSet<(u64, VcoprocId)>,
 }
 
 impl Inner {
@@ -337,7 +339,7 @@ impl Pcoproc {
                         switches: 0,
                         trace: None,
                         fault_log: crate::ratelimit::RateLimit::default(),
-                        demand_used: false,
+                        stall_deadlines: std::collections::BTreeSet::new(),
                     }),
                     runner_cv: Condvar::new(),
                     state_cv: Condvar::new(),
@@ -1036,7 +1038,6 @@ impl VcoprocHandle {
                     return Err(CoreError::NoVcoproc(id));
                 }
                 dev.set_demand_faults(id, timeout.is_some())?;
-                inner.demand_used |= timeout.is_some();
                 let vc = inner.vc(id)?;
                 vc.demand = timeout;
                 let now = now_ns(&shared);
@@ -1044,6 +1045,8 @@ impl VcoprocHandle {
                     // A new timeout counts from the stall's start.
                     (Some(t), Some(p)) => {
                         p.deadline_ns = p.since_ns.saturating_add(runner::ns(t));
+                        let deadline = p.deadline_ns;
+                        inner.stall_deadlines.insert((deadline, id));
                     }
                     (None, Some(_)) => {
                         runner::fail_stall(

@@ -67,16 +67,10 @@ pub(crate) fn run(mut device: Box<dyn Device>, shared: &Shared) {
         g.running = Some(v);
         drop(g);
 
-        if current != Some(v) {
+        let switched = current != Some(v);
+        if switched {
             match device.switch(Some(v)) {
-                SwitchOutcome::Done => {
-                    current = Some(v);
-                    let mut g = shared.lock();
-                    g.switches += 1;
-                    if let Some(vc) = g.vcoprocs.get_mut(&v) {
-                        vc.stats.switches += 1;
-                    }
-                }
+                SwitchOutcome::Done => current = Some(v),
                 SwitchOutcome::RetryAfter(t) => {
                     retry_after(device.as_mut(), shared, current, v, t);
                     continue;
@@ -89,7 +83,7 @@ pub(crate) fn run(mut device: Box<dyn Device>, shared: &Shared) {
             }
         }
 
-        let start = slice_start(shared, v);
+        let start = slice_start(shared, v, switched);
         let out = device.run(budget);
         charge(shared, v, budget, start, &out);
     }
@@ -155,7 +149,7 @@ fn retry_after(
             }
             g.running = Some(c);
             drop(g);
-            let start = slice_start(shared, c);
+            let start = slice_start(shared, c, false);
             let out = device.run(t);
             charge(shared, c, t, start, &out);
         }
@@ -214,11 +208,18 @@ fn switch_failed(
     shared.state_cv.notify_all();
 }
 
-/// The slice of `v` starts now: note the wake→run latency if it is the first
-/// since a wake-up.
-fn slice_start(shared: &Shared, v: VcoprocId) -> (u64, Option<u64>) {
+/// The slice of `v` starts now (after a completed switch onto it if
+/// `switched`): count the switch, note the wake→run latency if it is the
+/// first slice since a wake-up. One lock per slice.
+fn slice_start(shared: &Shared, v: VcoprocId, switched: bool) -> (u64, Option<u64>) {
     let mut g = shared.lock();
     let now = shared.now_ns();
+    if switched {
+        g.switches += 1;
+        if let Some(vc) = g.vcoprocs.get_mut(&v) {
+            vc.stats.switches += 1;
+        }
+    }
     let vc = g.vcoprocs.get_mut(&v);
     let waited = vc.and_then(|vc| {
         let waited = now.saturating_sub(vc.woken_ns.take()?);
@@ -327,8 +328,13 @@ fn charge(
     if let Err(e) = vc.transition(event) {
         tracing::error!(vcoproc = %v, error = %e, "runner: unexpected state");
     }
+    let mut stall_deadline = None;
     if vc.state == VcoprocState::Stalled {
+        stall_deadline = stalled.map(|p| p.deadline_ns);
         vc.stall = stalled;
+    }
+    if let Some(d) = stall_deadline {
+        g.stall_deadlines.insert((d, v));
     }
     g.policy.charge(v, out.ran, now, end);
     if let Some(fault) = fault {
@@ -366,23 +372,23 @@ fn charge(
 /// Fault every stalled vcoproc whose stall deadline has passed; returns the
 /// earliest deadline seen (a past one if any expired, so the caller knows).
 fn expire_stalls(g: &mut Inner, now: u64) -> Option<u64> {
-    if !g.demand_used {
-        return None;
-    }
-    let mut earliest: Option<u64> = None;
-    let mut expired = Vec::new();
-    for (&id, vc) in &g.vcoprocs {
-        if let (VcoprocState::Stalled, Some(p)) = (vc.state, vc.stall) {
-            if p.deadline_ns <= now {
-                expired.push(id);
-            }
-            earliest = Some(earliest.map_or(p.deadline_ns, |e| e.min(p.deadline_ns)));
+    let mut expired = false;
+    while let Some(&(deadline, id)) = g.stall_deadlines.first() {
+        let live = g
+            .vcoprocs
+            .get(&id)
+            .and_then(|vc| vc.stall.filter(|_| vc.state == VcoprocState::Stalled))
+            .is_some_and(|p| p.deadline_ns == deadline);
+        if live && deadline > now {
+            return Some(if expired { now } else { deadline });
+        }
+        g.stall_deadlines.pop_first();
+        if live {
+            fail_stall(g, id, now, FaultReason::PageFaultTimeout);
+            expired = true;
         }
     }
-    for id in expired {
-        fail_stall(g, id, now, FaultReason::PageFaultTimeout);
-    }
-    earliest
+    expired.then_some(now)
 }
 
 /// Turn the stall of `id` into a fault for `reason`, recording the
