@@ -1,6 +1,8 @@
 //! Builds the example firmware from C with clang + lld for
-//! thumbv7em-none-eabi (Cortex-M4). Fails with a message naming the missing
-//! Debian package when the toolchain is absent.
+//! thumbv7em-none-eabi (Cortex-M4), and compiles the GLSL GPU firmware
+//! (`firmware/gpu/*.comp`) to SPIR-V with glslangValidator. Fails with a
+//! message naming the missing Debian package when a tool is absent. (The
+//! WGSL GPU firmware is included as text; it needs no build step.)
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -83,6 +85,49 @@ fn main() {
             panic!(
                 "building firmware {name} from {} failed ({status})",
                 src.display()
+            );
+        }
+    }
+    build_gpu(&root.join("gpu"), &out);
+}
+
+/// Compiles each GLSL compute shader `dir/<name>.comp` to SPIR-V for Vulkan
+/// 1.1, as `out/<name>.spv`.
+fn build_gpu(dir: &Path, out: &Path) {
+    let mut shaders: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+        .map(|e| e.expect("read_dir entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "comp"))
+        .collect();
+    shaders.sort();
+
+    println!("cargo:rerun-if-env-changed=COPROC_GLSLANG");
+    let glslang = std::env::var("COPROC_GLSLANG")
+        .ok()
+        .or_else(|| tool(&["glslangValidator"]));
+    let Some(glslang) = glslang else {
+        panic!(
+            "coproc firmware needs glslangValidator to build the GPU firmware: install the \
+             Debian package `glslang-tools` (`apt-get install glslang-tools`), or set \
+             COPROC_GLSLANG"
+        );
+    };
+    for src in &shaders {
+        let name = src.file_stem().expect("file name").to_string_lossy();
+        let spv = out.join(format!("{name}.spv"));
+        let output = Command::new(&glslang)
+            .args(["-V", "--target-env", "vulkan1.1", "-o"])
+            .arg(&spv)
+            .arg(src)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {glslang}: {e}"));
+        if !output.status.success() {
+            panic!(
+                "compiling GPU firmware {name} from {} failed ({}):\n{}{}",
+                src.display(),
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
             );
         }
     }

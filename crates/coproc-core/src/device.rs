@@ -85,6 +85,9 @@ pub struct Capabilities {
     pub demand_faults: bool,
     /// Most contexts the device holds at once.
     pub max_contexts: u32,
+    /// Memory of the device itself in bytes (a GPU's heaps; 0 where the
+    /// device has none of its own).
+    pub memory_bytes: u64,
 }
 
 /// What the runner passes when it creates a context.

@@ -37,6 +37,11 @@ pub enum FaultReason {
     /// A demand fault was not resolved in time: no mapping covered the
     /// address (the record's `addr` and `access`) before the stall timeout.
     PageFaultTimeout,
+    /// A job ran past the device's watchdog bound.
+    Watchdog,
+    /// The device was lost while this context's work ran (it was
+    /// recreated; the other contexts were restored).
+    DeviceLost,
 }
 
 impl fmt::Display for FaultReason {
@@ -49,6 +54,8 @@ impl fmt::Display for FaultReason {
             FaultReason::SwitchFailed(e) => write!(f, "context switch failed: {e}"),
             FaultReason::Device(e) => write!(f, "device error: {e}"),
             FaultReason::PageFaultTimeout => f.write_str("page fault not resolved in time"),
+            FaultReason::Watchdog => f.write_str("job ran past the watchdog bound"),
+            FaultReason::DeviceLost => f.write_str("device lost during this vcoproc's job"),
         }
     }
 }
@@ -64,6 +71,8 @@ impl FaultReason {
             FaultReason::SwitchFailed(_) => 5,
             FaultReason::Device(_) => 6,
             FaultReason::PageFaultTimeout => 7,
+            FaultReason::Watchdog => 8,
+            FaultReason::DeviceLost => 9,
         }
     }
 }

@@ -60,6 +60,7 @@ impl Device for Scripted {
             page_size: 4096,
             demand_faults: false,
             max_contexts: 8,
+            memory_bytes: 0,
         }
     }
     fn create_context(&mut self, spec: ContextSpec) -> Result<(), DeviceError> {

@@ -1,8 +1,10 @@
 //! The example firmware of the coproc SDK, built from `firmware/` with clang
 //! at build time, and a host reference implementation of each, used by the
 //! tests, the demo and the benchmarks to check what the device computed.
+//! The GPU (Vulkan compute) examples are in [`gpu`].
 
 pub mod drive;
+pub mod gpu;
 pub mod reference;
 
 /// An example firmware image.

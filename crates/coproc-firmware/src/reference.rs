@@ -1,6 +1,9 @@
 //! Host reference implementations of the example firmware's algorithms.
 //! They are written from the algorithms' definitions, not from the C code;
 //! CRC-32 comes from the `crc32fast` crate, an independent implementation.
+//! The GPU examples' references ([`saxpy`], [`reduce_sum_groups`],
+//! [`spin`], [`matmul_u32`], [`touch`]) are likewise written from the
+//! definitions in [`crate::gpu`], not from the shaders.
 
 /// Most FIR taps the `fir` firmware accepts.
 pub const FIR_MAX_TAPS: usize = 256;
@@ -171,6 +174,78 @@ pub fn scribble_checksum(buf: &[u8]) -> u32 {
         .fold(2_166_136_261u32, |c, w| (c ^ w).wrapping_mul(16_777_619))
 }
 
+/// The `saxpy` GPU firmware: `a * x[i] + y[i]` for each `i`, over the
+/// shorter of `x` and `y`. Computed as a separate multiply and add; a GPU
+/// may fuse them, so compare with a tolerance.
+pub fn saxpy(a: f32, x: &[f32], y: &[f32]) -> Vec<f32> {
+    x.iter().zip(y).map(|(&x, &y)| a * x + y).collect()
+}
+
+/// The `reduce` GPU firmware's output: the wrapping sum of each run of
+/// `group` elements of `input` (the last one possibly short, its missing
+/// elements counting as 0), one per workgroup. The firmware's group is
+/// 256; `input` is its first `n` elements.
+///
+/// # Panics
+///
+/// If `group` is 0.
+pub fn reduce_sum_groups(input: &[u32], group: usize) -> Vec<u32> {
+    assert!(group > 0, "group must be positive");
+    input
+        .chunks(group)
+        .map(|c| c.iter().fold(0u32, |s, &v| s.wrapping_add(v)))
+        .collect()
+}
+
+/// The `spin` GPU firmware's output for `i < n`: `seed ^ i` after `iters`
+/// steps of `v = 1664525 v + 1013904223` (mod 2^32). Runs in O(n log
+/// iters), composing the affine step with itself.
+pub fn spin(seed: u32, iters: u32, n: usize) -> Vec<u32> {
+    // (a, c) represents v -> a v + c (mod 2^32); find the map for `iters`.
+    let (mut a, mut c) = (1u32, 0u32);
+    let (mut pa, mut pc) = (1_664_525u32, 1_013_904_223u32);
+    let mut k = iters;
+    while k > 0 {
+        if k & 1 == 1 {
+            a = pa.wrapping_mul(a);
+            c = pa.wrapping_mul(c).wrapping_add(pc);
+        }
+        pc = pa.wrapping_mul(pc).wrapping_add(pc);
+        pa = pa.wrapping_mul(pa);
+        k >>= 1;
+    }
+    (0..n)
+        .map(|i| a.wrapping_mul(seed ^ i as u32).wrapping_add(c))
+        .collect()
+}
+
+/// The `matmul` GPU firmware: `C = A B` over `u32` with wrapping
+/// arithmetic, all row-major, `a` `m x k`, `b` `k x n`, the result `m x n`.
+///
+/// # Panics
+///
+/// If `a` or `b` is shorter than its shape says.
+pub fn matmul_u32(a: &[u32], b: &[u32], m: usize, n: usize, k: usize) -> Vec<u32> {
+    assert!(a.len() >= m * k, "a is shorter than m x k");
+    assert!(b.len() >= k * n, "b is shorter than k x n");
+    let mut c = vec![0u32; m * n];
+    for row in 0..m {
+        for col in 0..n {
+            c[row * n + col] = (0..k).fold(0u32, |acc, j| {
+                acc.wrapping_add(a[row * k + j].wrapping_mul(b[j * n + col]))
+            });
+        }
+    }
+    c
+}
+
+/// The `touch` GPU firmware: `data[i] * 2 + add` (wrapping) for each `i`.
+pub fn touch(data: &[u32], add: u32) -> Vec<u32> {
+    data.iter()
+        .map(|&d| d.wrapping_mul(2).wrapping_add(add))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +319,49 @@ mod tests {
         assert_eq!(scribble_checksum(&b), want);
         b[0] = 0xff;
         assert_eq!(scribble_checksum(&b), want);
+    }
+
+    #[test]
+    fn saxpy_small() {
+        let y = saxpy(2.0, &[1.0, -0.5, 3.0], &[10.0, 1.0, -6.0]);
+        assert_eq!(y, [12.0, 0.0, 0.0]);
+        assert_eq!(saxpy(1.0, &[1.0, 2.0], &[1.0]), [2.0]);
+    }
+
+    #[test]
+    fn reduce_sum_groups_wraps_and_pads() {
+        assert_eq!(reduce_sum_groups(&[1, 2, 3, 4, 5], 2), [3, 7, 5]);
+        assert_eq!(reduce_sum_groups(&[u32::MAX, 2, 7], 4), [8]);
+        assert_eq!(reduce_sum_groups(&[], 256), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn spin_matches_stepping() {
+        let lcg = |v: u32| v.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        assert_eq!(spin(5, 0, 3), [5, 4, 7]);
+        assert_eq!(spin(0, 1, 2), [1_013_904_223, 1_015_568_748]);
+        for iters in 0..300u32 {
+            let want: Vec<u32> = (0..4u32)
+                .map(|i| (0..iters).fold(0xdead_beef ^ i, |v, _| lcg(v)))
+                .collect();
+            assert_eq!(spin(0xdead_beef, iters, 4), want, "iters {iters}");
+        }
+    }
+
+    #[test]
+    fn matmul_u32_small_and_wrapping() {
+        // [1 2 3; 4 5 6] x [7 8; 9 10; 11 12] = [58 64; 139 154]
+        let c = matmul_u32(&[1, 2, 3, 4, 5, 6], &[7, 8, 9, 10, 11, 12], 2, 2, 3);
+        assert_eq!(c, [58, 64, 139, 154]);
+        // 1 x 2 times 2 x 1: 2^31 * 2 + 3 * 1 wraps to 3.
+        assert_eq!(matmul_u32(&[1 << 31, 3], &[2, 1], 1, 1, 2), [3]);
+        // k = 0: zeros.
+        assert_eq!(matmul_u32(&[], &[], 2, 1, 0), [0, 0]);
+    }
+
+    #[test]
+    fn touch_doubles_and_adds() {
+        assert_eq!(touch(&[0, 1, 5, 0x8000_0001], 3), [3, 5, 13, 5]);
     }
 
     #[test]

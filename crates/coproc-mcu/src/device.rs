@@ -695,6 +695,7 @@ impl Device for McuDevice {
             page_size: PAGE,
             demand_faults: true,
             max_contexts: self.config.max_contexts,
+            memory_bytes: 0,
         }
     }
 

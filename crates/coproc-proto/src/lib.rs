@@ -5,11 +5,13 @@
 //!   passed alongside (SCM_RIGHTS). Every frame from a peer is hostile:
 //!   sizes are bounded before anything is allocated.
 //! - [`msg`]: the messages: requests, replies, events, error codes.
+//! - [`gpu`]: the commands a domain writes into a GPU vcoproc's queue.
 //! - [`fdpass`]: sending and receiving frames with file descriptors over a
 //!   blocking or non-blocking socket.
 
 pub mod fdpass;
 pub mod frame;
+pub mod gpu;
 pub mod msg;
 pub mod queue;
 

@@ -965,6 +965,7 @@ impl Device for SimDevice {
             page_size: 4096,
             demand_faults: false,
             max_contexts: cfg.max_contexts,
+            memory_bytes: 0,
         }
     }
 

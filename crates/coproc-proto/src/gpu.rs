@@ -1,0 +1,576 @@
+//! GPU commands: what a domain writes into a `vulkan` vcoproc's submission
+//! ring, and the statuses of the completions the device posts back.
+//!
+//! A queue entry is 64 bytes (see [`crate::queue`]): an opcode, a tag and 14
+//! argument words. The device decodes every entry with [`Command::decode`],
+//! which refuses anything malformed before the entry is checked against the
+//! vcoproc's pipelines and iova map; the SDK builds entries with
+//! [`Command::encode`], so both sides share one definition.
+//!
+//! Commands carry state the way a command buffer does: `bind` fills one of
+//! [`SLOTS`] buffer slots, `push` sets words of the push constants, and a
+//! `dispatch` runs a pipeline with the current slots and constants. A
+//! `signal` ends a job: the device posts one completion for it when every
+//! command before it has finished. A refused command gets a completion of
+//! its own with an error status, the rest of its job is skipped, and the
+//! job's `signal` completes with [`Status::Aborted`].
+//!
+//! Addresses are iovas of the vcoproc (32 bits on this class); lengths are
+//! bytes.
+
+use crate::queue::Sqe;
+use thiserror::Error;
+
+/// Buffer slots a dispatch can use (bindings 0..SLOTS of set 0).
+pub const SLOTS: u32 = 8;
+/// Push constant words (128 bytes, the minimum every Vulkan device has).
+pub const PUSH_WORDS: u32 = 32;
+/// Most push words one `push` command carries.
+pub const PUSH_PER_COMMAND: u32 = 12;
+
+/// Opcodes.
+pub mod op {
+    /// `bind slot iova len`: buffer slot `slot` = `len` bytes at `iova`
+    /// (`len` 0: to the end of the mapping holding `iova`).
+    pub const BIND: u32 = 1;
+    /// `push offset count values…`: set push-constant words.
+    pub const PUSH: u32 = 2;
+    /// `dispatch pipeline x y z`.
+    pub const DISPATCH: u32 = 3;
+    /// `copy src dst len`: copy bytes between buffers.
+    pub const COPY: u32 = 4;
+    /// `fill dst len value`: fill with a 32-bit value.
+    pub const FILL: u32 = 5;
+    /// `barrier`: what came before finishes before what follows starts.
+    pub const BARRIER: u32 = 6;
+    /// `signal value`: end of a job; complete when everything before it is
+    /// done.
+    pub const SIGNAL: u32 = 7;
+}
+
+/// One decoded command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Set a buffer slot.
+    Bind {
+        /// Slot, below [`SLOTS`].
+        slot: u32,
+        /// First byte.
+        iova: u32,
+        /// Bytes (0: to the end of the mapping).
+        len: u32,
+    },
+    /// Set push-constant words `offset..offset + count`.
+    Push {
+        /// First word, below [`PUSH_WORDS`].
+        offset: u32,
+        /// Words, 1..=[`PUSH_PER_COMMAND`], ending at or before [`PUSH_WORDS`].
+        count: u32,
+        /// The values (only the first `count` count).
+        values: [u32; PUSH_PER_COMMAND as usize],
+    },
+    /// Run pipeline `pipeline` over `groups` workgroups.
+    Dispatch {
+        /// Index of the pipeline (compute entry point) in the firmware.
+        pipeline: u32,
+        /// Workgroups in x, y, z.
+        groups: [u32; 3],
+    },
+    /// Copy `len` bytes from `src` to `dst` (4-byte multiples).
+    Copy {
+        /// Source iova.
+        src: u32,
+        /// Destination iova.
+        dst: u32,
+        /// Bytes.
+        len: u32,
+    },
+    /// Fill `len` bytes at `dst` with `value` (4-byte multiples).
+    Fill {
+        /// Destination iova.
+        dst: u32,
+        /// Bytes.
+        len: u32,
+        /// The 32-bit pattern.
+        value: u32,
+    },
+    /// Order what came before before what follows.
+    Barrier,
+    /// End of a job.
+    Signal {
+        /// Echoed in the completion's `result[0]`.
+        value: u32,
+    },
+}
+
+/// Why an entry is not a command (the device answers [`Status::BadCommand`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum DecodeError {
+    /// Unknown opcode.
+    #[error("unknown opcode {0}")]
+    Opcode(u32),
+    /// Slot out of range.
+    #[error("slot {0} out of range (0..8)")]
+    Slot(u32),
+    /// Push range out of bounds.
+    #[error("push of {count} words at {offset} outside 32 words (1..=12 per command)")]
+    Push {
+        /// First word.
+        offset: u32,
+        /// Count.
+        count: u32,
+    },
+    /// A length or address not a multiple of 4.
+    #[error("copy and fill need 4-byte aligned addresses and lengths")]
+    Unaligned,
+    /// Argument words that must be zero are not.
+    #[error("argument word {0} must be 0")]
+    Reserved(usize),
+}
+
+impl Command {
+    /// Decode a submission entry. Never panics; refuses unknown opcodes,
+    /// out-of-range slots and push ranges, unaligned copies and fills, and
+    /// non-zero unused argument words (room to extend the format).
+    pub fn decode(sqe: &Sqe) -> Result<Command, DecodeError> {
+        let a = &sqe.args;
+        let used = match sqe.opcode {
+            op::BIND | op::COPY | op::FILL => 3,
+            op::PUSH => 2 + (a[1].min(PUSH_PER_COMMAND) as usize),
+            op::DISPATCH => 4,
+            op::BARRIER => 0,
+            op::SIGNAL => 1,
+            other => return Err(DecodeError::Opcode(other)),
+        };
+        if let Some(i) = (used..a.len()).find(|&i| a[i] != 0) {
+            return Err(DecodeError::Reserved(i));
+        }
+        Ok(match sqe.opcode {
+            op::BIND => {
+                if a[0] >= SLOTS {
+                    return Err(DecodeError::Slot(a[0]));
+                }
+                Command::Bind {
+                    slot: a[0],
+                    iova: a[1],
+                    len: a[2],
+                }
+            }
+            op::PUSH => {
+                let (offset, count) = (a[0], a[1]);
+                if count == 0
+                    || count > PUSH_PER_COMMAND
+                    || offset.saturating_add(count) > PUSH_WORDS
+                {
+                    return Err(DecodeError::Push { offset, count });
+                }
+                let mut values = [0u32; PUSH_PER_COMMAND as usize];
+                values.copy_from_slice(&a[2..2 + PUSH_PER_COMMAND as usize]);
+                Command::Push {
+                    offset,
+                    count,
+                    values,
+                }
+            }
+            op::DISPATCH => Command::Dispatch {
+                pipeline: a[0],
+                groups: [a[1], a[2], a[3]],
+            },
+            op::COPY => {
+                if (a[0] | a[1] | a[2]) % 4 != 0 {
+                    return Err(DecodeError::Unaligned);
+                }
+                Command::Copy {
+                    src: a[0],
+                    dst: a[1],
+                    len: a[2],
+                }
+            }
+            op::FILL => {
+                if (a[0] | a[1]) % 4 != 0 {
+                    return Err(DecodeError::Unaligned);
+                }
+                Command::Fill {
+                    dst: a[0],
+                    len: a[1],
+                    value: a[2],
+                }
+            }
+            op::BARRIER => Command::Barrier,
+            _ => Command::Signal { value: a[0] },
+        })
+    }
+
+    /// The submission entry for this command, with `tag`.
+    pub fn encode(&self, tag: u32) -> Sqe {
+        let mut args = [0u32; 14];
+        let opcode = match *self {
+            Command::Bind { slot, iova, len } => {
+                args[..3].copy_from_slice(&[slot, iova, len]);
+                op::BIND
+            }
+            Command::Push {
+                offset,
+                count,
+                values,
+            } => {
+                args[0] = offset;
+                args[1] = count;
+                let n = count.min(PUSH_PER_COMMAND) as usize;
+                args[2..2 + n].copy_from_slice(&values[..n]);
+                op::PUSH
+            }
+            Command::Dispatch { pipeline, groups } => {
+                args[0] = pipeline;
+                args[1..4].copy_from_slice(&groups);
+                op::DISPATCH
+            }
+            Command::Copy { src, dst, len } => {
+                args[..3].copy_from_slice(&[src, dst, len]);
+                op::COPY
+            }
+            Command::Fill { dst, len, value } => {
+                args[..3].copy_from_slice(&[dst, len, value]);
+                op::FILL
+            }
+            Command::Barrier => op::BARRIER,
+            Command::Signal { value } => {
+                args[0] = value;
+                op::SIGNAL
+            }
+        };
+        Sqe { opcode, tag, args }
+    }
+}
+
+/// A typed GPU job: the commands a domain queues for one piece of work,
+/// ending in a `signal`. The SDK's way to build GPU work without writing
+/// entries by hand.
+///
+/// ```
+/// use coproc_proto::gpu::Job;
+/// let job = Job::new()
+///     .bind(0, 0x1000_0000, 4096)
+///     .bind(1, 0x1000_1000, 4096)
+///     .push_f32(0, &[2.0])
+///     .push_u32(1, &[1024])
+///     .dispatch(0, [16, 1, 1])
+///     .signal(1);
+/// assert_eq!(job.sqes(100).len(), 6);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Job {
+    cmds: Vec<Command>,
+}
+
+impl Job {
+    /// An empty job.
+    pub fn new() -> Job {
+        Job::default()
+    }
+
+    fn with(mut self, c: Command) -> Job {
+        self.cmds.push(c);
+        self
+    }
+
+    /// Bind `len` bytes at `iova` to buffer slot `slot` (`len` 0: to the
+    /// end of the mapping). An iova beyond 32 bits is sent as one the
+    /// device refuses.
+    pub fn bind(self, slot: u32, iova: u64, len: u64) -> Job {
+        self.with(Command::Bind {
+            slot,
+            iova: u32::try_from(iova).unwrap_or(u32::MAX),
+            len: u32::try_from(len).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// Set push-constant words from `offset` (split into as many `push`
+    /// commands as needed).
+    pub fn push_u32(mut self, offset: u32, words: &[u32]) -> Job {
+        for (i, chunk) in words.chunks(PUSH_PER_COMMAND as usize).enumerate() {
+            let mut values = [0u32; PUSH_PER_COMMAND as usize];
+            values[..chunk.len()].copy_from_slice(chunk);
+            self = self.with(Command::Push {
+                offset: offset + (i as u32) * PUSH_PER_COMMAND,
+                count: chunk.len() as u32,
+                values,
+            });
+        }
+        self
+    }
+
+    /// Set push-constant words from `offset` to these floats.
+    pub fn push_f32(self, offset: u32, values: &[f32]) -> Job {
+        let words: Vec<u32> = values.iter().map(|v| v.to_bits()).collect();
+        self.push_u32(offset, &words)
+    }
+
+    /// Run pipeline `pipeline` over `groups` workgroups.
+    pub fn dispatch(self, pipeline: u32, groups: [u32; 3]) -> Job {
+        self.with(Command::Dispatch { pipeline, groups })
+    }
+
+    /// Copy `len` bytes from `src` to `dst`.
+    pub fn copy(self, src: u64, dst: u64, len: u64) -> Job {
+        let w = |v: u64| u32::try_from(v).unwrap_or(u32::MAX & !3);
+        self.with(Command::Copy {
+            src: w(src),
+            dst: w(dst),
+            len: w(len),
+        })
+    }
+
+    /// Fill `len` bytes at `dst` with `value`.
+    pub fn fill(self, dst: u64, len: u64, value: u32) -> Job {
+        let w = |v: u64| u32::try_from(v).unwrap_or(u32::MAX & !3);
+        self.with(Command::Fill {
+            dst: w(dst),
+            len: w(len),
+            value,
+        })
+    }
+
+    /// Everything before finishes before anything after starts.
+    pub fn barrier(self) -> Job {
+        self.with(Command::Barrier)
+    }
+
+    /// End the job; its completion carries `value` in `result[0]`.
+    pub fn signal(self, value: u32) -> Job {
+        self.with(Command::Signal { value })
+    }
+
+    /// Add any command.
+    pub fn command(self, c: Command) -> Job {
+        self.with(c)
+    }
+
+    /// The commands.
+    pub fn commands(&self) -> &[Command] {
+        &self.cmds
+    }
+
+    /// The entries, tagged `first_tag`, `first_tag + 1`, …
+    pub fn sqes(&self, first_tag: u32) -> Vec<Sqe> {
+        self.cmds
+            .iter()
+            .enumerate()
+            .map(|(i, c)| c.encode(first_tag.wrapping_add(i as u32)))
+            .collect()
+    }
+}
+
+/// What a job's `signal` completion says, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobDone {
+    /// The signal's tag.
+    pub tag: u32,
+    /// Ok, or Aborted when a command of the job was refused.
+    pub status: Option<Status>,
+    /// The signal's value.
+    pub value: u32,
+    /// GPU nanoseconds the job's commands took (device timestamps).
+    pub gpu_ns: u64,
+}
+
+impl JobDone {
+    /// Decode a completion (of a `signal` or of a refused command).
+    pub fn from_cqe(c: &crate::queue::Cqe) -> JobDone {
+        JobDone {
+            tag: c.tag,
+            status: Status::from_u32(c.status),
+            value: c.result[0],
+            gpu_ns: u64::from(c.result[1]) | (u64::from(c.result[2]) << 32),
+        }
+    }
+}
+
+/// The status word of a completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Status {
+    /// The job completed.
+    Ok = 0,
+    /// The entry is not a command (see [`DecodeError`]).
+    BadCommand = 1,
+    /// The pipeline index is not one of this vcoproc's pipelines.
+    BadPipeline = 2,
+    /// The iova range is not inside one of this vcoproc's mappings or
+    /// device-local buffers.
+    BadIova = 3,
+    /// A write to a read-only mapping (a writable binding, a copy or fill
+    /// destination).
+    ReadOnly = 4,
+    /// Workgroup counts zero or beyond the device's or the daemon's limits.
+    BadGroups = 5,
+    /// A binding the pipeline uses is unset, too small or misaligned.
+    BadBinding = 6,
+    /// An earlier command of this job was refused; the job was skipped.
+    Aborted = 7,
+    /// No firmware is loaded.
+    NoFirmware = 8,
+}
+
+impl Status {
+    /// The status of a completion word (None: not a known status).
+    pub fn from_u32(v: u32) -> Option<Status> {
+        use Status::*;
+        [
+            Ok,
+            BadCommand,
+            BadPipeline,
+            BadIova,
+            ReadOnly,
+            BadGroups,
+            BadBinding,
+            Aborted,
+            NoFirmware,
+        ]
+        .into_iter()
+        .find(|s| *s as u32 == v)
+    }
+
+    /// A short description.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::BadCommand => "malformed command",
+            Status::BadPipeline => "no such pipeline in this vcoproc's firmware",
+            Status::BadIova => "iova range not in this vcoproc's mappings",
+            Status::ReadOnly => "write to a read-only mapping",
+            Status::BadGroups => "workgroup counts zero or over the limit",
+            Status::BadBinding => "binding unset, too small or misaligned",
+            Status::Aborted => "job skipped after a refused command",
+            Status::NoFirmware => "no firmware loaded",
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.describe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn all_commands() -> Vec<Command> {
+        vec![
+            Command::Bind {
+                slot: 7,
+                iova: 0x1000_0000,
+                len: 4096,
+            },
+            Command::Push {
+                offset: 20,
+                count: 12,
+                values: std::array::from_fn(|i| i as u32 + 1),
+            },
+            Command::Push {
+                offset: 0,
+                count: 1,
+                values: [9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            },
+            Command::Dispatch {
+                pipeline: 2,
+                groups: [4, 5, 6],
+            },
+            Command::Copy {
+                src: 0x1000,
+                dst: 0x2000,
+                len: 64,
+            },
+            Command::Fill {
+                dst: 0x1000,
+                len: 8,
+                value: 0xdead_beef,
+            },
+            Command::Barrier,
+            Command::Signal { value: 77 },
+        ]
+    }
+
+    #[test]
+    fn round_trip() {
+        for c in all_commands() {
+            let s = c.encode(5);
+            assert_eq!(s.tag, 5);
+            assert_eq!(Command::decode(&s), Ok(c), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn refuses_malformed() {
+        let sqe = |opcode, args: &[u32]| {
+            let mut s = Sqe {
+                opcode,
+                ..Default::default()
+            };
+            s.args[..args.len()].copy_from_slice(args);
+            s
+        };
+        assert_eq!(Command::decode(&sqe(0, &[])), Err(DecodeError::Opcode(0)));
+        assert_eq!(Command::decode(&sqe(99, &[])), Err(DecodeError::Opcode(99)));
+        assert_eq!(
+            Command::decode(&sqe(op::BIND, &[8, 0, 0])),
+            Err(DecodeError::Slot(8))
+        );
+        assert!(matches!(
+            Command::decode(&sqe(op::PUSH, &[30, 3])),
+            Err(DecodeError::Push { .. })
+        ));
+        assert!(matches!(
+            Command::decode(&sqe(op::PUSH, &[0, 0])),
+            Err(DecodeError::Push { .. })
+        ));
+        assert!(matches!(
+            Command::decode(&sqe(op::PUSH, &[0, 13])),
+            Err(DecodeError::Push { .. })
+        ));
+        assert_eq!(
+            Command::decode(&sqe(op::COPY, &[0, 4, 6])),
+            Err(DecodeError::Unaligned)
+        );
+        assert_eq!(
+            Command::decode(&sqe(op::FILL, &[2, 4, 6])),
+            Err(DecodeError::Unaligned)
+        );
+        assert_eq!(
+            Command::decode(&sqe(op::BARRIER, &[0, 1])),
+            Err(DecodeError::Reserved(1))
+        );
+        assert_eq!(
+            Command::decode(&sqe(op::PUSH, &[0, 1, 5, 6])),
+            Err(DecodeError::Reserved(3))
+        );
+    }
+
+    #[test]
+    fn statuses_round_trip() {
+        for v in 0..32 {
+            if let Some(s) = Status::from_u32(v) {
+                assert_eq!(s as u32, v);
+                assert!(!s.describe().is_empty());
+            }
+        }
+        assert_eq!(Status::from_u32(8), Some(Status::NoFirmware));
+        assert_eq!(Status::from_u32(9), None);
+    }
+
+    proptest! {
+        /// Any 64 bytes decode without panicking, and whatever decodes
+        /// encodes back to the same entry (nothing is silently dropped).
+        #[test]
+        fn hostile_entries(opcode in 0u32..10, tag: u32, args in proptest::array::uniform14(any::<u32>()), small in any::<bool>()) {
+            let args = if small { args.map(|a| a % 16) } else { args };
+            let sqe = Sqe { opcode, tag, args };
+            if let Ok(c) = Command::decode(&sqe) {
+                prop_assert_eq!(c.encode(tag), sqe);
+            }
+        }
+    }
+}

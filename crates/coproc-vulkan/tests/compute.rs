@@ -1,0 +1,217 @@
+//! GPU vcoprocs on lavapipe (or any Vulkan device): results against host
+//! references, several domains interleaved, WGSL and SPIR-V firmware.
+
+mod common;
+
+use common::*;
+use coproc_core::iova::{MapKind, Perms};
+use coproc_firmware::gpu::{MATMUL, REDUCE, SAXPY, TWOENTRY};
+use coproc_firmware::reference;
+use coproc_proto::gpu::{Job, Status};
+use coproc_vulkan::VulkanConfig;
+
+fn lcg(seed: u32, n: usize) -> Vec<u32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            s >> 8
+        })
+        .collect()
+}
+
+fn close(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| (x - y).abs() <= 1e-5 * y.abs().max(1.0))
+}
+
+struct Saxpy {
+    d: Domain,
+    x: Vec<f32>,
+    y: Vec<f32>,
+    yr: std::sync::Arc<coproc_core::memory::Region>,
+    a: f32,
+}
+
+impl Saxpy {
+    fn new(pc: &std::sync::Arc<coproc_core::Pcoproc>, domain: u32, n: usize, a: f32) -> Saxpy {
+        let d = Domain::new(pc, domain, SAXPY.image);
+        let x: Vec<f32> = lcg(domain, n)
+            .iter()
+            .map(|&v| (v % 1000) as f32 / 7.0)
+            .collect();
+        let y: Vec<f32> = lcg(domain + 100, n)
+            .iter()
+            .map(|&v| (v % 1000) as f32 / 3.0)
+            .collect();
+        let xr = d.buffer(BUF_IOVA, 4 * n as u64, Perms::R, MapKind::Pinned);
+        xr.write(0, &f32_bytes(&x)).unwrap();
+        let yr = d.buffer(
+            BUF_IOVA + 0x100_0000,
+            4 * n as u64,
+            Perms::RW,
+            MapKind::Pinned,
+        );
+        yr.write(0, &f32_bytes(&y)).unwrap();
+        Saxpy { d, x, y, yr, a }
+    }
+
+    fn job(&self) -> Job {
+        let n = self.x.len() as u32;
+        Job::new()
+            .bind(0, BUF_IOVA, 4 * u64::from(n))
+            .bind(1, BUF_IOVA + 0x100_0000, 4 * u64::from(n))
+            .push_f32(0, &[self.a])
+            .push_u32(1, &[n])
+            .dispatch(0, [n.div_ceil(64), 1, 1])
+            .signal(7)
+    }
+}
+
+#[test]
+fn saxpy_matches_host() {
+    let pc = pcoproc(VulkanConfig::default());
+    let mut s = Saxpy::new(&pc, 1, 10_000, 2.5);
+    let done = s.d.run(&s.job());
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(done[0].status, Some(Status::Ok));
+    assert_eq!(done[0].value, 7);
+    let got = read_f32(&s.yr, 0, s.x.len());
+    let want = reference::saxpy(s.a, &s.x, &s.y);
+    assert!(close(&got, &want));
+    // Twice: y accumulates.
+    s.y = got;
+    s.d.run(&s.job());
+    let got = read_f32(&s.yr, 0, s.x.len());
+    assert!(close(&got, &reference::saxpy(s.a, &s.x, &s.y)));
+}
+
+/// Three domains, WGSL (saxpy, reduce) and SPIR-V (matmul from GLSL),
+/// jobs queued by all of them at once, several rounds: every result equals
+/// its host reference.
+#[test]
+fn interleaved_domains_match_host() {
+    let pc = pcoproc(VulkanConfig::default());
+    let mut sx = Saxpy::new(&pc, 1, 4096, -1.5);
+
+    let mut red = Domain::new(&pc, 2, REDUCE.image);
+    let input = lcg(5, 256 * 40 + 17);
+    let ir = red.buffer(BUF_IOVA, 4 * input.len() as u64, Perms::R, MapKind::Pinned);
+    ir.write(0, &u32_bytes(&input)).unwrap();
+    let groups = input.len().div_ceil(256);
+    let or = red.buffer(
+        BUF_IOVA + 0x100_0000,
+        4 * groups as u64,
+        Perms::RW,
+        MapKind::Revocable,
+    );
+    let rjob = Job::new()
+        .bind(0, BUF_IOVA, 4 * input.len() as u64)
+        .bind(1, BUF_IOVA + 0x100_0000, 0)
+        .push_u32(0, &[input.len() as u32])
+        .dispatch(0, [groups as u32, 1, 1])
+        .signal(2);
+
+    let mut mm = Domain::new(&pc, 3, MATMUL.image);
+    let (m, n, k) = (33usize, 47usize, 29usize);
+    let a = lcg(9, m * k);
+    let b = lcg(10, k * n);
+    let ar = mm.buffer(BUF_IOVA, 4 * (m * k) as u64, Perms::R, MapKind::Pinned);
+    ar.write(0, &u32_bytes(&a)).unwrap();
+    let br = mm.buffer(
+        BUF_IOVA + 0x10_0000,
+        4 * (k * n) as u64,
+        Perms::R,
+        MapKind::Pinned,
+    );
+    br.write(0, &u32_bytes(&b)).unwrap();
+    let cr = mm.buffer(
+        BUF_IOVA + 0x20_0000,
+        4 * (m * n) as u64,
+        Perms::RW,
+        MapKind::Pinned,
+    );
+    let mjob = Job::new()
+        .bind(0, BUF_IOVA, 4 * (m * k) as u64)
+        .bind(1, BUF_IOVA + 0x10_0000, 4 * (k * n) as u64)
+        .bind(2, BUF_IOVA + 0x20_0000, 4 * (m * n) as u64)
+        .push_u32(0, &[m as u32, n as u32, k as u32])
+        .dispatch(0, [(n as u32).div_ceil(8), (m as u32).div_ceil(8), 1])
+        .signal(3);
+
+    for round in 0..4 {
+        // Queue all three before waiting for any.
+        let sjob = sx.job();
+        sx.d.submit(&sjob);
+        red.submit(&rjob);
+        mm.submit(&mjob);
+        let s = sx.d.next(std::time::Duration::from_secs(60)).unwrap();
+        let r = red.next(std::time::Duration::from_secs(60)).unwrap();
+        let c = mm.next(std::time::Duration::from_secs(60)).unwrap();
+        for (what, cqe) in [("saxpy", s), ("reduce", r), ("matmul", c)] {
+            assert_eq!(
+                cqe.status,
+                Status::Ok as u32,
+                "{what} round {round}: {cqe:?}"
+            );
+        }
+        let got = read_f32(&sx.yr, 0, sx.x.len());
+        assert!(
+            close(&got, &reference::saxpy(sx.a, &sx.x, &sx.y)),
+            "saxpy round {round}"
+        );
+        sx.y = got;
+        assert_eq!(
+            read_u32(&or, 0, groups),
+            reference::reduce_sum_groups(&input, 256),
+            "reduce round {round}"
+        );
+        assert_eq!(
+            read_u32(&cr, 0, m * n),
+            reference::matmul_u32(&a, &b, m, n, k),
+            "matmul round {round}"
+        );
+    }
+    // Every vcoproc ran on the one device, and the device switched between
+    // them.
+    let infos = pc.vcoprocs();
+    assert_eq!(infos.len(), 3);
+    assert!(infos
+        .iter()
+        .all(|i| i.stats.run_ns > 0 && i.stats.faults == 0));
+}
+
+/// Pipelines follow entry-point order; a job can chain dispatches of
+/// several pipelines with a barrier, a fill and a copy.
+#[test]
+fn pipelines_in_order_and_transfers() {
+    let pc = pcoproc(VulkanConfig::default());
+    let mut d = Domain::new(&pc, 1, TWOENTRY.image);
+    let n = 1000usize;
+    let data = d.buffer(BUF_IOVA, 4 * n as u64, Perms::RW, MapKind::Pinned);
+    let copy = d.buffer(
+        BUF_IOVA + 0x10_0000,
+        4 * n as u64,
+        Perms::RW,
+        MapKind::Pinned,
+    );
+    let job = Job::new()
+        .fill(BUF_IOVA, 4 * n as u64, 6)
+        .barrier()
+        .bind(0, BUF_IOVA, 4 * n as u64)
+        .push_u32(0, &[n as u32])
+        .dispatch(0, [(n as u32).div_ceil(64), 1, 1]) // add_one: 7
+        .barrier()
+        .dispatch(1, [(n as u32).div_ceil(64), 1, 1]) // square: 49
+        .barrier()
+        .copy(BUF_IOVA, BUF_IOVA + 0x10_0000, 4 * n as u64)
+        .signal(1);
+    let done = d.run(&job);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].status, Some(Status::Ok));
+    assert!(done[0].gpu_ns > 0, "GPU time measured");
+    assert_eq!(read_u32(&data, 0, n), vec![49; n]);
+    assert_eq!(read_u32(&copy, 0, n), vec![49; n]);
+}
