@@ -14,6 +14,7 @@
 //!   for the overhead benchmark.
 
 pub mod device;
+pub mod direct;
 pub mod gpu;
 pub mod shader;
 
