@@ -51,7 +51,7 @@ use coproc_core::memory::Region;
 use coproc_proto::gpu::{Command, Status, PUSH_WORDS, SLOTS};
 use coproc_proto::queue::{self as q, Cqe, Sqe};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -309,6 +309,8 @@ pub struct VulkanDevice {
     next_gen: u64,
     /// Set when the device could not be recreated after a loss.
     broken: Option<String>,
+    /// Old devices still draining (reapers not past their idle wait).
+    draining: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for VulkanDevice {
@@ -733,6 +735,8 @@ struct Remains {
     /// Domain memory the old device may still touch.
     _regions: Vec<Arc<Region>>,
     _inst: Arc<Instance>,
+    /// Counts this device while it drains.
+    draining: Arc<AtomicUsize>,
 }
 
 // SAFETY: only handles (integers), the ash function table and Arcs of Send
@@ -745,6 +749,7 @@ fn reap(mut r: Remains) {
     // no other thread uses this device any more.
     unsafe {
         let _ = r.device.device_wait_idle();
+        r.draining.fetch_sub(1, Ordering::AcqRel);
         for v in &mut r.ctxs {
             destroy_ctx_vk(&r.device, v);
         }
@@ -817,6 +822,7 @@ impl VulkanDevice {
             preempt: Arc::new(PreemptFlag::default()),
             next_gen: 1,
             broken: None,
+            draining: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -1188,11 +1194,17 @@ impl VulkanDevice {
         let wi = vk::SemaphoreWaitInfo::default()
             .semaphores(&sems)
             .values(&vals);
-        // SAFETY: waits on this context's own semaphore.
-        match unsafe { d.wait_semaphores(&wi, watchdog.as_nanos() as u64) } {
-            Ok(()) => {}
-            Err(vk::Result::TIMEOUT) => return Err(Failure::Watchdog),
-            Err(e) => return Err(Failure::Lost(format!("wait: {e}"))),
+        loop {
+            // SAFETY: waits on this context's own semaphore.
+            match unsafe { d.wait_semaphores(&wi, watchdog.as_nanos() as u64) } {
+                Ok(()) => break,
+                // An old device still draining a hung job may hold the
+                // hardware (lavapipe shares its threads between devices):
+                // the time is not this context's to blame.
+                Err(vk::Result::TIMEOUT) if self.draining.load(Ordering::Acquire) > 0 => {}
+                Err(vk::Result::TIMEOUT) => return Err(Failure::Watchdog),
+                Err(e) => return Err(Failure::Lost(format!("wait: {e}"))),
+            }
         }
         if self.cfg.hooks.as_ref().is_some_and(|h| h.take_loss(id)) {
             return Err(Failure::Lost("injected by the test hook".into()));
@@ -1242,7 +1254,9 @@ impl VulkanDevice {
             bufs: Vec::new(),
             _regions: Vec::new(),
             _inst: self.inst.clone(),
+            draining: self.draining.clone(),
         };
+        self.draining.fetch_add(1, Ordering::AcqRel);
         let ids: Vec<ContextId> = self.ctxs.keys().copied().collect();
         let ts = self.limits.timestamps.is_some();
         for id in ids {
@@ -1632,7 +1646,14 @@ impl Device for VulkanDevice {
                         Self::post_error(ctx, sqe.tag, status, sqe.opcode, index);
                     }
                 }
-                Step::Fault(f) => break StopReason::Fault(f),
+                Step::Fault(f) => {
+                    // The rest of the job is skipped once the vcoproc is
+                    // reset; its signal then completes as aborted.
+                    if let Some(ctx) = self.ctxs.get_mut(&id) {
+                        ctx.aborted = true;
+                    }
+                    break StopReason::Fault(f);
+                }
             }
         };
         if let Some(ctx) = self.ctxs.get_mut(&id) {
@@ -1654,10 +1675,11 @@ impl Device for VulkanDevice {
 
     fn reset_context(&mut self, id: ContextId) -> Result<(), DeviceError> {
         let ctx = self.ctx(id)?;
+        // Slots and push constants start empty; the queue stays where it is
+        // and a job a fault cut short stays aborted, so its signal reports
+        // it instead of claiming success.
         ctx.slots = [None; SLOTS as usize];
         ctx.push = [0; PUSH_WORDS as usize];
-        ctx.ring = None;
-        ctx.aborted = false;
         ctx.job_gpu_ns = 0;
         for b in ctx.bufs.values() {
             if let Backing::Local = b.backing {
