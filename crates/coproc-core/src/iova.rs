@@ -166,7 +166,11 @@ impl IovaSpace {
     /// Check a mapping without inserting it.
     pub fn check(&self, m: &Mapping) -> Result<(), IovaError> {
         let (iova, len) = (m.iova, m.len);
-        if len == 0 || iova % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 || m.offset % PAGE_SIZE != 0 {
+        if len == 0
+            || iova % PAGE_SIZE != 0
+            || len % PAGE_SIZE != 0
+            || !m.offset.is_multiple_of(PAGE_SIZE)
+        {
             return Err(IovaError::Unaligned { iova, len });
         }
         if !(m.perms.read || m.perms.write || m.perms.exec) {
@@ -255,7 +259,7 @@ impl IovaSpace {
     /// non-empty, inside the window, overlapping no mapping and no other
     /// device-local range.
     pub fn check_local(&self, iova: u64, len: u64) -> Result<(), IovaError> {
-        if len == 0 || iova % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 {
+        if len == 0 || !iova.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
             return Err(IovaError::Unaligned { iova, len });
         }
         let end = iova.checked_add(len);

@@ -75,7 +75,7 @@ unsafe impl Sync for Region {}
 impl Region {
     /// Allocate `len` bytes (a multiple of [`PAGE_SIZE`]), zeroed.
     pub fn new(len: u64) -> Result<Region, MemoryError> {
-        if len == 0 || len % PAGE_SIZE != 0 || len > isize::MAX as u64 {
+        if len == 0 || !len.is_multiple_of(PAGE_SIZE) || len > isize::MAX as u64 {
             return Err(MemoryError::BadSize(len));
         }
         // SAFETY: a fresh anonymous mapping; no existing memory is affected.
@@ -101,7 +101,7 @@ impl Region {
     /// the daemon in (see [`Region::fd`]).
     pub fn new_memfd(len: u64) -> Result<Region, MemoryError> {
         use rustix::fs::{ftruncate, memfd_create, MemfdFlags};
-        if len == 0 || len % PAGE_SIZE != 0 {
+        if len == 0 || !len.is_multiple_of(PAGE_SIZE) {
             return Err(MemoryError::BadSize(len));
         }
         let fd = memfd_create("coproc", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
@@ -133,10 +133,10 @@ impl Region {
     /// a valid device address.
     pub fn new_memfd_at(addr: u64, len: u64) -> Result<Region, MemoryError> {
         use rustix::fs::{ftruncate, memfd_create, MemfdFlags};
-        if len == 0 || len % PAGE_SIZE != 0 {
+        if len == 0 || !len.is_multiple_of(PAGE_SIZE) {
             return Err(MemoryError::BadSize(len));
         }
-        if addr == 0 || addr % PAGE_SIZE != 0 || addr.checked_add(len).is_none() {
+        if addr == 0 || !addr.is_multiple_of(PAGE_SIZE) || addr.checked_add(len).is_none() {
             return Err(MemoryError::AddressTaken(addr));
         }
         let fd = memfd_create("coproc", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
@@ -151,7 +151,11 @@ impl Region {
     }
 
     fn map_fd(fd: OwnedFd, offset: u64, len: u64, at: Option<u64>) -> Result<Region, MemoryError> {
-        if len == 0 || len % PAGE_SIZE != 0 || offset % PAGE_SIZE != 0 || len > isize::MAX as u64 {
+        if len == 0
+            || !len.is_multiple_of(PAGE_SIZE)
+            || !offset.is_multiple_of(PAGE_SIZE)
+            || len > isize::MAX as u64
+        {
             return Err(MemoryError::BadSize(len));
         }
         let st = rustix::fs::fstat(fd.as_fd()).map_err(MemoryError::Fd)?;

@@ -636,7 +636,7 @@ fn cb_read(st: &mut State, off: u64, size: usize) -> u64 {
 /// register; narrower ones are ignored. Returns whether the core must stop.
 fn cb_write(st: &mut State, off: u64, size: usize, value: u32) -> bool {
     let Some(cur) = st.current else { return false };
-    if size != 4 || off % 4 != 0 {
+    if size != 4 || !off.is_multiple_of(4) {
         return false;
     }
     if matches!(st.stop, Some(Stop::Fault(_) | Stop::Exited(_))) {
@@ -775,7 +775,11 @@ impl Device for McuDevice {
                     .into(),
             ));
         }
-        if m.iova % PAGE != 0 || m.len % PAGE != 0 || m.offset % PAGE != 0 || m.len == 0 {
+        if !m.iova.is_multiple_of(PAGE)
+            || !m.len.is_multiple_of(PAGE)
+            || !m.offset.is_multiple_of(PAGE)
+            || m.len == 0
+        {
             return Err(DeviceError::BadMapping("not page aligned".into()));
         }
         let end = m.offset.checked_add(m.len).filter(|&e| e <= m.region.len());
@@ -980,7 +984,7 @@ impl Device for McuDevice {
     }
 
     fn alloc_local(&mut self, id: ContextId, iova: u64, len: u64) -> Result<(), DeviceError> {
-        if iova % PAGE != 0 || len % PAGE != 0 || len == 0 {
+        if !iova.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) || len == 0 {
             return Err(DeviceError::BadMapping("not page aligned".into()));
         }
         let window = u64::from(IOVA_BASE)..=u64::from(IOVA_BASE) + u64::from(IOVA_SIZE);

@@ -177,7 +177,7 @@ impl Command {
                 groups: [a[1], a[2], a[3]],
             },
             op::COPY => {
-                if (a[0] | a[1] | a[2]) % 4 != 0 {
+                if !(a[0] | a[1] | a[2]).is_multiple_of(4) {
                     return Err(DecodeError::Unaligned);
                 }
                 Command::Copy {
@@ -187,7 +187,7 @@ impl Command {
                 }
             }
             op::FILL => {
-                if (a[0] | a[1]) % 4 != 0 {
+                if !(a[0] | a[1]).is_multiple_of(4) {
                     return Err(DecodeError::Unaligned);
                 }
                 Command::Fill {
@@ -313,7 +313,7 @@ impl Job {
 
     /// Copy `len` bytes from `src` to `dst`.
     pub fn copy(self, src: u64, dst: u64, len: u64) -> Job {
-        let w = |v: u64| u32::try_from(v).unwrap_or(u32::MAX & !3);
+        let w = |v: u64| u32::try_from(v).unwrap_or(!3);
         self.with(Command::Copy {
             src: w(src),
             dst: w(dst),
@@ -323,7 +323,7 @@ impl Job {
 
     /// Fill `len` bytes at `dst` with `value`.
     pub fn fill(self, dst: u64, len: u64, value: u32) -> Job {
-        let w = |v: u64| u32::try_from(v).unwrap_or(u32::MAX & !3);
+        let w = |v: u64| u32::try_from(v).unwrap_or(!3);
         self.with(Command::Fill {
             dst: w(dst),
             len: w(len),

@@ -127,11 +127,6 @@ struct CtxVk {
     pipes: Vec<Pipe>,
 }
 
-// SAFETY (for the Send impl below): CtxVk holds only Vulkan handles, which
-// are plain integers; it is sent to a reaper thread that destroys them on
-// the device they belong to, and nothing else uses them afterwards.
-unsafe impl Send for CtxVk {}
-
 enum Backing {
     /// Domain memory: `region` from `offset`.
     Domain { region: Arc<Region>, offset: u64 },
@@ -854,8 +849,8 @@ impl VulkanDevice {
                 }
                 // SAFETY: offset + len is inside the region (checked).
                 let ptr = unsafe { region.as_ptr().add(*offset as usize) };
-                let aligned = (ptr as u64) % self.limits.import_align == 0
-                    && len % self.limits.import_align == 0;
+                let aligned = (ptr as u64).is_multiple_of(self.limits.import_align)
+                    && len.is_multiple_of(self.limits.import_align);
                 if self.host_import && aligned {
                     let (b, m) = self.gpu.import(ptr, len)?;
                     Ok((b, m, std::ptr::null_mut()))
@@ -927,7 +922,7 @@ impl VulkanDevice {
                     if buf.gen != s.gen {
                         return Step::Fault(revoked(s.iova, b.writable));
                     }
-                    if len < b.min_bytes || off % limits.storage_align != 0 {
+                    if len < b.min_bytes || !off.is_multiple_of(limits.storage_align) {
                         return Step::Refused(Status::BadBinding);
                     }
                     if b.writable && !buf.writable {

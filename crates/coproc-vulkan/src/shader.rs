@@ -81,7 +81,7 @@ pub struct PipelineSpec {
 /// Parse, validate and rewrite a firmware image into its pipelines.
 pub fn compile(image: &[u8], limits: &ShaderLimits) -> Result<Vec<PipelineSpec>, ShaderError> {
     let is_spirv = image.len() >= 20
-        && image.len() % 4 == 0
+        && image.len().is_multiple_of(4)
         && u32::from_le_bytes([image[0], image[1], image[2], image[3]]) == SPIRV_MAGIC;
     let module = if is_spirv {
         let opts = naga::front::spv::Options {
