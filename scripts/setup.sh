@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs what building and testing coproc needs on a Debian machine, when
 # it is missing: cmake, a C compiler, clang + lld (firmware, bindgen),
-# libclang-dev (bindgen, for Unicorn's bindings). Needs root or sudo for apt.
+# libclang-dev (bindgen, for Unicorn's bindings), glslang-tools (GPU
+# firmware from GLSL), the Vulkan loader and Mesa's drivers (lavapipe runs
+# the `vulkan` device class on the CPU where there is no GPU). Needs root or
+# sudo for apt.
 set -euo pipefail
 
 need=()
@@ -12,6 +15,13 @@ command -v ld.lld >/dev/null 2>&1 || need+=(lld)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 if ! ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*/libclang*.so* >/dev/null 2>&1; then
     need+=(libclang-dev)
+fi
+command -v glslangValidator >/dev/null 2>&1 || need+=(glslang-tools)
+if ! ls /usr/lib/*/libvulkan.so.1 >/dev/null 2>&1; then
+    need+=(libvulkan1)
+fi
+if ! ls /usr/share/vulkan/icd.d/lvp_icd.*.json >/dev/null 2>&1; then
+    need+=(mesa-vulkan-drivers)
 fi
 
 if [ "${#need[@]}" -gt 0 ]; then
