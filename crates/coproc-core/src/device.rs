@@ -6,15 +6,15 @@
 //!
 //! # How each class implements the hooks
 //!
-//! | hook | mcu (Unicorn Cortex-M4) | vulkan (planned) |
+//! | hook | mcu (Unicorn Cortex-M4) | vulkan (see `docs/gpu.md`) |
 //! |---|---|---|
-//! | `create_context` | allocates code and data memory for the context in the core's physical space | creates the vcoproc's descriptor pool, command pool and timeline semaphore on the pcoproc's `VkDevice` |
-//! | `load_firmware` | validates the ELF, copies its `PT_LOAD` segments into code/data memory, sets SP and PC | validates SPIR-V (or compiles WGSL with naga), creates the vcoproc's compute pipelines |
-//! | `map` / `unmap` | maps the domain's pages into the core's physical space and the context's translation table; unmap removes both and flushes the TLB and translated code | imports the memfd with `VK_EXT_external_memory_host` into a `VkBuffer` bound in the vcoproc's iova table; unmap waits for in-flight command buffers using it (bounded), then frees it |
-//! | `switch` | saves/restores the CPU registers and switches the translation table (code, data, control block, mappings) | nothing to swap on the GPU: selects which vcoproc's recorded work is submitted next; answers `RetryAfter` while a dispatch is in flight that cannot be interrupted |
-//! | `run` | executes Thumb code until the budget expires, WAIT, EXIT, a fault or a preempt | submits the vcoproc's validated jobs one dispatch at a time until the budget is spent; charges GPU timestamps |
-//! | preempt handle | stops the emulated core after the current translation block | sets a flag checked between dispatches |
-//! | `reset_context` | reloads the firmware image, clears data memory and registers | destroys and recreates the vcoproc's pipelines and pools; a device loss recreates the `VkDevice` and restores the others |
+//! | `create_context` | allocates code and data memory for the context in the core's physical space | creates the vcoproc's command pool, timeline semaphore and timestamp queries on the pcoproc's `VkDevice` |
+//! | `load_firmware` | validates the ELF, copies its `PT_LOAD` segments into code/data memory, sets SP and PC | parses and validates SPIR-V or WGSL with naga, rewrites it with bounds checks, creates one compute pipeline per entry point and their descriptor pool |
+//! | `map` / `unmap` | maps the domain's pages into the core's physical space and the context's translation table; unmap removes both and flushes the TLB and translated code | imports the memfd with `VK_EXT_external_memory_host` into a `VkBuffer` of the vcoproc (staged copies where it cannot); unmap frees it at once, as no command is in flight between runs |
+//! | `switch` | saves/restores the CPU registers and switches the translation table (code, data, control block, mappings) | nothing to swap on the GPU: selects whose ring the next run serves |
+//! | `run` | executes Thumb code until the budget expires, WAIT, EXIT, a fault or a preempt | decodes, checks and executes the vcoproc's ring one command at a time until the budget is spent; charges GPU timestamps |
+//! | preempt handle | stops the emulated core after the current translation block | sets a flag checked between commands |
+//! | `reset_context` | reloads the firmware image, clears data memory and registers | clears slots, push constants and local memory; a device loss or the watchdog recreates the `VkDevice` and restores the others |
 
 use crate::control::ControlBlock;
 use crate::fault::DeviceFault;
