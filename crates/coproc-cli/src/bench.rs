@@ -28,7 +28,8 @@ pub struct Args {
     /// Measurement rounds (the median is reported).
     #[arg(long, default_value_t = 7)]
     rounds: usize,
-    /// Length of the fairness (default 10) and cap (default 5) runs.
+    /// Length of the fairness and gpu-fairness (default 10) and cap
+    /// (default 5) runs.
     #[arg(long)]
     seconds: Option<u64>,
     /// Messages of the preempt benchmark.
@@ -59,6 +60,10 @@ enum Name {
     Revoke,
     /// Map + unmap cost by size.
     Map,
+    /// spin jobs through the framework vs the same shader directly on Vulkan.
+    GpuOverhead,
+    /// Shares of two GPU domains with weights 1:3 under credit, per second.
+    GpuFairness,
 }
 
 #[derive(Debug, Serialize)]
@@ -67,7 +72,7 @@ struct Env {
     cpus: usize,
     kernel: String,
     arch: &'static str,
-    device: &'static str,
+    device: String,
     coproc: &'static str,
 }
 
@@ -90,7 +95,7 @@ impl Env {
                 .trim()
                 .into(),
             arch: std::env::consts::ARCH,
-            device: "mcu: Cortex-M4 on Unicorn 2.1",
+            device: "mcu: Cortex-M4 on Unicorn 2.1".into(),
             coproc: env!("CARGO_PKG_VERSION"),
         }
     }
@@ -119,6 +124,12 @@ pub fn run(args: &Args, format: Format) -> anyhow::Result<bool> {
         m.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     };
     use crate::schedbench as sb;
+    // The device the figures were measured on, where not the mcu.
+    let mut device = None;
+    let mut gpu = |(f, name): (BTreeMap<String, f64>, String)| {
+        device = Some(format!("vulkan: {name}"));
+        f
+    };
     let (bench, figures, notes) = match args.name {
         Name::Overhead => ("overhead", named(overhead(rounds)?), OVERHEAD_NOTES),
         Name::CtxSwitch => ("ctx-switch", named(ctx_switch(rounds)?), SWITCH_NOTES),
@@ -153,11 +164,27 @@ pub fn run(args: &Args, format: Format) -> anyhow::Result<bool> {
             crate::membench::map(rounds)?,
             crate::membench::MAP_NOTES,
         ),
+        Name::GpuOverhead => (
+            "gpu-overhead",
+            gpu(crate::gpubench::overhead(rounds)?),
+            crate::gpubench::OVERHEAD_NOTES,
+        ),
+        Name::GpuFairness => (
+            "gpu-fairness",
+            gpu(crate::gpubench::fairness(
+                args.seconds.unwrap_or(10).max(1),
+            )?),
+            crate::gpubench::FAIRNESS_NOTES,
+        ),
     };
+    let mut env = Env::probe();
+    if let Some(d) = device {
+        env.device = d;
+    }
     let report = Report {
         bench,
         figures,
-        env: Env::probe(),
+        env,
     };
     match format {
         Format::Json => println!("{}", serde_json::to_string(&report)?),

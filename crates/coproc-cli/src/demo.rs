@@ -1,19 +1,26 @@
 //! `coproc demo`: five domains, five firmware images, one mcu pcoproc under
-//! round robin. Every result is checked against the host reference.
+//! round robin; where a Vulkan device is found, two more domains on a
+//! `vulkan` pcoproc (`gpu0`): saxpy (WGSL) and matmul (SPIR-V). Every
+//! result is checked against the host reference.
 
 use crate::output::{print_table, Format};
 use anyhow::{bail, Context};
 use coproc_core::fault::{Access, FaultRecord};
-use coproc_core::iova::MapKind;
+use coproc_core::iova::{MapKind, Perms};
+use coproc_core::memory::Region;
 use coproc_core::policy::{RoundRobin, SchedParams};
 use coproc_core::state::VcoprocState;
 use coproc_core::{System, VcoprocHandle};
 use coproc_firmware::drive::{self, Buffer};
+use coproc_firmware::gpu::{GpuFirmware, MATMUL, SAXPY};
 use coproc_firmware::reference::{self, TestRng};
 use coproc_firmware::{Firmware, CRC32, ECHO, FAULTY, FIR, HOG};
 use coproc_mcu::{abi, factory, McuConfig};
+use coproc_proto::gpu::{Job, JobDone, Status};
+use coproc_proto::queue::{self, Producer, QueueMem};
 use serde::Serialize;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Options of the demo.
 #[derive(Debug, clap::Args)]
@@ -57,6 +64,8 @@ const FAULTY_ADDR: u64 = abi::IOVA_BASE as u64 + abi::IOVA_SIZE as u64 - 0x1000;
 #[derive(Debug, Serialize)]
 struct Row {
     domain: String,
+    /// The pcoproc it ran on ("mcu0" or "gpu0").
+    pcoproc: &'static str,
     firmware: &'static str,
     vcoproc: u32,
     state: String,
@@ -70,9 +79,21 @@ struct Row {
     fault: Option<FaultSummary>,
 }
 
+/// The GPU part of the demo.
+#[derive(Debug, Serialize)]
+struct GpuSummary {
+    pcoproc: &'static str,
+    /// "name (driver)" of the device the pcoproc opened.
+    model: String,
+}
+
 #[derive(Debug, Serialize)]
 struct Report {
     pcoproc: String,
+    /// The vulkan pcoproc, when a device was found.
+    gpu: Option<GpuSummary>,
+    /// Why the GPU domains did not run (no Vulkan device), if they did not.
+    gpu_skipped: Option<String>,
     policy: String,
     slice_us: u64,
     /// "daemon" (client processes of coprocd) or "in-process".
@@ -91,18 +112,50 @@ const PLAN: [(&str, Firmware); 5] = [
     ("eve", FAULTY),
 ];
 
-/// The demo through the daemon: each domain is a `coproc domain-run`
-/// client process of a private coprocd.
-fn through_daemon(args: &Args) -> anyhow::Result<(Vec<Row>, u64, Vec<String>)> {
+/// What one run of the demo found.
+struct Outcome {
+    rows: Vec<Row>,
+    switches: u64,
+    sched_changes: Vec<String>,
+    /// The vulkan pcoproc's model, when the GPU domains ran.
+    gpu_model: Option<String>,
+}
+
+/// The demo through the daemon: each mcu domain is a `coproc domain-run`
+/// client process of a private coprocd; each GPU domain (with `gpu`) a
+/// thread of this process with its own session, using the SDK.
+fn through_daemon(args: &Args, gpu: bool) -> anyhow::Result<Outcome> {
     use std::io::Read;
     use std::process::Stdio;
-    let config = format!(
-        "[[pcoproc]]\nname = \"mcu0\"\nclass = \"mcu\"\npolicy = \"rr\"\npolicy_params = {{ slice_us = \"{}\" }}\n\n\
-         [[domain]]\nuids = \"*\"\npcoprocs = [\"mcu0\"]\n",
+    let mut config = format!(
+        "[[pcoproc]]\nname = \"mcu0\"\nclass = \"mcu\"\npolicy = \"rr\"\npolicy_params = {{ slice_us = \"{}\" }}\n\n",
         args.slice_us
     );
+    if gpu {
+        config += &format!(
+            "[[pcoproc]]\nname = \"{GPU}\"\nclass = \"vulkan\"\npolicy = \"rr\"\npolicy_params = {{ slice_us = \"{}\" }}\n\n",
+            args.slice_us
+        );
+    }
+    config += &format!(
+        "[[domain]]\nuids = \"*\"\npcoprocs = [\"mcu0\"{}]\n",
+        if gpu {
+            format!(", \"{GPU}\"")
+        } else {
+            String::new()
+        }
+    );
     let daemon = crate::spawn::TempDaemon::start(&config)?;
-    let scale = args.scale.max(1).to_string();
+    let gpu_model = if gpu {
+        let mut c = coproc_client::Client::connect_to(&daemon.socket)?;
+        let l = c.list_coprocs()?;
+        let model = l.into_iter().find(|p| p.name == GPU).map(|p| p.model);
+        Some(model.with_context(|| format!("the daemon does not list {GPU}"))?)
+    } else {
+        None
+    };
+    let scale_n = args.scale.max(1);
+    let scale = scale_n.to_string();
     let mut kids = Vec::new();
     for (name, fw) in PLAN {
         let mut c = daemon.coproc()?;
@@ -121,7 +174,16 @@ fn through_daemon(args: &Args) -> anyhow::Result<(Vec<Row>, u64, Vec<String>)> {
         let child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
         kids.push((name, fw, child));
     }
-    let changes = run_time_control(&daemon.socket)?;
+    let socket = daemon.socket.clone();
+    let gpu_threads: Vec<_> = GPU_PLAN
+        .iter()
+        .filter(|_| gpu)
+        .map(|&(name, fw)| {
+            let socket = socket.clone();
+            std::thread::spawn(move || gpu_remote(&socket, name, &fw, scale_n))
+        })
+        .collect();
+    let changes = run_time_control(&daemon.socket);
     // Everyone but the hog finishes on its own; then the hog is told to stop.
     let mut outs = Vec::new();
     let mut hog = None;
@@ -164,6 +226,7 @@ fn through_daemon(args: &Args) -> anyhow::Result<(Vec<Row>, u64, Vec<String>)> {
         let fault = get("fault");
         rows.push(Row {
             domain: name.to_string(),
+            pcoproc: "mcu0",
             firmware: fw.name,
             vcoproc: get("vcoproc").as_u64().unwrap_or(0) as u32,
             state: get("state").as_str().unwrap_or("gone").to_string(),
@@ -188,8 +251,30 @@ fn through_daemon(args: &Args) -> anyhow::Result<(Vec<Row>, u64, Vec<String>)> {
             }),
         });
     }
+    for (t, (name, fw)) in gpu_threads.into_iter().zip(GPU_PLAN) {
+        rows.push(t.join().unwrap_or_else(|_| Row {
+            domain: name.into(),
+            pcoproc: GPU,
+            firmware: fw.name,
+            vcoproc: 0,
+            state: "gone".into(),
+            verified: false,
+            run_ns: 0,
+            share_pct: 0.0,
+            slices: 0,
+            switches: 0,
+            faults: 0,
+            detail: "FAILED: domain thread panicked".into(),
+            fault: None,
+        }));
+    }
     let switches = rows.iter().map(|r| r.switches).sum();
-    Ok((rows, switches, changes))
+    Ok(Outcome {
+        rows,
+        switches,
+        sched_changes: changes?,
+        gpu_model,
+    })
 }
 
 /// As the administrator, while the domains run: switch the pcoproc from rr
@@ -198,7 +283,7 @@ fn run_time_control(socket: &std::path::Path) -> anyhow::Result<Vec<String>> {
     let mut admin = coproc_client::Client::connect_to(socket)?;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let hog = loop {
-        let l = admin.list_vcoprocs(None, None)?;
+        let l = admin.list_vcoprocs(None, Some("mcu0"))?;
         if let Some(h) = l
             .iter()
             .find(|v| v.firmware == "hog" && v.state != "loaded")
@@ -353,41 +438,432 @@ fn hog(v: &VcoprocHandle, slice: Duration) -> Check {
     ))
 }
 
+/// The GPU domains: (name, firmware). saxpy is WGSL, matmul SPIR-V.
+const GPU_PLAN: [(&str, GpuFirmware); 2] = [("frank", SAXPY), ("grace", MATMUL)];
+/// The vulkan pcoproc's name.
+const GPU: &str = "gpu0";
+/// Where a GPU domain's queue lives.
+const GPU_QUEUE_IOVA: u64 = 0x1000_0000;
+/// Entries of a GPU domain's queue.
+const GPU_QUEUE_ENTRIES: u32 = 64;
+/// Where its buffers start (16 MiB apart).
+const GPU_BUF_IOVA: u64 = 0x2000_0000;
+
+/// What the GPU workloads need from a domain: buffers and jobs, in-process
+/// or through the daemon.
+trait GpuDomain {
+    /// Map `len` bytes of fresh memory at `iova`; returns its handle.
+    fn buffer(&mut self, iova: u64, len: u64, writable: bool) -> Result<usize, String>;
+    /// Write into buffer `buf` from its start.
+    fn write(&self, buf: usize, data: &[u8]) -> Result<(), String>;
+    /// Read `len` bytes of buffer `buf` from its start.
+    fn read(&self, buf: usize, len: usize) -> Result<Vec<u8>, String>;
+    /// Queue a job, ring once, wait for its signal.
+    fn run(&mut self, job: &Job) -> Result<JobDone, String>;
+}
+
+fn f32s(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn u32s(v: &[u32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn words(b: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    b.chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+}
+
+/// `y = a x + y` over 64 Ki floats, `8 x scale` times on the same
+/// buffers (y accumulates). The inputs are exact in few bits (x in
+/// 1/8ths, y integers, a = 1.5), so every product and sum is exact and the
+/// GPU's result must equal the host's bit for bit, fused multiply-add or
+/// not.
+fn gpu_saxpy(d: &mut dyn GpuDomain, scale: u32) -> Check {
+    let (n, rounds, a) = (1usize << 16, 8 * scale, 1.5f32);
+    let mut rng = TestRng::new(0x5a_5a);
+    let x: Vec<f32> = (0..n)
+        .map(|_| (rng.next_u64() % 2048) as f32 / 8.0 - 128.0)
+        .collect();
+    let mut y: Vec<f32> = (0..n)
+        .map(|_| (rng.next_u64() % 4096) as f32 - 2048.0)
+        .collect();
+    let bytes = 4 * n as u64;
+    let (xi, yi) = (GPU_BUF_IOVA, GPU_BUF_IOVA + 0x100_0000);
+    let xb = d.buffer(xi, bytes, false)?;
+    let yb = d.buffer(yi, bytes, true)?;
+    d.write(xb, &f32s(&x))?;
+    d.write(yb, &f32s(&y))?;
+    for r in 0..rounds {
+        let job = Job::new()
+            .bind(0, xi, bytes)
+            .bind(1, yi, bytes)
+            .push_f32(0, &[a])
+            .push_u32(1, &[n as u32])
+            .dispatch(0, [(n as u32).div_ceil(64), 1, 1])
+            .signal(r);
+        let done = d.run(&job).map_err(|e| format!("job {r}: {e}"))?;
+        if done.value != r {
+            return Err(format!("job {r}: signal value {} came back", done.value));
+        }
+        let want = reference::saxpy(a, &x, &y);
+        let got: Vec<u32> = words(&d.read(yb, 4 * n)?).collect();
+        if let Some(i) = (0..n).find(|&i| got[i] != want[i].to_bits()) {
+            return Err(format!(
+                "job {r}: y[{i}] = {} != reference {}",
+                f32::from_bits(got[i]),
+                want[i]
+            ));
+        }
+        y = want;
+    }
+    Ok(format!(
+        "{rounds} saxpy jobs (WGSL) over {} Ki floats equal the host reference bit for bit",
+        n >> 10
+    ))
+}
+
+/// `C = A B` over u32 (wrapping), `4 x scale` jobs of different shapes
+/// (none a multiple of the 8 x 8 workgroup), fresh matrices each time and C
+/// filled with garbage before each job.
+fn gpu_matmul(d: &mut dyn GpuDomain, scale: u32) -> Check {
+    let jobs = 4 * scale;
+    let mut rng = TestRng::new(0x3a_3a);
+    let cap = 64 << 10;
+    let (ai, bi, ci) = (
+        GPU_BUF_IOVA,
+        GPU_BUF_IOVA + 0x100_0000,
+        GPU_BUF_IOVA + 0x200_0000,
+    );
+    let ab = d.buffer(ai, cap, false)?;
+    let bb = d.buffer(bi, cap, false)?;
+    let cb = d.buffer(ci, cap, true)?;
+    let mut macs = 0u64;
+    for j in 0..jobs {
+        let s = (j % 4) as usize;
+        let (m, n, k) = (33 + 16 * s, 47 + 12 * s, 29 + 8 * s);
+        let a: Vec<u32> = (0..m * k).map(|_| rng.next_u64() as u32).collect();
+        let b: Vec<u32> = (0..k * n).map(|_| rng.next_u64() as u32).collect();
+        d.write(ab, &u32s(&a))?;
+        d.write(bb, &u32s(&b))?;
+        d.write(cb, &u32s(&vec![0xdead_beef; m * n]))?;
+        let job = Job::new()
+            .bind(0, ai, 4 * (m * k) as u64)
+            .bind(1, bi, 4 * (k * n) as u64)
+            .bind(2, ci, 4 * (m * n) as u64)
+            .push_u32(0, &[m as u32, n as u32, k as u32])
+            .dispatch(0, [(n as u32).div_ceil(8), (m as u32).div_ceil(8), 1])
+            .signal(j);
+        d.run(&job).map_err(|e| format!("job {j}: {e}"))?;
+        let got: Vec<u32> = words(&d.read(cb, 4 * m * n)?).collect();
+        if got != reference::matmul_u32(&a, &b, m, n, k) {
+            return Err(format!(
+                "job {j}: {m}x{k} times {k}x{n} differs from the host reference"
+            ));
+        }
+        macs += (m * n * k) as u64;
+    }
+    Ok(format!(
+        "{jobs} matmul jobs (SPIR-V) of up to 81x53 times 53x83, {} K multiply-adds, equal the host reference",
+        macs / 1000
+    ))
+}
+
+fn gpu_workload(fw: &str, d: &mut dyn GpuDomain, scale: u32) -> Check {
+    match fw {
+        "saxpy" => gpu_saxpy(d, scale),
+        "matmul" => gpu_matmul(d, scale),
+        other => Err(format!("no GPU workload for {other:?}")),
+    }
+}
+
+/// The queue memory of an in-process GPU domain.
+struct QueueRegion(Arc<Region>);
+
+impl QueueMem for QueueRegion {
+    fn read_at(&self, off: u64, buf: &mut [u8]) {
+        if self.0.read(off, buf).is_err() {
+            buf.fill(0);
+        }
+    }
+    fn write_at(&self, off: u64, data: &[u8]) {
+        let _ = self.0.write(off, data);
+    }
+}
+
+/// A GPU domain in this process: a vcoproc handle, its queue in a memfd
+/// region, buffers as regions.
+struct LocalGpu<'a> {
+    v: &'a VcoprocHandle,
+    queue: QueueRegion,
+    ring: Producer,
+    tag: u32,
+    bufs: Vec<Arc<Region>>,
+}
+
+impl<'a> LocalGpu<'a> {
+    /// Attach a queue (mailbox word 0) and start the vcoproc (firmware
+    /// already loaded).
+    fn new(v: &'a VcoprocHandle) -> Result<LocalGpu<'a>, String> {
+        let len = queue::bytes_for(GPU_QUEUE_ENTRIES)
+            .ok_or("queue size")?
+            .div_ceil(4096)
+            * 4096;
+        let region = Arc::new(Region::new_memfd(len).map_err(|e| e.to_string())?);
+        let q = QueueRegion(region.clone());
+        let ring = Producer::init(&q, GPU_QUEUE_ENTRIES).ok_or("queue header")?;
+        v.map(&region, 0, GPU_QUEUE_IOVA, len, Perms::RW, MapKind::Pinned)
+            .map_err(|e| e.to_string())?;
+        v.mbox_write(0, GPU_QUEUE_IOVA as u32);
+        v.start().map_err(|e| e.to_string())?;
+        Ok(LocalGpu {
+            v,
+            queue: q,
+            ring,
+            tag: 1,
+            bufs: Vec::new(),
+        })
+    }
+}
+
+impl GpuDomain for LocalGpu<'_> {
+    fn buffer(&mut self, iova: u64, len: u64, writable: bool) -> Result<usize, String> {
+        let len = len.div_ceil(4096).max(1) * 4096;
+        let r = Arc::new(Region::new_memfd(len).map_err(|e| e.to_string())?);
+        let perms = if writable { Perms::RW } else { Perms::R };
+        self.v
+            .map(&r, 0, iova, len, perms, MapKind::Pinned)
+            .map_err(|e| e.to_string())?;
+        self.bufs.push(r);
+        Ok(self.bufs.len() - 1)
+    }
+    fn write(&self, buf: usize, data: &[u8]) -> Result<(), String> {
+        self.bufs[buf].write(0, data).map_err(|e| e.to_string())
+    }
+    fn read(&self, buf: usize, len: usize) -> Result<Vec<u8>, String> {
+        self.bufs[buf]
+            .read_vec(0, len as u64)
+            .map_err(|e| e.to_string())
+    }
+    fn run(&mut self, job: &Job) -> Result<JobDone, String> {
+        let deadline = Instant::now() + T;
+        let sqes = job.sqes(self.tag);
+        let first = self.tag;
+        let signal = first.wrapping_add(sqes.len() as u32 - 1);
+        self.tag = signal.wrapping_add(1);
+        for sqe in &sqes {
+            while !self.ring.submit(&self.queue, sqe) {
+                self.v.doorbell();
+                if Instant::now() > deadline {
+                    return Err("the ring stayed full".into());
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        self.v.doorbell();
+        loop {
+            let seq = self.v.last_notify().seq;
+            while let Some(c) = self.ring.complete(&self.queue) {
+                let status = Status::from_u32(c.status);
+                if c.tag == signal && status == Some(Status::Ok) {
+                    return Ok(JobDone::from_cqe(&c));
+                }
+                if c.tag.wrapping_sub(first) <= signal.wrapping_sub(first) {
+                    return Err(format!(
+                        "command {} refused: {}",
+                        c.tag.wrapping_sub(first),
+                        status.map_or("unknown status", Status::describe)
+                    ));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no completion after {T:?}"));
+            }
+            match self.v.wait_notify(seq, Duration::from_millis(50)) {
+                Ok(_) | Err(coproc_core::CoreError::Timeout(_)) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+}
+
+/// A GPU domain through the daemon: its own session, memory shared as
+/// memfds, jobs through the SDK's queue.
+struct RemoteGpu {
+    client: coproc_client::Client,
+    v: u32,
+    queue: coproc_client::Queue,
+    bufs: Vec<coproc_client::SharedMem>,
+}
+
+impl RemoteGpu {
+    fn new(socket: &std::path::Path, fw: &GpuFirmware) -> Result<RemoteGpu, String> {
+        let e = |e: coproc_client::ClientError| e.to_string();
+        let mut client = coproc_client::Client::connect_to(socket).map_err(e)?;
+        let v = client.open(GPU).map_err(e)?;
+        client.load_firmware(v, fw.name, fw.image).map_err(e)?;
+        let queue = client
+            .create_queue(v, GPU_QUEUE_IOVA, GPU_QUEUE_ENTRIES)
+            .map_err(e)?;
+        client.gpu_attach(v, &queue).map_err(e)?;
+        client.start(v).map_err(e)?;
+        Ok(RemoteGpu {
+            client,
+            v,
+            queue,
+            bufs: Vec::new(),
+        })
+    }
+}
+
+impl GpuDomain for RemoteGpu {
+    fn buffer(&mut self, iova: u64, len: u64, writable: bool) -> Result<usize, String> {
+        use coproc_client::{WireMapKind, WirePerms};
+        let m = coproc_client::SharedMem::new(len).map_err(|e| e.to_string())?;
+        let perms = if writable {
+            WirePerms::Rw
+        } else {
+            WirePerms::R
+        };
+        self.client
+            .map(self.v, &m, 0, iova, m.len(), perms, WireMapKind::Pinned)
+            .map_err(|e| e.to_string())?;
+        self.bufs.push(m);
+        Ok(self.bufs.len() - 1)
+    }
+    fn write(&self, buf: usize, data: &[u8]) -> Result<(), String> {
+        self.bufs[buf].write(0, data).map_err(|e| e.to_string())
+    }
+    fn read(&self, buf: usize, len: usize) -> Result<Vec<u8>, String> {
+        self.bufs[buf].read_vec(0, len).map_err(|e| e.to_string())
+    }
+    fn run(&mut self, job: &Job) -> Result<JobDone, String> {
+        let tag = self.queue.submit_job(job).map_err(|e| e.to_string())?;
+        self.queue.wait_job(tag, T).map_err(|e| e.to_string())
+    }
+}
+
+/// One GPU domain through the daemon, as a thread of the demo with its
+/// own session: the row it shows.
+fn gpu_remote(socket: &std::path::Path, name: &str, fw: &GpuFirmware, scale: u32) -> Row {
+    let mut row = Row {
+        domain: name.to_string(),
+        pcoproc: GPU,
+        firmware: fw.name,
+        vcoproc: 0,
+        state: "gone".into(),
+        verified: false,
+        run_ns: 0,
+        share_pct: 0.0,
+        slices: 0,
+        switches: 0,
+        faults: 0,
+        detail: String::new(),
+        fault: None,
+    };
+    let mut d = match RemoteGpu::new(socket, fw) {
+        Ok(d) => d,
+        Err(e) => {
+            row.detail = format!("FAILED: setting up: {e}");
+            return row;
+        }
+    };
+    let check = gpu_workload(fw.name, &mut d, scale);
+    row.vcoproc = d.v;
+    match d.client.query(d.v) {
+        Ok(info) => {
+            row.state = info.state;
+            row.run_ns = info.run_ns;
+            row.slices = info.slices;
+            row.switches = info.switches;
+            row.faults = info.faults;
+        }
+        Err(e) => row.detail = format!("query: {e}; "),
+    }
+    if let Ok(faults) = d.client.list_faults() {
+        row.fault = faults
+            .into_iter()
+            .rfind(|f| f.vcoproc == d.v)
+            .map(|f| FaultSummary {
+                addr: f.addr,
+                access: f.access,
+                pc: f.pc,
+                reason: f.reason,
+            });
+    }
+    row.verified = check.is_ok() && row.detail.is_empty();
+    row.detail += &check.unwrap_or_else(|e| format!("FAILED: {e}"));
+    row
+}
+
 /// Run the demo; returns whether every check passed.
 pub fn run(args: &Args, format: Format) -> anyhow::Result<bool> {
-    let (mut rows, switches, mode, sched_changes) = if args.in_process {
-        let (rows, switches) = in_process(args)?;
-        (rows, switches, "in-process", vec![])
+    // The GPU domains run where a Vulkan device is found.
+    let gpu_skipped = coproc_vulkan::probe()
+        .err()
+        .map(|e| format!("no Vulkan device: {e}"));
+    let gpu = gpu_skipped.is_none();
+    let (out, mode) = if args.in_process {
+        (in_process(args, gpu)?, "in-process")
     } else {
-        let (rows, switches, changes) = through_daemon(args)?;
-        (rows, switches, "daemon", changes)
+        (through_daemon(args, gpu)?, "daemon")
     };
-    let total: u64 = rows.iter().map(|r| r.run_ns).sum::<u64>().max(1);
-    for r in &mut rows {
-        r.share_pct = (r.run_ns as f64 * 1000.0 / total as f64).round() / 10.0;
+    let mut rows = out.rows;
+    // Shares within each pcoproc.
+    let total = |p: &str, rows: &[Row]| -> u64 {
+        rows.iter()
+            .filter(|r| r.pcoproc == p)
+            .map(|r| r.run_ns)
+            .sum::<u64>()
+            .max(1)
+    };
+    let totals: Vec<u64> = rows.iter().map(|r| total(r.pcoproc, &rows)).collect();
+    for (r, t) in rows.iter_mut().zip(totals) {
+        r.share_pct = (r.run_ns as f64 * 1000.0 / t as f64).round() / 10.0;
     }
+    let busy: u64 = rows.iter().map(|r| r.run_ns).sum();
     let ok = rows.iter().all(|r| r.verified);
     let report = Report {
         pcoproc: "mcu0".into(),
+        gpu: out.gpu_model.map(|model| GpuSummary {
+            pcoproc: GPU,
+            model,
+        }),
+        gpu_skipped,
         policy: "rr".into(),
         slice_us: args.slice_us,
         mode,
-        sched_changes,
+        sched_changes: out.sched_changes,
         ok,
         vcoprocs: rows,
     };
-    print(&report, format, total, switches);
+    print(&report, format, busy, out.switches);
     Ok(ok)
 }
 
-/// The demo in one process: each domain a thread on an in-process pcoproc.
-fn in_process(args: &Args) -> anyhow::Result<(Vec<Row>, u64)> {
+/// The demo in one process: each domain a thread on an in-process pcoproc
+/// (the GPU domains, with `gpu`, on an in-process vulkan pcoproc).
+fn in_process(args: &Args, gpu: bool) -> anyhow::Result<Outcome> {
     let slice = Duration::from_micros(args.slice_us);
     let scale = args.scale.max(1);
     let system = System::new();
     let rr = RoundRobin::new(slice).context("slice")?;
     let pcoproc = system.add_pcoproc("mcu0", factory(McuConfig::default()), Box::new(rr))?;
     pcoproc.set_trace(1 << 20);
+    let gpu_pcoproc = if gpu {
+        let rr = RoundRobin::new(slice).context("slice")?;
+        let p = system
+            .add_pcoproc(
+                GPU,
+                coproc_vulkan::factory(coproc_vulkan::VulkanConfig::default()),
+                Box::new(rr),
+            )
+            .with_context(|| format!("opening the Vulkan device for {GPU}"))?;
+        Some(p)
+    } else {
+        None
+    };
 
     let plan: [(&str, Firmware); 5] = [
         ("alice", FIR),
@@ -404,11 +880,28 @@ fn in_process(args: &Args) -> anyhow::Result<(Vec<Row>, u64)> {
             .with_context(|| format!("loading {}", fw.name))?;
         vcoprocs.push((name, fw, v));
     }
+    let mut gpu_vcoprocs = Vec::new();
+    for (name, fw) in GPU_PLAN.iter().filter(|_| gpu_pcoproc.is_some()) {
+        let d = system.add_domain(name);
+        let v = system.create_vcoproc(d.id, GPU, SchedParams::default())?;
+        v.load_firmware(fw.name, fw.image)
+            .with_context(|| format!("loading {}", fw.name))?;
+        gpu_vcoprocs.push((*name, *fw, v));
+    }
 
     // The hog competes for the whole run.
     let hog_v = vcoprocs[3].2.clone();
     hog_v.start()?;
-    let mut checks: Vec<Check> = std::thread::scope(|s| {
+    let (mut checks, gpu_checks): (Vec<Check>, Vec<Check>) = std::thread::scope(|s| {
+        let gpu_handles: Vec<_> = gpu_vcoprocs
+            .iter()
+            .map(|(_, fw, v)| {
+                s.spawn(move || {
+                    let mut d = LocalGpu::new(v)?;
+                    gpu_workload(fw.name, &mut d, scale)
+                })
+            })
+            .collect();
         let handles: Vec<_> = vcoprocs
             .iter()
             .map(|(_, fw, v)| {
@@ -422,13 +915,14 @@ fn in_process(args: &Args) -> anyhow::Result<(Vec<Row>, u64)> {
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err("domain thread panicked".into()))
-            })
-            .collect()
+        let join = |h: std::thread::ScopedJoinHandle<'_, Check>| {
+            h.join()
+                .unwrap_or_else(|_| Err("domain thread panicked".into()))
+        };
+        (
+            handles.into_iter().map(join).collect(),
+            gpu_handles.into_iter().map(join).collect(),
+        )
     });
     // Snapshot before the hog is stopped for its check.
     let infos: Vec<_> = vcoprocs
@@ -436,13 +930,18 @@ fn in_process(args: &Args) -> anyhow::Result<(Vec<Row>, u64)> {
         .map(|(_, _, v)| v.info())
         .collect::<Result<_, _>>()?;
     checks[3] = hog(&hog_v, slice);
+    let gpu_infos: Vec<_> = gpu_vcoprocs
+        .iter()
+        .map(|(_, _, v)| v.info())
+        .collect::<Result<_, _>>()?;
 
-    let rows: Vec<Row> = vcoprocs
+    let mut rows: Vec<Row> = vcoprocs
         .iter()
         .zip(infos)
         .zip(checks)
         .map(|(((name, fw, _), info), check)| Row {
             domain: name.to_string(),
+            pcoproc: "mcu0",
             firmware: fw.name,
             vcoproc: info.id.0,
             state: info.state.to_string(),
@@ -456,24 +955,63 @@ fn in_process(args: &Args) -> anyhow::Result<(Vec<Row>, u64)> {
             fault: info.last_fault.as_ref().map(FaultSummary::from),
         })
         .collect();
-    let (_, switches) = pcoproc.busy();
+    rows.extend(gpu_vcoprocs.iter().zip(gpu_infos).zip(gpu_checks).map(
+        |(((name, fw, _), info), check)| Row {
+            domain: name.to_string(),
+            pcoproc: GPU,
+            firmware: fw.name,
+            vcoproc: info.id.0,
+            state: info.state.to_string(),
+            verified: check.is_ok(),
+            run_ns: info.stats.run_ns,
+            share_pct: 0.0,
+            slices: info.stats.slices,
+            switches: info.stats.switches,
+            faults: info.stats.faults,
+            detail: check.unwrap_or_else(|e| format!("FAILED: {e}")),
+            fault: info.last_fault.as_ref().map(FaultSummary::from),
+        },
+    ));
+    let (_, mut switches) = pcoproc.busy();
+    let gpu_model = gpu_pcoproc.map(|p| {
+        switches += p.busy().1;
+        p.capabilities().model.clone()
+    });
     for d in system.domains() {
         system.remove_domain(d.id)?;
     }
     system.shutdown();
-    Ok((rows, switches))
+    Ok(Outcome {
+        rows,
+        switches,
+        sched_changes: vec![],
+        gpu_model,
+    })
 }
 
 fn print(report: &Report, format: Format, busy_ns: u64, switches: u64) {
     match format {
-        Format::Json => println!("{}", serde_json::to_string(report).unwrap_or_default()),
+        Format::Json => {
+            println!("{}", serde_json::to_string(report).unwrap_or_default());
+            if let Some(why) = &report.gpu_skipped {
+                eprintln!("coproc demo: GPU domains skipped: {why}");
+            }
+        }
         Format::Table => {
-            let how = match report.mode {
-                "daemon" => "client processes of a private coprocd",
+            let how = match (report.mode, report.gpu.is_some()) {
+                ("daemon", false) => "client processes of a private coprocd",
+                ("daemon", true) => {
+                    "client processes of a private coprocd; GPU domains as client threads"
+                }
                 _ => "threads of this process",
             };
+            let gpu = report
+                .gpu
+                .as_ref()
+                .map(|g| format!(" and one vulkan pcoproc ({})", g.model))
+                .unwrap_or_default();
             println!(
-                "coproc demo: {} domains ({how}) on one mcu pcoproc (Cortex-M4), policy rr, slice {} us\n",
+                "coproc demo: {} domains ({how}) on one mcu pcoproc (Cortex-M4){gpu}, policy rr, slice {} us\n",
                 report.vcoprocs.len(),
                 report.slice_us
             );
@@ -483,6 +1021,7 @@ fn print(report: &Report, format: Format, busy_ns: u64, switches: u64) {
                 .map(|r| {
                     vec![
                         r.domain.clone(),
+                        r.pcoproc.to_string(),
                         r.firmware.to_string(),
                         format!("v{}", r.vcoproc),
                         r.state.clone(),
@@ -501,8 +1040,8 @@ fn print(report: &Report, format: Format, busy_ns: u64, switches: u64) {
                 .collect();
             print_table(
                 &[
-                    "domain", "firmware", "vcoproc", "state", "run ms", "share", "slices",
-                    "switches", "faults", "verified",
+                    "domain", "pcoproc", "firmware", "vcoproc", "state", "run ms", "share",
+                    "slices", "switches", "faults", "verified",
                 ],
                 &rows,
             );
@@ -510,11 +1049,14 @@ fn print(report: &Report, format: Format, busy_ns: u64, switches: u64) {
             for r in &report.vcoprocs {
                 println!("{:<6} {}", r.domain, r.detail);
             }
+            if let Some(why) = &report.gpu_skipped {
+                println!("GPU domains skipped: {why}");
+            }
             for c in &report.sched_changes {
                 println!("run-time control: {c}");
             }
             println!(
-                "\ndevice busy {:.1} ms, {} context switches; {}",
+                "\ndevices busy {:.1} ms, {} context switches; {}",
                 busy_ns as f64 / 1e6,
                 switches,
                 if report.ok {

@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod gpubench;
 mod membench;
 mod output;
 mod remote;

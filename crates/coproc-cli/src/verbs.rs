@@ -26,6 +26,20 @@ fn opt<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "-".into(), |x| x.to_string())
 }
 
+/// Bytes for people: "-" for 0, else GiB, MiB (or KiB below 1 MiB).
+pub fn memory(bytes: u64) -> String {
+    const MIB: f64 = (1u64 << 20) as f64;
+    if bytes == 0 {
+        "-".into()
+    } else if bytes < 1 << 20 {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    } else if bytes >= 1 << 30 {
+        format!("{:.1} GiB", bytes as f64 / (MIB * 1024.0))
+    } else {
+        format!("{:.1} MiB", bytes as f64 / MIB)
+    }
+}
+
 /// `coproc list`.
 pub fn list(c: &mut Client, f: Format) -> anyhow::Result<bool> {
     let l = c.list_coprocs()?;
@@ -36,6 +50,7 @@ pub fn list(c: &mut Client, f: Format) -> anyhow::Result<bool> {
                 p.name.clone(),
                 p.class.clone(),
                 p.model.clone(),
+                memory(p.memory_bytes),
                 p.policy.clone(),
                 p.vcoprocs.to_string(),
                 format!("{:.1}%", p.utilisation_pct),
@@ -49,6 +64,7 @@ pub fn list(c: &mut Client, f: Format) -> anyhow::Result<bool> {
             "name",
             "class",
             "model",
+            "memory",
             "policy",
             "vcoprocs",
             "utilisation",
@@ -449,5 +465,21 @@ mod revoke_tests {
         assert!(parse_iova("0x").is_err());
         assert!(parse_iova("-1").is_err());
         assert!(parse_iova("0x1_0000_0000_0000_0000").is_err());
+    }
+}
+
+#[cfg(test)]
+mod list_tests {
+    use super::memory;
+
+    #[test]
+    fn memory_is_shown_in_mib_or_gib() {
+        assert_eq!(memory(0), "-");
+        assert_eq!(memory(1 << 20), "1.0 MiB");
+        assert_eq!(memory(3 << 19), "1.5 MiB");
+        assert_eq!(memory(1023 << 20), "1023.0 MiB");
+        assert_eq!(memory(1 << 30), "1.0 GiB");
+        assert_eq!(memory(80 << 30), "80.0 GiB");
+        assert_eq!(memory(4096), "4.0 KiB");
     }
 }

@@ -4,15 +4,21 @@
 //! per thread (it is `Send`), each a session of the calling process's
 //! domain (its uid). Everything a session created is destroyed when it
 //! closes, including by the process dying.
+//!
+//! GPU vcoprocs (class `vulkan`) are driven with typed jobs: see [`gpu`],
+//! [`Client::gpu_attach`], [`Queue::submit_job`] and [`Queue::wait_job`].
 
+pub mod gpu;
 mod queue;
 mod shm;
 
+pub use coproc_proto::gpu::{Command, Job, JobDone, Status};
 pub use coproc_proto::queue::{Cqe, Sqe};
 pub use coproc_proto::{
     Answer, CoprocInfo, DomainInfo, ErrorCode, Event, FaultInfo, Identity, ParamChange, SchedInfo,
     VcoprocInfo, WireError, WireMapKind, WirePerms,
 };
+pub use gpu::GpuCounters;
 pub use queue::Queue;
 pub use shm::{SharedMem, SvaMem};
 
@@ -64,6 +70,24 @@ pub enum ClientError {
     /// (or, for shared virtual addressing, no free range was found).
     #[error("address {0:#x} is not free for shared memory")]
     AddressTaken(u64),
+    /// The SDK refused an argument before anything was sent (an empty job,
+    /// a job not ending in a signal, an iova the mailbox cannot carry, a
+    /// tag that is not an outstanding job's).
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    /// The GPU device refused a command of the job (the rest of the job
+    /// was skipped), or the job's signal completed with an error status.
+    #[error("GPU {} (command {index} of the job, tag {tag}) refused: {status} ({status:?})", gpu::op_name(*.opcode))]
+    Gpu {
+        /// Why, as the device said it ([`Status::describe`]).
+        status: Status,
+        /// The refused command's opcode ([`gpu::op`]).
+        opcode: u32,
+        /// Its position in the job (0 = the first command).
+        index: u32,
+        /// Its tag.
+        tag: u32,
+    },
 }
 
 impl From<WireError> for ClientError {
@@ -77,6 +101,14 @@ impl ClientError {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             ClientError::Refused(e) => Some(e.code),
+            _ => None,
+        }
+    }
+
+    /// The GPU's status, if the device refused a command of a job.
+    pub fn gpu_status(&self) -> Option<Status> {
+        match self {
+            ClientError::Gpu { status, .. } => Some(*status),
             _ => None,
         }
     }

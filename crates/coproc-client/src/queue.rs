@@ -1,12 +1,19 @@
 //! Queues: the data path. Submissions and completions go through rings in
 //! shared memory; the only signals are eventfds (doorbell to the daemon,
 //! completion back), never a message on the socket.
+//!
+//! For GPU vcoprocs, [`Queue::submit_job`] and [`Queue::wait_job`] carry
+//! typed [`Job`]s (see [`crate::gpu`]).
 
-use crate::{ClientError, SharedMem};
+use crate::gpu::{Claim, Jobs};
+use crate::{ClientError, Job, JobDone, SharedMem};
 use coproc_proto::queue::{self, Cqe, Producer, QueueMem, Sqe};
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long [`Queue::submit_job`] waits for room in a full ring.
+pub const SUBMIT_PATIENCE: Duration = Duration::from_secs(60);
 
 /// A queue of one vcoproc, owned by the domain.
 #[derive(Debug)]
@@ -14,8 +21,12 @@ pub struct Queue {
     mem: SharedMem,
     iova: u64,
     ring: Producer,
+    /// Our submission tail (the producer's, mirrored).
+    tail: u32,
     doorbell: OwnedFd,
     completion: OwnedFd,
+    /// GPU jobs: tags, completions not yet asked for.
+    jobs: Jobs,
 }
 
 fn mem_err(e: rustix::io::Errno) -> ClientError {
@@ -50,8 +61,10 @@ impl Queue {
             mem,
             iova,
             ring,
+            tail: 0,
             doorbell,
             completion,
+            jobs: Jobs::default(),
         })
     }
 
@@ -101,7 +114,17 @@ impl Queue {
     /// Put a submission in the ring; false if it is full. Publish with
     /// [`Queue::ring`].
     pub fn submit(&mut self, sqe: &Sqe) -> bool {
-        self.ring.submit(&self.mem, sqe)
+        let ok = self.ring.submit(&self.mem, sqe);
+        if ok {
+            self.tail = self.tail.wrapping_add(1);
+        }
+        ok
+    }
+
+    /// Free submission slots (0 if the device's head makes no sense).
+    fn room(&self) -> u32 {
+        let used = self.tail.wrapping_sub(self.sq_head());
+        self.entries().saturating_sub(used)
     }
 
     /// Ring the doorbell: one eventfd write, no message to the daemon.
@@ -143,5 +166,303 @@ impl Queue {
     /// Take the device's head as our tail again (after garbage).
     pub fn resync(&mut self) {
         self.ring.resync(&self.mem);
+        self.tail = self.sq_head();
+    }
+
+    /// Move posted completions into the job table (those of no outstanding
+    /// job are dropped); true if there were any.
+    fn drain(&mut self) -> bool {
+        let mut any = false;
+        while let Some(c) = self.ring.complete(&self.mem) {
+            self.jobs.push(c);
+            any = true;
+        }
+        any
+    }
+
+    /// Wait politely until `want` slots are free: completions are taken
+    /// meanwhile (a full completion ring stops the device), the doorbell is
+    /// rung so the device keeps draining, and the waits between looks grow
+    /// from 50 µs to 2 ms.
+    fn make_room(&mut self, want: u32, deadline: Instant) -> Result<(), ClientError> {
+        let mut pause = Duration::from_micros(50);
+        while self.room() < want {
+            self.drain();
+            self.ring()?;
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ClientError::Timeout(SUBMIT_PATIENCE));
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_millis(2));
+        }
+        Ok(())
+    }
+
+    /// Queue a GPU job and ring the doorbell once; returns the tag of its
+    /// signal, for [`Queue::wait_job`]. The queue picks the tags (one per
+    /// command, consecutive). A job must end with its only `signal`.
+    ///
+    /// If the ring is full, waits for room (for the whole job when it fits
+    /// the ring, so a job is never left half queued), taking completions
+    /// meanwhile and ringing the doorbell, for at most [`SUBMIT_PATIENCE`];
+    /// a job longer than the ring is streamed through it. On a timeout
+    /// (the vcoproc is stopped or faulted, or was never attached with
+    /// [`crate::Client::gpu_attach`]) a job longer than the ring may be left
+    /// partly queued: reset the vcoproc or use a new queue.
+    ///
+    /// Completions of tags that belong to no outstanding job (raw
+    /// [`Queue::submit`] entries) are dropped by `submit_job` and
+    /// [`Queue::wait_job`]: use jobs or raw entries on a queue, not both.
+    pub fn submit_job(&mut self, job: &Job) -> Result<u32, ClientError> {
+        let (first, signal) = self.jobs.plan(job)?;
+        let sqes = job.sqes(first);
+        let deadline = Instant::now() + SUBMIT_PATIENCE;
+        let whole = u32::try_from(sqes.len()).unwrap_or(u32::MAX);
+        self.make_room(whole.min(self.entries()), deadline)?;
+        self.jobs.commit(first, signal);
+        for sqe in &sqes {
+            while !self.submit(sqe) {
+                if let Err(e) = self.make_room(1, deadline) {
+                    self.jobs.abandon(signal);
+                    return Err(e);
+                }
+            }
+        }
+        self.ring()?;
+        Ok(signal)
+    }
+
+    /// Wait for the job whose signal has tag `signal` (from
+    /// [`Queue::submit_job`]) to complete, for at most `timeout`. Returns
+    /// the signal's completion ([`JobDone`]: value, GPU time), or
+    /// [`ClientError::Gpu`] with the device's [`crate::Status`] if it refused
+    /// a command of the job (the first refused one; the rest of the job was
+    /// skipped), or [`ClientError::Timeout`] (the job stays outstanding:
+    /// wait again). Completions of other jobs that arrive meanwhile are kept
+    /// for their own `wait_job`; jobs may be waited for in any order.
+    pub fn wait_job(&mut self, signal: u32, timeout: Duration) -> Result<JobDone, ClientError> {
+        let deadline = Instant::now() + timeout;
+        let mut refused = None;
+        loop {
+            self.drain();
+            if let Claim::Done(r) = self.jobs.claim(signal, &mut refused) {
+                return r;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return match refused {
+                    // Refused, but the skipped rest has not come back yet:
+                    // the refusal is the answer; its signal is dropped later.
+                    Some(e) => {
+                        self.jobs.abandon(signal);
+                        Err(e)
+                    }
+                    None => Err(ClientError::Timeout(timeout)),
+                };
+            }
+            self.wait(deadline - now)?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ClientError, Command, Status};
+    use coproc_core::memory::Region;
+    use coproc_proto::gpu::op;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    /// A stand-in for the vulkan class's command processor, on the queue's
+    /// memory (mapped a second time) and completion eventfd: it refuses
+    /// dispatches of any pipeline but 0 (and skips the rest of the job),
+    /// and completes signals.
+    struct FakeGpu {
+        stop: Arc<AtomicBool>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Drop for FakeGpu {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::Release);
+            if let Some(t) = self.thread.take() {
+                t.join().unwrap();
+            }
+        }
+    }
+
+    fn fake_gpu(q: &Queue) -> FakeGpu {
+        let mem =
+            Region::from_fd(q.mem.fd().try_clone_to_owned().unwrap(), 0, q.mem.len()).unwrap();
+        let done = q.completion.try_clone().unwrap();
+        let entries = q.entries();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let word = |off: u64| {
+                let mut b = [0u8; 4];
+                std::sync::atomic::fence(Ordering::Acquire);
+                mem.read(off, &mut b).unwrap();
+                u32::from_le_bytes(b)
+            };
+            let set = |off: u64, v: u32| {
+                std::sync::atomic::fence(Ordering::Release);
+                mem.write(off, &v.to_le_bytes()).unwrap();
+            };
+            let (mut head, mut cq_tail, mut aborted) = (0u32, 0u32, false);
+            while !flag.load(Ordering::Acquire) {
+                let tail = word(queue::OFF_SQ_TAIL);
+                let mut posted = false;
+                while head != tail && cq_tail.wrapping_sub(word(queue::OFF_CQ_HEAD)) < entries {
+                    let slot = u64::from(head & (entries - 1));
+                    let mut b = [0u8; 64];
+                    mem.read(u64::from(queue::RING_OFFSET) + slot * 64, &mut b)
+                        .unwrap();
+                    let w = |i: usize| u32::from_le_bytes(b[4 * i..4 * i + 4].try_into().unwrap());
+                    let sqe = Sqe {
+                        opcode: w(0),
+                        tag: w(1),
+                        args: std::array::from_fn(|i| w(2 + i)),
+                    };
+                    let index = head;
+                    head = head.wrapping_add(1);
+                    set(queue::OFF_SQ_HEAD, head);
+                    let mut post = |status: Status, r: [u32; 2]| {
+                        let mut c = [0u8; 64];
+                        c[..4].copy_from_slice(&sqe.tag.to_le_bytes());
+                        c[4..8].copy_from_slice(&(status as u32).to_le_bytes());
+                        c[8..12].copy_from_slice(&r[0].to_le_bytes());
+                        c[12..16].copy_from_slice(&r[1].to_le_bytes());
+                        let slot = u64::from(entries + (cq_tail & (entries - 1)));
+                        mem.write(u64::from(queue::RING_OFFSET) + slot * 64, &c)
+                            .unwrap();
+                        cq_tail = cq_tail.wrapping_add(1);
+                        set(queue::OFF_CQ_TAIL, cq_tail);
+                        posted = true;
+                    };
+                    match Command::decode(&sqe) {
+                        Ok(Command::Signal { value }) => {
+                            let s = if aborted { Status::Aborted } else { Status::Ok };
+                            post(s, [value, 1000]);
+                            aborted = false;
+                        }
+                        _ if aborted => {}
+                        Ok(Command::Dispatch { pipeline, .. }) if pipeline != 0 => {
+                            post(Status::BadPipeline, [sqe.opcode, index]);
+                            aborted = true;
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            post(Status::BadCommand, [sqe.opcode, index]);
+                            aborted = true;
+                        }
+                    }
+                }
+                if posted {
+                    rustix::io::write(&done, &1u64.to_ne_bytes()).unwrap();
+                }
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        });
+        FakeGpu {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn work(pipeline: u32, value: u32) -> Job {
+        Job::new()
+            .bind(0, 0x2000_0000, 4096)
+            .push_u32(0, &[1, 2, 3])
+            .dispatch(pipeline, [1, 1, 1])
+            .barrier()
+            .signal(value)
+    }
+
+    const T: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn jobs_complete_and_refusals_are_typed_errors() {
+        let mut q = Queue::new(0x1000_0000, 16).unwrap();
+        let _gpu = fake_gpu(&q);
+        let a = q.submit_job(&work(0, 11)).unwrap();
+        let b = q.submit_job(&work(3, 22)).unwrap();
+        let c = q.submit_job(&work(0, 33)).unwrap();
+        // Five commands each: the queue picked consecutive tags.
+        assert_eq!((a, b, c), (5, 10, 15));
+        // Waited for out of order.
+        let done = q.wait_job(c, T).unwrap();
+        assert_eq!((done.tag, done.value, done.gpu_ns), (15, 33, 1000));
+        let e = q.wait_job(b, T).unwrap_err();
+        match &e {
+            ClientError::Gpu {
+                status,
+                opcode,
+                index,
+                tag,
+            } => assert_eq!(
+                (*status, *opcode, *index, *tag),
+                (Status::BadPipeline, op::DISPATCH, 2, 8)
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            e.to_string().contains(Status::BadPipeline.describe()),
+            "{e}"
+        );
+        assert_eq!(q.wait_job(a, T).unwrap().value, 11);
+        // The job after a refused one runs normally.
+        let d = q.submit_job(&work(0, 44)).unwrap();
+        assert_eq!(q.wait_job(d, T).unwrap().value, 44);
+        // Not outstanding (any more).
+        assert!(matches!(q.wait_job(a, T), Err(ClientError::Invalid(_))));
+        assert!(matches!(q.wait_job(12345, T), Err(ClientError::Invalid(_))));
+        // Refused before anything is queued.
+        assert!(matches!(
+            q.submit_job(&Job::new()),
+            Err(ClientError::Invalid(_))
+        ));
+        assert!(matches!(
+            q.submit_job(&Job::new().barrier()),
+            Err(ClientError::Invalid(_))
+        ));
+        assert_eq!(q.room(), 16);
+    }
+
+    #[test]
+    fn full_rings_are_waited_for_politely() {
+        // Four entries: every job fills the ring; one of 23 commands
+        // streams through it.
+        let mut q = Queue::new(0x1000_0000, 4).unwrap();
+        let _gpu = fake_gpu(&q);
+        let long = (0..21)
+            .fold(Job::new(), |j, i| j.fill(0x2000_0000, 4, i))
+            .barrier()
+            .signal(7);
+        let t = q.submit_job(&long).unwrap();
+        assert_eq!(q.wait_job(t, T).unwrap().value, 7);
+        // Many jobs before any wait: the completion ring (4) fills; the
+        // submissions take the completions aside and go on.
+        let tags: Vec<u32> = (0..40)
+            .map(|i| q.submit_job(&Job::new().barrier().signal(i)).unwrap())
+            .collect();
+        for (i, t) in tags.into_iter().enumerate().rev() {
+            assert_eq!(q.wait_job(t, T).unwrap().value, i as u32);
+        }
+    }
+
+    #[test]
+    fn no_device_means_a_timeout_and_the_job_stays_outstanding() {
+        let mut q = Queue::new(0x1000_0000, 8).unwrap();
+        let t = q.submit_job(&work(0, 1)).unwrap();
+        assert!(matches!(
+            q.wait_job(t, Duration::from_millis(20)),
+            Err(ClientError::Timeout(_))
+        ));
+        // The device comes late: the job is still waited for.
+        let _gpu = fake_gpu(&q);
+        assert_eq!(q.wait_job(t, T).unwrap().value, 1);
     }
 }

@@ -357,6 +357,11 @@ pub struct CoprocInfo {
     /// Size of the iova window.
     #[serde(default)]
     pub iova_size: u64,
+    /// Memory of the device itself in bytes (a GPU's device-local heaps);
+    /// 0 where the device has none of its own (mcu), or from a daemon that
+    /// does not report it.
+    #[serde(default)]
+    pub memory_bytes: u64,
 }
 
 /// A fault as listed.
@@ -590,4 +595,31 @@ pub enum ServerFrame {
         /// It.
         event: Event,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coproc_info_carries_memory_and_old_replies_still_decode() {
+        let info = CoprocInfo {
+            name: "gpu0".into(),
+            class: "vulkan".into(),
+            model: "llvmpipe (LLVM 15.0.6, 256 bits) (llvmpipe Mesa 22.3.6)".into(),
+            policy: "rr".into(),
+            vcoprocs: 2,
+            utilisation_pct: 12.5,
+            iova_base: 0x1000_0000,
+            iova_size: 0xe000_0000,
+            memory_bytes: 8 << 30,
+        };
+        let text = serde_json::to_string(&info).unwrap();
+        assert!(text.contains("\"memory_bytes\":8589934592"), "{text}");
+        assert_eq!(serde_json::from_str::<CoprocInfo>(&text).unwrap(), info);
+        // A daemon from before memory_bytes (and before the iova window).
+        let old = r#"{"name":"mcu0","class":"mcu","model":"Cortex-M4","policy":"rr","vcoprocs":0,"utilisation_pct":0.0}"#;
+        let o: CoprocInfo = serde_json::from_str(old).unwrap();
+        assert_eq!((o.memory_bytes, o.iova_base, o.iova_size), (0, 0, 0));
+    }
 }

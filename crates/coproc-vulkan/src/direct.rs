@@ -523,7 +523,7 @@ impl Direct {
         let Some(spec) = self.spec.bindings.iter().find(|b| b.binding == binding) else {
             return Err(why("not used by the pipeline".into()));
         };
-        if offset % self.storage_align != 0 {
+        if !offset.is_multiple_of(self.storage_align) {
             return Err(why(format!(
                 "offset {offset} not a multiple of {}",
                 self.storage_align

@@ -32,6 +32,18 @@ max_vcoprocs = 16
 max_mapped_bytes = 268435456
 max_queues = 16
 max_mappings = 64
+
+# A GPU shared through Vulkan compute (docs/gpu.md); add its name to the
+# domain rule's pcoprocs too. The daemon does not start if no Vulkan
+# device matches.
+# [[pcoproc]]
+# name = "gpu0"
+# class = "vulkan"
+# policy = "rr"
+# policy_params = { slice_us = 5000 }
+# # device: "auto" (discrete, integrated, virtual, then CPU), an index, or
+# # a name substring; import: "auto" (zero-copy where possible) or "copy"
+# options = { device = "auto", import = "auto", watchdog_ms = 2000, max_contexts = 256, local_memory_mb = 256 }
 "#;
 
 /// Errors of this module.
@@ -76,7 +88,7 @@ pub struct DaemonConfig {
 pub struct PcoprocConfig {
     /// Name.
     pub name: String,
-    /// Device class ("mcu").
+    /// Device class: "mcu" or "vulkan".
     pub class: String,
     /// Policy name.
     #[serde(default = "default_policy")]
@@ -105,7 +117,109 @@ pub enum ParamValue {
     List(Vec<String>),
 }
 
+/// Classes a pcoproc may have.
+pub const CLASSES: &[&str] = &["mcu", "vulkan"];
+
+/// Options of the `mcu` class.
+const MCU_OPTIONS: &[&str] = &["max_contexts"];
+
+/// Options of the `vulkan` class.
+const VULKAN_OPTIONS: &[&str] = &[
+    "device",
+    "import",
+    "watchdog_ms",
+    "max_contexts",
+    "local_memory_mb",
+];
+
+/// A pcoproc's device as its class and options describe it.
+#[derive(Debug, Clone)]
+pub enum DeviceConfig {
+    /// `class = "mcu"`.
+    Mcu(coproc_mcu::McuConfig),
+    /// `class = "vulkan"`.
+    Vulkan(coproc_vulkan::VulkanConfig),
+}
+
 impl PcoprocConfig {
+    /// The device this pcoproc asks for: its class and options checked
+    /// (unknown classes and options, wrong types and out-of-range values
+    /// are errors naming the pcoproc). Nothing is opened here: whether a
+    /// Vulkan device exists is found out when the daemon starts.
+    pub fn device(&self) -> Result<DeviceConfig, ConfigError> {
+        let bad = |what: String| ConfigError::Invalid(format!("pcoproc {:?}: {what}", self.name));
+        let known = match self.class.as_str() {
+            "mcu" => MCU_OPTIONS,
+            "vulkan" => VULKAN_OPTIONS,
+            other => {
+                return Err(bad(format!(
+                    "unknown class {other:?} (known: {})",
+                    CLASSES.join(", ")
+                )))
+            }
+        };
+        if let Some(k) = self.options.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(bad(format!(
+                "unknown {} option {k:?} (known: {})",
+                self.class,
+                known.join(", ")
+            )));
+        }
+        let int = |key: &str, lo: i64, hi: i64| -> Result<Option<i64>, ConfigError> {
+            match self.options.get(key) {
+                None => Ok(None),
+                Some(v) => match v.as_integer() {
+                    Some(n) if (lo..=hi).contains(&n) => Ok(Some(n)),
+                    _ => Err(bad(format!("{key} must be an integer in {lo}..={hi}"))),
+                },
+            }
+        };
+        let max_contexts = int("max_contexts", 1, 65536)?.map(|n| n as u32);
+        if self.class == "mcu" {
+            let mut mcu = coproc_mcu::McuConfig::default();
+            if let Some(n) = max_contexts {
+                mcu.max_contexts = n;
+            }
+            return Ok(DeviceConfig::Mcu(mcu));
+        }
+        let mut vk = coproc_vulkan::VulkanConfig::default();
+        match self.options.get("device") {
+            None => {}
+            Some(toml::Value::Integer(n)) => {
+                let i = usize::try_from(*n).map_err(|_| {
+                    bad(format!(
+                        "device index {n} is negative (use \"auto\", an index or a name)"
+                    ))
+                })?;
+                vk.selector = coproc_vulkan::Selector::Index(i);
+            }
+            Some(toml::Value::String(s)) if !s.trim().is_empty() => {
+                vk.selector = coproc_vulkan::Selector::parse(s.trim());
+            }
+            Some(_) => {
+                return Err(bad(
+                    "device must be \"auto\", a device index or a non-empty name substring".into(),
+                ))
+            }
+        }
+        match self.options.get("import") {
+            None => {}
+            Some(toml::Value::String(s)) if s == "auto" => vk.import = coproc_vulkan::Import::Auto,
+            Some(toml::Value::String(s)) if s == "copy" => vk.import = coproc_vulkan::Import::Copy,
+            Some(_) => return Err(bad("import must be \"auto\" or \"copy\"".into())),
+        }
+        if let Some(ms) = int("watchdog_ms", 1, 60_000)? {
+            vk.watchdog = std::time::Duration::from_millis(ms as u64);
+        }
+        if let Some(n) = max_contexts {
+            vk.max_contexts = n;
+        }
+        if let Some(mb) = int("local_memory_mb", 0, 1 << 20)? {
+            vk.local_memory = (mb as u64) << 20;
+        }
+        Ok(DeviceConfig::Vulkan(vk))
+    }
+
     /// The policy parameters as the `key=value` pairs policies take.
     pub fn params(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
@@ -210,26 +324,7 @@ impl Config {
                     p.name
                 )));
             }
-            if p.class != "mcu" {
-                return Err(ConfigError::Invalid(format!(
-                    "pcoproc {:?}: unknown class {:?} (known: mcu)",
-                    p.name, p.class
-                )));
-            }
-            for (k, v) in &p.options {
-                if k != "max_contexts" {
-                    return Err(ConfigError::Invalid(format!(
-                        "pcoproc {:?}: unknown mcu option {k:?}",
-                        p.name
-                    )));
-                }
-                if !v.as_integer().is_some_and(|n| (1..=65536).contains(&n)) {
-                    return Err(ConfigError::Invalid(format!(
-                        "pcoproc {:?}: max_contexts must be in 1..=65536",
-                        p.name
-                    )));
-                }
-            }
+            p.device()?;
             coproc_core::policy::build(&p.policy, &p.params())
                 .map_err(|e| ConfigError::Invalid(format!("pcoproc {:?}: {e}", p.name)))?;
         }
@@ -309,9 +404,132 @@ mod tests {
             "[[pcoproc]]\nname = \"a b\"\nclass = \"mcu\"\n",
             "[[pcoproc]]\nname = \"a\"\nclass = \"mcu\"\noptions = { max_contexts = 0 }\n",
             "[[pcoproc]]\nname = \"a\"\nclass = \"mcu\"\noptions = { max_contexts = \"many\" }\n",
+            "[[pcoproc]]\nname = \"a\"\nclass = \"mcu\"\noptions = { watchdog_ms = 5 }\n",
         ];
         for b in bad {
             assert!(Config::parse(b).is_err(), "accepted: {b}");
         }
+    }
+
+    fn vulkan(options: &str) -> Result<DeviceConfig, ConfigError> {
+        let text = format!(
+            "[[pcoproc]]\nname = \"gpu0\"\nclass = \"vulkan\"\noptions = {{ {options} }}\n"
+        );
+        let c = Config::parse(&text)?;
+        c.pcoprocs[0].device()
+    }
+
+    fn vk(options: &str) -> coproc_vulkan::VulkanConfig {
+        match vulkan(options) {
+            Ok(DeviceConfig::Vulkan(v)) => v,
+            other => panic!("{options}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_default_is_mcu_only() {
+        let c = Config::default_config();
+        assert_eq!(c.pcoprocs.len(), 1);
+        assert!(matches!(c.pcoprocs[0].device(), Ok(DeviceConfig::Mcu(m)) if m.max_contexts == 64));
+        // The commented-out vulkan example is valid once uncommented.
+        let example: String = DEFAULT
+            .split_once("# [[pcoproc]]")
+            .map(|(_, rest)| format!("[[pcoproc]]{rest}"))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("# #"))
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = Config::parse(&example).unwrap();
+        assert!(matches!(
+            c.pcoprocs[0].device(),
+            Ok(DeviceConfig::Vulkan(_))
+        ));
+    }
+
+    #[test]
+    fn vulkan_options_are_parsed() {
+        use coproc_vulkan::{Import, Selector};
+        use std::time::Duration;
+        let d = vk("");
+        assert_eq!(d.selector, Selector::Auto);
+        assert_eq!(d.import, Import::Auto);
+        assert_eq!(d.watchdog, Duration::from_millis(2000));
+        assert_eq!(vk("device = \"auto\"").selector, Selector::Auto);
+        assert_eq!(vk("device = \"AUTO\"").selector, Selector::Auto);
+        assert_eq!(vk("device = 1").selector, Selector::Index(1));
+        assert_eq!(vk("device = \"0\"").selector, Selector::Index(0));
+        assert_eq!(
+            vk("device = \"llvmpipe\"").selector,
+            Selector::Name("llvmpipe".into())
+        );
+        assert_eq!(vk("import = \"copy\"").import, Import::Copy);
+        assert_eq!(vk("import = \"auto\"").import, Import::Auto);
+        assert_eq!(vk("watchdog_ms = 1").watchdog, Duration::from_millis(1));
+        assert_eq!(vk("watchdog_ms = 60000").watchdog, Duration::from_secs(60));
+        assert_eq!(vk("max_contexts = 8").max_contexts, 8);
+        assert_eq!(vk("local_memory_mb = 16").local_memory, 16 << 20);
+        assert_eq!(vk("local_memory_mb = 0").local_memory, 0);
+        let all = vk("device = 0, import = \"copy\", watchdog_ms = 500, max_contexts = 4, local_memory_mb = 1");
+        assert_eq!(
+            (
+                all.selector,
+                all.import,
+                all.watchdog,
+                all.max_contexts,
+                all.local_memory
+            ),
+            (
+                Selector::Index(0),
+                Import::Copy,
+                Duration::from_millis(500),
+                4,
+                1 << 20
+            )
+        );
+    }
+
+    #[test]
+    fn bad_vulkan_options_are_refused_with_the_pcoproc_and_option() {
+        let bad = [
+            ("slice_us = 5", "unknown vulkan option \"slice_us\""),
+            ("Device = \"auto\"", "unknown vulkan option \"Device\""),
+            ("device = -1", "negative"),
+            ("device = \"\"", "device must be"),
+            ("device = 1.5", "device must be"),
+            ("device = true", "device must be"),
+            ("device = [0]", "device must be"),
+            ("import = \"zero-copy\"", "import must be"),
+            ("import = 1", "import must be"),
+            (
+                "watchdog_ms = 0",
+                "watchdog_ms must be an integer in 1..=60000",
+            ),
+            ("watchdog_ms = 60001", "watchdog_ms"),
+            ("watchdog_ms = \"2000\"", "watchdog_ms"),
+            ("watchdog_ms = 2.5", "watchdog_ms"),
+            ("max_contexts = 0", "max_contexts"),
+            ("max_contexts = 65537", "max_contexts"),
+            ("local_memory_mb = -1", "local_memory_mb"),
+            ("local_memory_mb = 1048577", "local_memory_mb"),
+            ("local_memory_mb = \"lots\"", "local_memory_mb"),
+        ];
+        for (opts, want) in bad {
+            let e = vulkan(opts).unwrap_err().to_string();
+            assert!(e.contains(want), "{opts}: {e}");
+            assert!(e.contains("\"gpu0\""), "{opts}: {e}");
+        }
+        // mcu options are not vulkan ones and the other way round.
+        let e = Config::parse(
+            "[[pcoproc]]\nname = \"m\"\nclass = \"mcu\"\noptions = { device = \"auto\" }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown mcu option \"device\""), "{e}");
+        let e = Config::parse("[[pcoproc]]\nname = \"g\"\nclass = \"gpu\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("known: mcu, vulkan"), "{e}");
     }
 }

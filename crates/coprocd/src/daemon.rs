@@ -1,7 +1,7 @@
 //! The daemon's shared state: pcoprocs, the table of vcoprocs by wire id,
 //! and per-domain usage for quotas.
 
-use crate::config::{Config, DomainRule};
+use crate::config::{Config, DeviceConfig, DomainRule};
 use coproc_core::{Pcoproc, VcoprocHandle};
 use coproc_proto::{ErrorCode, Identity, WireError};
 use std::collections::{BTreeMap, HashMap};
@@ -109,20 +109,36 @@ impl Daemon {
         for p in &config.pcoprocs {
             let policy = coproc_core::policy::build(&p.policy, &p.params())
                 .map_err(|e| anyhow::anyhow!("pcoproc {}: {e}", p.name))?;
-            let mut mcu = coproc_mcu::McuConfig::default();
-            if let Some(v) = p.options.get("max_contexts") {
-                mcu.max_contexts = v
-                    .as_integer()
-                    .and_then(|n| u32::try_from(n).ok())
-                    .ok_or_else(|| {
+            let device = p.device().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let pc = match device {
+                DeviceConfig::Mcu(mcu) => {
+                    Pcoproc::spawn_with_ids(&p.name, coproc_mcu::factory(mcu), policy, ids.clone())
+                        .map_err(|e| anyhow::anyhow!("pcoproc {} (class mcu): {e}", p.name))?
+                }
+                DeviceConfig::Vulkan(vk) => {
+                    let selector = match &vk.selector {
+                        coproc_vulkan::Selector::Auto => "\"auto\"".to_string(),
+                        coproc_vulkan::Selector::Index(i) => i.to_string(),
+                        coproc_vulkan::Selector::Name(n) => format!("{n:?}"),
+                    };
+                    let pc = Pcoproc::spawn_with_ids(
+                        &p.name,
+                        coproc_vulkan::factory(vk),
+                        policy,
+                        ids.clone(),
+                    )
+                    .map_err(|e| {
                         anyhow::anyhow!(
-                            "pcoproc {}: max_contexts must be a positive integer",
+                            "pcoproc {} (class vulkan): cannot open a Vulkan device \
+                             (device = {selector}): {e}; check `vulkaninfo --summary`, \
+                             or remove the pcoproc from the configuration",
                             p.name
                         )
                     })?;
-            }
-            let pc =
-                Pcoproc::spawn_with_ids(&p.name, coproc_mcu::factory(mcu), policy, ids.clone())?;
+                    tracing::info!(pcoproc = %p.name, model = %pc.capabilities().model, "vulkan device opened");
+                    pc
+                }
+            };
             pcoprocs.insert(p.name.clone(), pc);
         }
         Ok(Daemon {

@@ -307,7 +307,7 @@ impl Session {
         kind: MapKind,
     ) -> Result<(), WireError> {
         // Arguments first: nothing is reserved or sealed for a bad request.
-        if len == 0 || len % 4096 != 0 || offset % 4096 != 0 {
+        if len == 0 || !len.is_multiple_of(4096) || !offset.is_multiple_of(4096) {
             return Err(err(
                 ErrorCode::InvalidArgument,
                 "offset and length must be multiples of 4096, length non-zero",
@@ -459,6 +459,7 @@ impl Session {
                         utilisation_pct: (busy as f64 * 1000.0 / now as f64).round() / 10.0,
                         iova_base: caps.iova_base,
                         iova_size: caps.iova_size,
+                        memory_bytes: caps.memory_bytes,
                     });
                 }
                 Ok(Answer::Coprocs { coprocs: out })
@@ -843,7 +844,7 @@ impl Session {
     /// domain's mapped-bytes quota (reserved first, given back on failure).
     fn alloc_local(&mut self, vcoproc: u32, iova: u64, len: u64) -> Result<(), WireError> {
         let e = self.entry(vcoproc, false)?;
-        if len == 0 || len % 4096 != 0 || iova % 4096 != 0 {
+        if len == 0 || !len.is_multiple_of(4096) || !iova.is_multiple_of(4096) {
             return Err(err(
                 ErrorCode::InvalidArgument,
                 "iova and length must be multiples of 4096, length non-zero",
