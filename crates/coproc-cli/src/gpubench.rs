@@ -243,6 +243,12 @@ impl DirectThread {
     /// Start it with a spin pipeline over `n` invocations, calibrated to
     /// `target` per dispatch; also returns the iterations and the GPU.
     fn spawn(n: u32, target: Duration) -> anyhow::Result<(DirectThread, u32, String)> {
+        Self::start(n, Err(target))
+    }
+
+    /// Start it with `iters` fixed (`Ok`) or calibrated to a target time
+    /// per dispatch (`Err`).
+    fn start(n: u32, iters: Result<u32, Duration>) -> anyhow::Result<(DirectThread, u32, String)> {
         let (job_tx, job_rx) = mpsc::channel::<u32>();
         let (res_tx, res_rx) = mpsc::channel();
         let (init_tx, init_rx) = mpsc::channel::<Result<(u32, String), String>>();
@@ -251,7 +257,10 @@ impl DirectThread {
             .spawn(move || {
                 let setup = (|| -> anyhow::Result<(Direct, u32)> {
                     let mut d = Direct::new(&Selector::Auto, SPIN.image, 0, 4 * u64::from(n))?;
-                    let iters = calibrate(&mut d, n, target)?;
+                    let iters = match iters {
+                        Ok(i) => i,
+                        Err(target) => calibrate(&mut d, n, target)?,
+                    };
                     Ok((d, iters))
                 })();
                 let (mut d, iters) = match setup {
@@ -320,6 +329,10 @@ pub fn overhead(rounds: usize) -> anyhow::Result<(Figures, String)> {
     gpu_or_why()?;
     let n = N;
     let (direct, iters, gpu) = DirectThread::spawn(n, OVERHEAD_JOB)?;
+    // The control: a second, identical direct path on a VkDevice of its
+    // own. How far it lands from the first is the resolution of the
+    // comparison on this machine.
+    let (control, _, _) = DirectThread::start(n, Ok(iters))?;
 
     let rr = policy::build("rr", &[])?;
     let pc = Pcoproc::spawn("gpu0", factory(VulkanConfig::default()), rr)?;
@@ -338,34 +351,41 @@ pub fn overhead(rounds: usize) -> anyhow::Result<(Figures, String)> {
             dom.verify(iters, seed, n)?;
             Ok((dt, cqe_gpu_ns(&c)))
         };
-        // Warm both paths up (not counted).
+        // Warm all paths up (not counted).
         for _ in 0..5 {
             seed += 1;
             run_direct(seed)?;
             seed += 1;
             run_framework(seed)?;
+            seed += 1;
+            control.run(seed)?;
         }
         let batches = 6 * rounds.max(1);
         let per_batch = 5;
         let (mut d_t, mut f_t, mut d_g, mut f_g) = (vec![], vec![], vec![], vec![]);
+        let mut c_t = vec![];
         for b in 0..batches {
-            for k in 0..2 {
-                // Alternate which goes first, so drifts hit both alike.
-                let framework_now = (b + k) % 2 == 1;
+            for k in 0..3 {
+                // Rotate which goes first, so drifts hit all alike.
                 for _ in 0..per_batch {
                     seed += 1;
-                    if framework_now {
-                        let (t, g) = run_framework(seed)?;
-                        f_t.push(t);
-                        f_g.push(g as f64);
-                    } else {
-                        let (t, g) = run_direct(seed)?;
-                        d_t.push(t);
-                        d_g.push(g as f64);
+                    match (b + k) % 3 {
+                        0 => {
+                            let (t, g) = run_direct(seed)?;
+                            d_t.push(t);
+                            d_g.push(g as f64);
+                        }
+                        1 => {
+                            let (t, g) = run_framework(seed)?;
+                            f_t.push(t);
+                            f_g.push(g as f64);
+                        }
+                        _ => c_t.push(control.run(seed)?.0),
                     }
                 }
             }
         }
+        drop(control);
         // Where the framework's time goes, measured apart so the figures
         // above carry no instrumentation: per job, the doorbell (domain),
         // the start of the slice (the runner's trace), the notification
@@ -441,6 +461,9 @@ pub fn overhead(rounds: usize) -> anyhow::Result<(Figures, String)> {
         m.insert("direct_us_per_job".into(), round3(d * 1e6));
         m.insert("framework_us_per_job".into(), round3(f * 1e6));
         m.insert("overhead_pct".into(), round3((f - d) / d * 100.0));
+        let c = median(c_t);
+        m.insert("control_us_per_job".into(), round3(c * 1e6));
+        m.insert("control_pct".into(), round3((c - d) / d * 100.0));
         m.insert("direct_gpu_us_per_job".into(), round3(median(d_g) / 1e3));
         m.insert("framework_gpu_us_per_job".into(), round3(median(f_g) / 1e3));
         m.insert("direct_host_us_per_job".into(), round3(d_host));
@@ -599,14 +622,9 @@ pub fn fairness(seconds: u64) -> anyhow::Result<(Figures, String)> {
         let mut f = Figures::new();
         f.insert("max_error_pct".into(), round3(max_err));
         f.insert("mean_error_pct".into(), round3(mean_err));
-        f.insert(
-            "share_1".into(),
-            round3(whole[0] as f64 / total.max(1) as f64),
-        );
-        f.insert(
-            "share_3".into(),
-            round3(whole[1] as f64 / total.max(1) as f64),
-        );
+        let share = |ns: u64| (ns as f64 / total.max(1) as f64 * 1e4).round() / 1e4;
+        f.insert("share_1".into(), share(whole[0]));
+        f.insert("share_3".into(), share(whole[1]));
         f.insert("windows".into(), windows as f64);
         f.insert(
             "device_busy_pct".into(),
@@ -622,14 +640,20 @@ pub fn fairness(seconds: u64) -> anyhow::Result<(Figures, String)> {
 }
 
 /// Notes printed under the `gpu-overhead` table.
-pub const OVERHEAD_NOTES: &str = "The spin firmware (compute-bound, ~4 ms per dispatch, iterations \
-calibrated at start) run one job at a time (a) directly: one pipeline on a VkDevice of its own \
-through ash, each dispatch recorded, submitted and waited for on a timeline semaphore exactly as the \
+pub const OVERHEAD_NOTES: &str = "The spin firmware (compute-bound, iterations calibrated at start for \
+~4 ms per dispatch) one job at a time (a) directly: one pipeline on a VkDevice of its own through ash, \
+on a thread of its own, each dispatch recorded, submitted and waited for on a timeline semaphore as the \
 vulkan device does per command, and (b) through the framework: one domain on an in-process vulkan \
 pcoproc (rr), each job bind + push + dispatch + signal in its queue, doorbell, the domain sleeping on \
-the notification until the completion. Times are what the caller sees, per job; (a) and (b) in \
-alternating batches, medians; every output checked against the host reference. overhead_pct: \
-(framework - direct) / direct. *_gpu_us_per_job: the GPU's timestamps around the dispatch.";
+the notification until the completion. Times are what the caller sees per job; (a), (b) and a control \
+(a second, identical direct path on a third VkDevice) in rotating batches of 5, medians; every output \
+checked against the host reference. overhead_pct: (framework - direct) / direct. control_pct: the same \
+for the control, i.e. how far two identical paths land apart in this run (a CPU implementation's \
+thread pools, one per VkDevice, run at different speeds depending on where their threads land). \
+*_gpu_us: the GPU's timestamps around the dispatch; *_host_us: a job's time minus them; \
+host_overhead_pct: (framework_host - direct_host) / direct. Breakdown of the framework's time (40 more \
+jobs, instrumented): doorbell_to_run_us (doorbell to the start of the runner's slice), runner_host_us \
+(slice start to notification, minus GPU time), notify_to_domain_us (notification to the domain awake).";
 /// Notes printed under the `gpu-fairness` table.
 pub const FAIRNESS_NOTES: &str = "Two domains with weights 1 and 3 under credit (slice 1 ms) on one \
 in-process vulkan pcoproc, each keeping its 64-entry queue full of spin jobs (~1.5 ms each; a \
