@@ -63,37 +63,51 @@ fn words(b: &[u8]) -> Vec<u32> {
         .collect()
 }
 
-/// Iterations of the spin loop that make one dispatch of `n` invocations
-/// take about `target` on this GPU, measured with `d`.
-fn calibrate(d: &mut Direct, n: u32, target: Duration) -> anyhow::Result<u32> {
+/// Iterations of the spin loop that make one job take about `target`,
+/// where `one(iters)` runs one job and returns its time in seconds (on
+/// the device the measurement will use: two VkDevices of a CPU
+/// implementation can run at quite different speeds).
+fn calibrate(
+    mut one: impl FnMut(u32) -> anyhow::Result<f64>,
+    target: Duration,
+) -> anyhow::Result<u32> {
     const MAX: f64 = (1u32 << 26) as f64;
-    let groups = [n.div_ceil(64), 1, 1];
-    let time = |d: &mut Direct, iters: u32| -> anyhow::Result<f64> {
-        d.set_push(0, &[iters, 1, n])?;
+    let time = |one: &mut dyn FnMut(u32) -> anyhow::Result<f64>, iters: u32| {
         let mut t = Vec::new();
         for _ in 0..5 {
-            t.push(d.dispatch(groups)?.as_secs_f64());
+            t.push(one(iters)?);
         }
-        Ok(median(t))
+        let t = median(t);
+        tracing::debug!(iters, us = t * 1e6, "spin calibration");
+        anyhow::Ok(t)
     };
-    // The first dispatches compile the shader and wake the driver's
-    // threads up.
-    time(d, 64)?;
     let want = target.as_secs_f64();
-    let mut iters = 64u32;
-    let mut t = time(d, iters)?;
-    while t < want / 8.0 && f64::from(iters) * 4.0 <= MAX {
-        iters *= 4;
-        t = time(d, iters)?;
+    // Keep the device busy a while first: the first dispatches compile the
+    // shader, and a CPU implementation's new worker threads run slower
+    // until the kernel has spread them over the CPUs.
+    let warm = Instant::now();
+    let mut w = 64u32;
+    while warm.elapsed() < Duration::from_millis(300) {
+        if one(w)? < want / 2.0 && f64::from(w) * 2.0 <= MAX {
+            w *= 2;
+        }
     }
-    // Proportional steps until within 10 % (the fixed cost of a dispatch
-    // makes the first step land short).
+    // A dispatch costs a fixed part plus a part linear in iterations.
+    let fixed = time(&mut one, 1)?;
+    let per = (want - fixed).max(want / 4.0);
+    let mut iters = 64u32;
+    let mut t = time(&mut one, iters)?;
+    while t - fixed < per / 2.0 && f64::from(iters) * 4.0 <= MAX {
+        iters *= 4;
+        t = time(&mut one, iters)?;
+    }
     for _ in 0..4 {
         if (t - want).abs() <= want / 10.0 {
             break;
         }
-        iters = (f64::from(iters) * want / t).clamp(1.0, MAX) as u32;
-        t = time(d, iters)?;
+        let scale = per / (t - fixed).max(1e-6);
+        iters = (f64::from(iters) * scale).clamp(1.0, MAX) as u32;
+        t = time(&mut one, iters)?;
     }
     Ok(iters)
 }
@@ -259,7 +273,13 @@ impl DirectThread {
                     let mut d = Direct::new(&Selector::Auto, SPIN.image, 0, 4 * u64::from(n))?;
                     let iters = match iters {
                         Ok(i) => i,
-                        Err(target) => calibrate(&mut d, n, target)?,
+                        Err(target) => calibrate(
+                            |iters| {
+                                d.set_push(0, &[iters, 1, n])?;
+                                Ok(d.dispatch([n.div_ceil(64), 1, 1])?.as_secs_f64())
+                            },
+                            target,
+                        )?,
                     };
                     Ok((d, iters))
                 })();
@@ -360,27 +380,39 @@ pub fn overhead(rounds: usize) -> anyhow::Result<(Figures, String)> {
             seed += 1;
             control.run(seed)?;
         }
-        let batches = 6 * rounds.max(1);
-        let per_batch = 5;
+        let batches = 5 * rounds.max(1);
+        let per_batch = 6;
         let (mut d_t, mut f_t, mut d_g, mut f_g) = (vec![], vec![], vec![], vec![]);
         let mut c_t = vec![];
         for b in 0..batches {
             for k in 0..3 {
-                // Rotate which goes first, so drifts hit all alike.
-                for _ in 0..per_batch {
+                // Rotate which goes first, so drifts hit all alike. The
+                // first job of a batch finds its path idle since the last
+                // batch (cold threads and caches) and is not counted.
+                for j in 0..=per_batch {
                     seed += 1;
+                    let counted = j > 0;
                     match (b + k) % 3 {
                         0 => {
                             let (t, g) = run_direct(seed)?;
-                            d_t.push(t);
-                            d_g.push(g as f64);
+                            if counted {
+                                d_t.push(t);
+                                d_g.push(g as f64);
+                            }
                         }
                         1 => {
                             let (t, g) = run_framework(seed)?;
-                            f_t.push(t);
-                            f_g.push(g as f64);
+                            if counted {
+                                f_t.push(t);
+                                f_g.push(g as f64);
+                            }
                         }
-                        _ => c_t.push(control.run(seed)?.0),
+                        _ => {
+                            let (t, _) = control.run(seed)?;
+                            if counted {
+                                c_t.push(t);
+                            }
+                        }
                     }
                 }
             }
@@ -494,6 +526,8 @@ pub fn overhead(rounds: usize) -> anyhow::Result<(Figures, String)> {
 /// What one fairness domain did.
 struct Tally {
     jobs: u64,
+    /// GPU time of each job (its signal's result), µs.
+    gpu_us: Vec<f64>,
 }
 
 /// Keep `dom`'s queue full of spin jobs until `stop`; then drain, run one
@@ -509,6 +543,7 @@ fn keep_busy(
     // Seeds of the jobs in flight, oldest first.
     let mut inflight = std::collections::VecDeque::new();
     let mut jobs = 0u64;
+    let mut gpu_us = Vec::new();
     while !stop.load(Ordering::Acquire) {
         let mut queued = false;
         while dom.try_submit(&spin_job(iters, seed, n)) {
@@ -522,6 +557,7 @@ fn keep_busy(
         let c = dom.next(JOB_TIMEOUT)?;
         let want = inflight.pop_front().context("a completion with no job")?;
         dom.check_done(&c, want)?;
+        gpu_us.push(cqe_gpu_ns(&c) as f64 / 1e3);
         jobs += 1;
     }
     while let Some(want) = inflight.pop_front() {
@@ -532,7 +568,7 @@ fn keep_busy(
     let last = seed.wrapping_add(0x1000_0000);
     dom.run(&spin_job(iters, last, n), last)?;
     dom.verify(iters, last, n)?;
-    Ok(Tally { jobs })
+    Ok(Tally { jobs, gpu_us })
 }
 
 /// `gpu-fairness`: two domains, weights 1 and 3, under `credit` on one
@@ -540,12 +576,9 @@ fn keep_busy(
 pub fn fairness(seconds: u64) -> anyhow::Result<(Figures, String)> {
     gpu_or_why()?;
     let n = N;
-    let (iters, gpu) = {
-        let mut d = Direct::new(&Selector::Auto, SPIN.image, 0, 4 * u64::from(n))?;
-        (calibrate(&mut d, n, FAIRNESS_JOB)?, d.info().model())
-    };
     let credit = policy::build("credit", &[])?;
     let pc = Pcoproc::spawn("gpu0", factory(VulkanConfig::default()), credit)?;
+    let gpu = pc.capabilities().model.clone();
     let weights = [1u32, 3];
     let result = (|| -> anyhow::Result<Figures> {
         let mut doms = Vec::new();
@@ -556,6 +589,33 @@ pub fn fairness(seconds: u64) -> anyhow::Result<(Figures, String)> {
             };
             doms.push(GpuDomain::new(&pc, i as u32 + 1, params, n)?);
         }
+        // Job length from the GPU's timestamps, through the framework, on
+        // the device that runs the measurement, with jobs queued back to
+        // back as in the measurement (a CPU implementation runs a dispatch
+        // that follows an idle gap markedly slower).
+        let mut seed = 0u32;
+        let iters = calibrate(
+            |iters| {
+                let d = &mut doms[0];
+                let mut want = Vec::new();
+                for _ in 0..8 {
+                    seed += 1;
+                    if !d.try_submit(&spin_job(iters, seed, n)) {
+                        bail!("calibration: queue full");
+                    }
+                    want.push(seed);
+                }
+                d.v.doorbell();
+                let mut gpu = Vec::new();
+                for s in want {
+                    let c = d.next(JOB_TIMEOUT)?;
+                    d.check_done(&c, s)?;
+                    gpu.push(cqe_gpu_ns(&c) as f64 / 1e9);
+                }
+                Ok(median(gpu))
+            },
+            FAIRNESS_JOB,
+        )?;
         let ids: Vec<VcoprocId> = doms.iter().map(|d| d.v.id()).collect();
         let stop = AtomicBool::new(false);
         let run_ns = |pc: &Pcoproc| -> BTreeMap<VcoprocId, u64> {
@@ -633,6 +693,10 @@ pub fn fairness(seconds: u64) -> anyhow::Result<(Figures, String)> {
         f.insert("jobs_1".into(), tallies[0].jobs as f64);
         f.insert("jobs_3".into(), tallies[1].jobs as f64);
         f.insert("spin_iters".into(), f64::from(iters));
+        let gpu_us: Vec<f64> = tallies.iter().flat_map(|t| t.gpu_us.clone()).collect();
+        if !gpu_us.is_empty() {
+            f.insert("job_gpu_us".into(), round3(median(gpu_us)));
+        }
         Ok(f)
     })();
     pc.shutdown();
@@ -646,7 +710,7 @@ on a thread of its own, each dispatch recorded, submitted and waited for on a ti
 vulkan device does per command, and (b) through the framework: one domain on an in-process vulkan \
 pcoproc (rr), each job bind + push + dispatch + signal in its queue, doorbell, the domain sleeping on \
 the notification until the completion. Times are what the caller sees per job; (a), (b) and a control \
-(a second, identical direct path on a third VkDevice) in rotating batches of 5, medians; every output \
+(a second, identical direct path on a third VkDevice) in rotating batches of 6 (plus one uncounted job first), medians; every output \
 checked against the host reference. overhead_pct: (framework - direct) / direct. control_pct: the same \
 for the control, i.e. how far two identical paths land apart in this run (a CPU implementation's \
 thread pools, one per VkDevice, run at different speeds depending on where their threads land). \
@@ -656,8 +720,10 @@ jobs, instrumented): doorbell_to_run_us (doorbell to the start of the runner's s
 (slice start to notification, minus GPU time), notify_to_domain_us (notification to the domain awake).";
 /// Notes printed under the `gpu-fairness` table.
 pub const FAIRNESS_NOTES: &str = "Two domains with weights 1 and 3 under credit (slice 1 ms) on one \
-in-process vulkan pcoproc, each keeping its 64-entry queue full of spin jobs (~1.5 ms each; a \
-dispatch is never cut, so a slice ends after the dispatch that spends it). Each vcoproc's charged run \
-time (stats run_ns) sampled every second; share per window = its run time / both; max_error_pct: the \
-largest |share - w/4| / (w/4) over windows and domains (as bench fairness). share_1/share_3: over the \
-whole run. A final job of each domain is checked against the host reference.";
+in-process vulkan pcoproc, each keeping its 64-entry queue full of spin jobs (iterations calibrated \
+through the framework for ~1.5 ms of GPU time each, job_gpu_us the median seen; a dispatch is never \
+cut, so a slice ends after the dispatch that spends it). Each vcoproc's charged run time (stats \
+run_ns, charged at the end of each slice) sampled every second; share per window = its run time / \
+both; max_error_pct: the largest |share - w/4| / (w/4) over windows and domains (as bench fairness); \
+one slice charged in the next window instead moves a weight-1 share by ~0.6 %. share_1/share_3: over \
+the whole run. A final job of each domain is checked against the host reference.";
