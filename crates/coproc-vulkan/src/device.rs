@@ -88,8 +88,8 @@ impl Preempt for PreemptFlag {
 }
 
 /// The logical device and what hangs off it; replaced on device loss.
-struct Gpu {
-    device: ash::Device,
+pub(crate) struct Gpu {
+    pub(crate) device: ash::Device,
     queue: vk::Queue,
     host_mem: Option<ash::ext::external_memory_host::Device>,
     mem_props: vk::PhysicalDeviceMemoryProperties,
@@ -107,7 +107,7 @@ struct Limits {
     shader: ShaderLimits,
 }
 
-struct Pipe {
+pub(crate) struct Pipe {
     module: vk::ShaderModule,
     set_layout: vk::DescriptorSetLayout,
     layout: vk::PipelineLayout,
@@ -117,7 +117,7 @@ struct Pipe {
 
 /// A context's Vulkan objects (all on the current [`Gpu`]).
 #[derive(Default)]
-struct CtxVk {
+pub(crate) struct CtxVk {
     cmd_pool: vk::CommandPool,
     cmd: vk::CommandBuffer,
     sem: vk::Semaphore,
@@ -288,6 +288,35 @@ enum Step {
     Fault(DeviceFault),
 }
 
+/// The device's limits and, where its compute queue has timestamps, (ns
+/// per tick, valid-bit mask).
+pub(crate) fn queue_limits(
+    i: &ash::Instance,
+    pdev: vk::PhysicalDevice,
+    family: u32,
+) -> (vk::PhysicalDeviceLimits, Option<(f64, u64)>) {
+    // SAFETY: `pdev` came from this instance; the calls only fill locals.
+    let (props, fams) = unsafe {
+        (
+            i.get_physical_device_properties(pdev),
+            i.get_physical_device_queue_family_properties(pdev),
+        )
+    };
+    let l = props.limits;
+    let valid_bits = fams
+        .get(family as usize)
+        .map_or(0, |f| f.timestamp_valid_bits);
+    let timestamps = (valid_bits > 0 && l.timestamp_period > 0.0).then(|| {
+        let mask = if valid_bits >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << valid_bits) - 1
+        };
+        (f64::from(l.timestamp_period), mask)
+    });
+    (l, timestamps)
+}
+
 /// The `vulkan` device.
 pub struct VulkanDevice {
     inst: Arc<Instance>,
@@ -326,7 +355,7 @@ fn gpu_err(e: GpuError) -> DeviceError {
 }
 
 impl Gpu {
-    fn open(
+    pub(crate) fn open(
         inst: &Instance,
         pdev: vk::PhysicalDevice,
         family: u32,
@@ -373,7 +402,7 @@ impl Gpu {
         })
     }
 
-    fn new_ctx_vk(&self, family: u32, timestamps: bool) -> Result<CtxVk, DeviceError> {
+    pub(crate) fn new_ctx_vk(&self, family: u32, timestamps: bool) -> Result<CtxVk, DeviceError> {
         let d = &self.device;
         let mut v = CtxVk::default();
         let r = (|| {
@@ -426,7 +455,11 @@ impl Gpu {
     }
 
     /// Build the pipelines of `specs` into `v` (replacing any).
-    fn build_pipes(&self, v: &mut CtxVk, specs: &[PipelineSpec]) -> Result<(), DeviceError> {
+    pub(crate) fn build_pipes(
+        &self,
+        v: &mut CtxVk,
+        specs: &[PipelineSpec],
+    ) -> Result<(), DeviceError> {
         let d = &self.device;
         destroy_pipes(d, v);
         let descriptors: u32 = specs.iter().map(|s| s.bindings.len() as u32).sum();
@@ -613,7 +646,7 @@ impl Gpu {
 
     /// A buffer of `len` bytes of host-visible memory (device-local where
     /// the device has such a type), mapped, zeroed.
-    fn host_visible(
+    pub(crate) fn host_visible(
         &self,
         len: u64,
     ) -> Result<(vk::Buffer, vk::DeviceMemory, *mut u8), DeviceError> {
@@ -677,6 +710,173 @@ impl Gpu {
     }
 }
 
+/// Why [`execute`] failed.
+pub(crate) enum ExecError {
+    /// Not finished within the bound (and no old device was draining).
+    Timeout,
+    /// Recording, submitting or waiting failed (device loss included).
+    Failed(String),
+}
+
+/// Record one command with `record` between two timestamps and a barrier
+/// that makes its writes visible to the host, submit it alone with a
+/// timeline-semaphore signal, and wait for it at most `timeout` (longer
+/// while an old device is `draining`: that time is not this command's).
+/// Returns the GPU nanoseconds between the timestamps (0 without them).
+/// Shared by the device's command processor and the direct baseline.
+pub(crate) fn execute(
+    gpu: &Gpu,
+    v: &mut CtxVk,
+    timestamps: Option<(f64, u64)>,
+    timeout: Duration,
+    draining: &AtomicUsize,
+    record: impl FnOnce(&ash::Device, vk::CommandBuffer, &[Pipe]),
+) -> Result<u64, ExecError> {
+    let d = &gpu.device;
+    let cmd = v.cmd;
+    let query = v.query.filter(|_| timestamps.is_some());
+    fn failed(what: &'static str) -> impl Fn(vk::Result) -> ExecError {
+        move |e| ExecError::Failed(format!("{what}: {e}"))
+    }
+    // SAFETY: recording into the context's own command buffer, which is not
+    // in flight (every submission is waited for before the next is
+    // recorded, and only the owner's thread records); all handles belong
+    // to `d`.
+    unsafe {
+        d.reset_command_buffer(cmd, vk::CommandBufferResetFlags::empty())
+            .map_err(failed("reset"))?;
+        d.begin_command_buffer(
+            cmd,
+            &vk::CommandBufferBeginInfo::default()
+                .flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT),
+        )
+        .map_err(failed("begin"))?;
+        if let Some(qp) = query {
+            d.cmd_reset_query_pool(cmd, qp, 0, 2);
+            d.cmd_write_timestamp(cmd, vk::PipelineStageFlags::TOP_OF_PIPE, qp, 0);
+        }
+    }
+    record(d, cmd, &v.pipes);
+    let mb = [vk::MemoryBarrier::default()
+        .src_access_mask(vk::AccessFlags::SHADER_WRITE | vk::AccessFlags::TRANSFER_WRITE)
+        .dst_access_mask(vk::AccessFlags::HOST_READ)];
+    // SAFETY: as above.
+    unsafe {
+        d.cmd_pipeline_barrier(
+            cmd,
+            vk::PipelineStageFlags::COMPUTE_SHADER | vk::PipelineStageFlags::TRANSFER,
+            vk::PipelineStageFlags::HOST,
+            vk::DependencyFlags::empty(),
+            &mb,
+            &[],
+            &[],
+        );
+        if let Some(qp) = query {
+            d.cmd_write_timestamp(cmd, vk::PipelineStageFlags::BOTTOM_OF_PIPE, qp, 1);
+        }
+        d.end_command_buffer(cmd).map_err(failed("end"))?;
+    }
+    v.value += 1;
+    let cmds = [cmd];
+    let sems = [v.sem];
+    let vals = [v.value];
+    let mut tl = vk::TimelineSemaphoreSubmitInfo::default().signal_semaphore_values(&vals);
+    let si = [vk::SubmitInfo::default()
+        .command_buffers(&cmds)
+        .signal_semaphores(&sems)
+        .push_next(&mut tl)];
+    // SAFETY: the command buffer is fully recorded and not in flight; the
+    // queue is used by the owner's thread only.
+    unsafe { d.queue_submit(gpu.queue, &si, vk::Fence::null()) }.map_err(failed("submit"))?;
+    let wi = vk::SemaphoreWaitInfo::default()
+        .semaphores(&sems)
+        .values(&vals);
+    let bound = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+    loop {
+        // SAFETY: waits on the context's own semaphore.
+        match unsafe { d.wait_semaphores(&wi, bound) } {
+            Ok(()) => break,
+            // An old device still draining a hung job may hold the hardware
+            // (lavapipe shares its threads between devices): the time is not
+            // this command's to blame.
+            Err(vk::Result::TIMEOUT) if draining.load(Ordering::Acquire) > 0 => {}
+            Err(vk::Result::TIMEOUT) => return Err(ExecError::Timeout),
+            Err(e) => return Err(failed("wait")(e)),
+        }
+    }
+    let (Some(qp), Some((period, mask))) = (query, timestamps) else {
+        return Ok(0);
+    };
+    let mut t = [0u64; 2];
+    // SAFETY: both queries were written by the completed submission.
+    let r = unsafe {
+        d.get_query_pool_results(
+            qp,
+            0,
+            &mut t,
+            vk::QueryResultFlags::TYPE_64 | vk::QueryResultFlags::WAIT,
+        )
+    };
+    Ok(r.map_or(0, |()| {
+        ((t[1].wrapping_sub(t[0]) & mask) as f64 * period) as u64
+    }))
+}
+
+/// Record a dispatch of `pipe` with `binds` (binding, buffer, offset, len)
+/// and `push` bytes of push constants.
+pub(crate) fn record_dispatch(
+    d: &ash::Device,
+    cmd: vk::CommandBuffer,
+    pipe: &Pipe,
+    binds: &[(u32, vk::Buffer, u64, u64)],
+    push: &[u8],
+    groups: [u32; 3],
+) {
+    let infos: Vec<[vk::DescriptorBufferInfo; 1]> = binds
+        .iter()
+        .map(|&(_, buffer, offset, range)| {
+            [vk::DescriptorBufferInfo {
+                buffer,
+                offset,
+                range,
+            }]
+        })
+        .collect();
+    let writes: Vec<_> = binds
+        .iter()
+        .zip(&infos)
+        .map(|(b, info)| {
+            vk::WriteDescriptorSet::default()
+                .dst_set(pipe.set)
+                .dst_binding(b.0)
+                .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
+                .buffer_info(info)
+        })
+        .collect();
+    // SAFETY: called from `execute`'s recording, on the command buffer of
+    // the pipeline's own context; the descriptor set is the pipeline's own
+    // and not in use (no submission of that context is in flight); the
+    // callers checked each range lies inside its buffer and each binding
+    // is one the pipeline declares; `push` is at most the pipeline's push
+    // range.
+    unsafe {
+        d.update_descriptor_sets(&writes, &[]);
+        d.cmd_bind_pipeline(cmd, vk::PipelineBindPoint::COMPUTE, pipe.pipeline);
+        d.cmd_bind_descriptor_sets(
+            cmd,
+            vk::PipelineBindPoint::COMPUTE,
+            pipe.layout,
+            0,
+            &[pipe.set],
+            &[],
+        );
+        if !push.is_empty() {
+            d.cmd_push_constants(cmd, pipe.layout, vk::ShaderStageFlags::COMPUTE, 0, push);
+        }
+        d.cmd_dispatch(cmd, groups[0], groups[1], groups[2]);
+    }
+}
+
 fn usage() -> vk::BufferUsageFlags {
     vk::BufferUsageFlags::STORAGE_BUFFER
         | vk::BufferUsageFlags::TRANSFER_SRC
@@ -701,7 +901,7 @@ fn destroy_pipes(d: &ash::Device, v: &mut CtxVk) {
     }
 }
 
-fn destroy_ctx_vk(d: &ash::Device, v: &mut CtxVk) {
+pub(crate) fn destroy_ctx_vk(d: &ash::Device, v: &mut CtxVk) {
     destroy_pipes(d, v);
     // SAFETY: as for `destroy_pipes`.
     unsafe {
@@ -714,7 +914,7 @@ fn destroy_ctx_vk(d: &ash::Device, v: &mut CtxVk) {
     *v = CtxVk::default();
 }
 
-fn destroy_buf(d: &ash::Device, buffer: vk::Buffer, memory: vk::DeviceMemory) {
+pub(crate) fn destroy_buf(d: &ash::Device, buffer: vk::Buffer, memory: vk::DeviceMemory) {
     // SAFETY: as for `destroy_pipes`; freeing memory also unmaps it.
     unsafe {
         d.destroy_buffer(buffer, None);
@@ -762,20 +962,7 @@ impl VulkanDevice {
         let (pdev, info) = inst.select(&config.selector).map_err(gpu_err)?;
         let i = &inst.instance;
         let family = compute_family(i, pdev).ok_or_else(|| gpu_err(GpuError::NoDevice))?;
-        // SAFETY: `pdev` came from this instance.
-        let props = unsafe { i.get_physical_device_properties(pdev) };
-        // SAFETY: as above.
-        let fams = unsafe { i.get_physical_device_queue_family_properties(pdev) };
-        let valid_bits = fams[family as usize].timestamp_valid_bits;
-        let l = props.limits;
-        let timestamps = (valid_bits > 0 && l.timestamp_period > 0.0).then(|| {
-            let mask = if valid_bits >= 64 {
-                u64::MAX
-            } else {
-                (1u64 << valid_bits) - 1
-            };
-            (f64::from(l.timestamp_period), mask)
-        });
+        let (l, timestamps) = queue_limits(i, pdev, family);
         let host_import = info.host_import && config.import == Import::Auto;
         let mut import_align = PAGE;
         if host_import {
@@ -1007,7 +1194,6 @@ impl VulkanDevice {
 
     /// Record, submit and wait for one command; GPU nanoseconds it took.
     fn submit(&mut self, id: ContextId, work: &Work) -> Result<u64, Failure> {
-        let d = &self.gpu.device;
         let ts = self.limits.timestamps;
         let watchdog = self.cfg.watchdog;
         let ctx = self
@@ -1053,172 +1239,65 @@ impl VulkanDevice {
                 let _ = region.read(offset + off, dst);
             }
         }
-        let v = &mut ctx.vk;
-        let cmd = v.cmd;
-        // SAFETY: recording into this context's own command buffer, which
-        // is not in flight (every submission is waited for before the next
-        // command); all handles belong to `d`; descriptor writes target the
-        // pipeline's own set, also not in use.
-        let recorded = unsafe {
-            (|| -> Result<(), vk::Result> {
-                d.reset_command_buffer(cmd, vk::CommandBufferResetFlags::empty())?;
-                d.begin_command_buffer(
-                    cmd,
-                    &vk::CommandBufferBeginInfo::default()
-                        .flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT),
-                )?;
-                if let (Some(qp), Some(_)) = (v.query, ts) {
-                    d.cmd_reset_query_pool(cmd, qp, 0, 2);
-                    d.cmd_write_timestamp(cmd, vk::PipelineStageFlags::TOP_OF_PIPE, qp, 0);
-                }
-                match work {
-                    Work::Dispatch {
-                        pipe,
-                        groups,
-                        binds,
-                    } => {
-                        let p = &v.pipes[*pipe];
-                        let infos: Vec<[vk::DescriptorBufferInfo; 1]> = binds
-                            .iter()
-                            .map(|&(_, start, off, len)| {
-                                [vk::DescriptorBufferInfo {
-                                    buffer: ctx.bufs[&start].buffer,
-                                    offset: off,
-                                    range: len,
-                                }]
-                            })
-                            .collect();
-                        let writes: Vec<_> = binds
-                            .iter()
-                            .zip(&infos)
-                            .map(|(b, info)| {
-                                vk::WriteDescriptorSet::default()
-                                    .dst_set(p.set)
-                                    .dst_binding(b.0)
-                                    .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
-                                    .buffer_info(info)
-                            })
-                            .collect();
-                        d.update_descriptor_sets(&writes, &[]);
-                        d.cmd_bind_pipeline(cmd, vk::PipelineBindPoint::COMPUTE, p.pipeline);
-                        d.cmd_bind_descriptor_sets(
-                            cmd,
-                            vk::PipelineBindPoint::COMPUTE,
-                            p.layout,
-                            0,
-                            &[p.set],
-                            &[],
-                        );
-                        let pb = ctx
-                            .firmware
-                            .as_ref()
-                            .and_then(|f| f.get(*pipe))
-                            .map_or(0, |s| s.push_bytes.div_ceil(4) as usize);
-                        if pb > 0 {
-                            let bytes: Vec<u8> = ctx.push[..pb]
-                                .iter()
-                                .flat_map(|w| w.to_le_bytes())
-                                .collect();
-                            d.cmd_push_constants(
-                                cmd,
-                                p.layout,
-                                vk::ShaderStageFlags::COMPUTE,
-                                0,
-                                &bytes,
-                            );
-                        }
-                        d.cmd_dispatch(cmd, groups[0], groups[1], groups[2]);
-                    }
-                    Work::Copy { src, dst, len } => {
-                        d.cmd_copy_buffer(
-                            cmd,
-                            ctx.bufs[&src.0].buffer,
-                            ctx.bufs[&dst.0].buffer,
-                            &[vk::BufferCopy {
-                                src_offset: src.1,
-                                dst_offset: dst.1,
-                                size: *len,
-                            }],
-                        );
-                    }
-                    Work::Fill { dst, len, value } => {
-                        d.cmd_fill_buffer(cmd, ctx.bufs[&dst.0].buffer, dst.1, *len, *value);
-                    }
-                }
-                // Make the command's writes visible to the host (the
-                // domain reads its memory directly).
-                let mb = [vk::MemoryBarrier::default()
-                    .src_access_mask(
-                        vk::AccessFlags::SHADER_WRITE | vk::AccessFlags::TRANSFER_WRITE,
-                    )
-                    .dst_access_mask(vk::AccessFlags::HOST_READ)];
-                d.cmd_pipeline_barrier(
-                    cmd,
-                    vk::PipelineStageFlags::COMPUTE_SHADER | vk::PipelineStageFlags::TRANSFER,
-                    vk::PipelineStageFlags::HOST,
-                    vk::DependencyFlags::empty(),
-                    &mb,
-                    &[],
-                    &[],
-                );
-                if let (Some(qp), Some(_)) = (v.query, ts) {
-                    d.cmd_write_timestamp(cmd, vk::PipelineStageFlags::BOTTOM_OF_PIPE, qp, 1);
-                }
-                d.end_command_buffer(cmd)?;
-                Ok(())
-            })()
+        let resolved: Vec<(u32, vk::Buffer, u64, u64)> = match work {
+            Work::Dispatch { binds, .. } => binds
+                .iter()
+                .map(|&(bi, start, off, len)| (bi, ctx.bufs[&start].buffer, off, len))
+                .collect(),
+            _ => Vec::new(),
         };
-        if let Err(e) = recorded {
-            return Err(Failure::Lost(format!("recording: {e}")));
-        }
-        v.value += 1;
-        let value = v.value;
-        let cmds = [cmd];
-        let sems = [v.sem];
-        let vals = [value];
-        let mut tl = vk::TimelineSemaphoreSubmitInfo::default().signal_semaphore_values(&vals);
-        let si = [vk::SubmitInfo::default()
-            .command_buffers(&cmds)
-            .signal_semaphores(&sems)
-            .push_next(&mut tl)];
-        // SAFETY: the command buffer is fully recorded and not in flight;
-        // the queue is used by this thread only.
-        if let Err(e) = unsafe { d.queue_submit(self.gpu.queue, &si, vk::Fence::null()) } {
-            return Err(Failure::Lost(format!("submit: {e}")));
-        }
-        let wi = vk::SemaphoreWaitInfo::default()
-            .semaphores(&sems)
-            .values(&vals);
-        loop {
-            // SAFETY: waits on this context's own semaphore.
-            match unsafe { d.wait_semaphores(&wi, watchdog.as_nanos() as u64) } {
-                Ok(()) => break,
-                // An old device still draining a hung job may hold the
-                // hardware (lavapipe shares its threads between devices):
-                // the time is not this context's to blame.
-                Err(vk::Result::TIMEOUT) if self.draining.load(Ordering::Acquire) > 0 => {}
-                Err(vk::Result::TIMEOUT) => return Err(Failure::Watchdog),
-                Err(e) => return Err(Failure::Lost(format!("wait: {e}"))),
+        let push: Vec<u8> = match work {
+            Work::Dispatch { pipe, .. } => {
+                let words = ctx
+                    .firmware
+                    .as_ref()
+                    .and_then(|f| f.get(*pipe))
+                    .map_or(0, |s| s.push_bytes.div_ceil(4) as usize);
+                ctx.push[..words]
+                    .iter()
+                    .flat_map(|w| w.to_le_bytes())
+                    .collect()
             }
-        }
+            _ => Vec::new(),
+        };
+        let bufs = &ctx.bufs;
+        let ns = execute(
+            &self.gpu,
+            &mut ctx.vk,
+            ts,
+            watchdog,
+            &self.draining,
+            |d, cmd, pipes| match work {
+                Work::Dispatch { pipe, groups, .. } => {
+                    record_dispatch(d, cmd, &pipes[*pipe], &resolved, &push, *groups);
+                }
+                // SAFETY: recording into the context's own command buffer
+                // (see `execute`); the ranges were resolved inside these
+                // buffers of the context.
+                Work::Copy { src, dst, len } => unsafe {
+                    d.cmd_copy_buffer(
+                        cmd,
+                        bufs[&src.0].buffer,
+                        bufs[&dst.0].buffer,
+                        &[vk::BufferCopy {
+                            src_offset: src.1,
+                            dst_offset: dst.1,
+                            size: *len,
+                        }],
+                    );
+                },
+                // SAFETY: as for the copy.
+                Work::Fill { dst, len, value } => unsafe {
+                    d.cmd_fill_buffer(cmd, bufs[&dst.0].buffer, dst.1, *len, *value);
+                },
+            },
+        )
+        .map_err(|e| match e {
+            ExecError::Timeout => Failure::Watchdog,
+            ExecError::Failed(why) => Failure::Lost(why),
+        })?;
         if self.cfg.hooks.as_ref().is_some_and(|h| h.take_loss(id)) {
             return Err(Failure::Lost("injected by the test hook".into()));
-        }
-        let mut ns = 0;
-        if let (Some(qp), Some((period, mask))) = (v.query, ts) {
-            let mut t = [0u64; 2];
-            // SAFETY: both queries were written by the completed submission.
-            let r = unsafe {
-                d.get_query_pool_results(
-                    qp,
-                    0,
-                    &mut t,
-                    vk::QueryResultFlags::TYPE_64 | vk::QueryResultFlags::WAIT,
-                )
-            };
-            if r.is_ok() {
-                ns = ((t[1].wrapping_sub(t[0]) & mask) as f64 * period) as u64;
-            }
         }
         for &(start, off, len, back) in &staged {
             let b = &ctx.bufs[&start];

@@ -2,21 +2,24 @@
 //! in process, with no framework: no runner, policy, vcoproc, ring or
 //! domain thread. It is the baseline of `coproc bench gpu-overhead`.
 //!
-//! It does per dispatch what [`crate::VulkanDevice`] does per command, on a
-//! `VkDevice` opened with the same features: the shader is the SPIR-V naga
-//! writes (with bounds checks) for the entry point, the command buffer is
-//! reset and recorded (timestamps around the work, descriptor set written,
-//! pipeline and set bound, push constants, dispatch, a barrier making the
-//! writes visible to the host), submitted alone with a timeline semaphore
-//! signal, and waited for before the call returns. Memory is one
-//! host-visible, host-coherent buffer that every binding of the pipeline
-//! sees (whole, unless [`Direct::bind`] narrows a binding).
+//! It builds its objects with the same helpers as [`crate::VulkanDevice`]
+//! (device, command pool, semaphore, queries, pipeline, host-visible
+//! buffer) and records, submits and waits for each dispatch with the same
+//! [`crate::device::execute`] and `record_dispatch` the command processor
+//! uses, so the benchmark compares the framework around them, not two
+//! recordings. Memory is one host-visible buffer that every binding of the
+//! pipeline sees (whole, unless [`Direct::bind`] narrows a binding).
 
+use crate::device::{
+    destroy_buf, destroy_ctx_vk, execute, queue_limits, record_dispatch, CtxVk, ExecError, Gpu,
+};
 use crate::gpu::{compute_family, GpuError, GpuInfo, Instance};
 use crate::shader::{self, PipelineSpec, ShaderError, ShaderLimits};
 use crate::Selector;
 use ash::vk;
+use coproc_core::device::DeviceError;
 use coproc_proto::gpu::PUSH_WORDS;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -38,12 +41,9 @@ pub enum DirectError {
         /// Compute entry points in the module.
         count: usize,
     },
-    /// A Vulkan call failed.
-    #[error("{0}: {1}")]
-    Vk(&'static str, vk::Result),
-    /// The device has no host-visible, host-coherent memory for the buffer.
-    #[error("no host-visible memory type for the buffer")]
-    NoMemoryType,
+    /// Building an object or running the dispatch failed.
+    #[error("{0}")]
+    Vk(String),
     /// A byte range outside the buffer.
     #[error("{len} bytes at {offset} outside the {size}-byte buffer")]
     OutOfRange {
@@ -83,31 +83,15 @@ pub enum DirectError {
     Timeout(Duration),
 }
 
-fn vkerr(what: &'static str) -> impl Fn(vk::Result) -> DirectError {
-    move |e| DirectError::Vk(what, e)
-}
-
 /// One compute pipeline and one host-visible buffer on a `VkDevice` of its
 /// own, dispatched one submission at a time.
 pub struct Direct {
-    device: ash::Device,
-    queue: vk::Queue,
-    family: u32,
+    gpu: Gpu,
     info: GpuInfo,
     spec: PipelineSpec,
-    pool: vk::CommandPool,
-    cmd: vk::CommandBuffer,
-    sem: vk::Semaphore,
-    value: u64,
-    query: vk::QueryPool,
+    v: CtxVk,
     /// (ns per tick, valid-bit mask) when timestamps work on the queue.
     timestamps: Option<(f64, u64)>,
-    module: vk::ShaderModule,
-    set_layout: vk::DescriptorSetLayout,
-    layout: vk::PipelineLayout,
-    pipeline: vk::Pipeline,
-    desc_pool: vk::DescriptorPool,
-    set: vk::DescriptorSet,
     buffer: vk::Buffer,
     memory: vk::DeviceMemory,
     /// Host mapping of `memory`, `len` bytes (null until mapped).
@@ -120,16 +104,17 @@ pub struct Direct {
     max_groups: [u32; 3],
     timeout: Duration,
     last_gpu_ns: u64,
+    /// Never counts: no old device drains behind this one.
+    draining: AtomicUsize,
     /// Dropped after the device (fields drop after `Drop::drop`).
     _inst: Arc<Instance>,
 }
 
 // SAFETY: `ptr` points into memory this value owns (mapped until `Drop`
 // frees it) and is only used through `&self`/`&mut self`; the Vulkan
-// handles are plain integers whose external synchronisation `&mut self`
-// provides (every method that records, submits or waits takes `&mut
-// self`); `ash::Device` and `Arc<Instance>` hold function tables and
-// handles that any thread may use.
+// handles' external synchronisation is provided by `&mut self` (every
+// method that records, submits or waits takes it); `ash::Device` and
+// `Arc<Instance>` hold function tables and handles any thread may use.
 unsafe impl Send for Direct {}
 
 impl std::fmt::Debug for Direct {
@@ -140,6 +125,10 @@ impl std::fmt::Debug for Direct {
             .field("buffer_bytes", &self.len)
             .finish_non_exhaustive()
     }
+}
+
+fn dev_err(e: DeviceError) -> DirectError {
+    DirectError::Vk(e.to_string())
 }
 
 impl Direct {
@@ -154,22 +143,8 @@ impl Direct {
     ) -> Result<Direct, DirectError> {
         let inst = Instance::open()?;
         let (pdev, info) = inst.select(selector)?;
-        let i = &inst.instance;
-        let family = compute_family(i, pdev).ok_or(GpuError::NoDevice)?;
-        // SAFETY: `pdev` came from this instance.
-        let props = unsafe { i.get_physical_device_properties(pdev) };
-        // SAFETY: as above.
-        let fams = unsafe { i.get_physical_device_queue_family_properties(pdev) };
-        let l = props.limits;
-        let valid_bits = fams[family as usize].timestamp_valid_bits;
-        let timestamps = (valid_bits > 0 && l.timestamp_period > 0.0).then(|| {
-            let mask = if valid_bits >= 64 {
-                u64::MAX
-            } else {
-                (1u64 << valid_bits) - 1
-            };
-            (f64::from(l.timestamp_period), mask)
-        });
+        let family = compute_family(&inst.instance, pdev).ok_or(GpuError::NoDevice)?;
+        let (l, timestamps) = queue_limits(&inst.instance, pdev, family);
         let limits = ShaderLimits {
             max_invocations: l.max_compute_work_group_invocations,
             max_size: l.max_compute_work_group_size,
@@ -198,53 +173,22 @@ impl Direct {
                 ),
             });
         }
-
-        // The same device the `vulkan` class opens: one compute queue,
-        // robust buffer access, timeline semaphores.
-        let prio = [1.0f32];
-        let qinfo = [vk::DeviceQueueCreateInfo::default()
-            .queue_family_index(family)
-            .queue_priorities(&prio)];
-        let features = vk::PhysicalDeviceFeatures::default().robust_buffer_access(true);
-        let mut f12 = vk::PhysicalDeviceVulkan12Features::default().timeline_semaphore(true);
-        let dinfo = vk::DeviceCreateInfo::default()
-            .queue_create_infos(&qinfo)
-            .enabled_features(&features)
-            .push_next(&mut f12);
-        // SAFETY: `pdev` belongs to this instance; the create info borrows
-        // locals that outlive the call.
-        let device = unsafe { i.create_device(pdev, &dinfo, None) }
-            .map_err(|e| GpuError::Vk("vkCreateDevice", e))?;
-        // SAFETY: the family and index were requested above.
-        let queue = unsafe { device.get_device_queue(family, 0) };
-        // SAFETY: as above.
-        let mem_props = unsafe { i.get_physical_device_memory_properties(pdev) };
-
+        // The device the `vulkan` class opens (without host import: the
+        // buffer is the baseline's own memory).
+        let gpu = Gpu::open(&inst, pdev, family, false)?;
         let binds = spec
             .bindings
             .iter()
             .map(|b| (b.binding, 0, buffer_bytes))
             .collect();
-        // From here on every handle lands in `d`, whose `Drop` destroys
-        // those created (null handles are ignored) if a later step fails.
+        // From here on every object lands in `d`, whose `Drop` destroys what
+        // exists (null handles are ignored) if a later step fails.
         let mut d = Direct {
-            device,
-            queue,
-            family,
+            gpu,
             info,
             spec,
-            pool: vk::CommandPool::null(),
-            cmd: vk::CommandBuffer::null(),
-            sem: vk::Semaphore::null(),
-            value: 0,
-            query: vk::QueryPool::null(),
+            v: CtxVk::default(),
             timestamps,
-            module: vk::ShaderModule::null(),
-            set_layout: vk::DescriptorSetLayout::null(),
-            layout: vk::PipelineLayout::null(),
-            pipeline: vk::Pipeline::null(),
-            desc_pool: vk::DescriptorPool::null(),
-            set: vk::DescriptorSet::null(),
             buffer: vk::Buffer::null(),
             memory: vk::DeviceMemory::null(),
             ptr: std::ptr::null_mut(),
@@ -255,186 +199,19 @@ impl Direct {
             max_groups: l.max_compute_work_group_count,
             timeout: Duration::from_secs(2),
             last_gpu_ns: 0,
+            draining: AtomicUsize::new(0),
             _inst: inst.clone(),
         };
-        d.build_sync()?;
-        d.build_pipeline()?;
-        d.build_buffer(&mem_props)?;
+        d.v = d
+            .gpu
+            .new_ctx_vk(family, timestamps.is_some())
+            .map_err(dev_err)?;
+        d.gpu
+            .build_pipes(&mut d.v, std::slice::from_ref(&d.spec))
+            .map_err(dev_err)?;
+        let (buffer, memory, ptr) = d.gpu.host_visible(buffer_bytes).map_err(dev_err)?;
+        (d.buffer, d.memory, d.ptr) = (buffer, memory, ptr);
         Ok(d)
-    }
-
-    /// Command pool, command buffer, timeline semaphore, query pool.
-    fn build_sync(&mut self) -> Result<(), DirectError> {
-        let d = &self.device;
-        // SAFETY: object creation on a live device; each handle is stored
-        // in `self` at once, so `Drop` destroys it on a later failure.
-        unsafe {
-            self.pool = d
-                .create_command_pool(
-                    &vk::CommandPoolCreateInfo::default()
-                        .queue_family_index(self.family)
-                        .flags(vk::CommandPoolCreateFlags::RESET_COMMAND_BUFFER),
-                    None,
-                )
-                .map_err(vkerr("command pool"))?;
-            self.cmd = d
-                .allocate_command_buffers(
-                    &vk::CommandBufferAllocateInfo::default()
-                        .command_pool(self.pool)
-                        .level(vk::CommandBufferLevel::PRIMARY)
-                        .command_buffer_count(1),
-                )
-                .map_err(vkerr("command buffer"))?[0];
-            let mut ty = vk::SemaphoreTypeCreateInfo::default()
-                .semaphore_type(vk::SemaphoreType::TIMELINE)
-                .initial_value(0);
-            self.sem = d
-                .create_semaphore(&vk::SemaphoreCreateInfo::default().push_next(&mut ty), None)
-                .map_err(vkerr("timeline semaphore"))?;
-            if self.timestamps.is_some() {
-                self.query = d
-                    .create_query_pool(
-                        &vk::QueryPoolCreateInfo::default()
-                            .query_type(vk::QueryType::TIMESTAMP)
-                            .query_count(2),
-                        None,
-                    )
-                    .map_err(vkerr("query pool"))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Shader module, set layout, pipeline layout, pipeline, descriptor
-    /// pool and set, as the `vulkan` class builds them.
-    fn build_pipeline(&mut self) -> Result<(), DirectError> {
-        let d = &self.device;
-        let spec = &self.spec;
-        let binds: Vec<_> = spec
-            .bindings
-            .iter()
-            .map(|b| {
-                vk::DescriptorSetLayoutBinding::default()
-                    .binding(b.binding)
-                    .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
-                    .descriptor_count(1)
-                    .stage_flags(vk::ShaderStageFlags::COMPUTE)
-            })
-            .collect();
-        let name = std::ffi::CString::new(spec.name.as_str()).map_err(|_| {
-            DirectError::Shader(ShaderError::Unsupported("entry point name with NUL".into()))
-        })?;
-        let sizes = [vk::DescriptorPoolSize {
-            ty: vk::DescriptorType::STORAGE_BUFFER,
-            descriptor_count: (spec.bindings.len() as u32).max(1),
-        }];
-        // SAFETY: object creation on a live device from naga-written SPIR-V
-        // of a validated module; the create infos borrow locals; each
-        // handle is stored in `self` at once, so `Drop` destroys it on a
-        // later failure.
-        unsafe {
-            self.module = d
-                .create_shader_module(
-                    &vk::ShaderModuleCreateInfo::default().code(&spec.spirv),
-                    None,
-                )
-                .map_err(vkerr("shader module"))?;
-            self.set_layout = d
-                .create_descriptor_set_layout(
-                    &vk::DescriptorSetLayoutCreateInfo::default().bindings(&binds),
-                    None,
-                )
-                .map_err(vkerr("descriptor set layout"))?;
-            let ranges = [vk::PushConstantRange {
-                stage_flags: vk::ShaderStageFlags::COMPUTE,
-                offset: 0,
-                size: spec.push_bytes.div_ceil(4) * 4,
-            }];
-            let layouts = [self.set_layout];
-            let mut li = vk::PipelineLayoutCreateInfo::default().set_layouts(&layouts);
-            if spec.push_bytes > 0 {
-                li = li.push_constant_ranges(&ranges);
-            }
-            self.layout = d
-                .create_pipeline_layout(&li, None)
-                .map_err(vkerr("pipeline layout"))?;
-            let stage = vk::PipelineShaderStageCreateInfo::default()
-                .stage(vk::ShaderStageFlags::COMPUTE)
-                .module(self.module)
-                .name(&name);
-            let ci = [vk::ComputePipelineCreateInfo::default()
-                .stage(stage)
-                .layout(self.layout)];
-            self.pipeline = d
-                .create_compute_pipelines(vk::PipelineCache::null(), &ci, None)
-                .map_err(|(_, e)| DirectError::Vk("compute pipeline", e))?[0];
-            self.desc_pool = d
-                .create_descriptor_pool(
-                    &vk::DescriptorPoolCreateInfo::default()
-                        .max_sets(1)
-                        .pool_sizes(&sizes),
-                    None,
-                )
-                .map_err(vkerr("descriptor pool"))?;
-            self.set = d
-                .allocate_descriptor_sets(
-                    &vk::DescriptorSetAllocateInfo::default()
-                        .descriptor_pool(self.desc_pool)
-                        .set_layouts(&layouts),
-                )
-                .map_err(vkerr("descriptor set"))?[0];
-        }
-        Ok(())
-    }
-
-    /// The buffer: host-visible and coherent (device-local too where the
-    /// device has such memory), mapped and zeroed.
-    fn build_buffer(
-        &mut self,
-        mem: &vk::PhysicalDeviceMemoryProperties,
-    ) -> Result<(), DirectError> {
-        let d = &self.device;
-        let usage = vk::BufferUsageFlags::STORAGE_BUFFER
-            | vk::BufferUsageFlags::TRANSFER_SRC
-            | vk::BufferUsageFlags::TRANSFER_DST;
-        let bi = vk::BufferCreateInfo::default()
-            .size(self.len)
-            .usage(usage)
-            .sharing_mode(vk::SharingMode::EXCLUSIVE);
-        // SAFETY: buffer creation on a live device; stored at once.
-        self.buffer = unsafe { d.create_buffer(&bi, None) }.map_err(vkerr("buffer"))?;
-        // SAFETY: `self.buffer` was just created on `d`.
-        let req = unsafe { d.get_buffer_memory_requirements(self.buffer) };
-        let find = |want: vk::MemoryPropertyFlags| {
-            (0..mem.memory_type_count).find(|&t| {
-                req.memory_type_bits & (1 << t) != 0
-                    && mem.memory_types[t as usize].property_flags.contains(want)
-            })
-        };
-        let hv = vk::MemoryPropertyFlags::HOST_VISIBLE | vk::MemoryPropertyFlags::HOST_COHERENT;
-        let ty = find(hv | vk::MemoryPropertyFlags::DEVICE_LOCAL)
-            .or_else(|| find(hv))
-            .ok_or(DirectError::NoMemoryType)?;
-        let ai = vk::MemoryAllocateInfo::default()
-            .allocation_size(req.size)
-            .memory_type_index(ty);
-        // SAFETY: allocation on a live device; stored at once.
-        self.memory = unsafe { d.allocate_memory(&ai, None) }.map_err(vkerr("device memory"))?;
-        // SAFETY: buffer and memory belong to `d`, the memory is large
-        // enough (`req.size`), host-visible and not mapped yet; the mapping
-        // lives until `Drop` frees the memory.
-        let p = unsafe {
-            d.bind_buffer_memory(self.buffer, self.memory, 0)
-                .and_then(|()| {
-                    d.map_memory(self.memory, 0, vk::WHOLE_SIZE, vk::MemoryMapFlags::empty())
-                })
-        }
-        .map_err(vkerr("map memory"))?;
-        self.ptr = p.cast::<u8>();
-        // SAFETY: the mapping covers `req.size >= len` bytes; no GPU work
-        // uses the buffer yet.
-        unsafe { std::ptr::write_bytes(self.ptr, 0, self.len as usize) };
-        Ok(())
     }
 
     /// The GPU in use.
@@ -571,151 +348,44 @@ impl Direct {
             });
         }
         let t0 = Instant::now();
-        let d = &self.device;
-        let cmd = self.cmd;
-        let ts = self.timestamps.is_some();
-        let infos: Vec<[vk::DescriptorBufferInfo; 1]> = self
+        let binds: Vec<(u32, vk::Buffer, u64, u64)> = self
             .binds
             .iter()
-            .map(|&(_, offset, range)| {
-                [vk::DescriptorBufferInfo {
-                    buffer: self.buffer,
-                    offset,
-                    range,
-                }]
-            })
-            .collect();
-        let writes: Vec<_> = self
-            .binds
-            .iter()
-            .zip(&infos)
-            .map(|(b, info)| {
-                vk::WriteDescriptorSet::default()
-                    .dst_set(self.set)
-                    .dst_binding(b.0)
-                    .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
-                    .buffer_info(info)
-            })
+            .map(|&(b, off, len)| (b, self.buffer, off, len))
             .collect();
         let pb = self.spec.push_bytes.div_ceil(4) as usize;
         let push: Vec<u8> = self.push[..pb]
             .iter()
             .flat_map(|w| w.to_le_bytes())
             .collect();
-        // SAFETY: recording into our own command buffer, which is not in
-        // flight (every submission is waited for before `dispatch`
-        // returns); all handles belong to `d`; the descriptor writes target
-        // our own set, not in use either, and name ranges inside the buffer
-        // (checked by `bind`).
-        unsafe {
-            d.reset_command_buffer(cmd, vk::CommandBufferResetFlags::empty())
-                .map_err(vkerr("reset command buffer"))?;
-            d.begin_command_buffer(
-                cmd,
-                &vk::CommandBufferBeginInfo::default()
-                    .flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT),
-            )
-            .map_err(vkerr("begin command buffer"))?;
-            if ts {
-                d.cmd_reset_query_pool(cmd, self.query, 0, 2);
-                d.cmd_write_timestamp(cmd, vk::PipelineStageFlags::TOP_OF_PIPE, self.query, 0);
-            }
-            d.update_descriptor_sets(&writes, &[]);
-            d.cmd_bind_pipeline(cmd, vk::PipelineBindPoint::COMPUTE, self.pipeline);
-            d.cmd_bind_descriptor_sets(
-                cmd,
-                vk::PipelineBindPoint::COMPUTE,
-                self.layout,
-                0,
-                &[self.set],
-                &[],
-            );
-            if pb > 0 {
-                d.cmd_push_constants(cmd, self.layout, vk::ShaderStageFlags::COMPUTE, 0, &push);
-            }
-            d.cmd_dispatch(cmd, groups[0], groups[1], groups[2]);
-            let mb = [vk::MemoryBarrier::default()
-                .src_access_mask(vk::AccessFlags::SHADER_WRITE | vk::AccessFlags::TRANSFER_WRITE)
-                .dst_access_mask(vk::AccessFlags::HOST_READ)];
-            d.cmd_pipeline_barrier(
-                cmd,
-                vk::PipelineStageFlags::COMPUTE_SHADER | vk::PipelineStageFlags::TRANSFER,
-                vk::PipelineStageFlags::HOST,
-                vk::DependencyFlags::empty(),
-                &mb,
-                &[],
-                &[],
-            );
-            if ts {
-                d.cmd_write_timestamp(cmd, vk::PipelineStageFlags::BOTTOM_OF_PIPE, self.query, 1);
-            }
-            d.end_command_buffer(cmd)
-                .map_err(vkerr("end command buffer"))?;
-        }
-        self.value += 1;
-        let cmds = [cmd];
-        let sems = [self.sem];
-        let vals = [self.value];
-        let mut tl = vk::TimelineSemaphoreSubmitInfo::default().signal_semaphore_values(&vals);
-        let si = [vk::SubmitInfo::default()
-            .command_buffers(&cmds)
-            .signal_semaphores(&sems)
-            .push_next(&mut tl)];
-        // SAFETY: the command buffer is fully recorded and not in flight;
-        // the queue is only used through `&mut self`.
-        unsafe { d.queue_submit(self.queue, &si, vk::Fence::null()) }.map_err(vkerr("submit"))?;
-        let wi = vk::SemaphoreWaitInfo::default()
-            .semaphores(&sems)
-            .values(&vals);
-        let timeout = u64::try_from(self.timeout.as_nanos()).unwrap_or(u64::MAX);
-        // SAFETY: waits on our own semaphore.
-        match unsafe { d.wait_semaphores(&wi, timeout) } {
-            Ok(()) => {}
-            Err(vk::Result::TIMEOUT) => return Err(DirectError::Timeout(self.timeout)),
-            Err(e) => return Err(DirectError::Vk("wait", e)),
-        }
-        self.last_gpu_ns = 0;
-        if let Some((period, mask)) = self.timestamps {
-            let mut t = [0u64; 2];
-            // SAFETY: both queries were written by the completed submission.
-            let r = unsafe {
-                d.get_query_pool_results(
-                    self.query,
-                    0,
-                    &mut t,
-                    vk::QueryResultFlags::TYPE_64 | vk::QueryResultFlags::WAIT,
-                )
-            };
-            if r.is_ok() {
-                self.last_gpu_ns = ((t[1].wrapping_sub(t[0]) & mask) as f64 * period) as u64;
-            }
-        }
+        self.last_gpu_ns = execute(
+            &self.gpu,
+            &mut self.v,
+            self.timestamps,
+            self.timeout,
+            &self.draining,
+            |d, cmd, pipes| record_dispatch(d, cmd, &pipes[0], &binds, &push, groups),
+        )
+        .map_err(|e| match e {
+            ExecError::Timeout => DirectError::Timeout(self.timeout),
+            ExecError::Failed(why) => DirectError::Vk(why),
+        })?;
         Ok(t0.elapsed())
     }
 }
 
 impl Drop for Direct {
     fn drop(&mut self) {
-        let d = &self.device;
-        // SAFETY: waits for the queue, then destroys every object this
-        // value created on its own device (null handles, from a
-        // construction that failed half way, are ignored by Vulkan) and
-        // the device itself; freeing the memory unmaps it; nothing uses
-        // any of them afterwards.
+        let d = &self.gpu.device;
+        // SAFETY: waits for the queue before anything is destroyed.
         unsafe {
             let _ = d.device_wait_idle();
-            d.destroy_pipeline(self.pipeline, None);
-            d.destroy_pipeline_layout(self.layout, None);
-            d.destroy_descriptor_set_layout(self.set_layout, None);
-            d.destroy_shader_module(self.module, None);
-            d.destroy_descriptor_pool(self.desc_pool, None);
-            d.destroy_buffer(self.buffer, None);
-            d.free_memory(self.memory, None);
-            d.destroy_query_pool(self.query, None);
-            d.destroy_semaphore(self.sem, None);
-            d.destroy_command_pool(self.pool, None);
-            d.destroy_device(None);
         }
+        destroy_ctx_vk(d, &mut self.v);
+        destroy_buf(d, self.buffer, self.memory);
+        // SAFETY: every object created on the device is gone; nothing uses
+        // it afterwards.
+        unsafe { d.destroy_device(None) };
     }
 }
 
