@@ -11,10 +11,11 @@ use coproc_core::iova::{MapKind, Perms};
 use coproc_core::memory::Region;
 use coproc_core::policy::{self, SchedParams};
 use coproc_core::{CoreError, DomainId, Pcoproc, VcoprocHandle, VcoprocId};
+use coproc_firmware::drive::RegionQueue;
 use coproc_firmware::gpu::SPIN;
 use coproc_firmware::reference;
 use coproc_proto::gpu::{Job, Status};
-use coproc_proto::queue::{self, Cqe, Producer, QueueMem};
+use coproc_proto::queue::{self, Cqe, Producer};
 use coproc_vulkan::direct::Direct;
 use coproc_vulkan::{factory, Selector, VulkanConfig};
 use std::collections::BTreeMap;
@@ -112,26 +113,12 @@ fn calibrate(
     Ok(iters)
 }
 
-/// Queue memory as the domain sees it.
-struct RegionMem(Arc<Region>);
-
-impl QueueMem for RegionMem {
-    fn read_at(&self, off: u64, buf: &mut [u8]) {
-        if self.0.read(off, buf).is_err() {
-            buf.fill(0);
-        }
-    }
-    fn write_at(&self, off: u64, data: &[u8]) {
-        let _ = self.0.write(off, data);
-    }
-}
-
 /// One in-process GPU domain: a vcoproc running `spin`, its queue in a
 /// memfd at [`QUEUE_IOVA`] (iova in mailbox word 0), an output buffer at
 /// [`OUT_IOVA`].
 struct GpuDomain {
     v: VcoprocHandle,
-    q: RegionMem,
+    q: RegionQueue,
     ring: Producer,
     /// Entries submitted so far (our own copy of the submission tail).
     submitted: u32,
@@ -148,7 +135,7 @@ impl GpuDomain {
             .div_ceil(4096)
             * 4096;
         let qr = Arc::new(Region::new_memfd(qlen)?);
-        let q = RegionMem(qr.clone());
+        let q = RegionQueue(qr.clone());
         let ring = Producer::init(&q, QUEUE_ENTRIES).context("queue init")?;
         v.map(&qr, 0, QUEUE_IOVA, qlen, Perms::RW, MapKind::Pinned)?;
         let olen = (4 * u64::from(n)).div_ceil(4096) * 4096;

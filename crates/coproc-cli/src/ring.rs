@@ -10,8 +10,9 @@ use coproc_core::iova::{MapKind, Perms};
 use coproc_core::memory::Region;
 use coproc_core::policy::{RoundRobin, SchedParams};
 use coproc_core::{DomainId, Pcoproc, VcoprocHandle};
+use coproc_firmware::drive::RegionQueue;
 use coproc_firmware::QECHO;
-use coproc_proto::queue::{self, Cqe, Producer, QueueMem, Sqe};
+use coproc_proto::queue::{self, Cqe, Producer, Sqe};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,22 +60,9 @@ impl Lane for DaemonLane {
     }
 }
 
-struct RegionMem(Arc<Region>);
-
-impl QueueMem for RegionMem {
-    fn read_at(&self, off: u64, buf: &mut [u8]) {
-        if self.0.read(off, buf).is_err() {
-            buf.fill(0);
-        }
-    }
-    fn write_at(&self, off: u64, data: &[u8]) {
-        let _ = self.0.write(off, data);
-    }
-}
-
 struct LocalLane {
     v: VcoprocHandle,
-    mem: RegionMem,
+    mem: RegionQueue,
     ring: Producer,
     seen: u64,
 }
@@ -115,7 +103,7 @@ fn local_lane(p: &Arc<Pcoproc>, d: u32) -> anyhow::Result<LocalLane> {
         .div_ceil(4096)
         * 4096;
     let region = Arc::new(Region::new(len)?);
-    let mem = RegionMem(region.clone());
+    let mem = RegionQueue(region.clone());
     let ring = Producer::init(&mem, ENTRIES).context("queue init")?;
     v.map(&region, 0, IOVA, len, Perms::RW, MapKind::Pinned)?;
     v.mbox_write(0, IOVA as u32);

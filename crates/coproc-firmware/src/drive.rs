@@ -41,6 +41,24 @@ pub enum DriveError {
     },
 }
 
+/// Domain memory holding a queue, for a domain in the same process as its
+/// pcoproc (tests, the in-process demo and benchmarks): the
+/// [`coproc_proto::queue::QueueMem`] the domain's [`coproc_proto::queue::Producer`]
+/// works on.
+#[derive(Debug, Clone)]
+pub struct RegionQueue(pub Arc<Region>);
+
+impl coproc_proto::queue::QueueMem for RegionQueue {
+    fn read_at(&self, off: u64, buf: &mut [u8]) {
+        if self.0.read(off, buf).is_err() {
+            buf.fill(0);
+        }
+    }
+    fn write_at(&self, off: u64, data: &[u8]) {
+        let _ = self.0.write(off, data);
+    }
+}
+
 /// A buffer of domain memory mapped read/write at [`BUFFER_IOVA`].
 #[derive(Debug, Clone)]
 pub struct Buffer {

@@ -8,7 +8,7 @@ use coproc_core::memory::Region;
 use coproc_core::policy::SchedParams;
 use coproc_core::{Pcoproc, VcoprocHandle};
 use coproc_proto::gpu::{Job, JobDone};
-use coproc_proto::queue::{self, Cqe, Producer, QueueMem};
+use coproc_proto::queue::{self, Cqe, Producer};
 use coproc_vulkan::{factory, VulkanConfig};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,18 +19,7 @@ pub const QUEUE_IOVA: u64 = 0x1000_0000;
 pub const BUF_IOVA: u64 = 0x2000_0000;
 
 /// The queue memory seen by the domain.
-pub struct RegionMem(pub Arc<Region>);
-
-impl QueueMem for RegionMem {
-    fn read_at(&self, off: u64, buf: &mut [u8]) {
-        if self.0.read(off, buf).is_err() {
-            buf.fill(0);
-        }
-    }
-    fn write_at(&self, off: u64, data: &[u8]) {
-        let _ = self.0.write(off, data);
-    }
-}
+pub use coproc_firmware::drive::RegionQueue as RegionMem;
 
 /// A vulkan pcoproc with round robin (or the given policy).
 pub fn pcoproc(cfg: VulkanConfig) -> Arc<Pcoproc> {
