@@ -1648,13 +1648,13 @@ impl Device for VulkanDevice {
         }
         control.write_out(mbox_out::BAD_QUEUE, 0);
         let posted_before = ctx.posted;
+        let mut late_signal = false;
         let stop = loop {
             if self.preempt.0.swap(false, Ordering::AcqRel) {
                 break StopReason::Preempted;
             }
-            if start.elapsed().saturating_sub(waited) + Duration::from_nanos(gpu_ns) >= budget {
-                break StopReason::BudgetSpent;
-            }
+            let over =
+                start.elapsed().saturating_sub(waited) + Duration::from_nanos(gpu_ns) >= budget;
             let Some(ctx) = self.ctxs.get_mut(&id) else {
                 break StopReason::Waiting;
             };
@@ -1676,9 +1676,17 @@ impl Device for VulkanDevice {
             }
             let index = ring.head;
             let sqe = ring.sqe(index);
+            let is_signal = sqe.opcode == coproc_proto::gpu::op::SIGNAL;
+            // Past the budget only one job's closing signal still goes (it
+            // needs no GPU time and its domain is waiting for it, which
+            // would otherwise wait for this vcoproc's next slice); anything
+            // else stays in the ring for the next slice.
+            if over && (!is_signal || late_signal) {
+                break StopReason::BudgetSpent;
+            }
+            late_signal |= over;
             ring.head = ring.head.wrapping_add(1);
             ring.set_word(q::OFF_SQ_HEAD, ring.head);
-            let is_signal = sqe.opcode == coproc_proto::gpu::op::SIGNAL;
             if ctx.aborted && !is_signal {
                 continue;
             }

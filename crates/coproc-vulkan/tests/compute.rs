@@ -215,3 +215,53 @@ fn pipelines_in_order_and_transfers() {
     assert_eq!(read_u32(&data, 0, n), vec![49; n]);
     assert_eq!(read_u32(&copy, 0, n), vec![49; n]);
 }
+
+/// A dispatch that outlasts the slice still gets its job's signal posted
+/// in the same slice: the domain does not wait for the vcoproc's next turn.
+#[test]
+fn a_signal_after_a_long_dispatch_completes_in_the_same_slice() {
+    // rr with 100 µs slices: a vcoproc alone gets 100 slices, 10 ms.
+    let policy = coproc_core::policy::build("rr", &[("slice_us".into(), "100".into())]).unwrap();
+    let pc = coproc_core::Pcoproc::spawn(
+        "gpu0",
+        coproc_vulkan::factory(VulkanConfig::default()),
+        policy,
+    )
+    .unwrap();
+    let mut d = Domain::new(&pc, 1, coproc_firmware::gpu::SPIN.image);
+    let max_n = 1u32 << 20;
+    let _out = d.buffer(BUF_IOVA, 4 * u64::from(max_n), Perms::RW, MapKind::Pinned);
+    let job = |n: u32| {
+        Job::new()
+            .bind(0, BUF_IOVA, 4 * u64::from(n))
+            .push_u32(0, &[100_000, 1, n])
+            .dispatch(0, [n / 64, 1, 1])
+            .signal(1)
+    };
+    let parked = |d: &Domain| {
+        d.v.wait_state(
+            |s| s == coproc_core::state::VcoprocState::Waiting,
+            std::time::Duration::from_secs(30),
+        )
+        .unwrap();
+    };
+    // Grow the dispatch until it clearly outlasts the 10 ms budget on this
+    // device.
+    let mut n = 1024;
+    while n < max_n && d.run(&job(n))[0].gpu_ns < 30_000_000 {
+        n *= 2;
+    }
+    for _ in 0..2 {
+        parked(&d);
+        let before = d.v.info().unwrap().stats.slices;
+        let done = d.run(&job(n));
+        assert_eq!(done[0].status, Some(Status::Ok));
+        assert!(
+            done[0].gpu_ns > 10_000_000,
+            "the dispatch outlasted the budget"
+        );
+        parked(&d);
+        let after = d.v.info().unwrap().stats.slices;
+        assert_eq!(after - before, 1, "dispatch and signal in one slice");
+    }
+}
