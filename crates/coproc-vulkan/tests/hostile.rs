@@ -54,9 +54,8 @@ impl Victim {
     }
 }
 
-/// Run a job that should be refused at `bad` (the index of the refused
-/// command in the job): one refusal completion with `status`, then the
-/// signal with `Aborted`.
+/// Run a job one of whose commands should be refused: one refusal
+/// completion with `status`, then the signal with `Aborted`.
 fn refused(d: &mut Domain, job: &Job, status: Status, what: &str) {
     let done = d.run(job);
     assert_eq!(done.len(), 2, "{what}: {done:?}");
