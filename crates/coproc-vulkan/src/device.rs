@@ -335,6 +335,8 @@ pub struct VulkanDevice {
     broken: Option<String>,
     /// Old devices still draining (reapers not past their idle wait).
     draining: Arc<AtomicUsize>,
+    /// Limits the log lines a domain's faults cause.
+    log: coproc_core::ratelimit::RateLimit,
 }
 
 impl std::fmt::Debug for VulkanDevice {
@@ -1005,6 +1007,7 @@ impl VulkanDevice {
             next_gen: 1,
             broken: None,
             draining: Arc::new(AtomicUsize::new(0)),
+            log: coproc_core::ratelimit::RateLimit::default(),
         })
     }
 
@@ -1176,10 +1179,18 @@ impl VulkanDevice {
                     Failure::Watchdog => FaultReason::Watchdog,
                     Failure::Lost(_) => FaultReason::DeviceLost,
                 };
-                if let Failure::Lost(why) = &f {
-                    tracing::warn!(vcoproc = %id, %why, "GPU device lost; recreating it");
-                } else {
-                    tracing::warn!(vcoproc = %id, "GPU command past the watchdog; recreating the device");
+                // A domain can cause these as often as the watchdog allows.
+                if let Some(suppressed) = self.log.check() {
+                    match &f {
+                        Failure::Lost(why) => tracing::warn!(
+                            vcoproc = %id, %why, suppressed,
+                            "GPU device lost; recreating it"
+                        ),
+                        Failure::Watchdog => tracing::warn!(
+                            vcoproc = %id, suppressed,
+                            "GPU command past the watchdog; recreating the device"
+                        ),
+                    }
                 }
                 self.recover(id);
                 Step::Fault(DeviceFault {
