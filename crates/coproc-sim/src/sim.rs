@@ -826,6 +826,12 @@ impl Sim {
                     continue;
                 }
             }
+            if t == now && now == u64::MAX {
+                // Virtual time ends at u64::MAX ns: workloads of several
+                // jobs of up to MAX_NS each can get there, and nothing can
+                // run past it (without this the loop would spin in place).
+                return (g, StopReason::BudgetSpent);
+            }
             let d = t - now;
             let hog_work = hog_mid || c.pending.is_empty();
             match c.pending.front_mut() {

@@ -128,3 +128,48 @@ proptest! {
         prop_assert_eq!((r.ran_ns, r.faults), (total, faults));
     }
 }
+
+/// Jobs of the longest allowed length back to back run virtual time up to
+/// its end (u64::MAX ns); runs there return instead of spinning in place.
+/// Found by `random_workloads_run_exactly` (PROPTEST_RNG_SEED=27).
+#[test]
+fn virtual_time_runs_out_without_a_hang() {
+    let w = Workload {
+        jobs: vec![],
+        periodic: Some(Periodic {
+            first_ns: 3574,
+            period_ns: 3501,
+            len_ns: MAX_NS,
+            count: None,
+        }),
+        hog: true,
+        hog_dispatch_ns: None,
+        exit_when_done: false,
+    };
+    let sim = Sim::new(SimConfig {
+        dispatch_only: true,
+        ..SimConfig::default()
+    });
+    let mut dev = sim.device().unwrap();
+    sim.set_horizon(u64::MAX);
+    let id = VcoprocId(1);
+    dev.create_context(ContextSpec {
+        id,
+        control: Arc::new(ControlBlock::default()),
+    })
+    .unwrap();
+    dev.load_firmware(id, &w.to_image()).unwrap();
+    assert_eq!(dev.switch(Some(id)), SwitchOutcome::Done);
+    let mut total = 0u64;
+    for _ in 0..8 {
+        sim.idle(Some(sim.now_ns().saturating_add(5_000)));
+        let before = sim.now_ns();
+        let out = dev.run(Duration::from_millis(5));
+        let ran = out.ran.as_nanos() as u64;
+        assert_eq!(sim.now_ns() - before, ran);
+        total = total.saturating_add(ran);
+    }
+    assert_eq!(sim.now_ns(), u64::MAX, "time ran out");
+    let r = sim.context(id).unwrap();
+    assert_eq!(r.ran_ns, total);
+}
