@@ -211,6 +211,31 @@ pub trait VirtualClock: Send + Sync {
     fn interrupt(&self);
 }
 
+/// A firmware image parsed, validated (and, where the class can, compiled)
+/// off the runner thread, ready for [`Device::install_firmware`]. Each class
+/// puts its own type in the box.
+pub type PreparedFirmware = Box<dyn std::any::Any + Send>;
+
+/// The part of a device class that turns firmware bytes into a
+/// [`PreparedFirmware`]. It runs on the thread of the domain that loads the
+/// firmware, before the runner is involved and without any pcoproc lock, so
+/// one domain's big image never delays another domain's work.
+pub trait FirmwarePrep: Send + Sync {
+    /// Parse and validate `image`; errors are [`DeviceError::BadFirmware`].
+    fn prepare(&self, image: &[u8]) -> Result<PreparedFirmware, DeviceError>;
+}
+
+/// The preparation of classes that do all their firmware work in
+/// [`Device::load_firmware`]: it only copies the bytes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RawFirmware;
+
+impl FirmwarePrep for RawFirmware {
+    fn prepare(&self, image: &[u8]) -> Result<PreparedFirmware, DeviceError> {
+        Ok(Box::new(image.to_vec()))
+    }
+}
+
 /// A physical coprocessor, seen by the runner.
 pub trait Device {
     /// What this device can do.
@@ -224,6 +249,31 @@ pub trait Device {
 
     /// Load a firmware image into a context (replacing any earlier one).
     fn load_firmware(&mut self, ctx: ContextId, image: &[u8]) -> Result<FirmwareInfo, DeviceError>;
+
+    /// Where firmware images are prepared before they reach the runner.
+    /// Asked once, when the runner starts. The default copies the bytes and
+    /// leaves all the work to [`Device::load_firmware`].
+    fn firmware_prep(&self) -> Arc<dyn FirmwarePrep> {
+        Arc::new(RawFirmware)
+    }
+
+    /// Install a firmware image made by this device's
+    /// [`Device::firmware_prep`] into a context (replacing any earlier one).
+    /// Runs on the runner between slices: it should only place what
+    /// `prepare` made. The default takes the bytes of [`RawFirmware`] to
+    /// [`Device::load_firmware`].
+    fn install_firmware(
+        &mut self,
+        ctx: ContextId,
+        fw: PreparedFirmware,
+    ) -> Result<FirmwareInfo, DeviceError> {
+        match fw.downcast::<Vec<u8>>() {
+            Ok(bytes) => self.load_firmware(ctx, &bytes),
+            Err(_) => Err(DeviceError::BadFirmware(
+                "prepared for another device class".into(),
+            )),
+        }
+    }
 
     /// Make domain memory visible to a context. The mapping was already
     /// checked against the context's [`crate::iova::IovaSpace`].

@@ -11,7 +11,8 @@
 
 use crate::control::{ControlBlock, Notify};
 use crate::device::{
-    Capabilities, ContextSpec, Device, DeviceError, FirmwareInfo, PreemptHandle, VirtualClock,
+    Capabilities, ContextSpec, Device, DeviceError, FirmwareInfo, FirmwarePrep, PreemptHandle,
+    VirtualClock,
 };
 use crate::fault::FaultRecord;
 use crate::ids::{DomainId, VcoprocId};
@@ -189,6 +190,8 @@ pub(crate) struct Shared {
     /// Wakes those waiting for a vcoproc state change.
     pub state_cv: Condvar,
     pub preempt: PreemptHandle,
+    /// Where firmware is parsed and validated, on the loading thread.
+    pub prep: Arc<dyn FirmwarePrep>,
     pub epoch: Instant,
     /// The device's virtual clock, if it keeps one.
     pub clock: Option<Arc<dyn VirtualClock>>,
@@ -344,6 +347,7 @@ impl Pcoproc {
                     runner_cv: Condvar::new(),
                     state_cv: Condvar::new(),
                     preempt: device.preempt_handle(),
+                    prep: device.firmware_prep(),
                     epoch: Instant::now(),
                     clock: device.virtual_clock(),
                 });
@@ -756,14 +760,18 @@ impl VcoprocHandle {
         Ok(g.vc(self.id)?.faults.iter().cloned().collect())
     }
 
-    /// Load a firmware image (state created or loaded); `label` names it in listings.
+    /// Load a firmware image (state created or loaded); `label` names it in
+    /// listings. The image is parsed and validated on the calling thread
+    /// (the class's [`FirmwarePrep`]), before the runner is involved; the
+    /// runner only installs the result between slices.
     pub fn load_firmware(&self, label: &str, image: &[u8]) -> Result<FirmwareInfo, CoreError> {
-        let (id, image, label) = (self.id, image.to_vec(), label.to_string());
+        let prepared = self.pcoproc.shared.prep.prepare(image)?;
+        let (id, label) = (self.id, label.to_string());
         self.pcoproc
             .command(move |dev, inner| -> Result<FirmwareInfo, CoreError> {
                 let vc = inner.vc(id)?;
                 vc.state.apply(Event::Load)?;
-                let fw = dev.load_firmware(id, &image)?;
+                let fw = dev.install_firmware(id, prepared)?;
                 vc.transition(Event::Load)?;
                 vc.label = label;
                 vc.exit_code = None;
