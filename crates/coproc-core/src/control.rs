@@ -12,7 +12,7 @@
 //! firmware sequence number and a repeated one is ignored.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -84,6 +84,9 @@ pub struct ControlBlock {
     notified: Condvar,
     console: Mutex<Console>,
     listener: Mutex<Option<Listener>>,
+    /// The vcoproc's state as last published by the framework
+    /// ([`crate::state::VcoprocState::code`]), readable without any lock.
+    state: AtomicU8,
 }
 
 impl std::fmt::Debug for ControlBlock {
@@ -107,11 +110,24 @@ impl Default for ControlBlock {
             notified: Condvar::new(),
             console: Mutex::new(Console::default()),
             listener: Mutex::new(None),
+            state: AtomicU8::new(crate::state::VcoprocState::Created.code()),
         }
     }
 }
 
 impl ControlBlock {
+    /// The framework publishes the vcoproc's state (every transition).
+    pub fn publish_state(&self, s: crate::state::VcoprocState) {
+        self.state.store(s.code(), Ordering::Release);
+    }
+
+    /// The vcoproc's state as last published: what a domain thread checks
+    /// without taking the pcoproc's scheduling lock.
+    pub fn state(&self) -> crate::state::VcoprocState {
+        crate::state::VcoprocState::from_code(self.state.load(Ordering::Acquire))
+            .unwrap_or(crate::state::VcoprocState::Destroyed)
+    }
+
     /// Domain side: write a mailbox-in word (index taken modulo the size).
     pub fn write_in(&self, i: usize, v: u32) {
         self.mbox_in[i % MBOX_WORDS].store(v, Ordering::Release);

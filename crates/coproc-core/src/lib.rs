@@ -28,6 +28,7 @@ mod runner;
 pub mod state;
 pub mod stats;
 pub mod system;
+pub mod wakeup;
 
 pub use control::ControlBlock;
 pub use device::{Device, DeviceError};

@@ -8,6 +8,7 @@
 
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
 use thiserror::Error;
 
 /// Page size used for regions and iova granularity.
@@ -62,8 +63,13 @@ pub struct Region {
     ptr: NonNull<u8>,
     len: u64,
     /// The file it maps, kept open so the memory outlives the domain's own
-    /// mapping and descriptor.
+    /// mapping and descriptor (None for a [`Region::view`], which the
+    /// region it was made from keeps alive).
     _fd: Option<OwnedFd>,
+    /// Where in the file the region starts.
+    fd_offset: u64,
+    /// Its pages were withdrawn by [`Region::trap`].
+    trapped: AtomicBool,
 }
 
 // SAFETY: the region is plain memory; all host access goes through raw
@@ -73,26 +79,16 @@ unsafe impl Send for Region {}
 unsafe impl Sync for Region {}
 
 impl Region {
-    /// Allocate `len` bytes (a multiple of [`PAGE_SIZE`]), zeroed.
+    /// Allocate `len` bytes (a multiple of [`PAGE_SIZE`]), zeroed. The
+    /// memory is a memfd of its own (like [`Region::new_memfd`]), so the
+    /// framework can give the device a view of it that revoke can withdraw.
     pub fn new(len: u64) -> Result<Region, MemoryError> {
         if len == 0 || !len.is_multiple_of(PAGE_SIZE) || len > isize::MAX as u64 {
             return Err(MemoryError::BadSize(len));
         }
-        // SAFETY: a fresh anonymous mapping; no existing memory is affected.
-        let ptr = unsafe {
-            rustix::mm::mmap_anonymous(
-                std::ptr::null_mut(),
-                len as usize,
-                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-                rustix::mm::MapFlags::SHARED,
-            )
-        }
-        .map_err(|e| MemoryError::Alloc(len, e))?;
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(MemoryError::BadSize(len))?;
-        Ok(Region {
-            ptr,
-            len,
-            _fd: None,
+        Region::new_memfd(len).map_err(|e| match e {
+            MemoryError::Fd(errno) => MemoryError::Alloc(len, errno),
+            e => e,
         })
     }
 
@@ -212,7 +208,88 @@ impl Region {
             ptr,
             len,
             _fd: Some(fd),
+            fd_offset: offset,
+            trapped: AtomicBool::new(false),
         })
+    }
+
+    /// A second mapping in this process of `len` bytes of the same memory
+    /// from `offset` (page multiples): what the device is given for one
+    /// mapping, so that [`Region::trap`] can later withdraw exactly that
+    /// view, leaving the domain's memory and its other views untouched.
+    pub fn view(&self, offset: u64, len: u64) -> Result<Region, MemoryError> {
+        self.check(offset, len)?;
+        let fd = self._fd.as_ref().ok_or(MemoryError::NotAFile)?;
+        if len == 0 || !len.is_multiple_of(PAGE_SIZE) || !offset.is_multiple_of(PAGE_SIZE) {
+            return Err(MemoryError::BadSize(len));
+        }
+        // SAFETY: a fresh shared mapping of a file range that exists: the
+        // file backs this region's whole range (checked when it was mapped,
+        // and sealed against shrinking since), and [offset, offset+len) lies
+        // inside that range (checked above). No existing memory is affected.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::SHARED,
+                fd.as_fd(),
+                self.fd_offset + offset,
+            )
+        }
+        .map_err(|e| MemoryError::Alloc(len, e))?;
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(MemoryError::BadSize(len))?;
+        Ok(Region {
+            ptr,
+            len,
+            _fd: None,
+            fd_offset: 0,
+            trapped: AtomicBool::new(false),
+        })
+    }
+
+    /// Withdraw this mapping's pages in one step: the address range is
+    /// replaced, atomically for every thread of the process, by fresh
+    /// private zero pages that belong to no one. Whatever still accesses
+    /// the range through this region's address (an emulated core, a CPU
+    /// driver's worker thread) reads zeros and writes into memory that is
+    /// thrown away; the memory the region mapped is never reached through
+    /// this address again. Never fails: should the kernel refuse the
+    /// replacement (out of memory for page tables), it is retried until it
+    /// succeeds: making the range inaccessible instead would crash an
+    /// emulated core that touches it.
+    pub fn trap(&self) {
+        if self.trapped.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        loop {
+            // SAFETY: [ptr, ptr+len) is this region's own mapping (made by
+            // mmap and alive until drop); MAP_FIXED replaces exactly that
+            // range with anonymous memory of the same size and protection,
+            // so every address stays mapped and readable/writable, and no
+            // Rust reference into the range exists (all access is by raw
+            // copies). Nothing outside the range is affected.
+            let r = unsafe {
+                rustix::mm::mmap_anonymous(
+                    self.ptr.as_ptr().cast(),
+                    self.len as usize,
+                    rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                    rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::FIXED,
+                )
+            };
+            match r {
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, "memory: trapping a view failed; retrying");
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+
+    /// Whether [`Region::trap`] withdrew this mapping's pages.
+    pub fn is_trapped(&self) -> bool {
+        self.trapped.load(Ordering::Acquire)
     }
 
     /// Size in bytes.

@@ -5,9 +5,17 @@
 //! itself lives on the runner thread only. Control operations that need the
 //! device (load, map, reset, destroy) are queued as commands that the runner
 //! executes between slices; the running slice is preempted so they are served
-//! within one preemption point. Mailbox access is lock-free; a doorbell never
-//! waits for a slice to end, but takes the scheduling lock briefly, which the
-//! runner also holds while it executes a control command between slices.
+//! within one preemption point. Firmware is parsed and validated on the
+//! loading thread before its command is queued.
+//!
+//! The domain's hot path takes no lock that device work can hold: mailbox
+//! access is atomic, the vcoproc's state is published in its control block,
+//! and a doorbell only *tries* the scheduling lock — if a command holds it,
+//! the wake-up is handed to the runner through a small queue of its own.
+//! Doorbell eventfds go straight into the runner's epoll set
+//! ([`VcoprocHandle::add_doorbell_fd`]). Revoke takes only the table of
+//! device views: it withdraws the pages in one step and leaves the runner
+//! to tidy up (see [`VcoprocHandle::revoke`]).
 
 use crate::control::{ControlBlock, Notify};
 use crate::device::{
@@ -22,10 +30,12 @@ use crate::policy::{Policy, PolicyError, SchedParams, Standing, WakeAction};
 use crate::runner;
 use crate::state::{Event, TransitionError, VcoprocState};
 use crate::stats::VcoprocStats;
+use crate::wakeup::{Wakeup, WakeupError};
+use rustix::fd::OwnedFd;
 use serde::Serialize;
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -62,6 +72,17 @@ pub enum CoreError {
     /// Timed out waiting.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// The pcoproc failed (device or policy code panicked where no single
+    /// vcoproc could be blamed): nothing runs on it any more.
+    #[error("pcoproc {0} failed: {1}")]
+    Failed(String, String),
+    /// Device code panicked while serving this request; the vcoproc it was
+    /// for faulted, the others go on.
+    #[error("device code panicked: {0}")]
+    Panicked(String),
+    /// A doorbell descriptor could not be added.
+    #[error(transparent)]
+    Doorbell(#[from] WakeupError),
     /// A demand-fault stall timeout outside the accepted range.
     #[error("demand-fault timeout {0:?} outside {MIN_STALL_TIMEOUT:?}..={MAX_STALL_TIMEOUT:?}")]
     BadStallTimeout(Duration),
@@ -115,7 +136,15 @@ impl Vc {
         if self.state != VcoprocState::Stalled {
             self.stall = None;
         }
+        self.control.publish_state(self.state);
         Ok(())
+    }
+
+    /// Set the state whatever it was (a panic contained, a failed pcoproc).
+    pub(crate) fn force(&mut self, state: VcoprocState) {
+        self.state = state;
+        self.stall = None;
+        self.control.publish_state(state);
     }
 }
 
@@ -157,6 +186,8 @@ pub(crate) struct Inner {
     /// dropped when it reaches the front, so expiring stalls costs O(log n)
     /// per stall, never a scan of every vcoproc.
     pub stall_deadlines: std::collections::BTreeSet<(u64, VcoprocId)>,
+    /// Why the pcoproc failed, once it has.
+    pub failed: Option<String>,
 }
 
 impl Inner {
@@ -182,11 +213,45 @@ impl Inner {
     }
 }
 
+/// The device views of every vcoproc's mappings, by iova: what revoke
+/// needs, kept apart from the scheduling state so that revoke never waits
+/// for a lock the runner holds across device work. Lock order: `Inner`
+/// before this, never the other way.
+#[derive(Debug, Default)]
+pub(crate) struct Views {
+    pub maps: HashMap<VcoprocId, BTreeMap<u64, (MapKind, Arc<Region>)>>,
+}
+
+/// The shared table of views.
+pub(crate) type ViewTable = Arc<Mutex<Views>>;
+
+pub(crate) fn lock_views(t: &ViewTable) -> MutexGuard<'_, Views> {
+    t.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A revoked mapping the runner still has to take out of the iova space
+/// and the device: (vcoproc, iova, the trapped view).
+pub(crate) type Tidy = (VcoprocId, u64, Arc<Region>);
+
 pub(crate) struct Shared {
     pub name: String,
     pub inner: Mutex<Inner>,
-    /// Wakes an idle runner (new command, wake-up, shutdown).
-    pub runner_cv: Condvar,
+    /// Where an idle runner on the host clock waits: its kick eventfd and
+    /// the vcoprocs' doorbell eventfds.
+    pub wakeup: Wakeup,
+    /// Wake-ups that found the scheduling lock taken: vcoproc → doorbells
+    /// to count. The runner drains it every turn.
+    pub wakes: Mutex<BTreeMap<VcoprocId, u64>>,
+    /// `wakes` or `tidy` holds something.
+    pub deferred: AtomicBool,
+    /// A slice is running on the device.
+    pub slice_running: AtomicBool,
+    /// Device views of the mappings (see [`Views`]).
+    pub views: ViewTable,
+    /// Revoked mappings waiting for the runner.
+    pub tidy: Mutex<Vec<Tidy>>,
+    /// The message of the last panic contained on the runner.
+    pub last_panic: Mutex<String>,
     /// Wakes those waiting for a vcoproc state change.
     pub state_cv: Condvar,
     pub preempt: PreemptHandle,
@@ -211,26 +276,88 @@ impl Shared {
 
     /// Wake an idle runner (new command, wake-up, shutdown).
     pub(crate) fn kick_runner(&self) {
-        self.runner_cv.notify_all();
+        self.wakeup.kick();
         if let Some(c) = &self.clock {
             c.interrupt();
         }
     }
 
     /// Idle the runner until `until_ns` (None: until kicked), bounded by
-    /// `max` on the host clock. Releases the lock meanwhile.
-    pub(crate) fn idle(&self, g: MutexGuard<'_, Inner>, until_ns: Option<u64>, max: Duration) {
+    /// `max` on the host clock. Releases the lock meanwhile. Doorbell
+    /// eventfds rung meanwhile are pushed into `rung`.
+    pub(crate) fn idle(
+        &self,
+        g: MutexGuard<'_, Inner>,
+        until_ns: Option<u64>,
+        max: Duration,
+        rung: &mut Vec<VcoprocId>,
+    ) {
         match &self.clock {
             Some(c) => {
                 drop(g);
                 c.idle(until_ns);
             }
             None => {
+                // From here kicks write the eventfd; then the last look
+                // for work that arrived before (see `wakeup`).
+                self.wakeup.arm();
+                if !g.commands.is_empty() || g.shutdown || self.deferred.load(Ordering::SeqCst)
+                {
+                    self.wakeup.disarm();
+                    return;
+                }
+                drop(g);
                 let now = self.now_ns();
                 let t = until_ns.map_or(max, |u| Duration::from_nanos(u.saturating_sub(now)));
-                let _ = self.runner_cv.wait_timeout(g, t.min(max));
+                self.wakeup.wait(t.min(max), rung);
+                self.wakeup.disarm();
             }
         }
+    }
+
+    /// Count `doorbells` for `id` and wake it if it waits: the policy hears
+    /// of it and may ask to preempt the running slice. Returns whether the
+    /// runner should be kicked.
+    pub(crate) fn wake_in(&self, g: &mut Inner, id: VcoprocId, doorbells: u64) -> bool {
+        let now = self.now_ns();
+        let Some(vc) = g.vcoprocs.get_mut(&id) else {
+            return false;
+        };
+        vc.stats.doorbells += doorbells;
+        if vc.state != VcoprocState::Waiting || vc.transition(Event::Wake).is_err() {
+            return false;
+        }
+        vc.woken_ns = Some(now);
+        let action = g.policy.wake(id, now);
+        if action == WakeAction::Preempt && g.running.is_some() {
+            self.preempt.preempt();
+        }
+        true
+    }
+
+    /// Hand a wake-up to the runner (the scheduling lock was taken).
+    fn defer_wake(&self, id: VcoprocId, doorbells: u64) {
+        *self
+            .wakes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id)
+            .or_insert(0) += doorbells;
+        self.deferred.store(true, Ordering::SeqCst);
+        // A slice running now would otherwise delay the wake-up to its
+        // end; cutting it short lets the policy decide at once (the
+        // preempted vcoproc keeps its turn).
+        if self.slice_running.load(Ordering::SeqCst) {
+            self.preempt.preempt();
+        }
+        self.kick_runner();
+    }
+
+    /// Whether the pcoproc failed, and why.
+    fn failure(&self, g: &Inner) -> Option<CoreError> {
+        g.failed
+            .as_ref()
+            .map(|m| CoreError::Failed(self.name.clone(), m.clone()))
     }
 }
 
@@ -317,6 +444,7 @@ impl Pcoproc {
         F: FnOnce() -> Result<Box<dyn Device>, DeviceError> + Send + 'static,
     {
         let (tx, rx) = mpsc::channel();
+        let wakeup = Wakeup::new()?;
         let tname = format!("runner-{name}");
         let pname = name.to_string();
         let thread = std::thread::Builder::new()
@@ -343,8 +471,15 @@ impl Pcoproc {
                         trace: None,
                         fault_log: crate::ratelimit::RateLimit::default(),
                         stall_deadlines: std::collections::BTreeSet::new(),
+                        failed: None,
                     }),
-                    runner_cv: Condvar::new(),
+                    wakeup,
+                    wakes: Mutex::new(BTreeMap::new()),
+                    deferred: AtomicBool::new(false),
+                    slice_running: AtomicBool::new(false),
+                    views: ViewTable::default(),
+                    tidy: Mutex::new(Vec::new()),
+                    last_panic: Mutex::new(String::new()),
                     state_cv: Condvar::new(),
                     preempt: device.preempt_handle(),
                     prep: device.firmware_prep(),
@@ -392,6 +527,9 @@ impl Pcoproc {
         let (tx, rx) = mpsc::sync_channel(1);
         {
             let mut g = self.shared.lock();
+            if let Some(e) = self.shared.failure(&g) {
+                return Err(e);
+            }
             if g.shutdown {
                 return Err(CoreError::Shutdown(self.shared.name.clone()));
             }
@@ -403,8 +541,25 @@ impl Pcoproc {
             }
         }
         self.shared.kick_runner();
-        rx.recv()
-            .map_err(|_| CoreError::Shutdown(self.shared.name.clone()))
+        rx.recv().map_err(|_| {
+            // The command was dropped unrun (shutdown, failure) or
+            // panicked (its sender went with the unwinding).
+            let g = self.shared.lock();
+            if let Some(e) = self.shared.failure(&g) {
+                return e;
+            }
+            if g.shutdown {
+                return CoreError::Shutdown(self.shared.name.clone());
+            }
+            drop(g);
+            let msg = self
+                .shared
+                .last_panic
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            CoreError::Panicked(msg)
+        })
     }
 
     /// Create a vcoproc for `domain` with scheduling `params`.
@@ -423,6 +578,7 @@ impl Pcoproc {
         let control = Arc::new(ControlBlock::default());
         let (base, size) = (self.caps.iova_base, self.caps.iova_size);
         let cb = control.clone();
+        let views = self.shared.views.clone();
         self.command(move |dev, inner| -> Result<(), CoreError> {
             inner.policy.attach(id, &params)?;
             if let Err(e) = dev.create_context(ContextSpec {
@@ -449,6 +605,7 @@ impl Pcoproc {
                     stall: None,
                 },
             );
+            lock_views(&views).maps.insert(id, BTreeMap::new());
             Ok(())
         })??;
         Ok(VcoprocHandle {
@@ -490,6 +647,15 @@ impl Pcoproc {
     /// The most recent faults on this pcoproc, oldest first.
     pub fn faults(&self) -> Vec<FaultRecord> {
         self.shared.lock().faults.iter().cloned().collect()
+    }
+
+    /// Why the pcoproc failed, if it did: device or policy code panicked
+    /// where no single vcoproc could be blamed. A failed pcoproc runs
+    /// nothing; its vcoprocs stay listed (faulted, with the reason in
+    /// their fault records) until they are destroyed or the pcoproc is
+    /// shut down, and every request on it answers [`CoreError::Failed`].
+    pub fn failed(&self) -> Option<String> {
+        self.shared.lock().failed.clone()
     }
 
     /// Total device time spent running vcoprocs, and context switches made.
@@ -560,16 +726,33 @@ impl Pcoproc {
     }
 
     fn destroy(&self, id: VcoprocId) -> Result<(), CoreError> {
-        self.command(move |dev, inner| -> Result<(), CoreError> {
+        let views = self.shared.views.clone();
+        let r = self.command(move |dev, inner| -> Result<(), CoreError> {
             let vc = inner.vc(id)?;
             vc.transition(Event::Destroy)?;
             let control = vc.control.clone();
             inner.vcoprocs.remove(&id);
             inner.policy.detach(id);
+            lock_views(&views).maps.remove(&id);
             dev.destroy_context(id);
             control.kick();
             Ok(())
-        })??;
+        });
+        // Its doorbell descriptors go whatever happened to the command.
+        self.shared.wakeup.remove_vcoproc(id);
+        if matches!(r, Err(CoreError::Failed(..))) {
+            // A failed pcoproc: nothing runs any more; forget it here.
+            let mut g = self.shared.lock();
+            if let Some(vc) = g.vcoprocs.remove(&id) {
+                vc.control.publish_state(VcoprocState::Destroyed);
+                vc.control.kick();
+            }
+            lock_views(&self.shared.views).maps.remove(&id);
+            drop(g);
+            self.shared.state_cv.notify_all();
+            return Ok(());
+        }
+        r??;
         self.shared.state_cv.notify_all();
         Ok(())
     }
@@ -599,25 +782,43 @@ impl Pcoproc {
         self.shared.state_cv.notify_all();
     }
 
+    /// Wake `id` if it waits. Never waits for a lock that device work can
+    /// hold: the scheduling lock is only tried; when it is taken (a command
+    /// runs between slices, or a snapshot is read) the wake-up goes to the
+    /// runner's queue instead and the runner applies it on its next turn.
     fn wake(&self, id: VcoprocId, doorbell: bool) {
-        let mut g = self.shared.lock();
-        let now = self.shared.now_ns();
-        let Some(vc) = g.vcoprocs.get_mut(&id) else {
-            return;
+        let g = match self.shared.inner.try_lock() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                self.shared.defer_wake(id, u64::from(doorbell));
+                return;
+            }
         };
-        if doorbell {
-            vc.stats.doorbells += 1;
-        }
-        if vc.state != VcoprocState::Waiting || vc.transition(Event::Wake).is_err() {
+        let mut g = g;
+        if g.failed.is_some() {
             return;
         }
-        vc.woken_ns = Some(now);
-        let action = g.policy.wake(id, now);
-        if action == WakeAction::Preempt && g.running.is_some() {
-            self.shared.preempt.preempt();
+        // Policy code runs here on the domain's thread: a panic in it is
+        // contained like one on the runner (the pcoproc fails visibly).
+        let woke = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.shared.wake_in(&mut g, id, u64::from(doorbell))
+        }));
+        match woke {
+            Ok(true) => {
+                drop(g);
+                self.shared.kick_runner();
+            }
+            Ok(false) => {}
+            Err(p) => {
+                let msg = runner::panic_message(p.as_ref());
+                runner::fail(&self.shared, &mut g, &format!("policy panicked: {msg}"));
+                drop(g);
+                self.shared.inner.clear_poison();
+                self.shared.kick_runner();
+                self.shared.state_cv.notify_all();
+            }
         }
-        drop(g);
-        self.shared.kick_runner();
     }
 
     /// Wake vcoproc `id` if it is waiting, for an event of the device itself
@@ -641,9 +842,14 @@ impl Pcoproc {
     /// Mappings of vcoproc `vcoproc`, in iova order.
     pub fn mappings(&self, vcoproc: VcoprocId) -> Result<Vec<MappingInfo>, CoreError> {
         let mut g = self.shared.lock();
-        Ok(g.vc(vcoproc)?
+        let vc = g.vc(vcoproc)?;
+        // A revoked mapping waiting for the runner's tidy-up is gone already.
+        let t = lock_views(&self.shared.views);
+        let live = t.maps.get(&vcoproc);
+        Ok(vc
             .iova
             .iter()
+            .filter(|m| live.is_some_and(|l| l.contains_key(&m.iova)))
             .map(|m| MappingInfo {
                 iova: m.iova,
                 len: m.len,
@@ -653,41 +859,45 @@ impl Pcoproc {
             .collect())
     }
 
-    /// Revoke on the runner (between slices, the running slice preempted);
+    /// Revoke without waiting for the runner: take the mapping's device
+    /// view out of the view table and trap it (its pages are replaced in
+    /// one step, see [`Region::trap`]), then leave the runner to take the
+    /// mapping out of the iova space and the device on its next turn (the
+    /// running slice is cut short so that happens at once).
     /// `any_kind`: also pinned mappings (their own domain asks).
     fn revoke_as(&self, id: VcoprocId, iova: u64, any_kind: bool) -> RevokeOutcome {
-        let r = self.command(move |dev, inner| {
-            let Some(vc) = inner.vcoprocs.get_mut(&id) else {
+        let view = {
+            let mut t = lock_views(&self.shared.views);
+            let Some(maps) = t.maps.get_mut(&id) else {
                 return RevokeOutcome::Gone;
             };
-            match vc.iova.lookup(iova) {
-                Some(m) if m.iova == iova => {
-                    if !any_kind && m.kind == MapKind::Pinned {
-                        return RevokeOutcome::Pinned { len: m.len };
-                    }
+            match maps.get(&iova) {
+                None => return RevokeOutcome::NotMapped,
+                Some((MapKind::Pinned, r)) if !any_kind => {
+                    return RevokeOutcome::Pinned { len: r.len() };
                 }
-                _ => return RevokeOutcome::NotMapped,
+                Some(_) => {}
             }
-            match vc.iova.remove(iova) {
-                Ok(m) => {
-                    // Removes the translation and the engine mapping: when
-                    // this returns the device cannot reach the pages.
-                    dev.unmap(id, m.iova);
-                    RevokeOutcome::Removed { len: m.len }
-                }
-                Err(_) => RevokeOutcome::NotMapped,
-            }
-        });
-        match r {
-            Ok(o) => o,
-            Err(_) => {
-                // The runner is gone or going: wait until it has released
-                // the device (and every mapping with it), so the promise
-                // holds when this returns.
-                self.shutdown();
-                RevokeOutcome::Gone
-            }
+            let Some((_, view)) = maps.remove(&iova) else {
+                return RevokeOutcome::NotMapped;
+            };
+            // Under the table lock: whoever looks the mapping up next finds
+            // it gone, and the pages are already out of the device's reach.
+            view.trap();
+            view
+        };
+        let len = view.len();
+        self.shared
+            .tidy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((id, iova, view));
+        self.shared.deferred.store(true, Ordering::SeqCst);
+        if self.shared.slice_running.load(Ordering::SeqCst) {
+            self.shared.preempt.preempt();
         }
+        self.shared.kick_runner();
+        RevokeOutcome::Removed { len }
     }
 }
 
@@ -749,9 +959,13 @@ impl VcoprocHandle {
         self.pcoproc.vcoproc(self.id)
     }
 
-    /// Its state now.
+    /// Its state now, read from its control block without taking the
+    /// pcoproc's scheduling lock ([`CoreError::NoVcoproc`] once destroyed).
     pub fn state(&self) -> Result<VcoprocState, CoreError> {
-        Ok(self.info()?.state)
+        match self.control.state() {
+            VcoprocState::Destroyed => Err(CoreError::NoVcoproc(self.id)),
+            s => Ok(s),
+        }
     }
 
     /// Its fault records, oldest first.
@@ -792,14 +1006,22 @@ impl VcoprocHandle {
     ) -> Result<(), CoreError> {
         let id = self.id;
         let shared = Arc::downgrade(&self.pcoproc.shared);
+        // The device gets a view of its own of the range (made here, off
+        // the runner): revoke withdraws exactly that view's pages.
+        let view = Arc::new(
+            region
+                .view(offset, len)
+                .map_err(|e| CoreError::Device(DeviceError::BadMapping(e.to_string())))?,
+        );
         let m = Mapping {
             iova,
             len,
-            region: region.clone(),
-            offset,
+            region: view.clone(),
+            offset: 0,
             perms,
             kind,
         };
+        let views = self.pcoproc.shared.views.clone();
         self.pcoproc
             .command(move |dev, inner| -> Result<(), CoreError> {
                 let vc = inner.vc(id)?;
@@ -809,6 +1031,9 @@ impl VcoprocHandle {
                 vc.iova.check(&m)?;
                 dev.map(id, &m)?;
                 vc.iova.insert(m)?;
+                if let Some(t) = lock_views(&views).maps.get_mut(&id) {
+                    t.insert(iova, (kind, view));
+                }
                 resolve_stall(inner, id, now_ns(&shared));
                 Ok(())
             })?
@@ -818,13 +1043,40 @@ impl VcoprocHandle {
     /// longer touch its pages.
     pub fn unmap(&self, iova: u64) -> Result<(), CoreError> {
         let id = self.id;
+        let views = self.pcoproc.shared.views.clone();
         self.pcoproc
             .command(move |dev, inner| -> Result<(), CoreError> {
                 let vc = inner.vc(id)?;
+                // Revoked and not yet tidied: already gone.
+                let mut t = lock_views(&views);
+                let live = t.maps.get_mut(&id).and_then(|m| m.remove(&iova));
+                drop(t);
+                if live.is_none() {
+                    return Err(IovaError::NotMapped(iova).into());
+                }
                 let m = vc.iova.remove(iova)?;
                 dev.unmap(id, m.iova);
                 Ok(())
             })?
+    }
+
+    /// Add `fd`, an eventfd, as a doorbell of this vcoproc: every write to
+    /// it rings the doorbell, reaching the runner directly (it waits on the
+    /// descriptor itself; see the `wakeup` module). The descriptor is never
+    /// read. It is closed when the vcoproc is destroyed; at most
+    /// [`crate::wakeup::MAX_DOORBELLS_PER_VCOPROC`] per vcoproc.
+    pub fn add_doorbell_fd(&self, fd: OwnedFd) -> Result<(), CoreError> {
+        if self.control.state() == VcoprocState::Destroyed {
+            return Err(CoreError::NoVcoproc(self.id));
+        }
+        self.pcoproc.shared.wakeup.add_doorbell(self.id, fd)?;
+        // Destroyed meanwhile: do not keep the descriptor.
+        if self.control.state() == VcoprocState::Destroyed {
+            self.pcoproc.shared.wakeup.remove_vcoproc(self.id);
+            return Err(CoreError::NoVcoproc(self.id));
+        }
+        self.pcoproc.shared.kick_runner();
+        Ok(())
     }
 
     /// Start it (state loaded → runnable).

@@ -1,109 +1,433 @@
 //! The runner: the loop that owns one pcoproc's device.
 //!
-//! Each turn: execute queued control commands; ask the policy whom to run and
-//! for how long; switch contexts if needed; run; charge the measured time;
-//! update state and statistics. Only this thread touches the device.
+//! Each turn: tidy revoked mappings and execute queued control commands;
+//! apply deferred wake-ups and rung doorbell eventfds; ask the policy whom to
+//! run and for how long; switch contexts if needed; run; charge the measured
+//! time; update state and statistics. Only this thread touches the device.
+//!
+//! Every turn runs under `catch_unwind`. A panic inside a device call made
+//! for one context (a command's, a switch to it, its slice) is pinned on
+//! that vcoproc: its context is reset and it faults with the panic message
+//! in its fault record, the others go on. A panic anywhere else (policy
+//! code, the runner's own bookkeeping), or one while containing the first,
+//! fails the pcoproc: every vcoproc faults, queued commands are dropped so
+//! their callers get an error at once, and the runner ends.
 
-use crate::device::{Device, RunOutcome, StopReason, SwitchOutcome};
+use crate::device::{
+    Capabilities, ContextSpec, Device, DeviceError, FirmwareInfo, FirmwarePrep, PreemptHandle,
+    PreparedFirmware, RunOutcome, StopReason, SwitchOutcome, VirtualClock,
+};
 use crate::fault::{Access, DeviceFault, FaultReason, FaultRecord};
-use crate::ids::VcoprocId;
-use crate::pcoproc::{Inner, PageFault, Shared, TraceEntry};
+use crate::ids::{ContextId, VcoprocId};
+use crate::iova::Mapping;
+use crate::pcoproc::{lock_views, Inner, PageFault, Shared, TraceEntry};
 use crate::policy::{Decision, SliceEnd};
 use crate::state::{Event, VcoprocState};
+use std::any::Any;
+use std::cell::Cell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Longest the runner sleeps when idle before re-checking (bounds the cost
 /// of a lost wake-up).
 const IDLE_RECHECK: Duration = Duration::from_millis(100);
 
+/// What one turn of the loop asks for next.
+enum Turn {
+    Go,
+    Shutdown,
+}
+
 pub(crate) fn run(mut device: Box<dyn Device>, shared: &Shared) {
     // The context on the device right now.
     let mut current: Option<VcoprocId> = None;
+    // The vcoproc whose context the device call in progress is for: a
+    // panic inside it is pinned on that vcoproc.
+    let blame = Cell::new(None);
+    let mut rung = Vec::new();
     loop {
-        let mut g = shared.lock();
-        while let Some(cmd) = g.commands.pop_front() {
-            cmd(device.as_mut(), &mut g);
-            if current.is_some_and(|c| !g.vcoprocs.contains_key(&c)) {
-                // The command destroyed the context on the device.
-                current = None;
-            }
-        }
-        if g.shutdown {
-            break;
-        }
-        let now = shared.now_ns();
-        let stall_deadline = expire_stalls(&mut g, now);
-        if stall_deadline.is_some_and(|d| d <= now) {
-            // Some stall just timed out: its waiters were kicked.
-            drop(g);
+        let turn = catch_unwind(AssertUnwindSafe(|| {
+            one_turn(device.as_mut(), shared, &mut current, &blame, &mut rung)
+        }));
+        let payload = match turn {
+            Ok(Turn::Go) => continue,
+            Ok(Turn::Shutdown) => break,
+            Err(p) => p,
+        };
+        shared.slice_running.store(false, Ordering::SeqCst);
+        rung.clear();
+        current = None;
+        let msg = panic_message(payload.as_ref());
+        *shared.last_panic.lock().unwrap_or_else(|e| e.into_inner()) = msg.clone();
+        let contained = blame
+            .take()
+            .is_some_and(|v| contain(device.as_mut(), shared, v, &msg));
+        shared.inner.clear_poison();
+        if contained {
             shared.state_cv.notify_all();
             continue;
         }
-        let (v, budget) = match g.policy.pick(now) {
-            Decision::Idle(t) => {
-                let until = t.map(|t| now.saturating_add(ns(t)));
-                // A stall times out on time even when nothing runs.
-                let until = match (until, stall_deadline) {
-                    (Some(u), Some(d)) => Some(u.min(d)),
-                    (u, d) => u.or(d),
-                };
-                shared.idle(g, until, IDLE_RECHECK);
-                continue;
-            }
-            Decision::Run { vcoproc, budget } => (vcoproc, budget),
-        };
-        let picked = g
-            .vcoprocs
-            .get_mut(&v)
-            .is_some_and(|vc| vc.transition(Event::Pick).is_ok());
-        match picked {
-            true => {}
-            false => {
-                // A stale queue entry; the policy must forget it.
-                g.policy.block(v);
-                continue;
-            }
-        }
-        g.running = Some(v);
+        // Nothing to pin it on (policy code, the runner's own state), or
+        // the context could not be reset: the pcoproc fails visibly.
+        let mut g = shared.lock();
+        fail(shared, &mut g, &msg);
         drop(g);
-
-        let switched = current != Some(v);
-        if switched {
-            match device.switch(Some(v)) {
-                SwitchOutcome::Done => current = Some(v),
-                SwitchOutcome::RetryAfter(t) => {
-                    retry_after(device.as_mut(), shared, current, v, t);
-                    continue;
-                }
-                SwitchOutcome::Failed { guilty, reason } => {
-                    current = None;
-                    switch_failed(device.as_mut(), shared, v, guilty, reason);
-                    continue;
-                }
-            }
-        }
-
-        let start = slice_start(shared, v, switched);
-        let out = device.run(budget);
-        charge(shared, v, budget, start, &out);
+        shared.inner.clear_poison();
+        shared.wakeup.clear();
+        // Release the device without trusting it further.
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(device)));
+        shared.state_cv.notify_all();
+        return;
     }
 
     // Shutdown: release every context.
     let g = shared.lock();
     let ids: Vec<VcoprocId> = g.vcoprocs.keys().copied().collect();
     drop(g);
-    let _ = device.switch(None);
-    for id in ids {
-        device.destroy_context(id);
+    let released = catch_unwind(AssertUnwindSafe(|| {
+        let _ = device.switch(None);
+        for id in ids {
+            device.destroy_context(id);
+        }
+    }));
+    if released.is_err() {
+        tracing::error!(pcoproc = %shared.name, "runner: device code panicked while shutting down");
     }
+    shared.wakeup.clear();
+    lock_views(&shared.views).maps.clear();
     let mut g = shared.lock();
     for vc in g.vcoprocs.values_mut() {
-        vc.state = VcoprocState::Destroyed;
+        vc.force(VcoprocState::Destroyed);
         vc.control.kick();
     }
     g.vcoprocs.clear();
     drop(g);
     shared.state_cv.notify_all();
+}
+
+/// One turn: tidy revoked mappings and run queued commands, apply deferred
+/// wake-ups and doorbells, pick, switch, run, charge.
+fn one_turn(
+    device: &mut dyn Device,
+    shared: &Shared,
+    current: &mut Option<VcoprocId>,
+    blame: &Cell<Option<VcoprocId>>,
+    rung: &mut Vec<VcoprocId>,
+) -> Turn {
+    if shared.wakeup.has_doorbells() {
+        shared.wakeup.wait(Duration::ZERO, rung);
+    }
+    let mut g = shared.lock();
+    let mut blamed = Blamed { dev: device, blame };
+    loop {
+        // Revoked mappings first: a command after a revoke (a new map at
+        // the same iova) finds the old one gone.
+        tidy(shared, &mut g, &mut blamed);
+        let Some(cmd) = g.commands.pop_front() else {
+            break;
+        };
+        cmd(&mut blamed, &mut g);
+        if current.is_some_and(|c| !g.vcoprocs.contains_key(&c)) {
+            // The command destroyed the context on the device.
+            *current = None;
+        }
+    }
+    if g.shutdown {
+        return Turn::Shutdown;
+    }
+    ring_doorbells(shared, &mut g, rung);
+    drain_wakes(shared, &mut g);
+    let now = shared.now_ns();
+    let stall_deadline = expire_stalls(&mut g, now);
+    if stall_deadline.is_some_and(|d| d <= now) {
+        // Some stall just timed out: its waiters were kicked.
+        drop(g);
+        shared.state_cv.notify_all();
+        return Turn::Go;
+    }
+    let (v, budget) = match g.policy.pick(now) {
+        Decision::Idle(t) => {
+            let until = t.map(|t| now.saturating_add(ns(t)));
+            // A stall times out on time even when nothing runs.
+            let until = match (until, stall_deadline) {
+                (Some(u), Some(d)) => Some(u.min(d)),
+                (u, d) => u.or(d),
+            };
+            shared.idle(g, until, IDLE_RECHECK, rung);
+            return Turn::Go;
+        }
+        Decision::Run { vcoproc, budget } => (vcoproc, budget),
+    };
+    let picked = g
+        .vcoprocs
+        .get_mut(&v)
+        .is_some_and(|vc| vc.transition(Event::Pick).is_ok());
+    if !picked {
+        // A stale queue entry; the policy must forget it.
+        g.policy.block(v);
+        return Turn::Go;
+    }
+    g.running = Some(v);
+    drop(g);
+
+    let switched = *current != Some(v);
+    if switched {
+        blame.set(Some(v));
+        let outcome = device.switch(Some(v));
+        blame.set(None);
+        match outcome {
+            SwitchOutcome::Done => *current = Some(v),
+            SwitchOutcome::RetryAfter(t) => {
+                retry_after(device, shared, *current, v, t, blame);
+                return Turn::Go;
+            }
+            SwitchOutcome::Failed { guilty, reason } => {
+                *current = None;
+                switch_failed(device, shared, v, guilty, reason, blame);
+                return Turn::Go;
+            }
+        }
+    }
+
+    let start = slice_start(shared, v, switched);
+    let out = run_slice(device, shared, v, budget, blame);
+    charge(shared, v, budget, start, &out);
+    Turn::Go
+}
+
+/// Run `v`'s slice on the device, with the slice marked as running (so
+/// deferred wake-ups and revokes cut it short) and the panic blame on `v`.
+fn run_slice(
+    device: &mut dyn Device,
+    shared: &Shared,
+    v: VcoprocId,
+    budget: Duration,
+    blame: &Cell<Option<VcoprocId>>,
+) -> RunOutcome {
+    shared.slice_running.store(true, Ordering::SeqCst);
+    // Work deferred before the flag was set would otherwise wait for the
+    // whole slice.
+    if shared.deferred.load(Ordering::SeqCst) {
+        shared.preempt.preempt();
+    }
+    blame.set(Some(v));
+    let out = device.run(budget);
+    blame.set(None);
+    shared.slice_running.store(false, Ordering::SeqCst);
+    out
+}
+
+/// The doorbell eventfds of the vcoprocs in `rung` were written: ring their
+/// doorbells (the firmware sees the count in its control block) and wake
+/// them.
+fn ring_doorbells(shared: &Shared, g: &mut Inner, rung: &mut Vec<VcoprocId>) {
+    for v in rung.drain(..) {
+        let control = g.vcoprocs.get(&v).map(|vc| vc.control.clone());
+        if let Some(c) = control {
+            c.ring();
+            shared.wake_in(g, v, 1);
+        }
+    }
+}
+
+/// Apply the wake-ups that found the scheduling lock taken.
+fn drain_wakes(shared: &Shared, g: &mut Inner) {
+    if !shared.deferred.swap(false, Ordering::SeqCst) {
+        return;
+    }
+    let wakes = std::mem::take(&mut *shared.wakes.lock().unwrap_or_else(|e| e.into_inner()));
+    for (v, doorbells) in wakes {
+        shared.wake_in(g, v, doorbells);
+    }
+    // Revokes set the flag too: leave it set if any wait.
+    if !shared
+        .tidy
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_empty()
+    {
+        shared.deferred.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Take revoked mappings out of the iova space and the device. Their pages
+/// were out of the device's reach since the revoke; this makes the next
+/// access fault.
+fn tidy(shared: &Shared, g: &mut Inner, device: &mut dyn Device) {
+    let done = std::mem::take(&mut *shared.tidy.lock().unwrap_or_else(|e| e.into_inner()));
+    for (id, iova, view) in done {
+        let Some(vc) = g.vcoprocs.get_mut(&id) else {
+            continue;
+        };
+        let same = vc
+            .iova
+            .lookup(iova)
+            .is_some_and(|m| m.iova == iova && Arc::ptr_eq(&m.region, &view));
+        if same && vc.iova.remove(iova).is_ok() {
+            device.unmap(id, iova);
+        }
+    }
+}
+
+/// A panic in device code for `v` was caught: reset its context and fault
+/// it; the others go on. False if even that panicked.
+fn contain(device: &mut dyn Device, shared: &Shared, v: VcoprocId, msg: &str) -> bool {
+    let reset = catch_unwind(AssertUnwindSafe(|| {
+        let _ = device.switch(None);
+        device.reset_context(v)
+    }));
+    if reset.is_err() {
+        return false;
+    }
+    let faulted = catch_unwind(AssertUnwindSafe(|| {
+        let mut g = shared.lock();
+        let now = shared.now_ns();
+        g.running = None;
+        // A command's own reply channel went with the unwinding.
+        if let Some(vc) = g.vcoprocs.get_mut(&v) {
+            vc.force(VcoprocState::Faulted);
+            let control = vc.control.clone();
+            g.policy.block(v);
+            g.record_fault(FaultRecord {
+                vcoproc: v,
+                at_ns: now,
+                fault: DeviceFault {
+                    addr: None,
+                    access: Access::None,
+                    pc: None,
+                    reason: FaultReason::Device(format!("device code panicked: {msg}")),
+                },
+            });
+            drop(g);
+            control.kick();
+        }
+    }));
+    faulted.is_ok()
+}
+
+/// The pcoproc fails: record why, fault every vcoproc (with the reason in
+/// its fault record), drop every queued command (their callers get
+/// [`crate::CoreError::Failed`] at once) and stop the runner.
+pub(crate) fn fail(shared: &Shared, g: &mut Inner, msg: &str) {
+    if g.failed.is_some() {
+        return;
+    }
+    if let Some(suppressed) = g.fault_log.check() {
+        tracing::error!(pcoproc = %shared.name, reason = %msg, suppressed, "pcoproc failed");
+    }
+    g.failed = Some(msg.to_string());
+    g.shutdown = true;
+    g.running = None;
+    g.commands.clear();
+    let now = shared.now_ns();
+    let ids: Vec<VcoprocId> = g.vcoprocs.keys().copied().collect();
+    for id in ids {
+        let Some(vc) = g.vcoprocs.get_mut(&id) else {
+            continue;
+        };
+        vc.force(VcoprocState::Faulted);
+        let control = vc.control.clone();
+        g.record_fault(FaultRecord {
+            vcoproc: id,
+            at_ns: now,
+            fault: DeviceFault {
+                addr: None,
+                access: Access::None,
+                pc: None,
+                reason: FaultReason::Device(format!("pcoproc failed: {msg}")),
+            },
+        });
+        control.kick();
+    }
+    lock_views(&shared.views).maps.clear();
+}
+
+/// The text of a panic's payload.
+pub(crate) fn panic_message(p: &(dyn Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".into()
+    }
+}
+
+/// The device as the runner lends it to commands: every call that names a
+/// context notes it as the one to blame should the call panic.
+struct Blamed<'a> {
+    dev: &'a mut dyn Device,
+    blame: &'a Cell<Option<VcoprocId>>,
+}
+
+impl Blamed<'_> {
+    fn on<R>(&mut self, ctx: VcoprocId, f: impl FnOnce(&mut dyn Device) -> R) -> R {
+        self.blame.set(Some(ctx));
+        let r = f(self.dev);
+        self.blame.set(None);
+        r
+    }
+}
+
+impl Device for Blamed<'_> {
+    fn capabilities(&self) -> Capabilities {
+        self.dev.capabilities()
+    }
+    fn create_context(&mut self, spec: ContextSpec) -> Result<(), DeviceError> {
+        let id = spec.id;
+        self.on(id, |d| d.create_context(spec))
+    }
+    fn destroy_context(&mut self, ctx: ContextId) {
+        self.on(ctx, |d| d.destroy_context(ctx))
+    }
+    fn load_firmware(&mut self, ctx: ContextId, image: &[u8]) -> Result<FirmwareInfo, DeviceError> {
+        self.on(ctx, |d| d.load_firmware(ctx, image))
+    }
+    fn firmware_prep(&self) -> Arc<dyn FirmwarePrep> {
+        self.dev.firmware_prep()
+    }
+    fn install_firmware(
+        &mut self,
+        ctx: ContextId,
+        fw: PreparedFirmware,
+    ) -> Result<FirmwareInfo, DeviceError> {
+        self.on(ctx, |d| d.install_firmware(ctx, fw))
+    }
+    fn map(&mut self, ctx: ContextId, mapping: &Mapping) -> Result<(), DeviceError> {
+        self.on(ctx, |d| d.map(ctx, mapping))
+    }
+    fn unmap(&mut self, ctx: ContextId, iova: u64) {
+        self.on(ctx, |d| d.unmap(ctx, iova))
+    }
+    fn switch(&mut self, to: Option<ContextId>) -> SwitchOutcome {
+        match to {
+            Some(v) => self.on(v, |d| d.switch(to)),
+            None => self.dev.switch(None),
+        }
+    }
+    fn run(&mut self, budget: Duration) -> RunOutcome {
+        self.dev.run(budget)
+    }
+    fn preempt_handle(&self) -> PreemptHandle {
+        self.dev.preempt_handle()
+    }
+    fn reset_context(&mut self, ctx: ContextId) -> Result<(), DeviceError> {
+        self.on(ctx, |d| d.reset_context(ctx))
+    }
+    fn virtual_clock(&self) -> Option<Arc<dyn VirtualClock>> {
+        self.dev.virtual_clock()
+    }
+    fn set_demand_faults(&mut self, ctx: ContextId, on: bool) -> Result<(), DeviceError> {
+        self.on(ctx, |d| d.set_demand_faults(ctx, on))
+    }
+    fn alloc_local(&mut self, ctx: ContextId, iova: u64, len: u64) -> Result<(), DeviceError> {
+        self.on(ctx, |d| d.alloc_local(ctx, iova, len))
+    }
+    fn free_local(&mut self, ctx: ContextId, iova: u64) {
+        self.on(ctx, |d| d.free_local(ctx, iova))
+    }
 }
 
 /// A duration in ns, saturating.
@@ -136,6 +460,7 @@ fn retry_after(
     current: Option<VcoprocId>,
     v: VcoprocId,
     t: Duration,
+    blame: &Cell<Option<VcoprocId>>,
 ) {
     let mut g = shared.lock();
     let now = shared.now_ns();
@@ -150,7 +475,7 @@ fn retry_after(
             g.running = Some(c);
             drop(g);
             let start = slice_start(shared, c, false);
-            let out = device.run(t);
+            let out = run_slice(device, shared, c, t, blame);
             charge(shared, c, t, start, &out);
         }
         None => {
@@ -158,9 +483,13 @@ fn retry_after(
             // device that cannot switch yet. Only a command (or shutdown)
             // ends the wait early; the switch is retried after it.
             let until = now.saturating_add(ns(t));
+            let mut rung = Vec::new();
             loop {
-                shared.idle(g, Some(until), t);
+                shared.idle(g, Some(until), t, &mut rung);
                 g = shared.lock();
+                // Doorbells rung meanwhile are not lost: the firmware sees
+                // them in its control block, the wake-up waits for a turn.
+                ring_doorbells(shared, &mut g, &mut rung);
                 if shared.now_ns() >= until || !g.commands.is_empty() || g.shutdown {
                     break;
                 }
@@ -177,8 +506,12 @@ fn switch_failed(
     v: VcoprocId,
     guilty: VcoprocId,
     reason: String,
+    blame: &Cell<Option<VcoprocId>>,
 ) {
-    if let Err(e) = device.reset_context(guilty) {
+    blame.set(Some(guilty));
+    let reset = device.reset_context(guilty);
+    blame.set(None);
+    if let Err(e) = reset {
         tracing::error!(vcoproc = %guilty, error = %e, "runner: reset after a failed switch");
     }
     let mut g = shared.lock();

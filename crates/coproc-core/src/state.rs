@@ -48,6 +48,35 @@ pub enum VcoprocState {
     Stalled,
 }
 
+impl VcoprocState {
+    /// Every state, in the order of [`VcoprocState::code`].
+    pub const ALL: [VcoprocState; 9] = [
+        VcoprocState::Created,
+        VcoprocState::Loaded,
+        VcoprocState::Runnable,
+        VcoprocState::Running,
+        VcoprocState::Waiting,
+        VcoprocState::Stopped,
+        VcoprocState::Faulted,
+        VcoprocState::Destroyed,
+        VcoprocState::Stalled,
+    ];
+
+    /// A small number for the state (its index in [`VcoprocState::ALL`]),
+    /// so it can be published through an atomic.
+    pub fn code(self) -> u8 {
+        VcoprocState::ALL
+            .iter()
+            .position(|&s| s == self)
+            .map_or(u8::MAX, |i| i as u8)
+    }
+
+    /// The state of a [`VcoprocState::code`] (None for any other number).
+    pub fn from_code(code: u8) -> Option<VcoprocState> {
+        VcoprocState::ALL.get(usize::from(code)).copied()
+    }
+}
+
 /// Something that happens to a vcoproc.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
