@@ -9,6 +9,7 @@
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use thiserror::Error;
 
 /// Page size used for regions and iova granularity.
@@ -70,6 +71,8 @@ pub struct Region {
     fd_offset: u64,
     /// Its pages were withdrawn by [`Region::trap`].
     trapped: AtomicBool,
+    /// For a view: the region it was made from.
+    _parent: Option<Arc<Region>>,
 }
 
 // SAFETY: the region is plain memory; all host access goes through raw
@@ -210,6 +213,7 @@ impl Region {
             _fd: Some(fd),
             fd_offset: offset,
             trapped: AtomicBool::new(false),
+            _parent: None,
         })
     }
 
@@ -217,7 +221,9 @@ impl Region {
     /// from `offset` (page multiples): what the device is given for one
     /// mapping, so that [`Region::trap`] can later withdraw exactly that
     /// view, leaving the domain's memory and its other views untouched.
-    pub fn view(&self, offset: u64, len: u64) -> Result<Region, MemoryError> {
+    /// The view keeps `self` alive (so the memory a mapping uses is held as
+    /// long as the device may use it, even after its domain let go of it).
+    pub fn view(self: &Arc<Self>, offset: u64, len: u64) -> Result<Region, MemoryError> {
         self.check(offset, len)?;
         let fd = self._fd.as_ref().ok_or(MemoryError::NotAFile)?;
         if len == 0 || !len.is_multiple_of(PAGE_SIZE) || !offset.is_multiple_of(PAGE_SIZE) {
@@ -245,6 +251,7 @@ impl Region {
             _fd: None,
             fd_offset: 0,
             trapped: AtomicBool::new(false),
+            _parent: Some(self.clone()),
         })
     }
 

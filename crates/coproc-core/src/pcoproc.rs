@@ -619,7 +619,11 @@ impl Pcoproc {
     /// Snapshots of every vcoproc.
     pub fn vcoprocs(&self) -> Vec<VcoprocInfo> {
         let g = self.shared.lock();
-        g.vcoprocs.iter().map(|(&id, vc)| info(id, vc)).collect()
+        let t = lock_views(&self.shared.views);
+        g.vcoprocs
+            .iter()
+            .map(|(&id, vc)| info(id, vc, &t))
+            .collect()
     }
 
     /// Snapshot of one vcoproc.
@@ -627,7 +631,7 @@ impl Pcoproc {
         let g = self.shared.lock();
         g.vcoprocs
             .get(&id)
-            .map(|vc| info(id, vc))
+            .map(|vc| info(id, vc, &lock_views(&self.shared.views)))
             .ok_or(CoreError::NoVcoproc(id))
     }
 
@@ -907,7 +911,14 @@ impl Drop for Pcoproc {
     }
 }
 
-fn info(id: VcoprocId, vc: &Vc) -> VcoprocInfo {
+fn info(id: VcoprocId, vc: &Vc, views: &Views) -> VcoprocInfo {
+    // A revoked mapping waiting for the runner's tidy-up is gone already.
+    let live = views.maps.get(&id);
+    let (mappings, mapped_bytes) = vc
+        .iova
+        .iter()
+        .filter(|m| live.is_some_and(|l| l.contains_key(&m.iova)))
+        .fold((0, 0), |(n, b), m| (n + 1, b + m.len));
     VcoprocInfo {
         id,
         domain: vc.domain,
@@ -915,8 +926,8 @@ fn info(id: VcoprocId, vc: &Vc) -> VcoprocInfo {
         state: vc.state,
         stats: vc.stats,
         params: vc.params,
-        mappings: vc.iova.count(),
-        mapped_bytes: vc.iova.bytes(),
+        mappings,
+        mapped_bytes,
         exit_code: vc.exit_code,
         last_fault: vc.faults.back().cloned(),
         local_bytes: vc.iova.local_bytes(),
