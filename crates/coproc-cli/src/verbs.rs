@@ -54,6 +54,7 @@ pub fn list(c: &mut Client, f: Format) -> anyhow::Result<bool> {
                 p.policy.clone(),
                 p.vcoprocs.to_string(),
                 format!("{:.1}%", p.utilisation_pct),
+                p.state.clone(),
             ]
         })
         .collect();
@@ -68,6 +69,7 @@ pub fn list(c: &mut Client, f: Format) -> anyhow::Result<bool> {
             "policy",
             "vcoprocs",
             "utilisation",
+            "state",
         ],
         rows,
     )

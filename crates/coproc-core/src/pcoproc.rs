@@ -188,6 +188,9 @@ pub(crate) struct Inner {
     pub stall_deadlines: std::collections::BTreeSet<(u64, VcoprocId)>,
     /// Why the pcoproc failed, once it has.
     pub failed: Option<String>,
+    /// The reply of a command that panicked: the runner answers it once
+    /// the panic is contained (or the pcoproc failed).
+    pub panic_reply: Option<Box<dyn FnOnce(CoreError) + Send>>,
 }
 
 impl Inner {
@@ -301,8 +304,7 @@ impl Shared {
                 // From here kicks write the eventfd; then the last look
                 // for work that arrived before (see `wakeup`).
                 self.wakeup.arm();
-                if !g.commands.is_empty() || g.shutdown || self.deferred.load(Ordering::SeqCst)
-                {
+                if !g.commands.is_empty() || g.shutdown || self.deferred.load(Ordering::SeqCst) {
                     self.wakeup.disarm();
                     return;
                 }
@@ -472,6 +474,7 @@ impl Pcoproc {
                         fault_log: crate::ratelimit::RateLimit::default(),
                         stall_deadlines: std::collections::BTreeSet::new(),
                         failed: None,
+                        panic_reply: None,
                     }),
                     wakeup,
                     wakes: Mutex::new(BTreeMap::new()),
@@ -524,7 +527,7 @@ impl Pcoproc {
         R: Send + 'static,
         F: FnOnce(&mut dyn Device, &mut Inner) -> R + Send + 'static,
     {
-        let (tx, rx) = mpsc::sync_channel(1);
+        let (tx, rx) = mpsc::sync_channel::<Result<R, CoreError>>(1);
         {
             let mut g = self.shared.lock();
             if let Some(e) = self.shared.failure(&g) {
@@ -534,7 +537,19 @@ impl Pcoproc {
                 return Err(CoreError::Shutdown(self.shared.name.clone()));
             }
             g.commands.push_back(Box::new(move |d, i| {
-                let _ = tx.send(f(d, i));
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(d, i))) {
+                    Ok(r) => {
+                        let _ = tx.send(Ok(r));
+                    }
+                    Err(p) => {
+                        // Answered after the runner contained the panic,
+                        // so the caller sees the vcoproc's state after it.
+                        i.panic_reply = Some(Box::new(move |e| {
+                            let _ = tx.send(Err(e));
+                        }));
+                        std::panic::resume_unwind(p);
+                    }
+                }
             }));
             if g.running.is_some() {
                 self.shared.preempt.preempt();
@@ -559,7 +574,7 @@ impl Pcoproc {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
             CoreError::Panicked(msg)
-        })
+        })?
     }
 
     /// Create a vcoproc for `domain` with scheduling `params`.

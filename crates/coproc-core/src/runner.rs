@@ -20,7 +20,7 @@ use crate::device::{
 use crate::fault::{Access, DeviceFault, FaultReason, FaultRecord};
 use crate::ids::{ContextId, VcoprocId};
 use crate::iova::Mapping;
-use crate::pcoproc::{lock_views, Inner, PageFault, Shared, TraceEntry};
+use crate::pcoproc::{lock_views, CoreError, Inner, PageFault, Shared, TraceEntry};
 use crate::policy::{Decision, SliceEnd};
 use crate::state::{Event, VcoprocState};
 use std::any::Any;
@@ -66,6 +66,10 @@ pub(crate) fn run(mut device: Box<dyn Device>, shared: &Shared) {
             .is_some_and(|v| contain(device.as_mut(), shared, v, &msg));
         shared.inner.clear_poison();
         if contained {
+            let reply = shared.lock().panic_reply.take();
+            if let Some(reply) = reply {
+                reply(CoreError::Panicked(msg));
+            }
             shared.state_cv.notify_all();
             continue;
         }
@@ -73,7 +77,11 @@ pub(crate) fn run(mut device: Box<dyn Device>, shared: &Shared) {
         // the context could not be reset: the pcoproc fails visibly.
         let mut g = shared.lock();
         fail(shared, &mut g, &msg);
+        let reply = g.panic_reply.take();
         drop(g);
+        if let Some(reply) = reply {
+            reply(CoreError::Failed(shared.name.clone(), msg.clone()));
+        }
         shared.inner.clear_poison();
         shared.wakeup.clear();
         // Release the device without trusting it further.

@@ -362,6 +362,17 @@ pub struct CoprocInfo {
     /// does not report it.
     #[serde(default)]
     pub memory_bytes: u64,
+    /// `running`, or `failed` once device or policy code panicked where no
+    /// single vcoproc could be blamed (nothing runs on it any more).
+    #[serde(default = "running")]
+    pub state: String,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+fn running() -> String {
+    "running".into()
 }
 
 /// A fault as listed.
@@ -613,6 +624,8 @@ mod tests {
             iova_base: 0x1000_0000,
             iova_size: 0xe000_0000,
             memory_bytes: 8 << 30,
+            state: "running".into(),
+            failure: None,
         };
         let text = serde_json::to_string(&info).unwrap();
         assert!(text.contains("\"memory_bytes\":8589934592"), "{text}");
@@ -621,5 +634,6 @@ mod tests {
         let old = r#"{"name":"mcu0","class":"mcu","model":"Cortex-M4","policy":"rr","vcoprocs":0,"utilisation_pct":0.0}"#;
         let o: CoprocInfo = serde_json::from_str(old).unwrap();
         assert_eq!((o.memory_bytes, o.iova_base, o.iova_size), (0, 0, 0));
+        assert_eq!((o.state.as_str(), o.failure), ("running", None));
     }
 }

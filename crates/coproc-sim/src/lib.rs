@@ -29,7 +29,7 @@
 mod sim;
 mod workload;
 
-pub use sim::{ContextRecord, JobRecord, Sim, SimConfig, SimDevice, SwitchRecord};
+pub use sim::{ContextRecord, JobRecord, PanicIn, Sim, SimConfig, SimDevice, SwitchRecord};
 pub use workload::{
     Job, Periodic, Workload, DEFAULT_HOG_DISPATCH_NS, MAX_IMAGE_BYTES, MAX_JOBS, MAX_NS,
     MIN_GRANULE_NS,

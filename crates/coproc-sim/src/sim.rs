@@ -264,6 +264,8 @@ struct State {
     answers: HashMap<VcoprocId, VecDeque<SwitchOutcome>>,
     switch_log: Vec<SwitchRecord>,
     waker: Option<Waker>,
+    /// Injected panics still to happen: (hook, context).
+    panics: Vec<(PanicIn, VcoprocId)>,
 }
 
 impl State {
@@ -296,6 +298,24 @@ impl State {
 struct Shared {
     state: Mutex<State>,
     cv: Condvar,
+}
+
+/// A device hook the sim can be told to panic in, to test how the
+/// framework contains panics of device code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PanicIn {
+    /// `create_context` for the context.
+    Create,
+    /// `load_firmware` (or installing prepared firmware) into the context.
+    Load,
+    /// `map` into the context.
+    Map,
+    /// A switch onto the context.
+    Switch,
+    /// A run while the context is on the device.
+    Run,
+    /// `reset_context` of the context.
+    Reset,
 }
 
 /// The simulator: a cloneable handle shared by the test and the device.
@@ -341,6 +361,7 @@ impl Sim {
                     answers: HashMap::new(),
                     switch_log: Vec::new(),
                     waker: None,
+                    panics: Vec::new(),
                 }),
                 cv: Condvar::new(),
             }),
@@ -389,6 +410,25 @@ impl Sim {
             }
         }));
         Ok(p)
+    }
+
+    /// Make the device panic the next time `hook` is called for context
+    /// `ctx` (once per call of this; calls add up). The panic happens
+    /// before the hook changes anything of the sim.
+    pub fn panic_next(&self, hook: PanicIn, ctx: VcoprocId) {
+        self.lock().panics.push((hook, ctx));
+    }
+
+    /// Panic if a panic in `hook` for `ctx` was injected.
+    fn injected(&self, hook: PanicIn, ctx: Option<VcoprocId>) {
+        let Some(ctx) = ctx else { return };
+        let mut g = self.lock();
+        let Some(i) = g.panics.iter().position(|&p| p == (hook, ctx)) else {
+            return;
+        };
+        g.panics.remove(i);
+        drop(g);
+        panic!("sim: injected panic in {hook:?} for {ctx}");
     }
 
     /// Set what the sim calls, on the device's thread with no lock held,
@@ -976,6 +1016,7 @@ impl Device for SimDevice {
     }
 
     fn create_context(&mut self, spec: ContextSpec) -> Result<(), DeviceError> {
+        self.sim.injected(PanicIn::Create, Some(spec.id));
         let mut g = self.sim.lock();
         if g.ctxs.contains_key(&spec.id) {
             return Err(DeviceError::ContextExists(spec.id));
@@ -1001,6 +1042,7 @@ impl Device for SimDevice {
     }
 
     fn load_firmware(&mut self, ctx: VcoprocId, image: &[u8]) -> Result<FirmwareInfo, DeviceError> {
+        self.sim.injected(PanicIn::Load, Some(ctx));
         let w = Workload::from_image(image).map_err(|e| match e {
             SimError::BadWorkload(m) => DeviceError::BadFirmware(m),
             other => DeviceError::BadFirmware(other.to_string()),
@@ -1023,6 +1065,7 @@ impl Device for SimDevice {
     }
 
     fn map(&mut self, ctx: VcoprocId, mapping: &Mapping) -> Result<(), DeviceError> {
+        self.sim.injected(PanicIn::Map, Some(ctx));
         let mut g = self.sim.lock();
         let c = g.ctxs.get_mut(&ctx).ok_or(no_ctx(ctx))?;
         c.mappings.insert(mapping.iova, mapping.len);
@@ -1036,10 +1079,13 @@ impl Device for SimDevice {
     }
 
     fn switch(&mut self, to: Option<VcoprocId>) -> SwitchOutcome {
+        self.sim.injected(PanicIn::Switch, to);
         self.sim.switch(to)
     }
 
     fn run(&mut self, budget: Duration) -> RunOutcome {
+        let current = self.sim.lock().current;
+        self.sim.injected(PanicIn::Run, current);
         self.sim.run(budget)
     }
 
@@ -1048,6 +1094,7 @@ impl Device for SimDevice {
     }
 
     fn reset_context(&mut self, ctx: VcoprocId) -> Result<(), DeviceError> {
+        self.sim.injected(PanicIn::Reset, Some(ctx));
         let mut g = self.sim.lock();
         let c = g.ctxs.get_mut(&ctx).ok_or(no_ctx(ctx))?;
         if let Some(j) = c.pending.front_mut() {

@@ -131,28 +131,6 @@ fn is_eventfd(fd: &OwnedFd) -> bool {
         .is_ok_and(|p| p.as_os_str() == "anon_inode:[eventfd]")
 }
 
-/// Forward a doorbell eventfd to the vcoproc's doorbell until aborted. The
-/// eventfd is never read: every write to an eventfd raises a new
-/// edge-triggered readiness event, which is all we need, so nothing the
-/// domain does to the descriptor (flags, its counter) can block us.
-async fn watch_doorbell(fd: OwnedFd, handle: coproc_core::VcoprocHandle) {
-    // SAFETY: `fd` is an OwnedFd moved into the AsyncFd: it stays open and
-    // refers to the same file description until the AsyncFd drops it, and
-    // OwnedFd::as_raw_fd always returns that descriptor.
-    let Ok(afd) =
-        (unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, Interest::READABLE) })
-    else {
-        return;
-    };
-    loop {
-        let Ok(mut guard) = afd.readable().await else {
-            return;
-        };
-        handle.doorbell();
-        guard.clear_ready();
-    }
-}
-
 struct Session {
     daemon: Arc<Daemon>,
     id: u64,
@@ -161,8 +139,6 @@ struct Session {
     wake: mpsc::Sender<u32>,
     /// Listeners installed by this session.
     hooks: HashMap<u32, Arc<Hooks>>,
-    /// Doorbell watchers of this session's queues, per vcoproc.
-    watchers: HashMap<u32, Vec<tokio::task::JoinHandle<()>>>,
     log: Arc<RateLimit>,
 }
 
@@ -182,6 +158,8 @@ fn core_err(e: CoreError) -> WireError {
         CoreError::Shutdown(m) => err(ErrorCode::Internal, format!("pcoproc {m} is shut down")),
         CoreError::Timeout(t) => err(ErrorCode::Internal, format!("timed out after {t:?}")),
         CoreError::BadStallTimeout(_) => err(ErrorCode::InvalidArgument, e.to_string()),
+        CoreError::Failed(..) | CoreError::Panicked(_) => err(ErrorCode::Device, e.to_string()),
+        CoreError::Doorbell(_) => err(ErrorCode::Quota, e.to_string()),
     }
 }
 
@@ -361,9 +339,6 @@ impl Session {
     /// Drop everything this session attached to vcoproc `id` (listener,
     /// doorbell watchers, completion eventfds and their writer thread).
     fn forget(&mut self, id: u32, e: Option<&Entry>) {
-        for w in self.watchers.remove(&id).unwrap_or_default() {
-            w.abort();
-        }
         if self.hooks.remove(&id).is_some() {
             if let Some(e) = e {
                 e.handle.control().set_listener(None);
@@ -460,6 +435,11 @@ impl Session {
                         iova_base: caps.iova_base,
                         iova_size: caps.iova_size,
                         memory_bytes: caps.memory_bytes,
+                        state: match pc.failed() {
+                            Some(_) => "failed".into(),
+                            None => "running".into(),
+                        },
+                        failure: pc.failed(),
                     });
                 }
                 Ok(Answer::Coprocs { coprocs: out })
@@ -606,8 +586,9 @@ impl Session {
                     .unwrap_or_else(|e| e.into_inner())
                     .push(completion);
                 hooks.start_writer();
-                let w = tokio::spawn(watch_doorbell(doorbell, e.handle.clone()));
-                self.watchers.entry(vcoproc).or_default().push(w);
+                // The runner waits on the doorbell eventfd itself: a ring
+                // reaches the device with no task or lock in between.
+                e.handle.add_doorbell_fd(doorbell).map_err(core_err)?;
                 Ok(Answer::Done)
             }
             Request::Unmap { vcoproc, iova } => {
@@ -1095,7 +1076,6 @@ pub async fn serve(
         greeted: false,
         wake: wtx,
         hooks: HashMap::new(),
-        watchers: HashMap::new(),
         log: daemon.log_limit(who.uid),
     };
     tracing::debug!(session = id, uid = who.uid, pid = who.pid, "session opened");
@@ -1178,10 +1158,8 @@ pub async fn serve(
             _ = shutdown.changed() => break 'session,
         }
     }
-    // Stop listening and watching before the vcoprocs go away.
-    for w in s.watchers.drain().flat_map(|(_, w)| w) {
-        w.abort();
-    }
+    // Stop listening before the vcoprocs go away (their doorbell
+    // descriptors go with them).
     for vid in s.hooks.keys() {
         if let Ok(e) = s.entry(*vid, false) {
             e.handle.control().set_listener(None);
