@@ -64,6 +64,8 @@ enum Name {
     GpuOverhead,
     /// Shares of two GPU domains with weights 1:3 under credit, per second.
     GpuFairness,
+    /// A victim domain's round trips with and without an offender domain.
+    Isolation,
 }
 
 #[derive(Debug, Serialize)]
@@ -175,6 +177,11 @@ pub fn run(args: &Args, format: Format) -> anyhow::Result<bool> {
                 args.seconds.unwrap_or(10).max(1),
             )?),
             crate::gpubench::FAIRNESS_NOTES,
+        ),
+        Name::Isolation => (
+            "isolation",
+            crate::isolation::isolation(rounds)?,
+            crate::isolation::NOTES,
         ),
     };
     let mut env = Env::probe();

@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod gpubench;
+mod isolation;
 mod membench;
 mod output;
 mod remote;
@@ -99,6 +100,10 @@ enum Command {
     /// demo and the tests).
     #[command(hide = true)]
     DomainRun(remote::DomainArgs),
+    /// A client that opens vcoprocs with queues and keeps them busy until
+    /// killed (the `kill` offender of `bench isolation`).
+    #[command(hide = true)]
+    IsolationChild,
 }
 
 fn main() {
@@ -148,6 +153,11 @@ fn real_main() -> anyhow::Result<()> {
         Command::FaultList => verbs::fault_list(&mut connect()?, f)?,
         Command::Run(args) => verbs::run(&mut connect()?, f, &args)?,
         Command::DomainRun(args) => remote::domain_run(connect()?, &args, f)?,
+        Command::IsolationChild => isolation::child(
+            &cli.socket
+                .clone()
+                .unwrap_or_else(coproc_client::default_socket),
+        )?,
         Command::MappingList { vcoproc } => verbs::mapping_list(&mut connect()?, f, vcoproc)?,
         Command::MappingRevoke { vcoproc, iova } => {
             verbs::mapping_revoke(&mut connect()?, f, vcoproc, iova)?
