@@ -423,6 +423,31 @@ mod tests {
     }
 
     #[test]
+    fn views_share_the_memory_until_trapped() {
+        let r = Arc::new(Region::new(4 * PAGE_SIZE).unwrap());
+        r.write(PAGE_SIZE, b"domain data").unwrap();
+        let v = r.view(PAGE_SIZE, 2 * PAGE_SIZE).unwrap();
+        assert_ne!(v.addr(), r.addr() + PAGE_SIZE, "a mapping of its own");
+        assert_eq!(v.read_vec(0, 11).unwrap(), b"domain data");
+        v.write(100, b"device").unwrap();
+        assert_eq!(r.read_vec(PAGE_SIZE + 100, 6).unwrap(), b"device");
+        assert!(r.view(PAGE_SIZE, 4 * PAGE_SIZE).is_err(), "past the end");
+        assert!(r.view(1, PAGE_SIZE).is_err(), "unaligned");
+        // Trapped: the same addresses now reach throwaway zero pages.
+        let before = r.read_vec(0, 4 * PAGE_SIZE).unwrap();
+        v.trap();
+        assert!(v.is_trapped());
+        assert_eq!(v.read_vec(0, 11).unwrap(), [0; 11]);
+        v.write(0, b"too late").unwrap();
+        assert_eq!(v.read_vec(0, 8).unwrap(), b"too late");
+        assert_eq!(r.read_vec(0, 4 * PAGE_SIZE).unwrap(), before);
+        // Another view of the same range is unaffected.
+        let w = r.view(PAGE_SIZE, PAGE_SIZE).unwrap();
+        assert_eq!(w.read_vec(0, 11).unwrap(), b"domain data");
+        v.trap();
+    }
+
+    #[test]
     fn memfd_at_a_fixed_address_never_replaces() {
         // Find a free range in the 32-bit device window by trying.
         let mut got = None;
