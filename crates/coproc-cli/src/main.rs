@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod gpubench;
+mod hostload;
 mod membench;
 mod output;
 mod remote;
