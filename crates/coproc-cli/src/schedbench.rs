@@ -90,8 +90,8 @@ pub fn fairness(seconds: u64) -> anyhow::Result<Figures> {
     // Let the hogs settle, then measure whole windows.
     std::thread::sleep(Duration::from_millis(200));
     let t0 = pc.now_ns();
-    // Work done: each hog's progress counter (iterations / 2^16) read at
-    // every window's edge.
+    // Work done: each hog's progress counter (iterations / 2^16, modulo
+    // 2^16) read at every window's edge.
     let progress = || vs.iter().map(|v| v.mbox_read(0)).collect::<Vec<u32>>();
     let start = Instant::now();
     let mut marks = vec![progress()];
@@ -109,7 +109,9 @@ pub fn fairness(seconds: u64) -> anyhow::Result<Figures> {
             let done: Vec<u32> = m[1]
                 .iter()
                 .zip(&m[0])
-                .map(|(b, a)| b.wrapping_sub(*a))
+                // The counter is a u32 iteration count shifted right by
+                // 16, so it wraps at 2^16: a window holds far fewer.
+                .map(|(b, a)| b.wrapping_sub(*a) & 0xFFFF)
                 .collect();
             let total: u64 = done.iter().map(|&d| u64::from(d)).sum();
             vs.iter()
@@ -375,7 +377,8 @@ pub fn sched_scale(rounds: usize) -> anyhow::Result<Figures> {
 pub const FAIRNESS_NOTES: &str = "Three hog vcoprocs (one per domain) with weights 1:2:4 under credit \
 (slice 1 ms) on one mcu pcoproc. max_error_pct / mean_error_pct: what each vcoproc actually got, \
 measured as work done: the share of each hog's iterations (its progress counter, read at the edges \
-of 1 s windows) against w/7, the largest (mean) |share - w/7| / (w/7) over windows and vcoprocs. \
+of 1 s windows) against w/7, the largest (mean) |share - w/7| / (w/7) over windows and vcoprocs \
+(it also moves with the emulator's speed, which a busy host varies from slice to slice). \
 max_error_charged_pct / mean_error_charged_pct: the same from the device time the scheduler charged \
 (the runner's trace, slices cut at window edges; on the mcu, runner CPU time). device_busy_pct: \
 charged time over the wall time of the windows (below 100 when the host takes the runner's CPU).";
