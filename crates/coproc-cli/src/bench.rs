@@ -38,6 +38,11 @@ pub struct Args {
     /// Revokes of the revoke benchmark.
     #[arg(long, default_value_t = 10_000)]
     revokes: usize,
+    /// Threads of this process that spin on CPU work for the whole
+    /// measurement (started before it, stopped after), to measure on a
+    /// busy host.
+    #[arg(long, default_value_t = 0)]
+    host_load: usize,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -132,7 +137,9 @@ pub fn run(args: &Args, format: Format) -> anyhow::Result<bool> {
         device = Some(format!("vulkan: {name}"));
         f
     };
-    let (bench, figures, notes) = match args.name {
+    // Spinning threads for the whole measurement, whichever benchmark.
+    let host_load = crate::hostload::HostLoad::start(args.host_load)?;
+    let (bench, mut figures, notes) = match args.name {
         Name::Overhead => ("overhead", named(overhead(rounds)?), OVERHEAD_NOTES),
         Name::CtxSwitch => ("ctx-switch", named(ctx_switch(rounds)?), SWITCH_NOTES),
         Name::Ring => (
@@ -184,6 +191,12 @@ pub fn run(args: &Args, format: Format) -> anyhow::Result<bool> {
             crate::isolation::NOTES,
         ),
     };
+    // The load average while the spinners still run, then stop them.
+    if let Some(l) = crate::hostload::loadavg_1m() {
+        figures.insert("loadavg_1m".into(), l);
+    }
+    figures.insert("host_load_threads".into(), host_load.threads() as f64);
+    drop(host_load);
     let mut env = Env::probe();
     if let Some(d) = device {
         env.device = d;
@@ -203,7 +216,7 @@ pub fn run(args: &Args, format: Format) -> anyhow::Result<bool> {
                 .map(|(k, v)| vec![k.to_string(), format!("{v}")])
                 .collect();
             print_table(&["figure", "value"], &rows);
-            println!("\n{notes}");
+            println!("\n{notes}\n{HOST_NOTES}");
             println!(
                 "env: {} ({} cpus), kernel {}",
                 report.env.cpu, report.env.cpus, report.env.kernel
@@ -214,6 +227,9 @@ pub fn run(args: &Args, format: Format) -> anyhow::Result<bool> {
     Ok(report.figures.get("failures").is_none_or(|&f| f == 0.0))
 }
 
+const HOST_NOTES: &str = "host_load_threads: threads of this process that spun on CPU work \
+during the measurement (--host-load N). loadavg_1m: the host's 1-minute load average at the end \
+of the measurement (other work competing for the CPUs delays the runner thread).";
 const OVERHEAD_NOTES: &str = "overhead_pct: median over jobs of the time of a fir job under the framework \
 (domain thread, pcoproc runner thread, rr policy, mailbox + doorbell + notification) over the time of the \
 same job on the same Unicorn core and context model driven directly in-process (direct_device), minus 1; \

@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod gpubench;
+mod hostload;
 mod isolation;
 mod membench;
 mod output;

@@ -25,8 +25,7 @@ completed a pass, and times VcoprocHandle::revoke (preempt the slice, remove the
 the iova space and the device). Then it is verified: the outcome is Removed, the vcoproc \
 faults with an access violation inside the mapping, and the memory is byte-identical to a \
 snapshot taken right after revoke returned. failures counts revokes where any check failed. \
-loadavg_1m: the host's load average at the end (other processes competing for the CPUs \
-delay the runner thread and show in the tail).";
+A busy host (loadavg_1m, --host-load) delays the runner thread and shows in the tail.";
 
 pub(crate) const MAP_NOTES: &str = "map_unmap_us_SIZE: one VcoprocHandle::map plus one unmap of \
 SIZE bytes of anonymous memory on a loaded vcoproc (two runner commands), median over rounds \
@@ -121,12 +120,8 @@ pub(crate) fn revoke(revokes: usize) -> anyhow::Result<BTreeMap<String, f64>> {
     f.insert("max_us".into(), round3(*lat.last().unwrap_or(&0.0)));
     f.insert("revokes".into(), lat.len() as f64);
     f.insert("failures".into(), failures as f64);
-    // Host load during the run: the latency tail is the runner thread
+    // `bench` adds loadavg_1m: the latency tail is the runner thread
     // waiting for a CPU when the host is busy.
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    if let Some(l) = load.split_whitespace().next().and_then(|l| l.parse().ok()) {
-        f.insert("loadavg_1m".into(), l);
-    }
     Ok(f)
 }
 

@@ -20,18 +20,18 @@
 
 use crate::abi::*;
 use crate::elf::{self, Image};
-use crate::timer::SliceTimer;
+use crate::timer::{thread_cpu, SliceTimer};
 use coproc_core::control::ControlBlock;
 use coproc_core::device::{
-    Capabilities, ContextSpec, Device, DeviceError, FirmwareInfo, PreemptHandle, Preemption,
-    RunOutcome, StopReason, SwitchOutcome,
+    Capabilities, ContextSpec, Device, DeviceError, FirmwareInfo, FirmwarePrep, PreemptHandle,
+    Preemption, PreparedFirmware, RunOutcome, StopReason, SwitchOutcome,
 };
 use coproc_core::fault::{Access, DeviceFault, FaultReason};
 use coproc_core::ids::ContextId;
 use coproc_core::iova::Mapping;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use unicorn_engine::{
     uc_error, Arch, ArmCpuModel, MemType, Mode, Prot, RegisterARM, TlbEntry, TlbType, Unicorn,
 };
@@ -159,7 +159,8 @@ struct State {
     contexts: HashMap<ContextId, Ctx>,
     current: Option<ContextId>,
     running: bool,
-    slice_start: Instant,
+    /// Runner thread CPU time at the start of the current run.
+    slice_cpu_start: Duration,
     stop: Option<Stop>,
     trap: Option<PendingTrap>,
     page_mask: u64,
@@ -289,7 +290,7 @@ impl McuDevice {
             contexts: HashMap::new(),
             current: None,
             running: false,
-            slice_start: Instant::now(),
+            slice_cpu_start: Duration::ZERO,
             stop: None,
             trap: None,
             page_mask: 0,
@@ -593,7 +594,9 @@ fn cb_read(st: &mut State, off: u64, size: usize) -> u64 {
     if matches!(st.stop, Some(Stop::Fault(_) | Stop::Exited(_))) {
         return 0;
     }
-    let elapsed = st.slice_start.elapsed().as_nanos() as u64;
+    // Only this vcoproc's CPU time in the slice so far, like `run_ns`,
+    // so TIME never goes backwards.
+    let elapsed = thread_cpu().saturating_sub(st.slice_cpu_start).as_nanos() as u64;
     let Some(ctx) = st.contexts.get_mut(&cur) else {
         return 0;
     };
@@ -756,7 +759,25 @@ impl Device for McuDevice {
 
     fn load_firmware(&mut self, id: ContextId, image: &[u8]) -> Result<FirmwareInfo, DeviceError> {
         self.ctx(id)?;
-        let image = elf::parse(image).map_err(|e| DeviceError::BadFirmware(e.to_string()))?;
+        let prepared = elf::ElfPrep.prepare(image)?;
+        self.install_firmware(id, prepared)
+    }
+
+    fn firmware_prep(&self) -> Arc<dyn FirmwarePrep> {
+        Arc::new(elf::ElfPrep)
+    }
+
+    /// Copies the segments of an image [`elf::ElfPrep`] validated and marks
+    /// the registers for a fresh start: nothing is parsed or checked here.
+    fn install_firmware(
+        &mut self,
+        id: ContextId,
+        fw: PreparedFirmware,
+    ) -> Result<FirmwareInfo, DeviceError> {
+        self.ctx(id)?;
+        let image = *fw
+            .downcast::<Image>()
+            .map_err(|_| DeviceError::BadFirmware("prepared for another device class".into()))?;
         let info = FirmwareInfo {
             entry: u64::from(image.entry),
             code_bytes: image.code_bytes(),
@@ -902,13 +923,16 @@ impl Device for McuDevice {
             st.stop = None;
             st.trap = None;
             st.page_fault = None;
-            st.slice_start = Instant::now();
         }
-        let start = Instant::now();
-        self.timer.arm(budget);
+        // Charged: CPU time of this (the runner) thread while the engine
+        // ran, which the host preempting the runner does not inflate. The
+        // slice timer counts the budget in the same time.
+        let cpu_start = thread_cpu();
+        self.uc.get_data_mut().slice_cpu_start = cpu_start;
+        self.timer.arm(budget, cpu_start);
         let res = self.uc.emu_start(pc | 1, UNTIL, 0, 0);
         let (fired, preempted) = self.timer.disarm();
-        let ran = start.elapsed();
+        let ran = thread_cpu().saturating_sub(cpu_start);
         let pc_after = self.uc.reg_read(RegisterARM::PC).unwrap_or(0);
         let st = self.uc.get_data_mut();
         st.running = false;

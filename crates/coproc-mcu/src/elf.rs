@@ -3,6 +3,7 @@
 //! counts are checked with overflow-safe arithmetic.
 
 use crate::abi::{CODE_BASE, CODE_SIZE, DATA_BASE, DATA_SIZE};
+use coproc_core::device::{DeviceError, FirmwarePrep, PreparedFirmware};
 use object::elf::{FileHeader32, ELFCLASS32, ELFDATA2LSB, EM_ARM, ET_EXEC, PF_W, PF_X, PT_LOAD};
 use object::read::elf::{FileHeader, ProgramHeader};
 use object::LittleEndian as LE;
@@ -118,6 +119,20 @@ fn within(vaddr: u32, memsz: u32, base: u32, size: u32) -> bool {
         u64::from(size),
     );
     v >= b && v + m <= b + s
+}
+
+/// The mcu class's [`FirmwarePrep`]: parses and validates an ELF image into
+/// an [`Image`] on the loading thread. It holds no device state, so it works
+/// on any thread while the runner runs (or after the device is gone);
+/// installing the image only copies its segments.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ElfPrep;
+
+impl FirmwarePrep for ElfPrep {
+    fn prepare(&self, image: &[u8]) -> Result<PreparedFirmware, DeviceError> {
+        let image = parse(image).map_err(|e| DeviceError::BadFirmware(e.to_string()))?;
+        Ok(Box::new(image))
+    }
 }
 
 /// Parse and validate `bytes` as mcu firmware. The bytes may sit at any

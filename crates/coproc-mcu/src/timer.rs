@@ -12,6 +12,14 @@
 //! disarmed, and while a run is armed the timer thread looks at a pending
 //! preempt request at least every [`PREEMPT_POLL`] and repeats that stop:
 //! a lost preempt costs at most that long, and the common case no wake-up.
+//!
+//! The budget is CPU time of the runner thread, not wall-clock time: the
+//! deadline is first set in wall-clock time, and when it passes the timer
+//! reads the runner's CPU clock; if the host descheduled the runner for part
+//! of the slice, the deadline moves on by what the runner has not yet had.
+//! So a vcoproc neither loses its slice to host preemption nor is charged
+//! for it ([`thread_cpu`] is what the device charges). Only the fire path
+//! reads the clock: one `clock_gettime` per slice, on the timer thread.
 
 use coproc_core::device::Preempt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,9 +34,65 @@ const REFIRE: Duration = Duration::from_micros(200);
 /// Longest a preempt request can wait when its direct stop was lost.
 const PREEMPT_POLL: Duration = Duration::from_millis(1);
 
+/// Shortest wait when the runner's CPU time falls short of its budget.
+const MIN_EXTEND: Duration = Duration::from_micros(50);
+
+/// CPU time the calling thread has consumed (`CLOCK_THREAD_CPUTIME_ID`).
+pub(crate) fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// The CPU-time clock of one thread, readable from any thread.
+#[derive(Debug, Clone, Copy)]
+struct CpuClock(libc::clockid_t);
+
+impl CpuClock {
+    /// The calling thread's clock.
+    fn of_current_thread() -> Option<CpuClock> {
+        let mut id: libc::clockid_t = 0;
+        // SAFETY: pthread_self() is the live calling thread; `id` is a valid
+        // place for the one clockid_t the call writes.
+        let r = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut id) };
+        (r == 0).then_some(CpuClock(id))
+    }
+
+    /// CPU time of the thread; None if it cannot be read (the thread is
+    /// gone).
+    fn now(self) -> Option<Duration> {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid timespec for the call to write; an
+        // invalid clock id (the thread exited) is an error return, not UB.
+        let r = unsafe { libc::clock_gettime(self.0, &mut ts) };
+        (r == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+    }
+}
+
+/// The CPU budget of an armed run: the runner's clock, its reading at the
+/// start of the run, and the budget.
+#[derive(Debug, Clone, Copy)]
+struct CpuBudget {
+    clock: CpuClock,
+    start: Duration,
+    budget: Duration,
+}
+
+impl CpuBudget {
+    /// CPU time the runner still lacks (None: spent, or unreadable).
+    fn shortfall(&self) -> Option<Duration> {
+        let used = self.clock.now()?.saturating_sub(self.start);
+        self.budget.checked_sub(used).filter(|d| !d.is_zero())
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     deadline: Option<Instant>,
+    /// The CPU budget of the armed run (None: wall-clock deadline only).
+    cpu: Option<CpuBudget>,
     armed: bool,
     quit: bool,
     /// When the timer thread will next look at `deadline` (None: only when
@@ -114,7 +178,20 @@ impl SliceTimer {
                         None => st = s.cv.wait(st).unwrap_or_else(|e| e.into_inner()),
                         Some(d) => {
                             let now = Instant::now();
-                            if now >= d {
+                            let short = if now >= d && !s.preempt.load(Ordering::Acquire) {
+                                // Fire only once the runner has had its
+                                // budget in CPU time.
+                                st.cpu.take().and_then(|c| {
+                                    let short = c.shortfall()?;
+                                    st.cpu = Some(c);
+                                    Some(short)
+                                })
+                            } else {
+                                None
+                            };
+                            if let Some(short) = short {
+                                st.deadline = Some(now + short.max(MIN_EXTEND));
+                            } else if now >= d {
                                 s.fired.store(true, Ordering::Release);
                                 s.stop_engine();
                                 st.deadline = Some(now + REFIRE);
@@ -150,11 +227,18 @@ impl SliceTimer {
         self.shared.preempt.swap(false, Ordering::AcqRel)
     }
 
-    /// Arm for a run of `budget`.
-    pub(crate) fn arm(&self, budget: Duration) {
+    /// Arm for a run of `budget` of the calling thread's CPU time, counted
+    /// from `cpu_start` (its [`thread_cpu`] at the start of the run).
+    pub(crate) fn arm(&self, budget: Duration, cpu_start: Duration) {
         self.shared.fired.store(false, Ordering::Release);
+        let clock = CpuClock::of_current_thread();
         let mut s = self.shared.lock();
         s.armed = true;
+        s.cpu = clock.map(|clock| CpuBudget {
+            clock,
+            start: cpu_start,
+            budget,
+        });
         let mut deadline = Instant::now() + budget;
         // A preempt that raced with arming still counts.
         if self.shared.preempt.load(Ordering::Acquire) {
@@ -171,6 +255,7 @@ impl SliceTimer {
         let mut s = self.shared.lock();
         s.armed = false;
         s.deadline = None;
+        s.cpu = None;
         drop(s);
         (
             self.shared.fired.swap(false, Ordering::AcqRel),

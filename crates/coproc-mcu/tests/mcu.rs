@@ -671,3 +671,169 @@ fn stop_pauses_and_start_resumes_where_it_was() {
     assert!(done > u64::from(progress));
     assert!(hog.stop().is_err(), "stopping a stopped vcoproc is refused");
 }
+
+/// A hog context on a bare device, switched in.
+fn hog_device() -> (
+    coproc_mcu::McuDevice,
+    coproc_core::VcoprocId,
+    Arc<coproc_core::control::ControlBlock>,
+) {
+    use coproc_core::device::{ContextSpec, Device};
+    let mut dev = coproc_mcu::McuDevice::new(McuConfig::default()).unwrap();
+    let id = coproc_core::VcoprocId(1);
+    let cb = Arc::new(coproc_core::control::ControlBlock::default());
+    dev.create_context(ContextSpec {
+        id,
+        control: cb.clone(),
+    })
+    .unwrap();
+    dev.load_firmware(id, HOG.elf).unwrap();
+    dev.switch(Some(id));
+    (dev, id, cb)
+}
+
+#[test]
+fn firmware_is_prepared_on_another_thread_while_the_device_runs() {
+    use coproc_core::device::{ContextSpec, Device, StopReason};
+    let (mut dev, _, cb) = hog_device();
+    let prep = dev.firmware_prep();
+    let preempt = dev.preempt_handle();
+    // Another thread prepares images while the device runs a hog (it waits
+    // until the hog has published progress, so the run is under way); only
+    // its preempt, sent once every image is prepared, ends the run.
+    let progress = cb.clone();
+    let worker = std::thread::spawn(move || {
+        while progress.read_out(0) == 0 {
+            std::thread::yield_now();
+        }
+        let good = prep.prepare(HOG.elf).unwrap();
+        let bad = prep.prepare(&HOG.elf[..40]).map(|_| ());
+        preempt.preempt();
+        (good, bad)
+    });
+    let out = dev.run(Duration::from_secs(3600));
+    let (good, bad) = worker.join().unwrap();
+    assert_eq!(out.stop, StopReason::Preempted);
+    match bad {
+        Err(DeviceError::BadFirmware(msg)) => assert!(msg.contains("not a valid ELF"), "{msg}"),
+        other => panic!("a truncated image was prepared: {other:?}"),
+    }
+    // The prepared image, installed in a second context, computes what the
+    // host reference says.
+    let id2 = coproc_core::VcoprocId(2);
+    let cb2 = Arc::new(coproc_core::control::ControlBlock::default());
+    dev.create_context(ContextSpec {
+        id: id2,
+        control: cb2.clone(),
+    })
+    .unwrap();
+    let info = dev.install_firmware(id2, good).unwrap();
+    assert!(info.code_bytes > 0);
+    dev.switch(Some(id2));
+    while cb2.read_out(0) < 4 {
+        dev.run(Duration::from_millis(5));
+    }
+    let (done, x) = (u64::from(cb2.read_out(0)), cb2.read_out(1));
+    assert_eq!(reference::hog_state(done << 16), x);
+    // Something prepared for another class is refused, not misread.
+    let foreign: coproc_core::device::PreparedFirmware = Box::new(HOG.elf.to_vec());
+    assert!(matches!(
+        dev.install_firmware(id2, foreign),
+        Err(DeviceError::BadFirmware(_))
+    ));
+}
+
+#[test]
+fn a_bad_image_is_refused_before_the_runner_is_involved() {
+    let p = pcoproc(200);
+    let v = p
+        .create_vcoproc(DomainId(1), SchedParams::default())
+        .unwrap();
+    p.shutdown();
+    // No runner is left: a refusal can only come from the loading thread.
+    match v.load_firmware("bad", b"MZ\x90\x00 this is not an elf file at all....") {
+        Err(CoreError::Device(DeviceError::BadFirmware(msg))) => {
+            assert!(msg.contains("bad magic"), "{msg}")
+        }
+        other => panic!("expected a firmware error, got {other:?}"),
+    }
+    assert!(matches!(
+        v.load_firmware("fir", FIR.elf),
+        Err(CoreError::Shutdown(_))
+    ));
+}
+
+/// CPUs this thread may run on.
+fn allowed_cpus() -> Vec<usize> {
+    let set = rustix::thread::sched_getaffinity(None).unwrap();
+    (0..rustix::thread::CpuSet::MAX_CPU)
+        .filter(|&c| set.is_set(c))
+        .collect()
+}
+
+/// Runner thread CPU time.
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+#[test]
+fn a_run_is_charged_the_cpu_time_it_got_not_the_wall_time() {
+    use coproc_core::device::{Device, StopReason};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // Pin this thread, and the spinner it starts, to one CPU: they share
+    // it, so the host deschedules the device's runner (this thread) for
+    // part of every run. Where pinning is refused, one spinner per CPU
+    // competes instead.
+    let cpus = allowed_cpus();
+    let mut one = rustix::thread::CpuSet::new();
+    one.set(cpus[0]);
+    let pinned = rustix::thread::sched_setaffinity(None, &one).is_ok();
+    let (mut dev, _, cb) = hog_device();
+    let stop = Arc::new(AtomicBool::new(false));
+    let spinners: Vec<_> = (0..if pinned { 1 } else { cpus.len() })
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    let budget = Duration::from_millis(30);
+    let mut contested = 0;
+    for _ in 0..200 {
+        let (wall0, cpu0) = (std::time::Instant::now(), thread_cpu());
+        let out = dev.run(budget);
+        let (wall, cpu) = (wall0.elapsed(), thread_cpu() - cpu0);
+        assert_eq!(out.stop, StopReason::BudgetSpent);
+        // Charged no more than the CPU time this thread had around the run
+        // (a wall-clock charge exceeds it whenever the runner waited for
+        // the CPU) ...
+        assert!(out.ran <= cpu, "charged {:?} > CPU time {cpu:?}", out.ran);
+        // ... and given its whole budget in CPU time, however long the
+        // host kept it off the CPU.
+        assert!(
+            out.ran >= budget,
+            "charged {:?} < budget {budget:?}",
+            out.ran
+        );
+        // Count the runs where the runner really waited for the CPU (a
+        // quarter of the budget or more).
+        if wall >= cpu + budget / 4 {
+            contested += 1;
+            if contested == 3 {
+                break;
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    spinners.into_iter().for_each(|s| s.join().unwrap());
+    assert!(cb.read_out(0) > 0, "the hog ran");
+    assert_eq!(
+        contested, 3,
+        "the spinner never took the CPU from the runner"
+    );
+}

@@ -36,13 +36,13 @@
 //! memory it may still touch.
 
 use crate::gpu::{compute_family, GpuError, GpuInfo, Instance};
-use crate::shader::{self, PipelineSpec, ShaderLimits};
+use crate::shader::{Compiled, PipelineSpec, ShaderLimits, ShaderPrep};
 use crate::{Import, VulkanConfig};
 use ash::vk;
 use coproc_core::control::ControlBlock;
 use coproc_core::device::{
-    Capabilities, ContextSpec, Device, DeviceError, FirmwareInfo, Preempt, PreemptHandle,
-    Preemption, RunOutcome, StopReason, SwitchOutcome,
+    Capabilities, ContextSpec, Device, DeviceError, FirmwareInfo, FirmwarePrep, Preempt,
+    PreemptHandle, Preemption, PreparedFirmware, RunOutcome, StopReason, SwitchOutcome,
 };
 use coproc_core::fault::{Access, DeviceFault, FaultReason};
 use coproc_core::ids::ContextId;
@@ -1558,9 +1558,28 @@ impl Device for VulkanDevice {
     }
 
     fn load_firmware(&mut self, id: ContextId, image: &[u8]) -> Result<FirmwareInfo, DeviceError> {
-        let limits = self.limits.shader;
-        let specs =
-            shader::compile(image, &limits).map_err(|e| DeviceError::BadFirmware(e.to_string()))?;
+        let prepared = self.firmware_prep().prepare(image)?;
+        self.install_firmware(id, prepared)
+    }
+
+    fn firmware_prep(&self) -> Arc<dyn FirmwarePrep> {
+        Arc::new(ShaderPrep {
+            limits: self.limits.shader,
+        })
+    }
+
+    /// Creates the pipelines of firmware [`ShaderPrep`] compiled; naga's
+    /// work was done on the loading thread. The specs are kept, so device
+    /// loss recovery builds the pipelines again from them.
+    fn install_firmware(
+        &mut self,
+        id: ContextId,
+        fw: PreparedFirmware,
+    ) -> Result<FirmwareInfo, DeviceError> {
+        let specs = fw
+            .downcast::<Compiled>()
+            .map_err(|_| DeviceError::BadFirmware("prepared for another device class".into()))?
+            .pipelines;
         let gpu = &self.gpu;
         let ctx = self.ctxs.get_mut(&id).ok_or(DeviceError::NoContext(id))?;
         ctx.firmware = None;

@@ -9,6 +9,7 @@
 //! `layout(push_constant)` in GLSL) up to 128 bytes; anything else (uniform
 //! buffers, textures, other groups) is refused.
 
+use coproc_core::device::{DeviceError, FirmwarePrep, PreparedFirmware};
 use coproc_proto::gpu::{PUSH_WORDS, SLOTS};
 use naga::valid::{Capabilities, GlobalUse, ValidationFlags, Validator};
 use naga::{AddressSpace, ShaderStage, StorageAccess};
@@ -76,6 +77,32 @@ pub struct PipelineSpec {
     pub push_bytes: u32,
     /// Workgroup size.
     pub workgroup: [u32; 3],
+}
+
+/// A firmware image compiled by [`ShaderPrep`]: its pipelines' SPIR-V and
+/// reflection, ready for pipeline creation.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    /// One per compute entry point, in declaration order.
+    pub pipelines: Vec<PipelineSpec>,
+}
+
+/// The vulkan class's [`FirmwarePrep`]: parses, validates and rewrites an
+/// image with naga ([`compile`]) on the loading thread, against the limits
+/// of the device it came from. It needs no `VkDevice`: only creating the
+/// pipelines is left to the runner.
+#[derive(Debug, Clone, Copy)]
+pub struct ShaderPrep {
+    /// The limits modules are checked against.
+    pub limits: ShaderLimits,
+}
+
+impl FirmwarePrep for ShaderPrep {
+    fn prepare(&self, image: &[u8]) -> Result<PreparedFirmware, DeviceError> {
+        let pipelines =
+            compile(image, &self.limits).map_err(|e| DeviceError::BadFirmware(e.to_string()))?;
+        Ok(Box::new(Compiled { pipelines }))
+    }
 }
 
 /// Parse, validate and rewrite a firmware image into its pipelines.

@@ -231,6 +231,68 @@ fn bad_firmware_is_refused_and_the_vcoproc_stays_usable() {
     v.load_firmware("twoentry", TWOENTRY.image).unwrap();
 }
 
+/// naga's work happens on the loading thread, not on the runner: a
+/// `FirmwarePrep` taken from one device compiles on another thread, after
+/// that device is gone, and what it made installs on a second device like
+/// a plain load; a bad image is refused by `prepare` even when no runner is
+/// left to ask.
+#[test]
+fn firmware_is_compiled_off_the_runner() {
+    use coproc_core::control::ControlBlock;
+    use coproc_core::device::{ContextSpec, Device};
+    use coproc_core::{CoreError, DeviceError, VcoprocId};
+    use coproc_vulkan::VulkanDevice;
+    let prep = VulkanDevice::new(VulkanConfig::default())
+        .expect("vulkan device (lavapipe installed?)")
+        .firmware_prep();
+    let (good, bad) = std::thread::spawn(move || {
+        (
+            prep.prepare(TWOENTRY.image),
+            prep.prepare(b"@compute @workgroup_size(1) fn main( {"),
+        )
+    })
+    .join()
+    .unwrap();
+    match bad {
+        Err(DeviceError::BadFirmware(m)) => assert!(m.contains("does not parse"), "{m}"),
+        other => panic!("a bad module was prepared: {:?}", other.map(|_| ())),
+    }
+    let mut dev = VulkanDevice::new(VulkanConfig::default()).unwrap();
+    for id in [VcoprocId(1), VcoprocId(2)] {
+        dev.create_context(ContextSpec {
+            id,
+            control: std::sync::Arc::new(ControlBlock::default()),
+        })
+        .unwrap();
+    }
+    let installed = dev.install_firmware(VcoprocId(1), good.unwrap()).unwrap();
+    let loaded = dev.load_firmware(VcoprocId(2), TWOENTRY.image).unwrap();
+    assert_eq!(installed, loaded);
+    assert!(installed.code_bytes > 0);
+    // Bytes are not a compiled image of this class.
+    assert!(matches!(
+        dev.install_firmware(VcoprocId(1), Box::new(TWOENTRY.image.to_vec())),
+        Err(DeviceError::BadFirmware(_))
+    ));
+    drop(dev);
+
+    let pc = pcoproc(VulkanConfig::default());
+    let v = pc
+        .create_vcoproc(coproc_core::ids::DomainId(1), Default::default())
+        .unwrap();
+    pc.shutdown();
+    match v.load_firmware("bad", b"@compute @workgroup_size(1) fn main( {") {
+        Err(CoreError::Device(DeviceError::BadFirmware(m))) => {
+            assert!(m.contains("does not parse"), "{m}")
+        }
+        other => panic!("expected a firmware error, got {other:?}"),
+    }
+    assert!(matches!(
+        v.load_firmware("twoentry", TWOENTRY.image),
+        Err(CoreError::Shutdown(_))
+    ));
+}
+
 /// The SPIR-V path takes what naga itself wrote too, and pipelines are
 /// numbered by entry point.
 #[test]
