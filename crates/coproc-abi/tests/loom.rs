@@ -73,10 +73,13 @@ impl QueueMem for Model {
         if off < u64::from(RING_OFFSET) {
             unreachable!("header words are read as index words")
         }
-        // SAFETY: loom's cell checks the access; the pointer is to a live
-        // array of 64 bytes and `slot` checked the length.
-        self.slot(off, buf.len())
-            .with(|p| buf.copy_from_slice(unsafe { &*p }));
+        self.slot(off, buf.len()).with(|p| {
+            // SAFETY: loom's cell checks the access (a concurrent write is
+            // reported as a race); `p` points to a live 64-byte array and
+            // `slot` checked the length.
+            let src = unsafe { &*p };
+            buf.copy_from_slice(src);
+        });
     }
     fn write_at(&self, off: u64, data: &[u8]) {
         if off < u64::from(RING_OFFSET) {
@@ -85,9 +88,11 @@ impl QueueMem for Model {
             assert_eq!(data, word.to_le_bytes(), "header word {off:#x}");
             return;
         }
-        // SAFETY: as in `read_at`, for writing.
-        self.slot(off, data.len())
-            .with_mut(|p| unsafe { &mut *p }.copy_from_slice(data));
+        self.slot(off, data.len()).with_mut(|p| {
+            // SAFETY: as in `read_at`, for writing.
+            let dst = unsafe { &mut *p };
+            dst.copy_from_slice(data);
+        });
     }
     fn load_index(&self, off: u64) -> u32 {
         match self.index(off) {
