@@ -58,7 +58,7 @@ impl Model {
     fn slot(&self, off: u64, len: usize) -> &UnsafeCell<[u8; 64]> {
         let rel = off - u64::from(RING_OFFSET);
         assert!(
-            rel % 64 == 0 && len == 64,
+            rel.is_multiple_of(64) && len == 64,
             "the ring logic copies whole entries"
         );
         &self.slots[usize::try_from(rel / 64).unwrap()]
