@@ -99,6 +99,33 @@ fn queue_jobs_send_no_socket_messages_in_either_mode() {
         )
         .is_err());
     assert_eq!(c.messages(), before);
+    // Refused by the daemon too, when a client writes such a header itself.
+    {
+        use coproc_proto::queue::{bytes_for, Producer, OFF_FLAGS};
+        let v = c.open("mcu0").unwrap();
+        let mem = coproc_client::SharedMem::new(bytes_for(ENTRIES).unwrap()).unwrap();
+        Producer::init(&mem, ENTRIES).unwrap();
+        mem.write(OFF_FLAGS, &5000u32.to_le_bytes()).unwrap();
+        let flags = rustix::event::EventfdFlags::CLOEXEC;
+        let e1 = rustix::event::eventfd(0, flags).unwrap();
+        let e2 = rustix::event::eventfd(0, flags).unwrap();
+        use rustix::fd::AsFd;
+        let req = coproc_proto::Request::CreateQueue {
+            vcoproc: v,
+            iova: 0x6000_0000,
+            entries: ENTRIES,
+        };
+        let e = c
+            .call(req, &[mem.fd(), e1.as_fd(), e2.as_fd()])
+            .unwrap_err();
+        assert_eq!(
+            e.code(),
+            Some(coproc_client::ErrorCode::InvalidArgument),
+            "{e}"
+        );
+        assert!(e.to_string().contains("busy-poll"), "{e}");
+        c.destroy(v).unwrap();
+    }
     let mut event = set_up(&mut c, Duration::ZERO);
     let mut polled = set_up(&mut c, Duration::from_micros(300));
     let set_up_msgs = c.messages();
