@@ -7,6 +7,10 @@ scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --release --locked
+# The queue index protocol under loom (its own target dir, so the cfg does
+# not rebuild the main one).
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+    cargo test -p coproc-abi --release --locked --test loom
 cargo build --release --locked -q -p coprocd -p coproc-cli
 ./target/release/coproc demo -o json > /dev/null
 ./target/release/coproc demo --in-process -o json > /dev/null

@@ -1,7 +1,8 @@
 /* qecho: serves a queue. Mailbox in: [0] queue iova, [1] queue mapping
  * length. For every submission it posts a completion with the same tag,
  * status = opcode and result[i] = args[i] + opcode, then notifies once per
- * batch. Mailbox out: [0] completions posted, [1] times the domain's ring
+ * batch. Between batches it waits with coproc_queue_idle: spinning on the
+ * ring for the queue's busy-poll budget, if it has one, then parking. Mailbox out: [0] completions posted, [1] times the domain's ring
  * indices were garbage, [2] 1 if the queue header was refused. */
 #include "coproc.h"
 
@@ -40,6 +41,6 @@ int main(void) {
         if (posted || q.garbage) {
             coproc_notify(done);
         }
-        coproc_wait_doorbell();
+        coproc_queue_idle(&q);
     }
 }

@@ -108,12 +108,19 @@ __attribute__((noreturn)) static inline void coproc_exit(uint32_t code) {
  *
  * Layout of a queue mapping (all little-endian u32):
  *   0x000 header: magic COPROC_QUEUE_MAGIC, entries (power of two), entry
- *         size (64), flags
+ *         size (64), flags = busy-poll budget in us (0: event-driven;
+ *         at most COPROC_QUEUE_MAX_POLL_US, larger values are clamped)
  *   0x040 sq_tail  (written by the domain)
  *   0x080 sq_head  (written by the firmware)
  *   0x0c0 cq_tail  (written by the firmware)
  *   0x100 cq_head  (written by the domain)
  *   0x1000 submission entries, then completion entries, 64 bytes each.
+ *
+ * Ordering: an entry is written before the index that publishes it, and
+ * copied out before the index that gives its slot back. On this single
+ * core the volatile accesses keep that order (no cache between the core
+ * and the mapped pages); the host side uses Acquire/Release atomics
+ * (coproc-abi).
  *
  * The domain is untrusted: the helpers keep their own copies of the indices
  * they own, mask every slot number, and copy an entry out before using it,
@@ -123,6 +130,7 @@ __attribute__((noreturn)) static inline void coproc_exit(uint32_t code) {
 #define COPROC_QUEUE_MAX_ENTRIES 4096u
 #define COPROC_QUEUE_ENTRY_SIZE 64u
 #define COPROC_QUEUE_RING_OFFSET 0x1000u
+#define COPROC_QUEUE_MAX_POLL_US 1000u
 
 typedef struct {
     uint32_t opcode;
@@ -144,6 +152,7 @@ typedef struct {
     uint32_t sq_head; /* private copies of the indices we own */
     uint32_t cq_tail;
     uint32_t garbage; /* times the domain's indices made no sense */
+    uint32_t poll_us; /* busy-poll budget from the header's flags word */
 } coproc_queue_t;
 
 #define COPROC_Q_WORD(q, off) ((q)->base[(off) / 4u])
@@ -164,6 +173,27 @@ static inline int coproc_queue_init(coproc_queue_t *q, uint32_t iova, uint32_t l
     q->sq_head = COPROC_Q_WORD(q, 0x080u);
     q->cq_tail = COPROC_Q_WORD(q, 0x0c0u);
     q->garbage = 0u;
+    uint32_t poll_us = COPROC_Q_WORD(q, 0x00cu);
+    q->poll_us = poll_us > COPROC_QUEUE_MAX_POLL_US ? COPROC_QUEUE_MAX_POLL_US : poll_us;
+    return 0;
+}
+
+/* Nothing left to do on `q`: wait for more. With a busy-poll budget, first
+ * spin on the submission tail for up to that long (measured on this
+ * vcoproc's run-time register, so the spin counts only while it runs and
+ * is charged to it); a new submission returns at once, without parking.
+ * Then (and always with a zero budget) park until a doorbell. Returns 1 if
+ * a submission arrived while spinning, 0 after a doorbell. */
+static inline int coproc_queue_idle(coproc_queue_t *q) {
+    if (q->poll_us != 0u) {
+        uint64_t end = coproc_time_ns() + (uint64_t)q->poll_us * 1000u;
+        do {
+            if (COPROC_Q_WORD(q, 0x040u) != q->sq_head) {
+                return 1;
+            }
+        } while (coproc_time_ns() < end);
+    }
+    coproc_wait_doorbell();
     return 0;
 }
 

@@ -582,13 +582,20 @@ fn gpu_workload(fw: &str, d: &mut dyn GpuDomain, scale: u32) -> Check {
 struct QueueRegion(Arc<Region>);
 
 impl QueueMem for QueueRegion {
+    fn len(&self) -> u64 {
+        QueueMem::len(&*self.0)
+    }
     fn read_at(&self, off: u64, buf: &mut [u8]) {
-        if self.0.read(off, buf).is_err() {
-            buf.fill(0);
-        }
+        self.0.read_at(off, buf)
     }
     fn write_at(&self, off: u64, data: &[u8]) {
-        let _ = self.0.write(off, data);
+        self.0.write_at(off, data)
+    }
+    fn load_index(&self, off: u64) -> u32 {
+        self.0.load_index(off)
+    }
+    fn store_index(&self, off: u64, v: u32) {
+        self.0.store_index(off, v)
     }
 }
 

@@ -21,12 +21,18 @@ use std::time::{Duration, Instant};
 pub const NOTES: &str =
     "rtt_*: one request through a queue, submit + doorbell to completion read, \
 event-driven (the domain sleeps on its completion eventfd; in-process: on the notification). \
+poll_rtt_*: the same through the daemon on a busy-poll queue (budget 200 us: qecho spins on \
+the submission tail and the SDK on the completion tail before either sleeps). \
+socket_msgs_per_job: socket frames the client sent and received during the timed round trips \
+(both modes, warm-up included), per job, counted by the SDK. \
 *_rps_N: requests per second with N clients, each its own vcoproc and queue, batches of 16. \
 daemon_vs_inprocess_pct: daemon requests/s as % of in-process at 4 clients.";
 
 const ENTRIES: u32 = 64;
 const BATCH: u32 = 16;
 const IOVA: u64 = 0x6000_0000;
+/// Busy-poll budget of the poll_rtt queue.
+const POLL: Duration = Duration::from_micros(200);
 
 /// One client's queue, either way.
 trait Lane {
@@ -38,7 +44,7 @@ trait Lane {
 }
 
 struct DaemonLane {
-    _client: Client,
+    client: Client,
     q: Queue,
 }
 
@@ -85,14 +91,16 @@ impl Lane for LocalLane {
     }
 }
 
-fn daemon_lane(socket: &std::path::Path) -> anyhow::Result<DaemonLane> {
+/// A daemon client with a qecho vcoproc and a queue (busy-poll budget
+/// `poll`, zero: event-driven).
+fn daemon_lane(socket: &std::path::Path, poll: Duration) -> anyhow::Result<DaemonLane> {
     let mut c = Client::connect_to(socket)?;
     let v = c.open("mcu0")?;
     c.load_firmware(v, "qecho", QECHO.elf)?;
-    let q = c.create_queue(v, IOVA, ENTRIES)?;
+    let q = c.create_queue_with(v, IOVA, ENTRIES, poll)?;
     c.mbox_write(v, 0, &[IOVA as u32, q.len() as u32])?;
     c.start(v)?;
-    Ok(DaemonLane { _client: c, q })
+    Ok(DaemonLane { client: c, q })
 }
 
 fn local_lane(p: &Arc<Pcoproc>, d: u32) -> anyhow::Result<LocalLane> {
@@ -153,10 +161,14 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Round-trip times of single requests, in µs, sorted.
+/// Untimed round trips before the timed ones.
+const WARMUP: usize = 200;
+
+/// Round-trip times of single requests, in µs, sorted (after
+/// [`WARMUP`] untimed ones).
 fn rtts(l: &mut dyn Lane, n: usize) -> anyhow::Result<Vec<f64>> {
     let mut tag = 1;
-    for _ in 0..200 {
+    for _ in 0..WARMUP {
         batch(l, &mut tag, 1)?;
     }
     let mut v = Vec::with_capacity(n);
@@ -213,9 +225,30 @@ pub fn ring(rounds: usize) -> anyhow::Result<BTreeMap<&'static str, f64>> {
     let trips = 1000 * rounds.max(1);
     let mut m = BTreeMap::new();
 
-    let mut dl = daemon_lane(&daemon.socket)?;
+    let mut dl = daemon_lane(&daemon.socket, Duration::ZERO)?;
+    let before = dl.client.messages();
     let d = rtts(&mut dl, trips)?;
+    let mut msgs = dl.client.messages().total() - before.total();
     drop(dl);
+    let mut pl = daemon_lane(&daemon.socket, POLL)?;
+    let before = pl.client.messages();
+    let pd = rtts(&mut pl, trips)?;
+    msgs += pl.client.messages().total() - before.total();
+    drop(pl);
+    // Per job of the timed round trips (the warm-up ones included, which
+    // are jobs on the same queues too).
+    m.insert(
+        "socket_msgs_per_job",
+        msgs as f64 / (2 * (trips + WARMUP)) as f64,
+    );
+    m.insert(
+        "poll_rtt_p50_us",
+        (percentile(&pd, 0.5) * 10.0).round() / 10.0,
+    );
+    m.insert(
+        "poll_rtt_p99_us",
+        (percentile(&pd, 0.99) * 10.0).round() / 10.0,
+    );
     let mut ll = local_lane(&p, 1)?;
     let l = rtts(&mut ll, trips)?;
     let _ = ll.v.destroy();
@@ -239,7 +272,7 @@ pub fn ring(rounds: usize) -> anyhow::Result<BTreeMap<&'static str, f64>> {
         (8, "daemon_rps_8", "inprocess_rps_8"),
     ] {
         let lanes = (0..n)
-            .map(|_| daemon_lane(&daemon.socket))
+            .map(|_| daemon_lane(&daemon.socket, Duration::ZERO))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let dr = rate(lanes, span)?;
         let lanes = (0..n)

@@ -48,24 +48,12 @@ pub use coproc_proto::gpu::{
 use crate::{Client, ClientError, Cqe, Queue};
 use std::collections::{HashMap, VecDeque};
 
-/// Mailbox-in word the device reads the queue's iova from (the vulkan
-/// class's `device::MBOX_QUEUE`).
-pub const MBOX_QUEUE: u32 = 0;
+/// Mailbox-in word the device reads the queue's iova from
+/// (`coproc_abi::gpu::MBOX_QUEUE`).
+pub const MBOX_QUEUE: u32 = coproc_proto::gpu::MBOX_QUEUE as u32;
 
-/// Mailbox-out words a `vulkan` vcoproc keeps up to date (the vulkan
-/// class's `device::mbox_out`).
-pub mod mbox_out {
-    /// Completions posted.
-    pub const POSTED: usize = 0;
-    /// Times the ring's submission tail was garbage.
-    pub const GARBAGE: usize = 1;
-    /// 1 if the queue named by mailbox-in word 0 was refused.
-    pub const BAD_QUEUE: usize = 2;
-    /// Commands executed on the GPU (dispatch, copy, fill).
-    pub const EXECUTED: usize = 3;
-    /// Commands refused.
-    pub const REFUSED: usize = 4;
-}
+/// Mailbox-out words a `vulkan` vcoproc keeps up to date.
+pub use coproc_proto::gpu::mbox_out;
 
 /// A GPU vcoproc's counters, from its mailbox-out words.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

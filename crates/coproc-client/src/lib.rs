@@ -20,6 +20,10 @@ pub use coproc_proto::{
 };
 pub use gpu::GpuCounters;
 pub use queue::Queue;
+
+/// The longest busy-poll budget a queue can have
+/// ([`Client::create_queue_with`]).
+pub const MAX_BUSY_POLL: Duration = Duration::from_micros(coproc_proto::queue::MAX_POLL_US as u64);
 pub use shm::{SharedMem, SvaMem};
 
 use coproc_proto::fdpass::{send_frame, Receiver, TransportError};
@@ -136,6 +140,23 @@ macro_rules! answer {
     };
 }
 
+/// Frames a [`Client`] exchanged with the daemon on its socket
+/// ([`Client::messages`]): the data path (queues) never adds to them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Messages {
+    /// Frames sent (requests).
+    pub sent: u64,
+    /// Frames received (replies and events).
+    pub received: u64,
+}
+
+impl Messages {
+    /// Both directions together.
+    pub fn total(&self) -> u64 {
+        self.sent + self.received
+    }
+}
+
 /// A session with the daemon.
 #[derive(Debug)]
 pub struct Client {
@@ -144,6 +165,7 @@ pub struct Client {
     next_id: u64,
     events: VecDeque<Event>,
     identity: Identity,
+    messages: Messages,
 }
 
 impl Client {
@@ -169,6 +191,7 @@ impl Client {
                 pid: 0,
                 admin: false,
             },
+            messages: Messages::default(),
         };
         match c.call(Request::Hello { version: VERSION }, &[])? {
             Answer::Welcome { identity, .. } => c.identity = identity,
@@ -186,9 +209,16 @@ impl Client {
         &self.identity
     }
 
+    /// Frames sent to and received from the daemon so far (counted as
+    /// they are sent and decoded, hello included).
+    pub fn messages(&self) -> Messages {
+        self.messages
+    }
+
     fn read_frame(&mut self, deadline: Option<Instant>) -> Result<ServerFrame, ClientError> {
         loop {
             if let Some((body, _fds)) = self.rx.next_frame().map_err(TransportError::from)? {
+                self.messages.received += 1;
                 return decode::<ServerFrame>(&body)
                     .map_err(|e| ClientError::Protocol(e.to_string()));
             }
@@ -224,6 +254,7 @@ impl Client {
         let frame =
             encode(&ClientFrame { id, req }).map_err(|e| ClientError::Protocol(e.to_string()))?;
         send_frame(self.sock.as_fd(), &frame, fds)?;
+        self.messages.sent += 1;
         loop {
             match self.read_frame(None)? {
                 ServerFrame::Reply { id: rid, result } if rid == id => return Ok(result?),
@@ -299,14 +330,41 @@ impl Client {
         answer!(self.call(req, &[mem.fd()])?, Answer::Done => ())
     }
 
-    /// Create a queue of `entries` entries whose rings appear at `iova`.
+    /// Create an event-driven queue of `entries` entries whose rings
+    /// appear at `iova`.
     pub fn create_queue(
         &mut self,
         vcoproc: u32,
         iova: u64,
         entries: u32,
     ) -> Result<Queue, ClientError> {
-        let q = Queue::new(iova, entries)?;
+        self.create_queue_with(vcoproc, iova, entries, Duration::ZERO)
+    }
+
+    /// Create a queue with a busy-poll budget (`Duration::ZERO`:
+    /// event-driven, what [`Client::create_queue`] makes; at most
+    /// [`MAX_BUSY_POLL`]). With a budget, [`Queue::wait`] spins on the
+    /// completion tail for up to that long before it sleeps on the
+    /// completion eventfd, and firmware that follows the queue protocol
+    /// (`coproc_queue_idle` in the mcu SDK) spins on the submission tail
+    /// for as long before it parks. The budget is written into the queue
+    /// header's flags word.
+    pub fn create_queue_with(
+        &mut self,
+        vcoproc: u32,
+        iova: u64,
+        entries: u32,
+        busy_poll: Duration,
+    ) -> Result<Queue, ClientError> {
+        let poll_us = u32::try_from(busy_poll.as_micros())
+            .ok()
+            .filter(|&us| us <= coproc_proto::queue::MAX_POLL_US)
+            .ok_or_else(|| {
+                ClientError::Invalid(format!(
+                    "busy poll {busy_poll:?} over the maximum {MAX_BUSY_POLL:?}"
+                ))
+            })?;
+        let q = Queue::new(iova, entries, poll_us)?;
         answer!(self.call(
             Request::CreateQueue {
                 vcoproc,

@@ -34,26 +34,34 @@ fn mem_err(e: rustix::io::Errno) -> ClientError {
 }
 
 impl QueueMem for SharedMem {
+    fn len(&self) -> u64 {
+        QueueMem::len(self.region())
+    }
     fn read_at(&self, off: u64, buf: &mut [u8]) {
-        if self.read(off, buf).is_err() {
-            buf.fill(0);
-        }
+        self.region().read_at(off, buf)
     }
     fn write_at(&self, off: u64, data: &[u8]) {
-        let _ = self.write(off, data);
+        self.region().write_at(off, data)
+    }
+    fn load_index(&self, off: u64) -> u32 {
+        self.region().load_index(off)
+    }
+    fn store_index(&self, off: u64, v: u32) {
+        self.region().store_index(off, v)
     }
 }
 
 impl Queue {
     /// Ring memory, doorbell and completion eventfds for `entries` entries,
     /// header initialised. Hand it to the daemon with `Client::create_queue`.
-    pub(crate) fn new(iova: u64, entries: u32) -> Result<Queue, ClientError> {
+    /// `poll_us`: the busy-poll budget (0: event-driven).
+    pub(crate) fn new(iova: u64, entries: u32, poll_us: u32) -> Result<Queue, ClientError> {
         let bytes = queue::bytes_for(entries).ok_or_else(|| {
             ClientError::Memory(format!("{entries} entries: use a power of two up to 4096"))
         })?;
         let mem = SharedMem::new(bytes)?;
-        let ring = Producer::init(&mem, entries)
-            .ok_or_else(|| ClientError::Memory("bad queue size".into()))?;
+        let ring = Producer::init_with(&mem, entries, poll_us)
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
         let flags = rustix::event::EventfdFlags::CLOEXEC;
         let doorbell = rustix::event::eventfd(0, flags).map_err(mem_err)?;
         let completion = rustix::event::eventfd(0, flags).map_err(mem_err)?;
@@ -133,8 +141,33 @@ impl Queue {
         Ok(())
     }
 
-    /// Wait until the completion eventfd fires (or `timeout`); true if it did.
+    /// The busy-poll budget (zero: event-driven).
+    pub fn busy_poll(&self) -> Duration {
+        Duration::from_micros(u64::from(self.ring.poll_us()))
+    }
+
+    /// Wait until a completion may be ready (or `timeout`); true if one
+    /// may be. With a busy-poll budget, first spin on the completion tail
+    /// (one `Acquire` load per turn) for up to the budget: a completion
+    /// posted meanwhile returns at once, without a system call. Otherwise
+    /// (and after the budget) sleep on the completion eventfd until it
+    /// fires. A `true` can be early (the eventfd still counts completions
+    /// taken after a spin): take completions with [`Queue::complete`]
+    /// and wait again if there are none.
     pub fn wait(&self, timeout: Duration) -> Result<bool, ClientError> {
+        let budget = self.busy_poll().min(timeout);
+        if !budget.is_zero() {
+            let start = Instant::now();
+            loop {
+                if self.ring.ready(&self.mem) {
+                    return Ok(true);
+                }
+                if start.elapsed() >= budget {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        }
         let ts = rustix::time::Timespec {
             tv_sec: timeout.as_secs() as i64,
             tv_nsec: timeout.subsec_nanos() as i64,
@@ -272,6 +305,7 @@ mod tests {
     use crate::{ClientError, Command, Status};
     use coproc_core::memory::Region;
     use coproc_proto::gpu::op;
+    use coproc_proto::queue::Consumer;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
@@ -301,45 +335,23 @@ mod tests {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
-            let word = |off: u64| {
-                let mut b = [0u8; 4];
-                std::sync::atomic::fence(Ordering::Acquire);
-                mem.read(off, &mut b).unwrap();
-                u32::from_le_bytes(b)
-            };
-            let set = |off: u64, v: u32| {
-                std::sync::atomic::fence(Ordering::Release);
-                mem.write(off, &v.to_le_bytes()).unwrap();
-            };
-            let (mut head, mut cq_tail, mut aborted) = (0u32, 0u32, false);
+            let mut ring = Consumer::attach(&mem).unwrap();
+            assert_eq!(ring.entries(), entries);
+            let mut aborted = false;
             while !flag.load(Ordering::Acquire) {
-                let tail = word(queue::OFF_SQ_TAIL);
                 let mut posted = false;
-                while head != tail && cq_tail.wrapping_sub(word(queue::OFF_CQ_HEAD)) < entries {
-                    let slot = u64::from(head & (entries - 1));
-                    let mut b = [0u8; 64];
-                    mem.read(u64::from(queue::RING_OFFSET) + slot * 64, &mut b)
-                        .unwrap();
-                    let w = |i: usize| u32::from_le_bytes(b[4 * i..4 * i + 4].try_into().unwrap());
-                    let sqe = Sqe {
-                        opcode: w(0),
-                        tag: w(1),
-                        args: std::array::from_fn(|i| w(2 + i)),
-                    };
-                    let index = head;
-                    head = head.wrapping_add(1);
-                    set(queue::OFF_SQ_HEAD, head);
+                while !ring.cq_full(&mem) {
+                    let Some(sqe) = ring.pop(&mem) else { break };
+                    let index = ring.sq_head().wrapping_sub(1);
                     let mut post = |status: Status, r: [u32; 2]| {
-                        let mut c = [0u8; 64];
-                        c[..4].copy_from_slice(&sqe.tag.to_le_bytes());
-                        c[4..8].copy_from_slice(&(status as u32).to_le_bytes());
-                        c[8..12].copy_from_slice(&r[0].to_le_bytes());
-                        c[12..16].copy_from_slice(&r[1].to_le_bytes());
-                        let slot = u64::from(entries + (cq_tail & (entries - 1)));
-                        mem.write(u64::from(queue::RING_OFFSET) + slot * 64, &c)
-                            .unwrap();
-                        cq_tail = cq_tail.wrapping_add(1);
-                        set(queue::OFF_CQ_TAIL, cq_tail);
+                        let mut result = [0u32; 14];
+                        result[..2].copy_from_slice(&r);
+                        let c = Cqe {
+                            tag: sqe.tag,
+                            status: status as u32,
+                            result,
+                        };
+                        assert!(ring.push(&mem, &c));
                         posted = true;
                     };
                     match Command::decode(&sqe) {
@@ -385,7 +397,7 @@ mod tests {
 
     #[test]
     fn jobs_complete_and_refusals_are_typed_errors() {
-        let mut q = Queue::new(0x1000_0000, 16).unwrap();
+        let mut q = Queue::new(0x1000_0000, 16, 0).unwrap();
         let _gpu = fake_gpu(&q);
         let a = q.submit_job(&work(0, 11)).unwrap();
         let b = q.submit_job(&work(3, 22)).unwrap();
@@ -434,8 +446,9 @@ mod tests {
     #[test]
     fn full_rings_are_waited_for_politely() {
         // Four entries: every job fills the ring; one of 23 commands
-        // streams through it.
-        let mut q = Queue::new(0x1000_0000, 4).unwrap();
+        // streams through it. Busy-poll mode: waits spin first.
+        let mut q = Queue::new(0x1000_0000, 4, 200).unwrap();
+        assert_eq!(q.busy_poll(), Duration::from_micros(200));
         let _gpu = fake_gpu(&q);
         let long = (0..21)
             .fold(Job::new(), |j, i| j.fill(0x2000_0000, 4, i))
@@ -455,7 +468,7 @@ mod tests {
 
     #[test]
     fn no_device_means_a_timeout_and_the_job_stays_outstanding() {
-        let mut q = Queue::new(0x1000_0000, 8).unwrap();
+        let mut q = Queue::new(0x1000_0000, 8, 0).unwrap();
         let t = q.submit_job(&work(0, 1)).unwrap();
         assert!(matches!(
             q.wait_job(t, Duration::from_millis(20)),

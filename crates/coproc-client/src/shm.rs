@@ -41,6 +41,11 @@ impl SharedMem {
         }
     }
 
+    /// The region behind it.
+    pub(crate) fn region(&self) -> &Region {
+        &self.0
+    }
+
     /// The address of its first byte in this process.
     pub fn addr(&self) -> u64 {
         self.0.addr()

@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// Words in each mailbox direction.
-pub const MBOX_WORDS: usize = 16;
+/// Words in each mailbox direction (`coproc_abi::control::MBOX_WORDS`).
+pub const MBOX_WORDS: usize = coproc_abi::control::MBOX_WORDS as usize;
 /// Console lines kept per vcoproc; older ones are dropped (and counted).
 pub const CONSOLE_LINES: usize = 64;
 /// Longest console line; longer output is split.

@@ -5,6 +5,8 @@
 //!   cycle, fault records and counters;
 //! - [`device`]: the [`Device`] trait each device class implements;
 //! - [`memory`], [`iova`]: domain memory and per-vcoproc iova spaces;
+//!   [`shared`]: a [`memory::Region`] as `coproc-abi` shared memory (the
+//!   typed accessor and the queue rings);
 //! - [`control`]: the mailbox/doorbell control block a vcoproc shares with
 //!   its domain;
 //! - [`policy`]: scheduling policies;
@@ -25,6 +27,7 @@ pub mod pcoproc;
 pub mod policy;
 pub mod ratelimit;
 mod runner;
+pub mod shared;
 pub mod state;
 pub mod stats;
 pub mod system;

@@ -328,31 +328,29 @@ impl Region {
     /// Copy bytes out of the region.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
         self.check(offset, buf.len() as u64)?;
-        // SAFETY: the range was checked to lie inside the live mapping; the
-        // destination is a distinct Rust buffer.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.ptr.as_ptr().add(offset as usize),
-                buf.as_mut_ptr(),
-                buf.len(),
-            );
-        }
-        Ok(())
+        // SAFETY: `ptr..ptr + len` is the live mapping, valid for reads and
+        // writes until `drop`, which the view's borrow of `self` outlasts;
+        // nothing forms references to its pages.
+        let view = unsafe { coproc_abi::Shared::new(self.ptr.as_ptr(), self.len as usize) };
+        view.and_then(|v| v.read(offset, buf).ok())
+            .ok_or(MemoryError::OutOfRange {
+                offset,
+                len: buf.len() as u64,
+                size: self.len,
+            })
     }
 
     /// Copy bytes into the region.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), MemoryError> {
         self.check(offset, data.len() as u64)?;
-        // SAFETY: the range was checked to lie inside the live mapping; the
-        // source is a distinct Rust buffer.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                data.as_ptr(),
-                self.ptr.as_ptr().add(offset as usize),
-                data.len(),
-            );
-        }
-        Ok(())
+        // SAFETY: as in `read`: the live mapping, borrowed for the view.
+        let view = unsafe { coproc_abi::Shared::new(self.ptr.as_ptr(), self.len as usize) };
+        view.and_then(|v| v.write(offset, data).ok())
+            .ok_or(MemoryError::OutOfRange {
+                offset,
+                len: data.len() as u64,
+                size: self.len,
+            })
     }
 
     /// Read a vector of bytes.

@@ -9,6 +9,7 @@
 use coproc_core::iova::{MapKind, Perms};
 use coproc_core::memory::{MemoryError, Region};
 use coproc_core::{CoreError, VcoprocHandle};
+use coproc_proto::queue::QueueMem;
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
@@ -44,18 +45,25 @@ pub enum DriveError {
 /// Domain memory holding a queue, for a domain in the same process as its
 /// pcoproc (tests, the in-process demo and benchmarks): the
 /// [`coproc_proto::queue::QueueMem`] the domain's [`coproc_proto::queue::Producer`]
-/// works on.
+/// works on (the region's own, `coproc_core::shared`).
 #[derive(Debug, Clone)]
 pub struct RegionQueue(pub Arc<Region>);
 
-impl coproc_proto::queue::QueueMem for RegionQueue {
+impl QueueMem for RegionQueue {
+    fn len(&self) -> u64 {
+        QueueMem::len(&*self.0)
+    }
     fn read_at(&self, off: u64, buf: &mut [u8]) {
-        if self.0.read(off, buf).is_err() {
-            buf.fill(0);
-        }
+        self.0.read_at(off, buf)
     }
     fn write_at(&self, off: u64, data: &[u8]) {
-        let _ = self.0.write(off, data);
+        self.0.write_at(off, data)
+    }
+    fn load_index(&self, off: u64) -> u32 {
+        self.0.load_index(off)
+    }
+    fn store_index(&self, off: u64, v: u32) {
+        self.0.store_index(off, v)
     }
 }
 

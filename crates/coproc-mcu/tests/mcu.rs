@@ -503,6 +503,7 @@ fn header_matches_rust_abi() {
             ("COPROC_QUEUE_MAX_ENTRIES", queue::MAX_ENTRIES),
             ("COPROC_QUEUE_ENTRY_SIZE", queue::ENTRY_SIZE),
             ("COPROC_QUEUE_RING_OFFSET", queue::RING_OFFSET),
+            ("COPROC_QUEUE_MAX_POLL_US", queue::MAX_POLL_US),
         ])
         .collect();
     let mut seen = 0;
@@ -535,6 +536,7 @@ fn header_matches_rust_abi() {
     assert_eq!(seen, all.len(), "every ABI constant is in the header");
     // The header's offsets of the queue indices (in the helpers) match.
     for (off, name) in [
+        (queue::OFF_FLAGS, "0x00cu"),
         (queue::OFF_SQ_TAIL, "0x040u"),
         (queue::OFF_SQ_HEAD, "0x080u"),
         (queue::OFF_CQ_TAIL, "0x0c0u"),

@@ -5,15 +5,16 @@
 //!   passed alongside (SCM_RIGHTS). Every frame from a peer is hostile:
 //!   sizes are bounded before anything is allocated.
 //! - [`msg`]: the messages: requests, replies, events, error codes.
-//! - [`gpu`]: the commands a domain writes into a GPU vcoproc's queue.
+//! - [`gpu`] and [`queue`]: the shared-memory layouts, re-exported from
+//!   `coproc-abi` (the queue rings and the GPU command words).
 //! - [`fdpass`]: sending and receiving frames with file descriptors over a
 //!   blocking or non-blocking socket.
 
 pub mod fdpass;
 pub mod frame;
-pub mod gpu;
 pub mod msg;
-pub mod queue;
+
+pub use coproc_abi::{gpu, queue};
 
 pub use frame::{Decoder, FrameError, MAGIC, MAX_BODY, MAX_FDS};
 pub use msg::*;

@@ -39,6 +39,7 @@ use crate::gpu::{compute_family, GpuError, GpuInfo, Instance};
 use crate::shader::{Compiled, PipelineSpec, ShaderLimits, ShaderPrep};
 use crate::{Import, VulkanConfig};
 use ash::vk;
+use coproc_abi::Shared;
 use coproc_core::control::ControlBlock;
 use coproc_core::device::{
     Capabilities, ContextSpec, Device, DeviceError, FirmwareInfo, FirmwarePrep, Preempt,
@@ -49,7 +50,7 @@ use coproc_core::ids::ContextId;
 use coproc_core::iova::Mapping;
 use coproc_core::memory::Region;
 use coproc_proto::gpu::{Command, Status, PUSH_WORDS, SLOTS};
-use coproc_proto::queue::{self as q, Cqe, Sqe};
+use coproc_proto::queue::{self as q, Consumer, Cqe, Garbage, Sqe};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -62,21 +63,9 @@ pub const IOVA_END: u64 = 0xF000_0000;
 /// Mapping granularity.
 const PAGE: u64 = 4096;
 
-/// Mailbox-in word holding the queue's iova.
-pub const MBOX_QUEUE: usize = 0;
-/// Mailbox-out words the device keeps up to date.
-pub mod mbox_out {
-    /// Completions posted.
-    pub const POSTED: usize = 0;
-    /// Times the ring's submission tail was garbage.
-    pub const GARBAGE: usize = 1;
-    /// 1 if the queue at mailbox-in word 0 was refused.
-    pub const BAD_QUEUE: usize = 2;
-    /// Commands executed on the GPU (dispatch, copy, fill).
-    pub const EXECUTED: usize = 3;
-    /// Commands refused.
-    pub const REFUSED: usize = 4;
-}
+/// Mailbox-in word holding the queue's iova, and the mailbox-out words the
+/// device keeps up to date (defined in `coproc_abi::gpu`).
+pub use coproc_proto::gpu::{mbox_out, MBOX_QUEUE};
 
 #[derive(Debug, Default)]
 struct PreemptFlag(AtomicBool);
@@ -159,68 +148,55 @@ struct Slot {
     gen: u64,
 }
 
-/// The submission ring a context serves.
+/// The submission ring a context serves: the device side of a
+/// `coproc_abi` queue, reached only through its typed accessor.
 struct Ring {
     iova: u64,
     gen: u64,
     region: Arc<Region>,
     /// Offset of the queue header in `region`.
     base: u64,
-    entries: u32,
-    head: u32,
-    cq_tail: u32,
+    /// Bytes of the queue (header and both rings).
+    len: u64,
+    ring: Consumer,
 }
 
 impl Ring {
-    fn word(&self, off: u64) -> u32 {
-        let mut b = [0u8; 4];
-        std::sync::atomic::fence(Ordering::Acquire);
-        let _ = self.region.read(self.base + off, &mut b);
-        u32::from_le_bytes(b)
+    /// The queue's memory (checked to fit the region at attach).
+    fn mem(region: &Region, base: u64, len: u64) -> Option<Shared<'_>> {
+        coproc_core::shared::view(region).sub(base, len).ok()
     }
 
-    fn set_word(&self, off: u64, v: u32) {
-        std::sync::atomic::fence(Ordering::Release);
-        let _ = self.region.write(self.base + off, &v.to_le_bytes());
+    /// Submissions waiting, or garbage (counted by the consumer).
+    fn pending(&mut self) -> Result<u32, Garbage> {
+        match Self::mem(&self.region, self.base, self.len) {
+            Some(m) => self.ring.pending(&m),
+            None => Ok(0),
+        }
     }
 
-    fn sqe(&self, idx: u32) -> Sqe {
-        let slot = u64::from(idx & (self.entries - 1));
-        let mut b = [0u8; 64];
-        let _ = self.region.read(
-            self.base + u64::from(q::RING_OFFSET) + slot * u64::from(q::ENTRY_SIZE),
-            &mut b,
-        );
-        let w = |i: usize| u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]);
-        Sqe {
-            opcode: w(0),
-            tag: w(1),
-            args: std::array::from_fn(|i| w(2 + i)),
+    /// The submission at the head.
+    fn sqe(&self) -> Sqe {
+        match Self::mem(&self.region, self.base, self.len) {
+            Some(m) => self.ring.peek(&m),
+            None => Sqe::default(),
+        }
+    }
+
+    /// Give the head's slot back.
+    fn consume(&mut self) {
+        if let Some(m) = Self::mem(&self.region, self.base, self.len) {
+            self.ring.consume(&m);
         }
     }
 
     /// Post a completion if the ring has room.
     fn post(&mut self, c: &Cqe) -> bool {
-        if self.cq_tail.wrapping_sub(self.word(q::OFF_CQ_HEAD)) >= self.entries {
-            return false;
-        }
-        let slot = u64::from(self.cq_tail & (self.entries - 1));
-        let mut b = [0u8; 64];
-        b[..4].copy_from_slice(&c.tag.to_le_bytes());
-        b[4..8].copy_from_slice(&c.status.to_le_bytes());
-        for (i, r) in c.result.iter().enumerate() {
-            b[8 + 4 * i..12 + 4 * i].copy_from_slice(&r.to_le_bytes());
-        }
-        let off =
-            u64::from(q::RING_OFFSET) + (u64::from(self.entries) + slot) * u64::from(q::ENTRY_SIZE);
-        let _ = self.region.write(self.base + off, &b);
-        self.cq_tail = self.cq_tail.wrapping_add(1);
-        self.set_word(q::OFF_CQ_TAIL, self.cq_tail);
-        true
+        Self::mem(&self.region, self.base, self.len).is_some_and(|m| self.ring.push(&m, c))
     }
 
     fn cq_full(&self) -> bool {
-        self.cq_tail.wrapping_sub(self.word(q::OFF_CQ_HEAD)) >= self.entries
+        Self::mem(&self.region, self.base, self.len).is_none_or(|m| self.ring.cq_full(&m))
     }
 }
 
@@ -1454,27 +1430,23 @@ impl VulkanDevice {
             return false;
         }
         let base = offset + off;
-        let mut h = [0u8; 12];
-        if region.read(base, &mut h).is_err() {
+        // The header must be a queue whose rings fit the mapping.
+        let Some(ring) =
+            Ring::mem(region, base, b.len - off).and_then(|m| Consumer::attach(&m).ok())
+        else {
             return false;
-        }
-        let w = |i: usize| u32::from_le_bytes([h[4 * i], h[4 * i + 1], h[4 * i + 2], h[4 * i + 3]]);
-        let (magic, entries, size) = (w(0), w(1), w(2));
-        let fits = q::bytes_for(entries).is_some_and(|n| n <= b.len - off);
-        if magic != q::MAGIC || size != q::ENTRY_SIZE || !fits {
+        };
+        let Some(len) = q::bytes_for(ring.entries()) else {
             return false;
-        }
-        let mut r = Ring {
+        };
+        let r = Ring {
             iova: want,
             gen: b.gen,
             region: region.clone(),
             base,
-            entries,
-            head: 0,
-            cq_tail: 0,
+            len,
+            ring,
         };
-        r.head = r.word(q::OFF_SQ_HEAD);
-        r.cq_tail = r.word(q::OFF_CQ_TAIL);
         ctx.ring = Some(r);
         true
     }
@@ -1691,21 +1663,22 @@ impl Device for VulkanDevice {
             let Some(ring) = ctx.ring.as_mut() else {
                 break StopReason::Waiting;
             };
-            let tail = ring.word(q::OFF_SQ_TAIL);
-            let pending = tail.wrapping_sub(ring.head);
+            let pending = match ring.pending() {
+                Ok(n) => n,
+                Err(_) => {
+                    ctx.garbage += 1;
+                    control.write_out(mbox_out::GARBAGE, ctx.garbage);
+                    break StopReason::Waiting;
+                }
+            };
             if pending == 0 {
-                break StopReason::Waiting;
-            }
-            if pending > ring.entries {
-                ctx.garbage += 1;
-                control.write_out(mbox_out::GARBAGE, ctx.garbage);
                 break StopReason::Waiting;
             }
             if ring.cq_full() {
                 break StopReason::Waiting;
             }
-            let index = ring.head;
-            let sqe = ring.sqe(index);
+            let index = ring.ring.sq_head();
+            let sqe = ring.sqe();
             let is_signal = sqe.opcode == coproc_proto::gpu::op::SIGNAL;
             // Past the budget only one job's closing signal still goes (it
             // needs no GPU time and its domain is waiting for it, which
@@ -1715,8 +1688,7 @@ impl Device for VulkanDevice {
                 break StopReason::BudgetSpent;
             }
             late_signal |= over;
-            ring.head = ring.head.wrapping_add(1);
-            ring.set_word(q::OFF_SQ_HEAD, ring.head);
+            ring.consume();
             if ctx.aborted && !is_signal {
                 continue;
             }

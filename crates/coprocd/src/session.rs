@@ -560,6 +560,29 @@ impl Session {
                         "doorbell and completion must be eventfds",
                     ));
                 }
+                // The busy-poll budget in the header's flags word: refused
+                // early if over the maximum (firmware clamps it anyway, as
+                // the domain can rewrite it). Read through a one-page
+                // mapping, which checks first that `mem` is a sealable
+                // memfd (a read of another file could block); anything
+                // else is refused by the mapping below.
+                if let Some(poll_us) = mem
+                    .try_clone()
+                    .ok()
+                    .and_then(|f| Region::from_fd(f, 0, 4096).ok())
+                    .map(|r| coproc_core::shared::view(&r).load_u32(coproc_proto::queue::OFF_FLAGS))
+                    .and_then(|w| w.ok())
+                {
+                    if poll_us > coproc_proto::queue::MAX_POLL_US {
+                        return Err(err(
+                            ErrorCode::InvalidArgument,
+                            format!(
+                                "busy-poll budget {poll_us} us over the maximum {} us",
+                                coproc_proto::queue::MAX_POLL_US
+                            ),
+                        ));
+                    }
+                }
                 let rule = d.rule(&self.who)?;
                 d.reserve(self.who.uid, Quota::Queues, 1, u64::from(rule.max_queues))?;
                 if let Err(e) =

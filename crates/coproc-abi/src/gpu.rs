@@ -21,6 +21,23 @@
 use crate::queue::Sqe;
 use thiserror::Error;
 
+/// Mailbox-in word the device reads the queue's iova from.
+pub const MBOX_QUEUE: usize = 0;
+
+/// Mailbox-out words a `vulkan` vcoproc keeps up to date.
+pub mod mbox_out {
+    /// Completions posted.
+    pub const POSTED: usize = 0;
+    /// Times the ring's submission tail was garbage.
+    pub const GARBAGE: usize = 1;
+    /// 1 if the queue named by mailbox-in word 0 was refused.
+    pub const BAD_QUEUE: usize = 2;
+    /// Commands executed on the GPU (dispatch, copy, fill).
+    pub const EXECUTED: usize = 3;
+    /// Commands refused.
+    pub const REFUSED: usize = 4;
+}
+
 /// Buffer slots a dispatch can use (bindings 0..SLOTS of set 0).
 pub const SLOTS: u32 = 8;
 /// Push constant words (128 bytes, the minimum every Vulkan device has).
@@ -248,7 +265,7 @@ impl Command {
 /// entries by hand.
 ///
 /// ```
-/// use coproc_proto::gpu::Job;
+/// use coproc_abi::gpu::Job;
 /// let job = Job::new()
 ///     .bind(0, 0x1000_0000, 4096)
 ///     .bind(1, 0x1000_1000, 4096)

@@ -1,0 +1,145 @@
+//! The queue data path through the real daemon in both modes, event-driven
+//! and busy-poll: after set-up, jobs cost the client no socket message at
+//! all (the SDK counts every frame it sends and receives), and every
+//! completion is qecho's answer computed here.
+
+mod common;
+use common::Daemon;
+
+use coproc_client::{Client, Cqe, Queue, Sqe, MAX_BUSY_POLL};
+use std::time::Duration;
+
+const CONFIG: &str = r#"
+[[pcoproc]]
+name = "mcu0"
+class = "mcu"
+policy = "rr"
+policy_params = { slice_us = "1000" }
+
+[[domain]]
+uids = "*"
+pcoprocs = ["mcu0"]
+max_vcoprocs = 8
+max_mapped_bytes = 16777216
+"#;
+
+const JOBS: u32 = 300;
+const ENTRIES: u32 = 16;
+
+/// What qecho answers to `s`.
+fn qecho(s: &Sqe) -> Cqe {
+    Cqe {
+        tag: s.tag,
+        status: s.opcode,
+        result: std::array::from_fn(|i| s.args[i].wrapping_add(s.opcode)),
+    }
+}
+
+fn job(n: u32) -> Sqe {
+    Sqe {
+        opcode: n % 5 + 1,
+        tag: n,
+        args: std::array::from_fn(|i| n.wrapping_mul(2_654_435_761).wrapping_add(i as u32)),
+    }
+}
+
+/// A qecho vcoproc with a queue of `ENTRIES` and the given budget.
+fn set_up(c: &mut Client, poll: Duration) -> Queue {
+    let v = c.open("mcu0").unwrap();
+    c.load_firmware(v, "qecho", coproc_firmware::QECHO.elf)
+        .unwrap();
+    let q = c.create_queue_with(v, 0x6000_0000, ENTRIES, poll).unwrap();
+    assert_eq!(q.busy_poll(), poll);
+    c.mbox_write(v, 0, &[q.iova() as u32, q.len() as u32])
+        .unwrap();
+    c.start(v).unwrap();
+    q
+}
+
+/// `JOBS` jobs, in batches of 1 to 8: every completion checked.
+fn run_jobs(q: &mut Queue) {
+    let mut sent = 0u32;
+    let mut done = 0u32;
+    let mut batch = 1;
+    while done < JOBS {
+        let n = batch.min(JOBS - sent);
+        for _ in 0..n {
+            assert!(q.submit(&job(sent)), "ring has room");
+            sent += 1;
+        }
+        q.ring().unwrap();
+        while done < sent {
+            match q.complete() {
+                Some(c) => {
+                    assert_eq!(c, qecho(&job(done)), "completion {done}");
+                    done += 1;
+                }
+                None => assert!(
+                    q.wait(Duration::from_secs(30)).unwrap(),
+                    "completion never came"
+                ),
+            }
+        }
+        batch = batch % 8 + 1;
+    }
+}
+
+#[test]
+fn queue_jobs_send_no_socket_messages_in_either_mode() {
+    let d = Daemon::start("busypoll", CONFIG);
+    let mut c = d.client();
+    // Refused by the SDK before anything is sent: over the maximum.
+    let before = c.messages();
+    assert!(c
+        .create_queue_with(
+            0,
+            0x6000_0000,
+            ENTRIES,
+            MAX_BUSY_POLL + Duration::from_micros(1)
+        )
+        .is_err());
+    assert_eq!(c.messages(), before);
+    // Refused by the daemon too, when a client writes such a header itself.
+    {
+        use coproc_proto::queue::{bytes_for, Producer, OFF_FLAGS};
+        let v = c.open("mcu0").unwrap();
+        let mem = coproc_client::SharedMem::new(bytes_for(ENTRIES).unwrap()).unwrap();
+        Producer::init(&mem, ENTRIES).unwrap();
+        mem.write(OFF_FLAGS, &5000u32.to_le_bytes()).unwrap();
+        let flags = rustix::event::EventfdFlags::CLOEXEC;
+        let e1 = rustix::event::eventfd(0, flags).unwrap();
+        let e2 = rustix::event::eventfd(0, flags).unwrap();
+        use rustix::fd::AsFd;
+        let req = coproc_proto::Request::CreateQueue {
+            vcoproc: v,
+            iova: 0x6000_0000,
+            entries: ENTRIES,
+        };
+        let e = c
+            .call(req, &[mem.fd(), e1.as_fd(), e2.as_fd()])
+            .unwrap_err();
+        assert_eq!(
+            e.code(),
+            Some(coproc_client::ErrorCode::InvalidArgument),
+            "{e}"
+        );
+        assert!(e.to_string().contains("busy-poll"), "{e}");
+        c.destroy(v).unwrap();
+    }
+    let mut event = set_up(&mut c, Duration::ZERO);
+    let mut polled = set_up(&mut c, Duration::from_micros(300));
+    let set_up_msgs = c.messages();
+    assert!(set_up_msgs.sent >= 10 && set_up_msgs.received >= set_up_msgs.sent);
+    run_jobs(&mut event);
+    run_jobs(&mut polled);
+    run_jobs(&mut event);
+    assert_eq!(
+        c.messages(),
+        set_up_msgs,
+        "jobs in both modes went through shared memory and eventfds only"
+    );
+    // The control path still counts.
+    c.list_coprocs().unwrap();
+    assert_eq!(c.messages().sent, set_up_msgs.sent + 1);
+    assert_eq!(c.messages().received, set_up_msgs.received + 1);
+}
