@@ -355,6 +355,45 @@ impl Shared {
         self.kick_runner();
     }
 
+    /// Wake `id` if it waits. Never waits for a lock that device work can
+    /// hold: the scheduling lock is only tried; when it is taken (a command
+    /// runs between slices, or a snapshot is read) the wake-up goes to the
+    /// runner's queue instead and the runner applies it on its next turn.
+    pub(crate) fn wake(&self, id: VcoprocId, doorbells: u64) {
+        let g = match self.inner.try_lock() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                self.defer_wake(id, doorbells);
+                return;
+            }
+        };
+        let mut g = g;
+        if g.failed.is_some() {
+            return;
+        }
+        // Policy code runs here on the domain's thread: a panic in it is
+        // contained like one on the runner (the pcoproc fails visibly).
+        let woke = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.wake_in(&mut g, id, doorbells)
+        }));
+        match woke {
+            Ok(true) => {
+                drop(g);
+                self.kick_runner();
+            }
+            Ok(false) => {}
+            Err(p) => {
+                let msg = runner::panic_message(p.as_ref());
+                runner::fail(self, &mut g, &format!("policy panicked: {msg}"));
+                drop(g);
+                self.inner.clear_poison();
+                self.kick_runner();
+                self.state_cv.notify_all();
+            }
+        }
+    }
+
     /// Whether the pcoproc failed, and why.
     fn failure(&self, g: &Inner) -> Option<CoreError> {
         g.failed
@@ -497,6 +536,20 @@ impl Pcoproc {
             .recv()
             .map_err(|_| CoreError::Shutdown(name.to_string()))?
             .map_err(CoreError::Device)?;
+        // The sentinel: takes doorbells while the runner runs a slice (see
+        // `wakeup`); ends when the runner does.
+        let sentinel = shared.clone();
+        std::thread::Builder::new()
+            .name(format!("doorbells-{name}"))
+            .spawn(move || {
+                let mut rung = Vec::new();
+                while sentinel.wakeup.sentinel_wait(&mut rung) {
+                    for v in rung.drain(..) {
+                        sentinel.wake(v, 1);
+                    }
+                }
+            })
+            .map_err(|e| CoreError::Device(DeviceError::Backend(e.to_string())))?;
         Ok(Arc::new(Pcoproc {
             shared,
             caps,
@@ -801,43 +854,8 @@ impl Pcoproc {
         self.shared.state_cv.notify_all();
     }
 
-    /// Wake `id` if it waits. Never waits for a lock that device work can
-    /// hold: the scheduling lock is only tried; when it is taken (a command
-    /// runs between slices, or a snapshot is read) the wake-up goes to the
-    /// runner's queue instead and the runner applies it on its next turn.
     fn wake(&self, id: VcoprocId, doorbell: bool) {
-        let g = match self.shared.inner.try_lock() {
-            Ok(g) => g,
-            Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => {
-                self.shared.defer_wake(id, u64::from(doorbell));
-                return;
-            }
-        };
-        let mut g = g;
-        if g.failed.is_some() {
-            return;
-        }
-        // Policy code runs here on the domain's thread: a panic in it is
-        // contained like one on the runner (the pcoproc fails visibly).
-        let woke = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.shared.wake_in(&mut g, id, u64::from(doorbell))
-        }));
-        match woke {
-            Ok(true) => {
-                drop(g);
-                self.shared.kick_runner();
-            }
-            Ok(false) => {}
-            Err(p) => {
-                let msg = runner::panic_message(p.as_ref());
-                runner::fail(&self.shared, &mut g, &format!("policy panicked: {msg}"));
-                drop(g);
-                self.shared.inner.clear_poison();
-                self.shared.kick_runner();
-                self.shared.state_cv.notify_all();
-            }
-        }
+        self.shared.wake(id, u64::from(doorbell));
     }
 
     /// Wake vcoproc `id` if it is waiting, for an event of the device itself
@@ -1095,7 +1113,10 @@ impl VcoprocHandle {
         if self.control.state() == VcoprocState::Destroyed {
             return Err(CoreError::NoVcoproc(self.id));
         }
-        self.pcoproc.shared.wakeup.add_doorbell(self.id, fd)?;
+        self.pcoproc
+            .shared
+            .wakeup
+            .add_doorbell(self.id, fd, self.control.clone())?;
         // Destroyed meanwhile: do not keep the descriptor.
         if self.control.state() == VcoprocState::Destroyed {
             self.pcoproc.shared.wakeup.remove_vcoproc(self.id);

@@ -86,6 +86,7 @@ pub(crate) fn run(mut device: Box<dyn Device>, shared: &Shared) {
         shared.wakeup.clear();
         // Release the device without trusting it further.
         let _ = catch_unwind(AssertUnwindSafe(move || drop(device)));
+        shared.wakeup.stop_sentinel();
         shared.state_cv.notify_all();
         return;
     }
@@ -104,6 +105,7 @@ pub(crate) fn run(mut device: Box<dyn Device>, shared: &Shared) {
         tracing::error!(pcoproc = %shared.name, "runner: device code panicked while shutting down");
     }
     shared.wakeup.clear();
+    shared.wakeup.stop_sentinel();
     lock_views(&shared.views).maps.clear();
     let mut g = shared.lock();
     for vc in g.vcoprocs.values_mut() {
@@ -227,16 +229,11 @@ fn run_slice(
     out
 }
 
-/// The doorbell eventfds of the vcoprocs in `rung` were written: ring their
-/// doorbells (the firmware sees the count in its control block) and wake
-/// them.
+/// The doorbell eventfds of the vcoprocs in `rung` were written (and their
+/// doorbells rung in their control blocks): wake them.
 fn ring_doorbells(shared: &Shared, g: &mut Inner, rung: &mut Vec<VcoprocId>) {
     for v in rung.drain(..) {
-        let control = g.vcoprocs.get(&v).map(|vc| vc.control.clone());
-        if let Some(c) = control {
-            c.ring();
-            shared.wake_in(g, v, 1);
-        }
+        shared.wake_in(g, v, 1);
     }
 }
 

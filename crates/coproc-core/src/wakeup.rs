@@ -12,7 +12,16 @@
 //! Kicks from other threads (a queued command, a wake-up) write the kick
 //! eventfd only while the runner is about to wait or waiting (`idle`), so a
 //! busy runner costs its kickers nothing but an atomic load.
+//!
+//! The doorbell eventfds sit in a set of their own (`bells`), nested in the
+//! runner's set. While the runner runs a slice it cannot wait, so the
+//! pcoproc's sentinel thread waits on `bells` all the time: whoever of the
+//! two takes a doorbell's edge first rings it and wakes the vcoproc (the
+//! sentinel through the lock-free wake path, so a policy can still cut the
+//! running slice short for it). Ringing happens here, under the table's
+//! lock, with the control block registered beside the descriptor.
 
+use crate::control::ControlBlock;
 use crate::ids::VcoprocId;
 use rustix::event::epoll;
 use rustix::fd::{AsFd, OwnedFd};
@@ -38,15 +47,26 @@ pub const MAX_DOORBELLS_PER_VCOPROC: usize = 64;
 
 /// The key of the runner's own kick eventfd in the epoll set.
 const KICK_KEY: u64 = 0;
+/// The key of the nested doorbell set in the runner's set.
+const BELLS_KEY: u64 = 1;
+/// The key of the sentinel's stop eventfd in the doorbell set.
+const STOP_KEY: u64 = 2;
+
+/// One registered doorbell: its vcoproc, the eventfd, the control block
+/// the ring is counted in.
+type Bell = (VcoprocId, OwnedFd, std::sync::Arc<ControlBlock>);
 
 /// The runner's wait set.
 pub(crate) struct Wakeup {
     epoll: OwnedFd,
     kick: OwnedFd,
+    /// The doorbell eventfds (and the sentinel's stop eventfd).
+    bells: OwnedFd,
+    stop: OwnedFd,
     /// The runner is about to wait or waiting: kickers must write `kick`.
     idle: AtomicBool,
     /// Registered doorbells: epoll key → (vcoproc, eventfd).
-    doorbells: Mutex<HashMap<u64, (VcoprocId, OwnedFd)>>,
+    doorbells: Mutex<HashMap<u64, Bell>>,
     /// How many are registered (the busy runner polls only if any are).
     count: AtomicUsize,
     next_key: AtomicU64,
@@ -71,17 +91,33 @@ impl Wakeup {
             epoll::EventData::new_u64(KICK_KEY),
             epoll::EventFlags::IN,
         )?;
+        let bells = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        epoll::add(
+            &epoll,
+            &bells,
+            epoll::EventData::new_u64(BELLS_KEY),
+            epoll::EventFlags::IN,
+        )?;
+        let stop = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        epoll::add(
+            &bells,
+            &stop,
+            epoll::EventData::new_u64(STOP_KEY),
+            epoll::EventFlags::IN,
+        )?;
         Ok(Wakeup {
             epoll,
             kick,
+            bells,
+            stop,
             idle: AtomicBool::new(false),
             doorbells: Mutex::new(HashMap::new()),
             count: AtomicUsize::new(0),
-            next_key: AtomicU64::new(KICK_KEY + 1),
+            next_key: AtomicU64::new(STOP_KEY + 1),
         })
     }
 
-    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (VcoprocId, OwnedFd)>> {
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Bell>> {
         self.doorbells.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -106,20 +142,25 @@ impl Wakeup {
         self.idle.store(false, Ordering::SeqCst);
     }
 
-    /// Register `fd` (an eventfd) as a doorbell of `v`.
-    pub(crate) fn add_doorbell(&self, v: VcoprocId, fd: OwnedFd) -> Result<u64, WakeupError> {
+    /// Register `fd` (an eventfd) as a doorbell of `v`, counted in `control`.
+    pub(crate) fn add_doorbell(
+        &self,
+        v: VcoprocId,
+        fd: OwnedFd,
+        control: std::sync::Arc<ControlBlock>,
+    ) -> Result<u64, WakeupError> {
         let mut t = self.table();
-        if t.values().filter(|(o, _)| *o == v).count() >= MAX_DOORBELLS_PER_VCOPROC {
+        if t.values().filter(|(o, _, _)| *o == v).count() >= MAX_DOORBELLS_PER_VCOPROC {
             return Err(WakeupError::TooMany(MAX_DOORBELLS_PER_VCOPROC));
         }
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         epoll::add(
-            &self.epoll,
+            &self.bells,
             &fd,
             epoll::EventData::new_u64(key),
             epoll::EventFlags::IN | epoll::EventFlags::ET,
         )?;
-        t.insert(key, (v, fd));
+        t.insert(key, (v, fd, control));
         self.count.store(t.len(), Ordering::Relaxed);
         Ok(key)
     }
@@ -129,12 +170,12 @@ impl Wakeup {
         let mut t = self.table();
         let keys: Vec<u64> = t
             .iter()
-            .filter(|(_, (o, _))| *o == v)
+            .filter(|(_, (o, _, _))| *o == v)
             .map(|(&k, _)| k)
             .collect();
         for k in keys {
-            if let Some((_, fd)) = t.remove(&k) {
-                let _ = epoll::delete(&self.epoll, fd.as_fd());
+            if let Some((_, fd, _)) = t.remove(&k) {
+                let _ = epoll::delete(&self.bells, fd.as_fd());
             }
         }
         self.count.store(t.len(), Ordering::Relaxed);
@@ -143,10 +184,15 @@ impl Wakeup {
     /// Forget every doorbell (shutdown).
     pub(crate) fn clear(&self) {
         let mut t = self.table();
-        for (_, (_, fd)) in t.drain() {
-            let _ = epoll::delete(&self.epoll, fd.as_fd());
+        for (_, (_, fd, _)) in t.drain() {
+            let _ = epoll::delete(&self.bells, fd.as_fd());
         }
         self.count.store(0, Ordering::Relaxed);
+    }
+
+    /// End the sentinel (the runner is gone).
+    pub(crate) fn stop_sentinel(&self) {
+        let _ = rustix::io::write(&self.stop, &1u64.to_ne_bytes());
     }
 
     /// Whether any doorbell eventfd is registered.
@@ -154,40 +200,75 @@ impl Wakeup {
         self.count.load(Ordering::Relaxed) > 0
     }
 
-    /// Wait up to `timeout` (zero: just look) and push the vcoprocs whose
-    /// doorbell eventfds were written into `rung`. Returns with the kick
-    /// eventfd drained.
+    /// The runner: wait up to `timeout` (zero: just look) and push the
+    /// vcoprocs whose doorbell eventfds were written (and rung) into `rung`.
+    /// Returns with the kick eventfd drained.
     pub(crate) fn wait(&self, timeout: Duration, rung: &mut Vec<VcoprocId>) {
-        let mut events: Vec<epoll::Event> = Vec::with_capacity(32);
-        let ts = rustix::event::Timespec {
-            tv_sec: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
-            tv_nsec: i64::from(timeout.subsec_nanos()),
-        };
-        let r = epoll::wait(
-            &self.epoll,
-            rustix::buffer::spare_capacity(&mut events),
-            Some(&ts),
-        );
-        if r.is_err() {
+        let mut events: Vec<epoll::Event> = Vec::with_capacity(4);
+        if epoll_wait(&self.epoll, &mut events, Some(timeout)).is_err() {
             // EINTR: the caller loops anyway.
             return;
         }
         let mut kicked = false;
-        let t = (events.iter().any(|e| e.data.u64() != KICK_KEY)).then(|| self.table());
         for e in &events {
-            let key = e.data.u64();
-            if key == KICK_KEY {
-                kicked = true;
-            } else if let Some((v, _)) = t.as_ref().and_then(|t| t.get(&key)) {
-                if !rung.contains(v) {
-                    rung.push(*v);
+            match e.data.u64() {
+                KICK_KEY => kicked = true,
+                _ => {
+                    self.take_bells(Duration::ZERO, rung);
                 }
             }
         }
-        drop(t);
         if kicked {
             let mut b = [0u8; 8];
             let _ = rustix::io::read(&self.kick, &mut b);
         }
     }
+
+    /// Take the doorbell edges that are there (waiting up to `timeout`):
+    /// ring each vcoproc's doorbell once and push it into `rung`. False once
+    /// the sentinel is told to stop.
+    fn take_bells(&self, timeout: Duration, rung: &mut Vec<VcoprocId>) -> bool {
+        let mut events: Vec<epoll::Event> = Vec::with_capacity(32);
+        let t = (timeout != Duration::MAX).then_some(timeout);
+        if epoll_wait(&self.bells, &mut events, t).is_err() {
+            return true;
+        }
+        if events.is_empty() {
+            return true;
+        }
+        let table = self.table();
+        let mut go = true;
+        for e in &events {
+            let key = e.data.u64();
+            if key == STOP_KEY {
+                go = false;
+            } else if let Some((v, _, control)) = table.get(&key) {
+                if !rung.contains(v) {
+                    control.ring();
+                    rung.push(*v);
+                }
+            }
+        }
+        go
+    }
+
+    /// The sentinel: block until doorbells are written (rung and pushed
+    /// into `rung`); false once told to stop.
+    pub(crate) fn sentinel_wait(&self, rung: &mut Vec<VcoprocId>) -> bool {
+        self.take_bells(Duration::MAX, rung)
+    }
+}
+
+/// `epoll_wait` into `events` (its capacity), `None`: no timeout.
+fn epoll_wait(
+    set: &OwnedFd,
+    events: &mut Vec<epoll::Event>,
+    timeout: Option<Duration>,
+) -> rustix::io::Result<()> {
+    let ts = timeout.map(|t| rustix::event::Timespec {
+        tv_sec: i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
+        tv_nsec: i64::from(t.subsec_nanos()),
+    });
+    epoll::wait(set, rustix::buffer::spare_capacity(events), ts.as_ref())?;
+    Ok(())
 }
