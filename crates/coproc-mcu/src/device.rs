@@ -483,6 +483,32 @@ impl McuDevice {
         Ok(())
     }
 
+    /// Reset a context to its loaded image without touching its code memory:
+    /// firmware can never write code memory (it is read/execute only) and
+    /// only `install` does, so the code is still the image's, and the
+    /// engine's translations of it (and of every other context's code) stay
+    /// valid. Data memory is zeroed and the image's data segments written
+    /// again; registers start over. Keeping the translation cache is what
+    /// keeps a domain that resets in a loop from costing every other domain
+    /// a retranslation of its code.
+    fn restart(&mut self, id: ContextId, image: &Image) -> Result<(), DeviceError> {
+        static ZERO: [u8; DATA_SIZE as usize] = [0; DATA_SIZE as usize];
+        let slot = self.ctx(id)?.slot;
+        self.uc
+            .mem_write(slot.data, &ZERO)
+            .map_err(|e| uc_err("clear data", e))?;
+        for s in image.segments.iter().filter(|s| s.vaddr >= DATA_BASE) {
+            self.uc
+                .mem_write(slot.data + u64::from(s.vaddr - DATA_BASE), &s.data)
+                .map_err(|e| uc_err("load segment", e))?;
+        }
+        self.ctx(id)?.fresh = true;
+        if self.uc.get_data().current == Some(id) {
+            self.init_regs(id)?;
+        }
+        Ok(())
+    }
+
     /// Registers of a freshly started context: reset core, SP at the top of
     /// data memory, PC at the entry point.
     fn init_regs(&mut self, id: ContextId) -> Result<(), DeviceError> {
@@ -991,7 +1017,7 @@ impl Device for McuDevice {
     fn reset_context(&mut self, id: ContextId) -> Result<(), DeviceError> {
         let image = self.ctx(id)?.image.clone();
         match image {
-            Some(image) => self.install(id, image),
+            Some(image) => self.restart(id, &image),
             None => {
                 let slot = self.ctx(id)?.slot;
                 self.clear(slot)?;
