@@ -168,6 +168,10 @@ struct State {
     /// the context has demand faults on: (page address, access). The
     /// engine restores the faulting instruction and stops.
     page_fault: Option<(u64, Access)>,
+    /// While set, the TLB hook maps every address to itself: how one slot's
+    /// physical code range is named to the engine's cache invalidation,
+    /// which takes addresses through the TLB (see `McuDevice::drop_code`).
+    identity: bool,
 }
 
 impl State {
@@ -295,6 +299,7 @@ impl McuDevice {
             trap: None,
             page_mask: 0,
             page_fault: None,
+            identity: false,
         };
         let mut uc = Unicorn::new_with_data(Arch::ARM, Mode::THUMB | Mode::MCLASS, state)
             .map_err(|e| uc_err("open", e))?;
@@ -313,6 +318,12 @@ impl McuDevice {
         uc.add_tlb_hook(0, u64::MAX, |uc, vaddr, access| {
             let pc = uc.reg_read(RegisterARM::PC).unwrap_or(0);
             let st = uc.get_data_mut();
+            if st.identity {
+                return Some(TlbEntry {
+                    paddr: vaddr,
+                    perms: Prot::READ | Prot::EXEC,
+                });
+            }
             if let Some((paddr, prot)) = st.translate(vaddr) {
                 if allows(prot, access) {
                     return Some(TlbEntry { paddr, perms: prot });
@@ -455,8 +466,29 @@ impl McuDevice {
         self.uc
             .mem_write(slot.data, &ZERO[..DATA_SIZE as usize])
             .map_err(|e| uc_err("clear data", e))?;
-        self.uc.ctl_flush_tb().map_err(|e| uc_err("flush tb", e))?;
-        Ok(())
+        self.drop_code(slot)
+    }
+
+    /// Drop the engine's translations of one slot's code, and only those:
+    /// the engine does not notice writes to code memory by itself, and
+    /// flushing its whole cache would make every other context retranslate
+    /// its code (a cost one domain loading firmware in a loop would put on
+    /// all the others). The invalidation takes a guest address through the
+    /// TLB, so the hook maps addresses to themselves meanwhile and the
+    /// slot's physical range is named directly. Should the engine refuse,
+    /// the whole cache is flushed instead.
+    fn drop_code(&mut self, slot: Slot) -> Result<(), DeviceError> {
+        self.uc.get_data_mut().identity = true;
+        let _ = self.uc.ctl_flush_tlb();
+        let r = self
+            .uc
+            .ctl_remove_cache(slot.code, slot.code + u64::from(CODE_SIZE));
+        self.uc.get_data_mut().identity = false;
+        let _ = self.uc.ctl_flush_tlb();
+        match r {
+            Ok(()) => Ok(()),
+            Err(_) => self.uc.ctl_flush_tb().map_err(|e| uc_err("flush tb", e)),
+        }
     }
 
     /// Write the image into the context's memory and mark its registers for

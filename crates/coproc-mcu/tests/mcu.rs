@@ -586,6 +586,47 @@ fn preemption_never_repeats_or_loses_control_block_accesses() {
 }
 
 #[test]
+fn reloading_a_context_runs_its_new_code_and_the_others_keep_theirs() {
+    let p = pcoproc(200);
+    // A context whose code the engine has translated, kept busy throughout.
+    let a = vcoproc(&p, 1, CRC32);
+    let abuf = Buffer::map(&a, 4096, MapKind::Pinned).unwrap();
+    a.start().unwrap();
+    let mut rng = TestRng::new(21);
+    let mut check_a = |seq: u32| {
+        let data = rng.bytes(4000);
+        assert_eq!(
+            drive::crc32(&a, &abuf, &data, seq, T).unwrap(),
+            reference::crc32(&data)
+        );
+    };
+    check_a(1);
+    // Another context runs probe, then crc32 at the same code addresses,
+    // then probe again: each time its new code runs, never a stale
+    // translation of the previous image, and a's code is never disturbed.
+    let b = vcoproc(&p, 2, PROBE);
+    b.start().unwrap();
+    let magic = abi::CB_BASE + abi::CB_MAGIC;
+    assert_eq!(drive::probe(&b, 1, magic, 0, T).unwrap(), abi::MAGIC);
+    check_a(2);
+    b.stop().unwrap();
+    b.load_firmware("crc32", CRC32.elf).unwrap();
+    let bbuf = Buffer::map(&b, 4096, MapKind::Pinned).unwrap();
+    b.start().unwrap();
+    let data = TestRng::new(22).bytes(3000);
+    assert_eq!(
+        drive::crc32(&b, &bbuf, &data, 1, T).unwrap(),
+        reference::crc32(&data)
+    );
+    check_a(3);
+    b.stop().unwrap();
+    b.load_firmware("probe", PROBE.elf).unwrap();
+    b.start().unwrap();
+    assert_eq!(drive::probe(&b, 1, magic, 0, T).unwrap(), abi::MAGIC);
+    check_a(4);
+}
+
+#[test]
 fn context_limit_is_enforced_and_freed_contexts_are_reused() {
     let rr = RoundRobin::new(Duration::from_micros(200)).unwrap();
     let p = Pcoproc::spawn("mcu0", factory(McuConfig { max_contexts: 3 }), Box::new(rr)).unwrap();

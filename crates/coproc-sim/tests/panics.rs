@@ -159,8 +159,9 @@ fn a_panic_that_cannot_be_contained_fails_the_pcoproc_visibly() {
         let b = b.clone();
         std::thread::spawn(move || b.wait_notify(0, Duration::from_secs(120)))
     };
-    a.start().unwrap();
+    // b first: a's run may start (and panic) as soon as a is started.
     b.start().unwrap();
+    a.start().unwrap();
     // The runner ends and releases the device.
     assert!(matches!(sim.run_until(10 * MS), Err(SimError::Detached)));
     let why = p.failed().expect("the pcoproc failed");
