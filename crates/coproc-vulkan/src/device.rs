@@ -219,6 +219,26 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// The first domain buffer `work` uses whose mapping was revoked (its
+    /// view trapped), as the fault to report.
+    fn trapped(&self, work: &Work) -> Option<DeviceFault> {
+        let used: Vec<(u64, bool)> = match work {
+            Work::Dispatch { binds, .. } => binds
+                .iter()
+                .map(|&(_, start, _, _)| (start, self.bufs[&start].writable))
+                .collect(),
+            Work::Copy { src, dst, .. } => vec![(src.0, false), (dst.0, true)],
+            Work::Fill { dst, .. } => vec![(dst.0, true)],
+        };
+        used.into_iter()
+            .find_map(|(start, write)| match &self.bufs.get(&start)?.backing {
+                Backing::Domain { region, .. } if region.is_trapped() => {
+                    Some(revoked(start, write))
+                }
+                _ => None,
+            })
+    }
+
     /// The buffer holding `[iova, iova + len)` (len 0: to its end), as
     /// (buffer iova, offset in it, length).
     fn resolve(&self, iova: u64, len: u64) -> Option<(u64, u64, u64)> {
@@ -1141,7 +1161,18 @@ impl VulkanDevice {
                 }
             }
         };
-        match self.submit(id, &work) {
+        // A mapping revoked meanwhile (its view trapped, the runner's
+        // tidy-up still to come) is gone: the command faults before it runs,
+        // and a command that was running when the revoke came faults after
+        // it, since part of its work went to the throwaway pages.
+        if let Some(f) = self.ctxs.get(&id).and_then(|c| c.trapped(&work)) {
+            return Step::Fault(f);
+        }
+        let submitted = self.submit(id, &work);
+        if let Some(f) = self.ctxs.get(&id).and_then(|c| c.trapped(&work)) {
+            return Step::Fault(f);
+        }
+        match submitted {
             Ok(ns) => {
                 *gpu_ns += ns;
                 if let Some(c) = self.ctxs.get_mut(&id) {

@@ -272,16 +272,28 @@ fn revoke_while_jobs_use_the_mapping() {
         log.len() > ok.len(),
         "jobs after the revoke did not run: {log:?}"
     );
-    // Every job that ran before the revoke did its whole work.
+    // Every job that completed before the revoke did its whole work. The
+    // job in flight when revoke returned (the first one not `Ok`: revoke
+    // does not wait for it, and it faults) may have done part of its work
+    // before the pages were withdrawn: each word is either untouched by it
+    // or its result.
     let mut want = vec![0u32; words];
     for j in &ok {
         want = reference::touch(&want, *j);
     }
+    let partial = reference::touch(&want, log[ok.len()].0);
     let got: Vec<u32> = snapshot
         .chunks(4)
         .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
         .collect();
-    assert_eq!(got, want);
+    for (w, g) in got.iter().enumerate() {
+        assert!(
+            *g == want[w] || *g == partial[w],
+            "word {w}: {g} is neither {} nor {}",
+            want[w],
+            partial[w]
+        );
+    }
     // Later jobs were refused (bad iova) or the vcoproc faulted at it.
     for (_, s) in &log[ok.len()..] {
         assert!(
