@@ -38,6 +38,11 @@ pub struct Args {
     /// Revokes of the revoke benchmark.
     #[arg(long, default_value_t = 10_000)]
     revokes: usize,
+    /// Scheduling policy of the isolation benchmark's pcoprocs (5 ms
+    /// slices): `credit` (what tenants sharing a device would be given) or
+    /// `rr`.
+    #[arg(long, default_value = "credit", value_parser = ["credit", "rr"])]
+    policy: String,
     /// Threads of this process that spin on CPU work for the whole
     /// measurement (started before it, stopped after), to measure on a
     /// busy host.
@@ -187,7 +192,7 @@ pub fn run(args: &Args, format: Format) -> anyhow::Result<bool> {
         ),
         Name::Isolation => (
             "isolation",
-            crate::isolation::isolation(rounds)?,
+            crate::isolation::isolation(rounds, &args.policy)?,
             crate::isolation::NOTES,
         ),
     };

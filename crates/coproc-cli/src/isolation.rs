@@ -729,7 +729,7 @@ fn loadavg_1m() -> f64 {
 }
 
 /// The benchmark. Returns its figures.
-pub fn isolation(rounds: usize) -> anyhow::Result<BTreeMap<String, f64>> {
+pub fn isolation(rounds: usize, policy: &str) -> anyhow::Result<BTreeMap<String, f64>> {
     let load0 = loadavg_1m();
     let gpu_skipped = coproc_vulkan::probe()
         .err()
@@ -738,12 +738,12 @@ pub fn isolation(rounds: usize) -> anyhow::Result<BTreeMap<String, f64>> {
     // Every session runs as this uid: quotas large enough for the victim,
     // an offender and the vcoprocs of killed children not yet cleaned up.
     let mut config = format!(
-        "[[pcoproc]]\nname = \"{MCU}\"\nclass = \"mcu\"\npolicy = \"rr\"\n\
+        "[[pcoproc]]\nname = \"{MCU}\"\nclass = \"mcu\"\npolicy = \"{policy}\"\n\
          policy_params = {{ slice_us = 5000 }}\noptions = {{ max_contexts = 1024 }}\n\n"
     );
     if gpu {
         config += &format!(
-            "[[pcoproc]]\nname = \"{GPU}\"\nclass = \"vulkan\"\npolicy = \"rr\"\n\
+            "[[pcoproc]]\nname = \"{GPU}\"\nclass = \"vulkan\"\npolicy = \"{policy}\"\n\
              policy_params = {{ slice_us = 5000 }}\n\n"
         );
     }
