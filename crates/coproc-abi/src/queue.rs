@@ -94,48 +94,47 @@ pub struct Cqe {
     pub result: [u32; 14],
 }
 
+/// An entry's 64 bytes from its two header words and 14 argument words.
+fn entry_bytes(a: u32, b: u32, words: &[u32; 14]) -> [u8; 64] {
+    let mut out = [0u8; 64];
+    for (i, w) in [a, b].iter().chain(words).enumerate() {
+        out[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
+    }
+    out
+}
+
+/// An entry's two header words and 14 argument words from its 64 bytes.
+fn entry_words(b: &[u8; 64]) -> (u32, u32, [u32; 14]) {
+    let w = |i: usize| u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]);
+    (w(0), w(1), std::array::from_fn(|i| w(2 + i)))
+}
+
 impl Sqe {
     /// The 64 bytes of the entry.
     pub fn to_bytes(&self) -> [u8; 64] {
-        let mut b = [0u8; 64];
-        b[..4].copy_from_slice(&self.opcode.to_le_bytes());
-        b[4..8].copy_from_slice(&self.tag.to_le_bytes());
-        for (i, a) in self.args.iter().enumerate() {
-            b[8 + 4 * i..12 + 4 * i].copy_from_slice(&a.to_le_bytes());
-        }
-        b
+        entry_bytes(self.opcode, self.tag, &self.args)
     }
 
     /// Parse 64 bytes.
     pub fn from_bytes(b: &[u8; 64]) -> Sqe {
-        let w = |i: usize| u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]);
-        Sqe {
-            opcode: w(0),
-            tag: w(1),
-            args: std::array::from_fn(|i| w(2 + i)),
-        }
+        let (opcode, tag, args) = entry_words(b);
+        Sqe { opcode, tag, args }
     }
 }
 
 impl Cqe {
     /// The 64 bytes of the entry.
     pub fn to_bytes(&self) -> [u8; 64] {
-        let mut b = [0u8; 64];
-        b[..4].copy_from_slice(&self.tag.to_le_bytes());
-        b[4..8].copy_from_slice(&self.status.to_le_bytes());
-        for (i, r) in self.result.iter().enumerate() {
-            b[8 + 4 * i..12 + 4 * i].copy_from_slice(&r.to_le_bytes());
-        }
-        b
+        entry_bytes(self.tag, self.status, &self.result)
     }
 
     /// Parse 64 bytes.
     pub fn from_bytes(b: &[u8; 64]) -> Cqe {
-        let w = |i: usize| u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]);
+        let (tag, status, result) = entry_words(b);
         Cqe {
-            tag: w(0),
-            status: w(1),
-            result: std::array::from_fn(|i| w(2 + i)),
+            tag,
+            status,
+            result,
         }
     }
 }

@@ -14,19 +14,8 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-const CONFIG: &str = r#"
-[[pcoproc]]
-name = "mcu0"
-class = "mcu"
-policy = "rr"
-policy_params = { slice_us = "1000" }
-
-[[domain]]
-uids = "*"
-pcoprocs = ["mcu0"]
-max_vcoprocs = 8
-max_mapped_bytes = 16777216
-"#;
+/// One mcu pcoproc under `rr`, every uid allowed (see `common`).
+const CONFIG: &str = common::MCU_RR;
 
 fn domain(d: &Daemon, fw: &str, extra: &[&str]) -> Child {
     let mut args = vec!["-o", "json", "domain-run", "--firmware", fw];

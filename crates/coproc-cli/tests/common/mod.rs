@@ -133,3 +133,19 @@ pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(2));
     }
 }
+
+/// One mcu pcoproc `mcu0` under `rr` with 1 ms slices, usable by every uid
+/// (8 vcoprocs, 16 MiB mapped).
+pub const MCU_RR: &str = r#"
+[[pcoproc]]
+name = "mcu0"
+class = "mcu"
+policy = "rr"
+policy_params = { slice_us = "1000" }
+
+[[domain]]
+uids = "*"
+pcoprocs = ["mcu0"]
+max_vcoprocs = 8
+max_mapped_bytes = 16777216
+"#;
