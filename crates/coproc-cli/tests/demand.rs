@@ -7,19 +7,8 @@ use common::Daemon;
 use coproc_client::{ErrorCode, Event, SharedMem, WireMapKind, WirePerms};
 use std::time::Duration;
 
-const CONFIG: &str = r#"
-[[pcoproc]]
-name = "mcu0"
-class = "mcu"
-policy = "rr"
-policy_params = { slice_us = "1000" }
-
-[[domain]]
-uids = "*"
-pcoprocs = ["mcu0"]
-max_vcoprocs = 8
-max_mapped_bytes = 16777216
-"#;
+/// One mcu pcoproc under `rr`, every uid allowed (see `common`).
+const CONFIG: &str = common::MCU_RR;
 
 const T: Duration = Duration::from_secs(60);
 
