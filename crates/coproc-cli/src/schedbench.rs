@@ -149,16 +149,10 @@ pub fn fairness(seconds: u64) -> anyhow::Result<Figures> {
         / (seconds * 1_000_000_000) as f64;
     pc.shutdown();
     let mut f = Figures::new();
-    f.insert("max_error_pct".into(), super::bench::round3(max_err));
-    f.insert("mean_error_pct".into(), super::bench::round3(mean_err));
-    f.insert(
-        "max_error_charged_pct".into(),
-        super::bench::round3(max_charged),
-    );
-    f.insert(
-        "mean_error_charged_pct".into(),
-        super::bench::round3(mean_charged),
-    );
+    f.insert("max_error_pct".into(), super::bench::round3(max_charged));
+    f.insert("mean_error_pct".into(), super::bench::round3(mean_charged));
+    f.insert("max_error_work_pct".into(), super::bench::round3(max_err));
+    f.insert("mean_error_work_pct".into(), super::bench::round3(mean_err));
     f.insert("windows".into(), work.len() as f64);
     f.insert("device_busy_pct".into(), super::bench::round3(busy * 100.0));
     Ok(f)
@@ -375,12 +369,13 @@ pub fn sched_scale(rounds: usize) -> anyhow::Result<Figures> {
 
 /// Notes printed under each table.
 pub const FAIRNESS_NOTES: &str = "Three hog vcoprocs (one per domain) with weights 1:2:4 under credit \
-(slice 1 ms) on one mcu pcoproc. max_error_pct / mean_error_pct: what each vcoproc actually got, \
-measured as work done: the share of each hog's iterations (its progress counter, read at the edges \
+(slice 1 ms) on one mcu pcoproc. max_error_pct / mean_error_pct: from the device time the \
+scheduler charged (the runner's trace, slices cut at window edges; on the mcu, runner CPU time): \
+the largest (mean) |share - w/7| / (w/7) over 1 s windows and vcoprocs. max_error_work_pct / \
+mean_error_work_pct: what each vcoproc actually got, measured as work done: the share of each hog's iterations (its progress counter, read at the edges \
 of 1 s windows) against w/7, the largest (mean) |share - w/7| / (w/7) over windows and vcoprocs \
 (it also moves with the emulator's speed, which a busy host varies from slice to slice). \
-max_error_charged_pct / mean_error_charged_pct: the same from the device time the scheduler charged \
-(the runner's trace, slices cut at window edges; on the mcu, runner CPU time). device_busy_pct: \
+device_busy_pct: \
 charged time over the wall time of the windows (below 100 when the host takes the runner's CPU).";
 /// Notes for `cap`.
 pub const CAP_NOTES: &str =
