@@ -236,6 +236,18 @@ impl FirmwarePrep for RawFirmware {
     }
 }
 
+/// CPU time the calling thread has consumed (`CLOCK_THREAD_CPUTIME_ID`):
+/// the clock a device class whose engine runs on the runner thread charges
+/// in, so that time the host takes the CPU away is never charged to the
+/// vcoproc on the device.
+pub fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
+}
+
 /// A physical coprocessor, seen by the runner.
 pub trait Device {
     /// What this device can do.

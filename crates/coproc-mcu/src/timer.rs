@@ -39,8 +39,7 @@ const MIN_EXTEND: Duration = Duration::from_micros(50);
 
 /// CPU time the calling thread has consumed (`CLOCK_THREAD_CPUTIME_ID`).
 pub(crate) fn thread_cpu() -> Duration {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+    coproc_core::device::thread_cpu_time()
 }
 
 /// The CPU-time clock of one thread, readable from any thread.

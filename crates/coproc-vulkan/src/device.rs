@@ -42,8 +42,8 @@ use ash::vk;
 use coproc_abi::Shared;
 use coproc_core::control::ControlBlock;
 use coproc_core::device::{
-    Capabilities, ContextSpec, Device, DeviceError, FirmwareInfo, FirmwarePrep, Preempt,
-    PreemptHandle, Preemption, PreparedFirmware, RunOutcome, StopReason, SwitchOutcome,
+    thread_cpu_time, Capabilities, ContextSpec, Device, DeviceError, FirmwareInfo, FirmwarePrep,
+    Preempt, PreemptHandle, Preemption, PreparedFirmware, RunOutcome, StopReason, SwitchOutcome,
 };
 use coproc_core::fault::{Access, DeviceFault, FaultReason};
 use coproc_core::ids::ContextId;
@@ -54,7 +54,7 @@ use coproc_proto::queue::{self as q, Consumer, Cqe, Garbage, Sqe};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// First iova of a context's window.
 pub const IOVA_BASE: u64 = 0x1000_0000;
@@ -1648,11 +1648,15 @@ impl Device for VulkanDevice {
     }
 
     fn run(&mut self, budget: Duration) -> RunOutcome {
-        let start = Instant::now();
+        // Host work (decoding, checking, recording) is charged in the
+        // runner thread's CPU time, GPU work in GPU timestamps: neither
+        // counts time the host took the CPU away.
+        let start = thread_cpu_time();
+        let host = || thread_cpu_time().saturating_sub(start);
         let mut gpu_ns = 0u64;
         let mut waited = Duration::ZERO;
         let outcome = |stop, waited: Duration, gpu_ns: u64| RunOutcome {
-            ran: start.elapsed().saturating_sub(waited) + Duration::from_nanos(gpu_ns),
+            ran: host().saturating_sub(waited) + Duration::from_nanos(gpu_ns),
             stop,
         };
         if self.preempt.0.swap(false, Ordering::AcqRel) {
@@ -1686,8 +1690,7 @@ impl Device for VulkanDevice {
             if self.preempt.0.swap(false, Ordering::AcqRel) {
                 break StopReason::Preempted;
             }
-            let over =
-                start.elapsed().saturating_sub(waited) + Duration::from_nanos(gpu_ns) >= budget;
+            let over = host().saturating_sub(waited) + Duration::from_nanos(gpu_ns) >= budget;
             let Some(ctx) = self.ctxs.get_mut(&id) else {
                 break StopReason::Waiting;
             };
@@ -1745,13 +1748,13 @@ impl Device for VulkanDevice {
                 }
                 continue;
             }
-            let t0 = Instant::now();
+            let t0 = thread_cpu_time();
             let mut ns = 0;
             let step = self.step(id, &sqe, &mut ns);
             if ns > 0 {
                 // The GPU's own measure replaces the host's time around the
                 // submission.
-                waited += t0.elapsed();
+                waited += thread_cpu_time().saturating_sub(t0);
                 gpu_ns += ns;
             }
             match step {
