@@ -651,19 +651,8 @@ fn context_limit_is_enforced_and_freed_contexts_are_reused() {
 
 #[test]
 fn preempt_handle_stops_a_running_slice() {
-    use coproc_core::control::ControlBlock;
-    use coproc_core::device::{ContextSpec, Device, StopReason};
-    use coproc_mcu::McuDevice;
-    let mut dev = McuDevice::new(McuConfig::default()).unwrap();
-    let id = coproc_core::VcoprocId(1);
-    let cb = Arc::new(ControlBlock::default());
-    dev.create_context(ContextSpec {
-        id,
-        control: cb.clone(),
-    })
-    .unwrap();
-    dev.load_firmware(id, HOG.elf).unwrap();
-    dev.switch(Some(id));
+    use coproc_core::device::{Device, StopReason};
+    let (mut dev, _, cb) = hog_device();
     for _ in 0..5 {
         let h = dev.preempt_handle();
         let t = std::thread::spawn(move || {
