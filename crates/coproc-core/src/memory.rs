@@ -9,7 +9,7 @@
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use thiserror::Error;
 
 /// Page size used for regions and iova granularity.
@@ -67,10 +67,15 @@ pub struct Region {
     /// mapping and descriptor (None for a [`Region::view`], which the
     /// region it was made from keeps alive).
     _fd: Option<OwnedFd>,
-    /// Where in the file the region starts.
+    /// Where in the file the region starts (for a view: in its parent's
+    /// file, absolute).
     fd_offset: u64,
-    /// Its pages were withdrawn by [`Region::trap`].
+    /// Its pages were withdrawn by [`Region::trap`]. Set under `aliases`.
     trapped: AtomicBool,
+    /// Other mappings of the same memory in this process (address, length)
+    /// that [`Region::trap`] withdraws along with the region's own: see
+    /// [`Region::add_alias`].
+    aliases: Mutex<Vec<(usize, usize)>>,
     /// For a view: the region it was made from.
     _parent: Option<Arc<Region>>,
 }
@@ -213,6 +218,7 @@ impl Region {
             _fd: Some(fd),
             fd_offset: offset,
             trapped: AtomicBool::new(false),
+            aliases: Mutex::new(Vec::new()),
             _parent: None,
         })
     }
@@ -249,8 +255,9 @@ impl Region {
             ptr,
             len,
             _fd: None,
-            fd_offset: 0,
+            fd_offset: self.fd_offset + offset,
             trapped: AtomicBool::new(false),
+            aliases: Mutex::new(Vec::new()),
             _parent: Some(self.clone()),
         })
     }
@@ -265,33 +272,88 @@ impl Region {
     /// replacement (out of memory for page tables), it is retried until it
     /// succeeds: making the range inaccessible instead would crash an
     /// emulated core that touches it.
+    ///
+    /// Every alias registered with [`Region::add_alias`] is withdrawn the
+    /// same way, under the same lock.
     pub fn trap(&self) {
+        let aliases = self.lock_aliases();
         if self.trapped.swap(true, Ordering::AcqRel) {
             return;
         }
-        loop {
-            // SAFETY: [ptr, ptr+len) is this region's own mapping (made by
-            // mmap and alive until drop); MAP_FIXED replaces exactly that
-            // range with anonymous memory of the same size and protection,
-            // so every address stays mapped and readable/writable, and no
-            // Rust reference into the range exists (all access is by raw
-            // copies). Nothing outside the range is affected.
-            let r = unsafe {
-                rustix::mm::mmap_anonymous(
-                    self.ptr.as_ptr().cast(),
-                    self.len as usize,
-                    rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-                    rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::FIXED,
-                )
-            };
-            match r {
-                Ok(_) => return,
-                Err(e) => {
-                    tracing::error!(error = %e, "memory: trapping a view failed; retrying");
-                    std::thread::yield_now();
-                }
-            }
+        // SAFETY: [ptr, ptr+len) is this region's own mapping (made by mmap
+        // and alive until drop), and no Rust reference into it exists (all
+        // access is by raw copies).
+        unsafe { replace_with_zero_pages(self.ptr.as_ptr().cast(), self.len as usize) };
+        for &(ptr, len) in aliases.iter() {
+            // SAFETY: an alias is a mapping of this region's memory that its
+            // owner registered with `add_alias` and keeps mapped until it
+            // calls `remove_alias`, which waits for this lock: the range is
+            // still that mapping here. No reference into it exists.
+            unsafe { replace_with_zero_pages(ptr as *mut std::ffi::c_void, len) };
         }
+    }
+
+    /// Register `[ptr, ptr+len)` as another mapping of (part of) this
+    /// region's memory, made by whoever calls this (the mcu device maps the
+    /// memory a second time into the emulated core's window): from now on
+    /// [`Region::trap`] replaces it too, with the same private zero pages
+    /// (never `PROT_NONE`: an engine may still touch it until its owner
+    /// takes it down). If the region is already trapped, the alias is
+    /// trapped here at once.
+    ///
+    /// Ordering with the caller's teardown: `trap` and `remove_alias`
+    /// serialise on one lock. Once `remove_alias` returned, no `trap` will
+    /// touch the range again, so the owner may re-protect it (`PROT_NONE`)
+    /// and reuse it for other memory without a late trap replacing that
+    /// memory by zero pages. A trap that ran before `remove_alias` left the
+    /// range readable and writable (zero pages), never inaccessible; the
+    /// only `PROT_NONE` is the one the owner itself applies after
+    /// `remove_alias`, at a moment it chooses (the mcu device: after it
+    /// dropped the mapping from its TLB hook's table and flushed the
+    /// engine's TLB, on the only thread that runs the engine), so an
+    /// address the engine still has translated is never made inaccessible
+    /// by this mechanism.
+    ///
+    /// # Safety
+    ///
+    /// `[ptr, ptr+len)` must be a page-aligned mapping of the caller's that
+    /// nothing holds a Rust reference into, whose contents may be replaced
+    /// at any time; the caller must keep it mapped, with nothing else
+    /// mapped there, until [`Region::remove_alias`] for it returned (or the
+    /// region is dropped).
+    pub unsafe fn add_alias(&self, ptr: *mut u8, len: usize) {
+        let mut aliases = self.lock_aliases();
+        if self.trapped.load(Ordering::Acquire) {
+            // SAFETY: the caller's own mapping of this region's memory,
+            // which it keeps mapped until `remove_alias` (the contract
+            // above); no reference into it exists.
+            unsafe { replace_with_zero_pages(ptr.cast(), len) };
+        }
+        aliases.push((ptr as usize, len));
+    }
+
+    /// Stop [`Region::trap`] from touching an alias registered with
+    /// [`Region::add_alias`] at `ptr`. Waits for a trap in progress; after
+    /// it returns, the range is the caller's alone again (see
+    /// [`Region::add_alias`] for why this order is safe).
+    pub fn remove_alias(&self, ptr: *mut u8) {
+        self.lock_aliases().retain(|&(p, _)| p != ptr as usize);
+    }
+
+    /// The file behind the region and the offset of its first byte in it:
+    /// its own file, or for a [`Region::view`] its parent's file. None for a
+    /// region without one.
+    pub fn backing(&self) -> Option<(BorrowedFd<'_>, u64)> {
+        match (&self._fd, &self._parent) {
+            (Some(fd), _) => Some((fd.as_fd(), self.fd_offset)),
+            (None, Some(p)) => p.fd().map(|fd| (fd, self.fd_offset)),
+            (None, None) => None,
+        }
+    }
+
+    fn lock_aliases(&self) -> MutexGuard<'_, Vec<(usize, usize)>> {
+        // A panic under the lock leaves the list itself consistent.
+        self.aliases.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether [`Region::trap`] withdrew this mapping's pages.
@@ -362,6 +424,40 @@ impl Region {
     }
 }
 
+/// Replace `[ptr, ptr+len)` by fresh private zero pages, readable and
+/// writable, in one `MAP_FIXED` step. Never fails: should the kernel refuse
+/// (out of memory for page tables), it is retried until it succeeds, since
+/// making the range inaccessible instead would crash an emulated core that
+/// touches it.
+///
+/// # Safety
+///
+/// The range must be a page-aligned mapping of this process that nothing
+/// holds a Rust reference into, and that may have its contents replaced.
+unsafe fn replace_with_zero_pages(ptr: *mut std::ffi::c_void, len: usize) {
+    loop {
+        // SAFETY: the caller guarantees the range is a mapping it may
+        // replace; MAP_FIXED replaces exactly that range with anonymous
+        // memory of the same size and protection, so every address stays
+        // mapped and readable/writable. Nothing outside it is affected.
+        let r = unsafe {
+            rustix::mm::mmap_anonymous(
+                ptr,
+                len,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::FIXED,
+            )
+        };
+        match r {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "memory: trapping a mapping failed; retrying");
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
 impl Drop for Region {
     fn drop(&mut self) {
         // SAFETY: ptr/len are exactly what mmap returned; devices hold an
@@ -373,6 +469,7 @@ impl Drop for Region {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustix::fd::AsRawFd;
 
     #[test]
     fn read_write_and_bounds() {
@@ -443,6 +540,88 @@ mod tests {
         let w = r.view(PAGE_SIZE, PAGE_SIZE).unwrap();
         assert_eq!(w.read_vec(0, 11).unwrap(), b"domain data");
         v.trap();
+    }
+
+    /// A second shared mapping of `len` bytes of a region's memory.
+    fn alias_of(r: &Region, len: usize) -> *mut u8 {
+        let (fd, off) = r.backing().unwrap();
+        // SAFETY: a fresh shared mapping of a file range that exists (the
+        // region maps it); no existing memory is affected.
+        let p = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::SHARED,
+                fd,
+                off,
+            )
+        };
+        p.unwrap().cast()
+    }
+
+    fn peek(p: *mut u8, n: usize) -> Vec<u8> {
+        let mut v = vec![0; n];
+        // SAFETY: `p` is a live mapping of at least `n` bytes made by
+        // `alias_of`, unmapped only at the end of the test.
+        unsafe { std::ptr::copy_nonoverlapping(p, v.as_mut_ptr(), n) };
+        v
+    }
+
+    fn poke(p: *mut u8, data: &[u8]) {
+        // SAFETY: as in `peek`.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) };
+    }
+
+    #[test]
+    fn trap_reaches_aliases_but_not_removed_ones() {
+        let len = 2 * PAGE_SIZE as usize;
+        let r = Arc::new(Region::new(4 * PAGE_SIZE).unwrap());
+        r.write(PAGE_SIZE, b"domain data").unwrap();
+        let v = r.view(PAGE_SIZE, 2 * PAGE_SIZE).unwrap();
+        let (fd, off) = v.backing().unwrap();
+        assert_eq!(off, PAGE_SIZE, "absolute offset in the parent's file");
+        assert_eq!(
+            fd.as_raw_fd(),
+            r.fd().unwrap().as_raw_fd(),
+            "the parent's file"
+        );
+        let (kept, removed) = (alias_of(&v, len), alias_of(&v, len));
+        assert_eq!(peek(kept, 11), b"domain data");
+        // SAFETY: both are this test's own mappings of the view's memory,
+        // unmapped only after the region is dropped; no references exist.
+        unsafe {
+            v.add_alias(kept, len);
+            v.add_alias(removed, len);
+        }
+        v.remove_alias(removed);
+        v.trap();
+        // The alias now reaches throwaway zero pages, still writable.
+        assert_eq!(peek(kept, 11), [0; 11]);
+        poke(kept, b"too late");
+        assert_eq!(peek(kept, 8), b"too late");
+        assert_eq!(r.read_vec(PAGE_SIZE, 11).unwrap(), b"domain data");
+        // The removed alias was left alone: still the domain's memory.
+        assert_eq!(peek(removed, 11), b"domain data");
+        poke(removed, b"DOMAIN");
+        assert_eq!(r.read_vec(PAGE_SIZE, 6).unwrap(), b"DOMAIN");
+        // An alias added after the trap is trapped at once.
+        let late = alias_of(&v, len);
+        assert_eq!(peek(late, 6), b"DOMAIN");
+        // SAFETY: as above.
+        unsafe { v.add_alias(late, len) };
+        assert_eq!(peek(late, 6), [0; 6]);
+        poke(late, b"lost");
+        assert_eq!(r.read_vec(PAGE_SIZE, 6).unwrap(), b"DOMAIN");
+        // Trapping again changes nothing.
+        v.trap();
+        assert_eq!(peek(kept, 8), b"too late");
+        drop(v);
+        for p in [kept, removed, late] {
+            // SAFETY: exactly the mappings `alias_of` made; nothing uses
+            // them any more.
+            unsafe { rustix::mm::munmap(p.cast(), len) }.unwrap();
+        }
     }
 
     #[test]

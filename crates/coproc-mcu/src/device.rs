@@ -40,8 +40,18 @@ use unicorn_engine::{
 const PHYS_CB: u64 = 0x7000_0000;
 /// Physical address of the trap MMIO page.
 const PHYS_TRAP: u64 = 0x7000_1000;
-/// Physical window from which context memory and mappings are allocated.
+/// Physical range from which context memory and device-local memory are
+/// allocated.
 const PHYS_POOL: (u64, u64) = (0x8000_0000, 0x1_0000_0000);
+/// Physical base of the mapping window: one engine mapping, made once, of a
+/// host range reserved once, inside which mappings are placed (see
+/// [`Window`]). Above 4 GiB (the 32-bit Arm target has 40 physical address
+/// bits): out of the way of the pool, and no 32-bit virtual address equals
+/// it, so even the identity translation `drop_code` uses cannot reach it.
+const PHYS_WINDOW: u64 = 0x1_0000_0000;
+/// Size of the mapping window: as much as mappings could use when they
+/// shared the pool.
+const WINDOW_SIZE: u64 = 0x8000_0000;
 /// `until` of `emu_start`; ignored, as exits are enabled with none set.
 const UNTIL: u64 = 0;
 /// Mapping granularity.
@@ -63,7 +73,7 @@ impl Default for McuConfig {
     }
 }
 
-/// Physical address allocator over [`PHYS_POOL`] (first fit, coalescing).
+/// Physical address allocator over one range (first fit, coalescing).
 #[derive(Debug)]
 struct PhysAlloc {
     /// start → len of free ranges.
@@ -71,9 +81,9 @@ struct PhysAlloc {
 }
 
 impl PhysAlloc {
-    fn new() -> Self {
+    fn new(start: u64, len: u64) -> Self {
         let mut free = BTreeMap::new();
-        free.insert(PHYS_POOL.0, PHYS_POOL.1 - PHYS_POOL.0);
+        free.insert(start, len);
         PhysAlloc { free }
     }
 
@@ -107,10 +117,123 @@ impl PhysAlloc {
 #[derive(Debug)]
 struct PhysMap {
     len: u64,
+    /// Where in the mapping window (physical) it lies.
     phys: u64,
     prot: Prot,
-    /// Keeps the domain memory alive while the engine points into it.
-    _mapping: Mapping,
+    /// The memory it maps: its window range is registered as an alias of
+    /// `mapping.region` (so revoke traps it) until the mapping is taken
+    /// down.
+    mapping: Mapping,
+}
+
+/// The mapping window: a host range reserved once (`PROT_NONE`, no memory
+/// committed) and mapped once into the engine at [`PHYS_WINDOW`]. Making a
+/// mapping places the domain's file over part of it (`MAP_FIXED`), taking
+/// one down puts `PROT_NONE` reserved memory back; neither changes the
+/// engine's memory topology (no flat-view rebuild, no engine-wide page
+/// invalidation), which is what made every map and unmap cost all other
+/// contexts time.
+#[derive(Debug)]
+struct Window {
+    /// Host address of [`PHYS_WINDOW`].
+    host: usize,
+    /// Free physical ranges inside the window.
+    alloc: PhysAlloc,
+}
+
+impl Window {
+    fn reserve() -> Result<Window, DeviceError> {
+        // SAFETY: a fresh anonymous mapping at an address of the kernel's
+        // choosing: no existing memory is affected.
+        let p = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                WINDOW_SIZE as usize,
+                rustix::mm::ProtFlags::empty(),
+                rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::NORESERVE,
+            )
+        }
+        .map_err(|e| DeviceError::Backend(format!("reserving the mapping window: {e}")))?;
+        Ok(Window {
+            host: p as usize,
+            alloc: PhysAlloc::new(PHYS_WINDOW, WINDOW_SIZE),
+        })
+    }
+
+    /// Host address of a physical address inside the window.
+    fn host(&self, phys: u64) -> *mut u8 {
+        debug_assert!((PHYS_WINDOW..PHYS_WINDOW + WINDOW_SIZE).contains(&phys));
+        (self.host + (phys - PHYS_WINDOW) as usize) as *mut u8
+    }
+
+    /// Map `len` bytes of `fd` from `offset`, shared and read/write, over
+    /// the window range at `phys`.
+    ///
+    /// # Safety
+    ///
+    /// `[phys, phys+len)` must be a range of the window that this device
+    /// allocated and holds no mapping (reserved `PROT_NONE`), and
+    /// `[offset, offset+len)` must exist in the file for as long as it
+    /// stays mapped.
+    unsafe fn place(
+        &self,
+        phys: u64,
+        len: u64,
+        fd: rustix::fd::BorrowedFd<'_>,
+        offset: u64,
+    ) -> rustix::io::Result<()> {
+        // SAFETY: the range lies inside the window reservation, which this
+        // device owns until drop, and holds nothing (the caller's
+        // contract), so MAP_FIXED replaces only reserved address space; the
+        // file range exists while mapped (the caller's contract).
+        unsafe {
+            rustix::mm::mmap(
+                self.host(phys).cast(),
+                len as usize,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::SHARED | rustix::mm::MapFlags::FIXED,
+                fd,
+                offset,
+            )
+        }
+        .map(|_| ())
+    }
+
+    /// Put reserved `PROT_NONE` address space back over `[phys, phys+len)`.
+    ///
+    /// # Safety
+    ///
+    /// The range must lie inside the window, and nothing may reach it any
+    /// more: the engine has no translation into it (its TLB was flushed
+    /// after the mapping left the hook's table) and no trap will replace
+    /// it (its alias was removed).
+    unsafe fn clear(&self, phys: u64, len: u64) -> rustix::io::Result<()> {
+        // SAFETY: the range lies inside the window reservation this device
+        // owns; MAP_FIXED replaces exactly it, and nothing uses it (the
+        // caller's contract).
+        unsafe {
+            rustix::mm::mmap_anonymous(
+                self.host(phys).cast(),
+                len as usize,
+                rustix::mm::ProtFlags::empty(),
+                rustix::mm::MapFlags::PRIVATE
+                    | rustix::mm::MapFlags::FIXED
+                    | rustix::mm::MapFlags::NORESERVE,
+            )
+        }
+        .map(|_| ())
+    }
+}
+
+impl Drop for Window {
+    fn drop(&mut self) {
+        // SAFETY: exactly the reservation made in `reserve` (with whatever
+        // was placed over it). The engine that mapped it is gone: the
+        // window is a field of `McuDevice` declared after `uc`, so it is
+        // dropped after the engine, and `McuDevice::drop` removed every
+        // alias registered on regions, so no trap will write into it.
+        let _ = unsafe { rustix::mm::munmap(self.host as *mut _, WINDOW_SIZE as usize) };
+    }
 }
 
 /// Code and data memory of one context (pooled for reuse).
@@ -266,6 +389,7 @@ fn exception_name(intno: u32) -> String {
 
 /// The mcu device.
 pub struct McuDevice {
+    /// The engine. Declared before `window` so that it is dropped first.
     uc: Unicorn<'static, State>,
     timer: SliceTimer,
     /// CPU registers of a freshly reset core.
@@ -273,8 +397,11 @@ pub struct McuDevice {
     /// Register buffer swapped in while saving a context.
     spare: unicorn_engine::Context,
     phys: PhysAlloc,
+    /// Where mappings are placed. Dropped after `uc`.
+    window: Window,
     pool: Vec<Slot>,
-    /// Mappings the engine failed to unmap: kept alive, never reused.
+    /// Mappings that could not be taken down: kept alive (and trappable),
+    /// their window range never reused.
     retired: Vec<PhysMap>,
     config: McuConfig,
 }
@@ -414,12 +541,30 @@ impl McuDevice {
         let timer = SliceTimer::new(uc.get_handle())
             .map_err(|e| DeviceError::Backend(format!("slice timer: {e}")))?;
         let spare = uc.context_alloc().map_err(|e| uc_err("context", e))?;
+        let window = Window::reserve()?;
+        // SAFETY: the host range is the window reservation, which lives as
+        // long as the engine: `window` is dropped after `uc` (field order of
+        // `McuDevice`; on an error return here, `window` is declared after
+        // `uc` and so dropped before it, but the failed call left no engine
+        // mapping behind). Until something is placed over part of it, the
+        // range is PROT_NONE, and the TLB hook only ever translates to
+        // ranges a mapping was placed over.
+        unsafe {
+            uc.mem_map_ptr(
+                PHYS_WINDOW,
+                WINDOW_SIZE,
+                Prot::READ | Prot::WRITE,
+                window.host(PHYS_WINDOW).cast(),
+            )
+        }
+        .map_err(|e| uc_err("map the mapping window", e))?;
         Ok(McuDevice {
             uc,
             timer,
             template,
             spare,
-            phys: PhysAlloc::new(),
+            phys: PhysAlloc::new(PHYS_POOL.0, PHYS_POOL.1 - PHYS_POOL.0),
+            window,
             pool: Vec::new(),
             retired: Vec::new(),
             config,
@@ -622,6 +767,13 @@ impl McuDevice {
 impl Drop for McuDevice {
     fn drop(&mut self) {
         self.timer.shutdown();
+        // The window goes away with the device (after the engine, see
+        // `Window`'s drop): no region may trap into it afterwards.
+        let st = self.uc.get_data();
+        let live = st.contexts.values().flat_map(|c| c.maps.values());
+        for pm in live.chain(self.retired.iter()) {
+            pm.mapping.region.remove_alias(self.window.host(pm.phys));
+        }
     }
 }
 
@@ -871,10 +1023,14 @@ impl Device for McuDevice {
             return Err(DeviceError::BadMapping("outside the iova window".into()));
         }
         self.ctx(id)?;
+        let (fd, file_offset) = m.region.backing().ok_or_else(|| {
+            DeviceError::BadMapping("only memory backed by a file can be mapped".into())
+        })?;
         let phys = self
-            .phys
+            .window
+            .alloc
             .alloc(m.len)
-            .ok_or_else(|| DeviceError::Exhausted("physical address space for mappings".into()))?;
+            .ok_or_else(|| DeviceError::Exhausted("mapping window".into()))?;
         let mut prot = Prot::NONE;
         if m.perms.read {
             prot |= Prot::READ;
@@ -882,22 +1038,35 @@ impl Device for McuDevice {
         if m.perms.write {
             prot |= Prot::WRITE;
         }
-        // SAFETY: the host range [ptr+offset, ptr+offset+len) lies inside the
-        // region (checked above) and stays valid until `unmap`: `PhysMap`
-        // keeps the `Arc<Region>` alive for exactly as long as the engine
-        // maps it, and unmap removes the engine mapping before dropping it.
-        let r = unsafe {
-            self.uc.mem_map_ptr(
-                phys,
-                m.len,
-                Prot::READ | Prot::WRITE,
-                m.region.as_ptr().add(m.offset as usize).cast(),
-            )
-        };
+        // SAFETY: `phys` was just allocated from the window, so its range
+        // holds nothing; the file range [offset, offset+len) of the region
+        // lies inside the region (checked above), whose file is sealed
+        // against shrinking, so it exists as long as it is mapped.
+        let r = unsafe { self.window.place(phys, m.len, fd, file_offset + m.offset) };
         if let Err(e) = r {
-            self.phys.release(phys, m.len);
-            return Err(uc_err("map", e));
+            // A failed MAP_FIXED may already have unmapped the reservation
+            // there: put it back before the range can be handed out again.
+            // SAFETY: the range lies in the window, was never in the hook's
+            // table (so never translated) and has no alias.
+            match unsafe { self.window.clear(phys, m.len) } {
+                Ok(()) => self.window.alloc.release(phys, m.len),
+                Err(e) => tracing::error!(
+                    ?e,
+                    "mcu: restoring the window after a failed map failed; range retired"
+                ),
+            }
+            return Err(DeviceError::Backend(format!("mcu: map: {e}")));
         }
+        let host = self.window.host(phys);
+        // SAFETY: [host, host+len) is this device's own mapping of the
+        // region's memory, made just above, which nothing holds references
+        // into (the engine accesses it by address). It stays mapped, with
+        // nothing else placed there, until `unmap` (or drop) removes the
+        // alias: the range goes back to the allocator only after that.
+        unsafe { m.region.add_alias(host, m.len as usize) };
+        // No TLB flush: nothing was ever translated to this range since it
+        // was last taken down (unmap flushes before releasing it), and the
+        // hook translates to it only from now on.
         let ctx = self.ctx(id)?;
         ctx.maps.insert(
             m.iova,
@@ -905,10 +1074,9 @@ impl Device for McuDevice {
                 len: m.len,
                 phys,
                 prot,
-                _mapping: m.clone(),
+                mapping: m.clone(),
             },
         );
-        let _ = self.uc.ctl_flush_tlb();
         Ok(())
     }
 
@@ -922,21 +1090,39 @@ impl Device for McuDevice {
         else {
             return;
         };
-        // Order matters: drop the translations, remove the engine mapping,
-        // then release the memory.
-        let _ = self.uc.ctl_flush_tlb();
-        if let Err(e) = self.uc.mem_unmap(pm.phys, pm.len) {
-            // The engine may still point at the memory: keep it alive for
-            // the device's lifetime and never reuse the address range.
+        // Order matters. The hook no longer translates to the range (it
+        // left the table above); drop the translations it made; stop
+        // revoke from trapping the range; make it reserved again; only
+        // then let another mapping have it. The range is never made
+        // inaccessible while the engine may still have it translated (the
+        // flush came first, and the engine runs only on this thread), and a
+        // trap never lands on another mapping placed there later (the alias
+        // is gone before the range is released; `remove_alias` waits for a
+        // trap in progress).
+        if let Err(e) = self.uc.ctl_flush_tlb() {
             tracing::error!(
                 ?e,
-                "mcu: unmapping a mapping failed; memory and address range retired"
+                "mcu: flushing the TLB failed; mapping and window range retired"
             );
             self.retired.push(pm);
             return;
         }
-        let _ = self.uc.ctl_flush_tlb();
-        self.phys.release(pm.phys, pm.len);
+        let host = self.window.host(pm.phys);
+        pm.mapping.region.remove_alias(host);
+        // SAFETY: the range lies in the window; the engine has no
+        // translation into it (flushed above, after it left the table) and
+        // no trap will replace it (alias removed above).
+        if let Err(e) = unsafe { self.window.clear(pm.phys, pm.len) } {
+            // Still the domain's memory, but unreachable: keep it, never
+            // reuse the range.
+            tracing::error!(
+                ?e,
+                "mcu: taking a mapping out of the window failed; window range retired"
+            );
+            self.retired.push(pm);
+            return;
+        }
+        self.window.alloc.release(pm.phys, pm.len);
     }
 
     fn switch(&mut self, to: Option<ContextId>) -> SwitchOutcome {

@@ -492,6 +492,42 @@ fn unmap_removes_access_and_mappings_are_checked() {
     assert_eq!(v.info().unwrap().mappings, 0);
 }
 
+/// Mappings share the device's mapping window: a range taken down by unmap
+/// or by revoke (whose trap also replaced the window alias) is reused for
+/// the next mapping, which must reach its own memory, readable and
+/// writable, while every earlier domain's memory stays as it was left.
+#[test]
+fn window_ranges_are_reused_after_unmap_and_revoke() {
+    let p = pcoproc(200);
+    let v = vcoproc(&p, 1, PROBE);
+    v.start().unwrap();
+    let mut earlier: Vec<(Arc<Region>, u32)> = Vec::new();
+    for i in 0..8u32 {
+        let r = Arc::new(Region::new(2 * 4096).unwrap());
+        let marker = 0xA5A5_0000 | i;
+        r.write(4096, &marker.to_le_bytes()).unwrap();
+        v.map(&r, 0, BUFFER_IOVA, 2 * 4096, Perms::RW, MapKind::Revocable)
+            .unwrap();
+        let at = BUFFER_IOVA as u32 + 4096;
+        assert_eq!(drive::probe(&v, 1, at, 0, T).unwrap(), marker, "round {i}");
+        drive::probe(&v, 2, at + 4, !marker, T).unwrap();
+        assert_eq!(r.read_vec(4096 + 4, 4).unwrap(), (!marker).to_le_bytes());
+        if i % 2 == 0 {
+            v.unmap(BUFFER_IOVA).unwrap();
+        } else {
+            assert_eq!(
+                v.revoke(BUFFER_IOVA),
+                coproc_core::pcoproc::RevokeOutcome::Removed { len: 2 * 4096 }
+            );
+        }
+        earlier.push((r, marker));
+    }
+    for (r, marker) in &earlier {
+        assert_eq!(r.read_vec(4096, 4).unwrap(), marker.to_le_bytes());
+        assert_eq!(r.read_vec(4096 + 4, 4).unwrap(), (!marker).to_le_bytes());
+    }
+}
+
 #[test]
 fn header_matches_rust_abi() {
     use coproc_proto::queue;
