@@ -294,17 +294,8 @@ fn contain(device: &mut dyn Device, shared: &Shared, v: VcoprocId, msg: &str) ->
         if let Some(vc) = g.vcoprocs.get_mut(&v) {
             vc.force(VcoprocState::Faulted);
             let control = vc.control.clone();
-            g.policy.block(v);
-            g.record_fault(FaultRecord {
-                vcoproc: v,
-                at_ns: now,
-                fault: DeviceFault {
-                    addr: None,
-                    access: Access::None,
-                    pc: None,
-                    reason: FaultReason::Device(format!("device code panicked: {msg}")),
-                },
-            });
+            let reason = FaultReason::Device(format!("device code panicked: {msg}"));
+            out_with_fault(&mut g, v, now, None, reason);
             drop(g);
             control.kick();
         }
@@ -529,17 +520,7 @@ fn switch_failed(
     if let Some(vc) = g.vcoprocs.get_mut(&guilty) {
         if vc.transition(Event::Fault).is_ok() {
             vc.control.kick();
-            g.policy.block(guilty);
-            g.record_fault(FaultRecord {
-                vcoproc: guilty,
-                at_ns: now,
-                fault: DeviceFault {
-                    addr: None,
-                    access: Access::None,
-                    pc: None,
-                    reason: FaultReason::SwitchFailed(reason),
-                },
-            });
+            out_with_fault(&mut g, guilty, now, None, FaultReason::SwitchFailed(reason));
         }
     }
     drop(g);
@@ -740,16 +721,28 @@ pub(crate) fn fail_stall(g: &mut Inner, id: VcoprocId, now: u64, reason: FaultRe
         return;
     }
     let control = vc.control.clone();
+    out_with_fault(g, id, now, Some((p.addr, p.access)), reason);
+    control.kick();
+}
+
+/// `id`, just moved to `Faulted`, leaves the policy and its fault is
+/// recorded (`at`: the address and access, where there is one).
+fn out_with_fault(
+    g: &mut Inner,
+    id: VcoprocId,
+    now: u64,
+    at: Option<(u64, Access)>,
+    reason: FaultReason,
+) {
     g.policy.block(id);
     g.record_fault(FaultRecord {
         vcoproc: id,
         at_ns: now,
         fault: DeviceFault {
-            addr: Some(p.addr),
-            access: p.access,
+            addr: at.map(|(a, _)| a),
+            access: at.map_or(Access::None, |(_, a)| a),
             pc: None,
             reason,
         },
     });
-    control.kick();
 }
