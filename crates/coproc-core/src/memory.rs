@@ -379,40 +379,31 @@ impl Region {
     fn check(&self, offset: u64, len: u64) -> Result<(), MemoryError> {
         match offset.checked_add(len) {
             Some(end) if end <= self.len => Ok(()),
-            _ => Err(MemoryError::OutOfRange {
-                offset,
-                len,
-                size: self.len,
-            }),
+            _ => Err(self.out_of_range(offset, len)),
+        }
+    }
+
+    fn out_of_range(&self, offset: u64, len: u64) -> MemoryError {
+        MemoryError::OutOfRange {
+            offset,
+            len,
+            size: self.len,
         }
     }
 
     /// Copy bytes out of the region.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-        self.check(offset, buf.len() as u64)?;
-        // SAFETY: `ptr..ptr + len` is the live mapping, valid for reads and
-        // writes until `drop`, which the view's borrow of `self` outlasts;
-        // nothing forms references to its pages.
-        let view = unsafe { coproc_abi::Shared::new(self.ptr.as_ptr(), self.len as usize) };
-        view.and_then(|v| v.read(offset, buf).ok())
-            .ok_or(MemoryError::OutOfRange {
-                offset,
-                len: buf.len() as u64,
-                size: self.len,
-            })
+        // Bounds are checked by the view.
+        crate::shared::view(self)
+            .read(offset, buf)
+            .map_err(|_| self.out_of_range(offset, buf.len() as u64))
     }
 
     /// Copy bytes into the region.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), MemoryError> {
-        self.check(offset, data.len() as u64)?;
-        // SAFETY: as in `read`: the live mapping, borrowed for the view.
-        let view = unsafe { coproc_abi::Shared::new(self.ptr.as_ptr(), self.len as usize) };
-        view.and_then(|v| v.write(offset, data).ok())
-            .ok_or(MemoryError::OutOfRange {
-                offset,
-                len: data.len() as u64,
-                size: self.len,
-            })
+        crate::shared::view(self)
+            .write(offset, data)
+            .map_err(|_| self.out_of_range(offset, data.len() as u64))
     }
 
     /// Read a vector of bytes.

@@ -918,11 +918,12 @@ impl Pcoproc {
             let Some((_, view)) = maps.remove(&iova) else {
                 return RevokeOutcome::NotMapped;
             };
-            // Under the table lock: whoever looks the mapping up next finds
-            // it gone, and the pages are already out of the device's reach.
-            view.trap();
             view
         };
+        // Out of the table, so no one else will trap or tidy it; trapped
+        // outside the table's lock (an `mmap` that grows with the mapping's
+        // pages), which map, unmap and listings of other domains take.
+        view.trap();
         let len = view.len();
         self.shared
             .tidy

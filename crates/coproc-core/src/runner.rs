@@ -126,9 +126,8 @@ fn one_turn(
     blame: &Cell<Option<VcoprocId>>,
     rung: &mut Vec<VcoprocId>,
 ) -> Turn {
-    if shared.wakeup.has_doorbells() {
-        shared.wakeup.wait(Duration::ZERO, rung);
-    }
+    // Doorbell eventfds rung while this thread ran a slice were taken by
+    // the sentinel; those rung while it idled are in `rung`.
     let mut g = shared.lock();
     let mut blamed = Blamed { dev: device, blame };
     loop {

@@ -1,10 +1,10 @@
 //! How the runner of a pcoproc on the host clock waits: one epoll set
 //! holding its own kick eventfd and the doorbell eventfds of its vcoprocs.
 //!
-//! A domain that rings a doorbell eventfd reaches the runner directly: the
-//! runner's `epoll_wait` returns (when idle), or its per-turn poll sees the
-//! event (when busy), with no task or thread in between and no lock that
-//! device work can hold. Doorbell eventfds are registered edge-triggered
+//! A domain that rings a doorbell eventfd reaches an idle runner directly:
+//! its `epoll_wait` returns, with no task or thread in between and no lock
+//! that device work can hold (a busy runner's doorbells go through the
+//! sentinel, below). Doorbell eventfds are registered edge-triggered
 //! and never read: every write to an eventfd raises a new edge, so the
 //! runner never performs a read that a domain sharing the file description
 //! could make block.
@@ -26,7 +26,8 @@ use crate::ids::VcoprocId;
 use rustix::event::epoll;
 use rustix::fd::{AsFd, OwnedFd};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 use thiserror::Error;
@@ -67,16 +68,12 @@ pub(crate) struct Wakeup {
     idle: AtomicBool,
     /// Registered doorbells: epoll key → (vcoproc, eventfd).
     doorbells: Mutex<HashMap<u64, Bell>>,
-    /// How many are registered (the busy runner polls only if any are).
-    count: AtomicUsize,
     next_key: AtomicU64,
 }
 
 impl std::fmt::Debug for Wakeup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Wakeup")
-            .field("doorbells", &self.count.load(Ordering::Relaxed))
-            .finish_non_exhaustive()
+        f.debug_struct("Wakeup").finish_non_exhaustive()
     }
 }
 
@@ -112,7 +109,6 @@ impl Wakeup {
             stop,
             idle: AtomicBool::new(false),
             doorbells: Mutex::new(HashMap::new()),
-            count: AtomicUsize::new(0),
             next_key: AtomicU64::new(STOP_KEY + 1),
         })
     }
@@ -161,7 +157,6 @@ impl Wakeup {
             epoll::EventFlags::IN | epoll::EventFlags::ET,
         )?;
         t.insert(key, (v, fd, control));
-        self.count.store(t.len(), Ordering::Relaxed);
         Ok(key)
     }
 
@@ -178,7 +173,6 @@ impl Wakeup {
                 let _ = epoll::delete(&self.bells, fd.as_fd());
             }
         }
-        self.count.store(t.len(), Ordering::Relaxed);
     }
 
     /// Forget every doorbell (shutdown).
@@ -187,7 +181,6 @@ impl Wakeup {
         for (_, (_, fd, _)) in t.drain() {
             let _ = epoll::delete(&self.bells, fd.as_fd());
         }
-        self.count.store(0, Ordering::Relaxed);
     }
 
     /// End the sentinel (the runner is gone).
@@ -195,22 +188,17 @@ impl Wakeup {
         let _ = rustix::io::write(&self.stop, &1u64.to_ne_bytes());
     }
 
-    /// Whether any doorbell eventfd is registered.
-    pub(crate) fn has_doorbells(&self) -> bool {
-        self.count.load(Ordering::Relaxed) > 0
-    }
-
     /// The runner: wait up to `timeout` (zero: just look) and push the
     /// vcoprocs whose doorbell eventfds were written (and rung) into `rung`.
     /// Returns with the kick eventfd drained.
     pub(crate) fn wait(&self, timeout: Duration, rung: &mut Vec<VcoprocId>) {
-        let mut events: Vec<epoll::Event> = Vec::with_capacity(4);
-        if epoll_wait(&self.epoll, &mut events, Some(timeout)).is_err() {
+        let mut buf = [const { MaybeUninit::uninit() }; 2];
+        let Ok(events) = epoll_wait(&self.epoll, &mut buf, Some(timeout)) else {
             // EINTR: the caller loops anyway.
             return;
-        }
+        };
         let mut kicked = false;
-        for e in &events {
+        for e in events.iter() {
             match e.data.u64() {
                 KICK_KEY => kicked = true,
                 _ => {
@@ -228,17 +216,15 @@ impl Wakeup {
     /// ring each vcoproc's doorbell once and push it into `rung`. False once
     /// the sentinel is told to stop.
     fn take_bells(&self, timeout: Duration, rung: &mut Vec<VcoprocId>) -> bool {
-        let mut events: Vec<epoll::Event> = Vec::with_capacity(32);
+        let mut buf = [const { MaybeUninit::uninit() }; 32];
         let t = (timeout != Duration::MAX).then_some(timeout);
-        if epoll_wait(&self.bells, &mut events, t).is_err() {
-            return true;
-        }
-        if events.is_empty() {
-            return true;
-        }
+        let events = match epoll_wait(&self.bells, &mut buf, t) {
+            Ok(e) if !e.is_empty() => e,
+            _ => return true,
+        };
         let table = self.table();
         let mut go = true;
-        for e in &events {
+        for e in events.iter() {
             let key = e.data.u64();
             if key == STOP_KEY {
                 go = false;
@@ -259,16 +245,17 @@ impl Wakeup {
     }
 }
 
-/// `epoll_wait` into `events` (its capacity), `None`: no timeout.
-fn epoll_wait(
+/// `epoll_wait` into `buf` (no allocation: the runner and the sentinel
+/// call it on every wake-up); `None`: no timeout. The events that came.
+fn epoll_wait<'b>(
     set: &OwnedFd,
-    events: &mut Vec<epoll::Event>,
+    buf: &'b mut [MaybeUninit<epoll::Event>],
     timeout: Option<Duration>,
-) -> rustix::io::Result<()> {
+) -> rustix::io::Result<&'b mut [epoll::Event]> {
     let ts = timeout.map(|t| rustix::event::Timespec {
         tv_sec: i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
         tv_nsec: i64::from(t.subsec_nanos()),
     });
-    epoll::wait(set, rustix::buffer::spare_capacity(events), ts.as_ref())?;
-    Ok(())
+    let (events, _) = epoll::wait(set, buf, ts.as_ref())?;
+    Ok(events)
 }

@@ -1168,13 +1168,12 @@ impl VulkanDevice {
         if let Some(f) = self.ctxs.get(&id).and_then(|c| c.trapped(&work)) {
             return Step::Fault(f);
         }
-        let submitted = self.submit(id, &work);
-        if let Some(f) = self.ctxs.get(&id).and_then(|c| c.trapped(&work)) {
-            return Step::Fault(f);
-        }
-        match submitted {
+        match self.submit(id, &work) {
             Ok(ns) => {
                 *gpu_ns += ns;
+                if let Some(f) = self.ctxs.get(&id).and_then(|c| c.trapped(&work)) {
+                    return Step::Fault(f);
+                }
                 if let Some(c) = self.ctxs.get_mut(&id) {
                     c.executed += 1;
                     c.job_gpu_ns += ns;

@@ -337,7 +337,8 @@ impl Session {
     }
 
     /// Drop everything this session attached to vcoproc `id` (listener,
-    /// doorbell watchers, completion eventfds and their writer thread).
+    /// completion eventfds and their writer thread; its doorbell eventfds
+    /// go with the vcoproc in the core).
     fn forget(&mut self, id: u32, e: Option<&Entry>) {
         if self.hooks.remove(&id).is_some() {
             if let Some(e) = e {
@@ -585,6 +586,16 @@ impl Session {
                 }
                 let rule = d.rule(&self.who)?;
                 d.reserve(self.who.uid, Quota::Queues, 1, u64::from(rule.max_queues))?;
+                // The runner waits on the doorbell eventfd itself: a ring
+                // reaches the device with no task or lock in between. Added
+                // once the quota holds and before the mapping, so a refusal
+                // (at most 64 per vcoproc) gives the quota back and leaves
+                // nothing behind; should the mapping fail, the descriptor
+                // only rings this vcoproc and goes with it.
+                if let Err(err) = e.handle.add_doorbell_fd(doorbell) {
+                    d.unreserve(self.who.uid, Quota::Queues, 1);
+                    return Err(core_err(err));
+                }
                 if let Err(e) =
                     self.map_fd(vcoproc, &e, mem, 0, iova, len, Perms::RW, MapKind::Pinned)
                 {
@@ -609,9 +620,6 @@ impl Session {
                     .unwrap_or_else(|e| e.into_inner())
                     .push(completion);
                 hooks.start_writer();
-                // The runner waits on the doorbell eventfd itself: a ring
-                // reaches the device with no task or lock in between.
-                e.handle.add_doorbell_fd(doorbell).map_err(core_err)?;
                 Ok(Answer::Done)
             }
             Request::Unmap { vcoproc, iova } => {
