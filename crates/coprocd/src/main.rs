@@ -1,12 +1,8 @@
 //! `coprocd`: serves vcoprocs on the configured pcoprocs to local processes
 //! over a Unix socket. See `docs/protocol.md` and `docs/daemon.md`.
 
-mod config;
-mod daemon;
-mod server;
-mod session;
-
 use clap::Parser;
+use coprocd::{config, daemon, server};
 use std::path::PathBuf;
 use std::sync::Arc;
 

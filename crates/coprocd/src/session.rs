@@ -131,7 +131,10 @@ fn is_eventfd(fd: &OwnedFd) -> bool {
         .is_ok_and(|p| p.as_os_str() == "anon_inode:[eventfd]")
 }
 
-struct Session {
+/// A session of a domain: the state one connection's requests act on.
+/// [`serve`] drives one per connection; [`Session::open`], [`Session::handle`]
+/// and [`Session::close`] drive one without a socket (the fuzzer does).
+pub struct Session {
     daemon: Arc<Daemon>,
     id: u64,
     who: Identity,
@@ -140,6 +143,16 @@ struct Session {
     /// Listeners installed by this session.
     hooks: HashMap<u32, Arc<Hooks>>,
     log: Arc<RateLimit>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("who", &self.who)
+            .field("vcoprocs_listened", &self.hooks.len())
+            .finish_non_exhaustive()
+    }
 }
 
 fn err(code: ErrorCode, msg: impl Into<String>) -> WireError {
@@ -392,7 +405,9 @@ impl Session {
         Ok(fds.remove(0))
     }
 
-    fn handle(&mut self, req: Request, fds: Vec<OwnedFd>) -> Result<Answer, WireError> {
+    /// Answer one request with the descriptors that came with it. Blocks
+    /// on device work: call it from a blocking context.
+    pub fn handle(&mut self, req: Request, fds: Vec<OwnedFd>) -> Result<Answer, WireError> {
         if !self.greeted {
             return match req {
                 Request::Hello { version } if version == VERSION => {
@@ -985,7 +1000,8 @@ impl Session {
     /// Turn a control block event into events for the client.
     /// Events owed to the client for vcoproc `id` after a wake-up: the
     /// latest notification, and a state change if there was a kick.
-    fn wake_events(&mut self, id: u32) -> Vec<Event> {
+    /// The events due for vcoproc `id` after a wake-up.
+    pub fn wake_events(&mut self, id: u32) -> Vec<Event> {
         let Some(h) = self.hooks.get(&id).cloned() else {
             return vec![];
         };
@@ -1096,19 +1112,8 @@ pub async fn serve(
     who: Identity,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let id = daemon.open_session(who.uid);
-    let (wtx, mut wrx) = mpsc::channel(WAKE_QUEUE);
-    let (ntx, mut nrx) = mpsc::channel(crate::daemon::NOTICES);
-    daemon.set_notices(id, Some(ntx));
-    let mut s = Session {
-        daemon: daemon.clone(),
-        id,
-        who: who.clone(),
-        greeted: false,
-        wake: wtx,
-        hooks: HashMap::new(),
-        log: daemon.log_limit(who.uid),
-    };
+    let (mut s, mut wrx, mut nrx) = Session::open(daemon.clone(), who.clone());
+    let id = s.id;
     tracing::debug!(session = id, uid = who.uid, pid = who.pid, "session opened");
     let mut rx = Receiver::new();
     'session: loop {
@@ -1189,14 +1194,46 @@ pub async fn serve(
             _ = shutdown.changed() => break 'session,
         }
     }
-    // Stop listening before the vcoprocs go away (their doorbell
-    // descriptors go with them).
-    for vid in s.hooks.keys() {
-        if let Ok(e) = s.entry(*vid, false) {
-            e.handle.control().set_listener(None);
-        }
+    tokio::task::block_in_place(|| s.close());
+}
+
+impl Session {
+    /// Open a session for `who`. Returns it with the receivers of its
+    /// wake-ups (vcoproc ids whose events are due, see
+    /// [`Session::wake_events`]) and of events other sessions cause.
+    pub fn open(
+        daemon: Arc<Daemon>,
+        who: Identity,
+    ) -> (Session, mpsc::Receiver<u32>, mpsc::Receiver<Event>) {
+        let id = daemon.open_session(who.uid);
+        let (wtx, wrx) = mpsc::channel(WAKE_QUEUE);
+        let (ntx, nrx) = mpsc::channel(crate::daemon::NOTICES);
+        daemon.set_notices(id, Some(ntx));
+        tracing::debug!(session = id, uid = who.uid, pid = who.pid, "session opened");
+        let s = Session {
+            log: daemon.log_limit(who.uid),
+            daemon,
+            id,
+            who,
+            greeted: false,
+            wake: wtx,
+            hooks: HashMap::new(),
+        };
+        (s, wrx, nrx)
     }
-    daemon.set_notices(id, None);
-    tokio::task::block_in_place(|| daemon.close_session(who.uid, id));
-    tracing::debug!(session = id, uid = who.uid, "session closed");
+
+    /// End the session: destroy everything it created. Blocks on device
+    /// work.
+    pub fn close(self) {
+        // Stop listening before the vcoprocs go away (their doorbell
+        // descriptors go with them).
+        for vid in self.hooks.keys() {
+            if let Ok(e) = self.entry(*vid, false) {
+                e.handle.control().set_listener(None);
+            }
+        }
+        self.daemon.set_notices(self.id, None);
+        self.daemon.close_session(self.who.uid, self.id);
+        tracing::debug!(session = self.id, uid = self.who.uid, "session closed");
+    }
 }
