@@ -384,7 +384,7 @@ pub fn run(c: &mut Client, f: Format, a: &RunArgs) -> anyhow::Result<bool> {
                 for x in c.list_faults()?.iter().filter(|x| x.vcoproc == v) {
                     println!(
                         "fault: {} at {} ({}) pc {}",
-                        x.reason,
+                        crate::output::sanitize(&x.reason),
                         opt(x.addr.map(|a| format!("{a:#x}"))),
                         x.access,
                         opt(x.pc.map(|p| format!("{p:#x}")))

@@ -278,6 +278,8 @@ fn hostile_input_gets_clear_errors_and_the_daemon_keeps_serving() {
     let mut c = Client::connect_to(&sock).unwrap();
     let v = c.open("mcu0").unwrap();
     let img = SharedMem::with_contents(coproc_firmware::CRC32.elf).unwrap();
+    let sealed = coproc_client::sealed_image(coproc_firmware::CRC32.elf).unwrap();
+    let sealed_len = coproc_firmware::CRC32.elf.len() as u64;
     let load = |len| Request::LoadFirmware {
         vcoproc: v,
         label: "x".into(),
@@ -286,10 +288,12 @@ fn hostile_input_gets_clear_errors_and_the_daemon_keeps_serving() {
     let (pr, _pw) = rustix::pipe::pipe().unwrap();
     let cases: Vec<(Request, Vec<rustix::fd::BorrowedFd<'_>>, ErrorCode)> = vec![
         (load(100), vec![], ErrorCode::BadFd),
-        (load(100), vec![img.fd(), img.fd()], ErrorCode::BadFd),
+        (load(100), vec![sealed.as_fd(), sealed.as_fd()], ErrorCode::BadFd),
         (load(100), vec![pr.as_fd()], ErrorCode::BadFd),
-        (load(1 << 30), vec![img.fd()], ErrorCode::InvalidArgument),
-        (load(img.len() + 4096), vec![img.fd()], ErrorCode::BadFd),
+        // Not sealed: its contents could change while the daemon reads it.
+        (load(100), vec![img.fd()], ErrorCode::BadFd),
+        (load(1 << 30), vec![sealed.as_fd()], ErrorCode::InvalidArgument),
+        (load(sealed_len + 1), vec![sealed.as_fd()], ErrorCode::BadFd),
         (Request::ListCoprocs, vec![img.fd()], ErrorCode::BadFd),
         (
             Request::Doorbell { vcoproc: 999_999 },

@@ -24,7 +24,7 @@ pub use queue::Queue;
 /// The longest busy-poll budget a queue can have
 /// ([`Client::create_queue_with`]).
 pub const MAX_BUSY_POLL: Duration = Duration::from_micros(coproc_proto::queue::MAX_POLL_US as u64);
-pub use shm::{SharedMem, SvaMem};
+pub use shm::{sealed_image, SharedMem, SvaMem};
 
 use coproc_proto::fdpass::{send_frame, Receiver, TransportError};
 use coproc_proto::frame::{decode, encode};
@@ -298,13 +298,13 @@ impl Client {
         label: &str,
         image: &[u8],
     ) -> Result<(), ClientError> {
-        let mem = SharedMem::with_contents(image)?;
+        let fd = shm::sealed_image(image)?;
         let req = Request::LoadFirmware {
             vcoproc,
             label: label.into(),
             len: image.len() as u64,
         };
-        answer!(self.call(req, &[mem.fd()])?, Answer::Done => ())
+        answer!(self.call(req, &[fd.as_fd()])?, Answer::Done => ())
     }
 
     /// Map `len` bytes of `mem` from `offset` at `iova` in the vcoproc.

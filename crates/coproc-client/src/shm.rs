@@ -17,6 +17,30 @@ fn mem(e: coproc_core::memory::MemoryError) -> ClientError {
     ClientError::Memory(e.to_string())
 }
 
+/// A memfd holding exactly `data`, sealed against writing, shrinking,
+/// growing and further sealing: how a firmware image is handed to the
+/// daemon (it reads it without the contents changing under it).
+pub fn sealed_image(data: &[u8]) -> Result<rustix::fd::OwnedFd, ClientError> {
+    use rustix::fs::{fcntl_add_seals, memfd_create, MemfdFlags, SealFlags};
+    let io = |e: rustix::io::Errno| ClientError::Memory(format!("firmware memfd: {e}"));
+    let fd = memfd_create("coproc-firmware", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+        .map_err(io)?;
+    let mut done = 0;
+    while done < data.len() {
+        match rustix::io::write(&fd, &data[done..]) {
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(io(e)),
+        }
+    }
+    fcntl_add_seals(
+        &fd,
+        SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
+    )
+    .map_err(io)?;
+    Ok(fd)
+}
+
 impl SharedMem {
     /// `len` bytes (rounded up to pages), zeroed.
     pub fn new(len: u64) -> Result<SharedMem, ClientError> {
@@ -51,7 +75,7 @@ impl SharedMem {
         self.0.addr()
     }
 
-    /// Memory holding `data` (for firmware images).
+    /// Memory holding `data`.
     pub fn with_contents(data: &[u8]) -> Result<SharedMem, ClientError> {
         let m = SharedMem::new(data.len() as u64)?;
         m.write(0, data)?;

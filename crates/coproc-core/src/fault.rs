@@ -1,6 +1,6 @@
 //! Fault records: what went wrong on the device, for which vcoproc, where.
 
-use crate::ids::VcoprocId;
+use crate::ids::{DomainId, VcoprocId};
 use serde::Serialize;
 use std::fmt;
 
@@ -95,6 +95,8 @@ pub struct DeviceFault {
 pub struct FaultRecord {
     /// The faulted vcoproc.
     pub vcoproc: VcoprocId,
+    /// Its domain.
+    pub domain: DomainId,
     /// Nanoseconds since the pcoproc started.
     pub at_ns: u64,
     /// What the device reported.

@@ -22,7 +22,7 @@ use crate::device::{
     Capabilities, ContextSpec, Device, DeviceError, FirmwareInfo, FirmwarePrep, PreemptHandle,
     VirtualClock,
 };
-use crate::fault::FaultRecord;
+use crate::fault::{DeviceFault, FaultRecord};
 use crate::ids::{DomainId, VcoprocId};
 use crate::iova::{IovaError, IovaSpace, MapKind, Mapping, Perms};
 use crate::memory::Region;
@@ -42,8 +42,9 @@ use thiserror::Error;
 
 /// Fault records kept per vcoproc (newest win).
 pub const VCOPROC_FAULTS_KEPT: usize = 16;
-/// Fault records kept per pcoproc (newest win).
-pub const PCOPROC_FAULTS_KEPT: usize = 256;
+/// Fault records kept per domain on each pcoproc (newest win; one
+/// domain's faults never push out another's).
+pub const DOMAIN_FAULTS_KEPT: usize = 256;
 
 /// Errors of the in-process API.
 #[derive(Debug, Error)]
@@ -175,7 +176,8 @@ pub(crate) struct Inner {
     pub commands: VecDeque<Command>,
     pub running: Option<VcoprocId>,
     pub shutdown: bool,
-    pub faults: VecDeque<FaultRecord>,
+    /// Fault logs by domain.
+    pub faults: BTreeMap<DomainId, VecDeque<FaultRecord>>,
     pub busy_ns: u64,
     pub switches: u64,
     pub trace: Option<(usize, VecDeque<TraceEntry>)>,
@@ -198,21 +200,33 @@ impl Inner {
         self.vcoprocs.get_mut(&v).ok_or(CoreError::NoVcoproc(v))
     }
 
-    pub(crate) fn record_fault(&mut self, rec: FaultRecord) {
+    /// Record a fault of vcoproc `id` (gone already: nothing to record)
+    /// in its own log and in its domain's log on this pcoproc.
+    pub(crate) fn record_fault(&mut self, id: VcoprocId, at_ns: u64, fault: DeviceFault) {
+        let Some(vc) = self.vcoprocs.get_mut(&id) else {
+            return;
+        };
+        let rec = FaultRecord {
+            vcoproc: id,
+            domain: vc.domain,
+            at_ns,
+            fault,
+        };
         if let Some(suppressed) = self.fault_log.check() {
             tracing::warn!(fault = %rec, suppressed, "vcoproc faulted");
         }
-        if let Some(vc) = self.vcoprocs.get_mut(&rec.vcoproc) {
-            vc.stats.faults += 1;
-            if vc.faults.len() == VCOPROC_FAULTS_KEPT {
-                vc.faults.pop_front();
-            }
-            vc.faults.push_back(rec.clone());
+        vc.stats.faults += 1;
+        if vc.faults.len() == VCOPROC_FAULTS_KEPT {
+            vc.faults.pop_front();
         }
-        if self.faults.len() == PCOPROC_FAULTS_KEPT {
-            self.faults.pop_front();
+        vc.faults.push_back(rec.clone());
+        // One log per domain: another domain's faults never push this
+        // domain's records out.
+        let log = self.faults.entry(rec.domain).or_default();
+        if log.len() == DOMAIN_FAULTS_KEPT {
+            log.pop_front();
         }
-        self.faults.push_back(rec);
+        log.push_back(rec);
     }
 }
 
@@ -506,7 +520,7 @@ impl Pcoproc {
                         commands: VecDeque::new(),
                         running: None,
                         shutdown: false,
-                        faults: VecDeque::new(),
+                        faults: BTreeMap::new(),
                         busy_ns: 0,
                         switches: 0,
                         trace: None,
@@ -716,9 +730,18 @@ impl Pcoproc {
         })
     }
 
-    /// The most recent faults on this pcoproc, oldest first.
+    /// The most recent faults on this pcoproc ([`DOMAIN_FAULTS_KEPT`] per
+    /// domain), oldest first.
     pub fn faults(&self) -> Vec<FaultRecord> {
-        self.shared.lock().faults.iter().cloned().collect()
+        let mut all: Vec<FaultRecord> = self
+            .shared
+            .lock()
+            .faults
+            .values()
+            .flat_map(|log| log.iter().cloned())
+            .collect();
+        all.sort_by_key(|f| f.at_ns);
+        all
     }
 
     /// Why the pcoproc failed, if it did: device or policy code panicked

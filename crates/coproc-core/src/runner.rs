@@ -17,7 +17,7 @@ use crate::device::{
     Capabilities, ContextSpec, Device, DeviceError, FirmwareInfo, FirmwarePrep, PreemptHandle,
     PreparedFirmware, RunOutcome, StopReason, SwitchOutcome, VirtualClock,
 };
-use crate::fault::{Access, DeviceFault, FaultReason, FaultRecord};
+use crate::fault::{Access, DeviceFault, FaultReason};
 use crate::ids::{ContextId, VcoprocId};
 use crate::iova::Mapping;
 use crate::pcoproc::{lock_views, CoreError, Inner, PageFault, Shared, TraceEntry};
@@ -324,16 +324,16 @@ pub(crate) fn fail(shared: &Shared, g: &mut Inner, msg: &str) {
         };
         vc.force(VcoprocState::Faulted);
         let control = vc.control.clone();
-        g.record_fault(FaultRecord {
-            vcoproc: id,
-            at_ns: now,
-            fault: DeviceFault {
+        g.record_fault(
+            id,
+            now,
+            DeviceFault {
                 addr: None,
                 access: Access::None,
                 pc: None,
                 reason: FaultReason::Device(format!("pcoproc failed: {msg}")),
             },
-        });
+        );
         control.kick();
     }
     lock_views(&shared.views).maps.clear();
@@ -656,11 +656,7 @@ fn charge(
     }
     g.policy.charge(v, out.ran, now, end);
     if let Some(fault) = fault {
-        g.record_fault(FaultRecord {
-            vcoproc: v,
-            at_ns: now,
-            fault,
-        });
+        g.record_fault(v, now, fault);
     }
     if let Some((cap, t)) = g.trace.as_mut() {
         if t.len() == *cap {
@@ -734,14 +730,14 @@ fn out_with_fault(
     reason: FaultReason,
 ) {
     g.policy.block(id);
-    g.record_fault(FaultRecord {
-        vcoproc: id,
-        at_ns: now,
-        fault: DeviceFault {
+    g.record_fault(
+        id,
+        now,
+        DeviceFault {
             addr: at.map(|(a, _)| a),
             access: at.map_or(Access::None, |(_, a)| a),
             pc: None,
             reason,
         },
-    });
+    );
 }

@@ -438,6 +438,10 @@ pub struct VcoprocInfo {
     /// Longest wake→run latency so far, ns.
     #[serde(default)]
     pub run_delay_max_ns: u64,
+    /// Its latest fault, kept with the vcoproc as long as it exists
+    /// (other domains' faults never push it out).
+    #[serde(default)]
+    pub last_fault: Option<Box<FaultInfo>>,
 }
 
 /// A domain as listed.

@@ -13,6 +13,12 @@ pub const DEFAULT: &str = r#"# coprocd configuration (this is the built-in defau
 [daemon]
 # socket = "/run/coproc/coprocd.sock"  # default: $XDG_RUNTIME_DIR/coproc/ or /run/coproc/ for root
 # admin_gid = 0                        # members of this group may use admin verbs (root always may)
+# Limits a hostile local user cannot get around (docs/daemon.md):
+# max_connections_per_uid = 64         # sessions at once per uid (admins: no limit)
+# hello_timeout_ms = 5000              # close a connection silent this long before hello
+# write_timeout_ms = 5000              # end a session that does not read its replies
+# request_rate = 5000                  # requests per second per session (device work counts 10)
+# request_burst = 500                  # requests at once above the rate
 
 [[pcoproc]]
 name = "mcu0"
@@ -73,13 +79,68 @@ pub struct Config {
 }
 
 /// `[daemon]`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DaemonConfig {
     /// Socket path.
     pub socket: Option<PathBuf>,
     /// Group whose members are administrators.
     pub admin_gid: Option<u32>,
+    /// Connections (each one session) a uid may hold at once; administrators
+    /// are not limited.
+    #[serde(default = "default_max_connections")]
+    pub max_connections_per_uid: u32,
+    /// A connection that has not said hello within this time is closed.
+    #[serde(default = "default_hello_timeout")]
+    pub hello_timeout_ms: u64,
+    /// A reply or event the client does not take within this time ends its
+    /// session (a client that never reads cannot hold the daemon).
+    #[serde(default = "default_write_timeout")]
+    pub write_timeout_ms: u64,
+    /// Requests a session may make per second, on average (token bucket).
+    /// Requests that do device work (map, unmap, start, stop, reset,
+    /// load-firmware, create-queue, destroy, revoke, ...) count as
+    /// [`RUNNER_REQUEST_COST`] each. Over budget, the session waits; others
+    /// do not.
+    #[serde(default = "default_request_rate")]
+    pub request_rate: u32,
+    /// Requests a session may make at once above its rate (bucket size).
+    #[serde(default = "default_request_burst")]
+    pub request_burst: u32,
+}
+
+/// What a request that does work on a pcoproc's runner counts against a
+/// session's request budget, in requests.
+pub const RUNNER_REQUEST_COST: u32 = 10;
+
+fn default_max_connections() -> u32 {
+    64
+}
+fn default_hello_timeout() -> u64 {
+    5_000
+}
+fn default_write_timeout() -> u64 {
+    5_000
+}
+fn default_request_rate() -> u32 {
+    5_000
+}
+fn default_request_burst() -> u32 {
+    500
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            socket: None,
+            admin_gid: None,
+            max_connections_per_uid: default_max_connections(),
+            hello_timeout_ms: default_hello_timeout(),
+            write_timeout_ms: default_write_timeout(),
+            request_rate: default_request_rate(),
+            request_burst: default_request_burst(),
+        }
+    }
 }
 
 /// `[[pcoproc]]`.
@@ -305,6 +366,23 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        let d = &self.daemon;
+        for (name, v) in [
+            ("max_connections_per_uid", u64::from(d.max_connections_per_uid)),
+            ("hello_timeout_ms", d.hello_timeout_ms),
+            ("write_timeout_ms", d.write_timeout_ms),
+            ("request_rate", u64::from(d.request_rate)),
+            ("request_burst", u64::from(d.request_burst)),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Invalid(format!("daemon {name} must be at least 1")));
+            }
+        }
+        if d.request_burst < RUNNER_REQUEST_COST {
+            return Err(ConfigError::Invalid(format!(
+                "daemon request_burst must be at least {RUNNER_REQUEST_COST} (one request that does device work)"
+            )));
+        }
         let mut names = std::collections::BTreeSet::new();
         for p in &self.pcoprocs {
             if p.name.is_empty()

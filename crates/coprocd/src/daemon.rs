@@ -25,6 +25,28 @@ pub struct Entry {
     pub mapped: BTreeMap<u64, u64>,
     /// Queues it has.
     pub queues: u32,
+    /// What its creating session attached to it (listener, completion
+    /// eventfds and their writer thread), detached by whoever removes the
+    /// entry: the creator, another session of the domain, an admin, or
+    /// shutdown.
+    pub attachment: Option<Arc<dyn Attachment>>,
+}
+
+/// Something a session attached to a vcoproc that must go when the vcoproc
+/// goes, whichever session destroys it.
+pub trait Attachment: Send + Sync + std::fmt::Debug {
+    /// Release it: threads end, descriptors close. Idempotent.
+    fn detach(&self);
+}
+
+impl Entry {
+    /// Stop the vcoproc's listener and release what its session attached.
+    fn detach(&self) {
+        if let Some(a) = &self.attachment {
+            self.handle.control().set_listener(None);
+            a.detach();
+        }
+    }
 }
 
 /// A quota.
@@ -55,10 +77,6 @@ pub struct Usage {
     pub mappings: u32,
 }
 
-/// Vcoprocs remembered after they are gone, so their faults can still be
-/// listed with their wire id and owner.
-pub const HISTORY: usize = 4096;
-
 /// Events from other sessions queued for one session at most.
 pub const NOTICES: usize = 256;
 
@@ -68,19 +86,6 @@ pub struct Tables {
     pub vcoprocs: HashMap<u32, Entry>,
     /// Usage by uid.
     pub usage: HashMap<u32, Usage>,
-    /// (pcoproc, local id) → (wire id, uid) of recent vcoprocs, newest last.
-    pub history: std::collections::VecDeque<((String, u32), (u32, u32))>,
-}
-
-impl Tables {
-    /// Wire id and owner of a vcoproc by pcoproc and local id, alive or recent.
-    pub fn lookup(&self, coproc: &str, local: u32) -> Option<(u32, u32)> {
-        self.history
-            .iter()
-            .rev()
-            .find(|((c, l), _)| c == coproc && *l == local)
-            .map(|(_, w)| *w)
-    }
 }
 
 /// The daemon.
@@ -98,6 +103,31 @@ pub struct Daemon {
     /// Events for a session that another session causes (an admin's
     /// revoke), by session id.
     notices: Mutex<HashMap<u64, tokio::sync::mpsc::Sender<coproc_proto::Event>>>,
+    /// Open connections by uid (see [`Daemon::admit`]).
+    connections: Mutex<HashMap<u32, u32>>,
+}
+
+/// A connection counted against its uid's limit; given back on drop.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    daemon: Arc<Daemon>,
+    uid: u32,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut c = self
+            .daemon
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = c.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.remove(&self.uid);
+            }
+        }
+    }
 }
 
 impl Daemon {
@@ -148,6 +178,26 @@ impl Daemon {
             next_session: AtomicU64::new(1),
             logs: Mutex::new(HashMap::new()),
             notices: Mutex::new(HashMap::new()),
+            connections: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Count a new connection of `who` against its uid's limit
+    /// (`max_connections_per_uid`; administrators are not limited).
+    pub fn admit(self: &Arc<Daemon>, who: &Identity) -> Result<ConnectionSlot, WireError> {
+        let limit = self.config.daemon.max_connections_per_uid;
+        let mut c = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        let n = c.entry(who.uid).or_default();
+        if *n >= limit && !who.admin {
+            return Err(WireError::new(
+                ErrorCode::Quota,
+                format!("uid {} has {n} connections open, its limit", who.uid),
+            ));
+        }
+        *n += 1;
+        Ok(ConnectionSlot {
+            daemon: self.clone(),
+            uid: who.uid,
         })
     }
 
@@ -189,6 +239,7 @@ impl Daemon {
                 .collect()
         };
         for (_, e) in doomed {
+            e.detach();
             let _ = e.handle.destroy();
             self.release(&e);
         }
@@ -198,6 +249,27 @@ impl Daemon {
             .is_some_and(|u| u.sessions == 0 && u.vcoprocs == 0)
         {
             t.usage.remove(&uid);
+        }
+    }
+
+    /// Take vcoproc `id` out of the table (a destroy): what its session
+    /// attached is released at once, whichever session asks. The caller
+    /// destroys it in the core and [`Daemon::release`]s its quota.
+    pub fn take(&self, id: u32) -> Option<Entry> {
+        let e = self.tables().vcoprocs.remove(&id)?;
+        e.detach();
+        Some(e)
+    }
+
+    /// Record what the creating session attached to vcoproc `id`; false
+    /// when it is gone already (the caller releases it then).
+    pub fn attach(&self, id: u32, a: Arc<dyn Attachment>) -> bool {
+        match self.tables().vcoprocs.get_mut(&id) {
+            Some(e) => {
+                e.attachment = Some(a);
+                true
+            }
+            None => false,
         }
     }
 
@@ -292,13 +364,7 @@ impl Daemon {
     /// id, which is its core id (unique across the daemon's pcoprocs).
     pub fn register(&self, e: Entry) -> u32 {
         let id = e.handle.id().0;
-        let mut t = self.tables();
-        if t.history.len() == HISTORY {
-            t.history.pop_front();
-        }
-        t.history
-            .push_back(((e.coproc.clone(), e.handle.id().0), (id, e.uid)));
-        t.vcoprocs.insert(id, e);
+        self.tables().vcoprocs.insert(id, e);
         id
     }
 
@@ -331,6 +397,7 @@ impl Daemon {
     pub fn shutdown(&self) {
         let all: Vec<Entry> = self.tables().vcoprocs.drain().map(|(_, e)| e).collect();
         for e in all {
+            e.detach();
             let _ = e.handle.destroy();
         }
         for p in self.pcoprocs.values() {

@@ -28,9 +28,43 @@ struct Args {
 /// nice increment for the tokio threads that serve sessions).
 const CONTROL_NICE: i32 = 5;
 
+/// A writer whose errors are dropped: what cannot be logged is lost, and
+/// nothing downstream reports the loss on the same broken stream.
+struct Quiet<W>(W);
+
+impl<W: std::io::Write> std::io::Write for Quiet<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = self.0.write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = self.0.flush();
+        Ok(())
+    }
+}
+
+/// Raise the soft descriptor limit to the hard one: every mapping and
+/// queue holds descriptors, and the default soft limit (1 024) is far below
+/// what the per-uid limits allow together.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current < l.maximum {
+        l.current = l.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, l) {
+            tracing::warn!(error = %e, "cannot raise the descriptor limit");
+        }
+    }
+    let l = getrlimit(Resource::Nofile);
+    tracing::debug!(soft = ?l.current, hard = ?l.maximum, "descriptor limit");
+}
+
 fn main() {
     if let Err(e) = real_main() {
-        eprintln!("coprocd: {e:#}");
+        // A closed stderr loses the message, never turns it into a panic.
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "coprocd: {e:#}");
         std::process::exit(1);
     }
 }
@@ -41,13 +75,24 @@ fn real_main() -> anyhow::Result<()> {
         print!("{}", config::DEFAULT);
         return Ok(());
     }
+    // Log lines go through a thread of their own with a bounded queue that
+    // drops what does not fit: a slow or closed stderr (a pipe whose reader
+    // stopped or exited) never blocks or panics a thread that serves
+    // domains. Colour only on a terminal.
+    let (writer, _log_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .thread_name("coprocd-log")
+        .finish(Quiet(std::io::stderr()));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("COPROC_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .log_internal_errors(false)
+        .with_writer(writer)
         .init();
+    raise_fd_limit();
     let cfg = match &args.config {
         Some(p) => {
             let text = std::fs::read_to_string(p)

@@ -1,15 +1,27 @@
-//! The Unix socket server: accept, identify the peer (SO_PEERCRED), serve
-//! each connection as a session; on SIGTERM/SIGINT stop accepting, end the
-//! sessions (their vcoprocs and mappings are released), stop the pcoprocs,
-//! remove the socket.
+//! The Unix socket server: accept, identify the peer (SO_PEERCRED), count
+//! the connection against its uid's limit, serve it as a session; on
+//! SIGTERM/SIGINT stop accepting, remove the socket, end the sessions (their
+//! vcoprocs and mappings are released), stop the pcoprocs.
 
 use crate::daemon::Daemon;
-use coproc_proto::Identity;
+use coproc_core::ratelimit::RateLimit;
+use coproc_proto::{Identity, ServerFrame, WireError};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
+
+/// Back-off after a failed `accept` (at the descriptor limit, say): the
+/// first pause, doubled while failures go on, up to [`ACCEPT_PAUSE_MAX`].
+const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
+
+/// How long shutdown waits for sessions to end before it stops the
+/// pcoprocs under those that have not (their vcoprocs go with them).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Whether `uid`/`gid` (process `pid`) is an administrator.
 fn is_admin(uid: u32, gid: u32, pid: i32, admin_gid: Option<u32>) -> bool {
@@ -31,22 +43,39 @@ fn is_admin(uid: u32, gid: u32, pid: i32, admin_gid: Option<u32>) -> bool {
         .unwrap_or(false)
 }
 
-/// Bind the socket (removing a stale one), world-connectable: who may do
-/// what is decided per peer credentials.
-fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+/// Bind the socket, world-connectable: who may do what is decided per peer
+/// credentials. A stale socket (nothing answers) is replaced; anything else
+/// at the path is left alone and refused.
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            anyhow::bail!("{} is in use by a running daemon", path.display());
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_socket() => anyhow::bail!(
+            "{} exists and is not a socket; not replacing it",
+            path.display()
+        ),
+        Ok(_) => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                anyhow::bail!("{} is in use by a running daemon", path.display());
+            }
+            std::fs::remove_file(path)?;
         }
-        std::fs::remove_file(path)?;
+        Err(_) => {}
     }
     let l = UnixListener::bind(path)?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
     Ok(l)
+}
+
+/// Refuse a connection with one error frame, written only if the socket
+/// takes it at once (a refused peer never holds the accept loop).
+fn refuse(stream: &tokio::net::UnixStream, e: WireError) {
+    let reply = ServerFrame::Reply { id: 0, result: Err(e) };
+    if let Ok(bytes) = coproc_proto::frame::encode(&reply) {
+        let _ = stream.try_write(&bytes);
+    }
 }
 
 /// Run until SIGTERM or SIGINT.
@@ -58,20 +87,38 @@ pub async fn run(daemon: Arc<Daemon>, path: PathBuf) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut sessions = tokio::task::JoinSet::new();
     let admin_gid = daemon.config.daemon.admin_gid;
+    // One line per second at most about failing accepts or refused peers,
+    // whoever causes them.
+    let accept_log = RateLimit::new(1, 1);
+    // The current back-off (zero while accepts succeed) and whether the
+    // loop is in it.
+    let mut pause = Duration::ZERO;
+    let mut paused = false;
     loop {
         tokio::select! {
-            r = listener.accept() => {
+            r = listener.accept(), if !paused => {
                 let (stream, _) = match r {
-                    Ok(s) => s,
+                    Ok(s) => {
+                        pause = Duration::ZERO;
+                        s
+                    }
                     Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
+                        // Out of descriptors (or memory): retrying at once
+                        // would spin. Pause, longer while it lasts.
+                        if let Some(suppressed) = accept_log.check() {
+                            tracing::warn!(error = %e, suppressed, "accept failed; backing off");
+                        }
+                        pause = (pause * 2).clamp(ACCEPT_PAUSE_MIN, ACCEPT_PAUSE_MAX);
+                        paused = true;
                         continue;
                     }
                 };
                 let cred = match stream.peer_cred() {
                     Ok(c) => c,
                     Err(e) => {
-                        tracing::warn!(error = %e, "no peer credentials; connection dropped");
+                        if let Some(suppressed) = accept_log.check() {
+                            tracing::warn!(error = %e, suppressed, "no peer credentials; connection dropped");
+                        }
                         continue;
                     }
                 };
@@ -82,17 +129,40 @@ pub async fn run(daemon: Arc<Daemon>, path: PathBuf) -> anyhow::Result<()> {
                     pid,
                     admin: is_admin(cred.uid(), cred.gid(), pid, admin_gid),
                 };
-                sessions.spawn(crate::session::serve(daemon.clone(), stream, who, stop_rx.clone()));
+                let slot = match daemon.admit(&who) {
+                    Ok(slot) => slot,
+                    Err(e) => {
+                        if let Some(suppressed) = accept_log.check() {
+                            tracing::info!(uid = who.uid, error = %e.message, suppressed, "connection refused");
+                        }
+                        refuse(&stream, e);
+                        continue;
+                    }
+                };
+                sessions.spawn(crate::session::serve(daemon.clone(), stream, who, slot, stop_rx.clone()));
             }
+            _ = tokio::time::sleep(pause), if paused => paused = false,
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
     tracing::info!("shutting down");
-    let _ = stop_tx.send(true);
-    while sessions.join_next().await.is_some() {}
-    tokio::task::block_in_place(|| daemon.shutdown());
+    // No new clients from here: they see no socket rather than hang.
+    drop(listener);
     let _ = std::fs::remove_file(&path);
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            sessions = sessions.len(),
+            "sessions still busy after {SHUTDOWN_GRACE:?}; stopping under them"
+        );
+        sessions.abort_all();
+    }
+    tokio::task::block_in_place(|| daemon.shutdown());
     Ok(())
 }

@@ -5,7 +5,7 @@
 //! the session either continues (the stream is still framed) or ends (it is
 //! not); nothing a session sends can affect another session.
 
-use crate::daemon::{Daemon, Entry, Quota};
+use crate::daemon::{Attachment, Daemon, Entry, Quota};
 use coproc_core::control::{ControlEvent, Listener};
 use coproc_core::iova::{MapKind, Perms};
 use coproc_core::memory::Region;
@@ -57,6 +57,25 @@ struct Hooks {
     /// Completion eventfds and the writer thread's doorbell.
     completions: Arc<Mutex<Vec<OwnedFd>>>,
     writer: Mutex<Option<std::sync::mpsc::SyncSender<()>>>,
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks").field("vcoproc", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl crate::daemon::Attachment for Hooks {
+    fn detach(&self) {
+        self.subscribed.store(false, Ordering::Release);
+        // The writer thread ends when its only sender goes; the completion
+        // eventfds close now.
+        self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.completions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
 }
 
 impl Hooks {
@@ -122,6 +141,53 @@ impl Hooks {
             *w = Some(tx);
         }
     }
+}
+
+/// The `len` bytes of a firmware image from `fd`, which must be a memfd
+/// sealed against writing and shrinking: a read of it never blocks (no
+/// FUSE file, pipe or device can stand in), and its contents cannot change
+/// between the checks of the image and its use.
+fn read_firmware(fd: &OwnedFd, len: u64) -> Result<Vec<u8>, WireError> {
+    use rustix::fs::{fcntl_get_seals, SealFlags};
+    let need = SealFlags::WRITE | SealFlags::SHRINK;
+    let sealed = fcntl_get_seals(fd).is_ok_and(|s| s.contains(need));
+    if !sealed {
+        return Err(err(
+            ErrorCode::BadFd,
+            "firmware must come in a memfd sealed against writing and shrinking \
+             (F_SEAL_WRITE | F_SEAL_SHRINK)",
+        ));
+    }
+    let size = rustix::fs::fstat(fd)
+        .map_err(|e| err(ErrorCode::BadFd, format!("cannot stat firmware fd: {e}")))?
+        .st_size;
+    if u64::try_from(size).map_or(true, |size| size < len) {
+        return Err(err(
+            ErrorCode::BadFd,
+            format!("firmware memfd holds {size} bytes, {len} announced"),
+        ));
+    }
+    let mut image = vec![0u8; len as usize];
+    let mut done = 0;
+    while done < image.len() {
+        match rustix::io::pread(fd, &mut image[done..], done as u64) {
+            Ok(0) => {
+                return Err(err(
+                    ErrorCode::BadFd,
+                    format!("fd ends after {done} of {len} bytes"),
+                ))
+            }
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                return Err(err(
+                    ErrorCode::BadFd,
+                    format!("cannot read firmware fd: {e}"),
+                ))
+            }
+        }
+    }
+    Ok(image)
 }
 
 /// Whether `fd` is an eventfd.
@@ -199,6 +265,10 @@ fn info(id: u32, e: &Entry) -> Result<VcoprocInfo, WireError> {
             .reservation
             .map(|(b, p)| (b.as_micros() as u64, p.as_micros() as u64)),
         run_delay_max_ns: i.stats.run_delay_max_ns,
+        last_fault: i
+            .last_fault
+            .as_ref()
+            .map(|f| Box::new(fault_info(&e.coproc, e.uid, id, f))),
     })
 }
 
@@ -260,10 +330,16 @@ fn fault_info(
 }
 
 impl Session {
-    /// This session's listener on vcoproc `id`, installed on first use.
+    /// This session's listener on vcoproc `id`, installed on first use and
+    /// recorded with the vcoproc, so that whoever destroys it releases it.
     fn hooks(&mut self, id: u32, e: &Entry) -> Arc<Hooks> {
         if let Some(h) = self.hooks.get(&id) {
             return h.clone();
+        }
+        // Forget hooks of vcoprocs others destroyed meanwhile.
+        {
+            let t = self.daemon.tables();
+            self.hooks.retain(|v, _| t.vcoprocs.contains_key(v));
         }
         let h = Arc::new(Hooks {
             id,
@@ -280,6 +356,11 @@ impl Session {
         let h2 = h.clone();
         let l: Listener = Arc::new(move |ev| h2.fire(ev));
         e.handle.control().set_listener(Some(l));
+        if !self.daemon.attach(id, h.clone()) {
+            // Destroyed between the lookup and here.
+            e.handle.control().set_listener(None);
+            h.detach();
+        }
         self.hooks.insert(id, h.clone());
         h
     }
@@ -347,17 +428,6 @@ impl Session {
             d.unreserve(self.who.uid, Quota::Mappings, 1);
         }
         Ok(())
-    }
-
-    /// Drop everything this session attached to vcoproc `id` (listener,
-    /// completion eventfds and their writer thread; its doorbell eventfds
-    /// go with the vcoproc in the core).
-    fn forget(&mut self, id: u32, e: Option<&Entry>) {
-        if self.hooks.remove(&id).is_some() {
-            if let Some(e) = e {
-                e.handle.control().set_listener(None);
-            }
-        }
     }
 
     /// The entry of a vcoproc the creating session acts on (listeners and
@@ -485,6 +555,7 @@ impl Session {
                     session: self.id,
                     mapped: Default::default(),
                     queues: 0,
+                    attachment: None,
                 });
                 Ok(Answer::Opened { vcoproc: id })
             }
@@ -507,26 +578,14 @@ impl Session {
                         "label longer than 64 bytes",
                     ));
                 }
-                let mut image = vec![0u8; len as usize];
-                let mut done = 0;
-                while done < image.len() {
-                    match rustix::io::pread(&fd, &mut image[done..], done as u64) {
-                        Ok(0) => {
-                            return Err(err(
-                                ErrorCode::BadFd,
-                                format!("fd ends after {done} of {len} bytes"),
-                            ))
-                        }
-                        Ok(n) => done += n,
-                        Err(rustix::io::Errno::INTR) => {}
-                        Err(e) => {
-                            return Err(err(
-                                ErrorCode::BadFd,
-                                format!("cannot read firmware fd: {e}"),
-                            ))
-                        }
-                    }
+                if label.chars().any(char::is_control) {
+                    // Labels end up on admins' terminals.
+                    return Err(err(
+                        ErrorCode::InvalidArgument,
+                        "label has control characters",
+                    ));
                 }
+                let image = read_firmware(&fd, len)?;
                 e.handle.load_firmware(&label, &image).map_err(core_err)?;
                 Ok(Answer::Done)
             }
@@ -700,11 +759,24 @@ impl Session {
             }
             Request::Destroy { vcoproc } => {
                 let e = self.entry(vcoproc, true)?;
-                self.forget(vcoproc, Some(&e));
+                self.hooks.remove(&vcoproc);
+                // Out of the table first (its session's attachment goes with
+                // it, whichever session this is), then out of the device.
+                let removed = d.take(vcoproc);
                 e.handle.destroy().map_err(core_err)?;
-                let removed = d.tables().vcoprocs.remove(&vcoproc);
                 if let Some(removed) = removed {
                     d.release(&removed);
+                    if removed.session != self.id && removed.attachment.is_some() {
+                        // Its creator listened and no longer hears from
+                        // it: tell it.
+                        d.notice(
+                            removed.session,
+                            Event::State {
+                                vcoproc,
+                                state: VcoprocState::Destroyed.to_string(),
+                            },
+                        );
+                    }
                 }
                 Ok(Answer::Done)
             }
@@ -760,15 +832,15 @@ impl Session {
                 Ok(Answer::Domains { domains: out })
             }
             Request::ListFaults => {
-                // Each pcoproc's fault log outlives the vcoprocs it names.
+                // Each pcoproc's fault logs (one per domain) outlive the
+                // vcoprocs they name; a record carries its vcoproc's id,
+                // which is its wire id, and its domain.
                 let mut out = Vec::new();
                 for (name, pc) in &d.pcoprocs {
                     for f in pc.faults() {
-                        let Some((wire, uid)) = d.tables().lookup(name, f.vcoproc.0) else {
-                            continue;
-                        };
+                        let uid = f.domain.0;
                         if self.who.admin || uid == self.who.uid {
-                            out.push(fault_info(name, uid, wire, &f));
+                            out.push(fault_info(name, uid, f.vcoproc.0, &f));
                         }
                     }
                 }
@@ -1039,7 +1111,7 @@ impl Session {
             return vec![];
         };
         let Ok(e) = self.entry(id, false) else {
-            self.forget(id, None);
+            self.hooks.remove(&id);
             return vec![Event::State {
                 vcoproc: id,
                 state: VcoprocState::Destroyed.to_string(),
@@ -1073,10 +1145,64 @@ impl Session {
     }
 }
 
-async fn send(stream: &mut UnixStream, frame: &ServerFrame) -> std::io::Result<()> {
-    match coproc_proto::frame::encode_limited(frame, coproc_proto::frame::MAX_REPLY) {
-        Ok(bytes) => stream.write_all(&bytes).await,
-        Err(e) => Err(std::io::Error::other(e.to_string())),
+/// Why a session's connection is done with.
+#[derive(Debug)]
+struct Ended;
+
+/// The socket side of a session: the stream and what bounds a write to it.
+struct Conn {
+    stream: UnixStream,
+    /// A reply or event not taken by the client within this ends the session.
+    write_timeout: Duration,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Conn {
+    /// Write one frame. A client that does not read within the write timeout,
+    /// or a daemon shutting down, ends the session instead of waiting on it.
+    async fn send(&mut self, frame: &ServerFrame) -> Result<(), Ended> {
+        let bytes = coproc_proto::frame::encode_limited(frame, coproc_proto::frame::MAX_REPLY)
+            .map_err(|_| Ended)?;
+        let write = tokio::time::timeout(self.write_timeout, self.stream.write_all(&bytes));
+        tokio::select! {
+            r = write => match r {
+                Ok(Ok(())) => Ok(()),
+                _ => Err(Ended),
+            },
+            _ = self.shutdown.wait_for(|stop| *stop) => Err(Ended),
+        }
+    }
+
+    /// Wait `d` (a session over its request budget), unless the daemon
+    /// shuts down first.
+    async fn pause(&mut self, d: Duration) -> Result<(), Ended> {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => Ok(()),
+            _ = self.shutdown.wait_for(|stop| *stop) => Err(Ended),
+        }
+    }
+}
+
+/// What a request counts against its session's budget: requests that do
+/// work on a runner count more than those answered from tables.
+fn cost(req: &Request) -> u32 {
+    match req {
+        Request::LoadFirmware { .. }
+        | Request::Map { .. }
+        | Request::Unmap { .. }
+        | Request::CreateQueue { .. }
+        | Request::OpenVcoproc { .. }
+        | Request::Start { .. }
+        | Request::Stop { .. }
+        | Request::Reset { .. }
+        | Request::Destroy { .. }
+        | Request::SchedSet { .. }
+        | Request::VcoprocSet { .. }
+        | Request::SetDemandFaults { .. }
+        | Request::AllocLocal { .. }
+        | Request::FreeLocal { .. }
+        | Request::Revoke { .. } => crate::config::RUNNER_REQUEST_COST,
+        _ => 1,
     }
 }
 
@@ -1105,18 +1231,44 @@ async fn fill(stream: &UnixStream, rx: &mut Receiver) -> Result<usize, Transport
 }
 
 /// Serve one connection until it closes, misbehaves beyond repair, or the
-/// daemon shuts down.
+/// daemon shuts down. `slot` counts the connection against its uid's limit
+/// until it ends.
 pub async fn serve(
     daemon: Arc<Daemon>,
-    mut stream: UnixStream,
+    stream: UnixStream,
     who: Identity,
-    mut shutdown: watch::Receiver<bool>,
+    slot: crate::daemon::ConnectionSlot,
+    shutdown: watch::Receiver<bool>,
 ) {
+    let limits = &daemon.config.daemon;
+    let hello_by = tokio::time::Instant::now() + Duration::from_millis(limits.hello_timeout_ms);
+    let mut budget = coproc_core::ratelimit::Budget::new(limits.request_burst, limits.request_rate);
+    let mut conn = Conn {
+        stream,
+        write_timeout: Duration::from_millis(limits.write_timeout_ms),
+        shutdown,
+    };
     let (mut s, mut wrx, mut nrx) = Session::open(daemon.clone(), who.clone());
     let id = s.id;
-    tracing::debug!(session = id, uid = who.uid, pid = who.pid, "session opened");
     let mut rx = Receiver::new();
-    'session: loop {
+    let _ = session_loop(&mut s, &mut conn, &mut rx, &mut budget, &mut wrx, &mut nrx, hello_by).await;
+    tokio::task::block_in_place(|| s.close());
+    drop(slot);
+    tracing::debug!(session = id, uid = who.uid, "connection closed");
+}
+
+/// The body of [`serve`]: returns when the session is over.
+async fn session_loop(
+    s: &mut Session,
+    conn: &mut Conn,
+    rx: &mut Receiver,
+    budget: &mut coproc_core::ratelimit::Budget,
+    wrx: &mut mpsc::Receiver<u32>,
+    nrx: &mut mpsc::Receiver<Event>,
+    hello_by: tokio::time::Instant,
+) -> Result<(), Ended> {
+    let (id, uid) = (s.id, s.who.uid);
+    loop {
         // Answer every complete frame already buffered.
         loop {
             let next = match rx.next_frame() {
@@ -1125,14 +1277,14 @@ pub async fn serve(
                 Err(e) => {
                     // Bad header: the stream cannot be resynchronised.
                     if let Some(sup) = s.log.check() {
-                        tracing::info!(session = id, uid = who.uid, error = %e, suppressed = sup, "closing session: bad frame");
+                        tracing::info!(session = id, uid, error = %e, suppressed = sup, "closing session: bad frame");
                     }
                     let reply = ServerFrame::Reply {
                         id: 0,
                         result: Err(err(ErrorCode::BadRequest, e.to_string())),
                     };
-                    let _ = send(&mut stream, &reply).await;
-                    break 'session;
+                    let _ = conn.send(&reply).await;
+                    return Err(Ended);
                 }
             };
             if rx.dropped_fds > 0 {
@@ -1143,6 +1295,10 @@ pub async fn serve(
             let (rid, result, close) = match decode::<ClientFrame>(&body) {
                 Err(e) => (0, Err(err(ErrorCode::BadRequest, e.to_string())), false),
                 Ok(ClientFrame { id: rid, req }) => {
+                    let wait = budget.take(cost(&req));
+                    if !wait.is_zero() {
+                        conn.pause(wait).await?;
+                    }
                     let hello = matches!(req, Request::Hello { .. });
                     let r = tokio::task::block_in_place(|| s.handle(req, fds));
                     let close = hello && r.is_err();
@@ -1151,15 +1307,12 @@ pub async fn serve(
             };
             if let Err(e) = &result {
                 if let Some(sup) = s.log.check() {
-                    tracing::debug!(session = id, uid = who.uid, error = %e, suppressed = sup, "request refused");
+                    tracing::debug!(session = id, uid, error = %e, suppressed = sup, "request refused");
                 }
             }
-            if send(&mut stream, &ServerFrame::Reply { id: rid, result })
-                .await
-                .is_err()
-                || close
-            {
-                break 'session;
+            conn.send(&ServerFrame::Reply { id: rid, result }).await?;
+            if close {
+                return Err(Ended);
             }
         }
         if rx.dropped_fds > 0 {
@@ -1170,31 +1323,42 @@ pub async fn serve(
                     "too many file descriptors in one frame",
                 )),
             };
-            let _ = send(&mut stream, &reply).await;
-            break 'session;
+            let _ = conn.send(&reply).await;
+            return Err(Ended);
         }
-        tokio::select! {
-            r = fill(&stream, &mut rx) => match r {
-                Ok(0) | Err(_) => break 'session,
-                Ok(_) => {}
+        /// What woke the session up.
+        enum Woken {
+            Read,
+            Vcoproc(u32),
+            Notice(Event),
+        }
+        let greeted = s.greeted;
+        let woken = tokio::select! {
+            r = fill(&conn.stream, rx) => match r {
+                Ok(0) | Err(_) => return Ok(()),
+                Ok(_) => Woken::Read,
             },
-            Some(vid) = wrx.recv() => {
+            Some(vid) = wrx.recv() => Woken::Vcoproc(vid),
+            Some(event) = nrx.recv() => Woken::Notice(event),
+            _ = tokio::time::sleep_until(hello_by), if !greeted => {
+                if let Some(sup) = s.log.check() {
+                    tracing::info!(session = id, uid, suppressed = sup, "closing session: no hello in time");
+                }
+                return Err(Ended);
+            }
+            _ = conn.shutdown.wait_for(|stop| *stop) => return Err(Ended),
+        };
+        match woken {
+            Woken::Read => {}
+            Woken::Vcoproc(vid) => {
                 let events = tokio::task::block_in_place(|| s.wake_events(vid));
                 for event in events {
-                    if send(&mut stream, &ServerFrame::Event { event }).await.is_err() {
-                        break 'session;
-                    }
+                    conn.send(&ServerFrame::Event { event }).await?;
                 }
             }
-            Some(event) = nrx.recv() => {
-                if send(&mut stream, &ServerFrame::Event { event }).await.is_err() {
-                    break 'session;
-                }
-            }
-            _ = shutdown.changed() => break 'session,
+            Woken::Notice(event) => conn.send(&ServerFrame::Event { event }).await?,
         }
     }
-    tokio::task::block_in_place(|| s.close());
 }
 
 impl Session {
