@@ -2,14 +2,14 @@
 //! mid-run, hostile input, authorization between uids.
 
 mod common;
+use common::raw::{closed, error_code, frame, hello, raw, read_reply, send_with_fds};
 use common::{coproc_bin, wait_for, Daemon};
 
 use coproc_client::{Client, ErrorCode, SharedMem, WireMapKind, WirePerms};
-use coproc_proto::frame::{encode, MAGIC};
-use coproc_proto::{ClientFrame, Request, ServerFrame};
+use coproc_proto::frame::MAGIC;
+use coproc_proto::Request;
 use rustix::fd::AsFd;
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -154,57 +154,6 @@ fn killed_client_loses_everything_and_others_are_unaffected() {
     assert!(d.alive());
 }
 
-/// Send raw bytes (and fds) and read the daemon's answer frames.
-fn raw(socket: &Path) -> UnixStream {
-    let s = UnixStream::connect(socket).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s
-}
-
-fn read_reply(s: &mut UnixStream) -> Option<ServerFrame> {
-    let mut hdr = [0u8; 8];
-    s.read_exact(&mut hdr).ok()?;
-    assert_eq!(u32::from_le_bytes(hdr[..4].try_into().unwrap()), MAGIC);
-    let len = u32::from_le_bytes(hdr[4..].try_into().unwrap()) as usize;
-    let mut body = vec![0; len];
-    s.read_exact(&mut body).ok()?;
-    Some(serde_json::from_slice(&body).unwrap())
-}
-
-fn error_code(f: Option<ServerFrame>) -> ErrorCode {
-    match f {
-        Some(ServerFrame::Reply { result: Err(e), .. }) => e.code,
-        other => panic!("expected an error reply, got {other:?}"),
-    }
-}
-
-fn closed(s: &mut UnixStream) -> bool {
-    let mut b = [0u8; 1];
-    matches!(s.read(&mut b), Ok(0))
-}
-
-fn frame(id: u64, req: Request) -> Vec<u8> {
-    encode(&ClientFrame { id, req }).unwrap()
-}
-
-fn hello(s: &mut UnixStream) {
-    s.write_all(&frame(
-        1,
-        Request::Hello {
-            version: coproc_proto::VERSION,
-        },
-    ))
-    .unwrap();
-    assert!(matches!(
-        read_reply(s),
-        Some(ServerFrame::Reply { result: Ok(_), .. })
-    ));
-}
-
-fn send_with_fds(s: &UnixStream, id: u64, req: Request, fds: &[rustix::fd::BorrowedFd<'_>]) {
-    coproc_proto::fdpass::send_frame(s.as_fd(), &frame(id, req), fds).unwrap();
-}
-
 #[test]
 fn hostile_input_gets_clear_errors_and_the_daemon_keeps_serving() {
     let mut d = Daemon::start("hostile", CONFIG);
@@ -288,11 +237,19 @@ fn hostile_input_gets_clear_errors_and_the_daemon_keeps_serving() {
     let (pr, _pw) = rustix::pipe::pipe().unwrap();
     let cases: Vec<(Request, Vec<rustix::fd::BorrowedFd<'_>>, ErrorCode)> = vec![
         (load(100), vec![], ErrorCode::BadFd),
-        (load(100), vec![sealed.as_fd(), sealed.as_fd()], ErrorCode::BadFd),
+        (
+            load(100),
+            vec![sealed.as_fd(), sealed.as_fd()],
+            ErrorCode::BadFd,
+        ),
         (load(100), vec![pr.as_fd()], ErrorCode::BadFd),
         // Not sealed: its contents could change while the daemon reads it.
         (load(100), vec![img.fd()], ErrorCode::BadFd),
-        (load(1 << 30), vec![sealed.as_fd()], ErrorCode::InvalidArgument),
+        (
+            load(1 << 30),
+            vec![sealed.as_fd()],
+            ErrorCode::InvalidArgument,
+        ),
         (load(sealed_len + 1), vec![sealed.as_fd()], ErrorCode::BadFd),
         (Request::ListCoprocs, vec![img.fd()], ErrorCode::BadFd),
         (
@@ -455,8 +412,7 @@ fn sigterm_shuts_down_cleanly() {
 
 #[test]
 fn other_uids_cannot_see_or_touch_our_vcoprocs() {
-    if !rustix::process::getuid().is_root() {
-        eprintln!("skipped: needs root to run a client as another uid");
+    if !common::need_root("run a client as another uid") {
         return;
     }
     let d = Daemon::start("uids", CONFIG);
@@ -856,7 +812,11 @@ fn policies_and_parameters_change_while_domains_run() {
         for id in [ha, hb] {
             assert!(s.standings.iter().any(|st| st.0 == id), "{s:?}");
         }
-        std::thread::sleep(Duration::from_millis(150));
+        // The hog makes progress under each policy.
+        let ran = c.query(ha).unwrap().run_ns;
+        wait_for("the hog to run under the new policy", || {
+            c.query(ha).unwrap().run_ns > ran
+        });
     }
     let va = c.query(ha).unwrap();
     assert_eq!(va.weight, 1024);

@@ -355,8 +355,7 @@ fn hostile_revoke_requests_get_clear_answers() {
 /// and the domain told. Needs root (the domain runs as uid 65534).
 #[test]
 fn admin_revokes_only_revocable_mappings_and_the_domain_is_told() {
-    if !rustix::process::getuid().is_root() {
-        eprintln!("skipped: needs root to run a domain as another uid");
+    if !common::need_root("run a domain as another uid") {
         return;
     }
     let d = Daemon::start("admin", CONFIG);

@@ -23,8 +23,11 @@ fn mem(e: coproc_core::memory::MemoryError) -> ClientError {
 pub fn sealed_image(data: &[u8]) -> Result<rustix::fd::OwnedFd, ClientError> {
     use rustix::fs::{fcntl_add_seals, memfd_create, MemfdFlags, SealFlags};
     let io = |e: rustix::io::Errno| ClientError::Memory(format!("firmware memfd: {e}"));
-    let fd = memfd_create("coproc-firmware", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
-        .map_err(io)?;
+    let fd = memfd_create(
+        "coproc-firmware",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )
+    .map_err(io)?;
     let mut done = 0;
     while done < data.len() {
         match rustix::io::write(&fd, &data[done..]) {

@@ -39,6 +39,15 @@ pub enum MemoryError {
     /// The file descriptor is not a regular file or memfd.
     #[error("fd is not a regular file or memfd")]
     NotAFile,
+    /// The memfd is sealed against writing: the device could not write it.
+    #[error("memory is sealed against writing (F_SEAL_WRITE or F_SEAL_FUTURE_WRITE); the device needs it writable")]
+    WriteSealed,
+    /// A hugetlb memfd (its pages cannot be viewed at 4 KiB granularity).
+    #[error("hugetlb memory is not supported; use a plain memfd")]
+    Hugetlb,
+    /// The kernel refused to map the file.
+    #[error("cannot map {0} bytes of the fd: {1}")]
+    Map(u64, rustix::io::Errno),
     /// A system call on the fd failed.
     #[error("fd: {0}")]
     Fd(rustix::io::Errno),
@@ -167,15 +176,31 @@ impl Region {
             return Err(MemoryError::NotAFile);
         }
         use rustix::fs::{fcntl_add_seals, fcntl_get_seals, SealFlags};
+        // Everything that can refuse the memory is checked before it is
+        // sealed: a refused request leaves the domain's memfd as it was.
         let seals = fcntl_get_seals(&fd).map_err(|_| MemoryError::NotSealable)?;
+        if seals.intersects(SealFlags::WRITE | SealFlags::FUTURE_WRITE) {
+            return Err(MemoryError::WriteSealed);
+        }
+        const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+        // `f_type`'s width differs between targets.
+        #[allow(clippy::useless_conversion)]
+        if rustix::fs::fstatfs(&fd).is_ok_and(|f| i64::from(f.f_type) == HUGETLBFS_MAGIC) {
+            return Err(MemoryError::Hugetlb);
+        }
+        let need = offset.checked_add(len).ok_or(MemoryError::BadSize(len))?;
+        let size = st.st_size as u64;
+        if size < need {
+            return Err(MemoryError::FdTooSmall { size, need });
+        }
         if !seals.contains(SealFlags::SHRINK) {
             fcntl_add_seals(&fd, SealFlags::SHRINK).map_err(|_| MemoryError::NotSealable)?;
         }
-        // Size after sealing: from here it can only grow.
+        // Size after sealing (it may have shrunk in between): from here it
+        // can only grow.
         let size = rustix::fs::fstat(fd.as_fd())
             .map_err(MemoryError::Fd)?
             .st_size as u64;
-        let need = offset.checked_add(len).ok_or(MemoryError::BadSize(len))?;
         if size < need {
             return Err(MemoryError::FdTooSmall { size, need });
         }
@@ -203,7 +228,7 @@ impl Region {
         }
         .map_err(|e| match (at, e) {
             (Some(a), rustix::io::Errno::EXIST) => MemoryError::AddressTaken(a),
-            _ => MemoryError::Alloc(len, e),
+            _ => MemoryError::Map(len, e),
         })?;
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(MemoryError::BadSize(len))?;
         if let Some(a) = at.filter(|&a| a != ptr.as_ptr() as u64) {

@@ -25,7 +25,7 @@ use crate::device::{
 use crate::fault::{DeviceFault, FaultRecord};
 use crate::ids::{DomainId, VcoprocId};
 use crate::iova::{IovaError, IovaSpace, MapKind, Mapping, Perms};
-use crate::memory::Region;
+use crate::memory::{Region, PAGE_SIZE};
 use crate::policy::{Policy, PolicyError, SchedParams, Standing, WakeAction};
 use crate::runner;
 use crate::state::{Event, TransitionError, VcoprocState};
@@ -1010,6 +1010,40 @@ impl VcoprocHandle {
     /// The vcoproc's id.
     pub fn id(&self) -> VcoprocId {
         self.id
+    }
+
+    /// Whether [`VcoprocHandle::map`] of `len` bytes at `iova` would be
+    /// refused for the range: unaligned, outside the iova window, or over a
+    /// mapping it has now. Answered without the runner, so a caller can
+    /// refuse a request before it commits to anything (sealing a domain's
+    /// memfd, say); `map` checks again, as the answer can change.
+    pub fn check_map(&self, iova: u64, len: u64) -> Result<(), CoreError> {
+        use crate::iova::IovaError;
+        let (base, size) = (self.pcoproc.caps.iova_base, self.pcoproc.caps.iova_size);
+        if len == 0 || !iova.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
+            return Err(IovaError::Unaligned { iova, len }.into());
+        }
+        let end = iova.checked_add(len);
+        if iova < base || end.is_none_or(|e| e > base.saturating_add(size)) {
+            return Err(IovaError::OutsideWindow {
+                iova,
+                len,
+                base,
+                size,
+            }
+            .into());
+        }
+        let views = lock_views(&self.pcoproc.shared.views);
+        if let Some(maps) = views.maps.get(&self.id) {
+            // The last mapping starting below `end` is the only one that can
+            // reach into [iova, end).
+            if let Some((&other, (_, view))) = maps.range(..iova + len).next_back() {
+                if other + view.len() > iova {
+                    return Err(IovaError::Overlap { iova, len, other }.into());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Its owner.

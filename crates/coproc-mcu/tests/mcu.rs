@@ -691,15 +691,25 @@ fn preempt_handle_stops_a_running_slice() {
     let (mut dev, _, cb) = hog_device();
     for _ in 0..5 {
         let h = dev.preempt_handle();
+        // Preempt once the hog has made progress in this run: the slice
+        // is under way.
+        let (cb2, before) = (cb.clone(), cb.read_out(0));
         let t = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(20));
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while cb2.read_out(0) == before {
+                assert!(std::time::Instant::now() < deadline, "the hog never ran");
+                std::thread::yield_now();
+            }
             h.preempt();
         });
         // A budget far longer than the test: only the preempt can end it.
         let out = dev.run(Duration::from_secs(3600));
         t.join().unwrap();
         assert_eq!(out.stop, StopReason::Preempted);
-        assert!(cb.read_out(0) > 0, "the hog ran before it was stopped");
+        assert!(
+            cb.read_out(0) != before,
+            "the hog ran before it was stopped"
+        );
     }
     // A request made while nothing runs ends the next run at once.
     dev.preempt_handle().preempt();

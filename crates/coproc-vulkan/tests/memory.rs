@@ -209,6 +209,8 @@ fn revoke_while_jobs_use_the_mapping() {
     let vid = d.v.id();
     let revoked = Arc::new(AtomicBool::new(false));
     let flag = revoked.clone();
+    let done_ok = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let done = done_ok.clone();
     let domain = std::thread::spawn(move || {
         // (job number, status) of each job, in order; stops after 5 jobs
         // past the revoke or when the vcoproc faulted.
@@ -231,6 +233,9 @@ fn revoke_while_jobs_use_the_mapping() {
             match c {
                 Some(c) => {
                     log.push((j, c.status));
+                    if c.status == Status::Ok as u32 {
+                        done.fetch_add(1, Ordering::Release);
+                    }
                     if c.status != Status::Ok as u32 {
                         // The refusal, then the aborted signal.
                         let s = d.next(Duration::from_secs(30)).unwrap();
@@ -246,7 +251,12 @@ fn revoke_while_jobs_use_the_mapping() {
         }
         log
     });
-    std::thread::sleep(Duration::from_millis(150));
+    // Revoke once jobs have run on the mapping.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while done_ok.load(Ordering::Acquire) < 3 {
+        assert!(Instant::now() < deadline, "no job completed");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let before = Instant::now();
     assert!(matches!(
         pc.revoke(vid, BUF_IOVA),

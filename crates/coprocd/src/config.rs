@@ -368,14 +368,19 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let d = &self.daemon;
         for (name, v) in [
-            ("max_connections_per_uid", u64::from(d.max_connections_per_uid)),
+            (
+                "max_connections_per_uid",
+                u64::from(d.max_connections_per_uid),
+            ),
             ("hello_timeout_ms", d.hello_timeout_ms),
             ("write_timeout_ms", d.write_timeout_ms),
             ("request_rate", u64::from(d.request_rate)),
             ("request_burst", u64::from(d.request_burst)),
         ] {
             if v == 0 {
-                return Err(ConfigError::Invalid(format!("daemon {name} must be at least 1")));
+                return Err(ConfigError::Invalid(format!(
+                    "daemon {name} must be at least 1"
+                )));
             }
         }
         if d.request_burst < RUNNER_REQUEST_COST {

@@ -72,7 +72,10 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 /// Refuse a connection with one error frame, written only if the socket
 /// takes it at once (a refused peer never holds the accept loop).
 fn refuse(stream: &tokio::net::UnixStream, e: WireError) {
-    let reply = ServerFrame::Reply { id: 0, result: Err(e) };
+    let reply = ServerFrame::Reply {
+        id: 0,
+        result: Err(e),
+    };
     if let Ok(bytes) = coproc_proto::frame::encode(&reply) {
         let _ = stream.try_write(&bytes);
     }

@@ -61,7 +61,9 @@ struct Hooks {
 
 impl std::fmt::Debug for Hooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hooks").field("vcoproc", &self.id).finish_non_exhaustive()
+        f.debug_struct("Hooks")
+            .field("vcoproc", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -385,6 +387,7 @@ impl Session {
                 "offset and length must be multiples of 4096, length non-zero",
             ));
         }
+        e.handle.check_map(iova, len).map_err(core_err)?;
         let d = self.daemon.clone();
         let rule = d.rule(&self.who)?;
         d.reserve(self.who.uid, Quota::Bytes, len, rule.max_mapped_bytes)?;
@@ -635,28 +638,25 @@ impl Session {
                         "doorbell and completion must be eventfds",
                     ));
                 }
+                e.handle.check_map(iova, len).map_err(core_err)?;
                 // The busy-poll budget in the header's flags word: refused
                 // early if over the maximum (firmware clamps it anyway, as
-                // the domain can rewrite it). Read through a one-page
-                // mapping, which checks first that `mem` is a sealable
-                // memfd (a read of another file could block); anything
-                // else is refused by the mapping below.
-                if let Some(poll_us) = mem
-                    .try_clone()
-                    .ok()
-                    .and_then(|f| Region::from_fd(f, 0, 4096).ok())
-                    .map(|r| coproc_core::shared::view(&r).load_u32(coproc_proto::queue::OFF_FLAGS))
-                    .and_then(|w| w.ok())
-                {
-                    if poll_us > coproc_proto::queue::MAX_POLL_US {
-                        return Err(err(
-                            ErrorCode::InvalidArgument,
-                            format!(
-                                "busy-poll budget {poll_us} us over the maximum {} us",
-                                coproc_proto::queue::MAX_POLL_US
-                            ),
-                        ));
-                    }
+                // the domain can rewrite it). Read with pread, and only from
+                // a memfd (it has seals; a read of another file could
+                // block); anything else is refused by the mapping below.
+                let mut flags = [0u8; 4];
+                let peeked = rustix::fs::fcntl_get_seals(&mem).is_ok()
+                    && rustix::io::pread(&mem, &mut flags, coproc_proto::queue::OFF_FLAGS)
+                        .is_ok_and(|n| n == flags.len());
+                let poll_us = u32::from_ne_bytes(flags);
+                if peeked && poll_us > coproc_proto::queue::MAX_POLL_US {
+                    return Err(err(
+                        ErrorCode::InvalidArgument,
+                        format!(
+                            "busy-poll budget {poll_us} us over the maximum {} us",
+                            coproc_proto::queue::MAX_POLL_US
+                        ),
+                    ));
                 }
                 let rule = d.rule(&self.who)?;
                 d.reserve(self.who.uid, Quota::Queues, 1, u64::from(rule.max_queues))?;
@@ -1251,7 +1251,16 @@ pub async fn serve(
     let (mut s, mut wrx, mut nrx) = Session::open(daemon.clone(), who.clone());
     let id = s.id;
     let mut rx = Receiver::new();
-    let _ = session_loop(&mut s, &mut conn, &mut rx, &mut budget, &mut wrx, &mut nrx, hello_by).await;
+    let _ = session_loop(
+        &mut s,
+        &mut conn,
+        &mut rx,
+        &mut budget,
+        &mut wrx,
+        &mut nrx,
+        hello_by,
+    )
+    .await;
     tokio::task::block_in_place(|| s.close());
     drop(slot);
     tracing::debug!(session = id, uid = who.uid, "connection closed");

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod raw;
+
 use coproc_client::Client;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -43,6 +45,12 @@ pub struct Daemon {
 impl Daemon {
     /// Start one with `config` in a directory named after `name`.
     pub fn start(name: &str, config: &str) -> Daemon {
+        Daemon::start_with(name, config, |_| {})
+    }
+
+    /// [`Daemon::start`], with `adjust` applied to the daemon's command
+    /// first (its stderr, environment, limits).
+    pub fn start_with(name: &str, config: &str, adjust: impl FnOnce(&mut Command)) -> Daemon {
         let dir = std::env::temp_dir().join(format!("coproc-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -52,15 +60,15 @@ impl Daemon {
         let path = dir.join("coprocd.toml");
         std::fs::write(&path, config).unwrap();
         let socket = dir.join("coprocd.sock");
-        let child = Command::new(coprocd_bin())
-            .arg("--config")
+        let mut cmd = Command::new(coprocd_bin());
+        cmd.arg("--config")
             .arg(&path)
             .arg("--socket")
             .arg(&socket)
             .env("COPROC_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+            .stdout(Stdio::null());
+        adjust(&mut cmd);
+        let child = cmd.spawn().unwrap();
         let d = Daemon { child, dir, socket };
         wait_for("the daemon", || Client::connect_to(&d.socket).is_ok());
         d
@@ -107,6 +115,38 @@ impl Daemon {
             .count()
     }
 
+    /// Threads of the daemon whose name starts with `prefix`.
+    pub fn threads_named(&self, prefix: &str) -> usize {
+        std::fs::read_dir(format!("/proc/{}/task", self.child.id()))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.starts_with(prefix))
+            .count()
+    }
+
+    /// Run test `test` of the calling test binary as uid and gid 65534
+    /// against this daemon (a copy of the binary in the daemon's directory,
+    /// which that uid can execute), with `env` set; it is expected to pass.
+    pub fn run_test_as_nobody(&self, test: &str, env: &[(&str, String)]) {
+        use std::os::unix::process::CommandExt;
+        let me = self.dir.join(format!("as-nobody-{test}"));
+        std::fs::copy(std::env::current_exe().unwrap(), &me).unwrap();
+        let out = Command::new(&me)
+            .args(["--exact", test, "--ignored", "--nocapture"])
+            .env("COPROC_TEST_SOCKET", &self.socket)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{test} as uid 65534: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Domain memory (memfds) mapped into the daemon.
     pub fn memfd_maps(&self) -> usize {
         let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.child.id())).unwrap();
@@ -123,6 +163,27 @@ impl Drop for Daemon {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Whether this test, which needs root, runs: it does as root; otherwise it
+/// fails loudly, unless `COPROC_SKIP_ROOT_TESTS=1` says to skip it (then
+/// false, with a line saying so).
+pub fn need_root(what: &str) -> bool {
+    if rustix::process::getuid().is_root() {
+        return true;
+    }
+    if std::env::var("COPROC_SKIP_ROOT_TESTS").is_ok_and(|v| v == "1") {
+        eprintln!("skipped (COPROC_SKIP_ROOT_TESTS=1): needs root to {what}");
+        return false;
+    }
+    panic!("this test needs root to {what}; run it as root (the README's test command does), or set COPROC_SKIP_ROOT_TESTS=1 to skip it");
+}
+
+/// The socket a test run by [`Daemon::run_test_as_nobody`] talks to.
+pub fn test_socket() -> PathBuf {
+    std::env::var_os("COPROC_TEST_SOCKET")
+        .expect("COPROC_TEST_SOCKET: run by Daemon::run_test_as_nobody")
+        .into()
 }
 
 /// Poll `cond` until it holds (at most 60 s).
