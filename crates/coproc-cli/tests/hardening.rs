@@ -234,6 +234,45 @@ fn a_request_flood_waits_for_its_budget() {
     );
 }
 
+/// More sessions of one uid do not mean more requests: they share the
+/// domain's budget.
+#[test]
+fn sessions_of_a_domain_share_its_budget() {
+    let d = Daemon::start(
+        "domain-budget",
+        &config("domain_request_rate = 100\ndomain_request_burst = 10"),
+    );
+    let start = Instant::now();
+    let mut socks: Vec<UnixStream> = (0..3).map(|_| raw(&d.socket)).collect();
+    for s in &mut socks {
+        hello(s);
+    }
+    let n = 20;
+    for s in &mut socks {
+        let mut batch = Vec::new();
+        for i in 0..n {
+            batch.extend(frame(100 + i, Request::ListCoprocs));
+        }
+        s.write_all(&batch).unwrap();
+    }
+    for s in &mut socks {
+        for _ in 0..n {
+            assert!(matches!(
+                read_reply(s),
+                Some(ServerFrame::Reply { result: Ok(_), .. })
+            ));
+        }
+    }
+    // 3 hellos and 60 requests over a burst of 10, at 100 a second.
+    let floor = (3.0 + 3.0 * n as f64 - 10.0) / 100.0;
+    assert!(
+        start.elapsed().as_secs_f64() >= floor * 0.99,
+        "{} requests in {:?}",
+        3 * n,
+        start.elapsed()
+    );
+}
+
 /// F3: firmware comes in a memfd sealed against writing and shrinking;
 /// anything else (a pipe, a file that could block or change) is refused at
 /// once with a clear error.

@@ -19,6 +19,8 @@ pub const DEFAULT: &str = r#"# coprocd configuration (this is the built-in defau
 # write_timeout_ms = 5000              # end a session that does not read its replies
 # request_rate = 5000                  # requests per second per session (device work counts 10)
 # request_burst = 500                  # requests at once above the rate
+# domain_request_rate = 20000          # requests per second of all a uid's sessions together
+# domain_request_burst = 2000
 
 [[pcoproc]]
 name = "mcu0"
@@ -107,6 +109,13 @@ pub struct DaemonConfig {
     /// Requests a session may make at once above its rate (bucket size).
     #[serde(default = "default_request_burst")]
     pub request_burst: u32,
+    /// Requests all sessions of one uid may make per second together (a
+    /// second bucket, so more sessions do not mean more requests).
+    #[serde(default = "default_domain_request_rate")]
+    pub domain_request_rate: u32,
+    /// Requests all sessions of one uid may make at once above that rate.
+    #[serde(default = "default_domain_request_burst")]
+    pub domain_request_burst: u32,
 }
 
 /// What a request that does work on a pcoproc's runner counts against a
@@ -128,6 +137,12 @@ fn default_request_rate() -> u32 {
 fn default_request_burst() -> u32 {
     500
 }
+fn default_domain_request_rate() -> u32 {
+    20_000
+}
+fn default_domain_request_burst() -> u32 {
+    2_000
+}
 
 impl Default for DaemonConfig {
     fn default() -> Self {
@@ -139,6 +154,8 @@ impl Default for DaemonConfig {
             write_timeout_ms: default_write_timeout(),
             request_rate: default_request_rate(),
             request_burst: default_request_burst(),
+            domain_request_rate: default_domain_request_rate(),
+            domain_request_burst: default_domain_request_burst(),
         }
     }
 }
@@ -376,6 +393,8 @@ impl Config {
             ("write_timeout_ms", d.write_timeout_ms),
             ("request_rate", u64::from(d.request_rate)),
             ("request_burst", u64::from(d.request_burst)),
+            ("domain_request_rate", u64::from(d.domain_request_rate)),
+            ("domain_request_burst", u64::from(d.domain_request_burst)),
         ] {
             if v == 0 {
                 return Err(ConfigError::Invalid(format!(
@@ -383,9 +402,9 @@ impl Config {
                 )));
             }
         }
-        if d.request_burst < RUNNER_REQUEST_COST {
+        if d.request_burst.min(d.domain_request_burst) < RUNNER_REQUEST_COST {
             return Err(ConfigError::Invalid(format!(
-                "daemon request_burst must be at least {RUNNER_REQUEST_COST} (one request that does device work)"
+                "daemon request_burst and domain_request_burst must be at least {RUNNER_REQUEST_COST} (one request that does device work)"
             )));
         }
         let mut names = std::collections::BTreeSet::new();

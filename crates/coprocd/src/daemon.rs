@@ -103,15 +103,22 @@ pub struct Daemon {
     /// Events for a session that another session causes (an admin's
     /// revoke), by session id.
     notices: Mutex<HashMap<u64, tokio::sync::mpsc::Sender<coproc_proto::Event>>>,
-    /// Open connections by uid (see [`Daemon::admit`]).
-    connections: Mutex<HashMap<u32, u32>>,
+    /// Open connections by uid, with the uid's request budget, shared by
+    /// its sessions (see [`Daemon::admit`]).
+    connections: Mutex<HashMap<u32, (u32, DomainBudget)>>,
 }
+
+/// A domain's request budget, which all its sessions spend.
+pub type DomainBudget = Arc<Mutex<coproc_core::ratelimit::Budget>>;
 
 /// A connection counted against its uid's limit; given back on drop.
 #[derive(Debug)]
 pub struct ConnectionSlot {
     daemon: Arc<Daemon>,
     uid: u32,
+    /// The domain's request budget (every session of the uid spends it,
+    /// besides its own).
+    pub budget: DomainBudget,
 }
 
 impl Drop for ConnectionSlot {
@@ -121,7 +128,7 @@ impl Drop for ConnectionSlot {
             .connections
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = c.get_mut(&self.uid) {
+        if let Some((n, _)) = c.get_mut(&self.uid) {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 c.remove(&self.uid);
@@ -185,10 +192,14 @@ impl Daemon {
     /// Count a new connection of `who` against its uid's limit
     /// (`max_connections_per_uid`; administrators are not limited).
     pub fn admit(self: &Arc<Daemon>, who: &Identity) -> Result<ConnectionSlot, WireError> {
-        let limit = self.config.daemon.max_connections_per_uid;
+        let d = &self.config.daemon;
         let mut c = self.connections.lock().unwrap_or_else(|e| e.into_inner());
-        let n = c.entry(who.uid).or_default();
-        if *n >= limit && !who.admin {
+        let (n, budget) = c.entry(who.uid).or_insert_with(|| {
+            let b =
+                coproc_core::ratelimit::Budget::new(d.domain_request_burst, d.domain_request_rate);
+            (0, Arc::new(Mutex::new(b)))
+        });
+        if *n >= d.max_connections_per_uid && !who.admin {
             return Err(WireError::new(
                 ErrorCode::Quota,
                 format!("uid {} has {n} connections open, its limit", who.uid),
@@ -198,6 +209,7 @@ impl Daemon {
         Ok(ConnectionSlot {
             daemon: self.clone(),
             uid: who.uid,
+            budget: budget.clone(),
         })
     }
 

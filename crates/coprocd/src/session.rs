@@ -1183,6 +1183,25 @@ impl Conn {
     }
 }
 
+/// The budgets a session's requests spend: its own and its domain's.
+struct Budgets<'a> {
+    session: &'a mut coproc_core::ratelimit::Budget,
+    domain: &'a crate::daemon::DomainBudget,
+}
+
+impl Budgets<'_> {
+    /// Spend `cost` of both; how long to wait first (the longer debt).
+    fn take(&mut self, cost: u32) -> Duration {
+        let own = self.session.take(cost);
+        let domain = self
+            .domain
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(cost);
+        own.max(domain)
+    }
+}
+
 /// What a request counts against its session's budget: requests that do
 /// work on a runner count more than those answered from tables.
 fn cost(req: &Request) -> u32 {
@@ -1251,11 +1270,15 @@ pub async fn serve(
     let (mut s, mut wrx, mut nrx) = Session::open(daemon.clone(), who.clone());
     let id = s.id;
     let mut rx = Receiver::new();
+    let mut budgets = Budgets {
+        session: &mut budget,
+        domain: &slot.budget,
+    };
     let _ = session_loop(
         &mut s,
         &mut conn,
         &mut rx,
-        &mut budget,
+        &mut budgets,
         &mut wrx,
         &mut nrx,
         hello_by,
@@ -1271,7 +1294,7 @@ async fn session_loop(
     s: &mut Session,
     conn: &mut Conn,
     rx: &mut Receiver,
-    budget: &mut coproc_core::ratelimit::Budget,
+    budget: &mut Budgets<'_>,
     wrx: &mut mpsc::Receiver<u32>,
     nrx: &mut mpsc::Receiver<Event>,
     hello_by: tokio::time::Instant,
