@@ -32,8 +32,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run several domains with different firmware on one mcu pcoproc and
-    /// check every result against the host reference.
+    /// Run several domains with different firmware on an mcu pcoproc (and a
+    /// GPU one where Vulkan is present) and check every result against the
+    /// host reference.
     Demo(demo::Args),
     /// Run a benchmark and print its figures.
     Bench(bench::Args),
