@@ -25,6 +25,9 @@ pub fn coprocd_bin() -> PathBuf {
         .get_or_init(|| {
             let p = coproc_bin().with_file_name("coprocd");
             let mut c = Command::new(env!("CARGO"));
+            // From the workspace root, so that a relative CARGO_TARGET_DIR
+            // means what it meant for the build of this test.
+            c.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
             c.args(["build", "-q", "-p", "coprocd"]);
             if p.to_string_lossy().contains("/release/") {
                 c.arg("--release");
