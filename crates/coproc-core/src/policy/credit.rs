@@ -588,10 +588,7 @@ impl Policy for Credit {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const US: u64 = 1_000;
-    const MS: u64 = 1_000_000;
-    const SEC: u64 = 1_000_000_000;
+    use crate::policy::testkit::{assert_share, figure, kv, Demand, Sim, MS, SEC, US};
 
     fn id(i: u32) -> VcoprocId {
         VcoprocId(i)
@@ -612,206 +609,22 @@ mod tests {
         }
     }
 
-    fn kv(items: &[(&str, &str)]) -> Vec<(String, String)> {
-        items
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    fn figure(c: &Credit, v: u32, name: &str) -> i64 {
-        let s = c.standings();
-        let s = s.iter().find(|s| s.vcoproc == id(v)).expect("attached");
-        s.figures
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|&(_, x)| x)
-            .expect("figure")
-    }
-
-    /// What a simulated vcoproc wants from the device.
-    #[derive(Debug, Clone, Copy)]
-    enum Demand {
-        /// Always runnable.
-        Hog,
-        /// A job of `job` ns released every `period` ns.
-        Periodic { job: u64, period: u64 },
-        /// Runs `run` ns, then sleeps `sleep` ns, forever.
-        Yielder { run: u64, sleep: u64 },
-    }
-
-    #[derive(Debug)]
-    struct Task {
-        demand: Demand,
-        /// Work left in the current burst (hogs: unbounded).
-        left: u64,
-        /// Next wake-up while asleep.
-        wake_at: Option<u64>,
-        /// Time of the last wake-up.
-        woken_at: u64,
-        /// Whether the current burst has started running.
-        started: bool,
-        /// Device time received.
-        got: u64,
-        /// Longest wake-up → first run delay.
-        max_latency: u64,
-        jobs: u64,
-    }
-
-    /// A virtual-time runner: pick, run min(budget × overrun, demand),
-    /// deliver wake-ups at their times (preempting when asked), charge.
-    struct Sim {
-        pol: Credit,
-        now: u64,
-        tasks: Vec<Task>,
-        /// The device overruns every budget by num/den (1/1: exact).
-        overrun: (u64, u64),
-        preempts: u64,
-        idle_timers: u64,
-    }
-
-    impl Sim {
-        /// Vcoprocs 1..=n with these demands and parameters, all woken at 0.
-        fn new(pol: Credit, set: &[(Demand, SchedParams)]) -> Sim {
-            let mut sim = Sim {
-                pol,
-                now: 0,
-                tasks: vec![],
-                overrun: (1, 1),
-                preempts: 0,
-                idle_timers: 0,
-            };
-            for (i, &(demand, p)) in set.iter().enumerate() {
-                sim.pol.attach(id(i as u32 + 1), &p).unwrap();
-                sim.tasks.push(Task {
-                    demand,
-                    left: 0,
-                    wake_at: Some(0),
-                    woken_at: 0,
-                    started: false,
-                    got: 0,
-                    max_latency: 0,
-                    jobs: 0,
-                });
-            }
-            sim
+    /// Vcoprocs 1..=n with these demands and parameters on `pol`.
+    fn sim_of(pol: Credit, set: &[(Demand, SchedParams)]) -> Sim<Credit> {
+        let mut sim = Sim::new(pol);
+        for (i, (demand, p)) in set.iter().enumerate() {
+            sim.add(i as u32 + 1, p, *demand);
         }
-
-        fn wake(&mut self, i: usize, t: u64) -> WakeAction {
-            let task = &mut self.tasks[i];
-            task.wake_at = None;
-            task.woken_at = t;
-            task.started = false;
-            task.jobs += 1;
-            task.left = match task.demand {
-                Demand::Hog => u64::MAX,
-                Demand::Periodic { job, .. } => job,
-                Demand::Yielder { run, .. } => run,
-            };
-            self.pol.wake(id(i as u32 + 1), t)
-        }
-
-        /// The earliest pending wake-up: (time, task).
-        fn next_wake(&self) -> Option<(u64, usize)> {
-            self.tasks
-                .iter()
-                .enumerate()
-                .filter_map(|(i, t)| t.wake_at.map(|w| (w, i)))
-                .min()
-        }
-
-        fn run_until(&mut self, until: u64) {
-            while self.now < until {
-                while let Some((t, i)) = self.next_wake().filter(|&(t, _)| t <= self.now) {
-                    self.wake(i, t);
-                }
-                match self.pol.pick(self.now) {
-                    Decision::Idle(d) => {
-                        if d.is_some() {
-                            self.idle_timers += 1;
-                        }
-                        let timer = d.map(|d| self.now + nanos(d));
-                        let wake = self.next_wake().map(|(t, _)| t);
-                        let next = match (timer, wake) {
-                            (Some(a), Some(b)) => a.min(b),
-                            (Some(a), None) | (None, Some(a)) => a,
-                            (None, None) => until,
-                        };
-                        assert!(next > self.now, "idle without progress");
-                        self.now = next.min(until);
-                    }
-                    Decision::Run { vcoproc, budget } => {
-                        assert!(!budget.is_zero());
-                        let i = vcoproc.0 as usize - 1;
-                        let start = self.now;
-                        let task = &mut self.tasks[i];
-                        assert!(task.wake_at.is_none(), "picked while asleep");
-                        if !task.started {
-                            task.started = true;
-                            task.max_latency = task.max_latency.max(start - task.woken_at);
-                        }
-                        let b = nanos(budget) * self.overrun.0 / self.overrun.1;
-                        let mut stop = start + b.min(task.left);
-                        let mut preempted = false;
-                        // Wake-ups during the slice, in time order.
-                        while let Some((t, w)) = self.next_wake().filter(|&(t, _)| t < stop) {
-                            if self.wake(w, t) == WakeAction::Preempt {
-                                self.preempts += 1;
-                                stop = t.max(start);
-                                preempted = true;
-                            }
-                        }
-                        let ran = stop - start;
-                        self.now = stop;
-                        let task = &mut self.tasks[i];
-                        task.got += ran;
-                        if task.left != u64::MAX {
-                            task.left -= ran;
-                        }
-                        let runnable = task.left > 0;
-                        if !runnable {
-                            task.wake_at = Some(match task.demand {
-                                Demand::Hog => unreachable!(),
-                                Demand::Periodic { period, .. } => {
-                                    (task.woken_at + period).max(stop)
-                                }
-                                Demand::Yielder { sleep, .. } => stop + sleep,
-                            });
-                        }
-                        self.pol.charge(
-                            vcoproc,
-                            Duration::from_nanos(ran),
-                            stop,
-                            SliceEnd {
-                                runnable,
-                                preempted,
-                            },
-                        );
-                    }
-                }
-            }
-        }
-
-        fn got(&self, v: u32) -> u64 {
-            self.tasks[v as usize - 1].got
-        }
+        sim
     }
 
     fn credit() -> Credit {
         Credit::from_params(&[]).unwrap()
     }
 
-    fn assert_share(got: u64, total: u64, want: f64, rel: f64) {
-        let share = got as f64 / total as f64;
-        assert!(
-            (share - want).abs() <= want * rel,
-            "share {share} not within {rel} of {want}"
-        );
-    }
-
     #[test]
     fn weighted_hogs_share_in_proportion() {
-        let mut sim = Sim::new(
+        let mut sim = sim_of(
             credit(),
             &[
                 (Demand::Hog, params(1, None)),
@@ -820,16 +633,16 @@ mod tests {
             ],
         );
         sim.run_until(SEC);
-        let total: u64 = (1..=3).map(|v| sim.got(v)).sum();
+        let total: u64 = (1..=3).map(|v| sim.ran(v)).sum();
         assert_eq!(total, SEC, "the device never idles");
         for (v, w) in [(1, 1.0), (2, 2.0), (3, 4.0)] {
-            assert_share(sim.got(v), SEC, w / 7.0, 0.01);
+            assert_share(sim.ran(v), SEC, w / 7.0, 0.01);
         }
     }
 
     #[test]
     fn weighted_hogs_share_with_overruns() {
-        let mut sim = Sim::new(
+        let mut sim = sim_of(
             credit(),
             &[
                 (Demand::Hog, params(256, None)),
@@ -838,15 +651,15 @@ mod tests {
         );
         sim.overrun = (3, 2);
         sim.run_until(SEC);
-        assert_share(sim.got(1), sim.now, 0.25, 0.01);
-        assert_share(sim.got(2), sim.now, 0.75, 0.01);
+        assert_share(sim.ran(1), sim.now, 0.25, 0.01);
+        assert_share(sim.ran(2), sim.now, 0.75, 0.01);
     }
 
     #[test]
     fn cap_holds_alone_and_throttles_with_a_timer() {
-        let mut sim = Sim::new(credit(), &[(Demand::Hog, params(256, Some(30)))]);
+        let mut sim = sim_of(credit(), &[(Demand::Hog, params(256, Some(30)))]);
         sim.run_until(SEC);
-        let got = sim.got(1) as f64 / SEC as f64;
+        let got = sim.ran(1) as f64 / SEC as f64;
         assert!((got - 0.30).abs() <= 0.005, "capped share {got}");
         assert!(sim.idle_timers >= 99, "throttled every period");
 
@@ -875,21 +688,21 @@ mod tests {
     #[test]
     fn cap_converges_despite_overruns() {
         for cap in [30, 25, 7] {
-            let mut sim = Sim::new(credit(), &[(Demand::Hog, params(256, Some(cap)))]);
+            let mut sim = sim_of(credit(), &[(Demand::Hog, params(256, Some(cap)))]);
             sim.overrun = (3, 2);
             sim.run_until(SEC);
             let want = f64::from(cap) / 100.0;
-            let got = sim.got(1) as f64 / sim.now as f64;
+            let got = sim.ran(1) as f64 / sim.now as f64;
             assert!((got - want).abs() <= 0.005, "cap {cap}: share {got}");
             sim.run_until(10 * SEC);
-            let got = sim.got(1) as f64 / sim.now as f64;
+            let got = sim.ran(1) as f64 / sim.now as f64;
             assert!((got - want).abs() <= 0.001, "cap {cap}: long-run {got}");
         }
     }
 
     #[test]
     fn capped_and_uncapped_share_the_device() {
-        let mut sim = Sim::new(
+        let mut sim = sim_of(
             credit(),
             &[
                 (Demand::Hog, params(1000, Some(20))),
@@ -897,18 +710,18 @@ mod tests {
             ],
         );
         sim.run_until(SEC);
-        assert!((sim.got(1) as f64 / SEC as f64 - 0.20).abs() <= 0.005);
-        assert_eq!(sim.got(1) + sim.got(2), SEC, "the device never idles");
+        assert!((sim.ran(1) as f64 / SEC as f64 - 0.20).abs() <= 0.005);
+        assert_eq!(sim.ran(1) + sim.ran(2), SEC, "the device never idles");
     }
 
     #[test]
     fn rogue_yielder_gets_no_more_than_its_share() {
         for sleep in [0, 1, 150 * US, 101 * US] {
-            let mut sim = Sim::new(
+            let mut sim = sim_of(
                 credit(),
                 &[
                     (
-                        Demand::Yielder {
+                        Demand::Sleeper {
                             run: 900 * US,
                             sleep,
                         },
@@ -918,19 +731,19 @@ mod tests {
                 ],
             );
             sim.run_until(SEC);
-            let rogue = sim.got(1) as f64 / sim.now as f64;
+            let rogue = sim.ran(1) as f64 / sim.now as f64;
             assert!(rogue <= 0.51, "sleep {sleep}: rogue got {rogue}");
         }
     }
 
     #[test]
     fn interactive_runs_within_a_slice_of_its_wake_up() {
-        let mut sim = Sim::new(
+        let mut sim = sim_of(
             credit(),
             &[
                 (Demand::Hog, params(256, None)),
                 (
-                    Demand::Periodic {
+                    Demand::Paced {
                         job: 100 * US,
                         period: 10 * MS,
                     },
@@ -940,15 +753,15 @@ mod tests {
         );
         // The hog's slices are shifted off the 10 ms grid, so every job is
         // released while the hog runs.
-        sim.tasks[1].wake_at = Some(3 * MS + 300 * US);
+        sim.clients[1].next_release = 3 * MS + 300 * US;
         sim.run_until(SEC);
-        let inter = &sim.tasks[1];
+        let inter = &sim.clients[1];
         assert!(inter.jobs >= 99);
         assert!(inter.max_latency <= nanos(Credit::DEFAULT_SLICE));
         // Preempted at once every time: no delay at all.
         assert_eq!(inter.max_latency, 0);
-        assert!(sim.preempts >= inter.jobs - 1);
-        assert!(sim.got(2) >= (inter.jobs - 1) * 100 * US);
+        assert!(sim.preemptions >= inter.jobs - 1);
+        assert!(sim.ran(2) >= (inter.jobs - 1) * 100 * US);
     }
 
     #[test]
@@ -968,12 +781,12 @@ mod tests {
 
     #[test]
     fn sleepers_cannot_hoard_credit() {
-        let mut sim = Sim::new(
+        let mut sim = sim_of(
             credit(),
             &[
                 (Demand::Hog, params(256, None)),
                 (
-                    Demand::Periodic {
+                    Demand::Paced {
                         job: 50 * MS,
                         period: 400 * MS,
                     },
@@ -983,11 +796,11 @@ mod tests {
         );
         // v2 sleeps until 300 ms, then wants 50 ms: it may not take the
         // device for more than about a slice in a row.
-        sim.tasks[1].wake_at = Some(300 * MS);
+        sim.clients[1].next_release = 300 * MS;
         sim.run_until(300 * MS);
-        let before = sim.got(2);
+        let before = sim.ran(2);
         sim.run_until(310 * MS);
-        let burst = sim.got(2) - before;
+        let burst = sim.ran(2) - before;
         assert!(burst <= 6 * MS, "sleeper took {burst} ns of 10 ms");
     }
 

@@ -306,21 +306,7 @@ impl Policy for Priority {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const US: u64 = 1_000;
-    const MS: u64 = 1_000_000;
-    const RUN: SliceEnd = SliceEnd {
-        runnable: true,
-        preempted: false,
-    };
-    const PREEMPTED: SliceEnd = SliceEnd {
-        runnable: true,
-        preempted: true,
-    };
-    const WAITS: SliceEnd = SliceEnd {
-        runnable: false,
-        preempted: false,
-    };
+    use crate::policy::testkit::{figure, Demand, Sim, MS, PREEMPTED, RUN, US, WAITS};
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -337,176 +323,6 @@ mod tests {
         match p.pick(0) {
             Decision::Run { vcoproc, budget } => Some((vcoproc.0, budget)),
             Decision::Idle(_) => None,
-        }
-    }
-
-    fn figure(p: &Priority, v: u32, name: &str) -> i64 {
-        let s = p.standings();
-        let s = s.iter().find(|s| s.vcoproc == VcoprocId(v)).unwrap();
-        s.figures.iter().find(|(n, _)| n == name).unwrap().1
-    }
-
-    /// What a simulated vcoproc wants.
-    #[derive(Debug, Clone, Copy)]
-    enum Demand {
-        /// Always runnable.
-        Hog,
-        /// A job of `job` ns every `period` ns, the first at `first`.
-        Periodic { job: u64, period: u64, first: u64 },
-    }
-
-    #[derive(Debug)]
-    struct Task {
-        demand: Demand,
-        runnable: bool,
-        /// Work left of released jobs (periodic).
-        left: u64,
-        next_release: u64,
-    }
-
-    /// One slice the simulated runner ran.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    struct Slice {
-        v: u32,
-        start: u64,
-        ran: u64,
-        budget: u64,
-        preempted: bool,
-    }
-
-    /// A runner over virtual time: pick, run min(budget, demand) unless a
-    /// wake-up asks for a preemption, charge, deliver wake-ups on time.
-    struct Sim {
-        p: Priority,
-        now: u64,
-        tasks: Vec<(u32, Task)>,
-        slices: Vec<Slice>,
-        /// Every wake-up delivered: (vcoproc, time, answer).
-        wakes: Vec<(u32, u64, WakeAction)>,
-        idle: u64,
-    }
-
-    impl Sim {
-        fn new(p: Priority) -> Sim {
-            Sim {
-                p,
-                now: 0,
-                tasks: vec![],
-                slices: vec![],
-                wakes: vec![],
-                idle: 0,
-            }
-        }
-
-        fn add(&mut self, v: u32, prio_: i32, demand: Demand) {
-            self.p.attach(VcoprocId(v), &prio(prio_)).unwrap();
-            let next_release = match demand {
-                Demand::Hog => {
-                    self.p.wake(VcoprocId(v), self.now);
-                    u64::MAX
-                }
-                Demand::Periodic { first, .. } => first,
-            };
-            self.tasks.push((
-                v,
-                Task {
-                    demand,
-                    runnable: matches!(demand, Demand::Hog),
-                    left: 0,
-                    next_release,
-                },
-            ));
-        }
-
-        fn next_release(&self) -> u64 {
-            self.tasks
-                .iter()
-                .map(|(_, t)| t.next_release)
-                .min()
-                .unwrap_or(u64::MAX)
-        }
-
-        /// Release the jobs due by now; true if a wake-up asked for a
-        /// preemption.
-        fn release(&mut self) -> bool {
-            let mut preempt = false;
-            for (v, t) in &mut self.tasks {
-                while t.next_release <= self.now {
-                    let Demand::Periodic { job, period, .. } = t.demand else {
-                        break;
-                    };
-                    t.left += job;
-                    t.next_release += period;
-                    if !t.runnable {
-                        t.runnable = true;
-                        let a = self.p.wake(VcoprocId(*v), self.now);
-                        self.wakes.push((*v, self.now, a));
-                        preempt |= a == WakeAction::Preempt;
-                    }
-                }
-            }
-            preempt
-        }
-
-        fn run_until(&mut self, until: u64) {
-            while self.now < until {
-                self.release();
-                match self.p.pick(self.now) {
-                    Decision::Idle(t) => {
-                        let next = t.map_or(u64::MAX, |t| self.now + t.as_nanos() as u64);
-                        let next = next.min(self.next_release()).min(until);
-                        self.idle += next - self.now;
-                        self.now = next;
-                    }
-                    Decision::Run { vcoproc, budget } => {
-                        let v = vcoproc.0;
-                        let budget = budget.as_nanos() as u64;
-                        assert!(budget > 0);
-                        let i = self.tasks.iter().position(|(id, _)| *id == v).unwrap();
-                        let work = match self.tasks[i].1.demand {
-                            Demand::Hog => u64::MAX,
-                            Demand::Periodic { .. } => self.tasks[i].1.left,
-                        };
-                        let start = self.now;
-                        let end = start + budget.min(work);
-                        let mut preempted = false;
-                        // Wake-ups while it runs, at their times.
-                        while self.next_release() < end {
-                            self.now = self.next_release();
-                            if self.release() {
-                                preempted = true;
-                                break;
-                            }
-                        }
-                        if !preempted {
-                            self.now = end;
-                        }
-                        let ran = self.now - start;
-                        let t = &mut self.tasks[i].1;
-                        if let Demand::Periodic { .. } = t.demand {
-                            t.left -= ran;
-                            t.runnable = t.left > 0;
-                        }
-                        let end = SliceEnd {
-                            runnable: t.runnable,
-                            preempted,
-                        };
-                        self.p
-                            .charge(vcoproc, Duration::from_nanos(ran), self.now, end);
-                        self.slices.push(Slice {
-                            v,
-                            start,
-                            ran,
-                            budget,
-                            preempted,
-                        });
-                    }
-                }
-            }
-        }
-
-        fn ran(&self, v: u32) -> u64 {
-            self.slices.iter().filter(|s| s.v == v).map(|s| s.ran).sum()
         }
     }
 
@@ -561,11 +377,11 @@ mod tests {
     fn interactive_vs_hogs(hogs: u32) {
         let mut sim = Sim::new(Priority::new(ms(5)).unwrap());
         for v in 1..=hogs {
-            sim.add(v, 0, Demand::Hog);
+            sim.add(v, &prio(0), Demand::Hog);
         }
         sim.add(
             9,
-            7,
+            &prio(7),
             Demand::Periodic {
                 job: 700 * US,
                 period: 3 * MS + 300 * US,

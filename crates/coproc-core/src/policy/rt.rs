@@ -64,6 +64,7 @@
 //! sets (eligible by deadline, queued reserved by next release, slack FIFO by
 //! sequence number) and a hash map.
 
+use super::runqueue::{Place, RunQueue};
 use super::{Decision, Policy, PolicyError, SchedParams, SliceEnd, Standing, WakeAction};
 use crate::ids::VcoprocId;
 use std::collections::{BTreeSet, HashMap};
@@ -136,8 +137,8 @@ impl Reservation {
 enum Queued {
     /// Not in the run queue.
     No,
-    /// In the slack FIFO at this sequence number.
-    Fifo(i64),
+    /// In the slack FIFO at this place.
+    Fifo(Place),
     /// Reserved: in `releases` at its deadline, and in `eligible` too when
     /// it has budget left.
     Res,
@@ -224,11 +225,8 @@ pub struct Rt {
     eligible: BTreeSet<(u64, VcoprocId)>,
     /// Every queued reserved vcoproc, by next release (= deadline).
     releases: BTreeSet<(u64, VcoprocId)>,
-    /// Queued unreserved vcoprocs, by sequence number.
-    fifo: BTreeSet<(i64, VcoprocId)>,
-    /// Next FIFO sequence numbers at the head (decreasing) and tail.
-    head: i64,
-    tail: i64,
+    /// Queued unreserved vcoprocs, in FIFO order.
+    fifo: RunQueue,
     /// Vcoprocs that gained a reservation while queued (checked lazily).
     unanchored: Vec<VcoprocId>,
     /// The vcoproc picked last and not charged yet, with its deadline if it
@@ -268,9 +266,7 @@ impl Rt {
             entries: HashMap::new(),
             eligible: BTreeSet::new(),
             releases: BTreeSet::new(),
-            fifo: BTreeSet::new(),
-            head: 0,
-            tail: 1,
+            fifo: RunQueue::default(),
             unanchored: Vec::new(),
             running: None,
         })
@@ -324,16 +320,8 @@ impl Rt {
 
     /// Append unreserved `v` to the slack FIFO (or put it at the head).
     fn enqueue_fifo(&mut self, v: VcoprocId, at_head: bool) {
-        let seq = if at_head {
-            self.head -= 1;
-            self.head
-        } else {
-            self.tail += 1;
-            self.tail
-        };
         if let Some(e) = self.entries.get_mut(&v) {
-            e.queued = Queued::Fifo(seq);
-            self.fifo.insert((seq, v));
+            e.queued = Queued::Fifo(self.fifo.push(v, at_head));
         }
     }
 
@@ -368,9 +356,7 @@ impl Rt {
             return;
         };
         match e.queued {
-            Queued::Fifo(seq) => {
-                self.fifo.remove(&(seq, v));
-            }
+            Queued::Fifo(at) => self.fifo.remove(v, at),
             Queued::Res => {
                 if let Some(d) = e.res.and_then(|r| r.deadline) {
                     self.eligible.remove(&(d, v));
@@ -487,8 +473,8 @@ impl Policy for Rt {
             (None, Some(res)) => {
                 // Gaining one: anchored at the next decision if queued.
                 e.res = Some(Reservation::new(res));
-                if let Queued::Fifo(seq) = e.queued {
-                    self.fifo.remove(&(seq, v));
+                if let Queued::Fifo(at) = e.queued {
+                    self.fifo.remove(v, at);
                     e.queued = Queued::Unanchored;
                     e.slice_left = None;
                     self.unanchored.push(v);
@@ -569,7 +555,7 @@ impl Policy for Rt {
             };
         }
         let release = self.until_release(now_ns);
-        while let Some((_, v)) = self.fifo.pop_first() {
+        while let Some(v) = self.fifo.pop() {
             let Some(e) = self.entries.get_mut(&v) else {
                 continue;
             };
@@ -662,16 +648,11 @@ impl Policy for Rt {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::testkit::{
+        figure, kv, pick_at as pick, Client, Demand, Sim, MS, RUN, WAITS,
+    };
 
-    const MS: u64 = 1_000_000;
-    const RUN: SliceEnd = SliceEnd {
-        runnable: true,
-        preempted: false,
-    };
-    const DONE: SliceEnd = SliceEnd {
-        runnable: false,
-        preempted: false,
-    };
+    const DONE: SliceEnd = WAITS;
 
     fn v(i: u32) -> VcoprocId {
         VcoprocId(i)
@@ -684,194 +665,54 @@ mod tests {
         }
     }
 
-    fn kv(items: &[(&str, &str)]) -> Vec<(String, String)> {
-        items
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    fn pick(p: &mut Rt, now: u64) -> Option<(u32, u64)> {
-        match p.pick(now) {
-            Decision::Run { vcoproc, budget } => Some((vcoproc.0, ns(budget))),
-            Decision::Idle(_) => None,
-        }
-    }
-
-    fn figure(p: &Rt, id: u32, name: &str) -> i64 {
-        let s = p.standings();
-        let s = s.iter().find(|s| s.vcoproc == v(id)).expect("attached");
-        s.figures.iter().find(|(n, _)| n == name).expect("figure").1
-    }
-
-    /// A simulated client: jobs of `work` ns released every `period` ns from
-    /// `next_release` on, each due at the next release; `period == 0` is a
-    /// hog that always has work.
-    struct Task {
-        id: VcoprocId,
-        work: u64,
-        period: u64,
-        next_release: u64,
-        remaining: u64,
-        ran: u64,
-        jobs: u64,
-        misses: u64,
-    }
-
-    impl Task {
-        fn periodic(id: u32, work: u64, period: u64, offset: u64) -> Task {
-            Task {
-                id: v(id),
-                work,
+    /// A client with jobs of `work` ns released every `period` ns from
+    /// `offset` on, each due at the next release.
+    fn periodic(id: u32, work: u64, period: u64, offset: u64) -> (u32, Demand) {
+        let first = offset;
+        (
+            id,
+            Demand::Periodic {
+                job: work,
                 period,
-                next_release: offset,
-                remaining: 0,
-                ran: 0,
-                jobs: 0,
-                misses: 0,
-            }
-        }
+                first,
+            },
+        )
+    }
 
-        fn hog(id: u32) -> Task {
-            Task {
-                remaining: u64::MAX / 4,
-                ..Task::periodic(id, 0, 0, 0)
-            }
+    /// A client that always has work.
+    fn hog(id: u32) -> (u32, Demand) {
+        (id, Demand::Hog)
+    }
+
+    /// A periodic client's job and period.
+    fn job_period(c: &Client) -> (u64, u64) {
+        match c.demand {
+            Demand::Periodic { job, period, .. } => (job, period),
+            _ => (0, 0),
         }
     }
 
-    /// The runner in virtual time: pick, run until the budget is spent, the
-    /// job is done or a wake-up preempts, charge what ran.
-    struct Sim {
-        p: Rt,
-        tasks: Vec<Task>,
-        now: u64,
-        idle: u64,
-        preemptions: u64,
+    /// Attach every client (those in `reserve` with their job and period
+    /// as their reservation); hogs are woken at 0.
+    fn sim_of(p: Rt, set: Vec<(u32, Demand)>, reserve: &[u32]) -> Sim<Rt> {
+        let mut sim = Sim::new(p);
+        for (id, demand) in set {
+            let params = match demand {
+                Demand::Periodic { job, period, .. } if reserve.contains(&id) => res(job, period),
+                _ => SchedParams::default(),
+            };
+            sim.add(id, &params, demand);
+        }
+        sim
     }
 
-    impl Sim {
-        /// Attach every task (reserved ones with `(work, period)` when
-        /// `reserve`), wake the hogs.
-        fn new(mut p: Rt, tasks: Vec<Task>, reserve: &[u32]) -> Sim {
-            for t in &tasks {
-                let params = if reserve.contains(&t.id.0) {
-                    res(t.work, t.period)
-                } else {
-                    SchedParams::default()
-                };
-                p.attach(t.id, &params).unwrap();
-            }
-            for t in &tasks {
-                if t.period == 0 {
-                    p.wake(t.id, 0);
-                }
-            }
-            Sim {
-                p,
-                tasks,
-                now: 0,
-                idle: 0,
-                preemptions: 0,
-            }
-        }
-
-        fn next_release(&self) -> u64 {
-            self.tasks
-                .iter()
-                .filter(|t| t.period > 0)
-                .map(|t| t.next_release)
-                .min()
-                .unwrap_or(u64::MAX)
-        }
-
-        /// Release the jobs due by now (waking their vcoprocs unless they
-        /// are on the device); whether a wake-up asked for a preemption.
-        fn deliver(&mut self, running: Option<usize>) -> bool {
-            let Sim { p, tasks, now, .. } = self;
-            let mut preempt = false;
-            for (i, t) in tasks.iter_mut().enumerate() {
-                while t.period > 0 && t.next_release <= *now {
-                    if t.remaining > 0 {
-                        t.misses += 1;
-                    }
-                    let was_idle = t.remaining == 0;
-                    t.jobs += 1;
-                    t.remaining += t.work;
-                    t.next_release += t.period;
-                    if was_idle && running != Some(i) && p.wake(t.id, *now) == WakeAction::Preempt {
-                        preempt = running.is_some();
-                    }
-                }
-            }
-            preempt
-        }
-
-        fn run_until(&mut self, end: u64) {
-            self.deliver(None);
-            while self.now < end {
-                match self.p.pick(self.now) {
-                    Decision::Idle(t) => {
-                        let until = t
-                            .map_or(u64::MAX, |t| {
-                                assert!(!t.is_zero(), "idle for no time");
-                                self.now + ns(t)
-                            })
-                            .min(self.next_release())
-                            .min(end);
-                        assert!(until > self.now, "idle without a way out");
-                        self.idle += until - self.now;
-                        self.now = until;
-                        self.deliver(None);
-                    }
-                    Decision::Run { vcoproc, budget } => {
-                        let mut left = ns(budget);
-                        assert!(left > 0, "empty budget");
-                        let i = self.tasks.iter().position(|t| t.id == vcoproc).unwrap();
-                        assert!(self.tasks[i].remaining > 0, "{vcoproc} has nothing to do");
-                        let start = self.now;
-                        let mut preempted = false;
-                        loop {
-                            let can = left.min(self.tasks[i].remaining);
-                            let ev = self.next_release();
-                            if ev < self.now + can {
-                                let dt = ev - self.now;
-                                self.tasks[i].remaining -= dt;
-                                left -= dt;
-                                self.now = ev;
-                                if self.deliver(Some(i)) {
-                                    preempted = true;
-                                    break;
-                                }
-                            } else {
-                                self.now += can;
-                                self.tasks[i].remaining -= can;
-                                break;
-                            }
-                        }
-                        let ran = self.now - start;
-                        self.tasks[i].ran += ran;
-                        self.preemptions += u64::from(preempted);
-                        let end = SliceEnd {
-                            runnable: self.tasks[i].remaining > 0,
-                            preempted,
-                        };
-                        self.p
-                            .charge(vcoproc, Duration::from_nanos(ran), self.now, end);
-                        self.deliver(None);
-                    }
-                }
-            }
-        }
-    }
-
-    fn admitted_set(offsets: [u64; 4]) -> Vec<Task> {
+    fn admitted_set(offsets: [u64; 4]) -> Vec<(u32, Demand)> {
         vec![
-            Task::periodic(1, 2 * MS, 10 * MS, offsets[0]),
-            Task::periodic(2, 3 * MS, 15 * MS, offsets[1]),
-            Task::periodic(3, 5 * MS, 20 * MS, offsets[2]),
-            Task::periodic(4, 20 * MS, 100 * MS, offsets[3]),
-            Task::hog(5),
+            periodic(1, 2 * MS, 10 * MS, offsets[0]),
+            periodic(2, 3 * MS, 15 * MS, offsets[1]),
+            periodic(3, 5 * MS, 20 * MS, offsets[2]),
+            periodic(4, 20 * MS, 100 * MS, offsets[3]),
+            hog(5),
         ]
     }
 
@@ -879,28 +720,32 @@ mod tests {
     fn admitted_set_meets_every_deadline_and_hog_gets_the_slack() {
         for offsets in [[0; 4], [0, 7 * MS, 3 * MS, 55 * MS]] {
             let p = Rt::new(95, Duration::from_millis(5)).unwrap();
-            let mut sim = Sim::new(p, admitted_set(offsets), &[1, 2, 3, 4]);
+            let mut sim = sim_of(p, admitted_set(offsets), &[1, 2, 3, 4]);
             // 2/10 + 3/15 + 5/20 + 20/100 = 85 %.
-            assert_eq!(sim.p.utilisation_ppm(), 850_000);
+            assert_eq!(sim.policy.utilisation_ppm(), 850_000);
             let end = 2_000 * MS;
             sim.run_until(end);
             assert_eq!(sim.now, end);
             assert_eq!(sim.idle, 0, "the hog is always runnable");
-            for t in &sim.tasks[..4] {
+            for t in &sim.clients[..4] {
                 assert_eq!(t.misses, 0, "{} missed a deadline", t.id);
                 // Everything released and due by the end was done.
-                let due = (end - offsets[(t.id.0 - 1) as usize]) / t.period;
-                assert!(t.ran >= due * t.work, "{}: ran {} of {}", t.id, t.ran, due);
-                assert_eq!(figure(&sim.p, t.id.0, "overruns"), 0);
+                let (work, period) = job_period(t);
+                let due = (end - offsets[(t.id - 1) as usize]) / period;
+                assert!(t.ran >= due * work, "{}: ran {} of {}", t.id, t.ran, due);
+                assert_eq!(figure(&sim.policy, t.id, "overruns"), 0);
             }
-            let hog = sim.tasks[4].ran;
-            let reserved: u64 = sim.tasks[..4].iter().map(|t| t.ran).sum();
+            let hog = sim.clients[4].ran;
+            let reserved: u64 = sim.clients[..4].iter().map(|t| t.ran).sum();
             assert_eq!(hog + reserved, end);
             // The hog gets all but the work of the jobs released before the
             // end (about 85 % of it, a little more for jobs due after it).
-            let released: u64 = sim.tasks[..4]
+            let released: u64 = sim.clients[..4]
                 .iter()
-                .map(|t| (end - offsets[(t.id.0 - 1) as usize]).div_ceil(t.period) * t.work)
+                .map(|t| {
+                    let (work, period) = job_period(t);
+                    (end - offsets[(t.id - 1) as usize]).div_ceil(period) * work
+                })
                 .sum();
             assert!(hog >= end - released, "hog got {hog}");
             assert!(hog >= 300 * MS - 30 * MS, "hog got {hog}");
@@ -911,39 +756,33 @@ mod tests {
     #[test]
     fn a_greedy_reservation_is_held_to_its_budget() {
         let p = Rt::new(95, Duration::from_millis(5)).unwrap();
-        let mut tasks = vec![Task::hog(1)];
-        tasks[0].work = 2 * MS;
-        tasks[0].period = 0;
-        tasks.push(Task::periodic(2, 3 * MS, 15 * MS, MS));
-        tasks.push(Task::periodic(3, 5 * MS, 20 * MS, 2 * MS));
-        tasks.push(Task::hog(4));
-        let mut sim = Sim::new(p, tasks, &[2, 3]);
-        sim.p.set_params(v(1), &res(2 * MS, 10 * MS)).unwrap();
+        let mut tasks = vec![hog(1)];
+        tasks.push(periodic(2, 3 * MS, 15 * MS, MS));
+        tasks.push(periodic(3, 5 * MS, 20 * MS, 2 * MS));
+        tasks.push(hog(4));
+        let mut sim = sim_of(p, tasks, &[2, 3]);
+        sim.policy.set_params(v(1), &res(2 * MS, 10 * MS)).unwrap();
         let end = 1_000 * MS;
         sim.run_until(end);
         // Reserved while queued, anchored at the first pick (0): exactly
         // 2 ms in each 10 ms, depleted while runnable in every period.
-        assert_eq!(sim.tasks[0].ran, 200 * MS);
-        assert_eq!(figure(&sim.p, 1, "overruns"), 100);
-        assert_eq!(sim.tasks[1].misses + sim.tasks[2].misses, 0);
+        assert_eq!(sim.clients[0].ran, 200 * MS);
+        assert_eq!(figure(&sim.policy, 1, "overruns"), 100);
+        assert_eq!(sim.clients[1].misses + sim.clients[2].misses, 0);
         // The unreserved hog gets the rest: 1 - 0.2 - 0.2 - 0.25.
-        let hog = sim.tasks[3].ran;
+        let hog = sim.clients[3].ran;
         assert!(hog >= 350 * MS - 10 * MS, "hog got {hog}");
     }
 
     #[test]
     fn unreserved_vcoprocs_share_the_slack_round_robin() {
         let p = Rt::new(95, Duration::from_millis(1)).unwrap();
-        let tasks = vec![
-            Task::periodic(1, 5 * MS, 10 * MS, 0),
-            Task::hog(2),
-            Task::hog(3),
-        ];
-        let mut sim = Sim::new(p, tasks, &[1]);
+        let tasks = vec![periodic(1, 5 * MS, 10 * MS, 0), hog(2), hog(3)];
+        let mut sim = sim_of(p, tasks, &[1]);
         sim.run_until(1_000 * MS);
-        assert_eq!(sim.tasks[0].misses, 0);
-        assert_eq!(sim.tasks[0].ran, 500 * MS);
-        let (a, b) = (sim.tasks[1].ran, sim.tasks[2].ran);
+        assert_eq!(sim.clients[0].misses, 0);
+        assert_eq!(sim.clients[0].ran, 500 * MS);
+        let (a, b) = (sim.clients[1].ran, sim.clients[2].ran);
         assert_eq!(a + b, 500 * MS);
         assert!(a.abs_diff(b) <= MS, "slack split {a} / {b}");
     }

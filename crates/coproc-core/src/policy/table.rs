@@ -30,9 +30,10 @@
 //! fill order; the owner of a window is taken out of it wherever it is), so
 //! every operation is O(log n) in vcoprocs plus O(log w) in windows.
 
+use super::runqueue::{Place, RunQueue};
 use super::{Decision, Policy, PolicyError, SchedParams, SliceEnd, Standing, WakeAction};
 use crate::ids::VcoprocId;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -91,7 +92,7 @@ struct Win {
 #[derive(Debug, Default, Clone, Copy)]
 struct Entry {
     /// Its position in the queue, if queued.
-    queued: Option<i64>,
+    queued: Option<Place>,
     /// Overrun of its windows not yet paid back, ns.
     debt: u64,
     /// All overruns, ns.
@@ -123,10 +124,7 @@ pub struct Table {
     epoch: Option<u64>,
     entries: HashMap<VcoprocId, Entry>,
     /// Runnable vcoprocs not running, in fill order.
-    queue: BTreeSet<(i64, VcoprocId)>,
-    /// Next sequence numbers at the head (decreasing) and tail (increasing).
-    head: i64,
-    tail: i64,
+    queue: RunQueue,
     running: Option<Running>,
     /// Per owner: windows per frame and their total length, ns.
     owned: HashMap<VcoprocId, (u64, u64)>,
@@ -213,9 +211,7 @@ impl Table {
             fill,
             epoch: None,
             entries: HashMap::new(),
-            queue: BTreeSet::new(),
-            head: 0,
-            tail: 1,
+            queue: RunQueue::default(),
             running: None,
             owned,
         })
@@ -324,22 +320,14 @@ impl Table {
         let Some(e) = self.entries.get_mut(&v) else {
             return;
         };
-        let seq = if at_head {
-            self.head = self.head.saturating_sub(1);
-            self.head
-        } else {
-            self.tail = self.tail.saturating_add(1);
-            self.tail
-        };
-        e.queued = Some(seq);
-        self.queue.insert((seq, v));
+        e.queued = Some(self.queue.push(v, at_head));
     }
 
     /// Take `v` out of the queue if it is there.
     fn dequeue(&mut self, v: VcoprocId) {
         if let Some(e) = self.entries.get_mut(&v) {
-            if let Some(seq) = e.queued.take() {
-                self.queue.remove(&(seq, v));
+            if let Some(at) = e.queued.take() {
+                self.queue.remove(v, at);
             }
         }
     }
@@ -481,11 +469,7 @@ impl Policy for Table {
             None => (next, None),
         };
         if self.fill == Fill::Rr && gap >= MIN_RUN {
-            let filler = self
-                .queue
-                .iter()
-                .map(|&(_, v)| v)
-                .find(|&v| Some(v) != exclude);
+            let filler = self.queue.iter().find(|&v| Some(v) != exclude);
             if let Some(v) = filler {
                 return self.run(v, gap.min(ns(Self::FILL_SLICE)), false);
             }
@@ -545,24 +529,7 @@ impl Policy for Table {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const US: u64 = 1_000;
-    const MS: u64 = 1_000_000;
-    const RUN: SliceEnd = SliceEnd {
-        runnable: true,
-        preempted: false,
-    };
-    const PREEMPTED: SliceEnd = SliceEnd {
-        runnable: true,
-        preempted: true,
-    };
-
-    fn kv(items: &[(&str, &str)]) -> Vec<(String, String)> {
-        items
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::policy::testkit::{figure, kv, Demand, Sim, MS, PREEMPTED, RUN, US};
 
     /// Frame 10 ms: v1 0..2 ms, v2 2..7 ms, slack 7..10 ms.
     fn ab(fill: &str) -> Table {
@@ -582,196 +549,9 @@ mod tests {
         }
     }
 
-    fn figure(t: &Table, v: u32, name: &str) -> i64 {
-        let s = t.standings();
-        let s = s.iter().find(|s| s.vcoproc == VcoprocId(v)).unwrap();
-        s.figures.iter().find(|(n, _)| n == name).unwrap().1
-    }
-
-    /// What a simulated vcoproc wants.
-    #[derive(Debug, Clone, Copy)]
-    enum Demand {
-        /// Always runnable.
-        Hog,
-        /// Never runnable.
-        Off,
-        /// A job of `job` ns every `period` ns, the first at `first`.
-        Periodic { job: u64, period: u64, first: u64 },
-    }
-
-    #[derive(Debug)]
-    struct Task {
-        demand: Demand,
-        runnable: bool,
-        /// Work left of released jobs (periodic).
-        left: u64,
-        next_release: u64,
-        /// How far past a budget it runs (stops only between jobs).
-        overrun: u64,
-    }
-
-    /// One slice the simulated runner ran.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    struct Slice {
-        v: u32,
-        start: u64,
-        ran: u64,
-        budget: u64,
-        preempted: bool,
-    }
-
-    /// A runner over virtual time: pick, run min(budget, demand) (plus the
-    /// vcoproc's overrun) unless a wake-up asks for a preemption, or idle
-    /// until the time given; charge; deliver wake-ups on time.
-    struct Sim {
-        t: Table,
-        now: u64,
-        tasks: Vec<(u32, Task)>,
-        slices: Vec<Slice>,
-        /// Every wake-up delivered: (vcoproc, time, answer).
-        wakes: Vec<(u32, u64, WakeAction)>,
-        idle: u64,
-    }
-
-    impl Sim {
-        fn new(t: Table, now: u64) -> Sim {
-            Sim {
-                t,
-                now,
-                tasks: vec![],
-                slices: vec![],
-                wakes: vec![],
-                idle: 0,
-            }
-        }
-
-        fn add(&mut self, v: u32, demand: Demand, overrun: u64) {
-            self.t
-                .attach(VcoprocId(v), &SchedParams::default())
-                .unwrap();
-            let next_release = match demand {
-                Demand::Hog => {
-                    self.t.wake(VcoprocId(v), self.now);
-                    u64::MAX
-                }
-                Demand::Off => u64::MAX,
-                Demand::Periodic { first, .. } => first,
-            };
-            self.tasks.push((
-                v,
-                Task {
-                    demand,
-                    runnable: matches!(demand, Demand::Hog),
-                    left: 0,
-                    next_release,
-                    overrun,
-                },
-            ));
-        }
-
-        fn next_release(&self) -> u64 {
-            self.tasks
-                .iter()
-                .map(|(_, t)| t.next_release)
-                .min()
-                .unwrap_or(u64::MAX)
-        }
-
-        /// Release the jobs due by now; true if a wake-up asked for a
-        /// preemption.
-        fn release(&mut self) -> bool {
-            let mut preempt = false;
-            for (v, t) in &mut self.tasks {
-                while t.next_release <= self.now {
-                    let Demand::Periodic { job, period, .. } = t.demand else {
-                        break;
-                    };
-                    t.left += job;
-                    t.next_release += period;
-                    if !t.runnable {
-                        t.runnable = true;
-                        let a = self.t.wake(VcoprocId(*v), self.now);
-                        self.wakes.push((*v, self.now, a));
-                        preempt |= a == WakeAction::Preempt;
-                    }
-                }
-            }
-            preempt
-        }
-
-        fn run_until(&mut self, until: u64) {
-            while self.now < until {
-                self.release();
-                match self.t.pick(self.now) {
-                    Decision::Idle(t) => {
-                        let next = t.map_or(u64::MAX, |t| self.now + t.as_nanos() as u64);
-                        let next = next.min(self.next_release()).min(until);
-                        assert!(next > self.now, "idle for nothing");
-                        self.idle += next - self.now;
-                        self.now = next;
-                    }
-                    Decision::Run { vcoproc, budget } => {
-                        let v = vcoproc.0;
-                        let budget = budget.as_nanos() as u64;
-                        assert!(budget > 0);
-                        let i = self.tasks.iter().position(|(id, _)| *id == v).unwrap();
-                        let task = &self.tasks[i].1;
-                        assert!(task.runnable, "v{v} picked while not runnable");
-                        let work = match task.demand {
-                            Demand::Hog => u64::MAX,
-                            _ => task.left,
-                        };
-                        let over = if work > budget { task.overrun } else { 0 };
-                        let start = self.now;
-                        let end = start + budget.min(work) + over;
-                        let mut preempted = false;
-                        // Wake-ups while it runs, at their times.
-                        while self.next_release() < end {
-                            self.now = self.next_release();
-                            if self.release() {
-                                preempted = true;
-                                break;
-                            }
-                        }
-                        if !preempted {
-                            self.now = end;
-                        }
-                        let ran = self.now - start;
-                        let t = &mut self.tasks[i].1;
-                        if let Demand::Periodic { .. } = t.demand {
-                            t.left = t.left.saturating_sub(ran);
-                            t.runnable = t.left > 0;
-                        }
-                        let end = SliceEnd {
-                            runnable: t.runnable,
-                            preempted,
-                        };
-                        self.t
-                            .charge(vcoproc, Duration::from_nanos(ran), self.now, end);
-                        self.slices.push(Slice {
-                            v,
-                            start,
-                            ran,
-                            budget,
-                            preempted,
-                        });
-                    }
-                }
-            }
-        }
-
-        fn slices_of(&self, v: u32) -> Vec<Slice> {
-            self.slices.iter().filter(|s| s.v == v).copied().collect()
-        }
-
-        fn ran(&self, v: u32) -> u64 {
-            self.slices_of(v).iter().map(|s| s.ran).sum()
-        }
-    }
-
     /// Every slice of `v` starts at `epoch + k * 10 ms + offset` (k =
     /// 0..frames) and runs `len`.
-    fn assert_windows(sim: &Sim, v: u32, epoch: u64, offset: u64, len: u64, frames: u64) {
+    fn assert_windows(sim: &Sim<Table>, v: u32, epoch: u64, offset: u64, len: u64, frames: u64) {
         let got: Vec<(u64, u64)> = sim.slices_of(v).iter().map(|s| (s.start, s.ran)).collect();
         let want: Vec<(u64, u64)> = (0..frames)
             .map(|k| (epoch + k * 10 * MS + offset, len))
@@ -783,28 +563,28 @@ mod tests {
     fn windows_start_on_the_frame_grid_and_last_exactly() {
         // The epoch is the first clock reading, not zero.
         let epoch = 3 * MS + 123;
-        let mut sim = Sim::new(ab("idle"), epoch);
-        sim.add(1, Demand::Hog, 0);
-        sim.add(2, Demand::Hog, 0);
+        let mut sim = Sim::starting_at(ab("idle"), epoch);
+        sim.add(1, &SchedParams::default(), Demand::Hog);
+        sim.add(2, &SchedParams::default(), Demand::Hog);
         sim.run_until(epoch + 1_000 * MS);
         assert_windows(&sim, 1, epoch, 0, 2 * MS, 100);
         assert_windows(&sim, 2, epoch, 2 * MS, 5 * MS, 100);
         assert_eq!(sim.ran(1), 200 * MS);
         assert_eq!(sim.ran(2), 500 * MS);
         assert_eq!(sim.idle, 300 * MS, "3 ms of slack per frame");
-        assert_eq!(figure(&sim.t, 1, "windows"), 1);
-        assert_eq!(figure(&sim.t, 2, "window_us"), 5000);
-        assert_eq!(figure(&sim.t, 2, "debt_us"), 0);
-        assert_eq!(figure(&sim.t, 1, "picks"), 100);
+        assert_eq!(figure(&sim.policy, 1, "windows"), 1);
+        assert_eq!(figure(&sim.policy, 2, "window_us"), 5000);
+        assert_eq!(figure(&sim.policy, 2, "debt_us"), 0);
+        assert_eq!(figure(&sim.policy, 1, "picks"), 100);
     }
 
     #[test]
     fn fill_rr_gives_the_slack_to_a_third_vcoproc() {
         let epoch = 42;
-        let mut sim = Sim::new(ab("rr"), epoch);
-        sim.add(1, Demand::Hog, 0);
-        sim.add(2, Demand::Hog, 0);
-        sim.add(3, Demand::Hog, 0);
+        let mut sim = Sim::starting_at(ab("rr"), epoch);
+        sim.add(1, &SchedParams::default(), Demand::Hog);
+        sim.add(2, &SchedParams::default(), Demand::Hog);
+        sim.add(3, &SchedParams::default(), Demand::Hog);
         sim.run_until(epoch + 1_000 * MS);
         assert_windows(&sim, 1, epoch, 0, 2 * MS, 100);
         assert_windows(&sim, 2, epoch, 2 * MS, 5 * MS, 100);
@@ -812,9 +592,9 @@ mod tests {
         assert_windows(&sim, 3, epoch, 7 * MS, 3 * MS, 100);
         assert_eq!(sim.idle, 0);
         // With fill=idle the third never runs.
-        let mut sim = Sim::new(ab("idle"), epoch);
+        let mut sim = Sim::starting_at(ab("idle"), epoch);
         for v in 1..=3 {
-            sim.add(v, Demand::Hog, 0);
+            sim.add(v, &SchedParams::default(), Demand::Hog);
         }
         sim.run_until(epoch + 1_000 * MS);
         assert_eq!(sim.ran(3), 0);
@@ -823,16 +603,16 @@ mod tests {
 
     #[test]
     fn an_absent_owner_leaves_its_window_idle() {
-        let mut sim = Sim::new(ab("idle"), 0);
-        sim.add(1, Demand::Hog, 0);
-        sim.add(2, Demand::Off, 0);
+        let mut sim = Sim::starting_at(ab("idle"), 0);
+        sim.add(1, &SchedParams::default(), Demand::Hog);
+        sim.add(2, &SchedParams::default(), Demand::Off);
         sim.run_until(1_000 * MS);
         assert_windows(&sim, 1, 0, 0, 2 * MS, 100);
         assert_eq!(sim.idle, 800 * MS);
         // Unless slack is filled: then v1 fills v2's window and the gap.
-        let mut sim = Sim::new(ab("rr"), 0);
-        sim.add(1, Demand::Hog, 0);
-        sim.add(2, Demand::Off, 0);
+        let mut sim = Sim::starting_at(ab("rr"), 0);
+        sim.add(1, &SchedParams::default(), Demand::Hog);
+        sim.add(2, &SchedParams::default(), Demand::Off);
         sim.run_until(1_000 * MS);
         assert_eq!(sim.idle, 0);
         let starts: Vec<u64> = sim.slices_of(1).iter().take(3).map(|s| s.start).collect();
@@ -855,8 +635,8 @@ mod tests {
             Fill::Idle,
         )
         .unwrap();
-        let mut sim = Sim::new(t, 0);
-        sim.add(1, Demand::Hog, 0);
+        let mut sim = Sim::starting_at(t, 0);
+        sim.add(1, &SchedParams::default(), Demand::Hog);
         sim.run_until(1_000 * MS);
         assert_windows(&sim, 1, 0, 0, 2 * MS, 100);
         assert_eq!(sim.idle, 800 * MS);
@@ -866,18 +646,18 @@ mod tests {
     fn an_owner_waking_in_its_window_preempts_a_filler() {
         // v1: a job of 500 us every 10 ms, released 300 us into its window;
         // v3 (no window) fills all slack.
-        let mut sim = Sim::new(ab("rr"), 0);
-        sim.add(3, Demand::Hog, 0);
+        let mut sim = Sim::starting_at(ab("rr"), 0);
+        sim.add(3, &SchedParams::default(), Demand::Hog);
         sim.add(
             1,
+            &SchedParams::default(),
             Demand::Periodic {
                 job: 500 * US,
                 period: 10 * MS,
                 first: 300 * US,
             },
-            0,
         );
-        sim.add(2, Demand::Off, 0);
+        sim.add(2, &SchedParams::default(), Demand::Off);
         sim.run_until(1_000 * MS);
         assert_windows(&sim, 1, 0, 300 * US, 500 * US, 100);
         assert!(sim
@@ -916,9 +696,9 @@ mod tests {
     #[test]
     fn overrun_is_debt_taken_from_the_next_window() {
         // v1 stops only between jobs: it runs 300 us past every budget.
-        let mut sim = Sim::new(ab("idle"), 0);
-        sim.add(1, Demand::Hog, 300 * US);
-        sim.add(2, Demand::Hog, 0);
+        let mut sim = Sim::starting_at(ab("idle"), 0);
+        sim.add(1, &SchedParams::default(), Demand::Hog).overrun = 300 * US;
+        sim.add(2, &SchedParams::default(), Demand::Hog);
         sim.run_until(1_000 * MS);
         let s1 = sim.slices_of(1);
         let s2 = sim.slices_of(2);
@@ -942,8 +722,8 @@ mod tests {
                 (k as u64 * 10 * MS + 2 * MS, 5 * MS)
             );
         }
-        assert_eq!(figure(&sim.t, 1, "debt_us"), 300);
-        assert_eq!(figure(&sim.t, 1, "overrun_us"), 100 * 300);
+        assert_eq!(figure(&sim.policy, 1, "debt_us"), 300);
+        assert_eq!(figure(&sim.policy, 1, "overrun_us"), 100 * 300);
         assert_eq!(sim.ran(1), 200 * MS + 300 * US, "its windows and the debt");
     }
 
@@ -1055,14 +835,14 @@ mod tests {
             ("fill", "rr"),
         ]))
         .unwrap();
-        let mut sim = Sim::new(t, 0);
-        sim.add(7, Demand::Hog, 0);
-        sim.add(8, Demand::Hog, 0);
-        sim.add(9, Demand::Hog, 0);
+        let mut sim = Sim::starting_at(t, 0);
+        sim.add(7, &SchedParams::default(), Demand::Hog);
+        sim.add(8, &SchedParams::default(), Demand::Hog);
+        sim.add(9, &SchedParams::default(), Demand::Hog);
         sim.run_until(100 * MS);
-        assert_eq!(figure(&sim.t, 7, "windows"), 2);
-        assert_eq!(figure(&sim.t, 7, "window_us"), 200);
-        assert_eq!(figure(&sim.t, 9, "windows"), 0);
+        assert_eq!(figure(&sim.policy, 7, "windows"), 2);
+        assert_eq!(figure(&sim.policy, 7, "window_us"), 200);
+        assert_eq!(figure(&sim.policy, 9, "windows"), 0);
         assert_eq!(sim.idle, 0);
         // Every window ran its owner, whole.
         for k in 0..100 {
