@@ -103,7 +103,7 @@ impl VcoprocHandle {
 
     /// Load a firmware image (state created or loaded); `label` names it in
     /// listings. The image is parsed and validated on the calling thread
-    /// (the class's [`FirmwarePrep`]), before the runner is involved; the
+    /// (the class's [`FirmwarePrep`](crate::device::FirmwarePrep)), before the runner is involved; the
     /// runner only installs the result between slices.
     pub fn load_firmware(&self, label: &str, image: &[u8]) -> Result<FirmwareInfo, CoreError> {
         let prepared = self.pcoproc.shared.prep.prepare(image)?;
@@ -408,7 +408,7 @@ impl VcoprocHandle {
     /// `timeout` without one it faults with
     /// [`crate::fault::FaultReason::PageFaultTimeout`]. The timeout must lie
     /// in [`MIN_STALL_TIMEOUT`]`..=`[`MAX_STALL_TIMEOUT`]; the device must
-    /// advertise [`Capabilities::demand_faults`]. Turning them off while
+    /// advertise [`Capabilities::demand_faults`](crate::device::Capabilities::demand_faults). Turning them off while
     /// stalled faults the vcoproc at once (an access violation).
     pub fn set_demand_faults(&self, timeout: Option<Duration>) -> Result<(), CoreError> {
         if let Some(t) = timeout {
