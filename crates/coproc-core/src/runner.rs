@@ -18,8 +18,7 @@ use crate::device::{
     PreparedFirmware, RunOutcome, StopReason, SwitchOutcome, VirtualClock,
 };
 use crate::error::CoreError;
-use crate::fault::PageFault;
-use crate::fault::{Access, DeviceFault, FaultReason};
+use crate::fault::{Access, DeviceFault, FaultReason, PageFault};
 use crate::ids::{ContextId, VcoprocId};
 use crate::iova::Mapping;
 use crate::policy::{Decision, SliceEnd};
