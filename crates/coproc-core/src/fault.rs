@@ -3,6 +3,7 @@
 use crate::ids::{DomainId, VcoprocId};
 use serde::Serialize;
 use std::fmt;
+use std::time::Duration;
 
 /// The kind of access that faulted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -118,4 +119,22 @@ impl fmt::Display for FaultRecord {
         }
         Ok(())
     }
+}
+
+/// Shortest demand-fault stall timeout accepted.
+pub const MIN_STALL_TIMEOUT: Duration = Duration::from_millis(1);
+/// Longest demand-fault stall timeout accepted.
+pub const MAX_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A pending demand fault: where a stalled vcoproc waits for a mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PageFault {
+    /// The address the device reported.
+    pub addr: u64,
+    /// The access kind.
+    pub access: Access,
+    /// When it stalled (ns since the pcoproc started).
+    pub since_ns: u64,
+    /// When the stall turns into a fault.
+    pub deadline_ns: u64,
 }

@@ -11,7 +11,10 @@
 //!   its domain;
 //! - [`policy`]: scheduling policies;
 //! - [`pcoproc`]: a physical coprocessor with its runner thread and the
-//!   handles domains use; [`system`]: domains and pcoprocs together;
+//!   handles domains use (the scheduling state its API and its runner
+//!   share lives in a private module of its own, the runner in another;
+//!   neither imports `pcoproc`); [`CoreError`]: the errors of that API;
+//!   [`system`]: domains and pcoprocs together;
 //! - [`ratelimit`]: limits for log lines a domain can trigger.
 //!
 //! No sockets, no device-specific code: usable inside a daemon, a VMM or a
@@ -19,6 +22,7 @@
 
 pub mod control;
 pub mod device;
+mod error;
 pub mod fault;
 pub mod ids;
 pub mod iova;
@@ -27,6 +31,7 @@ pub mod pcoproc;
 pub mod policy;
 pub mod ratelimit;
 mod runner;
+mod sched;
 pub mod shared;
 pub mod state;
 pub mod stats;
@@ -35,6 +40,7 @@ pub mod wakeup;
 
 pub use control::ControlBlock;
 pub use device::{Device, DeviceError};
+pub use error::CoreError;
 pub use ids::{DomainId, VcoprocId};
-pub use pcoproc::{CoreError, Pcoproc, VcoprocHandle};
+pub use pcoproc::{Pcoproc, VcoprocHandle};
 pub use system::System;

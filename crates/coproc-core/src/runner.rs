@@ -17,13 +17,13 @@ use crate::device::{
     Capabilities, ContextSpec, Device, DeviceError, FirmwareInfo, FirmwarePrep, PreemptHandle,
     PreparedFirmware, RunOutcome, StopReason, SwitchOutcome, VirtualClock,
 };
-use crate::fault::{Access, DeviceFault, FaultReason};
+use crate::error::CoreError;
+use crate::fault::{Access, DeviceFault, FaultReason, PageFault};
 use crate::ids::{ContextId, VcoprocId};
 use crate::iova::Mapping;
-use crate::pcoproc::{lock_views, CoreError, Inner, PageFault, Shared, TraceEntry};
 use crate::policy::{Decision, SliceEnd};
+use crate::sched::{fail, lock_views, ns, panic_message, Inner, Shared, TraceEntry};
 use crate::state::{Event, VcoprocState};
-use std::any::Any;
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
@@ -302,54 +302,6 @@ fn contain(device: &mut dyn Device, shared: &Shared, v: VcoprocId, msg: &str) ->
     faulted.is_ok()
 }
 
-/// The pcoproc fails: record why, fault every vcoproc (with the reason in
-/// its fault record), drop every queued command (their callers get
-/// [`crate::CoreError::Failed`] at once) and stop the runner.
-pub(crate) fn fail(shared: &Shared, g: &mut Inner, msg: &str) {
-    if g.failed.is_some() {
-        return;
-    }
-    if let Some(suppressed) = g.fault_log.check() {
-        tracing::error!(pcoproc = %shared.name, reason = %msg, suppressed, "pcoproc failed");
-    }
-    g.failed = Some(msg.to_string());
-    g.shutdown = true;
-    g.running = None;
-    g.commands.clear();
-    let now = shared.now_ns();
-    let ids: Vec<VcoprocId> = g.vcoprocs.keys().copied().collect();
-    for id in ids {
-        let Some(vc) = g.vcoprocs.get_mut(&id) else {
-            continue;
-        };
-        vc.force(VcoprocState::Faulted);
-        let control = vc.control.clone();
-        g.record_fault(
-            id,
-            now,
-            DeviceFault {
-                addr: None,
-                access: Access::None,
-                pc: None,
-                reason: FaultReason::Device(format!("pcoproc failed: {msg}")),
-            },
-        );
-        control.kick();
-    }
-    lock_views(&shared.views).maps.clear();
-}
-
-/// The text of a panic's payload.
-pub(crate) fn panic_message(p: &(dyn Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic without a message".into()
-    }
-}
-
 /// The device as the runner lends it to commands: every call that names a
 /// context notes it as the one to blame should the call panic.
 struct Blamed<'a> {
@@ -423,11 +375,6 @@ impl Device for Blamed<'_> {
     fn free_local(&mut self, ctx: ContextId, iova: u64) {
         self.on(ctx, |d| d.free_local(ctx, iova))
     }
-}
-
-/// A duration in ns, saturating.
-pub(crate) fn ns(t: Duration) -> u64 {
-    u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Put `v` back at the head of the queue with its slice intact.

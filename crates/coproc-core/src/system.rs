@@ -1,8 +1,9 @@
 //! Domains and pcoprocs together: the in-process entry point.
 
 use crate::device::{Device, DeviceError};
+use crate::error::CoreError;
 use crate::ids::DomainId;
-use crate::pcoproc::{CoreError, Pcoproc, VcoprocHandle};
+use crate::pcoproc::{Pcoproc, VcoprocHandle};
 use crate::policy::{Policy, SchedParams};
 use serde::Serialize;
 use std::collections::BTreeMap;

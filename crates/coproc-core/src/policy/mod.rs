@@ -18,7 +18,10 @@ mod credit;
 mod priority;
 mod rr;
 mod rt;
+mod runqueue;
 mod table;
+#[cfg(test)]
+mod testkit;
 
 pub use credit::Credit;
 pub use priority::Priority;

@@ -5,24 +5,24 @@
 //! what is left of it, so a preemption for an unrelated reason (a control
 //! command, a revoke) costs it nothing.
 //!
-//! The queue is ordered by a sequence number (tail: increasing, head:
-//! decreasing), so taking the head, appending, and removing a blocked
-//! vcoproc from the middle are all O(log n).
+//! The queue is a [`RunQueue`]: taking the head, appending, and removing a
+//! blocked vcoproc from the middle are all O(log n).
 //!
 //! When the picked vcoproc is the only runnable one, its budget is extended
 //! to [`RoundRobin::EXTEND`] slices (at most one second): stopping it every
 //! slice would only cost time. The first wake-up of another vcoproc then
 //! preempts it at once, so nobody waits longer than under plain slicing.
 
+use super::runqueue::{Place, RunQueue};
 use super::{Decision, Policy, PolicyError, SchedParams, SliceEnd, Standing, WakeAction};
 use crate::ids::VcoprocId;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Entry {
     /// Its position in the queue, if queued.
-    queued: Option<i64>,
+    queued: Option<Place>,
     /// Unused part of a slice that was cut short.
     left: Option<Duration>,
     /// The part of a slice this turn may still use (set at pick).
@@ -34,10 +34,7 @@ struct Entry {
 #[derive(Debug)]
 pub struct RoundRobin {
     slice: Duration,
-    queue: BTreeSet<(i64, VcoprocId)>,
-    /// Next sequence numbers at the head (decreasing) and tail (increasing).
-    head: i64,
-    tail: i64,
+    queue: RunQueue,
     entries: HashMap<VcoprocId, Entry>,
     /// The vcoproc running on an extended budget, if any.
     extended: Option<VcoprocId>,
@@ -55,9 +52,7 @@ impl RoundRobin {
     pub fn new(slice: Duration) -> Result<RoundRobin, PolicyError> {
         let mut rr = RoundRobin {
             slice,
-            queue: BTreeSet::new(),
-            head: 0,
-            tail: 1,
+            queue: RunQueue::default(),
             entries: HashMap::new(),
             extended: None,
         };
@@ -77,16 +72,8 @@ impl RoundRobin {
 
     /// Queue `v` at the tail (or the head).
     fn enqueue(&mut self, v: VcoprocId, at_head: bool) {
-        let seq = if at_head {
-            self.head -= 1;
-            self.head
-        } else {
-            self.tail += 1;
-            self.tail
-        };
         if let Some(e) = self.entries.get_mut(&v) {
-            e.queued = Some(seq);
-            self.queue.insert((seq, v));
+            e.queued = Some(self.queue.push(v, at_head));
         }
     }
 
@@ -127,8 +114,8 @@ impl Policy for RoundRobin {
         if self.extended == Some(v) {
             self.extended = None;
         }
-        if let Some(seq) = self.entries.remove(&v).and_then(|e| e.queued) {
-            self.queue.remove(&(seq, v));
+        if let Some(at) = self.entries.remove(&v).and_then(|e| e.queued) {
+            self.queue.remove(v, at);
         }
     }
 
@@ -157,16 +144,16 @@ impl Policy for RoundRobin {
 
     fn block(&mut self, v: VcoprocId) {
         if let Some(e) = self.entries.get_mut(&v) {
-            if let Some(seq) = e.queued.take() {
+            if let Some(at) = e.queued.take() {
                 e.left = None;
-                self.queue.remove(&(seq, v));
+                self.queue.remove(v, at);
             }
         }
     }
 
     fn pick(&mut self, _now_ns: u64) -> Decision {
         self.extended = None;
-        while let Some((_, v)) = self.queue.pop_first() {
+        while let Some(v) = self.queue.pop() {
             if let Some(e) = self.entries.get_mut(&v) {
                 e.queued = None;
                 e.picks += 1;
