@@ -118,7 +118,7 @@ fn architecture_maps_every_crate_module_and_test_suite() {
                 } else if p.extension().is_none_or(|e| e != "rs") {
                     continue;
                 }
-                if ["lib", "main", "mod"].contains(&stem.as_str()) {
+                if ["lib", "main", "mod", "tests"].contains(&stem.as_str()) {
                     continue;
                 }
                 if !arch.contains(&format!("`{stem}`")) {
