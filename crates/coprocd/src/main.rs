@@ -81,6 +81,7 @@ fn real_main() -> anyhow::Result<()> {
     // domains. Colour only on a terminal.
     let (writer, _log_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
+        .buffered_lines_limit(4096)
         .thread_name("coprocd-log")
         .finish(Quiet(std::io::stderr()));
     tracing_subscriber::fmt()
