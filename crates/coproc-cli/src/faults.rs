@@ -23,7 +23,8 @@ pub const NOTES: &str = "A private coprocd: one mcu pcoproc and, where a Vulkan 
 one vulkan pcoproc (watchdog 250 ms), both credit with 5 ms slices, every vcoproc weight 256. \
 Victim (mcu): hog, computing without pause; every 10 ms its progress and LCG state are read and \
 checked against the host reference (victim_errors: wrong states, failed requests, no progress \
-for 5 s). Victim (gpu_): spin jobs over 8192 invocations (about 2 ms each alone), two in flight, \
+for 5 s). Victim (gpu_): spin jobs over 8192 invocations (the shortest power-of-two iteration count whose round trip \
+alone takes 2 ms or more), two in flight, \
 each output checked against the host reference. victim_rate_alone: its work per second in the \
 baseline phases (alone on the pcoproc). Fair share = victim_rate_alone x 1/2 (its weight over the \
 sum of both weights: what credit guarantees it while the offender is runnable all the time; more \
@@ -31,7 +32,8 @@ is fine when the offender is not). victim_share_ratio_<kind> = its rate in the p
 <kind> / its fair share (pooled over rounds; _min: the worst single phase). Offenders, each its \
 own session on the victim's pcoproc: fault (faulty: start, fault, reset; gpu: dispatch on a \
 revoked binding, fault, reset), hang (mcu: hog ignoring a doorbell for 100 ms, then stop, reset; \
-gpu: a spin job running far past the watchdog, the vcoproc faults, the device is recreated), \
+gpu: a spin job that runs past the watchdog, doubled until it does, but ends: the vcoproc \
+faults, the device is recreated, reset, restart), \
 corrupt (loads of corrupt firmware images, each refused), kill (mcu: an isolation-child process \
 with 4 busy qecho queues SIGKILLed; gpu: a session closing its connection with spin jobs in \
 flight), revoke (mcu: scribble using a revocable mapping, revoked mid-pass, faults, reset), and \
@@ -46,6 +48,8 @@ const PHASE: Duration = Duration::from_secs(1);
 const GPU_PHASE: Duration = Duration::from_secs(2);
 /// How often the mcu victim reads and checks its progress.
 const SAMPLE: Duration = Duration::from_millis(10);
+/// Victim errors printed (the rest are only counted).
+const SHOWN_ERRORS: u64 = 5;
 /// No progress for this long counts as a victim error.
 const STUCK: Duration = Duration::from_secs(5);
 /// How long the hang offender waits for an answer that never comes.
@@ -56,8 +60,15 @@ const STEP: Duration = Duration::from_secs(30);
 const SPIN_N: u32 = 8192;
 const SPIN_OUT: u64 = 0x2000_0000;
 const SPIN_JOB: Duration = Duration::from_millis(2);
-/// Spin iterations of the GPU hang offender's job: far past any watchdog.
-const HANG_ITERS: u32 = 1 << 30;
+/// The GPU hang offender's first job is this many times as long as a
+/// victim job; it doubles until a job runs past the watchdog. It must end:
+/// lavapipe cannot stop a running shader, so after the watchdog the old
+/// device keeps computing it on the host's CPUs until it does (2^30
+/// iterations per invocation left the victim without a completion for
+/// 30 s).
+const HANG_JOBS: u32 = 50;
+/// How long the GPU hang offender waits for the watchdog's fault.
+const HANG_WAIT: Duration = Duration::from_secs(5);
 /// The GPU watchdog of the private daemon.
 const WATCHDOG_MS: u64 = 250;
 
@@ -108,7 +119,7 @@ impl Victim {
                             progressed = Instant::now();
                         }
                         Err(msg) => {
-                            if e.fetch_add(1, Ordering::AcqRel) == 0 {
+                            if e.fetch_add(1, Ordering::AcqRel) < SHOWN_ERRORS {
                                 eprintln!("faults: {name}victim: {msg}");
                             }
                         }
@@ -231,13 +242,12 @@ fn calibrate(q: &mut Queue) -> anyhow::Result<u32> {
 /// The GPU victim: spin jobs, two in flight on two output buffers, each
 /// output checked against the host reference before its buffer is reused.
 fn gpu_victim(socket: &Path) -> anyhow::Result<Victim> {
-    let (c, _v, mut q, outs) = spin_vcoproc(socket, 2)?;
+    let (mut c, v, mut q, outs) = spin_vcoproc(socket, 2)?;
     let iters = calibrate(&mut q)?;
     let len = 4 * u64::from(SPIN_N);
     let mut seed = 1000u32;
     let mut flight: VecDeque<(u32, usize, u32)> = VecDeque::new();
     Victim::spawn("gpu_", move || {
-        let _c = &c;
         while flight.len() < outs.len() {
             let buf = (0..outs.len())
                 .find(|b| flight.iter().all(|&(_, f, _)| f != *b))
@@ -252,8 +262,11 @@ fn gpu_victim(socket: &Path) -> anyhow::Result<Victim> {
         let Some((tag, buf, seed)) = flight.pop_front() else {
             return Ok(0);
         };
-        q.wait_job(tag, STEP)
-            .map_err(|e| format!("job {tag}: {e}"))?;
+        if let Err(e) = q.wait_job(tag, STEP) {
+            // Say what the daemon thinks of the victim.
+            let state = c.query(v).map_or_else(|e| e.to_string(), |i| i.state);
+            return Err(format!("job {tag}: {e} (vcoproc {state})"));
+        }
         let got = outs[buf]
             .read_vec(0, len as usize)
             .map_err(|e| format!("job {tag}: {e}"))?;
@@ -421,16 +434,26 @@ pub(crate) fn revoke(
 
 /// Wait (on the session's events) until vcoproc `v` faults; notifications
 /// and state changes that come first are skipped.
-fn await_fault(c: &mut Client, v: u32, mut seq: u64, what: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + STEP;
+fn await_fault(c: &mut Client, v: u32, seq: u64, what: &str) -> anyhow::Result<()> {
+    if !faulted_within(c, v, seq, STEP)? {
+        bail!("{what}: no fault in {STEP:?}");
+    }
+    Ok(())
+}
+
+/// Whether vcoproc `v` faults within `timeout` (see [`await_fault`]).
+fn faulted_within(c: &mut Client, v: u32, mut seq: u64, timeout: Duration) -> anyhow::Result<bool> {
+    let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match c.wait_notify(v, seq, left) {
-            Err(ClientError::Stopped { state, .. }) if state == "faulted" => return Ok(()),
+            Err(ClientError::Stopped { state, .. }) if state == "faulted" => return Ok(true),
+            Err(ClientError::Timeout(_)) => return Ok(false),
             // Older state changes (reset, start) and notifications.
             Err(ClientError::Stopped { .. }) if !left.is_zero() => {}
             Ok((s, _)) if !left.is_zero() => seq = s,
-            other => bail!("{what}: no fault: {other:?}"),
+            Ok(_) | Err(ClientError::Stopped { .. }) => return Ok(false),
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -470,7 +493,7 @@ pub(crate) fn gpu_hog(
     Ok(())
 }
 
-/// GPU `hang`: a spin job far past the watchdog; the vcoproc faults (and
+/// GPU `hang`: a spin job past the watchdog; the vcoproc faults (and
 /// the device is recreated), then reset, re-attach, start.
 pub(crate) fn gpu_hang(
     ctx: &Ctx,
@@ -479,12 +502,18 @@ pub(crate) fn gpu_hang(
 ) -> anyhow::Result<()> {
     let (mut c, v, mut q, _outs) = spin_vcoproc(&ctx.socket, 1)?;
     c.subscribe(v)?;
+    let mut iters = calibrate(&mut q)?.saturating_mul(HANG_JOBS);
     let mut seed = 1u32;
     while running() {
         seed = seed.wrapping_add(1);
         let (_, seq) = c.mbox_read(v)?;
-        let tag = q.submit_job(&spin_job(HANG_ITERS, seed, SPIN_OUT))?;
-        await_fault(&mut c, v, seq, "the watchdog")?;
+        let tag = q.submit_job(&spin_job(iters, seed, SPIN_OUT))?;
+        if !faulted_within(&mut c, v, seq, HANG_WAIT)? {
+            // It ended before the watchdog: longer next time.
+            q.wait_job(tag, STEP)?;
+            iters = iters.saturating_mul(2);
+            continue;
+        }
         c.reset(v)?;
         c.gpu_attach(v, &q)?;
         c.start(v)?;
