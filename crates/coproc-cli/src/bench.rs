@@ -49,7 +49,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     host_load: usize,
     /// Kill cycles (and connection floods) of the soak benchmark.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 500)]
     cycles: usize,
     /// Device classes of the faults benchmark: `all` (the GPU where a
     /// Vulkan device is present), `mcu` or `gpu`.

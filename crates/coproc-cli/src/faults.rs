@@ -722,7 +722,7 @@ pub fn faults(
             min(w);
         }
     }
-    m.insert("victim_min_share_ratio".into(), worst);
+    m.insert("victim_min_share_ratio".into(), crate::bench::round3(worst));
     m.insert("victim_errors".into(), failures as f64);
     m.insert("failures".into(), failures as f64);
     m.insert("loadavg_1m_start".into(), load0);

@@ -35,10 +35,12 @@ cross_destroys counts them); every seventh cycle instead an isolation-child proc
 map, queue, busy (requests in flight) or load is SIGKILLed (process_kills). A flood: 4 connections \
 that never say hello and 4 sessions that say hello, all held at once, then dropped. The daemon's \
 VmRSS (/proc/PID/status), open descriptors (/proc/PID/fd) and threads are read after 70 warm-up \
-cycles and after the run, each once the descriptor and thread counts have not changed for 11 s \
-(longer than the 10 s an idle tokio blocking thread lingers), or (after the run) are back to the \
-counts before, at most 60 s (settled = 0 if it gave up): rss_growth_kib, fd_growth, thread_growth \
-= after - before. leftover_vcoprocs: vcoprocs the daemon lists after the run besides the victim's. \
+cycles and after the run, each once the descriptor and thread counts have been unchanged for 1 s and at least 11 s \
+have passed since the cycles stopped (longer than the 10 s an idle tokio blocking thread lingers), \
+or (after the run) are back to the counts before, at most 60 s (settled = 0 if it gave up): rss_growth_kib, fd_growth, thread_growth \
+= after - before; rss_kib_tenth: VmRSS (not settled) after a tenth of the cycles, \
+rss_growth_kib_last_90pct = rss_kib_after - rss_kib_tenth (growth that keeps on with the \
+cycles, apart from what the first cycles fill once). leftover_vcoprocs: vcoprocs the daemon lists after the run besides the victim's. \
 cycle_ms_p50/p99: one kill cycle plus its flood. failures = victim_errors.";
 
 /// Connections of one flood: half never say hello, half open a session.
@@ -47,9 +49,11 @@ const FLOOD: usize = 8;
 const PROCESS_EVERY: usize = 7;
 /// Cycles before the first measurement: every kind, every child stage.
 const WARM_UP: usize = 70;
-/// The counts must stay unchanged this long to count as settled: longer
-/// than tokio's blocking threads linger idle (10 s).
+/// A settle lasts at least this long after the activity that it follows
+/// ended: longer than tokio's blocking threads linger idle (10 s).
 const QUIET: Duration = Duration::from_secs(11);
+/// And the counts must have been unchanged for this long.
+const STABLE: Duration = Duration::from_secs(1);
 /// The longest a settle waits.
 const SETTLE_MAX: Duration = Duration::from_secs(60);
 /// Requests left in flight by a mid-job kill.
@@ -130,8 +134,10 @@ pub(crate) fn proc_stats(pid: u32) -> anyhow::Result<ProcStats> {
 }
 
 /// Wait until `pid`'s descriptor and thread counts equal `target`'s, or
-/// have not changed for [`QUIET`]; at most [`SETTLE_MAX`]. Returns the
-/// figures then, how long it waited and whether it settled.
+/// have not changed for [`STABLE`] with [`QUIET`] passed since the call
+/// (made when the activity ended: every idle thread the activity left has
+/// exited by then); at most [`SETTLE_MAX`]. Returns the figures then, how
+/// long it waited and whether it settled.
 pub(crate) fn settle(
     pid: u32,
     target: Option<ProcStats>,
@@ -147,7 +153,7 @@ pub(crate) fn settle(
         if (s.fds, s.threads) != (last.fds, last.threads) {
             last = s;
             since = Instant::now();
-        } else if since.elapsed() >= QUIET {
+        } else if since.elapsed() >= STABLE && began.elapsed() >= QUIET {
             return Ok((s, began.elapsed(), true));
         }
         if began.elapsed() >= SETTLE_MAX {
@@ -368,7 +374,11 @@ pub fn soak(cycles: usize) -> anyhow::Result<BTreeMap<String, f64>> {
     let began = Instant::now();
     let mut times = Vec::with_capacity(cycles);
     let mut processes = 0u64;
+    let mut rss_tenth = before.rss_kib;
     for i in 0..cycles {
+        if i == cycles / 10 {
+            rss_tenth = proc_stats(pid)?.rss_kib;
+        }
         let t = Instant::now();
         processes += u64::from(cycle(WARM_UP + i, &ctx)?);
         times.push(t.elapsed().as_secs_f64() * 1e3);
@@ -415,6 +425,11 @@ pub fn soak(cycles: usize) -> anyhow::Result<BTreeMap<String, f64>> {
     put(
         "rss_growth_kib",
         after.rss_kib as f64 - before.rss_kib as f64,
+    );
+    put("rss_kib_tenth", rss_tenth as f64);
+    put(
+        "rss_growth_kib_last_90pct",
+        after.rss_kib as f64 - rss_tenth as f64,
     );
     put("fds_before", before.fds as f64);
     put("fds_after", after.fds as f64);
