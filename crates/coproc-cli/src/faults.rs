@@ -20,27 +20,28 @@ use std::time::{Duration, Instant};
 
 /// Notes printed under the table.
 pub const NOTES: &str = "A private coprocd: one mcu pcoproc and, where a Vulkan device is found, \
-one vulkan pcoproc (watchdog 250 ms), both credit with 5 ms slices, every vcoproc weight 256. \
-Victim (mcu): hog, computing without pause; every 10 ms its progress and LCG state are read and \
-checked against the host reference (victim_errors: wrong states, failed requests, no progress \
-for 5 s). Victim (gpu_): spin jobs over 8192 invocations (the shortest power-of-two iteration count whose round trip \
-alone takes 2 ms or more), two in flight, \
-each output checked against the host reference. victim_rate_alone: its work per second in the \
-baseline phases (alone on the pcoproc). Fair share = victim_rate_alone x 1/2 (its weight over the \
-sum of both weights: what credit guarantees it while the offender is runnable all the time; more \
-is fine when the offender is not). victim_share_ratio_<kind> = its rate in the phases of offender \
-<kind> / its fair share (pooled over rounds; _min: the worst single phase). Offenders, each its \
-own session on the victim's pcoproc: fault (faulty: start, fault, reset; gpu: dispatch on a \
-revoked binding, fault, reset), hang (mcu: hog ignoring a doorbell for 100 ms, then stop, reset; \
-gpu: a spin job that runs past the watchdog, doubled until it does, but ends: the vcoproc \
-faults, the device is recreated, reset, restart), \
-corrupt (loads of corrupt firmware images, each refused), kill (mcu: an isolation-child process \
-with 4 busy qecho queues SIGKILLed; gpu: a session closing its connection with spin jobs in \
-flight), revoke (mcu: scribble using a revocable mapping, revoked mid-pass, faults, reset), and \
-the control hog (a well-behaved competitor always runnable: the ratio it gets is what an exactly \
-fair half measures as here; not counted in the minimum). victim_min_share_ratio: the lowest \
-victim_share_ratio_<kind> of the fault kinds, mcu and gpu together. offender_ops_<kind>: \
-operations the offender completed in its phases. failures = victim_errors + gpu_victim_errors.";
+one vulkan pcoproc (watchdog 250 ms), both credit with 5 ms slices, every vcoproc weight 256; \
+figures prefixed mcu_ and gpu_. Victim (mcu): hog, computing without pause; every 10 ms its \
+progress and LCG state are read and checked against the host reference (victim_errors: wrong \
+states, failed requests, no progress for 5 s). Victim (gpu): spin jobs over 8192 invocations \
+(the shortest power-of-two iteration count whose round trip alone takes 2 ms or more), two in \
+flight, each output checked against the host reference. victim_rate_alone: its work per second \
+in the baseline phases (alone on the pcoproc). Fair share = victim_rate_alone x 1/2 (its weight \
+over the sum of both weights: what credit guarantees it while the offender is runnable all the \
+time; more is fine when the offender is not). victim_share_ratio_<kind> = its rate in the phases \
+of offender <kind> / its fair share (pooled over rounds; _min: the worst single phase). \
+Offenders, each its own session on the victim's pcoproc: fault (mcu: faulty started, faults, \
+reset; gpu: a dispatch on a revoked binding faults, reset), hang (mcu: hog ignoring a doorbell \
+for 100 ms, then stop, reset; gpu: a spin job that runs past the watchdog, doubled until it \
+does, but ends: the vcoproc faults, the device is recreated, reset, restart), corrupt (loads of \
+corrupt firmware images, each refused), kill (mcu: an isolation-child process with 4 busy qecho \
+queues SIGKILLed; gpu: a session closing its connection with spin jobs in flight), revoke (mcu: \
+scribble using a revocable mapping, revoked mid-pass, faults, reset); controls, not counted in \
+the minimum: hog (a well-behaved competitor always runnable: what an exactly fair half measures \
+as here) and cpu (a thread keeping one host CPU busy, no request). victim_min_share_ratio: the \
+lowest victim_share_ratio_<kind> of the fault kinds, mcu and gpu together. offender_ops_<kind>: \
+operations the offender completed in its phases. victim_errors = failures = mcu_victim_errors + \
+gpu_victim_errors.";
 
 /// Length of one phase.
 const PHASE: Duration = Duration::from_secs(1);
