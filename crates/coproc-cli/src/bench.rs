@@ -48,6 +48,13 @@ pub struct Args {
     /// busy host.
     #[arg(long, default_value_t = 0)]
     host_load: usize,
+    /// Kill cycles (and connection floods) of the soak benchmark.
+    #[arg(long, default_value_t = 500)]
+    cycles: usize,
+    /// Device classes of the faults benchmark: `all` (the GPU where a
+    /// Vulkan device is present), `mcu` or `gpu`.
+    #[arg(long, value_enum, default_value_t = crate::faults::Class::All)]
+    class: crate::faults::Class,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -76,6 +83,12 @@ enum Name {
     GpuFairness,
     /// A victim domain's round trips with and without an offender domain.
     Isolation,
+    /// Clients killed mid-job and mid-setup, connection floods: the
+    /// daemon's memory, descriptors and threads before and after.
+    Soak,
+    /// A victim's throughput against its fair share while an offender
+    /// faults, hangs, loads corrupt firmware, is killed or revoked.
+    Faults,
 }
 
 #[derive(Debug, Serialize)]
@@ -195,6 +208,18 @@ pub fn run(args: &Args, format: Format) -> anyhow::Result<bool> {
             crate::isolation::isolation(rounds, &args.policy)?,
             crate::isolation::NOTES,
         ),
+        Name::Soak => (
+            "soak",
+            crate::soak::soak(args.cycles.max(1))?,
+            crate::soak::NOTES,
+        ),
+        Name::Faults => {
+            let (f, model) = crate::faults::faults(rounds, args.class)?;
+            if let Some(name) = model {
+                device = Some(format!("mcu: Cortex-M4 on Unicorn 2.1; vulkan: {name}"));
+            }
+            ("faults", f, crate::faults::NOTES)
+        }
     };
     // The load average while the spinners still run, then stop them.
     if let Some(l) = crate::hostload::loadavg_1m() {

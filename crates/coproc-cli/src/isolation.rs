@@ -8,7 +8,8 @@
 //!
 //! Also the hidden `isolation-child` verb: the `kill` offender's client
 //! process, which opens vcoprocs with queues and keeps them busy until it
-//! is SIGKILLed.
+//! is SIGKILLed (with `--stage`, it stops at an earlier point of the set-up
+//! instead, for `bench soak`).
 
 use anyhow::{anyhow, bail, Context};
 use coproc_client::{Client, ClientError, Job, Queue, SharedMem, Sqe, WireMapKind, WirePerms};
@@ -43,16 +44,16 @@ to stderr). failures = victim_errors + gpu_victim_errors. loadavg_1m: /proc/load
 and the end of the run.";
 
 /// Pcoprocs of the private daemon.
-const MCU: &str = "mcu0";
-const GPU: &str = "gpu0";
+pub(crate) const MCU: &str = "mcu0";
+pub(crate) const GPU: &str = "gpu0";
 /// Where the queues live (each vcoproc has its own iova space).
-const QUEUE_IOVA: u64 = 0x6000_0000;
+pub(crate) const QUEUE_IOVA: u64 = 0x6000_0000;
 /// Where the map offender maps, inside the mcu's iova window.
 const MAP_IOVA: u64 = 0x6010_0000;
 /// Bytes per map offender mapping.
 const MAP_LEN: u64 = 1 << 20;
 /// Entries of the victim's queue.
-const ENTRIES: u32 = 64;
+pub(crate) const ENTRIES: u32 = 64;
 /// Victim round trips per phase (mcu, GPU).
 const MCU_TRIPS: usize = 1000;
 const GPU_TRIPS: usize = 300;
@@ -66,13 +67,14 @@ const CHILD_VCOPROCS: u32 = 4;
 const GPU_N: u32 = 1024;
 const GPU_X: u64 = 0x2000_0000;
 const GPU_Y: u64 = 0x2100_0000;
-const GPU_QUEUE: u64 = 0x1000_0000;
+pub(crate) const GPU_QUEUE: u64 = 0x1000_0000;
 /// Entry points of the GPU shader offender's image.
 const SHADER_ENTRIES: usize = 16;
 
-/// The offenders, and `Baseline` (none).
+/// The offenders, and `Baseline` (none). `bench faults` adds its own
+/// kinds (`Hog` to `GpuKill`, implemented in [`crate::faults`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Baseline,
     Firmware,
     Fault,
@@ -82,10 +84,18 @@ enum Kind {
     Cpu,
     GpuShader,
     GpuFault,
+    Hog,
+    Hang,
+    Corrupt,
+    Revoke,
+    GpuHog,
+    GpuHang,
+    GpuCorrupt,
+    GpuKill,
 }
 
 impl Kind {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Kind::Baseline => "baseline",
             Kind::Firmware => "firmware",
@@ -96,6 +106,11 @@ impl Kind {
             Kind::Cpu => "cpu",
             Kind::GpuShader => "shader",
             Kind::GpuFault => "fault",
+            Kind::Hog | Kind::GpuHog => "hog",
+            Kind::Hang | Kind::GpuHang => "hang",
+            Kind::Corrupt | Kind::GpuCorrupt => "corrupt",
+            Kind::Revoke => "revoke",
+            Kind::GpuKill => "kill",
         }
     }
 }
@@ -104,7 +119,7 @@ impl Kind {
 /// valid ELF: `qecho` with its code segment grown to the whole code memory,
 /// its data segment to the whole data memory (both from the file), and the
 /// file padded with zeros to [`coproc_mcu::elf::MAX_IMAGE`].
-fn big_elf() -> anyhow::Result<Vec<u8>> {
+pub(crate) fn big_elf() -> anyhow::Result<Vec<u8>> {
     use coproc_mcu::abi::{CODE_BASE, CODE_SIZE, DATA_BASE, DATA_SIZE};
     let src = QECHO.elf;
     let rd16 = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
@@ -152,7 +167,7 @@ fn big_elf() -> anyhow::Result<Vec<u8>> {
 /// repeated [`SHADER_ENTRIES`] times (each a pipeline to compile), padded
 /// with comment lines to the daemon's firmware limit (the mcu loader's,
 /// 4 MiB).
-fn big_shader() -> anyhow::Result<Vec<u8>> {
+pub(crate) fn big_shader() -> anyhow::Result<Vec<u8>> {
     let src = std::str::from_utf8(SPIN.image)?;
     let at = src.find("@compute").context("spin has no entry point")?;
     let (head, entry) = src.split_at(at);
@@ -194,7 +209,7 @@ impl McuVictim {
 }
 
 /// A session with one started qecho vcoproc serving a queue.
-fn qecho_vcoproc(socket: &Path) -> anyhow::Result<(Client, Queue)> {
+pub(crate) fn qecho_vcoproc(socket: &Path) -> anyhow::Result<(Client, Queue)> {
     let mut c = Client::connect_to(socket)?;
     let v = c.open(MCU)?;
     c.load_firmware(v, QECHO.name, QECHO.elf)?;
@@ -206,7 +221,7 @@ fn qecho_vcoproc(socket: &Path) -> anyhow::Result<(Client, Queue)> {
 
 /// Submit one qecho request, wait for its completion and check it against
 /// qecho's rule.
-fn qecho_trip(q: &mut Queue, tag: u32) -> Result<(), String> {
+pub(crate) fn qecho_trip(q: &mut Queue, tag: u32) -> Result<(), String> {
     let opcode = 1 + tag % 7;
     let args: [u32; 14] = std::array::from_fn(|i| tag.wrapping_mul(31).wrapping_add(i as u32));
     if !q.submit(&Sqe { opcode, tag, args }) {
@@ -329,15 +344,18 @@ impl Victim for GpuVictim {
 }
 
 /// What every offender shares.
-struct Ctx {
-    socket: PathBuf,
-    elf: Vec<u8>,
-    shader: Vec<u8>,
+pub(crate) struct Ctx {
+    /// The daemon's socket.
+    pub(crate) socket: PathBuf,
+    /// The `firmware` offender's image ([`big_elf`]).
+    pub(crate) elf: Vec<u8>,
+    /// The GPU `shader` offender's image ([`big_shader`]).
+    pub(crate) shader: Vec<u8>,
 }
 
 /// A running offender: a thread with its own session (`kill`: a thread
 /// that spawns and kills client processes).
-struct Offender {
+pub(crate) struct Offender {
     stop: Arc<AtomicBool>,
     ops: Arc<AtomicU64>,
     thread: std::thread::JoinHandle<anyhow::Result<()>>,
@@ -345,7 +363,7 @@ struct Offender {
 
 impl Offender {
     /// Start `kind` and wait until it has completed its first operation.
-    fn start(kind: Kind, ctx: &Arc<Ctx>) -> anyhow::Result<Offender> {
+    pub(crate) fn start(kind: Kind, ctx: &Arc<Ctx>) -> anyhow::Result<Offender> {
         let stop = Arc::new(AtomicBool::new(false));
         let ops = Arc::new(AtomicU64::new(0));
         let (s, o, c) = (stop.clone(), ops.clone(), ctx.clone());
@@ -368,11 +386,11 @@ impl Offender {
         Ok(Offender { stop, ops, thread })
     }
 
-    fn ops(&self) -> u64 {
+    pub(crate) fn ops(&self) -> u64 {
         self.ops.load(Ordering::Acquire)
     }
 
-    fn finish(self, kind: Kind) -> anyhow::Result<()> {
+    pub(crate) fn finish(self, kind: Kind) -> anyhow::Result<()> {
         self.stop.store(true, Ordering::Release);
         self.thread
             .join()
@@ -503,6 +521,14 @@ fn offend(kind: Kind, ctx: &Ctx, stop: &AtomicBool, ops: &AtomicU64) -> anyhow::
             }
         }
         Kind::GpuFault => gpu_fault(ctx, &running, &done)?,
+        Kind::Hog => crate::faults::hog(ctx, &running, &done)?,
+        Kind::Hang => crate::faults::hang(ctx, &running, &done)?,
+        Kind::Corrupt => crate::faults::corrupt(ctx, false, &running, &done)?,
+        Kind::Revoke => crate::faults::revoke(ctx, &running, &done)?,
+        Kind::GpuHog => crate::faults::gpu_hog(ctx, &running, &done)?,
+        Kind::GpuHang => crate::faults::gpu_hang(ctx, &running, &done)?,
+        Kind::GpuCorrupt => crate::faults::corrupt(ctx, true, &running, &done)?,
+        Kind::GpuKill => crate::faults::gpu_kill(ctx, &running, &done)?,
     }
     Ok(())
 }
@@ -556,10 +582,82 @@ fn gpu_fault(ctx: &Ctx, running: &dyn Fn() -> bool, done: &dyn Fn() -> u64) -> a
     Ok(())
 }
 
+/// How far an `isolation-child` gets before it says `ready`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Stage {
+    /// Open one vcoproc, then wait.
+    Create,
+    /// Open one vcoproc and map 64 KiB of shared memory into it, then wait.
+    Map,
+    /// Open one vcoproc, load qecho and create its queue, then wait.
+    Queue,
+    /// Open one vcoproc, then load the largest ELF again and again.
+    Load,
+    /// Open vcoprocs with queues and keep requests going on all of them.
+    Busy,
+}
+
+/// Options of the hidden `isolation-child` verb.
+#[derive(Debug, clap::Args)]
+pub struct ChildArgs {
+    /// Where to stop the set-up (and say `ready`).
+    #[arg(long, value_enum, default_value_t = Stage::Busy)]
+    pub stage: Stage,
+}
+
+/// An `isolation-child` that stops at `stage`: it says `ready` once the
+/// stage is reached and then waits (`load`: loads again and again) until
+/// it is killed.
+fn child_stage(socket: &Path, stage: Stage) -> anyhow::Result<bool> {
+    let mut c = Client::connect_to(socket)?;
+    let v = c.open(MCU)?;
+    let _mem = match stage {
+        Stage::Map => {
+            let m = SharedMem::new(64 * 1024)?;
+            c.map(
+                v,
+                &m,
+                0,
+                QUEUE_IOVA,
+                m.len(),
+                WirePerms::Rw,
+                WireMapKind::Pinned,
+            )?;
+            Some(m)
+        }
+        _ => None,
+    };
+    let _q = match stage {
+        Stage::Queue => {
+            c.load_firmware(v, QECHO.name, QECHO.elf)?;
+            Some(c.create_queue(v, QUEUE_IOVA, ENTRIES)?)
+        }
+        _ => None,
+    };
+    let elf = if stage == Stage::Load {
+        big_elf()?
+    } else {
+        Vec::new()
+    };
+    let mut out = std::io::stdout();
+    writeln!(out, "ready")?;
+    out.flush()?;
+    loop {
+        if stage == Stage::Load {
+            c.load_firmware(v, "big", &elf)?;
+        } else {
+            std::thread::park();
+        }
+    }
+}
+
 /// The hidden `isolation-child` verb: open [`CHILD_VCOPROCS`] qecho
 /// vcoprocs with queues, say `ready`, then keep requests going on all of
 /// them until killed.
-pub fn child(socket: &Path) -> anyhow::Result<bool> {
+pub fn child(socket: &Path, args: &ChildArgs) -> anyhow::Result<bool> {
+    if !matches!(args.stage, Stage::Busy) {
+        return child_stage(socket, args.stage);
+    }
     let mut lanes = (0..CHILD_VCOPROCS)
         .map(|_| qecho_vcoproc(socket))
         .collect::<anyhow::Result<Vec<_>>>()?;

@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod faults;
 mod gpubench;
 mod hostload;
 mod isolation;
@@ -10,6 +11,7 @@ mod output;
 mod remote;
 mod ring;
 mod schedbench;
+mod soak;
 mod spawn;
 mod verbs;
 
@@ -105,7 +107,7 @@ enum Command {
     /// A client that opens vcoprocs with queues and keeps them busy until
     /// killed (the `kill` offender of `bench isolation`).
     #[command(hide = true)]
-    IsolationChild,
+    IsolationChild(isolation::ChildArgs),
 }
 
 fn main() {
@@ -155,10 +157,11 @@ fn real_main() -> anyhow::Result<()> {
         Command::FaultList => verbs::fault_list(&mut connect()?, f)?,
         Command::Run(args) => verbs::run(&mut connect()?, f, &args)?,
         Command::DomainRun(args) => remote::domain_run(connect()?, &args, f)?,
-        Command::IsolationChild => isolation::child(
+        Command::IsolationChild(args) => isolation::child(
             &cli.socket
                 .clone()
                 .unwrap_or_else(coproc_client::default_socket),
+            &args,
         )?,
         Command::MappingList { vcoproc } => verbs::mapping_list(&mut connect()?, f, vcoproc)?,
         Command::MappingRevoke { vcoproc, iova } => {

@@ -59,6 +59,11 @@ impl TempDaemon {
         Ok(d)
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// A `coproc` command talking to this daemon.
     pub fn coproc(&self) -> anyhow::Result<Command> {
         let mut c = Command::new(std::env::current_exe()?);

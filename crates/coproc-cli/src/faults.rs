@@ -1,0 +1,746 @@
+//! `coproc bench faults`: a victim's device throughput against its fair
+//! share while an offender on the same pcoproc faults, hangs, loads
+//! corrupt firmware, is killed mid-job or has its mappings revoked
+//! mid-job. One private `coprocd`, `credit` with equal weights; the victim
+//! computes without pause and checks its results throughout. Baseline
+//! phases (the victim alone) and offender phases are interleaved in
+//! rotating order over `--rounds` rounds. The offenders are
+//! [`crate::isolation`]'s machinery; the new kinds live here.
+
+use crate::isolation::{Ctx, Kind, Offender, ENTRIES, GPU, GPU_QUEUE, MCU};
+use anyhow::{anyhow, bail, Context};
+use coproc_client::{Client, ClientError, Job, Queue, SharedMem, WireMapKind, WirePerms};
+use coproc_firmware::gpu::SPIN;
+use coproc_firmware::{reference, HOG, QECHO, SCRIBBLE};
+use std::collections::{BTreeMap, VecDeque};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Notes printed under the table.
+pub const NOTES: &str = "A private coprocd: one mcu pcoproc and, where a Vulkan device is found, \
+one vulkan pcoproc (watchdog 250 ms), both credit with 5 ms slices, every vcoproc weight 256; \
+figures prefixed mcu_ and gpu_. Victim (mcu): hog, computing without pause; every 10 ms its \
+progress and LCG state are read and checked against the host reference (victim_errors: wrong \
+states, failed requests, no progress for 5 s). Victim (gpu): spin jobs over 8192 invocations \
+(the shortest power-of-two iteration count whose round trip alone takes 2 ms or more), two in \
+flight, each output checked against the host reference. victim_rate_alone: its work per second \
+in the baseline phases (alone on the pcoproc). Fair share = victim_rate_alone x 1/2 (its weight \
+over the sum of both weights: what credit guarantees it while the offender is runnable all the \
+time; more is fine when the offender is not). victim_share_ratio_<kind> = its rate in the phases \
+of offender <kind> / its fair share (pooled over rounds; _min: the worst single phase). \
+Offenders, each its own session on the victim's pcoproc: fault (mcu: faulty started, faults, \
+reset; gpu: a dispatch on a revoked binding faults, reset), hang (mcu: hog ignoring a doorbell \
+for 100 ms, then stop, reset; gpu: a spin job that runs past the watchdog, doubled until it \
+does, but ends: the vcoproc faults, the device is recreated, reset, restart), corrupt (loads of \
+corrupt firmware images, each refused), kill (mcu: an isolation-child process with 4 busy qecho \
+queues SIGKILLed; gpu: a session closing its connection with spin jobs in flight), revoke (mcu: \
+scribble using a revocable mapping, revoked mid-pass, faults, reset); controls, not counted in \
+the minimum: hog (a well-behaved competitor always runnable: what an exactly fair half measures \
+as here) and cpu (a thread keeping one host CPU busy, no request). victim_min_share_ratio: the \
+lowest victim_share_ratio_<kind> of the fault kinds, mcu and gpu together. offender_ops_<kind>: \
+operations the offender completed in its phases. victim_errors = failures = mcu_victim_errors + \
+gpu_victim_errors.";
+
+/// Length of one phase.
+const PHASE: Duration = Duration::from_secs(1);
+/// Length of one GPU phase.
+const GPU_PHASE: Duration = Duration::from_secs(2);
+/// How often the mcu victim reads and checks its progress.
+const SAMPLE: Duration = Duration::from_millis(10);
+/// Victim errors printed (the rest are only counted).
+const SHOWN_ERRORS: u64 = 5;
+/// No progress for this long counts as a victim error.
+const STUCK: Duration = Duration::from_secs(5);
+/// How long the hang offender waits for an answer that never comes.
+const HANG: Duration = Duration::from_millis(100);
+/// Longest one offender step may take.
+const STEP: Duration = Duration::from_secs(30);
+/// GPU spin jobs: invocations, output buffer, target length alone.
+const SPIN_N: u32 = 8192;
+const SPIN_OUT: u64 = 0x2000_0000;
+const SPIN_JOB: Duration = Duration::from_millis(2);
+/// The GPU hang offender's first job is this many times as long as a
+/// victim job; it doubles until a job runs past the watchdog. It must end:
+/// lavapipe cannot stop a running shader, so after the watchdog the old
+/// device keeps computing it on the host's CPUs until it does (2^30
+/// iterations per invocation left the victim without a completion for
+/// 30 s).
+const HANG_JOBS: u32 = 50;
+/// How long the GPU hang offender waits for the watchdog's fault.
+const HANG_WAIT: Duration = Duration::from_secs(5);
+/// The GPU watchdog of the private daemon.
+const WATCHDOG_MS: u64 = 250;
+
+/// Which device classes to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Class {
+    /// mcu, and the GPU where a Vulkan device is present.
+    All,
+    /// The mcu only.
+    Mcu,
+    /// The GPU only (fails without a Vulkan device).
+    Gpu,
+}
+
+/// A victim computing on its own thread: `work` counts what it has done
+/// (mcu: hog progress in units of 2^16 iterations; GPU: checked jobs).
+struct Victim {
+    stop: Arc<AtomicBool>,
+    work: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Victim {
+    fn spawn(
+        name: &'static str,
+        mut step: impl FnMut() -> Result<u64, String> + Send + 'static,
+    ) -> anyhow::Result<Victim> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let work = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(AtomicU64::new(0));
+        let (s, w, e) = (stop.clone(), work.clone(), errors.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("{name}victim"))
+            .spawn(move || {
+                let mut progressed = Instant::now();
+                while !s.load(Ordering::Acquire) {
+                    match step() {
+                        Ok(0) if progressed.elapsed() > STUCK => {
+                            if e.fetch_add(1, Ordering::AcqRel) == 0 {
+                                eprintln!("faults: {name}victim: no progress for {STUCK:?}");
+                            }
+                            progressed = Instant::now();
+                        }
+                        Ok(0) => {}
+                        Ok(n) => {
+                            w.fetch_add(n, Ordering::AcqRel);
+                            progressed = Instant::now();
+                        }
+                        Err(msg) => {
+                            if e.fetch_add(1, Ordering::AcqRel) < SHOWN_ERRORS {
+                                eprintln!("faults: {name}victim: {msg}");
+                            }
+                        }
+                    }
+                }
+            })?;
+        Ok(Victim {
+            stop,
+            work,
+            errors,
+            thread,
+        })
+    }
+
+    fn work(&self) -> u64 {
+        self.work.load(Ordering::Acquire)
+    }
+
+    fn finish(self) -> anyhow::Result<u64> {
+        self.stop.store(true, Ordering::Release);
+        self.thread
+            .join()
+            .map_err(|_| anyhow!("the victim panicked"))?;
+        Ok(self.errors.load(Ordering::Acquire))
+    }
+}
+
+/// The mcu victim: hog, sampled every [`SAMPLE`]; each sample's LCG state
+/// is checked against the host reference for the progress read (or a
+/// neighbour: the two words are written one after the other).
+fn mcu_victim(socket: &Path) -> anyhow::Result<Victim> {
+    let mut c = Client::connect_to(socket)?;
+    let v = c.open(MCU)?;
+    c.load_firmware(v, HOG.name, HOG.elf)?;
+    c.start(v)?;
+    let mut last: Option<u32> = None;
+    Victim::spawn("mcu_", move || {
+        std::thread::sleep(SAMPLE);
+        let (words, _) = c.mbox_read(v).map_err(|e| format!("mailbox: {e}"))?;
+        let (done, state) = (words[0], words[1]);
+        if done != 0 {
+            let ok = [done.wrapping_sub(1), done, done.wrapping_add(1)]
+                .iter()
+                .any(|&d| reference::hog_state(u64::from(d) << 16) == state);
+            if !ok {
+                return Err(format!("LCG state {state:#x} after {done} x 2^16 steps"));
+            }
+        }
+        // The progress word counts 2^32 iterations around (16 bits).
+        let n = last.map_or(0, |l| u64::from(done.wrapping_sub(l) & 0xffff));
+        last = Some(done);
+        Ok(n)
+    })
+}
+
+/// The GPU spin job on the output buffer at `out`.
+fn spin_job(iters: u32, seed: u32, out: u64) -> Job {
+    Job::new()
+        .bind(0, out, 4 * u64::from(SPIN_N))
+        .push_u32(0, &[iters, seed, SPIN_N])
+        .dispatch(0, [SPIN_N.div_ceil(64), 1, 1])
+        .signal(seed)
+}
+
+/// A session with a started spin vcoproc, its queue, and `bufs` output
+/// buffers mapped one after the other from [`SPIN_OUT`].
+fn spin_vcoproc(
+    socket: &Path,
+    bufs: usize,
+) -> anyhow::Result<(Client, u32, Queue, Vec<SharedMem>)> {
+    let mut c = Client::connect_to(socket)?;
+    let v = c.open(GPU)?;
+    c.load_firmware(v, SPIN.name, SPIN.image)?;
+    let len = 4 * u64::from(SPIN_N);
+    let mut outs = Vec::new();
+    for i in 0..bufs {
+        let m = SharedMem::new(len)?;
+        c.map(
+            v,
+            &m,
+            0,
+            SPIN_OUT + i as u64 * len,
+            len,
+            WirePerms::Rw,
+            WireMapKind::Pinned,
+        )?;
+        outs.push(m);
+    }
+    let q = c.create_queue(v, GPU_QUEUE, ENTRIES)?;
+    c.gpu_attach(v, &q)?;
+    c.start(v)?;
+    Ok((c, v, q, outs))
+}
+
+/// Spin iterations that make one job take about [`SPIN_JOB`] alone (the
+/// median of three), after a few jobs that compile and warm up.
+fn calibrate(q: &mut Queue) -> anyhow::Result<u32> {
+    let mut seed = 0u32;
+    let mut one = |q: &mut Queue, iters: u32| -> anyhow::Result<f64> {
+        seed += 1;
+        let t = Instant::now();
+        let tag = q.submit_job(&spin_job(iters, seed, SPIN_OUT))?;
+        q.wait_job(tag, STEP)?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    for _ in 0..5 {
+        one(q, 64)?;
+    }
+    let mut iters = 64u32;
+    while iters < 1 << 24 {
+        let t = crate::bench::median(vec![one(q, iters)?, one(q, iters)?, one(q, iters)?]);
+        if t >= SPIN_JOB.as_secs_f64() {
+            break;
+        }
+        iters *= 2;
+    }
+    Ok(iters)
+}
+
+/// The GPU victim: spin jobs, two in flight on two output buffers, each
+/// output checked against the host reference before its buffer is reused.
+fn gpu_victim(socket: &Path) -> anyhow::Result<Victim> {
+    let (mut c, v, mut q, outs) = spin_vcoproc(socket, 2)?;
+    let iters = calibrate(&mut q)?;
+    let len = 4 * u64::from(SPIN_N);
+    let mut seed = 1000u32;
+    let mut flight: VecDeque<(u32, usize, u32)> = VecDeque::new();
+    Victim::spawn("gpu_", move || {
+        while flight.len() < outs.len() {
+            let buf = (0..outs.len())
+                .find(|b| flight.iter().all(|&(_, f, _)| f != *b))
+                .unwrap_or(0);
+            seed = seed.wrapping_add(1);
+            let out = SPIN_OUT + buf as u64 * len;
+            let tag = q
+                .submit_job(&spin_job(iters, seed, out))
+                .map_err(|e| format!("job {seed}: {e}"))?;
+            flight.push_back((tag, buf, seed));
+        }
+        let Some((tag, buf, seed)) = flight.pop_front() else {
+            return Ok(0);
+        };
+        if let Err(e) = q.wait_job(tag, STEP) {
+            // Say what the daemon thinks of the victim.
+            let state = c.query(v).map_or_else(|e| e.to_string(), |i| i.state);
+            return Err(format!("job {tag}: {e} (vcoproc {state})"));
+        }
+        let got = outs[buf]
+            .read_vec(0, len as usize)
+            .map_err(|e| format!("job {tag}: {e}"))?;
+        let want = reference::spin(seed, iters, SPIN_N as usize);
+        if got
+            .chunks(4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+            .ne(want)
+        {
+            return Err(format!("job {tag}: output differs from the host reference"));
+        }
+        Ok(1)
+    })
+}
+
+/// Corrupt mcu firmware: qecho truncated, with a bad magic, program
+/// headers out of the file, a segment outside memory, a huge header count,
+/// and bytes that are no ELF at all. The loader must refuse every one.
+pub(crate) fn corrupt_elfs() -> Vec<Vec<u8>> {
+    let src = QECHO.elf;
+    let put32 = |b: &mut Vec<u8>, o: usize, v: u32| b[o..o + 4].copy_from_slice(&v.to_le_bytes());
+    let phoff = u32::from_le_bytes([src[0x1c], src[0x1d], src[0x1e], src[0x1f]]) as usize;
+    let mut out = vec![src[..52].to_vec(), src[..src.len() / 2].to_vec()];
+    let mut magic = src.to_vec();
+    magic[1] = b'X';
+    out.push(magic);
+    let mut ph = src.to_vec();
+    put32(&mut ph, 0x1c, src.len() as u32 - 8);
+    out.push(ph);
+    let mut seg = src.to_vec();
+    put32(&mut seg, phoff + 8, 0xf000_0000);
+    put32(&mut seg, phoff + 12, 0xf000_0000);
+    out.push(seg);
+    let mut big = src.to_vec();
+    put32(&mut big, phoff + 16, 0x7fff_ffff);
+    put32(&mut big, phoff + 20, 0x7fff_ffff);
+    out.push(big);
+    let mut num = src.to_vec();
+    num[0x2c] = 0xff;
+    num[0x2d] = 0xff;
+    out.push(num);
+    out.push(reference::TestRng::new(9).bytes(64 * 1024));
+    out
+}
+
+/// Corrupt GPU firmware: WGSL that does not parse, WGSL whose entry point
+/// is cut off, a SPIR-V header with garbage after it, random bytes.
+pub(crate) fn corrupt_shaders() -> Vec<Vec<u8>> {
+    let src = SPIN.image;
+    let mut spirv = 0x0723_0203u32.to_le_bytes().to_vec();
+    spirv.extend(reference::TestRng::new(3).bytes(4096));
+    vec![
+        b"@compute @workgroup_size(64) fn spin( {".to_vec(),
+        src[..src.len() / 2].to_vec(),
+        spirv,
+        reference::TestRng::new(4).bytes(64 * 1024),
+    ]
+}
+
+/// mcu `hog`: a well-behaved competitor, always runnable.
+pub(crate) fn hog(
+    ctx: &Ctx,
+    running: &dyn Fn() -> bool,
+    done: &dyn Fn() -> u64,
+) -> anyhow::Result<()> {
+    let mut c = Client::connect_to(&ctx.socket)?;
+    let v = c.open(MCU)?;
+    c.load_firmware(v, HOG.name, HOG.elf)?;
+    c.start(v)?;
+    while running() {
+        // Nothing to do but let it compute; a query a turn shows it alive.
+        std::thread::sleep(SAMPLE);
+        c.query(v)?;
+        done();
+    }
+    Ok(())
+}
+
+/// mcu `hang`: firmware that never answers its doorbell (hog); wait
+/// [`HANG`] for the answer, then stop, reset, start again.
+pub(crate) fn hang(
+    ctx: &Ctx,
+    running: &dyn Fn() -> bool,
+    done: &dyn Fn() -> u64,
+) -> anyhow::Result<()> {
+    let mut c = Client::connect_to(&ctx.socket)?;
+    let v = c.open(MCU)?;
+    c.load_firmware(v, HOG.name, HOG.elf)?;
+    c.subscribe(v)?;
+    c.start(v)?;
+    while running() {
+        let (_, seq) = c.mbox_read(v)?;
+        c.doorbell(v)?;
+        match c.wait_notify(v, seq, HANG) {
+            Err(ClientError::Timeout(_)) => {}
+            other => bail!("the hanging firmware answered: {other:?}"),
+        }
+        c.stop(v)?;
+        c.reset(v)?;
+        c.start(v)?;
+        done();
+    }
+    Ok(())
+}
+
+/// `corrupt` (mcu or GPU): load each corrupt image in turn; every one
+/// must be refused.
+pub(crate) fn corrupt(
+    ctx: &Ctx,
+    gpu: bool,
+    running: &dyn Fn() -> bool,
+    done: &dyn Fn() -> u64,
+) -> anyhow::Result<()> {
+    let images = if gpu {
+        corrupt_shaders()
+    } else {
+        corrupt_elfs()
+    };
+    let mut c = Client::connect_to(&ctx.socket)?;
+    let v = c.open(if gpu { GPU } else { MCU })?;
+    let mut i = 0;
+    while running() {
+        if c.load_firmware(v, "corrupt", &images[i % images.len()])
+            .is_ok()
+        {
+            bail!("corrupt image {} was accepted", i % images.len());
+        }
+        i += 1;
+        done();
+    }
+    Ok(())
+}
+
+/// mcu `revoke`: scribble works on a revocable mapping; once it has
+/// completed a pass the mapping is revoked under it, it faults, and it is
+/// reset and given the mapping again.
+pub(crate) fn revoke(
+    ctx: &Ctx,
+    running: &dyn Fn() -> bool,
+    done: &dyn Fn() -> u64,
+) -> anyhow::Result<()> {
+    let iova = u64::from(coproc_mcu::abi::IOVA_BASE);
+    let len = 4 * 4096u64;
+    let mut c = Client::connect_to(&ctx.socket)?;
+    let v = c.open(MCU)?;
+    c.load_firmware(v, SCRIBBLE.name, SCRIBBLE.elf)?;
+    c.subscribe(v)?;
+    let mem = SharedMem::new(len)?;
+    mem.write(0, &reference::TestRng::new(5).bytes(len as usize))?;
+    while running() {
+        mem.write(0, &[0; 4])?;
+        c.map(v, &mem, 0, iova, len, WirePerms::Rw, WireMapKind::Revocable)?;
+        c.mbox_write(v, 0, &[iova as u32, len as u32])?;
+        c.start(v)?;
+        // A pass is complete when scribble has written its count.
+        wait_for("a scribble pass", || Ok(mem.read_vec(0, 4)? != [0; 4]))?;
+        let (_, seq) = c.mbox_read(v)?;
+        c.revoke(v, iova)?;
+        await_fault(&mut c, v, seq, "revoke")?;
+        c.reset(v)?;
+        done();
+    }
+    Ok(())
+}
+
+/// Wait (on the session's events) until vcoproc `v` faults; notifications
+/// and state changes that come first are skipped.
+fn await_fault(c: &mut Client, v: u32, seq: u64, what: &str) -> anyhow::Result<()> {
+    if !faulted_within(c, v, seq, STEP)? {
+        bail!("{what}: no fault in {STEP:?}");
+    }
+    Ok(())
+}
+
+/// Whether vcoproc `v` faults within `timeout` (see [`await_fault`]).
+fn faulted_within(c: &mut Client, v: u32, mut seq: u64, timeout: Duration) -> anyhow::Result<bool> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match c.wait_notify(v, seq, left) {
+            Err(ClientError::Stopped { state, .. }) if state == "faulted" => return Ok(true),
+            Err(ClientError::Timeout(_)) => return Ok(false),
+            // Older state changes (reset, start) and notifications.
+            Err(ClientError::Stopped { .. }) if !left.is_zero() => {}
+            Ok((s, _)) if !left.is_zero() => seq = s,
+            Ok(_) | Err(ClientError::Stopped { .. }) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Poll `cond` (every 200 µs) until it holds, at most [`STEP`].
+fn wait_for(what: &str, mut cond: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
+    let deadline = Instant::now() + STEP;
+    while !cond()? {
+        if Instant::now() > deadline {
+            bail!("{what} did not come in {STEP:?}");
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    Ok(())
+}
+
+/// GPU `hog`: spin jobs kept in flight, two at a time.
+pub(crate) fn gpu_hog(
+    ctx: &Ctx,
+    running: &dyn Fn() -> bool,
+    done: &dyn Fn() -> u64,
+) -> anyhow::Result<()> {
+    let (_c, _v, mut q, _outs) = spin_vcoproc(&ctx.socket, 1)?;
+    let iters = calibrate(&mut q)?;
+    let mut flight = VecDeque::new();
+    let mut seed = 1u32;
+    while running() {
+        while flight.len() < 2 {
+            seed = seed.wrapping_add(1);
+            flight.push_back(q.submit_job(&spin_job(iters, seed, SPIN_OUT))?);
+        }
+        if let Some(tag) = flight.pop_front() {
+            q.wait_job(tag, STEP)?;
+        }
+        done();
+    }
+    Ok(())
+}
+
+/// GPU `hang`: a spin job past the watchdog; the vcoproc faults (and
+/// the device is recreated), then reset, re-attach, start.
+pub(crate) fn gpu_hang(
+    ctx: &Ctx,
+    running: &dyn Fn() -> bool,
+    done: &dyn Fn() -> u64,
+) -> anyhow::Result<()> {
+    let (mut c, v, mut q, _outs) = spin_vcoproc(&ctx.socket, 1)?;
+    c.subscribe(v)?;
+    let mut iters = calibrate(&mut q)?.saturating_mul(HANG_JOBS);
+    let mut seed = 1u32;
+    while running() {
+        seed = seed.wrapping_add(1);
+        let (_, seq) = c.mbox_read(v)?;
+        let tag = q.submit_job(&spin_job(iters, seed, SPIN_OUT))?;
+        if !faulted_within(&mut c, v, seq, HANG_WAIT)? {
+            // It ended before the watchdog: longer next time.
+            q.wait_job(tag, STEP)?;
+            iters = iters.saturating_mul(2);
+            continue;
+        }
+        c.reset(v)?;
+        c.gpu_attach(v, &q)?;
+        c.start(v)?;
+        if q.wait_job(tag, STEP).is_ok() {
+            bail!("the job past the watchdog completed");
+        }
+        done();
+    }
+    Ok(())
+}
+
+/// GPU `kill`: a session that starts spin jobs and closes its connection
+/// while they run.
+pub(crate) fn gpu_kill(
+    ctx: &Ctx,
+    running: &dyn Fn() -> bool,
+    done: &dyn Fn() -> u64,
+) -> anyhow::Result<()> {
+    while running() {
+        let (c, _v, mut q, outs) = spin_vcoproc(&ctx.socket, 1)?;
+        for seed in 1..=4 {
+            q.submit_job(&spin_job(1 << 16, seed, SPIN_OUT))?;
+        }
+        drop((c, q, outs));
+        done();
+    }
+    Ok(())
+}
+
+/// Per kind: the victim's work and time, each phase's rate, the
+/// offender's operations.
+#[derive(Default)]
+struct Tally {
+    work: u64,
+    secs: f64,
+    rates: Vec<f64>,
+    ops: u64,
+}
+
+/// Interleaved phases of `kinds` (the first `Baseline`), `rounds` rounds
+/// of `phase` each; figures prefixed with `prefix`. Returns the victim's
+/// errors and the lowest share ratio of the fault kinds.
+fn phases(
+    victim: Victim,
+    kinds: &[Kind],
+    rounds: usize,
+    phase: Duration,
+    ctx: &Arc<Ctx>,
+    prefix: &str,
+    m: &mut BTreeMap<String, f64>,
+) -> anyhow::Result<(u64, f64)> {
+    // Warm up: translation caches, pipelines, the daemon's threads.
+    let w0 = victim.work();
+    let deadline = Instant::now() + STEP;
+    while victim.work() == w0 && Instant::now() < deadline {
+        std::thread::sleep(SAMPLE);
+    }
+    let mut tally: Vec<Tally> = kinds.iter().map(|_| Tally::default()).collect();
+    for round in 0..rounds {
+        for k in 0..kinds.len() {
+            let idx = (k + round) % kinds.len();
+            let kind = kinds[idx];
+            let offender = match kind {
+                Kind::Baseline => None,
+                _ => Some(Offender::start(kind, ctx)?),
+            };
+            let ops0 = offender.as_ref().map_or(0, Offender::ops);
+            let (w0, t0) = (victim.work(), Instant::now());
+            std::thread::sleep(phase);
+            let (w1, secs) = (victim.work(), t0.elapsed().as_secs_f64());
+            let t = &mut tally[idx];
+            if let Some(o) = offender {
+                t.ops += o.ops() - ops0;
+                o.finish(kind)?;
+            }
+            t.work += w1 - w0;
+            t.secs += secs;
+            t.rates.push((w1 - w0) as f64 / secs);
+        }
+    }
+    let errors = victim.finish()?;
+    let alone = tally[0].work as f64 / tally[0].secs;
+    let fair = alone / 2.0;
+    let r3 = crate::bench::round3;
+    m.insert(format!("{prefix}victim_rate_alone"), r3(alone));
+    let mut rates = tally[0].rates.clone();
+    rates.sort_by(f64::total_cmp);
+    m.insert(
+        format!("{prefix}victim_rate_alone_min"),
+        r3(rates.first().copied().unwrap_or(f64::NAN)),
+    );
+    let mut worst = f64::NAN;
+    for (kind, t) in kinds.iter().zip(&tally).skip(1) {
+        let n = kind.name();
+        let ratio = t.work as f64 / t.secs / fair;
+        let min = t.rates.iter().copied().fold(f64::INFINITY, f64::min) / fair;
+        m.insert(format!("{prefix}victim_share_ratio_{n}"), r3(ratio));
+        m.insert(format!("{prefix}victim_share_ratio_{n}_min"), r3(min));
+        m.insert(format!("{prefix}offender_ops_{n}"), t.ops as f64);
+        if !matches!(kind, Kind::Hog | Kind::GpuHog | Kind::Cpu)
+            && (worst.is_nan() || ratio < worst)
+        {
+            worst = ratio;
+        }
+    }
+    m.insert(format!("{prefix}victim_min_share_ratio"), r3(worst));
+    m.insert(format!("{prefix}victim_errors"), errors as f64);
+    Ok((errors, worst))
+}
+
+/// The benchmark. Returns its figures and, when the GPU was measured, its
+/// name.
+pub fn faults(
+    rounds: usize,
+    class: Class,
+) -> anyhow::Result<(BTreeMap<String, f64>, Option<String>)> {
+    let load0 = crate::hostload::loadavg_1m().unwrap_or(f64::NAN);
+    let gpu_skipped = match class {
+        Class::Mcu => Some("--class mcu".to_string()),
+        _ => coproc_vulkan::probe()
+            .err()
+            .map(|e| format!("no Vulkan device: {e}")),
+    };
+    if class == Class::Gpu {
+        if let Some(why) = &gpu_skipped {
+            bail!("bench faults --class gpu: {why}");
+        }
+    }
+    let gpu = gpu_skipped.is_none();
+    let mut config = format!(
+        "[[pcoproc]]\nname = \"{MCU}\"\nclass = \"mcu\"\npolicy = \"credit\"\n\
+         policy_params = {{ slice_us = 5000 }}\noptions = {{ max_contexts = 1024 }}\n\n"
+    );
+    if gpu {
+        config += &format!(
+            "[[pcoproc]]\nname = \"{GPU}\"\nclass = \"vulkan\"\npolicy = \"credit\"\n\
+             policy_params = {{ slice_us = 5000 }}\noptions = {{ watchdog_ms = {WATCHDOG_MS} }}\n\n"
+        );
+    }
+    config += &format!(
+        "[[domain]]\nuids = \"*\"\npcoprocs = [\"{MCU}\"{}]\nmax_vcoprocs = 1024\n\
+         max_queues = 1024\nmax_mappings = 4096\nmax_mapped_bytes = 4294967296\n",
+        if gpu {
+            format!(", \"{GPU}\"")
+        } else {
+            String::new()
+        }
+    );
+    let daemon = crate::spawn::TempDaemon::start(&config)?;
+    let ctx = Arc::new(Ctx {
+        socket: daemon.socket.clone(),
+        elf: Vec::new(),
+        shader: Vec::new(),
+    });
+    let rounds = rounds.max(1);
+    let mut m = BTreeMap::new();
+    let (mut failures, mut worst) = (0u64, f64::NAN);
+    let mut min = |w: f64| {
+        if worst.is_nan() || w < worst {
+            worst = w;
+        }
+    };
+    if class != Class::Gpu {
+        let kinds = [
+            Kind::Baseline,
+            Kind::Hog,
+            Kind::Fault,
+            Kind::Hang,
+            Kind::Corrupt,
+            Kind::Kill,
+            Kind::Revoke,
+            Kind::Cpu,
+        ];
+        let victim = mcu_victim(&daemon.socket)?;
+        let (e, w) =
+            phases(victim, &kinds, rounds, PHASE, &ctx, "mcu_", &mut m).context("mcu phases")?;
+        failures += e;
+        min(w);
+    }
+    let mut model = None;
+    match gpu_skipped {
+        Some(why) => eprintln!("faults: GPU part skipped: {why}"),
+        None => {
+            let mut c = Client::connect_to(&daemon.socket)?;
+            let name = c
+                .list_coprocs()?
+                .into_iter()
+                .find(|p| p.name == GPU)
+                .map(|p| p.model)
+                .with_context(|| format!("the daemon does not list {GPU}"))?;
+            eprintln!("faults: GPU part on {name}");
+            model = Some(name);
+            let kinds = [
+                Kind::Baseline,
+                Kind::GpuHog,
+                Kind::GpuFault,
+                Kind::GpuHang,
+                Kind::GpuCorrupt,
+                Kind::GpuKill,
+                Kind::Cpu,
+            ];
+            let victim = gpu_victim(&daemon.socket)?;
+            let (e, w) = phases(victim, &kinds, rounds, GPU_PHASE, &ctx, "gpu_", &mut m)
+                .context("GPU phases")?;
+            failures += e;
+            min(w);
+        }
+    }
+    m.insert("victim_min_share_ratio".into(), crate::bench::round3(worst));
+    m.insert("victim_errors".into(), failures as f64);
+    m.insert("failures".into(), failures as f64);
+    m.insert("loadavg_1m_start".into(), load0);
+    Ok((m, model))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_corrupt_elf_is_refused_by_the_loader() {
+        for (i, elf) in corrupt_elfs().iter().enumerate() {
+            assert!(
+                coproc_mcu::elf::parse(elf).is_err(),
+                "corrupt image {i} parsed"
+            );
+        }
+    }
+}
