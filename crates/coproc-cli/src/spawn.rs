@@ -35,8 +35,8 @@ impl TempDaemon {
         let cfg = dir.join("coprocd.toml");
         std::fs::write(&cfg, config)?;
         let socket = dir.join("coprocd.sock");
-        let child = Command::new(&bin)
-            .arg("--config")
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--config")
             .arg(&cfg)
             .arg("--socket")
             .arg(&socket)
@@ -45,7 +45,21 @@ impl TempDaemon {
                 std::env::var("COPROC_LOG").unwrap_or_else(|_| "error".into()),
             )
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::null());
+        // SAFETY: between fork and exec the closure makes one system call
+        // (prctl), which is async-signal-safe, and touches no memory of
+        // the parent.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                // A private daemon ends with whoever started it, even when
+                // that one is killed before it can stop the daemon.
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::TERM,
+                ))
+                .map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let d = TempDaemon { child, dir, socket };
