@@ -127,13 +127,33 @@ pub fn compile(image: &[u8], limits: &ShaderLimits) -> Result<Vec<PipelineSpec>,
             msg: e.message().to_string(),
         })?
     };
-    let info = Validator::new(ValidationFlags::all(), Capabilities::IMMEDIATES)
-        .validate(&module)
-        .map_err(|e| ShaderError::Invalid(e.as_inner().to_string()))?;
+    // The layout first (naga's validator starts the same way), so that
+    // push constants larger than this class allows are refused before the
+    // validator sees them: its bitmask of the push-constant words a
+    // function uses overflows past 256 bytes (naga 30 panics with overflow
+    // checks on, and computes a wrong mask without).
     let mut layouter = naga::proc::Layouter::default();
     layouter
         .update(module.to_ctx())
         .map_err(|e| ShaderError::Invalid(e.to_string()))?;
+    for (_, var) in module.global_variables.iter() {
+        if var.space != AddressSpace::Immediate {
+            continue;
+        }
+        if module.types.get_handle(var.ty).is_err() {
+            return Err(ShaderError::Invalid("global of an unknown type".into()));
+        }
+        let bytes = layouter[var.ty].size;
+        if bytes > PUSH_WORDS * 4 {
+            return Err(ShaderError::Unsupported(format!(
+                "{bytes} bytes of push constants (most: {})",
+                PUSH_WORDS * 4
+            )));
+        }
+    }
+    let info = Validator::new(ValidationFlags::all(), Capabilities::IMMEDIATES)
+        .validate(&module)
+        .map_err(|e| ShaderError::Invalid(e.as_inner().to_string()))?;
 
     let mut options = naga::back::spv::Options {
         lang_version: (1, 3),
@@ -249,6 +269,28 @@ mod tests {
         max_invocations: 1024,
         max_size: [1024, 1024, 64],
     };
+
+    /// Found by the `shader` fuzz target (a mutated matmul.spv): push
+    /// constants over 256 bytes made naga's validator overflow a shift
+    /// (a panic with overflow checks on). They are refused before it runs.
+    #[test]
+    fn oversized_push_constants_refused_before_validation() {
+        let src = r#"
+            var<immediate> p: array<u32, 80>;
+            @group(0) @binding(0) var<storage, read_write> y: array<u32>;
+            @compute @workgroup_size(1)
+            fn main() { y[0] = p[70]; }
+        "#;
+        assert_eq!(
+            compile(src.as_bytes(), &LIMITS).unwrap_err(),
+            ShaderError::Unsupported("320 bytes of push constants (most: 128)".into())
+        );
+        let spv = include_bytes!("../../../fuzz/corpus/shader/regress-immediates-overflow.spv");
+        assert!(matches!(
+            compile(spv, &LIMITS),
+            Err(ShaderError::Unsupported(_) | ShaderError::Invalid(_))
+        ));
+    }
 
     #[test]
     fn wgsl_reflection() {
