@@ -41,6 +41,9 @@ pub enum ShaderError {
     /// The SPIR-V writer failed.
     #[error("cannot write SPIR-V: {0}")]
     Write(String),
+    /// naga panicked on this module (a bug in naga, contained).
+    #[error("the shader compiler failed on this module: {0}")]
+    Panicked(String),
 }
 
 /// Device limits a module is checked against.
@@ -106,7 +109,28 @@ impl FirmwarePrep for ShaderPrep {
 }
 
 /// Parse, validate and rewrite a firmware image into its pipelines.
+///
+/// naga is not written for hostile input and some of its paths panic on
+/// it (its SPIR-V front end unwraps a layout that can fail), so a panic
+/// anywhere in here refuses the image instead of unwinding into the
+/// domain's thread (in `coprocd`, the session).
 pub fn compile(image: &[u8], limits: &ShaderLimits) -> Result<Vec<PipelineSpec>, ShaderError> {
+    // Unwind safe: the closure only reads `image` and `limits`; everything
+    // it builds is its own and dropped on a panic.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        compile_module(image, limits)
+    }))
+    .unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into());
+        Err(ShaderError::Panicked(msg))
+    })
+}
+
+fn compile_module(image: &[u8], limits: &ShaderLimits) -> Result<Vec<PipelineSpec>, ShaderError> {
     let is_spirv = image.len() >= 20
         && image.len().is_multiple_of(4)
         && u32::from_le_bytes([image[0], image[1], image[2], image[3]]) == SPIRV_MAGIC;
@@ -289,6 +313,18 @@ mod tests {
         assert!(matches!(
             compile(spv, &LIMITS),
             Err(ShaderError::Unsupported(_) | ShaderError::Invalid(_))
+        ));
+    }
+
+    /// Found by the `shader` fuzz target: a SPIR-V struct whose layout
+    /// fails (too large) made naga's SPIR-V front end unwrap an error and
+    /// panic, in every build. The panic is contained and the image refused.
+    #[test]
+    fn naga_front_end_panic_is_contained() {
+        let spv = include_bytes!("../../../fuzz/corpus/shader/regress-spv-layout-panic.spv");
+        assert!(matches!(
+            compile(spv, &LIMITS),
+            Err(ShaderError::Panicked(_))
         ));
     }
 
