@@ -3,8 +3,8 @@
 # it is missing: cmake, a C compiler, clang + lld (firmware, bindgen),
 # libclang-dev (bindgen, for Unicorn's bindings), glslang-tools (GPU
 # firmware from GLSL), the Vulkan loader and Mesa's drivers (lavapipe runs
-# the `vulkan` device class on the CPU where there is no GPU). Needs root or
-# sudo for apt.
+# the `vulkan` device class on the CPU where there is no GPU), and
+# cargo-fuzz (crates.io). Needs root or sudo for apt.
 set -euo pipefail
 
 need=()
@@ -41,4 +41,9 @@ fi
 if command -v rustup >/dev/null 2>&1; then
     cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
     cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+fi
+# cargo-fuzz, for the fuzz targets' smoke run (scripts/fuzz.sh).
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+    echo "setup: installing cargo-fuzz" >&2
+    cargo install cargo-fuzz --locked
 fi

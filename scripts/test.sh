@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test run: set-up, formatting, lints, every test of the workspace,
-# and the demo's own check (it exits non-zero if any result is wrong).
+# a smoke run of the fuzz targets, and the demo's own check (it exits
+# non-zero if any result is wrong).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -11,6 +12,9 @@ cargo test --workspace --release --locked
 # not rebuild the main one).
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
     cargo test -p coproc-abi --release --locked --test loom
+# A short run of every fuzz target (3 s each, from the seed corpora, which
+# hold the inputs of every crash found so far).
+scripts/fuzz.sh --smoke 3
 cargo build --release --locked -q -p coprocd -p coproc-cli
 ./target/release/coproc demo -o json > /dev/null
 ./target/release/coproc demo --in-process -o json > /dev/null

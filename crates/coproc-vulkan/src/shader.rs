@@ -41,6 +41,9 @@ pub enum ShaderError {
     /// The SPIR-V writer failed.
     #[error("cannot write SPIR-V: {0}")]
     Write(String),
+    /// naga panicked on this module (a bug in naga, contained).
+    #[error("the shader compiler failed on this module: {0}")]
+    Panicked(String),
 }
 
 /// Device limits a module is checked against.
@@ -106,7 +109,28 @@ impl FirmwarePrep for ShaderPrep {
 }
 
 /// Parse, validate and rewrite a firmware image into its pipelines.
+///
+/// naga is not written for hostile input and some of its paths panic on
+/// it (its SPIR-V front end unwraps a layout that can fail), so a panic
+/// anywhere in here refuses the image instead of unwinding into the
+/// domain's thread (in `coprocd`, the session).
 pub fn compile(image: &[u8], limits: &ShaderLimits) -> Result<Vec<PipelineSpec>, ShaderError> {
+    // Unwind safe: the closure only reads `image` and `limits`; everything
+    // it builds is its own and dropped on a panic.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        compile_module(image, limits)
+    }))
+    .unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into());
+        Err(ShaderError::Panicked(msg))
+    })
+}
+
+fn compile_module(image: &[u8], limits: &ShaderLimits) -> Result<Vec<PipelineSpec>, ShaderError> {
     let is_spirv = image.len() >= 20
         && image.len().is_multiple_of(4)
         && u32::from_le_bytes([image[0], image[1], image[2], image[3]]) == SPIRV_MAGIC;
@@ -127,13 +151,33 @@ pub fn compile(image: &[u8], limits: &ShaderLimits) -> Result<Vec<PipelineSpec>,
             msg: e.message().to_string(),
         })?
     };
-    let info = Validator::new(ValidationFlags::all(), Capabilities::IMMEDIATES)
-        .validate(&module)
-        .map_err(|e| ShaderError::Invalid(e.as_inner().to_string()))?;
+    // The layout first (naga's validator starts the same way), so that
+    // push constants larger than this class allows are refused before the
+    // validator sees them: its bitmask of the push-constant words a
+    // function uses overflows past 256 bytes (naga 30 panics with overflow
+    // checks on, and computes a wrong mask without).
     let mut layouter = naga::proc::Layouter::default();
     layouter
         .update(module.to_ctx())
         .map_err(|e| ShaderError::Invalid(e.to_string()))?;
+    for (_, var) in module.global_variables.iter() {
+        if var.space != AddressSpace::Immediate {
+            continue;
+        }
+        if module.types.get_handle(var.ty).is_err() {
+            return Err(ShaderError::Invalid("global of an unknown type".into()));
+        }
+        let bytes = layouter[var.ty].size;
+        if bytes > PUSH_WORDS * 4 {
+            return Err(ShaderError::Unsupported(format!(
+                "{bytes} bytes of push constants (most: {})",
+                PUSH_WORDS * 4
+            )));
+        }
+    }
+    let info = Validator::new(ValidationFlags::all(), Capabilities::IMMEDIATES)
+        .validate(&module)
+        .map_err(|e| ShaderError::Invalid(e.as_inner().to_string()))?;
 
     let mut options = naga::back::spv::Options {
         lang_version: (1, 3),
@@ -249,6 +293,40 @@ mod tests {
         max_invocations: 1024,
         max_size: [1024, 1024, 64],
     };
+
+    /// Found by the `shader` fuzz target (a mutated matmul.spv): push
+    /// constants over 256 bytes made naga's validator overflow a shift
+    /// (a panic with overflow checks on). They are refused before it runs.
+    #[test]
+    fn oversized_push_constants_refused_before_validation() {
+        let src = r#"
+            var<immediate> p: array<u32, 80>;
+            @group(0) @binding(0) var<storage, read_write> y: array<u32>;
+            @compute @workgroup_size(1)
+            fn main() { y[0] = p[70]; }
+        "#;
+        assert_eq!(
+            compile(src.as_bytes(), &LIMITS).unwrap_err(),
+            ShaderError::Unsupported("320 bytes of push constants (most: 128)".into())
+        );
+        let spv = include_bytes!("../../../fuzz/corpus/shader/regress-immediates-overflow.spv");
+        assert!(matches!(
+            compile(spv, &LIMITS),
+            Err(ShaderError::Unsupported(_) | ShaderError::Invalid(_))
+        ));
+    }
+
+    /// Found by the `shader` fuzz target: a SPIR-V struct whose layout
+    /// fails (too large) made naga's SPIR-V front end unwrap an error and
+    /// panic, in every build. The panic is contained and the image refused.
+    #[test]
+    fn naga_front_end_panic_is_contained() {
+        let spv = include_bytes!("../../../fuzz/corpus/shader/regress-spv-layout-panic.spv");
+        assert!(matches!(
+            compile(spv, &LIMITS),
+            Err(ShaderError::Panicked(_))
+        ));
+    }
 
     #[test]
     fn wgsl_reflection() {

@@ -1,0 +1,51 @@
+//! The GPU command processor's decoder (`coproc_abi::gpu::Command::decode`,
+//! what `VulkanDevice` runs on every ring entry before it checks the
+//! command against the context): arbitrary entries. An accepted command
+//! satisfies what the processor indexes with unchecked (slot < SLOTS, the
+//! push range inside the push words), re-encodes to an entry that decodes
+//! the same, and unused argument words are zero.
+
+#![no_main]
+
+use coproc_abi::gpu::{Command, PUSH_PER_COMMAND, PUSH_WORDS, SLOTS};
+use coproc_abi::queue::Sqe;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let mut b = [0u8; 64];
+    let n = data.len().min(64);
+    b[..n].copy_from_slice(&data[..n]);
+    let sqe = Sqe::from_bytes(&b);
+    assert_eq!(sqe.to_bytes(), b);
+    let Ok(cmd) = Command::decode(&sqe) else {
+        return;
+    };
+    // What the command processor does with it, on arrays of the sizes it
+    // uses (`VulkanDevice::step`).
+    let mut slots = [None::<u64>; SLOTS as usize];
+    let mut push = [0u32; PUSH_WORDS as usize];
+    match cmd {
+        Command::Bind { slot, iova, .. } => {
+            slots[slot as usize] = Some(u64::from(iova));
+            assert!(slots.iter().flatten().count() >= 1);
+        }
+        Command::Push {
+            offset,
+            count,
+            values,
+        } => {
+            assert!((1..=PUSH_PER_COMMAND).contains(&count));
+            let o = offset as usize;
+            push[o..o + count as usize].copy_from_slice(&values[..count as usize]);
+        }
+        Command::Copy { src, dst, len } => assert_eq!((src | dst | len) % 4, 0),
+        Command::Fill { dst, len, .. } => assert_eq!((dst | len) % 4, 0),
+        Command::Dispatch { .. } | Command::Barrier | Command::Signal { .. } => {}
+    }
+    let again = cmd.encode(sqe.tag);
+    assert_eq!(Command::decode(&again), Ok(cmd));
+    assert_eq!(again.tag, sqe.tag);
+    // Decoding only accepts entries whose unused words are zero, so the
+    // encoding of what it accepted is the entry itself.
+    assert_eq!(again, sqe);
+});
