@@ -1,0 +1,102 @@
+//! Listings: pcoprocs, vcoprocs, domains, faults.
+
+use super::*;
+
+impl Session {
+    /// `list-coprocs`.
+    pub(super) fn list_coprocs(&mut self) -> Result<Answer, WireError> {
+        let d = self.daemon.clone();
+        let mut out = Vec::new();
+        for (name, pc) in &d.pcoprocs {
+            if d.may_use(&self.who, name).is_err() {
+                continue;
+            }
+            let caps = pc.capabilities();
+            let (busy, _) = pc.busy();
+            let now = pc.now_ns().max(1);
+            out.push(CoprocInfo {
+                name: name.clone(),
+                class: caps.class.to_string(),
+                model: caps.model.clone(),
+                policy: pc.sched_info().policy,
+                vcoprocs: pc.vcoprocs().len() as u32,
+                utilisation_pct: (busy as f64 * 1000.0 / now as f64).round() / 10.0,
+                iova_base: caps.iova_base,
+                iova_size: caps.iova_size,
+                memory_bytes: caps.memory_bytes,
+                state: match pc.failed() {
+                    Some(_) => "failed".into(),
+                    None => "running".into(),
+                },
+                failure: pc.failed(),
+            });
+        }
+        Ok(Answer::Coprocs { coprocs: out })
+    }
+
+    /// `list-vcoprocs`.
+    pub(super) fn list_vcoprocs(
+        &mut self,
+        domain: Option<u32>,
+        coproc: Option<String>,
+    ) -> Result<Answer, WireError> {
+        let d = self.daemon.clone();
+        let entries: Vec<(u32, Entry)> = d
+            .tables()
+            .vcoprocs
+            .iter()
+            .map(|(&id, e)| (id, e.clone()))
+            .collect();
+        let mut out = Vec::new();
+        for (id, e) in entries {
+            let visible = self.who.admin || e.uid == self.who.uid;
+            let wanted =
+                domain.is_none_or(|u| u == e.uid) && coproc.as_ref().is_none_or(|c| *c == e.coproc);
+            if visible && wanted {
+                if let Ok(i) = info(id, &e) {
+                    out.push(i);
+                }
+            }
+        }
+        out.sort_by_key(|i| i.id);
+        Ok(Answer::Vcoprocs { vcoprocs: out })
+    }
+
+    /// `list-domains`.
+    pub(super) fn list_domains(&mut self) -> Result<Answer, WireError> {
+        let d = self.daemon.clone();
+        let t = d.tables();
+        let mut out: Vec<DomainInfo> = t
+            .usage
+            .iter()
+            .filter(|(&uid, _)| self.who.admin || uid == self.who.uid)
+            .map(|(&uid, u)| DomainInfo {
+                uid,
+                sessions: u.sessions,
+                vcoprocs: u.vcoprocs,
+                mapped_bytes: u.mapped_bytes,
+                mappings: u.mappings,
+            })
+            .collect();
+        out.sort_by_key(|x| x.uid);
+        Ok(Answer::Domains { domains: out })
+    }
+
+    /// `list-faults`.
+    pub(super) fn list_faults(&mut self) -> Result<Answer, WireError> {
+        let d = self.daemon.clone();
+        // Each pcoproc's fault logs (one per domain) outlive the
+        // vcoprocs they name; a record carries its vcoproc's id,
+        // which is its wire id, and its domain.
+        let mut out = Vec::new();
+        for (name, pc) in &d.pcoprocs {
+            for f in pc.faults() {
+                let uid = f.domain.0;
+                if self.who.admin || uid == self.who.uid {
+                    out.push(fault_info(name, uid, f.vcoproc.0, &f));
+                }
+            }
+        }
+        Ok(Answer::Faults { faults: out })
+    }
+}
