@@ -154,7 +154,9 @@ impl VulkanDevice {
         if host_import {
             let mut hp = vk::PhysicalDeviceExternalMemoryHostPropertiesEXT::default();
             let mut p2 = vk::PhysicalDeviceProperties2::default().push_next(&mut hp);
-            // SAFETY: as above; the chain points at a live local.
+            // SAFETY: `pdev` was enumerated from this live instance; the
+            // call only fills `p2` and the `hp` it chains to, both live
+            // locals that outlive it.
             unsafe { i.get_physical_device_properties2(pdev, &mut p2) };
             import_align = hp.min_imported_host_pointer_alignment.max(PAGE);
         } else if config.import == Import::Auto {
@@ -449,7 +451,9 @@ impl Drop for VulkanDevice {
                 destroy_buf(d, b.buffer, b.memory);
             }
         }
-        // SAFETY: as above; all child objects are gone.
+        // SAFETY: the device is idle (waited for above) and every object
+        // created on it was destroyed just now; `self.gpu` is not used
+        // after drop.
         unsafe { d.destroy_device(None) };
     }
 }

@@ -101,10 +101,12 @@ impl Gpu {
         // locals that outlive the call.
         let device = unsafe { i.create_device(pdev, &info, None) }
             .map_err(|e| GpuError::Vk("vkCreateDevice", e))?;
-        // SAFETY: the family and index were requested above.
+        // SAFETY: `device` was created with one queue of `family`, so
+        // queue 0 of that family exists.
         let queue = unsafe { device.get_device_queue(family, 0) };
         let host_mem = host_import.then(|| ash::ext::external_memory_host::Device::new(i, &device));
-        // SAFETY: as above.
+        // SAFETY: `pdev` was enumerated from this live instance; the call
+        // only returns a struct by value.
         let mem_props = unsafe { i.get_physical_device_memory_properties(pdev) };
         Ok(Gpu {
             device,
@@ -342,8 +344,8 @@ impl Gpu {
             .allocation_size(len)
             .memory_type_index(ty)
             .push_next(&mut imp);
-        // SAFETY: as for the properties call: the host range outlives the
-        // memory object (the Buf holding both keeps the Region alive and
+        // SAFETY: `ptr..ptr+len` is a live mapping of the domain's memfd
+        // and outlives the memory object (the Buf holding both keeps the Region alive and
         // frees the memory before dropping it, or hands both to the reaper).
         let memory = match unsafe { d.allocate_memory(&ai, None) } {
             Ok(m) => m,
@@ -415,7 +417,8 @@ impl Gpu {
         match r {
             Ok(p) => {
                 let p = p.cast::<u8>();
-                // SAFETY: `p` maps at least `len` bytes (see above).
+                // SAFETY: `p` maps the whole allocation of `req.size >= len`
+                // bytes, host-visible, just mapped and not yet shared.
                 unsafe { std::ptr::write_bytes(p, 0, len as usize) };
                 Ok((buffer, memory, p))
             }
@@ -481,7 +484,9 @@ pub(crate) fn execute(
     let mb = [vk::MemoryBarrier::default()
         .src_access_mask(vk::AccessFlags::SHADER_WRITE | vk::AccessFlags::TRANSFER_WRITE)
         .dst_access_mask(vk::AccessFlags::HOST_READ)];
-    // SAFETY: as above.
+    // SAFETY: still recording into the context's own command buffer, not
+    // in flight (each submission is waited for before the next is
+    // recorded, by the owner's thread only); the query pool belongs to `d`.
     unsafe {
         d.cmd_pipeline_barrier(
             cmd,
@@ -624,7 +629,10 @@ fn destroy_pipes(d: &ash::Device, v: &mut CtxVk) {
 
 pub(crate) fn destroy_ctx_vk(d: &ash::Device, v: &mut CtxVk) {
     destroy_pipes(d, v);
-    // SAFETY: as for `destroy_pipes`.
+    // SAFETY: the handles belong to `d` and no submission using them is in
+    // flight (commands complete before the runner calls back in, and a
+    // lost device is idle or reaped by the reaper); null handles are
+    // ignored by Vulkan.
     unsafe {
         if let Some(qp) = v.query.take() {
             d.destroy_query_pool(qp, None);
@@ -636,7 +644,11 @@ pub(crate) fn destroy_ctx_vk(d: &ash::Device, v: &mut CtxVk) {
 }
 
 pub(crate) fn destroy_buf(d: &ash::Device, buffer: vk::Buffer, memory: vk::DeviceMemory) {
-    // SAFETY: as for `destroy_pipes`; freeing memory also unmaps it.
+    // SAFETY: both belong to `d` and no submission using them is in flight
+    // (commands complete before the runner calls back in, and a lost device
+    // is idle or reaped by the reaper); null handles are ignored by Vulkan;
+    // freeing memory also unmaps it, and no host pointer into it is used
+    // after.
     unsafe {
         d.destroy_buffer(buffer, None);
         d.free_memory(memory, None);

@@ -290,7 +290,9 @@ impl VulkanDevice {
                         }],
                     );
                 },
-                // SAFETY: as for the copy.
+                // SAFETY: recording into the context's own command buffer,
+                // not in flight (see `execute`); the range was resolved
+                // inside this buffer of the context.
                 Work::Fill { dst, len, value } => unsafe {
                     d.cmd_fill_buffer(cmd, bufs[&dst.0].buffer, dst.1, *len, *value);
                 },
@@ -306,7 +308,9 @@ impl VulkanDevice {
         for &(start, off, len, back) in &staged {
             let b = &ctx.bufs[&start];
             if let (true, Backing::Domain { region, offset }) = (back && b.writable, &b.backing) {
-                // SAFETY: as for the copy in; the GPU work finished.
+                // SAFETY: `b.ptr` maps `b.len` bytes and off + len <= b.len
+                // (resolved against the buffer); the GPU work finished, so
+                // nothing writes the mapping meanwhile.
                 let src =
                     unsafe { std::slice::from_raw_parts(b.ptr.add(off as usize), len as usize) };
                 let _ = region.write(offset + off, src);
