@@ -524,3 +524,6 @@ impl VulkanDevice {
         outcome(stop, waited, gpu_ns)
     }
 }
+
+#[cfg(test)]
+mod tests;
