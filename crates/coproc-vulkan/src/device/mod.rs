@@ -39,7 +39,7 @@
 //!
 //! - `objects`: the ash objects (logical device, per-context pools,
 //!   semaphores, pipelines, buffers), their creation and destruction, and
-//!   [`execute`]: record, submit and wait for one command.
+//!   `execute`: record, submit and wait for one command.
 //! - `context`: the per-context state the command processor checks
 //!   commands against (iova map, slots, push constants, ring).
 //! - `processor`: serving a context's ring: decode, check (`plan`, pure and
@@ -49,7 +49,7 @@
 //! - this module: [`VulkanDevice`] and its [`Device`] impl.
 
 mod context;
-pub(crate) mod objects;
+mod objects;
 mod processor;
 mod recovery;
 
