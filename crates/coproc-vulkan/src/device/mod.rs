@@ -1,0 +1,459 @@
+//! [`VulkanDevice`]: a GPU shared by vcoprocs.
+//!
+//! # What belongs to whom
+//!
+//! One `VkDevice` and one compute queue per pcoproc. Per vcoproc (context):
+//! its command pool and command buffer, its timeline semaphore, its
+//! timestamp query pool, its descriptor pool, its pipelines (one per compute
+//! entry point of its firmware) and its buffers (one per mapping, one per
+//! device-local allocation). Nothing is shared between contexts, so a
+//! command can only name objects of its own context: the iova map decides
+//! which buffer an address means.
+//!
+//! # The command processor
+//!
+//! A GPU has no firmware CPU to read the submission ring, so the device does
+//! it on the runner thread: [`Device::run`] reads the ring whose iova the
+//! domain wrote in mailbox word 0, decodes each entry
+//! ([`coproc_proto::gpu::Command::decode`]), checks it against the
+//! context's pipelines and iova map, records it into the context's command
+//! buffer, submits it, and waits for the timeline semaphore (bounded by the
+//! watchdog). Commands run one at a time, so a run can stop between any
+//! two: that is this class's preemption point (a dispatch, copy or fill in
+//! flight is never interrupted). The time charged is the GPU's timestamps
+//! around each command plus the host time spent decoding and recording.
+//!
+//! # Faults
+//!
+//! A command that runs past the watchdog, or a submission that reports
+//! `VK_ERROR_DEVICE_LOST` (or the test hook's injected loss), faults the
+//! context that submitted it. The device is then recreated: a new
+//! `VkDevice`, and every context's pipelines, pools and buffers built again
+//! on it; domain memory is imported again (it lives in the domain's memfd),
+//! device-local memory is copied over from the old device's mapping (the
+//! guilty context's is zeroed). The old device is handed to a reaper thread
+//! that waits for it to go idle before destroying it, holding the domain
+//! memory it may still touch.
+//!
+//! # Layout
+//!
+//! - `objects`: the ash objects (logical device, per-context pools,
+//!   semaphores, pipelines, buffers), their creation and destruction, and
+//!   `execute`: record, submit and wait for one command.
+//! - `context`: the per-context state the command processor checks
+//!   commands against (iova map, slots, push constants, ring).
+//! - `processor`: serving a context's ring: decode, check (`plan`, pure and
+//!   unit-tested), record and submit, post completions.
+//! - `recovery`: watchdog and device-loss faults, recreating the device,
+//!   the reaper of old devices.
+//! - this module: [`VulkanDevice`] and its [`Device`] impl.
+
+mod context;
+mod objects;
+mod processor;
+mod recovery;
+
+pub(crate) use objects::{
+    destroy_buf, destroy_ctx_vk, execute, queue_limits, record_dispatch, CtxVk, ExecError, Gpu,
+};
+
+use crate::gpu::{compute_family, GpuError, GpuInfo, Instance};
+use crate::shader::{Compiled, ShaderLimits, ShaderPrep};
+use crate::{Import, VulkanConfig};
+use ash::vk;
+use context::{Backing, Buf, Ctx};
+use coproc_core::device::{
+    Capabilities, ContextSpec, Device, DeviceError, FirmwareInfo, FirmwarePrep, Preempt,
+    PreemptHandle, Preemption, PreparedFirmware, RunOutcome, SwitchOutcome,
+};
+use coproc_core::ids::ContextId;
+use coproc_core::iova::Mapping;
+use coproc_proto::gpu::{PUSH_WORDS, SLOTS};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// First iova of a context's window.
+pub const IOVA_BASE: u64 = 0x1000_0000;
+/// End of the window: every iova fits the 32-bit address words of commands.
+pub const IOVA_END: u64 = 0xF000_0000;
+/// Mapping granularity.
+const PAGE: u64 = 4096;
+
+/// Mailbox-in word holding the queue's iova, and the mailbox-out words the
+/// device keeps up to date (defined in `coproc_abi::gpu`).
+pub use coproc_proto::gpu::{mbox_out, MBOX_QUEUE};
+
+#[derive(Debug, Default)]
+struct PreemptFlag(AtomicBool);
+
+impl Preempt for PreemptFlag {
+    fn preempt(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// Device limits the command processor checks against.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    groups: [u32; 3],
+    max_groups: u64,
+    storage_align: u64,
+    /// (ns per tick, valid-bit mask) when timestamps work on the queue.
+    timestamps: Option<(f64, u64)>,
+    import_align: u64,
+    shader: ShaderLimits,
+}
+
+/// The `vulkan` device.
+pub struct VulkanDevice {
+    inst: Arc<Instance>,
+    pdev: vk::PhysicalDevice,
+    family: u32,
+    info: GpuInfo,
+    cfg: VulkanConfig,
+    limits: Limits,
+    host_import: bool,
+    gpu: Gpu,
+    ctxs: HashMap<ContextId, Ctx>,
+    current: Option<ContextId>,
+    preempt: Arc<PreemptFlag>,
+    next_gen: u64,
+    /// Set when the device could not be recreated after a loss.
+    broken: Option<String>,
+    /// Old devices still draining (reapers not past their idle wait).
+    draining: Arc<AtomicUsize>,
+    /// Limits the log lines a domain's faults cause.
+    log: coproc_core::ratelimit::RateLimit,
+}
+
+impl std::fmt::Debug for VulkanDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VulkanDevice")
+            .field("gpu", &self.info.name)
+            .field("contexts", &self.ctxs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn gpu_err(e: GpuError) -> DeviceError {
+    DeviceError::Backend(e.to_string())
+}
+
+impl VulkanDevice {
+    /// Open the GPU `config.selector` picks.
+    pub fn new(config: VulkanConfig) -> Result<VulkanDevice, DeviceError> {
+        let inst = Instance::open().map_err(gpu_err)?;
+        let (pdev, info) = inst.select(&config.selector).map_err(gpu_err)?;
+        let i = &inst.instance;
+        let family = compute_family(i, pdev).ok_or_else(|| gpu_err(GpuError::NoDevice))?;
+        let (l, timestamps) = queue_limits(i, pdev, family);
+        let host_import = info.host_import && config.import == Import::Auto;
+        let mut import_align = PAGE;
+        if host_import {
+            let mut hp = vk::PhysicalDeviceExternalMemoryHostPropertiesEXT::default();
+            let mut p2 = vk::PhysicalDeviceProperties2::default().push_next(&mut hp);
+            // SAFETY: `pdev` was enumerated from this live instance; the
+            // call only fills `p2` and the `hp` it chains to, both live
+            // locals that outlive it.
+            unsafe { i.get_physical_device_properties2(pdev, &mut p2) };
+            import_align = hp.min_imported_host_pointer_alignment.max(PAGE);
+        } else if config.import == Import::Auto {
+            tracing::warn!(
+                gpu = %info.name,
+                "VK_EXT_external_memory_host missing: domain memory is staged (copied) around each command"
+            );
+        }
+        let limits = Limits {
+            groups: l.max_compute_work_group_count,
+            max_groups: config.max_groups,
+            storage_align: l.min_storage_buffer_offset_alignment.max(4),
+            timestamps,
+            import_align,
+            shader: ShaderLimits {
+                max_invocations: l.max_compute_work_group_invocations,
+                max_size: l.max_compute_work_group_size,
+            },
+        };
+        let gpu = Gpu::open(&inst, pdev, family, host_import).map_err(gpu_err)?;
+        tracing::info!(gpu = %info.name, driver = %info.driver, host_import, "vulkan device open");
+        Ok(VulkanDevice {
+            inst,
+            pdev,
+            family,
+            info,
+            cfg: config,
+            limits,
+            host_import,
+            gpu,
+            ctxs: HashMap::new(),
+            current: None,
+            preempt: Arc::new(PreemptFlag::default()),
+            next_gen: 1,
+            broken: None,
+            draining: Arc::new(AtomicUsize::new(0)),
+            log: coproc_core::ratelimit::RateLimit::default(),
+        })
+    }
+
+    /// The GPU in use.
+    pub fn info(&self) -> &GpuInfo {
+        &self.info
+    }
+
+    /// Whether domain memory is imported zero-copy (else staged).
+    pub fn zero_copy(&self) -> bool {
+        self.host_import
+    }
+
+    fn ctx(&mut self, id: ContextId) -> Result<&mut Ctx, DeviceError> {
+        self.ctxs.get_mut(&id).ok_or(DeviceError::NoContext(id))
+    }
+
+    /// Make the Vulkan buffer behind a mapping or local range.
+    fn make_buf(
+        &self,
+        backing: &Backing,
+        len: u64,
+    ) -> Result<(vk::Buffer, vk::DeviceMemory, *mut u8), DeviceError> {
+        match backing {
+            Backing::Domain { region, offset } => {
+                let end = offset.checked_add(len).filter(|&e| e <= region.len());
+                if end.is_none() {
+                    return Err(DeviceError::BadMapping("range outside the memory".into()));
+                }
+                // SAFETY: offset + len is inside the region (checked).
+                let ptr = unsafe { region.as_ptr().add(*offset as usize) };
+                let aligned = (ptr as u64).is_multiple_of(self.limits.import_align)
+                    && len.is_multiple_of(self.limits.import_align);
+                if self.host_import && aligned {
+                    let (b, m) = self.gpu.import(ptr, len)?;
+                    Ok((b, m, std::ptr::null_mut()))
+                } else {
+                    self.gpu.host_visible(len)
+                }
+            }
+            Backing::Local => self.gpu.host_visible(len),
+        }
+    }
+}
+
+impl Device for VulkanDevice {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            class: "vulkan",
+            model: self.info.model(),
+            preemption: Preemption::Dispatch,
+            local_memory: self.cfg.local_memory,
+            address_bits: 32,
+            iova_base: IOVA_BASE,
+            iova_size: IOVA_END - IOVA_BASE,
+            page_size: PAGE,
+            demand_faults: false,
+            max_contexts: self.cfg.max_contexts,
+            memory_bytes: self.info.memory_bytes,
+        }
+    }
+
+    fn create_context(&mut self, spec: ContextSpec) -> Result<(), DeviceError> {
+        if self.ctxs.contains_key(&spec.id) {
+            return Err(DeviceError::ContextExists(spec.id));
+        }
+        if self.ctxs.len() >= self.cfg.max_contexts as usize {
+            return Err(DeviceError::Exhausted(format!(
+                "{} contexts",
+                self.cfg.max_contexts
+            )));
+        }
+        if let Some(b) = &self.broken {
+            return Err(DeviceError::Backend(format!("GPU unusable: {b}")));
+        }
+        let vk = self
+            .gpu
+            .new_ctx_vk(self.family, self.limits.timestamps.is_some())?;
+        self.ctxs.insert(spec.id, Ctx::new(spec.control, vk));
+        Ok(())
+    }
+
+    fn destroy_context(&mut self, id: ContextId) {
+        if self.current == Some(id) {
+            self.current = None;
+        }
+        if let Some(mut ctx) = self.ctxs.remove(&id) {
+            destroy_ctx_vk(&self.gpu.device, &mut ctx.vk);
+            for b in ctx.bufs.values() {
+                destroy_buf(&self.gpu.device, b.buffer, b.memory);
+            }
+        }
+    }
+
+    fn load_firmware(&mut self, id: ContextId, image: &[u8]) -> Result<FirmwareInfo, DeviceError> {
+        let prepared = self.firmware_prep().prepare(image)?;
+        self.install_firmware(id, prepared)
+    }
+
+    fn firmware_prep(&self) -> Arc<dyn FirmwarePrep> {
+        Arc::new(ShaderPrep {
+            limits: self.limits.shader,
+        })
+    }
+
+    /// Creates the pipelines of firmware [`ShaderPrep`] compiled; naga's
+    /// work was done on the loading thread. The specs are kept, so device
+    /// loss recovery builds the pipelines again from them.
+    fn install_firmware(
+        &mut self,
+        id: ContextId,
+        fw: PreparedFirmware,
+    ) -> Result<FirmwareInfo, DeviceError> {
+        let specs = fw
+            .downcast::<Compiled>()
+            .map_err(|_| DeviceError::BadFirmware("prepared for another device class".into()))?
+            .pipelines;
+        let gpu = &self.gpu;
+        let ctx = self.ctxs.get_mut(&id).ok_or(DeviceError::NoContext(id))?;
+        ctx.firmware = None;
+        gpu.build_pipes(&mut ctx.vk, &specs)?;
+        let code_bytes = specs.iter().map(|s| 4 * s.spirv.len() as u64).sum();
+        ctx.firmware = Some(specs.into());
+        ctx.slots = [None; SLOTS as usize];
+        ctx.push = [0; PUSH_WORDS as usize];
+        ctx.aborted = false;
+        Ok(FirmwareInfo {
+            entry: 0,
+            code_bytes,
+            data_bytes: 0,
+        })
+    }
+
+    fn map(&mut self, id: ContextId, m: &Mapping) -> Result<(), DeviceError> {
+        if m.iova < IOVA_BASE || m.iova.saturating_add(m.len) > IOVA_END {
+            return Err(DeviceError::BadMapping("outside the window".into()));
+        }
+        self.ctx(id)?;
+        let backing = Backing::Domain {
+            region: m.region.clone(),
+            offset: m.offset,
+        };
+        let (buffer, memory, ptr) = self.make_buf(&backing, m.len)?;
+        let gen = self.next_gen;
+        self.next_gen += 1;
+        let ctx = self.ctx(id)?;
+        ctx.bufs.insert(
+            m.iova,
+            Buf {
+                len: m.len,
+                writable: m.perms.write,
+                gen,
+                backing,
+                buffer,
+                memory,
+                ptr,
+            },
+        );
+        Ok(())
+    }
+
+    fn unmap(&mut self, id: ContextId, iova: u64) {
+        let d = self.gpu.device.clone();
+        if let Some(ctx) = self.ctxs.get_mut(&id) {
+            if let Some(b) = ctx.bufs.remove(&iova) {
+                // No command is in flight here: each is waited for before
+                // the runner regains control, so the pages are out of the
+                // GPU's reach when this returns.
+                destroy_buf(&d, b.buffer, b.memory);
+                if let Backing::Local = b.backing {
+                    ctx.local_bytes -= b.len;
+                }
+            }
+        }
+    }
+
+    fn switch(&mut self, to: Option<ContextId>) -> SwitchOutcome {
+        self.current = to;
+        SwitchOutcome::Done
+    }
+
+    fn run(&mut self, budget: Duration) -> RunOutcome {
+        self.serve(budget)
+    }
+
+    fn preempt_handle(&self) -> PreemptHandle {
+        PreemptHandle(self.preempt.clone())
+    }
+
+    fn reset_context(&mut self, id: ContextId) -> Result<(), DeviceError> {
+        let ctx = self.ctx(id)?;
+        // Slots and push constants start empty; the queue stays where it is
+        // and a job a fault cut short stays aborted, so its signal reports
+        // it instead of claiming success.
+        ctx.slots = [None; SLOTS as usize];
+        ctx.push = [0; PUSH_WORDS as usize];
+        ctx.job_gpu_ns = 0;
+        for b in ctx.bufs.values() {
+            if let Backing::Local = b.backing {
+                // SAFETY: local memory is mapped for `len` bytes until freed;
+                // no GPU work is in flight.
+                unsafe { std::ptr::write_bytes(b.ptr, 0, b.len as usize) };
+            }
+        }
+        Ok(())
+    }
+
+    fn alloc_local(&mut self, id: ContextId, iova: u64, len: u64) -> Result<(), DeviceError> {
+        if iova < IOVA_BASE || iova.saturating_add(len) > IOVA_END {
+            return Err(DeviceError::BadMapping("outside the window".into()));
+        }
+        let cap = self.cfg.local_memory;
+        let used = self.ctx(id)?.local_bytes;
+        if used.saturating_add(len) > cap {
+            return Err(DeviceError::Exhausted(format!(
+                "device-local memory: {used} of {cap} bytes in use"
+            )));
+        }
+        let (buffer, memory, ptr) = self.make_buf(&Backing::Local, len)?;
+        let gen = self.next_gen;
+        self.next_gen += 1;
+        let ctx = self.ctx(id)?;
+        ctx.local_bytes += len;
+        ctx.bufs.insert(
+            iova,
+            Buf {
+                len,
+                writable: true,
+                gen,
+                backing: Backing::Local,
+                buffer,
+                memory,
+                ptr,
+            },
+        );
+        Ok(())
+    }
+
+    fn free_local(&mut self, id: ContextId, iova: u64) {
+        self.unmap(id, iova);
+    }
+}
+
+impl Drop for VulkanDevice {
+    fn drop(&mut self) {
+        let d = &self.gpu.device;
+        // SAFETY: waits for this device's queue, then destroys every object
+        // created on it and the device itself; nothing uses them after.
+        unsafe {
+            let _ = d.device_wait_idle();
+        }
+        for (_, mut ctx) in self.ctxs.drain() {
+            destroy_ctx_vk(d, &mut ctx.vk);
+            for b in ctx.bufs.values() {
+                destroy_buf(d, b.buffer, b.memory);
+            }
+        }
+        // SAFETY: the device is idle (waited for above) and every object
+        // created on it was destroyed just now; `self.gpu` is not used
+        // after drop.
+        unsafe { d.destroy_device(None) };
+    }
+}

@@ -1,0 +1,656 @@
+//! The ash objects of the device and their lifetimes: the logical device
+//! ([`Gpu`]), each context's command pool, timeline semaphore, query pool,
+//! descriptor pool and pipelines ([`CtxVk`]), buffers over imported,
+//! staged or local memory; and submission: [`execute`] records one command
+//! between timestamps, submits it and waits for it under the watchdog.
+//! Most of the class's `unsafe` is here. The direct baseline
+//! (`crate::direct`) builds and runs its objects with the same functions.
+
+use crate::gpu::{GpuError, Instance};
+use crate::shader::PipelineSpec;
+use ash::vk;
+use coproc_core::device::DeviceError;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// The logical device and what hangs off it; replaced on device loss.
+pub(crate) struct Gpu {
+    pub(crate) device: ash::Device,
+    queue: vk::Queue,
+    host_mem: Option<ash::ext::external_memory_host::Device>,
+    mem_props: vk::PhysicalDeviceMemoryProperties,
+}
+
+pub(crate) struct Pipe {
+    module: vk::ShaderModule,
+    set_layout: vk::DescriptorSetLayout,
+    layout: vk::PipelineLayout,
+    pipeline: vk::Pipeline,
+    set: vk::DescriptorSet,
+}
+
+/// A context's Vulkan objects (all on the current [`Gpu`]).
+#[derive(Default)]
+pub(crate) struct CtxVk {
+    cmd_pool: vk::CommandPool,
+    cmd: vk::CommandBuffer,
+    sem: vk::Semaphore,
+    /// The timeline value of the last submission.
+    pub(super) value: u64,
+    query: Option<vk::QueryPool>,
+    desc_pool: Option<vk::DescriptorPool>,
+    pipes: Vec<Pipe>,
+}
+
+/// The device's limits and, where its compute queue has timestamps, (ns
+/// per tick, valid-bit mask).
+pub(crate) fn queue_limits(
+    i: &ash::Instance,
+    pdev: vk::PhysicalDevice,
+    family: u32,
+) -> (vk::PhysicalDeviceLimits, Option<(f64, u64)>) {
+    // SAFETY: `pdev` came from this instance; the calls only fill locals.
+    let (props, fams) = unsafe {
+        (
+            i.get_physical_device_properties(pdev),
+            i.get_physical_device_queue_family_properties(pdev),
+        )
+    };
+    let l = props.limits;
+    let valid_bits = fams
+        .get(family as usize)
+        .map_or(0, |f| f.timestamp_valid_bits);
+    let timestamps = (valid_bits > 0 && l.timestamp_period > 0.0).then(|| {
+        let mask = if valid_bits >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << valid_bits) - 1
+        };
+        (f64::from(l.timestamp_period), mask)
+    });
+    (l, timestamps)
+}
+
+fn vkerr(what: &'static str) -> impl Fn(vk::Result) -> DeviceError {
+    move |e| DeviceError::Backend(format!("{what}: {e}"))
+}
+
+impl Gpu {
+    pub(crate) fn open(
+        inst: &Instance,
+        pdev: vk::PhysicalDevice,
+        family: u32,
+        host_import: bool,
+    ) -> Result<Gpu, GpuError> {
+        let i = &inst.instance;
+        let prio = [1.0f32];
+        let qinfo = [vk::DeviceQueueCreateInfo::default()
+            .queue_family_index(family)
+            .queue_priorities(&prio)];
+        let features = vk::PhysicalDeviceFeatures::default().robust_buffer_access(true);
+        let mut f12 = vk::PhysicalDeviceVulkan12Features::default().timeline_semaphore(true);
+        let exts = [ash::ext::external_memory_host::NAME.as_ptr()];
+        let mut info = vk::DeviceCreateInfo::default()
+            .queue_create_infos(&qinfo)
+            .enabled_features(&features)
+            .push_next(&mut f12);
+        if host_import {
+            info = info.enabled_extension_names(&exts);
+        }
+        // SAFETY: `pdev` belongs to this instance; the create info borrows
+        // locals that outlive the call.
+        let device = unsafe { i.create_device(pdev, &info, None) }
+            .map_err(|e| GpuError::Vk("vkCreateDevice", e))?;
+        // SAFETY: `device` was created with one queue of `family`, so
+        // queue 0 of that family exists.
+        let queue = unsafe { device.get_device_queue(family, 0) };
+        let host_mem = host_import.then(|| ash::ext::external_memory_host::Device::new(i, &device));
+        // SAFETY: `pdev` was enumerated from this live instance; the call
+        // only returns a struct by value.
+        let mem_props = unsafe { i.get_physical_device_memory_properties(pdev) };
+        Ok(Gpu {
+            device,
+            queue,
+            host_mem,
+            mem_props,
+        })
+    }
+
+    fn memory_type(&self, bits: u32, want: vk::MemoryPropertyFlags) -> Option<u32> {
+        (0..self.mem_props.memory_type_count).find(|&t| {
+            bits & (1 << t) != 0
+                && self.mem_props.memory_types[t as usize]
+                    .property_flags
+                    .contains(want)
+        })
+    }
+
+    pub(crate) fn new_ctx_vk(&self, family: u32, timestamps: bool) -> Result<CtxVk, DeviceError> {
+        let d = &self.device;
+        let mut v = CtxVk::default();
+        let r = (|| {
+            // SAFETY: plain object creation on a live device; every handle
+            // created is stored in `v` and destroyed by `destroy_ctx_vk`.
+            unsafe {
+                v.cmd_pool = d
+                    .create_command_pool(
+                        &vk::CommandPoolCreateInfo::default()
+                            .queue_family_index(family)
+                            .flags(vk::CommandPoolCreateFlags::RESET_COMMAND_BUFFER),
+                        None,
+                    )
+                    .map_err(vkerr("command pool"))?;
+                v.cmd = d
+                    .allocate_command_buffers(
+                        &vk::CommandBufferAllocateInfo::default()
+                            .command_pool(v.cmd_pool)
+                            .level(vk::CommandBufferLevel::PRIMARY)
+                            .command_buffer_count(1),
+                    )
+                    .map_err(vkerr("command buffer"))?[0];
+                let mut ty = vk::SemaphoreTypeCreateInfo::default()
+                    .semaphore_type(vk::SemaphoreType::TIMELINE)
+                    .initial_value(0);
+                v.sem = d
+                    .create_semaphore(&vk::SemaphoreCreateInfo::default().push_next(&mut ty), None)
+                    .map_err(vkerr("timeline semaphore"))?;
+                if timestamps {
+                    v.query = Some(
+                        d.create_query_pool(
+                            &vk::QueryPoolCreateInfo::default()
+                                .query_type(vk::QueryType::TIMESTAMP)
+                                .query_count(2),
+                            None,
+                        )
+                        .map_err(vkerr("query pool"))?,
+                    );
+                }
+            }
+            Ok(())
+        })();
+        match r {
+            Ok(()) => Ok(v),
+            Err(e) => {
+                destroy_ctx_vk(d, &mut v);
+                Err(e)
+            }
+        }
+    }
+
+    /// Build the pipelines of `specs` into `v` (replacing any).
+    pub(crate) fn build_pipes(
+        &self,
+        v: &mut CtxVk,
+        specs: &[PipelineSpec],
+    ) -> Result<(), DeviceError> {
+        let d = &self.device;
+        destroy_pipes(d, v);
+        let descriptors: u32 = specs.iter().map(|s| s.bindings.len() as u32).sum();
+        let sizes = [vk::DescriptorPoolSize {
+            ty: vk::DescriptorType::STORAGE_BUFFER,
+            descriptor_count: descriptors.max(1),
+        }];
+        // SAFETY: object creation on a live device; the create infos borrow
+        // locals; every handle lands in `v` so `destroy_pipes` frees it on
+        // any error.
+        unsafe {
+            v.desc_pool = Some(
+                d.create_descriptor_pool(
+                    &vk::DescriptorPoolCreateInfo::default()
+                        .max_sets(specs.len() as u32)
+                        .pool_sizes(&sizes),
+                    None,
+                )
+                .map_err(vkerr("descriptor pool"))?,
+            );
+        }
+        for spec in specs {
+            let r = self.build_pipe(v, spec);
+            if let Err(e) = r {
+                destroy_pipes(d, v);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn build_pipe(&self, v: &mut CtxVk, spec: &PipelineSpec) -> Result<(), DeviceError> {
+        let d = &self.device;
+        let binds: Vec<_> = spec
+            .bindings
+            .iter()
+            .map(|b| {
+                vk::DescriptorSetLayoutBinding::default()
+                    .binding(b.binding)
+                    .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
+                    .descriptor_count(1)
+                    .stage_flags(vk::ShaderStageFlags::COMPUTE)
+            })
+            .collect();
+        let mut p = Pipe {
+            module: vk::ShaderModule::null(),
+            set_layout: vk::DescriptorSetLayout::null(),
+            layout: vk::PipelineLayout::null(),
+            pipeline: vk::Pipeline::null(),
+            set: vk::DescriptorSet::null(),
+        };
+        let name = std::ffi::CString::new(spec.name.as_str())
+            .map_err(|_| DeviceError::BadFirmware("entry point name with NUL".into()))?;
+        // SAFETY: object creation on a live device from naga-written SPIR-V
+        // of a validated module; infos borrow locals; the handles go into
+        // `v.pipes` (even half-built) so they are destroyed on error.
+        let r = unsafe {
+            (|| {
+                p.module = d
+                    .create_shader_module(
+                        &vk::ShaderModuleCreateInfo::default().code(&spec.spirv),
+                        None,
+                    )
+                    .map_err(vkerr("shader module"))?;
+                p.set_layout = d
+                    .create_descriptor_set_layout(
+                        &vk::DescriptorSetLayoutCreateInfo::default().bindings(&binds),
+                        None,
+                    )
+                    .map_err(vkerr("descriptor set layout"))?;
+                let ranges = [vk::PushConstantRange {
+                    stage_flags: vk::ShaderStageFlags::COMPUTE,
+                    offset: 0,
+                    size: spec.push_bytes.div_ceil(4) * 4,
+                }];
+                let layouts = [p.set_layout];
+                let mut li = vk::PipelineLayoutCreateInfo::default().set_layouts(&layouts);
+                if spec.push_bytes > 0 {
+                    li = li.push_constant_ranges(&ranges);
+                }
+                p.layout = d
+                    .create_pipeline_layout(&li, None)
+                    .map_err(vkerr("pipeline layout"))?;
+                let stage = vk::PipelineShaderStageCreateInfo::default()
+                    .stage(vk::ShaderStageFlags::COMPUTE)
+                    .module(p.module)
+                    .name(&name);
+                let ci = [vk::ComputePipelineCreateInfo::default()
+                    .stage(stage)
+                    .layout(p.layout)];
+                p.pipeline = d
+                    .create_compute_pipelines(vk::PipelineCache::null(), &ci, None)
+                    .map_err(|(_, e)| DeviceError::BadFirmware(format!("pipeline: {e}")))?[0];
+                p.set = d
+                    .allocate_descriptor_sets(
+                        &vk::DescriptorSetAllocateInfo::default()
+                            .descriptor_pool(v.desc_pool.unwrap_or_default())
+                            .set_layouts(&layouts),
+                    )
+                    .map_err(vkerr("descriptor set"))?[0];
+                Ok(())
+            })()
+        };
+        v.pipes.push(p);
+        r
+    }
+
+    /// A buffer over `len` bytes of host memory at `ptr`, imported.
+    pub(super) fn import(
+        &self,
+        ptr: *mut u8,
+        len: u64,
+    ) -> Result<(vk::Buffer, vk::DeviceMemory), DeviceError> {
+        let d = &self.device;
+        let hm = self
+            .host_mem
+            .as_ref()
+            .ok_or(DeviceError::Unsupported("host memory import"))?;
+        let ht = vk::ExternalMemoryHandleTypeFlags::HOST_ALLOCATION_EXT;
+        let mut props = vk::MemoryHostPointerPropertiesEXT::default();
+        // SAFETY: `ptr..ptr+len` is a live mapping of the domain's memfd
+        // held by the caller's Arc<Region> for as long as the buffer exists;
+        // the call only inspects it.
+        unsafe {
+            (hm.fp().get_memory_host_pointer_properties_ext)(
+                hm.device(),
+                ht,
+                ptr.cast_const().cast(),
+                &mut props,
+            )
+        }
+        .result()
+        .map_err(vkerr("host pointer properties"))?;
+        let mut ext = vk::ExternalMemoryBufferCreateInfo::default().handle_types(ht);
+        let bi = vk::BufferCreateInfo::default()
+            .size(len)
+            .usage(usage())
+            .sharing_mode(vk::SharingMode::EXCLUSIVE)
+            .push_next(&mut ext);
+        // SAFETY: buffer creation on a live device.
+        let buffer = unsafe { d.create_buffer(&bi, None) }.map_err(vkerr("buffer"))?;
+        // SAFETY: `buffer` was just created on `d`.
+        let req = unsafe { d.get_buffer_memory_requirements(buffer) };
+        let ty = self.memory_type(
+            req.memory_type_bits & props.memory_type_bits,
+            vk::MemoryPropertyFlags::empty(),
+        );
+        let Some(ty) = ty.filter(|_| req.size <= len) else {
+            // SAFETY: unused buffer of this device.
+            unsafe { d.destroy_buffer(buffer, None) };
+            return Err(DeviceError::BadMapping(
+                "no memory type can import this range".into(),
+            ));
+        };
+        let mut imp = vk::ImportMemoryHostPointerInfoEXT::default()
+            .handle_type(ht)
+            .host_pointer(ptr.cast());
+        let ai = vk::MemoryAllocateInfo::default()
+            .allocation_size(len)
+            .memory_type_index(ty)
+            .push_next(&mut imp);
+        // SAFETY: `ptr..ptr+len` is a live mapping of the domain's memfd
+        // and outlives the memory object (the Buf holding both keeps the Region alive and
+        // frees the memory before dropping it, or hands both to the reaper).
+        let memory = match unsafe { d.allocate_memory(&ai, None) } {
+            Ok(m) => m,
+            Err(e) => {
+                // SAFETY: unused buffer of this device.
+                unsafe { d.destroy_buffer(buffer, None) };
+                return Err(DeviceError::BadMapping(format!("import: {e}")));
+            }
+        };
+        // SAFETY: both belong to `d`; memory is large enough (checked).
+        if let Err(e) = unsafe { d.bind_buffer_memory(buffer, memory, 0) } {
+            // SAFETY: unused objects of this device.
+            unsafe {
+                d.destroy_buffer(buffer, None);
+                d.free_memory(memory, None);
+            }
+            return Err(DeviceError::BadMapping(format!("bind: {e}")));
+        }
+        Ok((buffer, memory))
+    }
+
+    /// A buffer of `len` bytes of host-visible memory (device-local where
+    /// the device has such a type), mapped, zeroed.
+    pub(crate) fn host_visible(
+        &self,
+        len: u64,
+    ) -> Result<(vk::Buffer, vk::DeviceMemory, *mut u8), DeviceError> {
+        let d = &self.device;
+        let bi = vk::BufferCreateInfo::default()
+            .size(len)
+            .usage(usage())
+            .sharing_mode(vk::SharingMode::EXCLUSIVE);
+        // SAFETY: buffer creation on a live device.
+        let buffer = unsafe { d.create_buffer(&bi, None) }.map_err(vkerr("buffer"))?;
+        // SAFETY: `buffer` was just created on `d`.
+        let req = unsafe { d.get_buffer_memory_requirements(buffer) };
+        let hv = vk::MemoryPropertyFlags::HOST_VISIBLE | vk::MemoryPropertyFlags::HOST_COHERENT;
+        let ty = self
+            .memory_type(
+                req.memory_type_bits,
+                hv | vk::MemoryPropertyFlags::DEVICE_LOCAL,
+            )
+            .or_else(|| self.memory_type(req.memory_type_bits, hv));
+        let Some(ty) = ty else {
+            // SAFETY: unused buffer of this device.
+            unsafe { d.destroy_buffer(buffer, None) };
+            return Err(DeviceError::Exhausted("no host-visible memory type".into()));
+        };
+        let ai = vk::MemoryAllocateInfo::default()
+            .allocation_size(req.size)
+            .memory_type_index(ty);
+        // SAFETY: allocation on a live device; on failure the buffer is
+        // destroyed.
+        let memory = match unsafe { d.allocate_memory(&ai, None) } {
+            Ok(m) => m,
+            Err(e) => {
+                // SAFETY: unused buffer of this device.
+                unsafe { d.destroy_buffer(buffer, None) };
+                return Err(DeviceError::Exhausted(format!("device memory: {e}")));
+            }
+        };
+        // SAFETY: memory of `d`, host-visible, not mapped yet; the mapping
+        // covers `req.size >= len` bytes and lives until the memory is
+        // freed.
+        let r = unsafe {
+            d.bind_buffer_memory(buffer, memory, 0)
+                .and_then(|()| d.map_memory(memory, 0, vk::WHOLE_SIZE, vk::MemoryMapFlags::empty()))
+        };
+        match r {
+            Ok(p) => {
+                let p = p.cast::<u8>();
+                // SAFETY: `p` maps the whole allocation of `req.size >= len`
+                // bytes, host-visible, just mapped and not yet shared.
+                unsafe { std::ptr::write_bytes(p, 0, len as usize) };
+                Ok((buffer, memory, p))
+            }
+            Err(e) => {
+                // SAFETY: unused objects of this device.
+                unsafe {
+                    d.destroy_buffer(buffer, None);
+                    d.free_memory(memory, None);
+                }
+                Err(DeviceError::Exhausted(format!("map: {e}")))
+            }
+        }
+    }
+}
+
+/// Why [`execute`] failed.
+pub(crate) enum ExecError {
+    /// Not finished within the bound (and no old device was draining).
+    Timeout,
+    /// Recording, submitting or waiting failed (device loss included).
+    Failed(String),
+}
+
+/// Record one command with `record` between two timestamps and a barrier
+/// that makes its writes visible to the host, submit it alone with a
+/// timeline-semaphore signal, and wait for it at most `timeout` (longer
+/// while an old device is `draining`: that time is not this command's).
+/// Returns the GPU nanoseconds between the timestamps (0 without them).
+/// Shared by the device's command processor and the direct baseline.
+pub(crate) fn execute(
+    gpu: &Gpu,
+    v: &mut CtxVk,
+    timestamps: Option<(f64, u64)>,
+    timeout: Duration,
+    draining: &AtomicUsize,
+    record: impl FnOnce(&ash::Device, vk::CommandBuffer, &[Pipe]),
+) -> Result<u64, ExecError> {
+    let d = &gpu.device;
+    let cmd = v.cmd;
+    let query = v.query.filter(|_| timestamps.is_some());
+    fn failed(what: &'static str) -> impl Fn(vk::Result) -> ExecError {
+        move |e| ExecError::Failed(format!("{what}: {e}"))
+    }
+    // SAFETY: recording into the context's own command buffer, which is not
+    // in flight (every submission is waited for before the next is
+    // recorded, and only the owner's thread records); all handles belong
+    // to `d`.
+    unsafe {
+        d.reset_command_buffer(cmd, vk::CommandBufferResetFlags::empty())
+            .map_err(failed("reset"))?;
+        d.begin_command_buffer(
+            cmd,
+            &vk::CommandBufferBeginInfo::default()
+                .flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT),
+        )
+        .map_err(failed("begin"))?;
+        if let Some(qp) = query {
+            d.cmd_reset_query_pool(cmd, qp, 0, 2);
+            d.cmd_write_timestamp(cmd, vk::PipelineStageFlags::TOP_OF_PIPE, qp, 0);
+        }
+    }
+    record(d, cmd, &v.pipes);
+    let mb = [vk::MemoryBarrier::default()
+        .src_access_mask(vk::AccessFlags::SHADER_WRITE | vk::AccessFlags::TRANSFER_WRITE)
+        .dst_access_mask(vk::AccessFlags::HOST_READ)];
+    // SAFETY: still recording into the context's own command buffer, not
+    // in flight (each submission is waited for before the next is
+    // recorded, by the owner's thread only); the query pool belongs to `d`.
+    unsafe {
+        d.cmd_pipeline_barrier(
+            cmd,
+            vk::PipelineStageFlags::COMPUTE_SHADER | vk::PipelineStageFlags::TRANSFER,
+            vk::PipelineStageFlags::HOST,
+            vk::DependencyFlags::empty(),
+            &mb,
+            &[],
+            &[],
+        );
+        if let Some(qp) = query {
+            d.cmd_write_timestamp(cmd, vk::PipelineStageFlags::BOTTOM_OF_PIPE, qp, 1);
+        }
+        d.end_command_buffer(cmd).map_err(failed("end"))?;
+    }
+    v.value += 1;
+    let cmds = [cmd];
+    let sems = [v.sem];
+    let vals = [v.value];
+    let mut tl = vk::TimelineSemaphoreSubmitInfo::default().signal_semaphore_values(&vals);
+    let si = [vk::SubmitInfo::default()
+        .command_buffers(&cmds)
+        .signal_semaphores(&sems)
+        .push_next(&mut tl)];
+    // SAFETY: the command buffer is fully recorded and not in flight; the
+    // queue is used by the owner's thread only.
+    unsafe { d.queue_submit(gpu.queue, &si, vk::Fence::null()) }.map_err(failed("submit"))?;
+    let wi = vk::SemaphoreWaitInfo::default()
+        .semaphores(&sems)
+        .values(&vals);
+    let bound = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+    loop {
+        // SAFETY: waits on the context's own semaphore.
+        match unsafe { d.wait_semaphores(&wi, bound) } {
+            Ok(()) => break,
+            // An old device still draining a hung job may hold the hardware
+            // (lavapipe shares its threads between devices): the time is not
+            // this command's to blame.
+            Err(vk::Result::TIMEOUT) if draining.load(Ordering::Acquire) > 0 => {}
+            Err(vk::Result::TIMEOUT) => return Err(ExecError::Timeout),
+            Err(e) => return Err(failed("wait")(e)),
+        }
+    }
+    let (Some(qp), Some((period, mask))) = (query, timestamps) else {
+        return Ok(0);
+    };
+    let mut t = [0u64; 2];
+    // SAFETY: both queries were written by the completed submission.
+    let r = unsafe {
+        d.get_query_pool_results(
+            qp,
+            0,
+            &mut t,
+            vk::QueryResultFlags::TYPE_64 | vk::QueryResultFlags::WAIT,
+        )
+    };
+    Ok(r.map_or(0, |()| {
+        ((t[1].wrapping_sub(t[0]) & mask) as f64 * period) as u64
+    }))
+}
+
+/// Record a dispatch of `pipe` with `binds` (binding, buffer, offset, len)
+/// and `push` bytes of push constants.
+pub(crate) fn record_dispatch(
+    d: &ash::Device,
+    cmd: vk::CommandBuffer,
+    pipe: &Pipe,
+    binds: &[(u32, vk::Buffer, u64, u64)],
+    push: &[u8],
+    groups: [u32; 3],
+) {
+    let infos: Vec<[vk::DescriptorBufferInfo; 1]> = binds
+        .iter()
+        .map(|&(_, buffer, offset, range)| {
+            [vk::DescriptorBufferInfo {
+                buffer,
+                offset,
+                range,
+            }]
+        })
+        .collect();
+    let writes: Vec<_> = binds
+        .iter()
+        .zip(&infos)
+        .map(|(b, info)| {
+            vk::WriteDescriptorSet::default()
+                .dst_set(pipe.set)
+                .dst_binding(b.0)
+                .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
+                .buffer_info(info)
+        })
+        .collect();
+    // SAFETY: called from `execute`'s recording, on the command buffer of
+    // the pipeline's own context; the descriptor set is the pipeline's own
+    // and not in use (no submission of that context is in flight); the
+    // callers checked each range lies inside its buffer and each binding
+    // is one the pipeline declares; `push` is at most the pipeline's push
+    // range.
+    unsafe {
+        d.update_descriptor_sets(&writes, &[]);
+        d.cmd_bind_pipeline(cmd, vk::PipelineBindPoint::COMPUTE, pipe.pipeline);
+        d.cmd_bind_descriptor_sets(
+            cmd,
+            vk::PipelineBindPoint::COMPUTE,
+            pipe.layout,
+            0,
+            &[pipe.set],
+            &[],
+        );
+        if !push.is_empty() {
+            d.cmd_push_constants(cmd, pipe.layout, vk::ShaderStageFlags::COMPUTE, 0, push);
+        }
+        d.cmd_dispatch(cmd, groups[0], groups[1], groups[2]);
+    }
+}
+
+fn usage() -> vk::BufferUsageFlags {
+    vk::BufferUsageFlags::STORAGE_BUFFER
+        | vk::BufferUsageFlags::TRANSFER_SRC
+        | vk::BufferUsageFlags::TRANSFER_DST
+}
+
+fn destroy_pipes(d: &ash::Device, v: &mut CtxVk) {
+    // SAFETY: the handles belong to `d` and no submission using them is in
+    // flight (commands complete before the runner calls back in, and a
+    // lost device is idle or reaped by `reap`); null handles are ignored by
+    // Vulkan.
+    unsafe {
+        for p in v.pipes.drain(..) {
+            d.destroy_pipeline(p.pipeline, None);
+            d.destroy_pipeline_layout(p.layout, None);
+            d.destroy_descriptor_set_layout(p.set_layout, None);
+            d.destroy_shader_module(p.module, None);
+        }
+        if let Some(pool) = v.desc_pool.take() {
+            d.destroy_descriptor_pool(pool, None);
+        }
+    }
+}
+
+pub(crate) fn destroy_ctx_vk(d: &ash::Device, v: &mut CtxVk) {
+    destroy_pipes(d, v);
+    // SAFETY: the handles belong to `d` and no submission using them is in
+    // flight (commands complete before the runner calls back in, and a
+    // lost device is idle or reaped by the reaper); null handles are
+    // ignored by Vulkan.
+    unsafe {
+        if let Some(qp) = v.query.take() {
+            d.destroy_query_pool(qp, None);
+        }
+        d.destroy_semaphore(v.sem, None);
+        d.destroy_command_pool(v.cmd_pool, None);
+    }
+    *v = CtxVk::default();
+}
+
+pub(crate) fn destroy_buf(d: &ash::Device, buffer: vk::Buffer, memory: vk::DeviceMemory) {
+    // SAFETY: both belong to `d` and no submission using them is in flight
+    // (commands complete before the runner calls back in, and a lost device
+    // is idle or reaped by the reaper); null handles are ignored by Vulkan;
+    // freeing memory also unmaps it, and no host pointer into it is used
+    // after.
+    unsafe {
+        d.destroy_buffer(buffer, None);
+        d.free_memory(memory, None);
+    }
+}

@@ -1,0 +1,529 @@
+//! The command processor: a GPU has no firmware CPU to read the
+//! submission ring, so the runner thread does it. [`plan`] decodes nothing
+//! and touches no Vulkan object: it checks one decoded command against the
+//! context's firmware, slots and iova map and resolves it to buffers;
+//! [`VulkanDevice::step`] then records and submits the [`Work`] (staging
+//! domain memory where it is not imported); [`VulkanDevice::serve`] walks
+//! the ring, posts completions and refusals, and keeps the mailbox-out
+//! counters.
+
+use super::context::{revoked, Backing, Ctx, Ring, Slot};
+use super::objects::{execute, record_dispatch, ExecError};
+use super::recovery::Failure;
+use super::{mbox_out, Limits, VulkanDevice, MBOX_QUEUE};
+use ash::vk;
+use coproc_core::device::{thread_cpu_time, RunOutcome, StopReason};
+use coproc_core::fault::{Access, DeviceFault, FaultReason};
+use coproc_core::ids::ContextId;
+use coproc_proto::gpu::{Command, Status};
+use coproc_proto::queue::{self as q, Consumer, Cqe, Sqe};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// What one command asks the GPU to do, resolved to buffers.
+pub(super) enum Work {
+    Dispatch {
+        pipe: usize,
+        groups: [u32; 3],
+        /// (binding, buffer iova, offset, len)
+        binds: Vec<(u32, u64, u64, u64)>,
+    },
+    Copy {
+        src: (u64, u64),
+        dst: (u64, u64),
+        len: u64,
+    },
+    Fill {
+        dst: (u64, u64),
+        len: u64,
+        value: u32,
+    },
+}
+
+/// A command's fate.
+pub(super) enum Step {
+    Done,
+    Refused(Status),
+    Fault(DeviceFault),
+}
+
+/// Check `cmd` against `ctx`'s firmware, slots and iova map: `Ok` with the
+/// work to record and submit, or `Err` with the command's fate when it
+/// needs no GPU (a bind, push, barrier or signal; an empty copy or fill; a
+/// refusal; a fault on a revoked binding). Bind and push update the
+/// context's slots and push constants. Nothing here touches Vulkan.
+fn plan(ctx: &mut Ctx, limits: &Limits, cmd: Command) -> Result<Work, Step> {
+    Ok(match cmd {
+        Command::Bind { slot, iova, len } => {
+            return Err(match ctx.resolve(u64::from(iova), u64::from(len)) {
+                Some((start, off, len)) => {
+                    ctx.slots[slot as usize] = Some(Slot {
+                        iova: start + off,
+                        len,
+                        gen: ctx.bufs[&start].gen,
+                    });
+                    Step::Done
+                }
+                None => Step::Refused(Status::BadIova),
+            });
+        }
+        Command::Push {
+            offset,
+            count,
+            values,
+        } => {
+            let o = offset as usize;
+            ctx.push[o..o + count as usize].copy_from_slice(&values[..count as usize]);
+            return Err(Step::Done);
+        }
+        Command::Barrier | Command::Signal { .. } => return Err(Step::Done),
+        Command::Dispatch { pipeline, groups } => {
+            let Some(fw) = ctx.firmware.clone() else {
+                return Err(Step::Refused(Status::NoFirmware));
+            };
+            let Some(spec) = fw.get(pipeline as usize) else {
+                return Err(Step::Refused(Status::BadPipeline));
+            };
+            let total = groups.iter().map(|&g| u64::from(g)).product::<u64>();
+            if groups.contains(&0)
+                || groups.iter().zip(limits.groups).any(|(&g, m)| g > m)
+                || total > limits.max_groups
+            {
+                return Err(Step::Refused(Status::BadGroups));
+            }
+            let mut binds = Vec::with_capacity(spec.bindings.len());
+            for b in &spec.bindings {
+                let Some(s) = ctx.slots[b.binding as usize] else {
+                    return Err(Step::Refused(Status::BadBinding));
+                };
+                let Some((start, off, len)) = ctx.resolve(s.iova, s.len) else {
+                    return Err(Step::Fault(revoked(s.iova, b.writable)));
+                };
+                let buf = &ctx.bufs[&start];
+                if buf.gen != s.gen {
+                    return Err(Step::Fault(revoked(s.iova, b.writable)));
+                }
+                if len < b.min_bytes || !off.is_multiple_of(limits.storage_align) {
+                    return Err(Step::Refused(Status::BadBinding));
+                }
+                if b.writable && !buf.writable {
+                    return Err(Step::Refused(Status::ReadOnly));
+                }
+                binds.push((b.binding, start, off, len));
+            }
+            Work::Dispatch {
+                pipe: pipeline as usize,
+                groups,
+                binds,
+            }
+        }
+        Command::Copy { src, dst, len } => {
+            if len == 0 {
+                return Err(Step::Done);
+            }
+            let (Some(s), Some(d)) = (
+                ctx.resolve(u64::from(src), u64::from(len)),
+                ctx.resolve(u64::from(dst), u64::from(len)),
+            ) else {
+                return Err(Step::Refused(Status::BadIova));
+            };
+            if !ctx.bufs[&d.0].writable {
+                return Err(Step::Refused(Status::ReadOnly));
+            }
+            if s.0 == d.0 && s.1 < d.1 + d.2 && d.1 < s.1 + s.2 {
+                return Err(Step::Refused(Status::BadCommand));
+            }
+            Work::Copy {
+                src: (s.0, s.1),
+                dst: (d.0, d.1),
+                len: u64::from(len),
+            }
+        }
+        Command::Fill { dst, len, value } => {
+            if len == 0 {
+                return Err(Step::Done);
+            }
+            let Some(d) = ctx.resolve(u64::from(dst), u64::from(len)) else {
+                return Err(Step::Refused(Status::BadIova));
+            };
+            if !ctx.bufs[&d.0].writable {
+                return Err(Step::Refused(Status::ReadOnly));
+            }
+            Work::Fill {
+                dst: (d.0, d.1),
+                len: u64::from(len),
+                value,
+            }
+        }
+    })
+}
+
+impl VulkanDevice {
+    /// Decode and carry out one command of context `id`.
+    fn step(&mut self, id: ContextId, sqe: &Sqe, gpu_ns: &mut u64) -> Step {
+        let cmd = match Command::decode(sqe) {
+            Ok(c) => c,
+            Err(_) => return Step::Refused(Status::BadCommand),
+        };
+        let limits = self.limits;
+        let Some(ctx) = self.ctxs.get_mut(&id) else {
+            return Step::Refused(Status::NoFirmware);
+        };
+        let work = match plan(ctx, &limits, cmd) {
+            Ok(work) => work,
+            Err(step) => return step,
+        };
+        // A mapping revoked meanwhile (its view trapped, the runner's
+        // tidy-up still to come) is gone: the command faults before it runs,
+        // and a command that was running when the revoke came faults after
+        // it, since part of its work went to the throwaway pages.
+        if let Some(f) = self.ctxs.get(&id).and_then(|c| c.trapped(&work)) {
+            return Step::Fault(f);
+        }
+        match self.submit(id, &work) {
+            Ok(ns) => {
+                *gpu_ns += ns;
+                if let Some(f) = self.ctxs.get(&id).and_then(|c| c.trapped(&work)) {
+                    return Step::Fault(f);
+                }
+                if let Some(c) = self.ctxs.get_mut(&id) {
+                    c.executed += 1;
+                    c.job_gpu_ns += ns;
+                }
+                Step::Done
+            }
+            Err(f) => Step::Fault(self.fail(id, f)),
+        }
+    }
+
+    /// Record, submit and wait for one command; GPU nanoseconds it took.
+    fn submit(&mut self, id: ContextId, work: &Work) -> Result<u64, Failure> {
+        let ts = self.limits.timestamps;
+        let watchdog = self.cfg.watchdog;
+        let ctx = self
+            .ctxs
+            .get_mut(&id)
+            .ok_or(Failure::Lost("no context".into()))?;
+        // Staged buffers this command touches: (buffer iova, offset, len,
+        // copy back).
+        let staged: Vec<(u64, u64, u64, bool)> = match work {
+            Work::Dispatch { pipe, binds, .. } => {
+                let fw = ctx.firmware.as_ref();
+                binds
+                    .iter()
+                    .filter(|b| ctx.bufs[&b.1].staged())
+                    .map(|&(bi, start, off, len)| {
+                        let w = fw
+                            .and_then(|f| f.get(*pipe))
+                            .and_then(|s| s.bindings.iter().find(|x| x.binding == bi))
+                            .is_some_and(|x| x.writable);
+                        (start, off, len, w)
+                    })
+                    .collect()
+            }
+            Work::Copy { src, dst, len } => {
+                [(src.0, src.1, *len, false), (dst.0, dst.1, *len, true)]
+                    .into_iter()
+                    .filter(|s| ctx.bufs[&s.0].staged())
+                    .collect()
+            }
+            Work::Fill { dst, len, .. } => [(dst.0, dst.1, *len, true)]
+                .into_iter()
+                .filter(|s| ctx.bufs[&s.0].staged())
+                .collect(),
+        };
+        for &(start, off, len, _) in &staged {
+            let b = &ctx.bufs[&start];
+            if let Backing::Domain { region, offset } = &b.backing {
+                // SAFETY: `b.ptr` maps `b.len` bytes and off + len <= b.len
+                // (resolved against the buffer); no GPU work is in flight.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(b.ptr.add(off as usize), len as usize)
+                };
+                let _ = region.read(offset + off, dst);
+            }
+        }
+        let resolved: Vec<(u32, vk::Buffer, u64, u64)> = match work {
+            Work::Dispatch { binds, .. } => binds
+                .iter()
+                .map(|&(bi, start, off, len)| (bi, ctx.bufs[&start].buffer, off, len))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let push: Vec<u8> = match work {
+            Work::Dispatch { pipe, .. } => {
+                let words = ctx
+                    .firmware
+                    .as_ref()
+                    .and_then(|f| f.get(*pipe))
+                    .map_or(0, |s| s.push_bytes.div_ceil(4) as usize);
+                ctx.push[..words]
+                    .iter()
+                    .flat_map(|w| w.to_le_bytes())
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        let bufs = &ctx.bufs;
+        let ns = execute(
+            &self.gpu,
+            &mut ctx.vk,
+            ts,
+            watchdog,
+            &self.draining,
+            |d, cmd, pipes| match work {
+                Work::Dispatch { pipe, groups, .. } => {
+                    record_dispatch(d, cmd, &pipes[*pipe], &resolved, &push, *groups);
+                }
+                // SAFETY: recording into the context's own command buffer
+                // (see `execute`); the ranges were resolved inside these
+                // buffers of the context.
+                Work::Copy { src, dst, len } => unsafe {
+                    d.cmd_copy_buffer(
+                        cmd,
+                        bufs[&src.0].buffer,
+                        bufs[&dst.0].buffer,
+                        &[vk::BufferCopy {
+                            src_offset: src.1,
+                            dst_offset: dst.1,
+                            size: *len,
+                        }],
+                    );
+                },
+                // SAFETY: recording into the context's own command buffer,
+                // not in flight (see `execute`); the range was resolved
+                // inside this buffer of the context.
+                Work::Fill { dst, len, value } => unsafe {
+                    d.cmd_fill_buffer(cmd, bufs[&dst.0].buffer, dst.1, *len, *value);
+                },
+            },
+        )
+        .map_err(|e| match e {
+            ExecError::Timeout => Failure::Watchdog,
+            ExecError::Failed(why) => Failure::Lost(why),
+        })?;
+        if self.cfg.hooks.as_ref().is_some_and(|h| h.take_loss(id)) {
+            return Err(Failure::Lost("injected by the test hook".into()));
+        }
+        for &(start, off, len, back) in &staged {
+            let b = &ctx.bufs[&start];
+            if let (true, Backing::Domain { region, offset }) = (back && b.writable, &b.backing) {
+                // SAFETY: `b.ptr` maps `b.len` bytes and off + len <= b.len
+                // (resolved against the buffer); the GPU work finished, so
+                // nothing writes the mapping meanwhile.
+                let src =
+                    unsafe { std::slice::from_raw_parts(b.ptr.add(off as usize), len as usize) };
+                let _ = region.write(offset + off, src);
+            }
+        }
+        Ok(ns)
+    }
+
+    fn post_error(ctx: &mut Ctx, tag: u32, status: Status, opcode: u32, index: u32) {
+        ctx.refused += 1;
+        ctx.aborted = true;
+        let mut result = [0u32; 14];
+        result[0] = opcode;
+        result[1] = index;
+        if let Some(r) = ctx.ring.as_mut() {
+            if r.post(&Cqe {
+                tag,
+                status: status as u32,
+                result,
+            }) {
+                ctx.posted += 1;
+            }
+        }
+    }
+
+    /// Find and check the queue named in mailbox word 0.
+    fn attach_ring(ctx: &mut Ctx) -> bool {
+        let want = u64::from(ctx.control.read_in(MBOX_QUEUE));
+        if let Some(r) = &ctx.ring {
+            let same = ctx
+                .bufs
+                .range(..=r.iova)
+                .next_back()
+                .is_some_and(|(_, b)| b.gen == r.gen);
+            if r.iova == want && same {
+                return true;
+            }
+        }
+        ctx.ring = None;
+        let Some((start, off, _)) = ctx.resolve(want, 0) else {
+            return false;
+        };
+        let b = &ctx.bufs[&start];
+        let Backing::Domain { region, offset } = &b.backing else {
+            return false;
+        };
+        if !b.writable {
+            return false;
+        }
+        let base = offset + off;
+        // The header must be a queue whose rings fit the mapping.
+        let Some(ring) =
+            Ring::mem(region, base, b.len - off).and_then(|m| Consumer::attach(&m).ok())
+        else {
+            return false;
+        };
+        let Some(len) = q::bytes_for(ring.entries()) else {
+            return false;
+        };
+        let r = Ring {
+            iova: want,
+            gen: b.gen,
+            region: region.clone(),
+            base,
+            len,
+            ring,
+        };
+        ctx.ring = Some(r);
+        true
+    }
+
+    /// Serve the current context's ring for at most `budget`: what
+    /// [`Device::run`](coproc_core::device::Device::run) does.
+    pub(super) fn serve(&mut self, budget: Duration) -> RunOutcome {
+        // Host work (decoding, checking, recording) is charged in the
+        // runner thread's CPU time, GPU work in GPU timestamps: neither
+        // counts time the host took the CPU away.
+        let start = thread_cpu_time();
+        let host = || thread_cpu_time().saturating_sub(start);
+        let mut gpu_ns = 0u64;
+        let mut waited = Duration::ZERO;
+        let outcome = |stop, waited: Duration, gpu_ns: u64| RunOutcome {
+            ran: host().saturating_sub(waited) + Duration::from_nanos(gpu_ns),
+            stop,
+        };
+        if self.preempt.0.swap(false, Ordering::AcqRel) {
+            return outcome(StopReason::Preempted, waited, gpu_ns);
+        }
+        let Some(id) = self.current else {
+            return outcome(StopReason::Waiting, waited, gpu_ns);
+        };
+        if let Some(b) = &self.broken {
+            let f = DeviceFault {
+                addr: None,
+                access: Access::None,
+                pc: None,
+                reason: FaultReason::Device(format!("GPU unusable: {b}")),
+            };
+            return outcome(StopReason::Fault(f), waited, gpu_ns);
+        }
+        let Some(ctx) = self.ctxs.get_mut(&id) else {
+            return outcome(StopReason::Waiting, waited, gpu_ns);
+        };
+        let control = ctx.control.clone();
+        control.ack_doorbells(control.doorbell_count());
+        if !Self::attach_ring(ctx) {
+            control.write_out(mbox_out::BAD_QUEUE, 1);
+            return outcome(StopReason::Waiting, waited, gpu_ns);
+        }
+        control.write_out(mbox_out::BAD_QUEUE, 0);
+        let posted_before = ctx.posted;
+        let mut late_signal = false;
+        let stop = loop {
+            if self.preempt.0.swap(false, Ordering::AcqRel) {
+                break StopReason::Preempted;
+            }
+            let over = host().saturating_sub(waited) + Duration::from_nanos(gpu_ns) >= budget;
+            let Some(ctx) = self.ctxs.get_mut(&id) else {
+                break StopReason::Waiting;
+            };
+            let Some(ring) = ctx.ring.as_mut() else {
+                break StopReason::Waiting;
+            };
+            let pending = match ring.pending() {
+                Ok(n) => n,
+                Err(_) => {
+                    ctx.garbage += 1;
+                    control.write_out(mbox_out::GARBAGE, ctx.garbage);
+                    break StopReason::Waiting;
+                }
+            };
+            if pending == 0 {
+                break StopReason::Waiting;
+            }
+            if ring.cq_full() {
+                break StopReason::Waiting;
+            }
+            let index = ring.ring.sq_head();
+            let sqe = ring.sqe();
+            let is_signal = sqe.opcode == coproc_proto::gpu::op::SIGNAL;
+            // Past the budget only one job's closing signal still goes (it
+            // needs no GPU time and its domain is waiting for it, which
+            // would otherwise wait for this vcoproc's next slice); anything
+            // else stays in the ring for the next slice.
+            if over && (!is_signal || late_signal) {
+                break StopReason::BudgetSpent;
+            }
+            late_signal |= over;
+            ring.consume();
+            if ctx.aborted && !is_signal {
+                continue;
+            }
+            if is_signal {
+                let status = if ctx.aborted {
+                    Status::Aborted
+                } else {
+                    Status::Ok
+                };
+                let ns = std::mem::take(&mut ctx.job_gpu_ns);
+                ctx.aborted = false;
+                let mut result = [0u32; 14];
+                result[0] = sqe.args[0];
+                result[1] = ns as u32;
+                result[2] = (ns >> 32) as u32;
+                result[3] = ctx.vk.value as u32;
+                if ring.post(&Cqe {
+                    tag: sqe.tag,
+                    status: status as u32,
+                    result,
+                }) {
+                    ctx.posted += 1;
+                }
+                continue;
+            }
+            let t0 = thread_cpu_time();
+            let mut ns = 0;
+            let step = self.step(id, &sqe, &mut ns);
+            if ns > 0 {
+                // The GPU's own measure replaces the host's time around the
+                // submission.
+                waited += thread_cpu_time().saturating_sub(t0);
+                gpu_ns += ns;
+            }
+            match step {
+                Step::Done => {}
+                Step::Refused(status) => {
+                    if let Some(ctx) = self.ctxs.get_mut(&id) {
+                        Self::post_error(ctx, sqe.tag, status, sqe.opcode, index);
+                    }
+                }
+                Step::Fault(f) => {
+                    // The rest of the job is skipped once the vcoproc is
+                    // reset; its signal then completes as aborted.
+                    if let Some(ctx) = self.ctxs.get_mut(&id) {
+                        ctx.aborted = true;
+                    }
+                    break StopReason::Fault(f);
+                }
+            }
+        };
+        if let Some(ctx) = self.ctxs.get_mut(&id) {
+            control.write_out(mbox_out::POSTED, ctx.posted);
+            control.write_out(mbox_out::EXECUTED, ctx.executed);
+            control.write_out(mbox_out::REFUSED, ctx.refused);
+            if ctx.posted != posted_before {
+                control.set_notify_tag(ctx.posted);
+                ctx.seq = ctx.seq.wrapping_add(1);
+                control.notify(ctx.seq);
+            }
+        }
+        outcome(stop, waited, gpu_ns)
+    }
+}
+
+#[cfg(test)]
+mod tests;
