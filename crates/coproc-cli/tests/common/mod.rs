@@ -111,6 +111,29 @@ impl Daemon {
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
+    /// Its resident memory in KiB apart from the engine's translated-code
+    /// cache (Unicorn's anonymous read-write-execute code buffer, which
+    /// fills as new code is translated until the engine flushes it: not
+    /// memory a client can leave behind).
+    pub fn rss_kib_without_jit(&self) -> u64 {
+        let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", self.child.id())).unwrap();
+        let mut total = 0;
+        let mut jit = false;
+        for line in smaps.lines() {
+            let mut f = line.split_whitespace();
+            let first = f.next().unwrap_or("");
+            if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                // A mapping's header: range, perms, offset, dev, inode, [path].
+                let perms = f.next().unwrap_or("");
+                let path = f.nth(3);
+                jit = perms.contains('x') && path.is_none();
+            } else if first == "Rss:" && !jit {
+                total += f.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            }
+        }
+        total
+    }
+
     /// Open descriptors of the daemon (every mapping and queue holds some).
     pub fn fds(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
