@@ -654,15 +654,7 @@ pub fn faults(
              policy_params = {{ slice_us = 5000 }}\noptions = {{ watchdog_ms = {WATCHDOG_MS} }}\n\n"
         );
     }
-    config += &format!(
-        "[[domain]]\nuids = \"*\"\npcoprocs = [\"{MCU}\"{}]\nmax_vcoprocs = 1024\n\
-         max_queues = 1024\nmax_mappings = 4096\nmax_mapped_bytes = 4294967296\n",
-        if gpu {
-            format!(", \"{GPU}\"")
-        } else {
-            String::new()
-        }
-    );
+    config += &crate::isolation::open_rule(gpu);
     let daemon = crate::spawn::TempDaemon::start(&config)?;
     let ctx = Arc::new(Ctx {
         socket: daemon.socket.clone(),

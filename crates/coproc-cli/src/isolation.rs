@@ -45,6 +45,17 @@ and the end of the run.";
 
 /// Pcoprocs of the private daemon.
 pub(crate) const MCU: &str = "mcu0";
+
+/// The domain rule of the benchmarks' private daemons: every uid may use
+/// the mcu pcoproc (and the GPU one with `gpu`), with quotas far above what
+/// the victims, offenders and not yet cleaned-up clients need together.
+pub(crate) fn open_rule(gpu: bool) -> String {
+    let gpu = if gpu { format!(", \"{GPU}\"") } else { String::new() };
+    format!(
+        "[[domain]]\nuids = \"*\"\npcoprocs = [\"{MCU}\"{gpu}]\nmax_vcoprocs = 1024\n\
+         max_queues = 1024\nmax_mappings = 4096\nmax_mapped_bytes = 4294967296\n"
+    )
+}
 pub(crate) const GPU: &str = "gpu0";
 /// Where the queues live (each vcoproc has its own iova space).
 pub(crate) const QUEUE_IOVA: u64 = 0x6000_0000;
@@ -845,15 +856,7 @@ pub fn isolation(rounds: usize, policy: &str) -> anyhow::Result<BTreeMap<String,
              policy_params = {{ slice_us = 5000 }}\n\n"
         );
     }
-    config += &format!(
-        "[[domain]]\nuids = \"*\"\npcoprocs = [\"{MCU}\"{}]\nmax_vcoprocs = 1024\n\
-         max_queues = 1024\nmax_mappings = 4096\nmax_mapped_bytes = 4294967296\n",
-        if gpu {
-            format!(", \"{GPU}\"")
-        } else {
-            String::new()
-        }
-    );
+    config += &open_rule(gpu);
     let daemon = crate::spawn::TempDaemon::start(&config)?;
     let ctx = Arc::new(Ctx {
         socket: daemon.socket.clone(),

@@ -353,9 +353,8 @@ pub fn soak(cycles: usize) -> anyhow::Result<BTreeMap<String, f64>> {
     // the not-yet-cleaned-up vcoprocs of killed clients need together.
     let config = format!(
         "[[pcoproc]]\nname = \"{MCU}\"\nclass = \"mcu\"\npolicy = \"credit\"\n\
-         policy_params = {{ slice_us = 5000 }}\noptions = {{ max_contexts = 1024 }}\n\n\
-         [[domain]]\nuids = \"*\"\npcoprocs = [\"{MCU}\"]\nmax_vcoprocs = 1024\n\
-         max_queues = 1024\nmax_mappings = 4096\nmax_mapped_bytes = 4294967296\n"
+         policy_params = {{ slice_us = 5000 }}\noptions = {{ max_contexts = 1024 }}\n\n{}",
+        crate::isolation::open_rule(false)
     );
     let daemon = crate::spawn::TempDaemon::start(&config)?;
     let pid = daemon.pid();

@@ -501,7 +501,7 @@ fn a_broken_stderr_never_breaks_the_daemon() {
     c.doorbell(v).unwrap();
     c.wait_notify(v, seq, Duration::from_secs(30)).unwrap();
     let (words, _) = c.mbox_read(v).unwrap();
-    assert_eq!((words[0], words[1], words[2]), (0, crc32(&data), 7));
+    assert_eq!((words[0], words[1], words[2]), (0, coproc_firmware::reference::crc32(&data), 7));
     drop(c);
     wait_for("sessions cleaned up", || {
         d.client()
@@ -513,22 +513,6 @@ fn a_broken_stderr_never_breaks_the_daemon() {
     term(&d);
     let status = d.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
-}
-
-/// The reference crc32 (IEEE, reflected), bit by bit.
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 /// F9: a refused map leaves the domain's memfd unsealed; write-sealed (and
