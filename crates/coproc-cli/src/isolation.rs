@@ -50,7 +50,11 @@ pub(crate) const MCU: &str = "mcu0";
 /// the mcu pcoproc (and the GPU one with `gpu`), with quotas far above what
 /// the victims, offenders and not yet cleaned-up clients need together.
 pub(crate) fn open_rule(gpu: bool) -> String {
-    let gpu = if gpu { format!(", \"{GPU}\"") } else { String::new() };
+    let gpu = if gpu {
+        format!(", \"{GPU}\"")
+    } else {
+        String::new()
+    };
     format!(
         "[[domain]]\nuids = \"*\"\npcoprocs = [\"{MCU}\"{gpu}]\nmax_vcoprocs = 1024\n\
          max_queues = 1024\nmax_mappings = 4096\nmax_mapped_bytes = 4294967296\n"

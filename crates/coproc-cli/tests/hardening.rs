@@ -501,7 +501,10 @@ fn a_broken_stderr_never_breaks_the_daemon() {
     c.doorbell(v).unwrap();
     c.wait_notify(v, seq, Duration::from_secs(30)).unwrap();
     let (words, _) = c.mbox_read(v).unwrap();
-    assert_eq!((words[0], words[1], words[2]), (0, coproc_firmware::reference::crc32(&data), 7));
+    assert_eq!(
+        (words[0], words[1], words[2]),
+        (0, coproc_firmware::reference::crc32(&data), 7)
+    );
     drop(c);
     wait_for("sessions cleaned up", || {
         d.client()
