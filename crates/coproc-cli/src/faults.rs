@@ -504,16 +504,35 @@ pub(crate) fn gpu_hang(
     let (mut c, v, mut q, _outs) = spin_vcoproc(&ctx.socket, 1)?;
     c.subscribe(v)?;
     let mut iters = calibrate(&mut q)?.saturating_mul(HANG_JOBS);
+    // The last job's length while doubling; whether doubling stopped
+    // lengthening it.
+    let (mut prev, mut capped) = (Duration::ZERO, false);
     let mut seed = 1u32;
     while running() {
         seed = seed.wrapping_add(1);
         let (_, seq) = c.mbox_read(v)?;
         let tag = q.submit_job(&spin_job(iters, seed, SPIN_OUT))?;
-        if !faulted_within(&mut c, v, seq, HANG_WAIT)? {
-            // It ended before the watchdog: longer next time.
-            q.wait_job(tag, STEP)?;
+        let t0 = Instant::now();
+        if q.wait_job(tag, HANG_WAIT).is_ok() {
+            let took = t0.elapsed();
+            if capped || iters == u32::MAX || (!prev.is_zero() && took < prev + prev / 5) {
+                // Doubling no longer lengthens the job: the class bounds
+                // the shader's loops (its rewrite does) below the
+                // watchdog. The offence is then the longest job there is,
+                // back to back.
+                capped = true;
+                done();
+                continue;
+            }
+            // It ended before the watchdog: longer next time. (Short jobs
+            // are mostly submission overhead on lavapipe, so the
+            // calibration can start far below the watchdog.)
+            prev = took;
             iters = iters.saturating_mul(2);
             continue;
+        }
+        if !faulted_within(&mut c, v, seq, HANG_WAIT)? {
+            bail!("a job of {iters} iterations neither completed nor faulted within {HANG_WAIT:?}");
         }
         c.reset(v)?;
         c.gpu_attach(v, &q)?;
