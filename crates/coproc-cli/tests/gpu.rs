@@ -566,3 +566,35 @@ fn a_gpu_the_machine_does_not_have_stops_the_daemon_with_a_clear_error() {
     let err = refused_start("gpu-badopt", &bad, &[]);
     assert!(err.contains("watchdog_ms"), "{err}");
 }
+
+/// A shader that makes naga panic (found by the fuzzer) is refused as bad
+/// firmware every time; the daemon keeps serving, and the panics reach its
+/// log as rate-limited lines, never as the default hook's full reports.
+#[test]
+fn shader_panics_are_contained_and_their_log_is_rate_limited() {
+    if !vulkan() {
+        return;
+    }
+    let log = std::env::temp_dir().join(format!("coproc-test-panics-{}.log", std::process::id()));
+    let file = std::fs::File::create(&log).unwrap();
+    let d = Daemon::start_with("gpu-panics", CONFIG, |c| {
+        c.stderr(Stdio::from(file));
+    });
+    let spv = include_bytes!("../../../fuzz/corpus/shader/regress-spv-layout-panic.spv");
+    let mut c = d.client();
+    let v = c.open("gpu0").unwrap();
+    for _ in 0..40 {
+        let e = c.load_firmware(v, "bad", spv).unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::Device), "{e}");
+    }
+    // Still serving: a good shader loads on the same vcoproc.
+    c.load_firmware(v, "saxpy", SAXPY.image).unwrap();
+    drop(c);
+    drop(d);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    let lines = text.lines().filter(|l| l.contains("panic:")).count();
+    assert!(lines >= 1, "the panic is logged: {text}");
+    assert!(lines <= 12, "{lines} panic lines for 40 panics: {text}");
+    assert!(!text.contains("panicked at"), "the default hook ran: {text}");
+}

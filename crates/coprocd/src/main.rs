@@ -44,6 +44,35 @@ impl<W: std::io::Write> std::io::Write for Quiet<W> {
     }
 }
 
+/// Panic messages go through the log, rate-limited like every line a
+/// domain can trigger: some panics are contained and come from a domain's
+/// input (a library panicking on a hostile shader), and the default hook
+/// would write each one to stderr in full.
+fn log_panics() {
+    let limit = coproc_core::ratelimit::RateLimit::default();
+    std::panic::set_hook(Box::new(move |info| {
+        if let Some(suppressed) = limit.check() {
+            let thread = std::thread::current();
+            let location = info
+                .location()
+                .map(|l| format!("{}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            let message = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".into());
+            tracing::error!(
+                thread = thread.name().unwrap_or("?"),
+                location,
+                suppressed,
+                "panic: {message}"
+            );
+        }
+    }));
+}
+
 /// Raise the soft descriptor limit to the hard one: every mapping and
 /// queue holds descriptors, and the default soft limit (1 024) is far below
 /// what the per-uid limits allow together.
@@ -94,6 +123,7 @@ fn real_main() -> anyhow::Result<()> {
         .with_writer(writer)
         .init();
     raise_fd_limit();
+    log_panics();
     let cfg = match &args.config {
         Some(p) => {
             let text = std::fs::read_to_string(p)
