@@ -596,5 +596,8 @@ fn shader_panics_are_contained_and_their_log_is_rate_limited() {
     let lines = text.lines().filter(|l| l.contains("panic:")).count();
     assert!(lines >= 1, "the panic is logged: {text}");
     assert!(lines <= 12, "{lines} panic lines for 40 panics: {text}");
-    assert!(!text.contains("panicked at"), "the default hook ran: {text}");
+    assert!(
+        !text.contains("panicked at"),
+        "the default hook ran: {text}"
+    );
 }
