@@ -423,7 +423,7 @@ fn other_uids_cannot_see_or_touch_our_vcoprocs() {
         .unwrap();
     // A copy of the CLI that uid 65534 can execute.
     let bin = d.dir.join("coproc");
-    std::fs::copy(coproc_bin(), &bin).unwrap();
+    common::copy_executable(&coproc_bin(), &bin);
     let as_nobody = |args: &[&str]| {
         use std::os::unix::process::CommandExt;
         let out = Command::new(&bin)
@@ -459,7 +459,7 @@ fn other_uids_cannot_see_or_touch_our_vcoprocs() {
     // Every request on root's vcoproc, from uid 65534 through the SDK (this
     // test binary, re-run as that uid): not found, as if it did not exist.
     let me = d.dir.join("daemon-test");
-    std::fs::copy(std::env::current_exe().unwrap(), &me).unwrap();
+    common::copy_executable(&std::env::current_exe().unwrap(), &me);
     let out = {
         use std::os::unix::process::CommandExt;
         Command::new(&me)

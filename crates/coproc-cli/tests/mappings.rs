@@ -363,7 +363,7 @@ fn admin_revokes_only_revocable_mappings_and_the_domain_is_told() {
     assert!(admin.identity().admin);
     let mine = admin.open("mcu0").unwrap();
     let me = d.dir.join("mappings-test");
-    std::fs::copy(std::env::current_exe().unwrap(), &me).unwrap();
+    common::copy_executable(&std::env::current_exe().unwrap(), &me);
     let mut child = {
         use std::os::unix::process::CommandExt;
         let mut cmd = Command::new(&me);

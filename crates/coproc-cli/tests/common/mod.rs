@@ -156,7 +156,7 @@ impl Daemon {
     pub fn run_test_as_nobody(&self, test: &str, env: &[(&str, String)]) {
         use std::os::unix::process::CommandExt;
         let me = self.dir.join(format!("as-nobody-{test}"));
-        std::fs::copy(std::env::current_exe().unwrap(), &me).unwrap();
+        copy_executable(&std::env::current_exe().unwrap(), &me);
         let out = Command::new(&me)
             .args(["--exact", test, "--ignored", "--nocapture"])
             .env("COPROC_TEST_SOCKET", &self.socket)
@@ -203,6 +203,16 @@ pub fn need_root(what: &str) -> bool {
         return false;
     }
     panic!("this test needs root to {what}; run it as root (the README's test command does), or set COPROC_SKIP_ROOT_TESTS=1 to skip it");
+}
+
+/// Copy an executable to `to`, for running it as another uid. The copy is
+/// written by a `cp` process, not by this one: a descriptor open for
+/// writing in this (multithreaded) process could be inherited by a child
+/// another test forks meanwhile, and exec of the copy would then fail with
+/// "text file busy" until that child execs.
+pub fn copy_executable(from: &std::path::Path, to: &std::path::Path) {
+    let st = Command::new("cp").arg(from).arg(to).status().unwrap();
+    assert!(st.success(), "cp {} {}", from.display(), to.display());
 }
 
 /// The socket a test run by [`Daemon::run_test_as_nobody`] talks to.
