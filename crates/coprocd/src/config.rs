@@ -210,12 +210,16 @@ const VULKAN_OPTIONS: &[&str] = &[
     "local_memory_mb",
 ];
 
-/// A pcoproc's device as its class and options describe it.
+/// A pcoproc's device as its class and options describe it. A class is
+/// there only when coprocd is built with its cargo feature (`mcu`,
+/// `vulkan`; both by default).
 #[derive(Debug, Clone)]
 pub enum DeviceConfig {
     /// `class = "mcu"`.
+    #[cfg(feature = "mcu")]
     Mcu(coproc_mcu::McuConfig),
     /// `class = "vulkan"`.
+    #[cfg(feature = "vulkan")]
     Vulkan(coproc_vulkan::VulkanConfig),
 }
 
@@ -253,49 +257,71 @@ impl PcoprocConfig {
             }
         };
         let max_contexts = int("max_contexts", 1, 65536)?.map(|n| n as u32);
+        let not_built = || {
+            bad(format!(
+                "class {} is not built into this coprocd (cargo feature `{}`)",
+                self.class, self.class
+            ))
+        };
         if self.class == "mcu" {
-            let mut mcu = coproc_mcu::McuConfig::default();
-            if let Some(n) = max_contexts {
-                mcu.max_contexts = n;
+            #[cfg(feature = "mcu")]
+            {
+                let mut mcu = coproc_mcu::McuConfig::default();
+                if let Some(n) = max_contexts {
+                    mcu.max_contexts = n;
+                }
+                return Ok(DeviceConfig::Mcu(mcu));
             }
-            return Ok(DeviceConfig::Mcu(mcu));
+            #[cfg(not(feature = "mcu"))]
+            return Err(not_built());
         }
-        let mut vk = coproc_vulkan::VulkanConfig::default();
-        match self.options.get("device") {
-            None => {}
-            Some(toml::Value::Integer(n)) => {
-                let i = usize::try_from(*n).map_err(|_| {
-                    bad(format!(
-                        "device index {n} is negative (use \"auto\", an index or a name)"
+        #[cfg(feature = "vulkan")]
+        {
+            let _ = not_built;
+            let mut vk = coproc_vulkan::VulkanConfig::default();
+            match self.options.get("device") {
+                None => {}
+                Some(toml::Value::Integer(n)) => {
+                    let i = usize::try_from(*n).map_err(|_| {
+                        bad(format!(
+                            "device index {n} is negative (use \"auto\", an index or a name)"
+                        ))
+                    })?;
+                    vk.selector = coproc_vulkan::Selector::Index(i);
+                }
+                Some(toml::Value::String(s)) if !s.trim().is_empty() => {
+                    vk.selector = coproc_vulkan::Selector::parse(s.trim());
+                }
+                Some(_) => {
+                    return Err(bad(
+                        "device must be \"auto\", a device index or a non-empty name substring"
+                            .into(),
                     ))
-                })?;
-                vk.selector = coproc_vulkan::Selector::Index(i);
+                }
             }
-            Some(toml::Value::String(s)) if !s.trim().is_empty() => {
-                vk.selector = coproc_vulkan::Selector::parse(s.trim());
+            match self.options.get("import") {
+                None => {}
+                Some(toml::Value::String(s)) if s == "auto" => {
+                    vk.import = coproc_vulkan::Import::Auto
+                }
+                Some(toml::Value::String(s)) if s == "copy" => {
+                    vk.import = coproc_vulkan::Import::Copy
+                }
+                Some(_) => return Err(bad("import must be \"auto\" or \"copy\"".into())),
             }
-            Some(_) => {
-                return Err(bad(
-                    "device must be \"auto\", a device index or a non-empty name substring".into(),
-                ))
+            if let Some(ms) = int("watchdog_ms", 1, 60_000)? {
+                vk.watchdog = std::time::Duration::from_millis(ms as u64);
             }
+            if let Some(n) = max_contexts {
+                vk.max_contexts = n;
+            }
+            if let Some(mb) = int("local_memory_mb", 0, 1 << 20)? {
+                vk.local_memory = (mb as u64) << 20;
+            }
+            Ok(DeviceConfig::Vulkan(vk))
         }
-        match self.options.get("import") {
-            None => {}
-            Some(toml::Value::String(s)) if s == "auto" => vk.import = coproc_vulkan::Import::Auto,
-            Some(toml::Value::String(s)) if s == "copy" => vk.import = coproc_vulkan::Import::Copy,
-            Some(_) => return Err(bad("import must be \"auto\" or \"copy\"".into())),
-        }
-        if let Some(ms) = int("watchdog_ms", 1, 60_000)? {
-            vk.watchdog = std::time::Duration::from_millis(ms as u64);
-        }
-        if let Some(n) = max_contexts {
-            vk.max_contexts = n;
-        }
-        if let Some(mb) = int("local_memory_mb", 0, 1 << 20)? {
-            vk.local_memory = (mb as u64) << 20;
-        }
-        Ok(DeviceConfig::Vulkan(vk))
+        #[cfg(not(feature = "vulkan"))]
+        Err(not_built())
     }
 
     /// The policy parameters as the `key=value` pairs policies take.
@@ -513,6 +539,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "vulkan")]
     fn vulkan(options: &str) -> Result<DeviceConfig, ConfigError> {
         let text = format!(
             "[[pcoproc]]\nname = \"gpu0\"\nclass = \"vulkan\"\noptions = {{ {options} }}\n"
@@ -521,6 +548,7 @@ mod tests {
         c.pcoprocs[0].device()
     }
 
+    #[cfg(feature = "vulkan")]
     fn vk(options: &str) -> coproc_vulkan::VulkanConfig {
         match vulkan(options) {
             Ok(DeviceConfig::Vulkan(v)) => v,
@@ -529,6 +557,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(all(feature = "mcu", feature = "vulkan"))]
     fn the_default_is_mcu_only() {
         let c = Config::default_config();
         assert_eq!(c.pcoprocs.len(), 1);
@@ -551,6 +580,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "vulkan")]
     fn vulkan_options_are_parsed() {
         use coproc_vulkan::{Import, Selector};
         use std::time::Duration;
@@ -593,6 +623,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "vulkan")]
     fn bad_vulkan_options_are_refused_with_the_pcoproc_and_option() {
         let bad = [
             ("slice_us = 5", "unknown vulkan option \"slice_us\""),

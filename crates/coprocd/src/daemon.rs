@@ -148,10 +148,12 @@ impl Daemon {
                 .map_err(|e| anyhow::anyhow!("pcoproc {}: {e}", p.name))?;
             let device = p.device().map_err(|e| anyhow::anyhow!("{e}"))?;
             let pc = match device {
+                #[cfg(feature = "mcu")]
                 DeviceConfig::Mcu(mcu) => {
                     Pcoproc::spawn_with_ids(&p.name, coproc_mcu::factory(mcu), policy, ids.clone())
                         .map_err(|e| anyhow::anyhow!("pcoproc {} (class mcu): {e}", p.name))?
                 }
+                #[cfg(feature = "vulkan")]
                 DeviceConfig::Vulkan(vk) => {
                     let selector = match &vk.selector {
                         coproc_vulkan::Selector::Auto => "\"auto\"".to_string(),
