@@ -303,7 +303,7 @@ impl Queue {
 mod tests {
     use super::*;
     use crate::{ClientError, Command, Status};
-    use coproc_core::memory::Region;
+    use coproc_mem::memory::Region;
     use coproc_proto::gpu::op;
     use coproc_proto::queue::Consumer;
     use std::sync::atomic::{AtomicBool, Ordering};

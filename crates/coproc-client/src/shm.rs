@@ -3,7 +3,7 @@
 //! wrapper over the core's [`Region`].
 
 use crate::ClientError;
-use coproc_core::memory::Region;
+use coproc_mem::memory::Region;
 use rustix::fd::BorrowedFd;
 
 /// Page size for shared memory lengths and offsets.
@@ -13,7 +13,7 @@ pub const PAGE: u64 = 4096;
 #[derive(Debug)]
 pub struct SharedMem(Region);
 
-fn mem(e: coproc_core::memory::MemoryError) -> ClientError {
+fn mem(e: coproc_mem::memory::MemoryError) -> ClientError {
     ClientError::Memory(e.to_string())
 }
 
@@ -61,7 +61,7 @@ impl SharedMem {
     pub fn new_at(addr: u64, len: u64) -> Result<SharedMem, ClientError> {
         match Region::new_memfd_at(addr, len.div_ceil(PAGE).max(1) * PAGE) {
             Ok(r) => Ok(SharedMem(r)),
-            Err(coproc_core::memory::MemoryError::AddressTaken(a)) => {
+            Err(coproc_mem::memory::MemoryError::AddressTaken(a)) => {
                 Err(ClientError::AddressTaken(a))
             }
             Err(e) => Err(mem(e)),

@@ -4,9 +4,9 @@
 //! - [`ids`], [`state`], [`fault`], [`stats`]: domains, vcoprocs, their life
 //!   cycle, fault records and counters;
 //! - [`device`]: the [`Device`] trait each device class implements;
-//! - [`memory`], [`iova`]: domain memory and per-vcoproc iova spaces;
-//!   [`shared`]: a [`memory::Region`] as `coproc-abi` shared memory (the
-//!   typed accessor and the queue rings);
+//! - [`memory`], [`iova`]: domain memory (re-exported from `coproc-mem`)
+//!   and per-vcoproc iova spaces; [`shared`]: a [`memory::Region`] as
+//!   `coproc-abi` shared memory (also from `coproc-mem`);
 //! - [`control`]: the mailbox/doorbell control block a vcoproc shares with
 //!   its domain;
 //! - [`policy`]: scheduling policies;
@@ -26,13 +26,13 @@ mod error;
 pub mod fault;
 pub mod ids;
 pub mod iova;
-pub mod memory;
+pub use coproc_mem::memory;
 pub mod pcoproc;
 pub mod policy;
 pub mod ratelimit;
 mod runner;
 mod sched;
-pub mod shared;
+pub use coproc_mem::shared;
 pub mod state;
 pub mod stats;
 pub mod system;
