@@ -515,11 +515,13 @@ pub(crate) fn gpu_hang(
         let t0 = Instant::now();
         if q.wait_job(tag, HANG_WAIT).is_ok() {
             let took = t0.elapsed();
-            if capped || iters == u32::MAX || (!prev.is_zero() && took < prev + prev / 5) {
-                // Doubling no longer lengthens the job: the class bounds
-                // the shader's loops (its rewrite does) below the
-                // watchdog. The offence is then the longest job there is,
-                // back to back.
+            // Doubling no longer lengthens a job that is already long (a
+            // short one is mostly submission overhead, which doubling does
+            // not change either): the class bounds the shader's loops (its
+            // rewrite does) below the watchdog. The offence is then the
+            // longest job there is, back to back.
+            let long = took >= Duration::from_millis(WATCHDOG_MS) / 4;
+            if capped || iters == u32::MAX || (long && took < prev + prev / 5) {
                 capped = true;
                 done();
                 continue;
