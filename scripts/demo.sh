@@ -6,5 +6,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build --release --locked -q -p coprocd -p coproc-cli
+cargo build --release --locked -q -p coprocd -p coproc-cli -p coproc-bench
 ./target/release/coproc demo "$@"

@@ -15,7 +15,7 @@ RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
 # A short run of every fuzz target (3 s each, from the seed corpora, which
 # hold the inputs of every crash found so far).
 scripts/fuzz.sh --smoke 3
-cargo build --release --locked -q -p coprocd -p coproc-cli
+cargo build --release --locked -q -p coprocd -p coproc-cli -p coproc-bench
 ./target/release/coproc demo -o json > /dev/null
 ./target/release/coproc demo --in-process -o json > /dev/null
 echo "test.sh: all passed"

@@ -1,22 +1,15 @@
 //! `coproc`: the command-line tool of the shared coprocessor framework.
 
-mod bench;
-mod demo;
-mod faults;
-mod gpubench;
-mod hostload;
-mod isolation;
-mod membench;
-mod output;
-mod remote;
-mod ring;
-mod schedbench;
-mod soak;
-mod spawn;
+//!
+//! It talks to the daemon and links no device code. `coproc demo` and
+//! `coproc bench` run `coproc-bench`, the binary beside this one that
+//! holds the demo and the benchmarks (and links the device classes).
+
 mod verbs;
 
 use clap::{Parser, Subcommand};
-use output::Format;
+use coproc_cli::output::{self, Format};
+use std::ffi::OsString;
 
 /// coproc: share one coprocessor between many mutually distrusting domains.
 #[derive(Debug, Parser)]
@@ -36,10 +29,13 @@ struct Cli {
 enum Command {
     /// Run several domains with different firmware on an mcu pcoproc (and a
     /// GPU one where Vulkan is present) and check every result against the
-    /// host reference.
-    Demo(demo::Args),
-    /// Run a benchmark and print its figures.
-    Bench(bench::Args),
+    /// host reference (runs `coproc-bench demo`; `coproc demo --help`).
+    #[command(disable_help_flag = true)]
+    Demo(Forwarded),
+    /// Run a benchmark and print its figures (runs `coproc-bench bench`;
+    /// `coproc bench --help` lists them).
+    #[command(disable_help_flag = true)]
+    Bench(Forwarded),
     /// List the pcoprocs this domain may use.
     List,
     /// List vcoprocs (admins: all; others: their own).
@@ -100,14 +96,42 @@ enum Command {
         #[arg(value_parser = verbs::parse_iova)]
         iova: u64,
     },
-    /// Run one example domain's workload through the daemon (used by the
-    /// demo and the tests).
-    #[command(hide = true)]
-    DomainRun(remote::DomainArgs),
-    /// A client that opens vcoprocs with queues and keeps them busy until
-    /// killed (the `kill` offender of `bench isolation`).
-    #[command(hide = true)]
-    IsolationChild(isolation::ChildArgs),
+    /// `coproc-bench domain-run`: one example domain's workload through the
+    /// daemon (used by the demo and the tests).
+    #[command(hide = true, disable_help_flag = true)]
+    DomainRun(Forwarded),
+}
+
+/// The arguments of a verb `coproc-bench` carries out, passed on as given.
+#[derive(Debug, clap::Args)]
+struct Forwarded {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<OsString>,
+}
+
+/// Replace this process with `coproc-bench VERB ARGS`, the global options
+/// passed on first. `coproc-bench` is looked for beside this binary, then
+/// on `PATH`.
+fn forward(cli: &Cli, verb: &str, rest: &[OsString]) -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    let beside = std::env::current_exe()
+        .ok()
+        .map(|e| e.with_file_name("coproc-bench"))
+        .filter(|p| p.is_file());
+    let bin = beside.unwrap_or_else(|| "coproc-bench".into());
+    let mut c = std::process::Command::new(&bin);
+    c.arg("-o").arg(match cli.output {
+        Format::Table => "table",
+        Format::Json => "json",
+    });
+    if let Some(s) = &cli.socket {
+        c.arg("--socket").arg(s);
+    }
+    let e = c.arg(verb).args(rest).exec();
+    anyhow::anyhow!(
+        "cannot run {} for `coproc {verb}`: {e} (build it with `cargo build --release -p coproc-bench`)",
+        bin.display()
+    )
 }
 
 fn main() {
@@ -132,8 +156,9 @@ fn real_main() -> anyhow::Result<()> {
         Ok(coproc_client::Client::connect_to(&path)?)
     };
     let ok = match cli.command {
-        Command::Demo(args) => demo::run(&args, f)?,
-        Command::Bench(args) => bench::run(&args, f)?,
+        Command::Demo(ref a) => return Err(forward(&cli, "demo", &a.args)),
+        Command::Bench(ref a) => return Err(forward(&cli, "bench", &a.args)),
+        Command::DomainRun(ref a) => return Err(forward(&cli, "domain-run", &a.args)),
         Command::List => verbs::list(&mut connect()?, f)?,
         Command::VcoprocList { domain, coproc } => {
             verbs::vcoproc_list(&mut connect()?, f, domain, coproc.as_deref())?
@@ -156,13 +181,6 @@ fn real_main() -> anyhow::Result<()> {
         }
         Command::FaultList => verbs::fault_list(&mut connect()?, f)?,
         Command::Run(args) => verbs::run(&mut connect()?, f, &args)?,
-        Command::DomainRun(args) => remote::domain_run(connect()?, &args, f)?,
-        Command::IsolationChild(args) => isolation::child(
-            &cli.socket
-                .clone()
-                .unwrap_or_else(coproc_client::default_socket),
-            &args,
-        )?,
         Command::MappingList { vcoproc } => verbs::mapping_list(&mut connect()?, f, vcoproc)?,
         Command::MappingRevoke { vcoproc, iova } => {
             verbs::mapping_revoke(&mut connect()?, f, vcoproc, iova)?

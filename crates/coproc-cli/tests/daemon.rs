@@ -422,9 +422,14 @@ fn other_uids_cannot_see_or_touch_our_vcoprocs() {
     let v = root.open("mcu0").unwrap();
     root.load_firmware(v, "echo", coproc_firmware::ECHO.elf)
         .unwrap();
-    // A copy of the CLI that uid 65534 can execute.
+    // A copy of the CLI (and of coproc-bench beside it, for `domain-run`)
+    // that uid 65534 can execute.
     let bin = d.dir.join("coproc");
     common::copy_executable(&coproc_bin(), &bin);
+    common::copy_executable(
+        &common::coprocd_bin().with_file_name("coproc-bench"),
+        &d.dir.join("coproc-bench"),
+    );
     let as_nobody = |args: &[&str]| {
         use std::os::unix::process::CommandExt;
         let out = Command::new(&bin)

@@ -19,6 +19,8 @@ fn read(rel: &str) -> String {
 
 /// `coproc ARGS --help`.
 fn help(args: &[&str]) -> String {
+    // `coproc bench` and `demo` run coproc-bench: have it built.
+    common::coprocd_bin();
     let out = Command::new(common::coproc_bin())
         .args(args)
         .arg("--help")

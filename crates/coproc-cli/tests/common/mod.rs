@@ -17,8 +17,9 @@ pub fn coproc_bin() -> PathBuf {
 }
 
 /// The `coprocd` binary next to it, brought up to date once per test
-/// binary (`cargo test` builds only this package's binaries; a stale
-/// daemon would test old code).
+/// binary together with `coproc-bench` (which `coproc demo`, `bench` and
+/// `domain-run` run): `cargo test` builds only this package's binaries,
+/// and a stale daemon would test old code.
 pub fn coprocd_bin() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
@@ -28,11 +29,14 @@ pub fn coprocd_bin() -> PathBuf {
             // From the workspace root, so that a relative CARGO_TARGET_DIR
             // means what it meant for the build of this test.
             c.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
-            c.args(["build", "-q", "-p", "coprocd"]);
+            c.args(["build", "-q", "-p", "coprocd", "-p", "coproc-bench"]);
             if p.to_string_lossy().contains("/release/") {
                 c.arg("--release");
             }
-            assert!(c.status().unwrap().success(), "building coprocd");
+            assert!(
+                c.status().unwrap().success(),
+                "building coprocd and coproc-bench"
+            );
             p
         })
         .clone()

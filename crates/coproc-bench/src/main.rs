@@ -1,0 +1,87 @@
+//! `coproc-bench`: the demo and the benchmarks of the shared coprocessor
+//! framework. They drive the device classes in-process beside the daemon
+//! (in-process baselines, simulated devices), so this binary links Unicorn
+//! and Vulkan; the `coproc` tool links neither and runs this one for
+//! `coproc demo` and `coproc bench`.
+
+mod bench;
+mod demo;
+mod faults;
+mod gpubench;
+mod hostload;
+mod isolation;
+mod membench;
+mod remote;
+mod ring;
+mod schedbench;
+mod soak;
+mod spawn;
+
+use clap::{Parser, Subcommand};
+use coproc_cli::output::{self, Format};
+
+/// coproc-bench: the coproc demo and benchmarks (`coproc demo` and
+/// `coproc bench` run this binary).
+#[derive(Debug, Parser)]
+#[command(name = "coproc-bench", version)]
+struct Cli {
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
+    /// Daemon socket (default: $COPROC_SOCKET, else the daemon's default).
+    #[arg(long, global = true)]
+    socket: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run several domains with different firmware on an mcu pcoproc (and a
+    /// GPU one where Vulkan is present) and check every result against the
+    /// host reference.
+    Demo(demo::Args),
+    /// Run a benchmark and print its figures.
+    Bench(bench::Args),
+    /// Run one example domain's workload through the daemon (used by the
+    /// demo and the tests).
+    #[command(hide = true)]
+    DomainRun(remote::DomainArgs),
+    /// A client that opens vcoprocs with queues and keeps them busy until
+    /// killed (the `kill` offender of `bench isolation`).
+    #[command(hide = true)]
+    IsolationChild(isolation::ChildArgs),
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("coproc-bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("COPROC_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let f = cli.output;
+    let socket = || {
+        cli.socket
+            .clone()
+            .unwrap_or_else(coproc_client::default_socket)
+    };
+    let ok = match cli.command {
+        Command::Demo(args) => demo::run(&args, f)?,
+        Command::Bench(args) => bench::run(&args, f)?,
+        Command::DomainRun(args) => {
+            remote::domain_run(coproc_client::Client::connect_to(&socket())?, &args, f)?
+        }
+        Command::IsolationChild(args) => isolation::child(&socket(), &args)?,
+    };
+    if !ok {
+        std::process::exit(1);
+    }
+    Ok(())
+}

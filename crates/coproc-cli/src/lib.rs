@@ -1,0 +1,3 @@
+//! What the `coproc` tool shares with `coproc-bench`: its output formats.
+
+pub mod output;
