@@ -1,6 +1,7 @@
 //! `coproc bench NAME`: programs that measure, side by side in one run, and
 //! print a table or one JSON object `{"bench", "figures", "env"}`.
 
+use crate::figures::{median, round3};
 use crate::output::{print_table, Format};
 use anyhow::bail;
 use coproc_core::control::ControlBlock;
@@ -131,15 +132,6 @@ struct Report {
     bench: &'static str,
     figures: BTreeMap<String, f64>,
     env: Env,
-}
-
-pub(crate) fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-pub(crate) fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }
 
 /// Run a benchmark; returns whether it completed with correct results.

@@ -3,7 +3,7 @@
 //! driven directly with ash) and `gpu-fairness` (two domains with weights
 //! 1:3 under `credit`, shares per second).
 
-use crate::bench::{median, round3};
+use crate::figures::{median, round3};
 use crate::schedbench::Figures;
 use anyhow::{anyhow, bail, Context};
 use coproc_core::control::ControlEvent;

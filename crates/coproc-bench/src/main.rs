@@ -7,10 +7,12 @@
 mod bench;
 mod demo;
 mod faults;
+mod figures;
 mod gpubench;
 mod hostload;
 mod isolation;
 mod membench;
+mod offender;
 mod remote;
 mod ring;
 mod schedbench;

@@ -2,7 +2,7 @@
 //! mapping is in use, each revoke verified) and `coproc bench map` (map +
 //! unmap cost by size), on the real mcu device in-process.
 
-use crate::bench::{median, round3};
+use crate::figures::{median, round3};
 use anyhow::Context;
 use coproc_core::fault::FaultReason;
 use coproc_core::iova::{MapKind, Perms};

@@ -149,12 +149,21 @@ pub fn fairness(seconds: u64) -> anyhow::Result<Figures> {
         / (seconds * 1_000_000_000) as f64;
     pc.shutdown();
     let mut f = Figures::new();
-    f.insert("max_error_pct".into(), super::bench::round3(max_charged));
-    f.insert("mean_error_pct".into(), super::bench::round3(mean_charged));
-    f.insert("max_error_work_pct".into(), super::bench::round3(max_err));
-    f.insert("mean_error_work_pct".into(), super::bench::round3(mean_err));
+    f.insert("max_error_pct".into(), crate::figures::round3(max_charged));
+    f.insert(
+        "mean_error_pct".into(),
+        crate::figures::round3(mean_charged),
+    );
+    f.insert("max_error_work_pct".into(), crate::figures::round3(max_err));
+    f.insert(
+        "mean_error_work_pct".into(),
+        crate::figures::round3(mean_err),
+    );
     f.insert("windows".into(), work.len() as f64);
-    f.insert("device_busy_pct".into(), super::bench::round3(busy * 100.0));
+    f.insert(
+        "device_busy_pct".into(),
+        crate::figures::round3(busy * 100.0),
+    );
     Ok(f)
 }
 
@@ -177,15 +186,15 @@ pub fn cap(seconds: u64) -> anyhow::Result<Figures> {
     let mut f = Figures::new();
     f.insert(
         "achieved_pct".into(),
-        super::bench::round3(total as f64 / span as f64 * 100.0),
+        crate::figures::round3(total as f64 / span as f64 * 100.0),
     );
     f.insert(
         "window_min_pct".into(),
-        super::bench::round3(windows.iter().copied().fold(f64::MAX, f64::min)),
+        crate::figures::round3(windows.iter().copied().fold(f64::MAX, f64::min)),
     );
     f.insert(
         "window_max_pct".into(),
-        super::bench::round3(windows.iter().copied().fold(0.0, f64::max)),
+        crate::figures::round3(windows.iter().copied().fold(0.0, f64::max)),
     );
     f.insert("target_pct".into(), 30.0);
     Ok(f)
@@ -252,23 +261,23 @@ pub fn preempt(messages: usize) -> anyhow::Result<Figures> {
     let mut f = Figures::new();
     f.insert(
         "p50_us".into(),
-        super::bench::round3(percentile(&waits, 50.0)),
+        crate::figures::round3(percentile(&waits, 50.0)),
     );
     f.insert(
         "p99_us".into(),
-        super::bench::round3(percentile(&waits, 99.0)),
+        crate::figures::round3(percentile(&waits, 99.0)),
     );
     f.insert(
         "max_us".into(),
-        super::bench::round3(percentile(&waits, 100.0)),
+        crate::figures::round3(percentile(&waits, 100.0)),
     );
     f.insert(
         "round_trip_p50_us".into(),
-        super::bench::round3(percentile(&rtt, 50.0)),
+        crate::figures::round3(percentile(&rtt, 50.0)),
     );
     f.insert(
         "round_trip_p99_us".into(),
-        super::bench::round3(percentile(&rtt, 99.0)),
+        crate::figures::round3(percentile(&rtt, 99.0)),
     );
     f.insert("messages".into(), messages as f64);
     Ok(f)
@@ -322,7 +331,7 @@ fn decision_ns(name: &str, n: u32, rounds: usize) -> anyhow::Result<f64> {
         }
         per.push(t.elapsed().as_nanos() as f64 / steps as f64);
     }
-    Ok(super::bench::median(per))
+    Ok(crate::figures::median(per))
 }
 
 /// One decision: pick, "run" 10 µs (or idle until told), charge.
@@ -356,7 +365,7 @@ pub fn sched_scale(rounds: usize) -> anyhow::Result<Figures> {
             (100_000, "_pick_ns_100000"),
         ] {
             let ns = decision_ns(name, n, rounds)?;
-            f.insert(format!("{name}{key}"), super::bench::round3(ns));
+            f.insert(format!("{name}{key}"), crate::figures::round3(ns));
         }
     }
     // The headline keys: the credit policy (the fair-share default).

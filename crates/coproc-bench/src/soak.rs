@@ -7,7 +7,8 @@
 //! descriptors and threads are read from `/proc` before and after, each
 //! time once they have stopped changing.
 
-use crate::isolation::{self, Stage, ENTRIES, MCU, QUEUE_IOVA};
+use crate::isolation::Stage;
+use crate::offender::{self, ENTRIES, MCU, QUEUE_IOVA};
 use anyhow::{bail, Context};
 use coproc_client::{Client, Queue, SharedMem, Sqe, WireMapKind, WirePerms};
 use coproc_firmware::QECHO;
@@ -171,7 +172,7 @@ struct Victim {
 
 impl Victim {
     fn start(socket: &Path) -> anyhow::Result<Victim> {
-        let (client, mut q) = isolation::qecho_vcoproc(socket)?;
+        let (client, mut q) = offender::qecho_vcoproc(socket)?;
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let thread = std::thread::Builder::new()
@@ -182,7 +183,7 @@ impl Victim {
                 let mut tag = 1u32;
                 while !s.load(Ordering::Acquire) && in_a_row < GIVE_UP {
                     let t = Instant::now();
-                    match isolation::qecho_trip(&mut q, tag) {
+                    match offender::qecho_trip(&mut q, tag) {
                         Ok(()) => {
                             rtts.push(t.elapsed().as_secs_f64() * 1e6);
                             in_a_row = 0;
@@ -217,7 +218,7 @@ impl Victim {
 /// A started qecho vcoproc with `IN_FLIGHT` requests submitted and rung,
 /// none waited for.
 fn busy(socket: &Path) -> anyhow::Result<(Client, Queue)> {
-    let (c, mut q) = isolation::qecho_vcoproc(socket)?;
+    let (c, mut q) = offender::qecho_vcoproc(socket)?;
     for tag in 1..=IN_FLIGHT {
         let args = std::array::from_fn(|i| tag + i as u32);
         if !q.submit(&Sqe {
@@ -354,14 +355,14 @@ pub fn soak(cycles: usize) -> anyhow::Result<BTreeMap<String, f64>> {
     let config = format!(
         "[[pcoproc]]\nname = \"{MCU}\"\nclass = \"mcu\"\npolicy = \"credit\"\n\
          policy_params = {{ slice_us = 5000 }}\noptions = {{ max_contexts = 1024 }}\n\n{}",
-        crate::isolation::open_rule(false)
+        crate::offender::open_rule(false)
     );
     let daemon = crate::spawn::TempDaemon::start(&config)?;
     let pid = daemon.pid();
     let ctx = Ctx {
         socket: daemon.socket.clone(),
         exe: std::env::current_exe()?,
-        elf: isolation::big_elf()?,
+        elf: offender::big_elf()?,
         mem: SharedMem::new(64 * 1024)?,
         owner: Mutex::new(Client::connect_to(&daemon.socket)?),
     };
@@ -398,7 +399,7 @@ pub fn soak(cycles: usize) -> anyhow::Result<BTreeMap<String, f64>> {
         if v.is_empty() {
             f64::NAN
         } else {
-            crate::bench::round3(v[((v.len() - 1) as f64 * p).round() as usize])
+            crate::figures::round3(v[((v.len() - 1) as f64 * p).round() as usize])
         }
     };
     let mut m = BTreeMap::new();
@@ -416,7 +417,7 @@ pub fn soak(cycles: usize) -> anyhow::Result<BTreeMap<String, f64>> {
         .count();
     put("cross_destroys", cross as f64);
     put("flood_connections", (cycles * FLOOD) as f64);
-    put("seconds", crate::bench::round3(secs));
+    put("seconds", crate::figures::round3(secs));
     put("cycle_ms_p50", pct(&times, 0.5));
     put("cycle_ms_p99", pct(&times, 0.99));
     put("rss_kib_before", before.rss_kib as f64);
@@ -441,11 +442,11 @@ pub fn soak(cycles: usize) -> anyhow::Result<BTreeMap<String, f64>> {
     );
     put(
         "settle_s_before",
-        crate::bench::round3(settle_before.as_secs_f64()),
+        crate::figures::round3(settle_before.as_secs_f64()),
     );
     put(
         "settle_s_after",
-        crate::bench::round3(settle_after.as_secs_f64()),
+        crate::figures::round3(settle_after.as_secs_f64()),
     );
     put(
         "settled",
