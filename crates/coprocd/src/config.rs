@@ -66,7 +66,7 @@ pub enum ConfigError {
 }
 
 /// The whole file.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Daemon settings.
@@ -160,23 +160,65 @@ impl Default for DaemonConfig {
     }
 }
 
-/// `[[pcoproc]]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `[[pcoproc]]`: read as written (`class` and `options` side by side),
+/// then checked into a [`PcoprocConfig`] whose class options are typed.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawPcoproc {
+    name: String,
+    class: String,
+    #[serde(default = "default_policy")]
+    policy: String,
+    #[serde(default)]
+    policy_params: BTreeMap<String, ParamValue>,
+    #[serde(default)]
+    options: toml::Table,
+}
+
+/// `[[pcoproc]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "RawPcoproc")]
 pub struct PcoprocConfig {
     /// Name.
     pub name: String,
-    /// Device class: "mcu" or "vulkan".
-    pub class: String,
+    /// Its device class and that class's options.
+    pub class: ClassOptions,
     /// Policy name.
-    #[serde(default = "default_policy")]
     pub policy: String,
     /// Policy parameters.
-    #[serde(default)]
     pub policy_params: BTreeMap<String, ParamValue>,
-    /// Class options.
-    #[serde(default)]
-    pub options: BTreeMap<String, toml::Value>,
+}
+
+impl TryFrom<RawPcoproc> for PcoprocConfig {
+    type Error = String;
+
+    fn try_from(raw: RawPcoproc) -> Result<Self, String> {
+        if !CLASSES.contains(&raw.class.as_str()) {
+            return Err(format!(
+                "pcoproc {:?}: unknown class {:?} (known: {})",
+                raw.name,
+                raw.class,
+                CLASSES.join(", ")
+            ));
+        }
+        let mut tagged = toml::Table::new();
+        tagged.insert("class".into(), raw.class.clone().into());
+        tagged.insert("options".into(), raw.options.into());
+        let class = toml::Value::Table(tagged).try_into().map_err(|e| {
+            format!(
+                "pcoproc {:?}: {} options: {}",
+                raw.name,
+                raw.class,
+                e.to_string().trim_end()
+            )
+        })?;
+        Ok(PcoprocConfig {
+            name: raw.name,
+            class,
+            policy: raw.policy,
+            policy_params: raw.policy_params,
+        })
+    }
 }
 
 fn default_policy() -> String {
@@ -198,17 +240,96 @@ pub enum ParamValue {
 /// Classes a pcoproc may have.
 pub const CLASSES: &[&str] = &["mcu", "vulkan"];
 
-/// Options of the `mcu` class.
-const MCU_OPTIONS: &[&str] = &["max_contexts"];
+/// A pcoproc's class and its options: `class = "mcu"` with
+/// `options = { … }` in the file. Every class has its own option type, so
+/// an option of another class, a misspelt one or a wrong type is refused
+/// with the key's path. Values are range-checked by
+/// [`PcoprocConfig::device`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(
+    tag = "class",
+    content = "options",
+    rename_all = "lowercase",
+    deny_unknown_fields
+)]
+pub enum ClassOptions {
+    /// `class = "mcu"`.
+    Mcu(McuOptions),
+    /// `class = "vulkan"`.
+    Vulkan(VulkanOptions),
+}
 
-/// Options of the `vulkan` class.
-const VULKAN_OPTIONS: &[&str] = &[
-    "device",
-    "import",
-    "watchdog_ms",
-    "max_contexts",
-    "local_memory_mb",
-];
+impl ClassOptions {
+    /// The class's name as written in the file.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClassOptions::Mcu(_) => "mcu",
+            ClassOptions::Vulkan(_) => "vulkan",
+        }
+    }
+}
+
+/// Options of the `mcu` class; absent ones take the device's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McuOptions {
+    /// Most vcoprocs at once (1..=65536).
+    pub max_contexts: Option<u32>,
+}
+
+/// Options of the `vulkan` class; absent ones take the device's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VulkanOptions {
+    /// Which GPU.
+    pub device: Option<GpuChoice>,
+    /// How domain memory reaches the GPU.
+    pub import: Option<ImportMode>,
+    /// Longest one command may run (1..=60000 ms).
+    pub watchdog_ms: Option<u64>,
+    /// Most vcoprocs at once (1..=65536).
+    pub max_contexts: Option<u32>,
+    /// Most device-local memory per vcoproc, MiB (0..=1048576).
+    pub local_memory_mb: Option<u64>,
+}
+
+/// `device = "auto"`, an index, or a name substring.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "toml::Value")]
+pub enum GpuChoice {
+    /// `device = 1` (or `"1"`).
+    Index(usize),
+    /// `device = "auto"` or a name substring.
+    Text(String),
+}
+
+impl TryFrom<toml::Value> for GpuChoice {
+    type Error = String;
+
+    fn try_from(v: toml::Value) -> Result<Self, String> {
+        match v {
+            toml::Value::Integer(n) => usize::try_from(n).map(GpuChoice::Index).map_err(|_| {
+                format!("device index {n} is negative (use \"auto\", an index or a name)")
+            }),
+            toml::Value::String(s) if !s.trim().is_empty() => {
+                Ok(GpuChoice::Text(s.trim().to_string()))
+            }
+            _ => {
+                Err("device must be \"auto\", a device index or a non-empty name substring".into())
+            }
+        }
+    }
+}
+
+/// `import = "auto"` (zero-copy where the device can) or `"copy"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImportMode {
+    /// Zero-copy where possible.
+    Auto,
+    /// Always staged copies.
+    Copy,
+}
 
 /// A pcoproc's device as its class and options describe it. A class is
 /// there only when coprocd is built with its cargo feature (`mcu`,
@@ -223,105 +344,87 @@ pub enum DeviceConfig {
     Vulkan(coproc_vulkan::VulkanConfig),
 }
 
+/// `value`, if given, checked to lie in `lo..=hi`.
+fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
+    key: &str,
+    value: Option<T>,
+    lo: T,
+    hi: T,
+) -> Result<Option<T>, String> {
+    match value {
+        Some(v) if !(lo..=hi).contains(&v) => Err(format!("{key} must be in {lo}..={hi}")),
+        v => Ok(v),
+    }
+}
+
 impl PcoprocConfig {
-    /// The device this pcoproc asks for: its class and options checked
-    /// (unknown classes and options, wrong types and out-of-range values
-    /// are errors naming the pcoproc). Nothing is opened here: whether a
+    /// The device this pcoproc asks for: its options range-checked (errors
+    /// name the pcoproc and the option). Nothing is opened here: whether a
     /// Vulkan device exists is found out when the daemon starts.
     pub fn device(&self) -> Result<DeviceConfig, ConfigError> {
-        let bad = |what: String| ConfigError::Invalid(format!("pcoproc {:?}: {what}", self.name));
-        let known = match self.class.as_str() {
-            "mcu" => MCU_OPTIONS,
-            "vulkan" => VULKAN_OPTIONS,
-            other => {
-                return Err(bad(format!(
-                    "unknown class {other:?} (known: {})",
-                    CLASSES.join(", ")
-                )))
-            }
+        self.device_checked()
+            .map_err(|what| ConfigError::Invalid(format!("pcoproc {:?}: {what}", self.name)))
+    }
+
+    fn device_checked(&self) -> Result<DeviceConfig, String> {
+        let not_built = |class: &str| {
+            format!("class {class} is not built into this coprocd (cargo feature `{class}`)")
         };
-        if let Some(k) = self.options.keys().find(|k| !known.contains(&k.as_str())) {
-            return Err(bad(format!(
-                "unknown {} option {k:?} (known: {})",
-                self.class,
-                known.join(", ")
-            )));
+        match &self.class {
+            ClassOptions::Mcu(o) => {
+                let max_contexts = in_range("max_contexts", o.max_contexts, 1, 65536)?;
+                #[cfg(feature = "mcu")]
+                {
+                    let mut mcu = coproc_mcu::McuConfig::default();
+                    if let Some(n) = max_contexts {
+                        mcu.max_contexts = n;
+                    }
+                    Ok(DeviceConfig::Mcu(mcu))
+                }
+                #[cfg(not(feature = "mcu"))]
+                {
+                    let _ = max_contexts;
+                    Err(not_built("mcu"))
+                }
+            }
+            ClassOptions::Vulkan(o) => {
+                let max_contexts = in_range("max_contexts", o.max_contexts, 1, 65536)?;
+                let watchdog_ms = in_range("watchdog_ms", o.watchdog_ms, 1, 60_000)?;
+                let local_mb = in_range("local_memory_mb", o.local_memory_mb, 0, 1 << 20)?;
+                #[cfg(feature = "vulkan")]
+                {
+                    let _ = not_built;
+                    let mut vk = coproc_vulkan::VulkanConfig::default();
+                    match &o.device {
+                        None => {}
+                        Some(GpuChoice::Index(i)) => {
+                            vk.selector = coproc_vulkan::Selector::Index(*i)
+                        }
+                        Some(GpuChoice::Text(s)) => vk.selector = coproc_vulkan::Selector::parse(s),
+                    }
+                    match o.import {
+                        None => {}
+                        Some(ImportMode::Auto) => vk.import = coproc_vulkan::Import::Auto,
+                        Some(ImportMode::Copy) => vk.import = coproc_vulkan::Import::Copy,
+                    }
+                    if let Some(ms) = watchdog_ms {
+                        vk.watchdog = std::time::Duration::from_millis(ms);
+                    }
+                    if let Some(n) = max_contexts {
+                        vk.max_contexts = n;
+                    }
+                    if let Some(mb) = local_mb {
+                        vk.local_memory = mb << 20;
+                    }
+                    Ok(DeviceConfig::Vulkan(vk))
+                }
+                #[cfg(not(feature = "vulkan"))]
+                {
+                    let _ = (max_contexts, watchdog_ms, local_mb);
+                    Err(not_built("vulkan"))
+                }
+            }
         }
-        let int = |key: &str, lo: i64, hi: i64| -> Result<Option<i64>, ConfigError> {
-            match self.options.get(key) {
-                None => Ok(None),
-                Some(v) => match v.as_integer() {
-                    Some(n) if (lo..=hi).contains(&n) => Ok(Some(n)),
-                    _ => Err(bad(format!("{key} must be an integer in {lo}..={hi}"))),
-                },
-            }
-        };
-        let max_contexts = int("max_contexts", 1, 65536)?.map(|n| n as u32);
-        let not_built = || {
-            bad(format!(
-                "class {} is not built into this coprocd (cargo feature `{}`)",
-                self.class, self.class
-            ))
-        };
-        if self.class == "mcu" {
-            #[cfg(feature = "mcu")]
-            {
-                let mut mcu = coproc_mcu::McuConfig::default();
-                if let Some(n) = max_contexts {
-                    mcu.max_contexts = n;
-                }
-                return Ok(DeviceConfig::Mcu(mcu));
-            }
-            #[cfg(not(feature = "mcu"))]
-            return Err(not_built());
-        }
-        #[cfg(feature = "vulkan")]
-        {
-            let _ = not_built;
-            let mut vk = coproc_vulkan::VulkanConfig::default();
-            match self.options.get("device") {
-                None => {}
-                Some(toml::Value::Integer(n)) => {
-                    let i = usize::try_from(*n).map_err(|_| {
-                        bad(format!(
-                            "device index {n} is negative (use \"auto\", an index or a name)"
-                        ))
-                    })?;
-                    vk.selector = coproc_vulkan::Selector::Index(i);
-                }
-                Some(toml::Value::String(s)) if !s.trim().is_empty() => {
-                    vk.selector = coproc_vulkan::Selector::parse(s.trim());
-                }
-                Some(_) => {
-                    return Err(bad(
-                        "device must be \"auto\", a device index or a non-empty name substring"
-                            .into(),
-                    ))
-                }
-            }
-            match self.options.get("import") {
-                None => {}
-                Some(toml::Value::String(s)) if s == "auto" => {
-                    vk.import = coproc_vulkan::Import::Auto
-                }
-                Some(toml::Value::String(s)) if s == "copy" => {
-                    vk.import = coproc_vulkan::Import::Copy
-                }
-                Some(_) => return Err(bad("import must be \"auto\" or \"copy\"".into())),
-            }
-            if let Some(ms) = int("watchdog_ms", 1, 60_000)? {
-                vk.watchdog = std::time::Duration::from_millis(ms as u64);
-            }
-            if let Some(n) = max_contexts {
-                vk.max_contexts = n;
-            }
-            if let Some(mb) = int("local_memory_mb", 0, 1 << 20)? {
-                vk.local_memory = (mb as u64) << 20;
-            }
-            Ok(DeviceConfig::Vulkan(vk))
-        }
-        #[cfg(not(feature = "vulkan"))]
-        Err(not_built())
     }
 
     /// The policy parameters as the `key=value` pairs policies take.
@@ -626,27 +729,24 @@ mod tests {
     #[cfg(feature = "vulkan")]
     fn bad_vulkan_options_are_refused_with_the_pcoproc_and_option() {
         let bad = [
-            ("slice_us = 5", "unknown vulkan option \"slice_us\""),
-            ("Device = \"auto\"", "unknown vulkan option \"Device\""),
+            ("slice_us = 5", "unknown field `slice_us`"),
+            ("Device = \"auto\"", "unknown field `Device`"),
             ("device = -1", "negative"),
             ("device = \"\"", "device must be"),
             ("device = 1.5", "device must be"),
             ("device = true", "device must be"),
             ("device = [0]", "device must be"),
-            ("import = \"zero-copy\"", "import must be"),
-            ("import = 1", "import must be"),
-            (
-                "watchdog_ms = 0",
-                "watchdog_ms must be an integer in 1..=60000",
-            ),
+            ("import = \"zero-copy\"", "`options.import`"),
+            ("import = 1", "`options.import`"),
+            ("watchdog_ms = 0", "watchdog_ms must be in 1..=60000"),
             ("watchdog_ms = 60001", "watchdog_ms"),
-            ("watchdog_ms = \"2000\"", "watchdog_ms"),
-            ("watchdog_ms = 2.5", "watchdog_ms"),
+            ("watchdog_ms = \"2000\"", "`options.watchdog_ms`"),
+            ("watchdog_ms = 2.5", "`options.watchdog_ms`"),
             ("max_contexts = 0", "max_contexts"),
             ("max_contexts = 65537", "max_contexts"),
-            ("local_memory_mb = -1", "local_memory_mb"),
+            ("local_memory_mb = -1", "`options.local_memory_mb`"),
             ("local_memory_mb = 1048577", "local_memory_mb"),
-            ("local_memory_mb = \"lots\"", "local_memory_mb"),
+            ("local_memory_mb = \"lots\"", "`options.local_memory_mb`"),
         ];
         for (opts, want) in bad {
             let e = vulkan(opts).unwrap_err().to_string();
@@ -659,7 +759,7 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("unknown mcu option \"device\""), "{e}");
+        assert!(e.contains("mcu options: unknown field `device`"), "{e}");
         let e = Config::parse("[[pcoproc]]\nname = \"g\"\nclass = \"gpu\"\n")
             .unwrap_err()
             .to_string();
