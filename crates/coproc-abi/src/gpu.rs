@@ -294,6 +294,7 @@ impl Job {
     /// Bind `len` bytes at `iova` to buffer slot `slot` (`len` 0: to the
     /// end of the mapping). An iova beyond 32 bits is sent as one the
     /// device refuses.
+    #[must_use]
     pub fn bind(self, slot: u32, iova: u64, len: u64) -> Job {
         self.with(Command::Bind {
             slot,
@@ -304,13 +305,17 @@ impl Job {
 
     /// Set push-constant words from `offset` (split into as many `push`
     /// commands as needed).
+    #[must_use]
     pub fn push_u32(mut self, offset: u32, words: &[u32]) -> Job {
         for (i, chunk) in words.chunks(PUSH_PER_COMMAND as usize).enumerate() {
             let mut values = [0u32; PUSH_PER_COMMAND as usize];
             values[..chunk.len()].copy_from_slice(chunk);
             self = self.with(Command::Push {
-                offset: offset + (i as u32) * PUSH_PER_COMMAND,
-                count: chunk.len() as u32,
+                offset: u32::try_from(i)
+                    .unwrap_or(u32::MAX)
+                    .saturating_mul(PUSH_PER_COMMAND)
+                    .saturating_add(offset),
+                count: u32::try_from(chunk.len()).unwrap_or(PUSH_PER_COMMAND),
                 values,
             });
         }
@@ -318,17 +323,20 @@ impl Job {
     }
 
     /// Set push-constant words from `offset` to these floats.
+    #[must_use]
     pub fn push_f32(self, offset: u32, values: &[f32]) -> Job {
         let words: Vec<u32> = values.iter().map(|v| v.to_bits()).collect();
         self.push_u32(offset, &words)
     }
 
     /// Run pipeline `pipeline` over `groups` workgroups.
+    #[must_use]
     pub fn dispatch(self, pipeline: u32, groups: [u32; 3]) -> Job {
         self.with(Command::Dispatch { pipeline, groups })
     }
 
     /// Copy `len` bytes from `src` to `dst`.
+    #[must_use]
     pub fn copy(self, src: u64, dst: u64, len: u64) -> Job {
         let w = |v: u64| u32::try_from(v).unwrap_or(!3);
         self.with(Command::Copy {
@@ -339,6 +347,7 @@ impl Job {
     }
 
     /// Fill `len` bytes at `dst` with `value`.
+    #[must_use]
     pub fn fill(self, dst: u64, len: u64, value: u32) -> Job {
         let w = |v: u64| u32::try_from(v).unwrap_or(!3);
         self.with(Command::Fill {
@@ -349,16 +358,19 @@ impl Job {
     }
 
     /// Everything before finishes before anything after starts.
+    #[must_use]
     pub fn barrier(self) -> Job {
         self.with(Command::Barrier)
     }
 
     /// End the job; its completion carries `value` in `result[0]`.
+    #[must_use]
     pub fn signal(self, value: u32) -> Job {
         self.with(Command::Signal { value })
     }
 
     /// Add any command.
+    #[must_use]
     pub fn command(self, c: Command) -> Job {
         self.with(c)
     }
@@ -373,7 +385,7 @@ impl Job {
         self.cmds
             .iter()
             .enumerate()
-            .map(|(i, c)| c.encode(first_tag.wrapping_add(i as u32)))
+            .map(|(i, c)| c.encode(first_tag.wrapping_add(u32::try_from(i).unwrap_or(u32::MAX))))
             .collect()
     }
 }
@@ -432,7 +444,10 @@ pub enum Status {
 impl Status {
     /// The status of a completion word (None: not a known status).
     pub fn from_u32(v: u32) -> Option<Status> {
-        use Status::*;
+        use Status::{
+            Aborted, BadBinding, BadCommand, BadGroups, BadIova, BadPipeline, NoFirmware, Ok,
+            ReadOnly,
+        };
         [
             Ok,
             BadCommand,
@@ -471,6 +486,12 @@ impl std::fmt::Display for Status {
 }
 
 #[cfg(test)]
+// Casts of values the test itself chose.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 mod tests {
     use super::*;
     use proptest::prelude::*;

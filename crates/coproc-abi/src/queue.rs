@@ -208,16 +208,16 @@ impl<T: QueueMem + ?Sized> QueueMem for &T {
         (**self).len()
     }
     fn read_at(&self, off: u64, buf: &mut [u8]) {
-        (**self).read_at(off, buf)
+        (**self).read_at(off, buf);
     }
     fn write_at(&self, off: u64, data: &[u8]) {
-        (**self).write_at(off, data)
+        (**self).write_at(off, data);
     }
     fn load_index(&self, off: u64) -> u32 {
         (**self).load_index(off)
     }
     fn store_index(&self, off: u64, v: u32) {
-        (**self).store_index(off, v)
+        (**self).store_index(off, v);
     }
 }
 
@@ -226,16 +226,16 @@ impl<T: QueueMem + ?Sized> QueueMem for std::sync::Arc<T> {
         (**self).len()
     }
     fn read_at(&self, off: u64, buf: &mut [u8]) {
-        (**self).read_at(off, buf)
+        (**self).read_at(off, buf);
     }
     fn write_at(&self, off: u64, data: &[u8]) {
-        (**self).write_at(off, data)
+        (**self).write_at(off, data);
     }
     fn load_index(&self, off: u64) -> u32 {
         (**self).load_index(off)
     }
     fn store_index(&self, off: u64, v: u32) {
-        (**self).store_index(off, v)
+        (**self).store_index(off, v);
     }
 }
 
@@ -504,6 +504,12 @@ impl Consumer {
 }
 
 #[cfg(test)]
+// Casts of values the test itself chose.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 mod tests {
     use super::*;
     use proptest::prelude::*;

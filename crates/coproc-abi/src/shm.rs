@@ -187,6 +187,7 @@ unsafe fn copy_in(src: *const u8, dst: &mut [u8]) {
         i += 1;
     }
     while n - i >= 8 {
+        #[allow(clippy::cast_ptr_alignment)] // aligned, as the SAFETY comment says
         // SAFETY: i + 8 <= n, inside the range; `src + i` is 8-byte aligned
         // (the loop above stopped at a boundary and steps are 8).
         let w = unsafe { src.add(i).cast::<u64>().read_volatile() };
@@ -216,12 +217,13 @@ unsafe fn copy_out(src: &[u8], dst: *mut u8) {
     while n - i >= 8 {
         let mut w = [0u8; 8];
         w.copy_from_slice(&src[i..i + 8]);
+        #[allow(clippy::cast_ptr_alignment)] // aligned, as the SAFETY comment says
         // SAFETY: i + 8 <= n, inside the range; `dst + i` is 8-byte
         // aligned.
         unsafe {
             dst.add(i)
                 .cast::<u64>()
-                .write_volatile(u64::from_ne_bytes(w))
+                .write_volatile(u64::from_ne_bytes(w));
         };
         i += 8;
     }
@@ -233,6 +235,12 @@ unsafe fn copy_out(src: &[u8], dst: *mut u8) {
 }
 
 #[cfg(test)]
+// Casts of values the test itself chose.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 mod tests {
     use super::*;
 

@@ -9,6 +9,13 @@
 //! [`coproc_abi::Shared`] uses (`Acquire` loads, `Release` stores).
 //!
 //! Run: `RUSTFLAGS="--cfg loom" cargo test -p coproc-abi --release --test loom`
+
+// Casts of values the test itself chose (sizes, counts, addresses).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 #![cfg(loom)]
 
 use coproc_abi::queue::{

@@ -109,13 +109,10 @@ impl Env {
             .lines()
             .find(|l| l.starts_with("model name"))
             .and_then(|l| l.split(':').nth(1))
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|| "unknown".into());
+            .map_or_else(|| "unknown".into(), |s| s.trim().to_string());
         Env {
             cpu,
-            cpus: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
+            cpus: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .unwrap_or_default()
                 .trim()
@@ -235,7 +232,7 @@ pub fn run(args: &Args, format: Format) -> anyhow::Result<bool> {
             let rows: Vec<Vec<String>> = report
                 .figures
                 .iter()
-                .map(|(k, v)| vec![k.to_string(), format!("{v}")])
+                .map(|(k, v)| vec![k.clone(), format!("{v}")])
                 .collect();
             print_table(&["figure", "value"], &rows);
             println!("\n{notes}\n{HOST_NOTES}");
@@ -528,7 +525,7 @@ fn ctx_switch(rounds: usize) -> anyhow::Result<BTreeMap<&'static str, f64>> {
     }
     // Both contexts answered every message, in order.
     for (i, cb) in cbs.iter().enumerate() {
-        if cb.read_out(15) as u64 != cb.rung() {
+        if u64::from(cb.read_out(15)) != cb.rung() {
             bail!(
                 "context {i}: echo count {} != doorbells {}",
                 cb.read_out(15),

@@ -236,13 +236,16 @@ fn through_daemon(args: &Args, gpu: bool) -> anyhow::Result<Outcome> {
             slices: get("slices").as_u64().unwrap_or(0),
             switches: get("switches").as_u64().unwrap_or(0),
             faults: get("faults").as_u64().unwrap_or(0),
-            detail: get("detail").as_str().map(String::from).unwrap_or_else(|| {
-                format!(
-                    "FAILED: client exited {} {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )
-            }),
+            detail: get("detail").as_str().map_or_else(
+                || {
+                    format!(
+                        "FAILED: client exited {} {}",
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )
+                },
+                String::from,
+            ),
             fault: fault.is_object().then(|| FaultSummary {
                 addr: fault["addr"].as_u64(),
                 access: fault["access"].as_str().unwrap_or("").to_string(),
@@ -586,16 +589,16 @@ impl QueueMem for QueueRegion {
         QueueMem::len(&*self.0)
     }
     fn read_at(&self, off: u64, buf: &mut [u8]) {
-        self.0.read_at(off, buf)
+        self.0.read_at(off, buf);
     }
     fn write_at(&self, off: u64, data: &[u8]) {
-        self.0.write_at(off, data)
+        self.0.write_at(off, data);
     }
     fn load_index(&self, off: u64) -> u32 {
         self.0.load_index(off)
     }
     fn store_index(&self, off: u64, v: u32) {
-        self.0.store_index(off, v)
+        self.0.store_index(off, v);
     }
 }
 

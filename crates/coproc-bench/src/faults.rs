@@ -7,7 +7,10 @@
 //! rotating order over `--rounds` rounds. The offenders are
 //! [`crate::offender`]'s, shared with `bench isolation`.
 
-use crate::offender::*;
+use crate::offender::{
+    calibrate, spin_job, spin_vcoproc, Ctx, Kind, Offender, GPU, MCU, SAMPLE, SPIN_N, SPIN_OUT,
+    STEP, WATCHDOG_MS,
+};
 use anyhow::{anyhow, bail, Context};
 use coproc_client::Client;
 use coproc_firmware::{reference, HOG};
@@ -339,33 +342,32 @@ pub fn faults(
         min(w);
     }
     let mut model = None;
-    match gpu_skipped {
-        Some(why) => eprintln!("faults: GPU part skipped: {why}"),
-        None => {
-            let mut c = Client::connect_to(&daemon.socket)?;
-            let name = c
-                .list_coprocs()?
-                .into_iter()
-                .find(|p| p.name == GPU)
-                .map(|p| p.model)
-                .with_context(|| format!("the daemon does not list {GPU}"))?;
-            eprintln!("faults: GPU part on {name}");
-            model = Some(name);
-            let kinds = [
-                Kind::Baseline,
-                Kind::GpuHog,
-                Kind::GpuFault,
-                Kind::GpuHang,
-                Kind::GpuCorrupt,
-                Kind::GpuKill,
-                Kind::Cpu,
-            ];
-            let victim = gpu_victim(&daemon.socket)?;
-            let (e, w) = phases(victim, &kinds, rounds, GPU_PHASE, &ctx, "gpu_", &mut m)
-                .context("GPU phases")?;
-            failures += e;
-            min(w);
-        }
+    if let Some(why) = gpu_skipped {
+        eprintln!("faults: GPU part skipped: {why}");
+    } else {
+        let mut c = Client::connect_to(&daemon.socket)?;
+        let name = c
+            .list_coprocs()?
+            .into_iter()
+            .find(|p| p.name == GPU)
+            .map(|p| p.model)
+            .with_context(|| format!("the daemon does not list {GPU}"))?;
+        eprintln!("faults: GPU part on {name}");
+        model = Some(name);
+        let kinds = [
+            Kind::Baseline,
+            Kind::GpuHog,
+            Kind::GpuFault,
+            Kind::GpuHang,
+            Kind::GpuCorrupt,
+            Kind::GpuKill,
+            Kind::Cpu,
+        ];
+        let victim = gpu_victim(&daemon.socket)?;
+        let (e, w) = phases(victim, &kinds, rounds, GPU_PHASE, &ctx, "gpu_", &mut m)
+            .context("GPU phases")?;
+        failures += e;
+        min(w);
     }
     m.insert(
         "victim_min_share_ratio".into(),

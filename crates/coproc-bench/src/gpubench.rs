@@ -414,7 +414,8 @@ pub fn overhead(rounds: usize) -> anyhow::Result<(Figures, String)> {
         let n2 = notified.clone();
         dom.v.control().set_listener(Some(Arc::new(move |ev| {
             if let ControlEvent::Notify(_) = ev {
-                *n2.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+                *n2.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some(Instant::now());
             }
         })));
         pc.set_trace(4096);
@@ -424,7 +425,8 @@ pub fn overhead(rounds: usize) -> anyhow::Result<(Figures, String)> {
             if ns >= base_ns {
                 base + Duration::from_nanos(ns - base_ns)
             } else {
-                base - Duration::from_nanos(base_ns - ns)
+                base.checked_sub(Duration::from_nanos(base_ns - ns))
+                    .unwrap()
             }
         };
         // (doorbell, notified, woke, GPU ns) per job.
@@ -439,7 +441,10 @@ pub fn overhead(rounds: usize) -> anyhow::Result<(Figures, String)> {
             let c = dom.next(JOB_TIMEOUT)?;
             let woke = Instant::now();
             dom.check_done(&c, seed)?;
-            let at = notified.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let at = notified
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
             if let Some(at) = at {
                 steps.push((rung, at, woke, cqe_gpu_ns(&c)));
             }

@@ -11,7 +11,11 @@
 //! is SIGKILLed (with `--stage`, it stops at an earlier point of the set-up
 //! instead, for `bench soak`).
 
-use crate::offender::*;
+use crate::offender::{
+    big_elf, big_shader, open_rule, qecho_trip, qecho_vcoproc, Ctx, Kind, Offender, CHILD_VCOPROCS,
+    ENTRIES, GIVE_UP, GPU, GPU_N, GPU_QUEUE, GPU_TRIPS, GPU_X, GPU_Y, MCU, MCU_TRIPS, QUEUE_IOVA,
+    TRIP_TIMEOUT,
+};
 use anyhow::Context;
 use coproc_client::{Client, Job, Queue, SharedMem, WireMapKind, WirePerms};
 use coproc_firmware::gpu::SAXPY;
@@ -447,21 +451,20 @@ pub fn isolation(rounds: usize, policy: &str) -> anyhow::Result<BTreeMap<String,
     let mut failures = phases(&mut victim, &kinds, rounds, MCU_TRIPS, &ctx, "", &mut m)?;
     drop(victim);
 
-    match gpu_skipped {
-        Some(why) => eprintln!("isolation: GPU part skipped: {why}"),
-        None => {
-            let mut c = Client::connect_to(&daemon.socket)?;
-            let model = c
-                .list_coprocs()?
-                .into_iter()
-                .find(|p| p.name == GPU)
-                .map(|p| p.model)
-                .with_context(|| format!("the daemon does not list {GPU}"))?;
-            eprintln!("isolation: GPU part on {model}");
-            let mut victim = GpuVictim::new(&daemon.socket)?;
-            let kinds = [Kind::Baseline, Kind::GpuShader, Kind::GpuFault, Kind::Cpu];
-            failures += phases(&mut victim, &kinds, rounds, GPU_TRIPS, &ctx, "gpu_", &mut m)?;
-        }
+    if let Some(why) = gpu_skipped {
+        eprintln!("isolation: GPU part skipped: {why}");
+    } else {
+        let mut c = Client::connect_to(&daemon.socket)?;
+        let model = c
+            .list_coprocs()?
+            .into_iter()
+            .find(|p| p.name == GPU)
+            .map(|p| p.model)
+            .with_context(|| format!("the daemon does not list {GPU}"))?;
+        eprintln!("isolation: GPU part on {model}");
+        let mut victim = GpuVictim::new(&daemon.socket)?;
+        let kinds = [Kind::Baseline, Kind::GpuShader, Kind::GpuFault, Kind::Cpu];
+        failures += phases(&mut victim, &kinds, rounds, GPU_TRIPS, &ctx, "gpu_", &mut m)?;
     }
     m.insert("failures".into(), failures as f64);
     m.insert("loadavg_1m_start".into(), load0);

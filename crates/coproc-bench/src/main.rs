@@ -4,6 +4,13 @@
 //! and Vulkan; the `coproc` tool links neither and runs this one for
 //! `coproc demo` and `coproc bench`.
 
+// Casts of the benchmarks' own sizes, counts and figures; no domain input.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 mod bench;
 mod demo;
 mod faults;

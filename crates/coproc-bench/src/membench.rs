@@ -149,7 +149,7 @@ pub(crate) fn map(rounds: usize) -> anyhow::Result<BTreeMap<String, f64>> {
                 v.map(&r, 0, iova, size, Perms::RW, MapKind::Pinned)?;
                 v.unmap(iova)?;
             }
-            per.push(t.elapsed().as_secs_f64() * 1e6 / pairs as f64);
+            per.push(t.elapsed().as_secs_f64() * 1e6 / f64::from(pairs));
         }
         f.insert(format!("map_unmap_us_{name}"), round3(median(per)));
     }

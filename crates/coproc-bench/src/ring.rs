@@ -219,7 +219,7 @@ pub fn ring(rounds: usize) -> anyhow::Result<BTreeMap<&'static str, f64>> {
     let daemon = crate::spawn::TempDaemon::start(config)?;
     let p = Pcoproc::spawn(
         "mcu0",
-        coproc_mcu::factory(Default::default()),
+        coproc_mcu::factory(coproc_mcu::McuConfig::default()),
         Box::new(RoundRobin::new(RoundRobin::DEFAULT_SLICE)?),
     )?;
     let trips = 1000 * rounds.max(1);

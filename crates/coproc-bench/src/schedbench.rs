@@ -126,7 +126,7 @@ pub fn fairness(seconds: u64) -> anyhow::Result<Figures> {
         let (mut max_err, mut mean_err): (f64, f64) = (0.0, 0.0);
         for w in shares {
             for (v, want) in vs.iter().zip(weights) {
-                let want = want as f64 / sum as f64;
+                let want = f64::from(want) / f64::from(sum);
                 let got = w.get(&v.id()).copied().unwrap_or(0.0);
                 let err = (got - want).abs() / want * 100.0;
                 max_err = max_err.max(err);
@@ -228,7 +228,7 @@ pub fn preempt(messages: usize) -> anyhow::Result<Figures> {
     let mut rtt = Vec::with_capacity(messages);
     let mut seen = echo.last_notify().seq;
     for i in 0..messages as u32 {
-        echo.mbox_write(0, i.wrapping_mul(2654435761));
+        echo.mbox_write(0, i.wrapping_mul(2_654_435_761));
         let t = Instant::now();
         echo.doorbell();
         let n = echo
@@ -236,7 +236,7 @@ pub fn preempt(messages: usize) -> anyhow::Result<Figures> {
             .context("echo did not answer")?;
         rtt.push(t.elapsed().as_secs_f64() * 1e6);
         seen = n.seq;
-        if echo.mbox_read(0) != i.wrapping_mul(2654435761) {
+        if echo.mbox_read(0) != i.wrapping_mul(2_654_435_761) {
             bail!("echo answered {} for message {i}", echo.mbox_read(0));
         }
         // Let the hogs have the device again between messages.

@@ -280,7 +280,10 @@ fn thread_kill(kill: Kill, ctx: &Ctx) -> anyhow::Result<()> {
         }
         Kill::CrossDestroy => {
             // The owner lives on; this session destroys what it made.
-            let mut owner = ctx.owner.lock().unwrap_or_else(|e| e.into_inner());
+            let mut owner = ctx
+                .owner
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let v = owner.open(MCU)?;
             owner.load_firmware(v, QECHO.name, QECHO.elf)?;
             let q = owner.create_queue(v, QUEUE_IOVA, ENTRIES)?;

@@ -3,6 +3,13 @@
 //! all (the SDK counts every frame it sends and receives), and every
 //! completion is qecho's answer computed here.
 
+// Casts of values the test itself chose (sizes, counts, addresses).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 mod common;
 use common::Daemon;
 

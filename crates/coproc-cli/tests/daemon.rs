@@ -1,6 +1,13 @@
 //! The real daemon with real client processes: results, a client killed
 //! mid-run, hostile input, authorization between uids.
 
+// Casts of values the test itself chose (sizes, counts, addresses).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 mod common;
 use common::raw::{closed, error_code, frame, hello, raw, read_reply, send_with_fds};
 use common::{coproc_bin, wait_for, Daemon};

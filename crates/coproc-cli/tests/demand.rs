@@ -1,6 +1,13 @@
 //! Demand faults through the real daemon: a client turns them on, gets a
 //! `page-fault` event per missing page, maps it, and the vcoproc goes on.
 
+// Casts of values the test itself chose (sizes, counts, addresses).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 mod common;
 use common::Daemon;
 

@@ -4,6 +4,13 @@
 //! what the docs say about them is for a reader to check, but a new verb,
 //! bench, module or crate that the docs do not mention fails here.
 
+// Casts of values the test itself chose (sizes, counts, addresses).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

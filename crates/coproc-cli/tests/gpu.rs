@@ -7,6 +7,13 @@
 //! Every test but the last needs a Vulkan device; without one it says so
 //! and passes.
 
+// Casts of values the test itself chose (sizes, counts, addresses).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 mod common;
 use common::{coprocd_bin, Daemon};
 

@@ -4,6 +4,13 @@
 //! stderr. Each test reproduces an attack and checks the daemon's state
 //! afterwards.
 
+// Casts of values the test itself chose (sizes, counts, addresses).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 mod common;
 use common::raw::{closed, error_code, frame, hello, raw, read_reply, send_with_fds};
 use common::{need_root, test_socket, wait_for, Daemon};
@@ -577,7 +584,7 @@ fn refused_maps_leave_the_memfd_as_it_was() {
                 e.message.contains("sealed against writing"),
                 "{}",
                 e.message
-            )
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -592,7 +599,7 @@ fn refused_maps_leave_the_memfd_as_it_was() {
             send_with_fds(c.socket(), 78, map, &[h.as_fd()]);
             match read_reply(&mut sock) {
                 Some(ServerFrame::Reply { result: Err(e), .. }) => {
-                    assert!(e.message.contains("hugetlb"), "{}", e.message)
+                    assert!(e.message.contains("hugetlb"), "{}", e.message);
                 }
                 other => panic!("{other:?}"),
             }

@@ -3,6 +3,13 @@
 //! under the GPL, and the SDK links no runner or policy (`coproc-core`).
 //! Read from `cargo tree` of the locked workspace.
 
+// Casts of values the test itself chose (sizes, counts, addresses).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use std::process::Command;
 
 /// `(package name, licence)` of every crate `package` links (normal

@@ -2,6 +2,13 @@
 //! outliving the domain's own mapping, the mappings quota, hostile revoke
 //! requests, listings and the CLI verbs.
 
+// Casts of values the test itself chose (sizes, counts, addresses).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 mod common;
 use common::{coproc_bin, wait_for, Daemon};
 
@@ -181,7 +188,7 @@ fn mapping_quota_is_enforced_and_death_frees_everything() {
             v,
             &mem,
             0,
-            IOVA + 0x100000,
+            IOVA + 0x10_0000,
             4096,
             WirePerms::R,
             WireMapKind::Pinned,
@@ -197,7 +204,7 @@ fn mapping_quota_is_enforced_and_death_frees_everything() {
             v,
             &mem,
             0,
-            IOVA + 0x100000,
+            IOVA + 0x10_0000,
             2 << 20,
             WirePerms::R,
             WireMapKind::Pinned,
@@ -482,17 +489,15 @@ fn revoked_domain() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match c.next_event(left).unwrap() {
-            Event::MappingRevoked {
-                vcoproc,
-                iova,
-                len,
-                by,
-            } => {
-                println!("event {vcoproc} {iova} {len} {by}");
-                break;
-            }
-            _ => continue,
+        if let Event::MappingRevoked {
+            vcoproc,
+            iova,
+            len,
+            by,
+        } = c.next_event(left).unwrap()
+        {
+            println!("event {vcoproc} {iova} {len} {by}");
+            break;
         }
     }
     // The pinned one is still there and still in use.

@@ -2,6 +2,13 @@
 //! daemon with the client SDK: a linked list built with host pointers
 //! walked by firmware; private device memory counted against the quota.
 
+// Casts of values the test itself chose (sizes, counts, addresses).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 mod common;
 use common::{wait_for, Daemon};
 

@@ -5,6 +5,15 @@
 //! of either benchmark never sees a wrong or failed result. Share ratios
 //! are timing and are not asserted.
 
+// Casts of values the test itself chose (sizes, counts, addresses).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+// Figures that are counts compare exactly.
+#![allow(clippy::float_cmp)]
+
 mod common;
 
 use serde_json::Value;

@@ -4,6 +4,13 @@
 //! `cargo run -p coproc-client --example crc [FILE]` with coprocd running
 //! (socket from `$COPROC_SOCKET` or the default).
 
+// Casts of the example's own sizes.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use coproc_client::{Client, SharedMem, WireMapKind, WirePerms};
 use std::time::Duration;
 

@@ -50,6 +50,7 @@ use std::collections::{HashMap, VecDeque};
 
 /// Mailbox-in word the device reads the queue's iova from
 /// (`coproc_abi::gpu::MBOX_QUEUE`).
+#[allow(clippy::cast_possible_truncation)] // a mailbox word index, below 16
 pub const MBOX_QUEUE: u32 = coproc_proto::gpu::MBOX_QUEUE as u32;
 
 /// Mailbox-out words a `vulkan` vcoproc keeps up to date.
@@ -286,6 +287,12 @@ impl Jobs {
 }
 
 #[cfg(test)]
+// Casts of values the test itself chose.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 mod tests {
     use super::*;
 

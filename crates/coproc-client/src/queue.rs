@@ -38,16 +38,16 @@ impl QueueMem for SharedMem {
         QueueMem::len(self.region())
     }
     fn read_at(&self, off: u64, buf: &mut [u8]) {
-        self.region().read_at(off, buf)
+        self.region().read_at(off, buf);
     }
     fn write_at(&self, off: u64, data: &[u8]) {
-        self.region().write_at(off, data)
+        self.region().write_at(off, data);
     }
     fn load_index(&self, off: u64) -> u32 {
         self.region().load_index(off)
     }
     fn store_index(&self, off: u64, v: u32) {
-        self.region().store_index(off, v)
+        self.region().store_index(off, v);
     }
 }
 
@@ -169,15 +169,15 @@ impl Queue {
             }
         }
         let ts = rustix::time::Timespec {
-            tv_sec: timeout.as_secs() as i64,
-            tv_nsec: timeout.subsec_nanos() as i64,
+            tv_sec: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(timeout.subsec_nanos()),
         };
         let mut fds = [PollFd::new(&self.completion, PollFlags::IN)];
         loop {
             match poll(&mut fds, Some(&ts)) {
                 Ok(0) => return Ok(false),
                 Ok(_) => break,
-                Err(rustix::io::Errno::INTR) => continue,
+                Err(rustix::io::Errno::INTR) => {} // interrupted: again
                 Err(e) => return Err(mem_err(e)),
             }
         }
@@ -300,6 +300,12 @@ impl Queue {
 }
 
 #[cfg(test)]
+// Casts of values the test itself chose.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 mod tests {
     use super::*;
     use crate::{ClientError, Command, Status};

@@ -208,7 +208,10 @@ impl ControlBlock {
     /// Device side: the firmware wrote notification sequence `fw_seq`. A
     /// value equal to the previous one is a repeat and is ignored.
     pub fn notify(&self, fw_seq: u32) {
-        let mut n = self.notify.lock().unwrap_or_else(|e| e.into_inner());
+        let mut n = self
+            .notify
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if n.fw_seq == Some(fw_seq) {
             return;
         }
@@ -223,14 +226,17 @@ impl ControlBlock {
 
     /// Set (or clear) the listener told of notifications and kicks.
     pub fn set_listener(&self, listener: Option<Listener>) {
-        *self.listener.lock().unwrap_or_else(|e| e.into_inner()) = listener;
+        *self
+            .listener
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = listener;
     }
 
     fn tell(&self, ev: ControlEvent) {
         let l = self
             .listener
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         if let Some(l) = l {
             l(ev);
@@ -245,7 +251,10 @@ impl ControlBlock {
 
     /// The latest notification.
     pub fn last_notify(&self) -> Notify {
-        self.notify.lock().unwrap_or_else(|e| e.into_inner()).last
+        self.notify
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .last
     }
 
     /// Domain side: wait until a notification newer than `after` arrives.
@@ -255,7 +264,10 @@ impl ControlBlock {
 
     /// How many times [`ControlBlock::kick`] was called.
     pub fn kicks(&self) -> u64 {
-        self.notify.lock().unwrap_or_else(|e| e.into_inner()).kicks
+        self.notify
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .kicks
     }
 
     /// Wait until a notification newer than `after` arrives, or until the
@@ -263,7 +275,10 @@ impl ControlBlock {
     /// if there is a newer one.
     pub fn wait_notify_or_kick(&self, after: u64, kicks: u64, timeout: Duration) -> Option<Notify> {
         let deadline = Instant::now() + timeout;
-        let mut n = self.notify.lock().unwrap_or_else(|e| e.into_inner());
+        let mut n = self
+            .notify
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         while n.last.seq <= after && n.kicks == kicks {
             let now = Instant::now();
             if now >= deadline {
@@ -272,7 +287,7 @@ impl ControlBlock {
             n = self
                 .notified
                 .wait_timeout(n, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .0;
         }
         (n.last.seq > after).then_some(n.last)
@@ -281,7 +296,10 @@ impl ControlBlock {
     /// Wake every notification waiter so it re-checks the vcoproc's state
     /// (the runner calls it when a vcoproc stops running for good or parks).
     pub fn kick(&self) {
-        let mut n = self.notify.lock().unwrap_or_else(|e| e.into_inner());
+        let mut n = self
+            .notify
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         n.kicks += 1;
         self.notified.notify_all();
         drop(n);
@@ -292,7 +310,10 @@ impl ControlBlock {
     /// number (a repeated sequence number is ignored). Returns a completed
     /// line, if this byte ended one.
     pub fn console_byte(&self, seq: u8, b: u8) -> Option<String> {
-        let mut c = self.console.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self
+            .console
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if c.last_seq == Some(seq) {
             return None;
         }
@@ -314,7 +335,10 @@ impl ControlBlock {
 
     /// Console lines kept so far (oldest first) and how many were dropped.
     pub fn console(&self) -> (Vec<String>, u64) {
-        let c = self.console.lock().unwrap_or_else(|e| e.into_inner());
+        let c = self
+            .console
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         (c.lines.iter().cloned().collect(), c.dropped)
     }
 
@@ -328,14 +352,26 @@ impl ControlBlock {
         self.rung.store(0, Ordering::Release);
         self.acked.store(0, Ordering::Release);
         self.notify_tag.store(0, Ordering::Release);
-        self.notify.lock().unwrap_or_else(|e| e.into_inner()).fw_seq = None;
-        let mut c = self.console.lock().unwrap_or_else(|e| e.into_inner());
+        self.notify
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .fw_seq = None;
+        let mut c = self
+            .console
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         c.last_seq = None;
         c.partial.clear();
     }
 }
 
 #[cfg(test)]
+// Casts of values the test itself chose.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 mod tests {
     use super::*;
 
@@ -402,7 +438,7 @@ mod tests {
         let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
         let s2 = seen.clone();
         cb.set_listener(Some(std::sync::Arc::new(move |e| {
-            s2.lock().unwrap().push(e)
+            s2.lock().unwrap().push(e);
         })));
         cb.set_notify_tag(4);
         cb.notify(1);

@@ -302,6 +302,12 @@ impl IovaSpace {
 }
 
 #[cfg(test)]
+// Casts of values the test itself chose.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -442,7 +448,7 @@ mod tests {
                     let ok = if local { s.remove_local(iova).is_ok() } else { s.remove(iova).is_ok() };
                     prop_assert_eq!(ok, starts_here);
                     if starts_here {
-                        for o in owner.iter_mut() { if *o == Some((iova, local)) { *o = None; } }
+                        for o in &mut owner { if *o == Some((iova, local)) { *o = None; } }
                     }
                 }
                 for p in 0..64u64 {

@@ -42,7 +42,10 @@ impl RateLimit {
     }
 
     fn check_at(&self, now: Instant) -> Option<u64> {
-        let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let mut b = self
+            .bucket
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         b.tokens = refilled(b.tokens, &mut b.last, now, self.per_sec, self.burst);
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;

@@ -60,7 +60,11 @@ pub(crate) fn run(mut device: Box<dyn Device>, shared: &Shared) {
         rung.clear();
         current = None;
         let msg = panic_message(payload.as_ref());
-        *shared.last_panic.lock().unwrap_or_else(|e| e.into_inner()) = msg.clone();
+        shared
+            .last_panic
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone_from(&msg);
         let contained = blame
             .take()
             .is_some_and(|v| contain(device.as_mut(), shared, v, &msg));
@@ -241,7 +245,12 @@ fn drain_wakes(shared: &Shared, g: &mut Inner) {
     if !shared.deferred.swap(false, Ordering::SeqCst) {
         return;
     }
-    let wakes = std::mem::take(&mut *shared.wakes.lock().unwrap_or_else(|e| e.into_inner()));
+    let wakes = std::mem::take(
+        &mut *shared
+            .wakes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
     for (v, doorbells) in wakes {
         shared.wake_in(g, v, doorbells);
     }
@@ -249,7 +258,7 @@ fn drain_wakes(shared: &Shared, g: &mut Inner) {
     if !shared
         .tidy
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .is_empty()
     {
         shared.deferred.store(true, Ordering::SeqCst);
@@ -260,7 +269,12 @@ fn drain_wakes(shared: &Shared, g: &mut Inner) {
 /// were out of the device's reach since the revoke; this makes the next
 /// access fault.
 fn tidy(shared: &Shared, g: &mut Inner, device: &mut dyn Device) {
-    let done = std::mem::take(&mut *shared.tidy.lock().unwrap_or_else(|e| e.into_inner()));
+    let done = std::mem::take(
+        &mut *shared
+            .tidy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
     for (id, iova, view) in done {
         let Some(vc) = g.vcoprocs.get_mut(&id) else {
             continue;
@@ -327,7 +341,7 @@ impl Device for Blamed<'_> {
         self.on(id, |d| d.create_context(spec))
     }
     fn destroy_context(&mut self, ctx: ContextId) {
-        self.on(ctx, |d| d.destroy_context(ctx))
+        self.on(ctx, |d| d.destroy_context(ctx));
     }
     fn load_firmware(&mut self, ctx: ContextId, image: &[u8]) -> Result<FirmwareInfo, DeviceError> {
         self.on(ctx, |d| d.load_firmware(ctx, image))
@@ -346,7 +360,7 @@ impl Device for Blamed<'_> {
         self.on(ctx, |d| d.map(ctx, mapping))
     }
     fn unmap(&mut self, ctx: ContextId, iova: u64) {
-        self.on(ctx, |d| d.unmap(ctx, iova))
+        self.on(ctx, |d| d.unmap(ctx, iova));
     }
     fn switch(&mut self, to: Option<ContextId>) -> SwitchOutcome {
         match to {
@@ -373,7 +387,7 @@ impl Device for Blamed<'_> {
         self.on(ctx, |d| d.alloc_local(ctx, iova, len))
     }
     fn free_local(&mut self, ctx: ContextId, iova: u64) {
-        self.on(ctx, |d| d.free_local(ctx, iova))
+        self.on(ctx, |d| d.free_local(ctx, iova));
     }
 }
 
@@ -408,33 +422,30 @@ fn retry_after(
     let now = shared.now_ns();
     unpick(&mut g, v, now);
     let cur = current.filter(|c| g.vcoprocs.get(c).is_some_and(|vc| vc.state.is_runnable()));
-    match cur {
-        Some(c) => {
-            g.policy.block(c);
-            if let Some(vc) = g.vcoprocs.get_mut(&c) {
-                let _ = vc.transition(Event::Pick);
-            }
-            g.running = Some(c);
-            drop(g);
-            let start = slice_start(shared, c, false);
-            let out = run_slice(device, shared, c, t, blame);
-            charge(shared, c, t, start, &out);
+    if let Some(c) = cur {
+        g.policy.block(c);
+        if let Some(vc) = g.vcoprocs.get_mut(&c) {
+            let _ = vc.transition(Event::Pick);
         }
-        None => {
-            // Wait the whole delay: wake-ups of other vcoprocs cannot use a
-            // device that cannot switch yet. Only a command (or shutdown)
-            // ends the wait early; the switch is retried after it.
-            let until = now.saturating_add(ns(t));
-            let mut rung = Vec::new();
-            loop {
-                shared.idle(g, Some(until), t, &mut rung);
-                g = shared.lock();
-                // Doorbells rung meanwhile are not lost: the firmware sees
-                // them in its control block, the wake-up waits for a turn.
-                ring_doorbells(shared, &mut g, &mut rung);
-                if shared.now_ns() >= until || !g.commands.is_empty() || g.shutdown {
-                    break;
-                }
+        g.running = Some(c);
+        drop(g);
+        let start = slice_start(shared, c, false);
+        let out = run_slice(device, shared, c, t, blame);
+        charge(shared, c, t, start, &out);
+    } else {
+        // Wait the whole delay: wake-ups of other vcoprocs cannot use a
+        // device that cannot switch yet. Only a command (or shutdown)
+        // ends the wait early; the switch is retried after it.
+        let until = now.saturating_add(ns(t));
+        let mut rung = Vec::new();
+        loop {
+            shared.idle(g, Some(until), t, &mut rung);
+            g = shared.lock();
+            // Doorbells rung meanwhile are not lost: the firmware sees
+            // them in its control block, the wake-up waits for a turn.
+            ring_doorbells(shared, &mut g, &mut rung);
+            if shared.now_ns() >= until || !g.commands.is_empty() || g.shutdown {
+                break;
             }
         }
     }
@@ -458,10 +469,10 @@ fn switch_failed(
     }
     let mut g = shared.lock();
     let now = shared.now_ns();
-    if guilty != v {
-        unpick(&mut g, v, now);
-    } else {
+    if guilty == v {
         g.running = None;
+    } else {
+        unpick(&mut g, v, now);
     }
     if let Some(vc) = g.vcoprocs.get_mut(&guilty) {
         if vc.transition(Event::Fault).is_ok() {

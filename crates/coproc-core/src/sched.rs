@@ -163,7 +163,7 @@ pub(crate) struct Views {
 pub(crate) type ViewTable = Arc<Mutex<Views>>;
 
 pub(crate) fn lock_views(t: &ViewTable) -> MutexGuard<'_, Views> {
-    t.lock().unwrap_or_else(|e| e.into_inner())
+    t.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A revoked mapping the runner still has to take out of the iova space
@@ -201,13 +201,15 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn now_ns(&self) -> u64 {
         match &self.clock {
             Some(c) => c.now_ns(),
-            None => self.epoch.elapsed().as_nanos() as u64,
+            None => u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX),
         }
     }
 
@@ -229,25 +231,22 @@ impl Shared {
         max: Duration,
         rung: &mut Vec<VcoprocId>,
     ) {
-        match &self.clock {
-            Some(c) => {
-                drop(g);
-                c.idle(until_ns);
-            }
-            None => {
-                // From here kicks write the eventfd; then the last look
-                // for work that arrived before (see `wakeup`).
-                self.wakeup.arm();
-                if !g.commands.is_empty() || g.shutdown || self.deferred.load(Ordering::SeqCst) {
-                    self.wakeup.disarm();
-                    return;
-                }
-                drop(g);
-                let now = self.now_ns();
-                let t = until_ns.map_or(max, |u| Duration::from_nanos(u.saturating_sub(now)));
-                self.wakeup.wait(t.min(max), rung);
+        if let Some(c) = &self.clock {
+            drop(g);
+            c.idle(until_ns);
+        } else {
+            // From here kicks write the eventfd; then the last look
+            // for work that arrived before (see `wakeup`).
+            self.wakeup.arm();
+            if !g.commands.is_empty() || g.shutdown || self.deferred.load(Ordering::SeqCst) {
                 self.wakeup.disarm();
+                return;
             }
+            drop(g);
+            let now = self.now_ns();
+            let t = until_ns.map_or(max, |u| Duration::from_nanos(u.saturating_sub(now)));
+            self.wakeup.wait(t.min(max), rung);
+            self.wakeup.disarm();
         }
     }
 
@@ -276,7 +275,7 @@ impl Shared {
         *self
             .wakes
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(id)
             .or_insert(0) += doorbells;
         self.deferred.store(true, Ordering::SeqCst);

@@ -68,7 +68,7 @@ impl VcoprocState {
         VcoprocState::ALL
             .iter()
             .position(|&s| s == self)
-            .map_or(u8::MAX, |i| i as u8)
+            .map_or(u8::MAX, |i| u8::try_from(i).unwrap_or(u8::MAX))
     }
 
     /// The state of a [`VcoprocState::code`] (None for any other number).

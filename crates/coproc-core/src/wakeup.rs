@@ -114,7 +114,9 @@ impl Wakeup {
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Bell>> {
-        self.doorbells.lock().unwrap_or_else(|e| e.into_inner())
+        self.doorbells
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Wake the runner if it waits (or is about to). Callers make their work

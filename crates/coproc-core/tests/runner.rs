@@ -1,6 +1,13 @@
 //! The runner against a scripted device: switch answers the mcu never gives
 //! (retry-after, failed), domain removal, and state after faults.
 
+// Casts of values the test itself chose (sizes, counts, addresses).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use coproc_core::device::{
     Capabilities, ContextSpec, Device, DeviceError, FirmwareInfo, Preempt, PreemptHandle,
     Preemption, RunOutcome, StopReason, SwitchOutcome,
@@ -102,7 +109,11 @@ impl Device for Scripted {
     fn switch(&mut self, to: Option<VcoprocId>) -> SwitchOutcome {
         let mut s = self.script.lock().unwrap();
         let to = to.map(|v| v.0);
-        let answer = to.and_then(|t| s.switch_answers.get_mut(&t).and_then(|q| q.pop_front()));
+        let answer = to.and_then(|t| {
+            s.switch_answers
+                .get_mut(&t)
+                .and_then(std::collections::VecDeque::pop_front)
+        });
         match answer {
             Some(SwitchOutcome::Failed { guilty, reason }) => {
                 self.current = None;

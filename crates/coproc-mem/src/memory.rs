@@ -75,7 +75,7 @@ pub struct Region {
     /// The file it maps, kept open so the memory outlives the domain's own
     /// mapping and descriptor (None for a [`Region::view`], which the
     /// region it was made from keeps alive).
-    _fd: Option<OwnedFd>,
+    file: Option<OwnedFd>,
     /// Where in the file the region starts (for a view: in its parent's
     /// file, absolute).
     fd_offset: u64,
@@ -86,7 +86,7 @@ pub struct Region {
     /// [`Region::add_alias`].
     aliases: Mutex<Vec<(usize, usize)>>,
     /// For a view: the region it was made from.
-    _parent: Option<Arc<Region>>,
+    parent: Option<Arc<Region>>,
 }
 
 // SAFETY: the region is plain memory; all host access goes through raw
@@ -95,7 +95,20 @@ unsafe impl Send for Region {}
 // SAFETY: as above; concurrent copies are the shared-memory contract.
 unsafe impl Sync for Region {}
 
+/// `len` as a host size. Region lengths are checked against `isize::MAX`
+/// before anything is mapped, so this fails only for lengths refused
+/// anyway.
+fn host_len(len: u64) -> Result<usize, MemoryError> {
+    usize::try_from(len).map_err(|_| MemoryError::BadSize(len))
+}
+
 impl Region {
+    /// The region's length as a host size: it fit `isize` when the region
+    /// was made, so this never panics.
+    fn bytes(&self) -> usize {
+        usize::try_from(self.len).expect("a region's length fits isize")
+    }
+
     /// Allocate `len` bytes (a multiple of [`PAGE_SIZE`]), zeroed. The
     /// memory is a memfd of its own (like [`Region::new_memfd`]), so the
     /// framework can give the device a view of it that revoke can withdraw.
@@ -125,7 +138,7 @@ impl Region {
 
     /// The file behind the region, if it maps one.
     pub fn fd(&self) -> Option<BorrowedFd<'_>> {
-        self._fd.as_ref().map(|f| f.as_fd())
+        self.file.as_ref().map(|f| f.as_fd())
     }
 
     /// Map `len` bytes of a domain's file (a memfd) from `offset`, shared:
@@ -189,7 +202,7 @@ impl Region {
             return Err(MemoryError::Hugetlb);
         }
         let need = offset.checked_add(len).ok_or(MemoryError::BadSize(len))?;
-        let size = st.st_size as u64;
+        let size = u64::try_from(st.st_size).unwrap_or(0);
         if size < need {
             return Err(MemoryError::FdTooSmall { size, need });
         }
@@ -200,7 +213,8 @@ impl Region {
         // can only grow.
         let size = rustix::fs::fstat(fd.as_fd())
             .map_err(MemoryError::Fd)?
-            .st_size as u64;
+            .st_size;
+        let size = u64::try_from(size).unwrap_or(0);
         if size < need {
             return Err(MemoryError::FdTooSmall { size, need });
         }
@@ -219,7 +233,7 @@ impl Region {
         let ptr = unsafe {
             rustix::mm::mmap(
                 hint,
-                len as usize,
+                host_len(len)?,
                 rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
                 flags,
                 fd.as_fd(),
@@ -234,17 +248,17 @@ impl Region {
         if let Some(a) = at.filter(|&a| a != ptr.as_ptr() as u64) {
             // A kernel older than 4.17 takes the flag as a mere hint.
             // SAFETY: exactly the mapping made just above, used by nothing.
-            let _ = unsafe { rustix::mm::munmap(ptr.as_ptr().cast(), len as usize) };
+            let _ = unsafe { rustix::mm::munmap(ptr.as_ptr().cast(), host_len(len)?) };
             return Err(MemoryError::AddressTaken(a));
         }
         Ok(Region {
             ptr,
             len,
-            _fd: Some(fd),
+            file: Some(fd),
             fd_offset: offset,
             trapped: AtomicBool::new(false),
             aliases: Mutex::new(Vec::new()),
-            _parent: None,
+            parent: None,
         })
     }
 
@@ -256,7 +270,7 @@ impl Region {
     /// long as the device may use it, even after its domain let go of it).
     pub fn view(self: &Arc<Self>, offset: u64, len: u64) -> Result<Region, MemoryError> {
         self.check(offset, len)?;
-        let fd = self._fd.as_ref().ok_or(MemoryError::NotAFile)?;
+        let fd = self.file.as_ref().ok_or(MemoryError::NotAFile)?;
         if len == 0 || !len.is_multiple_of(PAGE_SIZE) || !offset.is_multiple_of(PAGE_SIZE) {
             return Err(MemoryError::BadSize(len));
         }
@@ -267,7 +281,7 @@ impl Region {
         let ptr = unsafe {
             rustix::mm::mmap(
                 std::ptr::null_mut(),
-                len as usize,
+                host_len(len)?,
                 rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
                 rustix::mm::MapFlags::SHARED,
                 fd.as_fd(),
@@ -279,11 +293,11 @@ impl Region {
         Ok(Region {
             ptr,
             len,
-            _fd: None,
+            file: None,
             fd_offset: self.fd_offset + offset,
             trapped: AtomicBool::new(false),
             aliases: Mutex::new(Vec::new()),
-            _parent: Some(self.clone()),
+            parent: Some(self.clone()),
         })
     }
 
@@ -308,7 +322,7 @@ impl Region {
         // SAFETY: [ptr, ptr+len) is this region's own mapping (made by mmap
         // and alive until drop), and no Rust reference into it exists (all
         // access is by raw copies).
-        unsafe { replace_with_zero_pages(self.ptr.as_ptr().cast(), self.len as usize) };
+        unsafe { replace_with_zero_pages(self.ptr.as_ptr().cast(), self.bytes()) };
         for &(ptr, len) in aliases.iter() {
             // SAFETY: an alias is a mapping of this region's memory that its
             // owner registered with `add_alias` and keeps mapped until it
@@ -369,7 +383,7 @@ impl Region {
     /// its own file, or for a [`Region::view`] its parent's file. None for a
     /// region without one.
     pub fn backing(&self) -> Option<(BorrowedFd<'_>, u64)> {
-        match (&self._fd, &self._parent) {
+        match (&self.file, &self.parent) {
             (Some(fd), _) => Some((fd.as_fd(), self.fd_offset)),
             (None, Some(p)) => p.fd().map(|fd| (fd, self.fd_offset)),
             (None, None) => None,
@@ -378,7 +392,9 @@ impl Region {
 
     fn lock_aliases(&self) -> MutexGuard<'_, Vec<(usize, usize)>> {
         // A panic under the lock leaves the list itself consistent.
-        self.aliases.lock().unwrap_or_else(|e| e.into_inner())
+        self.aliases
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Whether [`Region::trap`] withdrew this mapping's pages.
@@ -434,7 +450,7 @@ impl Region {
     /// Read a vector of bytes.
     pub fn read_vec(&self, offset: u64, len: u64) -> Result<Vec<u8>, MemoryError> {
         self.check(offset, len)?;
-        let mut v = vec![0; len as usize];
+        let mut v = vec![0; host_len(len)?];
         self.read(offset, &mut v)?;
         Ok(v)
     }
@@ -478,11 +494,17 @@ impl Drop for Region {
     fn drop(&mut self) {
         // SAFETY: ptr/len are exactly what mmap returned; devices hold an
         // `Arc<Region>` for as long as they map it, so nothing uses it now.
-        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len as usize) };
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.bytes()) };
     }
 }
 
 #[cfg(test)]
+// Casts of values the test itself chose.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 mod tests {
     use super::*;
     use rustix::fd::AsRawFd;

@@ -12,7 +12,7 @@ pub fn view(r: &Region) -> Shared<'_> {
     // SAFETY: `as_ptr()..as_ptr() + len()` is the region's live mapping,
     // valid for reads and writes until the region drops, which the view's
     // borrow of `r` outlasts; host code never forms references to it.
-    unsafe { Shared::new(r.as_ptr(), r.len() as usize) }
+    unsafe { Shared::new(r.as_ptr(), usize::try_from(r.len()).unwrap_or(0)) }
         .unwrap_or_else(|| unreachable!("a region's mapping is never at address 0"))
 }
 
@@ -21,15 +21,15 @@ impl QueueMem for Region {
         Region::len(self)
     }
     fn read_at(&self, off: u64, buf: &mut [u8]) {
-        view(self).read_at(off, buf)
+        view(self).read_at(off, buf);
     }
     fn write_at(&self, off: u64, data: &[u8]) {
-        view(self).write_at(off, data)
+        view(self).write_at(off, data);
     }
     fn load_index(&self, off: u64) -> u32 {
         view(self).load_index(off)
     }
     fn store_index(&self, off: u64, v: u32) {
-        view(self).store_index(off, v)
+        view(self).store_index(off, v);
     }
 }

@@ -66,7 +66,7 @@ pub fn send_frame(
                 sent += n;
                 first = false;
             }
-            Err(Errno::INTR) => continue,
+            Err(Errno::INTR) => {} // interrupted: again
             Err(e) => return Err(e.into()),
         }
     }
@@ -110,7 +110,7 @@ impl Receiver {
         let msg = loop {
             match recvmsg(sock, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
                 Ok(m) => break m,
-                Err(Errno::INTR) => continue,
+                Err(Errno::INTR) => {} // interrupted: again
                 Err(Errno::AGAIN) => return Err(TransportError::WouldBlock),
                 Err(e) => return Err(e.into()),
             }

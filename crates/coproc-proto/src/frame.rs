@@ -52,12 +52,15 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
 /// Encode a message as one frame of at most `limit` body bytes.
 pub fn encode_limited<T: Serialize>(msg: &T, limit: usize) -> Result<Vec<u8>, FrameError> {
     let body = serde_json::to_vec(msg).map_err(|e| FrameError::Encode(e.to_string()))?;
-    if body.len() > limit {
-        return Err(FrameError::TooLarge(body.len() as u32));
-    }
+    let len = u32::try_from(body.len())
+        .ok()
+        .filter(|_| body.len() <= limit)
+        .ok_or(FrameError::TooLarge(
+            u32::try_from(body.len()).unwrap_or(u32::MAX),
+        ))?;
     let mut out = Vec::with_capacity(HEADER + body.len());
     out.extend_from_slice(&MAGIC.to_le_bytes());
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&body);
     Ok(out)
 }

@@ -193,9 +193,10 @@ impl Ctx {
 
     /// When an arrival must wake this context.
     fn wake_due(&self) -> Option<u64> {
-        match self.waiting && self.pending.len() < PENDING_WINDOW {
-            true => self.arrivals.next(),
-            false => None,
+        if self.waiting && self.pending.len() < PENDING_WINDOW {
+            self.arrivals.next()
+        } else {
+            None
         }
     }
 
@@ -236,6 +237,7 @@ enum Park {
 type Hook = Box<dyn FnOnce() + Send>;
 type Waker = Arc<dyn Fn(VcoprocId) + Send + Sync>;
 
+#[allow(clippy::struct_excessive_bools)] // independent switches of one simulated device
 struct State {
     config: SimConfig,
     now: u64,
@@ -369,11 +371,17 @@ impl Sim {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn wait<'a>(&self, g: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        self.shared.cv.wait(g).unwrap_or_else(|e| e.into_inner())
+        self.shared
+            .cv
+            .wait(g)
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn notify(&self) {
@@ -501,7 +509,7 @@ impl Sim {
                 .shared
                 .cv
                 .wait_timeout(g, left)
-                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .0;
         }
     }
@@ -802,16 +810,13 @@ impl Sim {
                 if c.pending.is_empty() && !c.hog() {
                     let exit = c.workload.as_ref().is_some_and(|w| w.exit_when_done)
                         && c.arrivals.exhausted();
-                    return match exit {
-                        true => {
-                            c.exited = true;
-                            (g, StopReason::Exited(0))
-                        }
-                        false => {
-                            c.waiting = true;
-                            g.waiting.insert(cur);
-                            (g, StopReason::Waiting)
-                        }
+                    return if exit {
+                        c.exited = true;
+                        (g, StopReason::Exited(0))
+                    } else {
+                        c.waiting = true;
+                        g.waiting.insert(cur);
+                        (g, StopReason::Waiting)
                     };
                 }
             }
@@ -819,9 +824,10 @@ impl Sim {
             // and whether it is inside a non-preemptible stretch.
             let (in_np, step) = match c.pending.front().filter(|_| !hog_mid) {
                 Some(j) => {
-                    let np = match dispatch_only {
-                        true => Some((0, j.len)),
-                        false => j.nonpreempt,
+                    let np = if dispatch_only {
+                        Some((0, j.len))
+                    } else {
+                        j.nonpreempt
                     };
                     let in_np = np.is_some_and(|(o, l)| o < j.done && j.done < o + l);
                     let bounds = [
@@ -1000,9 +1006,10 @@ impl Device for SimDevice {
         Capabilities {
             class: "sim",
             model: "coproc-sim virtual-clock workload simulator".into(),
-            preemption: match cfg.dispatch_only {
-                true => Preemption::Dispatch,
-                false => Preemption::Instruction,
+            preemption: if cfg.dispatch_only {
+                Preemption::Dispatch
+            } else {
+                Preemption::Instruction
             },
             local_memory: 0,
             address_bits: 64,

@@ -204,9 +204,10 @@ fn bad(msg: String) -> SimError {
 }
 
 fn time(field: &str, v: u64) -> Result<(), SimError> {
-    match v > MAX_NS {
-        true => Err(bad(format!("{field} {v} exceeds {MAX_NS}"))),
-        false => Ok(()),
+    if v > MAX_NS {
+        Err(bad(format!("{field} {v} exceeds {MAX_NS}")))
+    } else {
+        Ok(())
     }
 }
 

@@ -1,6 +1,13 @@
 //! Hostile and random workloads: never a panic, and every run's `ran` is
 //! exactly the virtual time that passed.
 
+// Casts of values the test itself chose (sizes, counts, addresses).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use coproc_core::device::{ContextSpec, Device, StopReason, SwitchOutcome, VirtualClock};
 use coproc_core::{ControlBlock, VcoprocId};
 use coproc_sim::{Job, Periodic, Sim, SimConfig, Workload, MAX_NS};

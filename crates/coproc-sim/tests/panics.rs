@@ -4,6 +4,13 @@
 //! fails visibly, every waiter gets an error at once and shutdown completes.
 //! The simulated device panics on command (`Sim::panic_next`).
 
+// Casts of values the test itself chose (sizes, counts, addresses).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use coproc_core::fault::FaultReason;
 use coproc_core::iova::{MapKind, Perms};
 use coproc_core::memory::Region;
@@ -19,6 +26,7 @@ use std::time::Duration;
 
 const MS: u64 = 1_000_000;
 
+#[allow(clippy::unnecessary_box_returns)] // what Pcoproc::spawn takes
 fn rr() -> Box<RoundRobin> {
     Box::new(RoundRobin::new(Duration::from_millis(1)).unwrap())
 }
@@ -202,7 +210,7 @@ impl Policy for Panicky {
         self.inner.attach(v, params)
     }
     fn detach(&mut self, v: VcoprocId) {
-        self.inner.detach(v)
+        self.inner.detach(v);
     }
     fn set_params(&mut self, v: VcoprocId, params: &SchedParams) -> Result<(), PolicyError> {
         self.inner.set_params(v, params)
@@ -211,16 +219,14 @@ impl Policy for Panicky {
         self.inner.wake(v, now_ns)
     }
     fn block(&mut self, v: VcoprocId) {
-        self.inner.block(v)
+        self.inner.block(v);
     }
     fn pick(&mut self, now_ns: u64) -> Decision {
-        if self.armed.load(Ordering::SeqCst) {
-            panic!("policy bug");
-        }
+        assert!(!self.armed.load(Ordering::SeqCst), "policy bug");
         self.inner.pick(now_ns)
     }
     fn charge(&mut self, v: VcoprocId, ran: Duration, now_ns: u64, end: SliceEnd) {
-        self.inner.charge(v, ran, now_ns, end)
+        self.inner.charge(v, ran, now_ns, end);
     }
     fn standings(&self) -> Vec<Standing> {
         self.inner.standings()

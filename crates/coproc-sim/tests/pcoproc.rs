@@ -1,6 +1,13 @@
 //! A real pcoproc with round robin on the simulated device: exact,
 //! deterministic schedules in virtual time (no sleeps, no host timing).
 
+// Casts of values the test itself chose (sizes, counts, addresses).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use coproc_core::device::{DeviceError, SwitchOutcome};
 use coproc_core::fault::FaultReason;
 use coproc_core::pcoproc::TraceEntry;
@@ -16,6 +23,7 @@ const US: u64 = 1_000;
 const MS: u64 = 1_000_000;
 const S: u64 = 1_000_000_000;
 
+#[allow(clippy::unnecessary_box_returns)] // what Pcoproc::spawn takes
 fn rr(slice_ns: u64) -> Box<RoundRobin> {
     Box::new(RoundRobin::new(Duration::from_nanos(slice_ns)).unwrap())
 }
@@ -75,7 +83,7 @@ fn two_hogs_share_exactly_and_deterministically() {
     assert_eq!(trace.len(), 1000);
     for (i, e) in trace.iter().enumerate() {
         let i = i as u64;
-        assert_eq!(e.vcoproc.0 as u64, 1 + i % 2, "alternating");
+        assert_eq!(u64::from(e.vcoproc.0), 1 + i % 2, "alternating");
         assert_eq!((e.start_ns, e.ran_ns, e.budget_ns), (i * MS, MS, MS));
         assert!(e.runnable_after && !e.preempted);
     }

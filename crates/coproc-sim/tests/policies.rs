@@ -4,6 +4,13 @@
 //! timing), checked against expectations computed independently from the
 //! workload definitions, the sim's own per-context records and the trace.
 
+// Casts of values the test itself chose (sizes, counts, addresses).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use coproc_core::device::SwitchOutcome;
 use coproc_core::fault::FaultReason;
 use coproc_core::pcoproc::TraceEntry;
@@ -136,7 +143,7 @@ fn assert_close(got: u64, want: u64, pct: f64, what: &str) {
 /// The jobs of `w` in order of arrival (explicit jobs only).
 fn arrivals(w: &Workload) -> Vec<u64> {
     let mut a: Vec<u64> = w.jobs.iter().map(|j| j.at_ns).collect();
-    a.sort();
+    a.sort_unstable();
     a
 }
 

@@ -398,7 +398,7 @@ impl PcoprocConfig {
                     match &o.device {
                         None => {}
                         Some(GpuChoice::Index(i)) => {
-                            vk.selector = coproc_vulkan::Selector::Index(*i)
+                            vk.selector = coproc_vulkan::Selector::Index(*i);
                         }
                         Some(GpuChoice::Text(s)) => vk.selector = coproc_vulkan::Selector::parse(s),
                     }
@@ -690,7 +690,7 @@ mod tests {
         let d = vk("");
         assert_eq!(d.selector, Selector::Auto);
         assert_eq!(d.import, Import::Auto);
-        assert_eq!(d.watchdog, Duration::from_millis(2000));
+        assert_eq!(d.watchdog, Duration::from_secs(2));
         assert_eq!(vk("device = \"auto\"").selector, Selector::Auto);
         assert_eq!(vk("device = \"AUTO\"").selector, Selector::Auto);
         assert_eq!(vk("device = 1").selector, Selector::Index(1));

@@ -80,6 +80,13 @@ pub struct Usage {
 /// Events from other sessions queued for one session at most.
 pub const NOTICES: usize = 256;
 
+/// A quota count as the usage table holds it (counts never come near
+/// `u32::MAX`; one that did would saturate, not wrap).
+fn count(amount: u64) -> u32 {
+    u32::try_from(amount).unwrap_or(u32::MAX)
+}
+
+/// The daemon's tables: vcoprocs by wire id and what each domain uses.
 #[derive(Debug, Default)]
 pub struct Tables {
     /// Vcoprocs by wire id.
@@ -127,7 +134,7 @@ impl Drop for ConnectionSlot {
             .daemon
             .connections
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some((n, _)) = c.get_mut(&self.uid) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -195,7 +202,10 @@ impl Daemon {
     /// (`max_connections_per_uid`; administrators are not limited).
     pub fn admit(self: &Arc<Daemon>, who: &Identity) -> Result<ConnectionSlot, WireError> {
         let d = &self.config.daemon;
-        let mut c = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self
+            .connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (n, budget) = c.entry(who.uid).or_insert_with(|| {
             let b =
                 coproc_core::ratelimit::Budget::new(d.domain_request_burst, d.domain_request_rate);
@@ -217,7 +227,10 @@ impl Daemon {
 
     /// The log rate limit of domain `uid`.
     pub fn log_limit(&self, uid: u32) -> Arc<coproc_core::ratelimit::RateLimit> {
-        let mut l = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut l = self
+            .logs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if l.len() > 4096 {
             l.retain(|_, r| Arc::strong_count(r) > 1);
         }
@@ -226,7 +239,9 @@ impl Daemon {
 
     /// Lock the tables.
     pub fn tables(&self) -> MutexGuard<'_, Tables> {
-        self.tables.lock().unwrap_or_else(|e| e.into_inner())
+        self.tables
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A new session id; counts the session for its domain.
@@ -294,7 +309,7 @@ impl Daemon {
             u.vcoprocs = u.vcoprocs.saturating_sub(1);
             u.mapped_bytes = u.mapped_bytes.saturating_sub(e.mapped.values().sum());
             u.queues = u.queues.saturating_sub(e.queues);
-            u.mappings = u.mappings.saturating_sub(e.mapped.len() as u32);
+            u.mappings = u.mappings.saturating_sub(count(e.mapped.len() as u64));
         }
     }
 
@@ -353,10 +368,10 @@ impl Daemon {
             ));
         }
         match what {
-            Quota::Vcoprocs => u.vcoprocs += amount as u32,
+            Quota::Vcoprocs => u.vcoprocs = u.vcoprocs.saturating_add(count(amount)),
             Quota::Bytes => u.mapped_bytes += amount,
-            Quota::Queues => u.queues += amount as u32,
-            Quota::Mappings => u.mappings += amount as u32,
+            Quota::Queues => u.queues = u.queues.saturating_add(count(amount)),
+            Quota::Mappings => u.mappings = u.mappings.saturating_add(count(amount)),
         }
         Ok(())
     }
@@ -366,10 +381,10 @@ impl Daemon {
         let mut t = self.tables();
         if let Some(u) = t.usage.get_mut(&uid) {
             match what {
-                Quota::Vcoprocs => u.vcoprocs = u.vcoprocs.saturating_sub(amount as u32),
+                Quota::Vcoprocs => u.vcoprocs = u.vcoprocs.saturating_sub(count(amount)),
                 Quota::Bytes => u.mapped_bytes = u.mapped_bytes.saturating_sub(amount),
-                Quota::Queues => u.queues = u.queues.saturating_sub(amount as u32),
-                Quota::Mappings => u.mappings = u.mappings.saturating_sub(amount as u32),
+                Quota::Queues => u.queues = u.queues.saturating_sub(count(amount)),
+                Quota::Mappings => u.mappings = u.mappings.saturating_sub(count(amount)),
             }
         }
     }
@@ -389,7 +404,10 @@ impl Daemon {
         session: u64,
         tx: Option<tokio::sync::mpsc::Sender<coproc_proto::Event>>,
     ) {
-        let mut n = self.notices.lock().unwrap_or_else(|e| e.into_inner());
+        let mut n = self
+            .notices
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match tx {
             Some(tx) => n.insert(session, tx),
             None => n.remove(&session),
@@ -399,7 +417,10 @@ impl Daemon {
     /// Send `event` to session `session`, if it still exists; dropped if
     /// the session does not keep up (its queue holds [`NOTICES`]).
     pub fn notice(&self, session: u64, event: coproc_proto::Event) {
-        let n = self.notices.lock().unwrap_or_else(|e| e.into_inner());
+        let n = self
+            .notices
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(tx) = n.get(&session) {
             if tx.try_send(event).is_err() {
                 tracing::debug!(session, "event for a session dropped: its queue is full");
@@ -460,7 +481,7 @@ mod tests {
                 }
                 let t = d.tables();
                 for (u, h) in held.iter().enumerate() {
-                    let usage = t.usage.get(&(u as u32)).cloned().unwrap_or_default();
+                    let usage = t.usage.get(&count(u as u64)).copied().unwrap_or_default();
                     let maps = h.iter().filter(|x| !x.0).count() as u64;
                     let b: u64 = h.iter().filter(|x| x.0).map(|x| x.1).sum();
                     prop_assert_eq!(u64::from(usage.mappings), maps);

@@ -144,7 +144,7 @@ pub async fn run(daemon: Arc<Daemon>, path: PathBuf) -> anyhow::Result<()> {
                 };
                 sessions.spawn(crate::session::serve(daemon.clone(), stream, who, slot, stop_rx.clone()));
             }
-            _ = tokio::time::sleep(pause), if paused => paused = false,
+            () = tokio::time::sleep(pause), if paused => paused = false,
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             _ = term.recv() => break,
             _ = int.recv() => break,

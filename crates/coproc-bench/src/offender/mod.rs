@@ -384,7 +384,9 @@ pub(crate) fn offend(
                 let t = Instant::now();
                 let mut x = 1u64;
                 while t.elapsed() < Duration::from_millis(1) {
-                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                    x = std::hint::black_box(
+                        x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1),
+                    );
                 }
                 done();
             }

@@ -343,8 +343,7 @@ impl VcoprocHandle {
             let st = g
                 .vcoprocs
                 .get(&self.id)
-                .map(|v| v.state)
-                .unwrap_or(VcoprocState::Destroyed);
+                .map_or(VcoprocState::Destroyed, |v| v.state);
             if pred(st) {
                 return Ok(st);
             }
@@ -355,7 +354,7 @@ impl VcoprocHandle {
             g = shared
                 .state_cv
                 .wait_timeout(g, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .0;
         }
     }

@@ -265,7 +265,7 @@ impl Pcoproc {
                 .shared
                 .last_panic
                 .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone();
             CoreError::Panicked(msg)
         })?
@@ -489,7 +489,10 @@ impl Pcoproc {
             }
         }
         self.shared.kick_runner();
-        let mut slot = self.thread.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self
+            .thread
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Called on the runner thread itself (the last handle dropped by a
         // device hook): it sees `shutdown` when the hook returns and ends.
         if slot
@@ -578,7 +581,7 @@ impl Pcoproc {
         self.shared
             .tidy
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push((id, iova, view));
         self.shared.deferred.store(true, Ordering::SeqCst);
         if self.shared.slice_running.load(Ordering::SeqCst) {

@@ -442,9 +442,10 @@ impl Policy for Credit {
             return WakeAction::None;
         }
         let granularity = weighted(nanos(self.slice) / 4, e.weight);
-        match e.vtime.saturating_add(granularity) < Self::running_vtime(&r, now_ns) {
-            true => WakeAction::Preempt,
-            false => WakeAction::None,
+        if e.vtime.saturating_add(granularity) < Self::running_vtime(&r, now_ns) {
+            WakeAction::Preempt
+        } else {
+            WakeAction::None
         }
     }
 

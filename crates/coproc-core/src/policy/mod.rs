@@ -194,6 +194,17 @@ pub fn build(name: &str, params: &[(String, String)]) -> Result<Box<dyn Policy>,
 }
 
 /// Refuse parameters a policy does not know.
+/// A count or time as a standing's figure (figures are `i64`, where -1
+/// means "none"); one past `i64::MAX` shows as `i64::MAX`.
+pub(crate) fn figure(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// `d` in whole microseconds as a standing's figure.
+pub(crate) fn figure_us(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
 pub(crate) fn check_known(
     policy: &str,
     params: &[(String, String)],
@@ -238,7 +249,8 @@ pub(crate) fn parse_us(
     min: Duration,
     max: Duration,
 ) -> Result<Duration, PolicyError> {
-    let us = parse_u64(key, value, min.as_micros() as u64, max.as_micros() as u64)?;
+    let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    let us = parse_u64(key, value, micros(min), micros(max))?;
     Ok(Duration::from_micros(us))
 }
 

@@ -152,20 +152,18 @@ impl Policy for Priority {
 
     fn attach(&mut self, v: VcoprocId, params: &SchedParams) -> Result<(), PolicyError> {
         params.validate()?;
-        match self.entries.get(&v) {
+        if self.entries.contains_key(&v) {
             // Attached again: take the new priority like set_params.
-            Some(_) => self.set_params(v, params),
-            None => {
-                self.entries.insert(
-                    v,
-                    Entry {
-                        prio: params.priority,
-                        ..Entry::default()
-                    },
-                );
-                Ok(())
-            }
+            return self.set_params(v, params);
         }
+        self.entries.insert(
+            v,
+            Entry {
+                prio: params.priority,
+                ..Entry::default()
+            },
+        );
+        Ok(())
     }
 
     fn detach(&mut self, v: VcoprocId) {

@@ -198,11 +198,8 @@ impl Policy for RoundRobin {
                 vcoproc: v,
                 queued: e.queued.is_some(),
                 figures: vec![
-                    ("picks".into(), e.picks as i64),
-                    (
-                        "slice_left_us".into(),
-                        e.left.map_or(-1, |l| l.as_micros() as i64),
-                    ),
+                    ("picks".into(), super::figure(e.picks)),
+                    ("slice_left_us".into(), e.left.map_or(-1, super::figure_us)),
                 ],
             })
             .collect();

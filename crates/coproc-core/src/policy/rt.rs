@@ -127,7 +127,7 @@ impl Reservation {
             period,
             next: None,
             deadline: None,
-            left: budget as i64,
+            left: super::figure(budget),
         }
     }
 }
@@ -192,7 +192,7 @@ impl Entry {
                     r.period = p;
                 }
                 r.deadline = Some(now.saturating_add(r.period));
-                r.left = r.budget as i64;
+                r.left = super::figure(r.budget);
                 self.releases += 1;
             }
             Some(d) if now >= d => {
@@ -204,7 +204,7 @@ impl Entry {
                 let k = (now - d) / period + 1;
                 r.deadline = Some(d.saturating_add(k.saturating_mul(period)));
                 let debt = r.left.min(0).unsigned_abs().min(r.budget);
-                r.left = (r.budget - debt) as i64;
+                r.left = super::figure(r.budget - debt);
                 self.releases += 1;
             }
             Some(_) => {}
@@ -277,7 +277,7 @@ impl Rt {
     pub fn from_params(params: &[(String, String)]) -> Result<Self, PolicyError> {
         super::check_known("rt", params, &["capacity_pct", "slice_us"])?;
         let capacity = match super::param(params, "capacity_pct") {
-            Some(v) => super::parse_u64("capacity_pct", v, 1, 100)? as u32,
+            Some(v) => u32::try_from(super::parse_u64("capacity_pct", v, 1, 100)?).unwrap_or(100),
             None => Self::DEFAULT_CAPACITY_PCT,
         };
         let slice = match super::param(params, "slice_us") {
@@ -541,7 +541,7 @@ impl Policy for Rt {
             };
             e.queued = Queued::No;
             e.picks += 1;
-            let left = e.res.map_or(0, |r| r.left.max(0) as u64);
+            let left = e.res.map_or(0, |r| r.left.max(0).unsigned_abs());
             let until = self
                 .releases
                 .first()
@@ -591,7 +591,10 @@ impl Policy for Rt {
                     self.unqueue(v);
                 }
                 if let Some(r) = self.entries.get_mut(&v).and_then(|e| e.res.as_mut()) {
-                    r.left = r.left.saturating_sub(ran as i64).max(-(r.budget as i64));
+                    r.left = r
+                        .left
+                        .saturating_sub(super::figure(ran))
+                        .max(-super::figure(r.budget));
                 }
             }
             // Time charged to an unanchored reservation has no period to
@@ -626,16 +629,16 @@ impl Policy for Rt {
                     vcoproc: v,
                     queued: e.queued != Queued::No,
                     figures: vec![
-                        ("budget_us".into(), figure(|r| us(r.budget as i64))),
-                        ("period_us".into(), figure(|r| us(r.period as i64))),
+                        ("budget_us".into(), figure(|r| us(super::figure(r.budget)))),
+                        ("period_us".into(), figure(|r| us(super::figure(r.period)))),
                         ("budget_left_us".into(), r.map_or(0, |r| us(r.left))),
                         (
                             "deadline_us".into(),
-                            figure(|r| r.deadline.map_or(-1, |d| us(d.min(MAX_NS) as i64))),
+                            figure(|r| r.deadline.map_or(-1, |d| us(super::figure(d.min(MAX_NS))))),
                         ),
-                        ("overruns".into(), e.overruns as i64),
-                        ("releases".into(), e.releases as i64),
-                        ("picks".into(), e.picks as i64),
+                        ("overruns".into(), super::figure(e.overruns)),
+                        ("releases".into(), super::figure(e.releases)),
+                        ("picks".into(), super::figure(e.picks)),
                     ],
                 }
             })

@@ -427,13 +427,14 @@ impl Policy for Table {
                     frame_start.saturating_add(w.start),
                     frame_start.saturating_add(w.end),
                 );
-                match self
+                if self
                     .owner_end(v, start, end, now, false)
                     .saturating_sub(now)
                     >= MIN_RUN
                 {
-                    true => WakeAction::Preempt,
-                    false => WakeAction::None,
+                    WakeAction::Preempt
+                } else {
+                    WakeAction::None
                 }
             }
             _ => WakeAction::None,
@@ -474,9 +475,10 @@ impl Policy for Table {
                 return self.run(v, gap.min(ns(Self::FILL_SLICE)), false);
             }
         }
-        match self.queue.is_empty() {
-            true => Decision::Idle(None),
-            false => Decision::Idle(Some(Duration::from_nanos(next))),
+        if self.queue.is_empty() {
+            Decision::Idle(None)
+        } else {
+            Decision::Idle(Some(Duration::from_nanos(next)))
         }
     }
 

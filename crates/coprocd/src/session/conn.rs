@@ -1,7 +1,10 @@
 //! The socket side of a session: reading frames, the request budgets,
 //! writing replies and events with a timeout, the hello timeout, shutdown.
 
-use super::*;
+use super::{
+    decode, err, mpsc, watch, Arc, AsFd, AsyncWriteExt, ClientFrame, Daemon, Duration, ErrorCode,
+    Event, Identity, Interest, Receiver, Request, ServerFrame, Session, TransportError, UnixStream,
+};
 
 /// Why a session's connection is done with.
 #[derive(Debug)]
@@ -35,7 +38,7 @@ impl Conn {
     /// shuts down first.
     async fn pause(&mut self, d: Duration) -> Result<(), Ended> {
         tokio::select! {
-            _ = tokio::time::sleep(d) => Ok(()),
+            () = tokio::time::sleep(d) => Ok(()),
             _ = self.shutdown.wait_for(|stop| *stop) => Err(Ended),
         }
     }
@@ -54,7 +57,7 @@ impl Budgets<'_> {
         let domain = self
             .domain
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take(cost);
         own.max(domain)
     }
@@ -97,7 +100,7 @@ async fn fill(stream: &UnixStream, rx: &mut Receiver) -> Result<usize, Transport
         });
         match r {
             Ok(res) => return res,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {} // not ready: again
             Err(e) => {
                 return Err(TransportError::Io(
                     rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO),
@@ -230,7 +233,7 @@ async fn session_loop(
             },
             Some(vid) = wrx.recv() => Woken::Vcoproc(vid),
             Some(event) = nrx.recv() => Woken::Notice(event),
-            _ = tokio::time::sleep_until(hello_by), if !greeted => {
+            () = tokio::time::sleep_until(hello_by), if !greeted => {
                 if let Some(sup) = s.log.check() {
                     tracing::info!(session = id, uid, suppressed = sup, "closing session: no hello in time");
                 }

@@ -1,7 +1,10 @@
 //! The session's listener on a vcoproc's control block (`Hooks`): events
 //! for the session task and the completion eventfds' writer thread.
 
-use super::*;
+use super::{
+    fault_info, mpsc, Arc, AtomicBool, Attachment, ControlEvent, Entry, Event, Listener, Mutex,
+    Ordering, OwnedFd, Session, VcoprocState,
+};
 
 /// What a vcoproc's control block listener does for this session. It runs
 /// on the runner thread, so it never blocks and never allocates per event:
@@ -42,10 +45,13 @@ impl crate::daemon::Attachment for Hooks {
         self.subscribed.store(false, Ordering::Release);
         // The writer thread ends when its only sender goes; the completion
         // eventfds close now.
-        self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         self.completions
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clear();
     }
 }
@@ -56,18 +62,24 @@ impl Hooks {
             if let Some(w) = self
                 .writer
                 .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .as_ref()
             {
                 // Full means a write is already due: merged.
                 let _ = w.try_send(());
             }
             if self.subscribed.load(Ordering::Acquire) {
-                *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(n);
+                *self
+                    .latest
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(n);
             }
         } else if let ControlEvent::PageFault { addr, access } = ev {
             if self.subscribed.load(Ordering::Acquire) {
-                *self.page_fault.lock().unwrap_or_else(|e| e.into_inner()) = Some((addr, access));
+                *self
+                    .page_fault
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((addr, access));
             }
         } else {
             self.kicked.store(true, Ordering::Release);
@@ -82,7 +94,10 @@ impl Hooks {
 
     /// Start the completion writer thread (once).
     pub(super) fn start_writer(&self) {
-        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut w = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if w.is_some() {
             return;
         }
@@ -92,7 +107,11 @@ impl Hooks {
             .name(format!("completions-{}", self.id))
             .spawn(move || {
                 while rx.recv().is_ok() {
-                    for fd in fds.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                    for fd in fds
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .iter()
+                    {
                         // Write only when a write cannot block; if the domain
                         // races us into a full counter, only this thread waits.
                         let mut p = [rustix::event::PollFd::new(
@@ -143,7 +162,7 @@ impl Session {
             queued: false.into(),
             page_fault: Mutex::new(None),
             wake: self.wake.clone(),
-            completions: Default::default(),
+            completions: Arc::default(),
             writer: Mutex::new(None),
         });
         let h2 = h.clone();
@@ -168,7 +187,12 @@ impl Session {
         };
         h.queued.store(false, Ordering::Release);
         let mut out = Vec::new();
-        if let Some(n) = h.latest.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(n) = h
+            .latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
             out.push(Event::Notify {
                 vcoproc: id,
                 seq: n.seq,
@@ -178,7 +202,7 @@ impl Session {
         let pf = h
             .page_fault
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
         if let Some((iova, access)) = pf {
             out.push(Event::PageFault {
@@ -214,7 +238,10 @@ impl Session {
         }
         let now = Some((i.state, i.stats.faults));
         if std::mem::replace(
-            &mut *h.reported.lock().unwrap_or_else(|e| e.into_inner()),
+            &mut *h
+                .reported
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
             now,
         ) == now
         {

@@ -1,7 +1,9 @@
 //! Listings: pcoprocs, vcoprocs, domains, faults.
 
-use super::*;
+use super::{fault_info, info, Answer, CoprocInfo, DomainInfo, Entry, Session, WireError};
 
+// Every request handler has the same signature, listings included.
+#[allow(clippy::unnecessary_wraps)]
 impl Session {
     /// `list-coprocs`.
     pub(super) fn list_coprocs(&mut self) -> Result<Answer, WireError> {
@@ -19,7 +21,7 @@ impl Session {
                 class: caps.class.to_string(),
                 model: caps.model.clone(),
                 policy: pc.sched_info().policy,
-                vcoprocs: pc.vcoprocs().len() as u32,
+                vcoprocs: u32::try_from(pc.vcoprocs().len()).unwrap_or(u32::MAX),
                 utilisation_pct: (busy as f64 * 1000.0 / now as f64).round() / 10.0,
                 iova_base: caps.iova_base,
                 iova_size: caps.iova_size,

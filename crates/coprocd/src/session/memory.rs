@@ -2,7 +2,10 @@
 //! memory, revoke, mapping listings.
 
 use super::hooks::is_eventfd;
-use super::*;
+use super::{
+    core_err, err, Answer, Arc, Entry, ErrorCode, Event, MapKind, MappingInfo, OwnedFd, Perms,
+    Quota, Region, Session, WireError, WireMapKind, WirePerms,
+};
 
 impl Session {
     /// Map domain memory from `fd` into vcoproc `vcoproc`, within quota.
@@ -317,7 +320,7 @@ impl Session {
         hooks
             .completions
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(completion);
         hooks.start_writer();
         Ok(Answer::Done)

@@ -22,7 +22,11 @@ use coproc_core::state::VcoprocState;
 use coproc_core::{CoreError, DeviceError};
 use coproc_proto::fdpass::{Receiver, TransportError};
 use coproc_proto::frame::decode;
-use coproc_proto::*;
+use coproc_proto::{
+    Answer, ClientFrame, CoprocInfo, DomainInfo, ErrorCode, Event, FaultInfo, Identity,
+    MappingInfo, ParamChange, Request, SchedInfo, ServerFrame, VcoprocInfo, WireError, WireMapKind,
+    WirePerms, VERSION,
+};
 use rustix::fd::{AsFd, OwnedFd};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -95,6 +99,11 @@ fn core_err(e: CoreError) -> WireError {
     }
 }
 
+/// `d` in whole microseconds, as the wire carries it.
+fn micros(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
 fn info(id: u32, e: &Entry) -> Result<VcoprocInfo, WireError> {
     let i = e.handle.info().map_err(core_err)?;
     Ok(VcoprocInfo {
@@ -107,16 +116,13 @@ fn info(id: u32, e: &Entry) -> Result<VcoprocInfo, WireError> {
         slices: i.stats.slices,
         switches: i.stats.switches,
         faults: i.stats.faults,
-        mappings: i.mappings as u32,
+        mappings: u32::try_from(i.mappings).unwrap_or(u32::MAX),
         mapped_bytes: i.mapped_bytes,
         exit_code: i.exit_code,
         weight: i.params.weight,
         priority: i.params.priority,
         cap_pct: i.params.cap_pct,
-        reservation_us: i
-            .params
-            .reservation
-            .map(|(b, p)| (b.as_micros() as u64, p.as_micros() as u64)),
+        reservation_us: i.params.reservation.map(|(b, p)| (micros(b), micros(p))),
         run_delay_max_ns: i.stats.run_delay_max_ns,
         last_fault: i
             .last_fault
@@ -189,6 +195,7 @@ impl Session {
         Ok(fds.remove(0))
     }
 
+    /// Answer one request (with the descriptors that came with it).
     pub fn handle(&mut self, req: Request, fds: Vec<OwnedFd>) -> Result<Answer, WireError> {
         if !self.greeted {
             return match req {

@@ -1,6 +1,9 @@
 //! Scheduling requests: a pcoproc's policy and a vcoproc's parameters.
 
-use super::*;
+use super::{
+    core_err, err, Answer, Duration, ErrorCode, HashMap, ParamChange, SchedInfo, SchedParams,
+    Session, WireError,
+};
 
 /// Apply a `vcoproc-set` change to `p`.
 fn apply_change(p: &mut SchedParams, set: &ParamChange) -> Result<(), WireError> {
@@ -17,7 +20,7 @@ fn apply_change(p: &mut SchedParams, set: &ParamChange) -> Result<(), WireError>
         (None, None) => {}
         (Some(0), _) => p.reservation = None,
         (Some(b), Some(per)) => {
-            p.reservation = Some((Duration::from_micros(b), Duration::from_micros(per)))
+            p.reservation = Some((Duration::from_micros(b), Duration::from_micros(per)));
         }
         (Some(b), None) => match p.reservation {
             Some((_, per)) => p.reservation = Some((Duration::from_micros(b), per)),

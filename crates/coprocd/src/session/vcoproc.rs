@@ -1,7 +1,12 @@
 //! Requests on a vcoproc's life: open, load firmware, start, stop, reset,
 //! destroy, query, subscribe, mailbox, doorbell, demand faults.
 
-use super::*;
+use super::{
+    core_err, err, info, Answer, Duration, Entry, ErrorCode, Event, Ordering, OwnedFd, Quota,
+    Session, VcoprocState, WireError, MAX_FIRMWARE,
+};
+use coproc_core::policy::SchedParams;
+use std::collections::BTreeMap;
 
 /// The `len` bytes of a firmware image from `fd`, which must be a memfd
 /// sealed against writing and shrinking: a read of it never blocks (no
@@ -27,7 +32,13 @@ fn read_firmware(fd: &OwnedFd, len: u64) -> Result<Vec<u8>, WireError> {
             format!("firmware memfd holds {size} bytes, {len} announced"),
         ));
     }
-    let mut image = vec![0u8; len as usize];
+    let len = usize::try_from(len).map_err(|_| {
+        err(
+            ErrorCode::InvalidArgument,
+            format!("firmware of {len} bytes"),
+        )
+    })?;
+    let mut image = vec![0u8; len];
     let mut done = 0;
     while done < image.len() {
         match rustix::io::pread(fd, &mut image[done..], done as u64) {
@@ -63,7 +74,7 @@ impl Session {
             u64::from(rule.max_vcoprocs),
         )?;
         let handle =
-            match pc.create_vcoproc(coproc_core::DomainId(self.who.uid), Default::default()) {
+            match pc.create_vcoproc(coproc_core::DomainId(self.who.uid), SchedParams::default()) {
                 Ok(h) => h,
                 Err(e) => {
                     d.unreserve(self.who.uid, Quota::Vcoprocs, 1);
@@ -75,7 +86,7 @@ impl Session {
             handle,
             uid: self.who.uid,
             session: self.id,
-            mapped: Default::default(),
+            mapped: BTreeMap::default(),
             queues: 0,
             attachment: None,
         });

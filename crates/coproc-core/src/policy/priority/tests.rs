@@ -1,3 +1,10 @@
+// Casts of values the test itself chose.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 //! Tests of `priority`, most of them on the policy test kit.
 
 use super::*;
