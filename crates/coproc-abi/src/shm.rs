@@ -52,8 +52,10 @@ pub struct Shared<'a> {
 // and atomics, which are the contract of memory shared between threads and
 // processes; it holds no reference and no thread-local state.
 unsafe impl Send for Shared<'_> {}
-// SAFETY: as above: concurrent volatile copies and atomics through shared
-// `&Shared` are what shared memory is for.
+// SAFETY: every method of `&Shared` reaches the memory only through
+// volatile copies and atomics, never through a reference, so any number of
+// threads may use one view at once: concurrent access is the contract of
+// memory shared between processes, and the view holds no other state.
 unsafe impl Sync for Shared<'_> {}
 
 impl<'a> Shared<'a> {

@@ -92,7 +92,10 @@ pub struct Region {
 // SAFETY: the region is plain memory; all host access goes through raw
 // copies (`read`/`write`) and the mapping lives until `drop`.
 unsafe impl Send for Region {}
-// SAFETY: as above; concurrent copies are the shared-memory contract.
+// SAFETY: `&Region` reaches its memory only through raw copies (`read`,
+// `write`) and the alias list behind its mutex; the mapping stays valid
+// until `drop`, which needs the region owned. Concurrent copies from
+// several threads are the shared-memory contract, never a reference.
 unsafe impl Sync for Region {}
 
 /// `len` as a host size. Region lengths are checked against `isize::MAX`
@@ -646,7 +649,8 @@ mod tests {
         // An alias added after the trap is trapped at once.
         let late = alias_of(&v, len);
         assert_eq!(peek(late, 6), b"DOMAIN");
-        // SAFETY: as above.
+        // SAFETY: `late` is this test's own mapping of the view's memory,
+        // unmapped only after the region is dropped; no references exist.
         unsafe { v.add_alias(late, len) };
         assert_eq!(peek(late, 6), [0; 6]);
         poke(late, b"lost");
