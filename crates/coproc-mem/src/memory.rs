@@ -6,6 +6,7 @@
 //! goes through [`Region::read`] and [`Region::write`], which copy bytes and
 //! never form references to the shared pages.
 
+use coproc_abi::Shared;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -435,17 +436,30 @@ impl Region {
         }
     }
 
+    /// The region as `coproc-abi` shared memory, borrowed from it: the one
+    /// typed accessor (volatile copies, atomic indexes) every host access
+    /// goes through.
+    pub fn as_shared(&self) -> Shared<'_> {
+        // SAFETY: `ptr..ptr + len` is the region's live mapping (`len` fit
+        // `isize` when it was made), valid for reads and writes until the
+        // region drops, which the view's borrow of `self` outlasts; host
+        // code never forms references to it, only volatile copies and
+        // atomics, so other processes and the device may use it meanwhile.
+        unsafe { Shared::new(self.as_ptr(), self.bytes()) }
+            .unwrap_or_else(|| unreachable!("a region's mapping is never at address 0"))
+    }
+
     /// Copy bytes out of the region.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
         // Bounds are checked by the view.
-        crate::shared::view(self)
+        self.as_shared()
             .read(offset, buf)
             .map_err(|_| self.out_of_range(offset, buf.len() as u64))
     }
 
     /// Copy bytes into the region.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), MemoryError> {
-        crate::shared::view(self)
+        self.as_shared()
             .write(offset, data)
             .map_err(|_| self.out_of_range(offset, data.len() as u64))
     }

@@ -7,13 +7,10 @@ use crate::memory::Region;
 use coproc_abi::queue::QueueMem;
 use coproc_abi::Shared;
 
-/// The region as a [`Shared`] view, borrowed from it.
+/// The region as a [`Shared`] view, borrowed from it
+/// ([`Region::as_shared`]).
 pub fn view(r: &Region) -> Shared<'_> {
-    // SAFETY: `as_ptr()..as_ptr() + len()` is the region's live mapping,
-    // valid for reads and writes until the region drops, which the view's
-    // borrow of `r` outlasts; host code never forms references to it.
-    unsafe { Shared::new(r.as_ptr(), usize::try_from(r.len()).unwrap_or(0)) }
-        .unwrap_or_else(|| unreachable!("a region's mapping is never at address 0"))
+    r.as_shared()
 }
 
 impl QueueMem for Region {
