@@ -107,6 +107,25 @@ impl Client {
     /// each time the vcoproc runs, so attach before the first
     /// [`Queue::submit_job`] (before or after `start`). The iova must fit
     /// 32 bits (the class's window does).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use coproc_client::*;
+    /// # use std::time::Duration;
+    /// # fn main() -> Result<(), ClientError> {
+    /// let mut c = Client::connect()?;
+    /// let v = c.open("gpu0")?;
+    /// c.load_firmware(v, "saxpy", b"@compute @workgroup_size(64) fn main() {}")?;
+    /// let mut q = c.create_queue(v, 0x1000_0000, 64)?;
+    /// c.gpu_attach(v, &q)?;
+    /// c.start(v)?;
+    /// let signal = q.submit_job(&Job::new().dispatch(0, [1, 1, 1]))?;
+    /// let done = q.wait_job(signal, Duration::from_secs(5))?;
+    /// assert_eq!(done.status, Some(Status::Ok));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn gpu_attach(&mut self, vcoproc: u32, queue: &Queue) -> Result<(), ClientError> {
         let iova = u32::try_from(queue.iova()).map_err(|_| {
             ClientError::Invalid(format!(

@@ -170,11 +170,37 @@ pub struct Client {
 
 impl Client {
     /// Connect to the default socket.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use coproc_client::*;
+    /// # use std::time::Duration;
+    /// # fn main() -> Result<(), ClientError> {
+    /// let mut c = Client::connect()?;
+    /// println!("domain {}", c.identity().uid);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn connect() -> Result<Client, ClientError> {
         Client::connect_to(&default_socket())
     }
 
     /// Connect to the daemon at `path` and say hello.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use coproc_client::*;
+    /// # use std::time::Duration;
+    /// # fn main() -> Result<(), ClientError> {
+    /// let mut c = Client::connect_to(std::path::Path::new("/run/coproc/coprocd.sock"))?;
+    /// for p in c.list_coprocs()? {
+    ///     println!("{} ({})", p.name, p.class);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn connect_to(path: &Path) -> Result<Client, ClientError> {
         let sock = UnixStream::connect(path).map_err(|err| ClientError::Connect {
             path: path.into(),
@@ -277,11 +303,37 @@ impl Client {
     }
 
     /// Pcoprocs this domain may use.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use coproc_client::*;
+    /// # use std::time::Duration;
+    /// # fn main() -> Result<(), ClientError> {
+    /// let mut c = Client::connect()?;
+    /// let names: Vec<String> = c.list_coprocs()?.into_iter().map(|p| p.name).collect();
+    /// assert!(!names.is_empty());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn list_coprocs(&mut self) -> Result<Vec<CoprocInfo>, ClientError> {
         answer!(self.call(Request::ListCoprocs, &[])?, Answer::Coprocs { coprocs } => coprocs)
     }
 
     /// Open a vcoproc on `coproc`; returns its id.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use coproc_client::*;
+    /// # use std::time::Duration;
+    /// # fn main() -> Result<(), ClientError> {
+    /// let mut c = Client::connect()?;
+    /// let v = c.open("mcu0")?; // a vcoproc id, destroyed with the session
+    /// c.destroy(v)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn open(&mut self, coproc: &str) -> Result<u32, ClientError> {
         answer!(self.call(
             Request::OpenVcoproc {
@@ -292,6 +344,21 @@ impl Client {
     }
 
     /// Load a firmware image (sent as a memfd the daemon reads from).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use coproc_client::*;
+    /// # use std::time::Duration;
+    /// # fn main() -> Result<(), ClientError> {
+    /// let mut c = Client::connect()?;
+    /// let v = c.open("mcu0")?;
+    /// let elf = std::fs::read("crc32.elf").expect("a firmware image");
+    /// c.load_firmware(v, "crc32", &elf)?;
+    /// c.start(v)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn load_firmware(
         &mut self,
         vcoproc: u32,
@@ -308,6 +375,20 @@ impl Client {
     }
 
     /// Map `len` bytes of `mem` from `offset` at `iova` in the vcoproc.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use coproc_client::*;
+    /// # use std::time::Duration;
+    /// # fn main() -> Result<(), ClientError> {
+    /// let mut c = Client::connect()?;
+    /// let v = c.open("mcu0")?;
+    /// let mem = SharedMem::with_contents(b"input for the firmware")?;
+    /// c.map(v, &mem, 0, 0x6000_0000, mem.len(), WirePerms::Rw, WireMapKind::Pinned)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     #[allow(clippy::too_many_arguments)]
     pub fn map(
         &mut self,
@@ -332,6 +413,25 @@ impl Client {
 
     /// Create an event-driven queue of `entries` entries whose rings
     /// appear at `iova`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use coproc_client::*;
+    /// # use std::time::Duration;
+    /// # fn main() -> Result<(), ClientError> {
+    /// let mut c = Client::connect()?;
+    /// let v = c.open("mcu0")?;
+    /// let mut q = c.create_queue(v, 0x6000_0000, 64)?;
+    /// q.submit(&Sqe { opcode: 1, tag: 7, args: [0; 14] });
+    /// q.ring()?;
+    /// if q.wait(Duration::from_secs(1))? {
+    ///     let done = q.complete().expect("a completion");
+    ///     assert_eq!(done.tag, 7);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn create_queue(
         &mut self,
         vcoproc: u32,
@@ -349,6 +449,21 @@ impl Client {
     /// (`coproc_queue_idle` in the mcu SDK) spins on the submission tail
     /// for as long before it parks. The budget is written into the queue
     /// header's flags word.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use coproc_client::*;
+    /// # use std::time::Duration;
+    /// # fn main() -> Result<(), ClientError> {
+    /// let mut c = Client::connect()?;
+    /// let v = c.open("mcu0")?;
+    /// // Spin up to 50 µs on the completion tail before sleeping.
+    /// let q = c.create_queue_with(v, 0x6000_0000, 64, Duration::from_micros(50))?;
+    /// assert_eq!(q.busy_poll(), Duration::from_micros(50));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn create_queue_with(
         &mut self,
         vcoproc: u32,
@@ -381,6 +496,20 @@ impl Client {
     }
 
     /// Write mailbox-in words from `index`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use coproc_client::*;
+    /// # use std::time::Duration;
+    /// # fn main() -> Result<(), ClientError> {
+    /// let mut c = Client::connect()?;
+    /// let v = c.open("mcu0")?;
+    /// c.mbox_write(v, 0, &[0x6000_0000, 4096])?; // words 0 and 1
+    /// c.doorbell(v)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn mbox_write(
         &mut self,
         vcoproc: u32,
@@ -395,16 +524,61 @@ impl Client {
     }
 
     /// Read the mailbox-out words and the latest notification sequence.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use coproc_client::*;
+    /// # use std::time::Duration;
+    /// # fn main() -> Result<(), ClientError> {
+    /// let mut c = Client::connect()?;
+    /// let v = c.open("mcu0")?;
+    /// let (words, seq) = c.mbox_read(v)?;
+    /// println!("word 2 = {:#x} (notification {seq})", words[2]);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn mbox_read(&mut self, vcoproc: u32) -> Result<(Vec<u32>, u64), ClientError> {
         answer!(self.call(Request::MboxRead { vcoproc }, &[])?, Answer::Mailbox { words, notify_seq } => (words, notify_seq))
     }
 
     /// Ring the doorbell.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use coproc_client::*;
+    /// # use std::time::Duration;
+    /// # fn main() -> Result<(), ClientError> {
+    /// let mut c = Client::connect()?;
+    /// let v = c.open("mcu0")?;
+    /// c.subscribe(v)?;
+    /// let (_, seen) = c.mbox_read(v)?;
+    /// c.doorbell(v)?;
+    /// let (seq, _value) = c.wait_notify(v, seen, Duration::from_secs(1))?;
+    /// assert!(seq > seen);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn doorbell(&mut self, vcoproc: u32) -> Result<(), ClientError> {
         self.done(Request::Doorbell { vcoproc })
     }
 
     /// Start it.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use coproc_client::*;
+    /// # use std::time::Duration;
+    /// # fn main() -> Result<(), ClientError> {
+    /// let mut c = Client::connect()?;
+    /// let v = c.open("mcu0")?;
+    /// c.start(v)?;
+    /// assert_eq!(c.query(v)?.state, "runnable");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn start(&mut self, vcoproc: u32) -> Result<(), ClientError> {
         self.done(Request::Start { vcoproc })
     }
@@ -420,21 +594,82 @@ impl Client {
     }
 
     /// Destroy it.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use coproc_client::*;
+    /// # use std::time::Duration;
+    /// # fn main() -> Result<(), ClientError> {
+    /// let mut c = Client::connect()?;
+    /// let v = c.open("mcu0")?;
+    /// c.destroy(v)?;
+    /// assert!(c.query(v).is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn destroy(&mut self, vcoproc: u32) -> Result<(), ClientError> {
         self.done(Request::Destroy { vcoproc })
     }
 
     /// Its state and counters.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use coproc_client::*;
+    /// # use std::time::Duration;
+    /// # fn main() -> Result<(), ClientError> {
+    /// let mut c = Client::connect()?;
+    /// let v = c.open("mcu0")?;
+    /// let info = c.query(v)?;
+    /// println!("{} ran {} ns", info.state, info.run_ns);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn query(&mut self, vcoproc: u32) -> Result<VcoprocInfo, ClientError> {
         answer!(self.call(Request::Query { vcoproc }, &[])?, Answer::Vcoproc { info } => info)
     }
 
     /// Receive its events.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use coproc_client::*;
+    /// # use std::time::Duration;
+    /// # fn main() -> Result<(), ClientError> {
+    /// let mut c = Client::connect()?;
+    /// let v = c.open("mcu0")?;
+    /// c.subscribe(v)?;
+    /// c.start(v)?;
+    /// match c.next_event(Duration::from_secs(1))? {
+    ///     Event::Fault { fault, .. } => println!("faulted: {}", fault.reason),
+    ///     other => println!("{other:?}"),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn subscribe(&mut self, vcoproc: u32) -> Result<(), ClientError> {
         self.done(Request::Subscribe { vcoproc })
     }
 
     /// The next event, waiting up to `timeout`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use coproc_client::*;
+    /// # use std::time::Duration;
+    /// # fn main() -> Result<(), ClientError> {
+    /// let mut c = Client::connect()?;
+    /// let v = c.open("mcu0")?;
+    /// c.subscribe(v)?;
+    /// let event = c.next_event(Duration::from_millis(100))?;
+    /// println!("{event:?}");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn next_event(&mut self, timeout: Duration) -> Result<Event, ClientError> {
         if let Some(e) = self.events.pop_front() {
             return Ok(e);
@@ -450,6 +685,23 @@ impl Client {
 
     /// Wait for a notification of `vcoproc` newer than `after` (subscribe
     /// first); fails if it faults or stops meanwhile. Returns (seq, tag).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use coproc_client::*;
+    /// # use std::time::Duration;
+    /// # fn main() -> Result<(), ClientError> {
+    /// let mut c = Client::connect()?;
+    /// let v = c.open("mcu0")?;
+    /// c.subscribe(v)?;
+    /// let (_, seen) = c.mbox_read(v)?;
+    /// c.doorbell(v)?;
+    /// let (seq, value) = c.wait_notify(v, seen, Duration::from_secs(1))?;
+    /// println!("notification {seq}: {value:#x}");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn wait_notify(
         &mut self,
         vcoproc: u32,
@@ -556,6 +808,21 @@ impl Client {
     /// ranges in it in order: each must be free here (`MAP_FIXED_NOREPLACE`)
     /// and free in the vcoproc (a range overlapping one of its mappings is
     /// skipped). Counted against the mapped-bytes quota like any mapping.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use coproc_client::*;
+    /// # use std::time::Duration;
+    /// # fn main() -> Result<(), ClientError> {
+    /// let mut c = Client::connect()?;
+    /// let v = c.open("mcu0")?;
+    /// // The same virtual address on both sides: pointers in it work for both.
+    /// let sva = c.alloc_shared_va(v, 1 << 20, WirePerms::Rw, WireMapKind::Pinned)?;
+    /// println!("shared at {:#x}", sva.iova());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn alloc_shared_va(
         &mut self,
         vcoproc: u32,
@@ -621,6 +888,22 @@ impl Client {
     /// Revoke the mapping at `iova` (own mappings: any; admins: revocable
     /// ones of any domain). `Some(len)`: removed, and the device can no
     /// longer touch it; `None`: nothing was mapped there.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use coproc_client::*;
+    /// # use std::time::Duration;
+    /// # fn main() -> Result<(), ClientError> {
+    /// let mut c = Client::connect()?;
+    /// let v = c.open("mcu0")?;
+    /// let mem = SharedMem::new(4096)?;
+    /// c.map(v, &mem, 0, 0x6000_0000, 4096, WirePerms::Rw, WireMapKind::Revocable)?;
+    /// let gone = c.revoke(v, 0x6000_0000)?;
+    /// assert_eq!(gone, Some(4096));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn revoke(&mut self, vcoproc: u32, iova: u64) -> Result<Option<u64>, ClientError> {
         match self.call(Request::Revoke { vcoproc, iova }, &[])? {
             Answer::Revoked { len } => Ok(Some(len)),

@@ -121,6 +121,23 @@ impl Queue {
 
     /// Put a submission in the ring; false if it is full. Publish with
     /// [`Queue::ring`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use coproc_client::*;
+    /// # use std::time::Duration;
+    /// # fn main() -> Result<(), ClientError> {
+    /// let mut c = Client::connect()?;
+    /// let v = c.open("mcu0")?;
+    /// let mut q = c.create_queue(v, 0x6000_0000, 64)?;
+    /// for tag in 0..8 {
+    ///     assert!(q.submit(&Sqe { opcode: 1, tag, args: [tag; 14] }), "ring full");
+    /// }
+    /// q.ring()?; // one doorbell for the batch
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn submit(&mut self, sqe: &Sqe) -> bool {
         let ok = self.ring.submit(&self.mem, sqe);
         if ok {
@@ -154,6 +171,26 @@ impl Queue {
     /// fires. A `true` can be early (the eventfd still counts completions
     /// taken after a spin): take completions with [`Queue::complete`]
     /// and wait again if there are none.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use coproc_client::*;
+    /// # use std::time::Duration;
+    /// # fn main() -> Result<(), ClientError> {
+    /// let mut c = Client::connect()?;
+    /// let v = c.open("mcu0")?;
+    /// let mut q = c.create_queue(v, 0x6000_0000, 64)?;
+    /// q.submit(&Sqe { opcode: 1, tag: 1, args: [0; 14] });
+    /// q.ring()?;
+    /// while q.complete().is_none() {
+    ///     if !q.wait(Duration::from_secs(1))? {
+    ///         panic!("no completion in 1 s");
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn wait(&self, timeout: Duration) -> Result<bool, ClientError> {
         let budget = self.busy_poll().min(timeout);
         if !budget.is_zero() {
@@ -247,6 +284,25 @@ impl Queue {
     /// Completions of tags that belong to no outstanding job (raw
     /// [`Queue::submit`] entries) are dropped by `submit_job` and
     /// [`Queue::wait_job`]: use jobs or raw entries on a queue, not both.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use coproc_client::*;
+    /// # use std::time::Duration;
+    /// # fn main() -> Result<(), ClientError> {
+    /// let mut c = Client::connect()?;
+    /// let v = c.open("gpu0")?;
+    /// let mut q = c.create_queue(v, 0x1000_0000, 64)?;
+    /// c.gpu_attach(v, &q)?;
+    /// let out = SharedMem::new(4096)?;
+    /// c.map(v, &out, 0, 0x2000_0000, 4096, WirePerms::Rw, WireMapKind::Pinned)?;
+    /// let job = Job::new().bind(0, 0x2000_0000, 4096).dispatch(0, [16, 1, 1]);
+    /// let signal = q.submit_job(&job)?;
+    /// q.wait_job(signal, Duration::from_secs(5))?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn submit_job(&mut self, job: &Job) -> Result<u32, ClientError> {
         let (first, signal) = self.jobs.plan(job)?;
         let sqes = job.sqes(first);
@@ -274,6 +330,25 @@ impl Queue {
     /// skipped), or [`ClientError::Timeout`] (the job stays outstanding:
     /// wait again). Completions of other jobs that arrive meanwhile are kept
     /// for their own `wait_job`; jobs may be waited for in any order.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use coproc_client::*;
+    /// # use std::time::Duration;
+    /// # fn main() -> Result<(), ClientError> {
+    /// let mut c = Client::connect()?;
+    /// let v = c.open("gpu0")?;
+    /// let mut q = c.create_queue(v, 0x1000_0000, 64)?;
+    /// c.gpu_attach(v, &q)?;
+    /// let signal = q.submit_job(&Job::new().barrier())?;
+    /// match q.wait_job(signal, Duration::from_secs(5)) {
+    ///     Ok(done) => assert_eq!(done.value, signal),
+    ///     Err(e) => println!("refused: {:?}", e.gpu_status()),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn wait_job(&mut self, signal: u32, timeout: Duration) -> Result<JobDone, ClientError> {
         let deadline = Instant::now() + timeout;
         let mut refused = None;

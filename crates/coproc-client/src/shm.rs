@@ -20,6 +20,20 @@ fn mem(e: coproc_mem::memory::MemoryError) -> ClientError {
 /// A memfd holding exactly `data`, sealed against writing, shrinking,
 /// growing and further sealing: how a firmware image is handed to the
 /// daemon (it reads it without the contents changing under it).
+///
+/// # Examples
+///
+/// ```
+/// # use coproc_client::*;
+/// # use std::time::Duration;
+/// # fn main() -> Result<(), ClientError> {
+/// let fd = sealed_image(b"\x7fELF...")?;
+/// let mut f = std::fs::File::from(fd);
+/// use std::io::Write;
+/// assert!(f.write_all(b"changed").is_err()); // sealed against writing
+/// # Ok(())
+/// # }
+/// ```
 pub fn sealed_image(data: &[u8]) -> Result<rustix::fd::OwnedFd, ClientError> {
     use rustix::fs::{fcntl_add_seals, memfd_create, MemfdFlags, SealFlags};
     let io = |e: rustix::io::Errno| ClientError::Memory(format!("firmware memfd: {e}"));
@@ -46,6 +60,19 @@ pub fn sealed_image(data: &[u8]) -> Result<rustix::fd::OwnedFd, ClientError> {
 
 impl SharedMem {
     /// `len` bytes (rounded up to pages), zeroed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use coproc_client::*;
+    /// # use std::time::Duration;
+    /// # fn main() -> Result<(), ClientError> {
+    /// let mem = SharedMem::new(8192)?;
+    /// mem.write(4096, b"page two")?;
+    /// assert_eq!(mem.read_vec(4096, 8)?, b"page two");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn new(len: u64) -> Result<SharedMem, ClientError> {
         Region::new_memfd(len.div_ceil(PAGE).max(1) * PAGE)
             .map(SharedMem)
@@ -79,6 +106,19 @@ impl SharedMem {
     }
 
     /// Memory holding `data`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use coproc_client::*;
+    /// # use std::time::Duration;
+    /// # fn main() -> Result<(), ClientError> {
+    /// let mem = SharedMem::with_contents(b"hello")?;
+    /// assert_eq!(mem.len(), 4096); // whole pages
+    /// assert_eq!(mem.read_vec(0, 5)?, b"hello");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_contents(data: &[u8]) -> Result<SharedMem, ClientError> {
         let m = SharedMem::new(data.len() as u64)?;
         m.write(0, data)?;
@@ -108,6 +148,21 @@ impl SharedMem {
     }
 
     /// Copy bytes out.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use coproc_client::*;
+    /// # use std::time::Duration;
+    /// # fn main() -> Result<(), ClientError> {
+    /// let mem = SharedMem::with_contents(&[1, 2, 3, 4])?;
+    /// let mut buf = [0u8; 2];
+    /// mem.read(2, &mut buf)?;
+    /// assert_eq!(buf, [3, 4]);
+    /// assert!(mem.read(4095, &mut buf).is_err()); // past the end
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), ClientError> {
         self.0.read(offset, buf).map_err(mem)
     }
