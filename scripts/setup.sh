@@ -3,8 +3,10 @@
 # it is missing: cmake, a C compiler, clang + lld (firmware, bindgen),
 # libclang-dev (bindgen, for Unicorn's bindings), glslang-tools (GPU
 # firmware from GLSL), the Vulkan loader and Mesa's drivers (lavapipe runs
-# the `vulkan` device class on the CPU where there is no GPU), and
-# cargo-fuzz (crates.io). Needs root or sudo for apt.
+# the `vulkan` device class on the CPU where there is no GPU), systemd's
+# tools (the unit's security score, socket activation in the tests), and
+# from crates.io cargo-fuzz and cargo-deb (the Debian package). Needs root
+# or sudo for apt.
 set -euo pipefail
 
 need=()
@@ -22,6 +24,11 @@ if ! ls /usr/lib/*/libvulkan.so.1 >/dev/null 2>&1; then
 fi
 if ! ls /usr/share/vulkan/icd.d/lvp_icd.*.json >/dev/null 2>&1; then
     need+=(mesa-vulkan-drivers)
+fi
+
+if ! command -v systemd-analyze >/dev/null 2>&1 \
+    || ! command -v systemd-socket-activate >/dev/null 2>&1; then
+    need+=(systemd)
 fi
 
 if [ "${#need[@]}" -gt 0 ]; then
@@ -46,4 +53,9 @@ fi
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
     echo "setup: installing cargo-fuzz" >&2
     cargo install cargo-fuzz --locked
+fi
+# cargo-deb, for the Debian package (scripts/package.sh).
+if ! command -v cargo-deb >/dev/null 2>&1; then
+    echo "setup: installing cargo-deb" >&2
+    cargo install cargo-deb --locked
 fi

@@ -60,6 +60,30 @@ enum Command {
     /// killed (the `kill` offender of `bench isolation`).
     #[command(hide = true)]
     IsolationChild(isolation::ChildArgs),
+    /// Write every example firmware image into DIR: mcu ELF images as
+    /// NAME.elf, GPU ones as NAME.wgsl or NAME.spv (for packages).
+    #[command(hide = true)]
+    ExportFirmware {
+        /// Directory.
+        dir: std::path::PathBuf,
+    },
+}
+
+/// [`Command::ExportFirmware`].
+fn export_firmware(dir: &std::path::Path) -> anyhow::Result<()> {
+    use coproc_firmware::gpu::Source;
+    std::fs::create_dir_all(dir)?;
+    for f in coproc_firmware::ALL {
+        std::fs::write(dir.join(format!("{}.elf", f.name)), f.elf)?;
+    }
+    for f in coproc_firmware::gpu::ALL {
+        let ext = match f.source {
+            Source::Wgsl => "wgsl",
+            Source::Spirv => "spv",
+        };
+        std::fs::write(dir.join(format!("{}.{ext}", f.name)), f.image)?;
+    }
+    Ok(())
 }
 
 fn main() {
@@ -88,6 +112,10 @@ fn real_main() -> anyhow::Result<()> {
             remote::domain_run(coproc_client::Client::connect_to(&socket())?, &args, f)?
         }
         Command::IsolationChild(args) => isolation::child(&socket(), &args)?,
+        Command::ExportFirmware { dir } => {
+            export_firmware(&dir)?;
+            true
+        }
     };
     if !ok {
         std::process::exit(1);

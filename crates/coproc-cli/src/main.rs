@@ -96,6 +96,19 @@ enum Command {
         #[arg(value_parser = verbs::parse_iova)]
         iova: u64,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell):
+    /// `coproc completions bash > /usr/share/bash-completion/completions/coproc`.
+    Completions {
+        /// Shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (coproc.1 and coproc-VERB.1 for each verb) into
+    /// DIR.
+    #[command(hide = true)]
+    Man {
+        /// Directory.
+        dir: std::path::PathBuf,
+    },
     /// `coproc-bench domain-run`: one example domain's workload through the
     /// daemon (used by the demo and the tests).
     #[command(hide = true, disable_help_flag = true)]
@@ -134,6 +147,24 @@ fn forward(cli: &Cli, verb: &str, rest: &[OsString]) -> anyhow::Error {
     )
 }
 
+/// `coproc.1` and one page per visible verb, `coproc-VERB.1`, into `dir`.
+fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)?;
+    let cmd = Cli::command();
+    let write = |name: &str, cmd: clap::Command| -> anyhow::Result<()> {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut out)?;
+        std::fs::write(dir.join(format!("{name}.1")), out)?;
+        Ok(())
+    };
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("coproc-{}", sub.get_name());
+        write(&name, sub.clone().name(name.clone()))?;
+    }
+    write("coproc", cmd)
+}
+
 fn main() {
     if let Err(e) = real_main() {
         eprintln!("coproc: {e:#}");
@@ -159,6 +190,15 @@ fn real_main() -> anyhow::Result<()> {
         Command::Demo(ref a) => return Err(forward(&cli, "demo", &a.args)),
         Command::Bench(ref a) => return Err(forward(&cli, "bench", &a.args)),
         Command::DomainRun(ref a) => return Err(forward(&cli, "domain-run", &a.args)),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "coproc", &mut std::io::stdout());
+            true
+        }
+        Command::Man { ref dir } => {
+            write_man_pages(dir)?;
+            true
+        }
         Command::List => verbs::list(&mut connect()?, f)?,
         Command::VcoprocList { domain, coproc } => {
             verbs::vcoproc_list(&mut connect()?, f, domain, coproc.as_deref())?

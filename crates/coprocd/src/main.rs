@@ -10,7 +10,8 @@ use std::sync::Arc;
 #[derive(Debug, Parser)]
 #[command(name = "coprocd", version)]
 struct Args {
-    /// Configuration file (TOML); without it the built-in default is used.
+    /// Configuration file (TOML); without it, /etc/coproc/coprocd.toml when
+    /// that exists, else the built-in default.
     #[arg(short, long)]
     config: Option<PathBuf>,
     /// Socket path (overrides the configuration).
@@ -22,7 +23,14 @@ struct Args {
     /// Check the configuration and exit.
     #[arg(long)]
     check: bool,
+    /// Write the man page, coprocd.8, into DIR and exit.
+    #[arg(long, value_name = "DIR", hide = true)]
+    man: Option<PathBuf>,
 }
+
+/// The system configuration, read when no `--config` is given and the
+/// file exists.
+const SYSTEM_CONFIG: &str = "/etc/coproc/coprocd.toml";
 
 /// How much lower than the data path the control path's threads run (a
 /// nice increment for the tokio threads that serve sessions).
@@ -89,6 +97,37 @@ fn raise_fd_limit() {
     tracing::debug!(soft = ?l.current, hard = ?l.maximum, "descriptor limit");
 }
 
+/// Log lines go through a thread of their own with a bounded queue that
+/// drops what does not fit: a slow or closed stderr (a pipe whose reader
+/// stopped or exited) never blocks or panics a thread that serves domains.
+/// The format: one JSON object per line with `COPROC_LOG_FORMAT=json`;
+/// under systemd's journal (`JOURNAL_STREAM` set) no timestamps and no
+/// colour, the journal adds its own; else text, coloured only on a
+/// terminal.
+fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(4096)
+        .thread_name("coprocd-log")
+        .finish(Quiet(std::io::stderr()));
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("COPROC_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .log_internal_errors(false)
+        .with_writer(writer);
+    if std::env::var("COPROC_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        log.json().with_current_span(false).init();
+    } else if std::env::var_os("JOURNAL_STREAM").is_some() {
+        log.without_time().with_ansi(false).init();
+    } else {
+        log.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+    guard
+}
+
 fn main() {
     if let Err(e) = real_main() {
         // A closed stderr loses the message, never turns it into a panic.
@@ -100,31 +139,29 @@ fn main() {
 
 fn real_main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(dir) = &args.man {
+        use clap::CommandFactory;
+        std::fs::create_dir_all(dir)?;
+        let mut out = Vec::new();
+        clap_mangen::Man::new(Args::command())
+            .section("8")
+            .render(&mut out)?;
+        std::fs::write(dir.join("coprocd.8"), out)?;
+        return Ok(());
+    }
     if args.print_default_config {
         print!("{}", config::DEFAULT);
         return Ok(());
     }
-    // Log lines go through a thread of their own with a bounded queue that
-    // drops what does not fit: a slow or closed stderr (a pipe whose reader
-    // stopped or exited) never blocks or panics a thread that serves
-    // domains. Colour only on a terminal.
-    let (writer, _log_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(4096)
-        .thread_name("coprocd-log")
-        .finish(Quiet(std::io::stderr()));
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("COPROC_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .log_internal_errors(false)
-        .with_writer(writer)
-        .init();
+    let _log_guard = init_logging();
     raise_fd_limit();
     log_panics();
-    let cfg = match &args.config {
+    let system = std::path::Path::new(SYSTEM_CONFIG);
+    let config = args
+        .config
+        .clone()
+        .or_else(|| system.exists().then(|| system.to_path_buf()));
+    let cfg = match &config {
         Some(p) => {
             let text = std::fs::read_to_string(p)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?;

@@ -2,6 +2,12 @@
 //! the connection against its uid's limit, serve it as a session; on
 //! SIGTERM/SIGINT stop accepting, remove the socket, end the sessions (their
 //! vcoprocs and mappings are released), stop the pcoprocs.
+//!
+//! Under systemd the listening socket may come from the socket unit
+//! (socket activation: `LISTEN_FDS`/`LISTEN_PID`, fd 3); the daemon then
+//! serves it as it is and leaves it to systemd at exit. Readiness and
+//! shutdown are reported with `sd_notify` (nothing happens outside
+//! systemd).
 
 use crate::daemon::Daemon;
 use coproc_core::ratelimit::RateLimit;
@@ -69,6 +75,32 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(l)
 }
 
+/// The listening socket systemd passed (socket activation), if any: the
+/// first descriptor of `LISTEN_FDS` when `LISTEN_PID` names this process.
+/// It must be a listening Unix stream socket.
+fn inherited() -> anyhow::Result<Option<std::os::unix::net::UnixListener>> {
+    use std::os::fd::FromRawFd;
+    let Some(fd) = sd_notify::listen_fds()?.next() else {
+        return Ok(None);
+    };
+    // SAFETY: systemd passed `fd` to this process (LISTEN_PID is ours) as
+    // the first of LISTEN_FDS descriptors; nothing in this process has
+    // taken it before (this runs once, before anything else opens files
+    // we could confuse it with), so it is ours to own and close.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let kind = rustix::net::sockopt::socket_type(&owned)
+        .map_err(|e| anyhow::anyhow!("socket activation: fd {fd} is not a socket: {e}"))?;
+    let listening = rustix::net::sockopt::socket_acceptconn(&owned).unwrap_or(false);
+    let unix = rustix::net::getsockname(&owned)
+        .is_ok_and(|a| a.address_family() == rustix::net::AddressFamily::UNIX);
+    if kind != rustix::net::SocketType::STREAM || !listening || !unix {
+        anyhow::bail!("socket activation: fd {fd} is not a listening Unix stream socket");
+    }
+    let l = std::os::unix::net::UnixListener::from(owned);
+    l.set_nonblocking(true)?;
+    Ok(Some(l))
+}
+
 /// Refuse a connection with one error frame, written only if the socket
 /// takes it at once (a refused peer never holds the accept loop).
 fn refuse(stream: &tokio::net::UnixStream, e: WireError) {
@@ -83,8 +115,24 @@ fn refuse(stream: &tokio::net::UnixStream, e: WireError) {
 
 /// Run until SIGTERM or SIGINT.
 pub async fn run(daemon: Arc<Daemon>, path: PathBuf) -> anyhow::Result<()> {
-    let listener = bind(&path)?;
-    tracing::info!(socket = %path.display(), pcoprocs = daemon.pcoprocs.len(), "coprocd serving");
+    // The socket path is ours to remove at exit only if we bound it.
+    let (listener, bound) = match inherited()? {
+        Some(l) => (UnixListener::from_std(l)?, None),
+        None => (bind(&path)?, Some(path.clone())),
+    };
+    let shown = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+        .unwrap_or(path);
+    tracing::info!(
+        socket = %shown.display(),
+        activated = bound.is_none(),
+        pcoprocs = daemon.pcoprocs.len(),
+        "coprocd serving"
+    );
+    // Outside systemd there is no notification socket and this does nothing.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -151,9 +199,14 @@ pub async fn run(daemon: Arc<Daemon>, path: PathBuf) -> anyhow::Result<()> {
         }
     }
     tracing::info!("shutting down");
-    // No new clients from here: they see no socket rather than hang.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    // No new clients from here: they see no socket rather than hang (under
+    // socket activation systemd keeps the socket and queues them for the
+    // next start).
     drop(listener);
-    let _ = std::fs::remove_file(&path);
+    if let Some(path) = bound {
+        let _ = std::fs::remove_file(&path);
+    }
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while sessions.join_next().await.is_some() {}
