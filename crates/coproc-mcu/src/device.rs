@@ -18,8 +18,10 @@
 //! callback records the exact address and stops the core; a forbidden
 //! instruction fetch is refused in the hook and stops the core at once.
 
+use crate::abi::scs::{EXIT_SYSRESETREQ, SCS_BASE, SCS_SIZE};
 use crate::abi::*;
 use crate::elf::{self, Image};
+use crate::scs::{Scs, ScsEffect};
 use crate::timer::{thread_cpu, SliceTimer};
 use coproc_core::control::ControlBlock;
 use coproc_core::device::{
@@ -40,6 +42,15 @@ use unicorn_engine::{
 const PHYS_CB: u64 = 0x7000_0000;
 /// Physical address of the trap MMIO page.
 const PHYS_TRAP: u64 = 0x7000_1000;
+/// Physical address of the System Control Space MMIO page.
+const PHYS_SCS: u64 = 0x7000_2000;
+/// QEMU's exception number for a v7-M exception return (EXC_RETURN loaded
+/// into the pc in handler mode).
+const EXCP_EXCEPTION_EXIT: u32 = 8;
+/// Words of the exception frame the device stacks: r0-r3, r12, lr, pc,
+/// xPSR, then s0-s15, FPSCR and a reserved word (the FP context is always
+/// stacked).
+const FRAME_WORDS: u32 = 26;
 /// Physical range from which context memory and device-local memory are
 /// allocated.
 const PHYS_POOL: (u64, u64) = (0x8000_0000, 0x1_0000_0000);
@@ -260,6 +271,9 @@ struct Ctx {
     /// Device-local memory: iova → (physical address, length), engine RAM
     /// only this context's translations reach.
     local: BTreeMap<u64, (u64, u64)>,
+    /// The System Control Space (SCB, SysTick, NVIC): reset with the
+    /// registers, saved with the context.
+    scs: Scs,
 }
 
 /// A fault found by a hook during a run.
@@ -295,9 +309,18 @@ struct State {
     /// physical code range is named to the engine's cache invalidation,
     /// which takes addresses through the TLB (see `McuDevice::drop_code`).
     identity: bool,
+    /// An SCS write may have made an exception deliverable: the core was
+    /// stopped so the device takes it.
+    recheck: bool,
+    /// The core stopped at a WFE.
+    wfe: bool,
 }
 
 impl State {
+    fn current_ctx(&mut self) -> Option<&mut Ctx> {
+        self.contexts.get_mut(&self.current?)
+    }
+
     fn set_stop(&mut self, s: Stop) {
         let rank = |s: &Stop| match s {
             Stop::Waiting => 0,
@@ -334,6 +357,9 @@ impl State {
         }
         if inside(CB_BASE, CB_SIZE) {
             return Some((PHYS_CB + off(CB_BASE), Prot::READ | Prot::WRITE));
+        }
+        if inside(SCS_BASE, SCS_SIZE) {
+            return Some((PHYS_SCS + off(SCS_BASE), Prot::READ | Prot::WRITE));
         }
         if let Some((&iova, m)) = ctx.maps.range(..=vaddr).next_back() {
             if vaddr < iova + m.len {
@@ -427,6 +453,8 @@ impl McuDevice {
             page_mask: 0,
             page_fault: None,
             identity: false,
+            recheck: false,
+            wfe: false,
         };
         let mut uc = Unicorn::new_with_data(Arch::ARM, Mode::THUMB | Mode::MCLASS, state)
             .map_err(|e| uc_err("open", e))?;
@@ -523,8 +551,68 @@ impl McuDevice {
         )
         .map_err(|e| uc_err("map trap page", e))?;
 
+        uc.mmio_map(
+            PHYS_SCS,
+            u64::from(SCS_SIZE),
+            Some(|uc: &mut Unicorn<'_, State>, off: u64, size: usize| {
+                scs_read(uc.get_data_mut(), off, size)
+            }),
+            Some(
+                |uc: &mut Unicorn<'_, State>, off: u64, size: usize, value: u64| {
+                    // The stop restarts the store after the exception (if
+                    // one is taken): stop only when one is deliverable now,
+                    // so the repeated store does not stop again.
+                    let primask = reg(uc, RegisterARM::PRIMASK as i32) & 1 != 0;
+                    if scs_write(uc.get_data_mut(), off, size, value as u32, primask) {
+                        let _ = uc.emu_stop();
+                    }
+                },
+            ),
+        )
+        .map_err(|e| uc_err("map system control space", e))?;
+
+        // WFE and YIELD end the block as "invalid" (Unicorn stops on
+        // EXCP_YIELD): a WFE parks like WFI, a YIELD is a no-op. Anything
+        // else is a real undefined instruction.
+        uc.add_insn_invalid_hook(|uc| {
+            let pc = uc.reg_read(RegisterARM::PC).unwrap_or(0);
+            let half = |uc: &Unicorn<'_, State>, a: u64| -> Option<u16> {
+                let (p, prot) = uc.get_data().translate(a)?;
+                if prot.0 & Prot::EXEC.0 == 0 {
+                    return None;
+                }
+                let mut b = [0u8; 2];
+                uc.mem_read(p, &mut b).ok()?;
+                Some(u16::from_le_bytes(b))
+            };
+            let here = half(uc, pc);
+            // UDF (T1 0xDExx, T2 0xF7Fx...): the pc stays on it.
+            if here.is_some_and(|h| h >> 8 == 0xde || h & 0xfff0 == 0xf7f0) {
+                return false;
+            }
+            let prev = half(uc, pc.wrapping_sub(2));
+            let prev32 = half(uc, pc.wrapping_sub(4));
+            let wfe = prev == Some(0xbf20) || (prev32 == Some(0xf3af) && prev == Some(0x8002));
+            let yield_ = prev == Some(0xbf10) || (prev32 == Some(0xf3af) && prev == Some(0x8001));
+            if wfe {
+                uc.get_data_mut().wfe = true;
+                let _ = uc.emu_stop();
+                return true;
+            }
+            yield_
+        })
+        .map_err(|e| uc_err("invalid instruction hook", e))?;
+
         uc.add_intr_hook(|uc, intno| {
             let pc = uc.reg_read(RegisterARM::PC).unwrap_or(0);
+            if intno == EXCP_EXCEPTION_EXIT {
+                let r = exception_return(uc).and_then(|()| deliver(uc));
+                if let Err(f) = r {
+                    uc.get_data_mut().set_stop(Stop::Fault(f));
+                    let _ = uc.emu_stop();
+                }
+                return;
+            }
             uc.get_data_mut().set_stop(Stop::Fault(DeviceFault {
                 addr: None,
                 access: Access::None,
@@ -686,18 +774,43 @@ impl McuDevice {
         Ok(())
     }
 
-    /// Registers of a freshly started context: reset core, SP at the top of
-    /// data memory, PC at the entry point.
+    /// Registers of a freshly started context: reset core and System
+    /// Control Space. An image that starts with a vector table (word 0 an
+    /// initial SP inside data memory, word 1 a Thumb reset handler in a
+    /// loaded code segment) starts as a Cortex-M does, from those two
+    /// words; any other with SP at the top of data memory and PC at the ELF
+    /// entry point.
     fn init_regs(&mut self, id: ContextId) -> Result<(), DeviceError> {
-        let entry = self.ctx(id)?.image.as_ref().map(|i| i.entry);
+        let ctx = self.ctx(id)?;
+        ctx.scs = Scs::default();
+        let slot = ctx.slot;
+        let entry = ctx.image.as_ref().map(|i| i.entry);
+        let code: Vec<(u32, u32)> = ctx
+            .image
+            .iter()
+            .flat_map(|i| &i.segments)
+            .filter(|s| s.vaddr < DATA_BASE)
+            .map(|s| (s.vaddr, s.memsz))
+            .collect();
+        let mut head = [0u8; 8];
+        let (mut sp, mut pc) = (DATA_BASE + DATA_SIZE, entry.unwrap_or(1));
+        if entry.is_some() && self.uc.mem_read(slot.code, &mut head).is_ok() {
+            let w0 = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+            let w1 = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+            let stack = w0 > DATA_BASE && w0 <= DATA_BASE + DATA_SIZE && w0.is_multiple_of(4);
+            let reset = w1 & 1 == 1 && code.iter().any(|&(v, len)| (w1 & !1).wrapping_sub(v) < len);
+            if stack && reset {
+                (sp, pc) = (w0, w1);
+            }
+        }
         self.uc
             .context_restore(&self.template)
             .map_err(|e| uc_err("context restore", e))?;
         self.uc
-            .reg_write(RegisterARM::SP, u64::from(DATA_BASE + DATA_SIZE))
+            .reg_write(RegisterARM::SP, u64::from(sp))
             .map_err(|e| uc_err("write sp", e))?;
         self.uc
-            .reg_write(RegisterARM::PC, u64::from(entry.unwrap_or(1) & !1))
+            .reg_write(RegisterARM::PC, u64::from(pc & !1))
             .map_err(|e| uc_err("write pc", e))?;
         self.ctx(id)?.fresh = false;
         Ok(())
@@ -787,6 +900,305 @@ fn trap_hit(st: &mut State, off: u64) {
             reason: FaultReason::AccessViolation,
         }));
     }
+}
+
+/// The current context's device time in ns (all its slices so far plus the
+/// current one), and whether its doorbell line is up.
+fn device_time(st: &State, ctx: &Ctx) -> u64 {
+    let elapsed = thread_cpu().saturating_sub(st.slice_cpu_start).as_nanos() as u64;
+    ctx.run_ns + if st.running { elapsed } else { 0 }
+}
+
+/// System Control Space reads (see [`Scs::read`]). After a fault or an exit
+/// they read 0, like the control block.
+fn scs_read(st: &mut State, off: u64, size: usize) -> u64 {
+    let Some(cur) = st.current else { return 0 };
+    if matches!(st.stop, Some(Stop::Fault(_) | Stop::Exited(_))) {
+        return 0;
+    }
+    let Some(ctx) = st.contexts.get(&cur) else {
+        return 0;
+    };
+    let now = device_time(st, ctx);
+    let Some(ctx) = st.contexts.get_mut(&cur) else {
+        return 0;
+    };
+    let doorbell = ctx.control.pending() > 0;
+    let word = ctx
+        .scs
+        .read(SCS_BASE + off as u32, now, doorbell, ctx.last_fault);
+    let shift = 8 * (off & 3);
+    let mask = if size >= 4 {
+        u64::from(u32::MAX)
+    } else {
+        (1u64 << (8 * size)) - 1
+    };
+    (u64::from(word) >> shift) & mask
+}
+
+/// System Control Space writes; returns whether the core must stop (an
+/// exception may have become deliverable, or a reset was requested).
+fn scs_write(st: &mut State, off: u64, size: usize, value: u32, primask: bool) -> bool {
+    let Some(cur) = st.current else { return false };
+    if matches!(st.stop, Some(Stop::Fault(_) | Stop::Exited(_))) {
+        return true;
+    }
+    let Some(ctx) = st.contexts.get(&cur) else {
+        return false;
+    };
+    let now = device_time(st, ctx);
+    let Some(ctx) = st.contexts.get_mut(&cur) else {
+        return false;
+    };
+    // Narrow writes keep their byte lane: the address is that of the byte.
+    let addr = SCS_BASE + off as u32;
+    match ctx.scs.write(addr, size, value, now) {
+        ScsEffect::None => false,
+        ScsEffect::Recheck => {
+            let deliverable = ctx.scs.take(ctx.control.pending() > 0, primask).is_some();
+            st.recheck |= deliverable;
+            deliverable
+        }
+        ScsEffect::ResetRequest => {
+            st.set_stop(Stop::Exited(EXIT_SYSRESETREQ));
+            true
+        }
+    }
+}
+
+/// Whether the instruction before `pc` is a WFI (16- or 32-bit).
+fn wfi_before(uc: &Unicorn<'_, State>, pc: u64) -> bool {
+    let half = |a: u64| -> Option<u16> {
+        let (p, prot) = uc.get_data().translate(a)?;
+        if prot.0 & Prot::EXEC.0 == 0 {
+            return None;
+        }
+        let mut b = [0u8; 2];
+        uc.mem_read(p, &mut b).ok()?;
+        Some(u16::from_le_bytes(b))
+    };
+    let prev = half(pc.wrapping_sub(2));
+    prev == Some(0xbf30) || (prev == Some(0x8003) && half(pc.wrapping_sub(4)) == Some(0xf3af))
+}
+
+fn fault_at(addr: Option<u64>, access: Access, pc: u64, reason: FaultReason) -> DeviceFault {
+    DeviceFault {
+        addr,
+        access,
+        pc: Some(pc),
+        reason,
+    }
+}
+
+fn reg(uc: &Unicorn<'_, State>, r: i32) -> u32 {
+    uc.reg_read(r).unwrap_or(0) as u32
+}
+
+/// Read or write the current context's memory at virtual `addr` as the
+/// firmware would, word by word, with its permissions: how the device
+/// stacks and unstacks exception frames and reads vectors.
+fn vaccess(
+    uc: &mut Unicorn<'_, State>,
+    addr: u32,
+    words: &mut [u32],
+    write: bool,
+    pc: u64,
+) -> Result<(), DeviceFault> {
+    for (i, w) in words.iter_mut().enumerate() {
+        let a = u64::from(addr.wrapping_add(4 * i as u32));
+        let need = if write { Prot::WRITE } else { Prot::READ };
+        let (access, phys) = match uc.get_data().translate(a) {
+            Some((p, prot)) if prot.0 & need.0 != 0 && !(PHYS_CB..PHYS_SCS + PAGE).contains(&p) => {
+                (None, p)
+            }
+            _ => (Some(if write { Access::Write } else { Access::Read }), 0),
+        };
+        if let Some(access) = access {
+            return Err(fault_at(Some(a), access, pc, FaultReason::AccessViolation));
+        }
+        let r = if write {
+            uc.mem_write(phys, &w.to_le_bytes())
+        } else {
+            let mut b = [0u8; 4];
+            let r = uc.mem_read(phys, &mut b);
+            *w = u32::from_le_bytes(b);
+            r
+        };
+        if let Err(e) = r {
+            return Err(fault_at(
+                Some(a),
+                Access::None,
+                pc,
+                FaultReason::Device(format!("exception frame: {e:?}")),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Take the highest-priority deliverable exception of the current context,
+/// if any: stack the frame on the main stack, enter the handler from the
+/// vector table in handler mode.
+fn deliver(uc: &mut Unicorn<'_, State>) -> Result<(), DeviceFault> {
+    let primask = reg(uc, RegisterARM::PRIMASK as i32) & 1 != 0;
+    let st = uc.get_data_mut();
+    let Some(cur) = st.current else { return Ok(()) };
+    let Some(ctx) = st.contexts.get(&cur) else {
+        return Ok(());
+    };
+    let now = device_time(st, ctx);
+    let Some(ctx) = st.contexts.get_mut(&cur) else {
+        return Ok(());
+    };
+    ctx.scs.tick(now);
+    let doorbell = ctx.control.pending() > 0;
+    let Some(exc) = ctx.scs.take(doorbell, primask) else {
+        return Ok(());
+    };
+    let nested = !ctx.scs.active().is_empty();
+    let vtor = ctx.scs.vtor();
+    let pc = reg(uc, RegisterARM::PC as i32);
+    let bad = |what: String| {
+        fault_at(
+            None,
+            Access::None,
+            u64::from(pc),
+            FaultReason::Exception(what),
+        )
+    };
+    if !nested && reg(uc, RegisterARM::CONTROL as i32) & 2 != 0 {
+        return Err(bad(format!(
+            "exception {exc} taken on the process stack (CONTROL.SPSEL = 1 is not modelled)"
+        )));
+    }
+    let mut vector = [0u32];
+    vaccess(
+        uc,
+        vtor.wrapping_add(4 * u32::from(exc)),
+        &mut vector,
+        false,
+        u64::from(pc),
+    )?;
+    let handler = vector[0];
+    let executable = uc
+        .get_data()
+        .translate(u64::from(handler & !1))
+        .is_some_and(|(_, p)| p.0 & Prot::EXEC.0 != 0);
+    if handler & 1 == 0 || !executable {
+        return Err(bad(format!(
+            "exception {exc}: vector {handler:#x} is not Thumb code in code memory"
+        )));
+    }
+    let sp = reg(uc, RegisterARM::SP as i32);
+    let xpsr = reg(uc, RegisterARM::XPSR as i32);
+    let frame_sp = sp.wrapping_sub(4 * FRAME_WORDS) & !4;
+    let mut frame = [0u32; FRAME_WORDS as usize];
+    for (i, r) in [
+        RegisterARM::R0 as i32,
+        RegisterARM::R0 as i32 + 1,
+        RegisterARM::R0 as i32 + 2,
+        RegisterARM::R0 as i32 + 3,
+        RegisterARM::R12 as i32,
+        RegisterARM::LR as i32,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        frame[i] = reg(uc, r);
+    }
+    frame[6] = pc;
+    frame[7] = (xpsr & !(1 << 9)) | u32::from(sp & 4 != 0) << 9;
+    for i in 0..16 {
+        frame[8 + i] = reg(uc, RegisterARM::S0 as i32 + i as i32);
+    }
+    frame[24] = reg(uc, RegisterARM::FPSCR as i32);
+    vaccess(uc, frame_sp, &mut frame, true, u64::from(pc))?;
+    let set = |uc: &mut Unicorn<'_, State>, r: i32, v: u32| {
+        uc.reg_write(r, u64::from(v))
+            .map_err(|e| bad(format!("exception entry: {e:?}")))
+    };
+    set(uc, RegisterARM::SP as i32, frame_sp)?;
+    set(
+        uc,
+        RegisterARM::LR as i32,
+        if nested { 0xffff_ffe1 } else { 0xffff_ffe9 },
+    )?;
+    let new_xpsr = (xpsr & 0xf800_0000) | (1 << 24) | u32::from(exc);
+    set(uc, RegisterARM::XPSR as i32, new_xpsr)?;
+    // Rebuilds the engine's cached mode flags (handler mode).
+    set(uc, RegisterARM::APSR_NZCV as i32, new_xpsr & 0xf000_0000)?;
+    set(uc, RegisterARM::PC as i32, handler | 1)?;
+    if let Some(ctx) = uc.get_data_mut().current_ctx() {
+        ctx.scs.enter(exc);
+    }
+    Ok(())
+}
+
+/// Exception return: the firmware loaded an EXC_RETURN value into the pc
+/// in handler mode. Unstack the frame and go back to the interrupted code.
+fn exception_return(uc: &mut Unicorn<'_, State>) -> Result<(), DeviceFault> {
+    let excret = reg(uc, RegisterARM::PC as i32) | 1;
+    let sp = reg(uc, RegisterARM::SP as i32);
+    let bad = |what: String| {
+        fault_at(
+            None,
+            Access::None,
+            u64::from(excret),
+            FaultReason::Exception(what),
+        )
+    };
+    let Some(ctx) = uc.get_data_mut().current_ctx() else {
+        return Ok(());
+    };
+    let Some(_) = ctx.scs.exit() else {
+        return Err(bad(format!(
+            "exception return ({excret:#x}) outside a handler"
+        )));
+    };
+    let outer = ctx.scs.active().last().copied();
+    let to_thread = excret & 8 != 0;
+    if excret >> 8 != 0x00ff_ffff || excret & 4 != 0 || to_thread != outer.is_none() {
+        return Err(bad(format!(
+            "EXC_RETURN {excret:#x} does not return to the interrupted main-stack context"
+        )));
+    }
+    let extended = excret & 0x10 == 0;
+    let n = if extended { FRAME_WORDS } else { 8 };
+    let mut frame = [0u32; FRAME_WORDS as usize];
+    vaccess(uc, sp, &mut frame[..n as usize], false, u64::from(excret))?;
+    let set = |uc: &mut Unicorn<'_, State>, r: i32, v: u32| {
+        uc.reg_write(r, u64::from(v))
+            .map_err(|e| bad(format!("exception return: {e:?}")))
+    };
+    for (i, r) in [
+        RegisterARM::R0 as i32,
+        RegisterARM::R0 as i32 + 1,
+        RegisterARM::R0 as i32 + 2,
+        RegisterARM::R0 as i32 + 3,
+        RegisterARM::R12 as i32,
+        RegisterARM::LR as i32,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        set(uc, r, frame[i])?;
+    }
+    if extended {
+        for i in 0..16 {
+            set(uc, RegisterARM::S0 as i32 + i as i32, frame[8 + i])?;
+        }
+        set(uc, RegisterARM::FPSCR as i32, frame[24])?;
+    }
+    let xpsr = frame[7];
+    let new_sp = sp
+        .wrapping_add(4 * n)
+        .wrapping_add(if xpsr & (1 << 9) != 0 { 4 } else { 0 });
+    set(uc, RegisterARM::SP as i32, new_sp)?;
+    let new_xpsr = (xpsr & 0xf800_0000) | (1 << 24) | u32::from(outer.unwrap_or(0));
+    set(uc, RegisterARM::XPSR as i32, new_xpsr)?;
+    set(uc, RegisterARM::APSR_NZCV as i32, new_xpsr & 0xf000_0000)?;
+    set(uc, RegisterARM::PC as i32, frame[6] | 1)?;
+    Ok(())
 }
 
 /// Control block reads. Every register read is idempotent, since the core
@@ -938,6 +1350,7 @@ impl Device for McuDevice {
                 last_fault: (0, 0, 0),
                 demand: false,
                 local: BTreeMap::new(),
+                scs: Scs::default(),
             },
         );
         Ok(())
@@ -1160,60 +1573,103 @@ impl Device for McuDevice {
                 stop: StopReason::Preempted,
             };
         }
-        let pc = self.uc.reg_read(RegisterARM::PC).unwrap_or(0);
-        {
-            let st = self.uc.get_data_mut();
-            st.running = true;
-            st.stop = None;
-            st.trap = None;
-            st.page_fault = None;
-        }
         // Charged: CPU time of this (the runner) thread while the engine
         // ran, which the host preempting the runner does not inflate. The
-        // slice timer counts the budget in the same time.
+        // slice timer counts the budget in the same time. The slice runs as
+        // several engine runs when exceptions are taken between them
+        // (SysTick's next interrupt ends one, an SCS write that pends an
+        // exception another, WFI with an interrupt pending a third).
         let cpu_start = thread_cpu();
-        self.uc.get_data_mut().slice_cpu_start = cpu_start;
-        self.timer.arm(budget, cpu_start);
-        let res = self.uc.emu_start(pc | 1, UNTIL, 0, 0);
-        let (fired, preempted) = self.timer.disarm();
+        {
+            let st = self.uc.get_data_mut();
+            st.slice_cpu_start = cpu_start;
+            st.running = true;
+        }
+        let stop = loop {
+            {
+                let st = self.uc.get_data_mut();
+                st.stop = None;
+                st.trap = None;
+                st.page_fault = None;
+                st.recheck = false;
+                st.wfe = false;
+            }
+            if let Err(f) = deliver(&mut self.uc) {
+                break StopReason::Fault(f);
+            }
+            let spent = thread_cpu().saturating_sub(cpu_start);
+            let Some(left) = budget.checked_sub(spent).filter(|l| !l.is_zero()) else {
+                break StopReason::BudgetSpent;
+            };
+            let st = self.uc.get_data();
+            let systick = st
+                .contexts
+                .get(&cur)
+                .and_then(|c| c.scs.until_systick(device_time(st, c)))
+                .map(Duration::from_nanos);
+            let sub = systick.map_or(left, |t| t.min(left));
+            let pc = self.uc.reg_read(RegisterARM::PC).unwrap_or(0);
+            self.timer.arm(sub, thread_cpu());
+            let res = self.uc.emu_start(pc | 1, UNTIL, 0, 0);
+            let (fired, preempted) = self.timer.disarm();
+            let pc_after = self.uc.reg_read(RegisterARM::PC).unwrap_or(0);
+            let st = self.uc.get_data_mut();
+            st.trap = None;
+            let stop = st.stop.take();
+            let page_fault = st.page_fault.take();
+            let (recheck, wfe) = (st.recheck, st.wfe);
+            let wakes = |st: &State| {
+                st.contexts
+                    .get(&cur)
+                    .is_some_and(|c| c.scs.wakes(c.control.pending() > 0))
+            };
+            break match (stop, res) {
+                (Some(Stop::Fault(f)), _) => StopReason::Fault(f),
+                // A WAIT or EXIT earlier in the block stands; a parked context
+                // retries the missing access when it runs again.
+                (Some(Stop::Exited(c)), _) if page_fault.is_some() => StopReason::Exited(c),
+                (Some(Stop::Waiting), _) if page_fault.is_some() => StopReason::Waiting,
+                (None, _) if page_fault.is_some() => {
+                    let (addr, access) = page_fault.unwrap_or((0, Access::None));
+                    StopReason::PageFault { addr, access }
+                }
+                (_, Err(uc_error::INSN_INVALID)) => StopReason::Fault(DeviceFault {
+                    addr: None,
+                    access: Access::None,
+                    pc: Some(pc_after),
+                    reason: FaultReason::InvalidInstruction,
+                }),
+                (_, Err(e)) => StopReason::Fault(DeviceFault {
+                    addr: None,
+                    access: Access::None,
+                    pc: Some(pc_after),
+                    reason: FaultReason::Device(format!("{e:?}")),
+                }),
+                (Some(Stop::Exited(c)), Ok(())) => StopReason::Exited(c),
+                (Some(Stop::Waiting), Ok(())) => StopReason::Waiting,
+                (None, Ok(())) if preempted => StopReason::Preempted,
+                (None, Ok(())) if recheck => continue,
+                // The slice goes on past a SysTick interrupt's sub-slice.
+                (None, Ok(())) if fired && sub < left => continue,
+                (None, Ok(())) if fired => StopReason::BudgetSpent,
+                // WFI (the engine halts) or WFE: go on if an interrupt is
+                // pending, else park like WAIT.
+                (None, Ok(())) if wfe || wfi_before(&self.uc, pc_after) => {
+                    if wakes(self.uc.get_data()) {
+                        continue;
+                    }
+                    StopReason::Waiting
+                }
+                (None, Ok(())) => StopReason::BudgetSpent,
+            };
+        };
         let ran = thread_cpu().saturating_sub(cpu_start);
-        let pc_after = self.uc.reg_read(RegisterARM::PC).unwrap_or(0);
         let st = self.uc.get_data_mut();
         st.running = false;
         st.trap = None;
-        let stop = st.stop.take();
-        let page_fault = st.page_fault.take();
         if let Some(ctx) = st.contexts.get_mut(&cur) {
             ctx.run_ns += ran.as_nanos() as u64;
         }
-        let stop = match (stop, res) {
-            (Some(Stop::Fault(f)), _) => StopReason::Fault(f),
-            // A WAIT or EXIT earlier in the block stands; a parked context
-            // retries the missing access when it runs again.
-            (Some(Stop::Exited(c)), _) if page_fault.is_some() => StopReason::Exited(c),
-            (Some(Stop::Waiting), _) if page_fault.is_some() => StopReason::Waiting,
-            (None, _) if page_fault.is_some() => {
-                let (addr, access) = page_fault.unwrap_or((0, Access::None));
-                StopReason::PageFault { addr, access }
-            }
-            (_, Err(uc_error::INSN_INVALID)) => StopReason::Fault(DeviceFault {
-                addr: None,
-                access: Access::None,
-                pc: Some(pc_after),
-                reason: FaultReason::InvalidInstruction,
-            }),
-            (_, Err(e)) => StopReason::Fault(DeviceFault {
-                addr: None,
-                access: Access::None,
-                pc: Some(pc_after),
-                reason: FaultReason::Device(format!("{e:?}")),
-            }),
-            (Some(Stop::Exited(c)), Ok(())) => StopReason::Exited(c),
-            (Some(Stop::Waiting), Ok(())) => StopReason::Waiting,
-            (None, Ok(())) if preempted => StopReason::Preempted,
-            (None, Ok(())) if fired => StopReason::BudgetSpent,
-            (None, Ok(())) => StopReason::BudgetSpent,
-        };
         if let StopReason::Fault(f) = &stop {
             if let Some(ctx) = st.contexts.get_mut(&cur) {
                 ctx.last_fault = (

@@ -11,6 +11,7 @@ pub mod abi;
 pub mod baseline;
 mod device;
 pub mod elf;
+mod scs;
 mod timer;
 
 pub use device::{McuConfig, McuDevice, LOCAL_ALLOC_MAX};

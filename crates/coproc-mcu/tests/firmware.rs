@@ -1,0 +1,166 @@
+//! Firmware built with the full toolchain (`scripts/coproc-fw`: hard-float
+//! FPv4-SP, picolibc libc and libm) and the Cortex-M system it expects:
+//! results against host references written from the algorithms'
+//! definitions.
+
+use coproc_core::iova::MapKind;
+use coproc_core::policy::{RoundRobin, SchedParams};
+use coproc_core::{DomainId, Pcoproc, VcoprocHandle};
+use coproc_firmware::drive::{self, Buffer};
+use coproc_firmware::reference::{self, TestRng};
+use coproc_firmware::{Firmware, BIQUAD, BIQUAD_SOFT, FFT, HELLO, IRQ};
+use coproc_mcu::abi;
+use coproc_mcu::{factory, McuConfig};
+use std::sync::Arc;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+fn pcoproc(slice_us: u64) -> Arc<Pcoproc> {
+    let rr = RoundRobin::new(Duration::from_micros(slice_us)).unwrap();
+    Pcoproc::spawn("mcu0", factory(McuConfig::default()), Box::new(rr)).unwrap()
+}
+
+fn vcoproc(p: &Arc<Pcoproc>, domain: u32, fw: Firmware) -> VcoprocHandle {
+    let v = p
+        .create_vcoproc(DomainId(domain), SchedParams::default())
+        .unwrap();
+    v.load_firmware(fw.name, fw.elf).unwrap();
+    v
+}
+
+fn f32s(rng: &mut TestRng, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
+        .collect()
+}
+
+#[test]
+fn printf_and_malloc_reach_the_console() {
+    let p = pcoproc(1000);
+    let v = vcoproc(&p, 1, HELLO);
+    v.start().unwrap();
+    let data = u64::from(abi::DATA_BASE)..u64::from(abi::DATA_BASE + abi::DATA_SIZE);
+    for n in [1u32, 10, 1000, 4000] {
+        let (status, sum, heap) = drive::hello(&v, n, T).unwrap();
+        assert_eq!(status, 0, "n {n}");
+        assert_eq!(sum, reference::hello_sum(n), "n {n}");
+        assert!(data.contains(&u64::from(heap)), "heap block at {heap:#x}");
+    }
+    // Too much for the heap: malloc fails cleanly; a bad n is refused.
+    assert_eq!(drive::hello(&v, 65536, T).unwrap().0, 2);
+    assert_eq!(drive::hello(&v, 0, T).unwrap().0, 1);
+    // Still serving after the failed allocation.
+    assert_eq!(drive::hello(&v, 7, T).unwrap().1, reference::hello_sum(7));
+    let (lines, _) = v.console();
+    let want: Vec<String> = std::iter::once("hello: ready".to_string())
+        .chain([1u32, 10, 1000, 4000, 7].map(reference::hello_line))
+        .collect();
+    assert_eq!(lines, want);
+}
+
+#[test]
+fn float_fft_matches_the_dft() {
+    let p = pcoproc(200);
+    let v = vcoproc(&p, 1, FFT);
+    let buf = Buffer::map(&v, 8 * 4096, MapKind::Pinned).unwrap();
+    v.start().unwrap();
+    let mut rng = TestRng::new(14);
+    for (j, n) in [2usize, 8, 64, 1024].into_iter().enumerate() {
+        let re = f32s(&mut rng, n);
+        let im = f32s(&mut rng, n);
+        let x: Vec<(f32, f32)> = re.into_iter().zip(im).collect();
+        let (got, rss) = drive::fft(&v, &buf, &x, j as u32 + 1, T).unwrap();
+        let want = reference::dft(&x);
+        let norm: f64 = x
+            .iter()
+            .map(|&(a, b)| f64::from(a).powi(2) + f64::from(b).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let tol = 1e-5 * (n as f64).log2().max(1.0) * (n as f64).sqrt() * norm;
+        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+            let err = (f64::from(g.0) - w.0).hypot(f64::from(g.1) - w.1);
+            assert!(
+                err <= tol,
+                "n {n} bin {k}: {g:?} vs {w:?} (tolerance {tol})"
+            );
+        }
+        // Parseval: the firmware's sqrtf(Σ|X|²/N) is the signal's norm.
+        assert!(
+            (f64::from(rss) - norm).abs() <= 1e-4 * norm,
+            "rss {rss} vs {norm}"
+        );
+    }
+    // A length that is not a power of two is refused, and nothing faulted.
+    assert!(drive::fft(&v, &buf, &[(1.0, 0.0); 3], 9, T).is_err());
+    assert!(v.faults().unwrap().is_empty());
+}
+
+fn biquad_matches(fw: Firmware) {
+    let p = pcoproc(200);
+    let v = vcoproc(&p, 1, fw);
+    let buf = Buffer::map(&v, 8 * 2048, MapKind::Pinned).unwrap();
+    v.start().unwrap();
+    let mut rng = TestRng::new(7);
+    for (j, (f, q)) in [(0.05f32, 0.707f32), (0.2, 2.0), (0.01, 0.5)]
+        .into_iter()
+        .enumerate()
+    {
+        let x = f32s(&mut rng, 2048);
+        let got = drive::biquad(&v, &buf, &x, f, q, j as u32 + 1, T).unwrap();
+        let want = reference::biquad_lowpass(&x, f64::from(f), f64::from(q));
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (f64::from(*g) - w).abs() <= 1e-3,
+                "{} f {f} q {q} sample {i}: {g} vs {w}",
+                fw.name
+            );
+        }
+    }
+    // Bad parameters are refused with a status, not a fault.
+    assert!(drive::biquad(&v, &buf, &[0.0; 4], 0.7, 1.0, 5, T).is_err());
+    assert!(v.faults().unwrap().is_empty());
+}
+
+#[test]
+fn biquad_hard_float_matches_the_definition() {
+    biquad_matches(BIQUAD);
+}
+
+#[test]
+fn biquad_soft_float_matches_the_definition() {
+    biquad_matches(BIQUAD_SOFT);
+}
+
+#[test]
+fn interrupt_driven_firmware_handles_requests_from_its_vector_table() {
+    let p = pcoproc(200);
+    let v = vcoproc(&p, 1, IRQ);
+    v.start().unwrap();
+    let mut rng = TestRng::new(3);
+    let mut entries = 0;
+    let mut ticks = 0;
+    for tag in 1..=20u32 {
+        let (a, b) = (
+            rng.next_u64() as u32 % 100_000,
+            rng.next_u64() as u32 % 100_000,
+        );
+        let out = drive::irq(&v, 1, a, b, tag, T).unwrap();
+        entries += 1;
+        assert_eq!(out[1], a + b, "request {tag}");
+        assert_eq!(out[2], abi::scs::CPUID);
+        assert!(out[3] >= ticks, "the SysTick count never goes back");
+        ticks = out[3];
+        assert_eq!(out[4], entries, "one handler entry per request");
+        assert_eq!(out[5], 16, "answered in the doorbell handler (IPSR 16)");
+        assert_eq!(out[6], 0, "VTOR");
+    }
+    // Busy in thread mode until SysTick has interrupted it 5 more times:
+    // ends only if SysTick interrupts are delivered while it runs.
+    let out = drive::irq(&v, 2, 5, 0, 99, T).unwrap();
+    assert!(out[1] >= ticks + 5, "ticks {} after {ticks}", out[1]);
+    assert_eq!(out[5], 0, "answered from thread mode");
+    // Unknown op: answered, nothing faulted.
+    assert_eq!(drive::irq(&v, 7, 0, 0, 100, T).unwrap()[1], u32::MAX);
+    assert!(v.faults().unwrap().is_empty());
+}
