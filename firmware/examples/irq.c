@@ -7,6 +7,8 @@
  *   op 1: answer a + b (added as floats, in the handler);
  *   op 2: let main busy-loop on the FPU until the SysTick count has grown
  *         by a ticks, then answer the count;
+ *   op 3: let main make an SVC with a in r0; the SVC handler rewrites the
+ *         stacked r0 to 2a + 1, which main answers;
  * mailbox out: [0] op, [1] result (0xffffffff for an unknown op), [2] CPUID,
  *              [3] SysTick count, [4] doorbell handler entries, [5] IPSR
  *              where the answer was made, [6] VTOR; then notify(tag). */
@@ -19,6 +21,24 @@ static volatile uint32_t entries;
 static volatile uint32_t wait_for;
 static volatile uint32_t wait_tag;
 static volatile float sink;
+static volatile uint32_t svc_arg;
+static volatile uint32_t svc_tag;
+
+/* SVCall: the stacked frame is on the main stack; r0 is its first word. */
+__attribute__((used)) void svc_main(uint32_t *frame) {
+    frame[0] = frame[0] * 2u + 1u;
+}
+
+__attribute__((naked)) void SVC_Handler(void) {
+    __asm__ volatile("mrs r0, msp\n"
+                     "b svc_main\n");
+}
+
+static uint32_t svc_call(uint32_t x) {
+    register uint32_t r0 __asm__("r0") = x;
+    __asm__ volatile("svc #0" : "+r"(r0)::"memory");
+    return r0;
+}
 
 void SysTick_Handler(void) {
     ticks = ticks + 1;
@@ -50,6 +70,9 @@ void Doorbell_IRQHandler(void) {
     } else if (op == 2) {
         wait_tag = tag;
         wait_for = ticks + coproc_mbox_in(1);
+    } else if (op == 3) {
+        svc_arg = coproc_mbox_in(1);
+        svc_tag = tag;
     } else {
         answer(op, 0xffffffffu, tag);
     }
@@ -67,7 +90,11 @@ int main(void) {
     float acc = 0.0f;
     for (;;) {
         uint32_t goal = wait_for;
-        if (goal != 0) {
+        if (svc_tag != 0) {
+            uint32_t tag = svc_tag;
+            svc_tag = 0;
+            answer(3, svc_call(svc_arg), tag);
+        } else if (goal != 0) {
             /* busy: FP work in thread mode, interrupted by SysTick */
             while ((int32_t)(ticks - goal) < 0) {
                 acc = acc * 0.5f + 1.0f;

@@ -21,7 +21,7 @@
 use crate::abi::scs::{EXIT_SYSRESETREQ, SCS_BASE, SCS_SIZE};
 use crate::abi::*;
 use crate::elf::{self, Image};
-use crate::scs::{Scs, ScsEffect};
+use crate::scs::{Scs, ScsEffect, EXC_SVCALL};
 use crate::timer::{thread_cpu, SliceTimer};
 use coproc_core::control::ControlBlock;
 use coproc_core::device::{
@@ -47,6 +47,8 @@ const PHYS_SCS: u64 = 0x7000_2000;
 /// QEMU's exception number for a v7-M exception return (EXC_RETURN loaded
 /// into the pc in handler mode).
 const EXCP_EXCEPTION_EXIT: u32 = 8;
+/// QEMU's exception number for SVC.
+const EXCP_SWI: u32 = 2;
 /// Words of the exception frame the device stacks: r0-r3, r12, lr, pc,
 /// xPSR, then s0-s15, FPSCR and a reserved word (the FP context is always
 /// stacked).
@@ -612,6 +614,34 @@ impl McuDevice {
                     let _ = uc.emu_stop();
                 }
                 return;
+            }
+            if intno == EXCP_SWI {
+                // SVC: SVCall, taken at once (the stacked pc is the
+                // instruction after the SVC); masked, it is a fault.
+                let taken = match uc.get_data_mut().current_ctx() {
+                    Some(ctx) => {
+                        ctx.scs.pend(EXC_SVCALL);
+                        deliver(uc).map(|()| {
+                            uc.get_data_mut()
+                                .current_ctx()
+                                .is_some_and(|c| c.scs.active().last() == Some(&EXC_SVCALL))
+                        })
+                    }
+                    None => Ok(false),
+                };
+                match taken {
+                    Ok(true) => return,
+                    Ok(false) => {
+                        if let Some(ctx) = uc.get_data_mut().current_ctx() {
+                            ctx.scs.unpend(EXC_SVCALL);
+                        }
+                    }
+                    Err(f) => {
+                        uc.get_data_mut().set_stop(Stop::Fault(f));
+                        let _ = uc.emu_stop();
+                        return;
+                    }
+                }
             }
             uc.get_data_mut().set_stop(Stop::Fault(DeviceFault {
                 addr: None,

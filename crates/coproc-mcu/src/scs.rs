@@ -8,6 +8,7 @@ use crate::abi::scs::*;
 
 /// Exception numbers.
 pub(crate) const EXC_NMI: u16 = 2;
+pub(crate) const EXC_SVCALL: u16 = 11;
 pub(crate) const EXC_PENDSV: u16 = 14;
 pub(crate) const EXC_SYSTICK: u16 = 15;
 /// First external interrupt.
@@ -224,6 +225,10 @@ impl Scs {
     /// The highest-priority pending exception (enabled, not active), with
     /// its priority. `doorbell` is the doorbell line (IRQ 0).
     fn highest_pending(&self, doorbell: bool) -> Option<(u16, i16)> {
+        let doorbell = doorbell && self.enabled & (1 << IRQ_DOORBELL) != 0;
+        if self.pend == 0 && !doorbell {
+            return None;
+        }
         let mut best: Option<(u16, i16)> = None;
         for exc in 1..EXCEPTIONS as u16 {
             let irq = exc.checked_sub(EXC_IRQ0);
@@ -262,6 +267,16 @@ impl Scs {
             current = current.min(0);
         }
         (p < current).then_some(exc)
+    }
+
+    /// Make an exception pending (SVCall on an SVC instruction).
+    pub(crate) fn pend(&mut self, exc: u16) {
+        self.pend |= 1 << exc;
+    }
+
+    /// Withdraw a pending exception.
+    pub(crate) fn unpend(&mut self, exc: u16) {
+        self.pend &= !(1 << exc);
     }
 
     /// Exception entry done: `exc` is active and no longer pending.

@@ -160,7 +160,93 @@ fn interrupt_driven_firmware_handles_requests_from_its_vector_table() {
     let out = drive::irq(&v, 2, 5, 0, 99, T).unwrap();
     assert!(out[1] >= ticks + 5, "ticks {} after {ticks}", out[1]);
     assert_eq!(out[5], 0, "answered from thread mode");
+    // SVC from thread mode: the handler rewrote the stacked r0.
+    let out = drive::irq(&v, 3, 20, 0, 101, T).unwrap();
+    assert_eq!((out[1], out[5]), (41, 0));
     // Unknown op: answered, nothing faulted.
     assert_eq!(drive::irq(&v, 7, 0, 0, 100, T).unwrap()[1], u32::MAX);
     assert!(v.faults().unwrap().is_empty());
+}
+
+/// The System Control Space through the `probe` firmware (a freestanding,
+/// soft-float image with the SDK's vector table): registers, and what bad
+/// exception set-ups do — a fault or an exit of that vcoproc only.
+#[test]
+fn system_control_space_and_bad_exception_setups_fault_only_their_vcoproc() {
+    use abi::scs::*;
+    use coproc_core::state::VcoprocState;
+    use coproc_firmware::{ECHO, PROBE};
+    let p = pcoproc(200);
+    let bystander = vcoproc(&p, 2, ECHO);
+    bystander.start().unwrap();
+    let v = vcoproc(&p, 1, PROBE);
+    v.start().unwrap();
+    let rd = |a: u32| drive::probe(&v, 1, a, 0, T).unwrap();
+    let wr = |a: u32, x: u32| drive::probe(&v, 2, a, x, T).unwrap();
+    assert_eq!(rd(SCB_CPUID), CPUID);
+    assert_eq!(rd(SCB_VTOR), 0);
+    assert_eq!(rd(SCB_AIRCR) >> 16, 0xfa05);
+    wr(SCB_CPACR, 0xf << 20);
+    assert_eq!(rd(SCB_CPACR), 0xf << 20);
+    wr(SCB_VTOR, 0x1234);
+    assert_eq!(rd(SCB_VTOR), 0x1200, "VTOR keeps bits 7 and up");
+    // SysTick: reload value and calibration read back; unmodelled SCS
+    // registers read as zero.
+    wr(SYST_RVR, 0x0123_4567);
+    assert_eq!(rd(SYST_RVR), 0x0023_4567);
+    assert_eq!(rd(SYST_CALIB) & 0x00ff_ffff, SYSTICK_HZ / 100 - 1);
+    assert_eq!(rd(0xe000_ed90), 0, "MPU_TYPE: no MPU");
+    wr(0xe000_ed90, 0xffff_ffff);
+
+    // An interrupt with no handler of the firmware's: the SDK's default
+    // handler exits with EXIT_UNHANDLED | its exception number.
+    wr(SCB_VTOR, 0);
+    wr(NVIC_ISER, 1 << 3);
+    let seq = v.last_notify().seq;
+    v.mbox_write(0, 2);
+    v.mbox_write(1, NVIC_ISPR);
+    v.mbox_write(2, 1 << 3);
+    v.doorbell();
+    v.wait_state(|s| s == VcoprocState::Stopped, T).unwrap();
+    assert_eq!(v.info().unwrap().exit_code, Some(EXIT_UNHANDLED | 19));
+    assert_eq!(v.last_notify().seq, seq);
+
+    // A vector table in data memory full of zeros: the vector is not
+    // Thumb code, the vcoproc faults.
+    v.reset().unwrap();
+    v.start().unwrap();
+    wr(SCB_VTOR, abi::DATA_BASE);
+    wr(NVIC_ISER, 1 << 1);
+    v.mbox_write(0, 2);
+    v.mbox_write(1, NVIC_STIR);
+    v.mbox_write(2, 1);
+    v.doorbell();
+    v.wait_state(|s| s == VcoprocState::Faulted, T).unwrap();
+    let f = v.faults().unwrap().pop().unwrap();
+    assert!(
+        format!("{:?}", f.fault.reason).contains("vector"),
+        "{:?}",
+        f.fault.reason
+    );
+
+    // SYSRESETREQ stops the vcoproc with its exit code.
+    v.reset().unwrap();
+    v.start().unwrap();
+    v.mbox_write(0, 2);
+    v.mbox_write(1, SCB_AIRCR);
+    v.mbox_write(2, 0x05fa_0004);
+    v.doorbell();
+    v.wait_state(|s| s == VcoprocState::Stopped, T).unwrap();
+    assert_eq!(v.info().unwrap().exit_code, Some(EXIT_SYSRESETREQ));
+
+    // After a reset the System Control Space starts over.
+    v.reset().unwrap();
+    v.start().unwrap();
+    assert_eq!(rd(SCB_VTOR), 0);
+    assert_eq!(rd(NVIC_ISER), 0);
+
+    // The bystander never noticed.
+    let w = [7u32; 16];
+    assert_eq!(drive::echo(&bystander, &w, T).unwrap()[..15], w[..15]);
+    assert!(bystander.faults().unwrap().is_empty());
 }
