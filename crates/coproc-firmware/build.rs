@@ -23,6 +23,21 @@ const LIBC: &[(&str, &str, &[&str])] = &[
     ("biquad", "biquad", &[]),
     ("biquad_soft", "biquad", &["--soft-float"]),
     ("irq", "irq", &[]),
+    ("bigcode", "bigcode", &[]),
+    // `echo` linked for a small pcoproc (code_kib = 64, data_kib = 32).
+    (
+        "echo_small",
+        "echo",
+        &[
+            "--nolibc",
+            "--code-size",
+            "65536",
+            "--data-size",
+            "32768",
+            "--stack-size",
+            "4096",
+        ],
+    ),
 ];
 
 fn tool(names: &[&str]) -> Option<String> {

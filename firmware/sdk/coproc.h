@@ -13,9 +13,9 @@
 
 /* Memory map of every vcoproc (its own address space). */
 #define COPROC_CODE_BASE 0x00000000u /* firmware code + rodata, read/exec */
-#define COPROC_CODE_SIZE 0x00040000u /* 256 KiB */
+#define COPROC_CODE_SIZE 0x00100000u /* 1 MiB by default (the pcoproc's code_kib) */
 #define COPROC_DATA_BASE 0x20000000u /* data, bss, stack, read/write */
-#define COPROC_DATA_SIZE 0x00020000u /* 128 KiB */
+#define COPROC_DATA_SIZE 0x00040000u /* 256 KiB by default (the pcoproc's data_kib) */
 #define COPROC_CB_BASE 0x40000000u   /* control block, read/write */
 #define COPROC_CB_SIZE 0x00001000u
 #define COPROC_IOVA_BASE 0x60000000u /* window where the domain's mappings appear */

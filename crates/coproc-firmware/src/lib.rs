@@ -46,7 +46,9 @@ firmware!(
     FFT = "fft",
     BIQUAD = "biquad",
     BIQUAD_SOFT = "biquad_soft",
-    IRQ = "irq"
+    IRQ = "irq",
+    BIGCODE = "bigcode",
+    ECHO_SMALL = "echo_small"
 );
 
 /// The C header of the SDK (the firmware ABI).

@@ -78,11 +78,52 @@ pub const LOCAL_ALLOC_MAX: u64 = 16 << 20;
 pub struct McuConfig {
     /// Most contexts (vcoprocs) at once.
     pub max_contexts: u32,
+    /// Bytes of code memory of every vcoproc (default [`CODE_SIZE`], 1 MiB;
+    /// whole 4 KiB pages up to [`elf::MAX_CODE_SIZE`]).
+    pub code_size: u32,
+    /// Bytes of data memory of every vcoproc (default [`DATA_SIZE`],
+    /// 256 KiB; whole 4 KiB pages up to [`elf::MAX_DATA_SIZE`]).
+    pub data_size: u32,
 }
 
 impl Default for McuConfig {
     fn default() -> Self {
-        McuConfig { max_contexts: 1024 }
+        McuConfig {
+            max_contexts: 1024,
+            code_size: CODE_SIZE,
+            data_size: DATA_SIZE,
+        }
+    }
+}
+
+/// Why an [`McuConfig`] was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum McuConfigError {
+    /// No context allowed.
+    #[error("max_contexts must be at least 1")]
+    NoContexts,
+    /// Code or data memory size out of range.
+    #[error(transparent)]
+    Memory(#[from] elf::ElfError),
+}
+
+impl McuConfig {
+    /// The memory map every vcoproc of the device has.
+    pub fn map(&self) -> elf::MemoryMap {
+        elf::MemoryMap {
+            code_size: self.code_size,
+            data_size: self.data_size,
+        }
+    }
+
+    /// Check the configuration: at least one context, code and data sizes
+    /// whole pages within their limits.
+    pub fn validate(&self) -> Result<(), McuConfigError> {
+        if self.max_contexts == 0 {
+            return Err(McuConfigError::NoContexts);
+        }
+        self.map().validate()?;
+        Ok(())
     }
 }
 
@@ -249,11 +290,70 @@ impl Drop for Window {
     }
 }
 
-/// Code and data memory of one context (pooled for reuse).
+/// Code and data memory of one context (pooled for reuse): physical
+/// addresses in the engine, and the host memory behind them.
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     code: u64,
     data: u64,
+    /// Host address of the code memory; the data memory follows it.
+    host: usize,
+}
+
+/// The host memory of every slot: one anonymous private mapping each,
+/// given to the engine with `mem_map_ptr`, so that zeroing a slot is
+/// `madvise(MADV_DONTNEED)` (the kernel's zero pages, nothing committed
+/// until the firmware touches it) rather than writing zeros over all of it.
+/// Unmapped when the device goes, after the engine (field order of
+/// `McuDevice`).
+#[derive(Debug, Default)]
+struct SlotMemory {
+    /// (host address, length) of each mapping.
+    maps: Vec<(usize, usize)>,
+}
+
+impl SlotMemory {
+    fn map(&mut self, len: usize) -> Result<usize, DeviceError> {
+        // SAFETY: a fresh anonymous mapping at an address of the kernel's
+        // choosing: no existing memory is affected.
+        let p = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::NORESERVE,
+            )
+        }
+        .map_err(|e| DeviceError::Exhausted(format!("host memory for context memory: {e}")))?;
+        self.maps.push((p as usize, len));
+        Ok(p as usize)
+    }
+
+    /// Give `[host, host+len)` back to the kernel's zero pages.
+    fn zero(&self, host: usize, len: usize) -> Result<(), DeviceError> {
+        debug_assert!(self
+            .maps
+            .iter()
+            .any(|&(h, l)| host >= h && host + len <= h + l));
+        // SAFETY: the range lies inside one of this device's own anonymous
+        // private mappings (slots are carved from them only), which stay
+        // mapped until drop; MADV_DONTNEED keeps the mapping and makes its
+        // pages read as zero, so every host pointer the engine holds into
+        // it stays valid.
+        unsafe { rustix::mm::madvise(host as *mut _, len, rustix::mm::Advice::LinuxDontNeed) }
+            .map_err(|e| DeviceError::Backend(format!("zeroing context memory: {e}")))
+    }
+}
+
+impl Drop for SlotMemory {
+    fn drop(&mut self) {
+        for &(host, len) in &self.maps {
+            // SAFETY: a mapping `map` made; the engine that used it is gone
+            // (`SlotMemory` is declared after `uc` in `McuDevice`, so it is
+            // dropped after it), and nothing else points into it.
+            let _ = unsafe { rustix::mm::munmap(host as *mut _, len) };
+        }
+    }
 }
 
 struct Ctx {
@@ -316,6 +416,8 @@ struct State {
     recheck: bool,
     /// The core stopped at a WFE.
     wfe: bool,
+    /// Code and data memory sizes of every context.
+    map: elf::MemoryMap,
 }
 
 impl State {
@@ -351,10 +453,10 @@ impl State {
         let inside = |base: u32, size: u32| {
             vaddr >= u64::from(base) && vaddr < u64::from(base) + u64::from(size)
         };
-        if inside(CODE_BASE, CODE_SIZE) {
+        if inside(CODE_BASE, self.map.code_size) {
             return Some((ctx.slot.code + off(CODE_BASE), Prot::READ | Prot::EXEC));
         }
-        if inside(DATA_BASE, DATA_SIZE) {
+        if inside(DATA_BASE, self.map.data_size) {
             return Some((ctx.slot.data + off(DATA_BASE), Prot::READ | Prot::WRITE));
         }
         if inside(CB_BASE, CB_SIZE) {
@@ -417,8 +519,11 @@ fn exception_name(intno: u32) -> String {
 
 /// The mcu device.
 pub struct McuDevice {
-    /// The engine. Declared before `window` so that it is dropped first.
+    /// The engine. Declared before `window` and `slots` so that it is
+    /// dropped first.
     uc: Unicorn<'static, State>,
+    /// Host memory of the slots. Dropped after `uc`.
+    slots: SlotMemory,
     timer: SliceTimer,
     /// CPU registers of a freshly reset core.
     template: unicorn_engine::Context,
@@ -445,6 +550,9 @@ impl std::fmt::Debug for McuDevice {
 impl McuDevice {
     /// Create the core.
     pub fn new(config: McuConfig) -> Result<McuDevice, DeviceError> {
+        config
+            .validate()
+            .map_err(|e| DeviceError::Backend(format!("mcu configuration: {e}")))?;
         let state = State {
             contexts: HashMap::new(),
             current: None,
@@ -457,6 +565,7 @@ impl McuDevice {
             identity: false,
             recheck: false,
             wfe: false,
+            map: config.map(),
         };
         let mut uc = Unicorn::new_with_data(Arch::ARM, Mode::THUMB | Mode::MCLASS, state)
             .map_err(|e| uc_err("open", e))?;
@@ -686,6 +795,7 @@ impl McuDevice {
             pool: Vec::new(),
             retired: Vec::new(),
             config,
+            slots: SlotMemory::default(),
         })
     }
 
@@ -703,32 +813,42 @@ impl McuDevice {
             self.clear(slot)?;
             return Ok(slot);
         }
-        let (code_len, data_len) = (u64::from(CODE_SIZE), u64::from(DATA_SIZE));
+        let (code_len, data_len) = (
+            u64::from(self.config.code_size),
+            u64::from(self.config.data_size),
+        );
         let code = self.phys.alloc(code_len + data_len).ok_or_else(|| {
             DeviceError::Exhausted("physical address space for context memory".into())
         })?;
+        let host = match self.slots.map((code_len + data_len) as usize) {
+            Ok(h) => h,
+            Err(e) => {
+                self.phys.release(code, code_len + data_len);
+                return Err(e);
+            }
+        };
         let slot = Slot {
             code,
             data: code + code_len,
+            host,
         };
-        self.uc
-            .mem_map(slot.code, code_len, Prot::ALL)
-            .map_err(|e| uc_err("map code", e))?;
-        self.uc
-            .mem_map(slot.data, data_len, Prot::ALL)
-            .map_err(|e| uc_err("map data", e))?;
+        // SAFETY: `host` is a fresh mapping of code_len + data_len bytes
+        // owned by `self.slots`, which lives longer than the engine (field
+        // order of `McuDevice`) and is never unmapped before; nothing else
+        // uses it. The physical range was just allocated, so it overlaps
+        // no other engine memory.
+        unsafe {
+            self.uc
+                .mem_map_ptr(slot.code, code_len + data_len, Prot::ALL, host as *mut _)
+        }
+        .map_err(|e| uc_err("map context memory", e))?;
         Ok(slot)
     }
 
     /// Zero a slot's code and data memory and drop translations of its code.
     fn clear(&mut self, slot: Slot) -> Result<(), DeviceError> {
-        static ZERO: [u8; CODE_SIZE as usize] = [0; CODE_SIZE as usize];
-        self.uc
-            .mem_write(slot.code, &ZERO)
-            .map_err(|e| uc_err("clear code", e))?;
-        self.uc
-            .mem_write(slot.data, &ZERO[..DATA_SIZE as usize])
-            .map_err(|e| uc_err("clear data", e))?;
+        let len = (self.config.code_size + self.config.data_size) as usize;
+        self.slots.zero(slot.host, len)?;
         self.drop_code(slot)
     }
 
@@ -745,7 +865,7 @@ impl McuDevice {
         let _ = self.uc.ctl_flush_tlb();
         let r = self
             .uc
-            .ctl_remove_cache(slot.code, slot.code + u64::from(CODE_SIZE));
+            .ctl_remove_cache(slot.code, slot.code + u64::from(self.config.code_size));
         self.uc.get_data_mut().identity = false;
         let _ = self.uc.ctl_flush_tlb();
         match r {
@@ -787,11 +907,10 @@ impl McuDevice {
     /// keeps a domain that resets in a loop from costing every other domain
     /// a retranslation of its code.
     fn restart(&mut self, id: ContextId, image: &Image) -> Result<(), DeviceError> {
-        static ZERO: [u8; DATA_SIZE as usize] = [0; DATA_SIZE as usize];
         let slot = self.ctx(id)?.slot;
-        self.uc
-            .mem_write(slot.data, &ZERO)
-            .map_err(|e| uc_err("clear data", e))?;
+        let code_size = self.config.code_size as usize;
+        self.slots
+            .zero(slot.host + code_size, self.config.data_size as usize)?;
         for s in image.segments.iter().filter(|s| s.vaddr >= DATA_BASE) {
             self.uc
                 .mem_write(slot.data + u64::from(s.vaddr - DATA_BASE), &s.data)
@@ -805,34 +924,17 @@ impl McuDevice {
     }
 
     /// Registers of a freshly started context: reset core and System
-    /// Control Space. An image that starts with a vector table (word 0 an
-    /// initial SP inside data memory, word 1 a Thumb reset handler in a
-    /// loaded code segment) starts as a Cortex-M does, from those two
-    /// words; any other with SP at the top of data memory and PC at the ELF
+    /// Control Space; SP and PC from the image's vector table if it has one
+    /// (as a Cortex-M starts), else the top of data memory and the ELF
     /// entry point.
     fn init_regs(&mut self, id: ContextId) -> Result<(), DeviceError> {
+        let map = self.config.map();
         let ctx = self.ctx(id)?;
         ctx.scs = Scs::default();
-        let slot = ctx.slot;
-        let entry = ctx.image.as_ref().map(|i| i.entry);
-        let code: Vec<(u32, u32)> = ctx
-            .image
-            .iter()
-            .flat_map(|i| &i.segments)
-            .filter(|s| s.vaddr < DATA_BASE)
-            .map(|s| (s.vaddr, s.memsz))
-            .collect();
-        let mut head = [0u8; 8];
-        let (mut sp, mut pc) = (DATA_BASE + DATA_SIZE, entry.unwrap_or(1));
-        if entry.is_some() && self.uc.mem_read(slot.code, &mut head).is_ok() {
-            let w0 = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-            let w1 = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-            let stack = w0 > DATA_BASE && w0 <= DATA_BASE + DATA_SIZE && w0.is_multiple_of(4);
-            let reset = w1 & 1 == 1 && code.iter().any(|&(v, len)| (w1 & !1).wrapping_sub(v) < len);
-            if stack && reset {
-                (sp, pc) = (w0, w1);
-            }
-        }
+        let (sp, pc) = match &ctx.image {
+            Some(image) => image.start(&map),
+            None => (map.stack_top(), 1),
+        };
         self.uc
             .context_restore(&self.template)
             .map_err(|e| uc_err("context restore", e))?;
@@ -1343,7 +1445,9 @@ impl Device for McuDevice {
             class: "mcu",
             model: "Cortex-M4 (Unicorn 2)".into(),
             preemption: Preemption::Instruction,
-            local_memory: u64::from(CODE_SIZE + DATA_SIZE) + LOCAL_ALLOC_MAX,
+            local_memory: u64::from(self.config.code_size)
+                + u64::from(self.config.data_size)
+                + LOCAL_ALLOC_MAX,
             address_bits: 32,
             iova_base: u64::from(IOVA_BASE),
             iova_size: u64::from(IOVA_SIZE),
@@ -1412,15 +1516,15 @@ impl Device for McuDevice {
 
     fn load_firmware(&mut self, id: ContextId, image: &[u8]) -> Result<FirmwareInfo, DeviceError> {
         self.ctx(id)?;
-        let prepared = elf::ElfPrep.prepare(image)?;
+        let prepared = elf::ElfPrepFor(self.config.map()).prepare(image)?;
         self.install_firmware(id, prepared)
     }
 
     fn firmware_prep(&self) -> Arc<dyn FirmwarePrep> {
-        Arc::new(elf::ElfPrep)
+        Arc::new(elf::ElfPrepFor(self.config.map()))
     }
 
-    /// Copies the segments of an image [`elf::ElfPrep`] validated and marks
+    /// Copies the segments of an image [`elf::ElfPrepFor`] validated and marks
     /// the registers for a fresh start: nothing is parsed or checked here.
     fn install_firmware(
         &mut self,
@@ -1431,6 +1535,13 @@ impl Device for McuDevice {
         let image = *fw
             .downcast::<Image>()
             .map_err(|_| DeviceError::BadFirmware("prepared for another device class".into()))?;
+        // Prepared for another memory map (another pcoproc's prep): the
+        // segments and the start must still fit this device's.
+        if !image.fits(&self.config.map()) {
+            return Err(DeviceError::BadFirmware(
+                "prepared for a larger memory map than this pcoproc's".into(),
+            ));
+        }
         let info = FirmwareInfo {
             entry: u64::from(image.entry),
             code_bytes: image.code_bytes(),

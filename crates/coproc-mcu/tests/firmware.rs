@@ -8,7 +8,7 @@ use coproc_core::policy::{RoundRobin, SchedParams};
 use coproc_core::{DomainId, Pcoproc, VcoprocHandle};
 use coproc_firmware::drive::{self, Buffer};
 use coproc_firmware::reference::{self, TestRng};
-use coproc_firmware::{Firmware, BIQUAD, BIQUAD_SOFT, FFT, HELLO, IRQ};
+use coproc_firmware::{Firmware, BIGCODE, BIQUAD, BIQUAD_SOFT, ECHO, ECHO_SMALL, FFT, HELLO, IRQ};
 use coproc_mcu::abi;
 use coproc_mcu::{factory, McuConfig};
 use std::sync::Arc;
@@ -249,4 +249,94 @@ fn system_control_space_and_bad_exception_setups_fault_only_their_vcoproc() {
     let w = [7u32; 16];
     assert_eq!(drive::echo(&bystander, &w, T).unwrap()[..15], w[..15]);
     assert!(bystander.faults().unwrap().is_empty());
+}
+
+fn sized_pcoproc(code_kib: u32, data_kib: u32) -> Arc<Pcoproc> {
+    let rr = RoundRobin::new(Duration::from_micros(500)).unwrap();
+    let config = McuConfig {
+        code_size: code_kib * 1024,
+        data_size: data_kib * 1024,
+        ..McuConfig::default()
+    };
+    Pcoproc::spawn("mcu-sized", factory(config), Box::new(rr)).unwrap()
+}
+
+/// The table-heavy `bigcode` (384 KiB of rodata) answers `i`: its word,
+/// the table's sum, its last word's address. Reference from the table's
+/// definition in the C source's comment.
+fn bigcode_answer(v: &VcoprocHandle, i: u32) -> [u32; 16] {
+    let seq = v.last_notify().seq;
+    v.mbox_write(0, i);
+    v.doorbell();
+    v.wait_notify(seq, T).unwrap();
+    std::array::from_fn(|k| v.mbox_read(k))
+}
+
+#[test]
+fn code_and_data_sizes_follow_the_configuration() {
+    let words = 96 * 1024u32;
+    let table = |i: u32| {
+        let i = i % words;
+        if i.is_multiple_of(4096) && i / 4096 < 24 {
+            i / 4096 + 1
+        } else {
+            0
+        }
+    };
+    let sum: u32 = (0..words).map(table).sum();
+    // The default map (1 MiB of code) holds it.
+    let p = pcoproc(500);
+    let v = vcoproc(&p, 1, BIGCODE);
+    v.start().unwrap();
+    for i in [0u32, 4096, 5 * 4096 + 1, 23 * 4096, 200_000] {
+        let out = bigcode_answer(&v, i);
+        assert_eq!((out[0], out[1]), (table(i), sum), "i {i}");
+        assert!(out[2] > 256 * 1024 && out[2] < abi::CODE_SIZE);
+    }
+    // A pcoproc with 256 KiB of code memory refuses it up front, and a
+    // default-linked image (its stack at the top of 256 KiB of data) on a
+    // pcoproc with 32 KiB of data memory too: clear errors, no fault.
+    let small = sized_pcoproc(256, 32);
+    let w = small
+        .create_vcoproc(DomainId(2), SchedParams::default())
+        .unwrap();
+    let e = w.load_firmware("bigcode", BIGCODE.elf).unwrap_err();
+    assert!(
+        e.to_string().contains("outside code and data memory"),
+        "{e}"
+    );
+    let e = w.load_firmware("echo", ECHO.elf).unwrap_err();
+    assert!(e.to_string().contains("initial SP"), "{e}");
+    // Linked for the small map (coproc-fw --code-size/--data-size), it runs
+    // there, with its stack at the top of the 32 KiB.
+    let small = sized_pcoproc(64, 32);
+    let w = vcoproc(&small, 2, ECHO_SMALL);
+    w.start().unwrap();
+    let msg: [u32; 16] = std::array::from_fn(|i| i as u32 * 3);
+    assert_eq!(drive::echo(&w, &msg, T).unwrap()[..15], msg[..15]);
+    assert!(w.faults().unwrap().is_empty());
+    // Images linked for the small map fit the default one too.
+    let v2 = vcoproc(&p, 4, ECHO_SMALL);
+    v2.start().unwrap();
+    assert_eq!(drive::echo(&v2, &msg, T).unwrap()[..15], msg[..15]);
+}
+
+#[test]
+fn bad_memory_sizes_are_refused() {
+    for (code, data) in [
+        (0, 4096),
+        (4096, 0),
+        (4097, 4096),
+        (32 << 20, 4096),
+        (4096, 17 << 20),
+    ] {
+        let config = McuConfig {
+            code_size: code,
+            data_size: data,
+            ..McuConfig::default()
+        };
+        assert!(config.validate().is_err(), "{code} {data}");
+        assert!(coproc_mcu::McuDevice::new(config).is_err());
+    }
+    assert!(McuConfig::default().validate().is_ok());
 }

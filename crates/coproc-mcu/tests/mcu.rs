@@ -669,7 +669,15 @@ fn reloading_a_context_runs_its_new_code_and_the_others_keep_theirs() {
 #[test]
 fn context_limit_is_enforced_and_freed_contexts_are_reused() {
     let rr = RoundRobin::new(Duration::from_micros(200)).unwrap();
-    let p = Pcoproc::spawn("mcu0", factory(McuConfig { max_contexts: 3 }), Box::new(rr)).unwrap();
+    let p = Pcoproc::spawn(
+        "mcu0",
+        factory(McuConfig {
+            max_contexts: 3,
+            ..McuConfig::default()
+        }),
+        Box::new(rr),
+    )
+    .unwrap();
     let vs: Vec<_> = (0..3)
         .map(|d| {
             p.create_vcoproc(DomainId(d), SchedParams::default())

@@ -29,7 +29,8 @@ class = "mcu"
 # parameters as key = value (a list repeats a key, e.g. table windows).
 policy = "rr"
 policy_params = { slice_us = 5000 }
-# class options of mcu: max_contexts
+# class options of mcu: max_contexts, code_kib and data_kib (each vcoproc's
+# code and data memory, 4..16384 KiB in whole 4 KiB pages; default 1024 and 256)
 options = { max_contexts = 64 }
 
 [[domain]]
@@ -199,7 +200,7 @@ pub enum ParamValue {
 pub const CLASSES: &[&str] = &["mcu", "vulkan"];
 
 /// Options of the `mcu` class.
-const MCU_OPTIONS: &[&str] = &["max_contexts"];
+const MCU_OPTIONS: &[&str] = &["max_contexts", "code_kib", "data_kib"];
 
 /// Options of the `vulkan` class.
 const VULKAN_OPTIONS: &[&str] = &[
@@ -270,6 +271,14 @@ impl PcoprocConfig {
                 if let Some(n) = max_contexts {
                     mcu.max_contexts = n;
                 }
+                // Code and data memory of every vcoproc, in KiB.
+                if let Some(k) = int("code_kib", 4, 16 << 10)? {
+                    mcu.code_size = (k as u32) << 10;
+                }
+                if let Some(k) = int("data_kib", 4, 16 << 10)? {
+                    mcu.data_size = (k as u32) << 10;
+                }
+                mcu.validate().map_err(|e| bad(e.to_string()))?;
                 return Ok(DeviceConfig::Mcu(mcu));
             }
             #[cfg(not(feature = "mcu"))]
@@ -536,6 +545,35 @@ mod tests {
         ];
         for b in bad {
             assert!(Config::parse(b).is_err(), "accepted: {b}");
+        }
+    }
+
+    #[cfg(feature = "mcu")]
+    #[test]
+    fn mcu_memory_sizes_are_parsed_and_checked() {
+        let mcu = |opts: &str| {
+            let text =
+                format!("[[pcoproc]]\nname = \"a\"\nclass = \"mcu\"\noptions = {{ {opts} }}\n");
+            Config::parse(&text).and_then(|c| c.pcoprocs[0].device())
+        };
+        match mcu("code_kib = 2048, data_kib = 64") {
+            Ok(DeviceConfig::Mcu(m)) => assert_eq!((m.code_size, m.data_size), (2 << 20, 64 << 10)),
+            other => panic!("{other:?}"),
+        }
+        match mcu("max_contexts = 2") {
+            Ok(DeviceConfig::Mcu(m)) => {
+                assert_eq!((m.code_size, m.data_size), (1 << 20, 256 << 10))
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            "code_kib = 2",
+            "data_kib = 16385",
+            "code_kib = 6",
+            "data_kib = \"big\"",
+        ] {
+            let e = mcu(bad).unwrap_err().to_string();
+            assert!(e.contains("pcoproc \"a\""), "{bad}: {e}");
         }
     }
 
