@@ -9,6 +9,8 @@
  *         by a ticks, then answer the count;
  *   op 3: let main make an SVC with a in r0; the SVC handler rewrites the
  *         stacked r0 to 2a + 1, which main answers;
+ *   op 4: main sleeps with WFE instead of WFI from now on if a != 0;
+ *         answers a;
  * mailbox out: [0] op, [1] result (0xffffffff for an unknown op), [2] CPUID,
  *              [3] SysTick count, [4] doorbell handler entries, [5] IPSR
  *              where the answer was made, [6] VTOR; then notify(tag). */
@@ -23,6 +25,7 @@ static volatile uint32_t wait_tag;
 static volatile float sink;
 static volatile uint32_t svc_arg;
 static volatile uint32_t svc_tag;
+static volatile uint32_t use_wfe;
 
 /* SVCall: the stacked frame is on the main stack; r0 is its first word. */
 __attribute__((used)) void svc_main(uint32_t *frame) {
@@ -73,6 +76,9 @@ void Doorbell_IRQHandler(void) {
     } else if (op == 3) {
         svc_arg = coproc_mbox_in(1);
         svc_tag = tag;
+    } else if (op == 4) {
+        use_wfe = coproc_mbox_in(1);
+        answer(op, use_wfe, tag);
     } else {
         answer(op, 0xffffffffu, tag);
     }
@@ -102,6 +108,8 @@ int main(void) {
             wait_for = 0;
             sink = acc;
             answer(2, ticks, wait_tag);
+        } else if (use_wfe) {
+            __asm__ volatile("wfe" ::: "memory");
         } else {
             coproc_wfi();
         }

@@ -1126,9 +1126,12 @@ fn reg(uc: &Unicorn<'_, State>, r: i32) -> u32 {
     uc.reg_read(r).unwrap_or(0) as u32
 }
 
-/// Read or write the current context's memory at virtual `addr` as the
-/// firmware would, word by word, with its permissions: how the device
-/// stacks and unstacks exception frames and reads vectors.
+/// Read or write the current context's code or data memory at virtual
+/// `addr` as the firmware would, word by word, with its permissions: how
+/// the device stacks and unstacks exception frames and reads vectors. Only
+/// the context's own code and data memory qualify (not the control block,
+/// the SCS, mappings or device-local memory): an exception frame or vector
+/// table anywhere else faults the vcoproc.
 fn vaccess(
     uc: &mut Unicorn<'_, State>,
     addr: u32,
@@ -1139,10 +1142,11 @@ fn vaccess(
     for (i, w) in words.iter_mut().enumerate() {
         let a = u64::from(addr.wrapping_add(4 * i as u32));
         let need = if write { Prot::WRITE } else { Prot::READ };
-        let (access, phys) = match uc.get_data().translate(a) {
-            Some((p, prot)) if prot.0 & need.0 != 0 && !(PHYS_CB..PHYS_SCS + PAGE).contains(&p) => {
-                (None, p)
-            }
+        let st = uc.get_data();
+        let own = u64::from(st.map.code_size)..u64::from(DATA_BASE);
+        let local = a < u64::from(DATA_BASE) + u64::from(st.map.data_size) && !own.contains(&a);
+        let (access, phys) = match st.translate(a) {
+            Some((p, prot)) if local && prot.0 & need.0 != 0 => (None, p),
             _ => (Some(if write { Access::Write } else { Access::Read }), 0),
         };
         if let Some(access) = access {

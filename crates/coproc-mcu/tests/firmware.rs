@@ -134,6 +134,7 @@ fn biquad_soft_float_matches_the_definition() {
 
 #[test]
 fn interrupt_driven_firmware_handles_requests_from_its_vector_table() {
+    use coproc_core::state::VcoprocState;
     let p = pcoproc(200);
     let v = vcoproc(&p, 1, IRQ);
     v.start().unwrap();
@@ -163,6 +164,12 @@ fn interrupt_driven_firmware_handles_requests_from_its_vector_table() {
     // SVC from thread mode: the handler rewrote the stacked r0.
     let out = drive::irq(&v, 3, 20, 0, 101, T).unwrap();
     assert_eq!((out[1], out[5]), (41, 0));
+    // WFI parks the vcoproc between requests; so does WFE.
+    v.wait_state(|s| s == VcoprocState::Waiting, T).unwrap();
+    assert_eq!(drive::irq(&v, 4, 1, 0, 102, T).unwrap()[1], 1);
+    v.wait_state(|s| s == VcoprocState::Waiting, T).unwrap();
+    assert_eq!(drive::irq(&v, 1, 5, 6, 103, T).unwrap()[1], 11);
+    v.wait_state(|s| s == VcoprocState::Waiting, T).unwrap();
     // Unknown op: answered, nothing faulted.
     assert_eq!(drive::irq(&v, 7, 0, 0, 100, T).unwrap()[1], u32::MAX);
     assert!(v.faults().unwrap().is_empty());
