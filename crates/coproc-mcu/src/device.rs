@@ -1176,6 +1176,14 @@ fn vaccess(
 /// if any: stack the frame on the main stack, enter the handler from the
 /// vector table in handler mode.
 fn deliver(uc: &mut Unicorn<'_, State>) -> Result<(), DeviceFault> {
+    let st = uc.get_data();
+    let Some(ctx) = st.current.and_then(|c| st.contexts.get(&c)) else {
+        return Ok(());
+    };
+    // Firmware that uses no interrupts pays one look-up.
+    if ctx.scs.quiet(ctx.control.pending() > 0) {
+        return Ok(());
+    }
     let primask = reg(uc, RegisterARM::PRIMASK as i32) & 1 != 0;
     let st = uc.get_data_mut();
     let Some(cur) = st.current else { return Ok(()) };
@@ -1730,6 +1738,9 @@ impl Device for McuDevice {
             st.slice_cpu_start = cpu_start;
             st.running = true;
         }
+        // The runner's CPU clock at the start of each engine run (read again
+        // only when the slice goes on past one).
+        let mut now_cpu = cpu_start;
         let stop = loop {
             {
                 let st = self.uc.get_data_mut();
@@ -1742,7 +1753,7 @@ impl Device for McuDevice {
             if let Err(f) = deliver(&mut self.uc) {
                 break StopReason::Fault(f);
             }
-            let spent = thread_cpu().saturating_sub(cpu_start);
+            let spent = now_cpu.saturating_sub(cpu_start);
             let Some(left) = budget.checked_sub(spent).filter(|l| !l.is_zero()) else {
                 break StopReason::BudgetSpent;
             };
@@ -1750,11 +1761,12 @@ impl Device for McuDevice {
             let systick = st
                 .contexts
                 .get(&cur)
+                .filter(|c| c.scs.systick_interrupts())
                 .and_then(|c| c.scs.until_systick(device_time(st, c)))
                 .map(Duration::from_nanos);
             let sub = systick.map_or(left, |t| t.min(left));
             let pc = self.uc.reg_read(RegisterARM::PC).unwrap_or(0);
-            self.timer.arm(sub, thread_cpu());
+            self.timer.arm(sub, now_cpu);
             let res = self.uc.emu_start(pc | 1, UNTIL, 0, 0);
             let (fired, preempted) = self.timer.disarm();
             let pc_after = self.uc.reg_read(RegisterARM::PC).unwrap_or(0);
@@ -1768,6 +1780,7 @@ impl Device for McuDevice {
                     .get(&cur)
                     .is_some_and(|c| c.scs.wakes(c.control.pending() > 0))
             };
+            now_cpu = thread_cpu();
             break match (stop, res) {
                 (Some(Stop::Fault(f)), _) => StopReason::Fault(f),
                 // A WAIT or EXIT earlier in the block stands; a parked context
@@ -1808,7 +1821,7 @@ impl Device for McuDevice {
                 (None, Ok(())) => StopReason::BudgetSpent,
             };
         };
-        let ran = thread_cpu().saturating_sub(cpu_start);
+        let ran = now_cpu.saturating_sub(cpu_start);
         let st = self.uc.get_data_mut();
         st.running = false;
         st.trap = None;

@@ -213,6 +213,19 @@ impl Scs {
         }
     }
 
+    /// Nothing can be pending: no exception pending, SysTick not counting
+    /// towards an interrupt, the doorbell's line down or its IRQ disabled.
+    pub(crate) fn quiet(&self, doorbell: bool) -> bool {
+        self.pend == 0
+            && !self.systick_interrupts()
+            && !(doorbell && self.enabled & (1 << IRQ_DOORBELL) != 0)
+    }
+
+    /// SysTick is enabled with its interrupt.
+    pub(crate) fn systick_interrupts(&self) -> bool {
+        self.systick.enable && self.systick.tickint
+    }
+
     /// Device time until SysTick next raises its interrupt, if it will.
     pub(crate) fn until_systick(&self, now: u64) -> Option<u64> {
         if self.systick.tickint {
