@@ -11,6 +11,9 @@
  *         stacked r0 to 2a + 1, which main answers;
  *   op 4: main sleeps with WFE instead of WFI from now on if a != 0;
  *         answers a;
+ *   op 5: like op 2, but the handler answers at once (result 0) and main
+ *         answers op 5 with the count when done, so requests can arrive
+ *         (and are handled) while main is busy;
  * mailbox out: [0] op, [1] result (0xffffffff for an unknown op), [2] CPUID,
  *              [3] SysTick count, [4] doorbell handler entries, [5] IPSR
  *              where the answer was made, [6] VTOR; then notify(tag). */
@@ -26,6 +29,7 @@ static volatile float sink;
 static volatile uint32_t svc_arg;
 static volatile uint32_t svc_tag;
 static volatile uint32_t use_wfe;
+static volatile uint32_t wait_op;
 
 /* SVCall: the stacked frame is on the main stack; r0 is its first word. */
 __attribute__((used)) void svc_main(uint32_t *frame) {
@@ -70,9 +74,13 @@ void Doorbell_IRQHandler(void) {
         /* float arithmetic in the handler: the FP context is stacked */
         float a = (float)coproc_mbox_in(1), b = (float)coproc_mbox_in(2);
         answer(op, (uint32_t)(a + b), tag);
-    } else if (op == 2) {
+    } else if (op == 2 || op == 5) {
         wait_tag = tag;
+        wait_op = op;
         wait_for = ticks + coproc_mbox_in(1);
+        if (op == 5) {
+            answer(op, 0, tag);
+        }
     } else if (op == 3) {
         svc_arg = coproc_mbox_in(1);
         svc_tag = tag;
@@ -107,7 +115,7 @@ int main(void) {
             }
             wait_for = 0;
             sink = acc;
-            answer(2, ticks, wait_tag);
+            answer(wait_op, ticks, wait_tag);
         } else if (use_wfe) {
             __asm__ volatile("wfe" ::: "memory");
         } else {

@@ -18,7 +18,7 @@
 //! callback records the exact address and stops the core; a forbidden
 //! instruction fetch is refused in the hook and stops the core at once.
 
-use crate::abi::scs::{EXIT_SYSRESETREQ, SCS_BASE, SCS_SIZE};
+use crate::abi::scs::{EXIT_SYSRESETREQ, IRQ_DOORBELL, SCS_BASE, SCS_SIZE};
 use crate::abi::*;
 use crate::elf::{self, Image};
 use crate::scs::{Scs, ScsEffect, EXC_SVCALL};
@@ -47,6 +47,9 @@ const PHYS_SCS: u64 = 0x7000_2000;
 /// QEMU's exception number for a v7-M exception return (EXC_RETURN loaded
 /// into the pc in handler mode).
 const EXCP_EXCEPTION_EXIT: u32 = 8;
+/// Longest engine run of a vcoproc with the doorbell interrupt enabled: a
+/// doorbell rung while it runs is taken within this much of its run time.
+const DOORBELL_POLL: Duration = Duration::from_micros(200);
 /// QEMU's exception number for SVC.
 const EXCP_SWI: u32 = 2;
 /// Words of the exception frame the device stacks: r0-r3, r12, lr, pc,
@@ -1764,7 +1767,16 @@ impl Device for McuDevice {
                 .filter(|c| c.scs.systick_interrupts())
                 .and_then(|c| c.scs.until_systick(device_time(st, c)))
                 .map(Duration::from_nanos);
-            let sub = systick.map_or(left, |t| t.min(left));
+            let mut sub = systick.map_or(left, |t| t.min(left));
+            // With the doorbell's interrupt enabled, look for a doorbell
+            // rung meanwhile at least every DOORBELL_POLL of run time.
+            if st
+                .contexts
+                .get(&cur)
+                .is_some_and(|c| c.scs.irq_enabled(IRQ_DOORBELL))
+            {
+                sub = sub.min(DOORBELL_POLL);
+            }
             let pc = self.uc.reg_read(RegisterARM::PC).unwrap_or(0);
             self.timer.arm(sub, now_cpu);
             let res = self.uc.emu_start(pc | 1, UNTIL, 0, 0);

@@ -221,6 +221,11 @@ impl Scs {
             && !(doorbell && self.enabled & (1 << IRQ_DOORBELL) != 0)
     }
 
+    /// External interrupt `irq` is enabled.
+    pub(crate) fn irq_enabled(&self, irq: u32) -> bool {
+        irq < NVIC_IRQS && self.enabled & (1 << irq) != 0
+    }
+
     /// SysTick is enabled with its interrupt.
     pub(crate) fn systick_interrupts(&self) -> bool {
         self.systick.enable && self.systick.tickint

@@ -161,6 +161,21 @@ fn interrupt_driven_firmware_handles_requests_from_its_vector_table() {
     let out = drive::irq(&v, 2, 5, 0, 99, T).unwrap();
     assert!(out[1] >= ticks + 5, "ticks {} after {ticks}", out[1]);
     assert_eq!(out[5], 0, "answered from thread mode");
+    // Requests while main is busy in thread mode: the doorbell interrupt
+    // preempts it, the handler answers, main goes on and answers later.
+    let start = drive::irq(&v, 5, 500, 0, 200, T).unwrap();
+    assert_eq!(start[1], 0, "accepted");
+    let seq = v.last_notify().seq;
+    let during = drive::irq(&v, 1, 7, 8, 201, T).unwrap();
+    assert_eq!((during[1], during[5]), (15, 16));
+    let busy_since = start[3];
+    assert!(during[3] < busy_since + 500, "answered while main was busy");
+    let mut done = v.wait_notify(seq, T).unwrap();
+    while done.tag != 200 {
+        done = v.wait_notify(done.seq, T).unwrap();
+    }
+    assert_eq!(v.mbox_read(0), 5);
+    assert!(v.mbox_read(1) >= busy_since + 500);
     // SVC from thread mode: the handler rewrote the stacked r0.
     let out = drive::irq(&v, 3, 20, 0, 101, T).unwrap();
     assert_eq!((out[1], out[5]), (41, 0));
