@@ -433,6 +433,13 @@ pub fn run(c: &mut Client, f: Format, a: &RunArgs) -> anyhow::Result<bool> {
                 pc.class
             );
         }
+        if kind == "vulkan" {
+            bail!(
+                "coproc run drives mcu firmware through its mailbox; {} is GPU firmware, which \
+                 takes its jobs through a queue: use the SDK (docs/gpu.md)",
+                a.firmware
+            );
+        }
     }
     // The shared memory: as asked, or as much as the data needs.
     let need = inputs
