@@ -12,7 +12,7 @@ use std::process::Command;
 /// the examples that need no C library, and the soft-float ABI's test.
 const NOLIBC: &[&str] = &[
     "echo", "fir", "crc32", "hog", "faulty", "probe", "qecho", "pager", "listwalk", "localbuf",
-    "scribble",
+    "scribble", "badexc",
 ];
 
 /// Firmware built with the default toolchain (hard-float FPv4-SP, picolibc

@@ -48,7 +48,8 @@ firmware!(
     BIQUAD_SOFT = "biquad_soft",
     IRQ = "irq",
     BIGCODE = "bigcode",
-    ECHO_SMALL = "echo_small"
+    ECHO_SMALL = "echo_small",
+    BADEXC = "badexc"
 );
 
 /// The C header of the SDK (the firmware ABI).

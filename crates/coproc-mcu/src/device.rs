@@ -379,6 +379,10 @@ struct Ctx {
     /// The System Control Space (SCB, SysTick, NVIC): reset with the
     /// registers, saved with the context.
     scs: Scs,
+    /// (pc, address, value) of the SCS store that stopped the core to take
+    /// an exception, while that store is still to run again (after the
+    /// handler returns, possibly slices later).
+    replay: Option<(u64, u32, u32)>,
 }
 
 /// A fault found by a hook during a run.
@@ -673,11 +677,10 @@ impl McuDevice {
             }),
             Some(
                 |uc: &mut Unicorn<'_, State>, off: u64, size: usize, value: u64| {
-                    // The stop restarts the store after the exception (if
-                    // one is taken): stop only when one is deliverable now,
-                    // so the repeated store does not stop again.
+                    // Stops only when an exception is deliverable now.
                     let primask = reg(uc, RegisterARM::PRIMASK as i32) & 1 != 0;
-                    if scs_write(uc.get_data_mut(), off, size, value as u32, primask) {
+                    let pc = uc.reg_read(RegisterARM::PC).unwrap_or(0);
+                    if scs_write(uc.get_data_mut(), off, size, value as u32, primask, pc) {
                         let _ = uc.emu_stop();
                     }
                 },
@@ -934,6 +937,7 @@ impl McuDevice {
         let map = self.config.map();
         let ctx = self.ctx(id)?;
         ctx.scs = Scs::default();
+        ctx.replay = None;
         let (sp, pc) = match &ctx.image {
             Some(image) => image.start(&map),
             None => (map.stack_top(), 1),
@@ -1073,10 +1077,19 @@ fn scs_read(st: &mut State, off: u64, size: usize) -> u64 {
 
 /// System Control Space writes; returns whether the core must stop (an
 /// exception may have become deliverable, or a reset was requested).
-fn scs_write(st: &mut State, off: u64, size: usize, value: u32, primask: bool) -> bool {
+fn scs_write(st: &mut State, off: u64, size: usize, value: u32, primask: bool, pc: u64) -> bool {
     let Some(cur) = st.current else { return false };
     if matches!(st.stop, Some(Stop::Fault(_) | Stop::Exited(_))) {
         return true;
+    }
+    // The store that stopped the core to take an exception runs again when
+    // the handler returns (the core restarts the instruction): that second
+    // run is the same write, already done.
+    let this = (pc, SCS_BASE + off as u32, value);
+    if let Some(ctx) = st.contexts.get_mut(&cur) {
+        if ctx.replay.take() == Some(this) {
+            return false;
+        }
     }
     let Some(ctx) = st.contexts.get(&cur) else {
         return false;
@@ -1092,6 +1105,9 @@ fn scs_write(st: &mut State, off: u64, size: usize, value: u32, primask: bool) -
         ScsEffect::Recheck => {
             let deliverable = ctx.scs.take(ctx.control.pending() > 0, primask).is_some();
             st.recheck |= deliverable;
+            if deliverable {
+                ctx.replay = Some(this);
+            }
             deliverable
         }
         ScsEffect::ResetRequest => {
@@ -1500,6 +1516,7 @@ impl Device for McuDevice {
                 demand: false,
                 local: BTreeMap::new(),
                 scs: Scs::default(),
+                replay: None,
             },
         );
         Ok(())
@@ -1787,6 +1804,13 @@ impl Device for McuDevice {
             let stop = st.stop.take();
             let page_fault = st.page_fault.take();
             let (recheck, wfe) = (st.recheck, st.wfe);
+            // The store completed after all (the core stopped past it): no
+            // second run of it is coming.
+            if let Some(ctx) = st.contexts.get_mut(&cur) {
+                if ctx.replay.is_some_and(|(at, _, _)| at != pc_after) {
+                    ctx.replay = None;
+                }
+            }
             let wakes = |st: &State| {
                 st.contexts
                     .get(&cur)

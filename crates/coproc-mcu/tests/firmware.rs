@@ -362,3 +362,54 @@ fn bad_memory_sizes_are_refused() {
     }
     assert!(McuConfig::default().validate().is_ok());
 }
+
+/// Exception set-ups the class refuses (`badexc`): a frame that does not
+/// fit data memory, an EXC_RETURN to the process stack, an exception taken
+/// on the process stack. Each faults that vcoproc only, with a reason; a
+/// proper PendSV round trip works.
+#[test]
+fn bad_exception_frames_and_returns_fault_only_their_vcoproc() {
+    use coproc_core::fault::{Access, FaultReason};
+    use coproc_core::state::VcoprocState;
+    use coproc_firmware::BADEXC;
+    let p = pcoproc(200);
+    let bystander = vcoproc(&p, 2, ECHO);
+    bystander.start().unwrap();
+    let v = vcoproc(&p, 1, BADEXC);
+    let op = |op: u32| {
+        v.reset().unwrap();
+        v.start().unwrap();
+        v.mbox_write(0, op);
+        v.doorbell();
+        v.wait_state(|s| s == VcoprocState::Faulted, T).unwrap();
+        v.faults().unwrap().pop().unwrap().fault
+    };
+    let f = op(1);
+    assert_eq!(f.reason, FaultReason::AccessViolation);
+    assert_eq!(f.access, Access::Write);
+    let below = f.addr.unwrap();
+    assert!(below < u64::from(abi::DATA_BASE), "frame at {below:#x}");
+    let f = op(2);
+    assert!(
+        f.reason.to_string().contains("EXC_RETURN 0xfffffffd"),
+        "{}",
+        f.reason
+    );
+    let f = op(3);
+    assert!(
+        f.reason.to_string().contains("process stack"),
+        "{}",
+        f.reason
+    );
+    // The proper round trip.
+    v.reset().unwrap();
+    v.start().unwrap();
+    let seq = v.last_notify().seq;
+    v.mbox_write(0, 4);
+    v.doorbell();
+    assert_eq!(v.wait_notify(seq, T).unwrap().tag, 4);
+    assert_eq!(v.mbox_read(0), 4);
+    let w = [9u32; 16];
+    assert_eq!(drive::echo(&bystander, &w, T).unwrap()[..15], w[..15]);
+    assert!(bystander.faults().unwrap().is_empty());
+}
