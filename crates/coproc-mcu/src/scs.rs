@@ -531,6 +531,44 @@ mod tests {
         assert_eq!(s.exit(), Some(EXC_SYSTICK));
     }
 
+    /// Hostile firmware: any access of any size anywhere in the page, any
+    /// value, at any time, never panics; what is pending and deliverable
+    /// stays consistent (an exception is taken at most once until it ends).
+    #[test]
+    fn random_accesses_never_break_the_state() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut s = Scs::default();
+        let mut now = 0u64;
+        for _ in 0..200_000 {
+            let r = next();
+            let addr = SCS_BASE + (r as u32 & (SCS_SIZE - 1));
+            let size = [1usize, 2, 4, 4][(r >> 12) as usize % 4];
+            let value = (r >> 16) as u32;
+            now += (r >> 56) * 1000;
+            if r & (1 << 60) != 0 {
+                s.write(addr, size, value, now);
+            } else {
+                s.read(addr, now, r & (1 << 61) != 0, (1, value, value ^ 1));
+            }
+            let doorbell = r & (1 << 62) != 0;
+            if let Some(exc) = s.take(doorbell, r & (1 << 63) != 0) {
+                assert!(!s.active().contains(&exc));
+                s.enter(exc);
+            }
+            if r & (3 << 58) == 0 {
+                s.exit();
+            }
+            assert!(s.active().len() <= EXCEPTIONS);
+            let _ = s.until_systick(now);
+        }
+    }
+
     #[test]
     fn doorbell_irq_needs_enabling_and_respects_priority() {
         let mut s = Scs::default();
