@@ -413,3 +413,39 @@ fn bad_exception_frames_and_returns_fault_only_their_vcoproc() {
     assert_eq!(drive::echo(&bystander, &w, T).unwrap()[..15], w[..15]);
     assert!(bystander.faults().unwrap().is_empty());
 }
+
+/// Two interrupt-driven vcoprocs on one core with short slices: their
+/// System Control Space, handler state and FP registers are switched with
+/// them (each answers its own requests right, in its handler, while the
+/// other busy-waits on SysTick with the FPU).
+#[test]
+fn interrupt_state_is_per_vcoproc_across_switches() {
+    let p = pcoproc(100);
+    let vs: Vec<VcoprocHandle> = (1..=2)
+        .map(|d| {
+            let v = vcoproc(&p, d, IRQ);
+            v.start().unwrap();
+            v
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for (k, v) in vs.iter().enumerate() {
+            s.spawn(move || {
+                let mut rng = TestRng::new(100 + k as u64);
+                for round in 0..5u32 {
+                    let tag = 1000 * (k as u32 + 1) + round;
+                    let done = drive::irq(v, 2, 3, 0, tag, T).unwrap();
+                    assert_eq!(done[5], 0, "op 2 answered from thread mode");
+                    let (a, b) = (rng.next_u64() as u32 % 1000, rng.next_u64() as u32 % 1000);
+                    let out = drive::irq(v, 1, a, b, tag + 500, T).unwrap();
+                    assert_eq!((out[1], out[5]), (a + b, 16), "vcoproc {k} round {round}");
+                    assert!(out[3] >= done[1], "its own SysTick count never goes back");
+                }
+            });
+        }
+    });
+    for v in &vs {
+        assert!(v.faults().unwrap().is_empty());
+        assert!(v.info().unwrap().stats.switches > 0);
+    }
+}
