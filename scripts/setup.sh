@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing coproc needs on a Debian machine, when
 # it is missing: cmake, a C compiler, clang + lld (firmware, bindgen),
+# picolibc and gcc-arm-none-eabi (the firmware's C library, libm and
+# compiler builtins, for scripts/coproc-fw),
 # libclang-dev (bindgen, for Unicorn's bindings), glslang-tools (GPU
 # firmware from GLSL), the Vulkan loader and Mesa's drivers (lavapipe runs
 # the `vulkan` device class on the CPU where there is no GPU), systemd's
@@ -14,6 +16,10 @@ command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v clang >/dev/null 2>&1 || need+=(clang)
 command -v ld.lld >/dev/null 2>&1 || need+=(lld)
+[ -f /usr/lib/picolibc/arm-none-eabi/lib/thumb/v7e-m+fp/hard/libc.a ] || need+=(picolibc-arm-none-eabi)
+if ! ls /usr/lib/gcc/arm-none-eabi/*/thumb/v7e-m+fp/hard/libgcc.a >/dev/null 2>&1; then
+    need+=(gcc-arm-none-eabi)
+fi
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 if ! ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*/libclang*.so* >/dev/null 2>&1; then
     need+=(libclang-dev)

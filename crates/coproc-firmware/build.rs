@@ -1,15 +1,43 @@
-//! Builds the example firmware from C with clang + lld for
-//! thumbv7em-none-eabi (Cortex-M4), and compiles the GLSL GPU firmware
-//! (`firmware/gpu/*.comp`) to SPIR-V with glslangValidator. Fails with a
-//! message naming the missing Debian package when a tool is absent. (The
-//! WGSL GPU firmware is included as text; it needs no build step.)
+//! Builds the example firmware from C with `scripts/coproc-fw` (clang + lld
+//! for the Cortex-M4F, picolibc and libgcc from Debian's arm-none-eabi
+//! packages), and compiles the GLSL GPU firmware (`firmware/gpu/*.comp`) to
+//! SPIR-V with glslangValidator. Fails with a message naming the missing
+//! Debian package when a tool is absent. (The WGSL GPU firmware is included
+//! as text; it needs no build step.)
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const FIRMWARE: &[&str] = &[
+/// Firmware built freestanding and soft-float (`--nolibc --soft-float`):
+/// the examples that need no C library, and the soft-float ABI's test.
+const NOLIBC: &[&str] = &[
     "echo", "fir", "crc32", "hog", "faulty", "probe", "qecho", "pager", "listwalk", "localbuf",
-    "scribble",
+    "scribble", "badexc",
+];
+
+/// Firmware built with the default toolchain (hard-float FPv4-SP, picolibc
+/// libc and libm): (image name, source, extra `coproc-fw` options).
+const LIBC: &[(&str, &str, &[&str])] = &[
+    ("hello", "hello", &[]),
+    ("fft", "fft", &[]),
+    ("biquad", "biquad", &[]),
+    ("biquad_soft", "biquad", &["--soft-float"]),
+    ("irq", "irq", &[]),
+    ("bigcode", "bigcode", &[]),
+    // `echo` linked for a small pcoproc (code_kib = 64, data_kib = 32).
+    (
+        "echo_small",
+        "echo",
+        &[
+            "--nolibc",
+            "--code-size",
+            "65536",
+            "--data-size",
+            "32768",
+            "--stack-size",
+            "4096",
+        ],
+    ),
 ];
 
 fn tool(names: &[&str]) -> Option<String> {
@@ -25,10 +53,12 @@ fn tool(names: &[&str]) -> Option<String> {
 }
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../firmware");
-    let sdk = root.join("sdk");
+    let top = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root = top.join("firmware");
+    let script = top.join("scripts/coproc-fw");
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     println!("cargo:rerun-if-changed={}", root.display());
+    println!("cargo:rerun-if-changed={}", script.display());
     println!("cargo:rerun-if-env-changed=COPROC_CLANG");
 
     let clang = std::env::var("COPROC_CLANG")
@@ -47,44 +77,31 @@ fn main() {
         );
     }
 
-    for name in FIRMWARE {
-        let src = root.join("examples").join(format!("{name}.c"));
+    let builds = NOLIBC
+        .iter()
+        .map(|n| (*n, *n, &["--nolibc", "--soft-float"][..]))
+        .chain(LIBC.iter().copied());
+    for (name, src, opts) in builds {
+        let src = root.join("examples").join(format!("{src}.c"));
         let elf = out.join(format!("{name}.elf"));
-        let status = Command::new(&clang)
-            .args([
-                "--target=thumbv7em-none-eabi",
-                "-mcpu=cortex-m4",
-                "-mthumb",
-                "-mfloat-abi=soft",
-                "-O2",
-                "-g0",
-                "-std=c11",
-                "-ffreestanding",
-                "-nostdlib",
-                "-fno-unwind-tables",
-                "-fno-asynchronous-unwind-tables",
-                "-ffunction-sections",
-                "-fdata-sections",
-                "-Wall",
-                "-Wextra",
-                "-Werror",
-                "-fuse-ld=lld",
-                "-Wl,--gc-sections",
-                "-Wl,-z,max-page-size=4096",
-                "-Wl,--build-id=none",
-            ])
-            .arg(format!("-I{}", sdk.display()))
-            .arg(format!("-Wl,-T,{}", sdk.join("link.ld").display()))
+        let output = Command::new("bash")
+            .arg(&script)
+            .args(opts)
             .arg("-o")
             .arg(&elf)
-            .arg(sdk.join("crt0.c"))
             .arg(&src)
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run {clang}: {e}"));
-        if !status.success() {
+            .env("COPROC_CLANG", &clang)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        if !output.status.success() {
             panic!(
-                "building firmware {name} from {} failed ({status})",
-                src.display()
+                "building firmware {name} from {} failed ({}):\n{}{}\n(the C library and \
+                 compiler builtins come from the Debian packages `picolibc-arm-none-eabi` and \
+                 `gcc-arm-none-eabi`: scripts/setup.sh installs them)",
+                src.display(),
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
             );
         }
     }

@@ -13,9 +13,9 @@
 
 /* Memory map of every vcoproc (its own address space). */
 #define COPROC_CODE_BASE 0x00000000u /* firmware code + rodata, read/exec */
-#define COPROC_CODE_SIZE 0x00040000u /* 256 KiB */
+#define COPROC_CODE_SIZE 0x00100000u /* 1 MiB by default (the pcoproc's code_kib) */
 #define COPROC_DATA_BASE 0x20000000u /* data, bss, stack, read/write */
-#define COPROC_DATA_SIZE 0x00020000u /* 128 KiB */
+#define COPROC_DATA_SIZE 0x00040000u /* 256 KiB by default (the pcoproc's data_kib) */
 #define COPROC_CB_BASE 0x40000000u   /* control block, read/write */
 #define COPROC_CB_SIZE 0x00001000u
 #define COPROC_IOVA_BASE 0x60000000u /* window where the domain's mappings appear */
@@ -51,6 +51,67 @@
 
 #define COPROC_REG(off) (*(volatile uint32_t *)(COPROC_CB_BASE + (off)))
 
+/* The Cortex-M System Control Space (see docs/firmware-abi.md for what is
+ * modelled; other addresses in it read as zero and ignore writes). */
+#define COPROC_SCS_BASE 0xe000e000u
+#define COPROC_SCS_ACTLR 0xe000e008u      /* rw, no effect */
+#define COPROC_SYST_CSR 0xe000e010u       /* SysTick control and status */
+#define COPROC_SYST_RVR 0xe000e014u       /* SysTick reload value (24 bits) */
+#define COPROC_SYST_CVR 0xe000e018u       /* SysTick current value; a write clears it */
+#define COPROC_SYST_CALIB 0xe000e01cu     /* ro: TENMS ticks per 10 ms */
+#define COPROC_NVIC_ISER 0xe000e100u      /* interrupt set-enable (IRQs 0..31) */
+#define COPROC_NVIC_ICER 0xe000e180u      /* interrupt clear-enable */
+#define COPROC_NVIC_ISPR 0xe000e200u      /* interrupt set-pending */
+#define COPROC_NVIC_ICPR 0xe000e280u      /* interrupt clear-pending */
+#define COPROC_NVIC_IABR 0xe000e300u      /* ro: interrupt active */
+#define COPROC_NVIC_IPR 0xe000e400u       /* priority bytes, IRQs 0..31 */
+#define COPROC_SCB_CPUID 0xe000ed00u      /* ro: COPROC_CPUID */
+#define COPROC_SCB_ICSR 0xe000ed04u       /* interrupt control and state */
+#define COPROC_SCB_VTOR 0xe000ed08u       /* vector table offset */
+#define COPROC_SCB_AIRCR 0xe000ed0cu      /* application interrupt and reset control */
+#define COPROC_SCB_SCR 0xe000ed10u        /* system control (stored, no effect) */
+#define COPROC_SCB_CCR 0xe000ed14u        /* configuration and control (stored, no effect) */
+#define COPROC_SCB_SHPR1 0xe000ed18u      /* system handler priorities 4..7 */
+#define COPROC_SCB_SHPR2 0xe000ed1cu      /* 8..11 */
+#define COPROC_SCB_SHPR3 0xe000ed20u      /* 12..15 */
+#define COPROC_SCB_SHCSR 0xe000ed24u      /* system handler control and state */
+#define COPROC_SCB_CFSR 0xe000ed28u       /* ro: configurable fault status of the last fault */
+#define COPROC_SCB_HFSR 0xe000ed2cu       /* ro: 0 */
+#define COPROC_SCB_MMFAR 0xe000ed34u      /* ro: address of the last data access fault */
+#define COPROC_SCB_BFAR 0xe000ed38u       /* ro: same */
+#define COPROC_SCB_CPACR 0xe000ed88u      /* coprocessor access (FPU: CP10, CP11) */
+#define COPROC_NVIC_STIR 0xe000ef00u      /* wo: software-trigger an IRQ */
+#define COPROC_FPU_FPCCR 0xe000ef34u      /* FP context control (stored) */
+#define COPROC_FPU_FPCAR 0xe000ef38u      /* FP context address (stored) */
+#define COPROC_FPU_FPDSCR 0xe000ef3cu     /* default FPSCR (stored) */
+#define COPROC_CPUID 0x410fc241u          /* Cortex-M4 r0p1 */
+#define COPROC_SYSTICK_HZ 100000000u      /* SysTick ticks per second of the vcoproc's run time */
+#define COPROC_NVIC_IRQS 32u              /* external interrupts 0..31 */
+#define COPROC_IRQ_DOORBELL 0u            /* asserted while a doorbell is pending */
+#define COPROC_EXIT_UNHANDLED 0xe0000000u /* exit code | exception number: no handler */
+#define COPROC_EXIT_SYSRESETREQ 0xe0001000u /* exit code of a write of AIRCR.SYSRESETREQ */
+
+#define COPROC_SCS(addr) (*(volatile uint32_t *)(addr))
+
+/* Enable an external interrupt in the NVIC. */
+static inline void coproc_irq_enable(uint32_t irq) {
+    COPROC_SCS(COPROC_NVIC_ISER) = 1u << (irq % COPROC_NVIC_IRQS);
+}
+
+/* Sleep until an interrupt: parks the vcoproc like WAIT until one is
+ * pending (a doorbell for IRQ 0, SysTick...). */
+static inline void coproc_wfi(void) {
+    __asm__ volatile("wfi" ::: "memory");
+}
+
+static inline void coproc_irq_on(void) {
+    __asm__ volatile("cpsie i" ::: "memory");
+}
+
+static inline void coproc_irq_off(void) {
+    __asm__ volatile("cpsid i" ::: "memory");
+}
+
 static inline uint32_t coproc_mbox_in(uint32_t i) {
     return COPROC_REG(COPROC_CB_MBOX_IN + 4u * (i % COPROC_MBOX_WORDS));
 }
@@ -74,10 +135,13 @@ static inline uint32_t coproc_wait_doorbell(void) {
 }
 
 /* Tell the domain the mailbox holds an answer, with a tag. */
+/* The sequence numbers, one per image (in crt0.c), so that every source
+ * file (and stdio) counts on the same ones. */
+extern uint32_t coproc_notify_seq, coproc_console_seq;
+
 static inline void coproc_notify(uint32_t tag) {
-    static uint32_t seq;
     COPROC_REG(COPROC_CB_NOTIFY_TAG) = tag;
-    COPROC_REG(COPROC_CB_NOTIFY) = ++seq;
+    COPROC_REG(COPROC_CB_NOTIFY) = ++coproc_notify_seq;
 }
 
 static inline uint64_t coproc_time_ns(void) {
@@ -87,9 +151,8 @@ static inline uint64_t coproc_time_ns(void) {
 }
 
 static inline void coproc_putc(char c) {
-    static uint32_t seq;
-    seq = (seq + 1u) & 0xffu;
-    COPROC_REG(COPROC_CB_CONSOLE) = (seq << 8) | (uint8_t)c;
+    coproc_console_seq = (coproc_console_seq + 1u) & 0xffu;
+    COPROC_REG(COPROC_CB_CONSOLE) = (coproc_console_seq << 8) | (uint8_t)c;
 }
 
 static inline void coproc_puts(const char *s) {

@@ -5,12 +5,14 @@
 
 /// Code memory: firmware text and rodata (read/exec).
 pub const CODE_BASE: u32 = 0x0000_0000;
-/// Size of code memory.
-pub const CODE_SIZE: u32 = 0x0004_0000;
+/// Default size of code memory (1 MiB; an mcu pcoproc's `code_kib` option
+/// sets its own).
+pub const CODE_SIZE: u32 = 0x0010_0000;
 /// Data memory: data, bss, stack (read/write).
 pub const DATA_BASE: u32 = 0x2000_0000;
-/// Size of data memory.
-pub const DATA_SIZE: u32 = 0x0002_0000;
+/// Default size of data memory (256 KiB; an mcu pcoproc's `data_kib`
+/// option sets its own).
+pub const DATA_SIZE: u32 = 0x0004_0000;
 /// The control block page.
 pub const CB_BASE: u32 = 0x4000_0000;
 /// Its size.

@@ -261,17 +261,116 @@ pub struct RunArgs {
     /// Pcoproc.
     #[arg(long, default_value = "mcu0")]
     coproc: String,
-    /// Firmware ELF file.
-    firmware: PathBuf,
+    /// Firmware: an image file (ELF for the mcu class, SPIR-V or WGSL for
+    /// vulkan), or, when no such file exists, the name of a built-in
+    /// example firmware (`fft`, `biquad`, `hello`, `irq`, `echo`, ...).
+    firmware: String,
     /// Mailbox-in words to write before ringing the doorbell (decimal or 0x).
     #[arg(long, value_delimiter = ',')]
     mbox: Vec<String>,
-    /// Shared memory to map at 0x60000000, in KiB (0: none).
+    /// Shared memory to map at 0x60000000, in KiB (0: as much as --input
+    /// and --output need, none without them).
     #[arg(long, default_value_t = 0)]
     map_kib: u64,
+    /// Copy FILE into the shared memory at OFFSET (default 0) before
+    /// starting. Repeatable.
+    #[arg(long = "input", value_name = "FILE[@OFFSET]")]
+    inputs: Vec<String>,
+    /// Once the firmware has notified (or stopped), write LEN bytes of the
+    /// shared memory from OFFSET (default 0; LEN default: to its end) to
+    /// FILE. Repeatable.
+    #[arg(long = "output", value_name = "FILE[@OFFSET][:LEN]")]
+    outputs: Vec<String>,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
+}
+
+/// A `--input`/`--output` argument: `FILE[@OFFSET][:LEN]` (numbers decimal
+/// or 0x). A suffix that is not a number stays part of the file name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DataSpec {
+    path: PathBuf,
+    offset: u64,
+    len: Option<u64>,
+}
+
+fn parse_data_spec(s: &str, with_len: bool) -> anyhow::Result<DataSpec> {
+    let num = |t: &str| -> Option<u64> {
+        match t.strip_prefix("0x") {
+            Some(h) => u64::from_str_radix(h, 16).ok(),
+            None => t.parse().ok(),
+        }
+    };
+    let mut rest = s;
+    let mut len = None;
+    if with_len {
+        if let Some((head, tail)) = rest.rsplit_once(':') {
+            if let Some(n) = num(tail) {
+                len = Some(n);
+                rest = head;
+            }
+        }
+    }
+    let mut offset = 0;
+    if let Some((head, tail)) = rest.rsplit_once('@') {
+        if let Some(n) = num(tail) {
+            offset = n;
+            rest = head;
+        }
+    }
+    if rest.is_empty() {
+        bail!("{s:?}: no file name");
+    }
+    Ok(DataSpec {
+        path: PathBuf::from(rest),
+        offset,
+        len,
+    })
+}
+
+/// The device class a firmware image is for, from its first bytes: ELF is
+/// mcu firmware, SPIR-V (magic 0x07230203) and UTF-8 text (WGSL) are
+/// vulkan's; None if it is none of them.
+fn image_class(image: &[u8]) -> Option<&'static str> {
+    if image.starts_with(b"\x7fELF") {
+        Some("mcu")
+    } else if image.get(..4) == Some(&0x0723_0203u32.to_le_bytes()[..])
+        || (!image.is_empty() && std::str::from_utf8(image).is_ok())
+    {
+        Some("vulkan")
+    } else {
+        None
+    }
+}
+
+/// The image and its label: a file, else a built-in example of that name.
+fn run_image(name: &str) -> anyhow::Result<(String, Vec<u8>)> {
+    let path = std::path::Path::new(name);
+    if path.exists() {
+        let image = std::fs::read(path).with_context(|| format!("reading {name}"))?;
+        let label = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("firmware")
+            .to_string();
+        return Ok((label, image));
+    }
+    if let Some(f) = coproc_firmware::by_name(name) {
+        return Ok((f.name.to_string(), f.elf.to_vec()));
+    }
+    if let Some(f) = coproc_firmware::gpu::by_name(name) {
+        return Ok((f.name.to_string(), f.image.to_vec()));
+    }
+    let builtin: Vec<&str> = coproc_firmware::ALL
+        .iter()
+        .map(|f| f.name)
+        .chain(coproc_firmware::gpu::ALL.iter().map(|f| f.name))
+        .collect();
+    bail!(
+        "no file {name:?} and no built-in example firmware of that name (built in: {})",
+        builtin.join(", ")
+    )
 }
 
 fn parse_word(s: &str) -> anyhow::Result<u32> {
@@ -297,8 +396,7 @@ struct RunReport {
 /// an exit or the time limit, prints the mailbox; the vcoproc is destroyed
 /// when the command ends.
 pub fn run(c: &mut Client, f: Format, a: &RunArgs) -> anyhow::Result<bool> {
-    let image =
-        std::fs::read(&a.firmware).with_context(|| format!("reading {}", a.firmware.display()))?;
+    let (label, image) = run_image(&a.firmware)?;
     let words: Vec<u32> = a
         .mbox
         .iter()
@@ -307,16 +405,68 @@ pub fn run(c: &mut Client, f: Format, a: &RunArgs) -> anyhow::Result<bool> {
     if words.len() > 16 {
         bail!("the mailbox has 16 words");
     }
-    let label = a
-        .firmware
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("firmware")
-        .to_string();
+    let inputs = a
+        .inputs
+        .iter()
+        .map(|s| {
+            let spec = parse_data_spec(s, false)?;
+            let data = std::fs::read(&spec.path)
+                .with_context(|| format!("reading input {}", spec.path.display()))?;
+            Ok((spec, data))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let outputs = a
+        .outputs
+        .iter()
+        .map(|s| parse_data_spec(s, true))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // Refuse firmware of another class up front, with the reason.
+    if let (Some(kind), Some(pc)) = (
+        image_class(&image),
+        c.list_coprocs()?.into_iter().find(|p| p.name == a.coproc),
+    ) {
+        if pc.class != kind {
+            bail!(
+                "{} is {kind} firmware, but pcoproc {} is of class {}",
+                a.firmware,
+                pc.name,
+                pc.class
+            );
+        }
+        if kind == "vulkan" {
+            bail!(
+                "coproc run drives mcu firmware through its mailbox; {} is GPU firmware, which \
+                 takes its jobs through a queue: use the SDK (docs/gpu.md)",
+                a.firmware
+            );
+        }
+    }
+    // The shared memory: as asked, or as much as the data needs.
+    let need = inputs
+        .iter()
+        .map(|(s, d)| s.offset.saturating_add(d.len() as u64))
+        .chain(
+            outputs
+                .iter()
+                .map(|s| s.offset.saturating_add(s.len.unwrap_or(1))),
+        )
+        .max()
+        .unwrap_or(0);
+    let map_len = if a.map_kib > 0 {
+        a.map_kib.saturating_mul(1024)
+    } else {
+        need.div_ceil(4096).saturating_mul(4096)
+    };
+    if need > map_len {
+        bail!("--input/--output need {need} bytes of shared memory, --map-kib gives {map_len}");
+    }
     let v = c.open(&a.coproc)?;
     c.load_firmware(v, &label, &image)?;
-    let _mem = if a.map_kib > 0 {
-        let m = SharedMem::new(a.map_kib * 1024)?;
+    let mem = if map_len > 0 {
+        let m = SharedMem::new(map_len)?;
+        for (spec, data) in &inputs {
+            m.write(spec.offset, data)?;
+        }
         c.map(
             v,
             &m,
@@ -356,7 +506,39 @@ pub fn run(c: &mut Client, f: Format, a: &RunArgs) -> anyhow::Result<bool> {
         }
     }
     let (mailbox, _) = c.mbox_read(v)?;
-    let info = c.query(v)?;
+    // Run time is charged when the vcoproc's slice ends: once it has
+    // parked (or stopped) after the notification, its stats include all
+    // of the run up to it. Firmware that keeps running is read at the
+    // deadline.
+    let mut info = c.query(v)?;
+    let mut pause = Duration::from_micros(100);
+    while notify.is_some()
+        && matches!(info.state.as_str(), "running" | "runnable")
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(10));
+        info = c.query(v)?;
+    }
+    if let Some(m) = &mem {
+        for spec in &outputs {
+            let end = match spec.len {
+                Some(l) => spec.offset.saturating_add(l),
+                None => m.len(),
+            };
+            if spec.offset > m.len() || end > m.len() {
+                bail!(
+                    "--output {}: bytes {}..{end} are outside the {} bytes of shared memory",
+                    spec.path.display(),
+                    spec.offset,
+                    m.len()
+                );
+            }
+            let bytes = m.read_vec(spec.offset, (end - spec.offset) as usize)?;
+            std::fs::write(&spec.path, bytes)
+                .with_context(|| format!("writing {}", spec.path.display()))?;
+        }
+    }
     let report = RunReport {
         vcoproc: v,
         outcome,
@@ -483,5 +665,39 @@ mod list_tests {
         assert_eq!(memory(1 << 30), "1.0 GiB");
         assert_eq!(memory(80 << 30), "80.0 GiB");
         assert_eq!(memory(4096), "4.0 KiB");
+    }
+}
+
+#[cfg(test)]
+mod run_tests {
+    use super::*;
+
+    #[test]
+    fn data_specs_parse_offsets_and_lengths() {
+        let spec = |s: &str, l| parse_data_spec(s, l).unwrap();
+        assert_eq!(
+            spec("a.bin", true),
+            DataSpec {
+                path: "a.bin".into(),
+                offset: 0,
+                len: None
+            }
+        );
+        assert_eq!(spec("a.bin@0x100:64", true).offset, 0x100);
+        assert_eq!(spec("a.bin@0x100:64", true).len, Some(64));
+        assert_eq!(spec("a.bin:64", true).len, Some(64));
+        // Not numbers: part of the name. Inputs take no length.
+        assert_eq!(spec("x@y:z", true).path, PathBuf::from("x@y:z"));
+        assert_eq!(spec("in.bin:8", false).path, PathBuf::from("in.bin:8"));
+        assert!(parse_data_spec("@4", false).is_err());
+    }
+
+    #[test]
+    fn image_classes_come_from_the_first_bytes() {
+        assert_eq!(image_class(coproc_firmware::ECHO.elf), Some("mcu"));
+        for g in coproc_firmware::gpu::ALL {
+            assert_eq!(image_class(g.image), Some("vulkan"), "{}", g.name);
+        }
+        assert_eq!(image_class(&[0xff, 0xfe, 0x00]), None);
     }
 }

@@ -253,3 +253,106 @@ pub fn probe(
     kick(v, &[op, addr, value], timeout)?;
     Ok(v.mailbox()?[1])
 }
+
+fn f32s_to_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn bytes_to_f32s(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Run one FFT on a vcoproc running the `fft` firmware: `x` (complex, a
+/// power of two long) in, its transform and the root-sum-square the
+/// firmware reported out.
+pub fn fft(
+    v: &impl Port,
+    buf: &impl Memory,
+    x: &[(f32, f32)],
+    tag: u32,
+    timeout: Duration,
+) -> Result<(Vec<(f32, f32)>, f32), DriveError> {
+    let len = 8 * x.len() as u64;
+    need(buf, len)?;
+    let flat: Vec<f32> = x.iter().flat_map(|&(a, b)| [a, b]).collect();
+    buf.write(0, &f32s_to_bytes(&flat))?;
+    let got = kick(v, &[buf.iova() as u32, x.len() as u32, tag], timeout)?;
+    let out = v.mailbox()?;
+    if got != tag || out[0] != 0 || out[1] as usize != x.len() || out[2] != tag {
+        return Err(DriveError::BadAnswer(format!(
+            "status {}, n {}, tag {}/{got} (want {tag})",
+            out[0], out[1], out[2]
+        )));
+    }
+    let y = bytes_to_f32s(&buf.read_vec(0, len)?);
+    Ok((
+        y.chunks_exact(2).map(|c| (c[0], c[1])).collect(),
+        f32::from_bits(out[3]),
+    ))
+}
+
+/// Run one low-pass filter job on a vcoproc running the `biquad` firmware
+/// (`f` is the cut-off over the sample rate).
+pub fn biquad(
+    v: &impl Port,
+    buf: &impl Memory,
+    x: &[f32],
+    f: f32,
+    q: f32,
+    tag: u32,
+    timeout: Duration,
+) -> Result<Vec<f32>, DriveError> {
+    let len = 4 * x.len() as u64;
+    need(buf, 2 * len)?;
+    buf.write(0, &f32s_to_bytes(x))?;
+    let base = buf.iova() as u32;
+    let args = [
+        base,
+        base + len as u32,
+        x.len() as u32,
+        f.to_bits(),
+        q.to_bits(),
+        tag,
+    ];
+    let got = kick(v, &args, timeout)?;
+    let out = v.mailbox()?;
+    if got != tag || out[0] != 0 || out[1] as usize != x.len() || out[2] != tag {
+        return Err(DriveError::BadAnswer(format!(
+            "status {}, {} samples, tag {}/{got} (want {tag})",
+            out[0], out[1], out[2]
+        )));
+    }
+    Ok(bytes_to_f32s(&buf.read_vec(len, len)?))
+}
+
+/// Ask a vcoproc running the `hello` firmware for the sum of `i²` below
+/// `n`: (status, sum, heap address).
+pub fn hello(v: &impl Port, n: u32, timeout: Duration) -> Result<(u32, u64, u32), DriveError> {
+    kick(v, &[n], timeout)?;
+    let out = v.mailbox()?;
+    Ok((out[0], u64::from(out[1]) | u64::from(out[2]) << 32, out[3]))
+}
+
+/// One request to a vcoproc running the `irq` firmware (op 1: add `a` and
+/// `b`; op 2: busy until `a` more SysTick interrupts): the mailbox-out
+/// words (op, result, CPUID, ticks, handler entries, IPSR, VTOR).
+pub fn irq(
+    v: &impl Port,
+    op: u32,
+    a: u32,
+    b: u32,
+    tag: u32,
+    timeout: Duration,
+) -> Result<[u32; 16], DriveError> {
+    let got = kick(v, &[op, a, b, tag], timeout)?;
+    let out = v.mailbox()?;
+    if got != tag || out[0] != op {
+        return Err(DriveError::BadAnswer(format!(
+            "op {} tag {got} (want op {op} tag {tag})",
+            out[0]
+        )));
+    }
+    Ok(out)
+}

@@ -19,7 +19,7 @@ pub struct Firmware {
 macro_rules! firmware {
     ($($id:ident = $name:literal),* $(,)?) => {
         $(
-            #[doc = concat!("The `", $name, "` example firmware (firmware/examples/", $name, ".c).")]
+            #[doc = concat!("The `", $name, "` example firmware (built from firmware/examples/).")]
             pub const $id: Firmware = Firmware {
                 name: $name,
                 elf: include_bytes!(concat!(env!("OUT_DIR"), "/", $name, ".elf")),
@@ -41,7 +41,15 @@ firmware!(
     PAGER = "pager",
     LISTWALK = "listwalk",
     LOCALBUF = "localbuf",
-    SCRIBBLE = "scribble"
+    SCRIBBLE = "scribble",
+    HELLO = "hello",
+    FFT = "fft",
+    BIQUAD = "biquad",
+    BIQUAD_SOFT = "biquad_soft",
+    IRQ = "irq",
+    BIGCODE = "bigcode",
+    ECHO_SMALL = "echo_small",
+    BADEXC = "badexc"
 );
 
 /// The C header of the SDK (the firmware ABI).

@@ -246,6 +246,62 @@ pub fn touch(data: &[u32], add: u32) -> Vec<u32> {
         .collect()
 }
 
+/// The discrete Fourier transform from its definition, in double precision:
+/// `X[k] = Σ_n x[n]·e^{−2πikn/N}` over complex `(re, im)` pairs (O(N²); the
+/// `fft` firmware computes the same with a radix-2 FFT in single precision).
+pub fn dft(x: &[(f32, f32)]) -> Vec<(f64, f64)> {
+    let n = x.len();
+    (0..n)
+        .map(|k| {
+            x.iter()
+                .enumerate()
+                .fold((0.0, 0.0), |(re, im), (j, &(a, b))| {
+                    // k·j mod n keeps the angle small and exact.
+                    let t = -2.0 * std::f64::consts::PI * ((k * j) % n) as f64 / n as f64;
+                    let (s, c) = t.sin_cos();
+                    let (a, b) = (f64::from(a), f64::from(b));
+                    (re + a * c - b * s, im + a * s + b * c)
+                })
+        })
+        .collect()
+}
+
+/// The RBJ audio-EQ-cookbook second-order low-pass filter, in double
+/// precision, from its definition: `w0 = 2π·f`, `α = sin(w0)/(2Q)`,
+/// `b0 = b2 = (1 − cos w0)/2`, `b1 = 1 − cos w0`, `a0 = 1 + α`,
+/// `a1 = −2 cos w0`, `a2 = 1 − α`, and
+/// `y[n] = (b0·x[n] + b1·x[n−1] + b2·x[n−2] − a1·y[n−1] − a2·y[n−2]) / a0`
+/// with zero initial state. `f` is the cut-off over the sample rate.
+pub fn biquad_lowpass(x: &[f32], f: f64, q: f64) -> Vec<f64> {
+    let w0 = 2.0 * std::f64::consts::PI * f;
+    let (s, c) = w0.sin_cos();
+    let alpha = s / (2.0 * q);
+    let (b0, b1, b2) = ((1.0 - c) / 2.0, 1.0 - c, (1.0 - c) / 2.0);
+    let (a0, a1, a2) = (1.0 + alpha, -2.0 * c, 1.0 - alpha);
+    let (mut x1, mut x2, mut y1, mut y2) = (0.0, 0.0, 0.0, 0.0);
+    x.iter()
+        .map(|&xi| {
+            let xi = f64::from(xi);
+            let y = (b0 * xi + b1 * x1 + b2 * x2 - a1 * y1 - a2 * y2) / a0;
+            (x2, x1, y2, y1) = (x1, xi, y1, y);
+            y
+        })
+        .collect()
+}
+
+/// Sum of `i²` for `i` in `0..n`, as the `hello` firmware computes it
+/// (wrapping 32-bit squares, 64-bit sum): `(n−1)·n·(2n−1)/6` while the
+/// squares fit 32 bits.
+pub fn hello_sum(n: u32) -> u64 {
+    (0..n).map(|i| u64::from(i.wrapping_mul(i))).sum()
+}
+
+/// The console line the `hello` firmware prints for `n`.
+pub fn hello_line(n: u32) -> String {
+    let sum = hello_sum(n);
+    format!("hello: n={n} sum={sum} root={:.3}", (sum as f64).sqrt())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -93,7 +93,7 @@ impl Bare {
                 let paddr = match vaddr as u32 {
                     v if v < CODE_SIZE => 0x8000_0000 + vaddr,
                     v if (DATA_BASE..DATA_BASE + DATA_SIZE).contains(&v) => {
-                        0x8004_0000 + vaddr - u64::from(DATA_BASE)
+                        0x8000_0000 + u64::from(CODE_SIZE) + vaddr - u64::from(DATA_BASE)
                     }
                     v if (IOVA_BASE..IOVA_BASE + IOVA_SIZE).contains(&v) => {
                         0x9000_0000 + vaddr - u64::from(IOVA_BASE)
@@ -112,7 +112,7 @@ impl Bare {
                 u64::from(DATA_BASE),
                 u64::from(IOVA_BASE),
             ),
-            Translation::Identity => (0x8000_0000, 0x8004_0000, 0x9000_0000),
+            Translation::Identity => (0x8000_0000, 0x8000_0000 + u64::from(CODE_SIZE), 0x9000_0000),
         };
         uc.mem_map(code_at, u64::from(CODE_SIZE), Prot::ALL)?;
         uc.mem_map(data_at, u64::from(DATA_SIZE), Prot::ALL)?;

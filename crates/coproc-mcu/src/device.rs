@@ -18,8 +18,10 @@
 //! callback records the exact address and stops the core; a forbidden
 //! instruction fetch is refused in the hook and stops the core at once.
 
+use crate::abi::scs::{EXIT_SYSRESETREQ, IRQ_DOORBELL, SCS_BASE, SCS_SIZE};
 use crate::abi::*;
 use crate::elf::{self, Image};
+use crate::scs::{Scs, ScsEffect, EXC_SVCALL};
 use crate::timer::{thread_cpu, SliceTimer};
 use coproc_core::control::ControlBlock;
 use coproc_core::device::{
@@ -40,6 +42,20 @@ use unicorn_engine::{
 const PHYS_CB: u64 = 0x7000_0000;
 /// Physical address of the trap MMIO page.
 const PHYS_TRAP: u64 = 0x7000_1000;
+/// Physical address of the System Control Space MMIO page.
+const PHYS_SCS: u64 = 0x7000_2000;
+/// QEMU's exception number for a v7-M exception return (EXC_RETURN loaded
+/// into the pc in handler mode).
+const EXCP_EXCEPTION_EXIT: u32 = 8;
+/// Longest engine run of a vcoproc with the doorbell interrupt enabled: a
+/// doorbell rung while it runs is taken within this much of its run time.
+const DOORBELL_POLL: Duration = Duration::from_micros(200);
+/// QEMU's exception number for SVC.
+const EXCP_SWI: u32 = 2;
+/// Words of the exception frame the device stacks: r0-r3, r12, lr, pc,
+/// xPSR, then s0-s15, FPSCR and a reserved word (the FP context is always
+/// stacked).
+const FRAME_WORDS: u32 = 26;
 /// Physical range from which context memory and device-local memory are
 /// allocated.
 const PHYS_POOL: (u64, u64) = (0x8000_0000, 0x1_0000_0000);
@@ -65,11 +81,52 @@ pub const LOCAL_ALLOC_MAX: u64 = 16 << 20;
 pub struct McuConfig {
     /// Most contexts (vcoprocs) at once.
     pub max_contexts: u32,
+    /// Bytes of code memory of every vcoproc (default [`CODE_SIZE`], 1 MiB;
+    /// whole 4 KiB pages up to [`elf::MAX_CODE_SIZE`]).
+    pub code_size: u32,
+    /// Bytes of data memory of every vcoproc (default [`DATA_SIZE`],
+    /// 256 KiB; whole 4 KiB pages up to [`elf::MAX_DATA_SIZE`]).
+    pub data_size: u32,
 }
 
 impl Default for McuConfig {
     fn default() -> Self {
-        McuConfig { max_contexts: 1024 }
+        McuConfig {
+            max_contexts: 1024,
+            code_size: CODE_SIZE,
+            data_size: DATA_SIZE,
+        }
+    }
+}
+
+/// Why an [`McuConfig`] was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum McuConfigError {
+    /// No context allowed.
+    #[error("max_contexts must be at least 1")]
+    NoContexts,
+    /// Code or data memory size out of range.
+    #[error(transparent)]
+    Memory(#[from] elf::ElfError),
+}
+
+impl McuConfig {
+    /// The memory map every vcoproc of the device has.
+    pub fn map(&self) -> elf::MemoryMap {
+        elf::MemoryMap {
+            code_size: self.code_size,
+            data_size: self.data_size,
+        }
+    }
+
+    /// Check the configuration: at least one context, code and data sizes
+    /// whole pages within their limits.
+    pub fn validate(&self) -> Result<(), McuConfigError> {
+        if self.max_contexts == 0 {
+            return Err(McuConfigError::NoContexts);
+        }
+        self.map().validate()?;
+        Ok(())
     }
 }
 
@@ -236,11 +293,70 @@ impl Drop for Window {
     }
 }
 
-/// Code and data memory of one context (pooled for reuse).
+/// Code and data memory of one context (pooled for reuse): physical
+/// addresses in the engine, and the host memory behind them.
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     code: u64,
     data: u64,
+    /// Host address of the code memory; the data memory follows it.
+    host: usize,
+}
+
+/// The host memory of every slot: one anonymous private mapping each,
+/// given to the engine with `mem_map_ptr`, so that zeroing a slot is
+/// `madvise(MADV_DONTNEED)` (the kernel's zero pages, nothing committed
+/// until the firmware touches it) rather than writing zeros over all of it.
+/// Unmapped when the device goes, after the engine (field order of
+/// `McuDevice`).
+#[derive(Debug, Default)]
+struct SlotMemory {
+    /// (host address, length) of each mapping.
+    maps: Vec<(usize, usize)>,
+}
+
+impl SlotMemory {
+    fn map(&mut self, len: usize) -> Result<usize, DeviceError> {
+        // SAFETY: a fresh anonymous mapping at an address of the kernel's
+        // choosing: no existing memory is affected.
+        let p = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::NORESERVE,
+            )
+        }
+        .map_err(|e| DeviceError::Exhausted(format!("host memory for context memory: {e}")))?;
+        self.maps.push((p as usize, len));
+        Ok(p as usize)
+    }
+
+    /// Give `[host, host+len)` back to the kernel's zero pages.
+    fn zero(&self, host: usize, len: usize) -> Result<(), DeviceError> {
+        debug_assert!(self
+            .maps
+            .iter()
+            .any(|&(h, l)| host >= h && host + len <= h + l));
+        // SAFETY: the range lies inside one of this device's own anonymous
+        // private mappings (slots are carved from them only), which stay
+        // mapped until drop; MADV_DONTNEED keeps the mapping and makes its
+        // pages read as zero, so every host pointer the engine holds into
+        // it stays valid.
+        unsafe { rustix::mm::madvise(host as *mut _, len, rustix::mm::Advice::LinuxDontNeed) }
+            .map_err(|e| DeviceError::Backend(format!("zeroing context memory: {e}")))
+    }
+}
+
+impl Drop for SlotMemory {
+    fn drop(&mut self) {
+        for &(host, len) in &self.maps {
+            // SAFETY: a mapping `map` made; the engine that used it is gone
+            // (`SlotMemory` is declared after `uc` in `McuDevice`, so it is
+            // dropped after it), and nothing else points into it.
+            let _ = unsafe { rustix::mm::munmap(host as *mut _, len) };
+        }
+    }
 }
 
 struct Ctx {
@@ -260,6 +376,13 @@ struct Ctx {
     /// Device-local memory: iova → (physical address, length), engine RAM
     /// only this context's translations reach.
     local: BTreeMap<u64, (u64, u64)>,
+    /// The System Control Space (SCB, SysTick, NVIC): reset with the
+    /// registers, saved with the context.
+    scs: Scs,
+    /// (pc, address, value) of the SCS store that stopped the core to take
+    /// an exception, while that store is still to run again (after the
+    /// handler returns, possibly slices later).
+    replay: Option<(u64, u32, u32)>,
 }
 
 /// A fault found by a hook during a run.
@@ -295,9 +418,20 @@ struct State {
     /// physical code range is named to the engine's cache invalidation,
     /// which takes addresses through the TLB (see `McuDevice::drop_code`).
     identity: bool,
+    /// An SCS write may have made an exception deliverable: the core was
+    /// stopped so the device takes it.
+    recheck: bool,
+    /// The core stopped at a WFE.
+    wfe: bool,
+    /// Code and data memory sizes of every context.
+    map: elf::MemoryMap,
 }
 
 impl State {
+    fn current_ctx(&mut self) -> Option<&mut Ctx> {
+        self.contexts.get_mut(&self.current?)
+    }
+
     fn set_stop(&mut self, s: Stop) {
         let rank = |s: &Stop| match s {
             Stop::Waiting => 0,
@@ -326,14 +460,17 @@ impl State {
         let inside = |base: u32, size: u32| {
             vaddr >= u64::from(base) && vaddr < u64::from(base) + u64::from(size)
         };
-        if inside(CODE_BASE, CODE_SIZE) {
+        if inside(CODE_BASE, self.map.code_size) {
             return Some((ctx.slot.code + off(CODE_BASE), Prot::READ | Prot::EXEC));
         }
-        if inside(DATA_BASE, DATA_SIZE) {
+        if inside(DATA_BASE, self.map.data_size) {
             return Some((ctx.slot.data + off(DATA_BASE), Prot::READ | Prot::WRITE));
         }
         if inside(CB_BASE, CB_SIZE) {
             return Some((PHYS_CB + off(CB_BASE), Prot::READ | Prot::WRITE));
+        }
+        if inside(SCS_BASE, SCS_SIZE) {
+            return Some((PHYS_SCS + off(SCS_BASE), Prot::READ | Prot::WRITE));
         }
         if let Some((&iova, m)) = ctx.maps.range(..=vaddr).next_back() {
             if vaddr < iova + m.len {
@@ -389,8 +526,11 @@ fn exception_name(intno: u32) -> String {
 
 /// The mcu device.
 pub struct McuDevice {
-    /// The engine. Declared before `window` so that it is dropped first.
+    /// The engine. Declared before `window` and `slots` so that it is
+    /// dropped first.
     uc: Unicorn<'static, State>,
+    /// Host memory of the slots. Dropped after `uc`.
+    slots: SlotMemory,
     timer: SliceTimer,
     /// CPU registers of a freshly reset core.
     template: unicorn_engine::Context,
@@ -417,6 +557,9 @@ impl std::fmt::Debug for McuDevice {
 impl McuDevice {
     /// Create the core.
     pub fn new(config: McuConfig) -> Result<McuDevice, DeviceError> {
+        config
+            .validate()
+            .map_err(|e| DeviceError::Backend(format!("mcu configuration: {e}")))?;
         let state = State {
             contexts: HashMap::new(),
             current: None,
@@ -427,6 +570,9 @@ impl McuDevice {
             page_mask: 0,
             page_fault: None,
             identity: false,
+            recheck: false,
+            wfe: false,
+            map: config.map(),
         };
         let mut uc = Unicorn::new_with_data(Arch::ARM, Mode::THUMB | Mode::MCLASS, state)
             .map_err(|e| uc_err("open", e))?;
@@ -523,8 +669,95 @@ impl McuDevice {
         )
         .map_err(|e| uc_err("map trap page", e))?;
 
+        uc.mmio_map(
+            PHYS_SCS,
+            u64::from(SCS_SIZE),
+            Some(|uc: &mut Unicorn<'_, State>, off: u64, size: usize| {
+                scs_read(uc.get_data_mut(), off, size)
+            }),
+            Some(
+                |uc: &mut Unicorn<'_, State>, off: u64, size: usize, value: u64| {
+                    // Stops only when an exception is deliverable now.
+                    let primask = reg(uc, RegisterARM::PRIMASK as i32) & 1 != 0;
+                    let pc = uc.reg_read(RegisterARM::PC).unwrap_or(0);
+                    if scs_write(uc.get_data_mut(), off, size, value as u32, primask, pc) {
+                        let _ = uc.emu_stop();
+                    }
+                },
+            ),
+        )
+        .map_err(|e| uc_err("map system control space", e))?;
+
+        // WFE and YIELD end the block as "invalid" (Unicorn stops on
+        // EXCP_YIELD): a WFE parks like WFI, a YIELD is a no-op. Anything
+        // else is a real undefined instruction.
+        uc.add_insn_invalid_hook(|uc| {
+            let pc = uc.reg_read(RegisterARM::PC).unwrap_or(0);
+            let half = |uc: &Unicorn<'_, State>, a: u64| -> Option<u16> {
+                let (p, prot) = uc.get_data().translate(a)?;
+                if prot.0 & Prot::EXEC.0 == 0 {
+                    return None;
+                }
+                let mut b = [0u8; 2];
+                uc.mem_read(p, &mut b).ok()?;
+                Some(u16::from_le_bytes(b))
+            };
+            let here = half(uc, pc);
+            // UDF (T1 0xDExx, T2 0xF7Fx...): the pc stays on it.
+            if here.is_some_and(|h| h >> 8 == 0xde || h & 0xfff0 == 0xf7f0) {
+                return false;
+            }
+            let prev = half(uc, pc.wrapping_sub(2));
+            let prev32 = half(uc, pc.wrapping_sub(4));
+            let wfe = prev == Some(0xbf20) || (prev32 == Some(0xf3af) && prev == Some(0x8002));
+            let yield_ = prev == Some(0xbf10) || (prev32 == Some(0xf3af) && prev == Some(0x8001));
+            if wfe {
+                uc.get_data_mut().wfe = true;
+                let _ = uc.emu_stop();
+                return true;
+            }
+            yield_
+        })
+        .map_err(|e| uc_err("invalid instruction hook", e))?;
+
         uc.add_intr_hook(|uc, intno| {
             let pc = uc.reg_read(RegisterARM::PC).unwrap_or(0);
+            if intno == EXCP_EXCEPTION_EXIT {
+                let r = exception_return(uc).and_then(|()| deliver(uc));
+                if let Err(f) = r {
+                    uc.get_data_mut().set_stop(Stop::Fault(f));
+                    let _ = uc.emu_stop();
+                }
+                return;
+            }
+            if intno == EXCP_SWI {
+                // SVC: SVCall, taken at once (the stacked pc is the
+                // instruction after the SVC); masked, it is a fault.
+                let taken = match uc.get_data_mut().current_ctx() {
+                    Some(ctx) => {
+                        ctx.scs.pend(EXC_SVCALL);
+                        deliver(uc).map(|()| {
+                            uc.get_data_mut()
+                                .current_ctx()
+                                .is_some_and(|c| c.scs.active().last() == Some(&EXC_SVCALL))
+                        })
+                    }
+                    None => Ok(false),
+                };
+                match taken {
+                    Ok(true) => return,
+                    Ok(false) => {
+                        if let Some(ctx) = uc.get_data_mut().current_ctx() {
+                            ctx.scs.unpend(EXC_SVCALL);
+                        }
+                    }
+                    Err(f) => {
+                        uc.get_data_mut().set_stop(Stop::Fault(f));
+                        let _ = uc.emu_stop();
+                        return;
+                    }
+                }
+            }
             uc.get_data_mut().set_stop(Stop::Fault(DeviceFault {
                 addr: None,
                 access: Access::None,
@@ -568,6 +801,7 @@ impl McuDevice {
             pool: Vec::new(),
             retired: Vec::new(),
             config,
+            slots: SlotMemory::default(),
         })
     }
 
@@ -585,32 +819,42 @@ impl McuDevice {
             self.clear(slot)?;
             return Ok(slot);
         }
-        let (code_len, data_len) = (u64::from(CODE_SIZE), u64::from(DATA_SIZE));
+        let (code_len, data_len) = (
+            u64::from(self.config.code_size),
+            u64::from(self.config.data_size),
+        );
         let code = self.phys.alloc(code_len + data_len).ok_or_else(|| {
             DeviceError::Exhausted("physical address space for context memory".into())
         })?;
+        let host = match self.slots.map((code_len + data_len) as usize) {
+            Ok(h) => h,
+            Err(e) => {
+                self.phys.release(code, code_len + data_len);
+                return Err(e);
+            }
+        };
         let slot = Slot {
             code,
             data: code + code_len,
+            host,
         };
-        self.uc
-            .mem_map(slot.code, code_len, Prot::ALL)
-            .map_err(|e| uc_err("map code", e))?;
-        self.uc
-            .mem_map(slot.data, data_len, Prot::ALL)
-            .map_err(|e| uc_err("map data", e))?;
+        // SAFETY: `host` is a fresh mapping of code_len + data_len bytes
+        // owned by `self.slots`, which lives longer than the engine (field
+        // order of `McuDevice`) and is never unmapped before; nothing else
+        // uses it. The physical range was just allocated, so it overlaps
+        // no other engine memory.
+        unsafe {
+            self.uc
+                .mem_map_ptr(slot.code, code_len + data_len, Prot::ALL, host as *mut _)
+        }
+        .map_err(|e| uc_err("map context memory", e))?;
         Ok(slot)
     }
 
     /// Zero a slot's code and data memory and drop translations of its code.
     fn clear(&mut self, slot: Slot) -> Result<(), DeviceError> {
-        static ZERO: [u8; CODE_SIZE as usize] = [0; CODE_SIZE as usize];
-        self.uc
-            .mem_write(slot.code, &ZERO)
-            .map_err(|e| uc_err("clear code", e))?;
-        self.uc
-            .mem_write(slot.data, &ZERO[..DATA_SIZE as usize])
-            .map_err(|e| uc_err("clear data", e))?;
+        let len = (self.config.code_size + self.config.data_size) as usize;
+        self.slots.zero(slot.host, len)?;
         self.drop_code(slot)
     }
 
@@ -627,7 +871,7 @@ impl McuDevice {
         let _ = self.uc.ctl_flush_tlb();
         let r = self
             .uc
-            .ctl_remove_cache(slot.code, slot.code + u64::from(CODE_SIZE));
+            .ctl_remove_cache(slot.code, slot.code + u64::from(self.config.code_size));
         self.uc.get_data_mut().identity = false;
         let _ = self.uc.ctl_flush_tlb();
         match r {
@@ -669,11 +913,10 @@ impl McuDevice {
     /// keeps a domain that resets in a loop from costing every other domain
     /// a retranslation of its code.
     fn restart(&mut self, id: ContextId, image: &Image) -> Result<(), DeviceError> {
-        static ZERO: [u8; DATA_SIZE as usize] = [0; DATA_SIZE as usize];
         let slot = self.ctx(id)?.slot;
-        self.uc
-            .mem_write(slot.data, &ZERO)
-            .map_err(|e| uc_err("clear data", e))?;
+        let code_size = self.config.code_size as usize;
+        self.slots
+            .zero(slot.host + code_size, self.config.data_size as usize)?;
         for s in image.segments.iter().filter(|s| s.vaddr >= DATA_BASE) {
             self.uc
                 .mem_write(slot.data + u64::from(s.vaddr - DATA_BASE), &s.data)
@@ -686,18 +929,27 @@ impl McuDevice {
         Ok(())
     }
 
-    /// Registers of a freshly started context: reset core, SP at the top of
-    /// data memory, PC at the entry point.
+    /// Registers of a freshly started context: reset core and System
+    /// Control Space; SP and PC from the image's vector table if it has one
+    /// (as a Cortex-M starts), else the top of data memory and the ELF
+    /// entry point.
     fn init_regs(&mut self, id: ContextId) -> Result<(), DeviceError> {
-        let entry = self.ctx(id)?.image.as_ref().map(|i| i.entry);
+        let map = self.config.map();
+        let ctx = self.ctx(id)?;
+        ctx.scs = Scs::default();
+        ctx.replay = None;
+        let (sp, pc) = match &ctx.image {
+            Some(image) => image.start(&map),
+            None => (map.stack_top(), 1),
+        };
         self.uc
             .context_restore(&self.template)
             .map_err(|e| uc_err("context restore", e))?;
         self.uc
-            .reg_write(RegisterARM::SP, u64::from(DATA_BASE + DATA_SIZE))
+            .reg_write(RegisterARM::SP, u64::from(sp))
             .map_err(|e| uc_err("write sp", e))?;
         self.uc
-            .reg_write(RegisterARM::PC, u64::from(entry.unwrap_or(1) & !1))
+            .reg_write(RegisterARM::PC, u64::from(pc & !1))
             .map_err(|e| uc_err("write pc", e))?;
         self.ctx(id)?.fresh = false;
         Ok(())
@@ -787,6 +1039,329 @@ fn trap_hit(st: &mut State, off: u64) {
             reason: FaultReason::AccessViolation,
         }));
     }
+}
+
+/// The current context's device time in ns (all its slices so far plus the
+/// current one), and whether its doorbell line is up.
+fn device_time(st: &State, ctx: &Ctx) -> u64 {
+    let elapsed = thread_cpu().saturating_sub(st.slice_cpu_start).as_nanos() as u64;
+    ctx.run_ns + if st.running { elapsed } else { 0 }
+}
+
+/// System Control Space reads (see [`Scs::read`]). After a fault or an exit
+/// they read 0, like the control block.
+fn scs_read(st: &mut State, off: u64, size: usize) -> u64 {
+    let Some(cur) = st.current else { return 0 };
+    if matches!(st.stop, Some(Stop::Fault(_) | Stop::Exited(_))) {
+        return 0;
+    }
+    let Some(ctx) = st.contexts.get(&cur) else {
+        return 0;
+    };
+    let now = device_time(st, ctx);
+    let Some(ctx) = st.contexts.get_mut(&cur) else {
+        return 0;
+    };
+    let doorbell = ctx.control.pending() > 0;
+    let word = ctx
+        .scs
+        .read(SCS_BASE + off as u32, now, doorbell, ctx.last_fault);
+    let shift = 8 * (off & 3);
+    let mask = if size >= 4 {
+        u64::from(u32::MAX)
+    } else {
+        (1u64 << (8 * size)) - 1
+    };
+    (u64::from(word) >> shift) & mask
+}
+
+/// System Control Space writes; returns whether the core must stop (an
+/// exception may have become deliverable, or a reset was requested).
+fn scs_write(st: &mut State, off: u64, size: usize, value: u32, primask: bool, pc: u64) -> bool {
+    let Some(cur) = st.current else { return false };
+    if matches!(st.stop, Some(Stop::Fault(_) | Stop::Exited(_))) {
+        return true;
+    }
+    // The store that stopped the core to take an exception runs again when
+    // the handler returns (the core restarts the instruction): that second
+    // run is the same write, already done.
+    let this = (pc, SCS_BASE + off as u32, value);
+    if let Some(ctx) = st.contexts.get_mut(&cur) {
+        if ctx.replay.take() == Some(this) {
+            return false;
+        }
+    }
+    let Some(ctx) = st.contexts.get(&cur) else {
+        return false;
+    };
+    let now = device_time(st, ctx);
+    let Some(ctx) = st.contexts.get_mut(&cur) else {
+        return false;
+    };
+    // Narrow writes keep their byte lane: the address is that of the byte.
+    let addr = SCS_BASE + off as u32;
+    match ctx.scs.write(addr, size, value, now) {
+        ScsEffect::None => false,
+        ScsEffect::Recheck => {
+            let deliverable = ctx.scs.take(ctx.control.pending() > 0, primask).is_some();
+            st.recheck |= deliverable;
+            if deliverable {
+                ctx.replay = Some(this);
+            }
+            deliverable
+        }
+        ScsEffect::ResetRequest => {
+            st.set_stop(Stop::Exited(EXIT_SYSRESETREQ));
+            true
+        }
+    }
+}
+
+/// Whether the instruction before `pc` is a WFI (16- or 32-bit).
+fn wfi_before(uc: &Unicorn<'_, State>, pc: u64) -> bool {
+    let half = |a: u64| -> Option<u16> {
+        let (p, prot) = uc.get_data().translate(a)?;
+        if prot.0 & Prot::EXEC.0 == 0 {
+            return None;
+        }
+        let mut b = [0u8; 2];
+        uc.mem_read(p, &mut b).ok()?;
+        Some(u16::from_le_bytes(b))
+    };
+    let prev = half(pc.wrapping_sub(2));
+    prev == Some(0xbf30) || (prev == Some(0x8003) && half(pc.wrapping_sub(4)) == Some(0xf3af))
+}
+
+fn fault_at(addr: Option<u64>, access: Access, pc: u64, reason: FaultReason) -> DeviceFault {
+    DeviceFault {
+        addr,
+        access,
+        pc: Some(pc),
+        reason,
+    }
+}
+
+fn reg(uc: &Unicorn<'_, State>, r: i32) -> u32 {
+    uc.reg_read(r).unwrap_or(0) as u32
+}
+
+/// Read or write the current context's code or data memory at virtual
+/// `addr` as the firmware would, word by word, with its permissions: how
+/// the device stacks and unstacks exception frames and reads vectors. Only
+/// the context's own code and data memory qualify (not the control block,
+/// the SCS, mappings or device-local memory): an exception frame or vector
+/// table anywhere else faults the vcoproc.
+fn vaccess(
+    uc: &mut Unicorn<'_, State>,
+    addr: u32,
+    words: &mut [u32],
+    write: bool,
+    pc: u64,
+) -> Result<(), DeviceFault> {
+    for (i, w) in words.iter_mut().enumerate() {
+        let a = u64::from(addr.wrapping_add(4 * i as u32));
+        let need = if write { Prot::WRITE } else { Prot::READ };
+        let st = uc.get_data();
+        let own = u64::from(st.map.code_size)..u64::from(DATA_BASE);
+        let local = a < u64::from(DATA_BASE) + u64::from(st.map.data_size) && !own.contains(&a);
+        let (access, phys) = match st.translate(a) {
+            Some((p, prot)) if local && prot.0 & need.0 != 0 => (None, p),
+            _ => (Some(if write { Access::Write } else { Access::Read }), 0),
+        };
+        if let Some(access) = access {
+            return Err(fault_at(Some(a), access, pc, FaultReason::AccessViolation));
+        }
+        let r = if write {
+            uc.mem_write(phys, &w.to_le_bytes())
+        } else {
+            let mut b = [0u8; 4];
+            let r = uc.mem_read(phys, &mut b);
+            *w = u32::from_le_bytes(b);
+            r
+        };
+        if let Err(e) = r {
+            return Err(fault_at(
+                Some(a),
+                Access::None,
+                pc,
+                FaultReason::Device(format!("exception frame: {e:?}")),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Take the highest-priority deliverable exception of the current context,
+/// if any: stack the frame on the main stack, enter the handler from the
+/// vector table in handler mode.
+fn deliver(uc: &mut Unicorn<'_, State>) -> Result<(), DeviceFault> {
+    let st = uc.get_data();
+    let Some(ctx) = st.current.and_then(|c| st.contexts.get(&c)) else {
+        return Ok(());
+    };
+    // Firmware that uses no interrupts pays one look-up.
+    if ctx.scs.quiet(ctx.control.pending() > 0) {
+        return Ok(());
+    }
+    let primask = reg(uc, RegisterARM::PRIMASK as i32) & 1 != 0;
+    let st = uc.get_data_mut();
+    let Some(cur) = st.current else { return Ok(()) };
+    let Some(ctx) = st.contexts.get(&cur) else {
+        return Ok(());
+    };
+    let now = device_time(st, ctx);
+    let Some(ctx) = st.contexts.get_mut(&cur) else {
+        return Ok(());
+    };
+    ctx.scs.tick(now);
+    let doorbell = ctx.control.pending() > 0;
+    let Some(exc) = ctx.scs.take(doorbell, primask) else {
+        return Ok(());
+    };
+    let nested = !ctx.scs.active().is_empty();
+    let vtor = ctx.scs.vtor();
+    let pc = reg(uc, RegisterARM::PC as i32);
+    let bad = |what: String| {
+        fault_at(
+            None,
+            Access::None,
+            u64::from(pc),
+            FaultReason::Exception(what),
+        )
+    };
+    if !nested && reg(uc, RegisterARM::CONTROL as i32) & 2 != 0 {
+        return Err(bad(format!(
+            "exception {exc} taken on the process stack (CONTROL.SPSEL = 1 is not modelled)"
+        )));
+    }
+    let mut vector = [0u32];
+    vaccess(
+        uc,
+        vtor.wrapping_add(4 * u32::from(exc)),
+        &mut vector,
+        false,
+        u64::from(pc),
+    )?;
+    let handler = vector[0];
+    let executable = uc
+        .get_data()
+        .translate(u64::from(handler & !1))
+        .is_some_and(|(_, p)| p.0 & Prot::EXEC.0 != 0);
+    if handler & 1 == 0 || !executable {
+        return Err(bad(format!(
+            "exception {exc}: vector {handler:#x} is not Thumb code in code memory"
+        )));
+    }
+    let sp = reg(uc, RegisterARM::SP as i32);
+    let xpsr = reg(uc, RegisterARM::XPSR as i32);
+    let frame_sp = sp.wrapping_sub(4 * FRAME_WORDS) & !4;
+    let mut frame = [0u32; FRAME_WORDS as usize];
+    for (i, r) in [
+        RegisterARM::R0 as i32,
+        RegisterARM::R0 as i32 + 1,
+        RegisterARM::R0 as i32 + 2,
+        RegisterARM::R0 as i32 + 3,
+        RegisterARM::R12 as i32,
+        RegisterARM::LR as i32,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        frame[i] = reg(uc, r);
+    }
+    frame[6] = pc;
+    frame[7] = (xpsr & !(1 << 9)) | u32::from(sp & 4 != 0) << 9;
+    for i in 0..16 {
+        frame[8 + i] = reg(uc, RegisterARM::S0 as i32 + i as i32);
+    }
+    frame[24] = reg(uc, RegisterARM::FPSCR as i32);
+    vaccess(uc, frame_sp, &mut frame, true, u64::from(pc))?;
+    let set = |uc: &mut Unicorn<'_, State>, r: i32, v: u32| {
+        uc.reg_write(r, u64::from(v))
+            .map_err(|e| bad(format!("exception entry: {e:?}")))
+    };
+    set(uc, RegisterARM::SP as i32, frame_sp)?;
+    set(
+        uc,
+        RegisterARM::LR as i32,
+        if nested { 0xffff_ffe1 } else { 0xffff_ffe9 },
+    )?;
+    let new_xpsr = (xpsr & 0xf800_0000) | (1 << 24) | u32::from(exc);
+    set(uc, RegisterARM::XPSR as i32, new_xpsr)?;
+    // Rebuilds the engine's cached mode flags (handler mode).
+    set(uc, RegisterARM::APSR_NZCV as i32, new_xpsr & 0xf000_0000)?;
+    set(uc, RegisterARM::PC as i32, handler | 1)?;
+    if let Some(ctx) = uc.get_data_mut().current_ctx() {
+        ctx.scs.enter(exc);
+    }
+    Ok(())
+}
+
+/// Exception return: the firmware loaded an EXC_RETURN value into the pc
+/// in handler mode. Unstack the frame and go back to the interrupted code.
+fn exception_return(uc: &mut Unicorn<'_, State>) -> Result<(), DeviceFault> {
+    let excret = reg(uc, RegisterARM::PC as i32) | 1;
+    let sp = reg(uc, RegisterARM::SP as i32);
+    let bad = |what: String| {
+        fault_at(
+            None,
+            Access::None,
+            u64::from(excret),
+            FaultReason::Exception(what),
+        )
+    };
+    let Some(ctx) = uc.get_data_mut().current_ctx() else {
+        return Ok(());
+    };
+    let Some(_) = ctx.scs.exit() else {
+        return Err(bad(format!(
+            "exception return ({excret:#x}) outside a handler"
+        )));
+    };
+    let outer = ctx.scs.active().last().copied();
+    let to_thread = excret & 8 != 0;
+    if excret >> 8 != 0x00ff_ffff || excret & 4 != 0 || to_thread != outer.is_none() {
+        return Err(bad(format!(
+            "EXC_RETURN {excret:#x} does not return to the interrupted main-stack context"
+        )));
+    }
+    let extended = excret & 0x10 == 0;
+    let n = if extended { FRAME_WORDS } else { 8 };
+    let mut frame = [0u32; FRAME_WORDS as usize];
+    vaccess(uc, sp, &mut frame[..n as usize], false, u64::from(excret))?;
+    let set = |uc: &mut Unicorn<'_, State>, r: i32, v: u32| {
+        uc.reg_write(r, u64::from(v))
+            .map_err(|e| bad(format!("exception return: {e:?}")))
+    };
+    for (i, r) in [
+        RegisterARM::R0 as i32,
+        RegisterARM::R0 as i32 + 1,
+        RegisterARM::R0 as i32 + 2,
+        RegisterARM::R0 as i32 + 3,
+        RegisterARM::R12 as i32,
+        RegisterARM::LR as i32,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        set(uc, r, frame[i])?;
+    }
+    if extended {
+        for i in 0..16 {
+            set(uc, RegisterARM::S0 as i32 + i as i32, frame[8 + i])?;
+        }
+        set(uc, RegisterARM::FPSCR as i32, frame[24])?;
+    }
+    let xpsr = frame[7];
+    let new_sp = sp
+        .wrapping_add(4 * n)
+        .wrapping_add(if xpsr & (1 << 9) != 0 { 4 } else { 0 });
+    set(uc, RegisterARM::SP as i32, new_sp)?;
+    let new_xpsr = (xpsr & 0xf800_0000) | (1 << 24) | u32::from(outer.unwrap_or(0));
+    set(uc, RegisterARM::XPSR as i32, new_xpsr)?;
+    set(uc, RegisterARM::APSR_NZCV as i32, new_xpsr & 0xf000_0000)?;
+    set(uc, RegisterARM::PC as i32, frame[6] | 1)?;
+    Ok(())
 }
 
 /// Control block reads. Every register read is idempotent, since the core
@@ -901,7 +1476,9 @@ impl Device for McuDevice {
             class: "mcu",
             model: "Cortex-M4 (Unicorn 2)".into(),
             preemption: Preemption::Instruction,
-            local_memory: u64::from(CODE_SIZE + DATA_SIZE) + LOCAL_ALLOC_MAX,
+            local_memory: u64::from(self.config.code_size)
+                + u64::from(self.config.data_size)
+                + LOCAL_ALLOC_MAX,
             address_bits: 32,
             iova_base: u64::from(IOVA_BASE),
             iova_size: u64::from(IOVA_SIZE),
@@ -938,6 +1515,8 @@ impl Device for McuDevice {
                 last_fault: (0, 0, 0),
                 demand: false,
                 local: BTreeMap::new(),
+                scs: Scs::default(),
+                replay: None,
             },
         );
         Ok(())
@@ -969,15 +1548,15 @@ impl Device for McuDevice {
 
     fn load_firmware(&mut self, id: ContextId, image: &[u8]) -> Result<FirmwareInfo, DeviceError> {
         self.ctx(id)?;
-        let prepared = elf::ElfPrep.prepare(image)?;
+        let prepared = elf::ElfPrepFor(self.config.map()).prepare(image)?;
         self.install_firmware(id, prepared)
     }
 
     fn firmware_prep(&self) -> Arc<dyn FirmwarePrep> {
-        Arc::new(elf::ElfPrep)
+        Arc::new(elf::ElfPrepFor(self.config.map()))
     }
 
-    /// Copies the segments of an image [`elf::ElfPrep`] validated and marks
+    /// Copies the segments of an image [`elf::ElfPrepFor`] validated and marks
     /// the registers for a fresh start: nothing is parsed or checked here.
     fn install_firmware(
         &mut self,
@@ -988,6 +1567,13 @@ impl Device for McuDevice {
         let image = *fw
             .downcast::<Image>()
             .map_err(|_| DeviceError::BadFirmware("prepared for another device class".into()))?;
+        // Prepared for another memory map (another pcoproc's prep): the
+        // segments and the start must still fit this device's.
+        if !image.fits(&self.config.map()) {
+            return Err(DeviceError::BadFirmware(
+                "prepared for a larger memory map than this pcoproc's".into(),
+            ));
+        }
         let info = FirmwareInfo {
             entry: u64::from(image.entry),
             code_bytes: image.code_bytes(),
@@ -1160,60 +1746,124 @@ impl Device for McuDevice {
                 stop: StopReason::Preempted,
             };
         }
-        let pc = self.uc.reg_read(RegisterARM::PC).unwrap_or(0);
-        {
-            let st = self.uc.get_data_mut();
-            st.running = true;
-            st.stop = None;
-            st.trap = None;
-            st.page_fault = None;
-        }
         // Charged: CPU time of this (the runner) thread while the engine
         // ran, which the host preempting the runner does not inflate. The
-        // slice timer counts the budget in the same time.
+        // slice timer counts the budget in the same time. The slice runs as
+        // several engine runs when exceptions are taken between them
+        // (SysTick's next interrupt ends one, an SCS write that pends an
+        // exception another, WFI with an interrupt pending a third).
         let cpu_start = thread_cpu();
-        self.uc.get_data_mut().slice_cpu_start = cpu_start;
-        self.timer.arm(budget, cpu_start);
-        let res = self.uc.emu_start(pc | 1, UNTIL, 0, 0);
-        let (fired, preempted) = self.timer.disarm();
-        let ran = thread_cpu().saturating_sub(cpu_start);
-        let pc_after = self.uc.reg_read(RegisterARM::PC).unwrap_or(0);
+        {
+            let st = self.uc.get_data_mut();
+            st.slice_cpu_start = cpu_start;
+            st.running = true;
+        }
+        // The runner's CPU clock at the start of each engine run (read again
+        // only when the slice goes on past one).
+        let mut now_cpu = cpu_start;
+        let stop = loop {
+            {
+                let st = self.uc.get_data_mut();
+                st.stop = None;
+                st.trap = None;
+                st.page_fault = None;
+                st.recheck = false;
+                st.wfe = false;
+            }
+            if let Err(f) = deliver(&mut self.uc) {
+                break StopReason::Fault(f);
+            }
+            let spent = now_cpu.saturating_sub(cpu_start);
+            let Some(left) = budget.checked_sub(spent).filter(|l| !l.is_zero()) else {
+                break StopReason::BudgetSpent;
+            };
+            let st = self.uc.get_data();
+            let systick = st
+                .contexts
+                .get(&cur)
+                .filter(|c| c.scs.systick_interrupts())
+                .and_then(|c| c.scs.until_systick(device_time(st, c)))
+                .map(Duration::from_nanos);
+            let mut sub = systick.map_or(left, |t| t.min(left));
+            // With the doorbell's interrupt enabled, look for a doorbell
+            // rung meanwhile at least every DOORBELL_POLL of run time.
+            if st
+                .contexts
+                .get(&cur)
+                .is_some_and(|c| c.scs.irq_enabled(IRQ_DOORBELL))
+            {
+                sub = sub.min(DOORBELL_POLL);
+            }
+            let pc = self.uc.reg_read(RegisterARM::PC).unwrap_or(0);
+            self.timer.arm(sub, now_cpu);
+            let res = self.uc.emu_start(pc | 1, UNTIL, 0, 0);
+            let (fired, preempted) = self.timer.disarm();
+            let pc_after = self.uc.reg_read(RegisterARM::PC).unwrap_or(0);
+            let st = self.uc.get_data_mut();
+            st.trap = None;
+            let stop = st.stop.take();
+            let page_fault = st.page_fault.take();
+            let (recheck, wfe) = (st.recheck, st.wfe);
+            // The store completed after all (the core stopped past it): no
+            // second run of it is coming.
+            if let Some(ctx) = st.contexts.get_mut(&cur) {
+                if ctx.replay.is_some_and(|(at, _, _)| at != pc_after) {
+                    ctx.replay = None;
+                }
+            }
+            let wakes = |st: &State| {
+                st.contexts
+                    .get(&cur)
+                    .is_some_and(|c| c.scs.wakes(c.control.pending() > 0))
+            };
+            now_cpu = thread_cpu();
+            break match (stop, res) {
+                (Some(Stop::Fault(f)), _) => StopReason::Fault(f),
+                // A WAIT or EXIT earlier in the block stands; a parked context
+                // retries the missing access when it runs again.
+                (Some(Stop::Exited(c)), _) if page_fault.is_some() => StopReason::Exited(c),
+                (Some(Stop::Waiting), _) if page_fault.is_some() => StopReason::Waiting,
+                (None, _) if page_fault.is_some() => {
+                    let (addr, access) = page_fault.unwrap_or((0, Access::None));
+                    StopReason::PageFault { addr, access }
+                }
+                (_, Err(uc_error::INSN_INVALID)) => StopReason::Fault(DeviceFault {
+                    addr: None,
+                    access: Access::None,
+                    pc: Some(pc_after),
+                    reason: FaultReason::InvalidInstruction,
+                }),
+                (_, Err(e)) => StopReason::Fault(DeviceFault {
+                    addr: None,
+                    access: Access::None,
+                    pc: Some(pc_after),
+                    reason: FaultReason::Device(format!("{e:?}")),
+                }),
+                (Some(Stop::Exited(c)), Ok(())) => StopReason::Exited(c),
+                (Some(Stop::Waiting), Ok(())) => StopReason::Waiting,
+                (None, Ok(())) if preempted => StopReason::Preempted,
+                (None, Ok(())) if recheck => continue,
+                // The slice goes on past a SysTick interrupt's sub-slice.
+                (None, Ok(())) if fired && sub < left => continue,
+                (None, Ok(())) if fired => StopReason::BudgetSpent,
+                // WFI (the engine halts) or WFE: go on if an interrupt is
+                // pending, else park like WAIT.
+                (None, Ok(())) if wfe || wfi_before(&self.uc, pc_after) => {
+                    if wakes(self.uc.get_data()) {
+                        continue;
+                    }
+                    StopReason::Waiting
+                }
+                (None, Ok(())) => StopReason::BudgetSpent,
+            };
+        };
+        let ran = now_cpu.saturating_sub(cpu_start);
         let st = self.uc.get_data_mut();
         st.running = false;
         st.trap = None;
-        let stop = st.stop.take();
-        let page_fault = st.page_fault.take();
         if let Some(ctx) = st.contexts.get_mut(&cur) {
             ctx.run_ns += ran.as_nanos() as u64;
         }
-        let stop = match (stop, res) {
-            (Some(Stop::Fault(f)), _) => StopReason::Fault(f),
-            // A WAIT or EXIT earlier in the block stands; a parked context
-            // retries the missing access when it runs again.
-            (Some(Stop::Exited(c)), _) if page_fault.is_some() => StopReason::Exited(c),
-            (Some(Stop::Waiting), _) if page_fault.is_some() => StopReason::Waiting,
-            (None, _) if page_fault.is_some() => {
-                let (addr, access) = page_fault.unwrap_or((0, Access::None));
-                StopReason::PageFault { addr, access }
-            }
-            (_, Err(uc_error::INSN_INVALID)) => StopReason::Fault(DeviceFault {
-                addr: None,
-                access: Access::None,
-                pc: Some(pc_after),
-                reason: FaultReason::InvalidInstruction,
-            }),
-            (_, Err(e)) => StopReason::Fault(DeviceFault {
-                addr: None,
-                access: Access::None,
-                pc: Some(pc_after),
-                reason: FaultReason::Device(format!("{e:?}")),
-            }),
-            (Some(Stop::Exited(c)), Ok(())) => StopReason::Exited(c),
-            (Some(Stop::Waiting), Ok(())) => StopReason::Waiting,
-            (None, Ok(())) if preempted => StopReason::Preempted,
-            (None, Ok(())) if fired => StopReason::BudgetSpent,
-            (None, Ok(())) => StopReason::BudgetSpent,
-        };
         if let StopReason::Fault(f) = &stop {
             if let Some(ctx) = st.contexts.get_mut(&cur) {
                 ctx.last_fault = (

@@ -1,8 +1,9 @@
 //! Firmware loading: parse and validate an ELF image before anything of it
-//! reaches a context. Every field is hostile: sizes, offsets, addresses and
-//! counts are checked with overflow-safe arithmetic.
+//! reaches a context, against the pcoproc's memory map ([`MemoryMap`]: its
+//! code and data memory sizes). Every field is hostile: sizes, offsets,
+//! addresses and counts are checked with overflow-safe arithmetic.
 
-use crate::abi::{CODE_BASE, CODE_SIZE, DATA_BASE, DATA_SIZE};
+use crate::abi::{CB_BASE, CODE_BASE, CODE_SIZE, DATA_BASE, DATA_SIZE};
 use coproc_core::device::{DeviceError, FirmwarePrep, PreparedFirmware};
 use object::elf::{FileHeader32, ELFCLASS32, ELFDATA2LSB, EM_ARM, ET_EXEC, PF_W, PF_X, PT_LOAD};
 use object::read::elf::{FileHeader, ProgramHeader};
@@ -11,6 +12,53 @@ use thiserror::Error;
 
 /// Largest image accepted.
 pub const MAX_IMAGE: usize = 4 << 20;
+/// Largest code memory a pcoproc may be configured with.
+pub const MAX_CODE_SIZE: u32 = 16 << 20;
+/// Largest data memory a pcoproc may be configured with.
+pub const MAX_DATA_SIZE: u32 = 16 << 20;
+/// Smallest code or data memory (one page).
+pub const MIN_MEMORY_SIZE: u32 = 4096;
+
+/// The sizes of a vcoproc's code memory (at [`CODE_BASE`]) and data memory
+/// (at [`DATA_BASE`]) on one pcoproc. The defaults are [`CODE_SIZE`] and
+/// [`DATA_SIZE`] (1 MiB and 256 KiB, a common Cortex-M4 part's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryMap {
+    /// Bytes of code memory.
+    pub code_size: u32,
+    /// Bytes of data memory; the stack starts at its top.
+    pub data_size: u32,
+}
+
+impl Default for MemoryMap {
+    fn default() -> Self {
+        MemoryMap {
+            code_size: CODE_SIZE,
+            data_size: DATA_SIZE,
+        }
+    }
+}
+
+impl MemoryMap {
+    /// Both sizes whole pages within [`MIN_MEMORY_SIZE`]..=[`MAX_CODE_SIZE`]
+    /// (code) and ..=[`MAX_DATA_SIZE`] (data).
+    pub fn validate(&self) -> Result<(), ElfError> {
+        let ok = |n: u32, max: u32| (MIN_MEMORY_SIZE..=max).contains(&n) && n.is_multiple_of(4096);
+        if !ok(self.code_size, MAX_CODE_SIZE) || !ok(self.data_size, MAX_DATA_SIZE) {
+            return Err(ElfError::BadMap(*self));
+        }
+        Ok(())
+    }
+
+    /// One past the last byte of data memory: the initial SP.
+    pub fn stack_top(&self) -> u32 {
+        DATA_BASE + self.data_size
+    }
+
+    fn in_code(&self, a: u32) -> bool {
+        a.wrapping_sub(CODE_BASE) < self.code_size
+    }
+}
 /// Most program headers accepted.
 pub const MAX_SEGMENTS: usize = 16;
 
@@ -65,6 +113,26 @@ pub enum ElfError {
     /// Nothing to load.
     #[error("no loadable segments")]
     Empty,
+    /// The image starts with a vector table whose initial SP lies outside
+    /// data memory (linked for a larger data memory than the pcoproc's).
+    #[error(
+        "the vector table's initial SP {sp:#x} is outside data memory (ends at {end:#x}): \
+         linked for a larger data memory than this pcoproc's?"
+    )]
+    StackOutsideData {
+        /// Word 0 of the vector table.
+        sp: u32,
+        /// One past data memory.
+        end: u32,
+    },
+    /// Code or data memory sizes out of range.
+    #[error(
+        "code memory of {} bytes and data memory of {} bytes: each must be whole 4 KiB pages, \
+         code at most {MAX_CODE_SIZE}, data at most {MAX_DATA_SIZE}",
+        .0.code_size,
+        .0.data_size
+    )]
+    BadMap(MemoryMap),
 }
 
 /// One loadable segment.
@@ -85,6 +153,10 @@ pub struct Image {
     pub entry: u32,
     /// Its segments, sorted by address.
     pub segments: Vec<Segment>,
+    /// The image starts with a Cortex-M vector table: (initial SP, reset
+    /// handler), which the vcoproc starts from instead of the ELF entry
+    /// point and the top of data memory.
+    pub vectors: Option<(u32, u32)>,
 }
 
 impl Image {
@@ -92,7 +164,7 @@ impl Image {
     pub fn code_bytes(&self) -> u64 {
         self.segments
             .iter()
-            .filter(|s| in_code(s.vaddr))
+            .filter(|s| s.vaddr < DATA_BASE)
             .map(|s| u64::from(s.memsz))
             .sum()
     }
@@ -101,14 +173,27 @@ impl Image {
     pub fn data_bytes(&self) -> u64 {
         self.segments
             .iter()
-            .filter(|s| !in_code(s.vaddr))
+            .filter(|s| s.vaddr >= DATA_BASE)
             .map(|s| u64::from(s.memsz))
             .sum()
     }
-}
 
-fn in_code(a: u32) -> bool {
-    a.wrapping_sub(CODE_BASE) < CODE_SIZE
+    /// Whether every segment, and the initial SP of its vector table, lies
+    /// inside the memory map `map`.
+    pub fn fits(&self, map: &MemoryMap) -> bool {
+        let segs = self.segments.iter().all(|s| {
+            within(s.vaddr, s.memsz, CODE_BASE, map.code_size)
+                || within(s.vaddr, s.memsz, DATA_BASE, map.data_size)
+        });
+        segs && self.vectors.is_none_or(|(sp, _)| sp <= map.stack_top())
+    }
+
+    /// Where the vcoproc starts: (SP, PC with the Thumb bit) — from the
+    /// vector table if the image has one, else the top of data memory and
+    /// the ELF entry point.
+    pub fn start(&self, map: &MemoryMap) -> (u32, u32) {
+        self.vectors.unwrap_or((map.stack_top(), self.entry))
+    }
 }
 
 fn within(vaddr: u32, memsz: u32, base: u32, size: u32) -> bool {
@@ -121,23 +206,41 @@ fn within(vaddr: u32, memsz: u32, base: u32, size: u32) -> bool {
     v >= b && v + m <= b + s
 }
 
-/// The mcu class's [`FirmwarePrep`]: parses and validates an ELF image into
-/// an [`Image`] on the loading thread. It holds no device state, so it works
-/// on any thread while the runner runs (or after the device is gone);
-/// installing the image only copies its segments.
+/// The mcu class's [`FirmwarePrep`] for the default memory map: parses and
+/// validates an ELF image into an [`Image`] on the loading thread. It holds
+/// no device state, so it works on any thread while the runner runs (or
+/// after the device is gone); installing the image only copies its
+/// segments.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ElfPrep;
 
 impl FirmwarePrep for ElfPrep {
     fn prepare(&self, image: &[u8]) -> Result<PreparedFirmware, DeviceError> {
-        let image = parse(image).map_err(|e| DeviceError::BadFirmware(e.to_string()))?;
+        ElfPrepFor(MemoryMap::default()).prepare(image)
+    }
+}
+
+/// [`ElfPrep`] for a pcoproc's own memory map.
+#[derive(Debug, Clone, Copy)]
+pub struct ElfPrepFor(pub MemoryMap);
+
+impl FirmwarePrep for ElfPrepFor {
+    fn prepare(&self, image: &[u8]) -> Result<PreparedFirmware, DeviceError> {
+        let image =
+            parse_for(image, &self.0).map_err(|e| DeviceError::BadFirmware(e.to_string()))?;
         Ok(Box::new(image))
     }
 }
 
-/// Parse and validate `bytes` as mcu firmware. The bytes may sit at any
-/// alignment.
+/// Parse and validate `bytes` as mcu firmware for the default memory map.
+/// The bytes may sit at any alignment.
 pub fn parse(bytes: &[u8]) -> Result<Image, ElfError> {
+    parse_for(bytes, &MemoryMap::default())
+}
+
+/// Parse and validate `bytes` as mcu firmware for the memory map `map`.
+pub fn parse_for(bytes: &[u8], map: &MemoryMap) -> Result<Image, ElfError> {
+    map.validate()?;
     if bytes.len() > MAX_IMAGE {
         return Err(ElfError::TooLarge(bytes.len()));
     }
@@ -150,12 +253,12 @@ pub fn parse(bytes: &[u8]) -> Result<Image, ElfError> {
         let aligned =
             unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), bytes.len()) };
         aligned.copy_from_slice(bytes);
-        return parse_aligned(aligned);
+        return parse_aligned(aligned, map);
     }
-    parse_aligned(bytes)
+    parse_aligned(bytes, map)
 }
 
-fn parse_aligned(bytes: &[u8]) -> Result<Image, ElfError> {
+fn parse_aligned(bytes: &[u8], map: &MemoryMap) -> Result<Image, ElfError> {
     let ident = bytes
         .get(..16)
         .ok_or_else(|| ElfError::Malformed("shorter than an ELF header".into()))?;
@@ -193,11 +296,11 @@ fn parse_aligned(bytes: &[u8]) -> Result<Image, ElfError> {
             continue;
         }
         let flags = ph.p_flags(e);
-        if within(vaddr, memsz, CODE_BASE, CODE_SIZE) {
+        if within(vaddr, memsz, CODE_BASE, map.code_size) {
             if flags & PF_W != 0 {
                 return Err(ElfError::BadPermissions(vaddr));
             }
-        } else if within(vaddr, memsz, DATA_BASE, DATA_SIZE) {
+        } else if within(vaddr, memsz, DATA_BASE, map.data_size) {
             if flags & PF_X != 0 {
                 return Err(ElfError::BadPermissions(vaddr));
             }
@@ -229,11 +332,49 @@ fn parse_aligned(bytes: &[u8]) -> Result<Image, ElfError> {
     let ok = entry & 1 == 1
         && segments
             .iter()
-            .any(|s| in_code(s.vaddr) && pc >= s.vaddr && pc - s.vaddr < s.memsz);
+            .any(|s| map.in_code(s.vaddr) && pc >= s.vaddr && pc - s.vaddr < s.memsz);
     if !ok {
         return Err(ElfError::BadEntry(entry));
     }
-    Ok(Image { entry, segments })
+    let vectors = vector_table(&segments, map)?;
+    Ok(Image {
+        entry,
+        segments,
+        vectors,
+    })
+}
+
+/// A Cortex-M vector table at the start of code memory: word 0 an initial
+/// SP in the data region (0x2000_0000..0x4000_0000, word aligned), word 1
+/// a Thumb address inside a loaded code segment. Found, its SP must lie
+/// inside this pcoproc's data memory (the image was linked for it).
+fn vector_table(segments: &[Segment], map: &MemoryMap) -> Result<Option<(u32, u32)>, ElfError> {
+    let Some(first) = segments.iter().find(|s| s.vaddr == CODE_BASE) else {
+        return Ok(None);
+    };
+    let word = |i: usize| -> Option<u32> {
+        let b = first.data.get(4 * i..4 * i + 4)?;
+        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let (Some(sp), Some(reset)) = (word(0), word(1)) else {
+        return Ok(None);
+    };
+    let stack_like = sp > DATA_BASE && sp <= CB_BASE && sp.is_multiple_of(4);
+    let code = |a: u32| {
+        segments
+            .iter()
+            .any(|s| map.in_code(s.vaddr) && a.wrapping_sub(s.vaddr) < s.memsz)
+    };
+    if !stack_like || reset & 1 == 0 || !code(reset & !1) {
+        return Ok(None);
+    }
+    if sp > map.stack_top() {
+        return Err(ElfError::StackOutsideData {
+            sp,
+            end: map.stack_top(),
+        });
+    }
+    Ok(Some((sp, reset)))
 }
 
 #[cfg(test)]

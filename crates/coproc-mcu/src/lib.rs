@@ -11,9 +11,10 @@ pub mod abi;
 pub mod baseline;
 mod device;
 pub mod elf;
+mod scs;
 mod timer;
 
-pub use device::{McuConfig, McuDevice, LOCAL_ALLOC_MAX};
+pub use device::{McuConfig, McuConfigError, McuDevice, LOCAL_ALLOC_MAX};
 
 use coproc_core::device::{Device, DeviceError};
 

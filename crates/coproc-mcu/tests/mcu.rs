@@ -149,12 +149,15 @@ fn isolation_faults_the_reader_only() {
     assert_eq!(drive::probe(&attacker, 1, own, 0, T).unwrap(), 0x5151_5151);
 
     // Every other interesting address faults too: the physical pool where
-    // contexts' memory lives, system space, and the end of the window.
+    // contexts' memory lives, system space around the System Control
+    // Space page (which is mapped), and the end of the window.
     for addr in [
         0x8000_0000u32,
         0x8004_0000,
         0x7000_0000,
-        0xe000_e000,
+        0xe000_0000,
+        0xe000_dffc,
+        0xe000_f000,
         0x7fff_fffc,
     ] {
         attacker.reset().unwrap();
@@ -541,6 +544,7 @@ fn header_matches_rust_abi() {
             ("COPROC_QUEUE_RING_OFFSET", queue::RING_OFFSET),
             ("COPROC_QUEUE_MAX_POLL_US", queue::MAX_POLL_US),
         ])
+        .chain(abi::scs::ALL.iter().copied())
         .collect();
     let mut seen = 0;
     for line in coproc_firmware::HEADER.lines() {
@@ -665,7 +669,15 @@ fn reloading_a_context_runs_its_new_code_and_the_others_keep_theirs() {
 #[test]
 fn context_limit_is_enforced_and_freed_contexts_are_reused() {
     let rr = RoundRobin::new(Duration::from_micros(200)).unwrap();
-    let p = Pcoproc::spawn("mcu0", factory(McuConfig { max_contexts: 3 }), Box::new(rr)).unwrap();
+    let p = Pcoproc::spawn(
+        "mcu0",
+        factory(McuConfig {
+            max_contexts: 3,
+            ..McuConfig::default()
+        }),
+        Box::new(rr),
+    )
+    .unwrap();
     let vs: Vec<_> = (0..3)
         .map(|d| {
             p.create_vcoproc(DomainId(d), SchedParams::default())

@@ -29,7 +29,8 @@ class = "mcu"
 # parameters as key = value (a list repeats a key, e.g. table windows).
 policy = "rr"
 policy_params = { slice_us = 5000 }
-# class options of mcu: max_contexts
+# class options of mcu: max_contexts, code_kib and data_kib (each vcoproc's
+# code and data memory, 4..16384 KiB in whole 4 KiB pages; default 1024 and 256)
 options = { max_contexts = 64 }
 
 [[domain]]
@@ -275,6 +276,10 @@ impl ClassOptions {
 pub struct McuOptions {
     /// Most vcoprocs at once (1..=65536).
     pub max_contexts: Option<u32>,
+    /// Each vcoproc's code memory, KiB (4..=16384, whole 4 KiB pages).
+    pub code_kib: Option<u32>,
+    /// Each vcoproc's data memory, KiB (4..=16384, whole 4 KiB pages).
+    pub data_kib: Option<u32>,
 }
 
 /// Options of the `vulkan` class; absent ones take the device's defaults.
@@ -373,17 +378,27 @@ impl PcoprocConfig {
         match &self.class {
             ClassOptions::Mcu(o) => {
                 let max_contexts = in_range("max_contexts", o.max_contexts, 1, 65536)?;
+                let code_kib = in_range("code_kib", o.code_kib, 4, 16 << 10)?;
+                let data_kib = in_range("data_kib", o.data_kib, 4, 16 << 10)?;
                 #[cfg(feature = "mcu")]
                 {
                     let mut mcu = coproc_mcu::McuConfig::default();
                     if let Some(n) = max_contexts {
                         mcu.max_contexts = n;
                     }
+                    // Code and data memory of every vcoproc, in KiB.
+                    if let Some(k) = code_kib {
+                        mcu.code_size = k << 10;
+                    }
+                    if let Some(k) = data_kib {
+                        mcu.data_size = k << 10;
+                    }
+                    mcu.validate().map_err(|e| e.to_string())?;
                     Ok(DeviceConfig::Mcu(mcu))
                 }
                 #[cfg(not(feature = "mcu"))]
                 {
-                    let _ = max_contexts;
+                    let _ = (max_contexts, code_kib, data_kib);
                     Err(not_built("mcu"))
                 }
             }
@@ -639,6 +654,35 @@ mod tests {
         ];
         for b in bad {
             assert!(Config::parse(b).is_err(), "accepted: {b}");
+        }
+    }
+
+    #[cfg(feature = "mcu")]
+    #[test]
+    fn mcu_memory_sizes_are_parsed_and_checked() {
+        let mcu = |opts: &str| {
+            let text =
+                format!("[[pcoproc]]\nname = \"a\"\nclass = \"mcu\"\noptions = {{ {opts} }}\n");
+            Config::parse(&text).and_then(|c| c.pcoprocs[0].device())
+        };
+        match mcu("code_kib = 2048, data_kib = 64") {
+            Ok(DeviceConfig::Mcu(m)) => assert_eq!((m.code_size, m.data_size), (2 << 20, 64 << 10)),
+            other => panic!("{other:?}"),
+        }
+        match mcu("max_contexts = 2") {
+            Ok(DeviceConfig::Mcu(m)) => {
+                assert_eq!((m.code_size, m.data_size), (1 << 20, 256 << 10))
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            "code_kib = 2",
+            "data_kib = 16385",
+            "code_kib = 6",
+            "data_kib = \"big\"",
+        ] {
+            let e = mcu(bad).unwrap_err().to_string();
+            assert!(e.contains("pcoproc \"a\""), "{bad}: {e}");
         }
     }
 
