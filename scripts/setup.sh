@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing coproc needs on a Debian machine, when
-# it is missing: cmake, a C compiler, clang + lld (firmware, bindgen),
+# it is missing: cmake, a C compiler and pkg-config (libcoproc's C tests),
+# Python 3 with its headers, pytest and numpy (the Python module's tests:
+# the system /usr/bin/python3), clang + lld (firmware, bindgen),
 # libclang-dev (bindgen, for Unicorn's bindings), glslang-tools (GPU
 # firmware from GLSL), the Vulkan loader and Mesa's drivers (lavapipe runs
 # the `vulkan` device class on the CPU where there is no GPU), and
@@ -13,6 +15,10 @@ command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v clang >/dev/null 2>&1 || need+=(clang)
 command -v ld.lld >/dev/null 2>&1 || need+=(lld)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+[ -x /usr/bin/python3 ] || need+=(python3)
+ls /usr/include/python3*/Python.h >/dev/null 2>&1 || need+=(python3-dev)
+/usr/bin/python3 -c 'import pytest' >/dev/null 2>&1 || need+=(python3-pytest)
+/usr/bin/python3 -c 'import numpy' >/dev/null 2>&1 || need+=(python3-numpy)
 if ! ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*/libclang*.so* >/dev/null 2>&1; then
     need+=(libclang-dev)
 fi

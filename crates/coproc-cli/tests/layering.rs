@@ -81,6 +81,13 @@ fn the_c_library_links_no_device_runner_or_policy_code() {
 }
 
 #[test]
+fn the_python_module_links_no_device_runner_or_policy_code() {
+    let mut forbidden = DEVICE_CODE.to_vec();
+    forbidden.push("coproc-core");
+    check("coproc-py", &forbidden);
+}
+
+#[test]
 fn the_benchmarks_do_link_the_device_classes() {
     // The check above would pass on a tree it cannot read: the binary that
     // does link them shows the names are the ones cargo prints.
