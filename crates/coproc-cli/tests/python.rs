@@ -1,7 +1,8 @@
 //! The `coproc` Python module: the cdylib `coproc-py` is built by cargo,
 //! copied as `coproc.so` onto `PYTHONPATH` (no maturin needed), and the
 //! pytest suite (`crates/coproc-py/tests/test_coproc.py`) and the numpy
-//! example run with the system Python against a private `coprocd`. Needs
+//! example run with the system Python against a private `coprocd` (with
+//! a `vulkan` pcoproc for the GPU parts where a Vulkan device is). Needs
 //! `/usr/bin/python3` with pytest and numpy (Debian's `python3-pytest`,
 //! `python3-numpy`): without them the tests fail, unless
 //! `COPROC_SKIP_PYTHON_TESTS=1` says to skip them.
@@ -58,14 +59,50 @@ fn module(dir: &Path) -> PathBuf {
     py
 }
 
-/// The example firmware as files in `dir`.
+/// The example firmware as files in `dir`: NAME.elf (mcu), NAME.gpu
+/// (vulkan: WGSL or SPIR-V).
 fn firmware_dir(dir: &Path) -> PathBuf {
     let fw = dir.join("firmware");
     std::fs::create_dir_all(&fw).unwrap();
     for f in coproc_firmware::ALL {
         std::fs::write(fw.join(format!("{}.elf", f.name)), f.elf).unwrap();
     }
+    for f in coproc_firmware::gpu::ALL {
+        std::fs::write(fw.join(format!("{}.gpu", f.name)), f.image).unwrap();
+    }
     fw
+}
+
+/// An mcu pcoproc `mcu0`, and a `vulkan` one `gpu0`.
+const WITH_GPU: &str = r#"
+[[pcoproc]]
+name = "mcu0"
+class = "mcu"
+
+[[pcoproc]]
+name = "gpu0"
+class = "vulkan"
+options = { device = "auto", watchdog_ms = 10000 }
+
+[[domain]]
+uids = "*"
+pcoprocs = ["mcu0", "gpu0"]
+max_vcoprocs = 8
+max_mapped_bytes = 67108864
+"#;
+
+/// The daemon's configuration: with a `vulkan` pcoproc where a Vulkan
+/// device is (lavapipe counts); without one, the GPU parts fail loudly
+/// unless `COPROC_SKIP_VULKAN_TESTS=1` (then they are skipped).
+fn config() -> (&'static str, bool) {
+    match coproc_vulkan::probe() {
+        Ok(_) => (WITH_GPU, true),
+        Err(e) if std::env::var("COPROC_SKIP_VULKAN_TESTS").is_ok_and(|v| v == "1") => {
+            eprintln!("GPU parts skipped (COPROC_SKIP_VULKAN_TESTS=1): no Vulkan device ({e})");
+            (MCU_RR, false)
+        }
+        Err(e) => panic!("no Vulkan device ({e}); COPROC_SKIP_VULKAN_TESTS=1 skips the GPU parts"),
+    }
 }
 
 fn run(cmd: &mut Command) -> String {
@@ -85,7 +122,8 @@ fn the_pytest_suite_passes() {
     if !need_python() {
         return;
     }
-    let d = Daemon::start("python-tests", MCU_RR);
+    let (config, gpu) = config();
+    let d = Daemon::start("python-tests", config);
     let py = module(&d.dir);
     let fw = firmware_dir(&d.dir);
     let out = run(Command::new(PYTHON)
@@ -94,18 +132,25 @@ fn the_pytest_suite_passes() {
         .env("PYTHONPATH", &py)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("COPROC_TEST_SOCKET", &d.socket)
-        .env("COPROC_TEST_FIRMWARE", &fw));
+        .env("COPROC_TEST_FIRMWARE", &fw)
+        .env("COPROC_TEST_GPU", if gpu { "1" } else { "0" }));
     eprintln!("{out}");
-    // Every test of the suite ran (none skipped, none failed).
-    assert!(out.contains("7 passed") && !out.contains("failed"), "{out}");
+    // Every test of the suite ran (the GPU one skipped only when told).
+    let want = if gpu {
+        "8 passed"
+    } else {
+        "7 passed, 1 skipped"
+    };
+    assert!(out.contains(want) && !out.contains("failed"), "{out}");
 }
 
 #[test]
-fn the_numpy_example_offloads_to_the_mcu_class() {
+fn the_numpy_example_offloads_to_the_mcu_and_gpu_classes() {
     if !need_python() {
         return;
     }
-    let d = Daemon::start("python-example", MCU_RR);
+    let (config, gpu) = config();
+    let d = Daemon::start("python-example", config);
     let py = module(&d.dir);
     let fw = firmware_dir(&d.dir);
     let out = run(Command::new(PYTHON)
@@ -115,4 +160,5 @@ fn the_numpy_example_offloads_to_the_mcu_class() {
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("COPROC_SOCKET", &d.socket));
     assert!(out.contains("mcu: crc32 of 200000 bytes"), "{out}");
+    assert_eq!(out.contains("gpu: saxpy of 50000 floats"), gpu, "{out}");
 }

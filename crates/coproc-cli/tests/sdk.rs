@@ -13,7 +13,7 @@
 mod common;
 
 use common::{Daemon, MCU_RR};
-use coproc_client::{Session, Sqe, Vcoproc, VcoprocError};
+use coproc_client::{Job, Session, Sqe, Vcoproc, VcoprocError};
 use coproc_firmware::reference::TestRng;
 use coproc_firmware::{CRC32, FAULTY, QECHO};
 
@@ -184,4 +184,69 @@ fn the_tokio_flavour_offloads_and_awaits_completions() {
             assert_eq!((c.tag, c.result[13]), (tag, tag + 2));
         }
     });
+}
+
+/// One mcu and one `vulkan` pcoproc, usable by every uid.
+const WITH_GPU: &str = r#"
+[[pcoproc]]
+name = "mcu0"
+class = "mcu"
+
+[[pcoproc]]
+name = "gpu0"
+class = "vulkan"
+options = { device = "auto", watchdog_ms = 10000 }
+
+[[domain]]
+uids = "*"
+pcoprocs = ["mcu0", "gpu0"]
+max_vcoprocs = 8
+max_mapped_bytes = 67108864
+"#;
+
+/// Whether a Vulkan device is there (lavapipe counts); fails loudly
+/// without one unless `COPROC_SKIP_VULKAN_TESTS=1`.
+fn vulkan() -> bool {
+    match coproc_vulkan::probe() {
+        Ok(_) => true,
+        Err(e) if std::env::var("COPROC_SKIP_VULKAN_TESTS").is_ok_and(|v| v == "1") => {
+            eprintln!("skipped (COPROC_SKIP_VULKAN_TESTS=1): no Vulkan device ({e})");
+            false
+        }
+        Err(e) => panic!("no Vulkan device ({e}); COPROC_SKIP_VULKAN_TESTS=1 skips the GPU tests"),
+    }
+}
+
+#[test]
+fn a_gpu_job_through_the_handle() {
+    if !vulkan() {
+        return;
+    }
+    let d = Daemon::start("sdk-gpu", WITH_GPU);
+    let v = Vcoproc::open_at(&d.socket, "gpu0").unwrap();
+    assert_eq!(v.coproc().class, "vulkan");
+    v.load("saxpy", coproc_firmware::gpu::SAXPY.image).unwrap();
+    let mut q = v.gpu_queue(64).unwrap();
+    let n = 1000usize;
+    let x: Vec<f32> = (0..n).map(|i| i as f32 * 0.5).collect();
+    let y: Vec<f32> = (0..n).map(|i| (i % 7) as f32 - 3.0).collect();
+    let (bx, by) = (
+        v.buffer(4 * n as u64).unwrap(),
+        v.buffer(4 * n as u64).unwrap(),
+    );
+    bx.write_slice(0, &x).unwrap();
+    by.write_slice(0, &y).unwrap();
+    let job = Job::new()
+        .bind(0, bx.iova(), bx.len())
+        .bind(1, by.iova(), by.len())
+        .push_f32(0, &[2.5])
+        .push_u32(1, &[n as u32])
+        .dispatch(0, [n.div_ceil(64) as u32, 1, 1])
+        .barrier()
+        .signal(1);
+    let signal = q.submit_job(&job).unwrap();
+    q.wait_job(signal, std::time::Duration::from_secs(60))
+        .unwrap();
+    let want = coproc_firmware::reference::saxpy(2.5, &x, &y);
+    assert_eq!(by.read_slice::<f32>(0, n).unwrap(), want);
 }

@@ -296,6 +296,16 @@ impl PyVcoproc {
         Ok(PyQueue { q })
     }
 
+    /// A queue attached to this `vulkan` vcoproc's command processor, for
+    /// Queue.run_job.
+    fn gpu_queue(&self, py: Python<'_>, entries: u32) -> PyResult<PyQueue> {
+        let v = self.get()?;
+        let q = py
+            .allow_threads(|| v.gpu_queue(entries))
+            .map_err(|e| err(py, e))?;
+        Ok(PyQueue { q })
+    }
+
     /// Tell the firmware where `queue` is (the example firmware's
     /// convention: mailbox words 0 and 1, then a doorbell).
     fn announce_queue(&self, py: Python<'_>, queue: PyRef<'_, PyQueue>) -> PyResult<()> {
@@ -515,6 +525,60 @@ impl PyQueue {
             .map_err(|e| client_err(py, e))?;
         Ok((c.tag, c.status, c.result.to_vec()))
     }
+
+    /// Run a GPU job (a list of command tuples, see the module's `job`)
+    /// on a queue from Vcoproc.gpu_queue and wait for it: returns the GPU
+    /// nanoseconds it took. A refused command raises CoprocError with the
+    /// device's status.
+    #[pyo3(signature = (commands, timeout=60.0))]
+    fn run_job(
+        &mut self,
+        py: Python<'_>,
+        commands: &Bound<'_, PyList>,
+        timeout: f64,
+    ) -> PyResult<u64> {
+        let j = job(commands, 1)?;
+        let t = Duration::try_from_secs_f64(timeout)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let q = &mut self.q;
+        let done = py
+            .allow_threads(|| {
+                let signal = q.submit_job(&j)?;
+                q.wait_job(signal, t)
+            })
+            .map_err(|e| client_err(py, e))?;
+        Ok(done.gpu_ns)
+    }
+}
+
+/// A GPU job from its commands, as tuples: ("bind", slot, iova, len),
+/// ("push_u32", offset, [words]), ("push_f32", offset, [floats]),
+/// ("dispatch", pipeline, (x, y, z)), ("copy", src, dst, len),
+/// ("fill", dst, len, value), ("barrier",); the signal is added.
+fn job(commands: &Bound<'_, PyList>, value: u32) -> PyResult<coproc_client::Job> {
+    let mut j = coproc_client::Job::new();
+    for c in commands.iter() {
+        let name: String = c.get_item(0)?.extract()?;
+        let arg = |i: usize| c.get_item(i);
+        j = match name.as_str() {
+            "bind" => j.bind(arg(1)?.extract()?, arg(2)?.extract()?, arg(3)?.extract()?),
+            "push_u32" => j.push_u32(arg(1)?.extract()?, &arg(2)?.extract::<Vec<u32>>()?),
+            "push_f32" => j.push_f32(arg(1)?.extract()?, &arg(2)?.extract::<Vec<f32>>()?),
+            "dispatch" => {
+                let (x, y, z): (u32, u32, u32) = arg(2)?.extract()?;
+                j.dispatch(arg(1)?.extract()?, [x, y, z])
+            }
+            "copy" => j.copy(arg(1)?.extract()?, arg(2)?.extract()?, arg(3)?.extract()?),
+            "fill" => j.fill(arg(1)?.extract()?, arg(2)?.extract()?, arg(3)?.extract()?),
+            "barrier" => j.barrier(),
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "unknown GPU command {other:?}"
+                )))
+            }
+        };
+    }
+    Ok(j.signal(value))
 }
 
 /// Connect (`socket`: None for $COPROC_SOCKET or the default) and open a
