@@ -77,6 +77,35 @@ fn calls_never_take_an_older_answer() {
 }
 
 #[test]
+fn threads_share_a_session_and_a_handle() {
+    let d = Daemon::start("sdk-threads", MCU_RR);
+    let s = Session::connect_to(&d.socket).unwrap();
+    let v = std::sync::Arc::new(s.open("mcu0").unwrap());
+    v.load("crc32", CRC32.elf).unwrap();
+    let w = s.open("mcu0").unwrap();
+    w.load("crc32", CRC32.elf).unwrap();
+    // Two threads on one handle, a third on another vcoproc of the same
+    // session: every answer is its own request's.
+    std::thread::scope(|scope| {
+        for (seed, handle) in [(10, &*v), (11, &*v), (12, &w)] {
+            scope.spawn(move || {
+                let mut rng = TestRng::new(seed);
+                let buf = handle.buffer(4096).unwrap();
+                for i in 0..40u32 {
+                    let len = 1 + (rng.next_u64() % 4000) as usize;
+                    let bytes = data(&mut rng, len);
+                    buf.write(0, &bytes).unwrap();
+                    let r = handle
+                        .call(&[buf.iova32().unwrap(), bytes.len() as u32, i])
+                        .unwrap();
+                    assert_eq!(r.words[1], crc32fast::hash(&bytes), "seed {seed} call {i}");
+                }
+            });
+        }
+    });
+}
+
+#[test]
 fn a_fault_is_an_error_with_its_record_and_reset_brings_it_back() {
     let d = Daemon::start("sdk-fault", MCU_RR);
     let v = Vcoproc::open_at(&d.socket, "mcu0").unwrap();
