@@ -161,7 +161,10 @@ impl Session {
     }
 
     /// Run `f` on the underlying [`Client`] (everything the low-level SDK
-    /// offers), holding the session for the duration.
+    /// offers), holding the session for the duration. Events `f` takes
+    /// ([`Client::next_event`], [`Client::wait_notify`]) are not seen by
+    /// [`Vcoproc::call`]; a call that waits for one already taken waits
+    /// until its timeout.
     pub fn with_client<R>(&self, f: impl FnOnce(&mut Client) -> R) -> R {
         f(&mut self.lock().client)
     }
