@@ -36,6 +36,15 @@ fn a_job_is_offloaded_in_four_calls_and_drop_destroys() {
             .unwrap(); // 4
         assert_eq!(reply.words[1], crc32fast::hash(&input));
         assert_eq!((reply.words[2], reply.tag), (7, 7));
+        // What a call costs on the socket: four requests (mbox-read for
+        // the sequence, mbox-write, doorbell, mbox-read for the answer),
+        // their replies and the notification.
+        let frames = || v.session().with_client(|c| c.messages());
+        let before = frames();
+        v.call(&[buf.iova32().unwrap(), 9, 8]).unwrap();
+        let after = frames();
+        assert_eq!(after.sent - before.sent, 4);
+        assert_eq!(after.received - before.received, 5);
         id = v.id();
         let mine: Vec<u32> = v
             .session()
