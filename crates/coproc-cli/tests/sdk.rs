@@ -185,8 +185,13 @@ fn queues_and_typed_buffers() {
     let c = v.buffer(4096).unwrap();
     assert!(c.iova() >= b.iova() + b.len(), "buffers do not overlap");
     assert_eq!(mappings(&v), before + 2);
+    let was = b.iova();
     drop(b);
     assert_eq!(mappings(&v), before + 1);
+    // Its iova range is free again: the next buffer that fits takes it.
+    let d = v.buffer(2 * 4096).unwrap();
+    assert_eq!(d.iova(), was);
+    assert_eq!(mappings(&v), before + 2);
 }
 
 #[test]

@@ -28,7 +28,7 @@ use crate::{
     Client, ClientError, CoprocInfo, DomainInfo, Event, FaultInfo, Identity, Queue, SharedMem,
     VcoprocInfo, WireMapKind, WirePerms,
 };
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -76,6 +76,65 @@ pub enum VcoprocError {
         /// The size asked for.
         len: u64,
     },
+}
+
+/// Lock a mutex whose data stays consistent through a panic.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The free ranges of a vcoproc's iova window: first fit among ranges
+/// given back, else from the untouched top (`next..end`).
+#[derive(Debug)]
+struct Iovas {
+    next: u64,
+    end: u64,
+    /// Start → length, neither overlapping nor touching each other or
+    /// `next`.
+    free: BTreeMap<u64, u64>,
+}
+
+impl Iovas {
+    fn new(base: u64, end: u64) -> Iovas {
+        Iovas {
+            next: base,
+            end,
+            free: BTreeMap::new(),
+        }
+    }
+
+    fn take(&mut self, len: u64) -> Option<u64> {
+        if let Some((&at, &l)) = self.free.iter().find(|(_, l)| **l >= len) {
+            self.free.remove(&at);
+            if l > len {
+                self.free.insert(at + len, l - len);
+            }
+            return Some(at);
+        }
+        let at = self.next;
+        let end = at.checked_add(len).filter(|e| *e <= self.end)?;
+        self.next = end;
+        Some(at)
+    }
+
+    fn give(&mut self, mut at: u64, mut len: u64) {
+        // Merge with the range before and the one after.
+        if let Some((&p, &pl)) = self.free.range(..at).next_back() {
+            if p + pl == at {
+                self.free.remove(&p);
+                at = p;
+                len += pl;
+            }
+        }
+        if let Some(nl) = self.free.remove(&(at + len)) {
+            len += nl;
+        }
+        if at + len == self.next {
+            self.next = at;
+        } else {
+            self.free.insert(at, len);
+        }
+    }
 }
 
 /// What happened to one vcoproc that no call has consumed yet.
@@ -157,7 +216,7 @@ impl Session {
         // A panic while the lock was held (a caller's closure in
         // `with_client`) leaves the connection usable: every request is
         // answered before the lock is let go.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.inner)
     }
 
     /// Run `f` on the underlying [`Client`] (everything the low-level SDK
@@ -196,7 +255,10 @@ impl Session {
         Ok(Vcoproc {
             session: self.clone(),
             id,
-            next_iova: AtomicU64::new(info.iova_base),
+            iovas: Arc::new(Mutex::new(Iovas::new(
+                info.iova_base,
+                info.iova_base.saturating_add(info.iova_size),
+            ))),
             info,
             timeout_ms: AtomicU64::new(millis(DEFAULT_TIMEOUT)),
         })
@@ -246,9 +308,9 @@ pub struct Vcoproc {
     session: Session,
     id: u32,
     info: CoprocInfo,
-    /// The next free iova (buffers and queues are placed upwards from the
-    /// bottom of the window and never reused while the vcoproc lives).
-    next_iova: AtomicU64,
+    /// Free iova ranges (buffers and queues are placed upwards from the
+    /// bottom of the window; a dropped buffer's range is reused).
+    iovas: Arc<Mutex<Iovas>>,
     timeout_ms: AtomicU64,
 }
 
@@ -403,14 +465,7 @@ impl Vcoproc {
             coproc: self.info.name.clone(),
             len,
         };
-        let end = self.info.iova_base.saturating_add(self.info.iova_size);
-        let iova = self
-            .next_iova
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |at| {
-                at.checked_add(len).filter(|e| *e <= end)
-            })
-            .map_err(|_| no_room())?;
-        Ok(iova)
+        lock(&self.iovas).take(len).ok_or_else(no_room)
     }
 
     /// `len` bytes (rounded up to pages) of zeroed memory shared with the
@@ -435,15 +490,21 @@ impl Vcoproc {
     ) -> Result<Buffer, VcoprocError> {
         let mem = SharedMem::new(len)?;
         let iova = self.place(mem.len())?;
-        self.session
+        let mapped = self
+            .session
             .lock()
             .client
-            .map(self.id, &mem, 0, iova, mem.len(), perms, kind)?;
+            .map(self.id, &mem, 0, iova, mem.len(), perms, kind);
+        if let Err(e) = mapped {
+            lock(&self.iovas).give(iova, mem.len());
+            return Err(e.into());
+        }
         Ok(Buffer {
             session: self.session.clone(),
             vcoproc: self.id,
             iova,
             mem,
+            iovas: self.iovas.clone(),
         })
     }
 
@@ -545,6 +606,8 @@ pub struct Buffer {
     vcoproc: u32,
     iova: u64,
     mem: SharedMem,
+    /// Its vcoproc's free ranges, to give its range back to.
+    iovas: Arc<Mutex<Iovas>>,
 }
 
 mod sealed {
@@ -649,8 +712,17 @@ impl Buffer {
 
 impl Drop for Buffer {
     fn drop(&mut self) {
-        // The vcoproc may be gone already (destroyed with its mappings).
-        let _ = self.session.lock().client.unmap(self.vcoproc, self.iova);
+        // The vcoproc may be gone already (destroyed with its mappings):
+        // then its iovas do not matter any more.
+        if self
+            .session
+            .lock()
+            .client
+            .unmap(self.vcoproc, self.iova)
+            .is_ok()
+        {
+            lock(&self.iovas).give(self.iova, self.mem.len());
+        }
     }
 }
 
@@ -680,5 +752,36 @@ impl Queue {
                 return Err(ClientError::Timeout(timeout));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Iovas;
+
+    #[test]
+    fn iova_ranges_are_reused_first_fit_and_merged() {
+        let mut w = Iovas::new(0x1000, 0x10000);
+        let a = w.take(0x1000).unwrap();
+        let b = w.take(0x2000).unwrap();
+        let c = w.take(0x1000).unwrap();
+        assert_eq!((a, b, c), (0x1000, 0x2000, 0x4000));
+        w.give(b, 0x2000);
+        // First fit: the hole, split.
+        assert_eq!(w.take(0x1000), Some(0x2000));
+        assert_eq!(w.take(0x1000), Some(0x3000));
+        assert_eq!(w.take(0x1000), Some(0x5000));
+        // Given back in any order, merged, and the top comes down.
+        for at in [0x3000, 0x1000, 0x5000, 0x2000, 0x4000] {
+            w.give(at, 0x1000);
+        }
+        assert!(w.free.is_empty());
+        assert_eq!(w.next, 0x1000);
+        // The window's end is a hard limit.
+        assert_eq!(w.take(0xF000), Some(0x1000));
+        assert_eq!(w.take(0x1000), None);
+        w.give(0x1000, 0xF000);
+        assert_eq!(w.take(0x10000), None);
+        assert_eq!(w.take(0xF000), Some(0x1000));
     }
 }
