@@ -54,26 +54,21 @@ fn built() -> PathBuf {
         .clone()
 }
 
-/// A prefix under `dir` as an installation would make it: include/,
-/// lib/ and lib/pkgconfig/coproc.pc.
+/// A prefix under `dir`, installed by the crate's `install.sh` (header,
+/// both libraries, the pkg-config file).
 fn stage(dir: &Path) -> PathBuf {
     let prefix = dir.join("prefix");
-    let lib = prefix.join("lib");
-    std::fs::create_dir_all(lib.join("pkgconfig")).unwrap();
-    std::fs::create_dir_all(prefix.join("include")).unwrap();
-    std::fs::copy(
-        crate_dir().join("include/coproc.h"),
-        prefix.join("include/coproc.h"),
-    )
-    .unwrap();
-    for f in ["libcoproc.so", "libcoproc.a"] {
-        common::copy_executable(&built().join(f), &lib.join(f));
-    }
-    let pc = std::fs::read_to_string(crate_dir().join("coproc.pc.in"))
-        .unwrap()
-        .replace("@PREFIX@", prefix.to_str().unwrap())
-        .replace("@VERSION@", env!("CARGO_PKG_VERSION"));
-    std::fs::write(lib.join("pkgconfig/coproc.pc"), pc).unwrap();
+    let out = Command::new("sh")
+        .arg(crate_dir().join("install.sh"))
+        .arg(&prefix)
+        .arg(built())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "install.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     prefix
 }
 
