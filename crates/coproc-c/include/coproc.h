@@ -468,6 +468,30 @@ int coproc_queue_round_trip(struct coproc_queue *q,
  */
 void coproc_queue_free(struct coproc_queue *q);
 
+/**
+ * The pcoprocs this domain may use, as a JSON array of objects (`name`,
+ * `class`, `policy`, `vcoprocs`, `iova_base`, ..., as `coproc list -o
+ * json` shows them), asked through `socket` (NULL: the default). Writes
+ * at most `cap` bytes, NUL-terminated, to `buf` and answers the JSON's
+ * length: call again with a larger buffer if it is `cap` or more
+ * (`buf` NULL and `cap` 0 ask for the length only). Negative on error.
+ *
+ * # Safety
+ * `socket` NULL or a NUL-terminated string; `buf` NULL with `cap` 0, or
+ * `cap` writable bytes.
+ */
+int coproc_list_coprocs(const char *socket, char *buf, size_t cap);
+
+/**
+ * The vcoprocs this domain may see (an admin: all), as a JSON array of
+ * objects (`id`, `coproc`, `domain`, `state`, ...), written like
+ * `coproc_list_coprocs`.
+ *
+ * # Safety
+ * As `coproc_list_coprocs`.
+ */
+int coproc_list_vcoprocs(const char *socket, char *buf, size_t cap);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

@@ -21,7 +21,9 @@
 
 #![allow(non_camel_case_types)]
 
-use coproc_client::{Buffer, ClientError, Cqe, ErrorCode, Queue, Sqe, Vcoproc, VcoprocError};
+use coproc_client::{
+    Buffer, ClientError, Cqe, ErrorCode, Queue, Session, Sqe, Vcoproc, VcoprocError,
+};
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -819,6 +821,90 @@ pub unsafe extern "C" fn coproc_queue_free(q: *mut coproc_queue) {
         }
         Ok(())
     });
+}
+
+/// The session a listing asks through.
+///
+/// # Safety
+/// `socket` is NULL or a NUL-terminated string.
+unsafe fn session(socket: *const c_char) -> Result<Session, FfiError> {
+    Ok(if socket.is_null() {
+        Session::connect()?
+    } else {
+        // SAFETY: not NULL: a NUL-terminated string, per the caller.
+        Session::connect_to(Path::new(unsafe { text(socket, "socket") }?))?
+    })
+}
+
+/// Write `json` into `buf` (cut to `cap - 1` bytes, NUL-terminated) and
+/// answer its full length.
+///
+/// # Safety
+/// `buf` is NULL with `cap` 0, or points to `cap` writable bytes.
+unsafe fn put_json(json: &str, buf: *mut c_char, cap: usize) -> Result<c_int, FfiError> {
+    if cap > 0 {
+        if buf.is_null() {
+            return Err(FfiError::Null("buf"));
+        }
+        let n = json.len().min(cap - 1);
+        // SAFETY: `buf` has `cap` > n writable bytes per the caller; the
+        // source is our own string, so they cannot overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(json.as_ptr().cast::<c_char>(), buf, n);
+            *buf.add(n) = 0;
+        }
+    }
+    c_int::try_from(json.len()).map_err(|_| FfiError::Invalid("listing over 2 GiB".into()))
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<String, FfiError> {
+    serde_json::to_string(v).map_err(|e| FfiError::Invalid(e.to_string()))
+}
+
+/// The pcoprocs this domain may use, as a JSON array of objects (`name`,
+/// `class`, `policy`, `vcoprocs`, `iova_base`, ..., as `coproc list -o
+/// json` shows them), asked through `socket` (NULL: the default). Writes
+/// at most `cap` bytes, NUL-terminated, to `buf` and answers the JSON's
+/// length: call again with a larger buffer if it is `cap` or more
+/// (`buf` NULL and `cap` 0 ask for the length only). Negative on error.
+///
+/// # Safety
+/// `socket` NULL or a NUL-terminated string; `buf` NULL with `cap` 0, or
+/// `cap` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn coproc_list_coprocs(
+    socket: *const c_char,
+    buf: *mut c_char,
+    cap: usize,
+) -> c_int {
+    value(|| {
+        // SAFETY: per the caller.
+        let s = unsafe { session(socket) }?;
+        let text = json(&s.list_coprocs()?)?;
+        // SAFETY: per the caller.
+        unsafe { put_json(&text, buf, cap) }
+    })
+}
+
+/// The vcoprocs this domain may see (an admin: all), as a JSON array of
+/// objects (`id`, `coproc`, `domain`, `state`, ...), written like
+/// `coproc_list_coprocs`.
+///
+/// # Safety
+/// As `coproc_list_coprocs`.
+#[no_mangle]
+pub unsafe extern "C" fn coproc_list_vcoprocs(
+    socket: *const c_char,
+    buf: *mut c_char,
+    cap: usize,
+) -> c_int {
+    value(|| {
+        // SAFETY: per the caller.
+        let s = unsafe { session(socket) }?;
+        let text = json(&s.list_vcoprocs()?)?;
+        // SAFETY: per the caller.
+        unsafe { put_json(&text, buf, cap) }
+    })
 }
 
 #[cfg(test)]

@@ -179,6 +179,24 @@ static void fault_seen_from_c(void) {
     free(elf);
 }
 
+static void listings(void) {
+    coproc_vcoproc *v = coproc_open(sock, "mcu0");
+    CHECK(v != NULL, "open");
+    char buf[4096];
+    int n = coproc_list_coprocs(sock, buf, sizeof buf);
+    CHECK(n > 0 && (size_t)n < sizeof buf, "%d bytes", n);
+    CHECK(strstr(buf, "\"name\":\"mcu0\"") != NULL, "%s", buf);
+    char id[32];
+    snprintf(id, sizeof id, "\"id\":%u,", coproc_id(v));
+    n = coproc_list_vcoprocs(sock, buf, sizeof buf);
+    CHECK(n > 0 && strstr(buf, id) != NULL, "%s not in %s", id, buf);
+    /* Too small: cut and NUL-terminated, the full length answered. */
+    char small[8];
+    CHECK(coproc_list_coprocs(sock, small, sizeof small) > 7 && strlen(small) == 7, "cut");
+    CHECK(coproc_list_coprocs(sock, NULL, 0) > 7, "length only");
+    coproc_close(v);
+}
+
 static void errors(void) {
     CHECK(coproc_open(sock, "nonesuch") == NULL, "unknown pcoproc");
     CHECK(coproc_last_error_code() == COPROC_E_NOT_FOUND, "code %d", coproc_last_error_code());
@@ -203,6 +221,7 @@ int main(int argc, char **argv) {
     crc_offload();
     queue_round_trip();
     fault_seen_from_c();
+    listings();
     errors();
     if (failures) {
         fprintf(stderr, "c tests: %d checks failed\n", failures);
