@@ -208,7 +208,7 @@ fn the_tokio_flavour_offloads_and_awaits_completions() {
         v.load("crc32", CRC32.elf).await.unwrap();
         let buf = v.buffer_from(input.clone()).await.unwrap();
         let r = v
-            .call(vec![buf.iova32().unwrap(), input.len() as u32, 1])
+            .call(&[buf.iova32().unwrap(), input.len() as u32, 1])
             .await
             .unwrap();
         assert_eq!(r.words[1], crc32fast::hash(&input));

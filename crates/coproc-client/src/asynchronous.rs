@@ -9,8 +9,8 @@
 //! use coproc_client::asynchronous::Vcoproc;
 //! let v = Vcoproc::open("mcu0").await?;
 //! v.load("crc32", elf).await?;
-//! let buf = v.buffer_from(b"123456789".to_vec()).await?;
-//! let reply = v.call(vec![buf.iova32()?, 9, 1]).await?;
+//! let buf = v.buffer_from(b"123456789").await?;
+//! let reply = v.call(&[buf.iova32()?, 9, 1]).await?;
 //! assert_eq!(reply.words[1], 0xCBF4_3926);
 //! # Ok(())
 //! # }
@@ -61,21 +61,19 @@ impl Vcoproc {
         &self.inner
     }
 
-    /// [`vcoproc::Vcoproc::load`].
-    pub async fn load(&self, label: &str, image: &'static [u8]) -> Result<(), VcoprocError> {
+    /// [`vcoproc::Vcoproc::load`] (a `&'static [u8]` or an owned image).
+    pub async fn load(
+        &self,
+        label: &str,
+        image: impl AsRef<[u8]> + Send + 'static,
+    ) -> Result<(), VcoprocError> {
         let (v, label) = (self.inner.clone(), label.to_owned());
-        blocking(move || v.load(&label, image)).await
-    }
-
-    /// [`vcoproc::Vcoproc::load`] of an owned image.
-    pub async fn load_owned(&self, label: &str, image: Vec<u8>) -> Result<(), VcoprocError> {
-        let (v, label) = (self.inner.clone(), label.to_owned());
-        blocking(move || v.load(&label, &image)).await
+        blocking(move || v.load(&label, image.as_ref())).await
     }
 
     /// [`vcoproc::Vcoproc::call`].
-    pub async fn call(&self, request: Vec<u32>) -> Result<Reply, VcoprocError> {
-        let v = self.inner.clone();
+    pub async fn call(&self, request: &[u32]) -> Result<Reply, VcoprocError> {
+        let (v, request) = (self.inner.clone(), request.to_vec());
         blocking(move || v.call(&request)).await
     }
 
@@ -86,9 +84,12 @@ impl Vcoproc {
     }
 
     /// [`vcoproc::Vcoproc::buffer_from`].
-    pub async fn buffer_from(&self, data: Vec<u8>) -> Result<Buffer, VcoprocError> {
+    pub async fn buffer_from(
+        &self,
+        data: impl AsRef<[u8]> + Send + 'static,
+    ) -> Result<Buffer, VcoprocError> {
         let v = self.inner.clone();
-        blocking(move || v.buffer_from(&data)).await
+        blocking(move || v.buffer_from(data.as_ref())).await
     }
 
     /// [`vcoproc::Vcoproc::queue`], awaitable.
