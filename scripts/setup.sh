@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing coproc needs on a Debian machine, when
-# it is missing: cmake, a C compiler, clang + lld (firmware, bindgen),
+# it is missing: cmake, a C compiler and pkg-config (libcoproc's C tests),
+# Python 3 with its headers, pytest and numpy (the Python module's tests:
+# the system /usr/bin/python3), clang + lld (firmware, bindgen),
 # picolibc and gcc-arm-none-eabi (the firmware's C library, libm and
 # compiler builtins, for scripts/coproc-fw),
 # libclang-dev (bindgen, for Unicorn's bindings), glslang-tools (GPU
@@ -21,6 +23,10 @@ if ! ls /usr/lib/gcc/arm-none-eabi/*/thumb/v7e-m+fp/hard/libgcc.a >/dev/null 2>&
     need+=(gcc-arm-none-eabi)
 fi
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+[ -x /usr/bin/python3 ] || need+=(python3)
+ls /usr/include/python3*/Python.h >/dev/null 2>&1 || need+=(python3-dev)
+/usr/bin/python3 -c 'import pytest' >/dev/null 2>&1 || need+=(python3-pytest)
+/usr/bin/python3 -c 'import numpy' >/dev/null 2>&1 || need+=(python3-numpy)
 if ! ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*/libclang*.so* >/dev/null 2>&1; then
     need+=(libclang-dev)
 fi

@@ -1,4 +1,5 @@
-//! What the client side links: the `coproc` tool and the client SDK link
+//! What the client side links: the `coproc` tool, the client SDK and the
+//! SDKs for C (`coproc-c`) and Python (`coproc-py`) link
 //! no device code (Unicorn, Vulkan, naga, the device classes) and nothing
 //! under the GPL, and the SDK links no runner or policy (`coproc-core`).
 //! Read from `cargo tree` of the locked workspace.
@@ -70,6 +71,20 @@ fn the_client_sdk_links_no_device_runner_or_policy_code() {
     let mut forbidden = DEVICE_CODE.to_vec();
     forbidden.push("coproc-core");
     check("coproc-client", &forbidden);
+}
+
+#[test]
+fn the_c_library_links_no_device_runner_or_policy_code() {
+    let mut forbidden = DEVICE_CODE.to_vec();
+    forbidden.push("coproc-core");
+    check("coproc-c", &forbidden);
+}
+
+#[test]
+fn the_python_module_links_no_device_runner_or_policy_code() {
+    let mut forbidden = DEVICE_CODE.to_vec();
+    forbidden.push("coproc-core");
+    check("coproc-py", &forbidden);
 }
 
 #[test]

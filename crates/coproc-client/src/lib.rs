@@ -7,10 +7,18 @@
 //!
 //! GPU vcoprocs (class `vulkan`) are driven with typed jobs: see [`gpu`],
 //! [`Client::gpu_attach`], [`Queue::submit_job`] and [`Queue::wait_job`].
+//!
+//! [`Vcoproc`] (module [`vcoproc`]) is the short way: a handle destroyed on
+//! drop, [`Vcoproc::call`] (request in, reply out, no notification race),
+//! [`Buffer`]s and queues placed by the SDK; offloading a job takes four
+//! calls. Feature `tokio`: the same for async code (module `asynchronous`).
 
+#[cfg(feature = "tokio")]
+pub mod asynchronous;
 pub mod gpu;
 mod queue;
 mod shm;
+pub mod vcoproc;
 
 pub use coproc_proto::gpu::{Command, Job, JobDone, Status};
 pub use coproc_proto::queue::{Cqe, Sqe};
@@ -20,6 +28,7 @@ pub use coproc_proto::{
 };
 pub use gpu::GpuCounters;
 pub use queue::Queue;
+pub use vcoproc::{Buffer, Reply, Scalar, Session, Vcoproc, VcoprocError};
 
 /// The longest busy-poll budget a queue can have
 /// ([`Client::create_queue_with`]).
@@ -796,7 +805,10 @@ impl Client {
         })
     }
 
-    /// The raw socket (tests send hostile bytes through it).
+    /// The raw socket (tests send hostile bytes through it). A test hook,
+    /// not public API: only with the `test-hooks` feature.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
     pub fn socket(&self) -> &UnixStream {
         &self.sock
     }

@@ -228,7 +228,10 @@ impl Queue {
         self.ring.complete(&self.mem)
     }
 
-    /// Write any value as the submission tail (tests: garbage indices).
+    /// Write any value as the submission tail (tests: garbage indices). A
+    /// test hook, not public API: only with the `test-hooks` feature.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
     pub fn poke_sq_tail(&self, v: u32) {
         self.ring.poke_sq_tail(&self.mem, v);
     }
