@@ -7,8 +7,9 @@
 //! vcoproc's pipelines and iova map; the SDK builds entries with
 //! [`Command::encode`], so both sides share one definition.
 //!
-//! Commands carry state the way a command buffer does: `bind` fills one of
-//! [`SLOTS`] buffer slots, `push` sets words of the push constants, and a
+//! Commands carry state the way a command buffer does: `bind` sets the
+//! buffer of one binding (bind group below [`MAX_GROUPS`], binding number
+//! below [`MAX_BINDING`]), `push` sets words of the push constants, and a
 //! `dispatch` runs a pipeline with the current slots and constants. A
 //! `signal` ends a job: the device posts one completion for it when every
 //! command before it has finished. A refused command gets a completion of
@@ -38,8 +39,11 @@ pub mod mbox_out {
     pub const REFUSED: usize = 4;
 }
 
-/// Buffer slots a dispatch can use (bindings 0..SLOTS of set 0).
-pub const SLOTS: u32 = 8;
+/// Bind groups (descriptor sets) a `bind` can name: groups `0..MAX_GROUPS`
+/// (the device may allow fewer; it refuses the shader at load then).
+pub const MAX_GROUPS: u32 = 8;
+/// Binding numbers a `bind` can name in each group: `0..MAX_BINDING`.
+pub const MAX_BINDING: u32 = 32;
 /// Push constant words (128 bytes, the minimum every Vulkan device has).
 pub const PUSH_WORDS: u32 = 32;
 /// Most push words one `push` command carries.
@@ -47,8 +51,9 @@ pub const PUSH_PER_COMMAND: u32 = 12;
 
 /// Opcodes.
 pub mod op {
-    /// `bind slot iova len`: buffer slot `slot` = `len` bytes at `iova`
-    /// (`len` 0: to the end of the mapping holding `iova`).
+    /// `bind slot iova len`: the binding `slot` names (`group << 16 |
+    /// binding`) = `len` bytes at `iova` (`len` 0: to the end of the
+    /// mapping holding `iova`).
     pub const BIND: u32 = 1;
     /// `push offset count values…`: set push-constant words.
     pub const PUSH: u32 = 2;
@@ -68,10 +73,12 @@ pub mod op {
 /// One decoded command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
-    /// Set a buffer slot.
+    /// Set the buffer of one binding.
     Bind {
-        /// Slot, below [`SLOTS`].
-        slot: u32,
+        /// Bind group (descriptor set), below [`MAX_GROUPS`].
+        group: u32,
+        /// Binding number in the group, below [`MAX_BINDING`].
+        binding: u32,
         /// First byte.
         iova: u32,
         /// Bytes (0: to the end of the mapping).
@@ -126,8 +133,8 @@ pub enum DecodeError {
     /// Unknown opcode.
     #[error("unknown opcode {0}")]
     Opcode(u32),
-    /// Slot out of range.
-    #[error("slot {0} out of range (0..8)")]
+    /// Bind group or binding out of range (the word: `group << 16 | binding`).
+    #[error("binding word {0:#x} out of range (group below {MAX_GROUPS}, binding below {MAX_BINDING})")]
     Slot(u32),
     /// Push range out of bounds.
     #[error("push of {count} words at {offset} outside 32 words (1..=12 per command)")]
@@ -164,11 +171,13 @@ impl Command {
         }
         Ok(match sqe.opcode {
             op::BIND => {
-                if a[0] >= SLOTS {
+                let (group, binding) = (a[0] >> 16, a[0] & 0xffff);
+                if group >= MAX_GROUPS || binding >= MAX_BINDING {
                     return Err(DecodeError::Slot(a[0]));
                 }
                 Command::Bind {
-                    slot: a[0],
+                    group,
+                    binding,
                     iova: a[1],
                     len: a[2],
                 }
@@ -222,8 +231,13 @@ impl Command {
     pub fn encode(&self, tag: u32) -> Sqe {
         let mut args = [0u32; 14];
         let opcode = match *self {
-            Command::Bind { slot, iova, len } => {
-                args[..3].copy_from_slice(&[slot, iova, len]);
+            Command::Bind {
+                group,
+                binding,
+                iova,
+                len,
+            } => {
+                args[..3].copy_from_slice(&[group << 16 | binding, iova, len]);
                 op::BIND
             }
             Command::Push {
@@ -270,7 +284,7 @@ impl Command {
 ///     .bind(0, 0x1000_0000, 4096)
 ///     .bind(1, 0x1000_1000, 4096)
 ///     .push_f32(0, &[2.0])
-///     .push_u32(1, &[1024])
+///     .push_u32(4, &[1024])
 ///     .dispatch(0, [16, 1, 1])
 ///     .signal(1);
 /// assert_eq!(job.sqes(100).len(), 6);
@@ -278,6 +292,8 @@ impl Command {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Job {
     cmds: Vec<Command>,
+    /// The first misuse of the builder (the SDK refuses the job with it).
+    error: Option<String>,
 }
 
 impl Job {
@@ -291,25 +307,77 @@ impl Job {
         self
     }
 
-    /// Bind `len` bytes at `iova` to buffer slot `slot` (`len` 0: to the
-    /// end of the mapping). An iova beyond 32 bits is sent as one the
-    /// device refuses.
-    pub fn bind(self, slot: u32, iova: u64, len: u64) -> Job {
+    fn misuse(mut self, why: String) -> Job {
+        self.error.get_or_insert(why);
+        self
+    }
+
+    /// The first misuse of the builder, if any (a zero-length bind, a push
+    /// at an offset that is not a multiple of 4 bytes or beyond the push
+    /// constants): the SDK refuses such a job before sending it.
+    pub fn error(&self) -> Option<&str> {
+        self.error.as_deref()
+    }
+
+    /// Bind exactly `len` bytes at `iova` to `@group(0) @binding(binding)`
+    /// (what `arrayLength()` sees). An iova beyond 32 bits is sent as one
+    /// the device refuses.
+    pub fn bind(self, binding: u32, iova: u64, len: u64) -> Job {
+        self.bind_group(0, binding, iova, len)
+    }
+
+    /// Bind exactly `len` bytes at `iova` to `@group(group)
+    /// @binding(binding)`.
+    pub fn bind_group(self, group: u32, binding: u32, iova: u64, len: u64) -> Job {
+        if len == 0 {
+            return self.misuse(format!(
+                "bind of 0 bytes to group {group} binding {binding} (give the exact length; \
+                 Job::bind_to_end binds to the end of the mapping)"
+            ));
+        }
+        self.bind_raw(group, binding, iova, len)
+    }
+
+    /// Bind from `iova` to the end of the mapping holding it (page
+    /// rounded: `arrayLength()` counts the padding too).
+    pub fn bind_to_end(self, group: u32, binding: u32, iova: u64) -> Job {
+        self.bind_raw(group, binding, iova, 0)
+    }
+
+    fn bind_raw(self, group: u32, binding: u32, iova: u64, len: u64) -> Job {
         self.with(Command::Bind {
-            slot,
+            group,
+            binding,
             iova: u32::try_from(iova).unwrap_or(u32::MAX),
             len: u32::try_from(len).unwrap_or(u32::MAX),
         })
     }
 
-    /// Set push-constant words from `offset` (split into as many `push`
-    /// commands as needed).
-    pub fn push_u32(mut self, offset: u32, words: &[u32]) -> Job {
+    /// Set push constants from byte `offset` (a multiple of 4, as in
+    /// GLSL's `offset`, WGSL's struct layout and wgpu's
+    /// `set_push_constants`) to these bytes (a multiple of 4 long). Split
+    /// into as many `push` commands as needed.
+    pub fn push_bytes(mut self, offset: u32, bytes: &[u8]) -> Job {
+        let end = u64::from(offset) + bytes.len() as u64;
+        if !offset.is_multiple_of(4) || !bytes.len().is_multiple_of(4) || end > u64::from(PUSH_WORDS) * 4
+        {
+            return self.misuse(format!(
+                "push of {} bytes at byte offset {offset}: offsets and lengths are multiples of \
+                 4 within {} bytes",
+                bytes.len(),
+                PUSH_WORDS * 4
+            ));
+        }
+        let words: Vec<u32> = bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let first = offset / 4;
         for (i, chunk) in words.chunks(PUSH_PER_COMMAND as usize).enumerate() {
             let mut values = [0u32; PUSH_PER_COMMAND as usize];
             values[..chunk.len()].copy_from_slice(chunk);
             self = self.with(Command::Push {
-                offset: offset + (i as u32) * PUSH_PER_COMMAND,
+                offset: first + (i as u32) * PUSH_PER_COMMAND,
                 count: chunk.len() as u32,
                 values,
             });
@@ -317,7 +385,15 @@ impl Job {
         self
     }
 
-    /// Set push-constant words from `offset` to these floats.
+    /// Set push constants from byte `offset` (a multiple of 4) to these
+    /// 32-bit words.
+    pub fn push_u32(self, offset: u32, words: &[u32]) -> Job {
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        self.push_bytes(offset, &bytes)
+    }
+
+    /// Set push constants from byte `offset` (a multiple of 4) to these
+    /// floats.
     pub fn push_f32(self, offset: u32, values: &[f32]) -> Job {
         let words: Vec<u32> = values.iter().map(|v| v.to_bits()).collect();
         self.push_u32(offset, &words)
@@ -478,7 +554,8 @@ mod tests {
     fn all_commands() -> Vec<Command> {
         vec![
             Command::Bind {
-                slot: 7,
+                group: 3,
+                binding: 31,
                 iova: 0x1000_0000,
                 len: 4096,
             },
@@ -533,9 +610,14 @@ mod tests {
         assert_eq!(Command::decode(&sqe(0, &[])), Err(DecodeError::Opcode(0)));
         assert_eq!(Command::decode(&sqe(99, &[])), Err(DecodeError::Opcode(99)));
         assert_eq!(
-            Command::decode(&sqe(op::BIND, &[8, 0, 0])),
-            Err(DecodeError::Slot(8))
+            Command::decode(&sqe(op::BIND, &[32, 0, 0])),
+            Err(DecodeError::Slot(32))
         );
+        assert_eq!(
+            Command::decode(&sqe(op::BIND, &[8 << 16, 0, 0])),
+            Err(DecodeError::Slot(8 << 16))
+        );
+        assert!(Command::decode(&sqe(op::BIND, &[7 << 16 | 31, 0, 0])).is_ok());
         assert!(matches!(
             Command::decode(&sqe(op::PUSH, &[30, 3])),
             Err(DecodeError::Push { .. })
@@ -564,6 +646,34 @@ mod tests {
             Command::decode(&sqe(op::PUSH, &[0, 1, 5, 6])),
             Err(DecodeError::Reserved(3))
         );
+    }
+
+    /// Push offsets are bytes, as shader authors write them; misuse is
+    /// recorded, not sent.
+    #[test]
+    fn push_in_bytes_and_misuse() {
+        let j = Job::new().push_u32(8, &[7, 8]).push_f32(4, &[1.5]);
+        let words: Vec<(u32, u32, u32)> = j
+            .commands()
+            .iter()
+            .filter_map(|c| match *c {
+                Command::Push { offset, count, values } => Some((offset, count, values[0])),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(words, vec![(2, 2, 7), (1, 1, 1.5f32.to_bits())]);
+        assert!(j.error().is_none());
+        let long: Vec<u32> = (0..20).collect();
+        assert_eq!(Job::new().push_u32(0, &long).commands().len(), 2);
+        for bad in [
+            Job::new().push_u32(2, &[1]),
+            Job::new().push_bytes(0, &[1, 2]),
+            Job::new().push_u32(124, &[1, 2]),
+            Job::new().bind(0, 0x1000_0000, 0),
+        ] {
+            assert!(bad.error().is_some(), "{bad:?}");
+        }
+        assert!(Job::new().bind_to_end(1, 2, 0x1000_0000).error().is_none());
     }
 
     #[test]

@@ -154,7 +154,7 @@ impl Saxpy {
             .bind(0, BUF, bytes)
             .bind(1, BUF + STRIDE, bytes)
             .push_f32(0, &[self.a])
-            .push_u32(1, &[self.n as u32])
+            .push_u32(4, &[self.n as u32])
             .dispatch(0, [(self.n as u32).div_ceil(64), 1, 1])
             .signal(value)
     }
@@ -281,7 +281,7 @@ fn two_gpu_domains_interleave_and_refusals_stay_contained() {
                 Job::new()
                     .bind(0, BUF, bytes)
                     .bind(1, BUF + 2 * STRIDE, bytes)
-                    .push_u32(1, &[sx.n as u32])
+                    .push_u32(4, &[sx.n as u32])
                     .dispatch(0, [4, 1, 1])
                     .signal(900),
                 (Status::BadIova, op::BIND, 1),
@@ -292,7 +292,7 @@ fn two_gpu_domains_interleave_and_refusals_stay_contained() {
                     .bind(0, BUF, bytes)
                     .bind(1, BUF + STRIDE, bytes)
                     .push_f32(0, &[1.0])
-                    .push_u32(1, &[sx.n as u32])
+                    .push_u32(4, &[sx.n as u32])
                     .dispatch(1, [4, 1, 1])
                     .signal(901),
                 (Status::BadPipeline, op::DISPATCH, 4),

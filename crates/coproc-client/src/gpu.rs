@@ -25,7 +25,7 @@
 //!     .bind(0, 0x2000_0000, 4096)
 //!     .bind(1, 0x2100_0000, 4096)
 //!     .push_f32(0, &[2.0])
-//!     .push_u32(1, &[1024])
+//!     .push_u32(4, &[1024])
 //!     .dispatch(0, [16, 1, 1])
 //!     .signal(1);
 //! let tag = q.submit_job(&job)?;
@@ -42,7 +42,8 @@
 //! the command and the device's [`Status`]).
 
 pub use coproc_proto::gpu::{
-    op, Command, DecodeError, Job, JobDone, Status, PUSH_PER_COMMAND, PUSH_WORDS, SLOTS,
+    op, Command, DecodeError, Job, JobDone, Status, MAX_BINDING, MAX_GROUPS, PUSH_PER_COMMAND,
+    PUSH_WORDS,
 };
 
 use crate::{Client, ClientError, Cqe, Queue};
@@ -168,6 +169,9 @@ impl Jobs {
     /// Check a job and pick its tags: (first, signal). Nothing is recorded
     /// until [`Jobs::commit`].
     pub(crate) fn plan(&self, job: &Job) -> Result<(u32, u32), ClientError> {
+        if let Some(why) = job.error() {
+            return Err(ClientError::Invalid(why.to_string()));
+        }
         let cmds = job.commands();
         let Some(last) = cmds.last() else {
             return Err(ClientError::Invalid("an empty job".into()));

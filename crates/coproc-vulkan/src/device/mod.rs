@@ -54,7 +54,8 @@ mod processor;
 mod recovery;
 
 pub(crate) use objects::{
-    destroy_buf, destroy_ctx_vk, execute, queue_limits, record_dispatch, CtxVk, ExecError, Gpu,
+    destroy_buf, destroy_ctx_vk, execute, optional_features, queue_limits, record_dispatch, CtxVk,
+    Descriptor, ExecError, Gpu, Optional,
 };
 
 use crate::gpu::{compute_family, GpuError, GpuInfo, Instance};
@@ -68,7 +69,7 @@ use coproc_core::device::{
 };
 use coproc_core::ids::ContextId;
 use coproc_core::iova::Mapping;
-use coproc_proto::gpu::{PUSH_WORDS, SLOTS};
+use coproc_proto::gpu::PUSH_WORDS;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -100,10 +101,29 @@ struct Limits {
     groups: [u32; 3],
     max_groups: u64,
     storage_align: u64,
+    uniform_align: u64,
+    /// Largest storage buffer range one binding may have.
+    storage_range: u64,
+    /// Largest uniform buffer range one binding may have.
+    uniform_range: u64,
     /// (ns per tick, valid-bit mask) when timestamps work on the queue.
     timestamps: Option<(f64, u64)>,
     import_align: u64,
     shader: ShaderLimits,
+}
+
+/// What modules are checked against on a device with limits `l` and
+/// optional features `opt`.
+pub(crate) fn shader_limits(l: &vk::PhysicalDeviceLimits, opt: &Optional) -> ShaderLimits {
+    ShaderLimits {
+        max_invocations: l.max_compute_work_group_invocations,
+        max_size: l.max_compute_work_group_size,
+        max_groups: l.max_bound_descriptor_sets,
+        max_storage_buffers: l.max_per_stage_descriptor_storage_buffers,
+        max_uniform_buffers: l.max_per_stage_descriptor_uniform_buffers,
+        max_uniform_bytes: l.max_uniform_buffer_range,
+        features: opt.shader,
+    }
 }
 
 /// The `vulkan` device.
@@ -114,6 +134,7 @@ pub struct VulkanDevice {
     info: GpuInfo,
     cfg: VulkanConfig,
     limits: Limits,
+    optional: Optional,
     host_import: bool,
     gpu: Gpu,
     ctxs: HashMap<ContextId, Ctx>,
@@ -165,18 +186,19 @@ impl VulkanDevice {
                 "VK_EXT_external_memory_host missing: domain memory is staged (copied) around each command"
             );
         }
+        let optional = optional_features(i, pdev);
         let limits = Limits {
             groups: l.max_compute_work_group_count,
             max_groups: config.max_groups,
             storage_align: l.min_storage_buffer_offset_alignment.max(4),
+            uniform_align: l.min_uniform_buffer_offset_alignment.max(4),
+            storage_range: u64::from(l.max_storage_buffer_range),
+            uniform_range: u64::from(l.max_uniform_buffer_range),
             timestamps,
             import_align,
-            shader: ShaderLimits {
-                max_invocations: l.max_compute_work_group_invocations,
-                max_size: l.max_compute_work_group_size,
-            },
+            shader: shader_limits(&l, &optional),
         };
-        let gpu = Gpu::open(&inst, pdev, family, host_import).map_err(gpu_err)?;
+        let gpu = Gpu::open(&inst, pdev, family, host_import, &optional).map_err(gpu_err)?;
         tracing::info!(gpu = %info.name, driver = %info.driver, host_import, "vulkan device open");
         Ok(VulkanDevice {
             inst,
@@ -185,6 +207,7 @@ impl VulkanDevice {
             info,
             cfg: config,
             limits,
+            optional,
             host_import,
             gpu,
             ctxs: HashMap::new(),
@@ -317,7 +340,7 @@ impl Device for VulkanDevice {
         gpu.build_pipes(&mut ctx.vk, &specs)?;
         let code_bytes = specs.iter().map(|s| 4 * s.spirv.len() as u64).sum();
         ctx.firmware = Some(specs.into());
-        ctx.slots = [None; SLOTS as usize];
+        ctx.slots.clear();
         ctx.push = [0; PUSH_WORDS as usize];
         ctx.aborted = false;
         Ok(FirmwareInfo {
@@ -388,7 +411,7 @@ impl Device for VulkanDevice {
         // Slots and push constants start empty; the queue stays where it is
         // and a job a fault cut short stays aborted, so its signal reports
         // it instead of claiming success.
-        ctx.slots = [None; SLOTS as usize];
+        ctx.slots.clear();
         ctx.push = [0; PUSH_WORDS as usize];
         ctx.job_gpu_ns = 0;
         for b in ctx.bufs.values() {

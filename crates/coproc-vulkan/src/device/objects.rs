@@ -7,7 +7,7 @@
 //! (`crate::direct`) builds and runs its objects with the same functions.
 
 use crate::gpu::{GpuError, Instance};
-use crate::shader::PipelineSpec;
+use crate::shader::{BindingKind, PipelineSpec, ShaderFeatures};
 use ash::vk;
 use coproc_core::device::DeviceError;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,10 +23,110 @@ pub(crate) struct Gpu {
 
 pub(crate) struct Pipe {
     module: vk::ShaderModule,
-    set_layout: vk::DescriptorSetLayout,
+    /// One per group `0..spec.groups()` (empty ones included).
+    set_layouts: Vec<vk::DescriptorSetLayout>,
     layout: vk::PipelineLayout,
     pipeline: vk::Pipeline,
-    set: vk::DescriptorSet,
+    sets: Vec<vk::DescriptorSet>,
+}
+
+/// Optional device features this class turns on where the device has
+/// them, and what shaders may use as a result.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Optional {
+    pub(crate) shader: ShaderFeatures,
+    /// 16-bit storage buffer access (f16 or i16 in buffers).
+    storage16: bool,
+    /// `VK_EXT_robustness2`'s `robustBufferAccess2`.
+    pub(crate) robust2: bool,
+    /// Invocations per subgroup (0: unknown).
+    pub(crate) subgroup_size: u32,
+}
+
+/// What optional features `pdev` has.
+pub(crate) fn optional_features(i: &ash::Instance, pdev: vk::PhysicalDevice) -> Optional {
+    let mut f11 = vk::PhysicalDeviceVulkan11Features::default();
+    let mut f12 = vk::PhysicalDeviceVulkan12Features::default();
+    let mut r2 = vk::PhysicalDeviceRobustness2FeaturesEXT::default();
+    // SAFETY: `pdev` was enumerated from this live instance; the call only
+    // reads the extension list.
+    let exts = unsafe { i.enumerate_device_extension_properties(pdev) }.unwrap_or_default();
+    let has_r2 = exts
+        .iter()
+        .any(|e| e.extension_name_as_c_str() == Ok(ash::ext::robustness2::NAME));
+    let mut f2 = vk::PhysicalDeviceFeatures2::default()
+        .push_next(&mut f11)
+        .push_next(&mut f12);
+    if has_r2 {
+        f2 = f2.push_next(&mut r2);
+    }
+    // SAFETY: as above; the call fills `f2` and the structs chained to it,
+    // live locals that outlive the call (Vulkan 1.2 is required of the
+    // device, so both feature structs are known to it).
+    unsafe { i.get_physical_device_features2(pdev, &mut f2) };
+    let base = f2.features;
+    let mut sg = vk::PhysicalDeviceSubgroupProperties::default();
+    let mut p2 = vk::PhysicalDeviceProperties2::default().push_next(&mut sg);
+    // SAFETY: as above; fills `p2` and `sg`, live locals.
+    unsafe { i.get_physical_device_properties2(pdev, &mut p2) };
+    let storage16 = f11.storage_buffer16_bit_access != 0;
+    let mut ops = naga::valid::SubgroupOperationSet::empty();
+    if sg.supported_stages.contains(vk::ShaderStageFlags::COMPUTE) {
+        use naga::valid::SubgroupOperationSet as S;
+        use vk::SubgroupFeatureFlags as F;
+        for (f, s) in [
+            (F::BASIC, S::BASIC),
+            (F::VOTE, S::VOTE),
+            (F::ARITHMETIC, S::ARITHMETIC),
+            (F::BALLOT, S::BALLOT),
+            (F::SHUFFLE, S::SHUFFLE),
+            (F::SHUFFLE_RELATIVE, S::SHUFFLE_RELATIVE),
+            (F::QUAD, S::QUAD_FRAGMENT_COMPUTE),
+        ] {
+            if sg.supported_operations.contains(f) {
+                ops |= s;
+            }
+        }
+        // naga's subgroup support starts from the basic operations.
+        if !ops.contains(naga::valid::SubgroupOperationSet::BASIC) {
+            ops = naga::valid::SubgroupOperationSet::empty();
+        }
+    }
+    Optional {
+        shader: ShaderFeatures {
+            f16: f12.shader_float16 != 0
+                && storage16
+                && f11.uniform_and_storage_buffer16_bit_access != 0,
+            f64: base.shader_float64 != 0,
+            i64: base.shader_int64 != 0,
+            i64_atomics: base.shader_int64 != 0 && f12.shader_buffer_int64_atomics != 0,
+            i16: base.shader_int16 != 0
+                && storage16
+                && f11.uniform_and_storage_buffer16_bit_access != 0,
+            subgroup_ops: ops,
+        },
+        storage16,
+        robust2: has_r2 && r2.robust_buffer_access2 != 0,
+        subgroup_size: sg.subgroup_size,
+    }
+}
+
+/// A resolved binding of a dispatch: the descriptor to write.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Descriptor {
+    pub(crate) group: u32,
+    pub(crate) binding: u32,
+    pub(crate) kind: BindingKind,
+    pub(crate) buffer: vk::Buffer,
+    pub(crate) offset: u64,
+    pub(crate) len: u64,
+}
+
+fn descriptor_type(kind: BindingKind) -> vk::DescriptorType {
+    match kind {
+        BindingKind::Storage => vk::DescriptorType::STORAGE_BUFFER,
+        BindingKind::Uniform => vk::DescriptorType::UNIFORM_BUFFER,
+    }
 }
 
 /// A context's Vulkan objects (all on the current [`Gpu`]).
@@ -76,26 +176,49 @@ fn vkerr(what: &'static str) -> impl Fn(vk::Result) -> DeviceError {
 }
 
 impl Gpu {
+    /// Open the logical device with the optional features of `opt` on.
     pub(crate) fn open(
         inst: &Instance,
         pdev: vk::PhysicalDevice,
         family: u32,
         host_import: bool,
+        opt: &Optional,
     ) -> Result<Gpu, GpuError> {
         let i = &inst.instance;
         let prio = [1.0f32];
         let qinfo = [vk::DeviceQueueCreateInfo::default()
             .queue_family_index(family)
             .queue_priorities(&prio)];
-        let features = vk::PhysicalDeviceFeatures::default().robust_buffer_access(true);
-        let mut f12 = vk::PhysicalDeviceVulkan12Features::default().timeline_semaphore(true);
-        let exts = [ash::ext::external_memory_host::NAME.as_ptr()];
+        let sh = &opt.shader;
+        let features = vk::PhysicalDeviceFeatures::default()
+            .robust_buffer_access(true)
+            .shader_float64(sh.f64)
+            .shader_int64(sh.i64)
+            .shader_int16(sh.i16);
+        let sixteen = sh.f16 || sh.i16;
+        let mut f11 = vk::PhysicalDeviceVulkan11Features::default()
+            .storage_buffer16_bit_access(opt.storage16 && sixteen)
+            .uniform_and_storage_buffer16_bit_access(sixteen);
+        let mut f12 = vk::PhysicalDeviceVulkan12Features::default()
+            .timeline_semaphore(true)
+            .shader_float16(sh.f16)
+            .shader_buffer_int64_atomics(sh.i64_atomics);
+        let mut r2 = vk::PhysicalDeviceRobustness2FeaturesEXT::default().robust_buffer_access2(true);
+        let mut exts = Vec::new();
+        if host_import {
+            exts.push(ash::ext::external_memory_host::NAME.as_ptr());
+        }
+        if opt.robust2 {
+            exts.push(ash::ext::robustness2::NAME.as_ptr());
+        }
         let mut info = vk::DeviceCreateInfo::default()
             .queue_create_infos(&qinfo)
             .enabled_features(&features)
+            .enabled_extension_names(&exts)
+            .push_next(&mut f11)
             .push_next(&mut f12);
-        if host_import {
-            info = info.enabled_extension_names(&exts);
+        if opt.robust2 {
+            info = info.push_next(&mut r2);
         }
         // SAFETY: `pdev` belongs to this instance; the create info borrows
         // locals that outlive the call.
@@ -185,11 +308,24 @@ impl Gpu {
     ) -> Result<(), DeviceError> {
         let d = &self.device;
         destroy_pipes(d, v);
-        let descriptors: u32 = specs.iter().map(|s| s.bindings.len() as u32).sum();
-        let sizes = [vk::DescriptorPoolSize {
-            ty: vk::DescriptorType::STORAGE_BUFFER,
-            descriptor_count: descriptors.max(1),
-        }];
+        let count = |k: BindingKind| {
+            specs
+                .iter()
+                .flat_map(|s| &s.bindings)
+                .filter(|b| b.kind == k)
+                .count() as u32
+        };
+        let sizes = [
+            vk::DescriptorPoolSize {
+                ty: vk::DescriptorType::STORAGE_BUFFER,
+                descriptor_count: count(BindingKind::Storage).max(1),
+            },
+            vk::DescriptorPoolSize {
+                ty: vk::DescriptorType::UNIFORM_BUFFER,
+                descriptor_count: count(BindingKind::Uniform).max(1),
+            },
+        ];
+        let sets: u32 = specs.iter().map(PipelineSpec::groups).sum();
         // SAFETY: object creation on a live device; the create infos borrow
         // locals; every handle lands in `v` so `destroy_pipes` frees it on
         // any error.
@@ -197,7 +333,7 @@ impl Gpu {
             v.desc_pool = Some(
                 d.create_descriptor_pool(
                     &vk::DescriptorPoolCreateInfo::default()
-                        .max_sets(specs.len() as u32)
+                        .max_sets(sets.max(1))
                         .pool_sizes(&sizes),
                     None,
                 )
@@ -216,23 +352,27 @@ impl Gpu {
 
     fn build_pipe(&self, v: &mut CtxVk, spec: &PipelineSpec) -> Result<(), DeviceError> {
         let d = &self.device;
-        let binds: Vec<_> = spec
-            .bindings
-            .iter()
-            .map(|b| {
-                vk::DescriptorSetLayoutBinding::default()
-                    .binding(b.binding)
-                    .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
-                    .descriptor_count(1)
-                    .stage_flags(vk::ShaderStageFlags::COMPUTE)
+        let binds: Vec<Vec<_>> = (0..spec.groups())
+            .map(|g| {
+                spec.bindings
+                    .iter()
+                    .filter(|b| b.group == g)
+                    .map(|b| {
+                        vk::DescriptorSetLayoutBinding::default()
+                            .binding(b.binding)
+                            .descriptor_type(descriptor_type(b.kind))
+                            .descriptor_count(1)
+                            .stage_flags(vk::ShaderStageFlags::COMPUTE)
+                    })
+                    .collect()
             })
             .collect();
         let mut p = Pipe {
             module: vk::ShaderModule::null(),
-            set_layout: vk::DescriptorSetLayout::null(),
+            set_layouts: Vec::new(),
             layout: vk::PipelineLayout::null(),
             pipeline: vk::Pipeline::null(),
-            set: vk::DescriptorSet::null(),
+            sets: Vec::new(),
         };
         let name = std::ffi::CString::new(spec.name.as_str())
             .map_err(|_| DeviceError::BadFirmware("entry point name with NUL".into()))?;
@@ -247,18 +387,21 @@ impl Gpu {
                         None,
                     )
                     .map_err(vkerr("shader module"))?;
-                p.set_layout = d
-                    .create_descriptor_set_layout(
-                        &vk::DescriptorSetLayoutCreateInfo::default().bindings(&binds),
-                        None,
-                    )
-                    .map_err(vkerr("descriptor set layout"))?;
+                for group in &binds {
+                    let l = d
+                        .create_descriptor_set_layout(
+                            &vk::DescriptorSetLayoutCreateInfo::default().bindings(group),
+                            None,
+                        )
+                        .map_err(vkerr("descriptor set layout"))?;
+                    p.set_layouts.push(l);
+                }
                 let ranges = [vk::PushConstantRange {
                     stage_flags: vk::ShaderStageFlags::COMPUTE,
                     offset: 0,
                     size: spec.push_bytes.div_ceil(4) * 4,
                 }];
-                let layouts = [p.set_layout];
+                let layouts = p.set_layouts.clone();
                 let mut li = vk::PipelineLayoutCreateInfo::default().set_layouts(&layouts);
                 if spec.push_bytes > 0 {
                     li = li.push_constant_ranges(&ranges);
@@ -276,13 +419,15 @@ impl Gpu {
                 p.pipeline = d
                     .create_compute_pipelines(vk::PipelineCache::null(), &ci, None)
                     .map_err(|(_, e)| DeviceError::BadFirmware(format!("pipeline: {e}")))?[0];
-                p.set = d
-                    .allocate_descriptor_sets(
-                        &vk::DescriptorSetAllocateInfo::default()
-                            .descriptor_pool(v.desc_pool.unwrap_or_default())
-                            .set_layouts(&layouts),
-                    )
-                    .map_err(vkerr("descriptor set"))?[0];
+                if !layouts.is_empty() {
+                    p.sets = d
+                        .allocate_descriptor_sets(
+                            &vk::DescriptorSetAllocateInfo::default()
+                                .descriptor_pool(v.desc_pool.unwrap_or_default())
+                                .set_layouts(&layouts),
+                        )
+                        .map_err(vkerr("descriptor set"))?;
+                }
                 Ok(())
             })()
         };
@@ -548,35 +693,37 @@ pub(crate) fn execute(
     }))
 }
 
-/// Record a dispatch of `pipe` with `binds` (binding, buffer, offset, len)
-/// and `push` bytes of push constants.
+/// Record a dispatch of `pipe` with `binds` (one per binding the pipeline
+/// declares) and `push` bytes of push constants.
 pub(crate) fn record_dispatch(
     d: &ash::Device,
     cmd: vk::CommandBuffer,
     pipe: &Pipe,
-    binds: &[(u32, vk::Buffer, u64, u64)],
+    binds: &[Descriptor],
     push: &[u8],
     groups: [u32; 3],
 ) {
     let infos: Vec<[vk::DescriptorBufferInfo; 1]> = binds
         .iter()
-        .map(|&(_, buffer, offset, range)| {
+        .map(|b| {
             [vk::DescriptorBufferInfo {
-                buffer,
-                offset,
-                range,
+                buffer: b.buffer,
+                offset: b.offset,
+                range: b.len,
             }]
         })
         .collect();
     let writes: Vec<_> = binds
         .iter()
         .zip(&infos)
-        .map(|(b, info)| {
-            vk::WriteDescriptorSet::default()
-                .dst_set(pipe.set)
-                .dst_binding(b.0)
-                .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
-                .buffer_info(info)
+        .filter_map(|(b, info)| {
+            Some(
+                vk::WriteDescriptorSet::default()
+                    .dst_set(*pipe.sets.get(b.group as usize)?)
+                    .dst_binding(b.binding)
+                    .descriptor_type(descriptor_type(b.kind))
+                    .buffer_info(info),
+            )
         })
         .collect();
     // SAFETY: called from `execute`'s recording, on the command buffer of
@@ -588,14 +735,16 @@ pub(crate) fn record_dispatch(
     unsafe {
         d.update_descriptor_sets(&writes, &[]);
         d.cmd_bind_pipeline(cmd, vk::PipelineBindPoint::COMPUTE, pipe.pipeline);
-        d.cmd_bind_descriptor_sets(
-            cmd,
-            vk::PipelineBindPoint::COMPUTE,
-            pipe.layout,
-            0,
-            &[pipe.set],
-            &[],
-        );
+        if !pipe.sets.is_empty() {
+            d.cmd_bind_descriptor_sets(
+                cmd,
+                vk::PipelineBindPoint::COMPUTE,
+                pipe.layout,
+                0,
+                &pipe.sets,
+                &[],
+            );
+        }
         if !push.is_empty() {
             d.cmd_push_constants(cmd, pipe.layout, vk::ShaderStageFlags::COMPUTE, 0, push);
         }
@@ -605,6 +754,7 @@ pub(crate) fn record_dispatch(
 
 fn usage() -> vk::BufferUsageFlags {
     vk::BufferUsageFlags::STORAGE_BUFFER
+        | vk::BufferUsageFlags::UNIFORM_BUFFER
         | vk::BufferUsageFlags::TRANSFER_SRC
         | vk::BufferUsageFlags::TRANSFER_DST
 }
@@ -618,7 +768,9 @@ fn destroy_pipes(d: &ash::Device, v: &mut CtxVk) {
         for p in v.pipes.drain(..) {
             d.destroy_pipeline(p.pipeline, None);
             d.destroy_pipeline_layout(p.layout, None);
-            d.destroy_descriptor_set_layout(p.set_layout, None);
+            for l in p.set_layouts {
+                d.destroy_descriptor_set_layout(l, None);
+            }
             d.destroy_shader_module(p.module, None);
         }
         if let Some(pool) = v.desc_pool.take() {

@@ -8,7 +8,8 @@
 //! counters.
 
 use super::context::{revoked, Backing, Ctx, Ring, Slot};
-use super::objects::{execute, record_dispatch, ExecError};
+use crate::shader::BindingKind;
+use super::objects::{execute, record_dispatch, Descriptor, ExecError};
 use super::recovery::Failure;
 use super::{mbox_out, Limits, VulkanDevice, MBOX_QUEUE};
 use ash::vk;
@@ -25,8 +26,7 @@ pub(super) enum Work {
     Dispatch {
         pipe: usize,
         groups: [u32; 3],
-        /// (binding, buffer iova, offset, len)
-        binds: Vec<(u32, u64, u64, u64)>,
+        binds: Vec<Bound>,
     },
     Copy {
         src: (u64, u64),
@@ -38,6 +38,20 @@ pub(super) enum Work {
         len: u64,
         value: u32,
     },
+}
+
+/// One binding of a dispatch, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Bound {
+    pub(super) group: u32,
+    pub(super) binding: u32,
+    pub(super) kind: BindingKind,
+    /// Whether the shader writes it.
+    pub(super) writable: bool,
+    /// The buffer's iova.
+    pub(super) start: u64,
+    pub(super) offset: u64,
+    pub(super) len: u64,
 }
 
 /// A command's fate.
@@ -54,14 +68,22 @@ pub(super) enum Step {
 /// context's slots and push constants. Nothing here touches Vulkan.
 fn plan(ctx: &mut Ctx, limits: &Limits, cmd: Command) -> Result<Work, Step> {
     Ok(match cmd {
-        Command::Bind { slot, iova, len } => {
+        Command::Bind {
+            group,
+            binding,
+            iova,
+            len,
+        } => {
             return Err(match ctx.resolve(u64::from(iova), u64::from(len)) {
                 Some((start, off, len)) => {
-                    ctx.slots[slot as usize] = Some(Slot {
-                        iova: start + off,
-                        len,
-                        gen: ctx.bufs[&start].gen,
-                    });
+                    ctx.slots.insert(
+                        (group, binding),
+                        Slot {
+                            iova: start + off,
+                            len,
+                            gen: ctx.bufs[&start].gen,
+                        },
+                    );
                     Step::Done
                 }
                 None => Step::Refused(Status::BadIova),
@@ -93,7 +115,7 @@ fn plan(ctx: &mut Ctx, limits: &Limits, cmd: Command) -> Result<Work, Step> {
             }
             let mut binds = Vec::with_capacity(spec.bindings.len());
             for b in &spec.bindings {
-                let Some(s) = ctx.slots[b.binding as usize] else {
+                let Some(&s) = ctx.slots.get(&(b.group, b.binding)) else {
                     return Err(Step::Refused(Status::BadBinding));
                 };
                 let Some((start, off, len)) = ctx.resolve(s.iova, s.len) else {
@@ -103,13 +125,34 @@ fn plan(ctx: &mut Ctx, limits: &Limits, cmd: Command) -> Result<Work, Step> {
                 if buf.gen != s.gen {
                     return Err(Step::Fault(revoked(s.iova, b.writable)));
                 }
-                if len < b.min_bytes || !off.is_multiple_of(limits.storage_align) {
+                let (align, range) = match b.kind {
+                    BindingKind::Storage => (limits.storage_align, limits.storage_range),
+                    BindingKind::Uniform => (limits.uniform_align, limits.uniform_range),
+                };
+                if len < b.min_bytes || !off.is_multiple_of(align) {
                     return Err(Step::Refused(Status::BadBinding));
                 }
                 if b.writable && !buf.writable {
                     return Err(Step::Refused(Status::ReadOnly));
                 }
-                binds.push((b.binding, start, off, len));
+                // A uniform block has a fixed size: the device sees at most
+                // its range (the rest of a larger bind is not reachable).
+                let len = match b.kind {
+                    BindingKind::Uniform => len.min(range),
+                    BindingKind::Storage if len > range => {
+                        return Err(Step::Refused(Status::BadBinding));
+                    }
+                    BindingKind::Storage => len,
+                };
+                binds.push(Bound {
+                    group: b.group,
+                    binding: b.binding,
+                    kind: b.kind,
+                    writable: b.writable,
+                    start,
+                    offset: off,
+                    len,
+                });
             }
             Work::Dispatch {
                 pipe: pipeline as usize,
@@ -207,20 +250,11 @@ impl VulkanDevice {
         // Staged buffers this command touches: (buffer iova, offset, len,
         // copy back).
         let staged: Vec<(u64, u64, u64, bool)> = match work {
-            Work::Dispatch { pipe, binds, .. } => {
-                let fw = ctx.firmware.as_ref();
-                binds
-                    .iter()
-                    .filter(|b| ctx.bufs[&b.1].staged())
-                    .map(|&(bi, start, off, len)| {
-                        let w = fw
-                            .and_then(|f| f.get(*pipe))
-                            .and_then(|s| s.bindings.iter().find(|x| x.binding == bi))
-                            .is_some_and(|x| x.writable);
-                        (start, off, len, w)
-                    })
-                    .collect()
-            }
+            Work::Dispatch { binds, .. } => binds
+                .iter()
+                .filter(|b| ctx.bufs[&b.start].staged())
+                .map(|b| (b.start, b.offset, b.len, b.writable))
+                .collect(),
             Work::Copy { src, dst, len } => {
                 [(src.0, src.1, *len, false), (dst.0, dst.1, *len, true)]
                     .into_iter()
@@ -243,10 +277,17 @@ impl VulkanDevice {
                 let _ = region.read(offset + off, dst);
             }
         }
-        let resolved: Vec<(u32, vk::Buffer, u64, u64)> = match work {
+        let resolved: Vec<Descriptor> = match work {
             Work::Dispatch { binds, .. } => binds
                 .iter()
-                .map(|&(bi, start, off, len)| (bi, ctx.bufs[&start].buffer, off, len))
+                .map(|b| Descriptor {
+                    group: b.group,
+                    binding: b.binding,
+                    kind: b.kind,
+                    buffer: ctx.bufs[&b.start].buffer,
+                    offset: b.offset,
+                    len: b.len,
+                })
                 .collect(),
             _ => Vec::new(),
         };
