@@ -134,7 +134,9 @@ pub enum DecodeError {
     #[error("unknown opcode {0}")]
     Opcode(u32),
     /// Bind group or binding out of range (the word: `group << 16 | binding`).
-    #[error("binding word {0:#x} out of range (group below {MAX_GROUPS}, binding below {MAX_BINDING})")]
+    #[error(
+        "binding word {0:#x} out of range (group below {MAX_GROUPS}, binding below {MAX_BINDING})"
+    )]
     Slot(u32),
     /// Push range out of bounds.
     #[error("push of {count} words at {offset} outside 32 words (1..=12 per command)")]
@@ -359,7 +361,9 @@ impl Job {
     /// into as many `push` commands as needed.
     pub fn push_bytes(mut self, offset: u32, bytes: &[u8]) -> Job {
         let end = u64::from(offset) + bytes.len() as u64;
-        if !offset.is_multiple_of(4) || !bytes.len().is_multiple_of(4) || end > u64::from(PUSH_WORDS) * 4
+        if !offset.is_multiple_of(4)
+            || !bytes.len().is_multiple_of(4)
+            || end > u64::from(PUSH_WORDS) * 4
         {
             return self.misuse(format!(
                 "push of {} bytes at byte offset {offset}: offsets and lengths are multiples of \
@@ -657,7 +661,11 @@ mod tests {
             .commands()
             .iter()
             .filter_map(|c| match *c {
-                Command::Push { offset, count, values } => Some((offset, count, values[0])),
+                Command::Push {
+                    offset,
+                    count,
+                    values,
+                } => Some((offset, count, values[0])),
                 _ => None,
             })
             .collect();

@@ -40,7 +40,9 @@ pub enum SpecError {
     #[error("{0} specialization values (most: {MAX_VALUES})")]
     TooMany(u32),
     /// A name empty, too long or not UTF-8.
-    #[error("specialization constant or entry point name empty, over {MAX_NAME} bytes or not UTF-8")]
+    #[error(
+        "specialization constant or entry point name empty, over {MAX_NAME} bytes or not UTF-8"
+    )]
     Name,
     /// The same constant set twice for the same entry point.
     #[error("specialization constant {0:?} set twice")]
@@ -144,7 +146,12 @@ pub fn decode(image: &[u8]) -> Result<(Vec<SpecValue>, &[u8]), SpecError> {
     };
     let u16_at = |b: &[u8]| u16::from_le_bytes([b[0], b[1]]) as usize;
     let count_bytes = take(4)?;
-    let count = u32::from_le_bytes([count_bytes[0], count_bytes[1], count_bytes[2], count_bytes[3]]);
+    let count = u32::from_le_bytes([
+        count_bytes[0],
+        count_bytes[1],
+        count_bytes[2],
+        count_bytes[3],
+    ]);
     if count > MAX_VALUES {
         return Err(SpecError::TooMany(count));
     }

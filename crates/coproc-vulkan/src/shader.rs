@@ -83,6 +83,8 @@ pub struct ShaderFeatures {
     pub i16: bool,
     /// Subgroup operations in compute shaders, and which.
     pub subgroup_ops: SubgroupOperationSet,
+    /// Invocations per subgroup (0: unknown).
+    pub subgroup_size: u32,
 }
 
 impl ShaderFeatures {
@@ -95,7 +97,8 @@ impl ShaderFeatures {
             (self.i64, Capabilities::SHADER_INT64),
             (
                 self.i64 && self.i64_atomics,
-                Capabilities::SHADER_INT64_ATOMIC_MIN_MAX | Capabilities::SHADER_INT64_ATOMIC_ALL_OPS,
+                Capabilities::SHADER_INT64_ATOMIC_MIN_MAX
+                    | Capabilities::SHADER_INT64_ATOMIC_ALL_OPS,
             ),
             (self.i16, Capabilities::SHADER_INT16),
             (
@@ -174,6 +177,9 @@ pub struct ShaderLimits {
     pub max_uniform_bytes: u32,
     /// The optional features the device has.
     pub features: ShaderFeatures,
+    /// Whether the device itself drops out-of-bounds buffer writes and
+    /// reads zero (`VK_EXT_robustness2`'s `robustBufferAccess2`).
+    pub robust_buffers: bool,
 }
 
 impl ShaderLimits {
@@ -193,7 +199,9 @@ impl ShaderLimits {
             i64_atomics: false,
             i16: false,
             subgroup_ops: SubgroupOperationSet::empty(),
+            subgroup_size: 0,
         },
+        robust_buffers: false,
     };
 }
 
@@ -391,11 +399,7 @@ fn validate(module: &Module, limits: &ShaderLimits) -> Result<ModuleInfo, Shader
     Err(ShaderError::Invalid(chain(err.as_inner())))
 }
 
-fn front(
-    shader: &[u8],
-    spirv: bool,
-    values: &[(String, f64)],
-) -> Result<Module, ShaderError> {
+fn front(shader: &[u8], spirv: bool, values: &[(String, f64)]) -> Result<Module, ShaderError> {
     if spirv {
         let words = specialize_spirv(shader, values)?;
         let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
@@ -501,7 +505,10 @@ fn compile_image(image: &[u8], limits: &ShaderLimits) -> Result<Vec<PipelineSpec
     Ok(out)
 }
 
-fn override_error(entry: &str, e: &naga::back::pipeline_constants::PipelineConstantError) -> ShaderError {
+fn override_error(
+    entry: &str,
+    e: &naga::back::pipeline_constants::PipelineConstantError,
+) -> ShaderError {
     use naga::back::pipeline_constants::PipelineConstantError as P;
     ShaderError::Specialization(match e {
         P::MissingValue(n) => {
@@ -676,15 +683,35 @@ fn pipeline(
             limits.max_invocations, limits.max_size
         )));
     }
-    let spirv = naga::back::spv::write_vec(
-        module,
-        info,
-        options,
-        Some(&naga::back::spv::PipelineOptions {
-            shader_stage: ShaderStage::Compute,
-            entry_point: name.to_string(),
-        }),
-    )
+    let write = |options: &naga::back::spv::Options| {
+        naga::back::spv::write_vec(
+            module,
+            info,
+            options,
+            Some(&naga::back::spv::PipelineOptions {
+                shader_stage: ShaderStage::Compute,
+                entry_point: name.to_string(),
+            }),
+        )
+    };
+    let spirv = match write(options) {
+        // naga cannot skip an atomic operation out of bounds: such a
+        // module has its indices clamped instead, and its buffer accesses
+        // left to the device where it drops them itself (robustness2),
+        // else clamped into the bound range too.
+        Err(naga::back::spv::Error::FeatureNotImplemented(what)) if what.contains("Atomics") => {
+            let mut clamped = options.clone();
+            let restrict = naga::proc::BoundsCheckPolicy::Restrict;
+            clamped.bounds_check_policies.index = restrict;
+            clamped.bounds_check_policies.buffer = if limits.robust_buffers {
+                naga::proc::BoundsCheckPolicy::Unchecked
+            } else {
+                restrict
+            };
+            write(&clamped)
+        }
+        other => other,
+    }
     .map_err(|e| ShaderError::Write(chain(&e)))?;
     Ok(PipelineSpec {
         name: name.to_string(),
@@ -805,7 +832,11 @@ fn specialize_spirv(image: &[u8], values: &[(String, f64)]) -> Result<Vec<u32>, 
                     Some(v) => v != 0.0,
                     None => code == s::SPEC_CONSTANT_TRUE,
                 };
-                let new = if on { s::CONSTANT_TRUE } else { s::CONSTANT_FALSE };
+                let new = if on {
+                    s::CONSTANT_TRUE
+                } else {
+                    s::CONSTANT_FALSE
+                };
                 words[i] = (words[i] & 0xffff_0000) | u32::from(new);
             }
             s::SPEC_CONSTANT if n >= 4 => {
@@ -860,8 +891,9 @@ fn specialize_spirv(image: &[u8], values: &[(String, f64)]) -> Result<Vec<u32>, 
             s::SPEC_CONSTANT_COMPOSITE => {
                 words[i] = (words[i] & 0xffff_0000) | u32::from(s::CONSTANT_COMPOSITE);
                 if Some(words.get(i + 2).copied()) == Some(workgroup_size) && n == 6 {
-                    let dims: Option<Vec<u32>> =
-                        (0..3).map(|d| scalars.get(&words[i + 3 + d]).copied()).collect();
+                    let dims: Option<Vec<u32>> = (0..3)
+                        .map(|d| scalars.get(&words[i + 3 + d]).copied())
+                        .collect();
                     if let Some(dims) = dims {
                         // The built-in wins over the execution mode.
                         for &j in &insts {
@@ -889,7 +921,22 @@ fn specialize_spirv(image: &[u8], values: &[(String, f64)]) -> Result<Vec<u32>, 
             values[k].0
         )));
     }
-    Ok(words)
+    // Without their `SpecId` the constants are plain ones to naga (an
+    // array they size gets its length).
+    let mut out = words[..5.min(words.len())].to_vec();
+    let mut next = 5;
+    for &i in &insts {
+        let n = len(&words, i);
+        let spec_id =
+            op(&words, i) == s::DECORATE && n >= 3 && words[i + 2] == s::DECORATION_SPEC_ID;
+        if !spec_id {
+            out.extend_from_slice(&words[i..i + n]);
+        }
+        next = i + n;
+    }
+    // Whatever did not form an instruction stays for naga to refuse.
+    out.extend_from_slice(&words[next.min(words.len())..]);
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -1092,12 +1139,29 @@ mod tests {
         let p = compile(&img, &LIMITS).unwrap();
         assert_eq!((p[0].workgroup, p[1].workgroup), ([32, 1, 1], [16, 1, 1]));
         // What the driver gets has no override left (it parses again).
-        assert_eq!(compile(&words(&p[0]), &LIMITS).unwrap()[0].workgroup, [32, 1, 1]);
+        assert_eq!(
+            compile(&words(&p[0]), &LIMITS).unwrap()[0].workgroup,
+            [32, 1, 1]
+        );
         for (img, want) in [
-            (spec::Specialized::new(src).set("nope", 1.0).image(), "no override or specialization constant \"nope\""),
-            (spec::Specialized::new(src).set_for("c", "block", 1.0).image(), "entry point \"c\", which the module does not have"),
-            (spec::Specialized::new(src).set("block", 2048.0).image(), "beyond the device"),
-            (spec::Specialized::new(src).set("block", -1.0).image(), "specialization"),
+            (
+                spec::Specialized::new(src).set("nope", 1.0).image(),
+                "no override or specialization constant \"nope\"",
+            ),
+            (
+                spec::Specialized::new(src)
+                    .set_for("c", "block", 1.0)
+                    .image(),
+                "entry point \"c\", which the module does not have",
+            ),
+            (
+                spec::Specialized::new(src).set("block", 2048.0).image(),
+                "beyond the device",
+            ),
+            (
+                spec::Specialized::new(src).set("block", -1.0).image(),
+                "specialization",
+            ),
         ] {
             let e = compile(&img, &LIMITS).unwrap_err().to_string();
             assert!(e.contains(want), "{e:?} should mention {want:?}");
@@ -1136,7 +1200,11 @@ mod tests {
             ..LIMITS
         };
         let p = compile(src, &limits).unwrap();
-        let b: Vec<_> = p[0].bindings.iter().map(|b| (b.group, b.binding, b.kind, b.min_bytes)).collect();
+        let b: Vec<_> = p[0]
+            .bindings
+            .iter()
+            .map(|b| (b.group, b.binding, b.kind, b.min_bytes))
+            .collect();
         assert_eq!(
             b,
             vec![
@@ -1146,7 +1214,10 @@ mod tests {
             ]
         );
         assert_eq!(p[0].groups(), 3);
-        let few = ShaderLimits { max_uniform_buffers: 0, ..limits };
+        let few = ShaderLimits {
+            max_uniform_buffers: 0,
+            ..limits
+        };
         let e = compile(src, &few).unwrap_err().to_string();
         assert!(e.contains("1 uniform buffers"), "{e}");
     }

@@ -78,7 +78,11 @@ fn refused_jobs_leave_others_untouched() {
     // Another vcoproc's buffer: B's iova means nothing in A's map.
     refused(
         &mut a,
-        &ok_tail(Job::new().bind_to_end(0, 0, BUF_IOVA).bind(1, B_PRIVATE, 4096)),
+        &ok_tail(
+            Job::new()
+                .bind_to_end(0, 0, BUF_IOVA)
+                .bind(1, B_PRIVATE, 4096),
+        ),
         Status::BadIova,
         "other vcoproc's buffer",
     );
@@ -137,7 +141,11 @@ fn refused_jobs_leave_others_untouched() {
     // slot; a misaligned binding; a malformed entry.
     refused(
         &mut a,
-        &ok_tail(Job::new().bind_to_end(0, 0, BUF_IOVA).bind_to_end(0, 1, BUF_IOVA)),
+        &ok_tail(
+            Job::new()
+                .bind_to_end(0, 0, BUF_IOVA)
+                .bind_to_end(0, 1, BUF_IOVA),
+        ),
         Status::ReadOnly,
         "writable binding of a read-only mapping",
     );

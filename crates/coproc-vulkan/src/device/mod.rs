@@ -123,6 +123,7 @@ pub(crate) fn shader_limits(l: &vk::PhysicalDeviceLimits, opt: &Optional) -> Sha
         max_uniform_buffers: l.max_per_stage_descriptor_uniform_buffers,
         max_uniform_bytes: l.max_uniform_buffer_range,
         features: opt.shader,
+        robust_buffers: opt.robust2,
     }
 }
 
@@ -223,6 +224,19 @@ impl VulkanDevice {
     /// The GPU in use.
     pub fn info(&self) -> &GpuInfo {
         &self.info
+    }
+
+    /// What firmware is checked against: workgroup and binding limits, and
+    /// the optional shader features the device has (and this class turns
+    /// on).
+    pub fn shader_limits(&self) -> ShaderLimits {
+        self.limits.shader
+    }
+
+    /// Whether out-of-bounds accesses are also contained by the device
+    /// (`VK_EXT_robustness2`), on top of the shader rewrite.
+    pub fn robustness2(&self) -> bool {
+        self.optional.robust2
     }
 
     /// Whether domain memory is imported zero-copy (else staged).

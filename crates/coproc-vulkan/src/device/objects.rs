@@ -39,8 +39,6 @@ pub(crate) struct Optional {
     storage16: bool,
     /// `VK_EXT_robustness2`'s `robustBufferAccess2`.
     pub(crate) robust2: bool,
-    /// Invocations per subgroup (0: unknown).
-    pub(crate) subgroup_size: u32,
 }
 
 /// What optional features `pdev` has.
@@ -104,10 +102,10 @@ pub(crate) fn optional_features(i: &ash::Instance, pdev: vk::PhysicalDevice) -> 
                 && storage16
                 && f11.uniform_and_storage_buffer16_bit_access != 0,
             subgroup_ops: ops,
+            subgroup_size: sg.subgroup_size,
         },
         storage16,
         robust2: has_r2 && r2.robust_buffer_access2 != 0,
-        subgroup_size: sg.subgroup_size,
     }
 }
 
@@ -203,7 +201,8 @@ impl Gpu {
             .timeline_semaphore(true)
             .shader_float16(sh.f16)
             .shader_buffer_int64_atomics(sh.i64_atomics);
-        let mut r2 = vk::PhysicalDeviceRobustness2FeaturesEXT::default().robust_buffer_access2(true);
+        let mut r2 =
+            vk::PhysicalDeviceRobustness2FeaturesEXT::default().robust_buffer_access2(true);
         let mut exts = Vec::new();
         if host_import {
             exts.push(ash::ext::external_memory_host::NAME.as_ptr());

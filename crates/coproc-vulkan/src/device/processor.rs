@@ -8,10 +8,10 @@
 //! counters.
 
 use super::context::{revoked, Backing, Ctx, Ring, Slot};
-use crate::shader::BindingKind;
 use super::objects::{execute, record_dispatch, Descriptor, ExecError};
 use super::recovery::Failure;
 use super::{mbox_out, Limits, VulkanDevice, MBOX_QUEUE};
+use crate::shader::BindingKind;
 use ash::vk;
 use coproc_core::device::{thread_cpu_time, RunOutcome, StopReason};
 use coproc_core::fault::{Access, DeviceFault, FaultReason};

@@ -86,7 +86,13 @@ impl VulkanDevice {
 
     /// Recreate the device after a loss or a hang caused by `guilty`.
     fn recover(&mut self, guilty: ContextId) {
-        let new = match Gpu::open(&self.inst, self.pdev, self.family, self.host_import, &self.optional) {
+        let new = match Gpu::open(
+            &self.inst,
+            self.pdev,
+            self.family,
+            self.host_import,
+            &self.optional,
+        ) {
             Ok(g) => g,
             Err(e) => {
                 tracing::error!(error = %e, "cannot recreate the GPU device");

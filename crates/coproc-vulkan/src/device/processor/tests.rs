@@ -473,17 +473,29 @@ fn ring_attach_is_checked() {
 #[test]
 fn uniform_in_another_group() {
     let mut c = bound();
-    assert_eq!(refused(dispatch(&mut c, 2, [1, 1, 1])), Some(Status::BadBinding));
+    assert_eq!(
+        refused(dispatch(&mut c, 2, [1, 1, 1])),
+        Some(Status::BadBinding)
+    );
     // 64-byte aligned is enough for a uniform (storage needs 256).
     assert!(done(&bind_group(&mut c, 1, 3, RO + 64, 0)));
     let Ok(Work::Dispatch { binds, .. }) = dispatch(&mut c, 2, [1, 1, 1]) else {
         panic!("uniform dispatch refused");
     };
     let u = binds.iter().find(|b| b.group == 1).expect("group 1 bound");
-    assert_eq!((u.binding, u.kind, u.offset, u.len), (3, BindingKind::Uniform, 64, 1 << 12));
+    assert_eq!(
+        (u.binding, u.kind, u.offset, u.len),
+        (3, BindingKind::Uniform, 64, 1 << 12)
+    );
     assert!(done(&bind_group(&mut c, 1, 3, RO + 32, 0)));
-    assert_eq!(refused(dispatch(&mut c, 2, [1, 1, 1])), Some(Status::BadBinding));
+    assert_eq!(
+        refused(dispatch(&mut c, 2, [1, 1, 1])),
+        Some(Status::BadBinding)
+    );
     // Too small for the block.
     assert!(done(&bind_group(&mut c, 1, 3, RO + 64, 16)));
-    assert_eq!(refused(dispatch(&mut c, 2, [1, 1, 1])), Some(Status::BadBinding));
+    assert_eq!(
+        refused(dispatch(&mut c, 2, [1, 1, 1])),
+        Some(Status::BadBinding)
+    );
 }

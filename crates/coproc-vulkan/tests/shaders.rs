@@ -1,0 +1,337 @@
+//! Firmware as shader authors write it, on lavapipe (or any Vulkan
+//! device): WGSL overrides and SPIR-V specialization constants (defaults,
+//! values for all entry points, values for one), uniform buffers in bind
+//! group 1, exact bind lengths, out-of-bounds writes dropped, and the
+//! device's optional features (f16, subgroups) used where it has them and
+//! refused by name where it does not. Every result is checked against a
+//! host reference.
+
+mod common;
+
+use common::*;
+use coproc_core::iova::{MapKind, Perms};
+use coproc_firmware::gpu::{AFFINE, HISTO};
+use coproc_firmware::reference;
+use coproc_proto::gpu::{Job, Status};
+use coproc_proto::shader::Specialized;
+use coproc_vulkan::{VulkanConfig, VulkanDevice};
+
+const X: u64 = BUF_IOVA;
+const Y: u64 = BUF_IOVA + 0x10_0000;
+const U: u64 = BUF_IOVA + 0x20_0000;
+/// What the tests put where the shader must not write.
+const SENTINEL: f32 = -7.25;
+
+fn lcg(seed: u32, n: usize) -> Vec<u32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            s >> 8
+        })
+        .collect()
+}
+
+fn device_limits() -> coproc_vulkan::shader::ShaderLimits {
+    VulkanDevice::new(VulkanConfig::default())
+        .expect("vulkan device (lavapipe installed?)")
+        .shader_limits()
+}
+
+/// `affine` with its overrides at their defaults, then set for every entry
+/// point, then set for `affine` alone; `y` bound to exactly `n` elements
+/// (not a multiple of the workgroup or of a page), so `arrayLength()` is
+/// `n` and nothing past it changes; the coefficients in a uniform buffer
+/// in group 1.
+#[test]
+fn wgsl_overrides_uniforms_and_exact_lengths() {
+    let pc = pcoproc(VulkanConfig::default());
+    let n = 1000usize;
+    // Eighths, a 1.5 multiplier and quarter offsets: every result is exact
+    // in f32, whether the device fuses the multiply-add or not.
+    let x: Vec<f32> = lcg(3, n).iter().map(|&v| (v % 997) as f32 / 8.0).collect();
+    let (mul, add) = (1.5f32, -2.0f32);
+    let cases: [(Vec<u8>, f32); 3] = [
+        (AFFINE.image.to_vec(), 0.0),
+        (
+            Specialized::new(AFFINE.image)
+                .set("block", 32.0)
+                .set("offset", 0.25)
+                .image(),
+            0.25,
+        ),
+        (
+            Specialized::new(AFFINE.image)
+                .set("offset", 9.0)
+                .set_for("affine", "offset", 0.5)
+                .set_for("affine", "block", 128.0)
+                .image(),
+            0.5,
+        ),
+    ];
+    for (i, (image, offset)) in cases.iter().enumerate() {
+        let mut d = Domain::new(&pc, 10 + i as u32, image);
+        let xr = d.buffer(X, 4 * n as u64, Perms::R, MapKind::Pinned);
+        xr.write(0, &f32_bytes(&x)).unwrap();
+        let yr = d.buffer(Y, 4 * n as u64 + 4096, Perms::RW, MapKind::Pinned);
+        yr.write(0, &f32_bytes(&vec![SENTINEL; n + 1024])).unwrap();
+        let ur = d.buffer(U, 4096, Perms::R, MapKind::Pinned);
+        ur.write(0, &f32_bytes(&[mul, add])).unwrap();
+        let done = d.run(
+            &Job::new()
+                .bind(0, X, 4 * n as u64)
+                .bind(1, Y, 4 * n as u64)
+                .bind_group(1, 0, U, 8)
+                .dispatch(0, [(n as u32).div_ceil(32), 1, 1])
+                .signal(1),
+        );
+        assert_eq!(done.last().unwrap().status, Some(Status::Ok), "case {i}");
+        let want = reference::affine(&x, mul, add, *offset);
+        assert_eq!(read_f32(&yr, 0, n), want, "case {i}");
+        assert!(
+            read_f32(&yr, 4 * n as u64, 1024)
+                .iter()
+                .all(|&v| v == SENTINEL),
+            "case {i}: written past the bound length"
+        );
+    }
+}
+
+/// `spill` writes `y[i]` for all 256 invocations with no check in the
+/// source; `y` is bound to 100 elements in the middle of a mapping. The
+/// 100 get their values, the last of them its own (not a clamped write
+/// of a later invocation), and nothing around the range changes.
+#[test]
+fn out_of_bounds_writes_are_dropped() {
+    let pc = pcoproc(VulkanConfig::default());
+    let mut d = Domain::new(&pc, 1, AFFINE.image);
+    let xr = d.buffer(X, 4096, Perms::R, MapKind::Pinned);
+    xr.write(0, &[0; 4096]).unwrap();
+    let yr = d.buffer(Y, 8192, Perms::RW, MapKind::Pinned);
+    yr.write(0, &f32_bytes(&vec![SENTINEL; 2048])).unwrap();
+    let (start, n) = (256u64, 100usize);
+    let done = d.run(
+        &Job::new()
+            .bind(0, X, 4096)
+            .bind(1, Y + start, 4 * n as u64)
+            .dispatch(1, [4, 1, 1])
+            .signal(1),
+    );
+    assert_eq!(done.last().unwrap().status, Some(Status::Ok));
+    let all = read_f32(&yr, 0, 2048);
+    let first = start as usize / 4;
+    let want: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    assert_eq!(&all[first..first + n], &want[..]);
+    assert!(all[..first].iter().all(|&v| v == SENTINEL));
+    assert!(all[first + n..].iter().all(|&v| v == SENTINEL));
+}
+
+/// `histo` (GLSL compiled to SPIR-V): a workgroup array sized by
+/// specialization constant 0 and the workgroup size from constant 1, at
+/// their defaults and set by id and by name, with its parameters in a
+/// std140 uniform block in set 1.
+#[test]
+fn spirv_specialization_constants() {
+    let pc = pcoproc(VulkanConfig::default());
+    let n = 5000usize;
+    let data = lcg(11, n);
+    let shift = 3u32;
+    let cases: [(Vec<u8>, usize, u32); 4] = [
+        (HISTO.image.to_vec(), 16, 64),
+        (Specialized::new(HISTO.image).set("0", 40.0).image(), 40, 64),
+        (
+            Specialized::new(HISTO.image)
+                .set("BINS", 7.0)
+                .set("1", 128.0)
+                .image(),
+            7,
+            128,
+        ),
+        (
+            Specialized::new(HISTO.image)
+                .set_for("main", "BINS", 100.0)
+                .set_for("main", "1", 32.0)
+                .image(),
+            100,
+            32,
+        ),
+    ];
+    for (i, (image, bins, wg)) in cases.iter().enumerate() {
+        let mut d = Domain::new(&pc, 20 + i as u32, image);
+        let dr = d.buffer(X, 4 * n as u64, Perms::R, MapKind::Pinned);
+        dr.write(0, &u32_bytes(&data)).unwrap();
+        let br = d.buffer(Y, 4096, Perms::RW, MapKind::Pinned);
+        let ur = d.buffer(U, 4096, Perms::R, MapKind::Pinned);
+        ur.write(0, &u32_bytes(&[shift, n as u32])).unwrap();
+        let done = d.run(
+            &Job::new()
+                .bind(0, X, 4 * n as u64)
+                .bind(1, Y, 4 * *bins as u64)
+                .bind_group(1, 0, U, 16)
+                .dispatch(0, [(n as u32).div_ceil(*wg), 1, 1])
+                .signal(1),
+        );
+        assert_eq!(done.last().unwrap().status, Some(Status::Ok), "case {i}");
+        assert_eq!(
+            read_u32(&br, 0, *bins),
+            reference::histogram(&data, shift, *bins),
+            "case {i}"
+        );
+    }
+    // Values that do not fit are refused at load, naming the constant.
+    let pc2 = pcoproc(VulkanConfig::default());
+    let v = pc2
+        .create_vcoproc(coproc_core::ids::DomainId(1), Default::default())
+        .unwrap();
+    for (image, want) in [
+        (
+            Specialized::new(HISTO.image).set("BINS", -1.0).image(),
+            "BINS",
+        ),
+        (
+            Specialized::new(HISTO.image).set("BINS", 2.5).image(),
+            "BINS",
+        ),
+        (Specialized::new(HISTO.image).set("9", 1.0).image(), "\"9\""),
+    ] {
+        let e = v.load_firmware("histo", &image).unwrap_err().to_string();
+        assert!(e.contains(want), "{e:?} should name {want}");
+    }
+}
+
+/// f16, f64, i64 and subgroup operations run where the device has them
+/// (lavapipe has all four) and are refused by name where it does not.
+#[test]
+fn device_features_where_present() {
+    let limits = device_limits();
+    let f = limits.features;
+    let pc = pcoproc(VulkanConfig::default());
+    let n = 256usize;
+    // Small integers: exact in f16, so the references are exact too.
+    let x: Vec<u32> = (0..n as u32).map(|i| i % 61).collect();
+    let xf: Vec<u32> = x.iter().map(|&v| (v as f32).to_bits()).collect();
+    let head = "@group(0) @binding(0) var<storage, read> x: array<u32>;\n\
+        @group(0) @binding(1) var<storage, read_write> y: array<u32>;\n";
+    let body = |b: &str| {
+        format!(
+            "{head}@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3<u32>) {{\n\
+             let i = g.x;\n{b}\n}}"
+        )
+    };
+    type Case = (&'static str, String, bool, Vec<u32>, Vec<u32>);
+    let size = f.subgroup_size;
+    let cases: Vec<Case> = vec![
+        (
+            "f16",
+            format!(
+                "enable f16;\n{}",
+                body("y[i] = bitcast<u32>(f32(f16(bitcast<f32>(x[i])) * 2.0h + 0.5h));")
+            ),
+            f.f16,
+            xf.clone(),
+            x.iter()
+                .map(|&v| (v as f32 * 2.0 + 0.5).to_bits())
+                .collect(),
+        ),
+        (
+            "f64",
+            body("y[i] = u32(f64(x[i]) * 2.5lf + 0.5lf);"),
+            f.f64,
+            x.clone(),
+            x.iter()
+                .map(|&v| (f64::from(v) * 2.5 + 0.5) as u32)
+                .collect(),
+        ),
+        (
+            "i64",
+            body("let w = u64(x[i]) << 40u; y[i] = u32(w >> 38u) + u32(w >> 60u);"),
+            f.i64,
+            x.clone(),
+            x.iter()
+                .map(|&v| {
+                    let w = u64::from(v) << 40;
+                    ((w >> 38) as u32).wrapping_add((w >> 60) as u32)
+                })
+                .collect(),
+        ),
+        (
+            "subgroup",
+            // Every subgroup is full (64 is a multiple of any subgroup size
+            // a device reports): the sum of 1 over it is its size.
+            body("_ = x[0]; y[i] = subgroupAdd(1u);"),
+            !f.subgroup_ops.is_empty(),
+            x.clone(),
+            vec![size; n],
+        ),
+    ];
+    for (name, src, has, input, want) in cases {
+        if !has {
+            let v = pc
+                .create_vcoproc(coproc_core::ids::DomainId(9), Default::default())
+                .unwrap();
+            let e = v
+                .load_firmware(name, src.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(name), "{e:?} should name {name}");
+            continue;
+        }
+        if name == "subgroup" {
+            assert!(size > 0 && 64 % size == 0, "subgroup size {size}");
+        }
+        let mut d = Domain::new(&pc, 30, src.as_bytes());
+        let xr = d.buffer(X, 4 * n as u64, Perms::R, MapKind::Pinned);
+        xr.write(0, &u32_bytes(&input)).unwrap();
+        let yr = d.buffer(Y, 4 * n as u64, Perms::RW, MapKind::Pinned);
+        let done = d.run(
+            &Job::new()
+                .bind(0, X, 4 * n as u64)
+                .bind(1, Y, 4 * n as u64)
+                .dispatch(0, [n as u32 / 64, 1, 1])
+                .signal(1),
+        );
+        assert_eq!(done.last().unwrap().status, Some(Status::Ok), "{name}");
+        assert_eq!(read_u32(&yr, 0, n), want, "{name}");
+    }
+}
+
+/// What the class does not run is refused at load, in the author's words;
+/// the vcoproc then loads good firmware as if nothing happened.
+#[test]
+fn refused_features_are_named() {
+    let pc = pcoproc(VulkanConfig::default());
+    let v = pc
+        .create_vcoproc(coproc_core::ids::DomainId(1), Default::default())
+        .unwrap();
+    let cases: [(&[u8], &str); 4] = [
+        (
+            b"@group(0) @binding(0) var t: texture_2d<f32>;\n\
+              @group(0) @binding(1) var<storage, read_write> d: array<f32>;\n\
+              @compute @workgroup_size(1) fn main() { d[0] = textureLoad(t, vec2(0), 0).x; }",
+            "sampled textures",
+        ),
+        (
+            b"@group(0) @binding(0) var s: sampler;\n\
+              @group(0) @binding(1) var t: texture_2d<f32>;\n\
+              @group(0) @binding(2) var<storage, read_write> d: array<f32>;\n\
+              @compute @workgroup_size(1) fn main() { d[0] = textureSampleLevel(t, s, vec2(0.0), 0.0).x; }",
+            "samplers",
+        ),
+        (
+            b"override n: u32;\n\
+              @group(0) @binding(0) var<storage, read_write> d: array<u32>;\n\
+              @compute @workgroup_size(1) fn main() { d[0] = n; }",
+            "override \"n\" has no default",
+        ),
+        (
+            b"@group(31) @binding(0) var<storage, read_write> d: array<u32>;\n\
+              @compute @workgroup_size(1) fn main() { d[0] = 1u; }",
+            "@group(31) @binding(0) beyond what this GPU binds",
+        ),
+    ];
+    for (image, want) in cases {
+        let e = v.load_firmware("bad", image).unwrap_err().to_string();
+        assert!(e.contains(want), "{e:?} should mention {want:?}");
+    }
+    v.load_firmware("affine", AFFINE.image).unwrap();
+}
