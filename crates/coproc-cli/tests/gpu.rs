@@ -430,6 +430,18 @@ fn junk_firmware_is_refused_and_the_daemon_keeps_serving() {
         bystander.g.q.wait_job(t, T).unwrap();
         bystander.check(what);
     }
+    // A feature the class does not run is named in the error the domain
+    // gets, in a shader author's words.
+    let e = c
+        .load_firmware(
+            v,
+            "texture",
+            b"@group(0) @binding(0) var t: texture_2d<f32>;\n\
+              @group(0) @binding(1) var<storage, read_write> d: array<f32>;\n\
+              @compute @workgroup_size(1) fn main() { d[0] = textureLoad(t, vec2(0), 0).x; }",
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("sampled textures"), "{e}");
     // Empty is refused before the device sees it.
     let e = c.load_firmware(v, "empty", b"").unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e}");
@@ -503,6 +515,39 @@ fn list_shows_the_gpu_and_its_memory() {
         .find(|p| p["name"] == "gpu0")
         .unwrap();
     assert_eq!(g["memory_bytes"].as_u64(), Some(gpu.memory_bytes));
+    // What a shader author needs: the device's limits and features, the
+    // same as the device reports to the class in process.
+    let dev = coproc_vulkan::VulkanDevice::new(coproc_vulkan::VulkanConfig::default()).unwrap();
+    let want = dev.shader_limits();
+    let limit = |k: &str| g["limits"][k].as_u64();
+    assert_eq!(
+        limit("max_workgroup_invocations"),
+        Some(u64::from(want.max_invocations))
+    );
+    assert_eq!(
+        limit("max_workgroup_memory_bytes"),
+        Some(u64::from(want.max_workgroup_bytes))
+    );
+    assert_eq!(
+        limit("subgroup_size"),
+        Some(u64::from(want.features.subgroup_size))
+    );
+    assert_eq!(limit("push_constant_bytes"), Some(128));
+    assert!(limit("storage_buffer_offset_alignment").is_some_and(u64::is_power_of_two));
+    let features: Vec<&str> = g["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    for f in want.features.names() {
+        assert!(features.contains(&f), "{f} not in {features:?}");
+    }
+    assert_eq!(
+        gpu.limits,
+        l.iter().find(|p| p.name == "gpu0").unwrap().limits
+    );
+    assert!(mcu.limits.is_empty() && mcu.features.is_empty());
 }
 
 /// Start coprocd with `config` and `env`; it must exit by itself, with an

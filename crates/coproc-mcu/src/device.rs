@@ -909,6 +909,8 @@ impl Device for McuDevice {
             demand_faults: true,
             max_contexts: self.config.max_contexts,
             memory_bytes: 0,
+            limits: Default::default(),
+            features: Vec::new(),
         }
     }
 

@@ -1012,6 +1012,8 @@ impl Device for SimDevice {
             demand_faults: false,
             max_contexts: cfg.max_contexts,
             memory_bytes: 0,
+            limits: Default::default(),
+            features: Vec::new(),
         }
     }
 

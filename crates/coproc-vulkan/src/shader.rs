@@ -175,6 +175,9 @@ pub struct ShaderLimits {
     pub max_uniform_buffers: u32,
     /// Largest uniform buffer, bytes.
     pub max_uniform_bytes: u32,
+    /// Most workgroup memory (`var<workgroup>`, GLSL `shared`) one entry
+    /// point uses, bytes.
+    pub max_workgroup_bytes: u32,
     /// The optional features the device has.
     pub features: ShaderFeatures,
     /// Whether the device itself drops out-of-bounds buffer writes and
@@ -192,6 +195,7 @@ impl ShaderLimits {
         max_storage_buffers: 4,
         max_uniform_buffers: 12,
         max_uniform_bytes: 16384,
+        max_workgroup_bytes: 16384,
         features: ShaderFeatures {
             f16: false,
             f64: false,
@@ -591,11 +595,16 @@ fn pipeline(
     let uses = info.get_entry_point(index);
     let mut bindings = Vec::new();
     let mut push_bytes = 0u32;
+    let mut workgroup_bytes = 0u64;
     for (handle, var) in module.global_variables.iter() {
         if uses[handle].is_empty() {
             continue;
         }
         let kind = match var.space {
+            AddressSpace::WorkGroup => {
+                workgroup_bytes += u64::from(layouter[var.ty].size);
+                continue;
+            }
             AddressSpace::Storage { .. } => BindingKind::Storage,
             AddressSpace::Uniform => BindingKind::Uniform,
             AddressSpace::Immediate => {
@@ -608,7 +617,7 @@ fn pipeline(
                 }
                 continue;
             }
-            AddressSpace::Function | AddressSpace::Private | AddressSpace::WorkGroup => continue,
+            AddressSpace::Function | AddressSpace::Private => continue,
             AddressSpace::Handle => {
                 return Err(ShaderError::Unsupported(format!(
                     "entry point {name:?}: {} are not supported by the vulkan class \
@@ -659,6 +668,12 @@ fn pipeline(
             writable,
             min_bytes: size.max(4),
         });
+    }
+    if workgroup_bytes > u64::from(limits.max_workgroup_bytes) {
+        return Err(ShaderError::Unsupported(format!(
+            "entry point {name:?}: {workgroup_bytes} bytes of workgroup memory (this GPU's most: {})",
+            limits.max_workgroup_bytes
+        )));
     }
     bindings.sort_by_key(|b| (b.group, b.binding));
     for (kind, most, words) in [
@@ -1082,6 +1097,12 @@ mod tests {
                   @group(0) @binding(0) var<storage, read_write> d: array<u32>;\n\
                   @compute @workgroup_size(1) fn main() { d[0] = n; }",
                 "override \"n\" has no default",
+            ),
+            (
+                b"var<workgroup> big: array<u32, 8192>;\n\
+                  @group(0) @binding(0) var<storage, read_write> d: array<u32>;\n\
+                  @compute @workgroup_size(1) fn main() { big[d[0]] = 1u; d[1] = big[5]; }",
+                "32768 bytes of workgroup memory (this GPU's most: 16384)",
             ),
             (
                 b"@compute @workgroup_size(1024, 1024) fn main() {}",

@@ -122,6 +122,7 @@ pub(crate) fn shader_limits(l: &vk::PhysicalDeviceLimits, opt: &Optional) -> Sha
         max_storage_buffers: l.max_per_stage_descriptor_storage_buffers,
         max_uniform_buffers: l.max_per_stage_descriptor_uniform_buffers,
         max_uniform_bytes: l.max_uniform_buffer_range,
+        max_workgroup_bytes: l.max_compute_shared_memory_size,
         features: opt.shader,
         robust_buffers: opt.robust2,
     }
@@ -239,6 +240,66 @@ impl VulkanDevice {
         self.optional.robust2
     }
 
+    /// The limits a shader author needs, by name (`coproc list -o json`).
+    fn limit_table(&self) -> std::collections::BTreeMap<String, u64> {
+        let l = &self.limits;
+        let s = &l.shader;
+        let mut t = std::collections::BTreeMap::new();
+        let mut put = |k: &str, v: u64| {
+            t.insert(k.to_string(), v);
+        };
+        put("max_workgroup_invocations", u64::from(s.max_invocations));
+        for (axis, (&size, &count)) in ["x", "y", "z"].iter().zip(s.max_size.iter().zip(&l.groups))
+        {
+            put(&format!("max_workgroup_size_{axis}"), u64::from(size));
+            put(&format!("max_workgroups_{axis}"), u64::from(count));
+        }
+        put("max_workgroups_per_dispatch", l.max_groups);
+        put(
+            "max_workgroup_memory_bytes",
+            u64::from(s.max_workgroup_bytes),
+        );
+        put(
+            "max_bind_groups",
+            u64::from(s.max_groups.min(coproc_proto::gpu::MAX_GROUPS)),
+        );
+        put("max_binding", u64::from(coproc_proto::gpu::MAX_BINDING) - 1);
+        put(
+            "max_storage_buffers_per_pipeline",
+            u64::from(s.max_storage_buffers),
+        );
+        put(
+            "max_uniform_buffers_per_pipeline",
+            u64::from(s.max_uniform_buffers),
+        );
+        put("storage_buffer_offset_alignment", l.storage_align);
+        put("uniform_buffer_offset_alignment", l.uniform_align);
+        put("max_storage_buffer_range", l.storage_range);
+        put("max_uniform_buffer_range", l.uniform_range);
+        put("push_constant_bytes", u64::from(PUSH_WORDS) * 4);
+        put("subgroup_size", u64::from(s.features.subgroup_size));
+        t
+    }
+
+    /// The optional features in use, by name (`coproc list -o json`).
+    fn feature_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .limits
+            .shader
+            .features
+            .names()
+            .into_iter()
+            .map(String::from)
+            .collect();
+        if self.optional.robust2 {
+            v.push("robustness2".into());
+        }
+        if self.host_import {
+            v.push("zero-copy".into());
+        }
+        v
+    }
+
     /// Whether domain memory is imported zero-copy (else staged).
     pub fn zero_copy(&self) -> bool {
         self.host_import
@@ -290,6 +351,8 @@ impl Device for VulkanDevice {
             demand_faults: false,
             max_contexts: self.cfg.max_contexts,
             memory_bytes: self.info.memory_bytes,
+            limits: self.limit_table(),
+            features: self.feature_names(),
         }
     }
 
