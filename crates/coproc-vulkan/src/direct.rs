@@ -174,7 +174,7 @@ impl Direct {
         }
         // The device the `vulkan` class opens (without host import: the
         // buffer is the baseline's own memory).
-        let gpu = Gpu::open(&inst, pdev, family, false, &optional)?;
+        let gpu = Gpu::open(&inst, pdev, family, false, &optional, None)?;
         let binds = spec
             .bindings
             .iter()

@@ -335,3 +335,83 @@ fn refused_features_are_named() {
     }
     v.load_firmware("affine", AFFINE.image).unwrap();
 }
+
+/// A shader large enough that lavapipe's compile on first use takes far
+/// longer than a 50 ms watchdog (about 0.1 s on the development machine),
+/// while its jobs run in well under a millisecond: the compile happens at
+/// `load-firmware` (a trial run), so the first job is not killed by the
+/// watchdog, and its result is right.
+#[test]
+fn compile_is_not_counted_by_the_watchdog() {
+    const STEPS: u32 = 400;
+    // A constant of its own, so that no shader cache of the driver's
+    // (Mesa keeps one in the home directory) has it compiled already.
+    let salt = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+    let mut body = format!("v = v ^ {salt}u;\n");
+    for i in 0..STEPS {
+        body.push_str(&format!(
+            "v = (v * {}u + (v >> {}u)) ^ {}u;\n",
+            1_664_525 + i,
+            i % 13 + 1,
+            i * 7919
+        ));
+    }
+    let src = format!(
+        "@group(0) @binding(0) var<storage, read_write> d: array<u32>;\n\
+         @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3<u32>) {{\n\
+         var v = d[g.x];\n{body}d[g.x] = v;\n}}"
+    );
+    let reference = |mut v: u32| {
+        v ^= salt;
+        for i in 0..STEPS {
+            v = (v
+                .wrapping_mul(1_664_525 + i)
+                .wrapping_add(v >> (i % 13 + 1)))
+                ^ (i * 7919);
+        }
+        v
+    };
+    let dir = std::env::temp_dir().join(format!("coproc-pcache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = VulkanConfig {
+        watchdog: std::time::Duration::from_millis(50),
+        pipeline_cache: Some(dir.clone()),
+        ..VulkanConfig::default()
+    };
+    let pc = pcoproc(cfg.clone());
+    let mut d = Domain::new(&pc, 1, src.as_bytes());
+    let n = 1024usize;
+    let r = d.buffer(X, 4 * n as u64, Perms::RW, MapKind::Pinned);
+    let input = lcg(5, n);
+    r.write(0, &u32_bytes(&input)).unwrap();
+    let done = d.run(
+        &Job::new()
+            .bind(0, X, 4 * n as u64)
+            .dispatch(0, [n as u32 / 64, 1, 1])
+            .signal(1),
+    );
+    assert_eq!(done.last().unwrap().status, Some(Status::Ok));
+    let want: Vec<u32> = input.iter().map(|&v| reference(v)).collect();
+    assert_eq!(read_u32(&r, 0, n), want);
+    assert!(pc.vcoprocs().iter().all(|v| v.stats.faults == 0));
+    // The pipeline cache was written at load, and a daemon started again
+    // with it (or with a damaged file) loads the same firmware.
+    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].metadata().unwrap().len() > 0);
+    drop(d);
+    drop(pc);
+    let pc = pcoproc(cfg.clone());
+    Domain::new(&pc, 2, src.as_bytes());
+    drop(pc);
+    std::fs::write(files[0].path(), b"not a pipeline cache").unwrap();
+    let pc = pcoproc(cfg);
+    Domain::new(&pc, 3, src.as_bytes());
+    assert!(std::fs::metadata(files[0].path()).unwrap().len() > 20);
+    drop(pc);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -54,12 +54,12 @@ mod processor;
 mod recovery;
 
 pub(crate) use objects::{
-    destroy_buf, destroy_ctx_vk, execute, optional_features, queue_limits, record_dispatch, CtxVk,
-    Descriptor, ExecError, Gpu, Optional,
+    destroy_buf, destroy_cache, destroy_ctx_vk, execute, optional_features, queue_limits,
+    record_dispatch, CtxVk, Descriptor, ExecError, Gpu, Optional,
 };
 
 use crate::gpu::{compute_family, GpuError, GpuInfo, Instance};
-use crate::shader::{Compiled, ShaderLimits, ShaderPrep};
+use crate::shader::{Compiled, PipelineSpec, ShaderLimits, ShaderPrep};
 use crate::{Import, VulkanConfig};
 use ash::vk;
 use context::{Backing, Buf, Ctx};
@@ -70,6 +70,7 @@ use coproc_core::device::{
 use coproc_core::ids::ContextId;
 use coproc_core::iova::Mapping;
 use coproc_proto::gpu::PUSH_WORDS;
+use recovery::Failure;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -112,6 +113,36 @@ struct Limits {
     shader: ShaderLimits,
 }
 
+/// The pipeline cache saved in `file` (empty if missing, unreadable or
+/// implausibly large: the driver then starts an empty one).
+fn read_cache(file: &std::path::Path) -> Vec<u8> {
+    const MOST: u64 = 256 << 20;
+    match std::fs::metadata(file) {
+        Ok(m) if m.len() <= MOST => std::fs::read(file).unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+/// Write `data` to `file` through a temporary file renamed over it, the
+/// directory created (owner only) if missing.
+fn write_cache(file: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(dir) = file.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let tmp = file.with_extension(format!("tmp{}-{seq}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, file)
+}
+
 /// What modules are checked against on a device with limits `l` and
 /// optional features `opt`.
 pub(crate) fn shader_limits(l: &vk::PhysicalDeviceLimits, opt: &Optional) -> ShaderLimits {
@@ -149,6 +180,11 @@ pub struct VulkanDevice {
     draining: Arc<AtomicUsize>,
     /// Limits the log lines a domain's faults cause.
     log: coproc_core::ratelimit::RateLimit,
+    /// The pipeline cache's file (`cfg.pipeline_cache` and the GPU).
+    cache_file: Option<std::path::PathBuf>,
+    /// Buffers a hung trial run may still use: handed to the reaper with
+    /// the old device on recovery.
+    stray: Vec<(vk::Buffer, vk::DeviceMemory)>,
 }
 
 impl std::fmt::Debug for VulkanDevice {
@@ -200,7 +236,33 @@ impl VulkanDevice {
             import_align,
             shader: shader_limits(&l, &optional),
         };
-        let gpu = Gpu::open(&inst, pdev, family, host_import, &optional).map_err(gpu_err)?;
+        let cache_file = config.pipeline_cache.as_ref().map(|dir| {
+            // SAFETY: `pdev` was enumerated from this live instance; the
+            // call only returns a struct by value.
+            let p = unsafe { i.get_physical_device_properties(pdev) };
+            let uuid: String = p
+                .pipeline_cache_uuid
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            dir.join(format!(
+                "vulkan-{:04x}-{:04x}-{uuid}.cache",
+                p.vendor_id, p.device_id
+            ))
+        });
+        let cached = cache_file
+            .as_ref()
+            .map(|f| read_cache(f))
+            .unwrap_or_default();
+        let gpu = Gpu::open(
+            &inst,
+            pdev,
+            family,
+            host_import,
+            &optional,
+            cache_file.is_some().then_some(&cached[..]),
+        )
+        .map_err(gpu_err)?;
         tracing::info!(gpu = %info.name, driver = %info.driver, host_import, "vulkan device open");
         Ok(VulkanDevice {
             inst,
@@ -219,7 +281,83 @@ impl VulkanDevice {
             broken: None,
             draining: Arc::new(AtomicUsize::new(0)),
             log: coproc_core::ratelimit::RateLimit::default(),
+            cache_file,
+            stray: Vec::new(),
         })
+    }
+
+    /// Run each pipeline of the context's new firmware once, on one
+    /// workgroup with scratch buffers and zero push constants: a driver
+    /// that compiles on first use (lavapipe) compiles now, at load, and
+    /// not inside the first job's watchdog bound. Bounded by
+    /// `compile_timeout`; a trial run past it is a hung shader.
+    fn trial_run(&mut self, id: ContextId, specs: &[PipelineSpec]) -> Result<(), Failure> {
+        let most = specs
+            .iter()
+            .flat_map(|s| &s.bindings)
+            .map(|b| b.min_bytes)
+            .max()
+            .unwrap_or(0);
+        let len = most.max(256).next_multiple_of(256);
+        let Ok((buffer, memory, _)) = self.gpu.host_visible(len) else {
+            // No memory for scratch: the driver compiles at the first job.
+            return Ok(());
+        };
+        let Some(ctx) = self.ctxs.get_mut(&id) else {
+            destroy_buf(&self.gpu.device, buffer, memory);
+            return Ok(());
+        };
+        for (i, spec) in specs.iter().enumerate() {
+            let binds: Vec<Descriptor> = spec
+                .bindings
+                .iter()
+                .map(|b| Descriptor {
+                    group: b.group,
+                    binding: b.binding,
+                    kind: b.kind,
+                    buffer,
+                    offset: 0,
+                    len: b.min_bytes,
+                })
+                .collect();
+            let push = vec![0u8; spec.push_bytes.div_ceil(4) as usize * 4];
+            let r = execute(
+                &self.gpu,
+                &mut ctx.vk,
+                None,
+                self.cfg.compile_timeout,
+                &self.draining,
+                |d, cmd, pipes| record_dispatch(d, cmd, &pipes[i], &binds, &push, [1, 1, 1]),
+            );
+            if let Err(e) = r {
+                // The scratch buffer may still be in use by the hung run.
+                self.stray.push((buffer, memory));
+                return Err(match e {
+                    ExecError::Timeout => Failure::Watchdog,
+                    ExecError::Failed(why) => Failure::Lost(why),
+                });
+            }
+        }
+        destroy_buf(&self.gpu.device, buffer, memory);
+        Ok(())
+    }
+
+    /// Write the pipeline cache to its file (atomically: a temporary file
+    /// renamed over the old one). Part of loading firmware, like creating
+    /// the pipelines; never inside a job.
+    fn save_cache(&self) {
+        let Some(file) = &self.cache_file else {
+            return;
+        };
+        let data = self.gpu.cache_data();
+        if data.is_empty() {
+            return;
+        }
+        if let Err(e) = write_cache(file, &data) {
+            if let Some(suppressed) = self.log.check() {
+                tracing::warn!(file = %file.display(), error = %e, suppressed, "pipeline cache not saved");
+            }
+        }
     }
 
     /// The GPU in use.
@@ -415,6 +553,21 @@ impl Device for VulkanDevice {
         let ctx = self.ctxs.get_mut(&id).ok_or(DeviceError::NoContext(id))?;
         ctx.firmware = None;
         gpu.build_pipes(&mut ctx.vk, &specs)?;
+        if let Err(f) = self.trial_run(id, &specs) {
+            let why = match &f {
+                Failure::Watchdog => format!(
+                    "a trial run of one workgroup did not end within {} s",
+                    self.cfg.compile_timeout.as_secs()
+                ),
+                Failure::Lost(why) => format!("the GPU failed a trial run: {why}"),
+            };
+            // The device is recreated as for a hung job; this vcoproc has
+            // no firmware afterwards.
+            let _ = self.fail(id, f);
+            return Err(DeviceError::BadFirmware(why));
+        }
+        self.save_cache();
+        let ctx = self.ctxs.get_mut(&id).ok_or(DeviceError::NoContext(id))?;
         let code_bytes = specs.iter().map(|s| 4 * s.spirv.len() as u64).sum();
         ctx.firmware = Some(specs.into());
         ctx.slots.clear();
@@ -551,6 +704,10 @@ impl Drop for VulkanDevice {
                 destroy_buf(d, b.buffer, b.memory);
             }
         }
+        for &(b, m) in &self.stray {
+            destroy_buf(d, b, m);
+        }
+        destroy_cache(d, self.gpu.cache);
         // SAFETY: the device is idle (waited for above) and every object
         // created on it was destroyed just now; `self.gpu` is not used
         // after drop.

@@ -19,6 +19,8 @@ pub(crate) struct Gpu {
     queue: vk::Queue,
     host_mem: Option<ash::ext::external_memory_host::Device>,
     mem_props: vk::PhysicalDeviceMemoryProperties,
+    /// The pipeline cache pipelines are created through (null: none).
+    pub(crate) cache: vk::PipelineCache,
 }
 
 pub(crate) struct Pipe {
@@ -174,13 +176,16 @@ fn vkerr(what: &'static str) -> impl Fn(vk::Result) -> DeviceError {
 }
 
 impl Gpu {
-    /// Open the logical device with the optional features of `opt` on.
+    /// Open the logical device with the optional features of `opt` on,
+    /// and a pipeline cache seeded with `cache` (what an earlier
+    /// [`Gpu::cache_data`] returned; `None`: no cache).
     pub(crate) fn open(
         inst: &Instance,
         pdev: vk::PhysicalDevice,
         family: u32,
         host_import: bool,
         opt: &Optional,
+        cache: Option<&[u8]>,
     ) -> Result<Gpu, GpuError> {
         let i = &inst.instance;
         let prio = [1.0f32];
@@ -230,12 +235,43 @@ impl Gpu {
         // SAFETY: `pdev` was enumerated from this live instance; the call
         // only returns a struct by value.
         let mem_props = unsafe { i.get_physical_device_memory_properties(pdev) };
+        let cache = match cache {
+            None => vk::PipelineCache::null(),
+            Some(data) => {
+                let make = |data: &[u8]| {
+                    // SAFETY: creation on the live device just made; the
+                    // driver checks the data's header (vendor, device,
+                    // cache UUID) and ignores data that is not its own.
+                    unsafe {
+                        device.create_pipeline_cache(
+                            &vk::PipelineCacheCreateInfo::default().initial_data(data),
+                            None,
+                        )
+                    }
+                };
+                // A cache the driver refuses is started again empty.
+                make(data)
+                    .or_else(|_| make(&[]))
+                    .unwrap_or(vk::PipelineCache::null())
+            }
+        };
         Ok(Gpu {
             device,
             queue,
             host_mem,
             mem_props,
+            cache,
         })
+    }
+
+    /// The pipeline cache's contents (empty without a cache).
+    pub(crate) fn cache_data(&self) -> Vec<u8> {
+        if self.cache == vk::PipelineCache::null() {
+            return Vec::new();
+        }
+        // SAFETY: the cache belongs to this live device; pipeline creation
+        // using it happens on the same (runner) thread, not concurrently.
+        unsafe { self.device.get_pipeline_cache_data(self.cache) }.unwrap_or_default()
     }
 
     fn memory_type(&self, bits: u32, want: vk::MemoryPropertyFlags) -> Option<u32> {
@@ -416,7 +452,7 @@ impl Gpu {
                     .stage(stage)
                     .layout(p.layout)];
                 p.pipeline = d
-                    .create_compute_pipelines(vk::PipelineCache::null(), &ci, None)
+                    .create_compute_pipelines(self.cache, &ci, None)
                     .map_err(|(_, e)| DeviceError::BadFirmware(format!("pipeline: {e}")))?[0];
                 if !layouts.is_empty() {
                     p.sets = d
@@ -792,6 +828,14 @@ pub(crate) fn destroy_ctx_vk(d: &ash::Device, v: &mut CtxVk) {
         d.destroy_command_pool(v.cmd_pool, None);
     }
     *v = CtxVk::default();
+}
+
+/// Destroy a pipeline cache of `d` (null: nothing).
+pub(crate) fn destroy_cache(d: &ash::Device, cache: vk::PipelineCache) {
+    // SAFETY: the cache belongs to `d` and no pipeline creation using it
+    // is in progress (only the owner's thread creates pipelines); a null
+    // handle is ignored by Vulkan.
+    unsafe { d.destroy_pipeline_cache(cache, None) };
 }
 
 pub(crate) fn destroy_buf(d: &ash::Device, buffer: vk::Buffer, memory: vk::DeviceMemory) {

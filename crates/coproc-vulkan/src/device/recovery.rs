@@ -5,7 +5,7 @@
 //! handed to a reaper thread that destroys it once idle.
 
 use super::context::Backing;
-use super::objects::{destroy_buf, destroy_ctx_vk, CtxVk, Gpu};
+use super::objects::{destroy_buf, destroy_cache, destroy_ctx_vk, CtxVk, Gpu};
 use super::VulkanDevice;
 use crate::gpu::Instance;
 use ash::vk;
@@ -25,6 +25,7 @@ pub(super) enum Failure {
 /// What a lost or hung device still holds, for the reaper.
 struct Remains {
     device: ash::Device,
+    cache: vk::PipelineCache,
     ctxs: Vec<CtxVk>,
     bufs: Vec<(vk::Buffer, vk::DeviceMemory)>,
     /// Domain memory the old device may still touch.
@@ -51,6 +52,7 @@ fn reap(mut r: Remains) {
         for &(b, m) in &r.bufs {
             destroy_buf(&r.device, b, m);
         }
+        destroy_cache(&r.device, r.cache);
         r.device.destroy_device(None);
     }
 }
@@ -92,6 +94,10 @@ impl VulkanDevice {
             self.family,
             self.host_import,
             &self.optional,
+            self.cfg
+                .pipeline_cache
+                .is_some()
+                .then_some(&self.gpu.cache_data()[..]),
         ) {
             Ok(g) => g,
             Err(e) => {
@@ -103,8 +109,9 @@ impl VulkanDevice {
         let old = std::mem::replace(&mut self.gpu, new);
         let mut remains = Remains {
             device: old.device.clone(),
+            cache: old.cache,
             ctxs: Vec::new(),
-            bufs: Vec::new(),
+            bufs: std::mem::take(&mut self.stray),
             _regions: Vec::new(),
             _inst: self.inst.clone(),
             draining: self.draining.clone(),
