@@ -50,7 +50,9 @@ max_mappings = 64
 # policy = "rr"
 # policy_params = { slice_us = 5000 }
 # # device: "auto" (discrete, integrated, virtual, then CPU), an index, or
-# # a name substring; import: "auto" (zero-copy where possible) or "copy"
+# # a name substring; import: "auto" (zero-copy where possible) or "copy";
+# # pipeline_cache: a directory (default: pipeline-cache in the systemd
+# # StateDirectory, else none)
 # options = { device = "auto", import = "auto", watchdog_ms = 2000, max_contexts = 256, local_memory_mb = 256 }
 "#;
 
@@ -208,6 +210,7 @@ const VULKAN_OPTIONS: &[&str] = &[
     "watchdog_ms",
     "max_contexts",
     "local_memory_mb",
+    "pipeline_cache",
 ];
 
 /// A pcoproc's device as its class and options describe it. A class is
@@ -318,6 +321,20 @@ impl PcoprocConfig {
             if let Some(mb) = int("local_memory_mb", 0, 1 << 20)? {
                 vk.local_memory = (mb as u64) << 20;
             }
+            // The pipeline cache's directory: an absolute path, or "" for
+            // none; by default `pipeline-cache` in the state directory
+            // systemd gives the daemon (StateDirectory=), else none.
+            vk.pipeline_cache = match self.options.get("pipeline_cache") {
+                None => std::env::var_os("STATE_DIRECTORY")
+                    .map(|d| std::path::PathBuf::from(d).join("pipeline-cache")),
+                Some(toml::Value::String(s)) if s.is_empty() => None,
+                Some(toml::Value::String(s)) if s.starts_with('/') => Some(s.into()),
+                Some(_) => {
+                    return Err(bad(
+                        "pipeline_cache must be an absolute directory path or \"\" (none)".into(),
+                    ))
+                }
+            };
             Ok(DeviceConfig::Vulkan(vk))
         }
         #[cfg(not(feature = "vulkan"))]
@@ -603,6 +620,11 @@ mod tests {
         assert_eq!(vk("max_contexts = 8").max_contexts, 8);
         assert_eq!(vk("local_memory_mb = 16").local_memory, 16 << 20);
         assert_eq!(vk("local_memory_mb = 0").local_memory, 0);
+        assert_eq!(
+            vk("pipeline_cache = \"/var/cache/x\"").pipeline_cache,
+            Some("/var/cache/x".into())
+        );
+        assert_eq!(vk("pipeline_cache = \"\"").pipeline_cache, None);
         let all = vk("device = 0, import = \"copy\", watchdog_ms = 500, max_contexts = 4, local_memory_mb = 1");
         assert_eq!(
             (
@@ -647,6 +669,8 @@ mod tests {
             ("local_memory_mb = -1", "local_memory_mb"),
             ("local_memory_mb = 1048577", "local_memory_mb"),
             ("local_memory_mb = \"lots\"", "local_memory_mb"),
+            ("pipeline_cache = \"rel/dir\"", "pipeline_cache must be"),
+            ("pipeline_cache = 1", "pipeline_cache must be"),
         ];
         for (opts, want) in bad {
             let e = vulkan(opts).unwrap_err().to_string();
