@@ -23,12 +23,14 @@ use coproc_core::device::{DeviceError, FirmwarePrep, PreparedFirmware};
 use coproc_proto::gpu::{MAX_BINDING, MAX_GROUPS, PUSH_WORDS};
 use coproc_proto::shader::{self as spec, SpecValue};
 use naga::valid::{
-    Capabilities, GlobalUse, ModuleInfo, ShaderStages, SubgroupOperationSet, ValidationFlags,
-    Validator,
+    Capabilities, GlobalUse, ModuleInfo, ShaderStages, ValidationFlags, Validator,
 };
 use naga::{AddressSpace, ImageClass, Module, ShaderStage, StorageAccess, TypeInner};
 use std::borrow::Cow;
 use thiserror::Error;
+
+/// naga's set of subgroup operations ([`ShaderFeatures::subgroup_ops`]).
+pub use naga::valid::SubgroupOperationSet;
 
 /// SPIR-V's magic number (first word of a module).
 pub const SPIRV_MAGIC: u32 = 0x0723_0203;
