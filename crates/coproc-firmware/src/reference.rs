@@ -246,6 +246,21 @@ pub fn touch(data: &[u32], add: u32) -> Vec<u32> {
         .collect()
 }
 
+/// `affine.wgsl`'s `affine` entry: `x[i] * mul + add + offset` for each
+/// element of `x` (f32 arithmetic, in the shader's order).
+pub fn affine(x: &[f32], mul: f32, add: f32, offset: f32) -> Vec<f32> {
+    x.iter().map(|&v| v * mul + add + offset).collect()
+}
+
+/// `histo.comp`: counts of `(v >> shift) % bins` over `data`.
+pub fn histogram(data: &[u32], shift: u32, bins: usize) -> Vec<u32> {
+    let mut out = vec![0u32; bins];
+    for &v in data {
+        out[((v >> shift) % bins as u32) as usize] += 1;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,19 +398,4 @@ mod tests {
             );
         }
     }
-}
-
-/// `affine.wgsl`'s `affine` entry: `x[i] * mul + add + offset` for each
-/// element of `x` (f32 arithmetic, in the shader's order).
-pub fn affine(x: &[f32], mul: f32, add: f32, offset: f32) -> Vec<f32> {
-    x.iter().map(|&v| v * mul + add + offset).collect()
-}
-
-/// `histo.comp`: counts of `(v >> shift) % bins` over `data`.
-pub fn histogram(data: &[u32], shift: u32, bins: usize) -> Vec<u32> {
-    let mut out = vec![0u32; bins];
-    for &v in data {
-        out[((v >> shift) % bins as u32) as usize] += 1;
-    }
-    out
 }

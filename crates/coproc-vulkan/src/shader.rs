@@ -22,9 +22,7 @@
 use coproc_core::device::{DeviceError, FirmwarePrep, PreparedFirmware};
 use coproc_proto::gpu::{MAX_BINDING, MAX_GROUPS, PUSH_WORDS};
 use coproc_proto::shader::{self as spec, SpecValue};
-use naga::valid::{
-    Capabilities, GlobalUse, ModuleInfo, ShaderStages, ValidationFlags, Validator,
-};
+use naga::valid::{Capabilities, GlobalUse, ModuleInfo, ShaderStages, ValidationFlags, Validator};
 use naga::{AddressSpace, ImageClass, Module, ShaderStage, StorageAccess, TypeInner};
 use std::borrow::Cow;
 use thiserror::Error;
@@ -378,7 +376,7 @@ fn validate(module: &Module, limits: &ShaderLimits) -> Result<ModuleInfo, Shader
             ShaderStages::COMPUTE
         });
         v.subgroup_operations(ops);
-        v.validate(module)
+        v.validate(module).map_err(Box::new)
     };
     let ops = limits.features.subgroup_ops;
     let err = match run(caps, ops) {
@@ -924,10 +922,10 @@ fn specialize_spirv(image: &[u8], values: &[(String, f64)]) -> Result<Vec<u32>, 
                     }
                 }
             }
-            s::CONSTANT if n == 4 => {
-                if types.get(&words[i + 1]).is_some_and(|t| !t.2 && t.0 == 32) {
-                    scalars.insert(words[i + 2], words[i + 3]);
-                }
+            s::CONSTANT
+                if n == 4 && types.get(&words[i + 1]).is_some_and(|t| !t.2 && t.0 == 32) =>
+            {
+                scalars.insert(words[i + 2], words[i + 3]);
             }
             _ => {}
         }
