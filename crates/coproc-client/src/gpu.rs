@@ -6,7 +6,11 @@
 //! shader module (WGSL text or a SPIR-V binary) given to
 //! [`Client::load_firmware`]; its compute entry points are the pipelines.
 //! Work is a [`Job`]: commands (bind, push, dispatch, copy, fill, barrier)
-//! ending in a `signal`, whose completion says the job is done.
+//! ending in a `signal`, whose completion says the job is done. Binds are
+//! exact lengths in any bind group ([`Job::bind_group`]); push-constant
+//! offsets are bytes, as in the shader. Specialization values (WGSL
+//! overrides, SPIR-V specialization constants) go ahead of the module:
+//! [`Specialized`].
 //!
 //! ```no_run
 //! use coproc_client::{Client, Job, SharedMem, WireMapKind, WirePerms};
@@ -48,6 +52,12 @@ pub use coproc_proto::gpu::{
 
 use crate::{Client, ClientError, Cqe, Queue};
 use std::collections::{HashMap, VecDeque};
+
+/// Specialization values for WGSL overrides and SPIR-V specialization
+/// constants, ahead of the shader module in the image given to
+/// [`Client::load_firmware`]: `Specialized::new(wgsl).set("block",
+/// 64.0).image()`.
+pub use coproc_proto::shader::{SpecValue, Specialized};
 
 /// Mailbox-in word the device reads the queue's iova from
 /// (`coproc_abi::gpu::MBOX_QUEUE`).
@@ -326,6 +336,19 @@ mod tests {
                 matches!(j.plan(&bad), Err(ClientError::Invalid(_))),
                 "{bad:?}"
             );
+        }
+        // What the builder could not build is refused with its reason.
+        for (bad, why) in [
+            (
+                Job::new().bind(0, 0x2000_0000, 0).signal(1),
+                "bind of 0 bytes",
+            ),
+            (Job::new().push_u32(2, &[1]).signal(1), "byte offset 2"),
+        ] {
+            match j.plan(&bad) {
+                Err(ClientError::Invalid(e)) => assert!(e.contains(why), "{e}"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
         }
     }
 
