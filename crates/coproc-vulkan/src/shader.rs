@@ -366,7 +366,13 @@ fn values_for(values: &[SpecValue], entry: &str) -> Vec<(String, f64)> {
     out
 }
 
-fn validate(module: &Module, limits: &ShaderLimits) -> Result<ModuleInfo, ShaderError> {
+/// Validate `module` against the device; `source` (WGSL text) places a
+/// refusal in the source.
+fn validate(
+    module: &Module,
+    limits: &ShaderLimits,
+    source: Option<&str>,
+) -> Result<ModuleInfo, ShaderError> {
     let caps = limits.features.capabilities();
     let run = |caps: Capabilities, ops: SubgroupOperationSet| {
         let mut v = Validator::new(ValidationFlags::all(), caps);
@@ -400,7 +406,21 @@ fn validate(module: &Module, limits: &ShaderLimits) -> Result<ModuleInfo, Shader
             "subgroup operations beyond those this GPU has ({ops:?})"
         )));
     }
-    Err(ShaderError::Invalid(chain(err.as_inner())))
+    let mut msg = chain(err.as_inner());
+    // naga's words for a store through a read-only pointer.
+    if msg.contains("doesn't relate to a valid destination for a store") {
+        msg.push_str(" (a write to a read-only buffer or a constant)");
+    }
+    if let Some(text) = source {
+        let located = err.emit_to_string(text);
+        if let Some(at) = located.lines().find(|l| l.trim_start().starts_with("┌─")) {
+            msg.push_str(&format!(
+                " at {}",
+                at.trim_start().trim_start_matches("┌─").trim()
+            ));
+        }
+    }
+    Err(ShaderError::Invalid(msg))
 }
 
 fn front(shader: &[u8], spirv: bool, values: &[(String, f64)]) -> Result<Module, ShaderError> {
@@ -435,7 +455,12 @@ fn compile_image(image: &[u8], limits: &ShaderLimits) -> Result<Vec<PipelineSpec
     let globals = values_for(&values, "");
     let module = front(shader, is_spirv, &globals)?;
     check_push_size(&module)?;
-    let info = validate(&module, limits)?;
+    let text = if is_spirv {
+        None
+    } else {
+        std::str::from_utf8(shader).ok().map(wgpu_spellings)
+    };
+    let info = validate(&module, limits, text.as_deref())?;
     for v in &values {
         if let Some(e) = &v.entry {
             if !module
@@ -481,7 +506,7 @@ fn compile_image(image: &[u8], limits: &ShaderLimits) -> Result<Vec<PipelineSpec
         let (m, inf): (Cow<'_, Module>, Cow<'_, ModuleInfo>) = if is_spirv && own {
             let m = front(shader, true, &ep_values)?;
             check_push_size(&m)?;
-            let inf = validate(&m, limits)?;
+            let inf = validate(&m, limits, None)?;
             (Cow::Owned(m), Cow::Owned(inf))
         } else {
             (Cow::Borrowed(&module), Cow::Borrowed(&info))
@@ -1250,6 +1275,9 @@ mod tests {
         let src = b"@group(0) @binding(0) var<storage, read> d: array<u32>;\n\
             @compute @workgroup_size(1) fn main() { d[0] = 1u; }";
         let e = compile(src, &LIMITS).unwrap_err().to_string();
-        assert!(e.contains("main") && e.len() > 60, "{e}");
+        assert!(
+            e.contains("main") && e.contains("read-only") && e.contains("wgsl:2:"),
+            "{e}"
+        );
     }
 }
