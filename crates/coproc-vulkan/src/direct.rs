@@ -385,16 +385,11 @@ impl Direct {
 
 impl Drop for Direct {
     fn drop(&mut self) {
+        self.gpu.wait_idle();
         let d = &self.gpu.device;
-        // SAFETY: waits for the queue before anything is destroyed.
-        unsafe {
-            let _ = d.device_wait_idle();
-        }
         destroy_ctx_vk(d, &mut self.v);
         destroy_buf(d, self.buffer, self.memory);
-        // SAFETY: every object created on the device is gone; nothing uses
-        // it afterwards.
-        unsafe { d.destroy_device(None) };
+        // The device itself goes with `self.gpu`'s owner.
     }
 }
 

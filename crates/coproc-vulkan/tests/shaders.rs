@@ -415,3 +415,63 @@ fn compile_is_not_counted_by_the_watchdog() {
     drop(pc);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Pipelines are created and tried on the loading thread, on the device
+/// the runner uses: installing them builds nothing on the runner. Firmware
+/// prepared against another device (one replaced meanwhile) is built by
+/// the runner instead, and runs the same.
+#[test]
+fn pipelines_are_built_off_the_runner() {
+    use coproc_core::control::ControlBlock;
+    use coproc_core::device::{ContextSpec, Device};
+    use coproc_core::VcoprocId;
+    let mut dev = VulkanDevice::new(VulkanConfig::default()).expect("vulkan device");
+    let prep = dev.firmware_prep();
+    let image = Specialized::new(AFFINE.image).set("block", 16.0).image();
+    let prepared = std::thread::spawn(move || prep.prepare(&image))
+        .join()
+        .unwrap()
+        .unwrap();
+    let ctx = |dev: &mut VulkanDevice, id| {
+        dev.create_context(ContextSpec {
+            id,
+            control: std::sync::Arc::new(ControlBlock::default()),
+        })
+        .unwrap()
+    };
+    ctx(&mut dev, VcoprocId(1));
+    dev.install_firmware(VcoprocId(1), prepared).unwrap();
+    assert_eq!(dev.runner_builds(), 0);
+    let other = VulkanDevice::new(VulkanConfig::default()).unwrap();
+    let foreign = other.firmware_prep().prepare(HISTO.image).unwrap();
+    ctx(&mut dev, VcoprocId(2));
+    dev.install_firmware(VcoprocId(2), foreign).unwrap();
+    assert_eq!(dev.runner_builds(), 1);
+    drop(other);
+    drop(dev);
+
+    // Through a pcoproc, both kinds compute right.
+    let pc = pcoproc(VulkanConfig::default());
+    let n = 300usize;
+    let x: Vec<f32> = (0..n).map(|i| i as f32 / 4.0).collect();
+    let mut d = Domain::new(
+        &pc,
+        1,
+        &Specialized::new(AFFINE.image).set("block", 16.0).image(),
+    );
+    let xr = d.buffer(X, 4 * n as u64, Perms::R, MapKind::Pinned);
+    xr.write(0, &f32_bytes(&x)).unwrap();
+    let yr = d.buffer(Y, 4 * n as u64, Perms::RW, MapKind::Pinned);
+    let ur = d.buffer(U, 4096, Perms::R, MapKind::Pinned);
+    ur.write(0, &f32_bytes(&[2.0, 1.0])).unwrap();
+    let done = d.run(
+        &Job::new()
+            .bind(0, X, 4 * n as u64)
+            .bind(1, Y, 4 * n as u64)
+            .bind_group(1, 0, U, 8)
+            .dispatch(0, [(n as u32).div_ceil(16), 1, 1])
+            .signal(1),
+    );
+    assert_eq!(done.last().unwrap().status, Some(Status::Ok));
+    assert_eq!(read_f32(&yr, 0, n), reference::affine(&x, 2.0, 1.0, 0.0));
+}

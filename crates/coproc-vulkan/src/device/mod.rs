@@ -37,6 +37,8 @@
 //!
 //! # Layout
 //!
+//! - `prep`: the class's `FirmwarePrep`: naga, then pipelines built and
+//!   tried once on the current device from the loading thread.
 //! - `objects`: the ash objects (logical device, per-context pools,
 //!   semaphores, pipelines, buffers), their creation and destruction, and
 //!   `execute`: record, submit and wait for one command.
@@ -50,16 +52,17 @@
 
 mod context;
 mod objects;
+mod prep;
 mod processor;
 mod recovery;
 
 pub(crate) use objects::{
-    destroy_buf, destroy_cache, destroy_ctx_vk, execute, optional_features, queue_limits,
-    record_dispatch, CtxVk, Descriptor, ExecError, Gpu, Optional,
+    destroy_buf, destroy_ctx_vk, execute, optional_features, queue_limits, record_dispatch, CtxVk,
+    Descriptor, ExecError, Gpu, Optional,
 };
 
 use crate::gpu::{compute_family, GpuError, GpuInfo, Instance};
-use crate::shader::{Compiled, PipelineSpec, ShaderLimits, ShaderPrep};
+use crate::shader::{Compiled, PipelineSpec, ShaderLimits};
 use crate::{Import, VulkanConfig};
 use ash::vk;
 use context::{Backing, Buf, Ctx};
@@ -185,6 +188,12 @@ pub struct VulkanDevice {
     /// Buffers a hung trial run may still use: handed to the reaper with
     /// the old device on recovery.
     stray: Vec<(vk::Buffer, vk::DeviceMemory)>,
+    /// Command pools and pipelines of a hung trial run, likewise.
+    stray_ctxs: Vec<CtxVk>,
+    /// The device loading threads build pipelines on (`prep`).
+    target: prep::Slot,
+    /// Firmware whose pipelines the runner had to build itself.
+    runner_builds: u64,
 }
 
 impl std::fmt::Debug for VulkanDevice {
@@ -283,7 +292,22 @@ impl VulkanDevice {
             log: coproc_core::ratelimit::RateLimit::default(),
             cache_file,
             stray: Vec::new(),
+            stray_ctxs: Vec::new(),
+            target: Arc::new(std::sync::Mutex::new(None)),
+            runner_builds: 0,
         })
+        .inspect(VulkanDevice::set_target)
+    }
+
+    /// Let loading threads build on the current device.
+    fn set_target(&self) {
+        let t = prep::Target {
+            gpu: self.gpu.builder(),
+            family: self.family,
+            draining: self.draining.clone(),
+            timeout: self.cfg.compile_timeout,
+        };
+        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
     }
 
     /// Run each pipeline of the context's new firmware once, on one
@@ -370,6 +394,14 @@ impl VulkanDevice {
     /// on).
     pub fn shader_limits(&self) -> ShaderLimits {
         self.limits.shader
+    }
+
+    /// How many firmware loads had their pipelines built and tried on the
+    /// runner thread (the device was replaced while they were prepared, or
+    /// none could be made on the loading thread); the others were built
+    /// off the runner.
+    pub fn runner_builds(&self) -> u64 {
+        self.runner_builds
     }
 
     /// Whether out-of-bounds accesses are also contained by the device
@@ -532,8 +564,9 @@ impl Device for VulkanDevice {
     }
 
     fn firmware_prep(&self) -> Arc<dyn FirmwarePrep> {
-        Arc::new(ShaderPrep {
+        Arc::new(prep::Prep {
             limits: self.limits.shader,
+            target: self.target.clone(),
         })
     }
 
@@ -545,15 +578,47 @@ impl Device for VulkanDevice {
         id: ContextId,
         fw: PreparedFirmware,
     ) -> Result<FirmwareInfo, DeviceError> {
-        let specs = fw
-            .downcast::<Compiled>()
-            .map_err(|_| DeviceError::BadFirmware("prepared for another device class".into()))?
-            .pipelines;
-        let gpu = &self.gpu;
+        let (specs, built) = match fw.downcast::<prep::Prepared>() {
+            Ok(p) => {
+                let p = *p;
+                (p.specs, p.built)
+            }
+            Err(fw) => (
+                fw.downcast::<Compiled>()
+                    .map_err(|_| {
+                        DeviceError::BadFirmware("prepared for another device class".into())
+                    })?
+                    .pipelines,
+                None,
+            ),
+        };
         let ctx = self.ctxs.get_mut(&id).ok_or(DeviceError::NoContext(id))?;
         ctx.firmware = None;
-        gpu.build_pipes(&mut ctx.vk, &specs)?;
-        if let Err(f) = self.trial_run(id, &specs) {
+        let trial = match built {
+            // Built and tried on this very device by the loading thread:
+            // adopt its pipelines.
+            Some(mut b) if b.gpu.owner.id == self.gpu.owner.id => {
+                let trial = std::mem::replace(&mut b.trial, Ok(()));
+                if let Some(v) = b.vk.as_mut() {
+                    ctx.vk.put_pipes(&self.gpu.device, v.take_pipes());
+                }
+                if trial.is_err() {
+                    // Still in flight: to the reaper with the old device.
+                    self.stray_ctxs.extend(b.vk.take());
+                    self.stray.extend(b.scratch.take());
+                }
+                trial
+            }
+            // No device to build on then, or another one (recreated
+            // meanwhile): the runner builds and tries them.
+            other => {
+                drop(other);
+                self.runner_builds += 1;
+                self.gpu.build_pipes(&mut ctx.vk, &specs)?;
+                self.trial_run(id, &specs)
+            }
+        };
+        if let Err(f) = trial {
             let why = match &f {
                 Failure::Watchdog => format!(
                     "a trial run of one workgroup did not end within {} s",
@@ -692,11 +757,13 @@ impl Device for VulkanDevice {
 
 impl Drop for VulkanDevice {
     fn drop(&mut self) {
+        // No loading thread starts building on this device any more.
+        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        // Then every object made here goes, once the queue is idle.
+        self.gpu.wait_idle();
         let d = &self.gpu.device;
-        // SAFETY: waits for this device's queue, then destroys every object
-        // created on it and the device itself; nothing uses them after.
-        unsafe {
-            let _ = d.device_wait_idle();
+        for mut v in self.stray_ctxs.drain(..) {
+            destroy_ctx_vk(d, &mut v);
         }
         for (_, mut ctx) in self.ctxs.drain() {
             destroy_ctx_vk(d, &mut ctx.vk);
@@ -707,10 +774,7 @@ impl Drop for VulkanDevice {
         for &(b, m) in &self.stray {
             destroy_buf(d, b, m);
         }
-        destroy_cache(d, self.gpu.cache);
-        // SAFETY: the device is idle (waited for above) and every object
-        // created on it was destroyed just now; `self.gpu` is not used
-        // after drop.
-        unsafe { d.destroy_device(None) };
+        // The device goes with `self.gpu`'s owner, once no loading thread
+        // holds it any more.
     }
 }

@@ -10,17 +10,62 @@ use crate::gpu::{GpuError, Instance};
 use crate::shader::{BindingKind, PipelineSpec, ShaderFeatures};
 use ash::vk;
 use coproc_core::device::DeviceError;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// The logical device and what hangs off it; replaced on device loss.
-pub(crate) struct Gpu {
+/// The logical device itself, shared by the runner and the loading
+/// threads that build pipelines on it ([`Gpu::builder`]): destroyed, with
+/// its pipeline cache, when the last holder lets go, after every object
+/// made on it (whoever made objects holds it until they are destroyed).
+pub(crate) struct DeviceOwner {
     pub(crate) device: ash::Device,
     queue: vk::Queue,
+    /// `vkQueueSubmit` needs the queue to itself: held around each
+    /// submission (the runner's and a loading thread's trial runs).
+    submit: Mutex<()>,
+    /// The pipeline cache pipelines are created through (null: none;
+    /// internally synchronised).
+    pub(crate) cache: vk::PipelineCache,
+    /// Which device this is (unique in the process).
+    pub(crate) id: u64,
+    /// The instance outlives the device.
+    _inst: Arc<Instance>,
+}
+
+impl DeviceOwner {
+    pub(crate) fn wait_idle(&self) {
+        let _queue = self.submit.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the device is alive (self) and its only queue is ours
+        // while the lock is held.
+        unsafe {
+            let _ = self.device.device_wait_idle();
+        }
+    }
+}
+
+impl Drop for DeviceOwner {
+    fn drop(&mut self) {
+        // SAFETY: the last holder is gone, so every object made on the
+        // device was destroyed (each maker holds the owner until then);
+        // wait for the queue, then destroy the cache and the device. A null
+        // cache is ignored by Vulkan.
+        unsafe {
+            let _ = self.device.device_wait_idle();
+            self.device.destroy_pipeline_cache(self.cache, None);
+            self.device.destroy_device(None);
+        }
+    }
+}
+
+/// The logical device and what hangs off it; replaced on device loss.
+#[derive(Clone)]
+pub(crate) struct Gpu {
+    /// `owner.device` (its function table, copied).
+    pub(crate) device: ash::Device,
+    pub(crate) owner: Arc<DeviceOwner>,
     host_mem: Option<ash::ext::external_memory_host::Device>,
     mem_props: vk::PhysicalDeviceMemoryProperties,
-    /// The pipeline cache pipelines are created through (null: none).
-    pub(crate) cache: vk::PipelineCache,
 }
 
 pub(crate) struct Pipe {
@@ -180,7 +225,7 @@ impl Gpu {
     /// and a pipeline cache seeded with `cache` (what an earlier
     /// [`Gpu::cache_data`] returned; `None`: no cache).
     pub(crate) fn open(
-        inst: &Instance,
+        inst: &Arc<Instance>,
         pdev: vk::PhysicalDevice,
         family: u32,
         host_import: bool,
@@ -235,6 +280,7 @@ impl Gpu {
         // SAFETY: `pdev` was enumerated from this live instance; the call
         // only returns a struct by value.
         let mem_props = unsafe { i.get_physical_device_memory_properties(pdev) };
+        static IDS: AtomicU64 = AtomicU64::new(1);
         let cache = match cache {
             None => vk::PipelineCache::null(),
             Some(data) => {
@@ -256,22 +302,44 @@ impl Gpu {
             }
         };
         Ok(Gpu {
-            device,
-            queue,
+            device: device.clone(),
+            owner: Arc::new(DeviceOwner {
+                device,
+                queue,
+                submit: Mutex::new(()),
+                cache,
+                id: IDS.fetch_add(1, Ordering::Relaxed),
+                _inst: inst.clone(),
+            }),
             host_mem,
             mem_props,
-            cache,
         })
+    }
+
+    /// Wait until the device's queue is idle (holding the queue, which
+    /// `vkDeviceWaitIdle` needs to itself).
+    pub(crate) fn wait_idle(&self) {
+        self.owner.wait_idle();
+    }
+
+    /// This device for a loading thread that builds pipelines on it: no
+    /// host import (it only makes pipelines and scratch buffers).
+    pub(crate) fn builder(&self) -> Gpu {
+        Gpu {
+            host_mem: None,
+            ..self.clone()
+        }
     }
 
     /// The pipeline cache's contents (empty without a cache).
     pub(crate) fn cache_data(&self) -> Vec<u8> {
-        if self.cache == vk::PipelineCache::null() {
+        let cache = self.owner.cache;
+        if cache == vk::PipelineCache::null() {
             return Vec::new();
         }
-        // SAFETY: the cache belongs to this live device; pipeline creation
-        // using it happens on the same (runner) thread, not concurrently.
-        unsafe { self.device.get_pipeline_cache_data(self.cache) }.unwrap_or_default()
+        // SAFETY: the cache belongs to this live device (the owner is
+        // held) and is internally synchronised.
+        unsafe { self.device.get_pipeline_cache_data(cache) }.unwrap_or_default()
     }
 
     fn memory_type(&self, bits: u32, want: vk::MemoryPropertyFlags) -> Option<u32> {
@@ -452,7 +520,7 @@ impl Gpu {
                     .stage(stage)
                     .layout(p.layout)];
                 p.pipeline = d
-                    .create_compute_pipelines(self.cache, &ci, None)
+                    .create_compute_pipelines(self.owner.cache, &ci, None)
                     .map_err(|(_, e)| DeviceError::BadFirmware(format!("pipeline: {e}")))?[0];
                 if !layouts.is_empty() {
                     p.sets = d
@@ -691,9 +759,13 @@ pub(crate) fn execute(
         .command_buffers(&cmds)
         .signal_semaphores(&sems)
         .push_next(&mut tl)];
-    // SAFETY: the command buffer is fully recorded and not in flight; the
-    // queue is used by the owner's thread only.
-    unsafe { d.queue_submit(gpu.queue, &si, vk::Fence::null()) }.map_err(failed("submit"))?;
+    {
+        let _queue = gpu.owner.submit.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the command buffer is fully recorded and not in flight;
+        // the queue is ours while the lock is held.
+        unsafe { d.queue_submit(gpu.owner.queue, &si, vk::Fence::null()) }
+            .map_err(failed("submit"))?;
+    }
     let wi = vk::SemaphoreWaitInfo::default()
         .semaphores(&sems)
         .values(&vals);
@@ -794,6 +866,32 @@ fn usage() -> vk::BufferUsageFlags {
         | vk::BufferUsageFlags::TRANSFER_DST
 }
 
+/// Pipelines (and their descriptor pool) built for a context elsewhere:
+/// by a loading thread, to be adopted by the context's [`CtxVk`].
+#[derive(Default)]
+pub(crate) struct Pipes {
+    pipes: Vec<Pipe>,
+    desc_pool: Option<vk::DescriptorPool>,
+}
+
+impl CtxVk {
+    /// Take the pipelines out (the context is left without any).
+    pub(crate) fn take_pipes(&mut self) -> Pipes {
+        Pipes {
+            pipes: std::mem::take(&mut self.pipes),
+            desc_pool: self.desc_pool.take(),
+        }
+    }
+
+    /// Adopt `p` (made on the same device `d`), destroying the pipelines
+    /// the context had.
+    pub(crate) fn put_pipes(&mut self, d: &ash::Device, p: Pipes) {
+        destroy_pipes(d, self);
+        self.pipes = p.pipes;
+        self.desc_pool = p.desc_pool;
+    }
+}
+
 fn destroy_pipes(d: &ash::Device, v: &mut CtxVk) {
     // SAFETY: the handles belong to `d` and no submission using them is in
     // flight (commands complete before the runner calls back in, and a
@@ -828,14 +926,6 @@ pub(crate) fn destroy_ctx_vk(d: &ash::Device, v: &mut CtxVk) {
         d.destroy_command_pool(v.cmd_pool, None);
     }
     *v = CtxVk::default();
-}
-
-/// Destroy a pipeline cache of `d` (null: nothing).
-pub(crate) fn destroy_cache(d: &ash::Device, cache: vk::PipelineCache) {
-    // SAFETY: the cache belongs to `d` and no pipeline creation using it
-    // is in progress (only the owner's thread creates pipelines); a null
-    // handle is ignored by Vulkan.
-    unsafe { d.destroy_pipeline_cache(cache, None) };
 }
 
 pub(crate) fn destroy_buf(d: &ash::Device, buffer: vk::Buffer, memory: vk::DeviceMemory) {
