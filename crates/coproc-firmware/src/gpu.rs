@@ -153,6 +153,10 @@ pub const HISTO: GpuFirmware = GpuFirmware {
     entry_points: &["main"],
 };
 
+/// `histo` compiled for Vulkan 1.3 (SPIR-V 1.6): the same shader, its
+/// workgroup size given by the `LocalSizeId` execution mode.
+pub const HISTO_SPIRV16: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/histo.vk13.spv"));
+
 /// Every GPU example firmware.
 pub const ALL: &[GpuFirmware] = &[SAXPY, REDUCE, SPIN, MATMUL, TOUCH, TWOENTRY, AFFINE, HISTO];
 

@@ -782,6 +782,8 @@ mod spirv {
     pub const DECORATION_BUILT_IN: u32 = 11;
     pub const BUILT_IN_WORKGROUP_SIZE: u32 = 25;
     pub const MODE_LOCAL_SIZE: u32 = 17;
+    pub const EXECUTION_MODE_ID: u16 = 331;
+    pub const MODE_LOCAL_SIZE_ID: u32 = 38;
 }
 
 /// Substitute specialization constants: every `OpSpecConstant*` becomes
@@ -960,6 +962,23 @@ fn specialize_spirv(image: &[u8], values: &[(String, f64)]) -> Result<Vec<u32>, 
             "no specialization constant {:?} (by constant_id or name) in the module",
             values[k].0
         )));
+    }
+    // A workgroup size given by constants (`LocalSizeId`, what glslang
+    // writes for SPIR-V 1.6) is the plain `LocalSize` of their values now.
+    for &i in &insts {
+        if op(&words, i) == s::EXECUTION_MODE_ID
+            && len(&words, i) == 6
+            && words[i + 2] == s::MODE_LOCAL_SIZE_ID
+        {
+            let dims: Option<Vec<u32>> = (0..3)
+                .map(|d| scalars.get(&words[i + 3 + d]).copied())
+                .collect();
+            if let Some(dims) = dims {
+                words[i] = (words[i] & 0xffff_0000) | u32::from(s::EXECUTION_MODE);
+                words[i + 2] = s::MODE_LOCAL_SIZE;
+                words[i + 3..i + 6].copy_from_slice(&dims);
+            }
+        }
     }
     // Without their `SpecId` the constants are plain ones to naga (an
     // array they size gets its length).

@@ -10,7 +10,7 @@ mod common;
 
 use common::*;
 use coproc_core::iova::{MapKind, Perms};
-use coproc_firmware::gpu::{AFFINE, HISTO};
+use coproc_firmware::gpu::{AFFINE, HISTO, HISTO_SPIRV16};
 use coproc_firmware::reference;
 use coproc_proto::gpu::{Job, Status};
 use coproc_proto::shader::Specialized;
@@ -136,7 +136,7 @@ fn spirv_specialization_constants() {
     let n = 5000usize;
     let data = lcg(11, n);
     let shift = 3u32;
-    let cases: [(Vec<u8>, usize, u32); 4] = [
+    let cases: [(Vec<u8>, usize, u32); 6] = [
         (HISTO.image.to_vec(), 16, 64),
         (Specialized::new(HISTO.image).set("0", 40.0).image(), 40, 64),
         (
@@ -154,6 +154,16 @@ fn spirv_specialization_constants() {
                 .image(),
             100,
             32,
+        ),
+        // SPIR-V 1.6: the workgroup size through `LocalSizeId`.
+        (HISTO_SPIRV16.to_vec(), 16, 64),
+        (
+            Specialized::new(HISTO_SPIRV16)
+                .set("BINS", 24.0)
+                .set("1", 256.0)
+                .image(),
+            24,
+            256,
         ),
     ];
     for (i, (image, bins, wg)) in cases.iter().enumerate() {
