@@ -646,3 +646,68 @@ fn shader_panics_are_contained_and_their_log_is_rate_limited() {
         "the default hook ran: {text}"
     );
 }
+
+/// Firmware as shader authors write it, through the daemon and the SDK:
+/// `histo` (GLSL) with its specialization constants set in the image
+/// (`gpu::Specialized`), a uniform block in bind group 1, exact bind
+/// lengths; the counts equal the host's. A job the SDK cannot build (a
+/// push at a byte offset that is not a multiple of 4) is refused before it
+/// is sent, and the queue goes on.
+#[test]
+fn specialized_firmware_and_uniforms_through_the_sdk() {
+    if !vulkan() {
+        return;
+    }
+    let mut d = Daemon::start("gpu-spec", CONFIG);
+    let mut c = d.client();
+    let v = c.open("gpu0").unwrap();
+    let image = gpu::Specialized::new(coproc_firmware::gpu::HISTO.image)
+        .set("BINS", 48.0)
+        .set("1", 128.0)
+        .image();
+    c.load_firmware(v, "histo", &image).unwrap();
+    let mut q = c.create_queue(v, QUEUE_IOVA, 64).unwrap();
+    c.gpu_attach(v, &q).unwrap();
+    c.start(v).unwrap();
+    let n = 10_000usize;
+    let mut rng = TestRng::new(17);
+    let data: Vec<u32> = (0..n).map(|_| rng.next_u64() as u32).collect();
+    let map = |c: &mut Client, iova: u64, len: u64, perms| {
+        let m = SharedMem::new(len).unwrap();
+        c.map(v, &m, 0, iova, m.len(), perms, WireMapKind::Pinned)
+            .unwrap();
+        m
+    };
+    let dm = map(&mut c, BUF, 4 * n as u64, WirePerms::R);
+    let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+    dm.write(0, &bytes).unwrap();
+    let bm = map(&mut c, BUF + STRIDE, 4096, WirePerms::Rw);
+    let um = map(&mut c, BUF + 2 * STRIDE, 4096, WirePerms::R);
+    let shift = 5u32;
+    let params: Vec<u8> = [shift, n as u32]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    um.write(0, &params).unwrap();
+    let bad = Job::new().push_u32(2, &[1]).signal(9);
+    assert!(matches!(q.submit_job(&bad), Err(ClientError::Invalid(_))));
+    let t = q
+        .submit_job(
+            &Job::new()
+                .bind(0, BUF, 4 * n as u64)
+                .bind(1, BUF + STRIDE, 4 * 48)
+                .bind_group(1, 0, BUF + 2 * STRIDE, 16)
+                .dispatch(0, [(n as u32).div_ceil(128), 1, 1])
+                .signal(3),
+        )
+        .unwrap();
+    assert_eq!(q.wait_job(t, T).unwrap().value, 3);
+    let got: Vec<u32> = bm
+        .read_vec(0, 4 * 48)
+        .unwrap()
+        .chunks(4)
+        .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(got, reference::histogram(&data, shift, 48));
+    assert!(d.alive());
+}
