@@ -8,7 +8,9 @@
 
 #![no_main]
 
-use coproc_abi::gpu::{Command, MAX_BINDING, MAX_GROUPS, PUSH_PER_COMMAND, PUSH_WORDS};
+use coproc_abi::gpu::{
+    Command, MAX_BINDING, MAX_GROUPS, MAX_IMAGE_SIZE, PUSH_PER_COMMAND, PUSH_WORDS,
+};
 use coproc_abi::queue::Sqe;
 use libfuzzer_sys::fuzz_target;
 
@@ -46,6 +48,29 @@ fuzz_target!(|data: &[u8]| {
         }
         Command::Copy { src, dst, len } => assert_eq!((src | dst | len) % 4, 0),
         Command::Fill { dst, len, .. } => assert_eq!((dst | len) % 4, 0),
+        Command::Image {
+            group,
+            binding,
+            format,
+            width,
+            height,
+            ..
+        } => {
+            slots[group as usize][binding as usize] = Some(0);
+            assert!(slots.iter().flatten().flatten().count() >= 1);
+            let bytes = u64::from(width) * u64::from(height) * u64::from(format.texel_bytes());
+            assert!(bytes <= 16 * u64::from(MAX_IMAGE_SIZE).pow(2));
+        }
+        Command::Sampler {
+            group,
+            binding,
+            address,
+            ..
+        } => {
+            slots[group as usize][binding as usize] = Some(0);
+            assert!(slots.iter().flatten().flatten().count() >= 1);
+            assert!(address <= 2);
+        }
         Command::Dispatch { .. } | Command::Barrier | Command::Signal { .. } => {}
     }
     let again = cmd.encode(sqe.tag);

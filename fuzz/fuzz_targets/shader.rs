@@ -36,6 +36,9 @@ const LIMITS: ShaderLimits = ShaderLimits {
         subgroup_size: 8,
     },
     robust_buffers: false,
+    robust_images: true,
+    max_images: 1_000_000,
+    max_samplers: 1_000_000,
 };
 
 fn check(specs: &[PipelineSpec]) {

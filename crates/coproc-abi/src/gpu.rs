@@ -68,7 +68,62 @@ pub mod op {
     /// `signal value`: end of a job; complete when everything before it is
     /// done.
     pub const SIGNAL: u32 = 7;
+    /// `image slot iova format width height`: the binding `slot` names is
+    /// a 2D image whose texels (row-major, tightly packed) are the
+    /// `width * height * texel` bytes at `iova`.
+    pub const IMAGE: u32 = 8;
+    /// `sampler slot filter address`: the binding `slot` names is a
+    /// sampler (filter 0 nearest, 1 linear; address 0 clamp to edge,
+    /// 1 repeat, 2 mirrored repeat).
+    pub const SAMPLER: u32 = 9;
 }
+
+/// Texel formats of images (`image` command; WGSL `texture_storage_2d`
+/// formats, GLSL `layout(<format>)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum ImageFormat {
+    /// `rgba8unorm`: 4 bytes, floats 0..1.
+    Rgba8Unorm = 1,
+    /// `rgba8uint`: 4 bytes.
+    Rgba8Uint = 2,
+    /// `r32float`: 4 bytes.
+    R32Float = 3,
+    /// `r32uint`: 4 bytes.
+    R32Uint = 4,
+    /// `r32sint`: 4 bytes.
+    R32Sint = 5,
+    /// `rgba32float`: 16 bytes.
+    Rgba32Float = 6,
+}
+
+impl ImageFormat {
+    /// The format of a command word.
+    pub fn from_u32(v: u32) -> Option<ImageFormat> {
+        use ImageFormat::*;
+        [
+            Rgba8Unorm,
+            Rgba8Uint,
+            R32Float,
+            R32Uint,
+            R32Sint,
+            Rgba32Float,
+        ]
+        .into_iter()
+        .find(|f| *f as u32 == v)
+    }
+
+    /// Bytes per texel.
+    pub fn texel_bytes(self) -> u32 {
+        match self {
+            ImageFormat::Rgba32Float => 16,
+            _ => 4,
+        }
+    }
+}
+
+/// Widest and tallest image an `image` command may describe.
+pub const MAX_IMAGE_SIZE: u32 = 16384;
 
 /// One decoded command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +180,32 @@ pub enum Command {
         /// Echoed in the completion's `result[0]`.
         value: u32,
     },
+    /// Bind a 2D image whose texels are at `iova`.
+    Image {
+        /// Bind group, below [`MAX_GROUPS`].
+        group: u32,
+        /// Binding, below [`MAX_BINDING`].
+        binding: u32,
+        /// First texel.
+        iova: u32,
+        /// Texel format.
+        format: ImageFormat,
+        /// Texels per row, 1..=[`MAX_IMAGE_SIZE`].
+        width: u32,
+        /// Rows, 1..=[`MAX_IMAGE_SIZE`].
+        height: u32,
+    },
+    /// Bind a sampler.
+    Sampler {
+        /// Bind group, below [`MAX_GROUPS`].
+        group: u32,
+        /// Binding, below [`MAX_BINDING`].
+        binding: u32,
+        /// Linear (else nearest) filtering.
+        linear: bool,
+        /// 0 clamp to edge, 1 repeat, 2 mirrored repeat.
+        address: u32,
+    },
 }
 
 /// Why an entry is not a command (the device answers [`Status::BadCommand`]).
@@ -152,6 +233,9 @@ pub enum DecodeError {
     /// Argument words that must be zero are not.
     #[error("argument word {0} must be 0")]
     Reserved(usize),
+    /// An image's format or size, or a sampler's mode, out of range.
+    #[error("image format or size, or sampler mode, out of range")]
+    Image,
 }
 
 impl Command {
@@ -166,17 +250,23 @@ impl Command {
             op::DISPATCH => 4,
             op::BARRIER => 0,
             op::SIGNAL => 1,
+            op::IMAGE => 5,
+            op::SAMPLER => 3,
             other => return Err(DecodeError::Opcode(other)),
+        };
+        let slot = |w: u32| {
+            let (group, binding) = (w >> 16, w & 0xffff);
+            if group >= MAX_GROUPS || binding >= MAX_BINDING {
+                return Err(DecodeError::Slot(w));
+            }
+            Ok((group, binding))
         };
         if let Some(i) = (used..a.len()).find(|&i| a[i] != 0) {
             return Err(DecodeError::Reserved(i));
         }
         Ok(match sqe.opcode {
             op::BIND => {
-                let (group, binding) = (a[0] >> 16, a[0] & 0xffff);
-                if group >= MAX_GROUPS || binding >= MAX_BINDING {
-                    return Err(DecodeError::Slot(a[0]));
-                }
+                let (group, binding) = slot(a[0])?;
                 Command::Bind {
                     group,
                     binding,
@@ -225,6 +315,34 @@ impl Command {
                 }
             }
             op::BARRIER => Command::Barrier,
+            op::IMAGE => {
+                let (group, binding) = slot(a[0])?;
+                let format = ImageFormat::from_u32(a[2]).ok_or(DecodeError::Image)?;
+                let size = 1..=MAX_IMAGE_SIZE;
+                if !size.contains(&a[3]) || !size.contains(&a[4]) {
+                    return Err(DecodeError::Image);
+                }
+                Command::Image {
+                    group,
+                    binding,
+                    iova: a[1],
+                    format,
+                    width: a[3],
+                    height: a[4],
+                }
+            }
+            op::SAMPLER => {
+                let (group, binding) = slot(a[0])?;
+                if a[1] > 1 || a[2] > 2 {
+                    return Err(DecodeError::Image);
+                }
+                Command::Sampler {
+                    group,
+                    binding,
+                    linear: a[1] == 1,
+                    address: a[2],
+                }
+            }
             _ => Command::Signal { value: a[0] },
         })
     }
@@ -270,6 +388,32 @@ impl Command {
             Command::Signal { value } => {
                 args[0] = value;
                 op::SIGNAL
+            }
+            Command::Image {
+                group,
+                binding,
+                iova,
+                format,
+                width,
+                height,
+            } => {
+                args[..5].copy_from_slice(&[
+                    group << 16 | binding,
+                    iova,
+                    format as u32,
+                    width,
+                    height,
+                ]);
+                op::IMAGE
+            }
+            Command::Sampler {
+                group,
+                binding,
+                linear,
+                address,
+            } => {
+                args[..3].copy_from_slice(&[group << 16 | binding, u32::from(linear), address]);
+                op::SAMPLER
             }
         };
         Sqe { opcode, tag, args }
@@ -352,6 +496,41 @@ impl Job {
             binding,
             iova: u32::try_from(iova).unwrap_or(u32::MAX),
             len: u32::try_from(len).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// Bind a `width` × `height` image of `format` whose texels (row-major,
+    /// tightly packed) are at `iova` to `@group(group) @binding(binding)`
+    /// (a `texture_2d` or `texture_storage_2d`; the device copies the
+    /// texels in before each dispatch and, for a storage image the shader
+    /// writes, back out after).
+    pub fn image(
+        self,
+        group: u32,
+        binding: u32,
+        iova: u64,
+        format: ImageFormat,
+        size: [u32; 2],
+    ) -> Job {
+        self.with(Command::Image {
+            group,
+            binding,
+            iova: u32::try_from(iova).unwrap_or(u32::MAX),
+            format,
+            width: size[0],
+            height: size[1],
+        })
+    }
+
+    /// Bind a sampler to `@group(group) @binding(binding)`: linear or
+    /// nearest filtering, clamp to edge (0), repeat (1) or mirrored repeat
+    /// (2) addressing.
+    pub fn sampler(self, group: u32, binding: u32, linear: bool, address: u32) -> Job {
+        self.with(Command::Sampler {
+            group,
+            binding,
+            linear,
+            address,
         })
     }
 
@@ -589,6 +768,20 @@ mod tests {
             },
             Command::Barrier,
             Command::Signal { value: 77 },
+            Command::Image {
+                group: 1,
+                binding: 2,
+                iova: 0x2000_0000,
+                format: ImageFormat::Rgba32Float,
+                width: 640,
+                height: 480,
+            },
+            Command::Sampler {
+                group: 0,
+                binding: 5,
+                linear: true,
+                address: 2,
+            },
         ]
     }
 
@@ -622,6 +815,20 @@ mod tests {
             Err(DecodeError::Slot(8 << 16))
         );
         assert!(Command::decode(&sqe(op::BIND, &[7 << 16 | 31, 0, 0])).is_ok());
+        for bad in [
+            sqe(op::IMAGE, &[0, 0, 0, 1, 1]),
+            sqe(op::IMAGE, &[0, 0, 7, 1, 1]),
+            sqe(op::IMAGE, &[0, 0, 1, 0, 1]),
+            sqe(op::IMAGE, &[0, 0, 1, 1, 16385]),
+            sqe(op::SAMPLER, &[0, 2, 0]),
+            sqe(op::SAMPLER, &[0, 0, 3]),
+        ] {
+            assert_eq!(Command::decode(&bad), Err(DecodeError::Image), "{bad:?}");
+        }
+        assert_eq!(
+            Command::decode(&sqe(op::IMAGE, &[8 << 16, 0, 1, 1, 1])),
+            Err(DecodeError::Slot(8 << 16))
+        );
         assert!(matches!(
             Command::decode(&sqe(op::PUSH, &[30, 3])),
             Err(DecodeError::Push { .. })
@@ -700,7 +907,7 @@ mod tests {
         /// Any 64 bytes decode without panicking, and whatever decodes
         /// encodes back to the same entry (nothing is silently dropped).
         #[test]
-        fn hostile_entries(opcode in 0u32..10, tag: u32, args in proptest::array::uniform14(any::<u32>()), small in any::<bool>()) {
+        fn hostile_entries(opcode in 0u32..12, tag: u32, args in proptest::array::uniform14(any::<u32>()), small in any::<bool>()) {
             let args = if small { args.map(|a| a % 16) } else { args };
             let sqe = Sqe { opcode, tag, args };
             if let Ok(c) = Command::decode(&sqe) {

@@ -107,6 +107,8 @@ pub fn op_name(opcode: u32) -> String {
         op::FILL => "fill".into(),
         op::BARRIER => "barrier".into(),
         op::SIGNAL => "signal".into(),
+        op::IMAGE => "image".into(),
+        op::SAMPLER => "sampler".into(),
         other => format!("opcode {other}"),
     }
 }

@@ -178,13 +178,15 @@ impl Direct {
         let binds = spec
             .bindings
             .iter()
-            .map(|b| Descriptor {
-                group: b.group,
-                binding: b.binding,
-                kind: b.kind,
-                buffer: vk::Buffer::null(),
-                offset: 0,
-                len: buffer_bytes,
+            .map(|b| {
+                Descriptor::buffer(
+                    b.group,
+                    b.binding,
+                    b.kind,
+                    vk::Buffer::null(),
+                    0,
+                    buffer_bytes,
+                )
             })
             .collect();
         // From here on every object lands in `d`, whose `Drop` destroys what

@@ -20,7 +20,7 @@
 //! (naga's `ReadZeroSkipWrite` rewrite), whatever the device's robustness.
 
 use coproc_core::device::{DeviceError, FirmwarePrep, PreparedFirmware};
-use coproc_proto::gpu::{MAX_BINDING, MAX_GROUPS, PUSH_WORDS};
+use coproc_proto::gpu::{ImageFormat, MAX_BINDING, MAX_GROUPS, PUSH_WORDS};
 use coproc_proto::shader::{self as spec, SpecValue};
 use naga::valid::{Capabilities, GlobalUse, ModuleInfo, ShaderStages, ValidationFlags, Validator};
 use naga::{AddressSpace, ImageClass, Module, ShaderStage, StorageAccess, TypeInner};
@@ -183,6 +183,15 @@ pub struct ShaderLimits {
     /// Whether the device itself drops out-of-bounds buffer writes and
     /// reads zero (`VK_EXT_robustness2`'s `robustBufferAccess2`).
     pub robust_buffers: bool,
+    /// Whether the device drops out-of-bounds image writes
+    /// (`robustImageAccess2`): storage images need it, as naga does not
+    /// check image stores.
+    pub robust_images: bool,
+    /// Most images (storage or sampled) and most samplers one pipeline
+    /// uses.
+    pub max_images: u32,
+    /// Most samplers one pipeline uses.
+    pub max_samplers: u32,
 }
 
 impl ShaderLimits {
@@ -206,6 +215,9 @@ impl ShaderLimits {
             subgroup_size: 0,
         },
         robust_buffers: false,
+        robust_images: false,
+        max_images: 4,
+        max_samplers: 16,
     };
 }
 
@@ -216,6 +228,45 @@ pub enum BindingKind {
     Storage,
     /// A uniform buffer (`var<uniform>`, GLSL `uniform` block).
     Uniform,
+    /// A 2D storage image (`texture_storage_2d<format, access>`, GLSL
+    /// `image2D` with a format) of this format.
+    StorageImage(ImageFormat),
+    /// A 2D sampled texture (`texture_2d<T>`, GLSL `texture2D`) whose
+    /// texels read as floats (`Some(false)`: unsigned, `Some(true)`:
+    /// signed integers; `None`: floats).
+    SampledImage(Option<bool>),
+    /// A sampler (`sampler`, GLSL `sampler`).
+    Sampler,
+}
+
+impl BindingKind {
+    /// Whether an image of `format` can be bound here.
+    pub fn takes(&self, format: ImageFormat) -> bool {
+        use ImageFormat::*;
+        match *self {
+            BindingKind::StorageImage(f) => f == format,
+            BindingKind::SampledImage(None) => {
+                matches!(format, Rgba8Unorm | R32Float | Rgba32Float)
+            }
+            BindingKind::SampledImage(Some(false)) => matches!(format, Rgba8Uint | R32Uint),
+            BindingKind::SampledImage(Some(true)) => matches!(format, R32Sint),
+            _ => false,
+        }
+    }
+}
+
+/// The class's image format of a WGSL/GLSL storage format.
+fn image_format(f: naga::StorageFormat) -> Option<ImageFormat> {
+    use naga::StorageFormat as S;
+    Some(match f {
+        S::Rgba8Unorm => ImageFormat::Rgba8Unorm,
+        S::Rgba8Uint => ImageFormat::Rgba8Uint,
+        S::R32Float => ImageFormat::R32Float,
+        S::R32Uint => ImageFormat::R32Uint,
+        S::R32Sint => ImageFormat::R32Sint,
+        S::Rgba32Float => ImageFormat::Rgba32Float,
+        _ => return None,
+    })
 }
 
 /// A buffer a pipeline uses.
@@ -250,6 +301,13 @@ pub struct PipelineSpec {
 }
 
 impl PipelineSpec {
+    /// Whether it binds buffers only (no images or samplers).
+    pub fn buffers_only(&self) -> bool {
+        self.bindings
+            .iter()
+            .all(|b| matches!(b.kind, BindingKind::Storage | BindingKind::Uniform))
+    }
+
     /// Descriptor set layouts the pipeline needs: one per group up to the
     /// highest it uses (empty ones included).
     pub fn groups(&self) -> u32 {
@@ -579,18 +637,59 @@ fn check_push_size(module: &Module) -> Result<(), ShaderError> {
     Ok(())
 }
 
-/// What a resource a shader declares is, in its author's words.
-fn handle_words(module: &Module, ty: naga::Handle<naga::Type>) -> &'static str {
+/// How a resource a shader declares is bound, or what it is in its
+/// author's words when this class does not run it.
+fn handle_kind(
+    module: &Module,
+    ty: naga::Handle<naga::Type>,
+    limits: &ShaderLimits,
+) -> Result<BindingKind, String> {
+    use naga::{ImageDimension, ScalarKind};
     match module.types[ty].inner {
         TypeInner::Image {
-            class: ImageClass::Storage { .. },
+            dim: ImageDimension::D2,
+            arrayed: false,
+            class: ImageClass::Storage { format, .. },
+        } => {
+            let f = image_format(format).ok_or_else(|| {
+                format!(
+                    "storage images of format {format:?} (rgba8unorm, rgba8uint, r32float, \
+                     r32uint, r32sint and rgba32float are)"
+                )
+            })?;
+            if !limits.robust_images {
+                return Err(
+                    "storage images on this GPU (it cannot drop out-of-bounds image writes)".into(),
+                );
+            }
+            Ok(BindingKind::StorageImage(f))
+        }
+        TypeInner::Image {
+            dim: ImageDimension::D2,
+            arrayed: false,
+            class: ImageClass::Sampled { kind, multi: false },
+        } => Ok(BindingKind::SampledImage(match kind {
+            ScalarKind::Float => None,
+            ScalarKind::Uint => Some(false),
+            ScalarKind::Sint => Some(true),
+            _ => return Err("textures of that texel type".into()),
+        })),
+        TypeInner::Image {
+            class: ImageClass::Depth { .. },
             ..
-        } => "storage images (texture_storage_*, GLSL image*)",
-        TypeInner::Image { .. } => "sampled textures (texture_*, GLSL texture*/sampler*)",
-        TypeInner::Sampler { .. } => "samplers",
-        TypeInner::BindingArray { .. } => "binding arrays",
-        TypeInner::AccelerationStructure { .. } => "acceleration structures",
-        _ => "resources other than buffers",
+        } => Err("depth textures".into()),
+        TypeInner::Image {
+            class: ImageClass::External,
+            ..
+        } => Err("external textures".into()),
+        TypeInner::Image { .. } => {
+            Err("textures other than 2D (1D, 3D, cube, arrayed, multisampled)".into())
+        }
+        TypeInner::Sampler { comparison: false } => Ok(BindingKind::Sampler),
+        TypeInner::Sampler { comparison: true } => Err("comparison samplers".into()),
+        TypeInner::BindingArray { .. } => Err("binding arrays".into()),
+        TypeInner::AccelerationStructure { .. } => Err("acceleration structures".into()),
+        _ => Err("resources other than buffers, images and samplers".into()),
     }
 }
 
@@ -643,13 +742,16 @@ fn pipeline(
                 continue;
             }
             AddressSpace::Function | AddressSpace::Private => continue,
-            AddressSpace::Handle => {
-                return Err(ShaderError::Unsupported(format!(
-                    "entry point {name:?}: {} are not supported by the vulkan class \
-                     (storage and uniform buffers and push constants are)",
-                    handle_words(module, var.ty)
-                )));
-            }
+            AddressSpace::Handle => match handle_kind(module, var.ty, limits) {
+                Ok(kind) => kind,
+                Err(what) => {
+                    return Err(ShaderError::Unsupported(format!(
+                        "entry point {name:?}: {what} are not supported by the vulkan class \
+                         (storage and uniform buffers, 2D storage images and textures, \
+                         samplers and push constants are)"
+                    )));
+                }
+            },
             other => {
                 return Err(ShaderError::Unsupported(format!(
                     "entry point {name:?}: variables in the {other:?} address space are not \
@@ -669,16 +771,26 @@ fn pipeline(
             )));
         }
         let size = u64::from(layouter[var.ty].size);
-        let writable = match var.space {
-            // Declared writable and written (or used atomically) by this
-            // entry point: glslang marks `readonly` on members, which the
-            // SPIR-V front end does not carry over, and naga's use analysis
-            // is exact.
-            AddressSpace::Storage { access } => {
-                access.contains(StorageAccess::STORE)
-                    && uses[handle].intersects(GlobalUse::WRITE | GlobalUse::ATOMIC)
-            }
-            _ => false,
+        // Declared writable and written (or used atomically) by this entry
+        // point: glslang marks `readonly` on members, which the SPIR-V
+        // front end does not carry over, and naga's use analysis is exact.
+        let access = match (var.space, &module.types[var.ty].inner) {
+            (AddressSpace::Storage { access }, _) => access,
+            (
+                AddressSpace::Handle,
+                TypeInner::Image {
+                    class: ImageClass::Storage { access, .. },
+                    ..
+                },
+            ) => *access,
+            _ => StorageAccess::empty(),
+        };
+        let writable = access.contains(StorageAccess::STORE)
+            && uses[handle].intersects(GlobalUse::WRITE | GlobalUse::ATOMIC);
+        let size = if var.space == AddressSpace::Handle {
+            0
+        } else {
+            size
         };
         if kind == BindingKind::Uniform && size > u64::from(limits.max_uniform_bytes) {
             return Err(ShaderError::Unsupported(format!(
@@ -691,7 +803,11 @@ fn pipeline(
             binding: b.binding,
             kind,
             writable,
-            min_bytes: size.max(4),
+            min_bytes: if var.space == AddressSpace::Handle {
+                0
+            } else {
+                size.max(4)
+            },
         });
     }
     if workgroup_bytes > u64::from(limits.max_workgroup_bytes) {
@@ -701,14 +817,37 @@ fn pipeline(
         )));
     }
     bindings.sort_by_key(|b| (b.group, b.binding));
-    for (kind, most, words) in [
-        (BindingKind::Storage, limits.max_storage_buffers, "storage"),
-        (BindingKind::Uniform, limits.max_uniform_buffers, "uniform"),
+    let count = |f: fn(&BindingKind) -> bool| bindings.iter().filter(|b| f(&b.kind)).count();
+    for (n, most, words) in [
+        (
+            count(|k| *k == BindingKind::Storage),
+            limits.max_storage_buffers,
+            "storage buffers",
+        ),
+        (
+            count(|k| *k == BindingKind::Uniform),
+            limits.max_uniform_buffers,
+            "uniform buffers",
+        ),
+        (
+            count(|k| {
+                matches!(
+                    k,
+                    BindingKind::StorageImage(_) | BindingKind::SampledImage(_)
+                )
+            }),
+            limits.max_images,
+            "images",
+        ),
+        (
+            count(|k| *k == BindingKind::Sampler),
+            limits.max_samplers,
+            "samplers",
+        ),
     ] {
-        let n = bindings.iter().filter(|b| b.kind == kind).count();
         if n > most as usize {
             return Err(ShaderError::Unsupported(format!(
-                "entry point {name:?}: {n} {words} buffers (this GPU's most per pipeline: {most})"
+                "entry point {name:?}: {n} {words} (this GPU's most per pipeline: {most})"
             )));
         }
     }
@@ -1109,15 +1248,22 @@ mod tests {
                 "bindings below 32",
             ),
             (
-                b"@group(0) @binding(0) var t: texture_2d<f32>;\n\
+                b"@group(0) @binding(0) var t: texture_2d_array<f32>;\n\
                   @group(0) @binding(1) var<storage, read_write> d: array<f32>;\n\
-                  @compute @workgroup_size(1) fn main() { d[0] = textureLoad(t, vec2(0), 0).x; }",
-                "sampled textures",
+                  @compute @workgroup_size(1) fn main() { d[0] = textureLoad(t, vec2(0), 0, 0).x; }",
+                "textures other than 2D",
             ),
             (
                 b"@group(0) @binding(0) var t: texture_storage_2d<rgba8unorm, write>;\n\
                   @compute @workgroup_size(1) fn main() { textureStore(t, vec2(0), vec4(1.0)); }",
-                "storage images",
+                "storage images on this GPU (it cannot drop out-of-bounds image writes)",
+            ),
+            (
+                b"@group(0) @binding(0) var s: sampler_comparison;\n\
+                  @group(0) @binding(1) var t: texture_depth_2d;\n\
+                  @group(0) @binding(2) var<storage, read_write> d: array<f32>;\n\
+                  @compute @workgroup_size(1) fn main() { d[0] = textureSampleCompareLevel(t, s, vec2(0.0), 0.5); }",
+                "not supported",
             ),
             (
                 b"enable f16;\n\

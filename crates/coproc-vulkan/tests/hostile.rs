@@ -230,7 +230,7 @@ fn bad_firmware_is_refused_and_the_vcoproc_stays_usable() {
         &[0xff, 0xfe, 0xfd],
         b"@compute @workgroup_size(1) fn main( {",
         &spirv_garbage,
-        b"@group(0) @binding(0) var t: texture_2d<f32>;\n@compute @workgroup_size(1) fn main() { _ = textureLoad(t, vec2(0), 0); }",
+        b"@group(0) @binding(0) var t: texture_3d<f32>;\n@compute @workgroup_size(1) fn main() { _ = textureLoad(t, vec3(0), 0); }",
     ];
     for img in images {
         let e = v.load_firmware("bad", img).unwrap_err();

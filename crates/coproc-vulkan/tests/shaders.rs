@@ -315,17 +315,16 @@ fn refused_features_are_named() {
         .unwrap();
     let cases: [(&[u8], &str); 4] = [
         (
-            b"@group(0) @binding(0) var t: texture_2d<f32>;\n\
+            b"@group(0) @binding(0) var t: texture_3d<f32>;\n\
               @group(0) @binding(1) var<storage, read_write> d: array<f32>;\n\
-              @compute @workgroup_size(1) fn main() { d[0] = textureLoad(t, vec2(0), 0).x; }",
-            "sampled textures",
+              @compute @workgroup_size(1) fn main() { d[0] = textureLoad(t, vec3(0), 0).x; }",
+            "textures other than 2D",
         ),
         (
-            b"@group(0) @binding(0) var s: sampler;\n\
-              @group(0) @binding(1) var t: texture_2d<f32>;\n\
-              @group(0) @binding(2) var<storage, read_write> d: array<f32>;\n\
-              @compute @workgroup_size(1) fn main() { d[0] = textureSampleLevel(t, s, vec2(0.0), 0.0).x; }",
-            "samplers",
+            b"@group(0) @binding(0) var t: texture_depth_2d;\n\
+              @group(0) @binding(1) var<storage, read_write> d: array<f32>;\n\
+              @compute @workgroup_size(1) fn main() { d[0] = textureLoad(t, vec2(0), 0); }",
+            "depth textures",
         ),
         (
             b"override n: u32;\n\
@@ -484,4 +483,76 @@ fn pipelines_are_built_off_the_runner() {
     );
     assert_eq!(done.last().unwrap().status, Some(Status::Ok));
     assert_eq!(read_f32(&yr, 0, n), reference::affine(&x, 2.0, 1.0, 0.0));
+}
+
+/// A sampled texture, a storage image and a sampler: texels come from and
+/// go back to the vcoproc's own memory; a bound image of the wrong format
+/// is refused, and a storage image the shader writes must be writable.
+#[test]
+fn images_and_samplers() {
+    use coproc_proto::gpu::ImageFormat;
+    let limits = device_limits();
+    let src = br#"
+        @group(0) @binding(0) var src: texture_2d<f32>;
+        @group(0) @binding(1) var dst: texture_storage_2d<rgba32float, write>;
+        @group(0) @binding(2) var smp: sampler;
+        @group(1) @binding(0) var<storage, read_write> out: array<f32>;
+        @compute @workgroup_size(8, 8)
+        fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+            let dims = textureDimensions(dst);
+            if g.x >= dims.x || g.y >= dims.y { return; }
+            let t = textureLoad(src, vec2<i32>(g.xy), 0);
+            textureStore(dst, vec2<i32>(g.xy), vec4<f32>(t.r * 2.0, t.g + 1.0, t.b, 1.0));
+            let uv = (vec2<f32>(g.xy) + 0.5) / vec2<f32>(dims);
+            out[g.y * dims.x + g.x] = textureSampleLevel(src, smp, uv, 0.0).a;
+        }
+    "#;
+    let pc = pcoproc(VulkanConfig::default());
+    if !limits.robust_images {
+        let v = pc
+            .create_vcoproc(coproc_core::ids::DomainId(1), Default::default())
+            .unwrap();
+        let e = v.load_firmware("images", src).unwrap_err().to_string();
+        assert!(e.contains("storage images"), "{e}");
+        return;
+    }
+    let (w, h) = (37u32, 21u32);
+    let texels = (w * h) as usize;
+    // Eighths: exact in f32 whatever the arithmetic.
+    let input: Vec<f32> = (0..4 * texels).map(|i| (i % 97) as f32 / 8.0).collect();
+    let mut d = Domain::new(&pc, 1, src);
+    let sr = d.buffer(X, 16 * texels as u64, Perms::R, MapKind::Pinned);
+    sr.write(0, &f32_bytes(&input)).unwrap();
+    let dr = d.buffer(Y, 16 * texels as u64, Perms::RW, MapKind::Pinned);
+    let or = d.buffer(U, 4 * texels as u64, Perms::RW, MapKind::Pinned);
+    let ro = BUF_IOVA + 0x30_0000;
+    d.buffer(ro, 16 * texels as u64, Perms::R, MapKind::Pinned);
+    let job = |dst: u64, fmt: ImageFormat| {
+        Job::new()
+            .image(0, 0, X, ImageFormat::Rgba32Float, [w, h])
+            .image(0, 1, dst, fmt, [w, h])
+            .sampler(0, 2, false, 0)
+            .bind_group(1, 0, U, 4 * texels as u64)
+            .dispatch(0, [w.div_ceil(8), h.div_ceil(8), 1])
+            .signal(1)
+    };
+    let done = d.run(&job(Y, ImageFormat::Rgba32Float));
+    assert_eq!(done.last().unwrap().status, Some(Status::Ok));
+    let want: Vec<f32> = input
+        .chunks(4)
+        .flat_map(|t| [t[0] * 2.0, t[1] + 1.0, t[2], 1.0])
+        .collect();
+    assert_eq!(read_f32(&dr, 0, 4 * texels), want);
+    let alphas: Vec<f32> = input.chunks(4).map(|t| t[3]).collect();
+    assert_eq!(read_f32(&or, 0, texels), alphas);
+    // The wrong format for the storage image, and a read-only one.
+    let done = d.run(&job(Y, ImageFormat::R32Float));
+    assert_eq!(done[0].status, Some(Status::BadBinding));
+    let done = d.run(&job(ro, ImageFormat::Rgba32Float));
+    assert_eq!(done[0].status, Some(Status::ReadOnly));
+    // An image larger than its mapping is refused at bind.
+    let big = Job::new()
+        .image(0, 0, X, ImageFormat::Rgba32Float, [w, h + 200])
+        .signal(1);
+    assert_eq!(d.run(&big)[0].status, Some(Status::BadIova));
 }

@@ -49,6 +49,21 @@ pub(super) struct Slot {
     pub(super) gen: u64,
 }
 
+/// What a binding was given.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Bound {
+    /// A buffer range (`bind`).
+    Buffer(Slot),
+    /// An image whose texels are the range (`image`).
+    Image {
+        slot: Slot,
+        format: coproc_proto::gpu::ImageFormat,
+        size: [u32; 2],
+    },
+    /// A sampler (`sampler`).
+    Sampler { linear: bool, address: u32 },
+}
+
 /// The submission ring a context serves: the device side of a
 /// `coproc_abi` queue, reached only through its typed accessor.
 pub(super) struct Ring {
@@ -110,7 +125,7 @@ pub(super) struct Ctx {
     pub(super) local_bytes: u64,
     /// The buffer bound to each (group, binding); at most
     /// `MAX_GROUPS * MAX_BINDING` entries (the decoder bounds both).
-    pub(super) slots: BTreeMap<(u32, u32), Slot>,
+    pub(super) slots: BTreeMap<(u32, u32), Bound>,
     pub(super) push: [u32; PUSH_WORDS as usize],
     pub(super) ring: Option<Ring>,
     pub(super) aborted: bool,

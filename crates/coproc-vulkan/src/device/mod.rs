@@ -159,6 +159,11 @@ pub(crate) fn shader_limits(l: &vk::PhysicalDeviceLimits, opt: &Optional) -> Sha
         max_workgroup_bytes: l.max_compute_shared_memory_size,
         features: opt.shader,
         robust_buffers: opt.robust2,
+        robust_images: opt.robust_images,
+        max_images: l
+            .max_per_stage_descriptor_storage_images
+            .min(l.max_per_stage_descriptor_sampled_images),
+        max_samplers: l.max_per_stage_descriptor_samplers,
     }
 }
 
@@ -190,6 +195,9 @@ pub struct VulkanDevice {
     stray: Vec<(vk::Buffer, vk::DeviceMemory)>,
     /// Command pools and pipelines of a hung trial run, likewise.
     stray_ctxs: Vec<CtxVk>,
+    /// Images and samplers of a hung or lost dispatch, likewise.
+    stray_images: Vec<objects::Img>,
+    stray_samplers: Vec<vk::Sampler>,
     /// The device loading threads build pipelines on (`prep`).
     target: prep::Slot,
     /// Firmware whose pipelines the runner had to build itself.
@@ -293,6 +301,8 @@ impl VulkanDevice {
             cache_file,
             stray: Vec::new(),
             stray_ctxs: Vec::new(),
+            stray_images: Vec::new(),
+            stray_samplers: Vec::new(),
             target: Arc::new(std::sync::Mutex::new(None)),
             runner_builds: 0,
         })
@@ -332,17 +342,14 @@ impl VulkanDevice {
             return Ok(());
         };
         for (i, spec) in specs.iter().enumerate() {
+            if !spec.buffers_only() {
+                // No scratch images: compiled at its first job instead.
+                continue;
+            }
             let binds: Vec<Descriptor> = spec
                 .bindings
                 .iter()
-                .map(|b| Descriptor {
-                    group: b.group,
-                    binding: b.binding,
-                    kind: b.kind,
-                    buffer,
-                    offset: 0,
-                    len: b.min_bytes,
-                })
+                .map(|b| Descriptor::buffer(b.group, b.binding, b.kind, buffer, 0, b.min_bytes))
                 .collect();
             let push = vec![0u8; spec.push_bytes.div_ceil(4) as usize * 4];
             let r = execute(
@@ -442,6 +449,12 @@ impl VulkanDevice {
             "max_uniform_buffers_per_pipeline",
             u64::from(s.max_uniform_buffers),
         );
+        put("max_images_per_pipeline", u64::from(s.max_images));
+        put("max_samplers_per_pipeline", u64::from(s.max_samplers));
+        put(
+            "max_image_size",
+            u64::from(coproc_proto::gpu::MAX_IMAGE_SIZE),
+        );
         put("storage_buffer_offset_alignment", l.storage_align);
         put("uniform_buffer_offset_alignment", l.uniform_align);
         put("max_storage_buffer_range", l.storage_range);
@@ -463,6 +476,9 @@ impl VulkanDevice {
             .collect();
         if self.optional.robust2 {
             v.push("robustness2".into());
+        }
+        if self.limits.shader.robust_images {
+            v.push("storage-images".into());
         }
         if self.host_import {
             v.push("zero-copy".into());
@@ -764,6 +780,12 @@ impl Drop for VulkanDevice {
         let d = &self.gpu.device;
         for mut v in self.stray_ctxs.drain(..) {
             destroy_ctx_vk(d, &mut v);
+        }
+        for i in self.stray_images.drain(..) {
+            objects::destroy_image(d, &i);
+        }
+        for s in self.stray_samplers.drain(..) {
+            objects::destroy_sampler(d, s);
         }
         for (_, mut ctx) in self.ctxs.drain() {
             destroy_ctx_vk(d, &mut ctx.vk);

@@ -10,6 +10,7 @@ use crate::gpu::{GpuError, Instance};
 use crate::shader::{BindingKind, PipelineSpec, ShaderFeatures};
 use ash::vk;
 use coproc_core::device::DeviceError;
+use coproc_proto::gpu::ImageFormat;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -86,6 +87,8 @@ pub(crate) struct Optional {
     storage16: bool,
     /// `VK_EXT_robustness2`'s `robustBufferAccess2`.
     pub(crate) robust2: bool,
+    /// Its `robustImageAccess2`.
+    pub(crate) robust_images: bool,
 }
 
 /// What optional features `pdev` has.
@@ -153,10 +156,12 @@ pub(crate) fn optional_features(i: &ash::Instance, pdev: vk::PhysicalDevice) -> 
         },
         storage16,
         robust2: has_r2 && r2.robust_buffer_access2 != 0,
+        robust_images: has_r2 && r2.robust_image_access2 != 0,
     }
 }
 
-/// A resolved binding of a dispatch: the descriptor to write.
+/// A resolved binding of a dispatch: the descriptor to write (a buffer
+/// range, an image view or a sampler, by `kind`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Descriptor {
     pub(crate) group: u32,
@@ -165,13 +170,61 @@ pub(crate) struct Descriptor {
     pub(crate) buffer: vk::Buffer,
     pub(crate) offset: u64,
     pub(crate) len: u64,
+    pub(crate) view: vk::ImageView,
+    pub(crate) sampler: vk::Sampler,
+}
+
+impl Descriptor {
+    /// A buffer range.
+    pub(crate) fn buffer(
+        group: u32,
+        binding: u32,
+        kind: BindingKind,
+        buffer: vk::Buffer,
+        offset: u64,
+        len: u64,
+    ) -> Descriptor {
+        Descriptor {
+            group,
+            binding,
+            kind,
+            buffer,
+            offset,
+            len,
+            view: vk::ImageView::null(),
+            sampler: vk::Sampler::null(),
+        }
+    }
 }
 
 fn descriptor_type(kind: BindingKind) -> vk::DescriptorType {
     match kind {
         BindingKind::Storage => vk::DescriptorType::STORAGE_BUFFER,
         BindingKind::Uniform => vk::DescriptorType::UNIFORM_BUFFER,
+        BindingKind::StorageImage(_) => vk::DescriptorType::STORAGE_IMAGE,
+        BindingKind::SampledImage(_) => vk::DescriptorType::SAMPLED_IMAGE,
+        BindingKind::Sampler => vk::DescriptorType::SAMPLER,
     }
+}
+
+/// The Vulkan format of an image format.
+fn vk_format(f: ImageFormat) -> vk::Format {
+    match f {
+        ImageFormat::Rgba8Unorm => vk::Format::R8G8B8A8_UNORM,
+        ImageFormat::Rgba8Uint => vk::Format::R8G8B8A8_UINT,
+        ImageFormat::R32Float => vk::Format::R32_SFLOAT,
+        ImageFormat::R32Uint => vk::Format::R32_UINT,
+        ImageFormat::R32Sint => vk::Format::R32_SINT,
+        ImageFormat::Rgba32Float => vk::Format::R32G32B32A32_SFLOAT,
+    }
+}
+
+/// An image of one dispatch: made before it, destroyed after it.
+pub(crate) struct Img {
+    image: vk::Image,
+    memory: vk::DeviceMemory,
+    pub(crate) view: vk::ImageView,
+    size: [u32; 2],
 }
 
 /// A context's Vulkan objects (all on the current [`Gpu`]).
@@ -251,8 +304,9 @@ impl Gpu {
             .timeline_semaphore(true)
             .shader_float16(sh.f16)
             .shader_buffer_int64_atomics(sh.i64_atomics);
-        let mut r2 =
-            vk::PhysicalDeviceRobustness2FeaturesEXT::default().robust_buffer_access2(true);
+        let mut r2 = vk::PhysicalDeviceRobustness2FeaturesEXT::default()
+            .robust_buffer_access2(true)
+            .robust_image_access2(opt.robust_images);
         let mut exts = Vec::new();
         if host_import {
             exts.push(ash::ext::external_memory_host::NAME.as_ptr());
@@ -411,23 +465,22 @@ impl Gpu {
     ) -> Result<(), DeviceError> {
         let d = &self.device;
         destroy_pipes(d, v);
-        let count = |k: BindingKind| {
-            specs
+        let sizes = [
+            vk::DescriptorType::STORAGE_BUFFER,
+            vk::DescriptorType::UNIFORM_BUFFER,
+            vk::DescriptorType::STORAGE_IMAGE,
+            vk::DescriptorType::SAMPLED_IMAGE,
+            vk::DescriptorType::SAMPLER,
+        ]
+        .map(|ty| vk::DescriptorPoolSize {
+            ty,
+            descriptor_count: (specs
                 .iter()
                 .flat_map(|s| &s.bindings)
-                .filter(|b| b.kind == k)
-                .count() as u32
-        };
-        let sizes = [
-            vk::DescriptorPoolSize {
-                ty: vk::DescriptorType::STORAGE_BUFFER,
-                descriptor_count: count(BindingKind::Storage).max(1),
-            },
-            vk::DescriptorPoolSize {
-                ty: vk::DescriptorType::UNIFORM_BUFFER,
-                descriptor_count: count(BindingKind::Uniform).max(1),
-            },
-        ];
+                .filter(|b| descriptor_type(b.kind) == ty)
+                .count() as u32)
+                .max(1),
+        });
         let sets: u32 = specs.iter().map(PipelineSpec::groups).sum();
         // SAFETY: object creation on a live device; the create infos borrow
         // locals; every handle lands in `v` so `destroy_pipes` frees it on
@@ -536,6 +589,115 @@ impl Gpu {
         };
         v.pipes.push(p);
         r
+    }
+
+    /// A 2D image of `format` and `size` in device memory, with a view,
+    /// usable as a storage image, a sampled texture and a copy target.
+    pub(crate) fn make_image(
+        &self,
+        format: ImageFormat,
+        size: [u32; 2],
+    ) -> Result<Img, DeviceError> {
+        let d = &self.device;
+        let fmt = vk_format(format);
+        let ii = vk::ImageCreateInfo::default()
+            .image_type(vk::ImageType::TYPE_2D)
+            .format(fmt)
+            .extent(vk::Extent3D {
+                width: size[0],
+                height: size[1],
+                depth: 1,
+            })
+            .mip_levels(1)
+            .array_layers(1)
+            .samples(vk::SampleCountFlags::TYPE_1)
+            .tiling(vk::ImageTiling::OPTIMAL)
+            .usage(
+                vk::ImageUsageFlags::STORAGE
+                    | vk::ImageUsageFlags::SAMPLED
+                    | vk::ImageUsageFlags::TRANSFER_SRC
+                    | vk::ImageUsageFlags::TRANSFER_DST,
+            )
+            .sharing_mode(vk::SharingMode::EXCLUSIVE)
+            .initial_layout(vk::ImageLayout::UNDEFINED);
+        let mut img = Img {
+            image: vk::Image::null(),
+            memory: vk::DeviceMemory::null(),
+            view: vk::ImageView::null(),
+            size,
+        };
+        // SAFETY: object creation on a live device; each handle lands in
+        // `img`, which `destroy_image` frees (null handles are ignored) on
+        // any error.
+        let r = unsafe {
+            (|| {
+                img.image = d.create_image(&ii, None).map_err(vkerr("image"))?;
+                let req = d.get_image_memory_requirements(img.image);
+                let ty = self
+                    .memory_type(req.memory_type_bits, vk::MemoryPropertyFlags::DEVICE_LOCAL)
+                    .or_else(|| {
+                        self.memory_type(req.memory_type_bits, vk::MemoryPropertyFlags::empty())
+                    })
+                    .ok_or(DeviceError::Exhausted("no memory type for an image".into()))?;
+                img.memory = d
+                    .allocate_memory(
+                        &vk::MemoryAllocateInfo::default()
+                            .allocation_size(req.size)
+                            .memory_type_index(ty),
+                        None,
+                    )
+                    .map_err(|e| DeviceError::Exhausted(format!("image memory: {e}")))?;
+                d.bind_image_memory(img.image, img.memory, 0)
+                    .map_err(vkerr("image memory"))?;
+                img.view = d
+                    .create_image_view(
+                        &vk::ImageViewCreateInfo::default()
+                            .image(img.image)
+                            .view_type(vk::ImageViewType::TYPE_2D)
+                            .format(fmt)
+                            .subresource_range(color_range()),
+                        None,
+                    )
+                    .map_err(vkerr("image view"))?;
+                Ok(())
+            })()
+        };
+        match r {
+            Ok(()) => Ok(img),
+            Err(e) => {
+                destroy_image(d, &img);
+                Err(e)
+            }
+        }
+    }
+
+    /// A sampler: linear or nearest, with one address mode (0 clamp to
+    /// edge, 1 repeat, 2 mirrored repeat) on every axis.
+    pub(crate) fn make_sampler(
+        &self,
+        linear: bool,
+        address: u32,
+    ) -> Result<vk::Sampler, DeviceError> {
+        let filter = if linear {
+            vk::Filter::LINEAR
+        } else {
+            vk::Filter::NEAREST
+        };
+        let mode = match address {
+            1 => vk::SamplerAddressMode::REPEAT,
+            2 => vk::SamplerAddressMode::MIRRORED_REPEAT,
+            _ => vk::SamplerAddressMode::CLAMP_TO_EDGE,
+        };
+        let si = vk::SamplerCreateInfo::default()
+            .mag_filter(filter)
+            .min_filter(filter)
+            .mipmap_mode(vk::SamplerMipmapMode::NEAREST)
+            .address_mode_u(mode)
+            .address_mode_v(mode)
+            .address_mode_w(mode)
+            .max_lod(0.0);
+        // SAFETY: object creation on a live device; the caller destroys it.
+        unsafe { self.device.create_sampler(&si, None) }.map_err(vkerr("sampler"))
     }
 
     /// A buffer over `len` bytes of host memory at `ptr`, imported.
@@ -820,17 +982,28 @@ pub(crate) fn record_dispatch(
             }]
         })
         .collect();
+    let images: Vec<[vk::DescriptorImageInfo; 1]> = binds
+        .iter()
+        .map(|b| {
+            [vk::DescriptorImageInfo {
+                sampler: b.sampler,
+                image_view: b.view,
+                image_layout: vk::ImageLayout::GENERAL,
+            }]
+        })
+        .collect();
     let writes: Vec<_> = binds
         .iter()
-        .zip(&infos)
-        .filter_map(|(b, info)| {
-            Some(
-                vk::WriteDescriptorSet::default()
-                    .dst_set(*pipe.sets.get(b.group as usize)?)
-                    .dst_binding(b.binding)
-                    .descriptor_type(descriptor_type(b.kind))
-                    .buffer_info(info),
-            )
+        .zip(infos.iter().zip(&images))
+        .filter_map(|(b, (info, image))| {
+            let w = vk::WriteDescriptorSet::default()
+                .dst_set(*pipe.sets.get(b.group as usize)?)
+                .dst_binding(b.binding)
+                .descriptor_type(descriptor_type(b.kind));
+            Some(match b.kind {
+                BindingKind::Storage | BindingKind::Uniform => w.buffer_info(info),
+                _ => w.image_info(image),
+            })
         })
         .collect();
     // SAFETY: called from `execute`'s recording, on the command buffer of
@@ -857,6 +1030,152 @@ pub(crate) fn record_dispatch(
         }
         d.cmd_dispatch(cmd, groups[0], groups[1], groups[2]);
     }
+}
+
+fn color_range() -> vk::ImageSubresourceRange {
+    vk::ImageSubresourceRange {
+        aspect_mask: vk::ImageAspectFlags::COLOR,
+        base_mip_level: 0,
+        level_count: 1,
+        base_array_layer: 0,
+        layer_count: 1,
+    }
+}
+
+/// Record: `img` gets its texels from `buffer` at `offset` and is left in
+/// the general layout for the shader.
+pub(crate) fn record_image_in(
+    d: &ash::Device,
+    cmd: vk::CommandBuffer,
+    img: &Img,
+    buffer: vk::Buffer,
+    offset: u64,
+) {
+    let to_dst = [vk::ImageMemoryBarrier::default()
+        .src_access_mask(vk::AccessFlags::empty())
+        .dst_access_mask(vk::AccessFlags::TRANSFER_WRITE)
+        .old_layout(vk::ImageLayout::UNDEFINED)
+        .new_layout(vk::ImageLayout::TRANSFER_DST_OPTIMAL)
+        .src_queue_family_index(vk::QUEUE_FAMILY_IGNORED)
+        .dst_queue_family_index(vk::QUEUE_FAMILY_IGNORED)
+        .image(img.image)
+        .subresource_range(color_range())];
+    let to_general = [vk::ImageMemoryBarrier::default()
+        .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
+        .dst_access_mask(vk::AccessFlags::SHADER_READ | vk::AccessFlags::SHADER_WRITE)
+        .old_layout(vk::ImageLayout::TRANSFER_DST_OPTIMAL)
+        .new_layout(vk::ImageLayout::GENERAL)
+        .src_queue_family_index(vk::QUEUE_FAMILY_IGNORED)
+        .dst_queue_family_index(vk::QUEUE_FAMILY_IGNORED)
+        .image(img.image)
+        .subresource_range(color_range())];
+    // SAFETY: recording into the context's own command buffer, not in
+    // flight (see `execute`); the image and buffer are the context's, and
+    // the caller checked the texels lie inside the buffer.
+    unsafe {
+        d.cmd_pipeline_barrier(
+            cmd,
+            vk::PipelineStageFlags::TOP_OF_PIPE,
+            vk::PipelineStageFlags::TRANSFER,
+            vk::DependencyFlags::empty(),
+            &[],
+            &[],
+            &to_dst,
+        );
+        d.cmd_copy_buffer_to_image(
+            cmd,
+            buffer,
+            img.image,
+            vk::ImageLayout::TRANSFER_DST_OPTIMAL,
+            &[copy_region(img, offset)],
+        );
+        d.cmd_pipeline_barrier(
+            cmd,
+            vk::PipelineStageFlags::TRANSFER,
+            vk::PipelineStageFlags::COMPUTE_SHADER,
+            vk::DependencyFlags::empty(),
+            &[],
+            &[],
+            &to_general,
+        );
+    }
+}
+
+/// Record: the shader's writes to `img` go back to `buffer` at `offset`.
+pub(crate) fn record_image_out(
+    d: &ash::Device,
+    cmd: vk::CommandBuffer,
+    img: &Img,
+    buffer: vk::Buffer,
+    offset: u64,
+) {
+    let to_src = [vk::ImageMemoryBarrier::default()
+        .src_access_mask(vk::AccessFlags::SHADER_WRITE)
+        .dst_access_mask(vk::AccessFlags::TRANSFER_READ)
+        .old_layout(vk::ImageLayout::GENERAL)
+        .new_layout(vk::ImageLayout::TRANSFER_SRC_OPTIMAL)
+        .src_queue_family_index(vk::QUEUE_FAMILY_IGNORED)
+        .dst_queue_family_index(vk::QUEUE_FAMILY_IGNORED)
+        .image(img.image)
+        .subresource_range(color_range())];
+    // SAFETY: as in `record_image_in`.
+    unsafe {
+        d.cmd_pipeline_barrier(
+            cmd,
+            vk::PipelineStageFlags::COMPUTE_SHADER,
+            vk::PipelineStageFlags::TRANSFER,
+            vk::DependencyFlags::empty(),
+            &[],
+            &[],
+            &to_src,
+        );
+        d.cmd_copy_image_to_buffer(
+            cmd,
+            img.image,
+            vk::ImageLayout::TRANSFER_SRC_OPTIMAL,
+            buffer,
+            &[copy_region(img, offset)],
+        );
+    }
+}
+
+fn copy_region(img: &Img, offset: u64) -> vk::BufferImageCopy {
+    vk::BufferImageCopy {
+        buffer_offset: offset,
+        buffer_row_length: 0,
+        buffer_image_height: 0,
+        image_subresource: vk::ImageSubresourceLayers {
+            aspect_mask: vk::ImageAspectFlags::COLOR,
+            mip_level: 0,
+            base_array_layer: 0,
+            layer_count: 1,
+        },
+        image_offset: vk::Offset3D::default(),
+        image_extent: vk::Extent3D {
+            width: img.size[0],
+            height: img.size[1],
+            depth: 1,
+        },
+    }
+}
+
+/// Destroy an image of `d` (its view and memory too).
+pub(crate) fn destroy_image(d: &ash::Device, img: &Img) {
+    // SAFETY: the handles belong to `d` and no submission using them is in
+    // flight (the dispatch that used them was waited for, or never
+    // submitted; a hung one's device is recreated first and the image
+    // handed to its reaper); null handles are ignored by Vulkan.
+    unsafe {
+        d.destroy_image_view(img.view, None);
+        d.destroy_image(img.image, None);
+        d.free_memory(img.memory, None);
+    }
+}
+
+/// Destroy a sampler of `d`.
+pub(crate) fn destroy_sampler(d: &ash::Device, s: vk::Sampler) {
+    // SAFETY: as for `destroy_image`.
+    unsafe { d.destroy_sampler(s, None) };
 }
 
 fn usage() -> vk::BufferUsageFlags {

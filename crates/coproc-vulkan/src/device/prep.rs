@@ -168,17 +168,14 @@ fn build(t: &Target, specs: &[PipelineSpec]) -> Option<Built> {
     let hold = Draining::new(&t.draining);
     let own = AtomicUsize::new(0);
     for (i, spec) in specs.iter().enumerate() {
+        if !spec.buffers_only() {
+            // No scratch images: compiled at its first job instead.
+            continue;
+        }
         let binds: Vec<Descriptor> = spec
             .bindings
             .iter()
-            .map(|b| Descriptor {
-                group: b.group,
-                binding: b.binding,
-                kind: b.kind,
-                buffer,
-                offset: 0,
-                len: b.min_bytes,
-            })
+            .map(|b| Descriptor::buffer(b.group, b.binding, b.kind, buffer, 0, b.min_bytes))
             .collect();
         let push = vec![0u8; spec.push_bytes.div_ceil(4) as usize * 4];
         let r = execute(&built.gpu, v, None, t.timeout, &own, |d, cmd, pipes| {

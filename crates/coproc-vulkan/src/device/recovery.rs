@@ -5,7 +5,9 @@
 //! handed to a reaper thread that destroys it once idle.
 
 use super::context::Backing;
-use super::objects::{destroy_buf, destroy_ctx_vk, CtxVk, DeviceOwner, Gpu};
+use super::objects::{
+    destroy_buf, destroy_ctx_vk, destroy_image, destroy_sampler, CtxVk, DeviceOwner, Gpu, Img,
+};
 use super::VulkanDevice;
 use ash::vk;
 use coproc_core::fault::{Access, DeviceFault, FaultReason};
@@ -28,6 +30,8 @@ struct Remains {
     owner: Arc<DeviceOwner>,
     ctxs: Vec<CtxVk>,
     bufs: Vec<(vk::Buffer, vk::DeviceMemory)>,
+    images: Vec<Img>,
+    samplers: Vec<vk::Sampler>,
     /// Domain memory the old device may still touch.
     _regions: Vec<Arc<Region>>,
     /// Counts this device while it drains.
@@ -49,6 +53,12 @@ fn reap(mut r: Remains) {
     }
     for &(b, m) in &r.bufs {
         destroy_buf(&r.device, b, m);
+    }
+    for i in &r.images {
+        destroy_image(&r.device, i);
+    }
+    for &s in &r.samplers {
+        destroy_sampler(&r.device, s);
     }
     // The device itself goes with the last holder of its owner (this one,
     // or a loading thread still building on it).
@@ -110,6 +120,8 @@ impl VulkanDevice {
             owner: old.owner.clone(),
             ctxs: std::mem::take(&mut self.stray_ctxs),
             bufs: std::mem::take(&mut self.stray),
+            images: std::mem::take(&mut self.stray_images),
+            samplers: std::mem::take(&mut self.stray_samplers),
             _regions: Vec::new(),
             draining: self.draining.clone(),
         };
