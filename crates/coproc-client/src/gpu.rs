@@ -46,8 +46,8 @@
 //! the command and the device's [`Status`]).
 
 pub use coproc_proto::gpu::{
-    op, Command, DecodeError, Job, JobDone, Status, MAX_BINDING, MAX_GROUPS, PUSH_PER_COMMAND,
-    PUSH_WORDS,
+    op, Command, DecodeError, ImageFormat, Job, JobDone, Status, MAX_BINDING, MAX_GROUPS,
+    MAX_IMAGE_SIZE, PUSH_PER_COMMAND, PUSH_WORDS,
 };
 
 use crate::{Client, ClientError, Cqe, Queue};
