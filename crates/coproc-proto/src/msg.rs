@@ -370,7 +370,8 @@ pub struct CoprocInfo {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub limits: BTreeMap<String, u64>,
     /// Optional features the device has (for a GPU: `f16`, `f64`, `i64`,
-    /// `i64-atomics`, `i16`, `subgroups`, `robustness2`, `zero-copy`).
+    /// `i64-atomics`, `i16`, `subgroups`, `robustness2`, `storage-images`,
+    /// `zero-copy`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub features: Vec<String>,
     /// `running`, or `failed` once device or policy code panicked where no
