@@ -153,12 +153,28 @@ pub const HISTO: GpuFirmware = GpuFirmware {
     entry_points: &["main"],
 };
 
+/// `invert` (firmware/gpu/invert.comp, SPIR-V), entry `main`: each texel
+/// of the r32f storage image `dst` is `1 - src` at the same texel, read
+/// through a texture and a sampler (nearest, at texel centres).
+///
+/// Bindings: set 0: 0 `texture2D src` (r32float), 1 `sampler`, 2
+/// `image2D dst` (r32f, written). Workgroup size 8 x 8.
+/// Reference: [`crate::reference::invert`].
+pub const INVERT: GpuFirmware = GpuFirmware {
+    name: "invert",
+    source: Source::Spirv,
+    image: include_bytes!(concat!(env!("OUT_DIR"), "/invert.spv")),
+    entry_points: &["main"],
+};
+
 /// `histo` compiled for Vulkan 1.3 (SPIR-V 1.6): the same shader, its
 /// workgroup size given by the `LocalSizeId` execution mode.
 pub const HISTO_SPIRV16: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/histo.vk13.spv"));
 
 /// Every GPU example firmware.
-pub const ALL: &[GpuFirmware] = &[SAXPY, REDUCE, SPIN, MATMUL, TOUCH, TWOENTRY, AFFINE, HISTO];
+pub const ALL: &[GpuFirmware] = &[
+    SAXPY, REDUCE, SPIN, MATMUL, TOUCH, TWOENTRY, AFFINE, HISTO, INVERT,
+];
 
 /// Look a GPU example up by name.
 pub fn by_name(name: &str) -> Option<GpuFirmware> {

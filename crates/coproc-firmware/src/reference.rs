@@ -252,6 +252,11 @@ pub fn affine(x: &[f32], mul: f32, add: f32, offset: f32) -> Vec<f32> {
     x.iter().map(|&v| v * mul + add + offset).collect()
 }
 
+/// `invert.comp`: `1 - v` for each texel.
+pub fn invert(src: &[f32]) -> Vec<f32> {
+    src.iter().map(|&v| 1.0 - v).collect()
+}
+
 /// `histo.comp`: counts of `(v >> shift) % bins` over `data`.
 pub fn histogram(data: &[u32], shift: u32, bins: usize) -> Vec<u32> {
     let mut out = vec![0u32; bins];

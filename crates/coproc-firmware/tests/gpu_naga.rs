@@ -88,6 +88,7 @@ fn gpu_firmware_workgroup_sizes() {
         ("matmul", [8, 8, 1]),
         ("touch", [64, 1, 1]),
         ("twoentry", [64, 1, 1]),
+        ("invert", [8, 8, 1]),
     ];
     // `affine`'s and `histo`'s sizes are set by specialization.
     assert_eq!(want.len() + 2, gpu::ALL.len());
@@ -117,6 +118,7 @@ fn gpu_firmware_bindings_and_immediates() {
         ("touch", &[(0, 0, true)], 8),
         ("twoentry", &[(0, 0, true)], 4),
         ("affine", &[(0, 0, false), (0, 1, true)], 0),
+        ("invert", &[], 0),
     ];
     assert_eq!(want.len(), plain().count());
     for &(name, bindings, immediates) in want {

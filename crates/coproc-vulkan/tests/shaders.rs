@@ -10,7 +10,7 @@ mod common;
 
 use common::*;
 use coproc_core::iova::{MapKind, Perms};
-use coproc_firmware::gpu::{AFFINE, HISTO, HISTO_SPIRV16};
+use coproc_firmware::gpu::{AFFINE, HISTO, HISTO_SPIRV16, INVERT};
 use coproc_firmware::reference;
 use coproc_proto::gpu::{Job, Status};
 use coproc_proto::shader::Specialized;
@@ -555,4 +555,35 @@ fn images_and_samplers() {
         .image(0, 0, X, ImageFormat::Rgba32Float, [w, h + 200])
         .signal(1);
     assert_eq!(d.run(&big)[0].status, Some(Status::BadIova));
+}
+
+/// GLSL with a separate texture and sampler and an r32f storage image
+/// (`invert.comp`), texels in device-local memory: `1 - v` per texel.
+#[test]
+fn glsl_texture_sampler_and_image() {
+    use coproc_proto::gpu::ImageFormat;
+    if !device_limits().robust_images {
+        return;
+    }
+    let pc = pcoproc(VulkanConfig::default());
+    let mut d = Domain::new(&pc, 1, INVERT.image);
+    let (w, h) = (50u32, 30u32);
+    let n = (w * h) as usize;
+    let src: Vec<f32> = (0..n).map(|i| (i % 33) as f32 / 16.0).collect();
+    let sr = d.buffer(X, 4 * n as u64, Perms::R, MapKind::Pinned);
+    sr.write(0, &f32_bytes(&src)).unwrap();
+    // The output image lives in device-local memory, copied out after.
+    d.v.alloc_local(Y, 8192).unwrap();
+    let out = d.buffer(U, 8192, Perms::RW, MapKind::Pinned);
+    let done = d.run(
+        &Job::new()
+            .image(0, 0, X, ImageFormat::R32Float, [w, h])
+            .sampler(0, 1, false, 0)
+            .image(0, 2, Y, ImageFormat::R32Float, [w, h])
+            .dispatch(0, [w.div_ceil(8), h.div_ceil(8), 1])
+            .copy(Y, U, 4 * n as u64)
+            .signal(1),
+    );
+    assert_eq!(done.last().unwrap().status, Some(Status::Ok));
+    assert_eq!(read_f32(&out, 0, n), reference::invert(&src));
 }
