@@ -226,4 +226,30 @@ mod tests {
         let empty = Specialized::new(b"").set("", 1.0).image();
         assert_eq!(decode(&empty), Err(SpecError::Name));
     }
+
+    proptest::proptest! {
+        /// Any bytes after the magic decode or are refused, never panic;
+        /// what decodes encodes back to the same values and module.
+        #[test]
+        fn hostile_images(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let mut img = MAGIC.to_vec();
+            img.extend_from_slice(&body);
+            if let Ok((values, shader)) = decode(&img) {
+                let mut again = Specialized::new(shader);
+                for v in &values {
+                    again = match &v.entry {
+                        Some(e) => again.set_for(e, &v.name, v.value),
+                        None => again.set(&v.name, v.value),
+                    };
+                }
+                // (A module itself starting with the magic is no shader.)
+                if !shader.starts_with(&MAGIC) {
+                    let image = again.image();
+                    let (v2, s2) = decode(&image).unwrap();
+                    proptest::prop_assert_eq!(s2, shader);
+                    proptest::prop_assert_eq!(v2.len(), values.len());
+                }
+            }
+        }
+    }
 }
