@@ -301,13 +301,6 @@ pub struct PipelineSpec {
 }
 
 impl PipelineSpec {
-    /// Whether it binds buffers only (no images or samplers).
-    pub fn buffers_only(&self) -> bool {
-        self.bindings
-            .iter()
-            .all(|b| matches!(b.kind, BindingKind::Storage | BindingKind::Uniform))
-    }
-
     /// Descriptor set layouts the pipeline needs: one per group up to the
     /// highest it uses (empty ones included).
     pub fn groups(&self) -> u32 {

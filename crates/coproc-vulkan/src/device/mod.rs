@@ -62,7 +62,7 @@ pub(crate) use objects::{
 };
 
 use crate::gpu::{compute_family, GpuError, GpuInfo, Instance};
-use crate::shader::{Compiled, PipelineSpec, ShaderLimits};
+use crate::shader::{Compiled, ShaderLimits};
 use crate::{Import, VulkanConfig};
 use ash::vk;
 use context::{Backing, Buf, Ctx};
@@ -309,68 +309,19 @@ impl VulkanDevice {
         .inspect(VulkanDevice::set_target)
     }
 
-    /// Let loading threads build on the current device.
-    fn set_target(&self) {
-        let t = prep::Target {
+    /// The current device, for building pipelines on.
+    fn target_now(&self) -> prep::Target {
+        prep::Target {
             gpu: self.gpu.builder(),
             family: self.family,
             draining: self.draining.clone(),
             timeout: self.cfg.compile_timeout,
-        };
-        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+        }
     }
 
-    /// Run each pipeline of the context's new firmware once, on one
-    /// workgroup with scratch buffers and zero push constants: a driver
-    /// that compiles on first use (lavapipe) compiles now, at load, and
-    /// not inside the first job's watchdog bound. Bounded by
-    /// `compile_timeout`; a trial run past it is a hung shader.
-    fn trial_run(&mut self, id: ContextId, specs: &[PipelineSpec]) -> Result<(), Failure> {
-        let most = specs
-            .iter()
-            .flat_map(|s| &s.bindings)
-            .map(|b| b.min_bytes)
-            .max()
-            .unwrap_or(0);
-        let len = most.max(256).next_multiple_of(256);
-        let Ok((buffer, memory, _)) = self.gpu.host_visible(len) else {
-            // No memory for scratch: the driver compiles at the first job.
-            return Ok(());
-        };
-        let Some(ctx) = self.ctxs.get_mut(&id) else {
-            destroy_buf(&self.gpu.device, buffer, memory);
-            return Ok(());
-        };
-        for (i, spec) in specs.iter().enumerate() {
-            if !spec.buffers_only() {
-                // No scratch images: compiled at its first job instead.
-                continue;
-            }
-            let binds: Vec<Descriptor> = spec
-                .bindings
-                .iter()
-                .map(|b| Descriptor::buffer(b.group, b.binding, b.kind, buffer, 0, b.min_bytes))
-                .collect();
-            let push = vec![0u8; spec.push_bytes.div_ceil(4) as usize * 4];
-            let r = execute(
-                &self.gpu,
-                &mut ctx.vk,
-                None,
-                self.cfg.compile_timeout,
-                &self.draining,
-                |d, cmd, pipes| record_dispatch(d, cmd, &pipes[i], &binds, &push, [1, 1, 1]),
-            );
-            if let Err(e) = r {
-                // The scratch buffer may still be in use by the hung run.
-                self.stray.push((buffer, memory));
-                return Err(match e {
-                    ExecError::Timeout => Failure::Watchdog,
-                    ExecError::Failed(why) => Failure::Lost(why),
-                });
-            }
-        }
-        destroy_buf(&self.gpu.device, buffer, memory);
-        Ok(())
+    /// Let loading threads build on the current device.
+    fn set_target(&self) {
+        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.target_now());
     }
 
     /// Write the pipeline cache to its file (atomically: a temporary file
@@ -610,10 +561,20 @@ impl Device for VulkanDevice {
         };
         let ctx = self.ctxs.get_mut(&id).ok_or(DeviceError::NoContext(id))?;
         ctx.firmware = None;
+        let built = match built {
+            Some(b) if b.gpu.owner.id == self.gpu.owner.id => Some(b),
+            // No device to build on then, or another one (recreated
+            // meanwhile): the runner builds and tries them, the same way.
+            other => {
+                drop(other);
+                self.runner_builds += 1;
+                prep::build(&self.target_now(), &specs)
+            }
+        };
+        let ctx = self.ctxs.get_mut(&id).ok_or(DeviceError::NoContext(id))?;
         let trial = match built {
-            // Built and tried on this very device by the loading thread:
-            // adopt its pipelines.
-            Some(mut b) if b.gpu.owner.id == self.gpu.owner.id => {
+            // Built and tried on this very device: adopt its pipelines.
+            Some(mut b) => {
                 let trial = std::mem::replace(&mut b.trial, Ok(()));
                 if let Some(v) = b.vk.as_mut() {
                     ctx.vk.put_pipes(&self.gpu.device, v.take_pipes());
@@ -622,16 +583,16 @@ impl Device for VulkanDevice {
                     // Still in flight: to the reaper with the old device.
                     self.stray_ctxs.extend(b.vk.take());
                     self.stray.extend(b.scratch.take());
+                    self.stray_images.append(&mut b.images);
+                    self.stray_samplers.append(&mut b.samplers);
                 }
                 trial
             }
-            // No device to build on then, or another one (recreated
-            // meanwhile): the runner builds and tries them.
-            other => {
-                drop(other);
-                self.runner_builds += 1;
+            // The objects could not be made for a trial: build the
+            // pipelines alone (the driver compiles at the first job).
+            None => {
                 self.gpu.build_pipes(&mut ctx.vk, &specs)?;
-                self.trial_run(id, &specs)
+                Ok(())
             }
         };
         if let Err(f) = trial {

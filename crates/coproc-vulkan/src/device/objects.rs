@@ -1101,6 +1101,32 @@ pub(crate) fn record_image_in(
     }
 }
 
+/// Record: `img` (contents undefined) is put in the general layout.
+pub(crate) fn record_image_layout(d: &ash::Device, cmd: vk::CommandBuffer, img: &Img) {
+    let to_general = [vk::ImageMemoryBarrier::default()
+        .src_access_mask(vk::AccessFlags::empty())
+        .dst_access_mask(vk::AccessFlags::SHADER_READ | vk::AccessFlags::SHADER_WRITE)
+        .old_layout(vk::ImageLayout::UNDEFINED)
+        .new_layout(vk::ImageLayout::GENERAL)
+        .src_queue_family_index(vk::QUEUE_FAMILY_IGNORED)
+        .dst_queue_family_index(vk::QUEUE_FAMILY_IGNORED)
+        .image(img.image)
+        .subresource_range(color_range())];
+    // SAFETY: recording into a command buffer that is not in flight (see
+    // `execute`); the image is the recorder's own.
+    unsafe {
+        d.cmd_pipeline_barrier(
+            cmd,
+            vk::PipelineStageFlags::TOP_OF_PIPE,
+            vk::PipelineStageFlags::COMPUTE_SHADER,
+            vk::DependencyFlags::empty(),
+            &[],
+            &[],
+            &to_general,
+        );
+    }
+}
+
 /// Record: the shader's writes to `img` go back to `buffer` at `offset`.
 pub(crate) fn record_image_out(
     d: &ash::Device,

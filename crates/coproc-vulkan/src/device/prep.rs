@@ -14,8 +14,9 @@
 //! drains).
 
 use super::objects::{destroy_buf, destroy_ctx_vk, execute, record_dispatch, CtxVk, Descriptor};
-use super::objects::{ExecError, Gpu};
+use super::objects::{destroy_image, destroy_sampler, ExecError, Gpu, Img};
 use super::recovery::Failure;
+use crate::shader::BindingKind;
 use crate::shader::{compile, PipelineSpec, ShaderLimits};
 use ash::vk;
 use coproc_core::device::{DeviceError, FirmwarePrep, PreparedFirmware};
@@ -68,6 +69,9 @@ pub(super) struct Built {
     pub(super) vk: Option<CtxVk>,
     /// The trial's scratch buffer.
     pub(super) scratch: Option<(vk::Buffer, vk::DeviceMemory)>,
+    /// The trial's scratch images and samplers.
+    pub(super) images: Vec<Img>,
+    pub(super) samplers: Vec<vk::Sampler>,
     /// How the trial ended; a failed one may still run on the device,
     /// which then has to be recreated by the runner.
     pub(super) trial: Result<(), Failure>,
@@ -79,7 +83,9 @@ pub(super) struct Built {
 impl Drop for Built {
     fn drop(&mut self) {
         let (vk, scratch) = (self.vk.take(), self.scratch.take());
-        if vk.is_none() && scratch.is_none() {
+        let images = std::mem::take(&mut self.images);
+        let samplers = std::mem::take(&mut self.samplers);
+        if vk.is_none() && scratch.is_none() && images.is_empty() && samplers.is_empty() {
             return;
         }
         let gpu = self.gpu.clone();
@@ -89,6 +95,12 @@ impl Drop for Built {
             }
             if let Some((b, m)) = scratch {
                 destroy_buf(&gpu.device, b, m);
+            }
+            for i in &images {
+                destroy_image(&gpu.device, i);
+            }
+            for &s in &samplers {
+                destroy_sampler(&gpu.device, s);
             }
         };
         if self.trial.is_ok() {
@@ -134,8 +146,9 @@ impl FirmwarePrep for Prep {
 }
 
 /// Build `specs` on `t`'s device and try each once; `None` if the objects
-/// cannot be made (the runner tries again).
-fn build(t: &Target, specs: &[PipelineSpec]) -> Option<Built> {
+/// cannot be made (the runner tries again). Used by the loading thread
+/// and, for a device replaced meanwhile, by the runner.
+pub(super) fn build(t: &Target, specs: &[PipelineSpec]) -> Option<Built> {
     let gpu = t.gpu.clone();
     let mut v = gpu.new_ctx_vk(t.family, false).ok()?;
     if let Err(e) = gpu.build_pipes(&mut v, specs) {
@@ -147,6 +160,8 @@ fn build(t: &Target, specs: &[PipelineSpec]) -> Option<Built> {
         gpu,
         vk: Some(v),
         scratch: None,
+        images: Vec::new(),
+        samplers: Vec::new(),
         trial: Ok(()),
         _hold: None,
     };
@@ -168,17 +183,40 @@ fn build(t: &Target, specs: &[PipelineSpec]) -> Option<Built> {
     let hold = Draining::new(&t.draining);
     let own = AtomicUsize::new(0);
     for (i, spec) in specs.iter().enumerate() {
-        if !spec.buffers_only() {
-            // No scratch images: compiled at its first job instead.
-            continue;
+        // Scratch images (1 x 1, of the format each binding takes) and
+        // samplers for what is not a buffer.
+        let mut binds = Vec::with_capacity(spec.bindings.len());
+        for b in &spec.bindings {
+            let mut d = Descriptor::buffer(b.group, b.binding, b.kind, buffer, 0, b.min_bytes);
+            match b.kind {
+                BindingKind::Storage | BindingKind::Uniform => {}
+                BindingKind::Sampler => match built.gpu.make_sampler(false, 0) {
+                    Ok(s) => {
+                        d.sampler = s;
+                        built.samplers.push(s);
+                    }
+                    Err(_) => return Some(built),
+                },
+                kind => {
+                    let format = scratch_format(kind);
+                    match built.gpu.make_image(format, [1, 1]) {
+                        Ok(img) => {
+                            d.view = img.view;
+                            built.images.push(img);
+                        }
+                        Err(_) => return Some(built),
+                    }
+                }
+            }
+            binds.push(d);
         }
-        let binds: Vec<Descriptor> = spec
-            .bindings
-            .iter()
-            .map(|b| Descriptor::buffer(b.group, b.binding, b.kind, buffer, 0, b.min_bytes))
-            .collect();
         let push = vec![0u8; spec.push_bytes.div_ceil(4) as usize * 4];
+        let imgs = &built.images;
         let r = execute(&built.gpu, v, None, t.timeout, &own, |d, cmd, pipes| {
+            for img in imgs {
+                // Into the general layout (contents undefined: scratch).
+                super::objects::record_image_layout(d, cmd, img);
+            }
             record_dispatch(d, cmd, &pipes[i], &binds, &push, [1, 1, 1])
         });
         if let Err(e) = r {
@@ -192,4 +230,15 @@ fn build(t: &Target, specs: &[PipelineSpec]) -> Option<Built> {
     }
     drop(hold);
     Some(built)
+}
+
+/// A format an image binding of `kind` takes.
+fn scratch_format(kind: BindingKind) -> coproc_proto::gpu::ImageFormat {
+    use coproc_proto::gpu::ImageFormat as F;
+    match kind {
+        BindingKind::StorageImage(f) => f,
+        BindingKind::SampledImage(Some(false)) => F::R32Uint,
+        BindingKind::SampledImage(Some(true)) => F::R32Sint,
+        _ => F::R32Float,
+    }
 }
