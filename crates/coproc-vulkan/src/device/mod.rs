@@ -200,6 +200,8 @@ pub struct VulkanDevice {
     stray_samplers: Vec<vk::Sampler>,
     /// The device loading threads build pipelines on (`prep`).
     target: prep::Slot,
+    /// Serialises trial runs (`prep::Target::trials`).
+    trials: Arc<std::sync::Mutex<()>>,
     /// Firmware whose pipelines the runner had to build itself.
     runner_builds: u64,
 }
@@ -304,6 +306,7 @@ impl VulkanDevice {
             stray_images: Vec::new(),
             stray_samplers: Vec::new(),
             target: Arc::new(std::sync::Mutex::new(None)),
+            trials: Arc::new(std::sync::Mutex::new(())),
             runner_builds: 0,
         })
         .inspect(VulkanDevice::set_target)
@@ -316,6 +319,7 @@ impl VulkanDevice {
             family: self.family,
             draining: self.draining.clone(),
             timeout: self.cfg.compile_timeout,
+            trials: self.trials.clone(),
         }
     }
 

@@ -33,6 +33,9 @@ pub(super) struct Target {
     pub(super) draining: Arc<AtomicUsize>,
     /// Longest a trial run may take.
     pub(super) timeout: Duration,
+    /// One trial at a time on a device: loads in parallel (or in a loop)
+    /// do not stack trial runs on its queue.
+    pub(super) trials: Arc<Mutex<()>>,
 }
 
 /// The current target, replaced by the runner when it recreates the
@@ -180,6 +183,7 @@ pub(super) fn build(t: &Target, specs: &[PipelineSpec]) -> Option<Built> {
     let v = built.vk.as_mut()?;
     // This trial's own wait is bounded; the runner's commands queued
     // behind it are not blamed meanwhile.
+    let _one = t.trials.lock().unwrap_or_else(|e| e.into_inner());
     let hold = Draining::new(&t.draining);
     let own = AtomicUsize::new(0);
     for (i, spec) in specs.iter().enumerate() {
