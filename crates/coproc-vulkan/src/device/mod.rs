@@ -563,43 +563,40 @@ impl Device for VulkanDevice {
                 None,
             ),
         };
-        let ctx = self.ctxs.get_mut(&id).ok_or(DeviceError::NoContext(id))?;
-        ctx.firmware = None;
+        let here = self.gpu.owner.id;
+        let exists = self.ctxs.contains_key(&id);
         let built = match built {
-            Some(b) if b.gpu.owner.id == self.gpu.owner.id => Some(b),
+            Some(b) if b.gpu.owner.id == here => Some(b),
             // No device to build on then, or another one (recreated
             // meanwhile): the runner builds and tries them, the same way.
-            other => {
+            other if exists => {
                 drop(other);
                 self.runner_builds += 1;
                 prep::build(&self.target_now(), &specs)
             }
+            other => other,
         };
-        let ctx = self.ctxs.get_mut(&id).ok_or(DeviceError::NoContext(id))?;
-        let trial = match built {
-            // Built and tried on this very device: adopt its pipelines.
-            Some(mut b) => {
-                let trial = std::mem::replace(&mut b.trial, Ok(()));
-                if let Some(v) = b.vk.as_mut() {
-                    ctx.vk.put_pipes(&self.gpu.device, v.take_pipes());
-                }
-                if trial.is_err() {
-                    // Still in flight: to the reaper with the old device.
-                    self.stray_ctxs.extend(b.vk.take());
-                    self.stray.extend(b.scratch.take());
-                    self.stray_images.append(&mut b.images);
-                    self.stray_samplers.append(&mut b.samplers);
-                }
-                trial
+        let mut trial = Ok(());
+        let mut pipes = None;
+        if let Some(mut b) = built {
+            trial = std::mem::replace(&mut b.trial, Ok(()));
+            pipes = b.vk.as_mut().map(|v| v.take_pipes());
+            if trial.is_err() {
+                // Still in flight: to the reaper with this device, which
+                // is recreated below (whether or not the vcoproc is still
+                // there).
+                self.stray_ctxs.extend(b.vk.take());
+                self.stray.extend(b.scratch.take());
+                self.stray_images.append(&mut b.images);
+                self.stray_samplers.append(&mut b.samplers);
             }
-            // The objects could not be made for a trial: build the
-            // pipelines alone (the driver compiles at the first job).
-            None => {
-                self.gpu.build_pipes(&mut ctx.vk, &specs)?;
-                Ok(())
-            }
-        };
+        }
         if let Err(f) = trial {
+            if let Some(p) = pipes {
+                let mut v = objects::CtxVk::default();
+                v.put_pipes(&self.gpu.device, p);
+                self.stray_ctxs.push(v);
+            }
             let why = match &f {
                 Failure::Watchdog => format!(
                     "a trial run of one workgroup did not end within {} s",
@@ -609,8 +606,27 @@ impl Device for VulkanDevice {
             };
             // The device is recreated as for a hung job; this vcoproc has
             // no firmware afterwards.
+            if let Some(ctx) = self.ctxs.get_mut(&id) {
+                ctx.firmware = None;
+            }
             let _ = self.fail(id, f);
             return Err(DeviceError::BadFirmware(why));
+        }
+        let Some(ctx) = self.ctxs.get_mut(&id) else {
+            if let Some(p) = pipes {
+                let mut v = objects::CtxVk::default();
+                v.put_pipes(&self.gpu.device, p);
+                destroy_ctx_vk(&self.gpu.device, &mut v);
+            }
+            return Err(DeviceError::NoContext(id));
+        };
+        ctx.firmware = None;
+        match pipes {
+            // Built and tried on this very device: adopt its pipelines.
+            Some(p) => ctx.vk.put_pipes(&self.gpu.device, p),
+            // The objects could not be made for a trial: build the
+            // pipelines alone (the driver compiles at the first job).
+            None => self.gpu.build_pipes(&mut ctx.vk, &specs)?,
         }
         self.save_cache();
         let ctx = self.ctxs.get_mut(&id).ok_or(DeviceError::NoContext(id))?;
