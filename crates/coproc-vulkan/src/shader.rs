@@ -316,10 +316,10 @@ pub struct Compiled {
     pub pipelines: Vec<PipelineSpec>,
 }
 
-/// The vulkan class's [`FirmwarePrep`]: parses, validates and rewrites an
-/// image with naga ([`compile`]) on the loading thread, against the limits
-/// of the device it came from. It needs no `VkDevice`: only creating the
-/// pipelines is left to the runner.
+/// A [`FirmwarePrep`] that only runs naga ([`compile`]) against the given
+/// limits, with no `VkDevice`: what it makes installs like the class's own
+/// (whose `firmware_prep` also builds and tries the pipelines off the
+/// runner), the runner creating the pipelines then.
 #[derive(Debug, Clone, Copy)]
 pub struct ShaderPrep {
     /// The limits modules are checked against.

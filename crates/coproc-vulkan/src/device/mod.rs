@@ -541,8 +541,10 @@ impl Device for VulkanDevice {
         })
     }
 
-    /// Creates the pipelines of firmware [`ShaderPrep`] compiled; naga's
-    /// work was done on the loading thread. The specs are kept, so device
+    /// Adopts the pipelines the class's `FirmwarePrep` (`prep::Prep`)
+    /// built and tried on the loading thread, or builds and tries them
+    /// here when they were made for another device (or not made: a
+    /// [`crate::shader::ShaderPrep`] image). The specs are kept, so device
     /// loss recovery builds the pipelines again from them.
     fn install_firmware(
         &mut self,
