@@ -587,3 +587,71 @@ fn glsl_texture_sampler_and_image() {
     assert_eq!(done.last().unwrap().status, Some(Status::Ok));
     assert_eq!(read_f32(&out, 0, n), reference::invert(&src));
 }
+
+/// A trial run past `compile_timeout` (here 100 ms; lavapipe takes
+/// seconds to compile this shader, the bystander's small one is compiled
+/// in milliseconds) refuses the load and recreates the device as a hung
+/// job would; a bystander vcoproc computes right before and after.
+#[test]
+fn a_trial_run_past_its_bound_is_refused() {
+    let salt = std::process::id().wrapping_mul(2_654_435_761)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+    let mut body = format!("v = v ^ {salt}u;\n");
+    for i in 0..3000u32 {
+        body.push_str(&format!(
+            "v = (v * {}u + (v >> {}u)) ^ {}u;\n",
+            1_000_003 + i,
+            i % 11 + 1,
+            i
+        ));
+    }
+    let src = format!(
+        "@group(0) @binding(0) var<storage, read_write> d: array<u32>;\n\
+         @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3<u32>) {{\n\
+         var v = d[g.x];\n{body}d[g.x] = v;\n}}"
+    );
+    let cfg = VulkanConfig {
+        compile_timeout: std::time::Duration::from_millis(100),
+        ..VulkanConfig::default()
+    };
+    let pc = pcoproc(cfg);
+    // The bystander's firmware is small and its compile happens now.
+    let mut by = Domain::new(&pc, 1, HISTO.image);
+    let n = 2000usize;
+    let data = lcg(9, n);
+    let dr = by.buffer(X, 4 * n as u64, Perms::R, MapKind::Pinned);
+    dr.write(0, &u32_bytes(&data)).unwrap();
+    let br = by.buffer(Y, 4096, Perms::RW, MapKind::Pinned);
+    let ur = by.buffer(U, 4096, Perms::R, MapKind::Pinned);
+    ur.write(0, &u32_bytes(&[2, n as u32])).unwrap();
+    let round = |by: &mut Domain, k: u32| {
+        let done = by.run(
+            &Job::new()
+                .bind(0, X, 4 * n as u64)
+                .bind(1, Y, 4 * 16)
+                .bind_group(1, 0, U, 16)
+                .dispatch(0, [(n as u32).div_ceil(64), 1, 1])
+                .signal(k),
+        );
+        assert_eq!(done.last().unwrap().status, Some(Status::Ok));
+        let want: Vec<u32> = reference::histogram(&data, 2, 16)
+            .iter()
+            .map(|&c| c * k)
+            .collect();
+        assert_eq!(read_u32(&br, 0, 16), want);
+    };
+    round(&mut by, 1);
+    let v = pc
+        .create_vcoproc(coproc_core::ids::DomainId(2), Default::default())
+        .unwrap();
+    let e = v
+        .load_firmware("big", src.as_bytes())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("trial run") && e.contains("100 ms"), "{e}");
+    // Recreated device: the bystander's buffers were imported again.
+    round(&mut by, 2);
+}

@@ -601,8 +601,8 @@ impl Device for VulkanDevice {
             }
             let why = match &f {
                 Failure::Watchdog => format!(
-                    "a trial run of one workgroup did not end within {} s",
-                    self.cfg.compile_timeout.as_secs()
+                    "a trial run of one workgroup did not end within {} ms",
+                    self.cfg.compile_timeout.as_millis()
                 ),
                 Failure::Lost(why) => format!("the GPU failed a trial run: {why}"),
             };
