@@ -109,7 +109,9 @@ fn main() {
 }
 
 /// Compiles each GLSL compute shader `dir/<name>.comp` to SPIR-V for Vulkan
-/// 1.1, as `out/<name>.spv`.
+/// 1.1, as `out/<name>.spv`, and for Vulkan 1.3 (SPIR-V 1.6, where glslang
+/// writes specialized workgroup sizes as `LocalSizeId`) as
+/// `out/<name>.vk13.spv`.
 fn build_gpu(dir: &Path, out: &Path) {
     let mut shaders: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
@@ -129,11 +131,14 @@ fn build_gpu(dir: &Path, out: &Path) {
              COPROC_GLSLANG"
         );
     };
-    for src in &shaders {
+    for (src, (env, suffix)) in shaders
+        .iter()
+        .flat_map(|s| [(s, ("vulkan1.1", "")), (s, ("vulkan1.3", ".vk13"))])
+    {
         let name = src.file_stem().expect("file name").to_string_lossy();
-        let spv = out.join(format!("{name}.spv"));
+        let spv = out.join(format!("{name}{suffix}.spv"));
         let output = Command::new(&glslang)
-            .args(["-V", "--target-env", "vulkan1.1", "-o"])
+            .args(["-V", "--target-env", env, "-o"])
             .arg(&spv)
             .arg(src)
             .output()

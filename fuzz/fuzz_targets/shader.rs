@@ -1,20 +1,44 @@
 //! The vulkan class's shader validator and rewriter
 //! (`coproc_vulkan::shader::compile`, what `ShaderPrep` runs on the
 //! loading thread; no Vulkan device needed): SPIR-V or WGSL from a domain,
-//! parsed and validated by naga, reflected and written out again. What it
+//! with or without specialization values ahead of it
+//! (`coproc_proto::shader`), parsed, validated, specialized, reflected and
+//! written out again. What it
 //! accepts must satisfy what pipeline creation relies on, and the SPIR-V it
 //! writes must itself be accepted. A panic inside naga is contained by
 //! `compile` and counts as a refusal.
 
 #![no_main]
 
-use coproc_proto::gpu::{PUSH_WORDS, SLOTS};
-use coproc_vulkan::shader::{compile, PipelineSpec, ShaderLimits, SPIRV_MAGIC};
+use coproc_proto::gpu::{MAX_BINDING, MAX_GROUPS, PUSH_WORDS};
+use coproc_vulkan::shader::{
+    compile, PipelineSpec, ShaderFeatures, ShaderLimits, SubgroupOperationSet, SPIRV_MAGIC,
+};
 use libfuzzer_sys::fuzz_target;
 
+/// lavapipe's limits, and every optional feature on (the most the
+/// compiler is asked to accept).
 const LIMITS: ShaderLimits = ShaderLimits {
     max_invocations: 1024,
     max_size: [1024, 1024, 64],
+    max_groups: 8,
+    max_storage_buffers: 1_000_000,
+    max_uniform_buffers: 1_000_000,
+    max_uniform_bytes: 65536,
+    max_workgroup_bytes: 32768,
+    features: ShaderFeatures {
+        f16: true,
+        f64: true,
+        i64: true,
+        i64_atomics: true,
+        i16: true,
+        subgroup_ops: SubgroupOperationSet::all(),
+        subgroup_size: 8,
+    },
+    robust_buffers: false,
+    robust_images: true,
+    max_images: 1_000_000,
+    max_samplers: 1_000_000,
 };
 
 fn check(specs: &[PipelineSpec]) {
@@ -28,7 +52,7 @@ fn check(specs: &[PipelineSpec]) {
             assert!((1..=m).contains(w));
         }
         for b in &s.bindings {
-            assert!(b.binding < SLOTS, "binding {} out of the slots", b.binding);
+            assert!(b.group < MAX_GROUPS && b.binding < MAX_BINDING, "binding {b:?} out of range");
         }
     }
 }
@@ -60,7 +84,11 @@ fuzz_target!(|data: &[u8]| {
             // that writes (naga's writer may drop a binding the original
             // module only used in dead code, so fewer is fine).
             for b in &again[0].bindings {
-                let Some(o) = s.bindings.iter().find(|o| o.binding == b.binding) else {
+                let Some(o) = s
+                    .bindings
+                    .iter()
+                    .find(|o| (o.group, o.binding, o.kind) == (b.group, b.binding, b.kind))
+                else {
                     panic!("binding {} not in the reflection", b.binding);
                 };
                 assert!(o.writable || !b.writable, "binding {} writable", b.binding);

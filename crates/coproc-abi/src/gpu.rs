@@ -7,8 +7,9 @@
 //! vcoproc's pipelines and iova map; the SDK builds entries with
 //! [`Command::encode`], so both sides share one definition.
 //!
-//! Commands carry state the way a command buffer does: `bind` fills one of
-//! [`SLOTS`] buffer slots, `push` sets words of the push constants, and a
+//! Commands carry state the way a command buffer does: `bind` sets the
+//! buffer of one binding (bind group below [`MAX_GROUPS`], binding number
+//! below [`MAX_BINDING`]), `push` sets words of the push constants, and a
 //! `dispatch` runs a pipeline with the current slots and constants. A
 //! `signal` ends a job: the device posts one completion for it when every
 //! command before it has finished. A refused command gets a completion of
@@ -38,8 +39,11 @@ pub mod mbox_out {
     pub const REFUSED: usize = 4;
 }
 
-/// Buffer slots a dispatch can use (bindings 0..SLOTS of set 0).
-pub const SLOTS: u32 = 8;
+/// Bind groups (descriptor sets) a `bind` can name: groups `0..MAX_GROUPS`
+/// (the device may allow fewer; it refuses the shader at load then).
+pub const MAX_GROUPS: u32 = 8;
+/// Binding numbers a `bind` can name in each group: `0..MAX_BINDING`.
+pub const MAX_BINDING: u32 = 32;
 /// Push constant words (128 bytes, the minimum every Vulkan device has).
 pub const PUSH_WORDS: u32 = 32;
 /// Most push words one `push` command carries.
@@ -47,8 +51,9 @@ pub const PUSH_PER_COMMAND: u32 = 12;
 
 /// Opcodes.
 pub mod op {
-    /// `bind slot iova len`: buffer slot `slot` = `len` bytes at `iova`
-    /// (`len` 0: to the end of the mapping holding `iova`).
+    /// `bind slot iova len`: the binding `slot` names (`group << 16 |
+    /// binding`) = `len` bytes at `iova` (`len` 0: to the end of the
+    /// mapping holding `iova`).
     pub const BIND: u32 = 1;
     /// `push offset count values…`: set push-constant words.
     pub const PUSH: u32 = 2;
@@ -63,15 +68,72 @@ pub mod op {
     /// `signal value`: end of a job; complete when everything before it is
     /// done.
     pub const SIGNAL: u32 = 7;
+    /// `image slot iova format width height`: the binding `slot` names is
+    /// a 2D image whose texels (row-major, tightly packed) are the
+    /// `width * height * texel` bytes at `iova`.
+    pub const IMAGE: u32 = 8;
+    /// `sampler slot filter address`: the binding `slot` names is a
+    /// sampler (filter 0 nearest, 1 linear; address 0 clamp to edge,
+    /// 1 repeat, 2 mirrored repeat).
+    pub const SAMPLER: u32 = 9;
 }
+
+/// Texel formats of images (`image` command; WGSL `texture_storage_2d`
+/// formats, GLSL `layout(<format>)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum ImageFormat {
+    /// `rgba8unorm`: 4 bytes, floats 0..1.
+    Rgba8Unorm = 1,
+    /// `rgba8uint`: 4 bytes.
+    Rgba8Uint = 2,
+    /// `r32float`: 4 bytes.
+    R32Float = 3,
+    /// `r32uint`: 4 bytes.
+    R32Uint = 4,
+    /// `r32sint`: 4 bytes.
+    R32Sint = 5,
+    /// `rgba32float`: 16 bytes.
+    Rgba32Float = 6,
+}
+
+impl ImageFormat {
+    /// The format of a command word.
+    pub fn from_u32(v: u32) -> Option<ImageFormat> {
+        use ImageFormat::*;
+        [
+            Rgba8Unorm,
+            Rgba8Uint,
+            R32Float,
+            R32Uint,
+            R32Sint,
+            Rgba32Float,
+        ]
+        .into_iter()
+        .find(|f| *f as u32 == v)
+    }
+
+    /// Bytes per texel.
+    pub fn texel_bytes(self) -> u32 {
+        match self {
+            ImageFormat::Rgba32Float => 16,
+            _ => 4,
+        }
+    }
+}
+
+/// Widest and tallest image an `image` command may describe.
+pub const MAX_IMAGE_SIZE: u32 = 16384;
 
 /// One decoded command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
-    /// Set a buffer slot.
+    /// Set the buffer of one binding.
     Bind {
-        /// Slot, below [`SLOTS`].
-        slot: u32,
+        /// Bind group (descriptor set), below [`MAX_GROUPS`].
+        group: u32,
+        /// Binding number in the group, below [`MAX_BINDING`].
+        binding: u32,
         /// First byte.
         iova: u32,
         /// Bytes (0: to the end of the mapping).
@@ -118,6 +180,32 @@ pub enum Command {
         /// Echoed in the completion's `result[0]`.
         value: u32,
     },
+    /// Bind a 2D image whose texels are at `iova`.
+    Image {
+        /// Bind group, below [`MAX_GROUPS`].
+        group: u32,
+        /// Binding, below [`MAX_BINDING`].
+        binding: u32,
+        /// First texel.
+        iova: u32,
+        /// Texel format.
+        format: ImageFormat,
+        /// Texels per row, 1..=[`MAX_IMAGE_SIZE`].
+        width: u32,
+        /// Rows, 1..=[`MAX_IMAGE_SIZE`].
+        height: u32,
+    },
+    /// Bind a sampler.
+    Sampler {
+        /// Bind group, below [`MAX_GROUPS`].
+        group: u32,
+        /// Binding, below [`MAX_BINDING`].
+        binding: u32,
+        /// Linear (else nearest) filtering.
+        linear: bool,
+        /// 0 clamp to edge, 1 repeat, 2 mirrored repeat.
+        address: u32,
+    },
 }
 
 /// Why an entry is not a command (the device answers [`Status::BadCommand`]).
@@ -126,8 +214,10 @@ pub enum DecodeError {
     /// Unknown opcode.
     #[error("unknown opcode {0}")]
     Opcode(u32),
-    /// Slot out of range.
-    #[error("slot {0} out of range (0..8)")]
+    /// Bind group or binding out of range (the word: `group << 16 | binding`).
+    #[error(
+        "binding word {0:#x} out of range (group below {MAX_GROUPS}, binding below {MAX_BINDING})"
+    )]
     Slot(u32),
     /// Push range out of bounds.
     #[error("push of {count} words at {offset} outside 32 words (1..=12 per command)")]
@@ -143,6 +233,9 @@ pub enum DecodeError {
     /// Argument words that must be zero are not.
     #[error("argument word {0} must be 0")]
     Reserved(usize),
+    /// An image's format or size, or a sampler's mode, out of range.
+    #[error("image format or size, or sampler mode, out of range")]
+    Image,
 }
 
 impl Command {
@@ -157,18 +250,26 @@ impl Command {
             op::DISPATCH => 4,
             op::BARRIER => 0,
             op::SIGNAL => 1,
+            op::IMAGE => 5,
+            op::SAMPLER => 3,
             other => return Err(DecodeError::Opcode(other)),
+        };
+        let slot = |w: u32| {
+            let (group, binding) = (w >> 16, w & 0xffff);
+            if group >= MAX_GROUPS || binding >= MAX_BINDING {
+                return Err(DecodeError::Slot(w));
+            }
+            Ok((group, binding))
         };
         if let Some(i) = (used..a.len()).find(|&i| a[i] != 0) {
             return Err(DecodeError::Reserved(i));
         }
         Ok(match sqe.opcode {
             op::BIND => {
-                if a[0] >= SLOTS {
-                    return Err(DecodeError::Slot(a[0]));
-                }
+                let (group, binding) = slot(a[0])?;
                 Command::Bind {
-                    slot: a[0],
+                    group,
+                    binding,
                     iova: a[1],
                     len: a[2],
                 }
@@ -214,6 +315,34 @@ impl Command {
                 }
             }
             op::BARRIER => Command::Barrier,
+            op::IMAGE => {
+                let (group, binding) = slot(a[0])?;
+                let format = ImageFormat::from_u32(a[2]).ok_or(DecodeError::Image)?;
+                let size = 1..=MAX_IMAGE_SIZE;
+                if !size.contains(&a[3]) || !size.contains(&a[4]) {
+                    return Err(DecodeError::Image);
+                }
+                Command::Image {
+                    group,
+                    binding,
+                    iova: a[1],
+                    format,
+                    width: a[3],
+                    height: a[4],
+                }
+            }
+            op::SAMPLER => {
+                let (group, binding) = slot(a[0])?;
+                if a[1] > 1 || a[2] > 2 {
+                    return Err(DecodeError::Image);
+                }
+                Command::Sampler {
+                    group,
+                    binding,
+                    linear: a[1] == 1,
+                    address: a[2],
+                }
+            }
             _ => Command::Signal { value: a[0] },
         })
     }
@@ -222,8 +351,13 @@ impl Command {
     pub fn encode(&self, tag: u32) -> Sqe {
         let mut args = [0u32; 14];
         let opcode = match *self {
-            Command::Bind { slot, iova, len } => {
-                args[..3].copy_from_slice(&[slot, iova, len]);
+            Command::Bind {
+                group,
+                binding,
+                iova,
+                len,
+            } => {
+                args[..3].copy_from_slice(&[group << 16 | binding, iova, len]);
                 op::BIND
             }
             Command::Push {
@@ -255,6 +389,32 @@ impl Command {
                 args[0] = value;
                 op::SIGNAL
             }
+            Command::Image {
+                group,
+                binding,
+                iova,
+                format,
+                width,
+                height,
+            } => {
+                args[..5].copy_from_slice(&[
+                    group << 16 | binding,
+                    iova,
+                    format as u32,
+                    width,
+                    height,
+                ]);
+                op::IMAGE
+            }
+            Command::Sampler {
+                group,
+                binding,
+                linear,
+                address,
+            } => {
+                args[..3].copy_from_slice(&[group << 16 | binding, u32::from(linear), address]);
+                op::SAMPLER
+            }
         };
         Sqe { opcode, tag, args }
     }
@@ -270,7 +430,7 @@ impl Command {
 ///     .bind(0, 0x1000_0000, 4096)
 ///     .bind(1, 0x1000_1000, 4096)
 ///     .push_f32(0, &[2.0])
-///     .push_u32(1, &[1024])
+///     .push_u32(4, &[1024])
 ///     .dispatch(0, [16, 1, 1])
 ///     .signal(1);
 /// assert_eq!(job.sqes(100).len(), 6);
@@ -278,6 +438,8 @@ impl Command {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Job {
     cmds: Vec<Command>,
+    /// The first misuse of the builder (the SDK refuses the job with it).
+    error: Option<String>,
 }
 
 impl Job {
@@ -291,39 +453,130 @@ impl Job {
         self
     }
 
-    /// Bind `len` bytes at `iova` to buffer slot `slot` (`len` 0: to the
-    /// end of the mapping). An iova beyond 32 bits is sent as one the
-    /// device refuses.
-    #[must_use]
-    pub fn bind(self, slot: u32, iova: u64, len: u64) -> Job {
+    fn misuse(mut self, why: String) -> Job {
+        self.error.get_or_insert(why);
+        self
+    }
+
+    /// The first misuse of the builder, if any (a zero-length bind, a push
+    /// at an offset that is not a multiple of 4 bytes or beyond the push
+    /// constants): the SDK refuses such a job before sending it.
+    pub fn error(&self) -> Option<&str> {
+        self.error.as_deref()
+    }
+
+    /// Bind exactly `len` bytes at `iova` to `@group(0) @binding(binding)`
+    /// (what `arrayLength()` sees). An iova beyond 32 bits is sent as one
+    /// the device refuses.
+    pub fn bind(self, binding: u32, iova: u64, len: u64) -> Job {
+        self.bind_group(0, binding, iova, len)
+    }
+
+    /// Bind exactly `len` bytes at `iova` to `@group(group)
+    /// @binding(binding)`.
+    pub fn bind_group(self, group: u32, binding: u32, iova: u64, len: u64) -> Job {
+        if len == 0 {
+            return self.misuse(format!(
+                "bind of 0 bytes to group {group} binding {binding} (give the exact length; \
+                 Job::bind_to_end binds to the end of the mapping)"
+            ));
+        }
+        self.bind_raw(group, binding, iova, len)
+    }
+
+    /// Bind from `iova` to the end of the mapping holding it (page
+    /// rounded: `arrayLength()` counts the padding too).
+    pub fn bind_to_end(self, group: u32, binding: u32, iova: u64) -> Job {
+        self.bind_raw(group, binding, iova, 0)
+    }
+
+    fn bind_raw(self, group: u32, binding: u32, iova: u64, len: u64) -> Job {
         self.with(Command::Bind {
-            slot,
+            group,
+            binding,
             iova: u32::try_from(iova).unwrap_or(u32::MAX),
             len: u32::try_from(len).unwrap_or(u32::MAX),
         })
     }
 
-    /// Set push-constant words from `offset` (split into as many `push`
-    /// commands as needed).
-    #[must_use]
-    pub fn push_u32(mut self, offset: u32, words: &[u32]) -> Job {
+    /// Bind a `width` × `height` image of `format` whose texels (row-major,
+    /// tightly packed) are at `iova` to `@group(group) @binding(binding)`
+    /// (a `texture_2d` or `texture_storage_2d`; the device copies the
+    /// texels in before each dispatch and, for a storage image the shader
+    /// writes, back out after).
+    pub fn image(
+        self,
+        group: u32,
+        binding: u32,
+        iova: u64,
+        format: ImageFormat,
+        size: [u32; 2],
+    ) -> Job {
+        self.with(Command::Image {
+            group,
+            binding,
+            iova: u32::try_from(iova).unwrap_or(u32::MAX),
+            format,
+            width: size[0],
+            height: size[1],
+        })
+    }
+
+    /// Bind a sampler to `@group(group) @binding(binding)`: linear or
+    /// nearest filtering, clamp to edge (0), repeat (1) or mirrored repeat
+    /// (2) addressing.
+    pub fn sampler(self, group: u32, binding: u32, linear: bool, address: u32) -> Job {
+        self.with(Command::Sampler {
+            group,
+            binding,
+            linear,
+            address,
+        })
+    }
+
+    /// Set push constants from byte `offset` (a multiple of 4, as in
+    /// GLSL's `offset`, WGSL's struct layout and wgpu's
+    /// `set_push_constants`) to these bytes (a multiple of 4 long). Split
+    /// into as many `push` commands as needed.
+    pub fn push_bytes(mut self, offset: u32, bytes: &[u8]) -> Job {
+        let end = u64::from(offset) + bytes.len() as u64;
+        if !offset.is_multiple_of(4)
+            || !bytes.len().is_multiple_of(4)
+            || end > u64::from(PUSH_WORDS) * 4
+        {
+            return self.misuse(format!(
+                "push of {} bytes at byte offset {offset}: offsets and lengths are multiples of \
+                 4 within {} bytes",
+                bytes.len(),
+                PUSH_WORDS * 4
+            ));
+        }
+        let words: Vec<u32> = bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let first = offset / 4;
         for (i, chunk) in words.chunks(PUSH_PER_COMMAND as usize).enumerate() {
             let mut values = [0u32; PUSH_PER_COMMAND as usize];
             values[..chunk.len()].copy_from_slice(chunk);
             self = self.with(Command::Push {
-                offset: u32::try_from(i)
-                    .unwrap_or(u32::MAX)
-                    .saturating_mul(PUSH_PER_COMMAND)
-                    .saturating_add(offset),
-                count: u32::try_from(chunk.len()).unwrap_or(PUSH_PER_COMMAND),
+                offset: first + (i as u32) * PUSH_PER_COMMAND,
+                count: chunk.len() as u32,
                 values,
             });
         }
         self
     }
 
-    /// Set push-constant words from `offset` to these floats.
-    #[must_use]
+    /// Set push constants from byte `offset` (a multiple of 4) to these
+    /// 32-bit words.
+    pub fn push_u32(self, offset: u32, words: &[u32]) -> Job {
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        self.push_bytes(offset, &bytes)
+    }
+
+    /// Set push constants from byte `offset` (a multiple of 4) to these
+    /// floats.
     pub fn push_f32(self, offset: u32, values: &[f32]) -> Job {
         let words: Vec<u32> = values.iter().map(|v| v.to_bits()).collect();
         self.push_u32(offset, &words)
@@ -499,7 +752,8 @@ mod tests {
     fn all_commands() -> Vec<Command> {
         vec![
             Command::Bind {
-                slot: 7,
+                group: 3,
+                binding: 31,
                 iova: 0x1000_0000,
                 len: 4096,
             },
@@ -529,6 +783,20 @@ mod tests {
             },
             Command::Barrier,
             Command::Signal { value: 77 },
+            Command::Image {
+                group: 1,
+                binding: 2,
+                iova: 0x2000_0000,
+                format: ImageFormat::Rgba32Float,
+                width: 640,
+                height: 480,
+            },
+            Command::Sampler {
+                group: 0,
+                binding: 5,
+                linear: true,
+                address: 2,
+            },
         ]
     }
 
@@ -554,8 +822,27 @@ mod tests {
         assert_eq!(Command::decode(&sqe(0, &[])), Err(DecodeError::Opcode(0)));
         assert_eq!(Command::decode(&sqe(99, &[])), Err(DecodeError::Opcode(99)));
         assert_eq!(
-            Command::decode(&sqe(op::BIND, &[8, 0, 0])),
-            Err(DecodeError::Slot(8))
+            Command::decode(&sqe(op::BIND, &[32, 0, 0])),
+            Err(DecodeError::Slot(32))
+        );
+        assert_eq!(
+            Command::decode(&sqe(op::BIND, &[8 << 16, 0, 0])),
+            Err(DecodeError::Slot(8 << 16))
+        );
+        assert!(Command::decode(&sqe(op::BIND, &[7 << 16 | 31, 0, 0])).is_ok());
+        for bad in [
+            sqe(op::IMAGE, &[0, 0, 0, 1, 1]),
+            sqe(op::IMAGE, &[0, 0, 7, 1, 1]),
+            sqe(op::IMAGE, &[0, 0, 1, 0, 1]),
+            sqe(op::IMAGE, &[0, 0, 1, 1, 16385]),
+            sqe(op::SAMPLER, &[0, 2, 0]),
+            sqe(op::SAMPLER, &[0, 0, 3]),
+        ] {
+            assert_eq!(Command::decode(&bad), Err(DecodeError::Image), "{bad:?}");
+        }
+        assert_eq!(
+            Command::decode(&sqe(op::IMAGE, &[8 << 16, 0, 1, 1, 1])),
+            Err(DecodeError::Slot(8 << 16))
         );
         assert!(matches!(
             Command::decode(&sqe(op::PUSH, &[30, 3])),
@@ -587,6 +874,38 @@ mod tests {
         );
     }
 
+    /// Push offsets are bytes, as shader authors write them; misuse is
+    /// recorded, not sent.
+    #[test]
+    fn push_in_bytes_and_misuse() {
+        let j = Job::new().push_u32(8, &[7, 8]).push_f32(4, &[1.5]);
+        let words: Vec<(u32, u32, u32)> = j
+            .commands()
+            .iter()
+            .filter_map(|c| match *c {
+                Command::Push {
+                    offset,
+                    count,
+                    values,
+                } => Some((offset, count, values[0])),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(words, vec![(2, 2, 7), (1, 1, 1.5f32.to_bits())]);
+        assert!(j.error().is_none());
+        let long: Vec<u32> = (0..20).collect();
+        assert_eq!(Job::new().push_u32(0, &long).commands().len(), 2);
+        for bad in [
+            Job::new().push_u32(2, &[1]),
+            Job::new().push_bytes(0, &[1, 2]),
+            Job::new().push_u32(124, &[1, 2]),
+            Job::new().bind(0, 0x1000_0000, 0),
+        ] {
+            assert!(bad.error().is_some(), "{bad:?}");
+        }
+        assert!(Job::new().bind_to_end(1, 2, 0x1000_0000).error().is_none());
+    }
+
     #[test]
     fn statuses_round_trip() {
         for v in 0..32 {
@@ -603,7 +922,7 @@ mod tests {
         /// Any 64 bytes decode without panicking, and whatever decodes
         /// encodes back to the same entry (nothing is silently dropped).
         #[test]
-        fn hostile_entries(opcode in 0u32..10, tag: u32, args in proptest::array::uniform14(any::<u32>()), small in any::<bool>()) {
+        fn hostile_entries(opcode in 0u32..12, tag: u32, args in proptest::array::uniform14(any::<u32>()), small in any::<bool>()) {
             let args = if small { args.map(|a| a % 16) } else { args };
             let sqe = Sqe { opcode, tag, args };
             if let Ok(c) = Command::decode(&sqe) {

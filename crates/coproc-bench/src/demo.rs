@@ -506,7 +506,7 @@ fn gpu_saxpy(d: &mut dyn GpuDomain, scale: u32) -> Check {
             .bind(0, xi, bytes)
             .bind(1, yi, bytes)
             .push_f32(0, &[a])
-            .push_u32(1, &[n as u32])
+            .push_u32(4, &[n as u32])
             .dispatch(0, [(n as u32).div_ceil(64), 1, 1])
             .signal(r);
         let done = d.run(&job).map_err(|e| format!("job {r}: {e}"))?;

@@ -138,7 +138,7 @@ impl Victim for GpuVictim {
             .bind(0, GPU_X, bytes)
             .bind(1, GPU_Y, bytes)
             .push_f32(0, &[1.5])
-            .push_u32(1, &[GPU_N])
+            .push_u32(4, &[GPU_N])
             .dispatch(0, [GPU_N.div_ceil(64), 1, 1])
             .signal(r);
         let t = Instant::now();

@@ -283,7 +283,7 @@ fn a_gpu_job_through_the_handle() {
         .bind(0, bx.iova(), bx.len())
         .bind(1, by.iova(), by.len())
         .push_f32(0, &[2.5])
-        .push_u32(1, &[n as u32])
+        .push_u32(4, &[n as u32])
         .dispatch(0, [n.div_ceil(64) as u32, 1, 1])
         .barrier()
         .signal(1);

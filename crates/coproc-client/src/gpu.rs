@@ -6,7 +6,11 @@
 //! shader module (WGSL text or a SPIR-V binary) given to
 //! [`Client::load_firmware`]; its compute entry points are the pipelines.
 //! Work is a [`Job`]: commands (bind, push, dispatch, copy, fill, barrier)
-//! ending in a `signal`, whose completion says the job is done.
+//! ending in a `signal`, whose completion says the job is done. Binds are
+//! exact lengths in any bind group ([`Job::bind_group`]); push-constant
+//! offsets are bytes, as in the shader. Specialization values (WGSL
+//! overrides, SPIR-V specialization constants) go ahead of the module:
+//! [`Specialized`].
 //!
 //! ```no_run
 //! use coproc_client::{Client, Job, SharedMem, WireMapKind, WirePerms};
@@ -25,7 +29,7 @@
 //!     .bind(0, 0x2000_0000, 4096)
 //!     .bind(1, 0x2100_0000, 4096)
 //!     .push_f32(0, &[2.0])
-//!     .push_u32(1, &[1024])
+//!     .push_u32(4, &[1024])
 //!     .dispatch(0, [16, 1, 1])
 //!     .signal(1);
 //! let tag = q.submit_job(&job)?;
@@ -42,11 +46,18 @@
 //! the command and the device's [`Status`]).
 
 pub use coproc_proto::gpu::{
-    op, Command, DecodeError, Job, JobDone, Status, PUSH_PER_COMMAND, PUSH_WORDS, SLOTS,
+    op, Command, DecodeError, ImageFormat, Job, JobDone, Status, MAX_BINDING, MAX_GROUPS,
+    MAX_IMAGE_SIZE, PUSH_PER_COMMAND, PUSH_WORDS,
 };
 
 use crate::{Client, ClientError, Cqe, Queue};
 use std::collections::{HashMap, VecDeque};
+
+/// Specialization values for WGSL overrides and SPIR-V specialization
+/// constants, ahead of the shader module in the image given to
+/// [`Client::load_firmware`]: `Specialized::new(wgsl).set("block",
+/// 64.0).image()`.
+pub use coproc_proto::shader::{SpecValue, Specialized};
 
 /// Mailbox-in word the device reads the queue's iova from
 /// (`coproc_abi::gpu::MBOX_QUEUE`).
@@ -97,6 +108,8 @@ pub fn op_name(opcode: u32) -> String {
         op::FILL => "fill".into(),
         op::BARRIER => "barrier".into(),
         op::SIGNAL => "signal".into(),
+        op::IMAGE => "image".into(),
+        op::SAMPLER => "sampler".into(),
         other => format!("opcode {other}"),
     }
 }
@@ -188,6 +201,9 @@ impl Jobs {
     /// Check a job and pick its tags: (first, signal). Nothing is recorded
     /// until [`Jobs::commit`].
     pub(crate) fn plan(&self, job: &Job) -> Result<(u32, u32), ClientError> {
+        if let Some(why) = job.error() {
+            return Err(ClientError::Invalid(why.to_string()));
+        }
         let cmds = job.commands();
         let Some(last) = cmds.last() else {
             return Err(ClientError::Invalid("an empty job".into()));
@@ -348,6 +364,19 @@ mod tests {
                 matches!(j.plan(&bad), Err(ClientError::Invalid(_))),
                 "{bad:?}"
             );
+        }
+        // What the builder could not build is refused with its reason.
+        for (bad, why) in [
+            (
+                Job::new().bind(0, 0x2000_0000, 0).signal(1),
+                "bind of 0 bytes",
+            ),
+            (Job::new().push_u32(2, &[1]).signal(1), "byte offset 2"),
+        ] {
+            match j.plan(&bad) {
+                Err(ClientError::Invalid(e)) => assert!(e.contains(why), "{e}"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
         }
     }
 

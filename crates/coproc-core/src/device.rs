@@ -88,6 +88,12 @@ pub struct Capabilities {
     /// Memory of the device itself in bytes (a GPU's heaps; 0 where the
     /// device has none of its own).
     pub memory_bytes: u64,
+    /// Class-specific limits a firmware author needs, by name (a GPU's
+    /// workgroup sizes, binding alignments, …); empty where none.
+    pub limits: std::collections::BTreeMap<String, u64>,
+    /// Optional features the device has, by name (a GPU's `f16`,
+    /// `subgroups`, …); empty where none.
+    pub features: Vec<String>,
 }
 
 /// What the runner passes when it creates a context.

@@ -68,6 +68,8 @@ impl Device for Scripted {
             demand_faults: false,
             max_contexts: 8,
             memory_bytes: 0,
+            limits: Default::default(),
+            features: Vec::new(),
         }
     }
     fn create_context(&mut self, spec: ContextSpec) -> Result<(), DeviceError> {

@@ -4,9 +4,11 @@
 //! is, or SPIR-V compiled from GLSL by glslangValidator at build time. Its
 //! compute entry points become the domain's pipelines, numbered in the
 //! order of [`GpuFirmware::entry_points`] (the order in the module).
-//! Bindings are all in descriptor set (WGSL group) 0; parameters come as
-//! push constants (WGSL `var<immediate>`). The host reference of each is
-//! in [`crate::reference`].
+//! Most keep their bindings in descriptor set (WGSL group) 0 and take
+//! parameters as push constants (WGSL `var<immediate>`); `affine` and
+//! `histo` use uniform buffers in group 1 and specialization (WGSL
+//! overrides, SPIR-V specialization constants). The host reference of each
+//! is in [`crate::reference`].
 
 /// The language of a GPU firmware image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,8 +122,59 @@ pub const TWOENTRY: GpuFirmware = GpuFirmware {
     entry_points: &["add_one", "square"],
 };
 
+/// `affine` (firmware/gpu/affine.wgsl): WGSL overrides, a uniform buffer
+/// in bind group 1, and the bounds semantics. Entry 0 `affine`:
+/// `y[i] = x[i] * mul + add + offset` for `i < arrayLength(&y)`; entry 1
+/// `spill`: `y[i] = i as f32` for every invocation, unchecked in the source.
+///
+/// Overrides: `block` (workgroup size and workgroup array length, default
+/// 64), `offset` (default 0.0). Bindings: group 0: 0 `x` (read), 1 `y`
+/// (read-write); group 1: 0 uniform `{ mul: f32, add: f32 }`.
+/// Reference: [`crate::reference::affine`].
+pub const AFFINE: GpuFirmware = GpuFirmware {
+    name: "affine",
+    source: Source::Wgsl,
+    image: include_bytes!("../../../firmware/gpu/affine.wgsl"),
+    entry_points: &["affine", "spill"],
+};
+
+/// `histo` (firmware/gpu/histo.comp, SPIR-V), entry `main`: adds to
+/// `bins[b]` the count of `i < n` with `(data[i] >> shift) % BINS == b`,
+/// through a workgroup array of `BINS` counters.
+///
+/// Specialization constants: 0 `BINS` (default 16), 1 the workgroup size
+/// in x (`local_size_x_id`, default 64). Bindings: set 0: 0 `data`
+/// (read), 1 `bins` (read-write); set 1: 0 uniform `{ uint shift; uint n; }`.
+/// Reference: [`crate::reference::histogram`].
+pub const HISTO: GpuFirmware = GpuFirmware {
+    name: "histo",
+    source: Source::Spirv,
+    image: include_bytes!(concat!(env!("OUT_DIR"), "/histo.spv")),
+    entry_points: &["main"],
+};
+
+/// `invert` (firmware/gpu/invert.comp, SPIR-V), entry `main`: each texel
+/// of the r32f storage image `dst` is `1 - src` at the same texel, read
+/// through a texture and a sampler (nearest, at texel centres).
+///
+/// Bindings: set 0: 0 `texture2D src` (r32float), 1 `sampler`, 2
+/// `image2D dst` (r32f, written). Workgroup size 8 x 8.
+/// Reference: [`crate::reference::invert`].
+pub const INVERT: GpuFirmware = GpuFirmware {
+    name: "invert",
+    source: Source::Spirv,
+    image: include_bytes!(concat!(env!("OUT_DIR"), "/invert.spv")),
+    entry_points: &["main"],
+};
+
+/// `histo` compiled for Vulkan 1.3 (SPIR-V 1.6): the same shader, its
+/// workgroup size given by the `LocalSizeId` execution mode.
+pub const HISTO_SPIRV16: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/histo.vk13.spv"));
+
 /// Every GPU example firmware.
-pub const ALL: &[GpuFirmware] = &[SAXPY, REDUCE, SPIN, MATMUL, TOUCH, TWOENTRY];
+pub const ALL: &[GpuFirmware] = &[
+    SAXPY, REDUCE, SPIN, MATMUL, TOUCH, TWOENTRY, AFFINE, HISTO, INVERT,
+];
 
 /// Look a GPU example up by name.
 pub fn by_name(name: &str) -> Option<GpuFirmware> {

@@ -302,6 +302,26 @@ pub fn hello_line(n: u32) -> String {
     format!("hello: n={n} sum={sum} root={:.3}", (sum as f64).sqrt())
 }
 
+/// `affine.wgsl`'s `affine` entry: `x[i] * mul + add + offset` for each
+/// element of `x` (f32 arithmetic, in the shader's order).
+pub fn affine(x: &[f32], mul: f32, add: f32, offset: f32) -> Vec<f32> {
+    x.iter().map(|&v| v * mul + add + offset).collect()
+}
+
+/// `invert.comp`: `1 - v` for each texel.
+pub fn invert(src: &[f32]) -> Vec<f32> {
+    src.iter().map(|&v| 1.0 - v).collect()
+}
+
+/// `histo.comp`: counts of `(v >> shift) % bins` over `data`.
+pub fn histogram(data: &[u32], shift: u32, bins: usize) -> Vec<u32> {
+    let mut out = vec![0u32; bins];
+    for &v in data {
+        out[((v >> shift) % bins as u32) as usize] += 1;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1486,6 +1486,8 @@ impl Device for McuDevice {
             demand_faults: true,
             max_contexts: self.config.max_contexts,
             memory_bytes: 0,
+            limits: Default::default(),
+            features: Vec::new(),
         }
     }
 

@@ -7,12 +7,15 @@
 //! - [`msg`]: the messages: requests, replies, events, error codes.
 //! - [`gpu`] and [`queue`]: the shared-memory layouts, re-exported from
 //!   `coproc-abi` (the queue rings and the GPU command words).
+//! - [`shader`]: a `vulkan` firmware image with specialization values
+//!   (WGSL overrides, SPIR-V specialization constants) ahead of the module.
 //! - [`fdpass`]: sending and receiving frames with file descriptors over a
 //!   blocking or non-blocking socket.
 
 pub mod fdpass;
 pub mod frame;
 pub mod msg;
+pub mod shader;
 
 pub use coproc_abi::{gpu, queue};
 

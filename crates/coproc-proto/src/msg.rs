@@ -4,6 +4,7 @@
 //! (`LoadFirmware`, `Map`, `CreateQueue`); any other frame must carry none.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// A request with its id.
@@ -362,6 +363,17 @@ pub struct CoprocInfo {
     /// does not report it.
     #[serde(default)]
     pub memory_bytes: u64,
+    /// Class-specific limits by name (for a GPU: workgroup sizes and
+    /// counts, binding alignments and ranges, bind groups, workgroup
+    /// memory, subgroup size, push-constant bytes); empty from a daemon
+    /// that does not report them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, u64>,
+    /// Optional features the device has (for a GPU: `f16`, `f64`, `i64`,
+    /// `i64-atomics`, `i16`, `subgroups`, `robustness2`, `storage-images`,
+    /// `zero-copy`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
     /// `running`, or `failed` once device or policy code panicked where no
     /// single vcoproc could be blamed (nothing runs on it any more).
     #[serde(default = "running")]
@@ -628,11 +640,15 @@ mod tests {
             iova_base: 0x1000_0000,
             iova_size: 0xe000_0000,
             memory_bytes: 8 << 30,
+            limits: [("subgroup_size".to_string(), 8)].into(),
+            features: vec!["f16".into()],
             state: "running".into(),
             failure: None,
         };
         let text = serde_json::to_string(&info).unwrap();
         assert!(text.contains("\"memory_bytes\":8589934592"), "{text}");
+        assert!(text.contains("\"limits\":{\"subgroup_size\":8}"), "{text}");
+        assert!(text.contains("\"features\":[\"f16\"]"), "{text}");
         assert_eq!(serde_json::from_str::<CoprocInfo>(&text).unwrap(), info);
         // A daemon from before memory_bytes (and before the iova window).
         let old = r#"{"name":"mcu0","class":"mcu","model":"Cortex-M4","policy":"rr","vcoprocs":0,"utilisation_pct":0.0}"#;

@@ -54,7 +54,7 @@ def main():
                 ("bind", 0, bx.iova, len(bx)),
                 ("bind", 1, by.iova, len(by)),
                 ("push_f32", 0, [2.0]),
-                ("push_u32", 1, [x.size]),
+                ("push_u32", 4, [x.size]),
                 ("dispatch", 0, ((x.size + 63) // 64, 1, 1)),
                 ("barrier",),
             ]

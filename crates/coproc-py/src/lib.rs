@@ -552,7 +552,7 @@ impl PyQueue {
 }
 
 /// A GPU job from its commands, as tuples: ("bind", slot, iova, len),
-/// ("push_u32", offset, [words]), ("push_f32", offset, [floats]),
+/// ("push_u32", byte offset, [words]), ("push_f32", byte offset, [floats]),
 /// ("dispatch", pipeline, (x, y, z)), ("copy", src, dst, len),
 /// ("fill", dst, len, value), ("barrier",); the signal is added.
 fn job(commands: &Bound<'_, PyList>, value: u32) -> PyResult<coproc_client::Job> {

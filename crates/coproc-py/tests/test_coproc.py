@@ -165,7 +165,7 @@ def test_a_numpy_array_on_the_gpu_class():
                 ("bind", 0, bx.iova, len(bx)),
                 ("bind", 1, by.iova, len(by)),
                 ("push_f32", 0, [2.5]),
-                ("push_u32", 1, [n]),
+                ("push_u32", 4, [n]),
                 ("dispatch", 0, ((n + 63) // 64, 1, 1)),
                 ("barrier",),
             ]

@@ -11,10 +11,11 @@
 //! pipeline sees (whole, unless [`Direct::bind`] narrows a binding).
 
 use crate::device::{
-    destroy_buf, destroy_ctx_vk, execute, queue_limits, record_dispatch, CtxVk, ExecError, Gpu,
+    destroy_buf, destroy_ctx_vk, execute, optional_features, queue_limits, record_dispatch,
+    shader_limits, CtxVk, Descriptor, ExecError, Gpu,
 };
 use crate::gpu::{compute_family, GpuError, GpuInfo, Instance};
-use crate::shader::{self, PipelineSpec, ShaderError, ShaderLimits};
+use crate::shader::{self, PipelineSpec, ShaderError};
 use crate::Selector;
 use ash::vk;
 use coproc_core::device::DeviceError;
@@ -97,8 +98,8 @@ pub struct Direct {
     /// Host mapping of `memory`, `len` bytes (null until mapped).
     ptr: *mut u8,
     len: u64,
-    /// (binding, offset, len) for each binding the pipeline uses.
-    binds: Vec<(u32, u64, u64)>,
+    /// Each binding the pipeline uses, on `buffer` (set at dispatch).
+    binds: Vec<Descriptor>,
     push: [u32; PUSH_WORDS as usize],
     storage_align: u64,
     max_groups: [u32; 3],
@@ -145,10 +146,8 @@ impl Direct {
         let (pdev, info) = inst.select(selector)?;
         let family = compute_family(&inst.instance, pdev).ok_or(GpuError::NoDevice)?;
         let (l, timestamps) = queue_limits(&inst.instance, pdev, family);
-        let limits = ShaderLimits {
-            max_invocations: l.max_compute_work_group_invocations,
-            max_size: l.max_compute_work_group_size,
-        };
+        let optional = optional_features(&inst.instance, pdev);
+        let limits = shader_limits(&l, &optional);
         let mut specs = shader::compile(image, &limits)?;
         if entry_index >= specs.len() {
             return Err(DirectError::NoEntryPoint {
@@ -175,11 +174,20 @@ impl Direct {
         }
         // The device the `vulkan` class opens (without host import: the
         // buffer is the baseline's own memory).
-        let gpu = Gpu::open(&inst, pdev, family, false)?;
+        let gpu = Gpu::open(&inst, pdev, family, false, &optional, None)?;
         let binds = spec
             .bindings
             .iter()
-            .map(|b| (b.binding, 0, buffer_bytes))
+            .map(|b| {
+                Descriptor::buffer(
+                    b.group,
+                    b.binding,
+                    b.kind,
+                    vk::Buffer::null(),
+                    0,
+                    buffer_bytes,
+                )
+            })
             .collect();
         // From here on every object lands in `d`, whose `Drop` destroys what
         // exists (null handles are ignored) if a later step fails.
@@ -309,8 +317,8 @@ impl Direct {
         if len < spec.min_bytes {
             return Err(why(format!("needs at least {} bytes", spec.min_bytes)));
         }
-        if let Some(b) = self.binds.iter_mut().find(|b| b.0 == binding) {
-            *b = (binding, offset, len);
+        if let Some(b) = self.binds.iter_mut().find(|b| b.binding == binding) {
+            (b.offset, b.len) = (offset, len);
         }
         Ok(())
     }
@@ -348,10 +356,13 @@ impl Direct {
             });
         }
         let t0 = Instant::now();
-        let binds: Vec<(u32, vk::Buffer, u64, u64)> = self
+        let binds: Vec<Descriptor> = self
             .binds
             .iter()
-            .map(|&(b, off, len)| (b, self.buffer, off, len))
+            .map(|&b| Descriptor {
+                buffer: self.buffer,
+                ..b
+            })
             .collect();
         let pb = self.spec.push_bytes.div_ceil(4) as usize;
         let push: Vec<u8> = self.push[..pb]
@@ -376,16 +387,11 @@ impl Direct {
 
 impl Drop for Direct {
     fn drop(&mut self) {
+        self.gpu.wait_idle();
         let d = &self.gpu.device;
-        // SAFETY: waits for the queue before anything is destroyed.
-        unsafe {
-            let _ = d.device_wait_idle();
-        }
         destroy_ctx_vk(d, &mut self.v);
         destroy_buf(d, self.buffer, self.memory);
-        // SAFETY: every object created on the device is gone; nothing uses
-        // it afterwards.
-        unsafe { d.destroy_device(None) };
+        // The device itself goes with `self.gpu`'s owner.
     }
 }
 

@@ -111,6 +111,15 @@ pub struct VulkanConfig {
     /// Most workgroups one dispatch may launch (x·y·z), on top of the
     /// device's per-axis limits.
     pub max_groups: u64,
+    /// Directory of the persistent pipeline cache (one file per GPU
+    /// model and driver; created if missing). `None`: no cache kept across
+    /// restarts. The daemon's default is `pipeline-cache` in its state
+    /// directory.
+    pub pipeline_cache: Option<std::path::PathBuf>,
+    /// Longest a new pipeline's trial run may take at `load-firmware` (one
+    /// workgroup on scratch buffers, which makes a driver that compiles on
+    /// first use, such as lavapipe, compile then rather than in a job).
+    pub compile_timeout: Duration,
     /// Injected faults (tests).
     pub hooks: Option<Arc<TestHooks>>,
 }
@@ -124,6 +133,8 @@ impl Default for VulkanConfig {
             max_contexts: 256,
             local_memory: 256 << 20,
             max_groups: 1 << 22,
+            pipeline_cache: None,
+            compile_timeout: Duration::from_secs(10),
             hooks: None,
         }
     }

@@ -64,7 +64,7 @@ impl Saxpy {
             .bind(0, BUF_IOVA, 4 * u64::from(n))
             .bind(1, BUF_IOVA + 0x100_0000, 4 * u64::from(n))
             .push_f32(0, &[self.a])
-            .push_u32(1, &[n])
+            .push_u32(4, &[n])
             .dispatch(0, [n.div_ceil(64), 1, 1])
             .signal(7)
     }
@@ -109,7 +109,7 @@ fn interleaved_domains_match_host() {
     );
     let rjob = Job::new()
         .bind(0, BUF_IOVA, 4 * input.len() as u64)
-        .bind(1, BUF_IOVA + 0x100_0000, 0)
+        .bind_to_end(0, 1, BUF_IOVA + 0x100_0000)
         .push_u32(0, &[input.len() as u32])
         .dispatch(0, [groups as u32, 1, 1])
         .signal(2);

@@ -75,7 +75,7 @@ fn saxpy_job(n: u32) -> Job {
         .bind(0, BUF_IOVA, 4 * u64::from(n))
         .bind(1, BUF_IOVA + 0x10_0000, 4 * u64::from(n))
         .push_f32(0, &[2.0])
-        .push_u32(1, &[n])
+        .push_u32(4, &[n])
         .dispatch(0, [n.div_ceil(64), 1, 1])
         .signal(9)
 }

@@ -73,12 +73,16 @@ fn refused_jobs_leave_others_untouched() {
     let _x = a.buffer(BUF_IOVA, 4096, Perms::R, MapKind::Pinned);
     let y = a.buffer(BUF_IOVA + 0x10_0000, 4096, Perms::RW, MapKind::Pinned);
     y.write(0, &[0x55; 4096]).unwrap();
-    let ok_tail = |j: Job| j.push_u32(1, &[1024]).dispatch(0, [16, 1, 1]).signal(0);
+    let ok_tail = |j: Job| j.push_u32(4, &[1024]).dispatch(0, [16, 1, 1]).signal(0);
 
     // Another vcoproc's buffer: B's iova means nothing in A's map.
     refused(
         &mut a,
-        &ok_tail(Job::new().bind(0, BUF_IOVA, 0).bind(1, B_PRIVATE, 4096)),
+        &ok_tail(
+            Job::new()
+                .bind_to_end(0, 0, BUF_IOVA)
+                .bind(1, B_PRIVATE, 4096),
+        ),
         Status::BadIova,
         "other vcoproc's buffer",
     );
@@ -102,8 +106,8 @@ fn refused_jobs_leave_others_untouched() {
     refused(
         &mut a,
         &Job::new()
-            .bind(0, BUF_IOVA, 0)
-            .bind(1, BUF_IOVA + 0x10_0000, 0)
+            .bind_to_end(0, 0, BUF_IOVA)
+            .bind_to_end(0, 1, BUF_IOVA + 0x10_0000)
             .dispatch(1, [1, 1, 1])
             .signal(0),
         Status::BadPipeline,
@@ -125,8 +129,8 @@ fn refused_jobs_leave_others_untouched() {
         refused(
             &mut a,
             &Job::new()
-                .bind(0, BUF_IOVA, 0)
-                .bind(1, BUF_IOVA + 0x10_0000, 0)
+                .bind_to_end(0, 0, BUF_IOVA)
+                .bind_to_end(0, 1, BUF_IOVA + 0x10_0000)
                 .dispatch(0, groups)
                 .signal(0),
             Status::BadGroups,
@@ -137,7 +141,11 @@ fn refused_jobs_leave_others_untouched() {
     // slot; a misaligned binding; a malformed entry.
     refused(
         &mut a,
-        &ok_tail(Job::new().bind(0, BUF_IOVA, 0).bind(1, BUF_IOVA, 0)),
+        &ok_tail(
+            Job::new()
+                .bind_to_end(0, 0, BUF_IOVA)
+                .bind_to_end(0, 1, BUF_IOVA),
+        ),
         Status::ReadOnly,
         "writable binding of a read-only mapping",
     );
@@ -152,7 +160,7 @@ fn refused_jobs_leave_others_untouched() {
     refused(
         &mut fresh,
         &Job::new()
-            .bind(0, BUF_IOVA, 0)
+            .bind_to_end(0, 0, BUF_IOVA)
             .dispatch(0, [1, 1, 1])
             .signal(0),
         Status::BadBinding,
@@ -161,8 +169,8 @@ fn refused_jobs_leave_others_untouched() {
     refused(
         &mut fresh,
         &Job::new()
-            .bind(0, BUF_IOVA + 4, 0)
-            .bind(1, BUF_IOVA + 8, 0)
+            .bind_to_end(0, 0, BUF_IOVA + 4)
+            .bind_to_end(0, 1, BUF_IOVA + 8)
             .dispatch(0, [1, 1, 1])
             .signal(0),
         Status::BadBinding,
@@ -180,7 +188,7 @@ fn refused_jobs_leave_others_untouched() {
         },
         Sqe {
             opcode: op::BIND,
-            args: [9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            args: [32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             ..Default::default()
         },
     ] {
@@ -198,11 +206,11 @@ fn refused_jobs_leave_others_untouched() {
     assert_eq!(y.read_vec(0, 4096).unwrap(), vec![0x55; 4096]);
     victim.check();
     // And A still works.
-    let done = a.run(&ok_tail(Job::new().bind(0, BUF_IOVA, 0).bind(
-        1,
-        BUF_IOVA + 0x10_0000,
-        0,
-    )));
+    let done = a.run(&ok_tail(
+        Job::new()
+            .bind_to_end(0, 0, BUF_IOVA)
+            .bind_to_end(0, 1, BUF_IOVA + 0x10_0000),
+    ));
     assert_eq!(done[0].status, Some(Status::Ok));
     for v in pc.vcoprocs() {
         assert_eq!(v.stats.faults, 0, "refusals are not faults");
@@ -222,7 +230,7 @@ fn bad_firmware_is_refused_and_the_vcoproc_stays_usable() {
         &[0xff, 0xfe, 0xfd],
         b"@compute @workgroup_size(1) fn main( {",
         &spirv_garbage,
-        b"@group(0) @binding(0) var<uniform> u: vec4<u32>;\n@compute @workgroup_size(1) fn main() { _ = u; }",
+        b"@group(0) @binding(0) var t: texture_3d<f32>;\n@compute @workgroup_size(1) fn main() { _ = textureLoad(t, vec3(0), 0); }",
     ];
     for img in images {
         let e = v.load_firmware("bad", img).unwrap_err();
@@ -300,6 +308,7 @@ fn spirv_from_wgsl_runs() {
     let limits = coproc_vulkan::shader::ShaderLimits {
         max_invocations: 256,
         max_size: [256, 256, 64],
+        ..coproc_vulkan::shader::ShaderLimits::BASE
     };
     let p = coproc_vulkan::shader::compile(TWOENTRY.image, &limits).unwrap();
     let spv: Vec<u8> = p[1].spirv.iter().flat_map(|w| w.to_le_bytes()).collect();
@@ -310,7 +319,7 @@ fn spirv_from_wgsl_runs() {
         .unwrap();
     let done = d.run(
         &Job::new()
-            .bind(0, BUF_IOVA, 0)
+            .bind_to_end(0, 0, BUF_IOVA)
             .push_u32(0, &[1024])
             .dispatch(0, [16, 1, 1])
             .signal(0),

@@ -315,10 +315,10 @@ fn revoke_while_jobs_use_the_mapping() {
     // The other domain never noticed.
     let done = other.run(
         &Job::new()
-            .bind(0, BUF_IOVA, 0)
-            .bind(1, BUF_IOVA + 0x100_0000, 0)
+            .bind_to_end(0, 0, BUF_IOVA)
+            .bind_to_end(0, 1, BUF_IOVA + 0x100_0000)
             .push_f32(0, &[0.5])
-            .push_u32(1, &[n as u32])
+            .push_u32(4, &[n as u32])
             .dispatch(0, [(n as u32).div_ceil(64), 1, 1])
             .signal(0),
     );

@@ -51,7 +51,9 @@ max_mappings = 64
 # policy = "rr"
 # policy_params = { slice_us = 5000 }
 # # device: "auto" (discrete, integrated, virtual, then CPU), an index, or
-# # a name substring; import: "auto" (zero-copy where possible) or "copy"
+# # a name substring; import: "auto" (zero-copy where possible) or "copy";
+# # pipeline_cache: a directory (default: pipeline-cache in the systemd
+# # StateDirectory, else none)
 # options = { device = "auto", import = "auto", watchdog_ms = 2000, max_contexts = 256, local_memory_mb = 256 }
 "#;
 
@@ -296,6 +298,10 @@ pub struct VulkanOptions {
     pub max_contexts: Option<u32>,
     /// Most device-local memory per vcoproc, MiB (0..=1048576).
     pub local_memory_mb: Option<u64>,
+    /// The pipeline cache's directory: an absolute path, or "" for none;
+    /// by default `pipeline-cache` in the state directory systemd gives
+    /// the daemon (`StateDirectory=`), else none.
+    pub pipeline_cache: Option<String>,
 }
 
 /// `device = "auto"`, an index, or a name substring.
@@ -431,6 +437,17 @@ impl PcoprocConfig {
                     if let Some(mb) = local_mb {
                         vk.local_memory = mb << 20;
                     }
+                    vk.pipeline_cache =
+                        match o.pipeline_cache.as_deref() {
+                            None => std::env::var_os("STATE_DIRECTORY")
+                                .map(|d| std::path::PathBuf::from(d).join("pipeline-cache")),
+                            Some("") => None,
+                            Some(s) if s.starts_with('/') => Some(s.into()),
+                            Some(_) => return Err(
+                                "pipeline_cache must be an absolute directory path or \"\" (none)"
+                                    .into(),
+                            ),
+                        };
                     Ok(DeviceConfig::Vulkan(vk))
                 }
                 #[cfg(not(feature = "vulkan"))]
@@ -750,6 +767,11 @@ mod tests {
         assert_eq!(vk("max_contexts = 8").max_contexts, 8);
         assert_eq!(vk("local_memory_mb = 16").local_memory, 16 << 20);
         assert_eq!(vk("local_memory_mb = 0").local_memory, 0);
+        assert_eq!(
+            vk("pipeline_cache = \"/var/cache/x\"").pipeline_cache,
+            Some("/var/cache/x".into())
+        );
+        assert_eq!(vk("pipeline_cache = \"\"").pipeline_cache, None);
         let all = vk("device = 0, import = \"copy\", watchdog_ms = 500, max_contexts = 4, local_memory_mb = 1");
         assert_eq!(
             (
@@ -791,6 +813,8 @@ mod tests {
             ("local_memory_mb = -1", "`options.local_memory_mb`"),
             ("local_memory_mb = 1048577", "local_memory_mb"),
             ("local_memory_mb = \"lots\"", "`options.local_memory_mb`"),
+            ("pipeline_cache = \"rel/dir\"", "pipeline_cache must be"),
+            ("pipeline_cache = 1", "`options.pipeline_cache`"),
         ];
         for (opts, want) in bad {
             let e = vulkan(opts).unwrap_err().to_string();

@@ -133,6 +133,8 @@ impl Device for SimDevice {
             demand_faults: false,
             max_contexts: cfg.max_contexts,
             memory_bytes: 0,
+            limits: BTreeMap::new(),
+            features: Vec::new(),
         }
     }
 

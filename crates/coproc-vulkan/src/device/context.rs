@@ -12,7 +12,7 @@ use coproc_abi::Shared;
 use coproc_core::control::ControlBlock;
 use coproc_core::fault::{Access, DeviceFault, FaultReason};
 use coproc_core::memory::Region;
-use coproc_proto::gpu::{PUSH_WORDS, SLOTS};
+use coproc_proto::gpu::PUSH_WORDS;
 use coproc_proto::queue::{Consumer, Cqe, Garbage, Sqe};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -47,6 +47,21 @@ pub(super) struct Slot {
     pub(super) iova: u64,
     pub(super) len: u64,
     pub(super) gen: u64,
+}
+
+/// What a binding was given.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Bound {
+    /// A buffer range (`bind`).
+    Buffer(Slot),
+    /// An image whose texels are the range (`image`).
+    Image {
+        slot: Slot,
+        format: coproc_proto::gpu::ImageFormat,
+        size: [u32; 2],
+    },
+    /// A sampler (`sampler`).
+    Sampler { linear: bool, address: u32 },
 }
 
 /// The submission ring a context serves: the device side of a
@@ -108,7 +123,9 @@ pub(super) struct Ctx {
     pub(super) vk: CtxVk,
     pub(super) bufs: BTreeMap<u64, Buf>,
     pub(super) local_bytes: u64,
-    pub(super) slots: [Option<Slot>; SLOTS as usize],
+    /// The buffer bound to each (group, binding); at most
+    /// `MAX_GROUPS * MAX_BINDING` entries (the decoder bounds both).
+    pub(super) slots: BTreeMap<(u32, u32), Bound>,
     pub(super) push: [u32; PUSH_WORDS as usize],
     pub(super) ring: Option<Ring>,
     pub(super) aborted: bool,
@@ -130,7 +147,7 @@ impl Ctx {
             vk,
             bufs: BTreeMap::new(),
             local_bytes: 0,
-            slots: [None; SLOTS as usize],
+            slots: BTreeMap::new(),
             push: [0; PUSH_WORDS as usize],
             ring: None,
             aborted: false,
@@ -149,7 +166,7 @@ impl Ctx {
         let used: Vec<(u64, bool)> = match work {
             Work::Dispatch { binds, .. } => binds
                 .iter()
-                .map(|&(_, start, _, _)| (start, self.bufs[&start].writable))
+                .map(|b| (b.start, self.bufs[&b.start].writable))
                 .collect(),
             Work::Copy { src, dst, .. } => vec![(src.0, false), (dst.0, true)],
             Work::Fill { dst, .. } => vec![(dst.0, true)],

@@ -37,6 +37,8 @@
 //!
 //! # Layout
 //!
+//! - `prep`: the class's `FirmwarePrep`: naga, then pipelines built and
+//!   tried once on the current device from the loading thread.
 //! - `objects`: the ash objects (logical device, per-context pools,
 //!   semaphores, pipelines, buffers), their creation and destruction, and
 //!   `execute`: record, submit and wait for one command.
@@ -50,15 +52,17 @@
 
 mod context;
 mod objects;
+mod prep;
 mod processor;
 mod recovery;
 
 pub(crate) use objects::{
-    destroy_buf, destroy_ctx_vk, execute, queue_limits, record_dispatch, CtxVk, ExecError, Gpu,
+    destroy_buf, destroy_ctx_vk, execute, optional_features, queue_limits, record_dispatch, CtxVk,
+    Descriptor, ExecError, Gpu, Optional,
 };
 
 use crate::gpu::{compute_family, GpuError, GpuInfo, Instance};
-use crate::shader::{Compiled, ShaderLimits, ShaderPrep};
+use crate::shader::{Compiled, ShaderLimits};
 use crate::{Import, VulkanConfig};
 use ash::vk;
 use context::{Backing, Buf, Ctx};
@@ -68,7 +72,8 @@ use coproc_core::device::{
 };
 use coproc_core::ids::ContextId;
 use coproc_core::iova::Mapping;
-use coproc_proto::gpu::{PUSH_WORDS, SLOTS};
+use coproc_proto::gpu::PUSH_WORDS;
+use recovery::Failure;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -100,10 +105,66 @@ struct Limits {
     groups: [u32; 3],
     max_groups: u64,
     storage_align: u64,
+    uniform_align: u64,
+    /// Largest storage buffer range one binding may have.
+    storage_range: u64,
+    /// Largest uniform buffer range one binding may have.
+    uniform_range: u64,
     /// (ns per tick, valid-bit mask) when timestamps work on the queue.
     timestamps: Option<(f64, u64)>,
     import_align: u64,
     shader: ShaderLimits,
+}
+
+/// The pipeline cache saved in `file` (empty if missing, unreadable or
+/// implausibly large: the driver then starts an empty one).
+fn read_cache(file: &std::path::Path) -> Vec<u8> {
+    const MOST: u64 = 256 << 20;
+    match std::fs::metadata(file) {
+        Ok(m) if m.len() <= MOST => std::fs::read(file).unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+/// Write `data` to `file` through a temporary file renamed over it, the
+/// directory created (owner only) if missing.
+fn write_cache(file: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(dir) = file.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let tmp = file.with_extension(format!("tmp{}-{seq}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, file)
+}
+
+/// What modules are checked against on a device with limits `l` and
+/// optional features `opt`.
+pub(crate) fn shader_limits(l: &vk::PhysicalDeviceLimits, opt: &Optional) -> ShaderLimits {
+    ShaderLimits {
+        max_invocations: l.max_compute_work_group_invocations,
+        max_size: l.max_compute_work_group_size,
+        max_groups: l.max_bound_descriptor_sets,
+        max_storage_buffers: l.max_per_stage_descriptor_storage_buffers,
+        max_uniform_buffers: l.max_per_stage_descriptor_uniform_buffers,
+        max_uniform_bytes: l.max_uniform_buffer_range,
+        max_workgroup_bytes: l.max_compute_shared_memory_size,
+        features: opt.shader,
+        robust_buffers: opt.robust2,
+        robust_images: opt.robust_images,
+        max_images: l
+            .max_per_stage_descriptor_storage_images
+            .min(l.max_per_stage_descriptor_sampled_images),
+        max_samplers: l.max_per_stage_descriptor_samplers,
+    }
 }
 
 /// The `vulkan` device.
@@ -114,6 +175,7 @@ pub struct VulkanDevice {
     info: GpuInfo,
     cfg: VulkanConfig,
     limits: Limits,
+    optional: Optional,
     host_import: bool,
     gpu: Gpu,
     ctxs: HashMap<ContextId, Ctx>,
@@ -126,6 +188,22 @@ pub struct VulkanDevice {
     draining: Arc<AtomicUsize>,
     /// Limits the log lines a domain's faults cause.
     log: coproc_core::ratelimit::RateLimit,
+    /// The pipeline cache's file (`cfg.pipeline_cache` and the GPU).
+    cache_file: Option<std::path::PathBuf>,
+    /// Buffers a hung trial run may still use: handed to the reaper with
+    /// the old device on recovery.
+    stray: Vec<(vk::Buffer, vk::DeviceMemory)>,
+    /// Command pools and pipelines of a hung trial run, likewise.
+    stray_ctxs: Vec<CtxVk>,
+    /// Images and samplers of a hung or lost dispatch, likewise.
+    stray_images: Vec<objects::Img>,
+    stray_samplers: Vec<vk::Sampler>,
+    /// The device loading threads build pipelines on (`prep`).
+    target: prep::Slot,
+    /// Serialises trial runs (`prep::Target::trials`).
+    trials: Arc<std::sync::Mutex<()>>,
+    /// Firmware whose pipelines the runner had to build itself.
+    runner_builds: u64,
 }
 
 impl std::fmt::Debug for VulkanDevice {
@@ -165,18 +243,45 @@ impl VulkanDevice {
                 "VK_EXT_external_memory_host missing: domain memory is staged (copied) around each command"
             );
         }
+        let optional = optional_features(i, pdev);
         let limits = Limits {
             groups: l.max_compute_work_group_count,
             max_groups: config.max_groups,
             storage_align: l.min_storage_buffer_offset_alignment.max(4),
+            uniform_align: l.min_uniform_buffer_offset_alignment.max(4),
+            storage_range: u64::from(l.max_storage_buffer_range),
+            uniform_range: u64::from(l.max_uniform_buffer_range),
             timestamps,
             import_align,
-            shader: ShaderLimits {
-                max_invocations: l.max_compute_work_group_invocations,
-                max_size: l.max_compute_work_group_size,
-            },
+            shader: shader_limits(&l, &optional),
         };
-        let gpu = Gpu::open(&inst, pdev, family, host_import).map_err(gpu_err)?;
+        let cache_file = config.pipeline_cache.as_ref().map(|dir| {
+            // SAFETY: `pdev` was enumerated from this live instance; the
+            // call only returns a struct by value.
+            let p = unsafe { i.get_physical_device_properties(pdev) };
+            let uuid: String = p
+                .pipeline_cache_uuid
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            dir.join(format!(
+                "vulkan-{:04x}-{:04x}-{uuid}.cache",
+                p.vendor_id, p.device_id
+            ))
+        });
+        let cached = cache_file
+            .as_ref()
+            .map(|f| read_cache(f))
+            .unwrap_or_default();
+        let gpu = Gpu::open(
+            &inst,
+            pdev,
+            family,
+            host_import,
+            &optional,
+            cache_file.is_some().then_some(&cached[..]),
+        )
+        .map_err(gpu_err)?;
         tracing::info!(gpu = %info.name, driver = %info.driver, host_import, "vulkan device open");
         Ok(VulkanDevice {
             inst,
@@ -185,6 +290,7 @@ impl VulkanDevice {
             info,
             cfg: config,
             limits,
+            optional,
             host_import,
             gpu,
             ctxs: HashMap::new(),
@@ -194,12 +300,145 @@ impl VulkanDevice {
             broken: None,
             draining: Arc::new(AtomicUsize::new(0)),
             log: coproc_core::ratelimit::RateLimit::default(),
+            cache_file,
+            stray: Vec::new(),
+            stray_ctxs: Vec::new(),
+            stray_images: Vec::new(),
+            stray_samplers: Vec::new(),
+            target: Arc::new(std::sync::Mutex::new(None)),
+            trials: Arc::new(std::sync::Mutex::new(())),
+            runner_builds: 0,
         })
+        .inspect(VulkanDevice::set_target)
+    }
+
+    /// The current device, for building pipelines on.
+    fn target_now(&self) -> prep::Target {
+        prep::Target {
+            gpu: self.gpu.builder(),
+            family: self.family,
+            draining: self.draining.clone(),
+            timeout: self.cfg.compile_timeout,
+            trials: self.trials.clone(),
+        }
+    }
+
+    /// Let loading threads build on the current device.
+    fn set_target(&self) {
+        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.target_now());
+    }
+
+    /// Write the pipeline cache to its file (atomically: a temporary file
+    /// renamed over the old one). Part of loading firmware, like creating
+    /// the pipelines; never inside a job.
+    fn save_cache(&self) {
+        let Some(file) = &self.cache_file else {
+            return;
+        };
+        let data = self.gpu.cache_data();
+        if data.is_empty() {
+            return;
+        }
+        if let Err(e) = write_cache(file, &data) {
+            if let Some(suppressed) = self.log.check() {
+                tracing::warn!(file = %file.display(), error = %e, suppressed, "pipeline cache not saved");
+            }
+        }
     }
 
     /// The GPU in use.
     pub fn info(&self) -> &GpuInfo {
         &self.info
+    }
+
+    /// What firmware is checked against: workgroup and binding limits, and
+    /// the optional shader features the device has (and this class turns
+    /// on).
+    pub fn shader_limits(&self) -> ShaderLimits {
+        self.limits.shader
+    }
+
+    /// How many firmware loads had their pipelines built and tried on the
+    /// runner thread (the device was replaced while they were prepared, or
+    /// none could be made on the loading thread); the others were built
+    /// off the runner.
+    pub fn runner_builds(&self) -> u64 {
+        self.runner_builds
+    }
+
+    /// Whether out-of-bounds accesses are also contained by the device
+    /// (`VK_EXT_robustness2`), on top of the shader rewrite.
+    pub fn robustness2(&self) -> bool {
+        self.optional.robust2
+    }
+
+    /// The limits a shader author needs, by name (`coproc list -o json`).
+    fn limit_table(&self) -> std::collections::BTreeMap<String, u64> {
+        let l = &self.limits;
+        let s = &l.shader;
+        let mut t = std::collections::BTreeMap::new();
+        let mut put = |k: &str, v: u64| {
+            t.insert(k.to_string(), v);
+        };
+        put("max_workgroup_invocations", u64::from(s.max_invocations));
+        for (axis, (&size, &count)) in ["x", "y", "z"].iter().zip(s.max_size.iter().zip(&l.groups))
+        {
+            put(&format!("max_workgroup_size_{axis}"), u64::from(size));
+            put(&format!("max_workgroups_{axis}"), u64::from(count));
+        }
+        put("max_workgroups_per_dispatch", l.max_groups);
+        put(
+            "max_workgroup_memory_bytes",
+            u64::from(s.max_workgroup_bytes),
+        );
+        put(
+            "max_bind_groups",
+            u64::from(s.max_groups.min(coproc_proto::gpu::MAX_GROUPS)),
+        );
+        put("max_binding", u64::from(coproc_proto::gpu::MAX_BINDING) - 1);
+        put(
+            "max_storage_buffers_per_pipeline",
+            u64::from(s.max_storage_buffers),
+        );
+        put(
+            "max_uniform_buffers_per_pipeline",
+            u64::from(s.max_uniform_buffers),
+        );
+        put("max_images_per_pipeline", u64::from(s.max_images));
+        put("max_samplers_per_pipeline", u64::from(s.max_samplers));
+        put(
+            "max_image_size",
+            u64::from(coproc_proto::gpu::MAX_IMAGE_SIZE),
+        );
+        put("storage_buffer_offset_alignment", l.storage_align);
+        put("uniform_buffer_offset_alignment", l.uniform_align);
+        put("max_storage_buffer_range", l.storage_range);
+        put("max_uniform_buffer_range", l.uniform_range);
+        put("push_constant_bytes", u64::from(PUSH_WORDS) * 4);
+        put("subgroup_size", u64::from(s.features.subgroup_size));
+        t
+    }
+
+    /// The optional features in use, by name (`coproc list -o json`).
+    fn feature_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .limits
+            .shader
+            .features
+            .names()
+            .into_iter()
+            .map(String::from)
+            .collect();
+        if self.optional.robust2 {
+            v.push("robustness2".into());
+        }
+        if self.limits.shader.robust_images {
+            v.push("storage-images".into());
+        }
+        if self.host_import {
+            v.push("zero-copy".into());
+        }
+        v
     }
 
     /// Whether domain memory is imported zero-copy (else staged).
@@ -253,6 +492,8 @@ impl Device for VulkanDevice {
             demand_faults: false,
             max_contexts: self.cfg.max_contexts,
             memory_bytes: self.info.memory_bytes,
+            limits: self.limit_table(),
+            features: self.feature_names(),
         }
     }
 
@@ -294,30 +535,106 @@ impl Device for VulkanDevice {
     }
 
     fn firmware_prep(&self) -> Arc<dyn FirmwarePrep> {
-        Arc::new(ShaderPrep {
+        Arc::new(prep::Prep {
             limits: self.limits.shader,
+            target: self.target.clone(),
         })
     }
 
-    /// Creates the pipelines of firmware [`ShaderPrep`] compiled; naga's
-    /// work was done on the loading thread. The specs are kept, so device
+    /// Adopts the pipelines the class's `FirmwarePrep` (`prep::Prep`)
+    /// built and tried on the loading thread, or builds and tries them
+    /// here when they were made for another device (or not made: a
+    /// [`crate::shader::ShaderPrep`] image). The specs are kept, so device
     /// loss recovery builds the pipelines again from them.
     fn install_firmware(
         &mut self,
         id: ContextId,
         fw: PreparedFirmware,
     ) -> Result<FirmwareInfo, DeviceError> {
-        let specs = fw
-            .downcast::<Compiled>()
-            .map_err(|_| DeviceError::BadFirmware("prepared for another device class".into()))?
-            .pipelines;
-        let gpu = &self.gpu;
-        let ctx = self.ctxs.get_mut(&id).ok_or(DeviceError::NoContext(id))?;
+        let (specs, built) = match fw.downcast::<prep::Prepared>() {
+            Ok(p) => {
+                let p = *p;
+                (p.specs, p.built)
+            }
+            Err(fw) => (
+                fw.downcast::<Compiled>()
+                    .map_err(|_| {
+                        DeviceError::BadFirmware("prepared for another device class".into())
+                    })?
+                    .pipelines,
+                None,
+            ),
+        };
+        let here = self.gpu.owner.id;
+        let exists = self.ctxs.contains_key(&id);
+        let built = match built {
+            Some(b) if b.gpu.owner.id == here => Some(b),
+            // No device to build on then, or another one (recreated
+            // meanwhile): the runner builds and tries them, the same way.
+            other if exists => {
+                drop(other);
+                self.runner_builds += 1;
+                prep::build(&self.target_now(), &specs)
+            }
+            other => other,
+        };
+        let mut trial = Ok(());
+        let mut pipes = None;
+        if let Some(mut b) = built {
+            trial = std::mem::replace(&mut b.trial, Ok(()));
+            pipes = b.vk.as_mut().map(|v| v.take_pipes());
+            if trial.is_err() {
+                // Still in flight: to the reaper with this device, which
+                // is recreated below (whether or not the vcoproc is still
+                // there).
+                self.stray_ctxs.extend(b.vk.take());
+                self.stray.extend(b.scratch.take());
+                self.stray_images.append(&mut b.images);
+                self.stray_samplers.append(&mut b.samplers);
+            }
+        }
+        if let Err(f) = trial {
+            if let Some(p) = pipes {
+                let mut v = objects::CtxVk::default();
+                v.put_pipes(&self.gpu.device, p);
+                self.stray_ctxs.push(v);
+            }
+            let why = match &f {
+                Failure::Watchdog => format!(
+                    "a trial run of one workgroup did not end within {} ms",
+                    self.cfg.compile_timeout.as_millis()
+                ),
+                Failure::Lost(why) => format!("the GPU failed a trial run: {why}"),
+            };
+            // The device is recreated as for a hung job; this vcoproc has
+            // no firmware afterwards.
+            if let Some(ctx) = self.ctxs.get_mut(&id) {
+                ctx.firmware = None;
+            }
+            let _ = self.fail(id, f);
+            return Err(DeviceError::BadFirmware(why));
+        }
+        let Some(ctx) = self.ctxs.get_mut(&id) else {
+            if let Some(p) = pipes {
+                let mut v = objects::CtxVk::default();
+                v.put_pipes(&self.gpu.device, p);
+                destroy_ctx_vk(&self.gpu.device, &mut v);
+            }
+            return Err(DeviceError::NoContext(id));
+        };
         ctx.firmware = None;
-        gpu.build_pipes(&mut ctx.vk, &specs)?;
+        match pipes {
+            // Built and tried on this very device: adopt its pipelines.
+            Some(p) => ctx.vk.put_pipes(&self.gpu.device, p),
+            // The objects could not be made for a trial: build the
+            // pipelines alone (the driver compiles at the first job).
+            None => self.gpu.build_pipes(&mut ctx.vk, &specs)?,
+        }
+        self.save_cache();
+        let ctx = self.ctxs.get_mut(&id).ok_or(DeviceError::NoContext(id))?;
         let code_bytes = specs.iter().map(|s| 4 * s.spirv.len() as u64).sum();
         ctx.firmware = Some(specs.into());
-        ctx.slots = [None; SLOTS as usize];
+        ctx.slots.clear();
         ctx.push = [0; PUSH_WORDS as usize];
         ctx.aborted = false;
         Ok(FirmwareInfo {
@@ -388,7 +705,7 @@ impl Device for VulkanDevice {
         // Slots and push constants start empty; the queue stays where it is
         // and a job a fault cut short stays aborted, so its signal reports
         // it instead of claiming success.
-        ctx.slots = [None; SLOTS as usize];
+        ctx.slots.clear();
         ctx.push = [0; PUSH_WORDS as usize];
         ctx.job_gpu_ns = 0;
         for b in ctx.bufs.values() {
@@ -439,11 +756,19 @@ impl Device for VulkanDevice {
 
 impl Drop for VulkanDevice {
     fn drop(&mut self) {
+        // No loading thread starts building on this device any more.
+        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        // Then every object made here goes, once the queue is idle.
+        self.gpu.wait_idle();
         let d = &self.gpu.device;
-        // SAFETY: waits for this device's queue, then destroys every object
-        // created on it and the device itself; nothing uses them after.
-        unsafe {
-            let _ = d.device_wait_idle();
+        for mut v in self.stray_ctxs.drain(..) {
+            destroy_ctx_vk(d, &mut v);
+        }
+        for i in self.stray_images.drain(..) {
+            objects::destroy_image(d, &i);
+        }
+        for s in self.stray_samplers.drain(..) {
+            objects::destroy_sampler(d, s);
         }
         for (_, mut ctx) in self.ctxs.drain() {
             destroy_ctx_vk(d, &mut ctx.vk);
@@ -451,9 +776,10 @@ impl Drop for VulkanDevice {
                 destroy_buf(d, b.buffer, b.memory);
             }
         }
-        // SAFETY: the device is idle (waited for above) and every object
-        // created on it was destroyed just now; `self.gpu` is not used
-        // after drop.
-        unsafe { d.destroy_device(None) };
+        for &(b, m) in &self.stray {
+            destroy_buf(d, b, m);
+        }
+        // The device goes with `self.gpu`'s owner, once no loading thread
+        // holds it any more.
     }
 }

@@ -7,15 +7,19 @@
 //! the ring, posts completions and refusals, and keeps the mailbox-out
 //! counters.
 
-use super::context::{revoked, Backing, Ctx, Ring, Slot};
-use super::objects::{execute, record_dispatch, ExecError};
+use super::context::{revoked, Backing, Bound as Given, Ctx, Ring, Slot};
+use super::objects::{
+    destroy_image, destroy_sampler, execute, record_dispatch, record_image_in, record_image_out,
+    Descriptor, ExecError, Img,
+};
 use super::recovery::Failure;
 use super::{mbox_out, Limits, VulkanDevice, MBOX_QUEUE};
+use crate::shader::BindingKind;
 use ash::vk;
 use coproc_core::device::{thread_cpu_time, RunOutcome, StopReason};
 use coproc_core::fault::{Access, DeviceFault, FaultReason};
 use coproc_core::ids::ContextId;
-use coproc_proto::gpu::{Command, Status};
+use coproc_proto::gpu::{Command, ImageFormat, Status};
 use coproc_proto::queue::{self as q, Consumer, Cqe, Sqe};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -25,8 +29,8 @@ pub(super) enum Work {
     Dispatch {
         pipe: usize,
         groups: [u32; 3],
-        /// (binding, buffer iova, offset, len)
-        binds: Vec<(u32, u64, u64, u64)>,
+        binds: Vec<Bound>,
+        samplers: Vec<SamplerBind>,
     },
     Copy {
         src: (u64, u64),
@@ -38,6 +42,40 @@ pub(super) enum Work {
         len: u64,
         value: u32,
     },
+}
+
+/// One binding of a dispatch, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Bound {
+    pub(super) group: u32,
+    pub(super) binding: u32,
+    pub(super) kind: BindingKind,
+    /// Whether the shader writes it.
+    pub(super) writable: bool,
+    /// The buffer's iova (of an image: the buffer holding its texels).
+    pub(super) start: u64,
+    pub(super) offset: u64,
+    pub(super) len: u64,
+    /// An image's format and size.
+    pub(super) image: Option<(ImageFormat, [u32; 2])>,
+}
+
+/// A sampler of a dispatch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct SamplerBind {
+    pub(super) group: u32,
+    pub(super) binding: u32,
+    pub(super) linear: bool,
+    pub(super) address: u32,
+}
+
+/// Objects made for one dispatch.
+#[derive(Default)]
+pub(super) struct Extras {
+    /// (index in the binds, image)
+    images: Vec<(usize, Img)>,
+    /// (index in the samplers, sampler)
+    samplers: Vec<(usize, vk::Sampler)>,
 }
 
 /// A command's fate.
@@ -54,18 +92,64 @@ pub(super) enum Step {
 /// context's slots and push constants. Nothing here touches Vulkan.
 fn plan(ctx: &mut Ctx, limits: &Limits, cmd: Command) -> Result<Work, Step> {
     Ok(match cmd {
-        Command::Bind { slot, iova, len } => {
+        Command::Bind {
+            group,
+            binding,
+            iova,
+            len,
+        } => {
             return Err(match ctx.resolve(u64::from(iova), u64::from(len)) {
                 Some((start, off, len)) => {
-                    ctx.slots[slot as usize] = Some(Slot {
-                        iova: start + off,
-                        len,
-                        gen: ctx.bufs[&start].gen,
-                    });
+                    ctx.slots.insert(
+                        (group, binding),
+                        Given::Buffer(Slot {
+                            iova: start + off,
+                            len,
+                            gen: ctx.bufs[&start].gen,
+                        }),
+                    );
                     Step::Done
                 }
                 None => Step::Refused(Status::BadIova),
             });
+        }
+        Command::Image {
+            group,
+            binding,
+            iova,
+            format,
+            width,
+            height,
+        } => {
+            let len = u64::from(width) * u64::from(height) * u64::from(format.texel_bytes());
+            return Err(match ctx.resolve(u64::from(iova), len) {
+                Some((start, off, len)) => {
+                    ctx.slots.insert(
+                        (group, binding),
+                        Given::Image {
+                            slot: Slot {
+                                iova: start + off,
+                                len,
+                                gen: ctx.bufs[&start].gen,
+                            },
+                            format,
+                            size: [width, height],
+                        },
+                    );
+                    Step::Done
+                }
+                None => Step::Refused(Status::BadIova),
+            });
+        }
+        Command::Sampler {
+            group,
+            binding,
+            linear,
+            address,
+        } => {
+            ctx.slots
+                .insert((group, binding), Given::Sampler { linear, address });
+            return Err(Step::Done);
         }
         Command::Push {
             offset,
@@ -92,9 +176,26 @@ fn plan(ctx: &mut Ctx, limits: &Limits, cmd: Command) -> Result<Work, Step> {
                 return Err(Step::Refused(Status::BadGroups));
             }
             let mut binds = Vec::with_capacity(spec.bindings.len());
+            let mut samplers = Vec::new();
             for b in &spec.bindings {
-                let Some(s) = ctx.slots[b.binding as usize] else {
-                    return Err(Step::Refused(Status::BadBinding));
+                let (s, image) = match (b.kind, ctx.slots.get(&(b.group, b.binding))) {
+                    (BindingKind::Storage | BindingKind::Uniform, Some(&Given::Buffer(s))) => {
+                        (s, None)
+                    }
+                    (
+                        BindingKind::StorageImage(_) | BindingKind::SampledImage(_),
+                        Some(&Given::Image { slot, format, size }),
+                    ) if b.kind.takes(format) => (slot, Some((format, size))),
+                    (BindingKind::Sampler, Some(&Given::Sampler { linear, address })) => {
+                        samplers.push(SamplerBind {
+                            group: b.group,
+                            binding: b.binding,
+                            linear,
+                            address,
+                        });
+                        continue;
+                    }
+                    _ => return Err(Step::Refused(Status::BadBinding)),
                 };
                 let Some((start, off, len)) = ctx.resolve(s.iova, s.len) else {
                     return Err(Step::Fault(revoked(s.iova, b.writable)));
@@ -103,18 +204,44 @@ fn plan(ctx: &mut Ctx, limits: &Limits, cmd: Command) -> Result<Work, Step> {
                 if buf.gen != s.gen {
                     return Err(Step::Fault(revoked(s.iova, b.writable)));
                 }
-                if len < b.min_bytes || !off.is_multiple_of(limits.storage_align) {
+                let (align, range) = match (b.kind, image) {
+                    (BindingKind::Uniform, _) => (limits.uniform_align, limits.uniform_range),
+                    // Texels are copied from a 4-byte aligned offset that is
+                    // a multiple of the texel size.
+                    (_, Some((f, _))) => (u64::from(f.texel_bytes()).max(4), u64::MAX),
+                    _ => (limits.storage_align, limits.storage_range),
+                };
+                if len < b.min_bytes || !off.is_multiple_of(align) {
                     return Err(Step::Refused(Status::BadBinding));
                 }
                 if b.writable && !buf.writable {
                     return Err(Step::Refused(Status::ReadOnly));
                 }
-                binds.push((b.binding, start, off, len));
+                // A uniform block has a fixed size: the device sees at most
+                // its range (the rest of a larger bind is not reachable).
+                let len = match b.kind {
+                    BindingKind::Uniform => len.min(range),
+                    _ if len > range => {
+                        return Err(Step::Refused(Status::BadBinding));
+                    }
+                    _ => len,
+                };
+                binds.push(Bound {
+                    group: b.group,
+                    binding: b.binding,
+                    kind: b.kind,
+                    writable: b.writable,
+                    start,
+                    offset: off,
+                    len,
+                    image,
+                });
             }
             Work::Dispatch {
                 pipe: pipeline as usize,
                 groups,
                 binds,
+                samplers,
             }
         }
         Command::Copy { src, dst, len } => {
@@ -180,7 +307,29 @@ impl VulkanDevice {
         if let Some(f) = self.ctxs.get(&id).and_then(|c| c.trapped(&work)) {
             return Step::Fault(f);
         }
-        match self.submit(id, &work) {
+        // The dispatch's images and samplers, made for it alone.
+        let extras = match self.make_extras(&work) {
+            Ok(x) => x,
+            Err(status) => return Step::Refused(status),
+        };
+        let r = self.submit(id, &work, &extras);
+        if r.is_err() {
+            // May still be in use by the hung or lost work: they go to the
+            // reaper with the device.
+            self.stray_images
+                .extend(extras.images.into_iter().map(|(_, i)| i));
+            self.stray_samplers
+                .extend(extras.samplers.into_iter().map(|(_, s)| s));
+        } else {
+            let d = &self.gpu.device;
+            for (_, i) in &extras.images {
+                destroy_image(d, i);
+            }
+            for &(_, s) in &extras.samplers {
+                destroy_sampler(d, s);
+            }
+        }
+        match r {
             Ok(ns) => {
                 *gpu_ns += ns;
                 if let Some(f) = self.ctxs.get(&id).and_then(|c| c.trapped(&work)) {
@@ -196,8 +345,44 @@ impl VulkanDevice {
         }
     }
 
+    /// The images (by index in the dispatch's binds) and samplers (by index
+    /// in its samplers) a dispatch needs; a refusal if the device cannot
+    /// make them.
+    fn make_extras(&self, work: &Work) -> Result<Extras, Status> {
+        let mut x = Extras::default();
+        let Work::Dispatch {
+            binds, samplers, ..
+        } = work
+        else {
+            return Ok(x);
+        };
+        let r = (|| {
+            for (i, b) in binds.iter().enumerate() {
+                if let Some((format, size)) = b.image {
+                    x.images.push((i, self.gpu.make_image(format, size)?));
+                }
+            }
+            for (i, s) in samplers.iter().enumerate() {
+                x.samplers
+                    .push((i, self.gpu.make_sampler(s.linear, s.address)?));
+            }
+            Ok::<(), coproc_core::device::DeviceError>(())
+        })();
+        if r.is_err() {
+            let d = &self.gpu.device;
+            for (_, i) in &x.images {
+                destroy_image(d, i);
+            }
+            for &(_, s) in &x.samplers {
+                destroy_sampler(d, s);
+            }
+            return Err(Status::BadBinding);
+        }
+        Ok(x)
+    }
+
     /// Record, submit and wait for one command; GPU nanoseconds it took.
-    fn submit(&mut self, id: ContextId, work: &Work) -> Result<u64, Failure> {
+    fn submit(&mut self, id: ContextId, work: &Work, extras: &Extras) -> Result<u64, Failure> {
         let ts = self.limits.timestamps;
         let watchdog = self.cfg.watchdog;
         let ctx = self
@@ -207,20 +392,11 @@ impl VulkanDevice {
         // Staged buffers this command touches: (buffer iova, offset, len,
         // copy back).
         let staged: Vec<(u64, u64, u64, bool)> = match work {
-            Work::Dispatch { pipe, binds, .. } => {
-                let fw = ctx.firmware.as_ref();
-                binds
-                    .iter()
-                    .filter(|b| ctx.bufs[&b.1].staged())
-                    .map(|&(bi, start, off, len)| {
-                        let w = fw
-                            .and_then(|f| f.get(*pipe))
-                            .and_then(|s| s.bindings.iter().find(|x| x.binding == bi))
-                            .is_some_and(|x| x.writable);
-                        (start, off, len, w)
-                    })
-                    .collect()
-            }
+            Work::Dispatch { binds, .. } => binds
+                .iter()
+                .filter(|b| ctx.bufs[&b.start].staged())
+                .map(|b| (b.start, b.offset, b.len, b.writable))
+                .collect(),
             Work::Copy { src, dst, len } => {
                 [(src.0, src.1, *len, false), (dst.0, dst.1, *len, true)]
                     .into_iter()
@@ -243,10 +419,40 @@ impl VulkanDevice {
                 let _ = region.read(offset + off, dst);
             }
         }
-        let resolved: Vec<(u32, vk::Buffer, u64, u64)> = match work {
-            Work::Dispatch { binds, .. } => binds
+        let resolved: Vec<Descriptor> = match work {
+            Work::Dispatch {
+                binds, samplers, ..
+            } => binds
                 .iter()
-                .map(|&(bi, start, off, len)| (bi, ctx.bufs[&start].buffer, off, len))
+                .enumerate()
+                .map(|(i, b)| {
+                    let mut d = Descriptor::buffer(
+                        b.group,
+                        b.binding,
+                        b.kind,
+                        ctx.bufs[&b.start].buffer,
+                        b.offset,
+                        b.len,
+                    );
+                    if let Some((_, img)) = extras.images.iter().find(|(j, _)| *j == i) {
+                        d.view = img.view;
+                    }
+                    d
+                })
+                .chain(extras.samplers.iter().map(|&(i, sampler)| {
+                    let s = &samplers[i];
+                    Descriptor {
+                        sampler,
+                        ..Descriptor::buffer(
+                            s.group,
+                            s.binding,
+                            BindingKind::Sampler,
+                            vk::Buffer::null(),
+                            0,
+                            0,
+                        )
+                    }
+                }))
                 .collect(),
             _ => Vec::new(),
         };
@@ -272,8 +478,23 @@ impl VulkanDevice {
             watchdog,
             &self.draining,
             |d, cmd, pipes| match work {
-                Work::Dispatch { pipe, groups, .. } => {
+                Work::Dispatch {
+                    pipe,
+                    groups,
+                    binds,
+                    ..
+                } => {
+                    for (i, img) in &extras.images {
+                        let b = &binds[*i];
+                        record_image_in(d, cmd, img, bufs[&b.start].buffer, b.offset);
+                    }
                     record_dispatch(d, cmd, &pipes[*pipe], &resolved, &push, *groups);
+                    for (i, img) in &extras.images {
+                        let b = &binds[*i];
+                        if b.writable {
+                            record_image_out(d, cmd, img, bufs[&b.start].buffer, b.offset);
+                        }
+                    }
                 }
                 // SAFETY: recording into the context's own command buffer
                 // (see `execute`); the ranges were resolved inside these

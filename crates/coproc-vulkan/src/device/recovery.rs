@@ -5,9 +5,10 @@
 //! handed to a reaper thread that destroys it once idle.
 
 use super::context::Backing;
-use super::objects::{destroy_buf, destroy_ctx_vk, CtxVk, Gpu};
+use super::objects::{
+    destroy_buf, destroy_ctx_vk, destroy_image, destroy_sampler, CtxVk, DeviceOwner, Gpu, Img,
+};
 use super::VulkanDevice;
-use crate::gpu::Instance;
 use ash::vk;
 use coproc_core::fault::{Access, DeviceFault, FaultReason};
 use coproc_core::ids::ContextId;
@@ -25,11 +26,14 @@ pub(super) enum Failure {
 /// What a lost or hung device still holds, for the reaper.
 struct Remains {
     device: ash::Device,
+    /// Destroys the device once nothing else holds it.
+    owner: Arc<DeviceOwner>,
     ctxs: Vec<CtxVk>,
     bufs: Vec<(vk::Buffer, vk::DeviceMemory)>,
+    images: Vec<Img>,
+    samplers: Vec<vk::Sampler>,
     /// Domain memory the old device may still touch.
     _regions: Vec<Arc<Region>>,
-    _inst: Arc<Instance>,
     /// Counts this device while it drains.
     draining: Arc<AtomicUsize>,
 }
@@ -39,20 +43,26 @@ struct Remains {
 unsafe impl Send for Remains {}
 
 fn reap(mut r: Remains) {
-    // SAFETY: waits for the old device's queue to drain (returns at once
-    // with an error if it is lost), then destroys its objects and itself;
-    // no other thread uses this device any more.
-    unsafe {
-        let _ = r.device.device_wait_idle();
-        r.draining.fetch_sub(1, Ordering::AcqRel);
-        for v in &mut r.ctxs {
-            destroy_ctx_vk(&r.device, v);
-        }
-        for &(b, m) in &r.bufs {
-            destroy_buf(&r.device, b, m);
-        }
-        r.device.destroy_device(None);
+    // Wait for the old device's queue to drain (at once if it is lost).
+    r.owner.wait_idle();
+    r.draining.fetch_sub(1, Ordering::AcqRel);
+    // The old device is idle and no longer given to loading threads; its
+    // objects here are destroyed once, by this thread.
+    for v in &mut r.ctxs {
+        destroy_ctx_vk(&r.device, v);
     }
+    for &(b, m) in &r.bufs {
+        destroy_buf(&r.device, b, m);
+    }
+    for i in &r.images {
+        destroy_image(&r.device, i);
+    }
+    for &s in &r.samplers {
+        destroy_sampler(&r.device, s);
+    }
+    // The device itself goes with the last holder of its owner (this one,
+    // or a loading thread still building on it).
+    drop(r.owner);
 }
 
 impl VulkanDevice {
@@ -86,7 +96,17 @@ impl VulkanDevice {
 
     /// Recreate the device after a loss or a hang caused by `guilty`.
     fn recover(&mut self, guilty: ContextId) {
-        let new = match Gpu::open(&self.inst, self.pdev, self.family, self.host_import) {
+        let new = match Gpu::open(
+            &self.inst,
+            self.pdev,
+            self.family,
+            self.host_import,
+            &self.optional,
+            self.cfg
+                .pipeline_cache
+                .is_some()
+                .then_some(&self.gpu.cache_data()[..]),
+        ) {
             Ok(g) => g,
             Err(e) => {
                 tracing::error!(error = %e, "cannot recreate the GPU device");
@@ -97,13 +117,16 @@ impl VulkanDevice {
         let old = std::mem::replace(&mut self.gpu, new);
         let mut remains = Remains {
             device: old.device.clone(),
-            ctxs: Vec::new(),
-            bufs: Vec::new(),
+            owner: old.owner.clone(),
+            ctxs: std::mem::take(&mut self.stray_ctxs),
+            bufs: std::mem::take(&mut self.stray),
+            images: std::mem::take(&mut self.stray_images),
+            samplers: std::mem::take(&mut self.stray_samplers),
             _regions: Vec::new(),
-            _inst: self.inst.clone(),
             draining: self.draining.clone(),
         };
         self.draining.fetch_add(1, Ordering::AcqRel);
+        self.set_target();
         let ids: Vec<ContextId> = self.ctxs.keys().copied().collect();
         let ts = self.limits.timestamps.is_some();
         for id in ids {

@@ -26,6 +26,8 @@ impl Session {
                 iova_base: caps.iova_base,
                 iova_size: caps.iova_size,
                 memory_bytes: caps.memory_bytes,
+                limits: caps.limits.clone(),
+                features: caps.features.clone(),
                 state: match pc.failed() {
                     Some(_) => "failed".into(),
                     None => "running".into(),

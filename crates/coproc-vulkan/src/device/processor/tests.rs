@@ -5,7 +5,7 @@
 use super::*;
 use crate::device::context::Buf;
 use crate::device::objects::CtxVk;
-use crate::shader::{BindingSpec, PipelineSpec, ShaderLimits};
+use crate::shader::{BindingKind, BindingSpec, PipelineSpec, ShaderLimits};
 use coproc_core::control::ControlBlock;
 use coproc_core::memory::Region;
 use coproc_proto::gpu::PUSH_PER_COMMAND;
@@ -21,12 +21,12 @@ fn limits() -> Limits {
         groups: [1024, 512, 64],
         max_groups: 1 << 16,
         storage_align: 256,
+        uniform_align: 64,
+        storage_range: 1 << 27,
+        uniform_range: 1 << 12,
         timestamps: None,
         import_align: 4096,
-        shader: ShaderLimits {
-            max_invocations: 1024,
-            max_size: [1024, 1024, 64],
-        },
+        shader: ShaderLimits::BASE,
     }
 }
 
@@ -52,7 +52,8 @@ fn ctx() -> Ctx {
 }
 
 /// Pipeline 0 reads binding 0 (at least 16 bytes) and writes binding 1
-/// (at least 4); pipeline 1 only reads binding 2.
+/// (at least 4); pipeline 1 only reads binding 2; pipeline 2 reads a
+/// uniform of 32 bytes at group 1 binding 3 and writes group 0 binding 1.
 fn with_firmware(mut c: Ctx) -> Ctx {
     let spec = |bindings: Vec<BindingSpec>| PipelineSpec {
         name: "main".into(),
@@ -62,14 +63,24 @@ fn with_firmware(mut c: Ctx) -> Ctx {
         workgroup: [64, 1, 1],
     };
     let b = |binding, writable, min_bytes| BindingSpec {
+        group: 0,
         binding,
+        kind: BindingKind::Storage,
         writable,
         min_bytes,
+    };
+    let uniform = BindingSpec {
+        group: 1,
+        binding: 3,
+        kind: BindingKind::Uniform,
+        writable: false,
+        min_bytes: 32,
     };
     c.firmware = Some(
         vec![
             spec(vec![b(0, false, 16), b(1, true, 4)]),
             spec(vec![b(2, false, 4)]),
+            spec(vec![b(1, true, 4), uniform]),
         ]
         .into(),
     );
@@ -91,11 +102,16 @@ fn done(r: &Result<Work, Step>) -> bool {
     matches!(r, Err(Step::Done))
 }
 
-fn bind(c: &mut Ctx, slot: u32, iova: u64, len: u32) -> Result<Work, Step> {
+fn bind(c: &mut Ctx, binding: u32, iova: u64, len: u32) -> Result<Work, Step> {
+    bind_group(c, 0, binding, iova, len)
+}
+
+fn bind_group(c: &mut Ctx, group: u32, binding: u32, iova: u64, len: u32) -> Result<Work, Step> {
     run(
         c,
         Command::Bind {
-            slot,
+            group,
+            binding,
             iova: iova as u32,
             len,
         },
@@ -118,11 +134,15 @@ fn bound() -> Ctx {
 fn bind_resolves_inside_one_mapping() {
     let mut c = ctx();
     assert!(done(&bind(&mut c, 3, RW + 0x100, 0x200)));
-    let s = c.slots[3].expect("slot set");
+    let slot = |c: &Ctx, k| match c.slots[&k] {
+        crate::device::context::Bound::Buffer(s) => s,
+        other => panic!("{other:?}"),
+    };
+    let s = slot(&c, (0, 3));
     assert_eq!((s.iova, s.len, s.gen), (RW + 0x100, 0x200, 1));
     // Length 0: to the end of the mapping.
-    assert!(done(&bind(&mut c, 4, RO + 0x100, 0)));
-    let s = c.slots[4].expect("slot set");
+    assert!(done(&bind_group(&mut c, 5, 4, RO + 0x100, 0)));
+    let s = slot(&c, (5, 4));
     assert_eq!((s.iova, s.len, s.gen), (RO + 0x100, LEN - 0x100, 2));
 }
 
@@ -142,7 +162,7 @@ fn bind_outside_the_mappings_is_refused() {
             Some(Status::BadIova),
             "{iova:#x}+{len}"
         );
-        assert!(c.slots[0].is_none());
+        assert!(c.slots.is_empty());
     }
 }
 
@@ -180,7 +200,7 @@ fn dispatch_without_firmware_or_pipeline_is_refused() {
     );
     let mut c = bound();
     assert_eq!(
-        refused(dispatch(&mut c, 2, [1, 1, 1])),
+        refused(dispatch(&mut c, 3, [1, 1, 1])),
         Some(Status::BadPipeline)
     );
 }
@@ -216,12 +236,20 @@ fn dispatch_resolves_its_bindings() {
         pipe,
         groups,
         binds,
+        ..
     }) = dispatch(&mut c, 0, [4, 2, 1])
     else {
         panic!("dispatch not planned");
     };
     assert_eq!((pipe, groups), (0, [4, 2, 1]));
-    assert_eq!(binds, vec![(0, RO, 0, LEN), (1, RW, 0, LEN)]);
+    let got: Vec<_> = binds
+        .iter()
+        .map(|b| (b.group, b.binding, b.start, b.offset, b.len, b.writable))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(0, 0, RO, 0, LEN, false), (0, 1, RW, 0, LEN, true)]
+    );
 }
 
 #[test]
@@ -443,4 +471,36 @@ fn ring_attach_is_checked() {
     c.bufs.insert(DOM, b);
     assert!(VulkanDevice::attach_ring(&mut c));
     assert_eq!(c.ring.as_ref().map(|r| r.gen), Some(6));
+}
+
+/// A uniform in group 1: its own alignment, and the device sees at most
+/// the device's uniform range of a larger bind.
+#[test]
+fn uniform_in_another_group() {
+    let mut c = bound();
+    assert_eq!(
+        refused(dispatch(&mut c, 2, [1, 1, 1])),
+        Some(Status::BadBinding)
+    );
+    // 64-byte aligned is enough for a uniform (storage needs 256).
+    assert!(done(&bind_group(&mut c, 1, 3, RO + 64, 0)));
+    let Ok(Work::Dispatch { binds, .. }) = dispatch(&mut c, 2, [1, 1, 1]) else {
+        panic!("uniform dispatch refused");
+    };
+    let u = binds.iter().find(|b| b.group == 1).expect("group 1 bound");
+    assert_eq!(
+        (u.binding, u.kind, u.offset, u.len),
+        (3, BindingKind::Uniform, 64, 1 << 12)
+    );
+    assert!(done(&bind_group(&mut c, 1, 3, RO + 32, 0)));
+    assert_eq!(
+        refused(dispatch(&mut c, 2, [1, 1, 1])),
+        Some(Status::BadBinding)
+    );
+    // Too small for the block.
+    assert!(done(&bind_group(&mut c, 1, 3, RO + 64, 16)));
+    assert_eq!(
+        refused(dispatch(&mut c, 2, [1, 1, 1])),
+        Some(Status::BadBinding)
+    );
 }
