@@ -49,7 +49,7 @@ fn tool(names: &[&str]) -> Option<String> {
                 .output()
                 .is_ok_and(|o| o.status.success())
         })
-        .map(|n| n.to_string())
+        .map(std::string::ToString::to_string)
 }
 
 fn main() {
@@ -70,12 +70,11 @@ fn main() {
              `clang` (and `lld`), e.g. `apt-get install clang lld`, or set COPROC_CLANG"
         );
     };
-    if tool(&["ld.lld", "ld.lld-14", "ld.lld-15", "ld.lld-16"]).is_none() {
-        panic!(
-            "coproc firmware needs the lld linker: install the Debian package `lld` \
-             (`apt-get install lld`)"
-        );
-    }
+    assert!(
+        tool(&["ld.lld", "ld.lld-14", "ld.lld-15", "ld.lld-16"]).is_some(),
+        "coproc firmware needs the lld linker: install the Debian package `lld` \
+         (`apt-get install lld`)"
+    );
 
     let builds = NOLIBC
         .iter()
@@ -93,17 +92,16 @@ fn main() {
             .env("COPROC_CLANG", &clang)
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        if !output.status.success() {
-            panic!(
-                "building firmware {name} from {} failed ({}):\n{}{}\n(the C library and \
-                 compiler builtins come from the Debian packages `picolibc-arm-none-eabi` and \
-                 `gcc-arm-none-eabi`: scripts/setup.sh installs them)",
-                src.display(),
-                output.status,
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
+        assert!(
+            output.status.success(),
+            "building firmware {name} from {} failed ({}):\n{}{}\n(the C library and \
+             compiler builtins come from the Debian packages `picolibc-arm-none-eabi` and \
+             `gcc-arm-none-eabi`: scripts/setup.sh installs them)",
+            src.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     build_gpu(&root.join("gpu"), &out);
 }
@@ -143,14 +141,13 @@ fn build_gpu(dir: &Path, out: &Path) {
             .arg(src)
             .output()
             .unwrap_or_else(|e| panic!("cannot run {glslang}: {e}"));
-        if !output.status.success() {
-            panic!(
-                "compiling GPU firmware {name} from {} failed ({}):\n{}{}",
-                src.display(),
-                output.status,
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
+        assert!(
+            output.status.success(),
+            "compiling GPU firmware {name} from {} failed ({}):\n{}{}",
+            src.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 }

@@ -100,7 +100,7 @@ pub enum ImageFormat {
 impl ImageFormat {
     /// The format of a command word.
     pub fn from_u32(v: u32) -> Option<ImageFormat> {
-        use ImageFormat::*;
+        use ImageFormat::{R32Float, R32Sint, R32Uint, Rgba32Float, Rgba8Uint, Rgba8Unorm};
         [
             Rgba8Unorm,
             Rgba8Uint,
@@ -468,12 +468,14 @@ impl Job {
     /// Bind exactly `len` bytes at `iova` to `@group(0) @binding(binding)`
     /// (what `arrayLength()` sees). An iova beyond 32 bits is sent as one
     /// the device refuses.
+    #[must_use]
     pub fn bind(self, binding: u32, iova: u64, len: u64) -> Job {
         self.bind_group(0, binding, iova, len)
     }
 
     /// Bind exactly `len` bytes at `iova` to `@group(group)
     /// @binding(binding)`.
+    #[must_use]
     pub fn bind_group(self, group: u32, binding: u32, iova: u64, len: u64) -> Job {
         if len == 0 {
             return self.misuse(format!(
@@ -486,6 +488,7 @@ impl Job {
 
     /// Bind from `iova` to the end of the mapping holding it (page
     /// rounded: `arrayLength()` counts the padding too).
+    #[must_use]
     pub fn bind_to_end(self, group: u32, binding: u32, iova: u64) -> Job {
         self.bind_raw(group, binding, iova, 0)
     }
@@ -504,6 +507,7 @@ impl Job {
     /// (a `texture_2d` or `texture_storage_2d`; the device copies the
     /// texels in before each dispatch and, for a storage image the shader
     /// writes, back out after).
+    #[must_use]
     pub fn image(
         self,
         group: u32,
@@ -525,6 +529,7 @@ impl Job {
     /// Bind a sampler to `@group(group) @binding(binding)`: linear or
     /// nearest filtering, clamp to edge (0), repeat (1) or mirrored repeat
     /// (2) addressing.
+    #[must_use]
     pub fn sampler(self, group: u32, binding: u32, linear: bool, address: u32) -> Job {
         self.with(Command::Sampler {
             group,
@@ -538,6 +543,7 @@ impl Job {
     /// GLSL's `offset`, WGSL's struct layout and wgpu's
     /// `set_push_constants`) to these bytes (a multiple of 4 long). Split
     /// into as many `push` commands as needed.
+    #[must_use]
     pub fn push_bytes(mut self, offset: u32, bytes: &[u8]) -> Job {
         let end = u64::from(offset) + bytes.len() as u64;
         if !offset.is_multiple_of(4)
@@ -560,8 +566,11 @@ impl Job {
             let mut values = [0u32; PUSH_PER_COMMAND as usize];
             values[..chunk.len()].copy_from_slice(chunk);
             self = self.with(Command::Push {
-                offset: first + (i as u32) * PUSH_PER_COMMAND,
-                count: chunk.len() as u32,
+                offset: u32::try_from(i)
+                    .unwrap_or(u32::MAX)
+                    .saturating_mul(PUSH_PER_COMMAND)
+                    .saturating_add(first),
+                count: u32::try_from(chunk.len()).unwrap_or(PUSH_PER_COMMAND),
                 values,
             });
         }
@@ -570,6 +579,7 @@ impl Job {
 
     /// Set push constants from byte `offset` (a multiple of 4) to these
     /// 32-bit words.
+    #[must_use]
     pub fn push_u32(self, offset: u32, words: &[u32]) -> Job {
         let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
         self.push_bytes(offset, &bytes)
@@ -577,6 +587,7 @@ impl Job {
 
     /// Set push constants from byte `offset` (a multiple of 4) to these
     /// floats.
+    #[must_use]
     pub fn push_f32(self, offset: u32, values: &[f32]) -> Job {
         let words: Vec<u32> = values.iter().map(|v| v.to_bits()).collect();
         self.push_u32(offset, &words)

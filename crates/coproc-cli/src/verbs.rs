@@ -534,7 +534,7 @@ pub fn run(c: &mut Client, f: Format, a: &RunArgs) -> anyhow::Result<bool> {
                     m.len()
                 );
             }
-            let bytes = m.read_vec(spec.offset, (end - spec.offset) as usize)?;
+            let bytes = m.read_vec(spec.offset, usize::try_from(end - spec.offset)?)?;
             std::fs::write(&spec.path, bytes)
                 .with_context(|| format!("writing {}", spec.path.display()))?;
         }

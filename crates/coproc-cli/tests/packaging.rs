@@ -7,6 +7,13 @@
 //! cargo-deb, which the README's set-up installs; without them a test
 //! fails unless `COPROC_SKIP_PACKAGE_TESTS=1`.
 
+// Casts of values the test itself chose (sizes, counts, addresses).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Read};
@@ -230,9 +237,15 @@ fn the_debian_package_installs_and_runs() {
     let deb = text
         .lines()
         .rev()
-        .find(|l| l.trim_end().ends_with(".deb"))
-        .map(|l| root().join(l.trim()))
-        .unwrap_or_else(|| panic!("no .deb named in: {text}"));
+        .find(|l| {
+            std::path::Path::new(l.trim())
+                .extension()
+                .is_some_and(|e| e == "deb")
+        })
+        .map_or_else(
+            || panic!("no .deb named in: {text}"),
+            |l| root().join(l.trim()),
+        );
     // Installed with dpkg into a private root (its own package database),
     // so the test leaves the machine as it was.
     let inst = temp_dir("root");

@@ -7,6 +7,13 @@
 //! `python3-numpy`): without them the tests fail, unless
 //! `COPROC_SKIP_PYTHON_TESTS=1` says to skip them.
 
+// Casts of values the test itself chose (sizes, counts, addresses).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 mod common;
 
 use common::{coproc_bin, Daemon, MCU_RR};

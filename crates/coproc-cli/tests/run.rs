@@ -3,6 +3,13 @@
 //! references; firmware of another class refused up front; the stats read
 //! after the notification include the run.
 
+// Casts of values the test itself chose (sizes, counts, addresses).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 mod common;
 
 use common::Daemon;

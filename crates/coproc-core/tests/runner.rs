@@ -68,7 +68,7 @@ impl Device for Scripted {
             demand_faults: false,
             max_contexts: 8,
             memory_bytes: 0,
-            limits: Default::default(),
+            limits: std::collections::BTreeMap::default(),
             features: Vec::new(),
         }
     }

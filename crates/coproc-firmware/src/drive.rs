@@ -6,6 +6,13 @@
 //! vcoproc in-process ([`VcoprocHandle`] + [`Buffer`]) or through the daemon
 //! (the client SDK implements them in the `coproc` CLI).
 
+// The drivers' own sizes and addresses: iovas and lengths of the 32-bit mailbox ABI, chosen by the caller, never by a device.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use coproc_core::iova::{MapKind, Perms};
 use coproc_core::memory::{MemoryError, Region};
 use coproc_core::{CoreError, VcoprocHandle};
@@ -54,16 +61,16 @@ impl QueueMem for RegionQueue {
         QueueMem::len(&*self.0)
     }
     fn read_at(&self, off: u64, buf: &mut [u8]) {
-        self.0.read_at(off, buf)
+        self.0.read_at(off, buf);
     }
     fn write_at(&self, off: u64, data: &[u8]) {
-        self.0.write_at(off, data)
+        self.0.write_at(off, data);
     }
     fn load_index(&self, off: u64) -> u32 {
         self.0.load_index(off)
     }
     fn store_index(&self, off: u64, v: u32) {
-        self.0.store_index(off, v)
+        self.0.store_index(off, v);
     }
 }
 

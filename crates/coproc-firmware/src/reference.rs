@@ -5,6 +5,13 @@
 //! [`spin`], [`matmul_u32`], [`touch`]) are likewise written from the
 //! definitions in [`crate::gpu`], not from the shaders.
 
+// Host references compute in the firmware's own widths: the truncations and wraps are the algorithms' (fixed-point saturation, 32-bit LCGs).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 /// Most FIR taps the `fir` firmware accepts.
 pub const FIR_MAX_TAPS: usize = 256;
 
@@ -343,7 +350,7 @@ mod tests {
         let mut x = 1u32;
         for n in 0..5000u64 {
             assert_eq!(hog_state(n), x, "step {n}");
-            x = x.wrapping_mul(1664525).wrapping_add(1013904223);
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
         }
     }
 
@@ -389,7 +396,7 @@ mod tests {
     fn scribble_checksum_skips_the_counter() {
         let mut b = [0u8; 12];
         b[4] = 1;
-        let want = (2_166_136_261u32 ^ 1)
+        let want = (0x811C_9DC5_u32 ^ 1)
             .wrapping_mul(16_777_619)
             .wrapping_mul(16_777_619);
         assert_eq!(scribble_checksum(&b), want);

@@ -6,6 +6,13 @@
 //! format only, and through the `vulkan` class's specializer in
 //! `coproc-vulkan`'s tests.
 
+// Casts of values the test itself chose (sizes, counts, addresses).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use coproc_firmware::gpu::{self, GpuFirmware, Source};
 use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
 use naga::{AddressSpace, Module, ShaderStage, StorageAccess};
@@ -137,11 +144,15 @@ fn gpu_firmware_bindings_and_immediates() {
                 _ => {}
             }
         }
-        got.sort();
+        got.sort_unstable();
         let mut bindings = bindings.to_vec();
         if fw.source == Source::Spirv {
-            got.iter_mut().for_each(|b| b.2 = true);
-            bindings.iter_mut().for_each(|b| b.2 = true);
+            for b in &mut got {
+                b.2 = true;
+            }
+            for b in &mut bindings {
+                b.2 = true;
+            }
         }
         assert_eq!(got, bindings, "{name} bindings");
         assert_eq!(imm, immediates, "{name} immediates");

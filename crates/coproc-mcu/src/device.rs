@@ -18,8 +18,20 @@
 //! callback records the exact address and stops the core; a forbidden
 //! instruction fetch is refused in the hook and stops the core at once.
 
+// A 32-bit core: its registers and guest addresses are u32 by architecture, and the u64 values narrowed here are guest addresses and sizes the loader and the iova checks already bounded to its 32-bit map; host sizes (u64 to usize) cannot truncate on the 64-bit hosts coproc runs on.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use crate::abi::scs::{EXIT_SYSRESETREQ, IRQ_DOORBELL, SCS_BASE, SCS_SIZE};
-use crate::abi::*;
+use crate::abi::{
+    ABI_VERSION, CB_BASE, CB_CONSOLE, CB_DOORBELL, CB_DOORBELL_ACK, CB_EXIT, CB_FAULT_ADDR,
+    CB_FAULT_PC, CB_FAULT_REASON, CB_MAGIC, CB_MBOX_IN, CB_MBOX_OUT, CB_NOTIFY, CB_NOTIFY_TAG,
+    CB_SIZE, CB_TIME_HI, CB_TIME_LO, CB_VCOPROC, CB_VERSION, CB_WAIT, CODE_BASE, CODE_SIZE,
+    DATA_BASE, DATA_SIZE, IOVA_BASE, IOVA_SIZE, MAGIC, MBOX_WORDS,
+};
 use crate::elf::{self, Image};
 use crate::scs::{Scs, ScsEffect, EXC_SVCALL};
 use crate::timer::{thread_cpu, SliceTimer};
@@ -1486,7 +1498,7 @@ impl Device for McuDevice {
             demand_faults: true,
             max_contexts: self.config.max_contexts,
             memory_bytes: 0,
-            limits: Default::default(),
+            limits: std::collections::BTreeMap::default(),
             features: Vec::new(),
         }
     }
@@ -1886,14 +1898,13 @@ impl Device for McuDevice {
 
     fn reset_context(&mut self, id: ContextId) -> Result<(), DeviceError> {
         let image = self.ctx(id)?.image.clone();
-        match image {
-            Some(image) => self.restart(id, &image),
-            None => {
-                let slot = self.ctx(id)?.slot;
-                self.clear(slot)?;
-                self.ctx(id)?.fresh = true;
-                Ok(())
-            }
+        if let Some(image) = image {
+            self.restart(id, &image)
+        } else {
+            let slot = self.ctx(id)?.slot;
+            self.clear(slot)?;
+            self.ctx(id)?.fresh = true;
+            Ok(())
         }
     }
 

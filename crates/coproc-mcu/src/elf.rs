@@ -55,7 +55,7 @@ impl MemoryMap {
         DATA_BASE + self.data_size
     }
 
-    fn in_code(&self, a: u32) -> bool {
+    fn in_code(self, a: u32) -> bool {
         a.wrapping_sub(CODE_BASE) < self.code_size
     }
 }
@@ -253,12 +253,12 @@ pub fn parse_for(bytes: &[u8], map: &MemoryMap) -> Result<Image, ElfError> {
         let aligned =
             unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), bytes.len()) };
         aligned.copy_from_slice(bytes);
-        return parse_aligned(aligned, map);
+        return parse_aligned(aligned, *map);
     }
-    parse_aligned(bytes, map)
+    parse_aligned(bytes, *map)
 }
 
-fn parse_aligned(bytes: &[u8], map: &MemoryMap) -> Result<Image, ElfError> {
+fn parse_aligned(bytes: &[u8], map: MemoryMap) -> Result<Image, ElfError> {
     let ident = bytes
         .get(..16)
         .ok_or_else(|| ElfError::Malformed("shorter than an ELF header".into()))?;
@@ -307,7 +307,7 @@ fn parse_aligned(bytes: &[u8], map: &MemoryMap) -> Result<Image, ElfError> {
         } else {
             return Err(ElfError::OutsideMemory { vaddr, memsz });
         }
-        let data = ph.data(e, bytes).map_err(|_| {
+        let data = ph.data(e, bytes).map_err(|()| {
             ElfError::Malformed(format!(
                 "segment at {vaddr:#x} runs past the end of the file"
             ))
@@ -348,7 +348,7 @@ fn parse_aligned(bytes: &[u8], map: &MemoryMap) -> Result<Image, ElfError> {
 /// SP in the data region (0x2000_0000..0x4000_0000, word aligned), word 1
 /// a Thumb address inside a loaded code segment. Found, its SP must lie
 /// inside this pcoproc's data memory (the image was linked for it).
-fn vector_table(segments: &[Segment], map: &MemoryMap) -> Result<Option<(u32, u32)>, ElfError> {
+fn vector_table(segments: &[Segment], map: MemoryMap) -> Result<Option<(u32, u32)>, ElfError> {
     let Some(first) = segments.iter().find(|s| s.vaddr == CODE_BASE) else {
         return Ok(None);
     };

@@ -4,7 +4,19 @@
 //! an access to the rest does). Pure state: the device routes accesses here
 //! and takes the exceptions it reports pending (`device.rs`).
 
-use crate::abi::scs::*;
+// Registers of a 32-bit core: every value is a 32-bit word by architecture.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
+use crate::abi::scs::{
+    CPUID, FPU_FPCAR, FPU_FPCCR, FPU_FPDSCR, IRQ_DOORBELL, NVIC_IABR, NVIC_ICER, NVIC_ICPR,
+    NVIC_IPR, NVIC_IRQS, NVIC_ISER, NVIC_ISPR, NVIC_STIR, SCB_AIRCR, SCB_BFAR, SCB_CCR, SCB_CFSR,
+    SCB_CPACR, SCB_CPUID, SCB_ICSR, SCB_MMFAR, SCB_SCR, SCB_SHCSR, SCB_SHPR1, SCB_SHPR2, SCB_SHPR3,
+    SCB_VTOR, SCS_ACTLR, SYSTICK_HZ, SYST_CALIB, SYST_CSR, SYST_CVR, SYST_RVR,
+};
 
 /// Exception numbers.
 pub(crate) const EXC_NMI: u16 = 2;
@@ -503,6 +515,7 @@ impl Scs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::abi::scs::{SCS_BASE, SCS_SIZE};
 
     /// SysTick from its definition: count down one per tick, reload RVR
     /// after reaching zero; a zero raises the interrupt.

@@ -21,6 +21,13 @@
 //! for it ([`thread_cpu`] is what the device charges). Only the fire path
 //! reads the clock: one `clock_gettime` per slice, on the timer thread.
 
+// Nanoseconds of one slice and instruction counts narrowed to the engine's 32-bit and 64-bit counters; a slice is far shorter than 2^32 ns.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use coproc_core::device::Preempt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -52,7 +59,7 @@ impl CpuClock {
         let mut id: libc::clockid_t = 0;
         // SAFETY: pthread_self() is the live calling thread; `id` is a valid
         // place for the one clockid_t the call writes.
-        let r = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut id) };
+        let r = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &raw mut id) };
         (r == 0).then_some(CpuClock(id))
     }
 
@@ -65,7 +72,7 @@ impl CpuClock {
         };
         // SAFETY: `ts` is a valid timespec for the call to write; an
         // invalid clock id (the thread exited) is an error return, not UB.
-        let r = unsafe { libc::clock_gettime(self.0, &mut ts) };
+        let r = unsafe { libc::clock_gettime(self.0, &raw mut ts) };
         (r == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
     }
 }
@@ -120,11 +127,16 @@ pub(crate) struct TimerShared {
 
 impl TimerShared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn stop_engine(&self) {
-        let engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
+        let engine = self
+            .engine
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(Engine(h)) = *engine {
             // SAFETY: `h` is a live engine: it is cleared (under this lock)
             // before the engine is closed. uc_emu_stop only sets the stop
@@ -174,7 +186,11 @@ impl SliceTimer {
                     }
                     st.wakes_at = None;
                     match st.deadline {
-                        None => st = s.cv.wait(st).unwrap_or_else(|e| e.into_inner()),
+                        None => {
+                            st =
+                                s.cv.wait(st)
+                                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        }
                         Some(d) => {
                             let now = Instant::now();
                             let short = if now >= d && !s.preempt.load(Ordering::Acquire) {
@@ -204,7 +220,7 @@ impl SliceTimer {
                                 st.wakes_at = Some(until);
                                 st =
                                     s.cv.wait_timeout(st, until - now)
-                                        .unwrap_or_else(|e| e.into_inner())
+                                        .unwrap_or_else(std::sync::PoisonError::into_inner)
                                         .0;
                             }
                         }
@@ -268,7 +284,11 @@ impl SliceTimer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        *self.shared.engine.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self
+            .shared
+            .engine
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
 }
 

@@ -2,6 +2,13 @@
 //! domain maps it, the faulting instruction runs again; a timeout turns the
 //! stall into a fault; hard faults stay hard faults.
 
+// Casts of values the test itself chose (sizes, counts, addresses).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use coproc_core::control::ControlEvent;
 use coproc_core::fault::{Access, FaultReason};
 use coproc_core::iova::{MapKind, Perms};

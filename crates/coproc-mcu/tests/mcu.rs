@@ -1,6 +1,13 @@
 //! The mcu device under the framework: results against host references,
 //! isolation, faults, malformed firmware, round-robin shares.
 
+// Casts of values the test itself chose (sizes, counts, addresses).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use coproc_core::fault::{Access, FaultReason};
 use coproc_core::iova::{MapKind, Perms};
 use coproc_core::memory::Region;
@@ -61,7 +68,9 @@ fn echo_domain(v: &VcoprocHandle, seed: u64, msgs: u32) {
     let mut rng = TestRng::new(seed);
     for seq in 1..=msgs {
         let mut w = [0u32; 16];
-        w.iter_mut().for_each(|x| *x = rng.next_u64() as u32);
+        for x in &mut w {
+            *x = rng.next_u64() as u32;
+        }
         let out = drive::echo(v, &w, T).unwrap();
         let mut want = reference::echo(&w, seq);
         want[15] = seq;
@@ -303,7 +312,7 @@ fn malformed_firmware_is_refused() {
     for (what, image, needle) in &cases {
         match v.load_firmware(what, image) {
             Err(CoreError::Device(DeviceError::BadFirmware(msg))) => {
-                assert!(msg.contains(needle), "{what}: {msg:?} lacks {needle:?}")
+                assert!(msg.contains(needle), "{what}: {msg:?} lacks {needle:?}");
             }
             other => panic!("{what}: expected a firmware error, got {other:?}"),
         }
@@ -843,7 +852,7 @@ fn a_bad_image_is_refused_before_the_runner_is_involved() {
     // No runner is left: a refusal can only come from the loading thread.
     match v.load_firmware("bad", b"MZ\x90\x00 this is not an elf file at all....") {
         Err(CoreError::Device(DeviceError::BadFirmware(msg))) => {
-            assert!(msg.contains("bad magic"), "{msg}")
+            assert!(msg.contains("bad magic"), "{msg}");
         }
         other => panic!("expected a firmware error, got {other:?}"),
     }
@@ -897,7 +906,7 @@ fn a_run_is_charged_the_cpu_time_it_got_not_the_wall_time() {
     for _ in 0..200 {
         let (wall0, cpu0) = (std::time::Instant::now(), thread_cpu());
         let out = dev.run(budget);
-        let (wall, cpu) = (wall0.elapsed(), thread_cpu() - cpu0);
+        let (wall, cpu) = (wall0.elapsed(), thread_cpu().checked_sub(cpu0).unwrap());
         assert_eq!(out.stop, StopReason::BudgetSpent);
         // Charged no more than the CPU time this thread had around the run
         // (a wall-clock charge exceeds it whenever the runner waited for
@@ -920,7 +929,9 @@ fn a_run_is_charged_the_cpu_time_it_got_not_the_wall_time() {
         }
     }
     stop.store(true, Ordering::Relaxed);
-    spinners.into_iter().for_each(|s| s.join().unwrap());
+    for s in spinners {
+        s.join().unwrap();
+    }
     assert!(cb.read_out(0) > 0, "the hog ran");
     assert_eq!(
         contested, 3,

@@ -2,6 +2,13 @@
 //! in-process: a linked list built by the domain with real pointers walked
 //! by firmware, and private device memory that only its vcoproc reaches.
 
+// Casts of values the test itself chose (sizes, counts, addresses).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use coproc_core::fault::{Access, FaultReason};
 use coproc_core::iova::{IovaError, MapKind, Perms};
 use coproc_core::memory::{MemoryError, Region};

@@ -1,5 +1,12 @@
 //! The library example of the README, kept compiling and passing.
 
+// Casts of values the test itself chose (sizes, counts, addresses).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use coproc_core::{
     iova::{MapKind, Perms},
     memory::Region,
@@ -14,7 +21,7 @@ fn readme_example() -> Result<(), Box<dyn std::error::Error>> {
     let rr = RoundRobin::new(Duration::from_millis(1))?;
     system.add_pcoproc(
         "mcu0",
-        coproc_mcu::factory(Default::default()),
+        coproc_mcu::factory(coproc_mcu::McuConfig::default()),
         Box::new(rr),
     )?;
     let alice = system.add_domain("alice");

@@ -3,6 +3,13 @@
 //! pages, the next access faults at the mapping, and other vcoprocs go on
 //! with right results. Pinned mappings outlive the domain's own view.
 
+// Casts of values the test itself chose (sizes, counts, addresses).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use coproc_core::fault::{Access, FaultReason};
 use coproc_core::iova::{MapKind, Perms};
 use coproc_core::memory::Region;
@@ -93,7 +100,9 @@ fn others(p: &Arc<Pcoproc>, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHand
             while !s2.load(Ordering::Relaxed) {
                 seq += 1;
                 let mut w = [0u32; 16];
-                w.iter_mut().for_each(|x| *x = rng.next_u64() as u32);
+                for x in &mut w {
+                    *x = rng.next_u64() as u32;
+                }
                 let out = drive::echo(&echo, &w, T).unwrap();
                 let want = reference::echo(&w, seq);
                 assert_eq!(out[..15], want[..15]);

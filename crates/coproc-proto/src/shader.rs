@@ -90,6 +90,7 @@ impl Specialized {
     }
 
     /// Set constant `name` (name or decimal id) for every entry point.
+    #[must_use]
     pub fn set(mut self, name: &str, value: f64) -> Specialized {
         self.values.push(SpecValue {
             entry: None,
@@ -100,6 +101,7 @@ impl Specialized {
     }
 
     /// Set constant `name` for entry point `entry` only.
+    #[must_use]
     pub fn set_for(mut self, entry: &str, name: &str, value: f64) -> Specialized {
         self.values.push(SpecValue {
             entry: Some(entry.into()),
@@ -115,11 +117,19 @@ impl Specialized {
             return self.shader.clone();
         }
         let mut out = MAGIC.to_vec();
-        out.extend_from_slice(&(self.values.len() as u32).to_le_bytes());
+        out.extend_from_slice(
+            &u32::try_from(self.values.len())
+                .unwrap_or(u32::MAX)
+                .to_le_bytes(),
+        );
         for v in &self.values {
             let entry = v.entry.as_deref().unwrap_or("");
-            out.extend_from_slice(&(entry.len().min(u16::MAX as usize) as u16).to_le_bytes());
-            out.extend_from_slice(&(v.name.len().min(u16::MAX as usize) as u16).to_le_bytes());
+            out.extend_from_slice(&u16::try_from(entry.len()).unwrap_or(u16::MAX).to_le_bytes());
+            out.extend_from_slice(
+                &u16::try_from(v.name.len())
+                    .unwrap_or(u16::MAX)
+                    .to_le_bytes(),
+            );
             out.extend_from_slice(&v.value.to_bits().to_le_bytes());
             out.extend_from_slice(entry.as_bytes());
             out.extend_from_slice(v.name.as_bytes());

@@ -440,6 +440,7 @@ impl PyBuffer {
 
     /// Nothing to release: the reference PyBuffer_FillInfo took keeps the
     /// memory.
+    #[allow(clippy::unused_self)] // the buffer protocol's signature
     unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {}
 }
 

@@ -10,6 +10,13 @@
 //! recordings. Memory is one host-visible buffer that every binding of the
 //! pipeline sees (whole, unless [`Direct::bind`] narrows a binding).
 
+// The benchmark baseline's own sizes and counts.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use crate::device::{
     destroy_buf, destroy_ctx_vk, execute, optional_features, queue_limits, record_dispatch,
     shader_limits, CtxVk, Descriptor, ExecError, Gpu,
@@ -266,7 +273,7 @@ impl Direct {
         // (checked); no GPU work is in flight (`dispatch` waits for its
         // submission before returning) and `&mut self` excludes readers.
         unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(offset as usize), data.len())
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(offset as usize), data.len());
         };
         Ok(())
     }
@@ -281,7 +288,7 @@ impl Direct {
                 self.ptr.add(offset as usize),
                 out.as_mut_ptr(),
                 out.len(),
-            )
+            );
         };
         Ok(())
     }

@@ -1,5 +1,12 @@
 //! The Vulkan instance and the choice of physical device.
 
+// Pipeline indexes, bounded by the entry points a module may have.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use crate::Selector;
 use ash::vk;
 use std::ffi::CStr;
@@ -101,12 +108,11 @@ impl Instance {
         // SAFETY: `entry` is a loaded loader; the create info only borrows
         // locals that outlive the call.
         let have_portability = unsafe { entry.enumerate_instance_extension_properties(None) }
-            .map(|v| {
+            .is_ok_and(|v| {
                 v.iter().any(|e| {
                     e.extension_name_as_c_str() == Ok(ash::khr::portability_enumeration::NAME)
                 })
-            })
-            .unwrap_or(false);
+            });
         let mut info = vk::InstanceCreateInfo::default().application_info(&app);
         if have_portability {
             info = info

@@ -242,7 +242,7 @@ pub enum BindingKind {
 impl BindingKind {
     /// Whether an image of `format` can be bound here.
     pub fn takes(&self, format: ImageFormat) -> bool {
-        use ImageFormat::*;
+        use ImageFormat::{R32Float, R32Sint, R32Uint, Rgba32Float, Rgba8Uint, Rgba8Unorm};
         match *self {
             BindingKind::StorageImage(f) => f == format,
             BindingKind::SampledImage(None) => {
@@ -350,7 +350,7 @@ pub fn compile(image: &[u8], limits: &ShaderLimits) -> Result<Vec<PipelineSpec>,
     .unwrap_or_else(|p| {
         let msg = p
             .downcast_ref::<&str>()
-            .map(|s| s.to_string())
+            .map(std::string::ToString::to_string)
             .or_else(|| p.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "panic".into());
         Err(ShaderError::Panicked(msg))
@@ -1024,6 +1024,14 @@ fn specialize_spirv(image: &[u8], values: &[(String, f64)]) -> Result<Vec<u32>, 
                     let &(width, signed, float) = types
                         .get(&ty)
                         .ok_or_else(|| bad("specialization constant of an unknown type"))?;
+                    // SPIR-V literal words, as the spec lays them out: a
+                    // value narrowed to the constant's declared width,
+                    // 64-bit ones split low word first.
+                    #[allow(
+                        clippy::cast_possible_truncation,
+                        clippy::cast_sign_loss,
+                        clippy::cast_possible_wrap
+                    )]
                     let lit: Vec<u32> = match (float, width, n - 3) {
                         (true, 32, 1) => vec![(v as f32).to_bits()],
                         (true, 64, 2) => {
@@ -1032,8 +1040,10 @@ fn specialize_spirv(image: &[u8], values: &[(String, f64)]) -> Result<Vec<u32>, 
                         }
                         (false, 32 | 64, k) if v.fract() == 0.0 && v.is_finite() => {
                             let fits = match (width, signed) {
-                                (32, true) => (i32::MIN as f64..=i32::MAX as f64).contains(&v),
-                                (32, false) => (0.0..=u32::MAX as f64).contains(&v),
+                                (32, true) => {
+                                    (f64::from(i32::MIN)..=f64::from(i32::MAX)).contains(&v)
+                                }
+                                (32, false) => (0.0..=f64::from(u32::MAX)).contains(&v),
                                 (_, true) => (-(2f64.powi(63))..2f64.powi(63)).contains(&v),
                                 _ => (0.0..2f64.powi(64)).contains(&v),
                             };
@@ -1145,12 +1155,12 @@ mod tests {
     /// (a panic with overflow checks on). They are refused before it runs.
     #[test]
     fn oversized_push_constants_refused_before_validation() {
-        let src = r#"
+        let src = r"
             var<immediate> p: array<u32, 80>;
             @group(0) @binding(0) var<storage, read_write> y: array<u32>;
             @compute @workgroup_size(1)
             fn main() { y[0] = p[70]; }
-        "#;
+        ";
         assert_eq!(
             compile(src.as_bytes(), &LIMITS).unwrap_err(),
             ShaderError::Unsupported("320 bytes of push constants (most: 128)".into())
@@ -1176,7 +1186,7 @@ mod tests {
 
     #[test]
     fn wgsl_reflection() {
-        let src = r#"
+        let src = r"
             struct P { a: f32, n: u32 }
             var<immediate> p: P;
             @group(0) @binding(0) var<storage, read> x: array<f32>;
@@ -1187,7 +1197,7 @@ mod tests {
             }
             @compute @workgroup_size(8, 8)
             fn other(@builtin(global_invocation_id) id: vec3<u32>) { y[id.x] = 1.0; }
-        "#;
+        ";
         let p = compile(src.as_bytes(), &LIMITS).unwrap();
         assert_eq!(p.len(), 2);
         assert_eq!(p[0].name, "main");
@@ -1318,7 +1328,7 @@ mod tests {
     /// value for one; they size workgroups and workgroup arrays.
     #[test]
     fn wgsl_overrides() {
-        let src = br#"
+        let src = br"
             override block: u32 = 64;
             override scale: f32 = 1.0;
             @id(7) override flag: bool = false;
@@ -1332,7 +1342,7 @@ mod tests {
             }
             @compute @workgroup_size(block)
             fn b(@builtin(local_invocation_index) i: u32) { d[i] = scale; }
-        "#;
+        ";
         let p = compile(src, &LIMITS).unwrap();
         assert_eq!((p[0].workgroup, p[1].workgroup), ([64, 1, 1], [64, 1, 1]));
         let img = spec::Specialized::new(src)

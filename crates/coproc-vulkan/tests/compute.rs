@@ -1,6 +1,13 @@
 //! GPU vcoprocs on lavapipe (or any Vulkan device): results against host
 //! references, several domains interleaved, WGSL and SPIR-V firmware.
 
+// Casts of values the test itself chose (sizes, counts, addresses).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 mod common;
 
 use common::*;

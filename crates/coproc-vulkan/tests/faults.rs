@@ -2,6 +2,13 @@
 //! is recreated and the others' pipelines and memory (domain mappings and
 //! device-local contents) restored. Every policy runs GPU vcoprocs.
 
+// Casts of values the test itself chose (sizes, counts, addresses).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 mod common;
 
 use common::*;
@@ -32,7 +39,7 @@ impl Bystander {
         data.write(0, &u32_bytes(&expect)).unwrap();
         d.v.alloc_local(LOCAL, 4096).unwrap();
         // Local memory holds a value only the GPU wrote.
-        let done = d.run(&Job::new().fill(LOCAL, 4096, 0xC0FFEE).signal(0));
+        let done = d.run(&Job::new().fill(LOCAL, 4096, 0x00C0_FFEE).signal(0));
         assert_eq!(done[0].status, Some(Status::Ok));
         Bystander {
             d,
@@ -60,7 +67,7 @@ impl Bystander {
             .d
             .run(&Job::new().copy(LOCAL, 0x4000_0000, 4096).signal(0));
         assert_eq!(done[0].status, Some(Status::Ok));
-        assert_eq!(read_u32(&out, 0, 1024), vec![0xC0FFEE; 1024]);
+        assert_eq!(read_u32(&out, 0, 1024), vec![0x00C0_FFEE; 1024]);
         self.d.v.unmap(0x4000_0000).unwrap();
     }
 }
@@ -167,7 +174,7 @@ fn watchdog_faults_a_long_dispatch() {
     let mut by = Bystander::new(&pc);
     by.check();
     let mut hog = Domain::new(&pc, 1, SPIN.image);
-    let _out = hog.buffer(BUF_IOVA, 4 * u64::from(max_n), Perms::RW, MapKind::Pinned);
+    let out_kept = hog.buffer(BUF_IOVA, 4 * u64::from(max_n), Perms::RW, MapKind::Pinned);
     hog.submit(
         &Job::new()
             .bind(0, BUF_IOVA, 4 * u64::from(n))
@@ -199,7 +206,10 @@ fn watchdog_faults_a_long_dispatch() {
             .signal(0),
     );
     assert_eq!(done[0].status, Some(Status::Ok));
-    assert_eq!(read_u32(&_out, 0, 1024), reference::spin(3, 100_000, 1024));
+    assert_eq!(
+        read_u32(&out_kept, 0, 1024),
+        reference::spin(3, 100_000, 1024)
+    );
 }
 
 /// Every scheduling policy runs GPU vcoprocs, switched while they work;

@@ -2,6 +2,13 @@
 //! status, nothing of the job runs after the refusal, and the other
 //! domain's results stay right.
 
+// Casts of values the test itself chose (sizes, counts, addresses).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 mod common;
 
 use common::*;
@@ -221,7 +228,10 @@ fn refused_jobs_leave_others_untouched() {
 fn bad_firmware_is_refused_and_the_vcoproc_stays_usable() {
     let pc = pcoproc(VulkanConfig::default());
     let v = pc
-        .create_vcoproc(coproc_core::ids::DomainId(1), Default::default())
+        .create_vcoproc(
+            coproc_core::ids::DomainId(1),
+            coproc_core::policy::SchedParams::default(),
+        )
         .unwrap();
     let mut spirv_garbage = 0x0723_0203u32.to_le_bytes().to_vec();
     spirv_garbage.extend_from_slice(&[0x5a; 200]);
@@ -286,12 +296,15 @@ fn firmware_is_compiled_off_the_runner() {
 
     let pc = pcoproc(VulkanConfig::default());
     let v = pc
-        .create_vcoproc(coproc_core::ids::DomainId(1), Default::default())
+        .create_vcoproc(
+            coproc_core::ids::DomainId(1),
+            coproc_core::policy::SchedParams::default(),
+        )
         .unwrap();
     pc.shutdown();
     match v.load_firmware("bad", b"@compute @workgroup_size(1) fn main( {") {
         Err(CoreError::Device(DeviceError::BadFirmware(m))) => {
-            assert!(m.contains("does not parse"), "{m}")
+            assert!(m.contains("does not parse"), "{m}");
         }
         other => panic!("expected a firmware error, got {other:?}"),
     }

@@ -6,6 +6,13 @@
 //! refused by name where it does not. Every result is checked against a
 //! host reference.
 
+// Casts of values the test itself chose (sizes, counts, addresses).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 mod common;
 
 use common::*;
@@ -191,7 +198,10 @@ fn spirv_specialization_constants() {
     // Values that do not fit are refused at load, naming the constant.
     let pc2 = pcoproc(VulkanConfig::default());
     let v = pc2
-        .create_vcoproc(coproc_core::ids::DomainId(1), Default::default())
+        .create_vcoproc(
+            coproc_core::ids::DomainId(1),
+            coproc_core::policy::SchedParams::default(),
+        )
         .unwrap();
     for (image, want) in [
         (
@@ -277,7 +287,10 @@ fn device_features_where_present() {
     for (name, src, has, input, want) in cases {
         if !has {
             let v = pc
-                .create_vcoproc(coproc_core::ids::DomainId(9), Default::default())
+                .create_vcoproc(
+                    coproc_core::ids::DomainId(9),
+                    coproc_core::policy::SchedParams::default(),
+                )
                 .unwrap();
             let e = v
                 .load_firmware(name, src.as_bytes())
@@ -311,7 +324,10 @@ fn device_features_where_present() {
 fn refused_features_are_named() {
     let pc = pcoproc(VulkanConfig::default());
     let v = pc
-        .create_vcoproc(coproc_core::ids::DomainId(1), Default::default())
+        .create_vcoproc(
+            coproc_core::ids::DomainId(1),
+            coproc_core::policy::SchedParams::default(),
+        )
         .unwrap();
     let cases: [(&[u8], &str); 4] = [
         (
@@ -446,7 +462,7 @@ fn pipelines_are_built_off_the_runner() {
             id,
             control: std::sync::Arc::new(ControlBlock::default()),
         })
-        .unwrap()
+        .unwrap();
     };
     ctx(&mut dev, VcoprocId(1));
     dev.install_firmware(VcoprocId(1), prepared).unwrap();
@@ -492,7 +508,7 @@ fn pipelines_are_built_off_the_runner() {
 fn images_and_samplers() {
     use coproc_proto::gpu::ImageFormat;
     let limits = device_limits();
-    let src = br#"
+    let src = br"
         @group(0) @binding(0) var src: texture_2d<f32>;
         @group(0) @binding(1) var dst: texture_storage_2d<rgba32float, write>;
         @group(0) @binding(2) var smp: sampler;
@@ -506,11 +522,14 @@ fn images_and_samplers() {
             let uv = (vec2<f32>(g.xy) + 0.5) / vec2<f32>(dims);
             out[g.y * dims.x + g.x] = textureSampleLevel(src, smp, uv, 0.0).a;
         }
-    "#;
+    ";
     let pc = pcoproc(VulkanConfig::default());
     if !limits.robust_images {
         let v = pc
-            .create_vcoproc(coproc_core::ids::DomainId(1), Default::default())
+            .create_vcoproc(
+                coproc_core::ids::DomainId(1),
+                coproc_core::policy::SchedParams::default(),
+            )
             .unwrap();
         let e = v.load_firmware("images", src).unwrap_err().to_string();
         assert!(e.contains("storage images"), "{e}");
@@ -645,7 +664,10 @@ fn a_trial_run_past_its_bound_is_refused() {
     };
     round(&mut by, 1);
     let v = pc
-        .create_vcoproc(coproc_core::ids::DomainId(2), Default::default())
+        .create_vcoproc(
+            coproc_core::ids::DomainId(2),
+            coproc_core::policy::SchedParams::default(),
+        )
         .unwrap();
     let e = v
         .load_firmware("big", src.as_bytes())

@@ -688,7 +688,7 @@ mod tests {
         }
         match mcu("max_contexts = 2") {
             Ok(DeviceConfig::Mcu(m)) => {
-                assert_eq!((m.code_size, m.data_size), (1 << 20, 256 << 10))
+                assert_eq!((m.code_size, m.data_size), (1 << 20, 256 << 10));
             }
             other => panic!("{other:?}"),
         }

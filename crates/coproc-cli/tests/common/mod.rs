@@ -1,6 +1,12 @@
 //! The harness the daemon tests share: a private `coprocd` on a socket in a
 //! fresh directory, and the `coproc` binary pointed at it.
 
+// Casts of values the tests themselves chose.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 #![allow(dead_code)]
 
 pub mod raw;

@@ -1,7 +1,11 @@
 //! The simulator as its pcoproc sees it: [`SimDevice`], the [`Device`]
 //! the runner drives, and the sim as the pcoproc's [`VirtualClock`].
 
-use super::*;
+use super::{
+    fmt, Arc, Arrivals, BTreeMap, Capabilities, ContextSpec, Ctx, Device, DeviceError, Duration,
+    FirmwareInfo, Mapping, PanicIn, Park, Preempt, PreemptHandle, Preemption, RunOutcome, Sim,
+    SimError, SwitchOutcome, VcoprocId, VirtualClock, Workload,
+};
 
 /// Asks the sim to preempt the running context.
 struct SimPreempt(Sim);

@@ -1,6 +1,6 @@
 //! What the sim records: completed jobs, per-context totals, switches.
 
-use super::*;
+use super::VcoprocId;
 
 /// One completed job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -74,6 +74,7 @@ pub(super) struct Ring {
     pub(super) base: u64,
     /// Bytes of the queue (header and both rings).
     pub(super) len: u64,
+    #[allow(clippy::struct_field_names)] // the ring's consumer end
     pub(super) ring: Consumer,
 }
 

@@ -50,6 +50,13 @@
 //!   the reaper of old devices.
 //! - this module: [`VulkanDevice`] and its [`Device`] impl.
 
+// Host sizes of regions and buffers already bounded when they were made (u64 to usize cannot truncate on 64-bit hosts).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 mod context;
 mod objects;
 mod prep;
@@ -259,11 +266,14 @@ impl VulkanDevice {
             // SAFETY: `pdev` was enumerated from this live instance; the
             // call only returns a struct by value.
             let p = unsafe { i.get_physical_device_properties(pdev) };
-            let uuid: String = p
+            let uuid = p
                 .pipeline_cache_uuid
                 .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
+                .fold(String::new(), |mut s, b| {
+                    use std::fmt::Write;
+                    let _ = write!(s, "{b:02x}");
+                    s
+                });
             dir.join(format!(
                 "vulkan-{:04x}-{:04x}-{uuid}.cache",
                 p.vendor_id, p.device_id
@@ -325,7 +335,10 @@ impl VulkanDevice {
 
     /// Let loading threads build on the current device.
     fn set_target(&self) {
-        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.target_now());
+        *self
+            .target
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(self.target_now());
     }
 
     /// Write the pipeline cache to its file (atomically: a temporary file
@@ -582,7 +595,7 @@ impl Device for VulkanDevice {
         let mut pipes = None;
         if let Some(mut b) = built {
             trial = std::mem::replace(&mut b.trial, Ok(()));
-            pipes = b.vk.as_mut().map(|v| v.take_pipes());
+            pipes = b.vk.as_mut().map(objects::CtxVk::take_pipes);
             if trial.is_err() {
                 // Still in flight: to the reaper with this device, which
                 // is recreated below (whether or not the vcoproc is still
@@ -757,7 +770,10 @@ impl Device for VulkanDevice {
 impl Drop for VulkanDevice {
     fn drop(&mut self) {
         // No loading thread starts building on this device any more.
-        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self
+            .target
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         // Then every object made here goes, once the queue is idle.
         self.gpu.wait_idle();
         let d = &self.gpu.device;

@@ -6,6 +6,13 @@
 //! Most of the class's `unsafe` is here. The direct baseline
 //! (`crate::direct`) builds and runs its objects with the same functions.
 
+// Host sizes of buffers already bounded by the device limits (u64 to usize cannot truncate on 64-bit hosts); descriptor counts bounded by the device's limits; timestamps scaled to nanoseconds.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use crate::gpu::{GpuError, Instance};
 use crate::shader::{BindingKind, PipelineSpec, ShaderFeatures};
 use ash::vk;
@@ -36,7 +43,10 @@ pub(crate) struct DeviceOwner {
 
 impl DeviceOwner {
     pub(crate) fn wait_idle(&self) {
-        let _queue = self.submit.lock().unwrap_or_else(|e| e.into_inner());
+        let _queue = self
+            .submit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // SAFETY: the device is alive (self) and its only queue is ours
         // while the lock is held.
         unsafe {
@@ -721,7 +731,7 @@ impl Gpu {
                 hm.device(),
                 ht,
                 ptr.cast_const().cast(),
-                &mut props,
+                &raw mut props,
             )
         }
         .result()
@@ -922,7 +932,11 @@ pub(crate) fn execute(
         .signal_semaphores(&sems)
         .push_next(&mut tl)];
     {
-        let _queue = gpu.owner.submit.lock().unwrap_or_else(|e| e.into_inner());
+        let _queue = gpu
+            .owner
+            .submit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // SAFETY: the command buffer is fully recorded and not in flight;
         // the queue is ours while the lock is held.
         unsafe { d.queue_submit(gpu.owner.queue, &si, vk::Fence::null()) }

@@ -80,7 +80,7 @@ pub(super) struct Built {
     pub(super) trial: Result<(), Failure>,
     /// Keeps others' commands from being blamed while a hung trial holds
     /// the queue, until the runner has recreated the device.
-    pub(super) _hold: Option<Draining>,
+    pub(super) hold_draining: Option<Draining>,
 }
 
 impl Drop for Built {
@@ -141,7 +141,7 @@ impl FirmwarePrep for Prep {
         let target = self
             .target
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         let built = target.and_then(|t| build(&t, &specs));
         Ok(Box::new(Prepared { specs, built }))
@@ -166,7 +166,7 @@ pub(super) fn build(t: &Target, specs: &[PipelineSpec]) -> Option<Built> {
         images: Vec::new(),
         samplers: Vec::new(),
         trial: Ok(()),
-        _hold: None,
+        hold_draining: None,
     };
     let most = specs
         .iter()
@@ -183,7 +183,10 @@ pub(super) fn build(t: &Target, specs: &[PipelineSpec]) -> Option<Built> {
     let v = built.vk.as_mut()?;
     // This trial's own wait is bounded; the runner's commands queued
     // behind it are not blamed meanwhile.
-    let _one = t.trials.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = t
+        .trials
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let hold = Draining::new(&t.draining);
     let own = AtomicUsize::new(0);
     for (i, spec) in specs.iter().enumerate() {
@@ -221,14 +224,14 @@ pub(super) fn build(t: &Target, specs: &[PipelineSpec]) -> Option<Built> {
                 // Into the general layout (contents undefined: scratch).
                 super::objects::record_image_layout(d, cmd, img);
             }
-            record_dispatch(d, cmd, &pipes[i], &binds, &push, [1, 1, 1])
+            record_dispatch(d, cmd, &pipes[i], &binds, &push, [1, 1, 1]);
         });
         if let Err(e) = r {
             built.trial = Err(match e {
                 ExecError::Timeout => Failure::Watchdog,
                 ExecError::Failed(why) => Failure::Lost(why),
             });
-            built._hold = Some(hold);
+            built.hold_draining = Some(hold);
             return Some(built);
         }
     }

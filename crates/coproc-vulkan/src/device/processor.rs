@@ -7,6 +7,13 @@
 //! the ring, posts completions and refusals, and keeps the mailbox-out
 //! counters.
 
+// Offsets and lengths are checked against the buffer they index before they become host sizes (u64 to usize cannot truncate on the 64-bit hosts coproc runs on); completion words are the ABI's u32 (GPU nanoseconds and signal values modulo 2^32).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use super::context::{revoked, Backing, Bound as Given, Ctx, Ring, Slot};
 use super::objects::{
     destroy_image, destroy_sampler, execute, record_dispatch, record_image_in, record_image_out,
@@ -288,9 +295,8 @@ fn plan(ctx: &mut Ctx, limits: &Limits, cmd: Command) -> Result<Work, Step> {
 impl VulkanDevice {
     /// Decode and carry out one command of context `id`.
     fn step(&mut self, id: ContextId, sqe: &Sqe, gpu_ns: &mut u64) -> Step {
-        let cmd = match Command::decode(sqe) {
-            Ok(c) => c,
-            Err(_) => return Step::Refused(Status::BadCommand),
+        let Ok(cmd) = Command::decode(sqe) else {
+            return Step::Refused(Status::BadCommand);
         };
         let limits = self.limits;
         let Some(ctx) = self.ctxs.get_mut(&id) else {
@@ -655,13 +661,10 @@ impl VulkanDevice {
             let Some(ring) = ctx.ring.as_mut() else {
                 break StopReason::Waiting;
             };
-            let pending = match ring.pending() {
-                Ok(n) => n,
-                Err(_) => {
-                    ctx.garbage += 1;
-                    control.write_out(mbox_out::GARBAGE, ctx.garbage);
-                    break StopReason::Waiting;
-                }
+            let Ok(pending) = ring.pending() else {
+                ctx.garbage += 1;
+                control.write_out(mbox_out::GARBAGE, ctx.garbage);
+                break StopReason::Waiting;
             };
             if pending == 0 {
                 break StopReason::Waiting;

@@ -4,6 +4,13 @@
 //! memory carried over, the guilty context's zeroed) and the old one is
 //! handed to a reaper thread that destroys it once idle.
 
+// Host sizes of buffers already bounded when they were made (u64 to usize cannot truncate on 64-bit hosts).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use super::context::Backing;
 use super::objects::{
     destroy_buf, destroy_ctx_vk, destroy_image, destroy_sampler, CtxVk, DeviceOwner, Gpu, Img,
@@ -33,7 +40,7 @@ struct Remains {
     images: Vec<Img>,
     samplers: Vec<vk::Sampler>,
     /// Domain memory the old device may still touch.
-    _regions: Vec<Arc<Region>>,
+    held_regions: Vec<Arc<Region>>,
     /// Counts this device while it drains.
     draining: Arc<AtomicUsize>,
 }
@@ -122,7 +129,7 @@ impl VulkanDevice {
             bufs: std::mem::take(&mut self.stray),
             images: std::mem::take(&mut self.stray_images),
             samplers: std::mem::take(&mut self.stray_samplers),
-            _regions: Vec::new(),
+            held_regions: Vec::new(),
             draining: self.draining.clone(),
         };
         self.draining.fetch_add(1, Ordering::AcqRel);
@@ -157,7 +164,7 @@ impl VulkanDevice {
                 });
                 remains.bufs.push((b.buffer, b.memory));
                 if let Backing::Domain { region, .. } = &b.backing {
-                    remains._regions.push(region.clone());
+                    remains.held_regions.push(region.clone());
                 }
                 let len = b.len;
                 let made = match &b.backing {
@@ -191,9 +198,9 @@ impl VulkanDevice {
         std::thread::Builder::new()
             .name("vulkan-reaper".into())
             .spawn(move || reap(remains))
-            .map(drop)
-            .unwrap_or_else(
+            .map_or_else(
                 |e| tracing::error!(error = %e, "no reaper thread; the old device leaks"),
+                drop,
             );
     }
 }

@@ -1,5 +1,12 @@
 //! In-process GPU domains for the tests: a vcoproc on a `vulkan` pcoproc,
 //! its queue in domain memory, buffers mapped at fixed iovas.
+
+// Casts of values the tests themselves chose.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 #![allow(dead_code)]
 
 use coproc_core::ids::DomainId;

@@ -2,6 +2,13 @@
 //! plain data (null Vulkan handles, anonymous memory regions), and [`plan`]
 //! and the ring attach are run against them.
 
+// Casts of values the test itself chose.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use super::*;
 use crate::device::context::Buf;
 use crate::device::objects::CtxVk;
