@@ -37,13 +37,11 @@ impl Port for RemotePort<'_> {
         c.mbox_write(self.vcoproc, 0, words).map_err(port_err)?;
         c.doorbell(self.vcoproc).map_err(port_err)
     }
-    fn wait(&self, after: u64, timeout: Duration) -> Result<u32, DriveError> {
-        Ok(self
-            .client
+    fn wait_seq(&self, after: u64, timeout: Duration) -> Result<(u64, u32), DriveError> {
+        self.client
             .borrow_mut()
             .wait_notify(self.vcoproc, after, timeout)
-            .map_err(port_err)?
-            .1)
+            .map_err(port_err)
     }
     fn mailbox(&self) -> Result<[u32; 16], DriveError> {
         let (words, _) = self
