@@ -389,12 +389,18 @@ struct RunReport {
     mailbox: Vec<u32>,
     state: String,
     run_ns: u64,
+    /// What the firmware printed (its console lines), and how many earlier
+    /// lines the daemon no longer kept.
+    console: Vec<String>,
+    console_dropped: u64,
 }
 
 /// `coproc run`: a one-shot client. Loads the firmware into a new vcoproc,
 /// starts it, rings the doorbell once, waits for a notification, a fault,
 /// an exit or the time limit, prints the mailbox; the vcoproc is destroyed
-/// when the command ends.
+/// when the command ends. The statistics read after the notification
+/// count the run time up to it (the daemon includes the slice in
+/// progress); the firmware's console lines are printed after the mailbox.
 pub fn run(c: &mut Client, f: Format, a: &RunArgs) -> anyhow::Result<bool> {
     let (label, image) = run_image(&a.firmware)?;
     let words: Vec<u32> = a
@@ -506,20 +512,9 @@ pub fn run(c: &mut Client, f: Format, a: &RunArgs) -> anyhow::Result<bool> {
         }
     }
     let (mailbox, _) = c.mbox_read(v)?;
-    // Run time is charged when the vcoproc's slice ends: once it has
-    // parked (or stopped) after the notification, its stats include all
-    // of the run up to it. Firmware that keeps running is read at the
-    // deadline.
-    let mut info = c.query(v)?;
-    let mut pause = Duration::from_micros(100);
-    while notify.is_some()
-        && matches!(info.state.as_str(), "running" | "runnable")
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(10));
-        info = c.query(v)?;
-    }
+    // The run time up to now: what was charged plus the slice in progress.
+    let info = c.query(v)?;
+    let (console, console_dropped) = c.console(v)?;
     if let Some(m) = &mem {
         for spec in &outputs {
             let end = match spec.len {
@@ -546,6 +541,8 @@ pub fn run(c: &mut Client, f: Format, a: &RunArgs) -> anyhow::Result<bool> {
         mailbox,
         state: info.state,
         run_ns: info.run_ns,
+        console,
+        console_dropped,
     };
     match f {
         Format::Json => println!("{}", serde_json::to_string(&report)?),
@@ -562,6 +559,14 @@ pub fn run(c: &mut Client, f: Format, a: &RunArgs) -> anyhow::Result<bool> {
             }
             let words: Vec<String> = report.mailbox.iter().map(|w| format!("{w:#x}")).collect();
             println!("mailbox-out: {}", words.join(" "));
+            if report.console_dropped > 0 {
+                println!("console: {} earlier lines dropped", report.console_dropped);
+            }
+            // Firmware output is domain text: shown escaped, it cannot
+            // drive the terminal.
+            for line in &report.console {
+                println!("console: {}", crate::output::sanitize(line));
+            }
             if report.outcome == "faulted" {
                 for x in c.list_faults()?.iter().filter(|x| x.vcoproc == v) {
                     println!(

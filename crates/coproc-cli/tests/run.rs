@@ -132,6 +132,19 @@ fn builtin_firmware_with_input_and_output_files() {
     let r = run_json(&d, &["hello", "--mbox", "1000"]);
     let sum = r["mailbox"][1].as_u64().unwrap() | r["mailbox"][2].as_u64().unwrap() << 32;
     assert_eq!(sum, reference::hello_sum(1000));
+    // What it printed comes back through the daemon, and the statistics
+    // read right after its notification count the run that led to it.
+    let console: Vec<&str> = r["console"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert!(
+        console.contains(&reference::hello_line(1000).as_str()),
+        "{console:?}"
+    );
+    assert!(r["run_ns"].as_u64().unwrap() > 0, "{r}");
 
     // irq: the interrupt-driven firmware answers through its handler.
     let r = run_json(&d, &["irq", "--mbox", "1,40,2,3"]);

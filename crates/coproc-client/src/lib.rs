@@ -551,6 +551,28 @@ impl Client {
         answer!(self.call(Request::MboxRead { vcoproc }, &[])?, Answer::Mailbox { words, notify_seq } => (words, notify_seq))
     }
 
+    /// The lines the firmware printed to its console, oldest first, and how
+    /// many older ones the daemon no longer keeps.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use coproc_client::*;
+    /// # fn main() -> Result<(), ClientError> {
+    /// let mut c = Client::connect()?;
+    /// let v = c.open("mcu0")?;
+    /// let (lines, dropped) = c.console(v)?;
+    /// for l in lines {
+    ///     println!("firmware: {l}");
+    /// }
+    /// assert_eq!(dropped, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn console(&mut self, vcoproc: u32) -> Result<(Vec<String>, u64), ClientError> {
+        answer!(self.call(Request::Console { vcoproc }, &[])?, Answer::Console { lines, dropped } => (lines, dropped))
+    }
+
     /// Ring the doorbell.
     ///
     /// # Examples

@@ -183,6 +183,7 @@ fn one_turn(
         return Turn::Go;
     }
     g.running = Some(v);
+    g.slice_started_ns = None;
     drop(g);
 
     let switched = *current != Some(v);
@@ -490,6 +491,7 @@ fn switch_failed(
 fn slice_start(shared: &Shared, v: VcoprocId, switched: bool) -> (u64, Option<u64>) {
     let mut g = shared.lock();
     let now = shared.now_ns();
+    g.slice_started_ns = Some(now);
     if switched {
         g.switches += 1;
         if let Some(vc) = g.vcoprocs.get_mut(&v) {

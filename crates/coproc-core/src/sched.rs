@@ -95,6 +95,10 @@ pub(crate) struct Inner {
     pub vcoprocs: BTreeMap<VcoprocId, Vc>,
     pub commands: VecDeque<Command>,
     pub running: Option<VcoprocId>,
+    /// When the slice of `running` began on the device (after the switch);
+    /// `None` while it is being switched in. Lets a snapshot count the run
+    /// time of the slice in progress.
+    pub slice_started_ns: Option<u64>,
     pub shutdown: bool,
     /// Fault logs by domain.
     pub faults: BTreeMap<DomainId, VecDeque<FaultRecord>>,

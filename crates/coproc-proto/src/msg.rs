@@ -110,6 +110,12 @@ pub enum Request {
         /// Vcoproc.
         vcoproc: u32,
     },
+    /// The firmware's console output: the lines it printed (the newest
+    /// the daemon keeps; older ones are counted as dropped).
+    Console {
+        /// Vcoproc.
+        vcoproc: u32,
+    },
     /// Ring the doorbell.
     Doorbell {
         /// Vcoproc.
@@ -512,6 +518,13 @@ pub enum Answer {
         words: Vec<u32>,
         /// Latest notification sequence number.
         notify_seq: u64,
+    },
+    /// Console lines, oldest first.
+    Console {
+        /// The lines kept (without their newlines).
+        lines: Vec<String>,
+        /// Lines printed before these that were not kept.
+        dropped: u64,
     },
     /// Pcoprocs.
     Coprocs {

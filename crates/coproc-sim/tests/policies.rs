@@ -98,11 +98,16 @@ fn start_at(sim: &Sim, t: u64, vs: &[&VcoprocHandle]) {
 }
 
 /// Device time `v` ran up to now, the run in progress included, after
-/// checking that what the device returned so far is exactly what the
-/// pcoproc charged (honest accounting).
+/// checking that the pcoproc's snapshot says exactly that: what the device
+/// returned so far, as charged, plus the run in progress (honest
+/// accounting).
 fn ran(sim: &Sim, v: &VcoprocHandle) -> u64 {
     let r = sim.context(v.id()).unwrap();
-    assert_eq!(r.ran_ns, v.info().unwrap().stats.run_ns, "{v:?}");
+    assert_eq!(
+        r.ran_ns + r.in_run_ns,
+        v.info().unwrap().stats.run_ns,
+        "{v:?}"
+    );
     r.ran_ns + r.in_run_ns
 }
 

@@ -146,6 +146,7 @@ impl Pcoproc {
                         vcoprocs: BTreeMap::new(),
                         commands: VecDeque::new(),
                         running: None,
+                        slice_started_ns: None,
                         shutdown: false,
                         faults: BTreeMap::new(),
                         busy_ns: 0,
@@ -329,18 +330,27 @@ impl Pcoproc {
     pub fn vcoprocs(&self) -> Vec<VcoprocInfo> {
         let g = self.shared.lock();
         let t = lock_views(&self.shared.views);
+        let now = self.shared.now_ns();
         g.vcoprocs
             .iter()
-            .map(|(&id, vc)| info(id, vc, &t))
+            .map(|(&id, vc)| info(id, vc, &t, in_flight(&g, id, now)))
             .collect()
     }
 
     /// Snapshot of one vcoproc.
     pub fn vcoproc(&self, id: VcoprocId) -> Result<VcoprocInfo, CoreError> {
         let g = self.shared.lock();
+        let now = self.shared.now_ns();
         g.vcoprocs
             .get(&id)
-            .map(|vc| info(id, vc, &lock_views(&self.shared.views)))
+            .map(|vc| {
+                info(
+                    id,
+                    vc,
+                    &lock_views(&self.shared.views),
+                    in_flight(&g, id, now),
+                )
+            })
             .ok_or(CoreError::NoVcoproc(id))
     }
 
@@ -598,7 +608,21 @@ impl Drop for Pcoproc {
     }
 }
 
-fn info(id: VcoprocId, vc: &Vc, views: &Views) -> VcoprocInfo {
+/// How long `id`'s slice in progress has run by `now` (0 when it is not
+/// on the device). A notification it sent during the slice is answered
+/// before the slice ends; a snapshot taken then still counts the run time
+/// that led to it.
+fn in_flight(g: &Inner, id: VcoprocId, now: u64) -> u64 {
+    match (g.running, g.slice_started_ns) {
+        (Some(r), Some(start)) if r == id => now.saturating_sub(start),
+        _ => 0,
+    }
+}
+
+/// A snapshot of `vc`: its statistics as charged, plus `in_flight`, the
+/// part of a slice in progress (charged with the device's own measure
+/// when the slice ends).
+fn info(id: VcoprocId, vc: &Vc, views: &Views, in_flight: u64) -> VcoprocInfo {
     // A revoked mapping waiting for the runner's tidy-up is gone already.
     let live = views.maps.get(&id);
     let (mappings, mapped_bytes) = vc
@@ -611,7 +635,10 @@ fn info(id: VcoprocId, vc: &Vc, views: &Views) -> VcoprocInfo {
         domain: vc.domain,
         firmware: vc.label.clone(),
         state: vc.state,
-        stats: vc.stats,
+        stats: VcoprocStats {
+            run_ns: vc.stats.run_ns + in_flight,
+            ..vc.stats
+        },
         params: vc.params,
         mappings,
         mapped_bytes,

@@ -247,6 +247,7 @@ impl Session {
                 values,
             } => self.mbox_write(vcoproc, index, values),
             Request::MboxRead { vcoproc } => self.mbox_read(vcoproc),
+            Request::Console { vcoproc } => self.console(vcoproc),
             Request::Doorbell { vcoproc } => self.doorbell(vcoproc),
             Request::Start { vcoproc } => self.start(vcoproc),
             Request::Stop { vcoproc } => self.stop(vcoproc),

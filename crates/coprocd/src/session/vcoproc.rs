@@ -157,6 +157,13 @@ impl Session {
         })
     }
 
+    /// `console`: the lines the firmware printed, as its control block
+    /// keeps them (bounded; see `coproc_core::control`).
+    pub(super) fn console(&mut self, vcoproc: u32) -> Result<Answer, WireError> {
+        let (lines, dropped) = self.entry(vcoproc, false)?.handle.console();
+        Ok(Answer::Console { lines, dropped })
+    }
+
     /// `doorbell`.
     pub(super) fn doorbell(&mut self, vcoproc: u32) -> Result<Answer, WireError> {
         self.entry(vcoproc, false)?.handle.doorbell();
