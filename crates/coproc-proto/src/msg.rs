@@ -349,8 +349,18 @@ pub struct CoprocInfo {
     pub policy: String,
     /// Vcoprocs on it.
     pub vcoprocs: u32,
-    /// Busy share of the device since it started, percent.
+    /// Busy share of the device over the last 10 s, percent (the same as
+    /// `utilisation_10s_pct`; daemons before it: since the device started).
     pub utilisation_pct: f64,
+    /// Busy share over the last second, percent (0 from older daemons).
+    #[serde(default)]
+    pub utilisation_1s_pct: f64,
+    /// Busy share over the last 10 s, percent (0 from older daemons).
+    #[serde(default)]
+    pub utilisation_10s_pct: f64,
+    /// Device time spent running vcoprocs since the device started, ns.
+    #[serde(default)]
+    pub busy_ns: u64,
     /// Start of the device's iova window (where mappings may be placed).
     #[serde(default)]
     pub iova_base: u64,
@@ -625,6 +635,9 @@ mod tests {
             policy: "rr".into(),
             vcoprocs: 2,
             utilisation_pct: 12.5,
+            utilisation_1s_pct: 50.0,
+            utilisation_10s_pct: 12.5,
+            busy_ns: 1_000,
             iova_base: 0x1000_0000,
             iova_size: 0xe000_0000,
             memory_bytes: 8 << 30,

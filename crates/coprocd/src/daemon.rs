@@ -113,6 +113,10 @@ pub struct Daemon {
     /// Open connections by uid, with the uid's request budget, shared by
     /// its sessions (see [`Daemon::admit`]).
     connections: Mutex<HashMap<u32, (u32, DomainBudget)>>,
+    /// Busy-time samples of the pcoprocs (utilisation over 1 s and 10 s).
+    pub busy: crate::metrics::BusyWindows,
+    /// How long the revokes that removed a mapping took.
+    pub revoke_latency: Mutex<coproc_core::stats::Histogram>,
 }
 
 /// A domain's request budget, which all its sessions spend.
@@ -195,6 +199,8 @@ impl Daemon {
             logs: Mutex::new(HashMap::new()),
             notices: Mutex::new(HashMap::new()),
             connections: Mutex::new(HashMap::new()),
+            busy: crate::metrics::BusyWindows::default(),
+            revoke_latency: Mutex::new(coproc_core::stats::Histogram::default()),
         })
     }
 
@@ -330,6 +336,15 @@ impl Daemon {
                 format!("uid {} may not use coprocd", who.uid),
             )),
         }
+    }
+
+    /// Count a revoke that removed a mapping and took `took`.
+    pub fn observe_revoke(&self, took: std::time::Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.revoke_latency
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .observe(ns);
     }
 
     /// Whether `who` may use pcoproc `name`.

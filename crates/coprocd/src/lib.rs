@@ -4,5 +4,6 @@
 
 pub mod config;
 pub mod daemon;
+pub mod metrics;
 pub mod server;
 pub mod session;

@@ -84,8 +84,12 @@ fn refuse(stream: &tokio::net::UnixStream, e: WireError) {
 /// Run until SIGTERM or SIGINT.
 pub async fn run(daemon: Arc<Daemon>, path: PathBuf) -> anyhow::Result<()> {
     let listener = bind(&path)?;
+    let metrics = crate::metrics::Listeners::bind(&daemon).await?;
     tracing::info!(socket = %path.display(), pcoprocs = daemon.pcoprocs.len(), "coprocd serving");
     let (stop_tx, stop_rx) = watch::channel(false);
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(metrics.serve(daemon.clone(), stop_rx.clone()));
+    background.spawn(sample_busy(daemon.clone(), stop_rx.clone()));
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut sessions = tokio::task::JoinSet::new();
@@ -166,6 +170,21 @@ pub async fn run(daemon: Arc<Daemon>, path: PathBuf) -> anyhow::Result<()> {
         );
         sessions.abort_all();
     }
+    background.abort_all();
+    while background.join_next().await.is_some() {}
     tokio::task::block_in_place(|| daemon.shutdown());
     Ok(())
+}
+
+/// Sample the pcoprocs' busy time every [`crate::metrics::SAMPLE_EVERY`]
+/// (utilisation over the last 1 s and 10 s) until `stop`.
+async fn sample_busy(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(crate::metrics::SAMPLE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => daemon.busy.sample(&daemon),
+            _ = stop.changed() => break,
+        }
+    }
 }

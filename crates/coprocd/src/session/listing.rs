@@ -15,14 +15,20 @@ impl Session {
             }
             let caps = pc.capabilities();
             let (busy, _) = pc.busy();
-            let now = pc.now_ns().max(1);
+            let util = |secs| {
+                d.busy
+                    .utilisation_pct(name, busy, std::time::Duration::from_secs(secs))
+            };
             out.push(CoprocInfo {
                 name: name.clone(),
                 class: caps.class.to_string(),
                 model: caps.model.clone(),
                 policy: pc.sched_info().policy,
                 vcoprocs: u32::try_from(pc.vcoprocs().len()).unwrap_or(u32::MAX),
-                utilisation_pct: (busy as f64 * 1000.0 / now as f64).round() / 10.0,
+                utilisation_pct: util(10),
+                utilisation_1s_pct: util(1),
+                utilisation_10s_pct: util(10),
+                busy_ns: busy,
                 iova_base: caps.iova_base,
                 iova_size: caps.iova_size,
                 memory_bytes: caps.memory_bytes,
