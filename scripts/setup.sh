@@ -3,8 +3,9 @@
 # it is missing: cmake, a C compiler, clang + lld (firmware, bindgen),
 # libclang-dev (bindgen, for Unicorn's bindings), glslang-tools (GPU
 # firmware from GLSL), the Vulkan loader and Mesa's drivers (lavapipe runs
-# the `vulkan` device class on the CPU where there is no GPU), and
-# cargo-fuzz (crates.io). Needs root or sudo for apt.
+# the `vulkan` device class on the CPU where there is no GPU), tmux (the
+# test that runs `coproc top` in a real terminal), and cargo-fuzz
+# (crates.io). Needs root or sudo for apt.
 set -euo pipefail
 
 need=()
@@ -17,6 +18,7 @@ if ! ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*/libclang*.so* >/dev/null 2>
     need+=(libclang-dev)
 fi
 command -v glslangValidator >/dev/null 2>&1 || need+=(glslang-tools)
+command -v tmux >/dev/null 2>&1 || need+=(tmux)
 if ! ls /usr/lib/*/libvulkan.so.1 >/dev/null 2>&1; then
     need+=(libvulkan1)
 fi

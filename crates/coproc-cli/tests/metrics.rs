@@ -105,6 +105,25 @@ fn value(text: &str, name: &str, want: &[(&str, &str)]) -> Option<f64> {
         .next()
 }
 
+/// Every `coproc_…` metric name in `text`.
+fn metric_names(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("coproc_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        // Rust paths and crate names (coproc_core::…) are not metrics.
+        if !tail[end..].starts_with("::") && !name.starts_with("coproc_core") {
+            out.push(name.to_string());
+        }
+        rest = &tail[end..];
+    }
+    out
+}
+
 #[test]
 fn scraped_metrics_match_what_the_sdk_reports() {
     let cfg = config("metrics-match", None);
@@ -245,6 +264,26 @@ fn scraped_metrics_match_what_the_sdk_reports() {
         "# TYPE coproc_revoke_seconds histogram",
     ] {
         assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+    }
+    // docs/metrics.md documents every family served and the dashboard uses
+    // only families served.
+    let families: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let doc = std::fs::read_to_string(format!("{root}/docs/metrics.md")).unwrap();
+    let dash = std::fs::read_to_string(format!("{root}/packaging/grafana-coproc.json")).unwrap();
+    serde_json::from_str::<serde_json::Value>(&dash).expect("the dashboard is JSON");
+    for f in &families {
+        assert!(doc.contains(&format!("`{f}")), "docs/metrics.md misses {f}");
+    }
+    for name in metric_names(&doc).into_iter().chain(metric_names(&dash)) {
+        assert!(
+            families.iter().any(|f| name.starts_with(f)),
+            "{name} is named in the docs or dashboard but not served"
+        );
     }
     // Nothing runs: the share of the last second falls to 0 while the
     // busy time since start stays.

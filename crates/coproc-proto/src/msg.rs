@@ -448,6 +448,12 @@ pub struct VcoprocInfo {
     /// Longest wake→run latency so far, ns.
     #[serde(default)]
     pub run_delay_max_ns: u64,
+    /// Doorbells its domain rang (0 from older daemons).
+    #[serde(default)]
+    pub doorbells: u64,
+    /// Slices cut short by a preempt request (0 from older daemons).
+    #[serde(default)]
+    pub preemptions: u64,
     /// Its latest fault, kept with the vcoproc as long as it exists
     /// (other domains' faults never push it out).
     #[serde(default)]

@@ -124,6 +124,8 @@ fn info(id: u32, e: &Entry) -> Result<VcoprocInfo, WireError> {
         cap_pct: i.params.cap_pct,
         reservation_us: i.params.reservation.map(|(b, p)| (micros(b), micros(p))),
         run_delay_max_ns: i.stats.run_delay_max_ns,
+        doorbells: i.stats.doorbells,
+        preemptions: i.stats.preemptions,
         last_fault: i
             .last_fault
             .as_ref()
