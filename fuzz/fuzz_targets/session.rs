@@ -205,6 +205,7 @@ enum Req {
         iova: Iova,
     },
     ListMappings(Option<VRef>),
+    Watch,
 }
 
 #[derive(Debug, Arbitrary)]
@@ -387,6 +388,7 @@ fn request(r: &Req, mine: &[u32], fd_len: u64) -> Request {
         Req::ListMappings(x) => Request::ListMappings {
             vcoproc: x.as_ref().map(v),
         },
+        Req::Watch => Request::Watch,
     }
 }
 

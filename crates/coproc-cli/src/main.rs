@@ -5,6 +5,7 @@
 //! `coproc bench` run `coproc-bench`, the binary beside this one that
 //! holds the demo and the benchmarks (and links the device classes).
 
+mod events;
 mod top;
 mod verbs;
 
@@ -100,6 +101,10 @@ enum Command {
     /// A live view of pcoprocs and vcoprocs: current share, state, faults,
     /// doorbell rates; keys sort, `q` quits; `--once` prints one frame.
     Top(top::TopArgs),
+    /// Follow the daemon's events: vcoproc state changes, faults, revokes,
+    /// policy and parameter changes (own domain's; admins: all); one line
+    /// each, JSON lines with `-o json`.
+    Events(events::EventsArgs),
     /// `coproc-bench domain-run`: one example domain's workload through the
     /// daemon (used by the demo and the tests).
     #[command(hide = true, disable_help_flag = true)]
@@ -186,6 +191,7 @@ fn real_main() -> anyhow::Result<()> {
         Command::FaultList => verbs::fault_list(&mut connect()?, f)?,
         Command::Run(args) => verbs::run(&mut connect()?, f, &args)?,
         Command::Top(a) => top::top(&mut connect()?, f, &a)?,
+        Command::Events(a) => events::events(&mut connect()?, f, &a)?,
         Command::MappingList { vcoproc } => verbs::mapping_list(&mut connect()?, f, vcoproc)?,
         Command::MappingRevoke { vcoproc, iova } => {
             verbs::mapping_revoke(&mut connect()?, f, vcoproc, iova)?

@@ -11,6 +11,7 @@
 pub mod gpu;
 mod queue;
 mod shm;
+mod watch;
 
 pub use coproc_proto::gpu::{Command, Job, JobDone, Status};
 pub use coproc_proto::queue::{Cqe, Sqe};

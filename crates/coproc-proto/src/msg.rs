@@ -228,6 +228,11 @@ pub enum Request {
         #[serde(default)]
         vcoproc: Option<u32>,
     },
+    /// Send this session the daemon's event stream from now on: vcoproc
+    /// state changes and faults, revokes, policy and parameter changes
+    /// (its own domain's and of the pcoprocs its rule allows; admins:
+    /// all).
+    Watch,
 }
 
 /// A mapping as listed.
@@ -597,7 +602,8 @@ pub enum Event {
         access: String,
     },
     /// An admin revoked one of the vcoproc's mappings: the device can no
-    /// longer touch it; the quota it used is given back.
+    /// longer touch it; the quota it used is given back. (To `watch`ers:
+    /// any revoke that removed a mapping, the domain's own included.)
     MappingRevoked {
         /// Vcoproc.
         vcoproc: u32,
@@ -607,6 +613,51 @@ pub enum Event {
         len: u64,
         /// Who revoked it (uid).
         by: u32,
+    },
+    /// (`watch` only.) A vcoproc appeared, changed state or went. States
+    /// as in listings, except that `runnable`, `running` and `waiting`
+    /// are all `running`; a vcoproc that went is `destroyed`.
+    VcoprocState {
+        /// Vcoproc.
+        vcoproc: u32,
+        /// Pcoproc.
+        coproc: String,
+        /// Its domain (uid).
+        domain: u32,
+        /// Firmware label.
+        firmware: String,
+        /// The state now.
+        state: String,
+        /// The state before; none for a vcoproc seen for the first time.
+        previous: Option<String>,
+    },
+    /// (`watch` only.) An admin changed a pcoproc's policy.
+    PolicyChanged {
+        /// Pcoproc.
+        coproc: String,
+        /// The new policy.
+        policy: String,
+        /// Its parameters as given.
+        params: Vec<(String, String)>,
+        /// Who (uid).
+        by: u32,
+    },
+    /// (`watch` only.) An admin changed a vcoproc's scheduling parameters.
+    ParamsChanged {
+        /// Vcoproc.
+        vcoproc: u32,
+        /// Its domain (uid).
+        domain: u32,
+        /// The change as asked (fields left out unchanged).
+        set: ParamChange,
+        /// Who (uid).
+        by: u32,
+    },
+    /// (`watch` only.) This session did not keep up: `missed` events of
+    /// the stream were dropped for it.
+    Lagged {
+        /// Events dropped.
+        missed: u64,
     },
 }
 

@@ -117,6 +117,8 @@ pub struct Daemon {
     pub busy: crate::metrics::BusyWindows,
     /// How long the revokes that removed a mapping took.
     pub revoke_latency: Mutex<coproc_core::stats::Histogram>,
+    /// The event stream of `watch`ing sessions.
+    pub events: crate::events::Events,
 }
 
 /// A domain's request budget, which all its sessions spend.
@@ -201,6 +203,7 @@ impl Daemon {
             connections: Mutex::new(HashMap::new()),
             busy: crate::metrics::BusyWindows::default(),
             revoke_latency: Mutex::new(coproc_core::stats::Histogram::default()),
+            events: crate::events::Events::default(),
         })
     }
 
@@ -273,7 +276,8 @@ impl Daemon {
                 .filter_map(|id| t.vcoprocs.remove(&id).map(|e| (id, e)))
                 .collect()
         };
-        for (_, e) in doomed {
+        for (id, e) in doomed {
+            self.events.destroyed(id, &e.coproc, e.uid);
             e.detach();
             let _ = e.handle.destroy();
             self.release(&e);
@@ -293,6 +297,7 @@ impl Daemon {
     pub fn take(&self, id: u32) -> Option<Entry> {
         let e = self.tables().vcoprocs.remove(&id)?;
         e.detach();
+        self.events.destroyed(id, &e.coproc, e.uid);
         Some(e)
     }
 
@@ -408,7 +413,9 @@ impl Daemon {
     /// id, which is its core id (unique across the daemon's pcoprocs).
     pub fn register(&self, e: Entry) -> u32 {
         let id = e.handle.id().0;
+        let (coproc, uid) = (e.coproc.clone(), e.uid);
         self.tables().vcoprocs.insert(id, e);
+        self.events.created(id, &coproc, uid);
         id
     }
 
@@ -427,6 +434,18 @@ impl Daemon {
             Some(tx) => n.insert(session, tx),
             None => n.remove(&session),
         };
+    }
+
+    /// The queue of events for session `session`, if it still exists.
+    pub fn notice_sender(
+        &self,
+        session: u64,
+    ) -> Option<tokio::sync::mpsc::Sender<coproc_proto::Event>> {
+        self.notices
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&session)
+            .cloned()
     }
 
     /// Send `event` to session `session`, if it still exists; dropped if

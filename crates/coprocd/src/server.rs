@@ -177,13 +177,21 @@ pub async fn run(daemon: Arc<Daemon>, path: PathBuf) -> anyhow::Result<()> {
 }
 
 /// Sample the pcoprocs' busy time every [`crate::metrics::SAMPLE_EVERY`]
-/// (utilisation over the last 1 s and 10 s) until `stop`.
+/// (utilisation over the last 1 s and 10 s) and, while someone watches,
+/// observe the vcoprocs for the event stream, until `stop`.
 async fn sample_busy(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(crate::metrics::SAMPLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
-            _ = tick.tick() => daemon.busy.sample(&daemon),
+            _ = tick.tick() => {
+                let d = daemon.clone();
+                // Both take the pcoprocs' locks briefly.
+                tokio::task::block_in_place(|| {
+                    d.busy.sample(&d);
+                    d.events.observe(&d);
+                });
+            }
             _ = stop.changed() => break,
         }
     }

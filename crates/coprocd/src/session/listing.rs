@@ -1,4 +1,5 @@
-//! Listings: pcoprocs, vcoprocs, domains, faults.
+//! Listings: pcoprocs, vcoprocs, domains, faults; and `watch`, the event
+//! stream.
 
 use super::{fault_info, info, Answer, CoprocInfo, DomainInfo, Entry, Session, WireError};
 
@@ -106,5 +107,32 @@ impl Session {
             }
         }
         Ok(Answer::Faults { faults: out })
+    }
+
+    /// `watch`: the daemon's event stream to this session from now on
+    /// (again: nothing changes).
+    pub(super) fn watch(&mut self) -> Result<Answer, WireError> {
+        if self.watching {
+            return Ok(Answer::Done);
+        }
+        let internal = |m: &str| WireError::new(coproc_proto::ErrorCode::Internal, m);
+        let rt = tokio::runtime::Handle::try_current()
+            .map_err(|_| internal("no event stream in this daemon"))?;
+        let tx = self
+            .daemon
+            .notice_sender(self.id)
+            .ok_or_else(|| internal("the session is ending"))?;
+        let rx = self.daemon.events.subscribe();
+        // The baseline the stream's state changes are measured from: what
+        // changes after this answer is reported.
+        self.daemon.events.observe(&self.daemon);
+        rt.spawn(crate::events::forward(
+            self.daemon.clone(),
+            self.who.clone(),
+            rx,
+            tx,
+        ));
+        self.watching = true;
+        Ok(Answer::Done)
     }
 }

@@ -148,6 +148,16 @@ impl Session {
                     u.mappings = u.mappings.saturating_sub(1);
                 }
                 drop(t);
+                d.events.publish(crate::events::Watched {
+                    owner: Some(e.uid),
+                    coproc: e.coproc.clone(),
+                    event: Event::MappingRevoked {
+                        vcoproc,
+                        iova,
+                        len,
+                        by: self.who.uid,
+                    },
+                });
                 if !owner {
                     tracing::info!(vcoproc, iova, len, by = self.who.uid, "mapping revoked");
                     d.notice(

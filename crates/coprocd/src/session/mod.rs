@@ -66,6 +66,8 @@ pub struct Session {
     /// Listeners installed by this session.
     hooks: HashMap<u32, Arc<Hooks>>,
     log: Arc<RateLimit>,
+    /// Whether it receives the daemon's event stream (`watch`).
+    watching: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -133,7 +135,8 @@ fn info(id: u32, e: &Entry) -> Result<VcoprocInfo, WireError> {
     })
 }
 
-fn fault_info(
+/// A fault record as the wire carries it (`wire_id`: its vcoproc's id).
+pub(crate) fn fault_info(
     coproc: &str,
     domain: u32,
     wire_id: u32,
@@ -277,6 +280,7 @@ impl Session {
             Request::FreeLocal { vcoproc, iova } => self.free_local(vcoproc, iova),
             Request::Revoke { vcoproc, iova } => self.revoke(vcoproc, iova),
             Request::ListMappings { vcoproc } => self.list_mappings(vcoproc),
+            Request::Watch => self.watch(),
         }
     }
 }
@@ -302,6 +306,7 @@ impl Session {
             greeted: false,
             wake: wtx,
             hooks: HashMap::new(),
+            watching: false,
         };
         (s, wrx, nrx)
     }
