@@ -158,11 +158,12 @@ fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let f = cli.output;
     let connect = || -> anyhow::Result<coproc_client::Client> {
-        let path = cli
-            .socket
-            .clone()
-            .unwrap_or_else(coproc_client::default_socket);
-        Ok(coproc_client::Client::connect_to(&path)?)
+        // The named socket, else the per-user daemon's and then the
+        // system daemon's (coproc_client::socket_candidates).
+        Ok(match &cli.socket {
+            Some(path) => coproc_client::Client::connect_to(path)?,
+            None => coproc_client::Client::connect()?,
+        })
     };
     let ok = match cli.command {
         Command::Demo(ref a) => return Err(forward(&cli, "demo", &a.args)),

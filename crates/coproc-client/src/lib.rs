@@ -8,6 +8,7 @@
 //! GPU vcoprocs (class `vulkan`) are driven with typed jobs: see [`gpu`],
 //! [`Client::gpu_attach`], [`Queue::submit_job`] and [`Queue::wait_job`].
 
+mod discover;
 pub mod gpu;
 mod queue;
 mod shm;
@@ -25,6 +26,7 @@ pub use queue::Queue;
 /// The longest busy-poll budget a queue can have
 /// ([`Client::create_queue_with`]).
 pub const MAX_BUSY_POLL: Duration = Duration::from_micros(coproc_proto::queue::MAX_POLL_US as u64);
+pub use discover::{socket_candidates, SYSTEM_SOCKET};
 pub use shm::{sealed_image, SharedMem, SvaMem};
 
 use coproc_proto::fdpass::{send_frame, Receiver, TransportError};
@@ -121,7 +123,8 @@ impl ClientError {
 
 /// The socket path: `$COPROC_SOCKET`, else the daemon's default for this
 /// user (`$XDG_RUNTIME_DIR/coproc/coprocd.sock`, or `/run/coproc/coprocd.sock`
-/// for root or without `XDG_RUNTIME_DIR`).
+/// for root or without `XDG_RUNTIME_DIR`). [`Client::connect`] also tries
+/// the system socket after the per-user one ([`socket_candidates`]).
 pub fn default_socket() -> PathBuf {
     if let Some(p) = std::env::var_os("COPROC_SOCKET") {
         return PathBuf::from(p);
@@ -170,23 +173,6 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connect to the default socket.
-    ///
-    /// # Examples
-    ///
-    /// ```no_run
-    /// # use coproc_client::*;
-    /// # use std::time::Duration;
-    /// # fn main() -> Result<(), ClientError> {
-    /// let mut c = Client::connect()?;
-    /// println!("domain {}", c.identity().uid);
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn connect() -> Result<Client, ClientError> {
-        Client::connect_to(&default_socket())
-    }
-
     /// Connect to the daemon at `path` and say hello.
     ///
     /// # Examples
