@@ -8,9 +8,9 @@
 # libclang-dev (bindgen, for Unicorn's bindings), glslang-tools (GPU
 # firmware from GLSL), the Vulkan loader and Mesa's drivers (lavapipe runs
 # the `vulkan` device class on the CPU where there is no GPU), systemd's
-# tools (the unit's security score, socket activation in the tests), and
-# from crates.io cargo-fuzz and cargo-deb (the Debian package). Needs root
-# or sudo for apt.
+# tools (the unit's security score, socket activation in the tests), tmux
+# (the test that runs `coproc top` in a real terminal), and from crates.io
+# cargo-fuzz and cargo-deb (the Debian package). Needs root or sudo for apt.
 set -euo pipefail
 
 need=()
@@ -31,6 +31,7 @@ if ! ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*/libclang*.so* >/dev/null 2>
     need+=(libclang-dev)
 fi
 command -v glslangValidator >/dev/null 2>&1 || need+=(glslang-tools)
+command -v tmux >/dev/null 2>&1 || need+=(tmux)
 if ! ls /usr/lib/*/libvulkan.so.1 >/dev/null 2>&1; then
     need+=(libvulkan1)
 fi

@@ -206,6 +206,7 @@ enum Req {
         iova: Iova,
     },
     ListMappings(Option<VRef>),
+    Watch,
 }
 
 #[derive(Debug, Arbitrary)]
@@ -389,6 +390,7 @@ fn request(r: &Req, mine: &[u32], fd_len: u64) -> Request {
         Req::ListMappings(x) => Request::ListMappings {
             vcoproc: x.as_ref().map(v),
         },
+        Req::Watch => Request::Watch,
     }
 }
 

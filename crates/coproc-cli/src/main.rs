@@ -5,6 +5,8 @@
 //! `coproc bench` run `coproc-bench`, the binary beside this one that
 //! holds the demo and the benchmarks (and links the device classes).
 
+mod events;
+mod top;
 mod verbs;
 
 use clap::{Parser, Subcommand};
@@ -109,6 +111,13 @@ enum Command {
         /// Directory.
         dir: std::path::PathBuf,
     },
+    /// A live view of pcoprocs and vcoprocs: current share, state, faults,
+    /// doorbell rates; keys sort, `q` quits; `--once` prints one frame.
+    Top(top::TopArgs),
+    /// Follow the daemon's events: vcoproc state changes, faults, revokes,
+    /// policy and parameter changes (own domain's; admins: all); one line
+    /// each, JSON lines with `-o json`.
+    Events(events::EventsArgs),
     /// `coproc-bench domain-run`: one example domain's workload through the
     /// daemon (used by the demo and the tests).
     #[command(hide = true, disable_help_flag = true)]
@@ -180,11 +189,12 @@ fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let f = cli.output;
     let connect = || -> anyhow::Result<coproc_client::Client> {
-        let path = cli
-            .socket
-            .clone()
-            .unwrap_or_else(coproc_client::default_socket);
-        Ok(coproc_client::Client::connect_to(&path)?)
+        // The named socket, else the per-user daemon's and then the
+        // system daemon's (coproc_client::socket_candidates).
+        Ok(match &cli.socket {
+            Some(path) => coproc_client::Client::connect_to(path)?,
+            None => coproc_client::Client::connect()?,
+        })
     };
     let ok = match cli.command {
         Command::Demo(ref a) => return Err(forward(&cli, "demo", &a.args)),
@@ -221,6 +231,8 @@ fn real_main() -> anyhow::Result<()> {
         }
         Command::FaultList => verbs::fault_list(&mut connect()?, f)?,
         Command::Run(args) => verbs::run(&mut connect()?, f, &args)?,
+        Command::Top(a) => top::top(&mut connect()?, f, &a)?,
+        Command::Events(a) => events::events(&mut connect()?, f, &a)?,
         Command::MappingList { vcoproc } => verbs::mapping_list(&mut connect()?, f, vcoproc)?,
         Command::MappingRevoke { vcoproc, iova } => {
             verbs::mapping_revoke(&mut connect()?, f, vcoproc, iova)?

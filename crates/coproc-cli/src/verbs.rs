@@ -53,7 +53,8 @@ pub fn list(c: &mut Client, f: Format) -> anyhow::Result<bool> {
                 memory(p.memory_bytes),
                 p.policy.clone(),
                 p.vcoprocs.to_string(),
-                format!("{:.1}%", p.utilisation_pct),
+                format!("{:.1}%", p.utilisation_1s_pct),
+                format!("{:.1}%", p.utilisation_10s_pct),
                 p.state.clone(),
             ]
         })
@@ -62,13 +63,7 @@ pub fn list(c: &mut Client, f: Format) -> anyhow::Result<bool> {
         f,
         &l,
         &[
-            "name",
-            "class",
-            "model",
-            "memory",
-            "policy",
-            "vcoprocs",
-            "utilisation",
+            "name", "class", "model", "memory", "policy", "vcoprocs", "util 1s", "util 10s",
             "state",
         ],
         rows,

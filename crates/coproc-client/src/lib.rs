@@ -15,10 +15,12 @@
 
 #[cfg(feature = "tokio")]
 pub mod asynchronous;
+mod discover;
 pub mod gpu;
 mod queue;
 mod shm;
 pub mod vcoproc;
+mod watch;
 
 pub use coproc_proto::gpu::{Command, Job, JobDone, Status};
 pub use coproc_proto::queue::{Cqe, Sqe};
@@ -33,6 +35,7 @@ pub use vcoproc::{Buffer, Reply, Scalar, Session, Vcoproc, VcoprocError};
 /// The longest busy-poll budget a queue can have
 /// ([`Client::create_queue_with`]).
 pub const MAX_BUSY_POLL: Duration = Duration::from_micros(coproc_proto::queue::MAX_POLL_US as u64);
+pub use discover::{socket_candidates, SYSTEM_SOCKET};
 pub use shm::{sealed_image, SharedMem, SvaMem};
 
 use coproc_proto::fdpass::{send_frame, Receiver, TransportError};
@@ -129,7 +132,8 @@ impl ClientError {
 
 /// The socket path: `$COPROC_SOCKET`, else the daemon's default for this
 /// user (`$XDG_RUNTIME_DIR/coproc/coprocd.sock`, or `/run/coproc/coprocd.sock`
-/// for root or without `XDG_RUNTIME_DIR`).
+/// for root or without `XDG_RUNTIME_DIR`). [`Client::connect`] also tries
+/// the system socket after the per-user one ([`socket_candidates`]).
 pub fn default_socket() -> PathBuf {
     if let Some(p) = std::env::var_os("COPROC_SOCKET") {
         return PathBuf::from(p);
@@ -178,23 +182,6 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connect to the default socket.
-    ///
-    /// # Examples
-    ///
-    /// ```no_run
-    /// # use coproc_client::*;
-    /// # use std::time::Duration;
-    /// # fn main() -> Result<(), ClientError> {
-    /// let mut c = Client::connect()?;
-    /// println!("domain {}", c.identity().uid);
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn connect() -> Result<Client, ClientError> {
-        Client::connect_to(&default_socket())
-    }
-
     /// Connect to the daemon at `path` and say hello.
     ///
     /// # Examples

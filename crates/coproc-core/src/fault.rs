@@ -62,6 +62,31 @@ impl fmt::Display for FaultReason {
 }
 
 impl FaultReason {
+    /// Short names of the reasons, by `code() - 1` (the `reason` label of
+    /// the daemon's fault metrics).
+    pub const KINDS: [&'static str; 9] = [
+        "access_violation",
+        "invalid_instruction",
+        "exception",
+        "bad_firmware",
+        "switch_failed",
+        "device",
+        "page_fault_timeout",
+        "watchdog",
+        "device_lost",
+    ];
+
+    /// This reason's short name (one of [`FaultReason::KINDS`]).
+    pub fn kind(&self) -> &'static str {
+        Self::KINDS[self.kind_index()]
+    }
+
+    /// Index of this reason in [`FaultReason::KINDS`].
+    pub fn kind_index(&self) -> usize {
+        // Codes run from 1 to KINDS.len().
+        usize::try_from(self.code()).map_or(0, |c| c.saturating_sub(1))
+    }
+
     /// The code firmware reads back from its control block after a reset.
     pub fn code(&self) -> u32 {
         match self {

@@ -187,12 +187,17 @@ fn one_turn(
     drop(g);
 
     let switched = *current != Some(v);
+    let mut switch_ns = None;
     if switched {
         blame.set(Some(v));
+        let t0 = shared.now_ns();
         let outcome = device.switch(Some(v));
         blame.set(None);
         match outcome {
-            SwitchOutcome::Done => *current = Some(v),
+            SwitchOutcome::Done => {
+                *current = Some(v);
+                switch_ns = Some(shared.now_ns().saturating_sub(t0));
+            }
             SwitchOutcome::RetryAfter(t) => {
                 retry_after(device, shared, *current, v, t, blame);
                 return Turn::Go;
@@ -205,7 +210,7 @@ fn one_turn(
         }
     }
 
-    let start = slice_start(shared, v, switched);
+    let start = slice_start(shared, v, switch_ns);
     let out = run_slice(device, shared, v, budget, blame);
     charge(shared, v, budget, start, &out);
     Turn::Go
@@ -430,7 +435,7 @@ fn retry_after(
         }
         g.running = Some(c);
         drop(g);
-        let start = slice_start(shared, c, false);
+        let start = slice_start(shared, c, None);
         let out = run_slice(device, shared, c, t, blame);
         charge(shared, c, t, start, &out);
     } else {
@@ -485,15 +490,16 @@ fn switch_failed(
     shared.state_cv.notify_all();
 }
 
-/// The slice of `v` starts now (after a completed switch onto it if
-/// `switched`): count the switch, note the wake→run latency if it is the
-/// first slice since a wake-up. One lock per slice.
-fn slice_start(shared: &Shared, v: VcoprocId, switched: bool) -> (u64, Option<u64>) {
+/// The slice of `v` starts now (after a completed switch onto it that took
+/// `switch_ns`, if there was one): count the switch, note the wake→run
+/// latency if it is the first slice since a wake-up. One lock per slice.
+fn slice_start(shared: &Shared, v: VcoprocId, switch_ns: Option<u64>) -> (u64, Option<u64>) {
     let mut g = shared.lock();
     let now = shared.now_ns();
     g.slice_started_ns = Some(now);
-    if switched {
+    if let Some(took) = switch_ns {
         g.switches += 1;
+        g.latency.switch.observe(took);
         if let Some(vc) = g.vcoprocs.get_mut(&v) {
             vc.stats.switches += 1;
         }
@@ -505,6 +511,9 @@ fn slice_start(shared: &Shared, v: VcoprocId, switched: bool) -> (u64, Option<u6
         vc.stats.run_delay_max_ns = vc.stats.run_delay_max_ns.max(waited);
         Some(waited)
     });
+    if let Some(w) = waited {
+        g.latency.run_delay.observe(w);
+    }
     (now, waited)
 }
 

@@ -104,6 +104,8 @@ pub(crate) struct Inner {
     pub faults: BTreeMap<DomainId, VecDeque<FaultRecord>>,
     pub busy_ns: u64,
     pub switches: u64,
+    /// Switch and wake→run latency histograms.
+    pub latency: crate::stats::LatencyStats,
     pub trace: Option<(usize, VecDeque<TraceEntry>)>,
     /// Limits the fault log lines (faults are domain-triggered).
     pub fault_log: crate::ratelimit::RateLimit,
@@ -140,6 +142,7 @@ impl Inner {
             tracing::warn!(fault = %rec, suppressed, "vcoproc faulted");
         }
         vc.stats.faults += 1;
+        vc.stats.faults_by_reason[rec.fault.reason.kind_index()] += 1;
         if vc.faults.len() == VCOPROC_FAULTS_KEPT {
             vc.faults.pop_front();
         }

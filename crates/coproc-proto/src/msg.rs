@@ -235,6 +235,11 @@ pub enum Request {
         #[serde(default)]
         vcoproc: Option<u32>,
     },
+    /// Send this session the daemon's event stream from now on: vcoproc
+    /// state changes and faults, revokes, policy and parameter changes
+    /// (its own domain's and of the pcoprocs its rule allows; admins:
+    /// all).
+    Watch,
 }
 
 /// A mapping as listed.
@@ -356,8 +361,18 @@ pub struct CoprocInfo {
     pub policy: String,
     /// Vcoprocs on it.
     pub vcoprocs: u32,
-    /// Busy share of the device since it started, percent.
+    /// Busy share of the device over the last 10 s, percent (the same as
+    /// `utilisation_10s_pct`; daemons before it: since the device started).
     pub utilisation_pct: f64,
+    /// Busy share over the last second, percent (0 from older daemons).
+    #[serde(default)]
+    pub utilisation_1s_pct: f64,
+    /// Busy share over the last 10 s, percent (0 from older daemons).
+    #[serde(default)]
+    pub utilisation_10s_pct: f64,
+    /// Device time spent running vcoprocs since the device started, ns.
+    #[serde(default)]
+    pub busy_ns: u64,
     /// Start of the device's iova window (where mappings may be placed).
     #[serde(default)]
     pub iova_base: u64,
@@ -456,6 +471,12 @@ pub struct VcoprocInfo {
     /// Longest wake→run latency so far, ns.
     #[serde(default)]
     pub run_delay_max_ns: u64,
+    /// Doorbells its domain rang (0 from older daemons).
+    #[serde(default)]
+    pub doorbells: u64,
+    /// Slices cut short by a preempt request (0 from older daemons).
+    #[serde(default)]
+    pub preemptions: u64,
     /// Its latest fault, kept with the vcoproc as long as it exists
     /// (other domains' faults never push it out).
     #[serde(default)]
@@ -606,7 +627,8 @@ pub enum Event {
         access: String,
     },
     /// An admin revoked one of the vcoproc's mappings: the device can no
-    /// longer touch it; the quota it used is given back.
+    /// longer touch it; the quota it used is given back. (To `watch`ers:
+    /// any revoke that removed a mapping, the domain's own included.)
     MappingRevoked {
         /// Vcoproc.
         vcoproc: u32,
@@ -616,6 +638,51 @@ pub enum Event {
         len: u64,
         /// Who revoked it (uid).
         by: u32,
+    },
+    /// (`watch` only.) A vcoproc appeared, changed state or went. States
+    /// as in listings, except that `runnable`, `running` and `waiting`
+    /// are all `running`; a vcoproc that went is `destroyed`.
+    VcoprocState {
+        /// Vcoproc.
+        vcoproc: u32,
+        /// Pcoproc.
+        coproc: String,
+        /// Its domain (uid).
+        domain: u32,
+        /// Firmware label.
+        firmware: String,
+        /// The state now.
+        state: String,
+        /// The state before; none for a vcoproc seen for the first time.
+        previous: Option<String>,
+    },
+    /// (`watch` only.) An admin changed a pcoproc's policy.
+    PolicyChanged {
+        /// Pcoproc.
+        coproc: String,
+        /// The new policy.
+        policy: String,
+        /// Its parameters as given.
+        params: Vec<(String, String)>,
+        /// Who (uid).
+        by: u32,
+    },
+    /// (`watch` only.) An admin changed a vcoproc's scheduling parameters.
+    ParamsChanged {
+        /// Vcoproc.
+        vcoproc: u32,
+        /// Its domain (uid).
+        domain: u32,
+        /// The change as asked (fields left out unchanged).
+        set: ParamChange,
+        /// Who (uid).
+        by: u32,
+    },
+    /// (`watch` only.) This session did not keep up: `missed` events of
+    /// the stream were dropped for it.
+    Lagged {
+        /// Events dropped.
+        missed: u64,
     },
 }
 
@@ -650,6 +717,9 @@ mod tests {
             policy: "rr".into(),
             vcoprocs: 2,
             utilisation_pct: 12.5,
+            utilisation_1s_pct: 50.0,
+            utilisation_10s_pct: 12.5,
+            busy_ns: 1_000,
             iova_base: 0x1000_0000,
             iova_size: 0xe000_0000,
             memory_bytes: 8 << 30,

@@ -21,6 +21,9 @@ pub const DEFAULT: &str = r#"# coprocd configuration (this is the built-in defau
 # request_burst = 500                  # requests at once above the rate
 # domain_request_rate = 20000          # requests per second of all a uid's sessions together
 # domain_request_burst = 2000
+# Prometheus metrics (docs/metrics.md), off unless set:
+# metrics_listen = "127.0.0.1:9464"   # loopback TCP only
+# metrics_socket = "/run/coproc/metrics.sock"
 
 [[pcoproc]]
 name = "mcu0"
@@ -119,6 +122,13 @@ pub struct DaemonConfig {
     /// Requests all sessions of one uid may make at once above that rate.
     #[serde(default = "default_domain_request_burst")]
     pub domain_request_burst: u32,
+    /// Serve Prometheus metrics over HTTP on this TCP address (loopback
+    /// only: the metrics name every domain's vcoprocs); off when unset.
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Serve the same metrics on this Unix socket path; off when unset.
+    #[serde(default)]
+    pub metrics_socket: Option<PathBuf>,
 }
 
 /// What a request that does work on a pcoproc's runner counts against a
@@ -159,6 +169,8 @@ impl Default for DaemonConfig {
             request_burst: default_request_burst(),
             domain_request_rate: default_domain_request_rate(),
             domain_request_burst: default_domain_request_burst(),
+            metrics_listen: None,
+            metrics_socket: None,
         }
     }
 }
@@ -568,6 +580,13 @@ impl Config {
                 "daemon request_burst and domain_request_burst must be at least {RUNNER_REQUEST_COST} (one request that does device work)"
             )));
         }
+        if let Some(a) = d.metrics_listen {
+            if !a.ip().is_loopback() {
+                return Err(ConfigError::Invalid(format!(
+                    "daemon metrics_listen {a}: only a loopback address (127.0.0.1, ::1); the metrics name every domain's vcoprocs"
+                )));
+            }
+        }
         let mut names = std::collections::BTreeSet::new();
         for p in &self.pcoprocs {
             if p.name.is_empty()
@@ -668,6 +687,8 @@ mod tests {
             "[[pcoproc]]\nname = \"a\"\nclass = \"mcu\"\noptions = { max_contexts = 0 }\n",
             "[[pcoproc]]\nname = \"a\"\nclass = \"mcu\"\noptions = { max_contexts = \"many\" }\n",
             "[[pcoproc]]\nname = \"a\"\nclass = \"mcu\"\noptions = { watchdog_ms = 5 }\n",
+            "[daemon]\nmetrics_listen = \"0.0.0.0:9464\"\n",
+            "[daemon]\nmetrics_listen = \"localhost\"\n",
         ];
         for b in bad {
             assert!(Config::parse(b).is_err(), "accepted: {b}");

@@ -113,6 +113,12 @@ pub struct Daemon {
     /// Open connections by uid, with the uid's request budget, shared by
     /// its sessions (see [`Daemon::admit`]).
     connections: Mutex<HashMap<u32, (u32, DomainBudget)>>,
+    /// Busy-time samples of the pcoprocs (utilisation over 1 s and 10 s).
+    pub busy: crate::metrics::BusyWindows,
+    /// How long the revokes that removed a mapping took.
+    pub revoke_latency: Mutex<coproc_core::stats::Histogram>,
+    /// The event stream of `watch`ing sessions.
+    pub events: crate::events::Events,
 }
 
 /// A domain's request budget, which all its sessions spend.
@@ -195,6 +201,9 @@ impl Daemon {
             logs: Mutex::new(HashMap::new()),
             notices: Mutex::new(HashMap::new()),
             connections: Mutex::new(HashMap::new()),
+            busy: crate::metrics::BusyWindows::default(),
+            revoke_latency: Mutex::new(coproc_core::stats::Histogram::default()),
+            events: crate::events::Events::default(),
         })
     }
 
@@ -267,7 +276,8 @@ impl Daemon {
                 .filter_map(|id| t.vcoprocs.remove(&id).map(|e| (id, e)))
                 .collect()
         };
-        for (_, e) in doomed {
+        for (id, e) in doomed {
+            self.events.destroyed(id, &e.coproc, e.uid);
             e.detach();
             let _ = e.handle.destroy();
             self.release(&e);
@@ -287,6 +297,7 @@ impl Daemon {
     pub fn take(&self, id: u32) -> Option<Entry> {
         let e = self.tables().vcoprocs.remove(&id)?;
         e.detach();
+        self.events.destroyed(id, &e.coproc, e.uid);
         Some(e)
     }
 
@@ -330,6 +341,15 @@ impl Daemon {
                 format!("uid {} may not use coprocd", who.uid),
             )),
         }
+    }
+
+    /// Count a revoke that removed a mapping and took `took`.
+    pub fn observe_revoke(&self, took: std::time::Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.revoke_latency
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .observe(ns);
     }
 
     /// Whether `who` may use pcoproc `name`.
@@ -393,7 +413,9 @@ impl Daemon {
     /// id, which is its core id (unique across the daemon's pcoprocs).
     pub fn register(&self, e: Entry) -> u32 {
         let id = e.handle.id().0;
+        let (coproc, uid) = (e.coproc.clone(), e.uid);
         self.tables().vcoprocs.insert(id, e);
+        self.events.created(id, &coproc, uid);
         id
     }
 
@@ -412,6 +434,18 @@ impl Daemon {
             Some(tx) => n.insert(session, tx),
             None => n.remove(&session),
         };
+    }
+
+    /// The queue of events for session `session`, if it still exists.
+    pub fn notice_sender(
+        &self,
+        session: u64,
+    ) -> Option<tokio::sync::mpsc::Sender<coproc_proto::Event>> {
+        self.notices
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&session)
+            .cloned()
     }
 
     /// Send `event` to session `session`, if it still exists; dropped if

@@ -4,5 +4,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod events;
+pub mod metrics;
 pub mod server;
 pub mod session;

@@ -133,7 +133,11 @@ pub async fn run(daemon: Arc<Daemon>, path: PathBuf) -> anyhow::Result<()> {
     );
     // Outside systemd there is no notification socket and this does nothing.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let metrics = crate::metrics::Listeners::bind(&daemon).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(metrics.serve(daemon.clone(), stop_rx.clone()));
+    background.spawn(sample_busy(daemon.clone(), stop_rx.clone()));
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut sessions = tokio::task::JoinSet::new();
@@ -219,6 +223,29 @@ pub async fn run(daemon: Arc<Daemon>, path: PathBuf) -> anyhow::Result<()> {
         );
         sessions.abort_all();
     }
+    background.abort_all();
+    while background.join_next().await.is_some() {}
     tokio::task::block_in_place(|| daemon.shutdown());
     Ok(())
+}
+
+/// Sample the pcoprocs' busy time every [`crate::metrics::SAMPLE_EVERY`]
+/// (utilisation over the last 1 s and 10 s) and, while someone watches,
+/// observe the vcoprocs for the event stream, until `stop`.
+async fn sample_busy(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(crate::metrics::SAMPLE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let d = daemon.clone();
+                // Both take the pcoprocs' locks briefly.
+                tokio::task::block_in_place(|| {
+                    d.busy.sample(&d);
+                    d.events.observe(&d);
+                });
+            }
+            _ = stop.changed() => break,
+        }
+    }
 }

@@ -151,6 +151,7 @@ impl Pcoproc {
                         faults: BTreeMap::new(),
                         busy_ns: 0,
                         switches: 0,
+                        latency: crate::stats::LatencyStats::default(),
                         trace: None,
                         fault_log: crate::ratelimit::RateLimit::default(),
                         stall_deadlines: std::collections::BTreeSet::new(),
@@ -394,6 +395,11 @@ impl Pcoproc {
     pub fn busy(&self) -> (u64, u64) {
         let g = self.shared.lock();
         (g.busy_ns, g.switches)
+    }
+
+    /// The pcoproc's latency histograms (context switches, wake→run).
+    pub fn latency(&self) -> crate::stats::LatencyStats {
+        self.shared.lock().latency
     }
 
     /// The scheduler's policy, parameters and standings.

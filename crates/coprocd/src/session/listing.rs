@@ -1,4 +1,5 @@
-//! Listings: pcoprocs, vcoprocs, domains, faults.
+//! Listings: pcoprocs, vcoprocs, domains, faults; and `watch`, the event
+//! stream.
 
 use super::{fault_info, info, Answer, CoprocInfo, DomainInfo, Entry, Session, WireError};
 
@@ -15,14 +16,20 @@ impl Session {
             }
             let caps = pc.capabilities();
             let (busy, _) = pc.busy();
-            let now = pc.now_ns().max(1);
+            let util = |secs| {
+                d.busy
+                    .utilisation_pct(name, busy, std::time::Duration::from_secs(secs))
+            };
             out.push(CoprocInfo {
                 name: name.clone(),
                 class: caps.class.to_string(),
                 model: caps.model.clone(),
                 policy: pc.sched_info().policy,
                 vcoprocs: u32::try_from(pc.vcoprocs().len()).unwrap_or(u32::MAX),
-                utilisation_pct: (busy as f64 * 1000.0 / now as f64).round() / 10.0,
+                utilisation_pct: util(10),
+                utilisation_1s_pct: util(1),
+                utilisation_10s_pct: util(10),
+                busy_ns: busy,
                 iova_base: caps.iova_base,
                 iova_size: caps.iova_size,
                 memory_bytes: caps.memory_bytes,
@@ -102,5 +109,32 @@ impl Session {
             }
         }
         Ok(Answer::Faults { faults: out })
+    }
+
+    /// `watch`: the daemon's event stream to this session from now on
+    /// (again: nothing changes).
+    pub(super) fn watch(&mut self) -> Result<Answer, WireError> {
+        if self.watching {
+            return Ok(Answer::Done);
+        }
+        let internal = |m: &str| WireError::new(coproc_proto::ErrorCode::Internal, m);
+        let rt = tokio::runtime::Handle::try_current()
+            .map_err(|_| internal("no event stream in this daemon"))?;
+        let tx = self
+            .daemon
+            .notice_sender(self.id)
+            .ok_or_else(|| internal("the session is ending"))?;
+        let rx = self.daemon.events.subscribe();
+        // The baseline the stream's state changes are measured from: what
+        // changes after this answer is reported.
+        self.daemon.events.observe(&self.daemon);
+        rt.spawn(crate::events::forward(
+            self.daemon.clone(),
+            self.who.clone(),
+            rx,
+            tx,
+        ));
+        self.watching = true;
+        Ok(Answer::Done)
     }
 }

@@ -129,6 +129,7 @@ impl Session {
         let d = self.daemon.clone();
         let e = self.entry(vcoproc, true)?;
         let owner = e.uid == self.who.uid;
+        let began = std::time::Instant::now();
         let outcome = if owner {
             e.handle.revoke(iova)
         } else {
@@ -136,6 +137,7 @@ impl Session {
         };
         match outcome {
             RevokeOutcome::Removed { len } => {
+                d.observe_revoke(began.elapsed());
                 let mut t = d.tables();
                 let had = t
                     .vcoprocs
@@ -146,6 +148,16 @@ impl Session {
                     u.mappings = u.mappings.saturating_sub(1);
                 }
                 drop(t);
+                d.events.publish(crate::events::Watched {
+                    owner: Some(e.uid),
+                    coproc: e.coproc.clone(),
+                    event: Event::MappingRevoked {
+                        vcoproc,
+                        iova,
+                        len,
+                        by: self.who.uid,
+                    },
+                });
                 if !owner {
                     tracing::info!(vcoproc, iova, len, by = self.who.uid, "mapping revoked");
                     d.notice(

@@ -66,6 +66,8 @@ pub struct Session {
     /// Listeners installed by this session.
     hooks: HashMap<u32, Arc<Hooks>>,
     log: Arc<RateLimit>,
+    /// Whether it receives the daemon's event stream (`watch`).
+    watching: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -124,6 +126,8 @@ fn info(id: u32, e: &Entry) -> Result<VcoprocInfo, WireError> {
         cap_pct: i.params.cap_pct,
         reservation_us: i.params.reservation.map(|(b, p)| (micros(b), micros(p))),
         run_delay_max_ns: i.stats.run_delay_max_ns,
+        doorbells: i.stats.doorbells,
+        preemptions: i.stats.preemptions,
         last_fault: i
             .last_fault
             .as_ref()
@@ -131,7 +135,8 @@ fn info(id: u32, e: &Entry) -> Result<VcoprocInfo, WireError> {
     })
 }
 
-fn fault_info(
+/// A fault record as the wire carries it (`wire_id`: its vcoproc's id).
+pub(crate) fn fault_info(
     coproc: &str,
     domain: u32,
     wire_id: u32,
@@ -276,6 +281,7 @@ impl Session {
             Request::FreeLocal { vcoproc, iova } => self.free_local(vcoproc, iova),
             Request::Revoke { vcoproc, iova } => self.revoke(vcoproc, iova),
             Request::ListMappings { vcoproc } => self.list_mappings(vcoproc),
+            Request::Watch => self.watch(),
         }
     }
 }
@@ -301,6 +307,7 @@ impl Session {
             greeted: false,
             wake: wtx,
             hooks: HashMap::new(),
+            watching: false,
         };
         (s, wrx, nrx)
     }

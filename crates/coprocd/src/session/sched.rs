@@ -95,6 +95,16 @@ impl Session {
             .map_err(|e| err(ErrorCode::InvalidArgument, e.to_string()))?;
         pc.set_policy(p).map_err(core_err)?;
         tracing::info!(coproc, policy, ?params, "policy switched");
+        d.events.publish(crate::events::Watched {
+            owner: None,
+            coproc: coproc.clone(),
+            event: coproc_proto::Event::PolicyChanged {
+                coproc,
+                policy,
+                params,
+                by: self.who.uid,
+            },
+        });
         Ok(Answer::Done)
     }
 
@@ -114,6 +124,16 @@ impl Session {
         let mut p = e.handle.info().map_err(core_err)?.params;
         apply_change(&mut p, &set)?;
         e.handle.set_params(p).map_err(core_err)?;
+        self.daemon.events.publish(crate::events::Watched {
+            owner: Some(e.uid),
+            coproc: e.coproc.clone(),
+            event: coproc_proto::Event::ParamsChanged {
+                vcoproc,
+                domain: e.uid,
+                set,
+                by: self.who.uid,
+            },
+        });
         Ok(Answer::Done)
     }
 }
