@@ -193,6 +193,8 @@ pub struct VulkanDevice {
     broken: Option<String>,
     /// Old devices still draining (reapers not past their idle wait).
     draining: Arc<AtomicUsize>,
+    /// The reaper threads of old devices and hung trials, joined on drop.
+    reapers: prep::Reapers,
     /// Limits the log lines a domain's faults cause.
     log: coproc_core::ratelimit::RateLimit,
     /// The pipeline cache's file (`cfg.pipeline_cache` and the GPU).
@@ -309,6 +311,7 @@ impl VulkanDevice {
             next_gen: 1,
             broken: None,
             draining: Arc::new(AtomicUsize::new(0)),
+            reapers: prep::Reapers::default(),
             log: coproc_core::ratelimit::RateLimit::default(),
             cache_file,
             stray: Vec::new(),
@@ -330,6 +333,7 @@ impl VulkanDevice {
             draining: self.draining.clone(),
             timeout: self.cfg.compile_timeout,
             trials: self.trials.clone(),
+            reapers: self.reapers.clone(),
         }
     }
 
@@ -795,6 +799,10 @@ impl Drop for VulkanDevice {
         for &(b, m) in &self.stray {
             destroy_buf(d, b, m);
         }
+        // Old devices and hung trials: no thread of ours stays inside the
+        // driver once this device is gone (bounded by how long the driver
+        // takes to finish what it runs; a lost device returns at once).
+        self.reapers.join_all();
         // The device goes with `self.gpu`'s owner, once no loading thread
         // holds it any more.
     }

@@ -36,6 +36,42 @@ pub(super) struct Target {
     /// One trial at a time on a device: loads in parallel (or in a loop)
     /// do not stack trial runs on its queue.
     pub(super) trials: Arc<Mutex<()>>,
+    /// Threads that destroy what a hung trial left, joined when the
+    /// device goes.
+    pub(super) reapers: Reapers,
+}
+
+/// Threads that wait for an old or hung device to go idle and then
+/// destroy what it held. The device joins them when it is dropped, so no
+/// thread is inside the driver once it is gone (a process that exits
+/// under such a thread crashes in the driver's teardown).
+#[derive(Clone, Default)]
+pub(super) struct Reapers(Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>);
+
+impl Reapers {
+    /// Run `f` on a reaper thread named `name`; false if none could start.
+    pub(super) fn spawn(&self, name: &str, f: impl FnOnce() + Send + 'static) -> bool {
+        let Ok(h) = std::thread::Builder::new().name(name.into()).spawn(f) else {
+            return false;
+        };
+        let mut all = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        all.retain(|h| !h.is_finished());
+        all.push(h);
+        true
+    }
+
+    /// Wait for every reaper (each ends once its device is idle).
+    pub(super) fn join_all(&self) {
+        let all = std::mem::take(
+            &mut *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if all.iter().any(|h| !h.is_finished()) {
+            tracing::info!(reapers = all.len(), "waiting for old GPU work to drain");
+        }
+        for h in all {
+            let _ = h.join();
+        }
+    }
 }
 
 /// The current target, replaced by the runner when it recreates the
@@ -81,6 +117,8 @@ pub(super) struct Built {
     /// Keeps others' commands from being blamed while a hung trial holds
     /// the queue, until the runner has recreated the device.
     pub(super) hold_draining: Option<Draining>,
+    /// Where a hung trial's clean-up thread goes.
+    pub(super) reapers: Reapers,
 }
 
 impl Drop for Built {
@@ -113,13 +151,11 @@ impl Drop for Built {
             // A hung trial may still use them: destroyed once the device is
             // idle, away from this thread.
             let gpu = self.gpu.clone();
-            let spawned = std::thread::Builder::new()
-                .name("vulkan-trial-reaper".into())
-                .spawn(move || {
-                    gpu.wait_idle();
-                    destroy();
-                });
-            if spawned.is_err() {
+            let spawned = self.reapers.spawn("vulkan-trial-reaper", move || {
+                gpu.wait_idle();
+                destroy();
+            });
+            if !spawned {
                 tracing::error!("GPU objects of a hung trial run leaked");
             }
         }
@@ -167,6 +203,7 @@ pub(super) fn build(t: &Target, specs: &[PipelineSpec]) -> Option<Built> {
         samplers: Vec::new(),
         trial: Ok(()),
         hold_draining: None,
+        reapers: t.reapers.clone(),
     };
     let most = specs
         .iter()

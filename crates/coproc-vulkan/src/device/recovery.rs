@@ -195,12 +195,8 @@ impl VulkanDevice {
             }
             self.ctxs.insert(id, ctx);
         }
-        std::thread::Builder::new()
-            .name("vulkan-reaper".into())
-            .spawn(move || reap(remains))
-            .map_or_else(
-                |e| tracing::error!(error = %e, "no reaper thread; the old device leaks"),
-                drop,
-            );
+        if !self.reapers.spawn("vulkan-reaper", move || reap(remains)) {
+            tracing::error!("no reaper thread; the old device leaks");
+        }
     }
 }
