@@ -54,7 +54,10 @@ impl Reapers {
         let Ok(h) = std::thread::Builder::new().name(name.into()).spawn(f) else {
             return false;
         };
-        let mut all = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut all = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         all.retain(|h| !h.is_finished());
         all.push(h);
         true
@@ -63,7 +66,10 @@ impl Reapers {
     /// Wait for every reaper (each ends once its device is idle).
     pub(super) fn join_all(&self) {
         let all = std::mem::take(
-            &mut *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
         if all.iter().any(|h| !h.is_finished()) {
             tracing::info!(reapers = all.len(), "waiting for old GPU work to drain");
