@@ -238,12 +238,13 @@ async fn sample_busy(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let d = daemon.clone();
-                // Both take the pcoprocs' locks briefly.
-                tokio::task::block_in_place(|| {
-                    d.busy.sample(&d);
-                    d.events.observe(&d);
-                });
+                // Both take the pcoprocs' locks briefly (no device work
+                // is ever done under them), so they run on this task:
+                // `block_in_place` every 100 ms would hand the worker's
+                // place to a new thread each time, and the daemon's thread
+                // count would never settle.
+                daemon.busy.sample(&daemon);
+                daemon.events.observe(&daemon);
             }
             _ = stop.changed() => break,
         }
