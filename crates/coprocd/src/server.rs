@@ -223,8 +223,20 @@ pub async fn run(daemon: Arc<Daemon>, path: PathBuf) -> anyhow::Result<()> {
         );
         sessions.abort_all();
     }
-    background.abort_all();
-    while background.join_next().await.is_some() {}
+    // The metrics server and the sampler end on `stop` (the metrics server
+    // removes its socket file then); one stuck on a scraper is cut off
+    // after a second, and its socket file removed here.
+    let ended = tokio::time::timeout(Duration::from_secs(1), async {
+        while background.join_next().await.is_some() {}
+    })
+    .await;
+    if ended.is_err() {
+        background.abort_all();
+        while background.join_next().await.is_some() {}
+        if let Some(path) = &daemon.config.daemon.metrics_socket {
+            let _ = std::fs::remove_file(path);
+        }
+    }
     tokio::task::block_in_place(|| daemon.shutdown());
     Ok(())
 }
