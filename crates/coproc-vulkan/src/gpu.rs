@@ -119,7 +119,9 @@ impl Instance {
                 .enabled_extension_names(&ext)
                 .flags(vk::InstanceCreateFlags::ENUMERATE_PORTABILITY_KHR);
         }
-        // SAFETY: as above.
+        // SAFETY: `entry` is a loaded loader; `info` and what it points at
+        // (the application info, the extension names) are locals that
+        // outlive the call.
         let instance = unsafe { entry.create_instance(&info, None) }
             .map_err(|e| GpuError::Vk("vkCreateInstance", e))?;
         Ok(Arc::new(Instance {
@@ -153,17 +155,20 @@ impl Instance {
         }
         let mut driver = vk::PhysicalDeviceDriverProperties::default();
         let mut p2 = vk::PhysicalDeviceProperties2::default().push_next(&mut driver);
-        // SAFETY: as above; the chain points at a live local.
+        // SAFETY: `pd` was enumerated from the live instance `i`; the call
+        // fills `p2` and the driver struct chained to it, live locals.
         unsafe { i.get_physical_device_properties2(pd, &mut p2) };
         let mut f12 = vk::PhysicalDeviceVulkan12Features::default();
         let mut f2 = vk::PhysicalDeviceFeatures2::default().push_next(&mut f12);
-        // SAFETY: as above.
+        // SAFETY: `pd` was enumerated from the live instance `i`; the call
+        // fills `f2` and the Vulkan 1.2 struct chained to it, live locals.
         unsafe { i.get_physical_device_features2(pd, &mut f2) };
         if f12.timeline_semaphore == 0 {
             return None;
         }
         compute_family(i, pd)?;
-        // SAFETY: as above.
+        // SAFETY: `pd` was enumerated from the live instance `i`; the call
+        // returns a struct by value.
         let mem = unsafe { i.get_physical_device_memory_properties(pd) };
         let heaps = &mem.memory_heaps[..mem.memory_heap_count as usize];
         let local: u64 = heaps
@@ -176,7 +181,8 @@ impl Instance {
         } else {
             heaps.iter().map(|h| h.size).sum()
         };
-        // SAFETY: as above.
+        // SAFETY: `pd` was enumerated from the live instance `i`; the call
+        // returns an owned vector.
         let exts = unsafe { i.enumerate_device_extension_properties(pd) }.unwrap_or_default();
         let host_import = exts
             .iter()

@@ -118,14 +118,16 @@ pub(crate) fn optional_features(i: &ash::Instance, pdev: vk::PhysicalDevice) -> 
     if has_r2 {
         f2 = f2.push_next(&mut r2);
     }
-    // SAFETY: as above; the call fills `f2` and the structs chained to it,
-    // live locals that outlive the call (Vulkan 1.2 is required of the
-    // device, so both feature structs are known to it).
+    // SAFETY: `pdev` was enumerated from the live instance `i`; the call
+    // fills `f2` and the structs chained to it, live locals that outlive
+    // the call (Vulkan 1.2 is required of the device, so both feature
+    // structs are known to it).
     unsafe { i.get_physical_device_features2(pdev, &mut f2) };
     let base = f2.features;
     let mut sg = vk::PhysicalDeviceSubgroupProperties::default();
     let mut p2 = vk::PhysicalDeviceProperties2::default().push_next(&mut sg);
-    // SAFETY: as above; fills `p2` and `sg`, live locals.
+    // SAFETY: `pdev` was enumerated from the live instance `i`; the call
+    // fills `p2` and `sg`, live locals that outlive it.
     unsafe { i.get_physical_device_properties2(pdev, &mut p2) };
     let storage16 = f11.storage_buffer16_bit_access != 0;
     let mut ops = naga::valid::SubgroupOperationSet::empty();
