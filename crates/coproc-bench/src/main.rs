@@ -94,10 +94,7 @@ fn main() {
 }
 
 fn real_main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("COPROC_LOG"))
-        .with_writer(std::io::stderr)
-        .init();
+    coproc_cli::init_logging();
     let cli = Cli::parse();
     let f = cli.output;
     let socket = || {
