@@ -116,10 +116,20 @@ int main(void) {
             wait_for = 0;
             sink = acc;
             answer(wait_op, ticks, wait_tag);
-        } else if (use_wfe) {
-            __asm__ volatile("wfe" ::: "memory");
         } else {
-            coproc_wfi();
+            /* Sleep with interrupts masked, so a request that arrives
+             * between the checks above and the sleep is not slept through:
+             * WFI (and WFE here) returns at once on a pending interrupt
+             * even while PRIMASK masks it, and cpsie takes it. */
+            coproc_irq_off();
+            if (wait_for == 0 && svc_tag == 0) {
+                if (use_wfe) {
+                    __asm__ volatile("wfe" ::: "memory");
+                } else {
+                    coproc_wfi();
+                }
+            }
+            coproc_irq_on();
         }
     }
 }

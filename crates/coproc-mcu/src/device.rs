@@ -44,6 +44,7 @@ use coproc_core::fault::{Access, DeviceFault, FaultReason};
 use coproc_core::ids::ContextId;
 use coproc_core::iova::Mapping;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use unicorn_engine::{
@@ -391,10 +392,6 @@ struct Ctx {
     /// The System Control Space (SCB, SysTick, NVIC): reset with the
     /// registers, saved with the context.
     scs: Scs,
-    /// (pc, address, value) of the SCS store that stopped the core to take
-    /// an exception, while that store is still to run again (after the
-    /// handler returns, possibly slices later).
-    replay: Option<(u64, u32, u32)>,
 }
 
 /// A fault found by a hook during a run.
@@ -433,6 +430,14 @@ struct State {
     /// An SCS write may have made an exception deliverable: the core was
     /// stopped so the device takes it.
     recheck: bool,
+    /// A hook asked the core to stop (a WAIT, an EXIT, a fault on the trap
+    /// page, an exception made deliverable): it stops at the start of the
+    /// next translation block, see [`McuDevice::new`].
+    stop_soon: bool,
+    /// An exception was pending but masked by PRIMASK when the run loop
+    /// last looked: the block hook stops the core once PRIMASK is clear
+    /// (`cpsie i` and `msr primask` end their block) so it is taken then.
+    masked_pending: bool,
     /// The core stopped at a WFE.
     wfe: bool,
     /// Code and data memory sizes of every context.
@@ -583,6 +588,8 @@ impl McuDevice {
             page_fault: None,
             identity: false,
             recheck: false,
+            stop_soon: false,
+            masked_pending: false,
             wfe: false,
             map: config.map(),
         };
@@ -656,8 +663,9 @@ impl McuDevice {
             }),
             Some(
                 |uc: &mut Unicorn<'_, State>, off: u64, size: usize, value: u64| {
-                    if cb_write(uc.get_data_mut(), off, size, value as u32) {
-                        let _ = uc.emu_stop();
+                    let st = uc.get_data_mut();
+                    if cb_write(st, off, size, value as u32) {
+                        st.stop_soon = true;
                     }
                 },
             ),
@@ -669,13 +677,13 @@ impl McuDevice {
             PAGE,
             Some(|uc: &mut Unicorn<'_, State>, off: u64, _size: usize| {
                 trap_hit(uc.get_data_mut(), off);
-                let _ = uc.emu_stop();
+                uc.get_data_mut().stop_soon = true;
                 0
             }),
             Some(
                 |uc: &mut Unicorn<'_, State>, off: u64, _size: usize, _value: u64| {
                     trap_hit(uc.get_data_mut(), off);
-                    let _ = uc.emu_stop();
+                    uc.get_data_mut().stop_soon = true;
                 },
             ),
         )
@@ -691,9 +699,9 @@ impl McuDevice {
                 |uc: &mut Unicorn<'_, State>, off: u64, size: usize, value: u64| {
                     // Stops only when an exception is deliverable now.
                     let primask = reg(uc, RegisterARM::PRIMASK as i32) & 1 != 0;
-                    let pc = uc.reg_read(RegisterARM::PC).unwrap_or(0);
-                    if scs_write(uc.get_data_mut(), off, size, value as u32, primask, pc) {
-                        let _ = uc.emu_stop();
+                    let st = uc.get_data_mut();
+                    if scs_write(st, off, size, value as u32, primask) {
+                        st.stop_soon = true;
                     }
                 },
             ),
@@ -780,11 +788,38 @@ impl McuDevice {
         })
         .map_err(|e| uc_err("interrupt hook", e))?;
 
+        // Every stop lands at the start of a translation block. Unicorn also
+        // honours a stop request after any load or store inside a block,
+        // and the program counter it leaves there can be that of an
+        // earlier instruction in the block (seen with a SysTick stop right
+        // after an SVC return): the core then ran part of the block twice,
+        // with registers already changed by the first run. So neither the
+        // slice timer nor a hook calls `uc_emu_stop` while a block runs:
+        // they raise a flag (`kick`, `stop_soon`) and this hook, which
+        // Unicorn runs at each block start with the program counter synced
+        // and before any of the block's instructions, makes the stop. A
+        // hook's stop takes effect at the end of the block it was made in,
+        // as a real core takes a pended interrupt a few instructions late.
+        let kick = Arc::new(AtomicBool::new(false));
+        let block_kick = kick.clone();
+        uc.add_block_hook(1, 0, move |uc, _addr, _size| {
+            let st = uc.get_data();
+            if st.stop_soon || block_kick.load(Ordering::Acquire) {
+                let _ = uc.emu_stop();
+            } else if st.masked_pending && reg(uc, RegisterARM::PRIMASK as i32) & 1 == 0 {
+                let st = uc.get_data_mut();
+                st.masked_pending = false;
+                st.recheck = true;
+                let _ = uc.emu_stop();
+            }
+        })
+        .map_err(|e| uc_err("block hook", e))?;
+
         let mut template = uc.context_alloc().map_err(|e| uc_err("context", e))?;
         uc.context_save(&mut template)
             .map_err(|e| uc_err("context save", e))?;
-        let timer = SliceTimer::new(uc.get_handle())
-            .map_err(|e| DeviceError::Backend(format!("slice timer: {e}")))?;
+        let timer =
+            SliceTimer::new(kick).map_err(|e| DeviceError::Backend(format!("slice timer: {e}")))?;
         let spare = uc.context_alloc().map_err(|e| uc_err("context", e))?;
         let window = Window::reserve()?;
         // SAFETY: the host range is the window reservation, which lives as
@@ -949,7 +984,6 @@ impl McuDevice {
         let map = self.config.map();
         let ctx = self.ctx(id)?;
         ctx.scs = Scs::default();
-        ctx.replay = None;
         let (sp, pc) = match &ctx.image {
             Some(image) => image.start(&map),
             None => (map.stack_top(), 1),
@@ -1089,19 +1123,10 @@ fn scs_read(st: &mut State, off: u64, size: usize) -> u64 {
 
 /// System Control Space writes; returns whether the core must stop (an
 /// exception may have become deliverable, or a reset was requested).
-fn scs_write(st: &mut State, off: u64, size: usize, value: u32, primask: bool, pc: u64) -> bool {
+fn scs_write(st: &mut State, off: u64, size: usize, value: u32, primask: bool) -> bool {
     let Some(cur) = st.current else { return false };
     if matches!(st.stop, Some(Stop::Fault(_) | Stop::Exited(_))) {
         return true;
-    }
-    // The store that stopped the core to take an exception runs again when
-    // the handler returns (the core restarts the instruction): that second
-    // run is the same write, already done.
-    let this = (pc, SCS_BASE + off as u32, value);
-    if let Some(ctx) = st.contexts.get_mut(&cur) {
-        if ctx.replay.take() == Some(this) {
-            return false;
-        }
     }
     let Some(ctx) = st.contexts.get(&cur) else {
         return false;
@@ -1117,9 +1142,6 @@ fn scs_write(st: &mut State, off: u64, size: usize, value: u32, primask: bool, p
         ScsEffect::Recheck => {
             let deliverable = ctx.scs.take(ctx.control.pending() > 0, primask).is_some();
             st.recheck |= deliverable;
-            if deliverable {
-                ctx.replay = Some(this);
-            }
             deliverable
         }
         ScsEffect::ResetRequest => {
@@ -1228,6 +1250,9 @@ fn deliver(uc: &mut Unicorn<'_, State>) -> Result<(), DeviceFault> {
     ctx.scs.tick(now);
     let doorbell = ctx.control.pending() > 0;
     let Some(exc) = ctx.scs.take(doorbell, primask) else {
+        if primask && ctx.scs.take(doorbell, false).is_some() {
+            st.masked_pending = true;
+        }
         return Ok(());
     };
     let nested = !ctx.scs.active().is_empty();
@@ -1530,7 +1555,6 @@ impl Device for McuDevice {
                 demand: false,
                 local: BTreeMap::new(),
                 scs: Scs::default(),
-                replay: None,
             },
         );
         Ok(())
@@ -1782,6 +1806,8 @@ impl Device for McuDevice {
                 st.trap = None;
                 st.page_fault = None;
                 st.recheck = false;
+                st.stop_soon = false;
+                st.masked_pending = false;
                 st.wfe = false;
             }
             if let Err(f) = deliver(&mut self.uc) {
@@ -1818,13 +1844,6 @@ impl Device for McuDevice {
             let stop = st.stop.take();
             let page_fault = st.page_fault.take();
             let (recheck, wfe) = (st.recheck, st.wfe);
-            // The store completed after all (the core stopped past it): no
-            // second run of it is coming.
-            if let Some(ctx) = st.contexts.get_mut(&cur) {
-                if ctx.replay.is_some_and(|(at, _, _)| at != pc_after) {
-                    ctx.replay = None;
-                }
-            }
             let wakes = |st: &State| {
                 st.contexts
                     .get(&cur)

@@ -1,17 +1,13 @@
 //! The slice timer and preempt handle of the mcu device.
 //!
 //! A persistent thread stops the emulated core when a slice's budget runs
-//! out, both through `uc_emu_stop`, the call Unicorn's own timeout thread
-//! makes from another thread. The preempt handle calls `uc_emu_stop` itself,
-//! from the requesting thread: waking the timer thread for it would put a
-//! thread switch (tens of µs on a loaded host) on the wake→run path.
-//!
-//! A stop that lands just before the engine starts is lost (Unicorn ignores
-//! it while no emulation runs, and `emu_start` clears a pending one). So once
-//! fired the timer repeats its stop every [`REFIRE`] until the run is
-//! disarmed, and while a run is armed the timer thread looks at a pending
-//! preempt request at least every [`PREEMPT_POLL`] and repeats that stop:
-//! a lost preempt costs at most that long, and the common case no wake-up.
+//! out, and the preempt handle stops it from the requesting thread (waking
+//! the timer thread for it would put a thread switch, tens of µs on a
+//! loaded host, on the wake→run path). Both only raise the `kick` flag: the
+//! device's block hook sees it at the next translation block and stops the
+//! engine there, at a clean instruction boundary (see `McuDevice::new`).
+//! A flag raised before the engine starts is seen by its first block, so
+//! no stop is lost; arming a run lowers it.
 //!
 //! The budget is CPU time of the runner thread, not wall-clock time: the
 //! deadline is first set in wall-clock time, and when it passes the timer
@@ -33,13 +29,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use unicorn_engine::uc_engine;
-
-/// Interval at which a fired stop is repeated until the run ends.
-const REFIRE: Duration = Duration::from_micros(200);
-
-/// Longest a preempt request can wait when its direct stop was lost.
-const PREEMPT_POLL: Duration = Duration::from_millis(1);
 
 /// Shortest wait when the runner's CPU time falls short of its budget.
 const MIN_EXTEND: Duration = Duration::from_micros(50);
@@ -107,20 +96,12 @@ struct State {
     wakes_at: Option<Instant>,
 }
 
-/// Raw engine handle for stop requests.
-#[derive(Debug, Clone, Copy)]
-struct Engine(*mut uc_engine);
-
-// SAFETY: the handle is only used for `uc_emu_stop`, which Unicorn itself
-// calls from its timeout thread; `SliceTimer::shutdown` joins the thread
-// and clears `engine` before the engine is closed.
-unsafe impl Send for Engine {}
-
 #[derive(Debug)]
 pub(crate) struct TimerShared {
     state: Mutex<State>,
     cv: Condvar,
-    engine: Mutex<Option<Engine>>,
+    /// Stop the engine at its next block (read by the device's block hook).
+    kick: Arc<AtomicBool>,
     fired: AtomicBool,
     preempt: AtomicBool,
 }
@@ -133,19 +114,7 @@ impl TimerShared {
     }
 
     fn stop_engine(&self) {
-        let engine = self
-            .engine
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(Engine(h)) = *engine {
-            // SAFETY: `h` is a live engine: it is cleared (under this lock)
-            // before the engine is closed. uc_emu_stop only sets the stop
-            // flag and kicks the vCPU, which is what it is meant to do from
-            // another thread.
-            unsafe {
-                let _ = unicorn_engine::uc_emu_stop(h);
-            }
-        }
+        self.kick.store(true, Ordering::Release);
     }
 }
 
@@ -167,11 +136,12 @@ pub(crate) struct SliceTimer {
 }
 
 impl SliceTimer {
-    pub(crate) fn new(engine: *mut uc_engine) -> std::io::Result<SliceTimer> {
+    /// The timer thread; it raises `kick` to stop the engine.
+    pub(crate) fn new(kick: Arc<AtomicBool>) -> std::io::Result<SliceTimer> {
         let shared = Arc::new(TimerShared {
             state: Mutex::new(State::default()),
             cv: Condvar::new(),
-            engine: Mutex::new(Some(Engine(engine))),
+            kick,
             fired: AtomicBool::new(false),
             preempt: AtomicBool::new(false),
         });
@@ -209,14 +179,9 @@ impl SliceTimer {
                             } else if now >= d {
                                 s.fired.store(true, Ordering::Release);
                                 s.stop_engine();
-                                st.deadline = Some(now + REFIRE);
+                                st.deadline = None;
                             } else {
-                                if s.preempt.load(Ordering::Acquire) {
-                                    // Repeat a preempt stop that may have
-                                    // been lost before the run began.
-                                    s.stop_engine();
-                                }
-                                let until = d.min(now + PREEMPT_POLL);
+                                let until = d;
                                 st.wakes_at = Some(until);
                                 st =
                                     s.cv.wait_timeout(st, until - now)
@@ -246,6 +211,7 @@ impl SliceTimer {
     /// from `cpu_start` (its [`thread_cpu`] at the start of the run).
     pub(crate) fn arm(&self, budget: Duration, cpu_start: Duration) {
         self.shared.fired.store(false, Ordering::Release);
+        self.shared.kick.store(false, Ordering::Release);
         let clock = CpuClock::of_current_thread();
         let mut s = self.shared.lock();
         s.armed = true;
@@ -272,6 +238,7 @@ impl SliceTimer {
         s.deadline = None;
         s.cpu = None;
         drop(s);
+        self.shared.kick.store(false, Ordering::Release);
         (
             self.shared.fired.swap(false, Ordering::AcqRel),
             self.take_preempt(),
@@ -284,11 +251,6 @@ impl SliceTimer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        *self
-            .shared
-            .engine
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
 }
 
