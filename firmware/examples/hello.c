@@ -1,7 +1,8 @@
 /* hello: the C library at work. Every doorbell: mailbox in [0] = n
  * (1..65536); allocates n words with malloc (a heap in data memory), fills
  * a[i] = i*i, sums them, prints "hello: n=<n> sum=<sum> root=<sqrt(sum)
- * to 3 decimals>" with printf to the console, and answers
+ * to 3 decimals> decay=<expf(-n / 65536) to 3 decimals>" with printf to
+ * the console, and answers
  * mailbox out [0] status (0 ok, 1 bad n, 2 out of memory), [1] the sum's low
  * word, [2] its high word, [3] where the heap block was; then
  * notify(n). */
@@ -32,8 +33,9 @@ int main(void) {
             for (uint32_t i = 0; i < n; i++) {
                 sum += a[i];
             }
-            printf("hello: n=%lu sum=%llu root=%.3f\n", (unsigned long)n,
-                   (unsigned long long)sum, sqrt((double)sum));
+            printf("hello: n=%lu sum=%llu root=%.3f decay=%.3f\n", (unsigned long)n,
+                   (unsigned long long)sum, sqrt((double)sum),
+                   (double)expf(-(float)n / 65536.0f));
         }
         coproc_mbox_out(0, status);
         coproc_mbox_out(1, (uint32_t)sum);

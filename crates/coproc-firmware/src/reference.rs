@@ -306,7 +306,13 @@ pub fn hello_sum(n: u32) -> u64 {
 /// The console line the `hello` firmware prints for `n`.
 pub fn hello_line(n: u32) -> String {
     let sum = hello_sum(n);
-    format!("hello: n={n} sum={sum} root={:.3}", (sum as f64).sqrt())
+    #[allow(clippy::cast_precision_loss)] // n ≤ 65536 is exact in f32
+    let decay = (-(n as f32) / 65536.0).exp();
+    format!(
+        "hello: n={n} sum={sum} root={:.3} decay={:.3}",
+        (sum as f64).sqrt(),
+        decay
+    )
 }
 
 /// `affine.wgsl`'s `affine` entry: `x[i] * mul + add + offset` for each
