@@ -1,0 +1,739 @@
+//! The mcu device: one emulated Cortex-M4 core shared by many contexts.
+//!
+//! # How contexts are kept apart
+//!
+//! Unicorn runs in virtual-TLB mode: every address the firmware uses is a
+//! virtual address of the *current* context, translated by our TLB-fill hook
+//! to a physical address of the one engine. Each context owns distinct
+//! physical pages (code, data, and one range per mapping); the control block
+//! is an emulated MMIO page whose callbacks act on the current context. A
+//! context switch saves and restores the CPU registers, makes the new context
+//! current and flushes the TLB, so from the first instruction after the
+//! switch only the new context's pages are reachable. Translated code is
+//! tagged by physical address, so a switch keeps every context's
+//! translations warm: that is what makes a full switch cost about a
+//! microsecond instead of the tens of microseconds a remap would cost.
+//!
+//! An access the context's map does not allow is sent to a trap page whose
+//! callback records the exact address and stops the core; a forbidden
+//! instruction fetch is refused in the hook and stops the core at once.
+
+// A 32-bit core: its registers and guest addresses are u32 by architecture, and the u64 values narrowed here are guest addresses and sizes the loader and the iova checks already bounded to its 32-bit map; host sizes (u64 to usize) cannot truncate on the 64-bit hosts coproc runs on.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
+mod engine;
+mod exceptions;
+mod memory;
+mod registers;
+mod run;
+mod state;
+
+use self::memory::{PhysAlloc, PhysMap, Slot, SlotMemory, Window};
+use self::state::{Ctx, State};
+use crate::abi::{CODE_BASE, CODE_SIZE, DATA_BASE, DATA_SIZE, IOVA_BASE, IOVA_SIZE};
+use crate::elf::{self, Image};
+use crate::scs::Scs;
+use crate::timer::SliceTimer;
+use coproc_core::device::{
+    Capabilities, ContextSpec, Device, DeviceError, FirmwareInfo, FirmwarePrep, PreemptHandle,
+    Preemption, PreparedFirmware, RunOutcome, SwitchOutcome,
+};
+use coproc_core::ids::ContextId;
+use coproc_core::iova::Mapping;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use unicorn_engine::{uc_error, Prot, RegisterARM, Unicorn};
+
+/// Physical address of the control block MMIO page.
+const PHYS_CB: u64 = 0x7000_0000;
+/// Physical address of the trap MMIO page.
+const PHYS_TRAP: u64 = 0x7000_1000;
+/// Physical address of the System Control Space MMIO page.
+const PHYS_SCS: u64 = 0x7000_2000;
+/// QEMU's exception number for a v7-M exception return (EXC_RETURN loaded
+/// into the pc in handler mode).
+const EXCP_EXCEPTION_EXIT: u32 = 8;
+/// Longest engine run of a vcoproc with the doorbell interrupt enabled: a
+/// doorbell rung while it runs is taken within this much of its run time.
+const DOORBELL_POLL: Duration = Duration::from_micros(200);
+/// QEMU's exception number for SVC.
+const EXCP_SWI: u32 = 2;
+/// Words of the exception frame the device stacks: r0-r3, r12, lr, pc,
+/// xPSR, then s0-s15, FPSCR and a reserved word (the FP context is always
+/// stacked).
+const FRAME_WORDS: u32 = 26;
+/// Physical range from which context memory and device-local memory are
+/// allocated.
+const PHYS_POOL: (u64, u64) = (0x8000_0000, 0x1_0000_0000);
+/// Physical base of the mapping window: one engine mapping, made once, of a
+/// host range reserved once, inside which mappings are placed (see
+/// [`Window`]). Above 4 GiB (the 32-bit Arm target has 40 physical address
+/// bits): out of the way of the pool, and no 32-bit virtual address equals
+/// it, so even the identity translation `drop_code` uses cannot reach it.
+const PHYS_WINDOW: u64 = 0x1_0000_0000;
+/// Size of the mapping window: as much as mappings could use when they
+/// shared the pool.
+const WINDOW_SIZE: u64 = 0x8000_0000;
+/// `until` of `emu_start`; ignored, as exits are enabled with none set.
+const UNTIL: u64 = 0;
+/// Mapping granularity.
+const PAGE: u64 = 4096;
+/// Most device-local memory one context may allocate with
+/// `Device::alloc_local` (on top of its code and data memory).
+pub const LOCAL_ALLOC_MAX: u64 = 16 << 20;
+
+/// Configuration of an mcu device.
+#[derive(Debug, Clone)]
+pub struct McuConfig {
+    /// Most contexts (vcoprocs) at once.
+    pub max_contexts: u32,
+    /// Bytes of code memory of every vcoproc (default [`CODE_SIZE`], 1 MiB;
+    /// whole 4 KiB pages up to [`elf::MAX_CODE_SIZE`]).
+    pub code_size: u32,
+    /// Bytes of data memory of every vcoproc (default [`DATA_SIZE`],
+    /// 256 KiB; whole 4 KiB pages up to [`elf::MAX_DATA_SIZE`]).
+    pub data_size: u32,
+}
+
+impl Default for McuConfig {
+    fn default() -> Self {
+        McuConfig {
+            max_contexts: 1024,
+            code_size: CODE_SIZE,
+            data_size: DATA_SIZE,
+        }
+    }
+}
+
+/// Why an [`McuConfig`] was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum McuConfigError {
+    /// No context allowed.
+    #[error("max_contexts must be at least 1")]
+    NoContexts,
+    /// Code or data memory size out of range.
+    #[error(transparent)]
+    Memory(#[from] elf::ElfError),
+}
+
+impl McuConfig {
+    /// The memory map every vcoproc of the device has.
+    pub fn map(&self) -> elf::MemoryMap {
+        elf::MemoryMap {
+            code_size: self.code_size,
+            data_size: self.data_size,
+        }
+    }
+
+    /// Check the configuration: at least one context, code and data sizes
+    /// whole pages within their limits.
+    pub fn validate(&self) -> Result<(), McuConfigError> {
+        if self.max_contexts == 0 {
+            return Err(McuConfigError::NoContexts);
+        }
+        self.map().validate()?;
+        Ok(())
+    }
+}
+
+fn uc_err(what: &str, e: uc_error) -> DeviceError {
+    DeviceError::Backend(format!("unicorn {what}: {e:?}"))
+}
+
+/// The mcu device.
+pub struct McuDevice {
+    /// The engine. Declared before `window` and `slots` so that it is
+    /// dropped first.
+    uc: Unicorn<'static, State>,
+    /// Host memory of the slots. Dropped after `uc`.
+    slots: SlotMemory,
+    timer: SliceTimer,
+    /// CPU registers of a freshly reset core.
+    template: unicorn_engine::Context,
+    /// Register buffer swapped in while saving a context.
+    spare: unicorn_engine::Context,
+    phys: PhysAlloc,
+    /// Where mappings are placed. Dropped after `uc`.
+    window: Window,
+    pool: Vec<Slot>,
+    /// Mappings that could not be taken down: kept alive (and trappable),
+    /// their window range never reused.
+    retired: Vec<PhysMap>,
+    config: McuConfig,
+}
+
+impl std::fmt::Debug for McuDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("McuDevice")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl McuDevice {
+    fn ctx(&mut self, id: ContextId) -> Result<&mut Ctx, DeviceError> {
+        self.uc
+            .get_data_mut()
+            .contexts
+            .get_mut(&id)
+            .ok_or(DeviceError::NoContext(id))
+    }
+
+    fn alloc_slot(&mut self) -> Result<Slot, DeviceError> {
+        if let Some(slot) = self.pool.pop() {
+            // Nothing of the previous owner survives.
+            self.clear(slot)?;
+            return Ok(slot);
+        }
+        let (code_len, data_len) = (
+            u64::from(self.config.code_size),
+            u64::from(self.config.data_size),
+        );
+        let code = self.phys.alloc(code_len + data_len).ok_or_else(|| {
+            DeviceError::Exhausted("physical address space for context memory".into())
+        })?;
+        let host = match self.slots.map((code_len + data_len) as usize) {
+            Ok(h) => h,
+            Err(e) => {
+                self.phys.release(code, code_len + data_len);
+                return Err(e);
+            }
+        };
+        let slot = Slot {
+            code,
+            data: code + code_len,
+            host,
+        };
+        // SAFETY: `host` is a fresh mapping of code_len + data_len bytes
+        // owned by `self.slots`, which lives longer than the engine (field
+        // order of `McuDevice`) and is never unmapped before; nothing else
+        // uses it. The physical range was just allocated, so it overlaps
+        // no other engine memory.
+        unsafe {
+            self.uc
+                .mem_map_ptr(slot.code, code_len + data_len, Prot::ALL, host as *mut _)
+        }
+        .map_err(|e| uc_err("map context memory", e))?;
+        Ok(slot)
+    }
+
+    /// Zero a slot's code and data memory and drop translations of its code.
+    fn clear(&mut self, slot: Slot) -> Result<(), DeviceError> {
+        let len = (self.config.code_size + self.config.data_size) as usize;
+        self.slots.zero(slot.host, len)?;
+        self.drop_code(slot)
+    }
+
+    /// Drop the engine's translations of one slot's code, and only those:
+    /// the engine does not notice writes to code memory by itself, and
+    /// flushing its whole cache would make every other context retranslate
+    /// its code (a cost one domain loading firmware in a loop would put on
+    /// all the others). The invalidation takes a guest address through the
+    /// TLB, so the hook maps addresses to themselves meanwhile and the
+    /// slot's physical range is named directly. Should the engine refuse,
+    /// the whole cache is flushed instead.
+    fn drop_code(&mut self, slot: Slot) -> Result<(), DeviceError> {
+        self.uc.get_data_mut().identity = true;
+        let _ = self.uc.ctl_flush_tlb();
+        let r = self
+            .uc
+            .ctl_remove_cache(slot.code, slot.code + u64::from(self.config.code_size));
+        self.uc.get_data_mut().identity = false;
+        let _ = self.uc.ctl_flush_tlb();
+        match r {
+            Ok(()) => Ok(()),
+            Err(_) => self.uc.ctl_flush_tb().map_err(|e| uc_err("flush tb", e)),
+        }
+    }
+
+    /// Write the image into the context's memory and mark its registers for
+    /// initialisation.
+    fn install(&mut self, id: ContextId, image: Image) -> Result<(), DeviceError> {
+        let slot = self.ctx(id)?.slot;
+        self.clear(slot)?;
+        for s in &image.segments {
+            let phys = if s.vaddr >= DATA_BASE {
+                slot.data + u64::from(s.vaddr - DATA_BASE)
+            } else {
+                slot.code + u64::from(s.vaddr - CODE_BASE)
+            };
+            self.uc
+                .mem_write(phys, &s.data)
+                .map_err(|e| uc_err("load segment", e))?;
+        }
+        let ctx = self.ctx(id)?;
+        ctx.image = Some(image);
+        ctx.fresh = true;
+        if self.uc.get_data().current == Some(id) {
+            self.init_regs(id)?;
+        }
+        Ok(())
+    }
+
+    /// Reset a context to its loaded image without touching its code memory:
+    /// firmware can never write code memory (it is read/execute only) and
+    /// only `install` does, so the code is still the image's, and the
+    /// engine's translations of it (and of every other context's code) stay
+    /// valid. Data memory is zeroed and the image's data segments written
+    /// again; registers start over. Keeping the translation cache is what
+    /// keeps a domain that resets in a loop from costing every other domain
+    /// a retranslation of its code.
+    fn restart(&mut self, id: ContextId, image: &Image) -> Result<(), DeviceError> {
+        let slot = self.ctx(id)?.slot;
+        let code_size = self.config.code_size as usize;
+        self.slots
+            .zero(slot.host + code_size, self.config.data_size as usize)?;
+        for s in image.segments.iter().filter(|s| s.vaddr >= DATA_BASE) {
+            self.uc
+                .mem_write(slot.data + u64::from(s.vaddr - DATA_BASE), &s.data)
+                .map_err(|e| uc_err("load segment", e))?;
+        }
+        self.ctx(id)?.fresh = true;
+        if self.uc.get_data().current == Some(id) {
+            self.init_regs(id)?;
+        }
+        Ok(())
+    }
+
+    /// Registers of a freshly started context: reset core and System
+    /// Control Space; SP and PC from the image's vector table if it has one
+    /// (as a Cortex-M starts), else the top of data memory and the ELF
+    /// entry point.
+    fn init_regs(&mut self, id: ContextId) -> Result<(), DeviceError> {
+        let map = self.config.map();
+        let ctx = self.ctx(id)?;
+        ctx.scs = Scs::default();
+        let (sp, pc) = match &ctx.image {
+            Some(image) => image.start(&map),
+            None => (map.stack_top(), 1),
+        };
+        self.uc
+            .context_restore(&self.template)
+            .map_err(|e| uc_err("context restore", e))?;
+        self.uc
+            .reg_write(RegisterARM::SP, u64::from(sp))
+            .map_err(|e| uc_err("write sp", e))?;
+        self.uc
+            .reg_write(RegisterARM::PC, u64::from(pc & !1))
+            .map_err(|e| uc_err("write pc", e))?;
+        self.ctx(id)?.fresh = false;
+        Ok(())
+    }
+
+    fn save_current(&mut self) -> Result<(), DeviceError> {
+        let Some(cur) = self.uc.get_data().current else {
+            return Ok(());
+        };
+        // Swap the context's register buffer with the spare one so the
+        // engine can write it without borrowing the hook state.
+        match self.uc.get_data_mut().contexts.get_mut(&cur) {
+            Some(c) => std::mem::swap(&mut c.regs, &mut self.spare),
+            None => return Ok(()),
+        }
+        let r = self
+            .uc
+            .context_save(&mut self.spare)
+            .map_err(|e| uc_err("context save", e));
+        if let Some(c) = self.uc.get_data_mut().contexts.get_mut(&cur) {
+            std::mem::swap(&mut c.regs, &mut self.spare);
+        }
+        r
+    }
+
+    fn do_switch(&mut self, to: Option<ContextId>) -> Result<(), DeviceError> {
+        if let Some(t) = to {
+            if !self.uc.get_data().contexts.contains_key(&t) {
+                return Err(DeviceError::NoContext(t));
+            }
+        }
+        self.save_current()?;
+        self.uc.get_data_mut().current = to;
+        match to {
+            None => {
+                self.uc
+                    .context_restore(&self.template)
+                    .map_err(|e| uc_err("context restore", e))?;
+            }
+            Some(t) if self.ctx(t)?.fresh => self.init_regs(t)?,
+            Some(t) => {
+                let data = self.uc.get_data();
+                let regs = &data.contexts[&t].regs;
+                // The engine reads the saved registers; no aliasing with the
+                // state the hooks use.
+                let r = self.uc.context_restore(regs);
+                r.map_err(|e| uc_err("context restore", e))?;
+            }
+        }
+        self.uc
+            .ctl_flush_tlb()
+            .map_err(|e| uc_err("flush tlb", e))?;
+        Ok(())
+    }
+
+    /// Translate a context's virtual address (for tests and tools).
+    pub fn debug_translate(&mut self, id: ContextId, vaddr: u32) -> Option<u64> {
+        let st = self.uc.get_data_mut();
+        let saved = st.current;
+        st.current = Some(id);
+        let r = st.translate(u64::from(vaddr)).map(|(p, _)| p);
+        st.current = saved;
+        r
+    }
+}
+
+impl Drop for McuDevice {
+    fn drop(&mut self) {
+        self.timer.shutdown();
+        // The window goes away with the device (after the engine, see
+        // `Window`'s drop): no region may trap into it afterwards.
+        let st = self.uc.get_data();
+        let live = st.contexts.values().flat_map(|c| c.maps.values());
+        for pm in live.chain(self.retired.iter()) {
+            pm.mapping.region.remove_alias(self.window.host(pm.phys));
+        }
+    }
+}
+
+impl Device for McuDevice {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            class: "mcu",
+            model: "Cortex-M4 (Unicorn 2)".into(),
+            preemption: Preemption::Instruction,
+            local_memory: u64::from(self.config.code_size)
+                + u64::from(self.config.data_size)
+                + LOCAL_ALLOC_MAX,
+            address_bits: 32,
+            iova_base: u64::from(IOVA_BASE),
+            iova_size: u64::from(IOVA_SIZE),
+            page_size: PAGE,
+            demand_faults: true,
+            max_contexts: self.config.max_contexts,
+            memory_bytes: 0,
+            limits: std::collections::BTreeMap::default(),
+            features: Vec::new(),
+        }
+    }
+
+    fn create_context(&mut self, spec: ContextSpec) -> Result<(), DeviceError> {
+        let n = self.uc.get_data().contexts.len();
+        if self.uc.get_data().contexts.contains_key(&spec.id) {
+            return Err(DeviceError::ContextExists(spec.id));
+        }
+        if n >= self.config.max_contexts as usize {
+            return Err(DeviceError::Exhausted(format!(
+                "{n} contexts (the most this device holds)"
+            )));
+        }
+        let slot = self.alloc_slot()?;
+        let regs = self.uc.context_alloc().map_err(|e| uc_err("context", e))?;
+        self.uc.get_data_mut().contexts.insert(
+            spec.id,
+            Ctx {
+                control: spec.control,
+                slot,
+                maps: BTreeMap::new(),
+                image: None,
+                regs,
+                fresh: true,
+                run_ns: 0,
+                time_hi: 0,
+                last_fault: (0, 0, 0),
+                demand: false,
+                local: BTreeMap::new(),
+                scs: Scs::default(),
+            },
+        );
+        Ok(())
+    }
+
+    fn destroy_context(&mut self, id: ContextId) {
+        if self.uc.get_data().current == Some(id) {
+            let _ = self.do_switch(None);
+        }
+        let iovas: Vec<u64> = match self.uc.get_data().contexts.get(&id) {
+            Some(c) => c.maps.keys().copied().collect(),
+            None => return,
+        };
+        for iova in iovas {
+            self.unmap(id, iova);
+        }
+        let locals: Vec<u64> = self.uc.get_data().contexts[&id]
+            .local
+            .keys()
+            .copied()
+            .collect();
+        for iova in locals {
+            self.free_local(id, iova);
+        }
+        if let Some(ctx) = self.uc.get_data_mut().contexts.remove(&id) {
+            self.pool.push(ctx.slot);
+        }
+    }
+
+    fn load_firmware(&mut self, id: ContextId, image: &[u8]) -> Result<FirmwareInfo, DeviceError> {
+        self.ctx(id)?;
+        let prepared = elf::ElfPrepFor(self.config.map()).prepare(image)?;
+        self.install_firmware(id, prepared)
+    }
+
+    fn firmware_prep(&self) -> Arc<dyn FirmwarePrep> {
+        Arc::new(elf::ElfPrepFor(self.config.map()))
+    }
+
+    /// Copies the segments of an image [`elf::ElfPrepFor`] validated and marks
+    /// the registers for a fresh start: nothing is parsed or checked here.
+    fn install_firmware(
+        &mut self,
+        id: ContextId,
+        fw: PreparedFirmware,
+    ) -> Result<FirmwareInfo, DeviceError> {
+        self.ctx(id)?;
+        let image = *fw
+            .downcast::<Image>()
+            .map_err(|_| DeviceError::BadFirmware("prepared for another device class".into()))?;
+        // Prepared for another memory map (another pcoproc's prep): the
+        // segments and the start must still fit this device's.
+        if !image.fits(&self.config.map()) {
+            return Err(DeviceError::BadFirmware(
+                "prepared for a larger memory map than this pcoproc's".into(),
+            ));
+        }
+        let info = FirmwareInfo {
+            entry: u64::from(image.entry),
+            code_bytes: image.code_bytes(),
+            data_bytes: image.data_bytes(),
+        };
+        self.install(id, image)?;
+        // A new image starts with no fault history.
+        self.ctx(id)?.last_fault = (0, 0, 0);
+        Ok(info)
+    }
+
+    fn map(&mut self, id: ContextId, m: &Mapping) -> Result<(), DeviceError> {
+        if m.perms.exec {
+            return Err(DeviceError::BadMapping(
+                "the mcu class executes only from code memory: mappings cannot be executable"
+                    .into(),
+            ));
+        }
+        if !m.iova.is_multiple_of(PAGE)
+            || !m.len.is_multiple_of(PAGE)
+            || !m.offset.is_multiple_of(PAGE)
+            || m.len == 0
+        {
+            return Err(DeviceError::BadMapping("not page aligned".into()));
+        }
+        let end = m.offset.checked_add(m.len).filter(|&e| e <= m.region.len());
+        if end.is_none() {
+            return Err(DeviceError::BadMapping("past the end of the memory".into()));
+        }
+        if m.iova < u64::from(IOVA_BASE)
+            || m.iova + m.len > u64::from(IOVA_BASE) + u64::from(IOVA_SIZE)
+        {
+            return Err(DeviceError::BadMapping("outside the iova window".into()));
+        }
+        self.ctx(id)?;
+        let (fd, file_offset) = m.region.backing().ok_or_else(|| {
+            DeviceError::BadMapping("only memory backed by a file can be mapped".into())
+        })?;
+        let phys = self
+            .window
+            .alloc
+            .alloc(m.len)
+            .ok_or_else(|| DeviceError::Exhausted("mapping window".into()))?;
+        let mut prot = Prot::NONE;
+        if m.perms.read {
+            prot |= Prot::READ;
+        }
+        if m.perms.write {
+            prot |= Prot::WRITE;
+        }
+        // SAFETY: `phys` was just allocated from the window, so its range
+        // holds nothing; the file range [offset, offset+len) of the region
+        // lies inside the region (checked above), whose file is sealed
+        // against shrinking, so it exists as long as it is mapped.
+        let r = unsafe { self.window.place(phys, m.len, fd, file_offset + m.offset) };
+        if let Err(e) = r {
+            // A failed MAP_FIXED may already have unmapped the reservation
+            // there: put it back before the range can be handed out again.
+            // SAFETY: the range lies in the window, was never in the hook's
+            // table (so never translated) and has no alias.
+            match unsafe { self.window.clear(phys, m.len) } {
+                Ok(()) => self.window.alloc.release(phys, m.len),
+                Err(e) => tracing::error!(
+                    ?e,
+                    "mcu: restoring the window after a failed map failed; range retired"
+                ),
+            }
+            return Err(DeviceError::Backend(format!("mcu: map: {e}")));
+        }
+        let host = self.window.host(phys);
+        // SAFETY: [host, host+len) is this device's own mapping of the
+        // region's memory, made just above, which nothing holds references
+        // into (the engine accesses it by address). It stays mapped, with
+        // nothing else placed there, until `unmap` (or drop) removes the
+        // alias: the range goes back to the allocator only after that.
+        unsafe { m.region.add_alias(host, m.len as usize) };
+        // No TLB flush: nothing was ever translated to this range since it
+        // was last taken down (unmap flushes before releasing it), and the
+        // hook translates to it only from now on.
+        let ctx = self.ctx(id)?;
+        ctx.maps.insert(
+            m.iova,
+            PhysMap {
+                len: m.len,
+                phys,
+                prot,
+                mapping: m.clone(),
+            },
+        );
+        Ok(())
+    }
+
+    fn unmap(&mut self, id: ContextId, iova: u64) {
+        let Some(pm) = self
+            .uc
+            .get_data_mut()
+            .contexts
+            .get_mut(&id)
+            .and_then(|c| c.maps.remove(&iova))
+        else {
+            return;
+        };
+        // Order matters. The hook no longer translates to the range (it
+        // left the table above); drop the translations it made; stop
+        // revoke from trapping the range; make it reserved again; only
+        // then let another mapping have it. The range is never made
+        // inaccessible while the engine may still have it translated (the
+        // flush came first, and the engine runs only on this thread), and a
+        // trap never lands on another mapping placed there later (the alias
+        // is gone before the range is released; `remove_alias` waits for a
+        // trap in progress).
+        if let Err(e) = self.uc.ctl_flush_tlb() {
+            tracing::error!(
+                ?e,
+                "mcu: flushing the TLB failed; mapping and window range retired"
+            );
+            self.retired.push(pm);
+            return;
+        }
+        let host = self.window.host(pm.phys);
+        pm.mapping.region.remove_alias(host);
+        // SAFETY: the range lies in the window; the engine has no
+        // translation into it (flushed above, after it left the table) and
+        // no trap will replace it (alias removed above).
+        if let Err(e) = unsafe { self.window.clear(pm.phys, pm.len) } {
+            // Still the domain's memory, but unreachable: keep it, never
+            // reuse the range.
+            tracing::error!(
+                ?e,
+                "mcu: taking a mapping out of the window failed; window range retired"
+            );
+            self.retired.push(pm);
+            return;
+        }
+        self.window.alloc.release(pm.phys, pm.len);
+    }
+
+    fn switch(&mut self, to: Option<ContextId>) -> SwitchOutcome {
+        if self.uc.get_data().current == to {
+            return SwitchOutcome::Done;
+        }
+        match self.do_switch(to) {
+            Ok(()) => SwitchOutcome::Done,
+            Err(e) => {
+                let guilty = to.unwrap_or(coproc_core::VcoprocId(0));
+                let _ = self.uc.get_data_mut().current.take();
+                SwitchOutcome::Failed {
+                    guilty,
+                    reason: e.to_string(),
+                }
+            }
+        }
+    }
+
+    fn run(&mut self, budget: Duration) -> RunOutcome {
+        self.run_slice(budget)
+    }
+
+    fn preempt_handle(&self) -> PreemptHandle {
+        PreemptHandle(self.timer.preempter())
+    }
+
+    fn reset_context(&mut self, id: ContextId) -> Result<(), DeviceError> {
+        let image = self.ctx(id)?.image.clone();
+        if let Some(image) = image {
+            self.restart(id, &image)
+        } else {
+            let slot = self.ctx(id)?.slot;
+            self.clear(slot)?;
+            self.ctx(id)?.fresh = true;
+            Ok(())
+        }
+    }
+
+    fn set_demand_faults(&mut self, id: ContextId, on: bool) -> Result<(), DeviceError> {
+        self.ctx(id)?.demand = on;
+        // Refusals are never cached, so no translation needs dropping.
+        Ok(())
+    }
+
+    fn alloc_local(&mut self, id: ContextId, iova: u64, len: u64) -> Result<(), DeviceError> {
+        if !iova.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) || len == 0 {
+            return Err(DeviceError::BadMapping("not page aligned".into()));
+        }
+        let window = u64::from(IOVA_BASE)..=u64::from(IOVA_BASE) + u64::from(IOVA_SIZE);
+        if !window.contains(&iova) || !iova.checked_add(len).is_some_and(|e| window.contains(&e)) {
+            return Err(DeviceError::BadMapping("outside the iova window".into()));
+        }
+        let ctx = self.ctx(id)?;
+        let used: u64 = ctx.local.values().map(|&(_, l)| l).sum();
+        if used.saturating_add(len) > LOCAL_ALLOC_MAX {
+            return Err(DeviceError::Exhausted(format!(
+                "device-local memory: the context has {used} bytes, {len} more exceed \
+                 the {LOCAL_ALLOC_MAX} a context may allocate"
+            )));
+        }
+        let phys = self.phys.alloc(len).ok_or_else(|| {
+            DeviceError::Exhausted("physical address space for device-local memory".into())
+        })?;
+        // Fresh engine RAM is zeroed: nothing of an earlier user of this
+        // physical range survives (its RAM was unmapped and freed).
+        if let Err(e) = self.uc.mem_map(phys, len, Prot::READ | Prot::WRITE) {
+            self.phys.release(phys, len);
+            return Err(uc_err("map local memory", e));
+        }
+        self.ctx(id)?.local.insert(iova, (phys, len));
+        let _ = self.uc.ctl_flush_tlb();
+        Ok(())
+    }
+
+    fn free_local(&mut self, id: ContextId, iova: u64) {
+        let Some((phys, len)) = self
+            .uc
+            .get_data_mut()
+            .contexts
+            .get_mut(&id)
+            .and_then(|c| c.local.remove(&iova))
+        else {
+            return;
+        };
+        // As for unmap: drop translations, then the engine RAM, then reuse.
+        let _ = self.uc.ctl_flush_tlb();
+        if let Err(e) = self.uc.mem_unmap(phys, len) {
+            tracing::error!(
+                ?e,
+                "mcu: freeing device-local memory failed; address range retired"
+            );
+            return;
+        }
+        let _ = self.uc.ctl_flush_tlb();
+        self.phys.release(phys, len);
+    }
+}
