@@ -3,7 +3,7 @@
 
 use crate::figures::{median, round3};
 use crate::output::{print_table, Format};
-use anyhow::bail;
+use anyhow::{bail, Context};
 use coproc_core::control::ControlBlock;
 use coproc_core::device::{ContextSpec, Device, StopReason};
 use coproc_core::iova::{MapKind, Mapping};
@@ -56,6 +56,14 @@ pub struct Args {
     /// Vulkan device is present), `mcu` or `gpu`.
     #[arg(long, value_enum, default_value_t = crate::faults::Class::All)]
     class: crate::faults::Class,
+    /// Write the raw samples behind the figures (latencies in µs, shares
+    /// per window) as CSV: `series,kind,index,value`.
+    #[arg(long, value_name = "FILE")]
+    samples: Option<std::path::PathBuf>,
+    /// Draw the samples as SVG: latency CDFs (preempt, revoke, ring,
+    /// isolation), shares per window (fairness, cap, gpu-fairness).
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -144,6 +152,9 @@ pub fn run(args: &Args, format: Format) -> anyhow::Result<bool> {
         device = Some(format!("vulkan: {name}"));
         f
     };
+    if args.samples.is_some() || args.plot.is_some() {
+        crate::samples::enable();
+    }
     // Spinning threads for the whole measurement, whichever benchmark.
     let host_load = crate::hostload::HostLoad::start(args.host_load)?;
     let (bench, mut figures, notes) = match args.name {
@@ -225,6 +236,14 @@ pub fn run(args: &Args, format: Format) -> anyhow::Result<bool> {
         figures,
         env,
     };
+    let series = crate::samples::take();
+    if let Some(path) = &args.samples {
+        crate::samples::write_csv(path, &series)
+            .with_context(|| format!("writing samples to {}", path.display()))?;
+    }
+    if let Some(path) = &args.plot {
+        crate::samples::plot_svg(path, &format!("coproc bench {bench}"), &series)?;
+    }
     match format {
         Format::Json => println!("{}", serde_json::to_string(&report)?),
         Format::Table => {

@@ -658,15 +658,26 @@ pub fn fairness(seconds: u64) -> anyhow::Result<(Figures, String)> {
         };
         let (mut max_err, mut mean_err) = (0.0f64, 0.0);
         let windows = samples.len() - 1;
+        let mut per_window = vec![Vec::with_capacity(windows); ids.len()];
         for w in samples.windows(2) {
             let ns: Vec<u64> = ids.iter().map(|&v| delta(&w[0].1, &w[1].1, v)).collect();
             let total = ns.iter().sum::<u64>().max(1) as f64;
+            for (k, got) in ns.iter().enumerate() {
+                per_window[k].push(*got as f64 / total);
+            }
             for (got, want) in ns.iter().zip(weights) {
                 let want = f64::from(want) / f64::from(sum);
                 let err = (*got as f64 / total - want).abs() / want * 100.0;
                 max_err = max_err.max(err);
                 mean_err += err / (windows * ids.len()) as f64;
             }
+        }
+        for (shares, w) in per_window.iter().zip(weights) {
+            crate::samples::record(
+                &format!("weight_{w}_charged"),
+                crate::samples::Kind::Share,
+                shares,
+            );
         }
         let (first, last) = (&samples[0], &samples[windows]);
         let whole: Vec<u64> = ids.iter().map(|&v| delta(&first.1, &last.1, v)).collect();

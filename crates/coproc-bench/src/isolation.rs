@@ -11,6 +11,7 @@
 //! is SIGKILLed (with `--stage`, it stops at an earlier point of the set-up
 //! instead, for `bench soak`).
 
+use crate::figures::{percentile, round1};
 use crate::offender::{
     big_elf, big_shader, open_rule, qecho_trip, qecho_vcoproc, Ctx, Kind, Offender, CHILD_VCOPROCS,
     ENTRIES, GIVE_UP, GPU, GPU_N, GPU_QUEUE, GPU_TRIPS, GPU_X, GPU_Y, MCU, MCU_TRIPS, QUEUE_IOVA,
@@ -260,17 +261,6 @@ pub fn child(socket: &Path, args: &ChildArgs) -> anyhow::Result<bool> {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-fn round1(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
-}
-
 /// Per kind: the victim's round-trip times and what the offender did.
 #[derive(Default)]
 struct Tally {
@@ -357,6 +347,10 @@ fn phases(
     }
     for t in &mut tally {
         t.rtts.sort_by(f64::total_cmp);
+    }
+    for (kind, t) in kinds.iter().zip(&tally) {
+        let name = format!("{prefix}victim_rtt_us_{}", kind.name());
+        crate::samples::record(&name, crate::samples::Kind::LatencyUs, &t.rtts);
     }
     let base = &tally[0].rtts;
     let (b50, b99) = (percentile(base, 0.5), percentile(base, 0.99));

@@ -22,6 +22,7 @@ mod membench;
 mod offender;
 mod remote;
 mod ring;
+mod samples;
 mod schedbench;
 mod soak;
 mod spawn;

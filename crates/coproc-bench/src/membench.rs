@@ -2,7 +2,7 @@
 //! mapping is in use, each revoke verified) and `coproc bench map` (map +
 //! unmap cost by size), on the real mcu device in-process.
 
-use crate::figures::{median, round3};
+use crate::figures::{median, percentile, round3};
 use anyhow::Context;
 use coproc_core::fault::FaultReason;
 use coproc_core::iova::{MapKind, Perms};
@@ -51,10 +51,6 @@ fn scribble(p: &Arc<Pcoproc>) -> anyhow::Result<VcoprocHandle> {
     let v = p.create_vcoproc(DomainId(1), SchedParams::default())?;
     v.load_firmware(SCRIBBLE.name, SCRIBBLE.elf)?;
     Ok(v)
-}
-
-fn percentile(sorted: &[f64], pct: usize) -> f64 {
-    sorted[(sorted.len() * pct / 100).min(sorted.len() - 1)]
 }
 
 /// One iteration: map, run until a pass completed, revoke (timed), verify.
@@ -113,10 +109,11 @@ pub(crate) fn revoke(revokes: usize) -> anyhow::Result<BTreeMap<String, f64>> {
     }
     p.shutdown();
     anyhow::ensure!(!lat.is_empty(), "no revoke completed");
+    crate::samples::record("revoke_us", crate::samples::Kind::LatencyUs, &lat);
     lat.sort_by(f64::total_cmp);
     let mut f = BTreeMap::new();
-    f.insert("p50_us".into(), round3(percentile(&lat, 50)));
-    f.insert("p99_us".into(), round3(percentile(&lat, 99)));
+    f.insert("p50_us".into(), round3(percentile(&lat, 0.5)));
+    f.insert("p99_us".into(), round3(percentile(&lat, 0.99)));
     f.insert("max_us".into(), round3(*lat.last().unwrap_or(&0.0)));
     f.insert("revokes".into(), lat.len() as f64);
     f.insert("failures".into(), failures as f64);

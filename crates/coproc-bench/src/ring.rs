@@ -4,6 +4,7 @@
 //! in-process (ring in a `Region`, doorbell and notification through the
 //! vcoproc handle), side by side in one run.
 
+use crate::figures::{percentile, round1};
 use anyhow::{bail, Context};
 use coproc_client::{Client, Queue};
 use coproc_core::iova::{MapKind, Perms};
@@ -157,10 +158,6 @@ fn batch(l: &mut dyn Lane, next_tag: &mut u32, n: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 /// Untimed round trips before the timed ones.
 const WARMUP: usize = 200;
 
@@ -241,27 +238,22 @@ pub fn ring(rounds: usize) -> anyhow::Result<BTreeMap<&'static str, f64>> {
         "socket_msgs_per_job",
         msgs as f64 / (2 * (trips + WARMUP)) as f64,
     );
-    m.insert(
-        "poll_rtt_p50_us",
-        (percentile(&pd, 0.5) * 10.0).round() / 10.0,
-    );
-    m.insert(
-        "poll_rtt_p99_us",
-        (percentile(&pd, 0.99) * 10.0).round() / 10.0,
-    );
+    m.insert("poll_rtt_p50_us", round1(percentile(&pd, 0.5)));
+    m.insert("poll_rtt_p99_us", round1(percentile(&pd, 0.99)));
     let mut ll = local_lane(&p, 1)?;
     let l = rtts(&mut ll, trips)?;
     let _ = ll.v.destroy();
-    m.insert("rtt_p50_us", (percentile(&d, 0.5) * 10.0).round() / 10.0);
-    m.insert("rtt_p99_us", (percentile(&d, 0.99) * 10.0).round() / 10.0);
-    m.insert(
-        "inprocess_rtt_p50_us",
-        (percentile(&l, 0.5) * 10.0).round() / 10.0,
+    crate::samples::record("daemon_rtt_us", crate::samples::Kind::LatencyUs, &d);
+    crate::samples::record(
+        "daemon_busypoll_rtt_us",
+        crate::samples::Kind::LatencyUs,
+        &pd,
     );
-    m.insert(
-        "inprocess_rtt_p99_us",
-        (percentile(&l, 0.99) * 10.0).round() / 10.0,
-    );
+    crate::samples::record("inprocess_rtt_us", crate::samples::Kind::LatencyUs, &l);
+    m.insert("rtt_p50_us", round1(percentile(&d, 0.5)));
+    m.insert("rtt_p99_us", round1(percentile(&d, 0.99)));
+    m.insert("inprocess_rtt_p50_us", round1(percentile(&l, 0.5)));
+    m.insert("inprocess_rtt_p99_us", round1(percentile(&l, 0.99)));
 
     let span = Duration::from_millis(300 * rounds.max(1) as u64);
     let mut at4 = (0.0, 0.0);

@@ -121,6 +121,17 @@ pub fn fairness(seconds: u64) -> anyhow::Result<Figures> {
         })
         .collect();
     let charged = window_shares(&trace, t0, 1_000_000_000, seconds);
+    for (v, w) in vs.iter().zip(weights) {
+        let per_window: Vec<f64> = charged
+            .iter()
+            .map(|m| m.get(&v.id()).copied().unwrap_or(0.0))
+            .collect();
+        crate::samples::record(
+            &format!("weight_{w}_charged"),
+            crate::samples::Kind::Share,
+            &per_window,
+        );
+    }
     // (max, mean) of |share - w/7| / (w/7) over windows and vcoprocs.
     let errors = |shares: &[BTreeMap<VcoprocId, f64>]| -> (f64, f64) {
         let (mut max_err, mut mean_err): (f64, f64) = (0.0, 0.0);
@@ -183,6 +194,8 @@ pub fn cap(seconds: u64) -> anyhow::Result<Figures> {
     let total: u64 = time_in(&trace, t0, t0 + span).values().sum();
     let windows = window_shares_abs(&trace, t0, 1_000_000_000, seconds);
     pc.shutdown();
+    let as_share: Vec<f64> = windows.iter().map(|pct| pct / 100.0).collect();
+    crate::samples::record("capped_hog", crate::samples::Kind::Share, &as_share);
     let mut f = Figures::new();
     f.insert(
         "achieved_pct".into(),
@@ -258,6 +271,12 @@ pub fn preempt(messages: usize) -> anyhow::Result<Figures> {
     }
     let waits = waits.split_off(waits.len() - messages);
     pc.shutdown();
+    crate::samples::record(
+        "doorbell_to_slice_us",
+        crate::samples::Kind::LatencyUs,
+        &waits,
+    );
+    crate::samples::record("round_trip_us", crate::samples::Kind::LatencyUs, &rtt);
     let mut f = Figures::new();
     f.insert(
         "p50_us".into(),
@@ -283,14 +302,11 @@ pub fn preempt(messages: usize) -> anyhow::Result<Figures> {
     Ok(f)
 }
 
+/// The `p` percentile (0..=100) of unsorted samples.
 fn percentile(v: &[f64], p: f64) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return 0.0;
-    }
-    let i = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
-    v[i.min(v.len() - 1)]
+    crate::figures::percentile(&v, p / 100.0)
 }
 
 /// Decision cost of each policy (pick + charge of one slice) with `n`
