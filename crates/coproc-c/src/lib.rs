@@ -16,20 +16,22 @@
 //! coproc_buffer_free(b); coproc_close(v);
 //! ```
 //!
-//! The header `include/coproc.h` is generated from this file by cbindgen
+//! The header `include/coproc.h` is generated from this crate by cbindgen
 //! (build.rs); a test checks the checked-in copy is current.
 
 #![allow(non_camel_case_types)]
 
-use coproc_client::{
-    Buffer, ClientError, Cqe, ErrorCode, Queue, Session, Sqe, Vcoproc, VcoprocError,
-};
+use coproc_client::{Buffer, ClientError, ErrorCode, Queue, Session, Vcoproc, VcoprocError};
 use std::cell::RefCell;
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::ffi::{c_char, c_int, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::time::Duration;
 use thiserror::Error;
+
+mod buffer;
+mod listing;
+mod queue;
 
 /// Success.
 pub const COPROC_OK: c_int = 0;
@@ -515,314 +517,6 @@ pub unsafe extern "C" fn coproc_reset(v: *const coproc_vcoproc) -> c_int {
     status(|| Ok(unsafe { handle(v, "vcoproc") }?.v.reset()?))
 }
 
-/// `len` bytes (whole pages) of zeroed memory shared with the vcoproc,
-/// mapped read/write at an iova the library picks. NULL on failure.
-///
-/// # Safety
-/// `v` a live handle.
-#[no_mangle]
-pub unsafe extern "C" fn coproc_buffer_new(
-    v: *const coproc_vcoproc,
-    len: usize,
-) -> *mut coproc_buffer {
-    guard(std::ptr::null_mut(), || {
-        // SAFETY: a live handle, per the caller.
-        let v = unsafe { handle(v, "vcoproc") }?;
-        let b = v.v.buffer(len as u64)?;
-        Ok(Box::into_raw(Box::new(coproc_buffer { b })))
-    })
-}
-
-/// A buffer holding a copy of `len` bytes at `data`. NULL on failure.
-///
-/// # Safety
-/// `v` a live handle; `data` points to `len` readable bytes.
-#[no_mangle]
-pub unsafe extern "C" fn coproc_buffer_from(
-    v: *const coproc_vcoproc,
-    data: *const c_void,
-    len: usize,
-) -> *mut coproc_buffer {
-    guard(std::ptr::null_mut(), || {
-        // SAFETY: a live handle and `len` readable bytes, per the caller.
-        let (v, data) = unsafe { (handle(v, "vcoproc")?, bytes(data.cast(), len, "data")?) };
-        let b = v.v.buffer_from(data)?;
-        Ok(Box::into_raw(Box::new(coproc_buffer { b })))
-    })
-}
-
-/// Where the vcoproc sees the buffer's first byte (0 for NULL).
-///
-/// # Safety
-/// `b` NULL or a live buffer.
-#[no_mangle]
-pub unsafe extern "C" fn coproc_buffer_iova(b: *const coproc_buffer) -> u64 {
-    // SAFETY: NULL or a live handle, per the caller.
-    guard(0, || Ok(unsafe { handle(b, "buffer") }?.b.iova()))
-}
-
-/// The buffer's size in bytes (0 for NULL).
-///
-/// # Safety
-/// `b` NULL or a live buffer.
-#[no_mangle]
-pub unsafe extern "C" fn coproc_buffer_len(b: *const coproc_buffer) -> usize {
-    guard(0, || {
-        // SAFETY: NULL or a live handle, per the caller.
-        let b = unsafe { handle(b, "buffer") }?;
-        usize::try_from(b.b.len()).map_err(|_| FfiError::Invalid("length".into()))
-    })
-}
-
-/// The buffer's memory in this process, valid until `coproc_buffer_free`
-/// (NULL for NULL). The device may read and write it concurrently: it is
-/// plain shared memory; order accesses through the firmware's protocol
-/// (`coproc_call`, a queue).
-///
-/// # Safety
-/// `b` NULL or a live buffer.
-#[no_mangle]
-pub unsafe extern "C" fn coproc_buffer_data(b: *const coproc_buffer) -> *mut c_void {
-    guard(std::ptr::null_mut(), || {
-        // SAFETY: NULL or a live handle, per the caller.
-        let b = unsafe { handle(b, "buffer") }?;
-        // The mapping's address as a pointer, handed to C: no Rust
-        // reference to the shared memory is made here.
-        Ok(usize::try_from(b.b.mem().addr()).unwrap_or(0) as *mut c_void)
-    })
-}
-
-/// Copy `len` bytes from `data` into the buffer at `offset`.
-///
-/// # Safety
-/// `b` a live buffer; `data` points to `len` readable bytes.
-#[no_mangle]
-pub unsafe extern "C" fn coproc_buffer_write(
-    b: *const coproc_buffer,
-    offset: u64,
-    data: *const c_void,
-    len: usize,
-) -> c_int {
-    status(|| {
-        // SAFETY: a live handle and `len` readable bytes, per the caller.
-        let (b, data) = unsafe { (handle(b, "buffer")?, bytes(data.cast(), len, "data")?) };
-        Ok(b.b.write(offset, data)?)
-    })
-}
-
-/// Copy `len` bytes of the buffer from `offset` to `out`.
-///
-/// # Safety
-/// `b` a live buffer; `out` points to `len` writable bytes.
-#[no_mangle]
-pub unsafe extern "C" fn coproc_buffer_read(
-    b: *const coproc_buffer,
-    offset: u64,
-    out: *mut c_void,
-    len: usize,
-) -> c_int {
-    status(|| {
-        // SAFETY: a live handle, per the caller.
-        let b = unsafe { handle(b, "buffer") }?;
-        if len == 0 {
-            return Ok(());
-        }
-        if out.is_null() {
-            return Err(FfiError::Null("out"));
-        }
-        // SAFETY: not NULL, `len` > 0 writable bytes per the caller, not
-        // shared memory (the copy out of it goes through the SDK).
-        let out = unsafe { std::slice::from_raw_parts_mut(out.cast::<u8>(), len) };
-        Ok(b.b.read(offset, out)?)
-    })
-}
-
-/// Unmap the buffer from its vcoproc and free it. NULL is ignored.
-///
-/// # Safety
-/// `b` NULL or a live buffer, not used afterwards (nor its data pointer).
-#[no_mangle]
-pub unsafe extern "C" fn coproc_buffer_free(b: *mut coproc_buffer) {
-    guard((), || {
-        if !b.is_null() {
-            // SAFETY: a live handle from `Box::into_raw`, given back once.
-            drop(unsafe { Box::from_raw(b) });
-        }
-        Ok(())
-    });
-}
-
-/// An event-driven queue of `entries` entries (a power of two up to 4096)
-/// at an iova the library picks. NULL on failure.
-///
-/// # Safety
-/// `v` a live handle.
-#[no_mangle]
-pub unsafe extern "C" fn coproc_queue_new(
-    v: *const coproc_vcoproc,
-    entries: u32,
-) -> *mut coproc_queue {
-    guard(std::ptr::null_mut(), || {
-        // SAFETY: a live handle, per the caller.
-        let v = unsafe { handle(v, "vcoproc") }?;
-        let q = v.v.queue(entries)?;
-        Ok(Box::into_raw(Box::new(coproc_queue { q })))
-    })
-}
-
-/// Tell the firmware where the queue is, by the example firmware's
-/// convention (`qecho`): mailbox words 0 and 1 = iova and length, then a
-/// doorbell.
-///
-/// # Safety
-/// `v` and `q` live handles.
-#[no_mangle]
-pub unsafe extern "C" fn coproc_queue_announce(
-    v: *const coproc_vcoproc,
-    q: *const coproc_queue,
-) -> c_int {
-    status(|| {
-        // SAFETY: live handles, per the caller.
-        let (v, q) = unsafe { (handle(v, "vcoproc")?, handle(q, "queue")?) };
-        Ok(v.v.announce_queue(&q.q)?)
-    })
-}
-
-fn to_sqe(s: &coproc_sqe) -> Sqe {
-    Sqe {
-        opcode: s.opcode,
-        tag: s.tag,
-        args: s.args,
-    }
-}
-
-fn from_cqe(c: &Cqe) -> coproc_cqe {
-    coproc_cqe {
-        tag: c.tag,
-        status: c.status,
-        result: c.result,
-    }
-}
-
-/// Put a submission in the ring (publish with `coproc_queue_ring`);
-/// `COPROC_E_FULL` if the ring is full.
-///
-/// # Safety
-/// `q` a live queue used by no other thread meanwhile; `sqe` readable.
-#[no_mangle]
-pub unsafe extern "C" fn coproc_queue_submit(
-    q: *mut coproc_queue,
-    sqe: *const coproc_sqe,
-) -> c_int {
-    status(|| {
-        // SAFETY: a live, unshared queue and a readable entry, per the caller.
-        let (q, sqe) = unsafe { (handle_mut(q, "queue")?, handle(sqe, "sqe")?) };
-        if q.q.submit(&to_sqe(sqe)) {
-            Ok(())
-        } else {
-            Err(FfiError::Full)
-        }
-    })
-}
-
-/// Ring the queue's doorbell (one eventfd write).
-///
-/// # Safety
-/// `q` a live queue.
-#[no_mangle]
-pub unsafe extern "C" fn coproc_queue_ring(q: *const coproc_queue) -> c_int {
-    // SAFETY: a live queue, per the caller.
-    status(|| Ok(unsafe { handle(q, "queue") }?.q.ring()?))
-}
-
-/// Wait up to `timeout_ms` for a completion: 1 if one may be ready, 0 on
-/// timeout, or a negative error code.
-///
-/// # Safety
-/// `q` a live queue.
-#[no_mangle]
-pub unsafe extern "C" fn coproc_queue_wait(q: *const coproc_queue, timeout_ms: u32) -> c_int {
-    value(|| {
-        // SAFETY: a live queue, per the caller.
-        let q = unsafe { handle(q, "queue") }?;
-        let ready = q.q.wait(Duration::from_millis(u64::from(timeout_ms)))?;
-        Ok(c_int::from(ready))
-    })
-}
-
-/// Take the next completion into `out`: 1 if there was one, 0 if not.
-///
-/// # Safety
-/// `q` a live queue used by no other thread meanwhile; `out` writable.
-#[no_mangle]
-pub unsafe extern "C" fn coproc_queue_complete(
-    q: *mut coproc_queue,
-    out: *mut coproc_cqe,
-) -> c_int {
-    value(|| {
-        // SAFETY: a live, unshared queue and a writable entry, per the caller.
-        let (q, out) = unsafe { (handle_mut(q, "queue")?, handle_mut(out, "out")?) };
-        Ok(match q.q.complete() {
-            Some(c) => {
-                *out = from_cqe(&c);
-                1
-            }
-            None => 0,
-        })
-    })
-}
-
-/// Submit `sqe`, ring, and wait (up to `timeout_ms`; 0: 30 s) for the
-/// completion with its tag, copied to `out` (others are dropped: keep one
-/// request in flight).
-///
-/// # Safety
-/// `q` a live queue used by no other thread meanwhile; `sqe` readable;
-/// `out` writable.
-#[no_mangle]
-pub unsafe extern "C" fn coproc_queue_round_trip(
-    q: *mut coproc_queue,
-    sqe: *const coproc_sqe,
-    out: *mut coproc_cqe,
-    timeout_ms: u32,
-) -> c_int {
-    status(|| {
-        // SAFETY: live, unshared queue, readable and writable entries, per
-        // the caller.
-        let (q, sqe, out) = unsafe {
-            (
-                handle_mut(q, "queue")?,
-                handle(sqe, "sqe")?,
-                handle_mut(out, "out")?,
-            )
-        };
-        let t = if timeout_ms == 0 {
-            coproc_client::vcoproc::DEFAULT_TIMEOUT
-        } else {
-            Duration::from_millis(u64::from(timeout_ms))
-        };
-        let c = q.q.round_trip(&to_sqe(sqe), t)?;
-        *out = from_cqe(&c);
-        Ok(())
-    })
-}
-
-/// Free a queue (its mapping stays with the vcoproc until it is
-/// destroyed). NULL is ignored.
-///
-/// # Safety
-/// `q` NULL or a live queue, not used afterwards.
-#[no_mangle]
-pub unsafe extern "C" fn coproc_queue_free(q: *mut coproc_queue) {
-    guard((), || {
-        if !q.is_null() {
-            // SAFETY: a live handle from `Box::into_raw`, given back once.
-            drop(unsafe { Box::from_raw(q) });
-        }
-        Ok(())
-    });
-}
-
 /// The session a listing asks through.
 ///
 /// # Safety
@@ -857,59 +551,11 @@ unsafe fn put_json(json: &str, buf: *mut c_char, cap: usize) -> Result<c_int, Ff
     c_int::try_from(json.len()).map_err(|_| FfiError::Invalid("listing over 2 GiB".into()))
 }
 
-fn json<T: serde::Serialize>(v: &T) -> Result<String, FfiError> {
-    serde_json::to_string(v).map_err(|e| FfiError::Invalid(e.to_string()))
-}
-
-/// The pcoprocs this domain may use, as a JSON array of objects (`name`,
-/// `class`, `policy`, `vcoprocs`, `iova_base`, ..., as `coproc list -o
-/// json` shows them), asked through `socket` (NULL: the default). Writes
-/// at most `cap` bytes, NUL-terminated, to `buf` and answers the JSON's
-/// length: call again with a larger buffer if it is `cap` or more
-/// (`buf` NULL and `cap` 0 ask for the length only). Negative on error.
-///
-/// # Safety
-/// `socket` NULL or a NUL-terminated string; `buf` NULL with `cap` 0, or
-/// `cap` writable bytes.
-#[no_mangle]
-pub unsafe extern "C" fn coproc_list_coprocs(
-    socket: *const c_char,
-    buf: *mut c_char,
-    cap: usize,
-) -> c_int {
-    value(|| {
-        // SAFETY: per the caller.
-        let s = unsafe { session(socket) }?;
-        let text = json(&s.list_coprocs()?)?;
-        // SAFETY: per the caller.
-        unsafe { put_json(&text, buf, cap) }
-    })
-}
-
-/// The vcoprocs this domain may see (an admin: all), as a JSON array of
-/// objects (`id`, `coproc`, `domain`, `state`, ...), written like
-/// `coproc_list_coprocs`.
-///
-/// # Safety
-/// As `coproc_list_coprocs`.
-#[no_mangle]
-pub unsafe extern "C" fn coproc_list_vcoprocs(
-    socket: *const c_char,
-    buf: *mut c_char,
-    cap: usize,
-) -> c_int {
-    value(|| {
-        // SAFETY: per the caller.
-        let s = unsafe { session(socket) }?;
-        let text = json(&s.list_vcoprocs()?)?;
-        // SAFETY: per the caller.
-        unsafe { put_json(&text, buf, cap) }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::buffer::{coproc_buffer_free, coproc_buffer_iova};
+    use crate::queue::{coproc_queue_free, coproc_queue_submit};
 
     #[test]
     fn the_checked_in_header_is_what_cbindgen_makes() {
