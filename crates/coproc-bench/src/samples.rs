@@ -3,6 +3,7 @@
 //! per window). Benchmarks hand their samples here while they compute the
 //! figures; nothing is kept unless one of the two options asked for it.
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use std::io::Write;
 use std::path::Path;
@@ -165,22 +166,10 @@ fn draw_cdf(
         let mut v: Vec<f64> = s.values.iter().copied().filter(|x| *x > 0.0).collect();
         v.sort_by(f64::total_cmp);
         let n = v.len() as f64;
-        let colour = COLOURS[i % COLOURS.len()];
-        chart
-            .draw_series(LineSeries::new(
-                v.iter().enumerate().map(|(k, x)| (*x, (k + 1) as f64 / n)),
-                colour.stroke_width(2),
-            ))?
-            .label(s.name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour));
+        let points = v.iter().enumerate().map(|(k, x)| (*x, (k + 1) as f64 / n));
+        line(&mut chart, i, &s.name, points.collect())?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()?;
-    Ok(())
+    legend(&mut chart, SeriesLabelPosition::LowerRight)
 }
 
 fn draw_shares(
@@ -207,20 +196,45 @@ fn draw_shares(
         .y_desc("share of the device")
         .draw()?;
     for (i, s) in shares.iter().enumerate() {
-        let colour = COLOURS[i % COLOURS.len()];
-        chart
-            .draw_series(LineSeries::new(
-                s.values.iter().copied().enumerate(),
-                colour.stroke_width(2),
-            ))?
-            .label(s.name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour));
+        line(
+            &mut chart,
+            i,
+            &s.name,
+            s.values.iter().copied().enumerate().collect(),
+        )?;
     }
+    legend(&mut chart, SeriesLabelPosition::UpperRight)
+}
+
+type Chart<'a, 'b, X> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<X, RangedCoordf64>>;
+
+/// Series `i` of a chart, named in its legend.
+fn line<X: Ranged>(
+    chart: &mut Chart<'_, '_, X>,
+    i: usize,
+    name: &str,
+    points: Vec<(X::ValueType, f64)>,
+) -> Result<(), DrawingAreaErrorKind<std::io::Error>>
+where
+    X::ValueType: Clone + 'static,
+{
+    let colour = COLOURS[i % COLOURS.len()];
+    chart
+        .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
+        .label(name)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour));
+    Ok(())
+}
+
+/// The legend box of a chart.
+fn legend<'b, X: Ranged>(
+    chart: &mut Chart<'b, 'b, X>,
+    at: SeriesLabelPosition,
+) -> Result<(), DrawingAreaErrorKind<std::io::Error>> {
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()?;
-    Ok(())
+        .position(at)
+        .draw()
 }

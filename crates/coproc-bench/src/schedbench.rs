@@ -4,6 +4,7 @@
 use anyhow::{bail, Context};
 use coproc_core::pcoproc::TraceEntry;
 use coproc_core::policy::{self, Decision, Policy, SchedParams, SliceEnd};
+use coproc_core::state::VcoprocState;
 use coproc_core::{DomainId, Pcoproc, VcoprocHandle, VcoprocId};
 use coproc_firmware::{ECHO, HOG};
 use coproc_mcu::{factory, McuConfig};
@@ -237,10 +238,12 @@ pub fn preempt(messages: usize) -> anyhow::Result<Figures> {
         ..SchedParams::default()
     };
     let echo = vcoproc(&pc, 3, ECHO, high)?;
-    std::thread::sleep(Duration::from_millis(100));
     let mut rtt = Vec::with_capacity(messages);
     let mut seen = echo.last_notify().seq;
     for i in 0..messages as u32 {
+        // Each message wakes a parked echo: one traced wake-up each.
+        echo.wait_state(|s| s == VcoprocState::Waiting, Duration::from_secs(5))
+            .context("echo did not park")?;
         echo.mbox_write(0, i.wrapping_mul(2_654_435_761));
         let t = Instant::now();
         echo.doorbell();

@@ -36,6 +36,17 @@ fn vcoproc(p: &Arc<Pcoproc>, domain: u32, fw: Firmware) -> VcoprocHandle {
     v
 }
 
+/// `n` vcoprocs of domains 1..=n running `fw`.
+fn started(p: &Arc<Pcoproc>, n: u32, fw: Firmware) -> Vec<VcoprocHandle> {
+    (1..=n)
+        .map(|d| {
+            let v = vcoproc(p, d, fw);
+            v.start().unwrap();
+            v
+        })
+        .collect()
+}
+
 fn f32s(rng: &mut TestRng, n: usize) -> Vec<f32> {
     (0..n)
         .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
@@ -428,13 +439,7 @@ fn bad_exception_frames_and_returns_fault_only_their_vcoproc() {
 #[test]
 fn interrupt_state_is_per_vcoproc_across_switches() {
     let p = pcoproc(100);
-    let vs: Vec<VcoprocHandle> = (1..=2)
-        .map(|d| {
-            let v = vcoproc(&p, d, IRQ);
-            v.start().unwrap();
-            v
-        })
-        .collect();
+    let vs = started(&p, 2, IRQ);
     std::thread::scope(|s| {
         for (k, v) in vs.iter().enumerate() {
             s.spawn(move || {
@@ -464,13 +469,7 @@ fn interrupt_state_is_per_vcoproc_across_switches() {
 #[test]
 fn interrupt_driven_requests_stay_exact_under_constant_preemption() {
     let p = pcoproc(50);
-    let vs: Vec<VcoprocHandle> = (1..=2)
-        .map(|d| {
-            let v = vcoproc(&p, d, IRQ);
-            v.start().unwrap();
-            v
-        })
-        .collect();
+    let vs = started(&p, 2, IRQ);
     std::thread::scope(|s| {
         for (k, v) in vs.iter().enumerate() {
             s.spawn(move || {

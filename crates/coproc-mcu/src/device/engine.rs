@@ -2,7 +2,7 @@
 //! through which it reaches the contexts (TLB fill, MMIO pages, exceptions,
 //! block starts).
 
-use super::exceptions::{deliver, exception_name, exception_return, reg};
+use super::exceptions::{code_half, deliver, exception_name, exception_return, reg};
 use super::memory::{PhysAlloc, SlotMemory, Window};
 use super::registers::{cb_read, cb_write, scs_read, scs_write, trap_hit};
 use super::state::{access_of, allows, PendingTrap, State, Stop};
@@ -174,15 +174,7 @@ impl McuDevice {
         // else is a real undefined instruction.
         uc.add_insn_invalid_hook(|uc| {
             let pc = uc.reg_read(RegisterARM::PC).unwrap_or(0);
-            let half = |uc: &Unicorn<'_, State>, a: u64| -> Option<u16> {
-                let (p, prot) = uc.get_data().translate(a)?;
-                if prot.0 & Prot::EXEC.0 == 0 {
-                    return None;
-                }
-                let mut b = [0u8; 2];
-                uc.mem_read(p, &mut b).ok()?;
-                Some(u16::from_le_bytes(b))
-            };
+            let half = code_half;
             let here = half(uc, pc);
             // UDF (T1 0xDExx, T2 0xF7Fx...): the pc stays on it.
             if here.is_some_and(|h| h >> 8 == 0xde || h & 0xfff0 == 0xf7f0) {

@@ -12,17 +12,32 @@ use unicorn_engine::Prot;
 use unicorn_engine::RegisterARM;
 use unicorn_engine::Unicorn;
 
+/// The core registers an exception frame holds first, in frame order (then
+/// the return address and xPSR, then s0-s15 and FPSCR).
+const STACKED: [RegisterARM; 6] = [
+    RegisterARM::R0,
+    RegisterARM::R1,
+    RegisterARM::R2,
+    RegisterARM::R3,
+    RegisterARM::R12,
+    RegisterARM::LR,
+];
+
+/// The halfword of the current context's code at virtual address `a`
+/// (None where it has no executable code).
+pub(super) fn code_half(uc: &Unicorn<'_, State>, a: u64) -> Option<u16> {
+    let (p, prot) = uc.get_data().translate(a)?;
+    if prot.0 & Prot::EXEC.0 == 0 {
+        return None;
+    }
+    let mut b = [0u8; 2];
+    uc.mem_read(p, &mut b).ok()?;
+    Some(u16::from_le_bytes(b))
+}
+
 /// Whether the instruction before `pc` is a WFI (16- or 32-bit).
 pub(super) fn wfi_before(uc: &Unicorn<'_, State>, pc: u64) -> bool {
-    let half = |a: u64| -> Option<u16> {
-        let (p, prot) = uc.get_data().translate(a)?;
-        if prot.0 & Prot::EXEC.0 == 0 {
-            return None;
-        }
-        let mut b = [0u8; 2];
-        uc.mem_read(p, &mut b).ok()?;
-        Some(u16::from_le_bytes(b))
-    };
+    let half = |a: u64| code_half(uc, a);
     let prev = half(pc.wrapping_sub(2));
     prev == Some(0xbf30) || (prev == Some(0x8003) && half(pc.wrapping_sub(4)) == Some(0xf3af))
 }
@@ -159,18 +174,8 @@ pub(super) fn deliver(uc: &mut Unicorn<'_, State>) -> Result<(), DeviceFault> {
     let xpsr = reg(uc, RegisterARM::XPSR as i32);
     let frame_sp = sp.wrapping_sub(4 * FRAME_WORDS) & !4;
     let mut frame = [0u32; FRAME_WORDS as usize];
-    for (i, r) in [
-        RegisterARM::R0 as i32,
-        RegisterARM::R0 as i32 + 1,
-        RegisterARM::R0 as i32 + 2,
-        RegisterARM::R0 as i32 + 3,
-        RegisterARM::R12 as i32,
-        RegisterARM::LR as i32,
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        frame[i] = reg(uc, r);
+    for (i, r) in STACKED.into_iter().enumerate() {
+        frame[i] = reg(uc, r as i32);
     }
     frame[6] = pc;
     frame[7] = (xpsr & !(1 << 9)) | u32::from(sp & 4 != 0) << 9;
@@ -236,18 +241,8 @@ pub(super) fn exception_return(uc: &mut Unicorn<'_, State>) -> Result<(), Device
         uc.reg_write(r, u64::from(v))
             .map_err(|e| bad(format!("exception return: {e:?}")))
     };
-    for (i, r) in [
-        RegisterARM::R0 as i32,
-        RegisterARM::R0 as i32 + 1,
-        RegisterARM::R0 as i32 + 2,
-        RegisterARM::R0 as i32 + 3,
-        RegisterARM::R12 as i32,
-        RegisterARM::LR as i32,
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        set(uc, r, frame[i])?;
+    for (i, r) in STACKED.into_iter().enumerate() {
+        set(uc, r as i32, frame[i])?;
     }
     if extended {
         for i in 0..16 {

@@ -66,13 +66,7 @@ pub(super) fn scs_read(st: &mut State, off: u64, size: usize) -> u64 {
     let word = ctx
         .scs
         .read(SCS_BASE + off as u32, now, doorbell, ctx.last_fault);
-    let shift = 8 * (off & 3);
-    let mask = if size >= 4 {
-        u64::from(u32::MAX)
-    } else {
-        (1u64 << (8 * size)) - 1
-    };
-    (u64::from(word) >> shift) & mask
+    lane(word, off, size)
 }
 
 /// System Control Space writes; returns whether the core must stop (an
@@ -152,13 +146,7 @@ pub(super) fn cb_read(st: &mut State, off: u64, size: usize) -> u64 {
         }
         _ => 0,
     };
-    let shift = 8 * (off & 3);
-    let mask = if size >= 4 {
-        u64::from(u32::MAX)
-    } else {
-        (1u64 << (8 * size)) - 1
-    };
-    (u64::from(word) >> shift) & mask
+    lane(word, off, size)
 }
 
 /// Control block writes, each idempotent. Only aligned 32-bit stores reach a
@@ -209,4 +197,16 @@ pub(super) fn cb_write(st: &mut State, off: u64, size: usize, value: u32) -> boo
         // hardware.
         _ => false,
     }
+}
+
+/// The bytes of register `word` a read of `size` bytes at offset `off`
+/// returns (a narrow read takes its byte lane, as on the bus).
+fn lane(word: u32, off: u64, size: usize) -> u64 {
+    let shift = 8 * (off & 3);
+    let mask = if size >= 4 {
+        u64::from(u32::MAX)
+    } else {
+        (1u64 << (8 * size)) - 1
+    };
+    (u64::from(word) >> shift) & mask
 }
