@@ -241,7 +241,9 @@ pub(crate) fn record_image_out(
         vk::ImageLayout::GENERAL,
         vk::ImageLayout::TRANSFER_SRC_OPTIMAL,
     )];
-    // SAFETY: as in `record_image_in`.
+    // SAFETY: recording into the context's own command buffer, not in
+    // flight (see `execute`); the image and buffer are the context's, and
+    // the caller checked the texels fit inside the buffer.
     unsafe {
         d.cmd_pipeline_barrier(
             cmd,
@@ -317,6 +319,9 @@ pub(crate) fn destroy_image(d: &ash::Device, img: &Img) {
 
 /// Destroy a sampler of `d`.
 pub(crate) fn destroy_sampler(d: &ash::Device, s: vk::Sampler) {
-    // SAFETY: as for `destroy_image`.
+    // SAFETY: the sampler belongs to `d` and no submission using it is in
+    // flight (the dispatch that used it was waited for, or never
+    // submitted; a hung one's device is recreated first and the sampler
+    // handed to its reaper); a null handle is ignored by Vulkan.
     unsafe { d.destroy_sampler(s, None) };
 }
