@@ -258,17 +258,26 @@ fn a_signal_after_a_long_dispatch_completes_in_the_same_slice() {
     while n < max_n && d.run(&job(n))[0].gpu_ns < 30_000_000 {
         n *= 2;
     }
-    for _ in 0..2 {
+    // Two runs whose dispatch outlasted the budget (lavapipe's speed moves
+    // with the host's load: a run that came out shorter is retried with a
+    // bigger dispatch, and does not count).
+    let mut long_runs = 0;
+    for _ in 0..8 {
         parked(&d);
         let before = d.v.info().unwrap().stats.slices;
         let done = d.run(&job(n));
         assert_eq!(done[0].status, Some(Status::Ok));
-        assert!(
-            done[0].gpu_ns > 10_000_000,
-            "the dispatch outlasted the budget"
-        );
         parked(&d);
         let after = d.v.info().unwrap().stats.slices;
         assert_eq!(after - before, 1, "dispatch and signal in one slice");
+        if done[0].gpu_ns > 10_000_000 {
+            long_runs += 1;
+            if long_runs == 2 {
+                break;
+            }
+        } else if n < max_n {
+            n *= 2;
+        }
     }
+    assert_eq!(long_runs, 2, "two dispatches outlasted the 10 ms budget");
 }

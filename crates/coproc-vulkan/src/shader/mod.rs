@@ -13,8 +13,10 @@
 //! per entry point; they are resolved before the SPIR-V is written.
 //! Optional shader features (f16, f64, 64- and 16-bit integers, subgroup
 //! operations, 64-bit atomics) are accepted exactly when the device has
-//! them ([`ShaderFeatures`]). Textures, storage images and samplers are
-//! refused, by name.
+//! them ([`ShaderFeatures`]). 2D sampled textures, 2D storage images and
+//! samplers are reflected like buffers; other image kinds (1D, 3D, cube,
+//! arrayed, multisampled, depth), comparison samplers and external
+//! textures are refused, by name.
 //!
 //! Out-of-bounds accesses: reads return zero and writes are dropped
 //! (naga's `ReadZeroSkipWrite` rewrite), whatever the device's robustness.
