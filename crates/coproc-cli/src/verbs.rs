@@ -503,9 +503,19 @@ fn merge_params(
     if current_policy != policy {
         return named;
     }
+    // What sched-get reports beyond the settable parameters (rt's
+    // `utilisation_ppm`) is state, not a parameter: not sent back.
+    let settable: Option<&[&str]> = match policy {
+        "rr" | "priority" => Some(&["slice_us"]),
+        "credit" => Some(&["slice_us", "cap_period_us"]),
+        "rt" => Some(&["capacity_pct", "slice_us"]),
+        "table" => Some(&["frame_us", "window", "fill"]),
+        _ => None,
+    };
     let mut out: Vec<(String, String)> = current
         .iter()
         .filter(|(k, _)| !named.iter().any(|(n, _)| n == k))
+        .filter(|(k, _)| settable.is_none_or(|s| s.contains(&k.as_str())))
         .cloned()
         .collect();
     out.extend(named);
@@ -1060,5 +1070,59 @@ mod run_tests {
             assert_eq!(image_class(g.image), Some("vulkan"), "{}", g.name);
         }
         assert_eq!(image_class(&[0xff, 0xfe, 0x00]), None);
+    }
+}
+
+#[cfg(test)]
+mod sched_set_tests {
+    use super::{merge_params, parse_params, VerbError};
+
+    fn kv(items: &[(&str, &str)]) -> Vec<(String, String)> {
+        items
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn unnamed_parameters_are_kept_under_the_same_policy() {
+        let cur = kv(&[("slice_us", "5000"), ("cap_period_us", "20000")]);
+        assert_eq!(
+            merge_params("credit", &cur, "credit", kv(&[("slice_us", "700")])),
+            kv(&[("cap_period_us", "20000"), ("slice_us", "700")])
+        );
+        // Another policy: only what was named (its defaults for the rest).
+        assert_eq!(
+            merge_params("credit", &cur, "rr", kv(&[("slice_us", "700")])),
+            kv(&[("slice_us", "700")])
+        );
+        // Naming one window replaces them all; rt's figure is not sent back.
+        let t = kv(&[
+            ("frame_us", "6000"),
+            ("window", "1:0:100"),
+            ("window", "2:100:100"),
+            ("fill", "rr"),
+        ]);
+        assert_eq!(
+            merge_params("table", &t, "table", kv(&[("window", "3:0:50")])),
+            kv(&[("frame_us", "6000"), ("fill", "rr"), ("window", "3:0:50")])
+        );
+        let rt = kv(&[
+            ("capacity_pct", "90"),
+            ("slice_us", "5000"),
+            ("utilisation_ppm", "0"),
+        ]);
+        assert_eq!(
+            merge_params("rt", &rt, "rt", vec![]),
+            kv(&[("capacity_pct", "90"), ("slice_us", "5000")])
+        );
+    }
+
+    #[test]
+    fn a_word_without_equals_is_named() {
+        match parse_params(&["slice_us=1".into(), "slice".into()]) {
+            Err(VerbError::Usage(m)) => assert!(m.contains("\"slice\""), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 }
