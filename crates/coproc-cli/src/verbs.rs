@@ -431,17 +431,13 @@ pub fn fault_list(c: &mut Client, f: Format) -> anyhow::Result<bool> {
 /// `coproc sched-get`.
 pub fn sched_get(c: &mut Client, f: Format, coproc: &str) -> anyhow::Result<bool> {
     let s = c.sched_get(coproc)?;
-    print_sched(f, &s, &[], &[])
+    print_sched(f, &s, &[], &[]);
+    Ok(true)
 }
 
 /// A scheduler as `sched-get` and `sched-set` print it; `notes` and
 /// `warnings` (already on stderr) join the JSON.
-fn print_sched(
-    f: Format,
-    s: &SchedInfo,
-    notes: &[String],
-    warnings: &[String],
-) -> anyhow::Result<bool> {
+fn print_sched(f: Format, s: &SchedInfo, notes: &[String], warnings: &[String]) {
     if f == Format::Json {
         let mut o = sched_json(s);
         if let Value::Object(m) = &mut o {
@@ -451,7 +447,7 @@ fn print_sched(
             }
         }
         println!("{o}");
-        return Ok(true);
+        return;
     }
     let params: Vec<String> = s.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
     println!(
@@ -473,7 +469,6 @@ fn print_sched(
         })
         .collect::<Vec<_>>();
     print_table(&["vcoproc", "queued", "standing"], &rows);
-    Ok(true)
 }
 
 /// `key=value` words as pairs; a word without `=` is a usage error naming
@@ -574,7 +569,8 @@ pub fn sched_set(
     for w in &warnings {
         eprintln!("coproc: warning: {w}");
     }
-    print_sched(f, &after, &notes, &warnings)
+    print_sched(f, &after, &notes, &warnings);
+    Ok(true)
 }
 
 /// Options of `coproc run`.
