@@ -236,11 +236,11 @@ fn classify(e: &anyhow::Error) -> (u8, String) {
                 ),
                 ClientError::Timeout(_) => (exit::TIMEOUT, "timeout".into()),
                 ClientError::Stopped { .. } => (exit::FAULT, "fault".into()),
-                _ => (exit::OTHER, "error".into()),
+                _ => (exit::OTHER, "other".into()),
             };
         }
     }
-    (exit::OTHER, "error".into())
+    (exit::OTHER, "other".into())
 }
 
 fn main() {
