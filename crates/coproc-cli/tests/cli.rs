@@ -1,6 +1,6 @@
 //! The `coproc` binary's contract (docs/cli.md): JSON objects with named
 //! fields and numbers as numbers, wall-clock fault times, distinct exit
-//! statuses with the protocol's error-code names, parse errors that name
+//! statuses (2 to 8) with the protocol's error-code names, parse errors that name
 //! the word, unknown names as errors, and `sched-set` keeping the
 //! parameters not named and saying what has no effect.
 
@@ -88,6 +88,10 @@ fn failures_exit_with_distinct_statuses_and_named_codes() {
     let (code, _, err) = cli(&d, &["sched-set", "mcu0", "credit", "slice_us=0"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("error[invalid-argument]"), "{err}");
+    // Over the domain's quota of mapped bytes (16 MiB here).
+    let (code, _, err) = cli(&d, &["run", "echo", "--map-kib", "17408"]);
+    assert_eq!(code, 8, "{err}");
+    assert!(err.contains("error[quota]"), "{err}");
     // A run that times out, and one whose vcoproc faults.
     let (code, out, err) = cli(&d, &["-o", "json", "run", "hog", "--seconds", "0.2"]);
     assert_eq!(code, 6, "{out} {err}");
