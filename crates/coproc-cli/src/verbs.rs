@@ -527,6 +527,7 @@ pub fn sched_set(
     params: &[String],
 ) -> anyhow::Result<bool> {
     let named = parse_params(params)?;
+    let named_keys: Vec<String> = named.iter().map(|(k, _)| k.clone()).collect();
     let before = c.sched_get(coproc)?;
     let mut notes = Vec::new();
     if before.policy != policy {
@@ -538,12 +539,24 @@ pub fn sched_set(
     let send = merge_params(&before.policy, &before.params, policy, named);
     c.sched_set(coproc, policy, &send)?;
     let after = c.sched_get(coproc)?;
-    let ids: Vec<u32> = c
-        .list_vcoprocs(None, Some(coproc))?
-        .iter()
-        .map(|v| v.id)
-        .collect();
+    let vcoprocs = c.list_vcoprocs(None, Some(coproc))?;
+    let ids: Vec<u32> = vcoprocs.iter().map(|v| v.id).collect();
     let mut warnings = Vec::new();
+    if policy == "credit"
+        && named_keys.iter().any(|k| k == "cap_period_us")
+        && vcoprocs.iter().all(|v| v.cap_pct.is_none())
+    {
+        warnings.push(format!(
+            "cap_period_us has no effect while no vcoproc on {coproc} has a cap (vcoproc-set --cap)"
+        ));
+    }
+    let windows = after.params.iter().filter(|(k, _)| k == "window").count();
+    let fill_idle = after.params.iter().any(|(k, v)| k == "fill" && v == "idle");
+    if policy == "table" && windows == 0 && fill_idle {
+        warnings.push(format!(
+            "no windows and fill=idle: nothing runs on {coproc} (give window=V:OFFSET_US:LEN_US)"
+        ));
+    }
     for (k, v) in after.params.iter().filter(|(k, _)| k == "window") {
         let owner = v.split(':').next().and_then(|w| w.parse::<u32>().ok());
         if let Some(id) = owner.filter(|id| !ids.contains(id)) {

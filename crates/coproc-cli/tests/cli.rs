@@ -198,7 +198,23 @@ fn sched_set_keeps_unnamed_parameters_and_says_what_has_no_effect() {
     assert_eq!(s["policy"], "credit", "the result is printed: {s}");
     assert_eq!(s["params"]["slice_us"], 5000, "{s}");
     // The same policy: parameters not named stay.
-    let s = json(&d, &["sched-set", "mcu0", "credit", "cap_period_us=20000"]);
+    let (code, out, err) = cli(
+        &d,
+        &[
+            "-o",
+            "json",
+            "sched-set",
+            "mcu0",
+            "credit",
+            "cap_period_us=20000",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning: cap_period_us has no effect while no vcoproc on mcu0 has a cap"),
+        "{err}"
+    );
+    let s: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(s["params"]["slice_us"], 5000, "kept: {s}");
     assert_eq!(s["params"]["cap_period_us"], 20000, "{s}");
     let got = c.sched_get("mcu0").unwrap();
