@@ -30,28 +30,13 @@ pub struct EventsArgs {
     pub seconds: Option<f64>,
 }
 
-/// `t` as RFC 3339 UTC with milliseconds.
+/// `t` as RFC 3339 UTC with milliseconds ([`crate::output::rfc3339`]
+/// cut to milliseconds).
 pub fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = i64::try_from(days).unwrap_or(0) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        d.subsec_millis()
-    )
+    let full = crate::output::rfc3339(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    // `YYYY-MM-DDTHH:MM:SS.mmm` + `Z`.
+    format!("{}Z", &full[..23])
 }
 
 /// One event as a line for people; text from domains sanitised.

@@ -174,10 +174,80 @@ fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
     write("coproc", cmd)
 }
 
+/// Exit statuses (docs/cli.md): distinct for each kind of failure a
+/// script may want to tell apart.
+mod exit {
+    /// Any other failure.
+    pub const OTHER: u8 = 1;
+    /// Usage: a malformed command line (clap's, and arguments the verbs
+    /// check themselves).
+    pub const USAGE: u8 = 2;
+    /// The daemon cannot be reached (no socket, refused, connection lost).
+    pub const UNREACHABLE: u8 = 3;
+    /// A name or id names nothing (`not-found`).
+    pub const NOT_FOUND: u8 = 4;
+    /// Not allowed for this domain (`permission-denied`).
+    pub const PERMISSION: u8 = 5;
+    /// Waited too long.
+    pub const TIMEOUT: u8 = 6;
+    /// The vcoproc faulted (or stopped while waited for).
+    pub const FAULT: u8 = 7;
+    /// A quota would be exceeded (`quota`).
+    pub const QUOTA: u8 = 8;
+}
+
+/// The exit status and error-code name of a failure: the protocol's
+/// documented name for the daemon's refusals, the CLI's own otherwise.
+fn classify(e: &anyhow::Error) -> (u8, String) {
+    use coproc_client::{ClientError, ErrorCode};
+    for cause in e.chain() {
+        if let Some(v) = cause.downcast_ref::<verbs::VerbError>() {
+            return match v {
+                verbs::VerbError::NotFound(_) => (exit::NOT_FOUND, "not-found".into()),
+                verbs::VerbError::Usage(_) => (exit::USAGE, "usage".into()),
+                verbs::VerbError::Timeout { .. } => (exit::TIMEOUT, "timeout".into()),
+                verbs::VerbError::Fault { .. } => (exit::FAULT, "fault".into()),
+            };
+        }
+        // top's and events' errors carry the client's transparently.
+        let client = cause
+            .downcast_ref::<ClientError>()
+            .or_else(|| match cause.downcast_ref::<top::TopError>() {
+                Some(top::TopError::Client(c)) => Some(c),
+                _ => None,
+            })
+            .or_else(|| match cause.downcast_ref::<events::EventsError>() {
+                Some(events::EventsError::Client(c)) => Some(c),
+                _ => None,
+            });
+        if let Some(c) = client {
+            return match c {
+                ClientError::Connect { .. } | ClientError::Transport(_) => {
+                    (exit::UNREACHABLE, "unreachable".into())
+                }
+                ClientError::Refused(w) => (
+                    match w.code {
+                        ErrorCode::NotFound => exit::NOT_FOUND,
+                        ErrorCode::PermissionDenied => exit::PERMISSION,
+                        ErrorCode::Quota => exit::QUOTA,
+                        _ => exit::OTHER,
+                    },
+                    w.code.name().into(),
+                ),
+                ClientError::Timeout(_) => (exit::TIMEOUT, "timeout".into()),
+                ClientError::Stopped { .. } => (exit::FAULT, "fault".into()),
+                _ => (exit::OTHER, "other".into()),
+            };
+        }
+    }
+    (exit::OTHER, "other".into())
+}
+
 fn main() {
     if let Err(e) = real_main() {
-        eprintln!("coproc: {e:#}");
-        std::process::exit(1);
+        let (status, name) = classify(&e);
+        eprintln!("coproc: error[{name}]: {e:#}");
+        std::process::exit(i32::from(status));
     }
 }
 
@@ -216,8 +286,8 @@ fn real_main() -> anyhow::Result<()> {
             coproc,
             policy,
             params,
-        } => verbs::sched_set(&mut connect()?, &coproc, &policy, &params)?,
-        Command::VcoprocSet(args) => verbs::vcoproc_set(&mut connect()?, &args)?,
+        } => verbs::sched_set(&mut connect()?, f, &coproc, &policy, &params)?,
+        Command::VcoprocSet(args) => verbs::vcoproc_set(&mut connect()?, f, &args)?,
         Command::VcoprocReset { vcoproc } => {
             connect()?.reset(vcoproc)?;
             true

@@ -2,12 +2,151 @@
 //! control. Admin verbs need root or the configured admin group; others see
 //! only their own domain's vcoprocs.
 
-use crate::output::{print_table, Format};
+use crate::output::{print_table, rfc3339, sanitize, Format};
 use anyhow::{bail, Context};
-use coproc_client::{Client, ClientError, Event, SharedMem, WireMapKind, WirePerms};
+use coproc_client::{
+    Client, ClientError, Event, FaultInfo, SchedInfo, SharedMem, VcoprocInfo, WireMapKind,
+    WirePerms,
+};
 use serde::Serialize;
+use serde_json::{json, Map, Value};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+/// Failures the verbs find themselves (the daemon's own are
+/// [`ClientError`]s); each has its exit status (docs/cli.md).
+#[derive(Debug, thiserror::Error)]
+pub enum VerbError {
+    /// A name given on the command line names nothing (exit 4).
+    #[error("{0}")]
+    NotFound(String),
+    /// An argument is malformed (exit 2, like clap's usage errors).
+    #[error("{0}")]
+    Usage(String),
+    /// `run` gave up waiting (exit 6).
+    #[error("vcoproc {vcoproc}: no notification, fault or exit within {seconds} s")]
+    Timeout {
+        /// The vcoproc.
+        vcoproc: u32,
+        /// The limit.
+        seconds: f64,
+    },
+    /// `run`'s vcoproc faulted (exit 7).
+    #[error("vcoproc {vcoproc} faulted: {reason}")]
+    Fault {
+        /// The vcoproc.
+        vcoproc: u32,
+        /// Why (domain text, shown escaped).
+        reason: String,
+    },
+}
+
+/// A parameter value as JSON: a number when it is an integer, else the
+/// text.
+fn param_value(v: &str) -> Value {
+    if let Ok(n) = v.parse::<i64>() {
+        Value::from(n)
+    } else if let Ok(n) = v.parse::<u64>() {
+        Value::from(n)
+    } else {
+        Value::from(v)
+    }
+}
+
+/// Policy parameters as a JSON object: `window` (the one key that
+/// repeats) is always an array; other keys hold one value (the last).
+fn params_json(params: &[(String, String)]) -> Value {
+    let mut m = Map::new();
+    for (k, v) in params {
+        if k == "window" {
+            let w = m
+                .entry(k.clone())
+                .or_insert_with(|| Value::Array(Vec::new()));
+            if let Value::Array(a) = w {
+                a.push(Value::from(v.as_str()));
+            }
+        } else {
+            m.insert(k.clone(), param_value(v));
+        }
+    }
+    Value::Object(m)
+}
+
+/// A pcoproc's scheduler as JSON (docs/cli.md, `sched-get`).
+fn sched_json(s: &SchedInfo) -> Value {
+    let standings: Vec<Value> = s
+        .standings
+        .iter()
+        .map(|(id, queued, figs)| {
+            let figures: Map<String, Value> = figs
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::from(*v)))
+                .collect();
+            json!({ "vcoproc": id, "queued": queued, "figures": figures })
+        })
+        .collect();
+    json!({
+        "coproc": s.coproc,
+        "policy": s.policy,
+        "params": params_json(&s.params),
+        "standings": standings,
+    })
+}
+
+/// A fault record as JSON: `at` wall clock (RFC 3339, null from a daemon
+/// that does not report it), `at_ns` monotonic since the pcoproc started.
+fn fault_json(x: &FaultInfo) -> Value {
+    json!({
+        "coproc": x.coproc,
+        "vcoproc": x.vcoproc,
+        "domain": x.domain,
+        "at": (x.at_unix_ns != 0).then(|| rfc3339(x.at_unix_ns)),
+        "at_ns": x.at_ns,
+        "addr": x.addr,
+        "access": x.access,
+        "pc": x.pc,
+        "reason": x.reason,
+    })
+}
+
+/// A vcoproc as JSON: its fields, the reservation as an object, its last
+/// fault as [`fault_json`].
+fn vcoproc_json(v: &VcoprocInfo) -> anyhow::Result<Value> {
+    let mut o = serde_json::to_value(v)?;
+    if let Value::Object(m) = &mut o {
+        m.insert(
+            "reservation_us".into(),
+            v.reservation_us.map_or(
+                Value::Null,
+                |(b, p)| json!({ "budget_us": b, "period_us": p }),
+            ),
+        );
+        m.insert(
+            "last_fault".into(),
+            v.last_fault.as_deref().map_or(Value::Null, fault_json),
+        );
+    }
+    Ok(o)
+}
+
+/// The pcoproc named `name`, or a not-found error.
+fn known_coproc(c: &mut Client, name: &str) -> anyhow::Result<()> {
+    let l = c.list_coprocs()?;
+    if l.iter().any(|p| p.name == name) {
+        return Ok(());
+    }
+    let names: Vec<&str> = l.iter().map(|p| p.name.as_str()).collect();
+    Err(VerbError::NotFound(format!(
+        "no pcoproc {:?} (this domain may use: {})",
+        sanitize(name),
+        if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        }
+    ))
+    .into())
+}
 
 fn show<T: Serialize>(
     format: Format,
@@ -77,7 +216,18 @@ pub fn vcoproc_list(
     domain: Option<u32>,
     coproc: Option<&str>,
 ) -> anyhow::Result<bool> {
+    if let Some(name) = coproc {
+        known_coproc(c, name)?;
+    }
     let l = c.list_vcoprocs(domain, coproc)?;
+    if f == Format::Json {
+        let out = l
+            .iter()
+            .map(vcoproc_json)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        println!("{}", serde_json::to_string(&out)?);
+        return Ok(true);
+    }
     let rows = l
         .iter()
         .map(|v| {
@@ -141,7 +291,7 @@ pub struct SetArgs {
 }
 
 /// `coproc vcoproc-set V --weight/--cap/--priority/--budget/--period`.
-pub fn vcoproc_set(c: &mut Client, a: &SetArgs) -> anyhow::Result<bool> {
+pub fn vcoproc_set(c: &mut Client, f: Format, a: &SetArgs) -> anyhow::Result<bool> {
     let set = coproc_client::ParamChange {
         weight: a.weight,
         cap_pct: a.cap,
@@ -150,10 +300,72 @@ pub fn vcoproc_set(c: &mut Client, a: &SetArgs) -> anyhow::Result<bool> {
         period_us: a.period,
     };
     if set == coproc_client::ParamChange::default() {
-        anyhow::bail!("nothing to change: give --weight, --cap, --priority, --budget or --period");
+        return Err(VerbError::Usage(
+            "nothing to change: give --weight, --cap, --priority, --budget or --period".into(),
+        )
+        .into());
     }
-    c.vcoproc_set(a.vcoproc, set)?;
+    c.vcoproc_set(a.vcoproc, set.clone())?;
+    // What it is now, and which of the changes the policy uses.
+    let v = c
+        .list_vcoprocs(None, None)?
+        .into_iter()
+        .find(|v| v.id == a.vcoproc)
+        .ok_or_else(|| VerbError::NotFound(format!("vcoproc {} is gone", a.vcoproc)))?;
+    let policy = c.sched_get(&v.coproc)?.policy;
+    let warnings = unused_params(&policy, &set);
+    for w in &warnings {
+        eprintln!("coproc: warning: {w}");
+    }
+    match f {
+        Format::Json => {
+            let out = json!({
+                "vcoproc": v.id,
+                "coproc": v.coproc,
+                "policy": policy,
+                "weight": v.weight,
+                "cap_pct": v.cap_pct,
+                "priority": v.priority,
+                "reservation_us": v.reservation_us
+                    .map(|(b, p)| json!({ "budget_us": b, "period_us": p })),
+                "warnings": warnings,
+            });
+            println!("{out}");
+        }
+        Format::Table => println!(
+            "vcoproc {} on {} (policy {policy}): {}",
+            v.id,
+            v.coproc,
+            sched_params(&v)
+        ),
+    }
     Ok(true)
+}
+
+/// The changes of `set` that `policy` does not use, as warnings.
+fn unused_params(policy: &str, set: &coproc_client::ParamChange) -> Vec<String> {
+    let used: &[&str] = match policy {
+        "credit" => &["weight", "cap"],
+        "priority" => &["priority"],
+        "rt" => &["budget", "period"],
+        _ => &[],
+    };
+    let given = [
+        ("weight", set.weight.is_some()),
+        ("cap", set.cap_pct.is_some()),
+        ("priority", set.priority.is_some()),
+        ("budget", set.budget_us.is_some()),
+        ("period", set.period_us.is_some()),
+    ];
+    given
+        .iter()
+        .filter(|(name, g)| *g && !used.contains(name))
+        .map(|(name, _)| {
+            format!(
+                "--{name} has no effect under policy {policy} (kept for a later policy that uses it; docs/scheduling.md)"
+            )
+        })
+        .collect()
 }
 
 /// `coproc domain-list`.
@@ -182,6 +394,11 @@ pub fn domain_list(c: &mut Client, f: Format) -> anyhow::Result<bool> {
 /// `coproc fault-list`.
 pub fn fault_list(c: &mut Client, f: Format) -> anyhow::Result<bool> {
     let l = c.list_faults()?;
+    if f == Format::Json {
+        let out: Vec<Value> = l.iter().map(fault_json).collect();
+        println!("{}", serde_json::to_string(&out)?);
+        return Ok(true);
+    }
     let rows = l
         .iter()
         .map(|x| {
@@ -189,7 +406,11 @@ pub fn fault_list(c: &mut Client, f: Format) -> anyhow::Result<bool> {
                 x.coproc.clone(),
                 x.vcoproc.to_string(),
                 x.domain.to_string(),
-                format!("{:.3}", x.at_ns as f64 / 1e9),
+                if x.at_unix_ns == 0 {
+                    format!("{:.3} s", x.at_ns as f64 / 1e9)
+                } else {
+                    rfc3339(x.at_unix_ns)
+                },
                 x.addr.map_or_else(|| "-".into(), |a| format!("{a:#x}")),
                 x.access.clone(),
                 x.pc.map_or_else(|| "-".into(), |a| format!("{a:#x}")),
@@ -201,7 +422,7 @@ pub fn fault_list(c: &mut Client, f: Format) -> anyhow::Result<bool> {
         f,
         &l,
         &[
-            "coproc", "vcoproc", "domain", "at s", "addr", "access", "pc", "reason",
+            "coproc", "vcoproc", "domain", "at", "addr", "access", "pc", "reason",
         ],
         rows,
     )
@@ -210,12 +431,31 @@ pub fn fault_list(c: &mut Client, f: Format) -> anyhow::Result<bool> {
 /// `coproc sched-get`.
 pub fn sched_get(c: &mut Client, f: Format, coproc: &str) -> anyhow::Result<bool> {
     let s = c.sched_get(coproc)?;
+    print_sched(f, &s, &[], &[]);
+    Ok(true)
+}
+
+/// A scheduler as `sched-get` and `sched-set` print it; `notes` and
+/// `warnings` (already on stderr) join the JSON.
+fn print_sched(f: Format, s: &SchedInfo, notes: &[String], warnings: &[String]) {
     if f == Format::Json {
-        println!("{}", serde_json::to_string(&s)?);
-        return Ok(true);
+        let mut o = sched_json(s);
+        if let Value::Object(m) = &mut o {
+            if !notes.is_empty() || !warnings.is_empty() {
+                m.insert("notes".into(), json!(notes));
+                m.insert("warnings".into(), json!(warnings));
+            }
+        }
+        println!("{o}");
+        return;
     }
     let params: Vec<String> = s.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    println!("{}: policy {} {}\n", s.coproc, s.policy, params.join(" "));
+    println!(
+        "{}: policy {} {}\n",
+        s.coproc,
+        s.policy,
+        sanitize(&params.join(" "))
+    );
     let rows = s
         .standings
         .iter()
@@ -229,24 +469,120 @@ pub fn sched_get(c: &mut Client, f: Format, coproc: &str) -> anyhow::Result<bool
         })
         .collect::<Vec<_>>();
     print_table(&["vcoproc", "queued", "standing"], &rows);
-    Ok(true)
 }
 
-/// `coproc sched-set C POLICY key=value...`.
+/// `key=value` words as pairs; a word without `=` is a usage error naming
+/// it.
+fn parse_params(params: &[String]) -> Result<Vec<(String, String)>, VerbError> {
+    params
+        .iter()
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(VerbError::Usage(format!(
+                "parameter {p:?} is not key=value (e.g. slice_us=1000)"
+            ))),
+        })
+        .collect()
+}
+
+/// The parameters `sched-set` sends: under the same policy the current
+/// ones with the named keys replaced (all `window`s if any is named);
+/// under another policy only the named ones (the rest take that policy's
+/// defaults).
+fn merge_params(
+    current_policy: &str,
+    current: &[(String, String)],
+    policy: &str,
+    named: Vec<(String, String)>,
+) -> Vec<(String, String)> {
+    if current_policy != policy {
+        return named;
+    }
+    // What sched-get reports beyond the settable parameters (rt's
+    // `utilisation_ppm`) is state, not a parameter: not sent back.
+    let settable: Option<&[&str]> = match policy {
+        "rr" | "priority" => Some(&["slice_us"]),
+        "credit" => Some(&["slice_us", "cap_period_us"]),
+        "rt" => Some(&["capacity_pct", "slice_us"]),
+        "table" => Some(&["frame_us", "window", "fill"]),
+        _ => None,
+    };
+    let mut out: Vec<(String, String)> = current
+        .iter()
+        .filter(|(k, _)| !named.iter().any(|(n, _)| n == k))
+        .filter(|(k, _)| settable.is_none_or(|s| s.contains(&k.as_str())))
+        .cloned()
+        .collect();
+    out.extend(named);
+    out
+}
+
+/// `coproc sched-set C POLICY key=value...`: keeps the parameters not
+/// named, prints the resulting scheduler, warns about what has no effect.
 pub fn sched_set(
     c: &mut Client,
+    f: Format,
     coproc: &str,
     policy: &str,
     params: &[String],
 ) -> anyhow::Result<bool> {
-    let mut kv = Vec::new();
-    for p in params {
-        let (k, v) = p
-            .split_once('=')
-            .with_context(|| format!("parameter {p:?} is not key=value"))?;
-        kv.push((k.to_string(), v.to_string()));
+    let named = parse_params(params)?;
+    let named_keys: Vec<String> = named.iter().map(|(k, _)| k.clone()).collect();
+    let before = c.sched_get(coproc)?;
+    let mut notes = Vec::new();
+    if before.policy != policy {
+        notes.push(format!(
+            "policy {} -> {policy}: parameters not named take {policy}'s defaults",
+            before.policy
+        ));
     }
-    c.sched_set(coproc, policy, &kv)?;
+    let send = merge_params(&before.policy, &before.params, policy, named);
+    c.sched_set(coproc, policy, &send)?;
+    let after = c.sched_get(coproc)?;
+    let vcoprocs = c.list_vcoprocs(None, Some(coproc))?;
+    let ids: Vec<u32> = vcoprocs.iter().map(|v| v.id).collect();
+    let mut warnings = Vec::new();
+    if policy == "credit"
+        && named_keys.iter().any(|k| k == "cap_period_us")
+        && vcoprocs.iter().all(|v| v.cap_pct.is_none())
+    {
+        warnings.push(format!(
+            "cap_period_us has no effect while no vcoproc on {coproc} has a cap (vcoproc-set --cap)"
+        ));
+    }
+    let windows = after.params.iter().filter(|(k, _)| k == "window").count();
+    let fill_idle = after.params.iter().any(|(k, v)| k == "fill" && v == "idle");
+    if policy == "table" && windows == 0 && fill_idle {
+        warnings.push(format!(
+            "no windows and fill=idle: nothing runs on {coproc} (give window=V:OFFSET_US:LEN_US)"
+        ));
+    }
+    for (k, v) in after.params.iter().filter(|(k, _)| k == "window") {
+        let owner = v.split(':').next().and_then(|w| w.parse::<u32>().ok());
+        if let Some(id) = owner.filter(|id| !ids.contains(id)) {
+            warnings.push(format!(
+                "{k}={v}: no vcoproc {id} on {coproc}, the window stays idle (or filled)"
+            ));
+        }
+    }
+    let vparams: &[&str] = match policy {
+        "credit" => &["weight", "cap_pct"],
+        "priority" => &["priority"],
+        "rt" => &["reservation"],
+        _ => &[],
+    };
+    if !ids.is_empty() && vparams.is_empty() && policy != "table" {
+        notes.push(format!(
+            "{policy} uses no per-vcoproc parameters: weights, caps, priorities and reservations are kept but have no effect"
+        ));
+    }
+    for n in &notes {
+        eprintln!("coproc: note: {n}");
+    }
+    for w in &warnings {
+        eprintln!("coproc: warning: {w}");
+    }
+    print_sched(f, &after, &notes, &warnings);
     Ok(true)
 }
 
@@ -261,8 +597,8 @@ pub struct RunArgs {
     /// example firmware (`fft`, `biquad`, `hello`, `irq`, `echo`, ...).
     firmware: String,
     /// Mailbox-in words to write before ringing the doorbell (decimal or 0x).
-    #[arg(long, value_delimiter = ',')]
-    mbox: Vec<String>,
+    #[arg(long, value_delimiter = ',', value_parser = parse_word)]
+    mbox: Vec<u32>,
     /// Shared memory to map at 0x60000000, in KiB (0: as much as --input
     /// and --output need, none without them).
     #[arg(long, default_value_t = 0)]
@@ -368,19 +704,31 @@ fn run_image(name: &str) -> anyhow::Result<(String, Vec<u8>)> {
     )
 }
 
-fn parse_word(s: &str) -> anyhow::Result<u32> {
-    let s = s.trim();
-    Ok(match s.strip_prefix("0x") {
-        Some(h) => u32::from_str_radix(h, 16)?,
-        None => s.parse()?,
-    })
+/// A mailbox word in decimal or `0x` hex; the error names the word.
+pub fn parse_word(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(h) => u32::from_str_radix(h, 16),
+        None => t.parse(),
+    }
+    .map_err(|e| format!("{s:?} is not a 32-bit word (decimal or 0x hex): {e}"))
+}
+
+#[derive(Debug, Serialize)]
+struct Notification {
+    seq: u64,
+    tag: u32,
 }
 
 #[derive(Debug, Serialize)]
 struct RunReport {
     vcoproc: u32,
+    coproc: String,
+    firmware: String,
+    /// `notified`, `timeout`, or the state it stopped in (`faulted`,
+    /// `exited`, ...).
     outcome: String,
-    notify: Option<(u64, u32)>,
+    notify: Option<Notification>,
     mailbox: Vec<u32>,
     state: String,
     run_ns: u64,
@@ -388,6 +736,8 @@ struct RunReport {
     /// lines the daemon no longer kept.
     console: Vec<String>,
     console_dropped: u64,
+    /// Its fault records ([`fault_json`]), when it faulted.
+    faults: Vec<Value>,
 }
 
 /// `coproc run`: a one-shot client. Loads the firmware into a new vcoproc,
@@ -398,13 +748,13 @@ struct RunReport {
 /// progress); the firmware's console lines are printed after the mailbox.
 pub fn run(c: &mut Client, f: Format, a: &RunArgs) -> anyhow::Result<bool> {
     let (label, image) = run_image(&a.firmware)?;
-    let words: Vec<u32> = a
-        .mbox
-        .iter()
-        .map(|w| parse_word(w))
-        .collect::<anyhow::Result<_>>()?;
+    let words = a.mbox.clone();
     if words.len() > 16 {
-        bail!("the mailbox has 16 words");
+        return Err(VerbError::Usage(format!(
+            "--mbox: {} words given, the mailbox has 16",
+            words.len()
+        ))
+        .into());
     }
     let inputs = a
         .inputs
@@ -493,7 +843,7 @@ pub fn run(c: &mut Client, f: Format, a: &RunArgs) -> anyhow::Result<bool> {
         let left = deadline.saturating_duration_since(Instant::now());
         match c.next_event(left) {
             Ok(Event::Notify { vcoproc, seq, tag }) if vcoproc == v => {
-                notify = Some((seq, tag));
+                notify = Some(Notification { seq, tag });
                 outcome = "notified".into();
                 break;
             }
@@ -529,8 +879,23 @@ pub fn run(c: &mut Client, f: Format, a: &RunArgs) -> anyhow::Result<bool> {
                 .with_context(|| format!("writing {}", spec.path.display()))?;
         }
     }
+    let faults: Vec<FaultInfo> = if outcome == "faulted" || info.faults > 0 {
+        let mut l: Vec<FaultInfo> = c
+            .list_faults()?
+            .into_iter()
+            .filter(|x| x.vcoproc == v)
+            .collect();
+        if l.is_empty() {
+            l.extend(info.last_fault.as_deref().cloned());
+        }
+        l
+    } else {
+        Vec::new()
+    };
     let report = RunReport {
         vcoproc: v,
+        coproc: a.coproc.clone(),
+        firmware: label,
         outcome,
         notify,
         mailbox,
@@ -538,6 +903,7 @@ pub fn run(c: &mut Client, f: Format, a: &RunArgs) -> anyhow::Result<bool> {
         run_ns: info.run_ns,
         console,
         console_dropped,
+        faults: faults.iter().map(fault_json).collect(),
     };
     match f {
         Format::Json => println!("{}", serde_json::to_string(&report)?),
@@ -549,8 +915,8 @@ pub fn run(c: &mut Client, f: Format, a: &RunArgs) -> anyhow::Result<bool> {
                 report.state,
                 report.run_ns as f64 / 1e6
             );
-            if let Some((seq, tag)) = report.notify {
-                println!("notification {seq}, tag {tag}");
+            if let Some(n) = &report.notify {
+                println!("notification {}, tag {}", n.seq, n.tag);
             }
             let words: Vec<String> = report.mailbox.iter().map(|w| format!("{w:#x}")).collect();
             println!("mailbox-out: {}", words.join(" "));
@@ -562,20 +928,34 @@ pub fn run(c: &mut Client, f: Format, a: &RunArgs) -> anyhow::Result<bool> {
             for line in &report.console {
                 println!("console: {}", crate::output::sanitize(line));
             }
-            if report.outcome == "faulted" {
-                for x in c.list_faults()?.iter().filter(|x| x.vcoproc == v) {
-                    println!(
-                        "fault: {} at {} ({}) pc {}",
-                        crate::output::sanitize(&x.reason),
-                        opt(x.addr.map(|a| format!("{a:#x}"))),
-                        x.access,
-                        opt(x.pc.map(|p| format!("{p:#x}")))
-                    );
-                }
+            for x in &faults {
+                println!(
+                    "fault: {} at {} ({}) pc {}",
+                    sanitize(&x.reason),
+                    opt(x.addr.map(|a| format!("{a:#x}"))),
+                    x.access,
+                    opt(x.pc.map(|p| format!("{p:#x}")))
+                );
             }
         }
     }
-    Ok(report.outcome != "timeout" && report.outcome != "faulted")
+    match report.outcome.as_str() {
+        "timeout" => Err(VerbError::Timeout {
+            vcoproc: v,
+            seconds: a.seconds,
+        }
+        .into()),
+        "faulted" => Err(VerbError::Fault {
+            vcoproc: v,
+            reason: sanitize(
+                &faults
+                    .last()
+                    .map_or_else(|| "no fault record".to_string(), |x| x.reason.clone()),
+            ),
+        }
+        .into()),
+        _ => Ok(true),
+    }
 }
 
 /// `coproc mapping-list [V]`.
@@ -699,5 +1079,59 @@ mod run_tests {
             assert_eq!(image_class(g.image), Some("vulkan"), "{}", g.name);
         }
         assert_eq!(image_class(&[0xff, 0xfe, 0x00]), None);
+    }
+}
+
+#[cfg(test)]
+mod sched_set_tests {
+    use super::{merge_params, parse_params, VerbError};
+
+    fn kv(items: &[(&str, &str)]) -> Vec<(String, String)> {
+        items
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn unnamed_parameters_are_kept_under_the_same_policy() {
+        let cur = kv(&[("slice_us", "5000"), ("cap_period_us", "20000")]);
+        assert_eq!(
+            merge_params("credit", &cur, "credit", kv(&[("slice_us", "700")])),
+            kv(&[("cap_period_us", "20000"), ("slice_us", "700")])
+        );
+        // Another policy: only what was named (its defaults for the rest).
+        assert_eq!(
+            merge_params("credit", &cur, "rr", kv(&[("slice_us", "700")])),
+            kv(&[("slice_us", "700")])
+        );
+        // Naming one window replaces them all; rt's figure is not sent back.
+        let t = kv(&[
+            ("frame_us", "6000"),
+            ("window", "1:0:100"),
+            ("window", "2:100:100"),
+            ("fill", "rr"),
+        ]);
+        assert_eq!(
+            merge_params("table", &t, "table", kv(&[("window", "3:0:50")])),
+            kv(&[("frame_us", "6000"), ("fill", "rr"), ("window", "3:0:50")])
+        );
+        let rt = kv(&[
+            ("capacity_pct", "90"),
+            ("slice_us", "5000"),
+            ("utilisation_ppm", "0"),
+        ]);
+        assert_eq!(
+            merge_params("rt", &rt, "rt", vec![]),
+            kv(&[("capacity_pct", "90"), ("slice_us", "5000")])
+        );
+    }
+
+    #[test]
+    fn a_word_without_equals_is_named() {
+        match parse_params(&["slice_us=1".into(), "slice".into()]) {
+            Err(VerbError::Usage(m)) => assert!(m.contains("\"slice\""), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

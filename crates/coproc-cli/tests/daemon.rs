@@ -460,14 +460,14 @@ fn other_uids_cannot_see_or_touch_our_vcoprocs() {
     for verb in ["vcoproc-reset", "vcoproc-destroy"] {
         let (ok, _, err) = as_nobody(&[verb, &id]);
         assert!(!ok);
-        assert!(err.contains("NotFound"), "{verb}: {err}");
+        assert!(err.contains("error[not-found]"), "{verb}: {err}");
     }
     let (ok, _, err) = as_nobody(&["sched-set", "mcu0", "rr", "slice_us=100"]);
     assert!(!ok);
-    assert!(err.contains("PermissionDenied"), "{err}");
+    assert!(err.contains("error[permission-denied]"), "{err}");
     let (ok, _, err) = as_nobody(&["vcoproc-set", &id, "--weight", "65535"]);
     assert!(!ok);
-    assert!(err.contains("PermissionDenied"), "{err}");
+    assert!(err.contains("error[permission-denied]"), "{err}");
     assert_eq!(root.query(v).unwrap().weight, 256);
     // Every request on root's vcoproc, from uid 65534 through the SDK (this
     // test binary, re-run as that uid): not found, as if it did not exist.
@@ -815,7 +815,7 @@ fn policies_and_parameters_change_while_domains_run() {
                 // Over capacity: refused, nothing changes.
                 let (ok, _, err) =
                     d.cli(&["vcoproc-set", b, "--budget", "9000", "--period", "10000"]);
-                assert!(!ok && err.contains("InvalidArgument"), "{err}");
+                assert!(!ok && err.contains("error[invalid-argument]"), "{err}");
                 let vb = c.query(b.parse().unwrap()).unwrap();
                 assert_eq!(vb.reservation_us, None);
             }

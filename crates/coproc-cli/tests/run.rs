@@ -76,7 +76,7 @@ fn builtin_firmware_with_input_and_output_files() {
         ],
     );
     assert_eq!(r["outcome"], "notified", "{r}");
-    assert_eq!(r["notify"][1], 5);
+    assert_eq!(r["notify"]["tag"], 5);
     assert_eq!(r["mailbox"][0], 0, "status");
     assert!(
         r["run_ns"].as_u64().unwrap() > 0,

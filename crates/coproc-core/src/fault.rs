@@ -125,6 +125,9 @@ pub struct FaultRecord {
     pub domain: DomainId,
     /// Nanoseconds since the pcoproc started.
     pub at_ns: u64,
+    /// When it was recorded, wall clock: nanoseconds since the Unix epoch
+    /// (for people and logs; `at_ns` orders records).
+    pub at_unix_ns: u64,
     /// What the device reported.
     #[serde(flatten)]
     pub fault: DeviceFault,

@@ -136,6 +136,9 @@ impl Inner {
             vcoproc: id,
             domain: vc.domain,
             at_ns,
+            at_unix_ns: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
             fault,
         };
         if let Some(suppressed) = self.fault_log.check() {

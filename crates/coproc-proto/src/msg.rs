@@ -327,9 +327,36 @@ impl WireError {
     }
 }
 
+impl ErrorCode {
+    /// The name the protocol documents (and the wire carries), e.g.
+    /// `not-found`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad-request",
+            ErrorCode::BadVersion => "bad-version",
+            ErrorCode::BadSequence => "bad-sequence",
+            ErrorCode::NotFound => "not-found",
+            ErrorCode::PermissionDenied => "permission-denied",
+            ErrorCode::Quota => "quota",
+            ErrorCode::InvalidArgument => "invalid-argument",
+            ErrorCode::BadFd => "bad-fd",
+            ErrorCode::State => "state",
+            ErrorCode::Device => "device",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl fmt::Display for WireError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}: {}", self.code, self.message)
+        write!(f, "{}: {}", self.code, self.message)
     }
 }
 
@@ -417,8 +444,11 @@ pub struct FaultInfo {
     pub vcoproc: u32,
     /// Its domain.
     pub domain: u32,
-    /// When, ns since the pcoproc started.
+    /// When, ns since the pcoproc started (monotonic).
     pub at_ns: u64,
+    /// When, wall clock: ns since the Unix epoch (0 from older daemons).
+    #[serde(default)]
+    pub at_unix_ns: u64,
     /// Faulting address.
     pub addr: Option<u64>,
     /// read / write / fetch / none.
@@ -738,5 +768,29 @@ mod tests {
         let o: CoprocInfo = serde_json::from_str(old).unwrap();
         assert_eq!((o.memory_bytes, o.iova_base, o.iova_size), (0, 0, 0));
         assert_eq!((o.state.as_str(), o.failure), ("running", None));
+    }
+
+    #[test]
+    fn error_code_names_are_the_wire_names() {
+        for c in [
+            ErrorCode::BadRequest,
+            ErrorCode::BadVersion,
+            ErrorCode::BadSequence,
+            ErrorCode::NotFound,
+            ErrorCode::PermissionDenied,
+            ErrorCode::Quota,
+            ErrorCode::InvalidArgument,
+            ErrorCode::BadFd,
+            ErrorCode::State,
+            ErrorCode::Device,
+            ErrorCode::Internal,
+        ] {
+            assert_eq!(
+                serde_json::to_string(&c).unwrap(),
+                format!("\"{}\"", c.name())
+            );
+        }
+        let e = WireError::new(ErrorCode::NotFound, "no vcoproc 9");
+        assert_eq!(e.to_string(), "not-found: no vcoproc 9");
     }
 }

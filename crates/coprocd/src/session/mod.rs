@@ -147,6 +147,7 @@ pub(crate) fn fault_info(
         vcoproc: wire_id,
         domain,
         at_ns: f.at_ns,
+        at_unix_ns: f.at_unix_ns,
         addr: f.fault.addr,
         access: format!("{:?}", f.fault.access).to_lowercase(),
         pc: f.fault.pc,
