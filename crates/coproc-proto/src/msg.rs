@@ -338,7 +338,8 @@ impl std::error::Error for WireError {}
 /// The identity the daemon saw.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
-    /// Peer uid (the domain).
+    /// Peer uid, as the daemon's user namespace sees it (a container's
+    /// uids mapped to host uids).
     pub uid: u32,
     /// Peer gid.
     pub gid: u32,
@@ -346,6 +347,15 @@ pub struct Identity {
     pub pid: i32,
     /// Whether admin verbs are allowed.
     pub admin: bool,
+    /// The domain: the number every `domain` field names. The uid for a
+    /// peer outside containers; a number of the daemon's choosing (at or
+    /// above 2^31) for a (uid, container) pair. 0 from daemons before it.
+    #[serde(default)]
+    pub domain: u32,
+    /// The peer's container (the cgroup path that made it one,
+    /// docs/daemon.md), or none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 /// A pcoproc as listed.
@@ -488,6 +498,13 @@ pub struct VcoprocInfo {
 pub struct DomainInfo {
     /// Uid.
     pub uid: u32,
+    /// The domain's number (as `domain` fields name it; the uid outside
+    /// containers; 0 from daemons before it).
+    #[serde(default)]
+    pub domain: u32,
+    /// Its container (a cgroup path), or none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
     /// Open sessions.
     pub sessions: u32,
     /// Vcoprocs.

@@ -24,6 +24,13 @@ pub const DEFAULT: &str = r#"# coprocd configuration (this is the built-in defau
 # Prometheus metrics (docs/metrics.md), off unless set:
 # metrics_listen = "127.0.0.1:9464"   # loopback TCP only
 # metrics_socket = "/run/coproc/metrics.sock"
+# Cgroups that are containers (docs/daemon.md): a peer whose cgroup or an
+# ancestor matches one is its own domain per (uid, container), and is no
+# admin unless a [[domain]] rule with `cgroup` says `admin = true`. `*`
+# matches within a path component, `**` across them. Default:
+# container_cgroups = ["**/libpod-*", "**/docker-*.scope", "/docker/*", "**/crio-*",
+#   "**/cri-containerd-*", "/kubepods/pod*", "/kubepods/*/pod*",
+#   "/kubepods.slice/**-pod*.slice", "/machine.slice/*", "/lxc.payload.*", "/lxc/*"]
 
 [[pcoproc]]
 name = "mcu0"
@@ -35,6 +42,14 @@ policy_params = { slice_us = 5000 }
 # class options of mcu: max_contexts, code_kib and data_kib (each vcoproc's
 # code and data memory, 4..16384 KiB in whole 4 KiB pages; default 1024 and 256)
 options = { max_contexts = 64 }
+
+# A container rule comes first (the first matching rule wins), e.g.:
+# [[domain]]
+# cgroup = "**/libpod-*"   # these containers, each its own domain
+# uids = "*"               # (default) and these (host) uids in them
+# pcoprocs = ["mcu0"]
+# max_vcoprocs = 4
+# admin = false            # (default) root in such a container is no admin
 
 [[domain]]
 # Who: "*" for every local user, or a list of uids.
@@ -129,6 +144,31 @@ pub struct DaemonConfig {
     /// Serve the same metrics on this Unix socket path; off when unset.
     #[serde(default)]
     pub metrics_socket: Option<PathBuf>,
+    /// Cgroup patterns that make a peer's cgroup (or an ancestor) a
+    /// container (`crate::identity`); every `[[domain]] cgroup` counts too.
+    #[serde(default = "default_container_cgroups")]
+    pub container_cgroups: Vec<String>,
+}
+
+/// The container runtimes' cgroups: podman, docker (systemd and cgroupfs
+/// drivers), CRI-O, containerd, Kubernetes pods (cgroupfs and systemd
+/// drivers), systemd machines (nspawn, libvirt) and LXC.
+pub fn default_container_cgroups() -> Vec<String> {
+    [
+        "**/libpod-*",
+        "**/docker-*.scope",
+        "/docker/*",
+        "**/crio-*",
+        "**/cri-containerd-*",
+        "/kubepods/pod*",
+        "/kubepods/*/pod*",
+        "/kubepods.slice/**-pod*.slice",
+        "/machine.slice/*",
+        "/lxc.payload.*",
+        "/lxc/*",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// What a request that does work on a pcoproc's runner counts against a
@@ -171,6 +211,7 @@ impl Default for DaemonConfig {
             domain_request_burst: default_domain_request_burst(),
             metrics_listen: None,
             metrics_socket: None,
+            container_cgroups: default_container_cgroups(),
         }
     }
 }
@@ -499,8 +540,18 @@ pub enum Uids {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DomainRule {
-    /// Who.
+    /// Who (`"*"` when not given).
+    #[serde(default = "all_uids")]
     pub uids: Uids,
+    /// Only peers in a container whose cgroup path matches this pattern
+    /// (`crate::identity::glob_match`); each container is its own domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// Whether administrators (by uid or group) inside these containers
+    /// stay administrators; only with `cgroup`. Outside containers admin
+    /// rights do not depend on rules.
+    #[serde(default)]
+    pub admin: bool,
     /// Pcoprocs they may use.
     pub pcoprocs: Vec<String>,
     /// Most vcoprocs at once.
@@ -518,6 +569,10 @@ pub struct DomainRule {
     pub max_mappings: u32,
 }
 
+fn all_uids() -> Uids {
+    Uids::All("*".to_string())
+}
+
 fn default_max_mappings() -> u32 {
     64
 }
@@ -533,12 +588,19 @@ fn default_max_queues() -> u32 {
 }
 
 impl DomainRule {
-    /// Whether the rule covers `uid`.
-    pub fn covers(&self, uid: u32) -> bool {
-        match &self.uids {
+    /// Whether the rule covers `uid` in `container` (none: outside
+    /// containers). A rule without `cgroup` covers its uids anywhere.
+    pub fn covers(&self, uid: u32, container: Option<&str>) -> bool {
+        let uid_ok = match &self.uids {
             Uids::All(_) => true,
             Uids::List(l) => l.contains(&uid),
-        }
+        };
+        let where_ok = match (&self.cgroup, container) {
+            (None, _) => true,
+            (Some(p), Some(c)) => crate::identity::glob_match(p, c),
+            (Some(_), None) => false,
+        };
+        uid_ok && where_ok
     }
 }
 
@@ -610,6 +672,13 @@ impl Config {
             coproc_core::policy::build(&p.policy, &p.params())
                 .map_err(|e| ConfigError::Invalid(format!("pcoproc {:?}: {e}", p.name)))?;
         }
+        for c in &self.daemon.container_cgroups {
+            if !c.starts_with('/') && !c.starts_with("**") {
+                return Err(ConfigError::Invalid(format!(
+                    "daemon container_cgroups {c:?}: a cgroup path pattern starts with / (or **)"
+                )));
+            }
+        }
         for d in &self.domains {
             if let Uids::All(s) = &d.uids {
                 if s != "*" {
@@ -617,6 +686,19 @@ impl Config {
                         "domain uids {s:?}: use \"*\" or a list of uids"
                     )));
                 }
+            }
+            match &d.cgroup {
+                Some(c) if !c.starts_with('/') && !c.starts_with("**") => {
+                    return Err(ConfigError::Invalid(format!(
+                        "domain cgroup {c:?}: a cgroup path pattern starts with / (or **)"
+                    )));
+                }
+                None if d.admin => {
+                    return Err(ConfigError::Invalid(
+                        "domain admin = true needs cgroup: it grants admin rights inside containers; outside them admins are root and admin_gid".into(),
+                    ));
+                }
+                _ => {}
             }
             for p in &d.pcoprocs {
                 if !names.contains(p) {
@@ -629,9 +711,20 @@ impl Config {
         Ok(())
     }
 
-    /// The rule for `uid`, if any.
-    pub fn rule_for(&self, uid: u32) -> Option<&DomainRule> {
-        self.domains.iter().find(|d| d.covers(uid))
+    /// The rule for `uid` in `container`, if any.
+    pub fn rule_for(&self, uid: u32, container: Option<&str>) -> Option<&DomainRule> {
+        self.domains.iter().find(|d| d.covers(uid, container))
+    }
+
+    /// Every pattern that makes a cgroup a container:
+    /// `[daemon] container_cgroups` and the rules' `cgroup`s.
+    pub fn container_patterns(&self) -> Vec<&str> {
+        self.daemon
+            .container_cgroups
+            .iter()
+            .map(String::as_str)
+            .chain(self.domains.iter().filter_map(|d| d.cgroup.as_deref()))
+            .collect()
     }
 }
 
@@ -643,7 +736,10 @@ mod tests {
     fn default_parses() {
         let c = Config::default_config();
         assert_eq!(c.pcoprocs[0].name, "mcu0");
-        assert!(c.rule_for(1000).is_some());
+        assert!(c.rule_for(1000, None).is_some());
+        assert!(c
+            .rule_for(0, Some("/machine.slice/libpod-1.scope"))
+            .is_some());
     }
 
     #[test]

@@ -1,0 +1,367 @@
+//! Who a connecting peer is: its uid and gid (`SO_PEERCRED`, already mapped
+//! into the daemon's user namespace, so a container's uids are host uids),
+//! and its container, from its cgroup at connect time, read race-free.
+//!
+//! The cgroup is read from `/proc/<pid>/cgroup` of the pid `SO_PEERCRED`
+//! gives, which could name another process if the peer had exited and its
+//! pid been reused. So the daemon first takes a pidfd of the peer
+//! (`SO_PEERPIDFD`, Linux 6.5: the very process that connected; older
+//! kernels: `pidfd_open(pid)`), reads `/proc/<pid>/cgroup` (and the
+//! supplementary groups in `/proc/<pid>/status`), then checks that the
+//! pidfd's process is still alive: a live process holds its pid, so what was
+//! read was that process's. A peer that exited before the check is refused.
+//!
+//! A cgroup path makes a container when one of the container patterns
+//! matches it or one of its ancestors (the shortest such prefix is the
+//! container: a container's own sub-cgroups are the same container). The
+//! patterns are `[daemon] container_cgroups` and every `[[domain]] cgroup`.
+//!
+//! The domain of a peer is the pair (uid, container); [`Registry`] gives
+//! each pair its number (the core's `DomainId`, the wire's `domain`): the
+//! uid itself outside containers, so nothing changes for them.
+
+use std::collections::{BTreeSet, HashMap};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use thiserror::Error;
+
+/// Errors of this module.
+#[derive(Debug, Error)]
+pub enum IdentityError {
+    /// `SO_PEERCRED` failed.
+    #[error("no peer credentials: {0}")]
+    Credentials(std::io::Error),
+    /// The peer's pid is not visible here (another pid namespace).
+    #[error("the peer's pid is not visible in the daemon's pid namespace")]
+    NoPid,
+    /// No pidfd for the peer.
+    #[error("no pidfd for pid {0}: {1}")]
+    Pidfd(i32, std::io::Error),
+    /// Its cgroup could not be read.
+    #[error("cannot read the cgroup of pid {0}: {1}")]
+    Cgroup(i32, std::io::Error),
+    /// It exited before it could be identified.
+    #[error("pid {0} exited before it could be identified")]
+    Gone(i32),
+    /// A host uid at or above 2^31 that a container domain already numbers.
+    #[error("uid {0} collides with a container domain's number")]
+    Collision(u32),
+}
+
+/// What the daemon knows of a peer at accept time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Uid (host).
+    pub uid: u32,
+    /// Primary gid (host).
+    pub gid: u32,
+    /// Pid (in the daemon's pid namespace).
+    pub pid: i32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+    /// Its cgroup path (see [`cgroup_path`]).
+    pub cgroup: String,
+}
+
+/// `SO_PEERPIDFD` (Linux 6.5), as `<asm-generic/socket.h>` numbers it.
+const SO_PEERPIDFD: libc::c_int = 77;
+
+/// A pidfd of the process that connected `sock` (`SO_PEERPIDFD`), or
+/// `None` where the kernel does not know the option.
+fn peer_pidfd(sock: impl AsFd) -> Option<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let mut fd: libc::c_int = -1;
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).ok()?;
+    // SAFETY: getsockopt writes at most `len` bytes (the size of a c_int)
+    // into `fd`, which lives for the call, and `len` into `len`; the socket
+    // descriptor is borrowed for the call.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            std::ptr::addr_of_mut!(fd).cast(),
+            &raw mut len,
+        )
+    };
+    if r != 0 || fd < 0 {
+        return None;
+    }
+    // SAFETY: the kernel just created `fd` for this process (getsockopt
+    // returned 0 and a descriptor); nothing else owns it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether the process behind `pidfd` has exited (its pidfd is readable
+/// then).
+fn exited(pidfd: &OwnedFd) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    match poll(&mut fds, Some(&zero)) {
+        Ok(n) => n > 0,
+        // Cannot tell: count it as gone (the peer is refused, not misread).
+        Err(_) => true,
+    }
+}
+
+/// The cgroup path that identifies a process, from the text of its
+/// `/proc/<pid>/cgroup`: the unified (`0::`) line when it is not the root,
+/// else the named `name=systemd` hierarchy's, else `pids`', else
+/// `memory`'s, else `/` (a v1/v2 hybrid puts containers in the v1
+/// hierarchies and may leave the unified one at the root).
+pub fn cgroup_path(text: &str) -> String {
+    let mut lines: Vec<(&str, &str)> = Vec::new();
+    for l in text.lines() {
+        let mut f = l.splitn(3, ':');
+        let (Some(_), Some(ctrl), Some(path)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        lines.push((ctrl, path));
+    }
+    let find = |want: &str| {
+        lines
+            .iter()
+            .find(|(c, p)| c.split(',').any(|x| x == want) && *p != "/")
+            .map(|(_, p)| (*p).to_string())
+    };
+    lines
+        .iter()
+        .find(|(c, p)| c.is_empty() && *p != "/")
+        .map(|(_, p)| (*p).to_string())
+        .or_else(|| find("name=systemd"))
+        .or_else(|| find("pids"))
+        .or_else(|| find("memory"))
+        .unwrap_or_else(|| "/".to_string())
+}
+
+/// Identify the peer of `sock` (a freshly accepted connection).
+pub fn identify(sock: &tokio::net::UnixStream) -> Result<Peer, IdentityError> {
+    let cred = sock.peer_cred().map_err(IdentityError::Credentials)?;
+    let pid = match cred.pid() {
+        Some(p) if p > 0 => p,
+        _ => return Err(IdentityError::NoPid),
+    };
+    let pidfd = match peer_pidfd(sock) {
+        Some(fd) => fd,
+        None => {
+            let p = rustix::process::Pid::from_raw(pid).ok_or(IdentityError::NoPid)?;
+            rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
+                .map_err(|e| IdentityError::Pidfd(pid, e.into()))?
+        }
+    };
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map_err(|e| IdentityError::Cgroup(pid, e))?;
+    let groups = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("Groups:")).map(|l| {
+                l.split_whitespace()
+                    .skip(1)
+                    .filter_map(|g| g.parse().ok())
+                    .collect()
+            })
+        })
+        .unwrap_or_default();
+    // Still alive, so still holding `pid`: what was read was its own.
+    if exited(&pidfd) {
+        return Err(IdentityError::Gone(pid));
+    }
+    Ok(Peer {
+        uid: cred.uid(),
+        gid: cred.gid(),
+        pid,
+        groups,
+        cgroup: cgroup_path(&text),
+    })
+}
+
+/// Whether glob `pat` matches all of `s`: `*` matches any run of characters
+/// but `/`, `**` any run including `/`, `?` one character but `/`; all
+/// else matches itself.
+pub fn glob_match(pat: &str, s: &str) -> bool {
+    fn go(p: &[u8], s: &[u8]) -> bool {
+        match p.first() {
+            None => s.is_empty(),
+            Some(b'*') if p.get(1) == Some(&b'*') => {
+                let rest = &p[2..];
+                (0..=s.len()).any(|i| go(rest, &s[i..]))
+            }
+            Some(b'*') => {
+                let rest = &p[1..];
+                let run = s.iter().position(|&c| c == b'/').unwrap_or(s.len());
+                (0..=run).any(|i| go(rest, &s[i..]))
+            }
+            Some(b'?') => s.first().is_some_and(|&c| c != b'/') && go(&p[1..], &s[1..]),
+            Some(&c) => s.first() == Some(&c) && go(&p[1..], &s[1..]),
+        }
+    }
+    go(pat.as_bytes(), s.as_bytes())
+}
+
+/// The container of cgroup `path`: its shortest prefix (whole components)
+/// that a pattern matches, or none.
+pub fn container_of<'a>(
+    path: &str,
+    patterns: impl IntoIterator<Item = &'a str> + Clone,
+) -> Option<String> {
+    let ends = path
+        .char_indices()
+        .skip(1)
+        .filter(|&(_, c)| c == '/')
+        .map(|(i, _)| i)
+        .chain(std::iter::once(path.len()));
+    for end in ends {
+        let prefix = &path[..end];
+        if patterns.clone().into_iter().any(|p| glob_match(p, prefix)) {
+            return Some(prefix.to_string());
+        }
+    }
+    None
+}
+
+/// Container domains are numbered from here up (host uids below 2^31 are
+/// their own domain numbers and never collide).
+pub const FIRST_CONTAINER_DOMAIN: u32 = 0x8000_0000;
+
+/// Container domains remembered at most before those no longer in use are
+/// forgotten (their numbers are not reused).
+const REMEMBERED: usize = 65_536;
+
+/// The numbers of domains: (uid, container) → domain number. Host peers'
+/// number is their uid; each (uid, container) pair gets the next free
+/// number at or above [`FIRST_CONTAINER_DOMAIN`], kept for the daemon's
+/// life (fault records and usage stay with it across reconnects), never
+/// reused.
+#[derive(Debug, Default)]
+pub struct Registry {
+    containers: HashMap<(u32, String), u32>,
+    /// Back: number → (uid, container).
+    by_number: HashMap<u32, (u32, String)>,
+    /// Host uids at or above 2^31 seen (container numbers skip them).
+    high_hosts: BTreeSet<u32>,
+    next: u32,
+}
+
+impl Registry {
+    /// The domain number of `uid` in `container`. `live` says whether a
+    /// number is still in use (consulted only when the registry is full).
+    pub fn number(
+        &mut self,
+        uid: u32,
+        container: Option<&str>,
+        live: impl Fn(u32) -> bool,
+    ) -> Result<u32, IdentityError> {
+        let Some(c) = container else {
+            if uid >= FIRST_CONTAINER_DOMAIN {
+                if self.by_number.contains_key(&uid) {
+                    return Err(IdentityError::Collision(uid));
+                }
+                self.high_hosts.insert(uid);
+            }
+            return Ok(uid);
+        };
+        if let Some(&n) = self.containers.get(&(uid, c.to_string())) {
+            return Ok(n);
+        }
+        if self.containers.len() >= REMEMBERED {
+            self.by_number.retain(|n, _| live(*n));
+            let by = &self.by_number;
+            self.containers.retain(|_, n| by.contains_key(n));
+        }
+        let mut n = self.next.max(FIRST_CONTAINER_DOMAIN);
+        while self.high_hosts.contains(&n) {
+            n = n.checked_add(1).ok_or(IdentityError::Collision(n))?;
+        }
+        self.next = n.checked_add(1).unwrap_or(u32::MAX);
+        self.containers.insert((uid, c.to_string()), n);
+        self.by_number.insert(n, (uid, c.to_string()));
+        Ok(n)
+    }
+
+    /// The container of domain `number`, if it is a container domain.
+    pub fn container(&self, number: u32) -> Option<&str> {
+        self.by_number.get(&number).map(|(_, c)| c.as_str())
+    }
+
+    /// The uid of domain `number`.
+    pub fn uid(&self, number: u32) -> u32 {
+        self.by_number.get(&number).map_or(number, |(u, _)| *u)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_lines_of_every_layout() {
+        // cgroup v2 only.
+        assert_eq!(
+            cgroup_path("0::/machine.slice/libpod-ab12.scope/container\n"),
+            "/machine.slice/libpod-ab12.scope/container"
+        );
+        // Hybrid, the unified hierarchy at the root: the named systemd one.
+        let hybrid = "10:hugetlb:/\n9:name=systemd:/libpod_parent/libpod-c5\n\
+                      8:pids:/libpod_parent/libpod-c5\n4:memory:/x\n0::/\n";
+        assert_eq!(cgroup_path(hybrid), "/libpod_parent/libpod-c5");
+        // Only pids, then memory.
+        assert_eq!(cgroup_path("8:pids:/p\n4:memory:/m\n0::/\n"), "/p");
+        assert_eq!(cgroup_path("4:memory:/m\n0::/\n"), "/m");
+        assert_eq!(cgroup_path("1:cpu,cpuacct:/\n0::/\n"), "/");
+        assert_eq!(cgroup_path(""), "/");
+        // A path with ':' in it survives.
+        assert_eq!(cgroup_path("0::/a:b\n"), "/a:b");
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("**/libpod-*", "/machine.slice/libpod-ab.scope"));
+        assert!(glob_match("**/libpod-*", "/libpod_parent/libpod-ab"));
+        assert!(!glob_match("**/libpod-*", "/libpod_parent"));
+        assert!(!glob_match("/a/*", "/a/b/c"));
+        assert!(glob_match("/a/**", "/a/b/c"));
+        assert!(glob_match("/a/?", "/a/b"));
+        assert!(!glob_match("/a/?", "/a/bc"));
+        assert!(glob_match("/exact", "/exact"));
+        assert!(!glob_match("/exact", "/exact2"));
+    }
+
+    #[test]
+    fn the_shortest_matching_prefix_is_the_container() {
+        let pats = ["**/libpod-*", "/kubepods*/**"];
+        assert_eq!(
+            container_of("/machine.slice/libpod-ab.scope/container", pats).as_deref(),
+            Some("/machine.slice/libpod-ab.scope")
+        );
+        assert_eq!(
+            container_of("/kubepods.slice/pod1/c", pats).as_deref(),
+            Some("/kubepods.slice/pod1")
+        );
+        assert_eq!(container_of("/user.slice/user-1000.slice", pats), None);
+        assert_eq!(container_of("/", pats), None);
+    }
+
+    #[test]
+    fn registry_numbers_pairs_and_keeps_hosts_as_uids() {
+        let mut r = Registry::default();
+        assert_eq!(r.number(1000, None, |_| true).unwrap(), 1000);
+        let a = r.number(0, Some("/c/a"), |_| true).unwrap();
+        let b = r.number(0, Some("/c/b"), |_| true).unwrap();
+        let a1 = r.number(1000, Some("/c/a"), |_| true).unwrap();
+        assert!(a >= FIRST_CONTAINER_DOMAIN && a != b && a != a1 && b != a1);
+        assert_eq!(r.number(0, Some("/c/a"), |_| true).unwrap(), a);
+        assert_eq!(r.container(a), Some("/c/a"));
+        assert_eq!(r.container(0), None);
+        assert_eq!(r.uid(a1), 1000);
+        // A high host uid is its own number and containers skip it.
+        let high = a1 + 1;
+        assert_eq!(r.number(high, None, |_| true).unwrap(), high);
+        let c = r.number(0, Some("/c/c"), |_| true).unwrap();
+        assert_ne!(c, high);
+        // A host uid equal to a container's number is refused.
+        assert!(r.number(a, None, |_| true).is_err());
+    }
+}
