@@ -153,10 +153,11 @@ impl Drop for Client {
 /// The config: one mcu pcoproc; `rules` first, then everyone else with 8
 /// vcoprocs.
 fn config(rules: &str, metrics: &Path) -> String {
+    let metrics = metrics.display();
     format!(
         r#"
 [daemon]
-metrics_socket = {metrics:?}
+metrics_socket = "{metrics}"
 
 [[pcoproc]]
 name = "mcu0"

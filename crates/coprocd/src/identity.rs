@@ -45,6 +45,9 @@ pub enum IdentityError {
     /// A host uid at or above 2^31 that a container domain already numbers.
     #[error("uid {0} collides with a container domain's number")]
     Collision(u32),
+    /// Every container domain number has been given out.
+    #[error("no container domain numbers left")]
+    Exhausted,
 }
 
 /// What the daemon knows of a peer at accept time.
@@ -144,13 +147,13 @@ pub fn identify(sock: &tokio::net::UnixStream) -> Result<Peer, IdentityError> {
         Some(p) if p > 0 => p,
         _ => return Err(IdentityError::NoPid),
     };
-    let pidfd = match peer_pidfd(sock) {
-        Some(fd) => fd,
-        None => {
-            let p = rustix::process::Pid::from_raw(pid).ok_or(IdentityError::NoPid)?;
-            rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
-                .map_err(|e| IdentityError::Pidfd(pid, e.into()))?
-        }
+    let pidfd = if let Some(fd) = peer_pidfd(sock) {
+        fd
+    } else {
+        // Before Linux 6.5: the pid's process now (see the module's doc).
+        let p = rustix::process::Pid::from_raw(pid).ok_or(IdentityError::NoPid)?;
+        rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
+            .map_err(|e| IdentityError::Pidfd(pid, e.into()))?
     };
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .map_err(|e| IdentityError::Cgroup(pid, e))?;
@@ -242,7 +245,8 @@ pub struct Registry {
     by_number: HashMap<u32, (u32, String)>,
     /// Host uids at or above 2^31 seen (container numbers skip them).
     high_hosts: BTreeSet<u32>,
-    next: u32,
+    /// The next number to try (0: [`FIRST_CONTAINER_DOMAIN`]).
+    next: u64,
 }
 
 impl Registry {
@@ -271,11 +275,15 @@ impl Registry {
             let by = &self.by_number;
             self.containers.retain(|_, n| by.contains_key(n));
         }
-        let mut n = self.next.max(FIRST_CONTAINER_DOMAIN);
-        while self.high_hosts.contains(&n) {
-            n = n.checked_add(1).ok_or(IdentityError::Collision(n))?;
-        }
-        self.next = n.checked_add(1).unwrap_or(u32::MAX);
+        let mut n = self.next.max(u64::from(FIRST_CONTAINER_DOMAIN));
+        let n = loop {
+            let k = u32::try_from(n).map_err(|_| IdentityError::Exhausted)?;
+            if !self.high_hosts.contains(&k) {
+                break k;
+            }
+            n += 1;
+        };
+        self.next = u64::from(n) + 1;
         self.containers.insert((uid, c.to_string()), n);
         self.by_number.insert(n, (uid, c.to_string()));
         Ok(n)
