@@ -743,6 +743,35 @@ mod tests {
     }
 
     #[test]
+    fn container_rules_match_containers_and_only_they_grant_admin() {
+        let pc = "[[pcoproc]]\nname = \"m\"\nclass = \"mcu\"\n";
+        let c = Config::parse(&format!(
+            "{pc}[[domain]]\ncgroup = \"**/libpod-*\"\npcoprocs = [\"m\"]\nmax_vcoprocs = 2\nadmin = true\n\
+             [[domain]]\nuids = [1000]\npcoprocs = [\"m\"]\nmax_vcoprocs = 5\n"
+        ))
+        .unwrap();
+        let pod = Some("/machine.slice/libpod-ab.scope");
+        assert_eq!(c.rule_for(0, pod).unwrap().max_vcoprocs, 2);
+        assert_eq!(c.rule_for(1000, pod).unwrap().max_vcoprocs, 2);
+        // Outside containers a cgroup rule does not apply; a rule without
+        // one applies in containers too.
+        assert_eq!(c.rule_for(1000, None).unwrap().max_vcoprocs, 5);
+        assert!(c.rule_for(0, None).is_none());
+        assert_eq!(c.rule_for(1000, Some("/lxc/x")).unwrap().max_vcoprocs, 5);
+        assert!(c.container_patterns().contains(&"**/libpod-*"));
+        for bad in [
+            "[[domain]]\npcoprocs = [\"m\"]\nadmin = true\n",
+            "[[domain]]\ncgroup = \"libpod-*\"\npcoprocs = [\"m\"]\n",
+            "[daemon]\ncontainer_cgroups = [\"docker\"]\n",
+        ] {
+            let e = Config::parse(&format!("{pc}{bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("cgroup"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_errors_with_the_line() {
         let text = "[daemon]\n\n[[pcoproc]]\nname = \"a\"\nclass = \"mcu\"\nslize_us = 4\n";
         let e = Config::parse(text).unwrap_err().to_string();

@@ -325,6 +325,22 @@ mod tests {
     }
 
     #[test]
+    fn a_pidfd_tells_a_live_peer_from_one_that_exited() {
+        // `cat` waits on its stdin until we close it.
+        let mut child = std::process::Command::new("cat")
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
+        let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).unwrap();
+        assert!(!exited(&fd));
+        drop(child.stdin.take());
+        child.wait().unwrap();
+        // Reaped: its pid may be anyone's now, the pidfd still knows.
+        assert!(exited(&fd));
+    }
+
+    #[test]
     fn globs() {
         assert!(glob_match("**/libpod-*", "/machine.slice/libpod-ab.scope"));
         assert!(glob_match("**/libpod-*", "/libpod_parent/libpod-ab"));
