@@ -36,9 +36,9 @@ pub enum IdentityError {
     /// No pidfd for the peer.
     #[error("no pidfd for pid {0}: {1}")]
     Pidfd(i32, std::io::Error),
-    /// Its cgroup could not be read.
-    #[error("cannot read the cgroup of pid {0}: {1}")]
-    Cgroup(i32, std::io::Error),
+    /// Its `/proc/<pid>/{cgroup,status}` could not be read.
+    #[error("cannot read /proc/{0}/{1}: {2}")]
+    Proc(i32, &'static str, std::io::Error),
     /// It exited before it could be identified.
     #[error("pid {0} exited before it could be identified")]
     Gone(i32),
@@ -48,6 +48,18 @@ pub enum IdentityError {
     /// Every container domain number has been given out.
     #[error("no container domain numbers left")]
     Exhausted,
+}
+
+impl IdentityError {
+    /// Whether it failed for want of a descriptor (the daemon's or the
+    /// system's limit): worth trying again once some are free.
+    pub fn out_of_descriptors(&self) -> bool {
+        let io = match self {
+            IdentityError::Pidfd(_, e) | IdentityError::Proc(_, _, e) => e,
+            _ => return false,
+        };
+        matches!(io.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+    }
 }
 
 /// What the daemon knows of a peer at accept time.
@@ -156,16 +168,16 @@ pub fn identify(sock: &tokio::net::UnixStream) -> Result<Peer, IdentityError> {
             .map_err(|e| IdentityError::Pidfd(pid, e.into()))?
     };
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .map_err(|e| IdentityError::Cgroup(pid, e))?;
+        .map_err(|e| IdentityError::Proc(pid, "cgroup", e))?;
     let groups = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("Groups:")).map(|l| {
-                l.split_whitespace()
-                    .skip(1)
-                    .filter_map(|g| g.parse().ok())
-                    .collect()
-            })
+        .map_err(|e| IdentityError::Proc(pid, "status", e))?
+        .lines()
+        .find(|l| l.starts_with("Groups:"))
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .filter_map(|g| g.parse().ok())
+                .collect()
         })
         .unwrap_or_default();
     // Still alive, so still holding `pid`: what was read was its own.

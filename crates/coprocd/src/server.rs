@@ -128,57 +128,90 @@ pub async fn run(daemon: Arc<Daemon>, path: PathBuf) -> anyhow::Result<()> {
     // loop is in it.
     let mut pause = Duration::ZERO;
     let mut paused = false;
+    // A connection accepted but not yet identified for want of a
+    // descriptor (the pidfd, /proc): tried again after the pause.
+    let mut pending: Option<tokio::net::UnixStream> = None;
     loop {
-        tokio::select! {
-            r = listener.accept(), if !paused => {
-                let (stream, _) = match r {
-                    Ok(s) => {
-                        pause = Duration::ZERO;
-                        s
+        let stream = tokio::select! {
+            r = listener.accept(), if !paused => match r {
+                Ok((s, _)) => {
+                    pause = Duration::ZERO;
+                    s
+                }
+                Err(e) => {
+                    // Out of descriptors (or memory): retrying at once
+                    // would spin. Pause, longer while it lasts.
+                    if let Some(suppressed) = accept_log.check() {
+                        tracing::warn!(error = %e, suppressed, "accept failed; backing off");
                     }
-                    Err(e) => {
-                        // Out of descriptors (or memory): retrying at once
-                        // would spin. Pause, longer while it lasts.
-                        if let Some(suppressed) = accept_log.check() {
-                            tracing::warn!(error = %e, suppressed, "accept failed; backing off");
-                        }
-                        pause = (pause * 2).clamp(ACCEPT_PAUSE_MIN, ACCEPT_PAUSE_MAX);
-                        paused = true;
-                        continue;
-                    }
-                };
-                // Who it is, read race-free at connect time (uid, gid,
-                // cgroup: crate::identity), and so its domain.
-                let who = match crate::identity::identify(&stream)
-                    .map_err(|e| WireError::new(coproc_proto::ErrorCode::PermissionDenied, e.to_string()))
-                    .and_then(|peer| daemon.identity(&peer))
-                {
-                    Ok(who) => who,
-                    Err(e) => {
-                        if let Some(suppressed) = accept_log.check() {
-                            tracing::warn!(error = %e.message, suppressed, "peer not identified; connection refused");
-                        }
-                        refuse(&stream, e);
-                        continue;
-                    }
-                };
-                let slot = match daemon.admit(&who) {
-                    Ok(slot) => slot,
-                    Err(e) => {
-                        if let Some(suppressed) = accept_log.check() {
-                            tracing::info!(uid = who.uid, container = who.container.as_deref(), error = %e.message, suppressed, "connection refused");
-                        }
-                        refuse(&stream, e);
-                        continue;
-                    }
-                };
-                sessions.spawn(crate::session::serve(daemon.clone(), stream, who, slot, stop_rx.clone()));
+                    pause = (pause * 2).clamp(ACCEPT_PAUSE_MIN, ACCEPT_PAUSE_MAX);
+                    paused = true;
+                    continue;
+                }
+            },
+            () = tokio::time::sleep(pause), if paused => {
+                paused = false;
+                match pending.take() {
+                    Some(s) => s,
+                    None => continue,
+                }
             }
-            () = tokio::time::sleep(pause), if paused => paused = false,
-            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
             _ = term.recv() => break,
             _ = int.recv() => break,
-        }
+        };
+        // Who it is, read race-free at connect time (uid, gid, cgroup:
+        // crate::identity), and so its domain.
+        let peer = match crate::identity::identify(&stream) {
+            Ok(p) => p,
+            Err(e) if e.out_of_descriptors() => {
+                // Like a failed accept: keep the connection, back off.
+                if let Some(suppressed) = accept_log.check() {
+                    tracing::warn!(error = %e, suppressed, "accept failed (identifying the peer); backing off");
+                }
+                pending = Some(stream);
+                pause = (pause * 2).clamp(ACCEPT_PAUSE_MIN, ACCEPT_PAUSE_MAX);
+                paused = true;
+                continue;
+            }
+            Err(e) => {
+                if let Some(suppressed) = accept_log.check() {
+                    tracing::warn!(error = %e, suppressed, "peer not identified; connection refused");
+                }
+                refuse(
+                    &stream,
+                    WireError::new(coproc_proto::ErrorCode::PermissionDenied, e.to_string()),
+                );
+                continue;
+            }
+        };
+        let who = match daemon.identity(&peer) {
+            Ok(who) => who,
+            Err(e) => {
+                if let Some(suppressed) = accept_log.check() {
+                    tracing::info!(uid = peer.uid, error = %e.message, suppressed, "connection refused");
+                }
+                refuse(&stream, e);
+                continue;
+            }
+        };
+        let slot = match daemon.admit(&who) {
+            Ok(slot) => slot,
+            Err(e) => {
+                if let Some(suppressed) = accept_log.check() {
+                    tracing::info!(uid = who.uid, container = who.container.as_deref(), error = %e.message, suppressed, "connection refused");
+                }
+                refuse(&stream, e);
+                continue;
+            }
+        };
+        sessions.spawn(crate::session::serve(
+            daemon.clone(),
+            stream,
+            who,
+            slot,
+            stop_rx.clone(),
+        ));
     }
     tracing::info!("shutting down");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
