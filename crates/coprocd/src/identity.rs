@@ -54,9 +54,8 @@ impl IdentityError {
     /// Whether it failed for want of a descriptor (the daemon's or the
     /// system's limit): worth trying again once some are free.
     pub fn out_of_descriptors(&self) -> bool {
-        let io = match self {
-            IdentityError::Pidfd(_, e) | IdentityError::Proc(_, _, e) => e,
-            _ => return false,
+        let (IdentityError::Pidfd(_, io) | IdentityError::Proc(_, _, io)) = self else {
+            return false;
         };
         matches!(io.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
     }
