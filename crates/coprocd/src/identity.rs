@@ -70,7 +70,7 @@ pub struct Peer {
     pub gid: u32,
     /// Pid (in the daemon's pid namespace).
     pub pid: i32,
-    /// Supplementary groups.
+    /// Supplementary groups (read only when asked for: `admin_gid`).
     pub groups: Vec<u32>,
     /// Its cgroup path (see [`cgroup_path`]).
     pub cgroup: String,
@@ -151,8 +151,10 @@ pub fn cgroup_path(text: &str) -> String {
         .unwrap_or_else(|| "/".to_string())
 }
 
-/// Identify the peer of `sock` (a freshly accepted connection).
-pub fn identify(sock: &tokio::net::UnixStream) -> Result<Peer, IdentityError> {
+/// Identify the peer of `sock` (a freshly accepted connection), with its
+/// supplementary groups if `groups` (they take a read of
+/// `/proc/<pid>/status`, the larger part of the cost).
+pub fn identify(sock: &tokio::net::UnixStream, groups: bool) -> Result<Peer, IdentityError> {
     let cred = sock.peer_cred().map_err(IdentityError::Credentials)?;
     let pid = match cred.pid() {
         Some(p) if p > 0 => p,
@@ -168,17 +170,21 @@ pub fn identify(sock: &tokio::net::UnixStream) -> Result<Peer, IdentityError> {
     };
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .map_err(|e| IdentityError::Proc(pid, "cgroup", e))?;
-    let groups = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|e| IdentityError::Proc(pid, "status", e))?
-        .lines()
-        .find(|l| l.starts_with("Groups:"))
-        .map(|l| {
-            l.split_whitespace()
-                .skip(1)
-                .filter_map(|g| g.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
+    let groups = if groups {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .map_err(|e| IdentityError::Proc(pid, "status", e))?
+            .lines()
+            .find(|l| l.starts_with("Groups:"))
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(1)
+                    .filter_map(|g| g.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     // Still alive, so still holding `pid`: what was read was its own.
     if exited(&pidfd) {
         return Err(IdentityError::Gone(pid));

@@ -121,6 +121,7 @@ pub async fn run(daemon: Arc<Daemon>, path: PathBuf) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut sessions = tokio::task::JoinSet::new();
+    let admin_gid = daemon.config.daemon.admin_gid;
     // One line per second at most about failing accepts or refused peers,
     // whoever causes them.
     let accept_log = RateLimit::new(1, 1);
@@ -162,7 +163,7 @@ pub async fn run(daemon: Arc<Daemon>, path: PathBuf) -> anyhow::Result<()> {
         };
         // Who it is, read race-free at connect time (uid, gid, cgroup:
         // crate::identity), and so its domain.
-        let peer = match crate::identity::identify(&stream) {
+        let peer = match crate::identity::identify(&stream, admin_gid.is_some()) {
             Ok(p) => p,
             Err(e) if e.out_of_descriptors() => {
                 // Like a failed accept: keep the connection, back off.
