@@ -363,35 +363,58 @@ max_vcoprocs = 2
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Whether the containers test runs: podman must be there and able to
-/// run a container here. Otherwise it says why, loudly, and fails unless
-/// `COPROC_SKIP_CONTAINERS=1`.
-fn podman_works(rootfs: &Path) -> bool {
-    let skip = std::env::var("COPROC_SKIP_CONTAINERS").is_ok_and(|v| v == "1");
-    let why = match podman(&[])
-        .args(["--rootfs"])
-        .arg(rootfs)
-        .args(["/client", "--list"])
-        .output()
-    {
-        Err(e) => format!("podman is not installed ({e}); scripts/setup.sh installs it"),
-        Ok(o) if o.status.success() => return true,
-        Ok(o) => format!(
-            "podman cannot run a container here (the kernel or the cgroup set-up forbids it): {}",
-            String::from_utf8_lossy(&o.stderr).trim()
-        ),
-    };
-    if skip {
+/// The OCI runtime podman can run a container with here: its default
+/// (crun), else runc (crun refuses a cgroup v1/v2 hybrid that leaves a
+/// controller in v2; runc does not). `None`, after saying why loudly, when
+/// none can and `COPROC_SKIP_CONTAINERS=1`; a failure otherwise.
+fn podman_runtime(rootfs: &Path) -> Option<Runtime> {
+    let mut why = Vec::new();
+    for runtime in [Runtime(None), Runtime(Some("runc"))] {
+        let mut c = podman(runtime, &["--rootfs"]);
+        c.arg(rootfs).args(["/client", "--list"]);
+        match c.output() {
+            Err(e) => {
+                why.push(format!(
+                    "podman is not installed ({e}); scripts/setup.sh installs it"
+                ));
+                break;
+            }
+            Ok(o) if o.status.success() => {
+                if let Runtime(Some(r)) = runtime {
+                    eprintln!(
+                        "podman's default runtime cannot run a container here ({}); using {r}",
+                        why.join("; ")
+                    );
+                }
+                return Some(runtime);
+            }
+            Ok(o) => why.push(format!(
+                "podman (runtime {}) cannot run a container here: {}",
+                runtime.0.unwrap_or("default"),
+                String::from_utf8_lossy(&o.stderr).trim()
+            )),
+        }
+    }
+    let why = why.join("; ");
+    if std::env::var("COPROC_SKIP_CONTAINERS").is_ok_and(|v| v == "1") {
         eprintln!("SKIPPED (COPROC_SKIP_CONTAINERS=1): {why}");
-        return false;
+        return None;
     }
     panic!("{why}\n(set COPROC_SKIP_CONTAINERS=1 to skip this test)");
 }
 
-/// `podman run --rm` with what runs anywhere root can: no network, limits
-/// lowered rather than raised (raising needs CAP_SYS_RESOURCE), then `extra`.
-fn podman(extra: &[&str]) -> Command {
+/// The OCI runtime podman is told to use (`None`: its default).
+#[derive(Debug, Clone, Copy)]
+struct Runtime(Option<&'static str>);
+
+/// `podman [--runtime R] run --rm` with what runs anywhere root can: no
+/// network, limits lowered rather than raised (raising needs
+/// CAP_SYS_RESOURCE), then `extra`.
+fn podman(runtime: Runtime, extra: &[&str]) -> Command {
     let mut c = Command::new("podman");
+    if let Runtime(Some(r)) = runtime {
+        c.args(["--runtime", r]);
+    }
     c.args([
         "run",
         "--rm",
@@ -454,24 +477,33 @@ impl Drop for Container {
 
 /// `container_client` in a podman container named `name` with the
 /// daemon's socket directory mounted at /run/coproc.
-fn client_in_podman(d: &Daemon, rootfs: &Path, name: &str, hold: bool) -> (Client, Container) {
+fn client_in_podman(
+    d: &Daemon,
+    runtime: Runtime,
+    rootfs: &Path,
+    name: &str,
+    hold: bool,
+) -> (Client, Container) {
     let mount = format!("{}:/run/coproc", d.dir.display());
-    let mut c = podman(&[
-        "-i",
-        "--name",
-        name,
-        "-v",
-        &mount,
-        "-e",
-        "COPROC_TEST_SOCKET=/run/coproc/coprocd.sock",
-        "-e",
-        if hold {
-            "COPROC_TEST_HOLD=1"
-        } else {
-            "COPROC_TEST_HOLD=0"
-        },
-        "--rootfs",
-    ]);
+    let mut c = podman(
+        runtime,
+        &[
+            "-i",
+            "--name",
+            name,
+            "-v",
+            &mount,
+            "-e",
+            "COPROC_TEST_SOCKET=/run/coproc/coprocd.sock",
+            "-e",
+            if hold {
+                "COPROC_TEST_HOLD=1"
+            } else {
+                "COPROC_TEST_HOLD=0"
+            },
+            "--rootfs",
+        ],
+    );
     c.arg(rootfs).args([
         "/client",
         "--exact",
@@ -491,10 +523,10 @@ fn podman_containers_are_separate_domains_and_root_in_them_is_no_admin() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let rootfs = build_rootfs(&dir);
-    if !podman_works(&rootfs) {
+    let Some(runtime) = podman_runtime(&rootfs) else {
         let _ = std::fs::remove_dir_all(&dir);
         return;
-    }
+    };
     // Every podman container (its cgroup is .../libpod-<id>[.scope]) is
     // a domain of its own with 2 vcoprocs.
     let rules = r#"
@@ -506,9 +538,11 @@ max_vcoprocs = 2
     let metrics = dir.join("metrics.sock");
     let d = Daemon::start("podman", &config(rules, &metrics));
     let pid = std::process::id();
-    let (mut a, _ca) = client_in_podman(&d, &rootfs, &format!("coproc-test-{pid}-a"), true);
+    let (mut a, _ca) =
+        client_in_podman(&d, runtime, &rootfs, &format!("coproc-test-{pid}-a"), true);
     let ra = a.report("held");
-    let (mut b, _cb) = client_in_podman(&d, &rootfs, &format!("coproc-test-{pid}-b"), true);
+    let (mut b, _cb) =
+        client_in_podman(&d, runtime, &rootfs, &format!("coproc-test-{pid}-b"), true);
     let rb = b.report("held");
     for r in [&ra, &rb] {
         assert!(r["container"].contains("/libpod-"), "{r:?}");
