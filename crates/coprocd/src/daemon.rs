@@ -121,7 +121,7 @@ pub struct Daemon {
     /// The event stream of `watch`ing sessions.
     pub events: crate::events::Events,
     /// Domain numbers of (uid, container) pairs.
-    pub registry: Mutex<crate::identity::Registry>,
+    registry: Mutex<crate::identity::Registry>,
 }
 
 /// `uid N` or `uid N in container C`, for messages.
@@ -235,18 +235,24 @@ impl Daemon {
                     .is_some_and(|r| r.admin && r.cgroup.is_some())
             });
         let domain = {
-            let live: std::collections::HashSet<u32> =
-                self.tables().usage.keys().copied().collect();
-            let conns = self
-                .connections
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            self.registry
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .number(peer.uid, container.as_deref(), |n| {
-                    live.contains(&n) || conns.contains_key(&n)
-                })
+            // Which numbers are in use, gathered only when the registry
+            // must forget some (and before its lock: listings take the
+            // tables, then the registry).
+            let full = self.registry().full();
+            let live: Option<std::collections::HashSet<u32>> = full.then(|| {
+                let mut l: std::collections::HashSet<u32> =
+                    self.tables().usage.keys().copied().collect();
+                l.extend(
+                    self.connections
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .keys()
+                        .copied(),
+                );
+                l
+            });
+            self.registry()
+                .number(peer.uid, container.as_deref(), live.as_ref())
                 .map_err(|e| WireError::new(ErrorCode::PermissionDenied, e.to_string()))?
         };
         Ok(Identity {
@@ -259,21 +265,22 @@ impl Daemon {
         })
     }
 
-    /// The container of domain `domain`, if it is a container's.
-    pub fn container_of(&self, domain: u32) -> Option<String> {
+    /// The registry of domain numbers. Taken after the tables where both
+    /// are held, never before.
+    fn registry(&self) -> MutexGuard<'_, crate::identity::Registry> {
         self.registry
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .container(domain)
-            .map(str::to_string)
+    }
+
+    /// The container of domain `domain`, if it is a container's.
+    pub fn container_of(&self, domain: u32) -> Option<String> {
+        self.registry().container(domain).map(str::to_string)
     }
 
     /// The uid of domain `domain`.
     pub fn uid_of(&self, domain: u32) -> u32 {
-        self.registry
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .uid(domain)
+        self.registry().uid(domain)
     }
 
     /// Count a new connection of `who` against its domain's limit

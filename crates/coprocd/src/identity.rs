@@ -267,13 +267,21 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The domain number of `uid` in `container`. `live` says whether a
-    /// number is still in use (consulted only when the registry is full).
+    /// Whether it remembers as many container domains as it may: the next
+    /// new one makes it forget those not `live` (see [`Registry::number`]).
+    pub fn full(&self) -> bool {
+        self.containers.len() >= REMEMBERED
+    }
+
+    /// The domain number of `uid` in `container`. When the registry is
+    /// [`full`](Registry::full), the container domains whose numbers are
+    /// not in `live` (none given: none are forgotten this time) are
+    /// forgotten first; their numbers are not given out again.
     pub fn number(
         &mut self,
         uid: u32,
         container: Option<&str>,
-        live: impl Fn(u32) -> bool,
+        live: Option<&std::collections::HashSet<u32>>,
     ) -> Result<u32, IdentityError> {
         let Some(c) = container else {
             if uid >= FIRST_CONTAINER_DOMAIN {
@@ -287,8 +295,8 @@ impl Registry {
         if let Some(&n) = self.containers.get(&(uid, c.to_string())) {
             return Ok(n);
         }
-        if self.containers.len() >= REMEMBERED {
-            self.by_number.retain(|n, _| live(*n));
+        if let (true, Some(live)) = (self.full(), live) {
+            self.by_number.retain(|n, _| live.contains(n));
             let by = &self.by_number;
             self.containers.retain(|_, n| by.contains_key(n));
         }
@@ -386,23 +394,45 @@ mod tests {
     }
 
     #[test]
+    fn a_full_registry_forgets_only_unused_domains_and_reuses_no_number() {
+        let mut r = Registry::default();
+        let first = r.number(0, Some("/c/0"), None).unwrap();
+        let mut last = first;
+        for i in 1..REMEMBERED {
+            last = r.number(0, Some(&format!("/c/{i}")), None).unwrap();
+        }
+        assert!(r.full());
+        // Nothing said to be in use: nothing forgotten, the registry grows.
+        let extra = r.number(0, Some("/c/extra"), None).unwrap();
+        assert_eq!(r.container(first), Some("/c/0"));
+        // Only `first` in use: the rest are forgotten; no number comes back.
+        let live = std::collections::HashSet::from([first]);
+        let new = r.number(0, Some("/c/new"), Some(&live)).unwrap();
+        assert!(new > extra && extra > last);
+        assert_eq!(r.container(first), Some("/c/0"));
+        assert_eq!(r.container(last), None);
+        assert_eq!(r.number(0, Some("/c/0"), Some(&live)).unwrap(), first);
+        assert!(!r.full());
+    }
+
+    #[test]
     fn registry_numbers_pairs_and_keeps_hosts_as_uids() {
         let mut r = Registry::default();
-        assert_eq!(r.number(1000, None, |_| true).unwrap(), 1000);
-        let a = r.number(0, Some("/c/a"), |_| true).unwrap();
-        let b = r.number(0, Some("/c/b"), |_| true).unwrap();
-        let a1 = r.number(1000, Some("/c/a"), |_| true).unwrap();
+        assert_eq!(r.number(1000, None, None).unwrap(), 1000);
+        let a = r.number(0, Some("/c/a"), None).unwrap();
+        let b = r.number(0, Some("/c/b"), None).unwrap();
+        let a1 = r.number(1000, Some("/c/a"), None).unwrap();
         assert!(a >= FIRST_CONTAINER_DOMAIN && a != b && a != a1 && b != a1);
-        assert_eq!(r.number(0, Some("/c/a"), |_| true).unwrap(), a);
+        assert_eq!(r.number(0, Some("/c/a"), None).unwrap(), a);
         assert_eq!(r.container(a), Some("/c/a"));
         assert_eq!(r.container(0), None);
         assert_eq!(r.uid(a1), 1000);
         // A high host uid is its own number and containers skip it.
         let high = a1 + 1;
-        assert_eq!(r.number(high, None, |_| true).unwrap(), high);
-        let c = r.number(0, Some("/c/c"), |_| true).unwrap();
+        assert_eq!(r.number(high, None, None).unwrap(), high);
+        let c = r.number(0, Some("/c/c"), None).unwrap();
         assert_ne!(c, high);
         // A host uid equal to a container's number is refused.
-        assert!(r.number(a, None, |_| true).is_err());
+        assert!(r.number(a, None, None).is_err());
     }
 }
