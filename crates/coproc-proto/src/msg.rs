@@ -756,4 +756,36 @@ mod tests {
         assert_eq!((o.memory_bytes, o.iova_base, o.iova_size), (0, 0, 0));
         assert_eq!((o.state.as_str(), o.failure), ("running", None));
     }
+
+    #[test]
+    fn identities_and_domains_carry_the_container_and_old_ones_still_decode() {
+        let d = DomainInfo {
+            uid: 0,
+            domain: 0x8000_0001,
+            container: Some("/machine.slice/libpod-ab.scope".into()),
+            sessions: 1,
+            vcoprocs: 2,
+            mapped_bytes: 0,
+            mappings: 0,
+        };
+        let text = serde_json::to_string(&d).unwrap();
+        assert_eq!(serde_json::from_str::<DomainInfo>(&text).unwrap(), d);
+        // A host domain carries no container; a daemon from before neither.
+        let old = r#"{"uid":1000,"sessions":1,"vcoprocs":0,"mapped_bytes":0}"#;
+        let o: DomainInfo = serde_json::from_str(old).unwrap();
+        assert_eq!((o.domain, o.container), (0, None));
+        let host = serde_json::to_string(&Identity {
+            uid: 1000,
+            gid: 1000,
+            pid: 1,
+            admin: false,
+            domain: 1000,
+            container: None,
+        })
+        .unwrap();
+        assert!(!host.contains("container"), "{host}");
+        let old = r#"{"uid":0,"gid":0,"pid":7,"admin":true}"#;
+        let o: Identity = serde_json::from_str(old).unwrap();
+        assert_eq!((o.domain, o.container), (0, None));
+    }
 }
