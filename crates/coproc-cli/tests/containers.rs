@@ -7,7 +7,8 @@
 //! - `cgroup_domains_*` puts client processes into cgroups of its own (a
 //!   directory in the cgroup v2 hierarchy, the client's pid written to its
 //!   `cgroup.procs` before it execs), so it tests the identity logic
-//!   wherever root can make cgroups, with or without a container runtime;
+//!   wherever root can make cgroups, with or without a container runtime
+//!   (and that a cgroup owned by a user is no container);
 //! - `podman_containers_*` runs the clients in real podman containers (a
 //!   rootfs built here from the test binary and its libraries: no image is
 //!   pulled) with the daemon's socket mounted.
@@ -217,7 +218,15 @@ fn host_sees(d: &Daemon, metrics: &Path, containers: &[(&Report, u32)]) {
         );
     }
     // The host's own quota (8) is its own: the containers' vcoprocs do
-    // not count against it.
+    // not count against it. (Sessions of domain 0 that ended, as the
+    // delegated cgroup's client's, are gone once the daemon has seen them
+    // close.)
+    common::wait_for("domain 0's ended sessions to be cleaned up", || {
+        host.list_domains()
+            .unwrap()
+            .iter()
+            .all(|x| x.domain != 0 || x.vcoprocs == 0)
+    });
     for _ in 0..8 {
         host.open("mcu0").unwrap();
     }
@@ -355,6 +364,27 @@ max_vcoprocs = 2
     assert_eq!(rt["opened"], "3", "{rt:?}");
     assert_eq!(rt["sched_set"], "ok", "{rt:?}");
     t.finish();
+
+    // A cgroup delegated to a user (owned by it: systemd's user@.service,
+    // rootless podman) is no container, though a pattern matches it: that
+    // user could make any number of them. Root in it is root outside
+    // containers: domain 0, an admin.
+    let delegated = base.join("delegated");
+    std::fs::create_dir(&delegated).unwrap();
+    cgs.0.push(delegated.clone());
+    std::os::unix::fs::chown(&delegated, Some(65534), None).unwrap();
+    let mut u = Client::spawn(client_in_cgroup(&delegated, &d.socket, false));
+    let ru = u.report("domains_seen");
+    assert_eq!(
+        (
+            ru["container"].as_str(),
+            ru["domain"].as_str(),
+            ru["admin"].as_str()
+        ),
+        ("-", "0", "true"),
+        "{ru:?}"
+    );
+    u.finish();
 
     host_sees(&d, &metrics, &[(&ra, 1), (&rb, 2)]);
     a.finish();

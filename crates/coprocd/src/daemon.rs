@@ -226,8 +226,23 @@ impl Daemon {
         let admin_gid = self.config.daemon.admin_gid;
         let by_uid =
             peer.uid == 0 || admin_gid.is_some_and(|g| peer.gid == g || peer.groups.contains(&g));
-        let container =
-            crate::identity::container_of(&peer.cgroup, self.config.container_patterns());
+        // A container's cgroup must be root's: one in a subtree delegated to
+        // a user is that user's, who could make any number of them (and
+        // so of domains and quotas).
+        let container = match crate::identity::container_of(
+            &peer.cgroup,
+            self.config.container_patterns(),
+        ) {
+            Some(c) => match crate::identity::cgroup_owner(&peer.hierarchy, &c) {
+                Ok(0) => Some(c),
+                Ok(owner) => {
+                    tracing::debug!(uid = peer.uid, cgroup = %c, owner, "a user's cgroup is no container");
+                    None
+                }
+                Err(e) => return Err(WireError::new(ErrorCode::PermissionDenied, e.to_string())),
+            },
+            None => None,
+        };
         let admin = by_uid
             && container.as_deref().is_none_or(|c| {
                 self.config

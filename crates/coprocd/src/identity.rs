@@ -42,6 +42,9 @@ pub enum IdentityError {
     /// It exited before it could be identified.
     #[error("pid {0} exited before it could be identified")]
     Gone(i32),
+    /// The daemon cannot find a cgroup's directory (to see who owns it).
+    #[error("cannot find cgroup {0} in the daemon's mounts")]
+    NoCgroupDir(String),
     /// A host uid at or above 2^31 that a container domain already numbers.
     #[error("uid {0} collides with a container domain's number")]
     Collision(u32),
@@ -72,8 +75,10 @@ pub struct Peer {
     pub pid: i32,
     /// Supplementary groups (read only when asked for: `admin_gid`).
     pub groups: Vec<u32>,
-    /// Its cgroup path (see [`cgroup_path`]).
+    /// Its cgroup path (see [`cgroup_of`]).
     pub cgroup: String,
+    /// The hierarchy that path is in.
+    pub hierarchy: Hierarchy,
 }
 
 /// `SO_PEERPIDFD` (Linux 6.5), as `<asm-generic/socket.h>` numbers it.
@@ -121,12 +126,21 @@ fn exited(pidfd: &OwnedFd) -> bool {
     }
 }
 
-/// The cgroup path that identifies a process, from the text of its
+/// A cgroup hierarchy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hierarchy {
+    /// cgroup v2.
+    Unified,
+    /// A v1 hierarchy, by the option that names it (`name=systemd`, `pids`).
+    V1(String),
+}
+
+/// The cgroup that identifies a process, from the text of its
 /// `/proc/<pid>/cgroup`: the unified (`0::`) line when it is not the root,
 /// else the named `name=systemd` hierarchy's, else `pids`', else
 /// `memory`'s, else `/` (a v1/v2 hybrid puts containers in the v1
 /// hierarchies and may leave the unified one at the root).
-pub fn cgroup_path(text: &str) -> String {
+pub fn cgroup_of(text: &str) -> (Hierarchy, String) {
     let mut lines: Vec<(&str, &str)> = Vec::new();
     for l in text.lines() {
         let mut f = l.splitn(3, ':');
@@ -135,20 +149,63 @@ pub fn cgroup_path(text: &str) -> String {
         };
         lines.push((ctrl, path));
     }
-    let find = |want: &str| {
-        lines
+    if let Some((_, p)) = lines.iter().find(|(c, p)| c.is_empty() && *p != "/") {
+        return (Hierarchy::Unified, (*p).to_string());
+    }
+    for want in ["name=systemd", "pids", "memory"] {
+        if let Some((_, p)) = lines
             .iter()
             .find(|(c, p)| c.split(',').any(|x| x == want) && *p != "/")
-            .map(|(_, p)| (*p).to_string())
-    };
-    lines
-        .iter()
-        .find(|(c, p)| c.is_empty() && *p != "/")
-        .map(|(_, p)| (*p).to_string())
-        .or_else(|| find("name=systemd"))
-        .or_else(|| find("pids"))
-        .or_else(|| find("memory"))
-        .unwrap_or_else(|| "/".to_string())
+        {
+            return (Hierarchy::V1(want.to_string()), (*p).to_string());
+        }
+    }
+    (Hierarchy::Unified, "/".to_string())
+}
+
+/// The path of [`cgroup_of`].
+pub fn cgroup_path(text: &str) -> String {
+    cgroup_of(text).1
+}
+
+/// Who owns the directory of cgroup `path` of hierarchy `h`, found through
+/// the daemon's mounts (`/proc/self/mountinfo`). A container's cgroup made
+/// by root is root's; one in a subtree delegated to a user (systemd's
+/// `user@.service`, rootless podman) is that user's, who could make any
+/// number of them.
+pub fn cgroup_owner(h: &Hierarchy, path: &str) -> Result<u32, IdentityError> {
+    let gone = || IdentityError::NoCgroupDir(path.to_string());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").map_err(|_| gone())?;
+    for line in mounts.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let l: Vec<&str> = left.split(' ').collect();
+        let r: Vec<&str> = right.split(' ').collect();
+        if l.len() < 5 || r.len() < 3 {
+            continue;
+        }
+        let ours = match h {
+            Hierarchy::Unified => r[0] == "cgroup2",
+            Hierarchy::V1(opt) => r[0] == "cgroup" && r[2].split(',').any(|o| o == opt),
+        };
+        if !ours {
+            continue;
+        }
+        // The mount shows its hierarchy from `root` down.
+        let (root, at) = (l[3], l[4]);
+        let rel = if root == "/" {
+            path
+        } else if let Some(rest) = path.strip_prefix(root) {
+            rest
+        } else {
+            continue;
+        };
+        if let Ok(st) = rustix::fs::stat(format!("{at}{rel}")) {
+            return Ok(st.st_uid);
+        }
+    }
+    Err(gone())
 }
 
 /// Identify the peer of `sock` (a freshly accepted connection), with its
@@ -185,6 +242,7 @@ pub fn identify(sock: &tokio::net::UnixStream, groups: bool) -> Result<Peer, Ide
     } else {
         Vec::new()
     };
+    let (hierarchy, cgroup) = cgroup_of(&text);
     // Still alive, so still holding `pid`: what was read was its own.
     if exited(&pidfd) {
         return Err(IdentityError::Gone(pid));
@@ -194,7 +252,8 @@ pub fn identify(sock: &tokio::net::UnixStream, groups: bool) -> Result<Peer, Ide
         gid: cred.gid(),
         pid,
         groups,
-        cgroup: cgroup_path(&text),
+        cgroup,
+        hierarchy,
     })
 }
 
@@ -357,6 +416,20 @@ mod tests {
         assert_eq!(cgroup_path(""), "/");
         // A path with ':' in it survives.
         assert_eq!(cgroup_path("0::/a:b\n"), "/a:b");
+        assert_eq!(cgroup_of(hybrid).0, Hierarchy::V1("name=systemd".into()));
+        assert_eq!(cgroup_of("0::/x\n").0, Hierarchy::Unified);
+    }
+
+    #[test]
+    fn the_owner_of_our_own_cgroup_is_found() {
+        let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let (h, path) = cgroup_of(&text);
+        // Where cgroups are mounted at all (not in every build sandbox).
+        if let Ok(owner) = cgroup_owner(&h, &path) {
+            let me = rustix::process::geteuid().as_raw();
+            assert!(owner == 0 || owner == me, "{owner}");
+        }
+        assert!(cgroup_owner(&Hierarchy::Unified, "/no/such/cgroup/here").is_err());
     }
 
     #[test]
