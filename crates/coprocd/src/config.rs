@@ -14,12 +14,12 @@ pub const DEFAULT: &str = r#"# coprocd configuration (this is the built-in defau
 # socket = "/run/coproc/coprocd.sock"  # default: $XDG_RUNTIME_DIR/coproc/ or /run/coproc/ for root
 # admin_gid = 0                        # members of this group may use admin verbs (root always may)
 # Limits a hostile local user cannot get around (docs/daemon.md):
-# max_connections_per_uid = 64         # sessions at once per uid (admins: no limit)
+# max_connections_per_uid = 64         # sessions at once per domain (admins: no limit)
 # hello_timeout_ms = 5000              # close a connection silent this long before hello
 # write_timeout_ms = 5000              # end a session that does not read its replies
 # request_rate = 5000                  # requests per second per session (device work counts 10)
 # request_burst = 500                  # requests at once above the rate
-# domain_request_rate = 20000          # requests per second of all a uid's sessions together
+# domain_request_rate = 20000          # requests per second of all a domain's sessions together
 # domain_request_burst = 2000
 # Prometheus metrics (docs/metrics.md), off unless set:
 # metrics_listen = "127.0.0.1:9464"   # loopback TCP only
@@ -109,8 +109,8 @@ pub struct DaemonConfig {
     pub socket: Option<PathBuf>,
     /// Group whose members are administrators.
     pub admin_gid: Option<u32>,
-    /// Connections (each one session) a uid may hold at once; administrators
-    /// are not limited.
+    /// Connections (each one session) a domain (a uid, or a uid in one
+    /// container) may hold at once; administrators are not limited.
     #[serde(default = "default_max_connections")]
     pub max_connections_per_uid: u32,
     /// A connection that has not said hello within this time is closed.
@@ -130,11 +130,11 @@ pub struct DaemonConfig {
     /// Requests a session may make at once above its rate (bucket size).
     #[serde(default = "default_request_burst")]
     pub request_burst: u32,
-    /// Requests all sessions of one uid may make per second together (a
+    /// Requests all sessions of one domain may make per second together (a
     /// second bucket, so more sessions do not mean more requests).
     #[serde(default = "default_domain_request_rate")]
     pub domain_request_rate: u32,
-    /// Requests all sessions of one uid may make at once above that rate.
+    /// Requests all sessions of one domain may make at once above that rate.
     #[serde(default = "default_domain_request_burst")]
     pub domain_request_burst: u32,
     /// Serve Prometheus metrics over HTTP on this TCP address (loopback
