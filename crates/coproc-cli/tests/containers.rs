@@ -236,7 +236,12 @@ fn host_sees(d: &Daemon, metrics: &Path, containers: &[(&Report, u32)]) {
 /// Check one container client's report: a separate, non-admin domain of
 /// uid 0 that got exactly `quota` vcoprocs.
 fn check_contained(r: &Report, quota: u32, container: &str) {
-    assert_eq!(r["uid"], "0", "{r:?}");
+    check_contained_as(r, 0, quota, container);
+}
+
+/// [`check_contained`] for host uid `uid`.
+fn check_contained_as(r: &Report, uid: u32, quota: u32, container: &str) {
+    assert_eq!(r["uid"], uid.to_string(), "{r:?}");
     assert_eq!(r["container"], container, "{r:?}");
     assert_eq!(
         r["admin"], "false",
@@ -513,6 +518,7 @@ fn client_in_podman(
     rootfs: &Path,
     name: &str,
     hold: bool,
+    extra: &[&str],
 ) -> (Client, Container) {
     let mount = format!("{}:/run/coproc", d.dir.display());
     let mut c = podman(
@@ -531,10 +537,9 @@ fn client_in_podman(
             } else {
                 "COPROC_TEST_HOLD=0"
             },
-            "--rootfs",
         ],
     );
-    c.arg(rootfs).args([
+    c.args(extra).arg("--rootfs").arg(rootfs).args([
         "/client",
         "--exact",
         "container_client",
@@ -568,11 +573,23 @@ max_vcoprocs = 2
     let metrics = dir.join("metrics.sock");
     let d = Daemon::start("podman", &config(rules, &metrics));
     let pid = std::process::id();
-    let (mut a, _ca) =
-        client_in_podman(&d, runtime, &rootfs, &format!("coproc-test-{pid}-a"), true);
+    let (mut a, _ca) = client_in_podman(
+        &d,
+        runtime,
+        &rootfs,
+        &format!("coproc-test-{pid}-a"),
+        true,
+        &[],
+    );
     let ra = a.report("held");
-    let (mut b, _cb) =
-        client_in_podman(&d, runtime, &rootfs, &format!("coproc-test-{pid}-b"), true);
+    let (mut b, _cb) = client_in_podman(
+        &d,
+        runtime,
+        &rootfs,
+        &format!("coproc-test-{pid}-b"),
+        true,
+        &[],
+    );
     let rb = b.report("held");
     for r in [&ra, &rb] {
         assert!(r["container"].contains("/libpod-"), "{r:?}");
@@ -580,6 +597,21 @@ max_vcoprocs = 2
     }
     assert_ne!(ra["container"], rb["container"]);
     assert_ne!(ra["domain"], rb["domain"], "two containers, two domains");
+    // With a user namespace, the container's root is host uid 200000 to
+    // the daemon (SO_PEERCRED maps it): a third domain, no admin.
+    let (mut c, _cc) = client_in_podman(
+        &d,
+        runtime,
+        &rootfs,
+        &format!("coproc-test-{pid}-c"),
+        false,
+        &["--uidmap", "0:200000:65536", "--gidmap", "0:200000:65536"],
+    );
+    let rc = c.report("domains_seen");
+    assert!(rc["container"].contains("/libpod-"), "{rc:?}");
+    check_contained_as(&rc, 200_000, 2, &rc["container"]);
+    assert!(rc["domain"] != ra["domain"] && rc["domain"] != rb["domain"]);
+    c.finish();
     host_sees(&d, &metrics, &[(&ra, 2), (&rb, 2)]);
     a.finish();
     b.finish();
