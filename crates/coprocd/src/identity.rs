@@ -449,6 +449,26 @@ mod tests {
     }
 
     #[test]
+    fn so_peerpidfd_names_the_connecting_process() {
+        use std::os::fd::AsRawFd;
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        // Linux 6.5 and later; before, identify falls back to pidfd_open.
+        let Some(fd) = peer_pidfd(&a) else {
+            eprintln!("no SO_PEERPIDFD on this kernel");
+            return;
+        };
+        let info =
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).unwrap();
+        let pid = info
+            .lines()
+            .find_map(|l| l.strip_prefix("Pid:"))
+            .map(str::trim)
+            .unwrap();
+        assert_eq!(pid, std::process::id().to_string(), "{info}");
+        assert!(!exited(&fd));
+    }
+
+    #[test]
     fn globs() {
         assert!(glob_match("**/libpod-*", "/machine.slice/libpod-ab.scope"));
         assert!(glob_match("**/libpod-*", "/libpod_parent/libpod-ab"));
