@@ -395,6 +395,52 @@ max_vcoprocs = 2
     a.finish();
     b.finish();
     drop(d);
+
+    // A daemon that itself runs in container b: b's peers are where it is,
+    // not in a container to it (root there is an admin); a's still are.
+    let procs = std::ffi::CString::new(
+        base.join("b/cgroup.procs")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .unwrap();
+    let inner = Daemon::start_with(
+        "cgroups-inner",
+        &config(&rules, &dir.join("inner.sock")),
+        |c| {
+            // SAFETY: only system calls (open, write) between fork and exec,
+            // on a path made before the fork.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(c, move || {
+                    let fd = rustix::fs::open(
+                        procs.as_c_str(),
+                        rustix::fs::OFlags::WRONLY,
+                        rustix::fs::Mode::empty(),
+                    )?;
+                    // "0": the writing process itself.
+                    rustix::io::write(&fd, b"0")?;
+                    Ok(())
+                });
+            }
+        },
+    );
+    let mut same = Client::spawn(client_in_cgroup(&base.join("b"), &inner.socket, false));
+    let rs = same.report("domains_seen");
+    assert_eq!(
+        (
+            rs["container"].as_str(),
+            rs["domain"].as_str(),
+            rs["admin"].as_str()
+        ),
+        ("-", "0", "true"),
+        "{rs:?}"
+    );
+    same.finish();
+    let mut other = Client::spawn(client_in_cgroup(&base.join("a"), &inner.socket, false));
+    let ro = other.report("domains_seen");
+    check_contained(&ro, 1, &format!("/{top}/a"));
+    other.finish();
+    drop(inner);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

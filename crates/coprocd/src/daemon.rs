@@ -122,6 +122,10 @@ pub struct Daemon {
     pub events: crate::events::Events,
     /// Domain numbers of (uid, container) pairs.
     registry: Mutex<crate::identity::Registry>,
+    /// The container the daemon itself runs in, if any: its peers there
+    /// are where it is, not in a container (a daemon and its clients in
+    /// one container, as in a containerised CI).
+    own_container: Option<String>,
 }
 
 /// `uid N` or `uid N in container C`, for messages.
@@ -204,8 +208,16 @@ impl Daemon {
             };
             pcoprocs.insert(p.name.clone(), pc);
         }
+        let own_container = std::fs::read_to_string("/proc/self/cgroup")
+            .ok()
+            .and_then(|t| {
+                let (_, path) = crate::identity::cgroup_of(&t);
+                crate::identity::container_of(&path, config.container_patterns())
+            });
+        if let Some(c) = &own_container {
+            tracing::info!(container = %c, "coprocd runs in a container: its peers in it are not in a container to it");
+        }
         Ok(Daemon {
-            config,
             pcoprocs,
             tables: Mutex::new(Tables::default()),
             next_session: AtomicU64::new(1),
@@ -216,6 +228,8 @@ impl Daemon {
             revoke_latency: Mutex::new(coproc_core::stats::Histogram::default()),
             events: crate::events::Events::default(),
             registry: Mutex::new(crate::identity::Registry::default()),
+            own_container,
+            config,
         })
     }
 
@@ -233,6 +247,8 @@ impl Daemon {
             &peer.cgroup,
             self.config.container_patterns(),
         ) {
+            // Where the daemon itself is: not a container to it.
+            Some(c) if Some(&c) == self.own_container.as_ref() => None,
             Some(c) => match crate::identity::cgroup_owner(&peer.hierarchy, &c) {
                 Ok(0) => Some(c),
                 Ok(owner) => {
