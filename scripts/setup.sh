@@ -9,7 +9,10 @@
 # firmware from GLSL), the Vulkan loader and Mesa's drivers (lavapipe runs
 # the `vulkan` device class on the CPU where there is no GPU), systemd's
 # tools (the unit's security score, socket activation in the tests), tmux
-# (the test that runs `coproc top` in a real terminal), and from crates.io
+# (the test that runs `coproc top` in a real terminal), podman, crun and
+# runc (container domains: tests/containers.rs runs clients in containers
+# built from a local rootfs, nothing is pulled; runc where crun refuses a
+# cgroup v1/v2 hybrid), and from crates.io
 # cargo-fuzz and cargo-deb (the Debian package). Needs root or sudo for apt.
 set -euo pipefail
 
@@ -32,6 +35,9 @@ if ! ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*/libclang*.so* >/dev/null 2>
 fi
 command -v glslangValidator >/dev/null 2>&1 || need+=(glslang-tools)
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
+command -v podman >/dev/null 2>&1 || need+=(podman)
+command -v crun >/dev/null 2>&1 || need+=(crun)
+command -v runc >/dev/null 2>&1 || need+=(runc)
 if ! ls /usr/lib/*/libvulkan.so.1 >/dev/null 2>&1; then
     need+=(libvulkan1)
 fi

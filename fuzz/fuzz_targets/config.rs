@@ -21,7 +21,16 @@ fuzz_target!(|data: &[u8]| {
             .expect("an accepted pcoproc's device config is valid");
         coproc_core::policy::build(&p.policy, &p.params()).expect("an accepted policy builds");
     }
-    for uid in [0, 1000, u32::MAX] {
-        let _ = c.rule_for(uid);
+    let patterns = c.container_patterns();
+    for path in [
+        "/",
+        "/machine.slice/libpod-ab.scope/x",
+        "/kubepods/burstable/pod1/c",
+    ] {
+        let container = coprocd::identity::container_of(path, patterns.iter().copied());
+        for uid in [0, 1000, u32::MAX] {
+            let _ = c.rule_for(uid, None);
+            let _ = c.rule_for(uid, container.as_deref());
+        }
     }
 });

@@ -450,6 +450,8 @@ fn run(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
         gid: uid,
         pid: 4242,
         admin: bool::arbitrary(u)?,
+        domain: uid,
+        container: None,
     };
     let greet = !u.ratio(1, 16)?;
     let (mut s, mut wakes, mut notices) = Session::open(Arc::clone(d), who);

@@ -216,6 +216,8 @@ impl Client {
                 gid: 0,
                 pid: 0,
                 admin: false,
+                domain: 0,
+                container: None,
             },
             messages: Messages::default(),
         };

@@ -365,7 +365,8 @@ impl std::error::Error for WireError {}
 /// The identity the daemon saw.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
-    /// Peer uid (the domain).
+    /// Peer uid, as the daemon's user namespace sees it (a container's
+    /// uids mapped to host uids).
     pub uid: u32,
     /// Peer gid.
     pub gid: u32,
@@ -373,6 +374,15 @@ pub struct Identity {
     pub pid: i32,
     /// Whether admin verbs are allowed.
     pub admin: bool,
+    /// The domain: the number every `domain` field names. The uid for a
+    /// peer outside containers; a number of the daemon's choosing (at or
+    /// above 2^31) for a (uid, container) pair. 0 from daemons before it.
+    #[serde(default)]
+    pub domain: u32,
+    /// The peer's container (the cgroup path that made it one,
+    /// docs/daemon.md), or none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 /// A pcoproc as listed.
@@ -518,6 +528,13 @@ pub struct VcoprocInfo {
 pub struct DomainInfo {
     /// Uid.
     pub uid: u32,
+    /// The domain's number (as `domain` fields name it; the uid outside
+    /// containers; 0 from daemons before it).
+    #[serde(default)]
+    pub domain: u32,
+    /// Its container (a cgroup path), or none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
     /// Open sessions.
     pub sessions: u32,
     /// Vcoprocs.
@@ -792,5 +809,37 @@ mod tests {
         }
         let e = WireError::new(ErrorCode::NotFound, "no vcoproc 9");
         assert_eq!(e.to_string(), "not-found: no vcoproc 9");
+    }
+
+    #[test]
+    fn identities_and_domains_carry_the_container_and_old_ones_still_decode() {
+        let d = DomainInfo {
+            uid: 0,
+            domain: 0x8000_0001,
+            container: Some("/machine.slice/libpod-ab.scope".into()),
+            sessions: 1,
+            vcoprocs: 2,
+            mapped_bytes: 0,
+            mappings: 0,
+        };
+        let text = serde_json::to_string(&d).unwrap();
+        assert_eq!(serde_json::from_str::<DomainInfo>(&text).unwrap(), d);
+        // A host domain carries no container; a daemon from before neither.
+        let old = r#"{"uid":1000,"sessions":1,"vcoprocs":0,"mapped_bytes":0}"#;
+        let o: DomainInfo = serde_json::from_str(old).unwrap();
+        assert_eq!((o.domain, o.container), (0, None));
+        let host = serde_json::to_string(&Identity {
+            uid: 1000,
+            gid: 1000,
+            pid: 1,
+            admin: false,
+            domain: 1000,
+            container: None,
+        })
+        .unwrap();
+        assert!(!host.contains("container"), "{host}");
+        let old = r#"{"uid":0,"gid":0,"pid":7,"admin":true}"#;
+        let o: Identity = serde_json::from_str(old).unwrap();
+        assert_eq!((o.domain, o.container), (0, None));
     }
 }

@@ -14,16 +14,23 @@ pub const DEFAULT: &str = r#"# coprocd configuration (this is the built-in defau
 # socket = "/run/coproc/coprocd.sock"  # default: $XDG_RUNTIME_DIR/coproc/ or /run/coproc/ for root
 # admin_gid = 0                        # members of this group may use admin verbs (root always may)
 # Limits a hostile local user cannot get around (docs/daemon.md):
-# max_connections_per_uid = 64         # sessions at once per uid (admins: no limit)
+# max_connections_per_uid = 64         # sessions at once per domain (admins: no limit)
 # hello_timeout_ms = 5000              # close a connection silent this long before hello
 # write_timeout_ms = 5000              # end a session that does not read its replies
 # request_rate = 5000                  # requests per second per session (device work counts 10)
 # request_burst = 500                  # requests at once above the rate
-# domain_request_rate = 20000          # requests per second of all a uid's sessions together
+# domain_request_rate = 20000          # requests per second of all a domain's sessions together
 # domain_request_burst = 2000
 # Prometheus metrics (docs/metrics.md), off unless set:
 # metrics_listen = "127.0.0.1:9464"   # loopback TCP only
 # metrics_socket = "/run/coproc/metrics.sock"
+# Cgroups that are containers (docs/daemon.md): a peer whose cgroup or an
+# ancestor matches one is its own domain per (uid, container), and is no
+# admin unless a [[domain]] rule with `cgroup` says `admin = true`. `*`
+# matches within a path component, `**` across them. Default:
+# container_cgroups = ["**/libpod-*", "**/docker-*.scope", "/docker/*", "**/crio-*",
+#   "**/cri-containerd-*", "/kubepods/pod*", "/kubepods/*/pod*",
+#   "/kubepods.slice/**-pod*.slice", "/machine.slice/*", "/lxc.payload.*", "/lxc/*"]
 
 [[pcoproc]]
 name = "mcu0"
@@ -35,6 +42,14 @@ policy_params = { slice_us = 5000 }
 # class options of mcu: max_contexts, code_kib and data_kib (each vcoproc's
 # code and data memory, 4..16384 KiB in whole 4 KiB pages; default 1024 and 256)
 options = { max_contexts = 64 }
+
+# A container rule comes first (the first matching rule wins), e.g.:
+# [[domain]]
+# cgroup = "**/libpod-*"   # these containers, each its own domain
+# uids = "*"               # (default) and these (host) uids in them
+# pcoprocs = ["mcu0"]
+# max_vcoprocs = 4
+# admin = false            # (default) root in such a container is no admin
 
 [[domain]]
 # Who: "*" for every local user, or a list of uids.
@@ -94,8 +109,8 @@ pub struct DaemonConfig {
     pub socket: Option<PathBuf>,
     /// Group whose members are administrators.
     pub admin_gid: Option<u32>,
-    /// Connections (each one session) a uid may hold at once; administrators
-    /// are not limited.
+    /// Connections (each one session) a domain (a uid, or a uid in one
+    /// container) may hold at once; administrators are not limited.
     #[serde(default = "default_max_connections")]
     pub max_connections_per_uid: u32,
     /// A connection that has not said hello within this time is closed.
@@ -115,11 +130,11 @@ pub struct DaemonConfig {
     /// Requests a session may make at once above its rate (bucket size).
     #[serde(default = "default_request_burst")]
     pub request_burst: u32,
-    /// Requests all sessions of one uid may make per second together (a
+    /// Requests all sessions of one domain may make per second together (a
     /// second bucket, so more sessions do not mean more requests).
     #[serde(default = "default_domain_request_rate")]
     pub domain_request_rate: u32,
-    /// Requests all sessions of one uid may make at once above that rate.
+    /// Requests all sessions of one domain may make at once above that rate.
     #[serde(default = "default_domain_request_burst")]
     pub domain_request_burst: u32,
     /// Serve Prometheus metrics over HTTP on this TCP address (loopback
@@ -129,6 +144,31 @@ pub struct DaemonConfig {
     /// Serve the same metrics on this Unix socket path; off when unset.
     #[serde(default)]
     pub metrics_socket: Option<PathBuf>,
+    /// Cgroup patterns that make a peer's cgroup (or an ancestor) a
+    /// container (`crate::identity`); every `[[domain]] cgroup` counts too.
+    #[serde(default = "default_container_cgroups")]
+    pub container_cgroups: Vec<String>,
+}
+
+/// The container runtimes' cgroups: podman, docker (systemd and cgroupfs
+/// drivers), CRI-O, containerd, Kubernetes pods (cgroupfs and systemd
+/// drivers), systemd machines (nspawn, libvirt) and LXC.
+pub fn default_container_cgroups() -> Vec<String> {
+    [
+        "**/libpod-*",
+        "**/docker-*.scope",
+        "/docker/*",
+        "**/crio-*",
+        "**/cri-containerd-*",
+        "/kubepods/pod*",
+        "/kubepods/*/pod*",
+        "/kubepods.slice/**-pod*.slice",
+        "/machine.slice/*",
+        "/lxc.payload.*",
+        "/lxc/*",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// What a request that does work on a pcoproc's runner counts against a
@@ -171,6 +211,7 @@ impl Default for DaemonConfig {
             domain_request_burst: default_domain_request_burst(),
             metrics_listen: None,
             metrics_socket: None,
+            container_cgroups: default_container_cgroups(),
         }
     }
 }
@@ -499,8 +540,18 @@ pub enum Uids {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DomainRule {
-    /// Who.
+    /// Who (`"*"` when not given).
+    #[serde(default = "all_uids")]
     pub uids: Uids,
+    /// Only peers in a container whose cgroup path matches this pattern
+    /// (`crate::identity::glob_match`); each container is its own domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// Whether administrators (by uid or group) inside these containers
+    /// stay administrators; only with `cgroup`. Outside containers admin
+    /// rights do not depend on rules.
+    #[serde(default)]
+    pub admin: bool,
     /// Pcoprocs they may use.
     pub pcoprocs: Vec<String>,
     /// Most vcoprocs at once.
@@ -518,6 +569,10 @@ pub struct DomainRule {
     pub max_mappings: u32,
 }
 
+fn all_uids() -> Uids {
+    Uids::All("*".to_string())
+}
+
 fn default_max_mappings() -> u32 {
     64
 }
@@ -533,12 +588,19 @@ fn default_max_queues() -> u32 {
 }
 
 impl DomainRule {
-    /// Whether the rule covers `uid`.
-    pub fn covers(&self, uid: u32) -> bool {
-        match &self.uids {
+    /// Whether the rule covers `uid` in `container` (none: outside
+    /// containers). A rule without `cgroup` covers its uids anywhere.
+    pub fn covers(&self, uid: u32, container: Option<&str>) -> bool {
+        let uid_ok = match &self.uids {
             Uids::All(_) => true,
             Uids::List(l) => l.contains(&uid),
-        }
+        };
+        let where_ok = match (&self.cgroup, container) {
+            (None, _) => true,
+            (Some(p), Some(c)) => crate::identity::glob_match(p, c),
+            (Some(_), None) => false,
+        };
+        uid_ok && where_ok
     }
 }
 
@@ -610,6 +672,13 @@ impl Config {
             coproc_core::policy::build(&p.policy, &p.params())
                 .map_err(|e| ConfigError::Invalid(format!("pcoproc {:?}: {e}", p.name)))?;
         }
+        for c in &self.daemon.container_cgroups {
+            if !c.starts_with('/') && !c.starts_with("**") {
+                return Err(ConfigError::Invalid(format!(
+                    "daemon container_cgroups {c:?}: a cgroup path pattern starts with / (or **)"
+                )));
+            }
+        }
         for d in &self.domains {
             if let Uids::All(s) = &d.uids {
                 if s != "*" {
@@ -617,6 +686,19 @@ impl Config {
                         "domain uids {s:?}: use \"*\" or a list of uids"
                     )));
                 }
+            }
+            match &d.cgroup {
+                Some(c) if !c.starts_with('/') && !c.starts_with("**") => {
+                    return Err(ConfigError::Invalid(format!(
+                        "domain cgroup {c:?}: a cgroup path pattern starts with / (or **)"
+                    )));
+                }
+                None if d.admin => {
+                    return Err(ConfigError::Invalid(
+                        "domain admin = true needs cgroup: it grants admin rights inside containers; outside them admins are root and admin_gid".into(),
+                    ));
+                }
+                _ => {}
             }
             for p in &d.pcoprocs {
                 if !names.contains(p) {
@@ -629,9 +711,20 @@ impl Config {
         Ok(())
     }
 
-    /// The rule for `uid`, if any.
-    pub fn rule_for(&self, uid: u32) -> Option<&DomainRule> {
-        self.domains.iter().find(|d| d.covers(uid))
+    /// The rule for `uid` in `container`, if any.
+    pub fn rule_for(&self, uid: u32, container: Option<&str>) -> Option<&DomainRule> {
+        self.domains.iter().find(|d| d.covers(uid, container))
+    }
+
+    /// Every pattern that makes a cgroup a container:
+    /// `[daemon] container_cgroups` and the rules' `cgroup`s.
+    pub fn container_patterns(&self) -> Vec<&str> {
+        self.daemon
+            .container_cgroups
+            .iter()
+            .map(String::as_str)
+            .chain(self.domains.iter().filter_map(|d| d.cgroup.as_deref()))
+            .collect()
     }
 }
 
@@ -643,7 +736,39 @@ mod tests {
     fn default_parses() {
         let c = Config::default_config();
         assert_eq!(c.pcoprocs[0].name, "mcu0");
-        assert!(c.rule_for(1000).is_some());
+        assert!(c.rule_for(1000, None).is_some());
+        assert!(c
+            .rule_for(0, Some("/machine.slice/libpod-1.scope"))
+            .is_some());
+    }
+
+    #[test]
+    fn container_rules_match_containers_and_only_they_grant_admin() {
+        let pc = "[[pcoproc]]\nname = \"m\"\nclass = \"mcu\"\n";
+        let c = Config::parse(&format!(
+            "{pc}[[domain]]\ncgroup = \"**/libpod-*\"\npcoprocs = [\"m\"]\nmax_vcoprocs = 2\nadmin = true\n\
+             [[domain]]\nuids = [1000]\npcoprocs = [\"m\"]\nmax_vcoprocs = 5\n"
+        ))
+        .unwrap();
+        let pod = Some("/machine.slice/libpod-ab.scope");
+        assert_eq!(c.rule_for(0, pod).unwrap().max_vcoprocs, 2);
+        assert_eq!(c.rule_for(1000, pod).unwrap().max_vcoprocs, 2);
+        // Outside containers a cgroup rule does not apply; a rule without
+        // one applies in containers too.
+        assert_eq!(c.rule_for(1000, None).unwrap().max_vcoprocs, 5);
+        assert!(c.rule_for(0, None).is_none());
+        assert_eq!(c.rule_for(1000, Some("/lxc/x")).unwrap().max_vcoprocs, 5);
+        assert!(c.container_patterns().contains(&"**/libpod-*"));
+        for bad in [
+            "[[domain]]\npcoprocs = [\"m\"]\nadmin = true\n",
+            "[[domain]]\ncgroup = \"libpod-*\"\npcoprocs = [\"m\"]\n",
+            "[daemon]\ncontainer_cgroups = [\"docker\"]\n",
+        ] {
+            let e = Config::parse(&format!("{pc}{bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("cgroup"), "{bad}: {e}");
+        }
     }
 
     #[test]

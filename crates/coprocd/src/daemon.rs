@@ -15,8 +15,9 @@ pub struct Entry {
     pub coproc: String,
     /// The core's handle.
     pub handle: VcoprocHandle,
-    /// Owner (uid).
-    pub uid: u32,
+    /// Owner: its domain's number (the uid outside containers; see
+    /// [`crate::identity::Registry`]).
+    pub domain: u32,
     /// Session that created it (it dies with the session).
     pub session: u64,
     /// Mappings and device-local memory (alloc-local): iova → bytes. Both
@@ -91,7 +92,7 @@ fn count(amount: u64) -> u32 {
 pub struct Tables {
     /// Vcoprocs by wire id.
     pub vcoprocs: HashMap<u32, Entry>,
-    /// Usage by uid.
+    /// Usage by domain number.
     pub usage: HashMap<u32, Usage>,
 }
 
@@ -119,16 +120,30 @@ pub struct Daemon {
     pub revoke_latency: Mutex<coproc_core::stats::Histogram>,
     /// The event stream of `watch`ing sessions.
     pub events: crate::events::Events,
+    /// Domain numbers of (uid, container) pairs.
+    registry: Mutex<crate::identity::Registry>,
+    /// The container the daemon itself runs in, if any: its peers there
+    /// are where it is, not in a container (a daemon and its clients in
+    /// one container, as in a containerised CI).
+    own_container: Option<String>,
+}
+
+/// `uid N` or `uid N in container C`, for messages.
+pub fn describe(who: &Identity) -> String {
+    match &who.container {
+        Some(c) => format!("uid {} in container {c}", who.uid),
+        None => format!("uid {}", who.uid),
+    }
 }
 
 /// A domain's request budget, which all its sessions spend.
 pub type DomainBudget = Arc<Mutex<coproc_core::ratelimit::Budget>>;
 
-/// A connection counted against its uid's limit; given back on drop.
+/// A connection counted against its domain's limit; given back on drop.
 #[derive(Debug)]
 pub struct ConnectionSlot {
     daemon: Arc<Daemon>,
-    uid: u32,
+    domain: u32,
     /// The domain's request budget (every session of the uid spends it,
     /// besides its own).
     pub budget: DomainBudget,
@@ -141,10 +156,10 @@ impl Drop for ConnectionSlot {
             .connections
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((n, _)) = c.get_mut(&self.uid) {
+        if let Some((n, _)) = c.get_mut(&self.domain) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                c.remove(&self.uid);
+                c.remove(&self.domain);
             }
         }
     }
@@ -193,8 +208,16 @@ impl Daemon {
             };
             pcoprocs.insert(p.name.clone(), pc);
         }
+        let own_container = std::fs::read_to_string("/proc/self/cgroup")
+            .ok()
+            .and_then(|t| {
+                let (_, path) = crate::identity::cgroup_of(&t);
+                crate::identity::container_of(&path, config.container_patterns())
+            });
+        if let Some(c) = &own_container {
+            tracing::info!(container = %c, "coprocd runs in a container: its peers in it are not in a container to it");
+        }
         Ok(Daemon {
-            config,
             pcoprocs,
             tables: Mutex::new(Tables::default()),
             next_session: AtomicU64::new(1),
@@ -204,10 +227,94 @@ impl Daemon {
             busy: crate::metrics::BusyWindows::default(),
             revoke_latency: Mutex::new(coproc_core::stats::Histogram::default()),
             events: crate::events::Events::default(),
+            registry: Mutex::new(crate::identity::Registry::default()),
+            own_container,
+            config,
         })
     }
 
-    /// Count a new connection of `who` against its uid's limit
+    /// Who a peer is: its domain (number and container) and whether it is
+    /// an administrator. Admins are uid 0 and members of `admin_gid`;
+    /// inside a container only where its rule says `admin = true`.
+    pub fn identity(&self, peer: &crate::identity::Peer) -> Result<Identity, WireError> {
+        let admin_gid = self.config.daemon.admin_gid;
+        let by_uid =
+            peer.uid == 0 || admin_gid.is_some_and(|g| peer.gid == g || peer.groups.contains(&g));
+        // A container's cgroup must be root's: one in a subtree delegated to
+        // a user is that user's, who could make any number of them (and
+        // so of domains and quotas).
+        let container = match crate::identity::container_of(
+            &peer.cgroup,
+            self.config.container_patterns(),
+        ) {
+            // Where the daemon itself is: not a container to it.
+            Some(c) if Some(&c) == self.own_container.as_ref() => None,
+            Some(c) => match crate::identity::cgroup_owner(&peer.hierarchy, &c) {
+                Ok(0) => Some(c),
+                Ok(owner) => {
+                    tracing::debug!(uid = peer.uid, cgroup = %c, owner, "a user's cgroup is no container");
+                    None
+                }
+                Err(e) => return Err(WireError::new(ErrorCode::PermissionDenied, e.to_string())),
+            },
+            None => None,
+        };
+        let admin = by_uid
+            && container.as_deref().is_none_or(|c| {
+                self.config
+                    .rule_for(peer.uid, Some(c))
+                    .is_some_and(|r| r.admin && r.cgroup.is_some())
+            });
+        let domain = {
+            // Which numbers are in use, gathered only when the registry
+            // must forget some (and before its lock: listings take the
+            // tables, then the registry).
+            let full = self.registry().full();
+            let live: Option<std::collections::HashSet<u32>> = full.then(|| {
+                let mut l: std::collections::HashSet<u32> =
+                    self.tables().usage.keys().copied().collect();
+                l.extend(
+                    self.connections
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .keys()
+                        .copied(),
+                );
+                l
+            });
+            self.registry()
+                .number(peer.uid, container.as_deref(), live.as_ref())
+                .map_err(|e| WireError::new(ErrorCode::PermissionDenied, e.to_string()))?
+        };
+        Ok(Identity {
+            uid: peer.uid,
+            gid: peer.gid,
+            pid: peer.pid,
+            admin,
+            domain,
+            container,
+        })
+    }
+
+    /// The registry of domain numbers. Taken after the tables where both
+    /// are held, never before.
+    fn registry(&self) -> MutexGuard<'_, crate::identity::Registry> {
+        self.registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The container of domain `domain`, if it is a container's.
+    pub fn container_of(&self, domain: u32) -> Option<String> {
+        self.registry().container(domain).map(str::to_string)
+    }
+
+    /// The uid of domain `domain`.
+    pub fn uid_of(&self, domain: u32) -> u32 {
+        self.registry().uid(domain)
+    }
+
+    /// Count a new connection of `who` against its domain's limit
     /// (`max_connections_per_uid`; administrators are not limited).
     pub fn admit(self: &Arc<Daemon>, who: &Identity) -> Result<ConnectionSlot, WireError> {
         let d = &self.config.daemon;
@@ -215,7 +322,7 @@ impl Daemon {
             .connections
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (n, budget) = c.entry(who.uid).or_insert_with(|| {
+        let (n, budget) = c.entry(who.domain).or_insert_with(|| {
             let b =
                 coproc_core::ratelimit::Budget::new(d.domain_request_burst, d.domain_request_rate);
             (0, Arc::new(Mutex::new(b)))
@@ -223,18 +330,18 @@ impl Daemon {
         if *n >= d.max_connections_per_uid && !who.admin {
             return Err(WireError::new(
                 ErrorCode::Quota,
-                format!("uid {} has {n} connections open, its limit", who.uid),
+                format!("{} has {n} connections open, its limit", describe(who)),
             ));
         }
         *n += 1;
         Ok(ConnectionSlot {
             daemon: self.clone(),
-            uid: who.uid,
+            domain: who.domain,
             budget: budget.clone(),
         })
     }
 
-    /// The log rate limit of domain `uid`.
+    /// The log rate limit of domain `uid` (a domain number).
     pub fn log_limit(&self, uid: u32) -> Arc<coproc_core::ratelimit::RateLimit> {
         let mut l = self
             .logs
@@ -277,7 +384,7 @@ impl Daemon {
                 .collect()
         };
         for (id, e) in doomed {
-            self.events.destroyed(id, &e.coproc, e.uid);
+            self.events.destroyed(id, &e.coproc, e.domain);
             e.detach();
             let _ = e.handle.destroy();
             self.release(&e);
@@ -297,7 +404,7 @@ impl Daemon {
     pub fn take(&self, id: u32) -> Option<Entry> {
         let e = self.tables().vcoprocs.remove(&id)?;
         e.detach();
-        self.events.destroyed(id, &e.coproc, e.uid);
+        self.events.destroyed(id, &e.coproc, e.domain);
         Some(e)
     }
 
@@ -316,7 +423,7 @@ impl Daemon {
     /// Give back what an entry counted against its domain.
     pub fn release(&self, e: &Entry) {
         let mut t = self.tables();
-        if let Some(u) = t.usage.get_mut(&e.uid) {
+        if let Some(u) = t.usage.get_mut(&e.domain) {
             u.vcoprocs = u.vcoprocs.saturating_sub(1);
             u.mapped_bytes = u.mapped_bytes.saturating_sub(e.mapped.values().sum());
             u.queues = u.queues.saturating_sub(e.queues);
@@ -324,12 +431,14 @@ impl Daemon {
         }
     }
 
-    /// The rule for a uid; root and admins without a rule may use everything.
+    /// The rule for a domain; admins without a rule may use everything.
     pub fn rule(&self, who: &Identity) -> Result<DomainRule, WireError> {
-        match self.config.rule_for(who.uid) {
+        match self.config.rule_for(who.uid, who.container.as_deref()) {
             Some(r) => Ok(r.clone()),
             None if who.admin => Ok(DomainRule {
                 uids: crate::config::Uids::List(vec![who.uid]),
+                cgroup: None,
+                admin: false,
                 pcoprocs: self.pcoprocs.keys().cloned().collect(),
                 max_vcoprocs: u32::MAX,
                 max_mapped_bytes: u64::MAX,
@@ -338,7 +447,7 @@ impl Daemon {
             }),
             None => Err(WireError::new(
                 ErrorCode::PermissionDenied,
-                format!("uid {} may not use coprocd", who.uid),
+                format!("{} may not use coprocd", describe(who)),
             )),
         }
     }
@@ -413,7 +522,7 @@ impl Daemon {
     /// id, which is its core id (unique across the daemon's pcoprocs).
     pub fn register(&self, e: Entry) -> u32 {
         let id = e.handle.id().0;
-        let (coproc, uid) = (e.coproc.clone(), e.uid);
+        let (coproc, uid) = (e.coproc.clone(), e.domain);
         self.tables().vcoprocs.insert(id, e);
         self.events.created(id, &coproc, uid);
         id

@@ -207,7 +207,7 @@ pub fn visible(daemon: &Daemon, who: &Identity, w: &Watched) -> bool {
         return true;
     }
     match w.owner {
-        Some(uid) => uid == who.uid,
+        Some(uid) => uid == who.domain,
         None => daemon.may_use(who, &w.coproc).is_ok(),
     }
 }

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod daemon;
 pub mod events;
+pub mod identity;
 pub mod metrics;
 pub mod server;
 pub mod session;

@@ -140,7 +140,10 @@ struct PcSnap {
 /// One domain as scraped.
 #[derive(Debug)]
 struct DomSnap {
+    /// Its number (the uid outside containers).
     uid: u32,
+    /// Its container, if any.
+    container: Option<String>,
     usage: crate::daemon::Usage,
     /// (vcoprocs, mapped bytes, queues, mappings) its rule allows.
     limits: Option<(u64, u64, u64, u64)>,
@@ -195,17 +198,25 @@ impl Snapshot {
         }
         let domains = usage
             .into_iter()
-            .map(|(uid, usage)| DomSnap {
-                uid,
-                usage,
-                limits: daemon.config.rule_for(uid).map(|r| {
-                    (
-                        u64::from(r.max_vcoprocs),
-                        r.max_mapped_bytes,
-                        u64::from(r.max_queues),
-                        u64::from(r.max_mappings),
-                    )
-                }),
+            .map(|(uid, usage)| {
+                let container = daemon.container_of(uid);
+                let limits = daemon
+                    .config
+                    .rule_for(daemon.uid_of(uid), container.as_deref())
+                    .map(|r| {
+                        (
+                            u64::from(r.max_vcoprocs),
+                            r.max_mapped_bytes,
+                            u64::from(r.max_queues),
+                            u64::from(r.max_mappings),
+                        )
+                    });
+                DomSnap {
+                    uid,
+                    container,
+                    usage,
+                    limits,
+                }
             })
             .collect();
         let revoke = *daemon
@@ -500,11 +511,12 @@ impl prometheus_client::collector::Collector for Snapshot {
         let mut sessions = Vec::new();
         for dom in &self.domains {
             let u = &dom.usage;
-            let uid = dom.uid.to_string();
-            sessions.push((
-                vec![("domain".to_string(), uid.clone())],
-                i64::from(u.sessions),
-            ));
+            // A container domain's series also name the container.
+            let mut who = vec![("domain".to_string(), dom.uid.to_string())];
+            if let Some(c) = &dom.container {
+                who.push(("container".to_string(), escape(c)));
+            }
+            sessions.push((who.clone(), i64::from(u.sessions)));
             let figures = [
                 ("vcoprocs", u64::from(u.vcoprocs)),
                 ("mapped_bytes", u.mapped_bytes),
@@ -513,10 +525,8 @@ impl prometheus_client::collector::Collector for Snapshot {
             ];
             let limits = dom.limits.map(|(a, b, c, e)| [a, b, c, e]);
             for (i, (q, v)) in figures.into_iter().enumerate() {
-                let l = vec![
-                    ("domain".to_string(), uid.clone()),
-                    ("quota".to_string(), q.to_string()),
-                ];
+                let mut l = who.clone();
+                l.push(("quota".to_string(), q.to_string()));
                 used.push((l.clone(), as_i64(v)));
                 if let Some(lim) = limits {
                     limit.push((l, as_i64(lim[i])));

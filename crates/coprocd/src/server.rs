@@ -1,5 +1,5 @@
-//! The Unix socket server: accept, identify the peer (SO_PEERCRED), count
-//! the connection against its uid's limit, serve it as a session; on
+//! The Unix socket server: accept, identify the peer (uid and container,
+//! `crate::identity`), count the connection against its domain's limit, serve it as a session; on
 //! SIGTERM/SIGINT stop accepting, remove the socket, end the sessions (their
 //! vcoprocs and mappings are released), stop the pcoprocs.
 //!
@@ -11,7 +11,7 @@
 
 use crate::daemon::Daemon;
 use coproc_core::ratelimit::RateLimit;
-use coproc_proto::{Identity, ServerFrame, WireError};
+use coproc_proto::{ServerFrame, WireError};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,26 +28,6 @@ const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
 /// How long shutdown waits for sessions to end before it stops the
 /// pcoprocs under those that have not (their vcoprocs go with them).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// Whether `uid`/`gid` (process `pid`) is an administrator.
-fn is_admin(uid: u32, gid: u32, pid: i32, admin_gid: Option<u32>) -> bool {
-    if uid == 0 {
-        return true;
-    }
-    let Some(admin) = admin_gid else { return false };
-    if gid == admin {
-        return true;
-    }
-    // Supplementary groups of the peer process.
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Groups:"))
-                .map(|l| l.split_whitespace().skip(1).any(|g| g.parse() == Ok(admin)))
-        })
-        .unwrap_or(false)
-}
 
 /// Bind the socket, world-connectable: who may do what is decided per peer
 /// credentials. A stale socket (nothing answers) is replaced; anything else
@@ -149,58 +129,90 @@ pub async fn run(daemon: Arc<Daemon>, path: PathBuf) -> anyhow::Result<()> {
     // loop is in it.
     let mut pause = Duration::ZERO;
     let mut paused = false;
+    // A connection accepted but not yet identified for want of a
+    // descriptor (the pidfd, /proc): tried again after the pause.
+    let mut pending: Option<tokio::net::UnixStream> = None;
     loop {
-        tokio::select! {
-            r = listener.accept(), if !paused => {
-                let (stream, _) = match r {
-                    Ok(s) => {
-                        pause = Duration::ZERO;
-                        s
+        let stream = tokio::select! {
+            r = listener.accept(), if !paused => match r {
+                Ok((s, _)) => {
+                    pause = Duration::ZERO;
+                    s
+                }
+                Err(e) => {
+                    // Out of descriptors (or memory): retrying at once
+                    // would spin. Pause, longer while it lasts.
+                    if let Some(suppressed) = accept_log.check() {
+                        tracing::warn!(error = %e, suppressed, "accept failed; backing off");
                     }
-                    Err(e) => {
-                        // Out of descriptors (or memory): retrying at once
-                        // would spin. Pause, longer while it lasts.
-                        if let Some(suppressed) = accept_log.check() {
-                            tracing::warn!(error = %e, suppressed, "accept failed; backing off");
-                        }
-                        pause = (pause * 2).clamp(ACCEPT_PAUSE_MIN, ACCEPT_PAUSE_MAX);
-                        paused = true;
-                        continue;
-                    }
-                };
-                let cred = match stream.peer_cred() {
-                    Ok(c) => c,
-                    Err(e) => {
-                        if let Some(suppressed) = accept_log.check() {
-                            tracing::warn!(error = %e, suppressed, "no peer credentials; connection dropped");
-                        }
-                        continue;
-                    }
-                };
-                let pid = cred.pid().unwrap_or(0);
-                let who = Identity {
-                    uid: cred.uid(),
-                    gid: cred.gid(),
-                    pid,
-                    admin: is_admin(cred.uid(), cred.gid(), pid, admin_gid),
-                };
-                let slot = match daemon.admit(&who) {
-                    Ok(slot) => slot,
-                    Err(e) => {
-                        if let Some(suppressed) = accept_log.check() {
-                            tracing::info!(uid = who.uid, error = %e.message, suppressed, "connection refused");
-                        }
-                        refuse(&stream, e);
-                        continue;
-                    }
-                };
-                sessions.spawn(crate::session::serve(daemon.clone(), stream, who, slot, stop_rx.clone()));
+                    pause = (pause * 2).clamp(ACCEPT_PAUSE_MIN, ACCEPT_PAUSE_MAX);
+                    paused = true;
+                    continue;
+                }
+            },
+            () = tokio::time::sleep(pause), if paused => {
+                paused = false;
+                match pending.take() {
+                    Some(s) => s,
+                    None => continue,
+                }
             }
-            () = tokio::time::sleep(pause), if paused => paused = false,
-            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
             _ = term.recv() => break,
             _ = int.recv() => break,
-        }
+        };
+        // Who it is, read race-free at connect time (uid, gid, cgroup:
+        // crate::identity), and so its domain.
+        let peer = match crate::identity::identify(&stream, admin_gid.is_some()) {
+            Ok(p) => p,
+            Err(e) if e.out_of_descriptors() => {
+                // Like a failed accept: keep the connection, back off.
+                if let Some(suppressed) = accept_log.check() {
+                    tracing::warn!(error = %e, suppressed, "accept failed (identifying the peer); backing off");
+                }
+                pending = Some(stream);
+                pause = (pause * 2).clamp(ACCEPT_PAUSE_MIN, ACCEPT_PAUSE_MAX);
+                paused = true;
+                continue;
+            }
+            Err(e) => {
+                if let Some(suppressed) = accept_log.check() {
+                    tracing::warn!(error = %e, suppressed, "peer not identified; connection refused");
+                }
+                refuse(
+                    &stream,
+                    WireError::new(coproc_proto::ErrorCode::PermissionDenied, e.to_string()),
+                );
+                continue;
+            }
+        };
+        let who = match daemon.identity(&peer) {
+            Ok(who) => who,
+            Err(e) => {
+                if let Some(suppressed) = accept_log.check() {
+                    tracing::info!(uid = peer.uid, error = %e.message, suppressed, "connection refused");
+                }
+                refuse(&stream, e);
+                continue;
+            }
+        };
+        let slot = match daemon.admit(&who) {
+            Ok(slot) => slot,
+            Err(e) => {
+                if let Some(suppressed) = accept_log.check() {
+                    tracing::info!(uid = who.uid, container = who.container.as_deref(), error = %e.message, suppressed, "connection refused");
+                }
+                refuse(&stream, e);
+                continue;
+            }
+        };
+        sessions.spawn(crate::session::serve(
+            daemon.clone(),
+            stream,
+            who,
+            slot,
+            stop_rx.clone(),
+        ));
     }
     tracing::info!("shutting down");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);

@@ -250,7 +250,7 @@ impl Session {
         let mut out = Vec::new();
         if let (VcoprocState::Faulted, Some(f)) = (i.state, &i.last_fault) {
             out.push(Event::Fault {
-                fault: fault_info(&e.coproc, e.uid, id, f),
+                fault: fault_info(&e.coproc, e.domain, id, f),
             });
         }
         out.push(Event::State {

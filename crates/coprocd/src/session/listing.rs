@@ -60,9 +60,9 @@ impl Session {
             .collect();
         let mut out = Vec::new();
         for (id, e) in entries {
-            let visible = self.who.admin || e.uid == self.who.uid;
-            let wanted =
-                domain.is_none_or(|u| u == e.uid) && coproc.as_ref().is_none_or(|c| *c == e.coproc);
+            let visible = self.who.admin || e.domain == self.who.domain;
+            let wanted = domain.is_none_or(|u| u == e.domain)
+                && coproc.as_ref().is_none_or(|c| *c == e.coproc);
             if visible && wanted {
                 if let Ok(i) = info(id, &e) {
                     out.push(i);
@@ -80,16 +80,18 @@ impl Session {
         let mut out: Vec<DomainInfo> = t
             .usage
             .iter()
-            .filter(|(&uid, _)| self.who.admin || uid == self.who.uid)
-            .map(|(&uid, u)| DomainInfo {
-                uid,
+            .filter(|(&domain, _)| self.who.admin || domain == self.who.domain)
+            .map(|(&domain, u)| DomainInfo {
+                uid: d.uid_of(domain),
+                domain,
+                container: d.container_of(domain),
                 sessions: u.sessions,
                 vcoprocs: u.vcoprocs,
                 mapped_bytes: u.mapped_bytes,
                 mappings: u.mappings,
             })
             .collect();
-        out.sort_by_key(|x| x.uid);
+        out.sort_by_key(|x| x.domain);
         Ok(Answer::Domains { domains: out })
     }
 
@@ -103,7 +105,7 @@ impl Session {
         for (name, pc) in &d.pcoprocs {
             for f in pc.faults() {
                 let uid = f.domain.0;
-                if self.who.admin || uid == self.who.uid {
+                if self.who.admin || uid == self.who.domain {
                     out.push(fault_info(name, uid, f.vcoproc.0, &f));
                 }
             }

@@ -31,14 +31,14 @@ impl Session {
         e.handle.check_map(iova, len).map_err(core_err)?;
         let d = self.daemon.clone();
         let rule = d.rule(&self.who)?;
-        d.reserve(self.who.uid, Quota::Bytes, len, rule.max_mapped_bytes)?;
+        d.reserve(self.who.domain, Quota::Bytes, len, rule.max_mapped_bytes)?;
         if let Err(e) = d.reserve(
-            self.who.uid,
+            self.who.domain,
             Quota::Mappings,
             1,
             u64::from(rule.max_mappings),
         ) {
-            d.unreserve(self.who.uid, Quota::Bytes, len);
+            d.unreserve(self.who.domain, Quota::Bytes, len);
             return Err(e);
         }
         let mapped = (|| -> Result<(), WireError> {
@@ -50,8 +50,8 @@ impl Session {
                 .map_err(core_err)
         })();
         if let Err(e) = mapped {
-            d.unreserve(self.who.uid, Quota::Bytes, len);
-            d.unreserve(self.who.uid, Quota::Mappings, 1);
+            d.unreserve(self.who.domain, Quota::Bytes, len);
+            d.unreserve(self.who.domain, Quota::Mappings, 1);
             return Err(e);
         }
         let recorded = d
@@ -62,14 +62,14 @@ impl Session {
         if let Some(Some(stale)) = recorded {
             // A revoke ran between the map and this record and found no
             // record to remove: the stale record's quota goes back now.
-            d.unreserve(self.who.uid, Quota::Bytes, stale);
-            d.unreserve(self.who.uid, Quota::Mappings, 1);
+            d.unreserve(self.who.domain, Quota::Bytes, stale);
+            d.unreserve(self.who.domain, Quota::Mappings, 1);
         }
         if recorded.is_none() {
             // Destroyed meanwhile (by an admin): its release did not see
             // this mapping, so give the bytes back here.
-            d.unreserve(self.who.uid, Quota::Bytes, len);
-            d.unreserve(self.who.uid, Quota::Mappings, 1);
+            d.unreserve(self.who.domain, Quota::Bytes, len);
+            d.unreserve(self.who.domain, Quota::Mappings, 1);
         }
         Ok(())
     }
@@ -94,18 +94,18 @@ impl Session {
         // A local range counts as one mapping too (it is one entry of the
         // vcoproc's iova space, released with the others).
         d.reserve(
-            self.who.uid,
+            self.who.domain,
             Quota::Mappings,
             1,
             u64::from(rule.max_mappings),
         )?;
-        if let Err(x) = d.reserve(self.who.uid, Quota::Bytes, len, rule.max_mapped_bytes) {
-            d.unreserve(self.who.uid, Quota::Mappings, 1);
+        if let Err(x) = d.reserve(self.who.domain, Quota::Bytes, len, rule.max_mapped_bytes) {
+            d.unreserve(self.who.domain, Quota::Mappings, 1);
             return Err(x);
         }
         if let Err(x) = e.handle.alloc_local(iova, len) {
-            d.unreserve(self.who.uid, Quota::Bytes, len);
-            d.unreserve(self.who.uid, Quota::Mappings, 1);
+            d.unreserve(self.who.domain, Quota::Bytes, len);
+            d.unreserve(self.who.domain, Quota::Mappings, 1);
             return Err(core_err(x));
         }
         let recorded = d
@@ -116,8 +116,8 @@ impl Session {
             .is_some();
         if !recorded {
             // Destroyed meanwhile: its release did not count this.
-            d.unreserve(self.who.uid, Quota::Bytes, len);
-            d.unreserve(self.who.uid, Quota::Mappings, 1);
+            d.unreserve(self.who.domain, Quota::Bytes, len);
+            d.unreserve(self.who.domain, Quota::Mappings, 1);
         }
         Ok(())
     }
@@ -128,7 +128,7 @@ impl Session {
         use coproc_core::pcoproc::RevokeOutcome;
         let d = self.daemon.clone();
         let e = self.entry(vcoproc, true)?;
-        let owner = e.uid == self.who.uid;
+        let owner = e.domain == self.who.domain;
         let began = std::time::Instant::now();
         let outcome = if owner {
             e.handle.revoke(iova)
@@ -143,30 +143,30 @@ impl Session {
                     .vcoprocs
                     .get_mut(&vcoproc)
                     .and_then(|x| x.mapped.remove(&iova));
-                if let (Some(had), Some(u)) = (had, t.usage.get_mut(&e.uid)) {
+                if let (Some(had), Some(u)) = (had, t.usage.get_mut(&e.domain)) {
                     u.mapped_bytes = u.mapped_bytes.saturating_sub(had);
                     u.mappings = u.mappings.saturating_sub(1);
                 }
                 drop(t);
                 d.events.publish(crate::events::Watched {
-                    owner: Some(e.uid),
+                    owner: Some(e.domain),
                     coproc: e.coproc.clone(),
                     event: Event::MappingRevoked {
                         vcoproc,
                         iova,
                         len,
-                        by: self.who.uid,
+                        by: self.who.domain,
                     },
                 });
                 if !owner {
-                    tracing::info!(vcoproc, iova, len, by = self.who.uid, "mapping revoked");
+                    tracing::info!(vcoproc, iova, len, by = self.who.domain, "mapping revoked");
                     d.notice(
                         e.session,
                         Event::MappingRevoked {
                             vcoproc,
                             iova,
                             len,
-                            by: self.who.uid,
+                            by: self.who.domain,
                         },
                     );
                 }
@@ -192,7 +192,7 @@ impl Session {
                 .tables()
                 .vcoprocs
                 .iter()
-                .filter(|(_, e)| self.who.admin || e.uid == self.who.uid)
+                .filter(|(_, e)| self.who.admin || e.domain == self.who.domain)
                 .map(|(&id, e)| (id, e.clone()))
                 .collect(),
         };
@@ -214,7 +214,7 @@ impl Session {
                     MapKind::Pinned => WireMapKind::Pinned,
                     MapKind::Revocable => WireMapKind::Revocable,
                 },
-                domain: e.uid,
+                domain: e.domain,
             }));
         }
         out.sort_by_key(|m| (m.vcoproc, m.iova));
@@ -302,7 +302,12 @@ impl Session {
             ));
         }
         let rule = d.rule(&self.who)?;
-        d.reserve(self.who.uid, Quota::Queues, 1, u64::from(rule.max_queues))?;
+        d.reserve(
+            self.who.domain,
+            Quota::Queues,
+            1,
+            u64::from(rule.max_queues),
+        )?;
         // The runner waits on the doorbell eventfd itself: a ring
         // reaches the device with no task or lock in between. Added
         // once the quota holds and before the mapping, so a refusal
@@ -310,11 +315,11 @@ impl Session {
         // nothing behind; should the mapping fail, the descriptor
         // only rings this vcoproc and goes with it.
         if let Err(err) = e.handle.add_doorbell_fd(doorbell) {
-            d.unreserve(self.who.uid, Quota::Queues, 1);
+            d.unreserve(self.who.domain, Quota::Queues, 1);
             return Err(core_err(err));
         }
         if let Err(e) = self.map_fd(vcoproc, &e, mem, 0, iova, len, Perms::RW, MapKind::Pinned) {
-            d.unreserve(self.who.uid, Quota::Queues, 1);
+            d.unreserve(self.who.domain, Quota::Queues, 1);
             return Err(e);
         }
         let recorded = d
@@ -325,7 +330,7 @@ impl Session {
             .is_some();
         if !recorded {
             // Destroyed meanwhile (by an admin).
-            d.unreserve(self.who.uid, Quota::Queues, 1);
+            d.unreserve(self.who.domain, Quota::Queues, 1);
             return Err(err(ErrorCode::NotFound, format!("no vcoproc {vcoproc}")));
         }
         let hooks = self.hooks(vcoproc, &e);
@@ -348,7 +353,7 @@ impl Session {
             .vcoprocs
             .get_mut(&vcoproc)
             .and_then(|x| x.mapped.remove(&iova));
-        if let (Some(len), Some(u)) = (len, t.usage.get_mut(&self.who.uid)) {
+        if let (Some(len), Some(u)) = (len, t.usage.get_mut(&self.who.domain)) {
             u.mapped_bytes = u.mapped_bytes.saturating_sub(len);
             u.mappings = u.mappings.saturating_sub(1);
         }
@@ -365,7 +370,7 @@ impl Session {
             .vcoprocs
             .get_mut(&vcoproc)
             .and_then(|x| x.mapped.remove(&iova));
-        if let (Some(u), Some(_)) = (t.usage.get_mut(&self.who.uid), recorded) {
+        if let (Some(u), Some(_)) = (t.usage.get_mut(&self.who.domain), recorded) {
             u.mapped_bytes = u.mapped_bytes.saturating_sub(len);
             u.mappings = u.mappings.saturating_sub(1);
         }

@@ -111,7 +111,7 @@ fn info(id: u32, e: &Entry) -> Result<VcoprocInfo, WireError> {
     Ok(VcoprocInfo {
         id,
         coproc: e.coproc.clone(),
-        domain: e.uid,
+        domain: e.domain,
         firmware: i.firmware,
         state: i.state.to_string(),
         run_ns: i.stats.run_ns,
@@ -131,7 +131,7 @@ fn info(id: u32, e: &Entry) -> Result<VcoprocInfo, WireError> {
         last_fault: i
             .last_fault
             .as_ref()
-            .map(|f| Box::new(fault_info(&e.coproc, e.uid, id, f))),
+            .map(|f| Box::new(fault_info(&e.coproc, e.domain, id, f))),
     })
 }
 
@@ -173,7 +173,7 @@ impl Session {
     fn entry(&self, id: u32, admin_ok: bool) -> Result<Entry, WireError> {
         let t = self.daemon.tables();
         match t.vcoprocs.get(&id) {
-            Some(e) if e.uid == self.who.uid || (admin_ok && self.who.admin) => Ok(e.clone()),
+            Some(e) if e.domain == self.who.domain || (admin_ok && self.who.admin) => Ok(e.clone()),
             // Another domain's vcoproc is indistinguishable from none.
             _ => Err(err(ErrorCode::NotFound, format!("no vcoproc {id}"))),
         }
@@ -295,13 +295,20 @@ impl Session {
         daemon: Arc<Daemon>,
         who: Identity,
     ) -> (Session, mpsc::Receiver<u32>, mpsc::Receiver<Event>) {
-        let id = daemon.open_session(who.uid);
+        let id = daemon.open_session(who.domain);
         let (wtx, wrx) = mpsc::channel(WAKE_QUEUE);
         let (ntx, nrx) = mpsc::channel(crate::daemon::NOTICES);
         daemon.set_notices(id, Some(ntx));
-        tracing::debug!(session = id, uid = who.uid, pid = who.pid, "session opened");
+        tracing::debug!(
+            session = id,
+            uid = who.uid,
+            domain = who.domain,
+            container = who.container.as_deref(),
+            pid = who.pid,
+            "session opened"
+        );
         let s = Session {
-            log: daemon.log_limit(who.uid),
+            log: daemon.log_limit(who.domain),
             daemon,
             id,
             who,
@@ -324,7 +331,12 @@ impl Session {
             }
         }
         self.daemon.set_notices(self.id, None);
-        self.daemon.close_session(self.who.uid, self.id);
-        tracing::debug!(session = self.id, uid = self.who.uid, "session closed");
+        self.daemon.close_session(self.who.domain, self.id);
+        tracing::debug!(
+            session = self.id,
+            uid = self.who.uid,
+            domain = self.who.domain,
+            "session closed"
+        );
     }
 }

@@ -54,7 +54,7 @@ impl Session {
             .tables()
             .vcoprocs
             .iter()
-            .filter(|(_, e)| e.coproc == coproc && (self.who.admin || e.uid == self.who.uid))
+            .filter(|(_, e)| e.coproc == coproc && (self.who.admin || e.domain == self.who.domain))
             .map(|(&id, e)| (e.handle.id().0, id))
             .collect();
         let standings = s
@@ -102,7 +102,7 @@ impl Session {
                 coproc,
                 policy,
                 params,
-                by: self.who.uid,
+                by: self.who.domain,
             },
         });
         Ok(Answer::Done)
@@ -125,13 +125,13 @@ impl Session {
         apply_change(&mut p, &set)?;
         e.handle.set_params(p).map_err(core_err)?;
         self.daemon.events.publish(crate::events::Watched {
-            owner: Some(e.uid),
+            owner: Some(e.domain),
             coproc: e.coproc.clone(),
             event: coproc_proto::Event::ParamsChanged {
                 vcoproc,
-                domain: e.uid,
+                domain: e.domain,
                 set,
-                by: self.who.uid,
+                by: self.who.domain,
             },
         });
         Ok(Answer::Done)

@@ -68,23 +68,25 @@ impl Session {
         let pc = d.may_use(&self.who, &coproc)?;
         let rule = d.rule(&self.who)?;
         d.reserve(
-            self.who.uid,
+            self.who.domain,
             Quota::Vcoprocs,
             1,
             u64::from(rule.max_vcoprocs),
         )?;
-        let handle =
-            match pc.create_vcoproc(coproc_core::DomainId(self.who.uid), SchedParams::default()) {
-                Ok(h) => h,
-                Err(e) => {
-                    d.unreserve(self.who.uid, Quota::Vcoprocs, 1);
-                    return Err(core_err(e));
-                }
-            };
+        let handle = match pc.create_vcoproc(
+            coproc_core::DomainId(self.who.domain),
+            SchedParams::default(),
+        ) {
+            Ok(h) => h,
+            Err(e) => {
+                d.unreserve(self.who.domain, Quota::Vcoprocs, 1);
+                return Err(core_err(e));
+            }
+        };
         let id = d.register(Entry {
             coproc,
             handle,
-            uid: self.who.uid,
+            domain: self.who.domain,
             session: self.id,
             mapped: BTreeMap::default(),
             queues: 0,
