@@ -205,6 +205,25 @@ fn host_sees(d: &Daemon, metrics: &Path, containers: &[(&Report, u32)]) {
         assert_eq!(listed.container.as_deref(), Some(r["container"].as_str()));
         assert_eq!(listed.uid, 0);
         assert_eq!(listed.vcoprocs, *vcoprocs, "{listed:?}");
+        // `coproc domain-list` shows the same, in its table and its JSON.
+        let (ok, table, err) = d.cli(&["domain-list"]);
+        assert!(ok, "{err}");
+        let row = table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(dom.to_string().as_str()))
+            .unwrap_or_else(|| panic!("domain {dom} not in\n{table}"));
+        assert!(row.contains(r["container"].as_str()), "{row}");
+        let (ok, json, err) = d.cli(&["domain-list", "-o", "json"]);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let entry = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["domain"] == dom)
+            .unwrap_or_else(|| panic!("domain {dom} not in {json}"));
+        assert_eq!(entry["container"], r["container"].as_str());
+        assert_eq!(entry["vcoprocs"], *vcoprocs);
         let body = scrape(metrics);
         let line = body
             .lines()

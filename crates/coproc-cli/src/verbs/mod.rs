@@ -324,7 +324,10 @@ pub fn domain_list(c: &mut Client, f: Format) -> anyhow::Result<bool> {
         .iter()
         .map(|d| {
             vec![
+                d.domain.to_string(),
                 d.uid.to_string(),
+                // A cgroup path is the container's to name: escaped.
+                d.container.as_deref().map_or_else(|| "-".into(), sanitize),
                 d.sessions.to_string(),
                 d.vcoprocs.to_string(),
                 d.mapped_bytes.to_string(),
@@ -335,7 +338,15 @@ pub fn domain_list(c: &mut Client, f: Format) -> anyhow::Result<bool> {
     show(
         f,
         &l,
-        &["uid", "sessions", "vcoprocs", "mapped bytes", "mappings"],
+        &[
+            "domain",
+            "uid",
+            "container",
+            "sessions",
+            "vcoprocs",
+            "mapped bytes",
+            "mappings",
+        ],
         rows,
     )
 }
