@@ -159,6 +159,7 @@ fn draw_cdf(
         .build_cartesian_2d((lo * 0.9..hi * 1.1).log_scale(), 0.0..1.0)?;
     chart
         .configure_mesh()
+        .x_labels(6)
         .x_desc("µs (log scale)")
         .y_desc("fraction of samples ≤ x")
         .draw()?;
