@@ -141,20 +141,8 @@ pub(super) fn through_daemon(args: &Args, gpu: bool) -> anyhow::Result<Outcome> 
         });
     }
     for (t, (name, fw)) in gpu_threads.into_iter().zip(GPU_PLAN) {
-        rows.push(t.join().unwrap_or_else(|_| Row {
-            domain: name.into(),
-            pcoproc: GPU,
-            firmware: fw.name,
-            vcoproc: 0,
-            state: "gone".into(),
-            verified: false,
-            run_ns: 0,
-            share_pct: 0.0,
-            slices: 0,
-            switches: 0,
-            faults: 0,
-            detail: "FAILED: domain thread panicked".into(),
-            fault: None,
+        rows.push(t.join().unwrap_or_else(|_| {
+            Row::gone(name, GPU, fw.name, "FAILED: domain thread panicked".into())
         }));
     }
     let switches = rows.iter().map(|r| r.switches).sum();

@@ -110,21 +110,7 @@ pub(super) fn toolchain_examples(slice: Duration) -> anyhow::Result<Vec<Row>> {
             T,
         );
         let info = v.info()?;
-        rows.push(Row {
-            domain: name.to_string(),
-            pcoproc: "mcu1",
-            firmware: fw.name,
-            vcoproc: info.id.0,
-            state: info.state.to_string(),
-            verified: check.is_ok(),
-            run_ns: info.stats.run_ns,
-            share_pct: 0.0,
-            slices: info.stats.slices,
-            switches: info.stats.switches,
-            faults: info.stats.faults,
-            detail: check.unwrap_or_else(|e| format!("FAILED: {e}")),
-            fault: None,
-        });
+        rows.push(Row::in_process(name, "mcu1", fw.name, &info, check, false));
     }
     Ok(rows)
 }

@@ -334,21 +334,7 @@ pub(super) fn gpu_remote(
     fw: &GpuFirmware,
     scale: u32,
 ) -> Row {
-    let mut row = Row {
-        domain: name.to_string(),
-        pcoproc: GPU,
-        firmware: fw.name,
-        vcoproc: 0,
-        state: "gone".into(),
-        verified: false,
-        run_ns: 0,
-        share_pct: 0.0,
-        slices: 0,
-        switches: 0,
-        faults: 0,
-        detail: String::new(),
-        fault: None,
-    };
+    let mut row = Row::gone(name, GPU, fw.name, String::new());
     let mut d = match RemoteGpu::new(socket, fw) {
         Ok(d) => d,
         Err(e) => {

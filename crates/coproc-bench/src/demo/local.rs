@@ -3,7 +3,7 @@
 
 use super::gpu::{gpu_workload, LocalGpu, GPU, GPU_PLAN};
 use super::mcu::{crc32, echo, faulty, fir, hog};
-use super::{Args, Check, FaultSummary, Outcome, Row};
+use super::{Args, Check, Outcome, Row};
 use anyhow::Context;
 use coproc_core::policy::{RoundRobin, SchedParams};
 use coproc_core::System;
@@ -108,38 +108,12 @@ pub(super) fn in_process(args: &Args, gpu: bool) -> anyhow::Result<Outcome> {
         .iter()
         .zip(infos)
         .zip(checks)
-        .map(|(((name, fw, _), info), check)| Row {
-            domain: name.to_string(),
-            pcoproc: "mcu0",
-            firmware: fw.name,
-            vcoproc: info.id.0,
-            state: info.state.to_string(),
-            verified: check.is_ok(),
-            run_ns: info.stats.run_ns,
-            share_pct: 0.0,
-            slices: info.stats.slices,
-            switches: info.stats.switches,
-            faults: info.stats.faults,
-            detail: check.unwrap_or_else(|e| format!("FAILED: {e}")),
-            fault: info.last_fault.as_ref().map(FaultSummary::from),
+        .map(|(((name, fw, _), info), check)| {
+            Row::in_process(name, "mcu0", fw.name, &info, check, true)
         })
         .collect();
     rows.extend(gpu_vcoprocs.iter().zip(gpu_infos).zip(gpu_checks).map(
-        |(((name, fw, _), info), check)| Row {
-            domain: name.to_string(),
-            pcoproc: GPU,
-            firmware: fw.name,
-            vcoproc: info.id.0,
-            state: info.state.to_string(),
-            verified: check.is_ok(),
-            run_ns: info.stats.run_ns,
-            share_pct: 0.0,
-            slices: info.stats.slices,
-            switches: info.stats.switches,
-            faults: info.stats.faults,
-            detail: check.unwrap_or_else(|e| format!("FAILED: {e}")),
-            fault: info.last_fault.as_ref().map(FaultSummary::from),
-        },
+        |(((name, fw, _), info), check)| Row::in_process(name, GPU, fw.name, &info, check, true),
     ));
     let (_, mut switches) = pcoproc.busy();
     let gpu_model = gpu_pcoproc.map(|p| {

@@ -78,6 +78,59 @@ struct Row {
     fault: Option<FaultSummary>,
 }
 
+impl Row {
+    /// The row of a domain whose vcoproc is gone (or never came), with
+    /// `detail`.
+    fn gone(domain: &str, pcoproc: &'static str, firmware: &'static str, detail: String) -> Row {
+        Row {
+            domain: domain.to_string(),
+            pcoproc,
+            firmware,
+            vcoproc: 0,
+            state: "gone".into(),
+            verified: false,
+            run_ns: 0,
+            share_pct: 0.0,
+            slices: 0,
+            switches: 0,
+            faults: 0,
+            detail,
+            fault: None,
+        }
+    }
+
+    /// The row of an in-process vcoproc: what `info` says, and its check
+    /// (a detail line, or why it failed).
+    fn in_process<E: std::fmt::Display>(
+        domain: &str,
+        pcoproc: &'static str,
+        firmware: &'static str,
+        info: &coproc_core::pcoproc::VcoprocInfo,
+        check: Result<String, E>,
+        fault: bool,
+    ) -> Row {
+        Row {
+            domain: domain.to_string(),
+            pcoproc,
+            firmware,
+            vcoproc: info.id.0,
+            state: info.state.to_string(),
+            verified: check.is_ok(),
+            run_ns: info.stats.run_ns,
+            share_pct: 0.0,
+            slices: info.stats.slices,
+            switches: info.stats.switches,
+            faults: info.stats.faults,
+            detail: check.unwrap_or_else(|e| format!("FAILED: {e}")),
+            fault: info
+                .last_fault
+                .as_ref()
+                .filter(|_| fault)
+                .map(FaultSummary::from),
+        }
+    }
+}
+
 /// The GPU part of the demo.
 #[derive(Debug, Serialize)]
 struct GpuSummary {
