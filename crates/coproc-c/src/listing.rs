@@ -1,11 +1,29 @@
 //! Listings as JSON text: pcoprocs and vcoprocs.
 
 use crate::{put_json, session, value, FfiError};
+use coproc_client::{Session, VcoprocError};
 use std::ffi::c_char;
 use std::ffi::c_int;
 
-pub(crate) fn json<T: serde::Serialize>(v: &T) -> Result<String, FfiError> {
-    serde_json::to_string(v).map_err(|e| FfiError::Invalid(e.to_string()))
+/// One listing through `socket`, as JSON into `buf` (see
+/// `coproc_list_coprocs`).
+///
+/// # Safety
+/// As `coproc_list_coprocs`.
+unsafe fn listing<T: serde::Serialize>(
+    socket: *const c_char,
+    buf: *mut c_char,
+    cap: usize,
+    list: impl FnOnce(&Session) -> Result<T, VcoprocError>,
+) -> c_int {
+    value(|| {
+        // SAFETY: NULL or a NUL-terminated string, per the caller.
+        let s = unsafe { session(socket) }?;
+        let text =
+            serde_json::to_string(&list(&s)?).map_err(|e| FfiError::Invalid(e.to_string()))?;
+        // SAFETY: NULL with `cap` 0, or `cap` writable bytes, per the caller.
+        unsafe { put_json(&text, buf, cap) }
+    })
 }
 
 /// The pcoprocs this domain may use, as a JSON array of objects (`name`,
@@ -24,13 +42,8 @@ pub unsafe extern "C" fn coproc_list_coprocs(
     buf: *mut c_char,
     cap: usize,
 ) -> c_int {
-    value(|| {
-        // SAFETY: per the caller.
-        let s = unsafe { session(socket) }?;
-        let text = json(&s.list_coprocs()?)?;
-        // SAFETY: per the caller.
-        unsafe { put_json(&text, buf, cap) }
-    })
+    // SAFETY: the caller's guarantees, passed on.
+    unsafe { listing(socket, buf, cap, Session::list_coprocs) }
 }
 
 /// The vcoprocs this domain may see (an admin: all), as a JSON array of
@@ -45,11 +58,6 @@ pub unsafe extern "C" fn coproc_list_vcoprocs(
     buf: *mut c_char,
     cap: usize,
 ) -> c_int {
-    value(|| {
-        // SAFETY: per the caller.
-        let s = unsafe { session(socket) }?;
-        let text = json(&s.list_vcoprocs()?)?;
-        // SAFETY: per the caller.
-        unsafe { put_json(&text, buf, cap) }
-    })
+    // SAFETY: the caller's guarantees, passed on.
+    unsafe { listing(socket, buf, cap, Session::list_vcoprocs) }
 }

@@ -6,10 +6,11 @@ use super::{Check, FaultSummary, Row, T};
 use coproc_core::iova::{MapKind, Perms};
 use coproc_core::memory::Region;
 use coproc_core::VcoprocHandle;
+use coproc_firmware::drive::RegionQueue;
 use coproc_firmware::gpu::{GpuFirmware, MATMUL, SAXPY};
 use coproc_firmware::reference::{self, TestRng};
 use coproc_proto::gpu::{Job, JobDone, Status};
-use coproc_proto::queue::{self, Producer, QueueMem};
+use coproc_proto::queue::{self, Producer};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -153,32 +154,11 @@ pub(super) fn gpu_workload(fw: &str, d: &mut dyn GpuDomain, scale: u32) -> Check
     }
 }
 
-/// The queue memory of an in-process GPU domain.
-struct QueueRegion(Arc<Region>);
-
-impl QueueMem for QueueRegion {
-    fn len(&self) -> u64 {
-        QueueMem::len(&*self.0)
-    }
-    fn read_at(&self, off: u64, buf: &mut [u8]) {
-        self.0.read_at(off, buf);
-    }
-    fn write_at(&self, off: u64, data: &[u8]) {
-        self.0.write_at(off, data);
-    }
-    fn load_index(&self, off: u64) -> u32 {
-        self.0.load_index(off)
-    }
-    fn store_index(&self, off: u64, v: u32) {
-        self.0.store_index(off, v);
-    }
-}
-
 /// A GPU domain in this process: a vcoproc handle, its queue in a memfd
 /// region, buffers as regions.
 pub(super) struct LocalGpu<'a> {
     v: &'a VcoprocHandle,
-    queue: QueueRegion,
+    queue: RegionQueue,
     ring: Producer,
     tag: u32,
     bufs: Vec<Arc<Region>>,
@@ -193,7 +173,7 @@ impl<'a> LocalGpu<'a> {
             .div_ceil(4096)
             * 4096;
         let region = Arc::new(Region::new_memfd(len).map_err(|e| e.to_string())?);
-        let q = QueueRegion(region.clone());
+        let q = RegionQueue(region.clone());
         let ring = Producer::init(&q, GPU_QUEUE_ENTRIES).ok_or("queue header")?;
         v.map(&region, 0, GPU_QUEUE_IOVA, len, Perms::RW, MapKind::Pinned)
             .map_err(|e| e.to_string())?;
