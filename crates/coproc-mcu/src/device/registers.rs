@@ -99,12 +99,13 @@ pub(super) fn scs_write(st: &mut State, off: u64, size: usize, value: u32, prima
     }
 }
 
-/// Control block reads. Every register read is idempotent, since the core
-/// may restart the instruction after a preemption (TIME_LO latches TIME_HI,
-/// which a repeated read simply does again).
+/// Control block reads. Every register read is idempotent, as the ABI
+/// promises (TIME_LO latches TIME_HI, which a repeated read simply does
+/// again), though the device never restarts an instruction.
 ///
-/// A stop requested by a callback takes effect at the latest at the end of
-/// the current translation block, so a few more instructions may run. They
+/// A stop requested by a callback takes effect at the end of the current
+/// translation block (the block-start hook makes it), so a few more
+/// instructions may run. They
 /// must not change what the stop means: after WAIT parks the core, DOORBELL
 /// reads as DOORBELL_ACK (new doorbells stay pending for the runner to see);
 /// after a fault or an exit, the control block ignores the context entirely.
