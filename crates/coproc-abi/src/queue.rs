@@ -53,6 +53,17 @@ pub const OFF_SQ_HEAD: u64 = 0x080;
 pub const OFF_CQ_TAIL: u64 = 0x0c0;
 /// Completion head, written by the domain.
 pub const OFF_CQ_HEAD: u64 = 0x100;
+/// Completion wake-up word, written by the domain: the low 31 bits count
+/// the domain's threads asleep on the completion tail (a shared futex on
+/// [`OFF_CQ_TAIL`]), and [`CQ_WAKE_NO_EVENTFD`] says nobody waits on the
+/// completion eventfd. After posting completions the device side (the
+/// daemon, on the runner thread) wakes futex sleepers when the count is
+/// not zero and writes the completion eventfd unless the bit is set. Zero,
+/// a fresh queue's value, means "eventfd only", what a domain that never
+/// heard of the word gets.
+pub const OFF_CQ_WAKE: u64 = 0x140;
+/// Bit of [`OFF_CQ_WAKE`]: the completion eventfd need not be written.
+pub const CQ_WAKE_NO_EVENTFD: u32 = 1 << 31;
 
 /// Bytes a queue of `entries` needs (header page + both rings), or None if
 /// `entries` is not a power of two in 1..=MAX_ENTRIES.
@@ -330,6 +341,12 @@ impl Producer {
         // Release: the entry is visible before the tail that publishes it.
         m.store_index(OFF_SQ_TAIL, self.sq_tail);
         true
+    }
+
+    /// Our completion head: the completion tail's value while nothing is
+    /// posted (what a sleeper on the tail expects it to hold).
+    pub fn cq_head(&self) -> u32 {
+        self.cq_head
     }
 
     /// Whether the device side posted a completion we have not taken

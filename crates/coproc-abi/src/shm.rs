@@ -172,7 +172,68 @@ impl<'a> Shared<'a> {
         a.store(v.to_le(), Ordering::Release);
         Ok(())
     }
+
+    /// Sequentially consistent `fetch_add` of `delta` (wrapping) on the
+    /// little-endian word at `offset`, followed by a `SeqCst` fence: a
+    /// load made after it is ordered after the store, for a side that
+    /// announces itself before it looks (see [`Shared::wait_u32`]).
+    /// Returns the previous value.
+    pub fn add_u32(&self, offset: u64, delta: u32) -> Result<u32, AbiError> {
+        let p = self.word(offset)?;
+        // SAFETY: as in `load_u32`: in range, aligned, valid for `'a`.
+        let a = unsafe { AtomicU32::from_ptr(p) };
+        // On a little-endian host (the only kind this crate builds for)
+        // the host's add is the add on the stored little-endian word.
+        let prev = a.fetch_add(delta, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        Ok(u32::from_le(prev))
+    }
+
+    /// Sleep while the word at `offset` still holds `expected`, for at
+    /// most `timeout` (a shared futex: the sleeper and the waker may be
+    /// in different processes mapping the same memory). Returns false on
+    /// timeout, true once woken, or at once if the word differs. A wake-up
+    /// can be spurious; callers look again.
+    pub fn wait_u32(
+        &self,
+        offset: u64,
+        expected: u32,
+        timeout: std::time::Duration,
+    ) -> Result<bool, AbiError> {
+        use rustix::thread::futex;
+        let p = self.word(offset)?;
+        // SAFETY: as in `load_u32`: in range, aligned, valid for `'a`; the
+        // kernel only reads the word.
+        let a = unsafe { AtomicU32::from_ptr(p) };
+        let ts = futex::Timespec {
+            tv_sec: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(timeout.subsec_nanos()),
+        };
+        match futex::wait(a, futex::Flags::empty(), expected.to_le(), Some(&ts)) {
+            Err(rustix::io::Errno::TIMEDOUT) => Ok(false),
+            // Woken, interrupted, changed already (EAGAIN), or a word the
+            // kernel cannot wait on: the caller looks at the word again.
+            _ => Ok(true),
+        }
+    }
+
+    /// Wake every thread sleeping in [`Shared::wait_u32`] on the word at
+    /// `offset`, in any process. Never blocks; returns how many woke (0
+    /// if the kernel refused, e.g. for memory it cannot key).
+    pub fn wake_u32(&self, offset: u64) -> Result<usize, AbiError> {
+        use rustix::thread::futex;
+        let p = self.word(offset)?;
+        // SAFETY: as in `load_u32`: in range, aligned, valid for `'a`; the
+        // kernel does not touch the word's value.
+        let a = unsafe { AtomicU32::from_ptr(p) };
+        Ok(futex::wake(a, futex::Flags::empty(), u32::MAX).unwrap_or(0))
+    }
 }
+
+#[cfg(not(target_endian = "little"))]
+compile_error!(
+    "coproc's shared-memory words are little-endian; big-endian hosts are not supported"
+);
 
 /// Volatile copy from shared memory into `dst`: bytes up to an 8-byte
 /// boundary of the source, then 8-byte words, then the remaining bytes.
@@ -291,6 +352,38 @@ mod tests {
         assert_eq!(s.load_u32(0).unwrap(), 0x1234_5678);
         assert!(s.load_u32(8).is_err());
         assert!(m.sub(60, 8).is_err());
+        drop(backing);
+    }
+}
+
+#[cfg(test)]
+mod futex_tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn wait_sleeps_until_timeout_or_wake() {
+        let mut backing = vec![0u64; 8];
+        // SAFETY: the vector outlives the view and is touched only through
+        // it (and the thread below, through a copy of it) until the end.
+        let m = unsafe { Shared::new(backing.as_mut_ptr().cast(), 64) }.unwrap();
+        m.store_u32(8, 7).unwrap();
+        let t = Instant::now();
+        assert!(!m.wait_u32(8, 7, Duration::from_millis(30)).unwrap());
+        assert!(t.elapsed() >= Duration::from_millis(30));
+        // A word that differs returns at once.
+        assert!(m.wait_u32(8, 6, Duration::from_secs(5)).unwrap());
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // Wake until the sleeper is gone (it may not sleep yet).
+                while m.load_u32(16).unwrap() == 0 {
+                    m.wake_u32(8).unwrap();
+                    std::thread::yield_now();
+                }
+            });
+            assert!(m.wait_u32(8, 7, Duration::from_secs(30)).unwrap());
+            m.store_u32(16, 1).unwrap();
+        });
         drop(backing);
     }
 }

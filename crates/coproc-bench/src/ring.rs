@@ -27,7 +27,10 @@ the submission tail and the SDK on the completion tail before either sleeps). \
 socket_msgs_per_job: socket frames the client sent and received during the timed round trips \
 (both modes, warm-up included), per job, counted by the SDK. \
 *_rps_N: requests per second with N clients, each its own vcoproc and queue, batches of 16. \
-daemon_vs_inprocess_pct: daemon requests/s as % of in-process at 4 clients.";
+daemon_vs_inprocess_pct: daemon requests/s as % of in-process at 4 clients. \
+wake_floor_rtt_*: control, two threads of this process ping-ponging one eventfd write each way \
+(the two sleeps and wake-ups every event-driven round trip has, and nothing else): \
+what this host charges for them.";
 
 const ENTRIES: u32 = 64;
 const BATCH: u32 = 16;
@@ -210,6 +213,47 @@ fn rate<L: Lane + Send>(lanes: Vec<L>, for_: Duration) -> anyhow::Result<f64> {
     Ok(total as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Round trips, in µs, sorted, of two threads that each sleep in `poll` on
+/// an eventfd until the other writes it: the floor under any event-driven
+/// round trip on this host (a sleep and a wake-up on each side).
+fn wake_floor(n: usize) -> anyhow::Result<Vec<f64>> {
+    use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags};
+    use std::os::fd::OwnedFd;
+    fn sleep_on(fd: &OwnedFd) -> rustix::io::Result<()> {
+        let mut p = [PollFd::new(fd, PollFlags::IN)];
+        while poll(&mut p, None)? == 0 {}
+        let mut b = [0u8; 8];
+        rustix::io::read(fd, &mut b)?;
+        Ok(())
+    }
+    let ping = eventfd(0, EventfdFlags::CLOEXEC)?;
+    let pong = eventfd(0, EventfdFlags::CLOEXEC)?;
+    let one = 1u64.to_ne_bytes();
+    let total = n + WARMUP;
+    std::thread::scope(|s| -> anyhow::Result<Vec<f64>> {
+        let echo = s.spawn(|| -> rustix::io::Result<()> {
+            for _ in 0..total {
+                sleep_on(&ping)?;
+                rustix::io::write(&pong, &one)?;
+            }
+            Ok(())
+        });
+        let mut v = Vec::with_capacity(n);
+        for i in 0..total {
+            let t = Instant::now();
+            rustix::io::write(&ping, &one)?;
+            sleep_on(&pong)?;
+            if i >= WARMUP {
+                v.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+        echo.join()
+            .map_err(|_| anyhow::anyhow!("echo thread panicked"))??;
+        v.sort_by(f64::total_cmp);
+        Ok(v)
+    })
+}
+
 /// The benchmark.
 pub fn ring(rounds: usize) -> anyhow::Result<BTreeMap<&'static str, f64>> {
     let config = "[[pcoproc]]\nname = \"mcu0\"\nclass = \"mcu\"\n\n[[domain]]\nuids = \"*\"\npcoprocs = [\"mcu0\"]\n";
@@ -254,6 +298,10 @@ pub fn ring(rounds: usize) -> anyhow::Result<BTreeMap<&'static str, f64>> {
     m.insert("rtt_p99_us", round1(percentile(&d, 0.99)));
     m.insert("inprocess_rtt_p50_us", round1(percentile(&l, 0.5)));
     m.insert("inprocess_rtt_p99_us", round1(percentile(&l, 0.99)));
+    let w = wake_floor(trips)?;
+    crate::samples::record("wake_floor_rtt_us", crate::samples::Kind::LatencyUs, &w);
+    m.insert("wake_floor_rtt_p50_us", round1(percentile(&w, 0.5)));
+    m.insert("wake_floor_rtt_p99_us", round1(percentile(&w, 0.99)));
 
     let span = Duration::from_millis(300 * rounds.max(1) as u64);
     let mut at4 = (0.0, 0.0);

@@ -14,6 +14,7 @@ mod common;
 use common::Daemon;
 
 use coproc_client::{Client, Cqe, Queue, Sqe, MAX_BUSY_POLL};
+use rustix::fd::AsFd as _;
 use std::time::Duration;
 
 /// One mcu pcoproc under `rr`, every uid allowed (see `common`).
@@ -105,7 +106,6 @@ fn queue_jobs_send_no_socket_messages_in_either_mode() {
         let flags = rustix::event::EventfdFlags::CLOEXEC;
         let e1 = rustix::event::eventfd(0, flags).unwrap();
         let e2 = rustix::event::eventfd(0, flags).unwrap();
-        use rustix::fd::AsFd;
         let req = coproc_proto::Request::CreateQueue {
             vcoproc: v,
             iova: 0x6000_0000,
@@ -138,4 +138,70 @@ fn queue_jobs_send_no_socket_messages_in_either_mode() {
     c.list_coprocs().unwrap();
     assert_eq!(c.messages().sent, set_up_msgs.sent + 1);
     assert_eq!(c.messages().received, set_up_msgs.received + 1);
+}
+
+/// Whether the eventfd's counter is non-zero (read without blocking; the
+/// read resets it).
+fn fired(fd: rustix::fd::BorrowedFd<'_>) -> bool {
+    let mut p = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::IN,
+    )];
+    let zero = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    if rustix::event::poll(&mut p, Some(&zero)).unwrap() == 0 {
+        return false;
+    }
+    let mut b = [0u8; 8];
+    rustix::io::read(fd, &mut b).unwrap();
+    true
+}
+
+/// An event-driven wait sleeps on the completion tail and the daemon's
+/// runner wakes it directly: the completion eventfd is not written while
+/// nobody asked for it (the SDK borrows it here only to look, which is
+/// what asks for it), and once asked for it fires after every batch and
+/// waits still get every completion.
+#[test]
+fn waits_sleep_on_the_ring_until_the_eventfd_is_asked_for() {
+    let d = Daemon::start("busypoll-wake", CONFIG);
+    let mut c = d.client();
+    let mut q = set_up(&mut c, Duration::ZERO);
+    let word = |q: &Queue| q.wake_word();
+    assert_eq!(
+        word(&q),
+        coproc_proto::queue::CQ_WAKE_NO_EVENTFD,
+        "a fresh queue: no sleeper, no eventfd"
+    );
+    run_jobs(&mut q);
+    assert_eq!(
+        word(&q),
+        coproc_proto::queue::CQ_WAKE_NO_EVENTFD,
+        "sleepers all gone"
+    );
+    // Sleepers were woken without the eventfd: it never fired. (A dup of
+    // the descriptor, so that looking does not ask for it.)
+    let dup = q.completion_fd_unrequested();
+    assert!(
+        !fired(dup.as_fd()),
+        "the daemon wrote the eventfd nobody waits on"
+    );
+    // Asked for: the bit goes, the daemon writes it after completions.
+    let fd = q.completion_fd().try_clone_to_owned().unwrap();
+    assert_eq!(word(&q), 0);
+    // Every wait now sleeps on the eventfd (and reads it): had the daemon
+    // not written it, a wait would time out and `run_jobs` panic.
+    run_jobs(&mut q);
+    assert!(q.submit(&job(7)));
+    q.ring().unwrap();
+    while !fired(fd.as_fd()) {
+        let mut p = [rustix::event::PollFd::new(
+            &fd,
+            rustix::event::PollFlags::IN,
+        )];
+        rustix::event::poll(&mut p, None).unwrap();
+    }
+    assert_eq!(q.complete(), Some(qecho(&job(7))));
 }

@@ -10,6 +10,7 @@ use crate::{ClientError, Job, JobDone, SharedMem};
 use coproc_proto::queue::{self, Cqe, Producer, QueueMem, Sqe};
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long [`Queue::submit_job`] waits for room in a full ring.
@@ -25,6 +26,11 @@ pub struct Queue {
     tail: u32,
     doorbell: OwnedFd,
     completion: OwnedFd,
+    /// Someone may wait on the completion eventfd (it was handed out by
+    /// [`Queue::completion_fd`]): the daemon writes it then, and
+    /// [`Queue::wait`] sleeps on it; until then waits sleep on the
+    /// completion tail (a shared futex the runner wakes directly).
+    eventfd_used: AtomicBool,
     /// GPU jobs: tags, completions not yet asked for.
     jobs: Jobs,
 }
@@ -62,6 +68,9 @@ impl Queue {
         let mem = SharedMem::new(bytes)?;
         let ring = Producer::init_with(&mem, entries, poll_us)
             .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        // Waits sleep on the completion tail until the eventfd is asked
+        // for: the daemon need not write it meanwhile.
+        mem.store_index(queue::OFF_CQ_WAKE, queue::CQ_WAKE_NO_EVENTFD);
         let flags = rustix::event::EventfdFlags::CLOEXEC;
         let doorbell = rustix::event::eventfd(0, flags).map_err(mem_err)?;
         let completion = rustix::event::eventfd(0, flags).map_err(mem_err)?;
@@ -72,6 +81,7 @@ impl Queue {
             tail: 0,
             doorbell,
             completion,
+            eventfd_used: AtomicBool::new(false),
             jobs: Jobs::default(),
         })
     }
@@ -85,7 +95,19 @@ impl Queue {
     }
 
     /// The completion eventfd (to wait on it with your own poll/epoll).
+    /// From the first call on, the daemon writes it after completions are
+    /// posted (until then it need not: [`Queue::wait`] sleeps on the ring
+    /// itself), and [`Queue::wait`] sleeps on it too.
     pub fn completion_fd(&self) -> BorrowedFd<'_> {
+        if !self.eventfd_used.swap(true, Ordering::AcqRel) {
+            // Clear the "no eventfd" bit (adding 2^31 toggles it; the
+            // sleeper count in the low bits is untouched).
+            let _ = self
+                .mem
+                .region()
+                .as_shared()
+                .add_u32(queue::OFF_CQ_WAKE, queue::CQ_WAKE_NO_EVENTFD);
+        }
         self.completion.as_fd()
     }
 
@@ -167,10 +189,13 @@ impl Queue {
     /// may be. With a busy-poll budget, first spin on the completion tail
     /// (one `Acquire` load per turn) for up to the budget: a completion
     /// posted meanwhile returns at once, without a system call. Otherwise
-    /// (and after the budget) sleep on the completion eventfd until it
-    /// fires. A `true` can be early (the eventfd still counts completions
-    /// taken after a spin): take completions with [`Queue::complete`]
-    /// and wait again if there are none.
+    /// (and after the budget) sleep until the device posts a completion:
+    /// on the completion tail itself (a shared futex the daemon's runner
+    /// wakes right after posting, no other thread in between), or, once
+    /// [`Queue::completion_fd`] was asked for, on the completion eventfd.
+    /// A `true` can be early (the eventfd still counts completions taken
+    /// after a spin): take completions with [`Queue::complete`] and wait
+    /// again if there are none.
     ///
     /// # Examples
     ///
@@ -205,6 +230,9 @@ impl Queue {
                 std::hint::spin_loop();
             }
         }
+        if !self.eventfd_used.load(Ordering::Acquire) {
+            return Ok(self.sleep_on_tail(timeout));
+        }
         let ts = rustix::time::Timespec {
             tv_sec: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
             tv_nsec: i64::from(timeout.subsec_nanos()),
@@ -223,6 +251,31 @@ impl Queue {
         Ok(true)
     }
 
+    /// Sleep on the completion tail until it moves past our head, or
+    /// `timeout`: counted in the ring's wake-up word first (the runner
+    /// wakes counted sleepers right after it posts completions), then the
+    /// tail is looked at, so a completion posted in between is never
+    /// slept through.
+    fn sleep_on_tail(&self, timeout: Duration) -> bool {
+        let m = self.mem.region().as_shared();
+        let deadline = Instant::now() + timeout;
+        if m.add_u32(queue::OFF_CQ_WAKE, 1).is_err() {
+            return true; // cannot happen: the header is in the ring memory
+        }
+        let ready = loop {
+            if self.ring.ready(&self.mem) {
+                break true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break false;
+            }
+            let _ = m.wait_u32(queue::OFF_CQ_TAIL, self.ring.cq_head(), left);
+        };
+        let _ = m.add_u32(queue::OFF_CQ_WAKE, u32::MAX); // one sleeper less
+        ready
+    }
+
     /// Take the next completion, if the device posted one.
     pub fn complete(&mut self) -> Option<Cqe> {
         self.ring.complete(&self.mem)
@@ -234,6 +287,29 @@ impl Queue {
     #[doc(hidden)]
     pub fn poke_sq_tail(&self, v: u32) {
         self.ring.poke_sq_tail(&self.mem, v);
+    }
+
+    /// The ring's completion wake-up word (sleepers, eventfd bit). A test
+    /// hook, not public API: only with the `test-hooks` feature.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn wake_word(&self) -> u32 {
+        self.ring_word(queue::OFF_CQ_WAKE)
+    }
+
+    /// A duplicate of the completion eventfd that does not ask the daemon
+    /// to write it. A test hook, not public API: only with `test-hooks`.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn completion_fd_unrequested(&self) -> OwnedFd {
+        self.completion
+            .try_clone()
+            .unwrap_or_else(|e| panic!("dup: {e}"))
+    }
+
+    #[cfg(feature = "test-hooks")]
+    fn ring_word(&self, off: u64) -> u32 {
+        self.mem.load_index(off)
     }
 
     /// Take the device's head as our tail again (after garbage).

@@ -30,6 +30,10 @@ pub(super) struct Hooks {
     /// Completion eventfds and the writer thread's doorbell.
     pub(super) completions: Arc<Mutex<Vec<OwnedFd>>>,
     pub(super) writer: Mutex<Option<std::sync::mpsc::SyncSender<()>>>,
+    /// The queues' ring memory: after a notification the runner reads
+    /// each ring's completion wake-up word and wakes the domain's futex
+    /// sleepers on the completion tail itself (no thread in between).
+    pub(super) rings: Mutex<Vec<Arc<super::Region>>>,
 }
 
 impl std::fmt::Debug for Hooks {
@@ -53,20 +57,26 @@ impl crate::daemon::Attachment for Hooks {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clear();
+        self.rings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
     }
 }
 
 impl Hooks {
     pub(super) fn fire(&self, ev: ControlEvent) {
         if let ControlEvent::Notify(n) = ev {
-            if let Some(w) = self
-                .writer
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .as_ref()
-            {
-                // Full means a write is already due: merged.
-                let _ = w.try_send(());
+            if self.wake_rings() {
+                if let Some(w) = self
+                    .writer
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .as_ref()
+                {
+                    // Full means a write is already due: merged.
+                    let _ = w.try_send(());
+                }
             }
             if self.subscribed.load(Ordering::Acquire) {
                 *self
@@ -90,6 +100,35 @@ impl Hooks {
                 self.queued.store(false, Ordering::Release);
             }
         }
+    }
+
+    /// Wake the domain's threads asleep on a completion tail (a shared
+    /// futex wake: one system call that never blocks, made only where a
+    /// ring's wake-up word counts sleepers); true if some ring still wants
+    /// its completion eventfd written (or there is no ring). The wake-up
+    /// word is the domain's to write: garbage costs at most one needless
+    /// wake-up or eventfd write per ring, to that domain alone.
+    fn wake_rings(&self) -> bool {
+        use coproc_proto::queue::{CQ_WAKE_NO_EVENTFD, OFF_CQ_TAIL, OFF_CQ_WAKE};
+        // The completion tail was stored before this notification; the
+        // fence orders that store before the loads of the wake-up words,
+        // against the sleeper's SeqCst increment before it looks at the
+        // tail (one of the two sees the other).
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let rings = self
+            .rings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut eventfd = rings.is_empty();
+        for r in rings.iter() {
+            let m = r.as_shared();
+            let w = m.load_u32(OFF_CQ_WAKE).unwrap_or(0);
+            if w & !CQ_WAKE_NO_EVENTFD != 0 {
+                let _ = m.wake_u32(OFF_CQ_TAIL);
+            }
+            eventfd |= w & CQ_WAKE_NO_EVENTFD == 0;
+        }
+        eventfd
     }
 
     /// Start the completion writer thread (once).
@@ -164,6 +203,7 @@ impl Session {
             wake: self.wake.clone(),
             completions: Arc::default(),
             writer: Mutex::new(None),
+            rings: Mutex::new(Vec::new()),
         });
         let h2 = h.clone();
         let l: Listener = Arc::new(move |ev| h2.fire(ev));

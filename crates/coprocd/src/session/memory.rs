@@ -20,7 +20,7 @@ impl Session {
         len: u64,
         perms: Perms,
         kind: MapKind,
-    ) -> Result<(), WireError> {
+    ) -> Result<Arc<Region>, WireError> {
         // Arguments first: nothing is reserved or sealed for a bad request.
         if len == 0 || !len.is_multiple_of(4096) || !offset.is_multiple_of(4096) {
             return Err(err(
@@ -41,19 +41,25 @@ impl Session {
             d.unreserve(self.who.domain, Quota::Bytes, len);
             return Err(e);
         }
-        let mapped = (|| -> Result<(), WireError> {
+        let mapped = (|| -> Result<Arc<Region>, WireError> {
             // Region::from_fd seals the memfd against shrinking.
-            let region = Region::from_fd(fd, offset, len)
-                .map_err(|e| err(ErrorCode::BadFd, e.to_string()))?;
+            let region = Arc::new(
+                Region::from_fd(fd, offset, len)
+                    .map_err(|e| err(ErrorCode::BadFd, e.to_string()))?,
+            );
             e.handle
-                .map(&Arc::new(region), 0, iova, len, perms, kind)
-                .map_err(core_err)
+                .map(&region, 0, iova, len, perms, kind)
+                .map_err(core_err)?;
+            Ok(region)
         })();
-        if let Err(e) = mapped {
-            d.unreserve(self.who.domain, Quota::Bytes, len);
-            d.unreserve(self.who.domain, Quota::Mappings, 1);
-            return Err(e);
-        }
+        let region = match mapped {
+            Ok(r) => r,
+            Err(e) => {
+                d.unreserve(self.who.domain, Quota::Bytes, len);
+                d.unreserve(self.who.domain, Quota::Mappings, 1);
+                return Err(e);
+            }
+        };
         let recorded = d
             .tables()
             .vcoprocs
@@ -71,7 +77,7 @@ impl Session {
             d.unreserve(self.who.domain, Quota::Bytes, len);
             d.unreserve(self.who.domain, Quota::Mappings, 1);
         }
-        Ok(())
+        Ok(region)
     }
 
     /// Allocate device-local memory in vcoproc `vcoproc`, within the
@@ -318,10 +324,13 @@ impl Session {
             d.unreserve(self.who.domain, Quota::Queues, 1);
             return Err(core_err(err));
         }
-        if let Err(e) = self.map_fd(vcoproc, &e, mem, 0, iova, len, Perms::RW, MapKind::Pinned) {
-            d.unreserve(self.who.domain, Quota::Queues, 1);
-            return Err(e);
-        }
+        let ring = match self.map_fd(vcoproc, &e, mem, 0, iova, len, Perms::RW, MapKind::Pinned) {
+            Ok(r) => r,
+            Err(e) => {
+                d.unreserve(self.who.domain, Quota::Queues, 1);
+                return Err(e);
+            }
+        };
         let recorded = d
             .tables()
             .vcoprocs
@@ -339,6 +348,11 @@ impl Session {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(completion);
+        hooks
+            .rings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(ring);
         hooks.start_writer();
         Ok(Answer::Done)
     }
