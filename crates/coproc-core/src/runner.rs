@@ -14,8 +14,8 @@
 //! their callers get an error at once, and the runner ends.
 
 use crate::device::{
-    Capabilities, ContextSpec, Device, DeviceError, FirmwareInfo, FirmwarePrep, PreemptHandle,
-    PreparedFirmware, RunOutcome, StopReason, SwitchOutcome, VirtualClock,
+    thread_cpu_time, Capabilities, ContextSpec, Device, DeviceError, FirmwareInfo, FirmwarePrep,
+    PreemptHandle, PreparedFirmware, RunOutcome, StopReason, SwitchOutcome, VirtualClock,
 };
 use crate::error::CoreError;
 use crate::fault::{Access, DeviceFault, FaultReason, PageFault};
@@ -133,7 +133,12 @@ fn one_turn(
     // Doorbell eventfds rung while this thread ran a slice were taken by
     // the sentinel; those rung while it idled are in `rung`.
     let mut g = shared.lock();
-    let mut blamed = Blamed { dev: device, blame };
+    let mut blamed = Blamed {
+        dev: device,
+        blame,
+        measure: shared.clock.is_none(),
+        spent: Vec::new(),
+    };
     loop {
         // Revoked mappings first: a command after a revoke (a new map at
         // the same iova) finds the old one gone.
@@ -147,6 +152,8 @@ fn one_turn(
             *current = None;
         }
     }
+    let now = shared.now_ns();
+    blamed.charge(&mut g, now);
     if g.shutdown {
         return Turn::Shutdown;
     }
@@ -324,17 +331,42 @@ fn contain(device: &mut dyn Device, shared: &Shared, v: VcoprocId, msg: &str) ->
 
 /// The device as the runner lends it to commands: every call that names a
 /// context notes it as the one to blame should the call panic.
+/// On a host clock it also measures each call (the runner thread's CPU
+/// time, immune to the host descheduling it) for the context it names: the
+/// device time a command took is charged to the vcoproc that asked for it.
 struct Blamed<'a> {
     dev: &'a mut dyn Device,
     blame: &'a Cell<Option<VcoprocId>>,
+    /// Measure calls (false on a virtual clock: commands take no device
+    /// time there, and exact schedules stay exact).
+    measure: bool,
+    spent: Vec<(VcoprocId, Duration)>,
 }
 
 impl Blamed<'_> {
     fn on<R>(&mut self, ctx: VcoprocId, f: impl FnOnce(&mut dyn Device) -> R) -> R {
         self.blame.set(Some(ctx));
+        let t0 = self.measure.then(thread_cpu_time);
         let r = f(self.dev);
+        if let Some(t0) = t0 {
+            let took = thread_cpu_time().saturating_sub(t0);
+            match self.spent.last_mut() {
+                Some((v, t)) if *v == ctx => *t += took,
+                _ => self.spent.push((ctx, took)),
+            }
+        }
         self.blame.set(None);
         r
+    }
+
+    /// Charge what the calls so far took to the vcoprocs they were for
+    /// (those still there).
+    fn charge(&mut self, g: &mut Inner, now: u64) {
+        for (v, took) in self.spent.drain(..) {
+            if g.vcoprocs.contains_key(&v) && !took.is_zero() {
+                g.policy.charge_work(v, took, now);
+            }
+        }
     }
 }
 

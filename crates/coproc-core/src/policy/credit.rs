@@ -531,6 +531,33 @@ impl Policy for Credit {
         }
     }
 
+    fn charge_work(&mut self, v: VcoprocId, took: Duration, now_ns: u64) {
+        self.now_seen = self.now_seen.max(now_ns);
+        let Some(e) = self.entries.get(&v) else {
+            return;
+        };
+        let placed = e.place != Place::Out;
+        // Re-keyed: the queue is ordered by vtime, the throttled set by a
+        // replenishment time that the budget decides.
+        self.unplace(v);
+        self.refresh(v, now_ns);
+        let took_ns = nanos(took);
+        let running = self.running.filter(|r| r.vcoproc == v);
+        let Some(e) = self.entries.get_mut(&v) else {
+            return;
+        };
+        let weight = running.map_or(e.weight, |r| r.weight);
+        e.vtime = e.vtime.saturating_add(weighted(took_ns, weight));
+        if e.cap_pct.is_some() {
+            e.cap_left = e
+                .cap_left
+                .saturating_sub(i64::try_from(took_ns).unwrap_or(i64::MAX));
+        }
+        if placed {
+            self.enqueue(v);
+        }
+    }
+
     fn standings(&self) -> Vec<Standing> {
         let init = i128::from(nanos(Credit::CREDIT_INIT));
         let mut out: Vec<Standing> = self

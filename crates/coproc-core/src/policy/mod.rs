@@ -168,6 +168,16 @@ pub trait Policy: Send {
     /// `v` ran for `ran` (measured); requeue it if `end.runnable`.
     fn charge(&mut self, v: VcoprocId, ran: Duration, now_ns: u64, end: SliceEnd);
 
+    /// The device spent `took` on `v`'s behalf outside its slices (its
+    /// commands: create, load, map, unmap, reset, and the clean-up of its
+    /// revoked mappings), measured at `now_ns`. A policy that shares time
+    /// charges it like running time, without changing where `v` is (queued
+    /// or not); the default, for policies that do not account time, ignores
+    /// it.
+    fn charge_work(&mut self, v: VcoprocId, took: Duration, now_ns: u64) {
+        let _ = (v, took, now_ns);
+    }
+
     /// Standing of every attached vcoproc.
     fn standings(&self) -> Vec<Standing>;
 }

@@ -469,3 +469,46 @@ fn parameters_are_checked() {
     assert!(c.attach(id(1), &params(1, Some(0))).is_err());
     assert!(c.standings().is_empty());
 }
+
+/// Device time spent on a vcoproc's commands is charged like running
+/// time: two equal hogs, one of which had 200 ms of work done for it, end
+/// up with equal totals of running plus work (to within a slice), and
+/// where it stands in the queue stays right (it keeps being picked).
+#[test]
+fn command_work_is_charged_like_running_time() {
+    let mut sim = sim_of(
+        credit(),
+        &[
+            (Demand::Hog, params(256, None)),
+            (Demand::Hog, params(256, None)),
+        ],
+    );
+    sim.run_until(100 * MS);
+    sim.policy
+        .charge_work(id(1), Duration::from_millis(200), sim.now);
+    sim.run_until(SEC);
+    let (a, b) = (sim.ran(1) + 200 * MS, sim.ran(2));
+    let slice = nanos(Credit::DEFAULT_SLICE);
+    assert!(
+        a.abs_diff(b) <= slice,
+        "run + work {a} vs run {b}: off by more than a slice ({slice})"
+    );
+    // Unknown vcoprocs are ignored.
+    sim.policy
+        .charge_work(id(9), Duration::from_millis(5), sim.now);
+    // A capped vcoproc pays from its budget: 50 % of each 10 ms period,
+    // and 30 ms of work leaves it throttled past 50 ms (uncharged it
+    // would run 20 ms of the 40).
+    let mut capped = sim_of(credit(), &[(Demand::Hog, params(256, Some(50)))]);
+    capped.run_until(10 * MS);
+    let before = capped.ran(1);
+    capped
+        .policy
+        .charge_work(id(1), Duration::from_millis(30), capped.now);
+    capped.run_until(50 * MS);
+    assert!(
+        capped.ran(1) - before <= 5 * MS,
+        "ran {} after 30 ms of work",
+        capped.ran(1) - before
+    );
+}
