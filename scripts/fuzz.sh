@@ -12,6 +12,8 @@
 # Targets are built without a sanitizer (safe Rust; the few unsafe views
 # are bounds-checked by construction), optimised, with debug assertions
 # and overflow checks on. FUZZ_SANITIZER=address builds with ASan instead.
+# FUZZ_TIMEOUT=S: an input running S seconds of wall time (default 30) is
+# a hang; raise it for a run that is paused now and then (SIGSTOP).
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 
@@ -64,7 +66,7 @@ for t in "${targets[@]}"; do
     # Corpus: new inputs into work/<t>; the committed seeds are read only.
     # -timeout: one input taking this long is a hang, reported as a crash.
     "${fuzz[@]}" run -O -a --sanitizer "$san" "$t" "work/$t" "corpus/$t" -- \
-        -max_total_time="$secs" -timeout=30 -print_final_stats=1 \
+        -max_total_time="$secs" -timeout="${FUZZ_TIMEOUT:-30}" -print_final_stats=1 \
         -artifact_prefix="artifacts/$t/" >"$log" 2>&1 || rc=$?
     took=$(( $(date +%s) - start ))
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)

@@ -41,7 +41,13 @@ have passed since the cycles stopped (longer than the 10 s an idle tokio blockin
 or (after the run) are back to the counts before, at most 60 s (settled = 0 if it gave up): rss_growth_kib, fd_growth, thread_growth \
 = after - before; rss_kib_tenth: VmRSS (not settled) after a tenth of the cycles, \
 rss_growth_kib_last_90pct = rss_kib_after - rss_kib_tenth (growth that keeps on with the \
-cycles, apart from what the first cycles fill once). leftover_vcoprocs: vcoprocs the daemon lists after the run besides the victim's. \
+cycles, apart from what the first cycles fill once). jit_kib_before/after: resident KiB of the mcu \
+engine's translated-code buffer (the anonymous mapping of coproc_mcu's JIT_CACHE_BYTES less its \
+guard page, read from /proc/PID/smaps), a cache bounded by that size that fills with the code \
+of every firmware loaded; rss_growth_kib_excl_jit = rss_growth_kib - (jit_kib_after - \
+jit_kib_before). Before each reading a short-lived qecho vcoproc is switched in and out three \
+times 150 ms apart, so that the engine's software TLB, which grows while contexts touch many \
+pages and is resized only at a flush, is back to what the victim uses. leftover_vcoprocs: vcoprocs the daemon lists after the run besides the victim's. \
 cycle_ms_p50/p99: one kill cycle plus its flood. failures = victim_errors.";
 
 /// Connections of one flood: half never say hello, half open a session.
@@ -134,6 +140,32 @@ pub(crate) fn proc_stats(pid: u32) -> anyhow::Result<ProcStats> {
     })
 }
 
+/// Resident KiB of the mcu engine's translated-code buffers in `pid`: its
+/// anonymous mappings exactly [`coproc_mcu::JIT_CACHE_BYTES`] less the
+/// guard page long (one per mcu pcoproc).
+fn jit_kib(pid: u32) -> anyhow::Result<u64> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+        .with_context(|| format!("reading /proc/{pid}/smaps"))?;
+    let want = u64::from(coproc_mcu::JIT_CACHE_BYTES) - 4096;
+    let mut total = 0;
+    let mut inside = false;
+    for line in smaps.lines() {
+        let mut f = line.split_whitespace();
+        let first = f.next().unwrap_or("");
+        if let Some((a, b)) = first.split_once('-') {
+            if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
+                // Anonymous: no path after the inode.
+                inside = b - a == want && f.nth(4).is_none();
+                continue;
+            }
+        }
+        if inside && first == "Rss:" {
+            total += f.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    Ok(total)
+}
+
 /// Wait until `pid`'s descriptor and thread counts equal `target`'s, or
 /// have not changed for [`STABLE`] with [`QUIET`] passed since the call
 /// (made when the activity ended: every idle thread the activity left has
@@ -162,6 +194,26 @@ pub(crate) fn settle(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Let the mcu engine's software TLB (QEMU's, inside Unicorn) shrink back
+/// to what the running vcoprocs use before a reading. It grows while
+/// contexts touch many pages (the 4 MiB firmware of the `firmware` kills
+/// fills it) and is resized only when it is flushed, once a 100 ms window
+/// has shown it mostly empty; with only the victim running nothing flushes
+/// it, so a reading would catch it at whatever size the last cycles left:
+/// up to 96 MiB (malloc'd blocks of 64 and 32 MiB, `tlb_mmu_resize_locked`
+/// in a backtrace of the daemon's `mmap`s). A short-lived qecho vcoproc
+/// switched in and out three times, 150 ms apart, brings the flushes.
+fn settle_engine(socket: &Path) -> anyhow::Result<()> {
+    for tag in 0..3 {
+        let (client, mut q) = offender::qecho_vcoproc(socket)?;
+        offender::qecho_trip(&mut q, tag).map_err(|e| anyhow::anyhow!("settling: {e}"))?;
+        drop(q);
+        drop(client);
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    Ok(())
 }
 
 /// The victim: checked qecho round trips on its own thread until stopped.
@@ -373,7 +425,9 @@ pub fn soak(cycles: usize) -> anyhow::Result<BTreeMap<String, f64>> {
     for i in 0..WARM_UP {
         cycle(i, &ctx)?;
     }
+    settle_engine(&daemon.socket)?;
     let (before, settle_before, settled_before) = settle(pid, None)?;
+    let jit_before = jit_kib(pid)?;
     let began = Instant::now();
     let mut times = Vec::with_capacity(cycles);
     let mut processes = 0u64;
@@ -387,7 +441,9 @@ pub fn soak(cycles: usize) -> anyhow::Result<BTreeMap<String, f64>> {
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let secs = began.elapsed().as_secs_f64();
+    settle_engine(&daemon.socket)?;
     let (after, settle_after, settled_after) = settle(pid, Some(before))?;
+    let jit_after = jit_kib(pid)?;
     let (mut rtts, errors) = victim.finish()?;
     // Measured first: this listing is a session of its own.
     let leftover = Client::connect_to(&daemon.socket)?
@@ -428,6 +484,12 @@ pub fn soak(cycles: usize) -> anyhow::Result<BTreeMap<String, f64>> {
     put(
         "rss_growth_kib",
         after.rss_kib as f64 - before.rss_kib as f64,
+    );
+    put("jit_kib_before", jit_before as f64);
+    put("jit_kib_after", jit_after as f64);
+    put(
+        "rss_growth_kib_excl_jit",
+        after.rss_kib as f64 - before.rss_kib as f64 - (jit_after as f64 - jit_before as f64),
     );
     put("rss_kib_tenth", rss_tenth as f64);
     put(

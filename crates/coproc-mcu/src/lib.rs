@@ -14,7 +14,7 @@ pub mod elf;
 mod scs;
 mod timer;
 
-pub use device::{McuConfig, McuConfigError, McuDevice, LOCAL_ALLOC_MAX};
+pub use device::{McuConfig, McuConfigError, McuDevice, JIT_CACHE_BYTES, LOCAL_ALLOC_MAX};
 
 use coproc_core::device::{Device, DeviceError};
 

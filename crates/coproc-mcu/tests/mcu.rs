@@ -938,3 +938,43 @@ fn a_run_is_charged_the_cpu_time_it_got_not_the_wall_time() {
         "the spinner never took the CPU from the runner"
     );
 }
+
+/// Sizes of this process's anonymous mappings (no path), from
+/// `/proc/self/maps`.
+fn anonymous_mapping_sizes() -> Vec<u64> {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split_whitespace().nth(5).is_none())
+        .filter_map(|l| {
+            let (a, b) = l.split_whitespace().next()?.split_once('-')?;
+            Some(u64::from_str_radix(b, 16).ok()? - u64::from_str_radix(a, 16).ok()?)
+        })
+        .collect()
+}
+
+/// The engine's translated-code buffer is `JIT_CACHE_BYTES`, not
+/// Unicorn's 1 GiB default (whose pages stay resident as translations of
+/// every firmware ever loaded fill it), and the engine still runs
+/// firmware right from it.
+#[test]
+fn the_translated_code_buffer_is_capped() {
+    let p = pcoproc(1000);
+    let v = vcoproc(&p, 1, ECHO);
+    v.start().unwrap();
+    let w: [u32; 16] = std::array::from_fn(|i| 7 * i as u32 + 1);
+    let out = drive::echo(&v, &w, T).unwrap();
+    assert_eq!(out[..15], w[..15]);
+    let sizes = anonymous_mapping_sizes();
+    // The buffer less its guard page (a mapping of its own).
+    let jit = u64::from(coproc_mcu::JIT_CACHE_BYTES) - 4096;
+    assert!(
+        sizes.contains(&jit),
+        "no {jit:#x}-byte buffer in {sizes:x?}"
+    );
+    assert!(
+        !sizes.contains(&((1u64 << 30) - 4096)),
+        "a 1 GiB translation buffer is mapped"
+    );
+    p.shutdown();
+}

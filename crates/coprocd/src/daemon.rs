@@ -168,6 +168,7 @@ impl Drop for ConnectionSlot {
 impl Daemon {
     /// Start every configured pcoproc.
     pub fn start(config: Config) -> anyhow::Result<Daemon> {
+        crate::trim::start();
         let mut pcoprocs = BTreeMap::new();
         // One id space for every pcoproc: a vcoproc's wire id is its core id.
         let ids = Arc::new(AtomicU32::new(1));
@@ -396,6 +397,8 @@ impl Daemon {
         {
             t.usage.remove(&uid);
         }
+        drop(t);
+        crate::trim::released();
     }
 
     /// Take vcoproc `id` out of the table (a destroy): what its session

@@ -9,3 +9,4 @@ pub mod identity;
 pub mod metrics;
 pub mod server;
 pub mod session;
+pub mod trim;

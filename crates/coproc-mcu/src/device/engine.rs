@@ -56,6 +56,7 @@ impl McuDevice {
         };
         let mut uc = Unicorn::new_with_data(Arch::ARM, Mode::THUMB | Mode::MCLASS, state)
             .map_err(|e| uc_err("open", e))?;
+        set_jit_cache(&mut uc, JIT_CACHE_BYTES)?;
         uc.ctl_set_cpu_model(ArmCpuModel::CORTEX_M4 as i32)
             .map_err(|e| uc_err("cpu model", e))?;
         uc.ctl_set_tlb_type(TlbType::VIRTUAL)
@@ -303,5 +304,31 @@ impl McuDevice {
             config,
             slots: SlotMemory::default(),
         })
+    }
+}
+
+/// Size of the engine's translated-code buffer. Unicorn reserves 1 GiB by
+/// default, and translations of destroyed or reloaded contexts' code stay
+/// in it (their space is reused only once the buffer is full and flushed
+/// whole), so the daemon's resident memory grew with every firmware load
+/// until then. 32 MiB holds the hot code of hundreds of contexts; when it
+/// fills, the engine flushes it and every context retranslates what it
+/// runs next.
+pub const JIT_CACHE_BYTES: u32 = 32 << 20;
+
+/// Set the translated-code buffer's size: before anything else runs the
+/// engine (it is allocated on first use).
+fn set_jit_cache(uc: &mut Unicorn<'_, State>, bytes: u32) -> Result<(), DeviceError> {
+    use unicorn_engine::{uc_ctl, uc_error, ControlType};
+    let write = ControlType(ControlType::TCG_BUFFER_SIZE.0 | ControlType::IO_WRITE.0);
+    // SAFETY: `get_handle` is this live engine's handle; the control takes
+    // exactly one `uint32_t` argument (unicorn.h's
+    // `uc_ctl_set_tcg_buffer_size`), passed as a `u32`, and only records
+    // the size (nothing is allocated or freed by the call).
+    let r = unsafe { uc_ctl(uc.get_handle(), write, bytes) };
+    if r == uc_error::OK {
+        Ok(())
+    } else {
+        Err(uc_err("jit cache size", r))
     }
 }

@@ -26,6 +26,7 @@
 )]
 
 mod engine;
+pub use engine::JIT_CACHE_BYTES;
 mod exceptions;
 mod memory;
 mod registers;
