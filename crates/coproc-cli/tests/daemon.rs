@@ -56,9 +56,13 @@ fn concurrent_client_processes_get_right_results() {
     for k in kids {
         verified(k.wait_with_output().unwrap());
     }
-    // Each session's vcoprocs went with it; the faulty one's record stays.
+    // Each session's vcoprocs went with it (the daemon ends a session once
+    // it reads the end of the connection, after the process exited); the
+    // faulty one's record stays.
     let mut c = d.client();
-    assert!(c.list_vcoprocs(None, None).unwrap().is_empty());
+    wait_for("the clients' vcoprocs to go", || {
+        c.list_vcoprocs(None, None).unwrap().is_empty()
+    });
     let faults = c.list_faults().unwrap();
     assert!(
         faults
