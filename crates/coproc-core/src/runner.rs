@@ -152,8 +152,7 @@ fn one_turn(
             *current = None;
         }
     }
-    let now = shared.now_ns();
-    blamed.charge(&mut g, now);
+    blamed.charge(shared, &mut g);
     if g.shutdown {
         return Turn::Shutdown;
     }
@@ -360,8 +359,12 @@ impl Blamed<'_> {
     }
 
     /// Charge what the calls so far took to the vcoprocs they were for
-    /// (those still there).
-    fn charge(&mut self, g: &mut Inner, now: u64) {
+    /// (those still there). A turn without commands reads no clock.
+    fn charge(&mut self, shared: &Shared, g: &mut Inner) {
+        if self.spent.is_empty() {
+            return;
+        }
+        let now = shared.now_ns();
         for (v, took) in self.spent.drain(..) {
             if g.vcoprocs.contains_key(&v) && !took.is_zero() {
                 g.policy.charge_work(v, took, now);
