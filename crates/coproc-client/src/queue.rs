@@ -294,7 +294,7 @@ impl Queue {
     #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn wake_word(&self) -> u32 {
-        self.ring_word(queue::OFF_CQ_WAKE)
+        self.mem.load_index(queue::OFF_CQ_WAKE)
     }
 
     /// A duplicate of the completion eventfd that does not ask the daemon
@@ -305,11 +305,6 @@ impl Queue {
         self.completion
             .try_clone()
             .unwrap_or_else(|e| panic!("dup: {e}"))
-    }
-
-    #[cfg(feature = "test-hooks")]
-    fn ring_word(&self, off: u64) -> u32 {
-        self.mem.load_index(off)
     }
 
     /// Take the device's head as our tail again (after garbage).
