@@ -100,6 +100,7 @@ impl Victim {
                             progressed = Instant::now();
                         }
                         Err(msg) => {
+                            progressed = Instant::now();
                             if e.fetch_add(1, Ordering::AcqRel) < SHOWN_ERRORS {
                                 eprintln!("faults: {name}victim: {msg}");
                             }
@@ -137,16 +138,31 @@ fn mcu_victim(socket: &Path) -> anyhow::Result<Victim> {
     c.load_firmware(v, HOG.name, HOG.elf)?;
     c.start(v)?;
     let mut last: Option<u32> = None;
+    let mut since = Instant::now();
     Victim::spawn("mcu_", move || {
         std::thread::sleep(SAMPLE);
         let (words, _) = c.mbox_read(v).map_err(|e| format!("mailbox: {e}"))?;
         let (done, state) = (words[0], words[1]);
-        if done != 0 {
-            let ok = [done.wrapping_sub(1), done, done.wrapping_add(1)]
-                .iter()
-                .any(|&d| reference::hog_state(u64::from(d) << 16) == state);
-            if !ok {
-                return Err(format!("LCG state {state:#x} after {done} x 2^16 steps"));
+        if last == Some(done) && since.elapsed() > STUCK {
+            // Say what the daemon thinks of the victim.
+            since = Instant::now();
+            let info = c
+                .query(v)
+                .map_or_else(|e| e.to_string(), |i| format!("{i:?}"));
+            return Err(format!("no progress for {STUCK:?} at {done}: {info}"));
+        }
+        if last != Some(done) {
+            since = Instant::now();
+        }
+        if done != 0 && !reference::hog_state_between(done, state, done) {
+            // The daemon reads the words one by one while hog runs: read
+            // the progress again to bound what may have passed meanwhile.
+            let (again, _) = c.mbox_read(v).map_err(|e| format!("mailbox: {e}"))?;
+            if !reference::hog_state_between(done, state, again[0]) {
+                return Err(format!(
+                    "LCG state {state:#x} after {done} to {} x 2^16 steps",
+                    again[0]
+                ));
             }
         }
         // The progress word counts 2^32 iterations around (16 bits).

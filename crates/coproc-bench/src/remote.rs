@@ -180,17 +180,15 @@ fn workload(
             } else {
                 std::thread::sleep(Duration::from_secs_f64(args.seconds));
             }
-            // It keeps running while we read its two words: accept the
-            // state of the progress count read or its neighbours.
+            // It keeps running while we read its two words: the progress
+            // read again bounds the states it may have published meanwhile.
             let out = port.mailbox()?;
             let done = u64::from(out[0]);
             if done == 0 {
                 return Err(DriveError::BadAnswer("hog made no progress".into()));
             }
-            let ok = [done.saturating_sub(1), done, done + 1]
-                .iter()
-                .any(|&d| reference::hog_state(d << 16) == out[1]);
-            if !ok {
+            let after = port.mailbox()?[0];
+            if !reference::hog_state_between(out[0], out[1], after) {
                 return Err(DriveError::BadAnswer(format!(
                     "LCG state {:#x} after ~{done}x65536 steps is wrong",
                     out[1]

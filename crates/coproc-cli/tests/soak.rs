@@ -18,9 +18,22 @@ mod common;
 
 use serde_json::Value;
 
+/// A benchmark's figures and what it printed on stderr (its victims'
+/// errors, in their words): both are shown when an assertion fails.
+struct Report {
+    figures: serde_json::Map<String, Value>,
+    stderr: String,
+}
+
+impl std::fmt::Debug for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}\nstderr:\n{}", self.figures, self.stderr)
+    }
+}
+
 /// Run `coproc bench ARGS -o json` and return its figures (whatever its
 /// exit status: a failed run still prints them).
-fn bench(args: &[&str]) -> serde_json::Map<String, Value> {
+fn bench(args: &[&str]) -> Report {
     // The benchmarks start the coprocd next to the coproc binary.
     common::coprocd_bin();
     let out = std::process::Command::new(common::coproc_bin())
@@ -37,11 +50,15 @@ fn bench(args: &[&str]) -> serde_json::Map<String, Value> {
             String::from_utf8_lossy(&out.stderr)
         )
     });
-    report["figures"].as_object().unwrap().clone()
+    Report {
+        figures: report["figures"].as_object().unwrap().clone(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }
 
-fn figure(f: &serde_json::Map<String, Value>, name: &str) -> f64 {
-    f.get(name)
+fn figure(f: &Report, name: &str) -> f64 {
+    f.figures
+        .get(name)
         .and_then(Value::as_f64)
         .unwrap_or_else(|| panic!("no figure {name} in {f:?}"))
 }

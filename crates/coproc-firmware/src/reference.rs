@@ -65,6 +65,21 @@ pub fn hog_state(steps: u64) -> u32 {
     a.wrapping_add(c)
 }
 
+/// Whether `state`, read from a running `hog`'s mailbox word 1, is one it
+/// published, given its progress word 0 read before (`first`) and after
+/// (`after`) the state. hog publishes the progress, then the state, so a
+/// reader that races it sees a state from progress `first - 1` (the state
+/// not yet updated) to `after` (any number of publications may pass
+/// between two reads when the reader is descheduled). Progress counts
+/// 2^16 steps and wraps at 16 bits.
+pub fn hog_state_between(first: u32, state: u32, after: u32) -> bool {
+    let span = after.wrapping_sub(first) & 0xffff;
+    (0..=span + 1).any(|k| {
+        let d = first.wrapping_sub(1).wrapping_add(k) & 0xffff;
+        hog_state(u64::from(d) << 16) == state
+    })
+}
+
 /// Where a list walk ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListWalk {
@@ -349,6 +364,25 @@ mod tests {
         assert_eq!(y, [32766, i16::MAX]);
         let y = fir_q15(&[i16::MIN, i16::MIN], &[i16::MAX, i16::MAX]);
         assert_eq!(y[1], i16::MIN);
+    }
+
+    #[test]
+    fn hog_states_read_while_it_runs_are_accepted_and_others_are_not() {
+        // Published pairs (progress, state) for progress 1..=6.
+        let pub_state = |d: u32| hog_state(u64::from(d) << 16);
+        // Read in step: the state of the progress read, or the one before.
+        assert!(hog_state_between(3, pub_state(3), 3));
+        assert!(hog_state_between(3, pub_state(2), 3));
+        // The reader was descheduled between its two reads: three more
+        // publications passed.
+        assert!(hog_state_between(3, pub_state(6), 6));
+        assert!(!hog_state_between(3, pub_state(6), 5));
+        assert!(!hog_state_between(3, pub_state(1), 6));
+        assert!(!hog_state_between(3, pub_state(3) ^ 1, 6));
+        // Around the 16-bit wrap.
+        assert!(hog_state_between(0xffff, pub_state(0), 0));
+        assert!(hog_state_between(0, pub_state(0xffff), 0));
+        assert!(hog_state_between(0xfffe, pub_state(1), 1));
     }
 
     #[test]
