@@ -187,6 +187,13 @@ fn watchdog_faults_a_long_dispatch() {
     assert_eq!(f.len(), 1, "{f:?}");
     assert_eq!(f[0].vcoproc, hog.v.id());
     assert_eq!(f[0].fault.reason, FaultReason::Watchdog);
+    // The hung work is charged what it held the device for: the
+    // watchdog's length at least (the runner only waited meanwhile).
+    let run_ns = hog.v.info().unwrap().stats.run_ns;
+    assert!(
+        u128::from(run_ns) >= watchdog.as_nanos(),
+        "charged {run_ns} ns for a job stopped by a {watchdog:?} watchdog"
+    );
     // The others carry on, on the recreated device.
     by.check();
     // A short spin is fine and right.

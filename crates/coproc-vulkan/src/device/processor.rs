@@ -293,7 +293,9 @@ fn plan(ctx: &mut Ctx, limits: &Limits, cmd: Command) -> Result<Work, Step> {
 }
 
 impl VulkanDevice {
-    /// Decode and carry out one command of context `id`.
+    /// Decode and carry out one command of context `id`, adding the device
+    /// time it took to `gpu_ns` (the GPU's timestamps; for work that never
+    /// finished, what it held the device for).
     fn step(&mut self, id: ContextId, sqe: &Sqe, gpu_ns: &mut u64) -> Step {
         let Ok(cmd) = Command::decode(sqe) else {
             return Step::Refused(Status::BadCommand);
@@ -347,7 +349,23 @@ impl VulkanDevice {
                 }
                 Step::Done
             }
-            Err(f) => Step::Fault(self.fail(id, f)),
+            Err(f) => {
+                // The GPU gives no timestamps for work it never finished.
+                // Work the watchdog stopped held the device for the
+                // watchdog's length at least; that, and the recovery it
+                // caused, is the device time this vcoproc took from the
+                // others, and it is charged as such (not the runner's CPU
+                // time while it waited, which is next to nothing).
+                let held = match f {
+                    Failure::Watchdog => self.cfg.watchdog,
+                    Failure::Lost(_) => Duration::ZERO,
+                };
+                let t0 = thread_cpu_time();
+                let fault = self.fail(id, f);
+                let took = held + thread_cpu_time().saturating_sub(t0);
+                *gpu_ns += u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+                Step::Fault(fault)
+            }
         }
     }
 
