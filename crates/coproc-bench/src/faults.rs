@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 /// Notes printed under the table.
 pub const NOTES: &str = "A private coprocd: one mcu pcoproc and, where a Vulkan device is found, \
-one vulkan pcoproc (watchdog 250 ms), both credit with 5 ms slices, every vcoproc weight 256; \
+one vulkan pcoproc (watchdog 250 ms, idle window idle_us 5000: its jobs cannot be preempted), both \
+credit with 5 ms slices, every vcoproc weight 256; \
 figures prefixed mcu_ and gpu_. Victim (mcu): hog, computing without pause; every 10 ms its \
 progress and LCG state are read and checked against the host reference (victim_errors: wrong \
 states, failed requests, no progress for 5 s). Victim (gpu): spin jobs over 8192 invocations \
@@ -322,7 +323,7 @@ pub fn faults(
     if gpu {
         config += &format!(
             "[[pcoproc]]\nname = \"{GPU}\"\nclass = \"vulkan\"\npolicy = \"credit\"\n\
-             policy_params = {{ slice_us = 5000 }}\noptions = {{ watchdog_ms = {WATCHDOG_MS} }}\n\n"
+             policy_params = {{ slice_us = 5000, idle_us = 5000 }}\noptions = {{ watchdog_ms = {WATCHDOG_MS} }}\n\n"
         );
     }
     config += &crate::offender::open_rule(gpu);

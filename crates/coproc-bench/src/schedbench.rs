@@ -366,6 +366,7 @@ fn step(pol: &mut dyn Policy, now: u64) -> u64 {
                 SliceEnd {
                     runnable: true,
                     preempted: false,
+                    waiting: false,
                 },
             );
             now

@@ -445,6 +445,7 @@ fn unpick(g: &mut Inner, v: VcoprocId, now: u64) {
         SliceEnd {
             runnable: true,
             preempted: true,
+            waiting: false,
         },
     );
 }
@@ -576,12 +577,14 @@ fn charge(
         StopReason::BudgetSpent => SliceEnd {
             runnable: true,
             preempted: false,
+            waiting: false,
         },
         StopReason::Preempted => {
             vc.stats.preemptions += 1;
             SliceEnd {
                 runnable: true,
                 preempted: true,
+                waiting: false,
             }
         }
         // A doorbell that arrived while it was still running counts: it
@@ -589,12 +592,14 @@ fn charge(
         StopReason::Waiting if control.pending() > 0 => SliceEnd {
             runnable: true,
             preempted: false,
+            waiting: false,
         },
         StopReason::Waiting => {
             vc.stats.waits += 1;
             SliceEnd {
                 runnable: false,
                 preempted: false,
+                waiting: true,
             }
         }
         StopReason::Exited(code) => {
@@ -602,6 +607,7 @@ fn charge(
             SliceEnd {
                 runnable: false,
                 preempted: false,
+                waiting: false,
             }
         }
         StopReason::Fault(f) => {
@@ -609,6 +615,7 @@ fn charge(
             SliceEnd {
                 runnable: false,
                 preempted: false,
+                waiting: false,
             }
         }
         StopReason::PageFault { addr, access } => {
@@ -635,6 +642,7 @@ fn charge(
             SliceEnd {
                 runnable: false,
                 preempted: false,
+                waiting: false,
             }
         }
     };

@@ -39,6 +39,17 @@
 //! the running one's current vtime by more than a quarter slice of the
 //! woken one's weighted time.
 //!
+//! # Idle window
+//!
+//! With `idle_us` set, when a vcoproc that is owed device time (its vtime
+//! lower than the best queued one's by more than the preemption margin
+//! above) ends a slice because it has nothing to do, `pick` answers
+//! `Idle` for up to `idle_us` instead of running another: on a device that
+//! cannot preempt, a vcoproc with long jobs would otherwise take the device
+//! for a whole job each time a domain pauses between two of its own. Only
+//! for a vcoproc whose previous wait fitted in the window; one that comes
+//! back within it keeps its vtime (that wait was not sleep).
+//!
 //! # Caps
 //!
 //! A vcoproc with `cap_pct` gets at most that percent of the device in every
@@ -61,8 +72,9 @@
 //!
 //! # Parameters and standings
 //!
-//! Policy parameters: `slice_us` (50..=1000000, default 1000) and
-//! `cap_period_us` (1000..=1000000, default 10000). Per vcoproc:
+//! Policy parameters: `slice_us` (50..=1000000, default 1000),
+//! `cap_period_us` (1000..=1000000, default 10000) and `idle_us`
+//! (0..=100000, default 0: off). Per vcoproc:
 //! [`SchedParams::weight`] and [`SchedParams::cap_pct`]; a change takes
 //! effect at the next decision (a slice already picked is charged at the
 //! weight it was picked with).
@@ -114,6 +126,11 @@ struct Entry {
     /// The cap period `cap_left` is counted in; None: not yet known (a cap
     /// that was just set, with a full budget).
     cap_period_idx: Option<u64>,
+    /// When it last stopped to wait for work (until it wakes).
+    waited_since: Option<u64>,
+    /// Whether its last wait for work was no longer than the idle window:
+    /// the device idles for it only then.
+    short_waits: bool,
 }
 
 /// The slice running now, as `pick` decided it.
@@ -142,6 +159,10 @@ pub struct Credit {
     /// The latest time given to wake, pick or charge (for `set_params`,
     /// which is given none).
     now_seen: u64,
+    /// The idle window (`idle_us`; zero: never idle while work waits).
+    idle: Duration,
+    /// The vcoproc the device is idling for, and until when.
+    anticipating: Option<(VcoprocId, u64)>,
 }
 
 impl Credit {
@@ -162,6 +183,8 @@ impl Credit {
     pub const MAX_CAP_PERIOD: Duration = Duration::from_secs(1);
     /// Default cap period.
     pub const DEFAULT_CAP_PERIOD: Duration = Duration::from_millis(10);
+    /// Longest idle window accepted.
+    pub const MAX_IDLE: Duration = Duration::from_millis(100);
 
     /// Credit scheduling with `slice` per turn and caps enforced over
     /// `cap_period`.
@@ -190,13 +213,30 @@ impl Credit {
             floor: 0,
             base: 0,
             now_seen: 0,
+            idle: Duration::ZERO,
+            anticipating: None,
         })
     }
 
+    /// The same with an idle window (see the module documentation): after
+    /// a vcoproc that is owed device time stops to wait for work, the
+    /// device stays idle for up to `idle` for it to come back.
+    pub fn with_idle(mut self, idle: Duration) -> Result<Self, PolicyError> {
+        if idle > Self::MAX_IDLE {
+            return Err(PolicyError::BadParam(format!(
+                "idle window {idle:?} over {:?}",
+                Self::MAX_IDLE
+            )));
+        }
+        self.idle = idle;
+        Ok(self)
+    }
+
     /// Build from `key=value` parameters: `slice_us` (50..=1000000, default
-    /// 1000) and `cap_period_us` (1000..=1000000, default 10000).
+    /// 1000), `cap_period_us` (1000..=1000000, default 10000) and `idle_us`
+    /// (0..=100000, default 0).
     pub fn from_params(params: &[(String, String)]) -> Result<Self, PolicyError> {
-        super::check_known("credit", params, &["slice_us", "cap_period_us"])?;
+        super::check_known("credit", params, &["slice_us", "cap_period_us", "idle_us"])?;
         let slice = match super::param(params, "slice_us") {
             Some(v) => super::parse_us("slice_us", v, Self::MIN_SLICE, Self::MAX_SLICE)?,
             None => Self::DEFAULT_SLICE,
@@ -210,7 +250,38 @@ impl Credit {
             )?,
             None => Self::DEFAULT_CAP_PERIOD,
         };
-        Self::new(slice, cap_period)
+        let idle = match super::param(params, "idle_us") {
+            Some(v) => super::parse_us("idle_us", v, Duration::ZERO, Self::MAX_IDLE)?,
+            None => Duration::ZERO,
+        };
+        Self::new(slice, cap_period)?.with_idle(idle)
+    }
+
+    /// The idle window.
+    pub fn idle(&self) -> Duration {
+        self.idle
+    }
+
+    /// Whether the device should stay idle at `now` for the vcoproc it
+    /// anticipates: it has not come back, its window is open, and it is
+    /// owed device time (its vtime is below the best queued one's by more
+    /// than the margin a wake-up needs to preempt). Ends the anticipation
+    /// otherwise. Returns how long to idle.
+    fn anticipate(&mut self, now: u64) -> Option<Duration> {
+        let (a, until) = self.anticipating?;
+        let owed = match (self.entries.get(&a), self.queue.first()) {
+            (Some(e), Some(&(best, _))) if e.place == Place::Out && now < until => {
+                let margin = weighted(nanos(self.slice) / 4, e.weight);
+                e.vtime.saturating_add(margin) < best
+            }
+            _ => false,
+        };
+        if owed {
+            Some(Duration::from_nanos(until - now))
+        } else {
+            self.anticipating = None;
+            None
+        }
     }
 
     /// The slice length.
@@ -351,6 +422,15 @@ impl Credit {
     }
 }
 
+impl Credit {
+    /// Forget an anticipation of `v` (it came back, or left).
+    fn stop_anticipating(&mut self, v: VcoprocId) {
+        if self.anticipating.is_some_and(|(a, _)| a == v) {
+            self.anticipating = None;
+        }
+    }
+}
+
 impl Policy for Credit {
     fn name(&self) -> &'static str {
         "credit"
@@ -363,6 +443,7 @@ impl Policy for Credit {
                 "cap_period_us".into(),
                 self.cap_period.as_micros().to_string(),
             ),
+            ("idle_us".into(), self.idle.as_micros().to_string()),
         ]
     }
 
@@ -381,12 +462,15 @@ impl Policy for Credit {
                 place: Place::Out,
                 cap_left,
                 cap_period_idx: None,
+                waited_since: None,
+                short_waits: false,
             },
         );
         Ok(())
     }
 
     fn detach(&mut self, v: VcoprocId) {
+        self.stop_anticipating(v);
         self.unplace(v);
         self.entries.remove(&v);
         if self.running.is_some_and(|r| r.vcoproc == v) {
@@ -425,12 +509,24 @@ impl Policy for Credit {
 
     fn wake(&mut self, v: VcoprocId, now_ns: u64) -> WakeAction {
         self.now_seen = self.now_seen.max(now_ns);
-        match self.entries.get(&v) {
-            Some(e) if e.place == Place::Out => {}
+        let idle = nanos(self.idle);
+        let mut short = false;
+        match self.entries.get_mut(&v) {
+            Some(e) if e.place == Place::Out => {
+                if let Some(t) = e.waited_since.take() {
+                    short = idle > 0 && now_ns.saturating_sub(t) <= idle;
+                    e.short_waits = short;
+                }
+            }
             _ => return WakeAction::None,
         }
+        self.stop_anticipating(v);
         self.refresh(v, now_ns);
-        self.place(v, now_ns);
+        // Back within the idle window, it did not sleep: it keeps its
+        // vtime, and so what it is owed.
+        if !short {
+            self.place(v, now_ns);
+        }
         self.enqueue(v);
         let Some(e) = self.entries.get(&v) else {
             return WakeAction::None;
@@ -450,6 +546,10 @@ impl Policy for Credit {
     }
 
     fn block(&mut self, v: VcoprocId) {
+        self.stop_anticipating(v);
+        if let Some(e) = self.entries.get_mut(&v) {
+            e.waited_since = None;
+        }
         self.unplace(v);
     }
 
@@ -458,6 +558,9 @@ impl Policy for Credit {
         // Nothing runs while the runner asks.
         self.running = None;
         self.unthrottle(now_ns);
+        if let Some(t) = self.anticipate(now_ns) {
+            return Decision::Idle(Some(t.max(Duration::from_nanos(1))));
+        }
         while let Some((vtime, v)) = self.queue.pop_first() {
             let Some(e) = self.entries.get_mut(&v) else {
                 continue;
@@ -528,6 +631,14 @@ impl Policy for Credit {
         self.refresh(v, now_ns);
         if end.runnable || was_placed {
             self.enqueue(v);
+        } else if end.waiting {
+            let idle = nanos(self.idle);
+            if let Some(e) = self.entries.get_mut(&v) {
+                e.waited_since = Some(now_ns);
+                if idle > 0 && e.short_waits {
+                    self.anticipating = Some((v, now_ns.saturating_add(idle)));
+                }
+            }
         }
     }
 

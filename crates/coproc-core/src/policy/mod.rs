@@ -125,6 +125,10 @@ pub struct SliceEnd {
     pub runnable: bool,
     /// Cut short by a preempt request before its budget ran out.
     pub preempted: bool,
+    /// Stopped because it had nothing to do (its queue empty, waiting for
+    /// a doorbell): more work may come at any moment. Not set for a fault,
+    /// an exit or a stall.
+    pub waiting: bool,
 }
 
 /// One vcoproc's standing under the policy, for `sched-get`.

@@ -216,6 +216,7 @@ mod tests {
     const RUN: SliceEnd = SliceEnd {
         runnable: true,
         preempted: false,
+        waiting: false,
     };
 
     fn pick(rr: &mut RoundRobin) -> Option<(u32, Duration)> {
@@ -259,6 +260,7 @@ mod tests {
             SliceEnd {
                 runnable: true,
                 preempted: true,
+                waiting: false,
             },
         );
         // ...and the preempted one keeps only the rest of a normal slice.
@@ -285,6 +287,7 @@ mod tests {
             SliceEnd {
                 runnable: true,
                 preempted: true,
+                waiting: false,
             },
         );
         assert_eq!(pick(&mut rr).unwrap(), (1, 6 * MS));
@@ -309,6 +312,7 @@ mod tests {
             SliceEnd {
                 runnable: false,
                 preempted: false,
+                waiting: false,
             },
         );
         assert_eq!(pick(&mut rr), None);

@@ -19,16 +19,19 @@ pub(crate) const SEC: u64 = 1_000_000_000;
 pub(crate) const RUN: SliceEnd = SliceEnd {
     runnable: true,
     preempted: false,
+    waiting: false,
 };
 /// A slice cut short by a preempt request; the vcoproc still runnable.
 pub(crate) const PREEMPTED: SliceEnd = SliceEnd {
     runnable: true,
     preempted: true,
+    waiting: false,
 };
 /// A slice after which the vcoproc waits.
 pub(crate) const WAITS: SliceEnd = SliceEnd {
     runnable: false,
     preempted: false,
+    waiting: true,
 };
 
 /// A duration in ns.
@@ -153,6 +156,10 @@ pub(crate) struct Sim<P: Policy> {
     pub preemptions: u64,
     /// The device runs every budget times num/den (1/1: exact).
     pub overrun: (u64, u64),
+    /// Whether a wake-up's preempt request cuts a slice short (false: a
+    /// device that only stops at the end of a job, as a GPU without
+    /// compute preemption).
+    pub preemptible: bool,
 }
 
 impl<P: Policy> Sim<P> {
@@ -173,6 +180,7 @@ impl<P: Policy> Sim<P> {
             idle_timers: 0,
             preemptions: 0,
             overrun: (1, 1),
+            preemptible: true,
         }
     }
 
@@ -328,7 +336,7 @@ impl<P: Policy> Sim<P> {
             }
             // Wake-ups while it runs, at their times (its own next job
             // adds to its work).
-            if self.release() {
+            if self.release() && self.preemptible {
                 preempted = true;
                 break;
             }
@@ -350,6 +358,8 @@ impl<P: Policy> Sim<P> {
         let end = SliceEnd {
             runnable: c.runnable,
             preempted,
+            // Nothing left until its next release: it waits for work.
+            waiting: !c.runnable,
         };
         self.policy
             .charge(vcoproc, Duration::from_nanos(ran), self.now, end);

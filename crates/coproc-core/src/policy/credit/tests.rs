@@ -26,6 +26,7 @@ fn end(runnable: bool) -> SliceEnd {
     SliceEnd {
         runnable,
         preempted: false,
+        waiting: !runnable,
     }
 }
 
@@ -457,7 +458,11 @@ fn parameters_are_checked() {
     assert!(Credit::new(Duration::from_micros(10), Credit::DEFAULT_CAP_PERIOD).is_err());
     assert_eq!(
         credit().describe(),
-        kv(&[("slice_us", "1000"), ("cap_period_us", "10000")])
+        kv(&[
+            ("slice_us", "1000"),
+            ("cap_period_us", "10000"),
+            ("idle_us", "0")
+        ])
     );
     let c = Credit::from_params(&kv(&[("slice_us", "50"), ("cap_period_us", "1000000")])).unwrap();
     assert_eq!(c.slice(), Duration::from_micros(50));
@@ -511,4 +516,77 @@ fn command_work_is_charged_like_running_time() {
         "ran {} after 30 ms of work",
         capped.ran(1) - before
     );
+}
+
+/// A thinker (2 ms of work, then 0.5 ms to prepare the next) against a
+/// hog whose every turn runs 50 ms past its slice on a device that cannot
+/// preempt (a GPU's long job), over 2 s; returns (thinker, hog, idle).
+fn thinker_against_long_jobs(idle: Duration) -> (u64, u64, u64) {
+    let pol = credit().with_idle(idle).unwrap();
+    let mut sim = Sim::new(pol);
+    sim.preemptible = false;
+    sim.add(
+        1,
+        &params(256, None),
+        Demand::Sleeper {
+            run: 2 * MS,
+            sleep: 500 * US,
+        },
+    );
+    sim.add(2, &params(256, None), Demand::Hog).overrun = 50 * MS;
+    sim.run_until(2 * SEC);
+    (sim.ran(1), sim.ran(2), sim.idle)
+}
+
+#[test]
+fn an_idle_window_keeps_a_thinker_s_share_against_unpreemptible_jobs() {
+    // Work-conserving, the device goes to the hog each time the thinker
+    // stops to think, for 51 ms a time: the thinker gets a few percent.
+    let (thinker, hog, _) = thinker_against_long_jobs(Duration::ZERO);
+    assert!(thinker * 10 < hog, "thinker {thinker} hog {hog}");
+    // Idling 1 ms for it while it is owed time, it gets its half: as much
+    // as the hog within one of the hog's turns, for a bounded idle cost
+    // (its thinking, 0.5 ms per 2 ms of work).
+    let (thinker, hog, idle) = thinker_against_long_jobs(Duration::from_millis(1));
+    assert!(
+        thinker.abs_diff(hog) <= 51 * MS,
+        "thinker {thinker} hog {hog}"
+    );
+    assert!(
+        idle <= thinker / 4 + MS,
+        "idle {idle} for thinker {thinker}"
+    );
+}
+
+#[test]
+fn no_idling_for_one_that_waits_longer_than_the_window() {
+    let pol = credit().with_idle(Duration::from_millis(1)).unwrap();
+    let mut sim = Sim::new(pol);
+    sim.preemptible = false;
+    sim.add(
+        1,
+        &params(256, None),
+        Demand::Sleeper {
+            run: MS,
+            sleep: 20 * MS,
+        },
+    );
+    sim.add(2, &params(256, None), Demand::Hog);
+    sim.run_until(SEC);
+    assert_eq!(
+        sim.idle, 0,
+        "idled for a vcoproc that never came back in time"
+    );
+    assert_eq!(sim.ran(1) + sim.ran(2), SEC);
+}
+
+#[test]
+fn idle_window_parameter_is_bounded_and_shown() {
+    let p = Credit::from_params(&kv(&[("idle_us", "2500")])).unwrap();
+    assert_eq!(p.idle(), Duration::from_micros(2500));
+    assert!(p
+        .describe()
+        .contains(&("idle_us".to_string(), "2500".to_string())));
+    assert!(Credit::from_params(&kv(&[("idle_us", "100001")])).is_err());
+    assert_eq!(credit().idle(), Duration::ZERO);
 }

@@ -212,6 +212,7 @@ fn earlier_deadline_released_preempts() {
         SliceEnd {
             runnable: true,
             preempted: true,
+            waiting: false,
         },
     );
     // v2 runs, then v1 with the rest of its budget, then v3.
@@ -232,6 +233,7 @@ fn earlier_deadline_released_preempts() {
         SliceEnd {
             runnable: true,
             preempted: true,
+            waiting: false,
         },
     );
     assert_eq!(pick(&mut p, 23 * MS), Some((3, 9 * MS)));
