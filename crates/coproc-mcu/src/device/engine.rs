@@ -25,7 +25,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use unicorn_engine::Arch;
 use unicorn_engine::ArmCpuModel;
-use unicorn_engine::HookType;
 use unicorn_engine::Mode;
 use unicorn_engine::Prot;
 use unicorn_engine::RegisterARM;
@@ -117,29 +116,6 @@ impl McuDevice {
             })
         })
         .map_err(|e| uc_err("tlb hook", e))?;
-
-        // Each new translation block makes the engine walk every entry of
-        // its TLB (to re-arm dirty tracking of code pages that guest stores
-        // could reach), unless a memory hook covers the block's address.
-        // The TLB's size is not ours to bound: the engine grows it when its
-        // count of used entries says so, and that count drifts down (to an
-        // underflow, then the largest table) each time an MMIO page (the
-        // control block, whose address collides in the TLB with the first
-        // page of code, data and the iova window) is refilled after being
-        // evicted. At that size every block translated after a reset or a
-        // load cost tens of milliseconds of runner time. Guest stores never
-        // reach code here (code memory is read and execute only; mappings
-        // are never executable; the host drops translations itself when it
-        // writes code), so the walk protects nothing: this hook, which only
-        // runs on an access to unmapped memory and declines it (the engine
-        // then stops as it would without it), turns it off.
-        uc.add_mem_hook(
-            HookType::MEM_FETCH_UNMAPPED,
-            0,
-            u64::MAX,
-            |_, _, _, _, _| false,
-        )
-        .map_err(|e| uc_err("code walk hook", e))?;
 
         uc.mmio_map(
             PHYS_CB,
