@@ -48,6 +48,7 @@ impl McuDevice {
             page_mask: 0,
             page_fault: None,
             identity: false,
+            tlb_stale: false,
             recheck: false,
             stop_soon: false,
             masked_pending: false,
@@ -104,7 +105,8 @@ impl McuDevice {
                 return None;
             }
             // Data access: route it to the trap page, whose callback sees the
-            // exact address.
+            // exact address. The translation must not outlive this run.
+            st.tlb_stale = true;
             st.trap = Some(PendingTrap {
                 vpage: vaddr,
                 access: acc,

@@ -240,12 +240,15 @@ impl McuDevice {
     /// the whole cache is flushed instead.
     fn drop_code(&mut self, slot: Slot) -> Result<(), DeviceError> {
         self.uc.get_data_mut().identity = true;
-        let _ = self.uc.ctl_flush_tlb();
+        let _ = self.flush_tlb();
         let r = self
             .uc
             .ctl_remove_cache(slot.code, slot.code + u64::from(self.config.code_size));
-        self.uc.get_data_mut().identity = false;
-        let _ = self.uc.ctl_flush_tlb();
+        // The identity translation made meanwhile is flushed before the
+        // next run (or by the next switch).
+        let st = self.uc.get_data_mut();
+        st.identity = false;
+        st.tlb_stale = true;
         match r {
             Ok(()) => Ok(()),
             Err(_) => self.uc.ctl_flush_tb().map_err(|e| uc_err("flush tb", e)),
@@ -370,9 +373,14 @@ impl McuDevice {
                 r.map_err(|e| uc_err("context restore", e))?;
             }
         }
-        self.uc
-            .ctl_flush_tlb()
-            .map_err(|e| uc_err("flush tlb", e))?;
+        self.flush_tlb().map_err(|e| uc_err("flush tlb", e))?;
+        Ok(())
+    }
+
+    /// Flush the engine's TLB; nothing stale is left in it after.
+    pub(super) fn flush_tlb(&mut self) -> Result<(), unicorn_engine::uc_error> {
+        self.uc.ctl_flush_tlb()?;
+        self.uc.get_data_mut().tlb_stale = false;
         Ok(())
     }
 
@@ -616,7 +624,7 @@ impl Device for McuDevice {
         // trap never lands on another mapping placed there later (the alias
         // is gone before the range is released; `remove_alias` waits for a
         // trap in progress).
-        if let Err(e) = self.uc.ctl_flush_tlb() {
+        if let Err(e) = self.flush_tlb() {
             tracing::error!(
                 ?e,
                 "mcu: flushing the TLB failed; mapping and window range retired"
@@ -711,7 +719,7 @@ impl Device for McuDevice {
             return Err(uc_err("map local memory", e));
         }
         self.ctx(id)?.local.insert(iova, (phys, len));
-        let _ = self.uc.ctl_flush_tlb();
+        let _ = self.flush_tlb();
         Ok(())
     }
 
@@ -726,7 +734,7 @@ impl Device for McuDevice {
             return;
         };
         // As for unmap: drop translations, then the engine RAM, then reuse.
-        let _ = self.uc.ctl_flush_tlb();
+        let _ = self.flush_tlb();
         if let Err(e) = self.uc.mem_unmap(phys, len) {
             tracing::error!(
                 ?e,
@@ -734,7 +742,7 @@ impl Device for McuDevice {
             );
             return;
         }
-        let _ = self.uc.ctl_flush_tlb();
+        let _ = self.flush_tlb();
         self.phys.release(phys, len);
     }
 }

@@ -37,6 +37,19 @@ impl McuDevice {
                 stop: StopReason::Preempted,
             };
         }
+        if self.uc.get_data().tlb_stale {
+            if let Err(e) = self.flush_tlb() {
+                return RunOutcome {
+                    ran: Duration::ZERO,
+                    stop: StopReason::Fault(DeviceFault {
+                        addr: None,
+                        access: Access::None,
+                        pc: None,
+                        reason: FaultReason::Device(format!("flush tlb: {e:?}")),
+                    }),
+                };
+            }
+        }
         // Charged: CPU time of this (the runner) thread while the engine
         // ran, which the host preempting the runner does not inflate. The
         // slice timer counts the budget in the same time. The slice runs as
@@ -158,8 +171,8 @@ impl McuDevice {
                     f.pc.unwrap_or(0) as u32,
                 );
             }
-            // Drop any trap-page translations.
-            let _ = self.uc.ctl_flush_tlb();
+            // Trap-page translations made in this slice are flushed before
+            // the next run (or by the next switch): `tlb_stale`.
         }
         RunOutcome { ran, stop }
     }

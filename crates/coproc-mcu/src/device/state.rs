@@ -93,6 +93,12 @@ pub(super) struct State {
     pub(super) masked_pending: bool,
     /// The core stopped at a WFE.
     pub(super) wfe: bool,
+    /// The engine's TLB may hold a translation no run may use (a trap
+    /// page's, or an identity one of `McuDevice::drop_code`): the next run
+    /// or switch flushes it first. Flushing then rather than at once saves
+    /// a flush whenever a switch comes first (the switch flushes anyway),
+    /// and a flush costs the size of the engine's TLB table.
+    pub(super) tlb_stale: bool,
     /// Code and data memory sizes of every context.
     pub(super) map: elf::MemoryMap,
 }
