@@ -48,7 +48,9 @@
 //! cannot preempt, a vcoproc with long jobs would otherwise take the device
 //! for a whole job each time a domain pauses between two of its own. Only
 //! for a vcoproc whose previous wait fitted in the window; one that comes
-//! back within it keeps its vtime (that wait was not sleep).
+//! back within it keeps its vtime (that wait was not sleep). The time the
+//! device idled for a vcoproc is charged to it, so idling is paid for out
+//! of the share of the one it serves.
 //!
 //! # Caps
 //!
@@ -142,6 +144,15 @@ struct Running {
     weight: u32,
 }
 
+/// The device idling for a vcoproc that stopped to wait (see "Idle
+/// window").
+#[derive(Debug, Clone, Copy)]
+struct Anticipation {
+    vcoproc: VcoprocId,
+    since: u64,
+    until: u64,
+}
+
 /// The credit policy (weighted fair share with caps).
 #[derive(Debug)]
 pub struct Credit {
@@ -161,8 +172,8 @@ pub struct Credit {
     now_seen: u64,
     /// The idle window (`idle_us`; zero: never idle while work waits).
     idle: Duration,
-    /// The vcoproc the device is idling for, and until when.
-    anticipating: Option<(VcoprocId, u64)>,
+    /// The vcoproc the device is idling for: since when, until when.
+    anticipating: Option<Anticipation>,
 }
 
 impl Credit {
@@ -268,19 +279,41 @@ impl Credit {
     /// than the margin a wake-up needs to preempt). Ends the anticipation
     /// otherwise. Returns how long to idle.
     fn anticipate(&mut self, now: u64) -> Option<Duration> {
-        let (a, until) = self.anticipating?;
-        let owed = match (self.entries.get(&a), self.queue.first()) {
-            (Some(e), Some(&(best, _))) if e.place == Place::Out && now < until => {
+        let a = self.anticipating?;
+        let owed = match (self.entries.get(&a.vcoproc), self.queue.first()) {
+            (Some(e), Some(&(best, _))) if e.place == Place::Out && now < a.until => {
                 let margin = weighted(nanos(self.slice) / 4, e.weight);
                 e.vtime.saturating_add(margin) < best
             }
             _ => false,
         };
         if owed {
-            Some(Duration::from_nanos(until - now))
+            Some(Duration::from_nanos(a.until - now))
         } else {
-            self.anticipating = None;
+            self.end_anticipation(now);
             None
+        }
+    }
+
+    /// Stop idling for the anticipated vcoproc at `now`, charging it the
+    /// time the device idled for it: the device was kept for it, so that
+    /// time is its own, and a vcoproc that pauses just under the window
+    /// after tiny jobs pays for the idling it causes instead of holding the
+    /// device idle at no cost for as long as it is owed anything.
+    fn end_anticipation(&mut self, now: u64) {
+        let Some(a) = self.anticipating.take() else {
+            return;
+        };
+        let idled = now.min(a.until).saturating_sub(a.since);
+        if let Some(e) = self.entries.get_mut(&a.vcoproc) {
+            e.vtime = e.vtime.saturating_add(weighted(idled, e.weight));
+        }
+    }
+
+    /// End an anticipation of `v` at `now` (it came back, or left).
+    fn stop_anticipating(&mut self, v: VcoprocId, now: u64) {
+        if self.anticipating.is_some_and(|a| a.vcoproc == v) {
+            self.end_anticipation(now);
         }
     }
 
@@ -422,15 +455,6 @@ impl Credit {
     }
 }
 
-impl Credit {
-    /// Forget an anticipation of `v` (it came back, or left).
-    fn stop_anticipating(&mut self, v: VcoprocId) {
-        if self.anticipating.is_some_and(|(a, _)| a == v) {
-            self.anticipating = None;
-        }
-    }
-}
-
 impl Policy for Credit {
     fn name(&self) -> &'static str {
         "credit"
@@ -470,7 +494,7 @@ impl Policy for Credit {
     }
 
     fn detach(&mut self, v: VcoprocId) {
-        self.stop_anticipating(v);
+        self.stop_anticipating(v, self.now_seen);
         self.unplace(v);
         self.entries.remove(&v);
         if self.running.is_some_and(|r| r.vcoproc == v) {
@@ -520,7 +544,7 @@ impl Policy for Credit {
             }
             _ => return WakeAction::None,
         }
-        self.stop_anticipating(v);
+        self.stop_anticipating(v, now_ns);
         self.refresh(v, now_ns);
         // Back within the idle window, it did not sleep: it keeps its
         // vtime, and so what it is owed.
@@ -546,7 +570,7 @@ impl Policy for Credit {
     }
 
     fn block(&mut self, v: VcoprocId) {
-        self.stop_anticipating(v);
+        self.stop_anticipating(v, self.now_seen);
         if let Some(e) = self.entries.get_mut(&v) {
             e.waited_since = None;
         }
@@ -636,7 +660,12 @@ impl Policy for Credit {
             if let Some(e) = self.entries.get_mut(&v) {
                 e.waited_since = Some(now_ns);
                 if idle > 0 && e.short_waits {
-                    self.anticipating = Some((v, now_ns.saturating_add(idle)));
+                    self.end_anticipation(now_ns);
+                    self.anticipating = Some(Anticipation {
+                        vcoproc: v,
+                        since: now_ns,
+                        until: now_ns.saturating_add(idle),
+                    });
                 }
             }
         }

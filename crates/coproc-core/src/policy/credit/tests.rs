@@ -544,17 +544,44 @@ fn an_idle_window_keeps_a_thinker_s_share_against_unpreemptible_jobs() {
     // stops to think, for 51 ms a time: the thinker gets a few percent.
     let (thinker, hog, _) = thinker_against_long_jobs(Duration::ZERO);
     assert!(thinker * 10 < hog, "thinker {thinker} hog {hog}");
-    // Idling 1 ms for it while it is owed time, it gets its half: as much
-    // as the hog within one of the hog's turns, for a bounded idle cost
-    // (its thinking, 0.5 ms per 2 ms of work).
+    // Idling 1 ms for it while it is owed time, it gets its half, the
+    // device idling for it counted as its own (its thinking, 0.5 ms per
+    // 2 ms of work): its work and the idling add up to the hog's time
+    // within one of the hog's turns.
     let (thinker, hog, idle) = thinker_against_long_jobs(Duration::from_millis(1));
     assert!(
-        thinker.abs_diff(hog) <= 51 * MS,
-        "thinker {thinker} hog {hog}"
+        (thinker + idle).abs_diff(hog) <= 51 * MS,
+        "thinker {thinker} idle {idle} hog {hog}"
     );
     assert!(
         idle <= thinker / 4 + MS,
         "idle {idle} for thinker {thinker}"
+    );
+    assert!(thinker * 10 > hog * 7, "thinker {thinker} hog {hog}");
+}
+
+#[test]
+fn a_vcoproc_cannot_hold_the_device_idle_with_tiny_jobs() {
+    // 1 µs of work, then a pause just under the window, over and over:
+    // each pause is idling charged to it, so the hog still gets half.
+    let pol = credit().with_idle(Duration::from_millis(1)).unwrap();
+    let mut sim = Sim::new(pol);
+    sim.preemptible = false;
+    sim.add(
+        1,
+        &params(256, None),
+        Demand::Sleeper {
+            run: US,
+            sleep: 990 * US,
+        },
+    );
+    sim.add(2, &params(256, None), Demand::Hog);
+    sim.run_until(SEC);
+    let hog = sim.ran(2);
+    assert!(
+        hog * 100 >= SEC * 48,
+        "hog {hog} of {SEC}, idle {}",
+        sim.idle
     );
 }
 
