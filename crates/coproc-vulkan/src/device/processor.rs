@@ -23,6 +23,7 @@ use super::recovery::Failure;
 use super::{mbox_out, Limits, VulkanDevice, MBOX_QUEUE};
 use crate::shader::BindingKind;
 use ash::vk;
+use coproc_core::control::ControlBlock;
 use coproc_core::device::{thread_cpu_time, RunOutcome, StopReason};
 use coproc_core::fault::{Access, DeviceFault, FaultReason};
 use coproc_core::ids::ContextId;
@@ -666,7 +667,7 @@ impl VulkanDevice {
             return outcome(StopReason::Waiting, waited, gpu_ns);
         }
         control.write_out(mbox_out::BAD_QUEUE, 0);
-        let posted_before = ctx.posted;
+        let mut posted_before = ctx.posted;
         let mut late_signal = false;
         let stop = loop {
             if self.preempt.0.swap(false, Ordering::AcqRel) {
@@ -685,6 +686,21 @@ impl VulkanDevice {
                 break StopReason::Waiting;
             };
             if pending == 0 {
+                let poll = Duration::from_micros(u64::from(ring.ring.poll_us()));
+                if poll.is_zero() || over {
+                    break StopReason::Waiting;
+                }
+                // A busy-poll queue: show what is done, then look at the
+                // submission tail for up to the queue's budget (and no
+                // longer than the slice) before parking, so a domain that
+                // submits again at once is served without a doorbell or a
+                // wake-up of this thread. The spin is runner time, charged
+                // to this vcoproc like the rest of its slice.
+                Self::publish(ctx, &control, &mut posted_before);
+                let charged = host().saturating_sub(waited) + Duration::from_nanos(gpu_ns);
+                if self.poll_ring(id, poll, budget.saturating_sub(charged)) {
+                    continue;
+                }
                 break StopReason::Waiting;
             }
             if ring.cq_full() {
@@ -754,16 +770,56 @@ impl VulkanDevice {
             }
         };
         if let Some(ctx) = self.ctxs.get_mut(&id) {
-            control.write_out(mbox_out::POSTED, ctx.posted);
-            control.write_out(mbox_out::EXECUTED, ctx.executed);
-            control.write_out(mbox_out::REFUSED, ctx.refused);
-            if ctx.posted != posted_before {
-                control.set_notify_tag(ctx.posted);
-                ctx.seq = ctx.seq.wrapping_add(1);
-                control.notify(ctx.seq);
-            }
+            Self::publish(ctx, &control, &mut posted_before);
         }
         outcome(stop, waited, gpu_ns)
+    }
+
+    /// Publish a context's counters in its mailbox and notify its domain if
+    /// completions were posted since `posted_before` (then moved up).
+    fn publish(ctx: &mut Ctx, control: &ControlBlock, posted_before: &mut u32) {
+        control.write_out(mbox_out::POSTED, ctx.posted);
+        control.write_out(mbox_out::EXECUTED, ctx.executed);
+        control.write_out(mbox_out::REFUSED, ctx.refused);
+        if ctx.posted != *posted_before {
+            control.set_notify_tag(ctx.posted);
+            ctx.seq = ctx.seq.wrapping_add(1);
+            control.notify(ctx.seq);
+            *posted_before = ctx.posted;
+        }
+    }
+
+    /// Spin on context `id`'s submission tail for up to `poll` of wall time
+    /// and `cpu` of this thread's CPU time. True when the main loop has
+    /// something to look at (submissions, a preempt request, garbage);
+    /// false when the budget ran out with nothing submitted.
+    fn poll_ring(&mut self, id: ContextId, poll: Duration, cpu: Duration) -> bool {
+        let (t0, c0) = (std::time::Instant::now(), thread_cpu_time());
+        let mut turns = 0u32;
+        loop {
+            if self.preempt.0.load(Ordering::Acquire) {
+                return true;
+            }
+            match self
+                .ctxs
+                .get_mut(&id)
+                .and_then(|c| c.ring.as_mut())
+                .map(Ring::pending)
+            {
+                Some(Ok(n)) if n > 0 => return true,
+                Some(Ok(_)) => {}
+                // Garbage or no ring: the main loop says so.
+                _ => return true,
+            }
+            // The clocks are read one turn in 64.
+            turns = turns.wrapping_add(1);
+            if turns.is_multiple_of(64)
+                && (t0.elapsed() >= poll || thread_cpu_time().saturating_sub(c0) >= cpu)
+            {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
     }
 }
 

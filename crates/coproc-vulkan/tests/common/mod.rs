@@ -45,6 +45,11 @@ pub struct Domain {
 impl Domain {
     /// Create, load `firmware`, attach a 64-entry queue, start.
     pub fn new(pc: &Arc<Pcoproc>, domain: u32, firmware: &[u8]) -> Domain {
+        Self::with_poll(pc, domain, firmware, 0)
+    }
+
+    /// The same with a busy-poll budget of `poll_us` on the queue.
+    pub fn with_poll(pc: &Arc<Pcoproc>, domain: u32, firmware: &[u8], poll_us: u32) -> Domain {
         let v = pc
             .create_vcoproc(DomainId(domain), SchedParams::default())
             .unwrap();
@@ -52,7 +57,7 @@ impl Domain {
         let len = queue::bytes_for(64).unwrap().div_ceil(4096) * 4096;
         let region = Arc::new(Region::new_memfd(len).unwrap());
         let qmem = RegionMem(region.clone());
-        let ring = Producer::init(&qmem, 64).unwrap();
+        let ring = Producer::init_with(&qmem, 64, poll_us).unwrap();
         v.map(&region, 0, QUEUE_IOVA, len, Perms::RW, MapKind::Pinned)
             .unwrap();
         v.mbox_write(0, QUEUE_IOVA as u32);
@@ -71,6 +76,14 @@ impl Domain {
         let r = Arc::new(Region::new_memfd(len).unwrap());
         self.v.map(&r, 0, iova, len, perms, kind).unwrap();
         r
+    }
+
+    /// Queue a job without ringing the doorbell (it fits the ring).
+    pub fn submit_quietly(&mut self, job: &Job) {
+        for s in job.sqes(self.tag) {
+            assert!(self.ring.submit(&self.qmem, &s), "ring full");
+        }
+        self.tag = self.tag.wrapping_add(job.commands().len() as u32);
     }
 
     /// Queue a job and ring the doorbell.
