@@ -623,19 +623,27 @@ impl Device for McuDevice {
         // flush came first, and the engine runs only on this thread), and a
         // trap never lands on another mapping placed there later (the alias
         // is gone before the range is released; `remove_alias` waits for a
-        // trap in progress).
-        if let Err(e) = self.flush_tlb() {
-            tracing::error!(
-                ?e,
-                "mcu: flushing the TLB failed; mapping and window range retired"
-            );
-            self.retired.push(pm);
-            return;
+        // trap in progress). The TLB holds translations of the current
+        // context only (every switch flushes; a failed switch marks it
+        // stale), so the mapping of another context needs no flush: a
+        // domain tearing down its vcoprocs does not make every other
+        // context's translations go.
+        let st = self.uc.get_data();
+        if st.current == Some(id) || st.tlb_stale {
+            if let Err(e) = self.flush_tlb() {
+                tracing::error!(
+                    ?e,
+                    "mcu: flushing the TLB failed; mapping and window range retired"
+                );
+                self.retired.push(pm);
+                return;
+            }
         }
         let host = self.window.host(pm.phys);
         pm.mapping.region.remove_alias(host);
         // SAFETY: the range lies in the window; the engine has no
-        // translation into it (flushed above, after it left the table) and
+        // translation into it (flushed above, after it left the table, or
+        // never made while the TLB held this context's translations) and
         // no trap will replace it (alias removed above).
         if let Err(e) = unsafe { self.window.clear(pm.phys, pm.len) } {
             // Still the domain's memory, but unreachable: keep it, never
@@ -658,7 +666,10 @@ impl Device for McuDevice {
             Ok(()) => SwitchOutcome::Done,
             Err(e) => {
                 let guilty = to.unwrap_or(coproc_core::VcoprocId(0));
-                let _ = self.uc.get_data_mut().current.take();
+                // The TLB may still hold the old context's translations.
+                let st = self.uc.get_data_mut();
+                st.current = None;
+                st.tlb_stale = true;
                 SwitchOutcome::Failed {
                     guilty,
                     reason: e.to_string(),
