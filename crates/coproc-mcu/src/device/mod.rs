@@ -239,8 +239,20 @@ impl McuDevice {
     /// slot's physical range is named directly. Should the engine refuse,
     /// the whole cache is flushed instead.
     fn drop_code(&mut self, slot: Slot) -> Result<(), DeviceError> {
-        self.uc.get_data_mut().identity = true;
-        let _ = self.flush_tlb();
+        // The identity translation must not find one of the current
+        // context's at the same address already in the TLB. Outside a
+        // stale TLB it holds the current context's translations only, and
+        // of those only the system control space lies where slots do (slot
+        // memory is above the iova window): otherwise no flush is needed.
+        let code = slot.code..slot.code + u64::from(self.config.code_size);
+        let scs = u64::from(crate::abi::scs::SCS_BASE)
+            ..u64::from(crate::abi::scs::SCS_BASE) + u64::from(crate::abi::scs::SCS_SIZE);
+        let st = self.uc.get_data_mut();
+        let clash = st.tlb_stale || (code.start < scs.end && scs.start < code.end);
+        st.identity = true;
+        if clash {
+            let _ = self.flush_tlb();
+        }
         let r = self
             .uc
             .ctl_remove_cache(slot.code, slot.code + u64::from(self.config.code_size));
