@@ -17,19 +17,24 @@ use std::time::Duration;
 use unicorn_engine::uc_error;
 use unicorn_engine::RegisterARM;
 
+/// A run that could not start: nothing ran, the device faults with `why`.
+fn refused(why: String) -> RunOutcome {
+    RunOutcome {
+        ran: Duration::ZERO,
+        stop: StopReason::Fault(DeviceFault {
+            addr: None,
+            access: Access::None,
+            pc: None,
+            reason: FaultReason::Device(why),
+        }),
+    }
+}
+
 impl McuDevice {
     /// Run the current context for up to `budget` of the runner's CPU time.
     pub(super) fn run_slice(&mut self, budget: Duration) -> RunOutcome {
         let Some(cur) = self.uc.get_data().current else {
-            return RunOutcome {
-                ran: Duration::ZERO,
-                stop: StopReason::Fault(DeviceFault {
-                    addr: None,
-                    access: Access::None,
-                    pc: None,
-                    reason: FaultReason::Device("run with no context on the device".into()),
-                }),
-            };
+            return refused("run with no context on the device".into());
         };
         if self.timer.take_preempt() {
             return RunOutcome {
@@ -39,15 +44,7 @@ impl McuDevice {
         }
         if self.uc.get_data().tlb_stale {
             if let Err(e) = self.flush_tlb() {
-                return RunOutcome {
-                    ran: Duration::ZERO,
-                    stop: StopReason::Fault(DeviceFault {
-                        addr: None,
-                        access: Access::None,
-                        pc: None,
-                        reason: FaultReason::Device(format!("flush tlb: {e:?}")),
-                    }),
-                };
+                return refused(format!("flush tlb: {e:?}"));
             }
         }
         // Charged: CPU time of this (the runner) thread while the engine

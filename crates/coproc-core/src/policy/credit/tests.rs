@@ -518,22 +518,23 @@ fn command_work_is_charged_like_running_time() {
     );
 }
 
-/// A thinker (2 ms of work, then 0.5 ms to prepare the next) against a
-/// hog whose every turn runs 50 ms past its slice on a device that cannot
-/// preempt (a GPU's long job), over 2 s; returns (thinker, hog, idle).
-fn thinker_against_long_jobs(idle: Duration) -> (u64, u64, u64) {
+/// On a device that cannot preempt, with an idle window of `idle`: a
+/// vcoproc that runs `run` ns then waits `sleep` ns, forever, against a
+/// hog whose every turn runs `overrun` ns past its slice.
+fn pauser_and_hog(idle: Duration, run: u64, sleep: u64, overrun: u64) -> Sim<Credit> {
     let pol = credit().with_idle(idle).unwrap();
     let mut sim = Sim::new(pol);
     sim.preemptible = false;
-    sim.add(
-        1,
-        &params(256, None),
-        Demand::Sleeper {
-            run: 2 * MS,
-            sleep: 500 * US,
-        },
-    );
-    sim.add(2, &params(256, None), Demand::Hog).overrun = 50 * MS;
+    sim.add(1, &params(256, None), Demand::Sleeper { run, sleep });
+    sim.add(2, &params(256, None), Demand::Hog).overrun = overrun;
+    sim
+}
+
+/// A thinker (2 ms of work, then 0.5 ms to prepare the next) against a
+/// hog whose every turn runs 50 ms past its slice (a GPU's long job),
+/// over 2 s; returns (thinker, hog, idle).
+fn thinker_against_long_jobs(idle: Duration) -> (u64, u64, u64) {
+    let mut sim = pauser_and_hog(idle, 2 * MS, 500 * US, 50 * MS);
     sim.run_until(2 * SEC);
     (sim.ran(1), sim.ran(2), sim.idle)
 }
@@ -564,18 +565,7 @@ fn an_idle_window_keeps_a_thinker_s_share_against_unpreemptible_jobs() {
 fn a_vcoproc_cannot_hold_the_device_idle_with_tiny_jobs() {
     // 1 µs of work, then a pause just under the window, over and over:
     // each pause is idling charged to it, so the hog still gets half.
-    let pol = credit().with_idle(Duration::from_millis(1)).unwrap();
-    let mut sim = Sim::new(pol);
-    sim.preemptible = false;
-    sim.add(
-        1,
-        &params(256, None),
-        Demand::Sleeper {
-            run: US,
-            sleep: 990 * US,
-        },
-    );
-    sim.add(2, &params(256, None), Demand::Hog);
+    let mut sim = pauser_and_hog(Duration::from_millis(1), US, 990 * US, 0);
     sim.run_until(SEC);
     let hog = sim.ran(2);
     assert!(
@@ -587,18 +577,7 @@ fn a_vcoproc_cannot_hold_the_device_idle_with_tiny_jobs() {
 
 #[test]
 fn no_idling_for_one_that_waits_longer_than_the_window() {
-    let pol = credit().with_idle(Duration::from_millis(1)).unwrap();
-    let mut sim = Sim::new(pol);
-    sim.preemptible = false;
-    sim.add(
-        1,
-        &params(256, None),
-        Demand::Sleeper {
-            run: MS,
-            sleep: 20 * MS,
-        },
-    );
-    sim.add(2, &params(256, None), Demand::Hog);
+    let mut sim = pauser_and_hog(Duration::from_millis(1), MS, 20 * MS, 0);
     sim.run_until(SEC);
     assert_eq!(
         sim.idle, 0,
