@@ -117,7 +117,12 @@ pub(super) fn pipeline(
             AddressSpace::Storage { .. } => BindingKind::Storage,
             AddressSpace::Uniform => BindingKind::Uniform,
             AddressSpace::Immediate => {
-                push_bytes = layouter[var.ty].size;
+                // (One per entry point: naga's validator refuses more.)
+                // What the SPIR-V written out declares: a push constant
+                // that is not a struct is wrapped in one, whose size is
+                // rounded up to its alignment (a vec3<u32> takes 16 bytes).
+                let layout = layouter[var.ty];
+                push_bytes = layout.alignment.round_up(layout.size);
                 if push_bytes > PUSH_WORDS * 4 {
                     return Err(ShaderError::Unsupported(format!(
                         "entry point {name:?}: {push_bytes} bytes of push constants (most: {})",
@@ -263,6 +268,30 @@ mod tests {
     use crate::shader::{
         compile, BindingKind, BindingSpec, ShaderFeatures, ShaderLimits, SPIRV_MAGIC,
     };
+
+    /// Found by the `shader` fuzz target (a mutated SPIR-V with a second
+    /// push-constant variable, a vec3): the SPIR-V written out wraps a
+    /// push constant that is not a struct in a block of its aligned size,
+    /// so reading it back gave more push-constant bytes than the pipeline
+    /// layout covered. The size now is the aligned one.
+    #[test]
+    fn push_constants_are_sized_as_written() {
+        let vec3 = r"
+            var<immediate> p: vec3<u32>;
+            @group(0) @binding(0) var<storage, read_write> d: array<u32>;
+            @compute @workgroup_size(1) fn main() { d[0] = p.x + p.z; }
+        ";
+        let s = &compile(vec3.as_bytes(), &LIMITS).unwrap()[0];
+        assert_eq!(s.push_bytes, 16);
+        let written: Vec<u8> = s.spirv.iter().flat_map(|w| w.to_le_bytes()).collect();
+        assert_eq!(compile(&written, &LIMITS).unwrap()[0].push_bytes, 16);
+        // The fuzzer's input: its one push constant is a vec3 too.
+        let spv = include_bytes!("../../../../fuzz/corpus/shader/regress-push-block-grows.spv");
+        let s = &compile(spv, &LIMITS).unwrap()[0];
+        assert_eq!(s.push_bytes, 16);
+        let written: Vec<u8> = s.spirv.iter().flat_map(|w| w.to_le_bytes()).collect();
+        assert!(compile(&written, &LIMITS).unwrap()[0].push_bytes <= 16);
+    }
 
     #[test]
     fn wgsl_reflection() {
