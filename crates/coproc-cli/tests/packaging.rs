@@ -141,15 +141,19 @@ fn socket_activation_and_readiness() {
     let mut daemon = KillOnDrop(daemon);
     // systemd-socket-activate serves the socket before coprocd runs: the
     // first connection starts it (as under systemd, it waits for that).
+    // The socket file appears at bind(), before listen(): a connection
+    // until then is refused, so the first one is retried until it is taken.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !socket.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "no socket from systemd-socket-activate"
-        );
+    let mut c = loop {
+        match coproc_client::Client::connect_to(&socket) {
+            Ok(c) => break c,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "no socket from systemd-socket-activate: {e}"
+            ),
+        }
         std::thread::yield_now();
-    }
-    let mut c = coproc_client::Client::connect_to(&socket).unwrap();
+    };
     let ready = await_notification(&notifications, "READY=1");
     println!("notification: {ready:?}");
     let names: Vec<String> = c
