@@ -86,22 +86,12 @@ impl Victim {
         let thread = std::thread::Builder::new()
             .name(format!("{name}victim"))
             .spawn(move || {
-                let mut progressed = Instant::now();
                 while !s.load(Ordering::Acquire) {
                     match step() {
-                        Ok(0) if progressed.elapsed() > STUCK => {
-                            if e.fetch_add(1, Ordering::AcqRel) == 0 {
-                                eprintln!("faults: {name}victim: no progress for {STUCK:?}");
-                            }
-                            progressed = Instant::now();
-                        }
-                        Ok(0) => {}
                         Ok(n) => {
                             w.fetch_add(n, Ordering::AcqRel);
-                            progressed = Instant::now();
                         }
                         Err(msg) => {
-                            progressed = Instant::now();
                             if e.fetch_add(1, Ordering::AcqRel) < SHOWN_ERRORS {
                                 eprintln!("faults: {name}victim: {msg}");
                             }

@@ -305,9 +305,7 @@ impl Credit {
             return;
         };
         let idled = now.min(a.until).saturating_sub(a.since);
-        if let Some(e) = self.entries.get_mut(&a.vcoproc) {
-            e.vtime = e.vtime.saturating_add(weighted(idled, e.weight));
-        }
+        self.charge_work(a.vcoproc, Duration::from_nanos(idled), now);
     }
 
     /// End an anticipation of `v` at `now` (it came back, or left).

@@ -71,6 +71,10 @@ const FRAME_WORDS: u32 = 26;
 /// Physical range from which context memory and device-local memory are
 /// allocated.
 const PHYS_POOL: (u64, u64) = (0x8000_0000, 0x1_0000_0000);
+// `drop_code` relies on it: no context translates an address where slot
+// memory lies (bar the system control space, which it checks).
+const _: () = assert!(PHYS_POOL.0 >= IOVA_BASE as u64 + IOVA_SIZE as u64);
+
 /// Physical base of the mapping window: one engine mapping, made once, of a
 /// host range reserved once, inside which mappings are placed (see
 /// [`Window`]). Above 4 GiB (the 32-bit Arm target has 40 physical address
@@ -367,6 +371,10 @@ impl McuDevice {
                 return Err(DeviceError::NoContext(t));
             }
         }
+        // Until the flush below, the TLB may hold translations of a
+        // context that is no longer current (a failure on the way leaves
+        // it so).
+        self.uc.get_data_mut().tlb_stale = true;
         self.save_current()?;
         self.uc.get_data_mut().current = to;
         match to {
@@ -636,8 +644,9 @@ impl Device for McuDevice {
         // trap never lands on another mapping placed there later (the alias
         // is gone before the range is released; `remove_alias` waits for a
         // trap in progress). The TLB holds translations of the current
-        // context only (every switch flushes; a failed switch marks it
-        // stale), so the mapping of another context needs no flush: a
+        // context only (every switch flushes; a switch that fails leaves
+        // it marked stale), so the mapping of another context needs no
+        // flush: a
         // domain tearing down its vcoprocs does not make every other
         // context's translations go.
         let st = self.uc.get_data();
@@ -678,10 +687,8 @@ impl Device for McuDevice {
             Ok(()) => SwitchOutcome::Done,
             Err(e) => {
                 let guilty = to.unwrap_or(coproc_core::VcoprocId(0));
-                // The TLB may still hold the old context's translations.
-                let st = self.uc.get_data_mut();
-                st.current = None;
-                st.tlb_stale = true;
+                // do_switch left the TLB marked stale.
+                let _ = self.uc.get_data_mut().current.take();
                 SwitchOutcome::Failed {
                     guilty,
                     reason: e.to_string(),

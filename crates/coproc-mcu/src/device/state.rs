@@ -96,9 +96,10 @@ pub(super) struct State {
     /// The engine's TLB may hold a translation no run may use (a trap
     /// page's, an identity one of `McuDevice::drop_code`, or, after a
     /// failed switch, the previous context's): the next run or switch
-    /// flushes it first, and unmapping any context's memory flushes it. Flushing then rather than at once saves
-    /// a flush whenever a switch comes first (the switch flushes anyway),
-    /// and a flush costs the size of the engine's TLB table.
+    /// flushes it first, and unmapping any context's memory flushes it.
+    /// Flushing then rather than at once saves a flush whenever a switch
+    /// comes first (the switch flushes anyway), and a flush costs the size
+    /// of the engine's TLB table.
     pub(super) tlb_stale: bool,
     /// Code and data memory sizes of every context.
     pub(super) map: elf::MemoryMap,
