@@ -16,7 +16,7 @@
 #define COPROC_CODE_SIZE 0x00100000u /* 1 MiB by default (the pcoproc's code_kib) */
 #define COPROC_DATA_BASE 0x20000000u /* data, bss, stack, read/write */
 #define COPROC_DATA_SIZE 0x00040000u /* 256 KiB by default (the pcoproc's data_kib) */
-#define COPROC_CB_BASE 0x40000000u   /* control block, read/write */
+#define COPROC_CB_BASE 0x4AAAA000u   /* control block, read/write (ABI 2; was 0x40000000) */
 #define COPROC_CB_SIZE 0x00001000u
 #define COPROC_IOVA_BASE 0x60000000u /* window where the domain's mappings appear */
 #define COPROC_IOVA_SIZE 0x20000000u /* 512 MiB */
@@ -47,7 +47,7 @@
 #define COPROC_MBOX_WORDS 16u
 
 #define COPROC_MAGIC 0x434f5052u /* "COPR" */
-#define COPROC_ABI_VERSION 1u
+#define COPROC_ABI_VERSION 2u
 
 #define COPROC_REG(off) (*(volatile uint32_t *)(COPROC_CB_BASE + (off)))
 

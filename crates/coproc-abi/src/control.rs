@@ -13,8 +13,16 @@ pub const DATA_BASE: u32 = 0x2000_0000;
 /// Default size of data memory (256 KiB; an mcu pcoproc's `data_kib`
 /// option sets its own).
 pub const DATA_SIZE: u32 = 0x0004_0000;
-/// The control block page.
-pub const CB_BASE: u32 = 0x4000_0000;
+/// The control block page. Its address keeps its engine TLB slots away from
+/// those of the pages firmware uses most: the starts of code, data and the
+/// iova window all lie at multiples of 512 MiB and share slot 0 at every
+/// table size, and a control block there had its (MMIO) TLB entry evicted
+/// and refilled on every pass of a loop that touched both, which the
+/// engine miscounts (docs/performance.md, "the engine's TLB"). Its 1 KiB
+/// page number, 0x12AAA8, has alternating low bits, so at every table size
+/// of 2^6 to 2^19 entries its slots lie in the middle half of the table,
+/// away from the first and last pages of each region.
+pub const CB_BASE: u32 = 0x4AAA_A000;
 /// Its size.
 pub const CB_SIZE: u32 = 0x0000_1000;
 /// Window where the domain's mappings appear.
@@ -62,7 +70,7 @@ pub const MBOX_WORDS: u32 = 16;
 /// "COPR".
 pub const MAGIC: u32 = 0x434f_5052;
 /// ABI version.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Every constant by its C name, for the header check.
 pub const ALL: &[(&str, u32)] = &[

@@ -3,7 +3,7 @@
 //! code and data memory sizes). Every field is hostile: sizes, offsets,
 //! addresses and counts are checked with overflow-safe arithmetic.
 
-use crate::abi::{CB_BASE, CODE_BASE, CODE_SIZE, DATA_BASE, DATA_SIZE};
+use crate::abi::{CODE_BASE, CODE_SIZE, DATA_BASE, DATA_SIZE};
 use coproc_core::device::{DeviceError, FirmwarePrep, PreparedFirmware};
 use object::elf::{FileHeader32, ELFCLASS32, ELFDATA2LSB, EM_ARM, ET_EXEC, PF_W, PF_X, PT_LOAD};
 use object::read::elf::{FileHeader, ProgramHeader};
@@ -344,6 +344,9 @@ fn parse_aligned(bytes: &[u8], map: MemoryMap) -> Result<Image, ElfError> {
     })
 }
 
+/// The end of the Cortex-M SRAM region, where data memory lies.
+const SRAM_END: u32 = 0x4000_0000;
+
 /// A Cortex-M vector table at the start of code memory: word 0 an initial
 /// SP in the data region (0x2000_0000..0x4000_0000, word aligned), word 1
 /// a Thumb address inside a loaded code segment. Found, its SP must lie
@@ -359,7 +362,7 @@ fn vector_table(segments: &[Segment], map: MemoryMap) -> Result<Option<(u32, u32
     let (Some(sp), Some(reset)) = (word(0), word(1)) else {
         return Ok(None);
     };
-    let stack_like = sp > DATA_BASE && sp <= CB_BASE && sp.is_multiple_of(4);
+    let stack_like = sp > DATA_BASE && sp <= SRAM_END && sp.is_multiple_of(4);
     let code = |a: u32| {
         segments
             .iter()

@@ -334,3 +334,34 @@ fn set_jit_cache(uc: &mut Unicorn<'_, State>, bytes: u32) -> Result<(), DeviceEr
         Err(uc_err("jit cache size", r))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{McuConfig, McuDevice};
+    use crate::abi::{CB_BASE, CB_SIZE};
+
+    /// The engine's TLB is indexed by virtual page number modulo its size
+    /// (2^6 to 2^22 entries, resized at each flush). The control block's
+    /// pages must not share a slot with the first or last pages of code,
+    /// data and the iova window (all at multiples of 512 MiB) at any size
+    /// firmware reaches with its own pages, or a loop touching both evicts
+    /// the MMIO entry on every pass (see `CB_BASE`).
+    #[test]
+    fn control_block_tlb_slots_lie_in_the_middle_of_the_table() {
+        let dev = McuDevice::new(McuConfig::default()).unwrap();
+        let page = !dev.uc.get_data().page_mask + 1;
+        assert!(page.is_power_of_two() && page >= 1024, "page size {page}");
+        let first = u64::from(CB_BASE) / page;
+        let last = (u64::from(CB_BASE) + u64::from(CB_SIZE) - 1) / page;
+        for bits in 6..=19 {
+            let n = 1u64 << bits;
+            for p in first..=last {
+                let slot = p % n;
+                assert!(
+                    (n / 4..3 * n / 4).contains(&slot),
+                    "page {p:#x} has slot {slot} of {n}"
+                );
+            }
+        }
+    }
+}
