@@ -39,7 +39,8 @@ for 100 ms, then stop, reset; gpu: a spin job that runs past the watchdog, doubl
 does, but ends: the vcoproc faults, the device is recreated, reset, restart), corrupt (loads of \
 corrupt firmware images, each refused), kill (mcu: an isolation-child process with 4 busy qecho \
 queues SIGKILLed; gpu: a session closing its connection with spin jobs in flight), revoke (mcu: \
-scribble using a revocable mapping, revoked mid-pass, faults, reset); controls, not counted in \
+scribble using a revocable mapping placed in the control block's engine TLB slot, which makes \
+every TLB flush costly, revoked mid-pass, faults, reset); controls, not counted in \
 the minimum: hog (a well-behaved competitor always runnable: what an exactly fair half measures \
 as here) and cpu (a thread keeping one host CPU busy, no request). victim_min_share_ratio: the \
 lowest victim_share_ratio_<kind> of the fault kinds, mcu and gpu together. offender_ops_<kind>: \

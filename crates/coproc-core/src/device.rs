@@ -305,6 +305,15 @@ pub trait Device {
     /// of any context).
     fn switch(&mut self, to: Option<ContextId>) -> SwitchOutcome;
 
+    /// Device time the last [`Device::switch`] spent because of another
+    /// context than the one it switched to, and which: work that context
+    /// made expensive for everyone (on the mcu class, TLB flushes a context
+    /// made costly by growing the engine's table). The runner charges it
+    /// to that vcoproc. The default has none.
+    fn switch_caused(&mut self) -> Option<(ContextId, Duration)> {
+        None
+    }
+
     /// Run the context on the device for at most `budget`.
     fn run(&mut self, budget: Duration) -> RunOutcome;
 

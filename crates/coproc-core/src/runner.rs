@@ -203,6 +203,7 @@ fn one_turn(
             SwitchOutcome::Done => {
                 *current = Some(v);
                 switch_ns = Some(shared.now_ns().saturating_sub(t0));
+                charge_caused(shared, device.switch_caused());
             }
             SwitchOutcome::RetryAfter(t) => {
                 retry_after(device, shared, *current, v, t, blame);
@@ -524,6 +525,19 @@ fn switch_failed(
     }
     drop(g);
     shared.state_cv.notify_all();
+}
+
+/// Charge the device time a switch spent because of another vcoproc to
+/// that vcoproc, if it is still there.
+fn charge_caused(shared: &Shared, caused: Option<(VcoprocId, Duration)>) {
+    let Some((v, took)) = caused else {
+        return;
+    };
+    let mut g = shared.lock();
+    let now = shared.now_ns();
+    if g.vcoprocs.contains_key(&v) && !took.is_zero() {
+        g.policy.charge_work(v, took, now);
+    }
 }
 
 /// The slice of `v` starts now (after a completed switch onto it that took

@@ -15,7 +15,9 @@ use coproc_core::device::{
 use coproc_core::fault::FaultReason;
 use coproc_core::iova::{MapKind, Mapping, Perms};
 use coproc_core::memory::Region;
-use coproc_core::policy::{RoundRobin, SchedParams};
+use coproc_core::policy::{
+    Decision, Policy, PolicyError, RoundRobin, SchedParams, SliceEnd, Standing, WakeAction,
+};
 use coproc_core::state::VcoprocState;
 use coproc_core::{CoreError, System, VcoprocHandle, VcoprocId};
 use std::collections::{HashMap, VecDeque};
@@ -40,6 +42,11 @@ struct Script {
     refusals: Vec<usize>,
     /// Contexts that never park.
     hogs: Vec<u32>,
+    /// Each completed switch reports this much device time caused by this
+    /// context (`Device::switch_caused`).
+    caused: Option<(u32, Duration)>,
+    /// Targets of the switches that reported it.
+    caused_on: Vec<u32>,
 }
 
 struct NoPreempt;
@@ -51,6 +58,7 @@ impl Preempt for NoPreempt {
 struct Scripted {
     script: Arc<Mutex<Script>>,
     current: Option<u32>,
+    caused: Option<(u32, Duration)>,
     controls: HashMap<u32, Arc<coproc_core::ControlBlock>>,
 }
 
@@ -129,9 +137,16 @@ impl Device for Scripted {
             _ => {
                 s.switches.push((self.current, to));
                 self.current = to;
+                self.caused = s.caused;
+                if let (Some(_), Some(t)) = (s.caused, to) {
+                    s.caused_on.push(t);
+                }
                 SwitchOutcome::Done
             }
         }
+    }
+    fn switch_caused(&mut self) -> Option<(VcoprocId, Duration)> {
+        self.caused.take().map(|(c, d)| (VcoprocId(c), d))
     }
     fn run(&mut self, budget: Duration) -> RunOutcome {
         let cur = self.current.expect("run with a context");
@@ -179,6 +194,7 @@ fn system(script: &Arc<Mutex<Script>>) -> System {
         Ok(Box::new(Scripted {
             script,
             current: None,
+            caused: None,
             controls: HashMap::new(),
         }) as Box<dyn Device>)
     };
@@ -364,5 +380,102 @@ fn demand_faults_need_a_device_that_has_them() {
         Err(CoreError::Device(DeviceError::Unsupported(_)))
     ));
     assert!(a.page_fault().unwrap().is_none());
+    sys.shutdown();
+}
+
+/// Round-robin that records the work charged outside slices.
+struct Recording {
+    rr: RoundRobin,
+    work: Arc<Mutex<Vec<(VcoprocId, Duration)>>>,
+}
+
+impl Policy for Recording {
+    fn name(&self) -> &'static str {
+        "recording"
+    }
+    fn describe(&self) -> Vec<(String, String)> {
+        self.rr.describe()
+    }
+    fn attach(&mut self, v: VcoprocId, params: &SchedParams) -> Result<(), PolicyError> {
+        self.rr.attach(v, params)
+    }
+    fn detach(&mut self, v: VcoprocId) {
+        self.rr.detach(v);
+    }
+    fn set_params(&mut self, v: VcoprocId, params: &SchedParams) -> Result<(), PolicyError> {
+        self.rr.set_params(v, params)
+    }
+    fn wake(&mut self, v: VcoprocId, now_ns: u64) -> WakeAction {
+        self.rr.wake(v, now_ns)
+    }
+    fn block(&mut self, v: VcoprocId) {
+        self.rr.block(v);
+    }
+    fn pick(&mut self, now_ns: u64) -> Decision {
+        self.rr.pick(now_ns)
+    }
+    fn charge(&mut self, v: VcoprocId, ran: Duration, now_ns: u64, end: SliceEnd) {
+        self.rr.charge(v, ran, now_ns, end);
+    }
+    fn charge_work(&mut self, v: VcoprocId, took: Duration, now_ns: u64) {
+        self.work.lock().unwrap().push((v, took));
+        self.rr.charge_work(v, took, now_ns);
+    }
+    fn standings(&self) -> Vec<Standing> {
+        self.rr.standings()
+    }
+}
+
+/// Device time a switch spent because of another context is charged to
+/// that context, whichever context the switch was to.
+#[test]
+fn what_a_switch_spent_for_another_context_is_charged_to_it() {
+    const CAUSED: Duration = Duration::from_micros(3333);
+    let script = Arc::new(Mutex::new(Script::default()));
+    let sys = system(&script);
+    let (a, b) = two(&sys);
+    let work = Arc::new(Mutex::new(Vec::new()));
+    let p = sys.pcoproc("p0").unwrap();
+    p.set_policy(Box::new(Recording {
+        rr: RoundRobin::new(Duration::from_micros(100)).unwrap(),
+        work: work.clone(),
+    }))
+    .unwrap();
+    {
+        let mut s = script.lock().unwrap();
+        s.hogs.extend([a.id().0, b.id().0]);
+        s.caused = Some((a.id().0, CAUSED));
+    }
+    for v in [&a, &b] {
+        v.load_firmware("x", b"image").unwrap();
+        v.start().unwrap();
+    }
+    // Wait until switches onto both have been charged.
+    let caused = |w: &[(VcoprocId, Duration)]| w.iter().filter(|(_, d)| *d == CAUSED).count();
+    let deadline = std::time::Instant::now() + T;
+    while caused(&work.lock().unwrap()) < 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no caused work charged"
+        );
+        std::thread::yield_now();
+    }
+    a.stop().unwrap();
+    b.stop().unwrap();
+    let on = script.lock().unwrap().caused_on.clone();
+    assert!(on.contains(&a.id().0) && on.contains(&b.id().0), "{on:?}");
+    let w = work.lock().unwrap().clone();
+    assert!(
+        w.iter()
+            .filter(|(_, d)| *d == CAUSED)
+            .all(|(v, _)| *v == a.id()),
+        "{w:?}"
+    );
+    assert!(
+        caused(&w) >= 10 && caused(&w) <= on.len(),
+        "{} of {}",
+        caused(&w),
+        on.len()
+    );
     sys.shutdown();
 }

@@ -17,7 +17,7 @@ use coproc_core::state::VcoprocState;
 use coproc_core::{CoreError, DeviceError, DomainId, Pcoproc, VcoprocHandle};
 use coproc_firmware::drive::{self, Buffer, BUFFER_IOVA};
 use coproc_firmware::reference::{self, TestRng};
-use coproc_firmware::{Firmware, CRC32, ECHO, FAULTY, FIR, HOG, PROBE};
+use coproc_firmware::{Firmware, CRC32, ECHO, FAULTY, FIR, HOG, PROBE, SCRIBBLE};
 use coproc_mcu::abi;
 use coproc_mcu::{factory, McuConfig};
 use std::sync::Arc;
@@ -789,6 +789,58 @@ fn hog_device() -> (
     dev.load_firmware(id, HOG.elf).unwrap();
     dev.switch(Some(id));
     (dev, id, cb)
+}
+
+/// A buffer in the control block's TLB slot (the control block's address
+/// plus 512 MiB: at every table size up to 2^19 entries their pages share
+/// a slot) has `scribble` evict and refill the control block's entry on
+/// every pass, which makes the engine miscount and grow its TLB table: the
+/// flushes that follow, at every switch for a while, are charged to it. A
+/// buffer elsewhere in the window makes no such charge.
+#[test]
+fn tlb_flushes_a_context_made_costly_are_caused_by_it() {
+    use coproc_core::device::{ContextSpec, Device, SwitchOutcome};
+    use coproc_core::iova::Mapping;
+    const LEN: u64 = 4 * 4096;
+    let in_cb_slot = u64::from(abi::CB_BASE) + 0x2000_0000;
+    for (iova, culprit) in [(in_cb_slot, true), (u64::from(abi::IOVA_BASE), false)] {
+        let (mut dev, hog, _) = hog_device();
+        let id = coproc_core::VcoprocId(2);
+        let cb = Arc::new(coproc_core::control::ControlBlock::default());
+        dev.create_context(ContextSpec {
+            id,
+            control: cb.clone(),
+        })
+        .unwrap();
+        dev.load_firmware(id, SCRIBBLE.elf).unwrap();
+        let region = Arc::new(Region::new_memfd(LEN).unwrap());
+        dev.map(id, &Mapping::pinned_rw(iova, &region, LEN))
+            .unwrap();
+        cb.write_in(0, iova as u32);
+        cb.write_in(1, LEN as u32);
+        assert_eq!(dev.switch(Some(id)), SwitchOutcome::Done);
+        while cb.read_out(0) < 3 {
+            dev.run(Duration::from_millis(5));
+        }
+        assert_eq!(dev.switch(Some(hog)), SwitchOutcome::Done);
+        let seen = std::time::Instant::now();
+        let caused = dev.switch_caused();
+        if culprit {
+            assert_eq!(caused.map(|(c, _)| c), Some(id), "buffer at {iova:#x}");
+            // And every switch for a while (250 ms) after, whoever it is to.
+            dev.run(Duration::from_millis(1));
+            assert_eq!(dev.switch(Some(id)), SwitchOutcome::Done);
+            if seen.elapsed() < Duration::from_millis(200) {
+                assert_eq!(dev.switch_caused().map(|(c, _)| c), Some(id));
+            }
+        } else {
+            assert_eq!(caused, None, "buffer at {iova:#x}");
+        }
+        // Region data matches what scribble wrote: it ran on that buffer.
+        let mut word = [0u8; 4];
+        region.read(0, &mut word).unwrap();
+        assert!(u32::from_le_bytes(word) >= 3);
+    }
 }
 
 #[test]

@@ -217,13 +217,16 @@ pub(crate) fn corrupt(
 
 /// mcu `revoke`: scribble works on a revocable mapping; once it has
 /// completed a pass the mapping is revoked under it, it faults, and it is
-/// reset and given the mapping again.
+/// reset and given the mapping again. The mapping is placed where it costs
+/// the others most: 512 MiB above the control block, in its engine TLB slot
+/// at every table size, so every pass refills the control block's entry
+/// (which grows the engine's TLB table and every flush with it).
 pub(crate) fn revoke(
     ctx: &Ctx,
     running: &dyn Fn() -> bool,
     done: &dyn Fn() -> u64,
 ) -> anyhow::Result<()> {
-    let iova = u64::from(coproc_mcu::abi::IOVA_BASE);
+    let iova = u64::from(coproc_mcu::abi::CB_BASE) + 0x2000_0000;
     let len = 4 * 4096u64;
     let mut c = Client::connect_to(&ctx.socket)?;
     let v = c.open(MCU)?;

@@ -49,6 +49,8 @@ impl McuDevice {
             page_fault: None,
             identity: false,
             tlb_stale: false,
+            cb_filled: false,
+            cb_refilled_by: None,
             recheck: false,
             stop_soon: false,
             masked_pending: false,
@@ -81,6 +83,9 @@ impl McuDevice {
             }
             if let Some((paddr, prot)) = st.translate(vaddr) {
                 if allows(prot, access) {
+                    if (PHYS_CB..PHYS_CB + u64::from(CB_SIZE)).contains(&paddr) {
+                        st.note_cb_fill();
+                    }
                     return Some(TlbEntry { paddr, perms: prot });
                 }
             }
@@ -305,6 +310,8 @@ impl McuDevice {
             retired: Vec::new(),
             config,
             slots: SlotMemory::default(),
+            tlb_grower: None,
+            switch_caused: None,
         })
     }
 }

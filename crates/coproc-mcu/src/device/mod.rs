@@ -38,7 +38,7 @@ use self::state::{Ctx, State};
 use crate::abi::{CODE_BASE, CODE_SIZE, DATA_BASE, DATA_SIZE, IOVA_BASE, IOVA_SIZE};
 use crate::elf::{self, Image};
 use crate::scs::Scs;
-use crate::timer::SliceTimer;
+use crate::timer::{thread_cpu, SliceTimer};
 use coproc_core::device::{
     Capabilities, ContextSpec, Device, DeviceError, FirmwareInfo, FirmwarePrep, PreemptHandle,
     Preemption, PreparedFirmware, RunOutcome, SwitchOutcome,
@@ -47,7 +47,7 @@ use coproc_core::ids::ContextId;
 use coproc_core::iova::Mapping;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use unicorn_engine::{uc_error, Prot, RegisterARM, Unicorn};
 
 /// Physical address of the control block MMIO page.
@@ -170,7 +170,18 @@ pub struct McuDevice {
     /// their window range never reused.
     retired: Vec<PhysMap>,
     config: McuConfig,
+    /// The context whose control block refills last made the engine
+    /// miscount its TLB table, and when that was seen: flushes made
+    /// within [`GROWN_FOR`] after are charged to it.
+    tlb_grower: Option<(ContextId, Instant)>,
+    /// What the last switch's flush cost because of `tlb_grower`.
+    switch_caused: Option<(ContextId, Duration)>,
 }
+
+/// How long the engine may keep a TLB table grown by a miscount: it sizes
+/// the table from the largest count seen in a 100 ms window and shrinks it
+/// at the first flush after a window without one.
+const GROWN_FOR: Duration = Duration::from_millis(250);
 
 impl std::fmt::Debug for McuDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -393,15 +404,43 @@ impl McuDevice {
                 r.map_err(|e| uc_err("context restore", e))?;
             }
         }
-        self.flush_tlb().map_err(|e| uc_err("flush tlb", e))?;
+        self.switch_caused = self.flush_tlb().map_err(|e| uc_err("flush tlb", e))?;
         Ok(())
     }
 
-    /// Flush the engine's TLB; nothing stale is left in it after.
-    pub(super) fn flush_tlb(&mut self) -> Result<(), unicorn_engine::uc_error> {
+    /// Flush the engine's TLB; nothing stale is left in it after. The
+    /// flush's cost is the size of the engine's table, which a context
+    /// that keeps refilling the control block's entry makes the engine
+    /// grow (see `CB_BASE`): while that context is recent, the flush is
+    /// measured and returned as caused by it.
+    pub(super) fn flush_tlb(
+        &mut self,
+    ) -> Result<Option<(ContextId, Duration)>, unicorn_engine::uc_error> {
+        let st = self.uc.get_data_mut();
+        st.cb_filled = false;
+        let refilled = st.cb_refilled_by.take();
+        let now = Instant::now();
+        if let Some(c) = refilled {
+            self.tlb_grower = Some((c, now));
+        }
+        let grower = match self.tlb_grower {
+            Some((c, seen))
+                if now.saturating_duration_since(seen) < GROWN_FOR
+                    && self.uc.get_data().contexts.contains_key(&c) =>
+            {
+                Some(c)
+            }
+            _ => {
+                self.tlb_grower = None;
+                None
+            }
+        };
+        let t0 = grower.map(|_| thread_cpu());
         self.uc.ctl_flush_tlb()?;
         self.uc.get_data_mut().tlb_stale = false;
-        Ok(())
+        Ok(grower
+            .zip(t0)
+            .map(|(c, t0)| (c, thread_cpu().saturating_sub(t0))))
     }
 
     /// Translate a context's virtual address (for tests and tools).
@@ -680,6 +719,7 @@ impl Device for McuDevice {
     }
 
     fn switch(&mut self, to: Option<ContextId>) -> SwitchOutcome {
+        self.switch_caused = None;
         if self.uc.get_data().current == to {
             return SwitchOutcome::Done;
         }
@@ -695,6 +735,10 @@ impl Device for McuDevice {
                 }
             }
         }
+    }
+
+    fn switch_caused(&mut self) -> Option<(ContextId, Duration)> {
+        self.switch_caused.take()
     }
 
     fn run(&mut self, budget: Duration) -> RunOutcome {

@@ -101,11 +101,26 @@ pub(super) struct State {
     /// comes first (the switch flushes anyway), and a flush costs the size
     /// of the engine's TLB table.
     pub(super) tlb_stale: bool,
+    /// The control block's page was translated since the last TLB flush.
+    pub(super) cb_filled: bool,
+    /// A context translated it again since then: its entry had been
+    /// evicted, and the engine, refilling an MMIO entry, miscounts its
+    /// table (it may grow it to its largest at the next flush).
+    pub(super) cb_refilled_by: Option<ContextId>,
     /// Code and data memory sizes of every context.
     pub(super) map: elf::MemoryMap,
 }
 
 impl State {
+    /// The TLB hook translated the control block's page for the current
+    /// context.
+    pub(super) fn note_cb_fill(&mut self) {
+        if self.cb_filled {
+            self.cb_refilled_by = self.current;
+        }
+        self.cb_filled = true;
+    }
+
     pub(super) fn current_ctx(&mut self) -> Option<&mut Ctx> {
         self.contexts.get_mut(&self.current?)
     }
