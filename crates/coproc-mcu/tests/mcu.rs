@@ -895,6 +895,46 @@ fn firmware_is_prepared_on_another_thread_while_the_device_runs() {
     ));
 }
 
+/// Firmware staged for another pcoproc's memory map of the same total size
+/// (code and data split differently) cannot have its pages moved in as
+/// they are: it is copied into place, and runs as the reference says; one
+/// staged for this map replaces the context's memory, old code included.
+#[test]
+fn firmware_staged_for_another_layout_is_copied_and_runs() {
+    use coproc_core::device::{ContextSpec, Device};
+    let (mut dev, _, _) = hog_device();
+    let other = coproc_mcu::McuDevice::new(McuConfig {
+        code_size: abi::DATA_SIZE,
+        data_size: abi::CODE_SIZE,
+        ..McuConfig::default()
+    })
+    .unwrap();
+    let foreign = other.firmware_prep().prepare(HOG.elf).unwrap();
+    let native = dev.firmware_prep().prepare(HOG.elf).unwrap();
+    let id = coproc_core::VcoprocId(2);
+    let cb = Arc::new(coproc_core::control::ControlBlock::default());
+    dev.create_context(ContextSpec {
+        id,
+        control: cb.clone(),
+    })
+    .unwrap();
+    // First something else, run, so the slot holds other code.
+    dev.load_firmware(id, ECHO.elf).unwrap();
+    dev.switch(Some(id));
+    dev.run(Duration::from_millis(2));
+    for prepared in [foreign, native] {
+        dev.install_firmware(id, prepared).unwrap();
+        dev.reset_context(id).unwrap();
+        cb.write_out(0, 0);
+        dev.switch(Some(id));
+        while cb.read_out(0) < 4 {
+            dev.run(Duration::from_millis(5));
+        }
+        let (done, x) = (cb.read_out(0), cb.read_out(1));
+        assert!(reference::hog_state_between(done, x, done), "{done} {x:#x}");
+    }
+}
+
 #[test]
 fn a_bad_image_is_refused_before_the_runner_is_involved() {
     let p = pcoproc(200);

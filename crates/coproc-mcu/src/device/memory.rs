@@ -2,6 +2,7 @@
 //! ranges, the window mappings are placed in, and the code/data slots of
 //! contexts.
 
+use super::staging::StagedSlot;
 use super::{PHYS_WINDOW, WINDOW_SIZE};
 use coproc_core::device::DeviceError;
 use coproc_core::iova::Mapping;
@@ -223,6 +224,51 @@ impl SlotMemory {
         // it stays valid.
         unsafe { rustix::mm::madvise(host as *mut _, len, rustix::mm::Advice::LinuxDontNeed) }
             .map_err(|e| DeviceError::Backend(format!("zeroing context memory: {e}")))
+    }
+}
+
+impl SlotMemory {
+    /// Put `staged`'s pages in place of the slot mapping at `host`, in one
+    /// step (`mremap` onto it): the slot's old pages are freed, its host
+    /// address, which the engine holds, stays valid. The staged mapping
+    /// must be exactly as long as the slot's. On failure the slot is as it
+    /// was.
+    pub(super) fn replace(&self, host: usize, staged: StagedSlot) -> Result<(), DeviceError> {
+        let (from, len) = staged.range();
+        if !self.maps.contains(&(host, len)) {
+            return Err(DeviceError::Backend(format!(
+                "no slot of {len} bytes at {host:#x} to install into"
+            )));
+        }
+        // SAFETY: `from..from+len` is the staged slot's own anonymous
+        // mapping, page aligned and not referenced elsewhere (it is moved
+        // out of `staged`, which is then forgotten); `host..host+len` is
+        // exactly one of this device's slot mappings (checked above),
+        // which the engine reaches only through its address, on this
+        // thread and not while this runs. MREMAP_FIXED replaces the
+        // destination's pages with the source's in one step, at the same
+        // address.
+        let r = unsafe {
+            rustix::mm::mremap_fixed(
+                from as *mut _,
+                len,
+                len,
+                rustix::mm::MremapFlags::MAYMOVE,
+                host as *mut _,
+            )
+        };
+        match r {
+            // With MREMAP_FIXED, success means the pages are at `host`;
+            // the source range is unmapped either way and must not be
+            // unmapped again.
+            Ok(_) => {
+                staged.given_away();
+                Ok(())
+            }
+            Err(e) => Err(DeviceError::Backend(format!(
+                "installing firmware memory: {e}"
+            ))),
+        }
     }
 }
 

@@ -31,9 +31,11 @@ mod exceptions;
 mod memory;
 mod registers;
 mod run;
+mod staging;
 mod state;
 
 use self::memory::{PhysAlloc, PhysMap, Slot, SlotMemory, Window};
+use self::staging::{SlotPrep, Staged};
 use self::state::{Ctx, State};
 use crate::abi::{CODE_BASE, CODE_SIZE, DATA_BASE, DATA_SIZE, IOVA_BASE, IOVA_SIZE};
 use crate::elf::{self, Image};
@@ -284,18 +286,32 @@ impl McuDevice {
 
     /// Write the image into the context's memory and mark its registers for
     /// initialisation.
-    fn install(&mut self, id: ContextId, image: Image) -> Result<(), DeviceError> {
+    fn install(&mut self, id: ContextId, staged: Staged) -> Result<(), DeviceError> {
         let slot = self.ctx(id)?.slot;
-        self.clear(slot)?;
-        for s in &image.segments {
-            let phys = if s.vaddr >= DATA_BASE {
-                slot.data + u64::from(s.vaddr - DATA_BASE)
-            } else {
-                slot.code + u64::from(s.vaddr - CODE_BASE)
-            };
-            self.uc
-                .mem_write(phys, &s.data)
-                .map_err(|e| uc_err("load segment", e))?;
+        let Staged {
+            image,
+            map,
+            slot: memory,
+        } = staged;
+        if map == self.config.map() {
+            // The staged pages replace the slot's; the engine's
+            // translations of the old code go.
+            self.slots.replace(slot.host, memory)?;
+            self.drop_code(slot)?;
+        } else {
+            // Staged for another layout (another pcoproc's prep): copy.
+            drop(memory);
+            self.clear(slot)?;
+            for s in &image.segments {
+                let phys = if s.vaddr >= DATA_BASE {
+                    slot.data + u64::from(s.vaddr - DATA_BASE)
+                } else {
+                    slot.code + u64::from(s.vaddr - CODE_BASE)
+                };
+                self.uc
+                    .mem_write(phys, &s.data)
+                    .map_err(|e| uc_err("load segment", e))?;
+            }
         }
         let ctx = self.ctx(id)?;
         ctx.image = Some(image);
@@ -546,12 +562,12 @@ impl Device for McuDevice {
 
     fn load_firmware(&mut self, id: ContextId, image: &[u8]) -> Result<FirmwareInfo, DeviceError> {
         self.ctx(id)?;
-        let prepared = elf::ElfPrepFor(self.config.map()).prepare(image)?;
+        let prepared = SlotPrep(self.config.map()).prepare(image)?;
         self.install_firmware(id, prepared)
     }
 
     fn firmware_prep(&self) -> Arc<dyn FirmwarePrep> {
-        Arc::new(elf::ElfPrepFor(self.config.map()))
+        Arc::new(SlotPrep(self.config.map()))
     }
 
     /// Copies the segments of an image [`elf::ElfPrepFor`] validated and marks
@@ -562,22 +578,37 @@ impl Device for McuDevice {
         fw: PreparedFirmware,
     ) -> Result<FirmwareInfo, DeviceError> {
         self.ctx(id)?;
-        let image = *fw
-            .downcast::<Image>()
-            .map_err(|_| DeviceError::BadFirmware("prepared for another device class".into()))?;
+        let foreign = || DeviceError::BadFirmware("prepared for another device class".into());
         // Prepared for another memory map (another pcoproc's prep): the
         // segments and the start must still fit this device's.
-        if !image.fits(&self.config.map()) {
-            return Err(DeviceError::BadFirmware(
-                "prepared for a larger memory map than this pcoproc's".into(),
-            ));
-        }
-        let info = FirmwareInfo {
-            entry: u64::from(image.entry),
-            code_bytes: image.code_bytes(),
-            data_bytes: image.data_bytes(),
+        let fits = |image: &Image| {
+            if image.fits(&self.config.map()) {
+                Ok(())
+            } else {
+                Err(DeviceError::BadFirmware(
+                    "prepared for a larger memory map than this pcoproc's".into(),
+                ))
+            }
         };
-        self.install(id, image)?;
+        let staged = match fw.downcast::<Staged>() {
+            Ok(staged) => {
+                fits(&staged.image)?;
+                *staged
+            }
+            // An image validated by `elf::ElfPrepFor`, not staged: staged
+            // here.
+            Err(fw) => {
+                let image = *fw.downcast::<Image>().map_err(|_| foreign())?;
+                fits(&image)?;
+                SlotPrep(self.config.map()).stage(image)?
+            }
+        };
+        let info = FirmwareInfo {
+            entry: u64::from(staged.image.entry),
+            code_bytes: staged.image.code_bytes(),
+            data_bytes: staged.image.data_bytes(),
+        };
+        self.install(id, staged)?;
         // A new image starts with no fault history.
         self.ctx(id)?.last_fault = (0, 0, 0);
         Ok(info)

@@ -1,0 +1,131 @@
+//! Firmware laid out off the runner: the loading thread parses and
+//! validates an image and writes it into a staged slot, an anonymous
+//! mapping the size of a context's code and data memory; the runner then
+//! moves the staged pages over the context's slot in one `mremap`
+//! ([`super::memory::SlotMemory::replace`]) instead of zeroing and copying
+//! megabytes between slices, which other domains would wait for.
+
+use crate::abi::{CODE_BASE, DATA_BASE};
+use crate::elf::{self, Image, MemoryMap};
+use coproc_core::device::{DeviceError, FirmwarePrep, PreparedFirmware};
+
+/// A slot's worth of memory (code, then data) outside the engine, owned
+/// until it is installed or dropped.
+#[derive(Debug)]
+pub(super) struct StagedSlot {
+    /// Host address of the mapping (0 once given away).
+    host: usize,
+    len: usize,
+}
+
+impl StagedSlot {
+    /// A fresh zero-filled mapping of `len` bytes (pages are committed only
+    /// where something is written).
+    fn new(len: usize) -> Result<StagedSlot, DeviceError> {
+        // SAFETY: a fresh anonymous mapping at an address of the kernel's
+        // choosing: no existing memory is affected.
+        let p = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::NORESERVE,
+            )
+        }
+        .map_err(|e| DeviceError::Exhausted(format!("host memory for firmware: {e}")))?;
+        Ok(StagedSlot {
+            host: p as usize,
+            len,
+        })
+    }
+
+    /// Copy `bytes` to offset `off`, which must lie with them inside.
+    fn write(&mut self, off: usize, bytes: &[u8]) -> Result<(), DeviceError> {
+        if off
+            .checked_add(bytes.len())
+            .is_none_or(|end| end > self.len)
+        {
+            return Err(DeviceError::BadFirmware(format!(
+                "segment of {} bytes at slot offset {off:#x} outside {} bytes",
+                bytes.len(),
+                self.len
+            )));
+        }
+        // SAFETY: `[host + off, host + off + len)` lies inside this owned
+        // read/write mapping (checked above), which no one else can reach
+        // until it is installed (`&mut self`); `bytes` is a Rust slice
+        // outside it, so the ranges do not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                (self.host + off) as *mut u8,
+                bytes.len(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Host address and length of the mapping.
+    pub(super) fn range(&self) -> (usize, usize) {
+        (self.host, self.len)
+    }
+
+    /// The mapping now belongs to whoever moved it (its pages were moved
+    /// elsewhere): do not unmap it on drop.
+    pub(super) fn given_away(mut self) {
+        self.host = 0;
+    }
+}
+
+impl Drop for StagedSlot {
+    fn drop(&mut self) {
+        if self.host != 0 {
+            // SAFETY: the mapping `new` made, still owned (not given away):
+            // nothing else points into it.
+            let _ = unsafe { rustix::mm::munmap(self.host as *mut _, self.len) };
+        }
+    }
+}
+
+/// What [`SlotPrep`] makes: the validated image, and its memory laid out
+/// for the memory map it was made for.
+#[derive(Debug)]
+pub(super) struct Staged {
+    pub(super) image: Image,
+    pub(super) map: MemoryMap,
+    pub(super) slot: StagedSlot,
+}
+
+/// Offset of virtual address `vaddr` (in code or data memory) inside a
+/// slot of memory map `map`.
+fn slot_offset(map: MemoryMap, vaddr: u32) -> usize {
+    if vaddr >= DATA_BASE {
+        map.code_size as usize + (vaddr - DATA_BASE) as usize
+    } else {
+        (vaddr - CODE_BASE) as usize
+    }
+}
+
+/// The mcu class's [`FirmwarePrep`]: parse and validate for the pcoproc's
+/// memory map ([`elf::parse_for`]), then stage the image's memory.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SlotPrep(pub(super) MemoryMap);
+
+impl SlotPrep {
+    pub(super) fn stage(self, image: Image) -> Result<Staged, DeviceError> {
+        let map = self.0;
+        let mut slot = StagedSlot::new(map.code_size as usize + map.data_size as usize)?;
+        for s in &image.segments {
+            slot.write(slot_offset(map, s.vaddr), &s.data)?;
+        }
+        Ok(Staged { image, map, slot })
+    }
+}
+
+impl FirmwarePrep for SlotPrep {
+    fn prepare(&self, bytes: &[u8]) -> Result<PreparedFirmware, DeviceError> {
+        let image =
+            elf::parse_for(bytes, &self.0).map_err(|e| DeviceError::BadFirmware(e.to_string()))?;
+        Ok(Box::new(self.stage(image)?))
+    }
+}
