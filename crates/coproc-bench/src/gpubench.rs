@@ -330,6 +330,25 @@ fn cqe_gpu_ns(c: &Cqe) -> u64 {
     u64::from(c.result[1]) | (u64::from(c.result[2]) << 32)
 }
 
+/// Threads lavapipe computes a dispatch with during `gpu-overhead`,
+/// unless the environment says otherwise (Mesa's `LP_NUM_THREADS`).
+pub const OVERHEAD_LP_THREADS: &str = "1";
+
+/// For `gpu-overhead` (among `args`), set `LP_NUM_THREADS` to
+/// [`OVERHEAD_LP_THREADS`] unless it is set. lavapipe's "GPU" is a pool of
+/// the host's CPU threads per VkDevice, as many as the CPUs: on a small
+/// host it competes with the runner and the domain for the same CPUs,
+/// which a real GPU does not, and two identical direct paths landed up to
+/// 3.7 % apart (`control_pct`), too coarse to resolve the 1 % target; with
+/// one thread each they land within 0.3 %. Only drivers that read the
+/// variable (lavapipe, llvmpipe) are affected. Must be called before any
+/// thread exists.
+pub fn lavapipe_threads_for_overhead(mut args: impl Iterator<Item = String>) {
+    if args.any(|a| a == "gpu-overhead") && std::env::var_os("LP_NUM_THREADS").is_none() {
+        std::env::set_var("LP_NUM_THREADS", OVERHEAD_LP_THREADS);
+    }
+}
+
 /// `gpu-overhead`: spin jobs directly with ash and through the framework,
 /// alternating batches; returns the figures and the GPU's name.
 pub fn overhead(rounds: usize) -> anyhow::Result<(Figures, String)> {
@@ -720,7 +739,11 @@ thread pools, one per VkDevice, run at different speeds depending on where their
 *_gpu_us: the GPU's timestamps around the dispatch; *_host_us: a job's time minus them; \
 host_overhead_pct: (framework_host - direct_host) / direct. Breakdown of the framework's time (40 more \
 jobs, instrumented): doorbell_to_run_us (doorbell to the start of the runner's slice), runner_host_us \
-(slice start to notification, minus GPU time), notify_to_domain_us (notification to the domain awake).";
+(slice start to notification, minus GPU time), notify_to_domain_us (notification to the domain awake). \
+On lavapipe each VkDevice computes with LP_NUM_THREADS threads, set to 1 by the benchmark unless the \
+environment sets it (the host's CPUs are the device there; with one pool thread per CPU the device \
+competes with the runner and the domain for them, which a GPU does not, and the control lands several \
+% off).";
 /// Notes printed under the `gpu-fairness` table.
 pub const FAIRNESS_NOTES: &str = "Two domains with weights 1 and 3 under credit (slice 1 ms) on one \
 in-process vulkan pcoproc, each keeping its 64-entry queue full of spin jobs (iterations calibrated \

@@ -95,6 +95,9 @@ fn main() {
 }
 
 fn real_main() -> anyhow::Result<()> {
+    // Before any thread exists (the environment is not safe to change
+    // once others may read it).
+    gpubench::lavapipe_threads_for_overhead(std::env::args());
     coproc_cli::init_logging();
     let cli = Cli::parse();
     let f = cli.output;
