@@ -777,18 +777,29 @@ fn hog_device() -> (
     coproc_core::VcoprocId,
     Arc<coproc_core::control::ControlBlock>,
 ) {
-    use coproc_core::device::{ContextSpec, Device};
+    use coproc_core::device::Device;
     let mut dev = coproc_mcu::McuDevice::new(McuConfig::default()).unwrap();
     let id = coproc_core::VcoprocId(1);
+    let cb = bare_context(&mut dev, id, HOG.elf);
+    dev.switch(Some(id));
+    (dev, id, cb)
+}
+
+/// Context `id` on a bare device with `elf` loaded; its control block.
+fn bare_context(
+    dev: &mut coproc_mcu::McuDevice,
+    id: coproc_core::VcoprocId,
+    elf: &[u8],
+) -> Arc<coproc_core::control::ControlBlock> {
+    use coproc_core::device::{ContextSpec, Device};
     let cb = Arc::new(coproc_core::control::ControlBlock::default());
     dev.create_context(ContextSpec {
         id,
         control: cb.clone(),
     })
     .unwrap();
-    dev.load_firmware(id, HOG.elf).unwrap();
-    dev.switch(Some(id));
-    (dev, id, cb)
+    dev.load_firmware(id, elf).unwrap();
+    cb
 }
 
 /// A buffer in the control block's TLB slot (the control block's address
@@ -799,20 +810,14 @@ fn hog_device() -> (
 /// buffer elsewhere in the window makes no such charge.
 #[test]
 fn tlb_flushes_a_context_made_costly_are_caused_by_it() {
-    use coproc_core::device::{ContextSpec, Device, SwitchOutcome};
+    use coproc_core::device::{Device, SwitchOutcome};
     use coproc_core::iova::Mapping;
     const LEN: u64 = 4 * 4096;
     let in_cb_slot = u64::from(abi::CB_BASE) + 0x2000_0000;
     for (iova, culprit) in [(in_cb_slot, true), (u64::from(abi::IOVA_BASE), false)] {
         let (mut dev, hog, _) = hog_device();
         let id = coproc_core::VcoprocId(2);
-        let cb = Arc::new(coproc_core::control::ControlBlock::default());
-        dev.create_context(ContextSpec {
-            id,
-            control: cb.clone(),
-        })
-        .unwrap();
-        dev.load_firmware(id, SCRIBBLE.elf).unwrap();
+        let cb = bare_context(&mut dev, id, SCRIBBLE.elf);
         let region = Arc::new(Region::new_memfd(LEN).unwrap());
         dev.map(id, &Mapping::pinned_rw(iova, &region, LEN))
             .unwrap();
@@ -901,7 +906,7 @@ fn firmware_is_prepared_on_another_thread_while_the_device_runs() {
 /// staged for this map replaces the context's memory, old code included.
 #[test]
 fn firmware_staged_for_another_layout_is_copied_and_runs() {
-    use coproc_core::device::{ContextSpec, Device};
+    use coproc_core::device::Device;
     let (mut dev, _, _) = hog_device();
     let other = coproc_mcu::McuDevice::new(McuConfig {
         code_size: abi::DATA_SIZE,
@@ -912,14 +917,8 @@ fn firmware_staged_for_another_layout_is_copied_and_runs() {
     let foreign = other.firmware_prep().prepare(HOG.elf).unwrap();
     let native = dev.firmware_prep().prepare(HOG.elf).unwrap();
     let id = coproc_core::VcoprocId(2);
-    let cb = Arc::new(coproc_core::control::ControlBlock::default());
-    dev.create_context(ContextSpec {
-        id,
-        control: cb.clone(),
-    })
-    .unwrap();
     // First something else, run, so the slot holds other code.
-    dev.load_firmware(id, ECHO.elf).unwrap();
+    let cb = bare_context(&mut dev, id, ECHO.elf);
     dev.switch(Some(id));
     dev.run(Duration::from_millis(2));
     for prepared in [foreign, native] {

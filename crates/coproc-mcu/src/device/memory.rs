@@ -194,21 +194,29 @@ pub(super) struct SlotMemory {
     pub(super) maps: Vec<(usize, usize)>,
 }
 
+/// A fresh private read/write anonymous mapping of `len` bytes (pages
+/// committed only when touched): its host address. `what` names it in
+/// the error.
+pub(super) fn map_anonymous(len: usize, what: &str) -> Result<usize, DeviceError> {
+    // SAFETY: a fresh anonymous mapping at an address of the kernel's
+    // choosing: no existing memory is affected.
+    let p = unsafe {
+        rustix::mm::mmap_anonymous(
+            std::ptr::null_mut(),
+            len,
+            rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+            rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::NORESERVE,
+        )
+    }
+    .map_err(|e| DeviceError::Exhausted(format!("host memory for {what}: {e}")))?;
+    Ok(p as usize)
+}
+
 impl SlotMemory {
     pub(super) fn map(&mut self, len: usize) -> Result<usize, DeviceError> {
-        // SAFETY: a fresh anonymous mapping at an address of the kernel's
-        // choosing: no existing memory is affected.
-        let p = unsafe {
-            rustix::mm::mmap_anonymous(
-                std::ptr::null_mut(),
-                len,
-                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-                rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::NORESERVE,
-            )
-        }
-        .map_err(|e| DeviceError::Exhausted(format!("host memory for context memory: {e}")))?;
-        self.maps.push((p as usize, len));
-        Ok(p as usize)
+        let p = map_anonymous(len, "context memory")?;
+        self.maps.push((p, len));
+        Ok(p)
     }
 
     /// Give `[host, host+len)` back to the kernel's zero pages.

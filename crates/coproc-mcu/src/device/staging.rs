@@ -5,6 +5,7 @@
 //! ([`super::memory::SlotMemory::replace`]) instead of zeroing and copying
 //! megabytes between slices, which other domains would wait for.
 
+use super::memory::map_anonymous;
 use crate::abi::{CODE_BASE, DATA_BASE};
 use crate::elf::{self, Image, MemoryMap};
 use coproc_core::device::{DeviceError, FirmwarePrep, PreparedFirmware};
@@ -22,19 +23,8 @@ impl StagedSlot {
     /// A fresh zero-filled mapping of `len` bytes (pages are committed only
     /// where something is written).
     fn new(len: usize) -> Result<StagedSlot, DeviceError> {
-        // SAFETY: a fresh anonymous mapping at an address of the kernel's
-        // choosing: no existing memory is affected.
-        let p = unsafe {
-            rustix::mm::mmap_anonymous(
-                std::ptr::null_mut(),
-                len,
-                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-                rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::NORESERVE,
-            )
-        }
-        .map_err(|e| DeviceError::Exhausted(format!("host memory for firmware: {e}")))?;
         Ok(StagedSlot {
-            host: p as usize,
+            host: map_anonymous(len, "firmware")?,
             len,
         })
     }
