@@ -366,6 +366,7 @@ fn device_context(
     let cb = Arc::new(ControlBlock::default());
     dev.create_context(ContextSpec {
         id,
+        domain: coproc_core::DomainId(1),
         control: cb.clone(),
     })?;
     dev.load_firmware(id, fw)?;

@@ -18,7 +18,7 @@
 
 use crate::control::ControlBlock;
 use crate::fault::DeviceFault;
-use crate::ids::ContextId;
+use crate::ids::{ContextId, DomainId};
 use crate::iova::Mapping;
 use serde::Serialize;
 use std::fmt;
@@ -101,6 +101,12 @@ pub struct Capabilities {
 pub struct ContextSpec {
     /// The vcoproc whose context this is.
     pub id: ContextId,
+    /// The domain it belongs to. A device may let contexts of one domain
+    /// benefit from what another of the same domain left (the mcu class
+    /// keeps a recycled slot's translated code for that domain's identical
+    /// firmware), never contexts of different domains: what one domain
+    /// did must not show in another's timing.
+    pub domain: DomainId,
     /// Its control block, shared with the domain.
     pub control: Arc<ControlBlock>,
 }

@@ -160,6 +160,17 @@ pub struct Image {
 }
 
 impl Image {
+    /// Whether `other` puts exactly the same bytes in code memory.
+    pub fn same_code(&self, other: &Image) -> bool {
+        fn code(i: &Image) -> impl Iterator<Item = (u32, u32, &[u8])> {
+            i.segments
+                .iter()
+                .filter(|s| s.vaddr < DATA_BASE)
+                .map(|s| (s.vaddr, s.memsz, s.data.as_slice()))
+        }
+        code(self).eq(code(other))
+    }
+
     /// Bytes in code memory.
     pub fn code_bytes(&self) -> u64 {
         self.segments

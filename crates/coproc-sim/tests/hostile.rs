@@ -101,7 +101,7 @@ proptest! {
         // Never parks: this thread drives the device (idle is always bounded).
         sim.set_horizon(u64::MAX);
         let id = VcoprocId(1);
-        dev.create_context(ContextSpec { id, control: Arc::new(ControlBlock::default()) }).unwrap();
+        dev.create_context(ContextSpec { id, domain: coproc_core::DomainId(1), control: Arc::new(ControlBlock::default()) }).unwrap();
         if dev.load_firmware(id, &w.to_image()).is_err() {
             prop_assert!(w.validate().is_err());
             return Ok(());
@@ -162,6 +162,7 @@ fn virtual_time_runs_out_without_a_hang() {
     let id = VcoprocId(1);
     dev.create_context(ContextSpec {
         id,
+        domain: coproc_core::DomainId(1),
         control: Arc::new(ControlBlock::default()),
     })
     .unwrap();

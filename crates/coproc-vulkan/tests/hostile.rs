@@ -279,6 +279,7 @@ fn firmware_is_compiled_off_the_runner() {
     for id in [VcoprocId(1), VcoprocId(2)] {
         dev.create_context(ContextSpec {
             id,
+            domain: coproc_core::DomainId(1),
             control: std::sync::Arc::new(ControlBlock::default()),
         })
         .unwrap();

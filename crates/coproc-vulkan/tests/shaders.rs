@@ -460,6 +460,7 @@ fn pipelines_are_built_off_the_runner() {
     let ctx = |dev: &mut VulkanDevice, id| {
         dev.create_context(ContextSpec {
             id,
+            domain: coproc_core::DomainId(1),
             control: std::sync::Arc::new(ControlBlock::default()),
         })
         .unwrap();

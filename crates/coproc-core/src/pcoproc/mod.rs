@@ -294,6 +294,7 @@ impl Pcoproc {
             inner.policy.attach(id, &params)?;
             if let Err(e) = dev.create_context(ContextSpec {
                 id,
+                domain,
                 control: cb.clone(),
             }) {
                 inner.policy.detach(id);

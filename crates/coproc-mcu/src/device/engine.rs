@@ -312,6 +312,7 @@ impl McuDevice {
             slots: SlotMemory::default(),
             tlb_grower: None,
             switch_caused: None,
+            warm_installs: 0,
         })
     }
 }

@@ -45,7 +45,7 @@ use coproc_core::device::{
     Capabilities, ContextSpec, Device, DeviceError, FirmwareInfo, FirmwarePrep, PreemptHandle,
     Preemption, PreparedFirmware, RunOutcome, SwitchOutcome,
 };
-use coproc_core::ids::ContextId;
+use coproc_core::ids::{ContextId, DomainId};
 use coproc_core::iova::Mapping;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -167,7 +167,8 @@ pub struct McuDevice {
     phys: PhysAlloc,
     /// Where mappings are placed. Dropped after `uc`.
     window: Window,
-    pool: Vec<Slot>,
+    /// Slots of destroyed contexts, for reuse.
+    pool: Vec<Pooled>,
     /// Mappings that could not be taken down: kept alive (and trappable),
     /// their window range never reused.
     retired: Vec<PhysMap>,
@@ -178,6 +179,23 @@ pub struct McuDevice {
     tlb_grower: Option<(ContextId, Instant)>,
     /// What the last switch's flush cost because of `tlb_grower`.
     switch_caused: Option<(ContextId, Duration)>,
+    /// Installs that found their code in the slot, translated already.
+    warm_installs: u64,
+}
+
+/// A destroyed context's slot, kept for reuse. Its code memory still holds
+/// the code of `image` (the last one installed, if the install completed),
+/// and the engine still holds its translations (they are keyed by physical
+/// address, and nothing writes code memory but an install): a context of
+/// the same `domain` that gets the slot and loads identical code runs it
+/// without translating it again. A context of another domain gets the slot
+/// cleared, code and translations gone, so that nothing it times can tell
+/// what the previous owner ran.
+#[derive(Debug)]
+struct Pooled {
+    slot: Slot,
+    domain: DomainId,
+    image: Option<Image>,
 }
 
 /// How long the engine may keep a TLB table grown by a miscount: it sizes
@@ -202,11 +220,31 @@ impl McuDevice {
             .ok_or(DeviceError::NoContext(id))
     }
 
-    fn alloc_slot(&mut self) -> Result<Slot, DeviceError> {
-        if let Some(slot) = self.pool.pop() {
-            // Nothing of the previous owner survives.
-            self.clear(slot)?;
-            return Ok(slot);
+    /// A slot for a new context of `domain`, and the image whose code it
+    /// still holds, translated (see [`Pooled`]): one this domain left if
+    /// there is one (its data memory zeroed, its code kept), else any
+    /// other with nothing of its previous owner left, else a new one.
+    fn alloc_slot(&mut self, domain: DomainId) -> Result<(Slot, Option<Image>), DeviceError> {
+        if let Some(i) = self.pool.iter().rposition(|p| p.domain == domain) {
+            let p = self.pool.swap_remove(i);
+            let code_size = self.config.code_size as usize;
+            if let Err(e) = self
+                .slots
+                .zero(p.slot.host + code_size, self.config.data_size as usize)
+            {
+                self.pool.push(p);
+                return Err(e);
+            }
+            return Ok((p.slot, p.image));
+        }
+        if let Some(p) = self.pool.pop() {
+            // Another domain's: nothing of the previous owner survives.
+            let slot = p.slot;
+            if let Err(e) = self.clear(slot) {
+                self.pool.push(Pooled { image: None, ..p });
+                return Err(e);
+            }
+            return Ok((slot, None));
         }
         let (code_len, data_len) = (
             u64::from(self.config.code_size),
@@ -237,7 +275,7 @@ impl McuDevice {
                 .mem_map_ptr(slot.code, code_len + data_len, Prot::ALL, host as *mut _)
         }
         .map_err(|e| uc_err("map context memory", e))?;
-        Ok(slot)
+        Ok((slot, None))
     }
 
     /// Zero a slot's code and data memory and drop translations of its code.
@@ -287,12 +325,31 @@ impl McuDevice {
     /// Write the image into the context's memory and mark its registers for
     /// initialisation.
     fn install(&mut self, id: ContextId, staged: Staged) -> Result<(), DeviceError> {
-        let slot = self.ctx(id)?.slot;
+        let ctx = self.ctx(id)?;
+        let slot = ctx.slot;
         let Staged {
             image,
             map,
             slot: memory,
         } = staged;
+        let held = ctx.image.as_ref().or(ctx.warm.as_ref());
+        if held.is_some_and(|held| held.same_code(&image)) {
+            // The slot's code memory holds this very code, translated by
+            // the engine already (this context's, or one of the same
+            // domain that had the slot before): only data memory and the
+            // registers start over, as at a reset.
+            drop(memory);
+            self.restart(id, &image)?;
+            let ctx = self.ctx(id)?;
+            ctx.image = Some(image);
+            ctx.warm = None;
+            self.warm_installs += 1;
+            return Ok(());
+        }
+        // The slot's contents change: nothing is known about them until
+        // the new image is in.
+        ctx.image = None;
+        ctx.warm = None;
         if map == self.config.map() {
             // The staged pages replace the slot's; the engine's
             // translations of the old code go.
@@ -459,6 +516,14 @@ impl McuDevice {
             .map(|(c, t0)| (c, thread_cpu().saturating_sub(t0))))
     }
 
+    /// Firmware installs so far that found the image's code in the
+    /// context's slot with the engine's translations of it (a reload of
+    /// the same code, or a slot recycled within one domain, see `Pooled`),
+    /// and so only reset data memory.
+    pub fn warm_installs(&self) -> u64 {
+        self.warm_installs
+    }
+
     /// Translate a context's virtual address (for tests and tools).
     pub fn debug_translate(&mut self, id: ContextId, vaddr: u32) -> Option<u64> {
         let st = self.uc.get_data_mut();
@@ -514,13 +579,15 @@ impl Device for McuDevice {
                 "{n} contexts (the most this device holds)"
             )));
         }
-        let slot = self.alloc_slot()?;
+        let (slot, warm) = self.alloc_slot(spec.domain)?;
         let regs = self.uc.context_alloc().map_err(|e| uc_err("context", e))?;
         self.uc.get_data_mut().contexts.insert(
             spec.id,
             Ctx {
                 control: spec.control,
+                domain: spec.domain,
                 slot,
+                warm,
                 maps: BTreeMap::new(),
                 image: None,
                 regs,
@@ -556,7 +623,11 @@ impl Device for McuDevice {
             self.free_local(id, iova);
         }
         if let Some(ctx) = self.uc.get_data_mut().contexts.remove(&id) {
-            self.pool.push(ctx.slot);
+            self.pool.push(Pooled {
+                slot: ctx.slot,
+                domain: ctx.domain,
+                image: ctx.image.or(ctx.warm),
+            });
         }
     }
 
@@ -787,7 +858,9 @@ impl Device for McuDevice {
         } else {
             let slot = self.ctx(id)?.slot;
             self.clear(slot)?;
-            self.ctx(id)?.fresh = true;
+            let ctx = self.ctx(id)?;
+            ctx.fresh = true;
+            ctx.warm = None;
             Ok(())
         }
     }

@@ -17,7 +17,7 @@ use crate::scs::Scs;
 use coproc_core::control::ControlBlock;
 use coproc_core::fault::Access;
 use coproc_core::fault::DeviceFault;
-use coproc_core::ids::ContextId;
+use coproc_core::ids::{ContextId, DomainId};
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,7 +27,13 @@ use unicorn_engine::Prot;
 
 pub(super) struct Ctx {
     pub(super) control: Arc<ControlBlock>,
+    /// The domain it belongs to (see `Pooled`).
+    pub(super) domain: DomainId,
     pub(super) slot: Slot,
+    /// Before this context's first install: the image whose code its slot
+    /// still holds, translated, from a context of the same domain that had
+    /// the slot before (`Pooled`). Afterwards `image` says it.
+    pub(super) warm: Option<Image>,
     pub(super) maps: BTreeMap<u64, PhysMap>,
     pub(super) image: Option<Image>,
     pub(super) regs: unicorn_engine::Context,

@@ -22,6 +22,7 @@ fn sim(cfg: SimConfig) -> (Sim, SimDevice) {
 fn add(dev: &mut SimDevice, id: VcoprocId, w: &Workload) {
     dev.create_context(ContextSpec {
         id,
+        domain: coproc_core::DomainId(1),
         control: Arc::new(ControlBlock::default()),
     })
     .unwrap();
@@ -300,6 +301,7 @@ fn contexts_maps_and_bad_firmware() {
     add(&mut dev, A, &Workload::hog());
     let spec = ContextSpec {
         id: A,
+        domain: coproc_core::DomainId(1),
         control: Arc::new(ControlBlock::default()),
     };
     assert_eq!(dev.create_context(spec), Err(DeviceError::ContextExists(A)));
