@@ -35,6 +35,7 @@ fuzz_target!(|data: &[u8]| {
     let id = VcoprocId(1);
     dev.create_context(ContextSpec {
         id,
+        domain: coproc_core::DomainId(1),
         control: Arc::new(ControlBlock::default()),
     })
     .expect("context");
