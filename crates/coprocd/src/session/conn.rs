@@ -145,6 +145,10 @@ pub async fn serve(
         hello_by,
     )
     .await;
+    // The connection's descriptor goes before the session is counted out:
+    // whoever sees the session gone (`list-domains`) sees its socket
+    // closed too.
+    drop(conn);
     tokio::task::block_in_place(|| s.close());
     drop(slot);
     tracing::debug!(session = id, uid = who.uid, "connection closed");
