@@ -146,6 +146,10 @@ pub struct Segment {
     pub memsz: u32,
 }
 
+/// Where an image's code segments go: (address, bytes from the file, size
+/// in memory) each ([`Image::code_layout`]).
+pub type CodeLayout = Vec<(u32, usize, u32)>;
+
 /// A validated image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image {
@@ -160,15 +164,19 @@ pub struct Image {
 }
 
 impl Image {
-    /// Whether `other` puts exactly the same bytes in code memory.
-    pub fn same_code(&self, other: &Image) -> bool {
-        fn code(i: &Image) -> impl Iterator<Item = (u32, u32, &[u8])> {
-            i.segments
-                .iter()
-                .filter(|s| s.vaddr < DATA_BASE)
-                .map(|s| (s.vaddr, s.memsz, s.data.as_slice()))
-        }
-        code(self).eq(code(other))
+    /// Its code segments.
+    pub fn code_segments(&self) -> impl Iterator<Item = &Segment> {
+        self.segments.iter().filter(|s| s.vaddr < DATA_BASE)
+    }
+
+    /// Where its code segments go and their sizes: (address, bytes from
+    /// the file, size in memory) each. Two images with the same layout put
+    /// the same bytes in code memory exactly when their segments' bytes
+    /// are the same (code memory is zero elsewhere).
+    pub fn code_layout(&self) -> CodeLayout {
+        self.code_segments()
+            .map(|s| (s.vaddr, s.data.len(), s.memsz))
+            .collect()
     }
 
     /// Bytes in code memory.

@@ -855,6 +855,21 @@ fn recycled_slots_keep_translated_code_within_a_domain_only() {
     dev.load_firmware(VcoprocId(2), HOG.elf).unwrap();
     assert_eq!(dev.warm_installs(), 2);
     run_hog(&mut dev, VcoprocId(2), &cb);
+    // The same layout with one code byte changed is other code: in full,
+    // and so is hog again after it.
+    let mut changed = coproc_mcu::elf::parse(HOG.elf).unwrap();
+    let seg = changed
+        .segments
+        .iter_mut()
+        .find(|s| s.vaddr < abi::DATA_BASE && !s.data.is_empty())
+        .unwrap();
+    *seg.data.last_mut().unwrap() ^= 0xff;
+    dev.install_firmware(VcoprocId(2), Box::new(changed))
+        .unwrap();
+    assert_eq!(dev.warm_installs(), 2);
+    dev.load_firmware(VcoprocId(2), HOG.elf).unwrap();
+    assert_eq!(dev.warm_installs(), 2);
+    run_hog(&mut dev, VcoprocId(2), &cb);
     dev.destroy_context(VcoprocId(2));
     // Another domain: the slot is cleared, the same firmware installed
     // in full.

@@ -213,6 +213,23 @@ pub(super) fn map_anonymous(len: usize, what: &str) -> Result<usize, DeviceError
 }
 
 impl SlotMemory {
+    /// Whether the slot memory at host address `host` holds `bytes`
+    /// (false if the range is not inside one of the slot mappings).
+    pub(super) fn holds(&self, host: usize, bytes: &[u8]) -> bool {
+        let inside = self.maps.iter().any(|&(h, l)| {
+            host >= h
+                && host
+                    .checked_add(bytes.len())
+                    .is_some_and(|end| end <= h + l)
+        });
+        // SAFETY: the range lies inside one of this device's own anonymous
+        // private read/write mappings (checked above), mapped until drop.
+        // Only the runner thread, which is the engine's, touches slot
+        // memory, and not while this reads: the engine is not running, and
+        // nothing else writes code memory concurrently.
+        inside && unsafe { std::slice::from_raw_parts(host as *const u8, bytes.len()) } == bytes
+    }
+
     pub(super) fn map(&mut self, len: usize) -> Result<usize, DeviceError> {
         let p = map_anonymous(len, "context memory")?;
         self.maps.push((p, len));

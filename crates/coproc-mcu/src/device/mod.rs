@@ -184,18 +184,19 @@ pub struct McuDevice {
 }
 
 /// A destroyed context's slot, kept for reuse. Its code memory still holds
-/// the code of `image` (the last one installed, if the install completed),
-/// and the engine still holds its translations (they are keyed by physical
-/// address, and nothing writes code memory but an install): a context of
-/// the same `domain` that gets the slot and loads identical code runs it
-/// without translating it again. A context of another domain gets the slot
-/// cleared, code and translations gone, so that nothing it times can tell
-/// what the previous owner ran.
+/// the code of the last image installed (if the install completed), laid
+/// out as `code` says (`Image::code_layout`; the bytes are in the slot
+/// itself, nothing is copied), and the engine still holds its translations
+/// (they are keyed by physical address, and nothing writes code memory but
+/// an install): a context of the same `domain` that gets the slot and
+/// loads identical code runs it without translating it again. A context of
+/// another domain gets the slot cleared, code and translations gone, so
+/// that nothing it times can tell what the previous owner ran.
 #[derive(Debug)]
 struct Pooled {
     slot: Slot,
     domain: DomainId,
-    image: Option<Image>,
+    code: Option<elf::CodeLayout>,
 }
 
 /// How long the engine may keep a TLB table grown by a miscount: it sizes
@@ -220,11 +221,14 @@ impl McuDevice {
             .ok_or(DeviceError::NoContext(id))
     }
 
-    /// A slot for a new context of `domain`, and the image whose code it
+    /// A slot for a new context of `domain`, and the layout of the code it
     /// still holds, translated (see [`Pooled`]): one this domain left if
     /// there is one (its data memory zeroed, its code kept), else any
     /// other with nothing of its previous owner left, else a new one.
-    fn alloc_slot(&mut self, domain: DomainId) -> Result<(Slot, Option<Image>), DeviceError> {
+    fn alloc_slot(
+        &mut self,
+        domain: DomainId,
+    ) -> Result<(Slot, Option<elf::CodeLayout>), DeviceError> {
         if let Some(i) = self.pool.iter().rposition(|p| p.domain == domain) {
             let p = self.pool.swap_remove(i);
             let code_size = self.config.code_size as usize;
@@ -235,13 +239,13 @@ impl McuDevice {
                 self.pool.push(p);
                 return Err(e);
             }
-            return Ok((p.slot, p.image));
+            return Ok((p.slot, p.code));
         }
         if let Some(p) = self.pool.pop() {
             // Another domain's: nothing of the previous owner survives.
             let slot = p.slot;
             if let Err(e) = self.clear(slot) {
-                self.pool.push(Pooled { image: None, ..p });
+                self.pool.push(Pooled { code: None, ..p });
                 return Err(e);
             }
             return Ok((slot, None));
@@ -327,13 +331,21 @@ impl McuDevice {
     fn install(&mut self, id: ContextId, staged: Staged) -> Result<(), DeviceError> {
         let ctx = self.ctx(id)?;
         let slot = ctx.slot;
+        let held = match (&ctx.image, &ctx.warm) {
+            (Some(i), _) => Some(i.code_layout()),
+            (None, w) => w.clone(),
+        };
         let Staged {
             image,
             map,
             slot: memory,
         } = staged;
-        let held = ctx.image.as_ref().or(ctx.warm.as_ref());
-        if held.is_some_and(|held| held.same_code(&image)) {
+        let same = held.is_some_and(|l| l == image.code_layout())
+            && image.code_segments().all(|s| {
+                self.slots
+                    .holds(slot.host + (s.vaddr - CODE_BASE) as usize, &s.data)
+            });
+        if same {
             // The slot's code memory holds this very code, translated by
             // the engine already (this context's, or one of the same
             // domain that had the slot before): only data memory and the
@@ -348,6 +360,7 @@ impl McuDevice {
         }
         // The slot's contents change: nothing is known about them until
         // the new image is in.
+        let ctx = self.ctx(id)?;
         ctx.image = None;
         ctx.warm = None;
         if map == self.config.map() {
@@ -580,7 +593,17 @@ impl Device for McuDevice {
             )));
         }
         let (slot, warm) = self.alloc_slot(spec.domain)?;
-        let regs = self.uc.context_alloc().map_err(|e| uc_err("context", e))?;
+        let regs = match self.uc.context_alloc() {
+            Ok(regs) => regs,
+            Err(e) => {
+                self.pool.push(Pooled {
+                    slot,
+                    domain: spec.domain,
+                    code: warm,
+                });
+                return Err(uc_err("context", e));
+            }
+        };
         self.uc.get_data_mut().contexts.insert(
             spec.id,
             Ctx {
@@ -626,7 +649,7 @@ impl Device for McuDevice {
             self.pool.push(Pooled {
                 slot: ctx.slot,
                 domain: ctx.domain,
-                image: ctx.image.or(ctx.warm),
+                code: ctx.image.map(|i| i.code_layout()).or(ctx.warm),
             });
         }
     }

@@ -30,10 +30,11 @@ pub(super) struct Ctx {
     /// The domain it belongs to (see `Pooled`).
     pub(super) domain: DomainId,
     pub(super) slot: Slot,
-    /// Before this context's first install: the image whose code its slot
-    /// still holds, translated, from a context of the same domain that had
-    /// the slot before (`Pooled`). Afterwards `image` says it.
-    pub(super) warm: Option<Image>,
+    /// Before this context's first install: the code layout
+    /// (`Image::code_layout`) of the image whose code its slot still holds,
+    /// translated, from a context of the same domain that had the slot
+    /// before (`Pooled`). Afterwards `image` says it.
+    pub(super) warm: Option<elf::CodeLayout>,
     pub(super) maps: BTreeMap<u64, PhysMap>,
     pub(super) image: Option<Image>,
     pub(super) regs: unicorn_engine::Context,
