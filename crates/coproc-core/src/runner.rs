@@ -194,6 +194,7 @@ fn one_turn(
 
     let switched = *current != Some(v);
     let mut switch_ns = None;
+    let mut caused = None;
     if switched {
         blame.set(Some(v));
         let t0 = shared.now_ns();
@@ -203,7 +204,7 @@ fn one_turn(
             SwitchOutcome::Done => {
                 *current = Some(v);
                 switch_ns = Some(shared.now_ns().saturating_sub(t0));
-                charge_caused(shared, device.switch_caused());
+                caused = device.switch_caused();
             }
             SwitchOutcome::RetryAfter(t) => {
                 retry_after(device, shared, *current, v, t, blame);
@@ -217,7 +218,7 @@ fn one_turn(
         }
     }
 
-    let start = slice_start(shared, v, switch_ns);
+    let start = slice_start(shared, v, switch_ns, caused);
     let out = run_slice(device, shared, v, budget, blame);
     charge(shared, v, budget, start, &out);
     Turn::Go
@@ -472,7 +473,7 @@ fn retry_after(
         }
         g.running = Some(c);
         drop(g);
-        let start = slice_start(shared, c, None);
+        let start = slice_start(shared, c, None, None);
         let out = run_slice(device, shared, c, t, blame);
         charge(shared, c, t, start, &out);
     } else {
@@ -527,23 +528,17 @@ fn switch_failed(
     shared.state_cv.notify_all();
 }
 
-/// Charge the device time a switch spent because of another vcoproc to
-/// that vcoproc, if it is still there.
-fn charge_caused(shared: &Shared, caused: Option<(VcoprocId, Duration)>) {
-    let Some((v, took)) = caused else {
-        return;
-    };
-    let mut g = shared.lock();
-    let now = shared.now_ns();
-    if g.vcoprocs.contains_key(&v) && !took.is_zero() {
-        g.policy.charge_work(v, took, now);
-    }
-}
-
 /// The slice of `v` starts now (after a completed switch onto it that took
-/// `switch_ns`, if there was one): count the switch, note the wake→run
-/// latency if it is the first slice since a wake-up. One lock per slice.
-fn slice_start(shared: &Shared, v: VcoprocId, switch_ns: Option<u64>) -> (u64, Option<u64>) {
+/// `switch_ns`, if there was one): count the switch, charge what it spent
+/// because of another vcoproc (`caused`, [`Device::switch_caused`]) to
+/// that one if it is still there, note the wake→run latency if it is the
+/// first slice since a wake-up. One lock per slice.
+fn slice_start(
+    shared: &Shared,
+    v: VcoprocId,
+    switch_ns: Option<u64>,
+    caused: Option<(VcoprocId, Duration)>,
+) -> (u64, Option<u64>) {
     let mut g = shared.lock();
     let now = shared.now_ns();
     g.slice_started_ns = Some(now);
@@ -552,6 +547,11 @@ fn slice_start(shared: &Shared, v: VcoprocId, switch_ns: Option<u64>) -> (u64, O
         g.latency.switch.observe(took);
         if let Some(vc) = g.vcoprocs.get_mut(&v) {
             vc.stats.switches += 1;
+        }
+    }
+    if let Some((by, took)) = caused {
+        if g.vcoprocs.contains_key(&by) && !took.is_zero() {
+            g.policy.charge_work(by, took, now);
         }
     }
     let vc = g.vcoprocs.get_mut(&v);

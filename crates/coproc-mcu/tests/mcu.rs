@@ -987,10 +987,11 @@ fn firmware_is_prepared_on_another_thread_while_the_device_runs() {
 
 /// Firmware staged for another pcoproc's memory map of the same total size
 /// (code and data split differently) cannot have its pages moved in as
-/// they are: it is copied into place, and runs as the reference says; one
-/// staged for this map replaces the context's memory, old code included.
+/// they are: it is staged again for this map, and runs as the reference
+/// says; one staged for this map replaces the context's memory, old code
+/// included.
 #[test]
-fn firmware_staged_for_another_layout_is_copied_and_runs() {
+fn firmware_staged_for_another_layout_is_staged_again_and_runs() {
     use coproc_core::device::Device;
     let (mut dev, _, _) = hog_device();
     let other = coproc_mcu::McuDevice::new(McuConfig {

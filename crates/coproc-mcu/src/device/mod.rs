@@ -35,7 +35,7 @@ mod staging;
 mod state;
 
 use self::memory::{PhysAlloc, PhysMap, Slot, SlotMemory, Window};
-use self::staging::{SlotPrep, Staged};
+use self::staging::{SlotPrep, Staged, StagedSlot};
 use self::state::{Ctx, State};
 use crate::abi::{CODE_BASE, CODE_SIZE, DATA_BASE, DATA_SIZE, IOVA_BASE, IOVA_SIZE};
 use crate::elf::{self, Image};
@@ -326,20 +326,22 @@ impl McuDevice {
         }
     }
 
-    /// Write the image into the context's memory and mark its registers for
-    /// initialisation.
-    fn install(&mut self, id: ContextId, staged: Staged) -> Result<(), DeviceError> {
+    /// Put `image` in the context's memory and mark its registers for
+    /// initialisation. `memory` is the image staged for this pcoproc's
+    /// memory map, if the loading thread made it; otherwise it is staged
+    /// here, unless the slot already holds the image's code.
+    fn install(
+        &mut self,
+        id: ContextId,
+        image: Image,
+        memory: Option<StagedSlot>,
+    ) -> Result<(), DeviceError> {
         let ctx = self.ctx(id)?;
         let slot = ctx.slot;
         let held = match (&ctx.image, &ctx.warm) {
             (Some(i), _) => Some(i.code_layout()),
             (None, w) => w.clone(),
         };
-        let Staged {
-            image,
-            map,
-            slot: memory,
-        } = staged;
         let same = held.is_some_and(|l| l == image.code_layout())
             && image.code_segments().all(|s| {
                 self.slots
@@ -358,31 +360,19 @@ impl McuDevice {
             self.warm_installs += 1;
             return Ok(());
         }
+        let memory = match memory {
+            Some(m) => m,
+            None => SlotPrep(self.config.map()).stage(&image)?,
+        };
         // The slot's contents change: nothing is known about them until
         // the new image is in.
         let ctx = self.ctx(id)?;
         ctx.image = None;
         ctx.warm = None;
-        if map == self.config.map() {
-            // The staged pages replace the slot's; the engine's
-            // translations of the old code go.
-            self.slots.replace(slot.host, memory)?;
-            self.drop_code(slot)?;
-        } else {
-            // Staged for another layout (another pcoproc's prep): copy.
-            drop(memory);
-            self.clear(slot)?;
-            for s in &image.segments {
-                let phys = if s.vaddr >= DATA_BASE {
-                    slot.data + u64::from(s.vaddr - DATA_BASE)
-                } else {
-                    slot.code + u64::from(s.vaddr - CODE_BASE)
-                };
-                self.uc
-                    .mem_write(phys, &s.data)
-                    .map_err(|e| uc_err("load segment", e))?;
-            }
-        }
+        // The staged pages replace the slot's; the engine's translations
+        // of the old code go.
+        self.slots.replace(slot.host, memory)?;
+        self.drop_code(slot)?;
         let ctx = self.ctx(id)?;
         ctx.image = Some(image);
         ctx.fresh = true;
@@ -672,37 +662,35 @@ impl Device for McuDevice {
         fw: PreparedFirmware,
     ) -> Result<FirmwareInfo, DeviceError> {
         self.ctx(id)?;
-        let foreign = || DeviceError::BadFirmware("prepared for another device class".into());
+        // Staged memory serves only if laid out for this pcoproc's map;
+        // an image validated by `elf::ElfPrepFor` comes without any.
+        let (image, memory) = match fw.downcast::<Staged>() {
+            Ok(staged) => {
+                let Staged { image, map, slot } = *staged;
+                (image, (map == self.config.map()).then_some(slot))
+            }
+            Err(fw) => match fw.downcast::<Image>() {
+                Ok(image) => (*image, None),
+                Err(_) => {
+                    return Err(DeviceError::BadFirmware(
+                        "prepared for another device class".into(),
+                    ))
+                }
+            },
+        };
         // Prepared for another memory map (another pcoproc's prep): the
         // segments and the start must still fit this device's.
-        let fits = |image: &Image| {
-            if image.fits(&self.config.map()) {
-                Ok(())
-            } else {
-                Err(DeviceError::BadFirmware(
-                    "prepared for a larger memory map than this pcoproc's".into(),
-                ))
-            }
-        };
-        let staged = match fw.downcast::<Staged>() {
-            Ok(staged) => {
-                fits(&staged.image)?;
-                *staged
-            }
-            // An image validated by `elf::ElfPrepFor`, not staged: staged
-            // here.
-            Err(fw) => {
-                let image = *fw.downcast::<Image>().map_err(|_| foreign())?;
-                fits(&image)?;
-                SlotPrep(self.config.map()).stage(image)?
-            }
-        };
+        if !image.fits(&self.config.map()) {
+            return Err(DeviceError::BadFirmware(
+                "prepared for a larger memory map than this pcoproc's".into(),
+            ));
+        }
         let info = FirmwareInfo {
-            entry: u64::from(staged.image.entry),
-            code_bytes: staged.image.code_bytes(),
-            data_bytes: staged.image.data_bytes(),
+            entry: u64::from(image.entry),
+            code_bytes: image.code_bytes(),
+            data_bytes: image.data_bytes(),
         };
-        self.install(id, staged)?;
+        self.install(id, image, memory)?;
         // A new image starts with no fault history.
         self.ctx(id)?.last_fault = (0, 0, 0);
         Ok(info)

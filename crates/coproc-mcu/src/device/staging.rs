@@ -102,13 +102,14 @@ fn slot_offset(map: MemoryMap, vaddr: u32) -> usize {
 pub(super) struct SlotPrep(pub(super) MemoryMap);
 
 impl SlotPrep {
-    pub(super) fn stage(self, image: Image) -> Result<Staged, DeviceError> {
+    /// `image` laid out in a slot of this memory map.
+    pub(super) fn stage(self, image: &Image) -> Result<StagedSlot, DeviceError> {
         let map = self.0;
         let mut slot = StagedSlot::new(map.code_size as usize + map.data_size as usize)?;
         for s in &image.segments {
             slot.write(slot_offset(map, s.vaddr), &s.data)?;
         }
-        Ok(Staged { image, map, slot })
+        Ok(slot)
     }
 }
 
@@ -116,6 +117,11 @@ impl FirmwarePrep for SlotPrep {
     fn prepare(&self, bytes: &[u8]) -> Result<PreparedFirmware, DeviceError> {
         let image =
             elf::parse_for(bytes, &self.0).map_err(|e| DeviceError::BadFirmware(e.to_string()))?;
-        Ok(Box::new(self.stage(image)?))
+        let slot = self.stage(&image)?;
+        Ok(Box::new(Staged {
+            image,
+            map: self.0,
+            slot,
+        }))
     }
 }
