@@ -610,3 +610,53 @@ fn refused_maps_leave_the_memfd_as_it_was() {
     assert_eq!(doms[0].mappings, 1);
     assert_eq!(doms[0].mapped_bytes, 4096);
 }
+
+/// The environment block the daemon's running program image was started
+/// with, as NUL-separated entries (glibc may put a NUL in place of each
+/// `:` of `GLIBC_TUNABLES` as it parses it, so a tunable can be an entry
+/// of its own here).
+fn environment(d: &Daemon) -> Vec<String> {
+    std::fs::read(format!("/proc/{}/environ", d.child.id()))
+        .unwrap()
+        .split(|&b| b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+/// glibc's per-thread caches of freed blocks keep those blocks, and the
+/// pages they lie in, out of the trimmer's reach: the daemon executes
+/// itself again (same process, which then serves) with them turned off,
+/// and keeps an administrator's own setting of them.
+#[test]
+fn the_daemon_runs_without_malloc_thread_caches() {
+    let off = "glibc.malloc.tcache_count=0";
+    let d = Daemon::start_with("tcache", common::MCU_RR, |c| {
+        c.env("GLIBC_TUNABLES", "glibc.malloc.check=0");
+    });
+    let env = environment(&d);
+    assert!(
+        env.iter()
+            .any(|e| e == "GLIBC_TUNABLES=glibc.malloc.check=0")
+            && env
+                .iter()
+                .any(|e| e.ends_with(off) && (e == off || e.starts_with("GLIBC_TUNABLES="))),
+        "{env:?}"
+    );
+    let mut c = d.client();
+    let v = c.open("mcu0").unwrap();
+    c.load_firmware(v, "crc32", coproc_firmware::CRC32.elf)
+        .unwrap();
+    drop(c);
+    drop(d);
+
+    let set = "glibc.malloc.tcache_count=3";
+    let d = Daemon::start_with("tcache-set", common::MCU_RR, |c| {
+        c.env("GLIBC_TUNABLES", set);
+    });
+    let env = environment(&d);
+    assert!(
+        env.contains(&format!("GLIBC_TUNABLES={set}")) && !env.iter().any(|e| e.contains(off)),
+        "{env:?}"
+    );
+    assert!(d.client().open("mcu0").is_ok());
+}

@@ -129,6 +129,7 @@ fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
 }
 
 fn main() {
+    coprocd::trim::without_thread_caches();
     coprocd::trim::limit_arenas();
     if let Err(e) = real_main() {
         // A closed stderr loses the message, never turns it into a panic.
