@@ -179,6 +179,10 @@ pub enum Stage {
     Load,
     /// Open vcoprocs with queues and keep requests going on all of them.
     Busy,
+    /// Start `busy` children one after the other, each SIGKILLed 0–9 ms
+    /// after it says `ready`, saying `killed` after each, until stdin
+    /// ends (the `kill` offender's process).
+    Respawn,
 }
 
 /// Options of the hidden `isolation-child` verb.
@@ -239,6 +243,10 @@ fn child_stage(socket: &Path, stage: Stage) -> anyhow::Result<bool> {
 /// vcoprocs with queues, say `ready`, then keep requests going on all of
 /// them until killed.
 pub fn child(socket: &Path, args: &ChildArgs) -> anyhow::Result<bool> {
+    if args.stage == Stage::Respawn {
+        crate::offender::respawn(socket)?;
+        return Ok(true);
+    }
     if !matches!(args.stage, Stage::Busy) {
         return child_stage(socket, args.stage);
     }

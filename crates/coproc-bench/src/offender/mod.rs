@@ -215,6 +215,48 @@ pub(crate) fn qecho_trip(q: &mut Queue, tag: u32) -> Result<(), String> {
     }
 }
 
+/// The `kill` offender's process (`isolation-child --stage respawn`):
+/// start a busy `isolation-child` (requests going on its vcoprocs), let it
+/// work 0–9 ms once it says `ready`, SIGKILL it, say `killed`, and again,
+/// until stdin ends (the child then running is killed first).
+pub(crate) fn respawn(socket: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let exe = std::env::current_exe()?;
+    let stdin = std::io::stdin();
+    let ended = || {
+        let mut fds = [rustix::event::PollFd::new(&stdin, rustix::event::PollFlags::IN)];
+        // Readable (data or end) or closed: the benchmark is done with us.
+        rustix::event::poll(&mut fds, Some(&rustix::event::Timespec::default())).is_ok_and(|n| n > 0)
+    };
+    let mut out = std::io::stdout();
+    let mut i = 0u64;
+    while !ended() {
+        let mut child = Command::new(&exe)
+            .arg("--socket")
+            .arg(socket)
+            .arg("isolation-child")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        let child_out = child.stdout.take().context("child stdout")?;
+        let read = std::io::BufReader::new(child_out).read_line(&mut line);
+        if read.is_err() || line.trim() != "ready" {
+            let _ = child.kill();
+            let status = child.wait()?;
+            bail!("isolation-child did not come up ({status}): {line:?}");
+        }
+        // Let it work a little (0-9 ms), then kill it mid-request.
+        std::thread::sleep(Duration::from_millis(i % 10));
+        child.kill()?;
+        child.wait()?;
+        i += 1;
+        writeln!(out, "killed")?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
 /// What every offender shares.
 pub(crate) struct Ctx {
     /// The daemon's socket.
@@ -352,30 +394,38 @@ pub(crate) fn offend(
             }
         }
         Kind::Kill => {
-            let exe = std::env::current_exe()?;
-            let mut i = 0u64;
+            // The spawning and killing happen in a process of the
+            // offender's own, as another domain's would: from a thread of
+            // this process they would share an address space with the
+            // victim, whose round trips then measure that sharing.
+            let mut spawner = Command::new(std::env::current_exe()?)
+                .arg("--socket")
+                .arg(&ctx.socket)
+                .args(["isolation-child", "--stage", "respawn"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()?;
+            let stdin = spawner.stdin.take();
+            let out = spawner.stdout.take().context("respawner stdout")?;
+            let mut lines = std::io::BufReader::new(out).lines();
+            let mut failed = None;
             while running() {
-                let mut child = Command::new(&exe)
-                    .arg("--socket")
-                    .arg(&ctx.socket)
-                    .arg("isolation-child")
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .spawn()?;
-                let mut line = String::new();
-                let out = child.stdout.take().context("child stdout")?;
-                let read = std::io::BufReader::new(out).read_line(&mut line);
-                if read.is_err() || line.trim() != "ready" {
-                    let _ = child.kill();
-                    let status = child.wait()?;
-                    bail!("isolation-child did not come up ({status}): {line:?}");
+                match lines.next() {
+                    Some(Ok(l)) if l == "killed" => {
+                        done();
+                    }
+                    other => {
+                        failed = Some(format!("{other:?}"));
+                        break;
+                    }
                 }
-                // Let it work a little (0-9 ms), then kill it mid-request.
-                std::thread::sleep(Duration::from_millis(i % 10));
-                child.kill()?;
-                child.wait()?;
-                i += 1;
-                done();
+            }
+            // Its stdin closed, it kills its child and ends.
+            drop(stdin);
+            for _ in lines.by_ref() {}
+            let status = spawner.wait()?;
+            if let Some(got) = failed {
+                bail!("the respawner stopped ({status}): {got}");
             }
         }
         Kind::Cpu => {
