@@ -202,6 +202,24 @@ impl fmt::Debug for PreemptHandle {
     }
 }
 
+/// Memory a device lets go of off its runner thread: taking a mapping
+/// out of the host's address space (an `munmap`, whose TLB shootdown
+/// waits for every CPU of the process) is done by a thread of the
+/// device's own, so that the runner goes on with the next slice. The
+/// device's reach into the memory ends before that (the runner's call
+/// returns only once the device cannot access it); what comes later is
+/// the release. Those who need the release done (an `unmap` or `destroy`
+/// returns once the device holds none of the domain's memory) wait for it
+/// on their own thread.
+pub trait Reclaim: Send + Sync {
+    /// A mark covering every release handed over so far.
+    fn mark(&self) -> u64;
+
+    /// Wait until every release up to `mark` is complete, at most
+    /// `timeout`; false if it was not.
+    fn wait(&self, mark: u64, timeout: Duration) -> bool;
+}
+
 /// A clock kept by the device instead of the host: a simulated device's
 /// virtual time. The runner takes every timestamp from it and, when it has
 /// nothing to run, lets virtual time pass with [`VirtualClock::idle`]
@@ -328,6 +346,13 @@ pub trait Device {
 
     /// Reset one context to its freshly loaded firmware. Mappings stay.
     fn reset_context(&mut self, ctx: ContextId) -> Result<(), DeviceError>;
+
+    /// Where the device releases memory off the runner thread, if it
+    /// does (None: every release is complete when the call that made it
+    /// returns). Asked once, when the runner starts.
+    fn reclaim(&self) -> Option<Arc<dyn Reclaim>> {
+        None
+    }
 
     /// The device's own clock, if it keeps one (None: the host's monotonic
     /// clock). Asked once, when the runner starts.

@@ -207,9 +207,26 @@ pub(crate) struct Shared {
     pub epoch: Instant,
     /// The device's virtual clock, if it keeps one.
     pub clock: Option<Arc<dyn VirtualClock>>,
+    /// Where the device releases memory off the runner, if it does.
+    pub reclaim: Option<Arc<dyn crate::device::Reclaim>>,
 }
 
+/// The longest a caller waits for the device to release memory.
+const RECLAIM_WAIT: Duration = Duration::from_secs(10);
+
 impl Shared {
+    /// Wait until the device has released the memory handed over to its
+    /// reclaimer so far (see [`crate::device::Reclaim`]); on the caller's
+    /// thread, never the runner's. Bounded: a reclaimer that does not
+    /// answer is logged, not waited for forever.
+    pub(crate) fn reclaimed(&self) {
+        if let Some(r) = &self.reclaim {
+            if !r.wait(r.mark(), RECLAIM_WAIT) {
+                tracing::error!(pcoproc = %self.name, "the device did not release memory in {RECLAIM_WAIT:?}");
+            }
+        }
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner
             .lock()

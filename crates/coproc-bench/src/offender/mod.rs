@@ -224,9 +224,13 @@ pub(crate) fn respawn(socket: &Path) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let stdin = std::io::stdin();
     let ended = || {
-        let mut fds = [rustix::event::PollFd::new(&stdin, rustix::event::PollFlags::IN)];
+        let mut fds = [rustix::event::PollFd::new(
+            &stdin,
+            rustix::event::PollFlags::IN,
+        )];
         // Readable (data or end) or closed: the benchmark is done with us.
-        rustix::event::poll(&mut fds, Some(&rustix::event::Timespec::default())).is_ok_and(|n| n > 0)
+        rustix::event::poll(&mut fds, Some(&rustix::event::Timespec::default()))
+            .is_ok_and(|n| n > 0)
     };
     let mut out = std::io::stdout();
     let mut i = 0u64;

@@ -184,7 +184,9 @@ impl VcoprocHandle {
                 let m = vc.iova.remove(iova)?;
                 dev.unmap(id, m.iova);
                 Ok(())
-            })?
+            })??;
+        self.pcoproc.shared.reclaimed();
+        Ok(())
     }
 
     /// Add `fd`, an eventfd, as a doorbell of this vcoproc: every write to

@@ -170,6 +170,7 @@ impl Pcoproc {
                     prep: device.firmware_prep(),
                     epoch: Instant::now(),
                     clock: device.virtual_clock(),
+                    reclaim: device.reclaim(),
                 });
                 let _ = tx.send(Ok((shared.clone(), device.capabilities())));
                 runner::run(device, &shared);
@@ -493,6 +494,7 @@ impl Pcoproc {
         }
         r??;
         self.shared.state_cv.notify_all();
+        self.shared.reclaimed();
         Ok(())
     }
 

@@ -69,12 +69,142 @@ pub(super) struct PhysMap {
 /// engine's memory topology (no flat-view rebuild, no engine-wide page
 /// invalidation), which is what made every map and unmap cost all other
 /// contexts time.
+///
+/// Taking a mapping down is the kernel's work: unmapping pages the engine
+/// touched means a TLB shootdown on every CPU the daemon's threads run on,
+/// and on a virtual machine one whose vCPU the hypervisor has descheduled
+/// answers late (0.1 to 2 ms measured on the development VM, in a domain's
+/// `destroy`). So [`Window::take_down`] hands the mapping to a reclaimer
+/// thread of the window's own, which clears the range and drops the
+/// mapping (the daemon's own view of the memory goes with its last
+/// reference); the range goes back to the allocator only once cleared, and
+/// the runner goes on with the next slice meanwhile.
 #[derive(Debug)]
 pub(super) struct Window {
     /// Host address of [`PHYS_WINDOW`].
     pub(super) host: usize,
     /// Free physical ranges inside the window.
-    pub(super) alloc: PhysAlloc,
+    alloc: PhysAlloc,
+    reclaim: Reclaim,
+}
+
+/// What the reclaimer thread shares with the device.
+#[derive(Debug, Default)]
+struct Reclaimed {
+    /// Ranges cleared and not yet back in the allocator.
+    cleared: Vec<(u64, u64)>,
+    /// Mappings handed over and not yet cleared.
+    pending: usize,
+    /// Mappings handed over, ever.
+    handed: u64,
+    /// Of those, how many were cleared and dropped (or retired).
+    released: u64,
+}
+
+/// The reclaimer's state, shared with the device and with those who wait
+/// for a release ([`coproc_core::device::Reclaim`]).
+#[derive(Debug, Default)]
+pub(super) struct ReclaimState {
+    state: std::sync::Mutex<Reclaimed>,
+    changed: std::sync::Condvar,
+}
+
+impl ReclaimState {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Reclaimed> {
+        // Counts and a list: consistent whatever a panic interrupted.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl coproc_core::device::Reclaim for ReclaimState {
+    fn mark(&self) -> u64 {
+        self.lock().handed
+    }
+
+    fn wait(&self, mark: u64, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut g = self.lock();
+        while g.released < mark {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            g = self
+                .changed
+                .wait_timeout(g, left)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        true
+    }
+}
+
+#[derive(Debug)]
+struct Reclaim {
+    /// None once shut down.
+    tx: Option<std::sync::mpsc::Sender<PhysMap>>,
+    state: std::sync::Arc<ReclaimState>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Put reserved `PROT_NONE` address space back over `len` bytes at `host`.
+///
+/// # Safety
+///
+/// The range must lie inside a window reservation that outlives the call,
+/// and nothing may reach it any more (see [`Window::clear`]).
+unsafe fn clear_at(host: usize, len: u64) -> rustix::io::Result<()> {
+    // SAFETY: the range lies inside the window reservation, which outlives
+    // the call; MAP_FIXED replaces exactly it, and nothing uses it (the
+    // caller's contract).
+    unsafe {
+        rustix::mm::mmap_anonymous(
+            host as *mut _,
+            len as usize,
+            rustix::mm::ProtFlags::empty(),
+            rustix::mm::MapFlags::PRIVATE
+                | rustix::mm::MapFlags::FIXED
+                | rustix::mm::MapFlags::NORESERVE,
+        )
+    }
+    .map(|_| ())
+}
+
+/// The reclaimer thread: clear each mapping's range, report it cleared,
+/// drop the mapping, count it released; until the window shuts it down
+/// (the channel closes after the last mapping handed over).
+fn reclaimer(host: usize, rx: &std::sync::mpsc::Receiver<PhysMap>, state: &ReclaimState) {
+    // Mappings whose range could not be cleared: kept (their range is
+    // never reused) until the window goes.
+    let mut retired = Vec::new();
+    for pm in rx {
+        let at = host + (pm.phys - PHYS_WINDOW) as usize;
+        // SAFETY: the window was reserved at `host` and is unmapped only
+        // after this thread has ended (`Window`'s drop joins it first);
+        // `Window::take_down`'s contract: nothing reaches the range.
+        let r = unsafe { clear_at(at, pm.len) };
+        let mut g = state.lock();
+        g.pending = g.pending.saturating_sub(1);
+        if r.is_ok() {
+            g.cleared.push((pm.phys, pm.len));
+        }
+        drop(g);
+        state.changed.notify_all();
+        match r {
+            Ok(()) => drop(pm),
+            Err(e) => {
+                tracing::error!(
+                    ?e,
+                    "mcu: taking a mapping out of the window failed; window range retired"
+                );
+                retired.push(pm);
+            }
+        }
+        state.lock().released += 1;
+        state.changed.notify_all();
+    }
 }
 
 impl Window {
@@ -90,10 +220,116 @@ impl Window {
             )
         }
         .map_err(|e| DeviceError::Backend(format!("reserving the mapping window: {e}")))?;
+        let host = p as usize;
+        let state = std::sync::Arc::new(ReclaimState::default());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let st = state.clone();
+        let thread = std::thread::Builder::new()
+            .name("mcu-reclaim".into())
+            .spawn(move || reclaimer(host, &rx, &st));
+        let thread = match thread {
+            Ok(t) => t,
+            Err(e) => {
+                // SAFETY: the reservation made above, used by nothing yet.
+                let _ = unsafe { rustix::mm::munmap(p, WINDOW_SIZE as usize) };
+                return Err(DeviceError::Backend(format!(
+                    "starting the mapping window's reclaimer: {e}"
+                )));
+            }
+        };
         Ok(Window {
-            host: p as usize,
+            host,
             alloc: PhysAlloc::new(PHYS_WINDOW, WINDOW_SIZE),
+            reclaim: Reclaim {
+                tx: Some(tx),
+                state,
+                thread: Some(thread),
+            },
         })
+    }
+
+    /// A free range of `len` bytes. Ranges the reclaimer has cleared are
+    /// taken back first; when none fits and some are still being
+    /// cleared, it waits for them.
+    pub(super) fn take(&mut self, len: u64) -> Option<u64> {
+        let state = self.reclaim.state.clone();
+        let mut g = state.lock();
+        loop {
+            for (phys, l) in g.cleared.drain(..) {
+                self.alloc.release(phys, l);
+            }
+            if let Some(phys) = self.alloc.alloc(len) {
+                return Some(phys);
+            }
+            let alive = self
+                .reclaim
+                .thread
+                .as_ref()
+                .is_some_and(|t| !t.is_finished());
+            if g.pending == 0 || !alive {
+                return None;
+            }
+            // Bounded, and rechecked: a reclaimer that died mid-way is
+            // seen above rather than waited for.
+            g = state
+                .changed
+                .wait_timeout(g, std::time::Duration::from_millis(10))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Where those who need a release done wait for it.
+    pub(super) fn reclaim(&self) -> std::sync::Arc<ReclaimState> {
+        self.reclaim.state.clone()
+    }
+
+    /// Give back a range taken with [`Window::take`] that holds no mapping
+    /// (reserved `PROT_NONE`).
+    pub(super) fn give_back(&mut self, phys: u64, len: u64) {
+        self.alloc.release(phys, len);
+    }
+
+    /// Take `pm` out of the window: its range is cleared (reserved
+    /// `PROT_NONE` again) and then free for [`Window::take`], the mapping
+    /// dropped, both on the reclaimer thread. Where that thread is gone,
+    /// here; a range that cannot be cleared comes back as `Err` (keep the
+    /// mapping, never reuse the range).
+    ///
+    /// # Safety
+    ///
+    /// `pm` must have been placed in this window, and nothing may reach its
+    /// range any more: the engine has no translation into it (its TLB was
+    /// flushed after the mapping left the hook's table) and no trap will
+    /// replace it (its alias was removed).
+    pub(super) unsafe fn take_down(&mut self, pm: PhysMap) -> Result<(), PhysMap> {
+        let mut g = self.reclaim.state.lock();
+        g.pending += 1;
+        g.handed += 1;
+        drop(g);
+        let pm = match self.reclaim.tx.as_ref().map(|tx| tx.send(pm)) {
+            Some(Ok(())) => return Ok(()),
+            Some(Err(std::sync::mpsc::SendError(pm))) => pm,
+            None => unreachable!("the window's reclaimer is shut down only on drop"),
+        };
+        let mut g = self.reclaim.state.lock();
+        g.pending -= 1;
+        g.handed -= 1;
+        drop(g);
+        // SAFETY: the caller's contract.
+        match unsafe { self.clear(pm.phys, pm.len) } {
+            Ok(()) => {
+                self.alloc.release(pm.phys, pm.len);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(
+                    ?e,
+                    "mcu: taking a mapping out of the window failed; window range retired"
+                );
+                Err(pm)
+            }
+        }
     }
 
     /// Host address of a physical address inside the window.
@@ -145,24 +381,19 @@ impl Window {
     /// it (its alias was removed).
     pub(super) unsafe fn clear(&self, phys: u64, len: u64) -> rustix::io::Result<()> {
         // SAFETY: the range lies inside the window reservation this device
-        // owns; MAP_FIXED replaces exactly it, and nothing uses it (the
-        // caller's contract).
-        unsafe {
-            rustix::mm::mmap_anonymous(
-                self.host(phys).cast(),
-                len as usize,
-                rustix::mm::ProtFlags::empty(),
-                rustix::mm::MapFlags::PRIVATE
-                    | rustix::mm::MapFlags::FIXED
-                    | rustix::mm::MapFlags::NORESERVE,
-            )
-        }
-        .map(|_| ())
+        // owns until drop; nothing uses it (the caller's contract).
+        unsafe { clear_at(self.host(phys) as usize, len) }
     }
 }
 
 impl Drop for Window {
     fn drop(&mut self) {
+        // The reclaimer clears what was handed over and ends (the channel
+        // closes), before the reservation goes.
+        drop(self.reclaim.tx.take());
+        if let Some(t) = self.reclaim.thread.take() {
+            let _ = t.join();
+        }
         // SAFETY: exactly the reservation made in `reserve` (with whatever
         // was placed over it). The engine that mapped it is gone: the
         // window is a field of `McuDevice` declared after `uc`, so it is
@@ -305,5 +536,78 @@ impl Drop for SlotMemory {
             // dropped after it), and nothing else points into it.
             let _ = unsafe { rustix::mm::munmap(host as *mut _, len) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coproc_core::memory::Region;
+    use std::sync::Arc;
+
+    /// The protection of the mapping of this process at `addr`, as
+    /// `/proc/self/maps` shows it (`rw-s`, `---p`), and its path.
+    fn mapping_at(addr: usize) -> (String, String) {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        for line in maps.lines() {
+            let mut f = line.split_whitespace();
+            let (a, b) = f.next().unwrap().split_once('-').unwrap();
+            let (a, b) = (
+                usize::from_str_radix(a, 16).unwrap(),
+                usize::from_str_radix(b, 16).unwrap(),
+            );
+            if (a..b).contains(&addr) {
+                let perms = f.next().unwrap().to_string();
+                let path = f.nth(3).unwrap_or("").to_string();
+                return (perms, path);
+            }
+        }
+        panic!("nothing mapped at {addr:#x}");
+    }
+
+    /// A range taken down goes back to the allocator only once the
+    /// reclaimer has put reserved address space over it: `take` of the
+    /// whole window waits for that, and what it hands out is `PROT_NONE`
+    /// again, not the domain's memory.
+    #[test]
+    fn a_range_taken_down_is_free_again_only_once_cleared() {
+        let mut w = Window::reserve().unwrap();
+        let all = w.take(WINDOW_SIZE).unwrap();
+        assert_eq!(w.take(4096), None, "the window is all taken");
+        let region = Arc::new(Region::new(2 * 4096).unwrap());
+        region.write(4096, &0xC0DE_u32.to_le_bytes()).unwrap();
+        let (fd, offset) = region.backing().unwrap();
+        // SAFETY: the range was just taken and holds nothing; the region
+        // outlives the mapping (the PhysMap below keeps it).
+        unsafe { w.place(all, 2 * 4096, fd, offset) }.unwrap();
+        let host = w.host(all) as usize;
+        assert_eq!(mapping_at(host).0, "rw-s");
+        // SAFETY: placed above; read inside the two pages just mapped.
+        let word = unsafe { std::ptr::read_volatile(w.host(all + 4096).cast::<[u8; 4]>()) };
+        assert_eq!(word, 0xC0DE_u32.to_le_bytes());
+        let pm = PhysMap {
+            len: WINDOW_SIZE,
+            phys: all,
+            prot: Prot::READ | Prot::WRITE,
+            mapping: Mapping::pinned_rw(0, &region, 2 * 4096),
+        };
+        // SAFETY: no engine and no alias: nothing reaches the range.
+        unsafe { w.take_down(pm) }.unwrap();
+        // Those who need the release wait for it: then only the region
+        // holds the memory.
+        let reclaim = w.reclaim();
+        let mark = coproc_core::device::Reclaim::mark(&*reclaim);
+        assert_eq!(mark, 1);
+        assert!(coproc_core::device::Reclaim::wait(
+            &*reclaim,
+            mark,
+            std::time::Duration::from_secs(10)
+        ));
+        assert_eq!(Arc::strong_count(&region), 1);
+        assert_eq!(w.take(WINDOW_SIZE), Some(all));
+        assert_eq!(mapping_at(host), ("---p".to_string(), String::new()));
+        assert_eq!(mapping_at(host + 4096).0, "---p");
+        // The domain's memory is untouched.
+        assert_eq!(region.read_vec(4096, 4).unwrap(), 0xC0DE_u32.to_le_bytes());
     }
 }

@@ -654,6 +654,10 @@ impl Device for McuDevice {
         Arc::new(SlotPrep(self.config.map()))
     }
 
+    fn reclaim(&self) -> Option<Arc<dyn coproc_core::device::Reclaim>> {
+        Some(self.window.reclaim())
+    }
+
     /// Copies the segments of an image [`elf::ElfPrepFor`] validated and marks
     /// the registers for a fresh start: nothing is parsed or checked here.
     fn install_firmware(
@@ -725,8 +729,7 @@ impl Device for McuDevice {
         })?;
         let phys = self
             .window
-            .alloc
-            .alloc(m.len)
+            .take(m.len)
             .ok_or_else(|| DeviceError::Exhausted("mapping window".into()))?;
         let mut prot = Prot::NONE;
         if m.perms.read {
@@ -746,7 +749,7 @@ impl Device for McuDevice {
             // SAFETY: the range lies in the window, was never in the hook's
             // table (so never translated) and has no alias.
             match unsafe { self.window.clear(phys, m.len) } {
-                Ok(()) => self.window.alloc.release(phys, m.len),
+                Ok(()) => self.window.give_back(phys, m.len),
                 Err(e) => tracing::error!(
                     ?e,
                     "mcu: restoring the window after a failed map failed; range retired"
@@ -814,21 +817,15 @@ impl Device for McuDevice {
         }
         let host = self.window.host(pm.phys);
         pm.mapping.region.remove_alias(host);
-        // SAFETY: the range lies in the window; the engine has no
-        // translation into it (flushed above, after it left the table, or
-        // never made while the TLB held this context's translations) and
-        // no trap will replace it (alias removed above).
-        if let Err(e) = unsafe { self.window.clear(pm.phys, pm.len) } {
+        // SAFETY: the mapping was placed in this window; the engine has no
+        // translation into its range (flushed above, after it left the
+        // table, or never made while the TLB held this context's
+        // translations) and no trap will replace it (alias removed above).
+        if let Err(pm) = unsafe { self.window.take_down(pm) } {
             // Still the domain's memory, but unreachable: keep it, never
             // reuse the range.
-            tracing::error!(
-                ?e,
-                "mcu: taking a mapping out of the window failed; window range retired"
-            );
             self.retired.push(pm);
-            return;
         }
-        self.window.alloc.release(pm.phys, pm.len);
     }
 
     fn switch(&mut self, to: Option<ContextId>) -> SwitchOutcome {
