@@ -14,11 +14,9 @@ use coproc_client::{Client, Queue, SharedMem, Sqe, WireMapKind, WirePerms};
 use coproc_firmware::QECHO;
 use coproc_proto::{ClientFrame, Request};
 use std::collections::BTreeMap;
-use std::io::BufRead;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -355,21 +353,9 @@ fn process_kill(stage: Stage, ctx: &Ctx) -> anyhow::Result<()> {
         .to_possible_value()
         .map(|v| v.get_name().to_string())
         .unwrap_or_default();
-    let mut child = Command::new(&ctx.exe)
-        .arg("--socket")
-        .arg(&ctx.socket)
-        .args(["isolation-child", "--stage", &name])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut line = String::new();
-    let out = child.stdout.take().context("child stdout")?;
-    let read = std::io::BufReader::new(out).read_line(&mut line);
+    let mut child = offender::ready_child(&ctx.exe, &ctx.socket, &name)?;
     child.kill()?;
-    let status = child.wait()?;
-    if read.is_err() || line.trim() != "ready" {
-        bail!("isolation-child --stage {name} did not come up ({status}): {line:?}");
-    }
+    child.wait()?;
     Ok(())
 }
 

@@ -215,6 +215,31 @@ pub(crate) fn qecho_trip(q: &mut Queue, tag: u32) -> Result<(), String> {
     }
 }
 
+/// Start `exe isolation-child --stage STAGE` on `socket` and wait until
+/// it says `ready` (killed, with what it said, where it does not).
+pub(crate) fn ready_child(
+    exe: &Path,
+    socket: &Path,
+    stage: &str,
+) -> anyhow::Result<std::process::Child> {
+    let mut child = Command::new(exe)
+        .arg("--socket")
+        .arg(socket)
+        .args(["isolation-child", "--stage", stage])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    let out = child.stdout.take().context("child stdout")?;
+    let read = std::io::BufReader::new(out).read_line(&mut line);
+    if read.is_err() || line.trim() != "ready" {
+        let _ = child.kill();
+        let status = child.wait()?;
+        bail!("isolation-child --stage {stage} did not come up ({status}): {line:?}");
+    }
+    Ok(child)
+}
+
 /// The `kill` offender's process (`isolation-child --stage respawn`):
 /// start a busy `isolation-child` (requests going on its vcoprocs), let it
 /// work 0–9 ms once it says `ready`, SIGKILL it, say `killed`, and again,
@@ -235,21 +260,7 @@ pub(crate) fn respawn(socket: &Path) -> anyhow::Result<()> {
     let mut out = std::io::stdout();
     let mut i = 0u64;
     while !ended() {
-        let mut child = Command::new(&exe)
-            .arg("--socket")
-            .arg(socket)
-            .arg("isolation-child")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let mut line = String::new();
-        let child_out = child.stdout.take().context("child stdout")?;
-        let read = std::io::BufReader::new(child_out).read_line(&mut line);
-        if read.is_err() || line.trim() != "ready" {
-            let _ = child.kill();
-            let status = child.wait()?;
-            bail!("isolation-child did not come up ({status}): {line:?}");
-        }
+        let mut child = ready_child(&exe, socket, "busy")?;
         // Let it work a little (0-9 ms), then kill it mid-request.
         std::thread::sleep(Duration::from_millis(i % 10));
         child.kill()?;
