@@ -37,8 +37,10 @@ own vcoproc, again and again; fault: faulty firmware, fault, reset, restart; spa
 requests on vcoprocs it does not own, bad firmware; map: map + unmap 1 MiB memfds; kill: a client \
 process that opens 4 vcoprocs with queues and keeps them busy is SIGKILLed and respawned; cpu: a \
 control, a thread that keeps one CPU busy and makes no request (ops: ms spun), so a ratio near \
-victim_p99_ratio_cpu is host CPU contention rather than the framework). \
-victim_p99_ratio_<kind> = p99 with / p99 without; victim_p99_ratio is the worst offender's (not the cpu control's). offender_ops_<kind>: \
+victim_p99_ratio_cpu is host CPU contention rather than the framework; spawn: a control, kill's \
+process churn without the daemon: the same program started and SIGKILLed the same way by a process \
+of its own, its children connecting to nothing). \
+victim_p99_ratio_<kind> = p99 with / p99 without; victim_p99_ratio is the worst offender's (not the cpu or spawn control's). offender_ops_<kind>: \
 operations the offender completed while the victim measured. Phases interleaved in rotating order, \
 --rounds rounds, percentiles over all rounds of a kind. gpu_*: the same on a vulkan pcoproc (victim: \
 saxpy over 1024 floats per job, checked against the host reference; shader: load the spin shader \
@@ -179,10 +181,13 @@ pub enum Stage {
     Load,
     /// Open vcoprocs with queues and keep requests going on all of them.
     Busy,
-    /// Start `busy` children one after the other, each SIGKILLed 0–9 ms
-    /// after it says `ready`, saying `killed` after each, until stdin
-    /// ends (the `kill` offender's process).
+    /// Start children (at `--children`) one after the other, each
+    /// SIGKILLed 0–9 ms after it says `ready`, saying `killed` after each,
+    /// until stdin ends (the `kill` offender's process).
     Respawn,
+    /// Say `ready` and wait, connecting to nothing (the children of the
+    /// `spawn` control).
+    Idle,
 }
 
 /// Options of the hidden `isolation-child` verb.
@@ -191,6 +196,9 @@ pub struct ChildArgs {
     /// Where to stop the set-up (and say `ready`).
     #[arg(long, value_enum, default_value_t = Stage::Busy)]
     pub stage: Stage,
+    /// With `--stage respawn`: the stage of the children it starts.
+    #[arg(long, value_enum, default_value_t = Stage::Busy)]
+    pub children: Stage,
 }
 
 /// An `isolation-child` that stops at `stage`: it says `ready` once the
@@ -243,9 +251,26 @@ fn child_stage(socket: &Path, stage: Stage) -> anyhow::Result<bool> {
 /// vcoprocs with queues, say `ready`, then keep requests going on all of
 /// them until killed.
 pub fn child(socket: &Path, args: &ChildArgs) -> anyhow::Result<bool> {
-    if args.stage == Stage::Respawn {
-        crate::offender::respawn(socket)?;
-        return Ok(true);
+    match (args.stage, args.children) {
+        (Stage::Respawn, Stage::Respawn) => anyhow::bail!("a respawner's children cannot respawn"),
+        (Stage::Respawn, children) => {
+            use clap::ValueEnum;
+            let children = children
+                .to_possible_value()
+                .map(|v| v.get_name().to_string())
+                .unwrap_or_default();
+            crate::offender::respawn(socket, &children)?;
+            return Ok(true);
+        }
+        (Stage::Idle, _) => {
+            let mut out = std::io::stdout();
+            writeln!(out, "ready")?;
+            out.flush()?;
+            loop {
+                std::thread::park();
+            }
+        }
+        _ => {}
     }
     if !matches!(args.stage, Stage::Busy) {
         return child_stage(socket, args.stage);
@@ -387,8 +412,8 @@ fn phases(
             crate::figures::round3(ratio),
         );
         m.insert(format!("{prefix}offender_ops_{n}"), t.ops as f64);
-        // The worst offender; the cpu control is not one.
-        if *kind != Kind::Cpu && (worst.is_nan() || ratio > worst) {
+        // The worst offender; the controls are not ones.
+        if !matches!(kind, Kind::Cpu | Kind::Spawn) && (worst.is_nan() || ratio > worst) {
             worst = ratio;
         }
     }
@@ -449,6 +474,7 @@ pub fn isolation(rounds: usize, policy: &str) -> anyhow::Result<BTreeMap<String,
         Kind::Map,
         Kind::Kill,
         Kind::Cpu,
+        Kind::Spawn,
     ];
     let mut failures = phases(&mut victim, &kinds, rounds, MCU_TRIPS, &ctx, "", &mut m)?;
     drop(victim);

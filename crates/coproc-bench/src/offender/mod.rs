@@ -74,6 +74,7 @@ pub(crate) enum Kind {
     Map,
     Kill,
     Cpu,
+    Spawn,
     GpuShader,
     GpuFault,
     Hog,
@@ -96,6 +97,7 @@ impl Kind {
             Kind::Map => "map",
             Kind::Kill => "kill",
             Kind::Cpu => "cpu",
+            Kind::Spawn => "spawn",
             Kind::GpuShader => "shader",
             Kind::GpuFault => "fault",
             Kind::Hog | Kind::GpuHog => "hog",
@@ -241,10 +243,11 @@ pub(crate) fn ready_child(
 }
 
 /// The `kill` offender's process (`isolation-child --stage respawn`):
-/// start a busy `isolation-child` (requests going on its vcoprocs), let it
+/// start an `isolation-child` at stage `children` (`busy`: requests going
+/// on its vcoprocs; `idle`, for the `spawn` control: no connection), let it
 /// work 0–9 ms once it says `ready`, SIGKILL it, say `killed`, and again,
 /// until stdin ends (the child then running is killed first).
-pub(crate) fn respawn(socket: &Path) -> anyhow::Result<()> {
+pub(crate) fn respawn(socket: &Path, children: &str) -> anyhow::Result<()> {
     use std::io::Write;
     let exe = std::env::current_exe()?;
     let stdin = std::io::stdin();
@@ -260,7 +263,7 @@ pub(crate) fn respawn(socket: &Path) -> anyhow::Result<()> {
     let mut out = std::io::stdout();
     let mut i = 0u64;
     while !ended() {
-        let mut child = ready_child(&exe, socket, "busy")?;
+        let mut child = ready_child(&exe, socket, children)?;
         // Let it work a little (0-9 ms), then kill it mid-request.
         std::thread::sleep(Duration::from_millis(i % 10));
         child.kill()?;
@@ -408,15 +411,19 @@ pub(crate) fn offend(
                 done();
             }
         }
-        Kind::Kill => {
+        Kind::Kill | Kind::Spawn => {
             // The spawning and killing happen in a process of the
             // offender's own, as another domain's would: from a thread of
             // this process they would share an address space with the
-            // victim, whose round trips then measure that sharing.
+            // victim, whose round trips then measure that sharing. The
+            // spawn control's children are the same program, started and
+            // killed the same way, that never connect.
+            let children = if kind == Kind::Spawn { "idle" } else { "busy" };
             let mut spawner = Command::new(std::env::current_exe()?)
                 .arg("--socket")
                 .arg(&ctx.socket)
                 .args(["isolation-child", "--stage", "respawn"])
+                .args(["--children", children])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .spawn()?;
