@@ -9,7 +9,9 @@
 //! Also the hidden `isolation-child` verb: the `kill` offender's client
 //! process, which opens vcoprocs with queues and keeps them busy until it
 //! is SIGKILLed (with `--stage`, it stops at an earlier point of the set-up
-//! instead, for `bench soak`).
+//! instead, for `bench soak`, or connects to nothing, `idle`, for the
+//! `spawn` control); and, with `--stage respawn`, the offender's own
+//! process that starts and kills those clients one after the other.
 
 use crate::figures::{percentile, round1};
 use crate::offender::{

@@ -1,9 +1,9 @@
-//! `coproc bench soak` and `coproc bench faults`, short runs: the figures
-//! that are not timing must hold. A leak is a count, not a time: after
+//! `coproc bench soak`, `coproc bench faults` and `coproc bench
+//! isolation`, short runs: the figures that are not timing must hold. A leak is a count, not a time: after
 //! the soak's cycles the daemon holds exactly the descriptors and threads
 //! it held before, and no vcoproc of a killed client is left; the victim
-//! of either benchmark never sees a wrong or failed result. Share ratios
-//! are timing and are not asserted.
+//! of each benchmark never sees a wrong or failed result. Share and
+//! latency ratios are timing and are not asserted.
 
 // Casts of values the test itself chose (sizes, counts, addresses).
 #![allow(
@@ -86,6 +86,23 @@ fn faults_of_an_offender_never_break_the_victim() {
     for kind in ["fault", "hang", "corrupt", "kill", "revoke"] {
         assert!(
             figure(&f, &format!("mcu_offender_ops_{kind}")) > 0.0,
+            "{kind}: {f:?}"
+        );
+    }
+}
+
+#[test]
+fn isolation_offenders_never_break_the_victim() {
+    let f = bench(&["isolation", "--rounds", "1"]);
+    assert_eq!(figure(&f, "victim_errors"), 0.0, "{f:?}");
+    assert_eq!(figure(&f, "failures"), 0.0, "{f:?}");
+    assert!(figure(&f, "victim_requests") > 0.0, "{f:?}");
+    // Every offender and control did what it does at least once (kill
+    // and spawn: children started and SIGKILLed by a process of their
+    // own, which reported each).
+    for kind in ["firmware", "fault", "spam", "map", "kill", "cpu", "spawn"] {
+        assert!(
+            figure(&f, &format!("offender_ops_{kind}")) > 0.0,
             "{kind}: {f:?}"
         );
     }
