@@ -88,6 +88,10 @@ pub(super) struct Window {
     reclaim: Reclaim,
 }
 
+/// Mappings handed to the reclaimer and not yet cleared beyond which
+/// [`Window::take_down`] waits for it.
+pub(super) const RECLAIM_BACKLOG: usize = 64;
+
 /// What the reclaimer thread shares with the device.
 #[derive(Debug, Default)]
 struct Reclaimed {
@@ -284,6 +288,32 @@ impl Window {
         self.reclaim.state.clone()
     }
 
+    /// Wait while more than [`RECLAIM_BACKLOG`] mappings are still to be
+    /// cleared, until half of them are: a domain unmapping (or having
+    /// revoked) faster than the kernel takes mappings down pays for it in
+    /// its own command's time, and what waits for the reclaimer stays
+    /// bounded. Bounded besides: a reclaimer that died is not waited for.
+    fn throttle(&self) {
+        let state = &self.reclaim.state;
+        let mut g = state.lock();
+        if g.pending <= RECLAIM_BACKLOG {
+            return;
+        }
+        while g.pending > RECLAIM_BACKLOG / 2
+            && self
+                .reclaim
+                .thread
+                .as_ref()
+                .is_some_and(|t| !t.is_finished())
+        {
+            g = state
+                .changed
+                .wait_timeout(g, std::time::Duration::from_millis(10))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+    }
+
     /// Give back a range taken with [`Window::take`] that holds no mapping
     /// (reserved `PROT_NONE`).
     pub(super) fn give_back(&mut self, phys: u64, len: u64) {
@@ -308,7 +338,10 @@ impl Window {
         g.handed += 1;
         drop(g);
         let pm = match self.reclaim.tx.as_ref().map(|tx| tx.send(pm)) {
-            Some(Ok(())) => return Ok(()),
+            Some(Ok(())) => {
+                self.throttle();
+                return Ok(());
+            }
             Some(Err(std::sync::mpsc::SendError(pm))) => pm,
             None => unreachable!("the window's reclaimer is shut down only on drop"),
         };
@@ -609,5 +642,39 @@ mod tests {
         assert_eq!(mapping_at(host + 4096).0, "---p");
         // The domain's memory is untouched.
         assert_eq!(region.read_vec(4096, 4).unwrap(), 0xC0DE_u32.to_le_bytes());
+    }
+
+    /// However fast mappings are taken down, no more than
+    /// [`RECLAIM_BACKLOG`] wait for the reclaimer when `take_down`
+    /// returns, and every one is released in the end.
+    #[test]
+    fn the_reclaimers_backlog_is_bounded() {
+        let mut w = Window::reserve().unwrap();
+        let region = Arc::new(Region::new(4096).unwrap());
+        let (fd, offset) = region.backing().unwrap();
+        for _ in 0..4 * RECLAIM_BACKLOG {
+            let phys = w.take(4096).unwrap();
+            // SAFETY: a range just taken, holding nothing; the region
+            // outlives the mapping (the PhysMap keeps it).
+            unsafe { w.place(phys, 4096, fd, offset) }.unwrap();
+            let pm = PhysMap {
+                len: 4096,
+                phys,
+                prot: Prot::READ | Prot::WRITE,
+                mapping: Mapping::pinned_rw(0, &region, 4096),
+            };
+            // SAFETY: no engine and no alias: nothing reaches the range.
+            unsafe { w.take_down(pm) }.unwrap();
+            assert!(w.reclaim.state.lock().pending <= RECLAIM_BACKLOG);
+        }
+        let reclaim = w.reclaim();
+        let mark = coproc_core::device::Reclaim::mark(&*reclaim);
+        assert_eq!(mark, 4 * RECLAIM_BACKLOG as u64);
+        assert!(coproc_core::device::Reclaim::wait(
+            &*reclaim,
+            mark,
+            std::time::Duration::from_secs(10)
+        ));
+        assert_eq!(Arc::strong_count(&region), 1);
     }
 }
