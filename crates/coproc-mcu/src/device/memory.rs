@@ -514,9 +514,7 @@ impl SlotMemory {
         unsafe { rustix::mm::madvise(host as *mut _, len, rustix::mm::Advice::LinuxDontNeed) }
             .map_err(|e| DeviceError::Backend(format!("zeroing context memory: {e}")))
     }
-}
 
-impl SlotMemory {
     /// Put `staged`'s pages in place of the slot mapping at `host`, in one
     /// step (`mremap` onto it): the slot's old pages are freed, its host
     /// address, which the engine holds, stays valid. The staged mapping
@@ -530,8 +528,8 @@ impl SlotMemory {
             )));
         }
         // SAFETY: `from..from+len` is the staged slot's own anonymous
-        // mapping, page aligned and not referenced elsewhere (it is moved
-        // out of `staged`, which is then forgotten); `host..host+len` is
+        // mapping, page aligned and not referenced elsewhere (`staged` is
+        // owned here and given away once moved); `host..host+len` is
         // exactly one of this device's slot mappings (checked above),
         // which the engine reaches only through its address, on this
         // thread and not while this runs. MREMAP_FIXED replaces the
@@ -547,9 +545,9 @@ impl SlotMemory {
             )
         };
         match r {
-            // With MREMAP_FIXED, success means the pages are at `host`;
-            // the source range is unmapped either way and must not be
-            // unmapped again.
+            // Success: the pages are at `host` and the source range is
+            // gone, so `staged` must not unmap it. On failure nothing
+            // moved: `staged` is dropped and unmaps its own mapping.
             Ok(_) => {
                 staged.given_away();
                 Ok(())

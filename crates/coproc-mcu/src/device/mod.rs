@@ -658,8 +658,10 @@ impl Device for McuDevice {
         Some(self.window.reclaim())
     }
 
-    /// Copies the segments of an image [`elf::ElfPrepFor`] validated and marks
-    /// the registers for a fresh start: nothing is parsed or checked here.
+    /// Puts an image `SlotPrep` (or [`elf::ElfPrepFor`]) validated in the
+    /// context's slot (its staged pages moved in, or only data memory reset
+    /// when the slot holds its code already, see `install`) and marks the
+    /// registers for a fresh start: nothing is parsed or checked here.
     fn install_firmware(
         &mut self,
         id: ContextId,
@@ -801,9 +803,8 @@ impl Device for McuDevice {
         // trap in progress). The TLB holds translations of the current
         // context only (every switch flushes; a switch that fails leaves
         // it marked stale), so the mapping of another context needs no
-        // flush: a
-        // domain tearing down its vcoprocs does not make every other
-        // context's translations go.
+        // flush: a domain tearing down its vcoprocs does not make every
+        // other context's translations go.
         let st = self.uc.get_data();
         if st.current == Some(id) || st.tlb_stale {
             if let Err(e) = self.flush_tlb() {
