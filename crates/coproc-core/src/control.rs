@@ -47,6 +47,9 @@ struct NotifyState {
     kicks: u64,
     /// The firmware's sequence number of the last notification taken.
     fw_seq: Option<u32>,
+    /// Threads asleep on `notified` (a wake-up with none costs a system
+    /// call for nothing, on the runner's path).
+    waiters: u32,
 }
 
 /// What a [`ControlBlock`] listener is told.
@@ -219,9 +222,7 @@ impl ControlBlock {
         n.last.seq += 1;
         n.last.tag = self.notify_tag.load(Ordering::Acquire);
         let last = n.last;
-        self.notified.notify_all();
-        drop(n);
-        self.tell(ControlEvent::Notify(last));
+        self.wake_waiters(n, ControlEvent::Notify(last));
     }
 
     /// Set (or clear) the listener told of notifications and kicks.
@@ -284,13 +285,31 @@ impl ControlBlock {
             if now >= deadline {
                 break;
             }
+            n.waiters += 1;
             n = self
                 .notified
                 .wait_timeout(n, deadline - now)
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .0;
+            n.waiters -= 1;
         }
         (n.last.seq > after).then_some(n.last)
+    }
+
+    /// Release the notification state just changed, tell the listener of
+    /// `ev`, then wake the waiters, if any. They are woken after the lock is
+    /// released, so that a waiter scheduled at once does not go back to
+    /// sleep on the lock the waker still holds; none is missed, since each
+    /// counted itself under that lock before it slept. The listener hears
+    /// first: what it hands on (a domain's wake-up elsewhere) is never later
+    /// than what a waiter here sees.
+    fn wake_waiters(&self, n: std::sync::MutexGuard<'_, NotifyState>, ev: ControlEvent) {
+        let any = n.waiters > 0;
+        drop(n);
+        self.tell(ev);
+        if any {
+            self.notified.notify_all();
+        }
     }
 
     /// Wake every notification waiter so it re-checks the vcoproc's state
@@ -301,9 +320,7 @@ impl ControlBlock {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         n.kicks += 1;
-        self.notified.notify_all();
-        drop(n);
-        self.tell(ControlEvent::Kick);
+        self.wake_waiters(n, ControlEvent::Kick);
     }
 
     /// Device side: one console byte with the firmware's 8-bit sequence
@@ -465,5 +482,34 @@ mod tests {
         let n = t.join().unwrap().unwrap();
         assert_eq!((n.seq, n.tag), (1, 7));
         assert!(cb.wait_notify(1, Duration::from_millis(1)).is_none());
+    }
+
+    /// Wait until `n` threads are asleep on `cb`'s notifications.
+    fn asleep(cb: &ControlBlock, n: u32) {
+        while cb.notify.lock().unwrap().waiters != n {
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn sleeping_waiters_are_woken_by_a_kick_and_by_a_notification() {
+        let cb = std::sync::Arc::new(ControlBlock::default());
+        let c2 = cb.clone();
+        let t = std::thread::spawn(move || c2.wait_notify(0, Duration::from_secs(60)));
+        asleep(&cb, 1);
+        cb.kick();
+        // Woken with nothing new.
+        assert_eq!(t.join().unwrap(), None);
+        asleep(&cb, 0);
+        let c2 = cb.clone();
+        let t = std::thread::spawn(move || c2.wait_notify(0, Duration::from_secs(60)));
+        asleep(&cb, 1);
+        cb.set_notify_tag(3);
+        cb.notify(9);
+        assert_eq!(t.join().unwrap(), Some(Notify { seq: 1, tag: 3 }));
+        asleep(&cb, 0);
+        // A waiter whose time runs out counts itself out again.
+        assert!(cb.wait_notify(1, Duration::from_millis(1)).is_none());
+        asleep(&cb, 0);
     }
 }

@@ -27,10 +27,14 @@ use coproc_core::control::ControlBlock;
 use coproc_core::device::{thread_cpu_time, RunOutcome, StopReason};
 use coproc_core::fault::{Access, DeviceFault, FaultReason};
 use coproc_core::ids::ContextId;
-use coproc_proto::gpu::{Command, ImageFormat, Status};
+use coproc_proto::gpu::{op, Command, ImageFormat, Status};
 use coproc_proto::queue::{self as q, Consumer, Cqe, Sqe};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+/// Loop turns of [`VulkanDevice::serve`] between reads of the runner
+/// thread's CPU clock when no command submitted GPU work.
+const CLOCK_TURNS: u32 = 16;
 
 /// What one command asks the GPU to do, resolved to buffers.
 pub(super) enum Work {
@@ -669,11 +673,24 @@ impl VulkanDevice {
         control.write_out(mbox_out::BAD_QUEUE, 0);
         let mut posted_before = ctx.posted;
         let mut late_signal = false;
+        // The thread's CPU clock is a system call (no vDSO for it): it is
+        // read around the commands that submit GPU work, and otherwise once
+        // in `CLOCK_TURNS` turns, which bounds how stale the budget check
+        // below can be (a few commands' decoding).
+        let mut now = start;
+        let mut unread = 0u32;
         let stop = loop {
             if self.preempt.0.swap(false, Ordering::AcqRel) {
                 break StopReason::Preempted;
             }
-            let over = host().saturating_sub(waited) + Duration::from_nanos(gpu_ns) >= budget;
+            if unread >= CLOCK_TURNS {
+                now = thread_cpu_time();
+                unread = 0;
+            }
+            unread += 1;
+            let over = now.saturating_sub(start).saturating_sub(waited)
+                + Duration::from_nanos(gpu_ns)
+                >= budget;
             let Some(ctx) = self.ctxs.get_mut(&id) else {
                 break StopReason::Waiting;
             };
@@ -708,7 +725,7 @@ impl VulkanDevice {
             }
             let index = ring.ring.sq_head();
             let sqe = ring.sqe();
-            let is_signal = sqe.opcode == coproc_proto::gpu::op::SIGNAL;
+            let is_signal = sqe.opcode == op::SIGNAL;
             // Past the budget only one job's closing signal still goes (it
             // needs no GPU time and its domain is waiting for it, which
             // would otherwise wait for this vcoproc's next slice); anything
@@ -743,14 +760,19 @@ impl VulkanDevice {
                 }
                 continue;
             }
-            let t0 = thread_cpu_time();
+            let submits = matches!(sqe.opcode, op::DISPATCH | op::COPY | op::FILL);
+            let t0 = if submits { thread_cpu_time() } else { now };
             let mut ns = 0;
             let step = self.step(id, &sqe, &mut ns);
             if ns > 0 {
                 // The GPU's own measure replaces the host's time around the
                 // submission.
-                waited += thread_cpu_time().saturating_sub(t0);
+                let t1 = thread_cpu_time();
+                waited += t1.saturating_sub(t0);
                 gpu_ns += ns;
+                (now, unread) = (t1, 0);
+            } else if submits {
+                (now, unread) = (t0, 0);
             }
             match step {
                 Step::Done => {}
