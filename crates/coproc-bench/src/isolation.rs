@@ -41,8 +41,11 @@ process that opens 4 vcoprocs with queues and keeps them busy is SIGKILLed and r
 control, a thread that keeps one CPU busy and makes no request (ops: ms spun), so a ratio near \
 victim_p99_ratio_cpu is host CPU contention rather than the framework; spawn: a control, kill's \
 process churn without the daemon: the same program started and SIGKILLed the same way by a process \
-of its own, its children connecting to nothing). \
-victim_p99_ratio_<kind> = p99 with / p99 without; victim_p99_ratio is the worst offender's (not the cpu or spawn control's). offender_ops_<kind>: \
+of its own, its children connecting to nothing; busy: a control, one of kill's client processes never \
+killed, its 4 vcoprocs busy for the whole phase (ops: 1), so kill against busy is what the killing adds \
+to a busy co-tenant). \
+victim_p99_ratio_<kind> = p99 with / p99 without; victim_p99_ratio is the worst offender's (not a \
+control's: cpu, spawn, busy). offender_ops_<kind>: \
 operations the offender completed while the victim measured. Phases interleaved in rotating order, \
 --rounds rounds, percentiles over all rounds of a kind. gpu_*: the same on a vulkan pcoproc (victim: \
 saxpy over 1024 floats per job, checked against the host reference; shader: load the spin shader \
@@ -415,7 +418,9 @@ fn phases(
         );
         m.insert(format!("{prefix}offender_ops_{n}"), t.ops as f64);
         // The worst offender; the controls are not ones.
-        if !matches!(kind, Kind::Cpu | Kind::Spawn) && (worst.is_nan() || ratio > worst) {
+        if !matches!(kind, Kind::Cpu | Kind::Spawn | Kind::Busy)
+            && (worst.is_nan() || ratio > worst)
+        {
             worst = ratio;
         }
     }
@@ -477,6 +482,7 @@ pub fn isolation(rounds: usize, policy: &str) -> anyhow::Result<BTreeMap<String,
         Kind::Kill,
         Kind::Cpu,
         Kind::Spawn,
+        Kind::Busy,
     ];
     let mut failures = phases(&mut victim, &kinds, rounds, MCU_TRIPS, &ctx, "", &mut m)?;
     drop(victim);

@@ -101,10 +101,13 @@ fn isolation_offenders_never_break_the_victim() {
     // none of the victim's trips did): a phase begins only
     // after its offender completed a first operation (kill and spawn:
     // children started and SIGKILLed by a process of their own, which
-    // reported the first), and the benchmark fails otherwise. (Operations
+    // reported the first; busy: its child up, its vcoprocs answering),
+    // and the benchmark fails otherwise. (Operations
     // counted while the victim measures may be none for the slow ones:
     // a phase of one round is a few milliseconds.)
-    for kind in ["firmware", "fault", "spam", "map", "kill", "cpu", "spawn"] {
+    for kind in [
+        "firmware", "fault", "spam", "map", "kill", "cpu", "spawn", "busy",
+    ] {
         assert!(
             figure(&f, &format!("victim_p99_us_{kind}")) > 0.0,
             "{kind}: {f:?}"

@@ -75,6 +75,7 @@ pub(crate) enum Kind {
     Kill,
     Cpu,
     Spawn,
+    Busy,
     GpuShader,
     GpuFault,
     Hog,
@@ -98,6 +99,7 @@ impl Kind {
             Kind::Kill => "kill",
             Kind::Cpu => "cpu",
             Kind::Spawn => "spawn",
+            Kind::Busy => "busy",
             Kind::GpuShader => "shader",
             Kind::GpuFault => "fault",
             Kind::Hog | Kind::GpuHog => "hog",
@@ -449,6 +451,19 @@ pub(crate) fn offend(
             if let Some(got) = failed {
                 bail!("the respawner stopped ({status}): {got}");
             }
+        }
+        Kind::Busy => {
+            // The control: a `kill` offender's child that is never killed,
+            // its vcoprocs busy with requests for the whole phase (one
+            // operation: the client). Against `kill`, it shows what the
+            // killing adds to a busy co-tenant.
+            let mut child = ready_child(&std::env::current_exe()?, &ctx.socket, "busy")?;
+            done();
+            while running() {
+                std::thread::park_timeout(Duration::from_millis(1));
+            }
+            child.kill()?;
+            child.wait()?;
         }
         Kind::Cpu => {
             // The control: no request at all, one CPU kept busy.
