@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The whole test run: set-up, formatting, lints, every test of the workspace,
-# a smoke run of the fuzz targets, and the demo's own check (it exits
-# non-zero if any result is wrong).
+# The whole test run: set-up, formatting, lints, API docs, every test of
+# the workspace, a smoke run of the fuzz targets, and the demo's own check
+# (it exits non-zero if any result is wrong).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The API documentation builds without a broken or private link.
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked -q
 cargo test --workspace --release --locked
 # The queue index protocol under loom (its own target dir, so the cfg does
 # not rebuild the main one).

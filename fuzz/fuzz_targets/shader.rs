@@ -52,7 +52,10 @@ fn check(specs: &[PipelineSpec]) {
             assert!((1..=m).contains(w));
         }
         for b in &s.bindings {
-            assert!(b.group < MAX_GROUPS && b.binding < MAX_BINDING, "binding {b:?} out of range");
+            assert!(
+                b.group < MAX_GROUPS && b.binding < MAX_BINDING,
+                "binding {b:?} out of range"
+            );
         }
     }
 }

@@ -89,7 +89,7 @@ impl Client {
 
     /// Turn demand faults on (`Some(stall timeout)`) or off (`None`) for
     /// one of this session's vcoprocs. Stalls arrive as
-    /// [`Event::PageFault`] through [`Client::next_event`] (subscribe
+    /// [`Event::PageFault`](crate::Event::PageFault) through [`Client::next_event`] (subscribe
     /// first); answer with [`Client::map`] of a range covering the address.
     pub fn set_demand_faults(
         &mut self,

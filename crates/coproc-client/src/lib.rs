@@ -29,7 +29,7 @@ pub use coproc_proto::{
     VcoprocInfo, WireError, WireMapKind, WirePerms,
 };
 pub use gpu::GpuCounters;
-pub use queue::Queue;
+pub use queue::{Queue, SUBMIT_PATIENCE};
 pub use vcoproc::{Buffer, Reply, Scalar, Session, Vcoproc, VcoprocError};
 
 /// The longest busy-poll budget a queue can have

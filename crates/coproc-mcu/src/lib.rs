@@ -3,7 +3,7 @@
 //!
 //! - [`abi`]: the firmware ABI (memory map, control block registers);
 //! - [`elf`]: validation and loading of firmware images;
-//! - [`McuDevice`]: the [`Device`](coproc_core::Device) implementation;
+//! - [`McuDevice`]: the [`Device`] implementation;
 //! - [`baseline`]: the same firmware run directly on Unicorn, with no
 //!   framework, for the overhead benchmark.
 

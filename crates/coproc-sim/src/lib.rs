@@ -29,7 +29,9 @@
 mod sim;
 mod workload;
 
-pub use sim::{ContextRecord, JobRecord, PanicIn, Sim, SimConfig, SimDevice, SwitchRecord};
+pub use sim::{
+    ContextRecord, JobRecord, PanicIn, Sim, SimConfig, SimDevice, SwitchRecord, MAX_JOB_RECORDS,
+};
 pub use workload::{
     Job, Periodic, Workload, DEFAULT_HOG_DISPATCH_NS, MAX_IMAGE_BYTES, MAX_JOBS, MAX_NS,
     MIN_GRANULE_NS,

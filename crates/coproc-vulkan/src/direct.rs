@@ -5,7 +5,7 @@
 //! It builds its objects with the same helpers as [`crate::VulkanDevice`]
 //! (device, command pool, semaphore, queries, pipeline, host-visible
 //! buffer) and records, submits and waits for each dispatch with the same
-//! [`crate::device::execute`] and `record_dispatch` the command processor
+//! `execute` and `record_dispatch` the command processor
 //! uses, so the benchmark compares the framework around them, not two
 //! recordings. Memory is one host-visible buffer that every binding of the
 //! pipeline sees (whole, unless [`Direct::bind`] narrows a binding).

@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 /// Failures the verbs find themselves (the daemon's own are
-/// [`ClientError`]s); each has its exit status (docs/cli.md).
+/// [`coproc_client::ClientError`]s); each has its exit status (docs/cli.md).
 #[derive(Debug, thiserror::Error)]
 pub enum VerbError {
     /// A name given on the command line names nothing (exit 4).

@@ -40,7 +40,7 @@ pub struct ContextRecord {
     pub in_run_ns: u64,
     /// Runs it was given.
     pub runs: u64,
-    /// Completed jobs, in order (the first [`MAX_JOB_RECORDS`]).
+    /// Completed jobs, in order (the first [`MAX_JOB_RECORDS`](crate::MAX_JOB_RECORDS)).
     pub completed: Vec<JobRecord>,
     /// Jobs completed in all.
     pub jobs_done: u64,
