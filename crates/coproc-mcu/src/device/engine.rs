@@ -372,4 +372,78 @@ mod tests {
             }
         }
     }
+
+    /// A reload of the code a context's slot holds keeps the slot's code
+    /// pages and the engine's translations (a warm install), and its data
+    /// memory starts over as the image says, whether the image comes
+    /// staged (its data pages moved in, its copy of the code freed off the
+    /// runner) or not (data memory reset in place). Checked against the
+    /// image's bytes, after the firmware's data memory was written over.
+    #[test]
+    fn a_warm_reload_starts_data_memory_over_from_the_image() {
+        use crate::abi::{CODE_SIZE, DATA_BASE, DATA_SIZE};
+        use crate::elf::{Image, Segment};
+        use coproc_core::device::{ContextSpec, Device};
+        use coproc_core::{DomainId, VcoprocId};
+        let mut image = crate::elf::parse(coproc_firmware::HOG.elf).unwrap();
+        let init: Vec<u8> = (0..3000u32).map(|i| (i * 7 + 1) as u8).collect();
+        image.segments.retain(|s| s.vaddr < DATA_BASE);
+        image.segments.push(Segment {
+            vaddr: DATA_BASE + 0x1000,
+            data: init.clone(),
+            memsz: 0x2000,
+        });
+        let mut dev = McuDevice::new(McuConfig::default()).unwrap();
+        let id = VcoprocId(1);
+        dev.create_context(ContextSpec {
+            id,
+            domain: DomainId(1),
+            control: std::sync::Arc::default(),
+        })
+        .unwrap();
+        let prep = super::super::staging::SlotPrep(dev.config.map());
+        let staged = |image: &Image| {
+            let slot = prep.stage(image).unwrap();
+            Box::new(super::super::staging::Staged {
+                image: image.clone(),
+                map: prep.0,
+                slot,
+            })
+        };
+        dev.install_firmware(id, staged(&image)).unwrap();
+        let slot = dev.ctx(id).unwrap().slot;
+        let read = |dev: &McuDevice, at: u64, len: usize| dev.uc.mem_read_as_vec(at, len).unwrap();
+        let code = read(&dev, slot.code, CODE_SIZE as usize);
+        let want = {
+            let mut d = vec![0u8; DATA_SIZE as usize];
+            d[0x1000..0x1000 + init.len()].copy_from_slice(&init);
+            d
+        };
+        assert_eq!(read(&dev, slot.data, DATA_SIZE as usize), want);
+        for (n, with_staged) in [true, false].into_iter().enumerate() {
+            let reload: coproc_core::device::PreparedFirmware = if with_staged {
+                staged(&image)
+            } else {
+                Box::new(image.clone())
+            };
+            // The firmware wrote all over its data memory.
+            dev.uc
+                .mem_write(slot.data, &vec![0xa5; DATA_SIZE as usize])
+                .unwrap();
+            dev.install_firmware(id, reload).unwrap();
+            assert_eq!(dev.warm_installs(), n as u64 + 1);
+            assert_eq!(
+                read(&dev, slot.data, DATA_SIZE as usize),
+                want,
+                "reload {n}"
+            );
+            assert_eq!(
+                read(&dev, slot.code, CODE_SIZE as usize),
+                code,
+                "reload {n}"
+            );
+        }
+        // The staged copy of the code went to the reclaimer, which freed it.
+        assert_eq!(dev.window.reclaim().wait_freed(), 1);
+    }
 }

@@ -99,6 +99,10 @@ struct Reclaimed {
     cleared: Vec<(u64, u64)>,
     /// Mappings handed over and not yet cleared.
     pending: usize,
+    /// Staged memory handed over to be freed, not yet freed.
+    freeing: usize,
+    /// Staged memories freed, ever.
+    freed: u64,
     /// Mappings handed over, ever.
     handed: u64,
     /// Of those, how many were cleared and dropped (or retired).
@@ -119,6 +123,20 @@ impl ReclaimState {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Wait until the memory handed over to be freed is; how many were
+    /// freed, ever.
+    #[cfg(test)]
+    pub(super) fn wait_freed(&self) -> u64 {
+        let mut g = self.lock();
+        while g.freeing > 0 {
+            g = self
+                .changed
+                .wait(g)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        g.freed
     }
 }
 
@@ -145,10 +163,18 @@ impl coproc_core::device::Reclaim for ReclaimState {
     }
 }
 
+/// What the reclaimer thread is handed.
+enum Job {
+    /// A mapping to take out of the window ([`Window::take_down`]).
+    TakeDown(PhysMap),
+    /// Memory the runner is done with, to free ([`Window::free`]).
+    Free(StagedSlot),
+}
+
 #[derive(Debug)]
 struct Reclaim {
     /// None once shut down.
-    tx: Option<std::sync::mpsc::Sender<PhysMap>>,
+    tx: Option<std::sync::mpsc::Sender<Job>>,
     state: std::sync::Arc<ReclaimState>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -177,13 +203,26 @@ unsafe fn clear_at(host: usize, len: u64) -> rustix::io::Result<()> {
 }
 
 /// The reclaimer thread: clear each mapping's range, report it cleared,
-/// drop the mapping, count it released; until the window shuts it down
-/// (the channel closes after the last mapping handed over).
-fn reclaimer(host: usize, rx: &std::sync::mpsc::Receiver<PhysMap>, state: &ReclaimState) {
+/// drop the mapping, count it released (and free the staged memory it is
+/// handed); until the window shuts it down (the channel closes after the
+/// last job handed over).
+fn reclaimer(host: usize, rx: &std::sync::mpsc::Receiver<Job>, state: &ReclaimState) {
     // Mappings whose range could not be cleared: kept (their range is
     // never reused) until the window goes.
     let mut retired = Vec::new();
-    for pm in rx {
+    for job in rx {
+        let pm = match job {
+            Job::TakeDown(pm) => pm,
+            Job::Free(memory) => {
+                drop(memory);
+                let mut g = state.lock();
+                g.freeing = g.freeing.saturating_sub(1);
+                g.freed += 1;
+                drop(g);
+                state.changed.notify_all();
+                continue;
+            }
+        };
         let at = host + (pm.phys - PHYS_WINDOW) as usize;
         // SAFETY: the window was reserved at `host` and is unmapped only
         // after this thread has ended (`Window`'s drop joins it first);
@@ -288,18 +327,19 @@ impl Window {
         self.reclaim.state.clone()
     }
 
-    /// Wait while more than [`RECLAIM_BACKLOG`] mappings are still to be
-    /// cleared, until half of them are: a domain unmapping (or having
-    /// revoked) faster than the kernel takes mappings down pays for it in
-    /// its own command's time, and what waits for the reclaimer stays
+    /// Wait while more than [`RECLAIM_BACKLOG`] mappings (and staged
+    /// memories) are still to be cleared (freed), until half of them are:
+    /// a domain unmapping (or having revoked, or loading firmware) faster
+    /// than the kernel takes memory down pays for it in its own command's
+    /// time, and what waits for the reclaimer stays
     /// bounded. Bounded besides: a reclaimer that died is not waited for.
     fn throttle(&self) {
         let state = &self.reclaim.state;
         let mut g = state.lock();
-        if g.pending <= RECLAIM_BACKLOG {
+        if g.pending + g.freeing <= RECLAIM_BACKLOG {
             return;
         }
-        while g.pending > RECLAIM_BACKLOG / 2
+        while g.pending + g.freeing > RECLAIM_BACKLOG / 2
             && self
                 .reclaim
                 .thread
@@ -311,6 +351,26 @@ impl Window {
                 .wait_timeout(g, std::time::Duration::from_millis(10))
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .0;
+        }
+    }
+
+    /// Free `memory` on the reclaimer thread (here, where that thread is
+    /// gone): unmapping memory that was written means a TLB shootdown, as
+    /// for [`Window::take_down`], which the runner need not wait for.
+    pub(super) fn free(&self, memory: StagedSlot) {
+        self.reclaim.state.lock().freeing += 1;
+        let sent = self
+            .reclaim
+            .tx
+            .as_ref()
+            .map(|tx| tx.send(Job::Free(memory)));
+        match sent {
+            Some(Ok(())) => self.throttle(),
+            Some(Err(std::sync::mpsc::SendError(job))) => {
+                self.reclaim.state.lock().freeing -= 1;
+                drop(job);
+            }
+            None => unreachable!("the window's reclaimer is shut down only on drop"),
         }
     }
 
@@ -337,12 +397,18 @@ impl Window {
         g.pending += 1;
         g.handed += 1;
         drop(g);
-        let pm = match self.reclaim.tx.as_ref().map(|tx| tx.send(pm)) {
+        let pm = match self
+            .reclaim
+            .tx
+            .as_ref()
+            .map(|tx| tx.send(Job::TakeDown(pm)))
+        {
             Some(Ok(())) => {
                 self.throttle();
                 return Ok(());
             }
-            Some(Err(std::sync::mpsc::SendError(pm))) => pm,
+            Some(Err(std::sync::mpsc::SendError(Job::TakeDown(pm)))) => pm,
+            Some(Err(_)) => unreachable!("a job comes back as it was sent"),
             None => unreachable!("the window's reclaimer is shut down only on drop"),
         };
         let mut g = self.reclaim.state.lock();
@@ -515,43 +581,54 @@ impl SlotMemory {
             .map_err(|e| DeviceError::Backend(format!("zeroing context memory: {e}")))
     }
 
-    /// Put `staged`'s pages in place of the slot mapping at `host`, in one
-    /// step (`mremap` onto it): the slot's old pages are freed, its host
-    /// address, which the engine holds, stays valid. The staged mapping
-    /// must be exactly as long as the slot's. On failure the slot is as it
-    /// was.
-    pub(super) fn replace(&self, host: usize, staged: StagedSlot) -> Result<(), DeviceError> {
+    /// Put `staged`'s pages from offset `off` on in place of the slot
+    /// mapping's at `host + off`, in one step (`mremap` onto it): the
+    /// slot's old pages there are freed, its host address, which the
+    /// engine holds, stays valid; below `off` the slot keeps its own. The
+    /// staged mapping must be exactly as long as the slot's and `off` a
+    /// page boundary inside it. Returns what is left of the staged mapping
+    /// (the part below `off`, if any) for the caller to free. On failure
+    /// the slot is as it was.
+    pub(super) fn replace(
+        &self,
+        host: usize,
+        staged: StagedSlot,
+        off: usize,
+    ) -> Result<Option<StagedSlot>, DeviceError> {
         let (from, len) = staged.range();
         if !self.maps.contains(&(host, len)) {
             return Err(DeviceError::Backend(format!(
                 "no slot of {len} bytes at {host:#x} to install into"
             )));
         }
-        // SAFETY: `from..from+len` is the staged slot's own anonymous
-        // mapping, page aligned and not referenced elsewhere (`staged` is
-        // owned here and given away once moved); `host..host+len` is
-        // exactly one of this device's slot mappings (checked above),
-        // which the engine reaches only through its address, on this
-        // thread and not while this runs. MREMAP_FIXED replaces the
-        // destination's pages with the source's in one step, at the same
-        // address.
+        if off >= len || !off.is_multiple_of(rustix::param::page_size()) {
+            return Err(DeviceError::Backend(format!(
+                "no page boundary at {off:#x} in a slot of {len} bytes"
+            )));
+        }
+        // SAFETY: `from+off..from+len` lies in the staged slot's own
+        // anonymous mapping, page aligned (checked above) and not
+        // referenced elsewhere (`staged` is owned here and gives that part
+        // away once moved); `host+off..host+len` lies in exactly one of
+        // this device's slot mappings (checked above), which the engine
+        // reaches only through its address, on this thread and not while
+        // this runs. MREMAP_FIXED replaces the destination's pages with
+        // the source's in one step, at the same address.
         let r = unsafe {
             rustix::mm::mremap_fixed(
-                from as *mut _,
-                len,
-                len,
+                (from + off) as *mut _,
+                len - off,
+                len - off,
                 rustix::mm::MremapFlags::MAYMOVE,
-                host as *mut _,
+                (host + off) as *mut _,
             )
         };
         match r {
-            // Success: the pages are at `host` and the source range is
-            // gone, so `staged` must not unmap it. On failure nothing
-            // moved: `staged` is dropped and unmaps its own mapping.
-            Ok(_) => {
-                staged.given_away();
-                Ok(())
-            }
+            // Success: the pages are at `host + off` and that part of the
+            // source range is gone, so `staged` must not unmap it. On
+            // failure nothing moved: `staged` is dropped and unmaps its
+            // own mapping.
+            Ok(_) => Ok(staged.given_away_from(off)),
             Err(e) => Err(DeviceError::Backend(format!(
                 "installing firmware memory: {e}"
             ))),

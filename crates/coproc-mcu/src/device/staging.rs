@@ -60,10 +60,17 @@ impl StagedSlot {
         (self.host, self.len)
     }
 
-    /// The mapping now belongs to whoever moved it (its pages were moved
-    /// elsewhere): do not unmap it on drop.
-    pub(super) fn given_away(mut self) {
-        self.host = 0;
+    /// The mapping from offset `from` on now belongs to whoever moved it
+    /// (its pages were moved elsewhere, and the address range is no longer
+    /// this mapping's): what is left is the part before `from`, if any.
+    pub(super) fn given_away_from(mut self, from: usize) -> Option<StagedSlot> {
+        if from == 0 {
+            self.host = 0;
+            None
+        } else {
+            self.len = from.min(self.len);
+            Some(self)
+        }
     }
 }
 
