@@ -31,7 +31,7 @@ int main(void) {
                 /* Completion ring full: let the domain drain it. */
                 coproc_mbox_out(0, done);
                 coproc_notify(done);
-                coproc_wait_doorbell();
+                coproc_queue_wait_doorbell(&q);
             }
             done++;
             posted = 1;

@@ -42,6 +42,7 @@
 #define COPROC_CB_FAULT_REASON 0x030u /* ro: reason of this context's latest fault since its firmware was loaded, 0: none */
 #define COPROC_CB_FAULT_ADDR 0x034u   /* ro: its address */
 #define COPROC_CB_FAULT_PC 0x038u     /* ro: its pc */
+#define COPROC_CB_FENCE 0x03cu        /* wo: a full memory barrier as the host's other threads see it */
 #define COPROC_CB_MBOX_IN 0x100u      /* ro: COPROC_MBOX_WORDS words, domain -> firmware */
 #define COPROC_CB_MBOX_OUT 0x140u     /* rw: COPROC_MBOX_WORDS words, firmware -> domain */
 #define COPROC_MBOX_WORDS 16u
@@ -177,6 +178,10 @@ __attribute__((noreturn)) static inline void coproc_exit(uint32_t code) {
  *   0x080 sq_head  (written by the firmware)
  *   0x0c0 cq_tail  (written by the firmware)
  *   0x100 cq_head  (written by the domain)
+ *   0x140 cq_wake  (written by the domain; read by the daemon)
+ *   0x180 sq_polling (written by the firmware: 1 while it busy-polls the
+ *         submission tail and will look at it again before it parks, so
+ *         the domain need not ring; 0 before it parks)
  *   0x1000 submission entries, then completion entries, 64 bytes each.
  *
  * Ordering: an entry is written before the index that publishes it, and
@@ -238,23 +243,51 @@ static inline int coproc_queue_init(coproc_queue_t *q, uint32_t iova, uint32_t l
     q->garbage = 0u;
     uint32_t poll_us = COPROC_Q_WORD(q, 0x00cu);
     q->poll_us = poll_us > COPROC_QUEUE_MAX_POLL_US ? COPROC_QUEUE_MAX_POLL_US : poll_us;
+    COPROC_Q_WORD(q, 0x180u) = 0u; /* not polling yet: the domain rings */
     return 0;
+}
+
+/* A full memory barrier between this core's accesses before and after it,
+ * as the host's other threads (the domain's) see them. */
+static inline void coproc_fence(void) {
+    COPROC_REG(COPROC_CB_FENCE) = 0u;
+}
+
+/* Park until a doorbell, after telling the domain to ring for what it
+ * submits from now on (see coproc_queue_idle). */
+static inline void coproc_queue_wait_doorbell(coproc_queue_t *q) {
+    COPROC_Q_WORD(q, 0x180u) = 0u;
+    coproc_wait_doorbell();
 }
 
 /* Nothing left to do on `q`: wait for more. With a busy-poll budget, first
  * spin on the submission tail for up to that long (measured on this
  * vcoproc's run-time register, so the spin counts only while it runs and
  * is charged to it); a new submission returns at once, without parking.
- * Then (and always with a zero budget) park until a doorbell. Returns 1 if
- * a submission arrived while spinning, 0 after a doorbell. */
+ * While it spins, sq_polling says so and the domain does not ring. Before
+ * parking, sq_polling goes back to 0 and the tail is looked at once more,
+ * with a barrier between: the domain publishes its tail before it reads
+ * sq_polling (with a barrier too), so a submission is either seen here or
+ * rung for. Then (and always with a zero budget) park until a doorbell.
+ * Returns 1 if a submission arrived while spinning, 0 after a doorbell. */
 static inline int coproc_queue_idle(coproc_queue_t *q) {
     if (q->poll_us != 0u) {
+        COPROC_Q_WORD(q, 0x180u) = 1u;
         uint64_t end = coproc_time_ns() + (uint64_t)q->poll_us * 1000u;
         do {
-            if (COPROC_Q_WORD(q, 0x040u) != q->sq_head) {
-                return 1;
+            /* The run-time register costs the host a clock read: the tail
+             * is looked at 32 times per read. */
+            for (uint32_t i = 0u; i < 32u; i++) {
+                if (COPROC_Q_WORD(q, 0x040u) != q->sq_head) {
+                    return 1;
+                }
             }
         } while (coproc_time_ns() < end);
+        COPROC_Q_WORD(q, 0x180u) = 0u;
+        coproc_fence();
+        if (COPROC_Q_WORD(q, 0x040u) != q->sq_head) {
+            return 1;
+        }
     }
     coproc_wait_doorbell();
     return 0;

@@ -60,6 +60,10 @@ pub const CB_FAULT_REASON: u32 = 0x030;
 pub const CB_FAULT_ADDR: u32 = 0x034;
 /// ro: its pc.
 pub const CB_FAULT_PC: u32 = 0x038;
+/// wo: a full memory barrier as the host's other threads see it, between
+/// the firmware's memory accesses before the write and after it (the
+/// core's own barrier instructions order only what the core sees).
+pub const CB_FENCE: u32 = 0x03c;
 /// ro: mailbox domain → firmware.
 pub const CB_MBOX_IN: u32 = 0x100;
 /// rw: mailbox firmware → domain.
@@ -97,6 +101,7 @@ pub const ALL: &[(&str, u32)] = &[
     ("COPROC_CB_FAULT_REASON", CB_FAULT_REASON),
     ("COPROC_CB_FAULT_ADDR", CB_FAULT_ADDR),
     ("COPROC_CB_FAULT_PC", CB_FAULT_PC),
+    ("COPROC_CB_FENCE", CB_FENCE),
     ("COPROC_CB_MBOX_IN", CB_MBOX_IN),
     ("COPROC_CB_MBOX_OUT", CB_MBOX_OUT),
     ("COPROC_MBOX_WORDS", MBOX_WORDS),

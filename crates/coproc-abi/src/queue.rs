@@ -64,6 +64,19 @@ pub const OFF_CQ_HEAD: u64 = 0x100;
 pub const OFF_CQ_WAKE: u64 = 0x140;
 /// Bit of [`OFF_CQ_WAKE`]: the completion eventfd need not be written.
 pub const CQ_WAKE_NO_EVENTFD: u32 = 1 << 31;
+/// Submission polling word, written by the device side of a busy-poll
+/// queue: nonzero while it polls the submission tail and will look at the
+/// tail again before it parks, so a submission needs no doorbell
+/// ([`Producer::device_polling`]). Before it parks the device side clears
+/// it and then, after a full fence, looks at the tail once more
+/// ([`Consumer::set_polling`]); the domain publishes its tail and then,
+/// after a full fence, reads this word: one of the two sees the other's
+/// store, so a submission is either seen by the device or rung for. The
+/// domain can write the word too (it is its memory): a wrong value costs it
+/// a needless doorbell, or a doorbell skipped, which the SDK rings anyway
+/// once its own busy-poll budget passes without a completion. Zero, a fresh
+/// queue's value, means "ring".
+pub const OFF_SQ_POLLING: u64 = 0x180;
 
 /// Bytes a queue of `entries` needs (header page + both rings), or None if
 /// `entries` is not a power of two in 1..=MAX_ENTRIES.
@@ -296,7 +309,13 @@ impl Producer {
         m.write_at(OFF_ENTRIES, &entries.to_le_bytes());
         m.write_at(OFF_ENTRY_SIZE, &ENTRY_SIZE.to_le_bytes());
         m.write_at(OFF_FLAGS, &poll_us.to_le_bytes());
-        for off in [OFF_SQ_TAIL, OFF_SQ_HEAD, OFF_CQ_TAIL, OFF_CQ_HEAD] {
+        for off in [
+            OFF_SQ_TAIL,
+            OFF_SQ_HEAD,
+            OFF_CQ_TAIL,
+            OFF_CQ_HEAD,
+            OFF_SQ_POLLING,
+        ] {
             m.store_index(off, 0);
         }
         Ok(Producer {
@@ -373,6 +392,14 @@ impl Producer {
         // back.
         m.store_index(OFF_CQ_HEAD, self.cq_head);
         Some(Cqe::from_bytes(&b))
+    }
+
+    /// After publishing submissions: whether the device side polls the
+    /// submission tail, so that they need no doorbell (a full fence, then
+    /// an `Acquire` load of [`OFF_SQ_POLLING`]).
+    pub fn device_polling(&self, m: &impl QueueMem) -> bool {
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        m.load_index(OFF_SQ_POLLING) != 0
     }
 
     /// Write any value as the submission tail (tests: garbage indices).
@@ -500,6 +527,17 @@ impl Consumer {
         }
     }
 
+    /// Say whether this side polls the submission tail ([`OFF_SQ_POLLING`]):
+    /// `true` while it does and will look at the tail again before it
+    /// parks; `false` before it parks, followed by a full fence, after which
+    /// the caller must look at the tail ([`Consumer::pending`]) once more.
+    pub fn set_polling(&self, m: &impl QueueMem, on: bool) {
+        m.store_index(OFF_SQ_POLLING, u32::from(on));
+        if !on {
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
     /// Whether the completion ring is full (or the domain's head makes no
     /// sense, which looks full).
     pub fn cq_full(&self, m: &impl QueueMem) -> bool {
@@ -584,6 +622,23 @@ mod tests {
             Producer::init_with(&m, 4, MAX_POLL_US + 1).unwrap_err(),
             QueueError::BadPoll(MAX_POLL_US + 1)
         );
+    }
+
+    #[test]
+    fn the_polling_word_says_when_a_doorbell_is_needed() {
+        let mut h = Heap::new(4);
+        let m = h.view();
+        let p = Producer::init_with(&m, 4, 100).unwrap();
+        let c = Consumer::attach(&m).unwrap();
+        assert!(!p.device_polling(&m), "a fresh queue rings");
+        c.set_polling(&m, true);
+        assert!(p.device_polling(&m));
+        c.set_polling(&m, false);
+        assert!(!p.device_polling(&m));
+        // A domain's init starts over from "ring", whatever was left.
+        c.set_polling(&m, true);
+        let p = Producer::init_with(&m, 4, 100).unwrap();
+        assert!(!p.device_polling(&m));
     }
 
     #[test]

@@ -221,3 +221,54 @@ fn waits_sleep_on_the_ring_until_the_eventfd_is_asked_for() {
     };
     assert_eq!(c, qecho(&job(7)));
 }
+
+/// On a busy-poll queue the SDK rings only while the firmware does not
+/// poll (qecho says so in the queue's polling word), and every completion
+/// is still right; on an event-driven queue it rings for every batch. A
+/// polling word left set while the firmware parked (here written over by
+/// the test, as a firmware that parks without clearing it would leave it)
+/// costs a wait of the busy-poll budget, after which the SDK rings anyway;
+/// a start clears the word.
+#[test]
+fn doorbells_are_skipped_only_while_the_firmware_polls() {
+    let d = Daemon::start("busypoll-bells", CONFIG);
+    let mut c = d.client();
+    let mut event = set_up(&mut c, Duration::ZERO);
+    let mut polled = set_up(&mut c, Duration::from_micros(300));
+    run_jobs(&mut event);
+    run_jobs(&mut polled);
+    let (rung, skipped) = event.doorbells();
+    assert_eq!(skipped, 0);
+    assert!(rung >= u64::from(JOBS) / 8, "{rung}");
+    let (rung, skipped) = polled.doorbells();
+    assert!(
+        skipped > 0 && skipped + rung >= u64::from(JOBS) / 8,
+        "rung {rung}, skipped {skipped}"
+    );
+    // Once its budget has passed with nothing submitted, qecho clears the
+    // word and parks.
+    while polled.polling_word(None) != 0 {
+        std::thread::yield_now();
+    }
+    assert_eq!(polled.polling_word(Some(1)), 1);
+    let (rung, skipped) = polled.doorbells();
+    assert!(polled.submit(&job(JOBS)));
+    polled.ring().unwrap();
+    assert_eq!(
+        polled.doorbells(),
+        (rung, skipped + 1),
+        "skipped: the word says polling"
+    );
+    let done = loop {
+        if let Some(c) = polled.complete() {
+            break c;
+        }
+        assert!(polled.wait(Duration::from_secs(30)).unwrap(), "never came");
+    };
+    assert_eq!(done, qecho(&job(JOBS)));
+    assert_eq!(
+        polled.doorbells(),
+        (rung + 1, skipped + 1),
+        "the wait rang the skipped doorbell"
+    );
+}

@@ -159,6 +159,9 @@ impl AsyncQueue {
             if let Some(c) = self.queue.complete() {
                 return Ok(c);
             }
+            // Nothing yet: a doorbell skipped while the device polled is
+            // rung before sleeping, in case it parked meanwhile.
+            self.queue.ring_skipped()?;
             let mut guard = self
                 .ready
                 .readable()

@@ -10,7 +10,7 @@ use crate::{ClientError, Job, JobDone, SharedMem};
 use coproc_proto::queue::{self, Cqe, Producer, QueueMem, Sqe};
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long [`Queue::submit_job`] waits for room in a full ring.
@@ -31,6 +31,12 @@ pub struct Queue {
     /// [`Queue::wait`] sleeps on it; until then waits sleep on the
     /// completion tail (a shared futex the runner wakes directly).
     eventfd_used: AtomicBool,
+    /// A doorbell was skipped (the device side polled) and none rung
+    /// since: [`Queue::wait`] rings it before it sleeps.
+    unrung: AtomicBool,
+    /// Doorbells written, and skipped, so far.
+    rung: AtomicU64,
+    skipped: AtomicU64,
     /// GPU jobs: tags, completions not yet asked for.
     jobs: Jobs,
 }
@@ -82,6 +88,9 @@ impl Queue {
             doorbell,
             completion,
             eventfd_used: AtomicBool::new(false),
+            unrung: AtomicBool::new(false),
+            rung: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
             jobs: Jobs::default(),
         })
     }
@@ -94,7 +103,8 @@ impl Queue {
         ]
     }
 
-    /// The completion eventfd (to wait on it with your own poll/epoll).
+    /// The completion eventfd (to wait on it with your own poll/epoll; on a
+    /// busy-poll queue call [`Queue::ring_skipped`] before you sleep).
     /// From the first call on, the daemon writes it after completions are
     /// posted (until then it need not: [`Queue::wait`] sleeps on the ring
     /// itself), and [`Queue::wait`] sleeps on it too.
@@ -174,10 +184,48 @@ impl Queue {
         self.entries().saturating_sub(used)
     }
 
-    /// Ring the doorbell: one eventfd write, no message to the daemon.
+    /// Ring the doorbell: one eventfd write, no message to the daemon. On
+    /// a busy-poll queue whose device side says it is polling the
+    /// submission tail (`OFF_SQ_POLLING`, read after a full fence), not
+    /// even that: it will see what was submitted. Should that word be
+    /// wrong (the firmware's to write), [`Queue::wait`] rings before it
+    /// sleeps.
     pub fn ring(&self) -> Result<(), ClientError> {
+        if !self.busy_poll().is_zero() && self.ring.device_polling(&self.mem) {
+            self.unrung.store(true, Ordering::Release);
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.write_doorbell()
+    }
+
+    fn write_doorbell(&self) -> Result<(), ClientError> {
+        self.unrung.store(false, Ordering::Release);
         rustix::io::write(&self.doorbell, &1u64.to_ne_bytes()).map_err(mem_err)?;
+        self.rung.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Ring the doorbell if [`Queue::ring`] skipped one (the device side
+    /// said it polled) and none was rung since. [`Queue::wait`] does this
+    /// before it sleeps; call it before you sleep on
+    /// [`Queue::completion_fd`] yourself, so that a polling word the
+    /// firmware left set when it parked anyway cannot leave a submission
+    /// unseen.
+    pub fn ring_skipped(&self) -> Result<(), ClientError> {
+        if self.unrung.swap(false, Ordering::AcqRel) {
+            self.write_doorbell()?;
+        }
+        Ok(())
+    }
+
+    /// Doorbells this queue wrote, and skipped because the device side was
+    /// polling, so far.
+    pub fn doorbells(&self) -> (u64, u64) {
+        (
+            self.rung.load(Ordering::Relaxed),
+            self.skipped.load(Ordering::Relaxed),
+        )
     }
 
     /// The busy-poll budget (zero: event-driven).
@@ -230,6 +278,10 @@ impl Queue {
                 std::hint::spin_loop();
             }
         }
+        // No completion within the spin: a doorbell skipped because the
+        // device side said it polled is rung now, in case it parked after
+        // all (a stale or wrong polling word costs at most this wait).
+        self.ring_skipped()?;
         if !self.eventfd_used.load(Ordering::Acquire) {
             return Ok(self.sleep_on_tail(timeout));
         }
@@ -295,6 +347,18 @@ impl Queue {
     #[doc(hidden)]
     pub fn wake_word(&self) -> u32 {
         self.mem.load_index(queue::OFF_CQ_WAKE)
+    }
+
+    /// The ring's submission polling word (`OFF_SQ_POLLING`), and a value
+    /// written over it, as a firmware could leave it (`Some`). A test hook,
+    /// not public API: only with the `test-hooks` feature.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn polling_word(&self, set: Option<u32>) -> u32 {
+        if let Some(v) = set {
+            self.mem.store_index(queue::OFF_SQ_POLLING, v);
+        }
+        self.mem.load_index(queue::OFF_SQ_POLLING)
     }
 
     /// A duplicate of the completion eventfd that does not ask the daemon

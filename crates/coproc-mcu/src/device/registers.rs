@@ -12,6 +12,7 @@ use crate::abi::CB_EXIT;
 use crate::abi::CB_FAULT_ADDR;
 use crate::abi::CB_FAULT_PC;
 use crate::abi::CB_FAULT_REASON;
+use crate::abi::CB_FENCE;
 use crate::abi::CB_MAGIC;
 use crate::abi::CB_MBOX_IN;
 use crate::abi::CB_MBOX_OUT;
@@ -188,6 +189,14 @@ pub(super) fn cb_write(st: &mut State, off: u64, size: usize, value: u32) -> boo
         }
         CB_CONSOLE => {
             c.console_byte((value >> 8) as u8, value as u8);
+            false
+        }
+        CB_FENCE => {
+            // The engine runs the core on this thread, its loads and
+            // stores being this thread's: a fence here orders them for the
+            // domain's threads, which the core's DMB (no host barrier in a
+            // single-core engine) does not.
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
             false
         }
         o if (CB_MBOX_OUT..CB_MBOX_OUT + 4 * MBOX_WORDS).contains(&o) => {

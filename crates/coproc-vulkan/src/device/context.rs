@@ -115,6 +115,14 @@ impl Ring {
     pub(super) fn cq_full(&self) -> bool {
         Self::mem(&self.region, self.base, self.len).is_none_or(|m| self.ring.cq_full(&m))
     }
+
+    /// Say whether the submission tail is polled (`Consumer::set_polling`:
+    /// after `false`, look at the tail once more before parking).
+    pub(super) fn set_polling(&self, on: bool) {
+        if let Some(m) = Self::mem(&self.region, self.base, self.len) {
+            self.ring.set_polling(&m, on);
+        }
+    }
 }
 
 /// One vcoproc (context) on the device.

@@ -704,7 +704,17 @@ impl VulkanDevice {
             };
             if pending == 0 {
                 let poll = Duration::from_micros(u64::from(ring.ring.poll_us()));
-                if poll.is_zero() || over {
+                if poll.is_zero() {
+                    break StopReason::Waiting;
+                }
+                if over {
+                    // Parking on a busy-poll queue, whose polling word may
+                    // still say otherwise from earlier in the slice: what
+                    // the domain submitted without ringing keeps the
+                    // vcoproc runnable.
+                    if self.stop_polling(id) {
+                        break StopReason::BudgetSpent;
+                    }
                     break StopReason::Waiting;
                 }
                 // A busy-poll queue: show what is done, then look at the
@@ -811,13 +821,30 @@ impl VulkanDevice {
         }
     }
 
+    /// Before context `id` parks: clear its queue's polling word (the
+    /// domain rings again from now on) and look at the tail once more
+    /// after it. True if something was submitted (or the tail is garbage)
+    /// meanwhile.
+    fn stop_polling(&mut self, id: ContextId) -> bool {
+        let Some(r) = self.ctxs.get_mut(&id).and_then(|c| c.ring.as_mut()) else {
+            return false;
+        };
+        r.set_polling(false);
+        !matches!(r.pending(), Ok(0))
+    }
+
     /// Spin on context `id`'s submission tail for up to `poll` of wall time
-    /// and `cpu` of this thread's CPU time. True when the main loop has
-    /// something to look at (submissions, a preempt request, garbage);
-    /// false when the budget ran out with nothing submitted.
+    /// and `cpu` of this thread's CPU time, saying so in the queue's
+    /// polling word (the domain does not ring meanwhile). True when the
+    /// main loop has something to look at (submissions, a preempt request,
+    /// garbage); false when the budget ran out with nothing submitted, the
+    /// polling word cleared and the tail looked at once more after it.
     fn poll_ring(&mut self, id: ContextId, poll: Duration, cpu: Duration) -> bool {
         let (t0, c0) = (std::time::Instant::now(), thread_cpu_time());
         let mut turns = 0u32;
+        if let Some(r) = self.ctxs.get(&id).and_then(|c| c.ring.as_ref()) {
+            r.set_polling(true);
+        }
         loop {
             if self.preempt.0.load(Ordering::Acquire) {
                 return true;
@@ -838,7 +865,7 @@ impl VulkanDevice {
             if turns.is_multiple_of(64)
                 && (t0.elapsed() >= poll || thread_cpu_time().saturating_sub(c0) >= cpu)
             {
-                return false;
+                return self.stop_polling(id);
             }
             std::hint::spin_loop();
         }

@@ -131,6 +131,21 @@ impl Hooks {
         eventfd
     }
 
+    /// Clear the polling word of each of the vcoproc's queues
+    /// (`OFF_SQ_POLLING`): the domain rings for what it submits next.
+    pub(super) fn not_polling(&self) {
+        for r in self
+            .rings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            let _ = r
+                .as_shared()
+                .store_u32(coproc_proto::queue::OFF_SQ_POLLING, 0);
+        }
+    }
+
     /// Start the completion writer thread (once).
     pub(super) fn start_writer(&self) {
         let mut w = self

@@ -174,10 +174,14 @@ impl Session {
 
     /// `start`.
     pub(super) fn start(&mut self, vcoproc: u32) -> Result<Answer, WireError> {
-        self.entry(vcoproc, false)?
-            .handle
-            .start()
-            .map_err(core_err)?;
+        let e = self.entry(vcoproc, false)?;
+        // A firmware stopped or reset while it polled its queues left
+        // their polling words set; the one about to start has not polled
+        // yet, and the domain must ring it.
+        if let Some(h) = self.hooks.get(&vcoproc) {
+            h.not_polling();
+        }
+        e.handle.start().map_err(core_err)?;
         Ok(Answer::Done)
     }
 
