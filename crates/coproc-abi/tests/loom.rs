@@ -20,7 +20,7 @@
 
 use coproc_abi::queue::{
     self, Consumer, Cqe, Producer, QueueMem, Sqe, ENTRY_SIZE, OFF_CQ_HEAD, OFF_CQ_TAIL,
-    OFF_SQ_HEAD, OFF_SQ_TAIL, RING_OFFSET,
+    OFF_SQ_HEAD, OFF_SQ_POLLING, OFF_SQ_TAIL, RING_OFFSET,
 };
 use loom::cell::UnsafeCell;
 use loom::sync::atomic::{AtomicU32, Ordering};
@@ -37,6 +37,8 @@ struct Model {
     sq_head: AtomicU32,
     cq_tail: AtomicU32,
     cq_head: AtomicU32,
+    /// The device side's polling word (`Producer::init` clears it).
+    sq_polling: AtomicU32,
     slots: Vec<UnsafeCell<[u8; 64]>>,
 }
 
@@ -48,6 +50,7 @@ impl Model {
             sq_head: AtomicU32::new(0),
             cq_tail: AtomicU32::new(0),
             cq_head: AtomicU32::new(0),
+            sq_polling: AtomicU32::new(0),
             slots: (0..2 * ENTRIES).map(|_| UnsafeCell::new([0; 64])).collect(),
         }
     }
@@ -58,6 +61,7 @@ impl Model {
             OFF_SQ_HEAD => Some(&self.sq_head),
             OFF_CQ_TAIL => Some(&self.cq_tail),
             OFF_CQ_HEAD => Some(&self.cq_head),
+            OFF_SQ_POLLING => Some(&self.sq_polling),
             _ => None,
         }
     }
