@@ -326,6 +326,8 @@ impl Offender {
 
     pub(crate) fn finish(self, kind: Kind) -> anyhow::Result<()> {
         self.stop.store(true, Ordering::Release);
+        // An offender with nothing to do until then sleeps (`busy`).
+        self.thread.thread().unpark();
         self.thread
             .join()
             .map_err(|_| anyhow!("panicked"))?
@@ -459,8 +461,9 @@ pub(crate) fn offend(
             // killing adds to a busy co-tenant.
             let mut child = ready_child(&std::env::current_exe()?, &ctx.socket, "busy")?;
             done();
+            // Until `finish` says stop (it unparks this thread after).
             while running() {
-                std::thread::park_timeout(Duration::from_millis(1));
+                std::thread::park();
             }
             child.kill()?;
             child.wait()?;
